@@ -1,0 +1,324 @@
+"""The ``strata`` command: Docker's verbs, flags and output columns.
+
+This is the only module that prints and picks exit codes. A ``StoreError`` (or any error the packages
+raise on purpose) becomes one line on stderr and exit code 1; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any, BinaryIO
+
+from store import HistoryRow, Store, StoreError, TreeNode
+from store.images import parse_time
+
+from .format import ellipsis, human_size, since, table
+
+
+class UsageError(Exception):
+    """Bad command-line input the packages never see."""
+
+
+def _short(image_id: str) -> str:
+    return image_id.split(":", 1)[-1][:12]
+
+
+def _progress(label: str) -> Callable[[int, int], None] | None:
+    """A one-line progress bar on a terminal; silence otherwise."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        if total:
+            width = 30
+            filled = min(width, width * done // total)
+            bar = "=" * filled + (">" if filled < width else "") + " " * (width - filled - 1)
+            sys.stderr.write(f"\r{label} [{bar}] {human_size(done)}/{human_size(total)}\x1b[K")
+        else:
+            sys.stderr.write(f"\r{label} {human_size(done)}\x1b[K")
+        sys.stderr.flush()
+
+    return show
+
+
+def _end_progress(progress: object) -> None:
+    if progress is not None:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+
+
+def _stdin() -> BinaryIO:
+    if sys.stdin.isatty():
+        raise UsageError("requested load from stdin, but stdin is a terminal (use -i FILE)")
+    return sys.stdin.buffer
+
+
+# -- image commands -------------------------------------------------------------------------------
+def cmd_images(store: Store, args: argparse.Namespace) -> int:
+    if args.tree:
+        for line in _tree_lines(store.tree()):
+            print(line)
+        return 0
+    rows: list[dict[str, Any]] = []
+    intermediate = {store.images.record(i).parent for i in store.images.ids()}
+    for image_id in store.images.ids():
+        config = store.images.config(image_id)
+        created = _time(config.get("created"))
+        tags = store.images.tags_of(image_id) or ([] if image_id in intermediate and not args.all else ["<none>:<none>"])
+        if not tags:
+            continue
+        for tag in tags:
+            repo, t = tag.rsplit(":", 1)
+            rows.append({
+                "Repository": repo, "Tag": t, "ID": _short(image_id), "FullID": image_id,
+                "CreatedSince": since(created), "CreatedAt": config.get("created", ""),
+                "Size": human_size(store.images.size(image_id)), "created": created,
+            })
+    rows.sort(key=lambda r: (r["created"].timestamp() if r["created"] else 0), reverse=True)
+    if args.quiet:
+        seen = []
+        for r in rows:
+            if r["ID"] not in seen:
+                seen.append(r["ID"])
+        print("\n".join(seen)) if seen else None
+        return 0
+    if args.format == "json":
+        for r in rows:
+            print(json.dumps({k: v for k, v in r.items() if k not in ("created", "FullID")}))
+        return 0
+    print(table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
+                [[r["Repository"], r["Tag"], r["ID"], r["CreatedSince"], r["Size"]] for r in rows]))
+    return 0
+
+
+def _time(value: object) -> Any:
+    try:
+        return parse_time(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _tree_lines(roots: list[TreeNode], prefix: str = "") -> list[str]:
+    """Old ``docker images --tree``: one node a layer, shared layers once, children indented."""
+    lines = []
+    for i, node in enumerate(roots):
+        last = i == len(roots) - 1
+        text = f"{_short(node.chain_id)} Size: {human_size(node.size)} (virtual {human_size(node.virtual_size)})"
+        if node.tags:
+            text += " Tags: " + ", ".join(node.tags)
+        elif node.images:
+            text += " Image: " + ", ".join(_short(i) for i in node.images)
+        lines.append(f"{prefix}{'└─' if last else '├─'}{text}")
+        lines.extend(_tree_lines(node.children, prefix + ("  " if last else "│ ")))
+    return lines
+
+
+def cmd_history(store: Store, args: argparse.Namespace) -> int:
+    rows: list[HistoryRow] = store.history(args.image)
+    if args.quiet:
+        print("\n".join(r.id if args.no_trunc and r.id else _short(r.id) if r.id else "<missing>" for r in rows))
+        return 0
+    if args.format == "json":
+        for r in rows:
+            print(json.dumps({
+                "ID": r.id or "<missing>", "CreatedAt": r.created, "CreatedSince": since(_time(r.created)),
+                "CreatedBy": r.created_by, "Size": human_size(r.size), "Comment": r.comment,
+            }))
+        return 0
+    out = []
+    for r in rows:
+        ident = (r.id if args.no_trunc else _short(r.id)) if r.id else "<missing>"
+        created_by = r.created_by.replace("\t", " ")
+        out.append([ident, since(_time(r.created)) if r.created else "N/A",
+                    created_by if args.no_trunc else ellipsis(created_by, 45), human_size(r.size), r.comment])
+    print(table(["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"], out))
+    return 0
+
+
+def cmd_tag(store: Store, args: argparse.Namespace) -> int:
+    store.tag(args.source, args.target)
+    return 0
+
+
+def cmd_rmi(store: Store, args: argparse.Namespace) -> int:
+    status = 0
+    for ref in args.images:
+        try:
+            for line in store.rmi(ref, force=args.force):
+                print(line)
+        except StoreError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_inspect(store: Store, args: argparse.Namespace) -> int:
+    docs = []
+    status = 0
+    for ref in args.names:
+        try:
+            docs.append(store.inspect_image(ref))
+        except StoreError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            status = 1
+    print(json.dumps(docs, indent=4))
+    return status
+
+
+def cmd_import(store: Store, args: argparse.Namespace) -> int:
+    progress = _progress("Importing")
+    try:
+        image_id = store.import_rootfs(
+            args.file, args.reference, args.change or [], stdin=_stdin() if args.file == "-" else None,
+            message=args.message, progress=progress,
+        )
+    finally:
+        _end_progress(progress)
+    print(image_id)
+    return 0
+
+
+def cmd_load(store: Store, args: argparse.Namespace) -> int:
+    progress = None if args.quiet else _progress("Loading layers")
+    try:
+        lines = store.load(args.input or "-", stdin=_stdin() if not args.input or args.input == "-" else None,
+                           progress=progress)
+    finally:
+        _end_progress(progress)
+    for line in lines:
+        print(line)
+    return 0
+
+
+def cmd_save(store: Store, args: argparse.Namespace) -> int:
+    items = store.save_items(args.images)  # every reference resolved before a byte is written
+    progress = _progress("Saving")
+    try:
+        if not args.output or args.output == "-":
+            if sys.stdout.isatty():
+                raise UsageError("cowardly refusing to save to a terminal. Use the -o flag or redirect")
+            store.save(items, sys.stdout.buffer, progress)
+            return 0
+        target = os.path.abspath(args.output)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                store.save(items, out, progress)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    finally:
+        _end_progress(progress)
+    return 0
+
+
+def cmd_info(store: Store, args: argparse.Namespace) -> int:
+    info = store.info()
+    if args.format == "json":
+        print(json.dumps(info))
+    else:
+        for key, value in info.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def cmd_system_check(store: Store, args: argparse.Namespace) -> int:
+    problems = store.check()
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print("store is consistent")
+    return 0
+
+
+# -- argument parsing -----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="strata", description="Images, union mounts and containers.")
+    parser.add_argument("--root", help="store root (default $STRATA_ROOT, /var/lib/strata for root, "
+                                       "else $XDG_DATA_HOME/strata)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("images", help="list images")
+    p.add_argument("-a", "--all", action="store_true", help="show intermediate images too")
+    p.add_argument("-q", "--quiet", action="store_true", help="only image ids")
+    p.add_argument("--tree", action="store_true", help="draw the layer tree")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_images)
+
+    p = sub.add_parser("history", help="show an image's history")
+    p.add_argument("image")
+    p.add_argument("--no-trunc", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-H", "--human", default="true", help=argparse.SUPPRESS)
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("tag", help="add a tag to an image")
+    p.add_argument("source")
+    p.add_argument("target")
+    p.set_defaults(func=cmd_tag)
+
+    p = sub.add_parser("rmi", help="remove images (untag; free layers no image uses)")
+    p.add_argument("-f", "--force", action="store_true")
+    p.add_argument("images", nargs="+")
+    p.set_defaults(func=cmd_rmi)
+
+    p = sub.add_parser("inspect", help="show low-level information as JSON")
+    p.add_argument("names", nargs="+")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("import", help="create a one-layer image from a rootfs tar, directory or -")
+    p.add_argument("file")
+    p.add_argument("reference", nargs="?")
+    p.add_argument("-c", "--change", action="append", help="apply a Dockerfile instruction, e.g. 'CMD [\"/bin/sh\"]'")
+    p.add_argument("-m", "--message", help="commit message for the history entry")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("load", help="load images from a docker save / OCI archive or layout")
+    p.add_argument("-i", "--input", help="tar archive (maybe compressed) or OCI layout dir; stdin if absent")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("save", help="save images to a tar archive (Docker >= 25 / OCI layout)")
+    p.add_argument("-o", "--output", help="file to write (stdout if absent)")
+    p.add_argument("images", nargs="+")
+    p.set_defaults(func=cmd_save)
+
+    p = sub.add_parser("info", help="show the store root and counts")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("system", help="store maintenance")
+    system = p.add_subparsers(dest="system_command", metavar="COMMAND", required=True)
+    c = system.add_parser("check", help="verify every blob, layer chain, image and tag")
+    c.set_defaults(func=cmd_system_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    store = Store(args.root)
+    try:
+        return int(args.func(store, args))
+    except (StoreError, UsageError) as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())

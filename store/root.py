@@ -1,0 +1,153 @@
+"""The store's root directory: where things live, the writer lock, and staged transactions.
+
+Every write goes through a ``Transaction``: work is staged under ``tmp/<txn>/`` and only renamed into
+place by ``commit()``, after a ``syncfs``. Readers take no lock: each published file or directory
+appears by one ``rename``. An image becomes visible only when its record is written, after its blobs
+and layers, so a writer killed at any moment leaves no half image; a later writer sweeps ``tmp/``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .errors import StoreError
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def default_root() -> str:
+    if env := os.environ.get("STRATA_ROOT"):
+        return env
+    if os.geteuid() == 0:
+        return "/var/lib/strata"
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(data, "strata")
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` in one rename (temp file in the same directory, fsynced)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress_missing():
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str, value: Any) -> None:
+    write_atomic(path, json.dumps(value, indent=2, sort_keys=True).encode() + b"\n")
+
+
+def read_json(path: str) -> Any:
+    with open(path, "rb") as f:
+        return json.load(f)
+
+
+@contextmanager
+def _suppress_missing() -> Iterator[None]:
+    try:
+        yield
+    except FileNotFoundError:
+        pass
+
+
+def remove_tree(path: str) -> None:
+    """Remove a file or tree; a missing path is fine (removal is idempotent)."""
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class Root:
+    """Paths below the store root. Creating a ``Root`` creates nothing; ``ensure()`` does."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self.blobs = os.path.join(self.path, "blobs", "sha256")
+        self.layers = os.path.join(self.path, "layers")
+        self.images = os.path.join(self.path, "images")
+        self.tmp = os.path.join(self.path, "tmp")
+        self.repositories = os.path.join(self.path, "repositories.json")
+        self.lockfile = os.path.join(self.path, "lock")
+
+    def ensure(self) -> None:
+        for d in (self.blobs, self.layers, self.images, self.tmp):
+            os.makedirs(d, exist_ok=True)
+        os.chmod(self.tmp, 0o700)
+
+    @contextmanager
+    def writer(self) -> Iterator[Transaction]:
+        """Hold the writer lock; yield a transaction whose staging dir is removed afterwards."""
+        try:
+            self.ensure()
+        except OSError as e:
+            raise StoreError(f"cannot use store root {self.path}: {e.strerror}") from None
+        lock = os.open(self.lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            # Anything left in tmp/ belongs to a writer that died: we hold the only lock.
+            for name in os.listdir(self.tmp):
+                remove_tree(os.path.join(self.tmp, name))
+            txn = Transaction(self, tempfile.mkdtemp(dir=self.tmp, prefix="txn-"))
+            try:
+                yield txn
+            finally:
+                remove_tree(txn.dir)
+        finally:
+            os.close(lock)
+
+    def syncfs(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _libc.syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        finally:
+            os.close(fd)
+
+
+class Transaction:
+    """Staging space for one writer. ``new_path()`` names fresh paths inside it."""
+
+    def __init__(self, root: Root, path: str) -> None:
+        self.root = root
+        self.dir = path
+        self._n = 0
+
+    def new_path(self, hint: str) -> str:
+        self._n += 1
+        return os.path.join(self.dir, f"{self._n}-{hint}")
+
+    def publish(self, staged: str, final: str) -> bool:
+        """Rename ``staged`` to ``final`` unless ``final`` exists; True if it was published.
+
+        Only writers rename into the store and they hold the lock, so the check cannot race.
+        """
+        if os.path.lexists(final):
+            return False
+        try:
+            os.rename(staged, final)
+            return True
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                return False
+            raise

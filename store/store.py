@@ -1,0 +1,384 @@
+"""The store's one entry point: images in and out (import, load, save), tags, removal, and the views
+the CLI prints (history rows, the layer tree, inspect documents, a consistency check).
+
+Every change runs in one writer transaction (``Root.writer``): staged, checked, then published in the
+order blobs -> layers -> configs -> image records -> tags, so a failure before the end changes nothing
+and a kill during publishing leaves no visible half image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from .blobs import Blobs, StagedBlob
+from .changes import apply_changes
+from .compression import decompressing
+from .digest import HashingReader, chain_ids, hex_of, sha256_bytes
+from .errors import BadInput, Conflict, StoreError
+from .images import Images, now, parse_ref, validate_config
+from .layers import Layers, StagedLayer
+from .load import plan
+from .root import Root, Transaction, default_root
+from .save import SaveItem, write_archive
+from .sources import open_source
+from .tarwrite import write_tree
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes total; 0 when unknown)
+
+
+@dataclass
+class HistoryRow:
+    id: str | None  # image id for rows that are the top of a local image, else None (<missing>)
+    created: str
+    created_by: str
+    size: int
+    comment: str
+    empty_layer: bool
+
+
+@dataclass
+class TreeNode:
+    chain_id: str
+    size: int
+    virtual_size: int
+    tags: list[str]
+    images: list[str]  # ids of images whose top layer this is
+    children: list[TreeNode] = field(default_factory=list)
+
+
+class _Counter:
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if self.progress:
+            self.progress(self.done, self.total)
+
+
+class Store:
+    def __init__(self, root: str | None = None) -> None:
+        self.root = Root(root or default_root())
+        self.blobs = Blobs(self.root)
+        self.layers = Layers(self.root, self.blobs)
+        self.images = Images(self.root, self.blobs, self.layers)
+
+    # -- adding images ----------------------------------------------------------------------------
+    def _publish(
+        self, txn: Transaction, layers: list[StagedLayer], configs: list[StagedBlob],
+        records: list[tuple[str, str | None]], tags: list[tuple[str, str]],
+    ) -> list[str]:
+        """Make staged work visible, in dependency order. Returns notes on re-pointed tags."""
+        self.root.syncfs()
+        for staged in layers:
+            self.layers.publish(txn, staged)
+        for blob in configs:
+            self.blobs.publish(txn, blob)
+        for image_id, parent in records:
+            self.images.publish(txn, image_id, parent)
+        notes = []
+        for ref, image_id in tags:
+            old = self.images.set_tag(ref, image_id)
+            if old:
+                notes.append(f"The image {ref} already exists, renaming the old one with ID {old} to empty string")
+        return notes
+
+    def load(self, path: str, stdin: BinaryIO | None = None, progress: Progress | None = None) -> list[str]:
+        """Load every image in an archive or layout. Returns Docker's messages (``Loaded image: x``)."""
+        with self.root.writer() as txn, _naming(path if path != "-" else "stdin"):
+            source = open_source(path, stdin, txn)
+            try:
+                plans = plan(source)
+                members = {ref.member for p in plans for ref in p.layers}
+                count = _Counter(progress, sum(source.size(m) for m in members))
+                staged: dict[str, StagedLayer] = {}
+                learnt: dict[str, str] = {}  # member -> diff_id, for layers without a known diff_id
+                configs: list[StagedBlob] = []
+                records: list[tuple[str, str | None]] = []
+                ids: list[str] = []
+                for p in plans:
+                    diff_ids: list[str] = []
+                    parent: str | None = None
+                    for ref in p.layers:
+                        where = f"{source.where}: {ref.member}"
+                        diff_id = ref.diff_id or learnt.get(ref.member)
+                        if diff_id is None:
+                            diff_id = learnt[ref.member] = self._diff_id_of(source.open(ref.member), where)
+                        chain = chain_ids([parent, diff_id])[1] if parent else diff_id
+                        if chain not in staged and not self.layers.exists(chain):
+                            with source.open(ref.member) as raw:
+                                staged[chain] = self.layers.stage(
+                                    txn, raw, parent=parent, where=where, diff_id=diff_id,
+                                    blob_digest=ref.blob_digest, progress=count,
+                                )
+                        diff_ids.append(diff_id)
+                        parent = chain
+                    config = p.config if p.config is not None else p.make_config(diff_ids)  # type: ignore[misc]
+                    image_id = sha256_bytes(config)
+                    parent_id = ids[p.parent_index] if p.parent_index is not None else p.parent_id
+                    if parent_id and not (parent_id in ids or self.images.exists(parent_id)):
+                        parent_id = None  # Docker drops a Parent that is not loaded
+                    ids.append(image_id)
+                    configs.append(self.blobs.stage_bytes(txn, config))
+                    records.append((image_id, parent_id))
+            finally:
+                source.close()
+            tags = [(t, ids[i]) for i, p in enumerate(plans) for t in p.tags]
+            notes = self._publish(txn, list(staged.values()), configs, records, tags)
+        parents = {p.parent_index for p in plans}
+        out = notes + [f"Loaded image: {t}" for t, _ in tags]
+        out += [f"Loaded image ID: {ids[i]}" for i, p in enumerate(plans) if not p.tags and i not in parents]
+        return out
+
+    @staticmethod
+    def _diff_id_of(raw: BinaryIO, where: str) -> str:
+        with raw:
+            _kind, plain = decompressing(raw, where)
+            hashed = HashingReader(plain)
+            hashed.drain()
+            return hashed.digest
+
+    def import_rootfs(
+        self, src: str, ref: str | None, changes: list[str] = [], stdin: BinaryIO | None = None,
+        message: str | None = None, progress: Progress | None = None,
+    ) -> str:
+        """One-layer image from a rootfs tar (maybe compressed), a directory, or ``-`` (stdin)."""
+        tag = "{}:{}".format(*parse_ref(ref)) if ref else None
+        settings = apply_changes({}, changes)
+        if src != "-" and not os.path.exists(src):
+            raise BadInput(f"{src}: no such file or directory")
+        with self.root.writer() as txn, _naming("stdin" if src == "-" else src):
+            if src != "-" and os.path.isdir(src):
+                tar_path = txn.new_path("rootfs.tar")
+                with open(tar_path, "wb") as f:
+                    write_tree(src, f)
+                raw: BinaryIO = open(tar_path, "rb")
+            elif src == "-":
+                assert stdin is not None
+                raw = stdin
+            else:
+                raw = open(src, "rb")
+            try:
+                total = os.fstat(raw.fileno()).st_size if src != "-" else 0
+                layer = self.layers.stage(txn, raw, parent=None, where=src, progress=_Counter(progress, total))
+            finally:
+                if raw is not stdin:
+                    raw.close()
+            created = now()
+            config = {
+                "architecture": _arch(), "os": "linux", "created": created, "config": settings,
+                "rootfs": {"type": "layers", "diff_ids": [layer.info.diff_id]},
+                "history": [{"created": created, "comment": message or f"Imported from {src}"}],
+            }
+            blob = self.blobs.stage_bytes(txn, json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
+            fresh = [] if self.layers.exists(layer.info.chain_id) else [layer]
+            self._publish(txn, fresh, [blob], [(blob.digest, None)], [(tag, blob.digest)] if tag else [])
+            return blob.digest
+
+    # -- moving images out ------------------------------------------------------------------------
+    def save_items(self, refs: list[str]) -> list[SaveItem]:
+        """Resolve what ``save`` will write, before anything is written (bad refs change nothing)."""
+        repos = self.images.repositories()
+        items: dict[str, SaveItem] = {}
+        for ref in refs:
+            if ":" not in ref and "@" not in ref and ref in repos:  # a bare repo: all its tags
+                pairs = sorted(repos[ref].items())
+            else:
+                image_id = self.images.resolve(ref)
+                tagged = f"{parse_ref(ref)[0]}:{parse_ref(ref)[1]}" if _is_tag(self, ref) else None
+                pairs = [(tagged, image_id)] if tagged else [("", image_id)]
+            for tag, image_id in pairs:
+                item = items.setdefault(image_id, SaveItem(image_id, [], self.images.chain(image_id)))
+                if tag and tag not in item.tags:
+                    item.tags.append(tag)
+        return list(items.values())
+
+    def save(self, items: list[SaveItem], out: BinaryIO, progress: Progress | None = None) -> None:
+        total = sum(self.layers.info(c).tar_size for item in items for c in set(item.chain))
+        write_archive(items, self.root, self.layers, self.blobs.read, out, _Counter(progress, total))
+
+    # -- tags and removal -------------------------------------------------------------------------
+    def tag(self, source: str, target: str) -> None:
+        parse_ref(target)
+        with self.root.writer():
+            self.images.set_tag(target, self.images.resolve(source))
+
+    def rmi(self, ref: str, force: bool = False, holders: Callable[[str], list[str]] | None = None) -> list[str]:
+        """Docker's rmi for one reference; returns its ``Untagged:``/``Deleted:`` lines.
+
+        ``holders(image_id)`` names users of the image outside the store (containers): an image in use
+        is not deleted unless ``force``.
+        """
+        with self.root.writer() as txn:
+            image_id = self.images.resolve(ref)
+            tags = self.images.tags_of(image_id)
+            by_tag = _is_tag(self, ref)
+            full = "{}:{}".format(*parse_ref(ref)) if by_tag else ""
+            if by_tag and len(tags) > 1:
+                self.images.untag(full)
+                return [f"Untagged: {full}"]
+            short = hex_of(image_id)[:12]
+            if not by_tag and len(tags) > 1 and not force:
+                raise Conflict(f"conflict: unable to delete {short} (must be forced) - "
+                               "image is referenced in multiple repositories")
+            users = holders(image_id) if holders else []
+            if users and not force:
+                raise Conflict(f"conflict: unable to remove {ref} (must force) - image is being used by {users[0]}")
+            children = self.images.children(image_id)
+            if children and not by_tag:
+                raise Conflict(f"conflict: unable to delete {short} (cannot be forced) - "
+                               "image has dependent child images")
+            out = []
+            for t in [full] if by_tag else tags:
+                self.images.untag(t)
+                out.append(f"Untagged: {t}")
+            if children:
+                return out  # an untagged parent stays, as in Docker
+            self.images.remove_record(image_id)
+            out.append(f"Deleted: {image_id}")
+            layers, _blobs = self.images.gc(txn)
+            out.extend(f"Deleted: {c}" for c in layers)
+            return out
+
+    # -- views ------------------------------------------------------------------------------------
+    def history(self, ref: str) -> list[HistoryRow]:
+        """Newest first, like ``docker history``."""
+        image_id = self.images.resolve(ref)
+        config = self.images.config(image_id)
+        chain = chain_ids(config["rootfs"]["diff_ids"])
+        entries = config.get("history") or [{} for _ in chain]
+        tops: dict[int, str] = {}  # history index -> image id of the ancestor whose top it is
+        ancestor: str | None = image_id
+        while ancestor is not None and self.images.exists(ancestor):
+            tops.setdefault(len(self.images.config(ancestor).get("history") or []) - 1, ancestor)
+            ancestor = self.images.record(ancestor).parent
+        tops[len(entries) - 1] = image_id
+        rows = []
+        layer = 0
+        for i, h in enumerate(entries):
+            size = 0
+            if not h.get("empty_layer"):
+                size = self.layers.info(chain[layer]).size if self.layers.exists(chain[layer]) else 0
+                layer += 1
+            rows.append(HistoryRow(tops.get(i), h.get("created", ""), h.get("created_by", ""), size,
+                                   h.get("comment", ""), bool(h.get("empty_layer"))))
+        return rows[::-1]
+
+    def tree(self) -> list[TreeNode]:
+        nodes: dict[str, TreeNode] = {}
+        for image_id in self.images.ids():
+            chain = self.images.chain(image_id)
+            virtual = 0
+            for c in chain:
+                info = self.layers.info(c)
+                virtual += info.size
+                if c not in nodes:
+                    nodes[c] = TreeNode(c, info.size, virtual, [], [])
+                    if info.parent:
+                        nodes[info.parent].children.append(nodes[c])
+            if chain:
+                nodes[chain[-1]].tags.extend(self.images.tags_of(image_id))
+                nodes[chain[-1]].images.append(image_id)
+        roots = [n for n in nodes.values() if self.layers.info(n.chain_id).parent is None]
+        return sorted(roots, key=lambda n: n.chain_id)
+
+    def inspect_image(self, ref: str) -> dict[str, Any]:
+        image_id = self.images.resolve(ref)
+        config = self.images.config(image_id)
+        record = self.images.record(image_id)
+        chain = self.images.chain(image_id)
+        dirs = [self.layers.diff_dir(c) for c in reversed(chain)]
+        history = config.get("history") or []
+        return {
+            "Id": image_id,
+            "RepoTags": self.images.tags_of(image_id),
+            "RepoDigests": [],
+            "Parent": record.parent or "",
+            "Comment": (history[-1].get("comment", "") if history else ""),
+            "Created": config.get("created", ""),
+            "Author": config.get("author", ""),
+            "Config": config.get("config") or {},
+            "Architecture": config.get("architecture", ""),
+            "Os": config.get("os", ""),
+            "Size": self.images.size(image_id),
+            "GraphDriver": {
+                "Name": "strata",
+                "Data": {"UpperDir": dirs[0] if dirs else "", "LowerDir": ":".join(dirs[1:])},
+            },
+            "RootFS": {"Type": "layers", "Layers": config["rootfs"]["diff_ids"]},
+            "History": history,
+            "Metadata": {"LastTagTime": record.added},
+        }
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "Root": self.root.path,
+            "Images": len(self.images.ids()),
+            "Tags": len(self.images.tags()),
+            "Layers": len(self.layers.all()),
+            "Blobs": len(self.blobs.all()),
+        }
+
+    def check(self) -> list[str]:
+        """Verify every blob, layer chain, image and tag. Returns the problems found."""
+        problems: list[str] = []
+        for digest in self.blobs.all():
+            if not self.blobs.verify(digest):
+                problems.append(f"blob {digest}: content does not match its digest")
+        for chain in self.layers.all():
+            found = self.layers.check_chain(chain)
+            problems.extend(found)
+            if not found:
+                info = self.layers.info(chain)
+                try:
+                    if self._diff_id_of(self.blobs.open(info.blob), f"layer {chain}") != info.diff_id:
+                        problems.append(f"layer {chain}: blob {info.blob} does not unpack to diff_id {info.diff_id}")
+                except StoreError as e:
+                    problems.append(f"layer {chain}: {e}")
+        for image_id in self.images.ids():
+            try:
+                config = validate_config(self.blobs.read(image_id), f"image {image_id}")
+            except StoreError as e:
+                problems.append(f"image {image_id}: {e}")
+                continue
+            for c in chain_ids(config["rootfs"]["diff_ids"]):
+                if not self.layers.exists(c):
+                    problems.append(f"image {image_id}: layer {c} is missing")
+            parent = self.images.record(image_id).parent
+            if parent and not self.images.exists(parent):
+                problems.append(f"image {image_id}: parent image {parent} is missing")
+        for ref, image_id in self.images.tags().items():
+            if not self.images.exists(image_id):
+                problems.append(f"tag {ref}: image {image_id} is missing")
+        return problems
+
+
+@contextmanager
+def _naming(where: str) -> Iterator[None]:
+    """Make sure an error about an input names that input (one line: the file, then the reason)."""
+    try:
+        yield
+    except StoreError as e:
+        if where in str(e):
+            raise
+        raise type(e)(f"{where}: {e}") from None
+
+
+def _arch() -> str:
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def _is_tag(store: Store, ref: str) -> bool:
+    """True when ``ref`` names a tag rather than an image id."""
+    try:
+        name, tag = parse_ref(ref)
+    except StoreError:
+        return False
+    return f"{name}:{tag}" in store.images.tags()

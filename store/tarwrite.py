@@ -1,0 +1,87 @@
+"""Write a directory tree as a reproducible layer tar (the inverse of ``extract``).
+
+Reproducible by construction: entries sorted by name with whiteouts (``.wh.*``) before their
+siblings (OCI layer.md SHOULD), PAX format, no user or group names, hard links detected by inode.
+The same tree therefore always gives the same bytes and the same diff_id.
+
+Caveats: paths are handed to ``os.lstat``/``open`` whole, so trees deeper than PATH_MAX fail.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+from collections.abc import Iterator
+from typing import BinaryIO
+
+_COPY = 1 << 20
+
+
+def _sort_key(name: str) -> tuple[int, str]:
+    return (0 if name.startswith(".wh.") else 1, name)
+
+
+def walk(root: str, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
+    """Yield ``(relative path, lstat)`` for every entry under ``root`` in layer order."""
+    here = os.path.join(root, rel) if rel else root
+    for name in sorted(os.listdir(here), key=_sort_key):
+        path = f"{rel}/{name}" if rel else name
+        st = os.lstat(os.path.join(root, path))
+        yield path, st
+        if stat.S_ISDIR(st.st_mode):
+            yield from walk(root, path)
+
+
+def tarinfo_for(root: str, rel: str, st: os.stat_result, links: dict[tuple[int, int], str]) -> tarfile.TarInfo:
+    full = os.path.join(root, rel)
+    info = tarfile.TarInfo(rel + ("/" if stat.S_ISDIR(st.st_mode) else ""))
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.uid, info.gid = st.st_uid, st.st_gid
+    info.uname = info.gname = ""
+    info.mtime = st.st_mtime_ns // 1_000_000_000
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and key in links:
+            info.type, info.linkname = tarfile.LNKTYPE, links[key]
+        else:
+            if st.st_nlink > 1:
+                links[key] = rel
+            info.type, info.size = tarfile.REGTYPE, st.st_size
+    elif stat.S_ISDIR(mode):
+        info.type = tarfile.DIRTYPE
+    elif stat.S_ISLNK(mode):
+        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(full)
+    elif stat.S_ISFIFO(mode):
+        info.type = tarfile.FIFOTYPE
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        info.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
+        info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    else:  # sockets are not representable in tar: skipped, as GNU tar does
+        raise ValueError("socket")
+    xattrs = {}
+    try:
+        for key in sorted(os.listxattr(full, follow_symlinks=False)):
+            value = os.getxattr(full, key, follow_symlinks=False)
+            xattrs["SCHILY.xattr." + key] = value.decode("utf-8", "surrogateescape")
+    except OSError:
+        pass
+    info.pax_headers = xattrs
+    return info
+
+
+def write_tree(root: str, out: BinaryIO, entries: Iterator[tuple[str, os.stat_result]] | None = None) -> None:
+    """Write ``root`` (or the given entries of it) to ``out`` as a PAX tar, end marker included."""
+    links: dict[tuple[int, int], str] = {}
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, copybufsize=_COPY) as tar:
+        for rel, st in entries if entries is not None else walk(root):
+            try:
+                info = tarinfo_for(root, rel, st, links)
+            except ValueError:
+                continue
+            if info.type == tarfile.REGTYPE:
+                with open(os.path.join(root, rel), "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)

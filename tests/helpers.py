@@ -1,0 +1,150 @@
+"""Builders for real tar files and archives, a CLI runner, and a store snapshot for 'unchanged' checks."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from typing import Any
+
+STRATA = [sys.executable, "-m", "runner.cli"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def strata(root: str, *args: str, input: bytes | None = None, check: bool = True) -> Result:
+    proc = subprocess.run(
+        [*STRATA, "--root", root, *args], input=input, capture_output=True, cwd=REPO, timeout=300,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
+    res = Result(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+    if check and res.code != 0:
+        raise AssertionError(f"strata {' '.join(args)} failed ({res.code}): {res.err}")
+    return res
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def tar_bytes(entries: list[dict[str, Any]], fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    """Entries: {"name", "type": file|dir|symlink|hardlink|fifo|char, "data", "mode", "link", ...}."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for e in entries:
+            info = tarfile.TarInfo(e["name"])
+            kind = e.get("type", "file")
+            info.type = {
+                "file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+                "hardlink": tarfile.LNKTYPE, "fifo": tarfile.FIFOTYPE, "char": tarfile.CHRTYPE,
+                "block": tarfile.BLKTYPE,
+            }[kind]
+            info.mode = e.get("mode", 0o755 if kind == "dir" else 0o644)
+            info.uid, info.gid = e.get("uid", 0), e.get("gid", 0)
+            info.mtime = e.get("mtime", 1_600_000_000)
+            info.linkname = e.get("link", "")
+            info.devmajor, info.devminor = e.get("dev", (0, 0))
+            if "xattrs" in e:
+                info.pax_headers = {"SCHILY.xattr." + k: v for k, v in e["xattrs"].items()}
+            data = e.get("data", b"")
+            if kind == "file":
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+def config_for(diff_ids: list[str], history: list[dict[str, Any]] | None = None, **extra: Any) -> bytes:
+    config = {
+        "architecture": "amd64", "os": "linux", "created": "2024-01-02T03:04:05Z",
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": history if history is not None else [
+            {"created": "2024-01-02T03:04:05Z", "created_by": f"step {i}"} for i in range(len(diff_ids))
+        ],
+        **extra,
+    }
+    return json.dumps(config).encode()
+
+
+def archive(files: dict[str, bytes | tuple[str, str]]) -> bytes:
+    """A tar whose members are files (bytes) or symlinks (("symlink", target))."""
+    entries = []
+    for name, value in files.items():
+        if isinstance(value, tuple):
+            entries.append({"name": name, "type": "symlink", "link": value[1]})
+        else:
+            entries.append({"name": name, "data": value})
+    return tar_bytes(entries, fmt=tarfile.USTAR_FORMAT)
+
+
+def docker_v12_save(layers: list[bytes], tags: list[str], config: bytes | None = None) -> bytes:
+    """A Docker 1.10-24 `docker save`: manifest.json, <config>.json, <dir>/layer.tar, repositories."""
+    diff_ids = [sha256(layer) for layer in layers]
+    config = config or config_for(diff_ids)
+    cfg_name = sha256(config).split(":")[1] + ".json"
+    files: dict[str, bytes | tuple[str, str]] = {cfg_name: config}
+    paths = []
+    for i, layer in enumerate(layers):
+        d = hashlib.sha256(f"v1-{i}-{diff_ids[i]}".encode()).hexdigest()
+        files[f"{d}/VERSION"] = b"1.0"
+        files[f"{d}/json"] = json.dumps({"id": d}).encode()
+        files[f"{d}/layer.tar"] = layer
+        paths.append(f"{d}/layer.tar")
+    files["manifest.json"] = json.dumps([{"Config": cfg_name, "RepoTags": tags, "Layers": paths}]).encode()
+    repos: dict[str, dict[str, str]] = {}
+    for t in tags:
+        name, tag = t.rsplit(":", 1)
+        repos.setdefault(name, {})[tag] = paths[-1].split("/")[0]
+    files["repositories"] = json.dumps(repos).encode()
+    return archive(files)
+
+
+def legacy_save(chain: list[tuple[str, bytes, str]], repositories: dict[str, dict[str, str]]) -> bytes:
+    """Docker <= 1.9: <id>/{VERSION,json,layer.tar} per layer (root first) and `repositories`."""
+    files: dict[str, bytes | tuple[str, str]] = {}
+    parent = None
+    for layer_id, layer, cmd in chain:
+        meta: dict[str, Any] = {
+            "id": layer_id, "created": "2015-06-01T10:00:00.000000001Z", "os": "linux",
+            "architecture": "amd64", "container_config": {"Cmd": ["/bin/sh", "-c", cmd]},
+            "config": {"Cmd": ["/bin/sh"]}, "Size": len(layer),
+        }
+        if parent:
+            meta["parent"] = parent
+        files[f"{layer_id}/VERSION"] = b"1.0"
+        files[f"{layer_id}/json"] = json.dumps(meta).encode()
+        files[f"{layer_id}/layer.tar"] = layer
+        parent = layer_id
+    files["repositories"] = json.dumps(repositories).encode()
+    return archive(files)
+
+
+def snapshot(root: str) -> dict[str, Any]:
+    """Every path under ``root`` with its type, mode, size, content hash and link target."""
+    out: dict[str, Any] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            entry: tuple[Any, ...] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_size)
+            if stat.S_ISREG(st.st_mode) and name != "lock":
+                with open(path, "rb") as f:
+                    entry += (hashlib.sha256(f.read()).hexdigest(),)
+            elif stat.S_ISLNK(st.st_mode):
+                entry += (os.readlink(path),)
+            out[os.path.relpath(path, root)] = entry
+    return out
