@@ -32,7 +32,7 @@ $(BIN)/strata: .stamp-deb pyproject.toml
 demo: deps
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/walkthrough.sh
 
-test: deps
+test: deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: deps

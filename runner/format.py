@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 _UNITS = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"]
 
@@ -48,7 +48,7 @@ def human_duration(seconds: float) -> str:
 def since(when: datetime | None, now: datetime | None = None) -> str:
     if when is None:
         return "N/A"
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return human_duration((now - when).total_seconds()) + " ago"
 
 

@@ -41,7 +41,7 @@ def _pairs(arg: str, what: str) -> list[tuple[str, str]]:
 
 def apply_changes(config: dict[str, Any], changes: list[str]) -> dict[str, Any]:
     """Return the image config's ``config`` section with ``changes`` applied (input unchanged)."""
-    out = json.loads(json.dumps(config))
+    out: dict[str, Any] = json.loads(json.dumps(config))
     for change in changes:
         parts = change.strip().split(None, 1)
         if len(parts) != 2:

@@ -53,13 +53,13 @@ def decompressing(raw: BinaryIO, where: str) -> tuple[str, BinaryIO]:
     if kind == NONE:
         return kind, stream
     if kind == GZIP:
-        return kind, cast(BinaryIO, _Checked(gzip.GzipFile(fileobj=stream, mode="rb"), where))
+        return kind, cast(BinaryIO, _Checked(cast(BinaryIO, gzip.GzipFile(fileobj=stream, mode="rb")), where))
     if kind == ZSTD:
         reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
         return kind, cast(BinaryIO, _Checked(reader, where))
     if kind == BZIP2:
-        return kind, cast(BinaryIO, _Checked(bz2.BZ2File(stream), where))
-    return kind, cast(BinaryIO, _Checked(lzma.LZMAFile(stream), where))
+        return kind, cast(BinaryIO, _Checked(cast(BinaryIO, bz2.BZ2File(stream)), where))
+    return kind, cast(BinaryIO, _Checked(cast(BinaryIO, lzma.LZMAFile(stream)), where))
 
 
 class _Checked:

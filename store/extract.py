@@ -215,7 +215,10 @@ class _Extractor:
             if not self.as_root and not key.startswith("user."):
                 continue
             try:
-                os.setxattr(target, key, value, follow_symlinks=False)
+                if isinstance(target, int):
+                    os.setxattr(target, key, value)
+                else:
+                    os.setxattr(target, key, value, follow_symlinks=False)
             except OSError as e:
                 # user.* xattrs cannot be set on symlinks (the kernel refuses them): nothing to keep.
                 if e.errno not in (errno.EPERM, errno.ENOTSUP) or entry.type != SYMLINK:

@@ -115,7 +115,7 @@ def _plan_docker(source: Source) -> list[ImagePlan]:
                 f"{source.where}: {entry['Config']} has {len(diff_ids)} diff_ids but {len(layers)} layers"
             )
         refs = []
-        for path, diff_id in zip(layers, diff_ids):
+        for path, diff_id in zip(layers, diff_ids, strict=True):
             # v25 names layer blobs blobs/sha256/<digest>: that digest is checked too.
             blob = None
             if path.startswith("blobs/sha256/"):
@@ -200,7 +200,7 @@ def _plan_oci(source: Source) -> list[ImagePlan]:
         if len(diff_ids) != len(manifest["layers"]):
             raise BadInput(f"{source.where}: manifest has {len(manifest['layers'])} layers, config {len(diff_ids)}")
         refs = []
-        for layer, diff_id in zip(manifest["layers"], diff_ids):
+        for layer, diff_id in zip(manifest["layers"], diff_ids, strict=True):
             if not isinstance(layer, dict):
                 raise BadInput(f"{source.where}: malformed layer descriptor")
             media = layer.get("mediaType", "")

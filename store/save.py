@@ -12,6 +12,7 @@ import json
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, BinaryIO
 
 from .compression import decompressing
@@ -86,17 +87,17 @@ def write_archive(
     items: list[SaveItem], root: Root, layers: Layers, config_bytes: Callable[[str], bytes],
     out: BinaryIO, progress: Callable[[int], None] | None = None,
 ) -> None:
-    blobs: dict[str, tuple[int, Callable[[], Any]]] = {}  # digest -> (size, opener)
+    blobs: dict[str, tuple[int, Callable[[], Any]]] = {}  # digest -> (size, opener of a reader)
     index: list[dict[str, Any]] = []
     manifest_json: list[dict[str, Any]] = []
     repositories: dict[str, dict[str, str]] = {}
     for item in items:
         config = config_bytes(item.image_id)
-        blobs[item.image_id] = (len(config), lambda c=config: io.BytesIO(c))
+        blobs[item.image_id] = (len(config), partial(io.BytesIO, config))
         layer_descs = []
         for chain in item.chain:
             info = layers.info(chain)
-            blobs.setdefault(info.diff_id, (info.tar_size, lambda c=chain: _LayerReader(root, layers, c)))
+            blobs.setdefault(info.diff_id, (info.tar_size, partial(_LayerReader, root, layers, chain)))
             layer_descs.append({"mediaType": MEDIA_TAR, "digest": info.diff_id, "size": info.tar_size})
         manifest = _dumps({
             "schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
@@ -104,9 +105,9 @@ def write_archive(
             "layers": layer_descs,
         })
         mdigest = sha256_bytes(manifest)
-        blobs[mdigest] = (len(manifest), lambda m=manifest: io.BytesIO(m))
+        blobs[mdigest] = (len(manifest), partial(io.BytesIO, manifest))
         desc = {"mediaType": MEDIA_MANIFEST, "digest": mdigest, "size": len(manifest)}
-        for tag in item.tags or [None]:
+        for tag in item.tags or [""]:
             entry = dict(desc)
             if tag:
                 name, t = tag.rsplit(":", 1)
@@ -126,7 +127,8 @@ def write_archive(
         "oci-layout": _dumps({"imageLayoutVersion": "1.0.0"}),
         "repositories": _dumps(repositories),
     }
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT, copybufsize=1 << 20) as tar:
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        tar.copybufsize = 1 << 20  # type: ignore[attr-defined]  # real attribute, missing from typeshed
         tar.addfile(_info("blobs/", directory=True))
         tar.addfile(_info("blobs/sha256/", directory=True))
         for digest in sorted(blobs):

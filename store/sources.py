@@ -164,7 +164,7 @@ class DirSource(Source):
             raise NotFound(f"{self.where}: no {name} in the directory") from None
 
     def names(self) -> list[str]:
-        out = []
+        out: list[str] = []
         for dirpath, _dirs, files in os.walk(self._root):
             rel = os.path.relpath(dirpath, self._root)
             out.extend(_norm(os.path.join(rel, f)) for f in files)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -78,10 +79,13 @@ class Store:
         self.root.syncfs()
         for staged in layers:
             self.layers.publish(txn, staged)
+            _failpoint("layer-published")
         for blob in configs:
             self.blobs.publish(txn, blob)
+        _failpoint("configs-published")
         for image_id, parent in records:
             self.images.publish(txn, image_id, parent)
+            _failpoint("record-published")
         notes = []
         for ref, image_id in tags:
             old = self.images.set_tag(ref, image_id)
@@ -357,6 +361,12 @@ class Store:
             if not self.images.exists(image_id):
                 problems.append(f"tag {ref}: image {image_id} is missing")
         return problems
+
+
+def _failpoint(name: str) -> None:
+    """Crash tests: die here, as a SIGKILL would, when STRATA_FAILPOINT names this point."""
+    if os.environ.get("STRATA_FAILPOINT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextmanager

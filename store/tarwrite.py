@@ -62,9 +62,9 @@ def tarinfo_for(root: str, rel: str, st: os.stat_result, links: dict[tuple[int, 
         raise ValueError("socket")
     xattrs = {}
     try:
-        for key in sorted(os.listxattr(full, follow_symlinks=False)):
-            value = os.getxattr(full, key, follow_symlinks=False)
-            xattrs["SCHILY.xattr." + key] = value.decode("utf-8", "surrogateescape")
+        for xname in sorted(os.listxattr(full, follow_symlinks=False)):
+            value = os.getxattr(full, xname, follow_symlinks=False)
+            xattrs["SCHILY.xattr." + xname] = value.decode("utf-8", "surrogateescape")
     except OSError:
         pass
     info.pax_headers = xattrs
@@ -74,7 +74,8 @@ def tarinfo_for(root: str, rel: str, st: os.stat_result, links: dict[tuple[int, 
 def write_tree(root: str, out: BinaryIO, entries: Iterator[tuple[str, os.stat_result]] | None = None) -> None:
     """Write ``root`` (or the given entries of it) to ``out`` as a PAX tar, end marker included."""
     links: dict[tuple[int, int], str] = {}
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, copybufsize=_COPY) as tar:
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        tar.copybufsize = _COPY  # type: ignore[attr-defined]  # real attribute, missing from typeshed
         for rel, st in entries if entries is not None else walk(root):
             try:
                 info = tarinfo_for(root, rel, st, links)

@@ -1,0 +1,112 @@
+"""A layer dir keeps what its tar says: modes, owners, times, xattrs, links, fifos, devices, whiteouts."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+
+import pytest
+from helpers import tar_bytes
+
+from store.errors import BadInput
+from store.extract import extract
+from store.tarstream import TarReader
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="owners, devices and trusted.* xattrs need root")
+
+
+def _extract(tmp_path, data: bytes) -> str:
+    dest = tmp_path / "layer"
+    dest.mkdir()
+    extract(TarReader(io.BytesIO(data), "test.tar"), str(dest), "test.tar")
+    return str(dest)
+
+
+@as_root
+def test_extract_keeps_metadata(tmp_path):
+    layer = _extract(tmp_path, tar_bytes([
+        {"name": "usr/", "type": "dir", "mode": 0o755, "mtime": 1_500_000_000},
+        {"name": "usr/bin/", "type": "dir", "mode": 0o750, "uid": 7, "gid": 8, "mtime": 1_400_000_000},
+        {"name": "usr/bin/su", "data": b"su", "mode": 0o4755, "uid": 0, "gid": 0},
+        {"name": "usr/bin/sg", "data": b"sg", "mode": 0o2711, "uid": 1234, "gid": 5678},
+        {"name": "usr/bin/link", "type": "hardlink", "link": "usr/bin/su"},
+        {"name": "abs", "type": "symlink", "link": "/usr/bin/su", "uid": 3, "gid": 4},
+        {"name": "fifo", "type": "fifo", "mode": 0o640},
+        {"name": "null", "type": "char", "dev": (1, 3), "mode": 0o666},
+        {"name": "blk", "type": "block", "dev": (7, 0), "mode": 0o660},
+        {"name": "x", "data": b"x", "xattrs": {"user.note": "hello", "trusted.overlay.opaque": "y"}},
+        {"name": ".wh.gone", "data": b""},
+        {"name": "d/", "type": "dir"},
+        {"name": "d/.wh..wh..opq", "data": b""},
+    ]))
+    su = os.lstat(f"{layer}/usr/bin/su")
+    assert stat.S_IMODE(su.st_mode) == 0o4755
+    assert su.st_nlink == 2 and os.lstat(f"{layer}/usr/bin/link").st_ino == su.st_ino
+    sg = os.lstat(f"{layer}/usr/bin/sg")
+    assert (sg.st_uid, sg.st_gid, stat.S_IMODE(sg.st_mode)) == (1234, 5678, 0o2711)
+    assert sg.st_mtime == 1_600_000_000
+    d = os.lstat(f"{layer}/usr/bin")
+    assert (stat.S_IMODE(d.st_mode), d.st_uid, d.st_gid, d.st_mtime) == (0o750, 7, 8, 1_400_000_000)
+    assert os.lstat(f"{layer}/usr").st_mtime == 1_500_000_000  # children did not bump it
+    assert os.readlink(f"{layer}/abs") == "/usr/bin/su"
+    assert (os.lstat(f"{layer}/abs").st_uid, os.lstat(f"{layer}/abs").st_gid) == (3, 4)
+    assert stat.S_ISFIFO(os.lstat(f"{layer}/fifo").st_mode)
+    null = os.lstat(f"{layer}/null")
+    assert stat.S_ISCHR(null.st_mode) and os.major(null.st_rdev) == 1 and os.minor(null.st_rdev) == 3
+    assert stat.S_ISBLK(os.lstat(f"{layer}/blk").st_mode)
+    assert os.getxattr(f"{layer}/x", "user.note") == b"hello"
+    assert os.getxattr(f"{layer}/x", "trusted.overlay.opaque") == b"y"
+    assert os.path.isfile(f"{layer}/.wh.gone") and os.path.isfile(f"{layer}/d/.wh..wh..opq")
+
+
+def test_later_entry_replaces_earlier(tmp_path):
+    layer = _extract(tmp_path, tar_bytes([
+        {"name": "a/", "type": "dir"}, {"name": "a/f", "data": b"1"},
+        {"name": "a", "data": b"now a file"},
+        {"name": "b", "data": b"old"}, {"name": "b", "data": b"new"},
+    ]))
+    assert open(f"{layer}/a", "rb").read() == b"now a file"
+    assert open(f"{layer}/b", "rb").read() == b"new"
+
+
+def test_missing_parents_are_created(tmp_path):
+    layer = _extract(tmp_path, tar_bytes([{"name": "deep/er/file", "data": b"x"}]))
+    assert open(f"{layer}/deep/er/file", "rb").read() == b"x"
+
+
+def test_paths_longer_than_path_max_extract(tmp_path):
+    deep = "/".join(["d" * 200] * 25)  # ~5 KB: past PATH_MAX
+    layer = _extract(tmp_path, tar_bytes([{"name": deep + "/leaf", "data": b"deep"}]))
+    fd = os.open(layer, os.O_RDONLY)
+    try:
+        for part in deep.split("/"):
+            nfd = os.open(part, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        assert os.stat("leaf", dir_fd=fd).st_size == 4
+    finally:
+        os.close(fd)
+
+
+def test_name_longer_than_255_bytes_is_rejected(tmp_path):
+    with pytest.raises(BadInput, match="name too long"):
+        _extract(tmp_path, tar_bytes([{"name": "x" * 256, "data": b""}]))
+
+
+def test_hard_link_to_missing_target_is_rejected(tmp_path):
+    with pytest.raises(BadInput, match="missing"):
+        _extract(tmp_path, tar_bytes([{"name": "h", "type": "hardlink", "link": "nothere"}]))
+
+
+def test_gnu_and_pax_long_names(tmp_path):
+    import tarfile
+
+    long = "p" * 150 + "/" + "q" * 120
+    for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        dest = tmp_path / f"f{fmt}"
+        dest.mkdir()
+        data = tar_bytes([{"name": long, "data": b"L"}, {"name": "s", "type": "symlink", "link": "t" * 200}], fmt=fmt)
+        extract(TarReader(io.BytesIO(data), "t"), str(dest), "t")
+        assert open(f"{dest}/{long}", "rb").read() == b"L"
+        assert os.readlink(f"{dest}/s") == "t" * 200
