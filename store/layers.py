@@ -111,20 +111,24 @@ class Layers:
             media_type = _MEDIA_BY_COMPRESSION.get(compression)
             if media_type is None:
                 raise BadInput(f"{where}: {compression} layers are not supported (gzip, zstd or none)")
-            hashed = HashingReader(plain)
-            size = extract(TarReader(hashed, where), os.path.join(layer_dir, "diff"), where)  # type: ignore[arg-type]
-            hashed.drain()
+            # An uncompressed blob is its own tar: the tee's hash is the diff_id, no second hash.
+            hashed = HashingReader(plain) if compression != "none" else None
+            reader = TarReader(hashed or plain, where)  # type: ignore[arg-type]
+            size = extract(reader, os.path.join(layer_dir, "diff"), where)
+            if hashed:
+                hashed.drain()
             tee.drain()  # bytes after the compressed stream still belong to the blob
         finally:
             os.close(fd)
         if blob_digest is not None and tee.digest != blob_digest:
             raise DigestMismatch(f"{where}: blob hashes to {tee.digest}, expected {blob_digest}")
-        if diff_id is not None:
-            hashed.verify(diff_id, where)
-        actual_diff = hashed.digest
+        actual_diff = hashed.digest if hashed else tee.digest
+        if diff_id is not None and actual_diff != diff_id:
+            raise DigestMismatch(f"{where}: layer content hashes to {actual_diff}, expected diff_id {diff_id}")
         chain = chain_ids([parent, actual_diff])[1] if parent else actual_diff
         info = LayerInfo(
-            chain_id=chain, diff_id=actual_diff, parent=parent, size=size, tar_size=hashed.count,
+            chain_id=chain, diff_id=actual_diff, parent=parent, size=size,
+            tar_size=hashed.count if hashed else tee.size,
             blob=tee.digest, media_type=media_type, blob_size=tee.size,
         )
         return StagedLayer(info, layer_dir, StagedBlob(blob_path, tee.digest, tee.size))

@@ -93,10 +93,13 @@ class TarSource(Source):
         self.where = where
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self._members: dict[str, _Member] = {}
-        with os.fdopen(os.dup(self._fd), "rb", buffering=_CHUNK) as f:
-            reader = TarReader(f, where)
+        with os.fdopen(os.dup(self._fd), "rb") as f:
+            reader = TarReader(f, where, seekable=True)
             for entry in reader:
                 self._members[_norm(entry.name)] = _Member(entry.type, reader.pos, entry.size, entry.linkname)
+        length = os.fstat(self._fd).st_size
+        if any(m.offset + m.size > length for m in self._members.values()):
+            raise BadInput(f"{where}: truncated tar stream")
 
     def _resolve(self, name: str) -> _Member:
         name = _norm(name)

@@ -89,8 +89,9 @@ class TarReader:
     ``where`` names the archive in error messages.
     """
 
-    def __init__(self, stream: BinaryIO, where: str) -> None:
+    def __init__(self, stream: BinaryIO, where: str, seekable: bool = False) -> None:
         self._stream = stream
+        self._seekable = seekable  # skip content by seeking (indexing a file); truncation is the caller's check
         self._where = where
         self._remaining = 0  # content bytes of the current entry not yet read
         self._padding = 0
@@ -115,6 +116,10 @@ class TarReader:
         return b"".join(parts)
 
     def _skip(self, n: int) -> None:
+        if self._seekable and n:
+            self._stream.seek(n, os.SEEK_CUR)
+            self.pos += n
+            return
         while n:
             data = self._stream.read(min(n, _CHUNK))
             if not data:

@@ -103,3 +103,36 @@ def test_id_prefixes_resolve(root, busybox_rootfs):
     image_id = strata(root, "import", busybox_rootfs, "bb:1").out.strip()
     for ref in (image_id, image_id[7:], image_id[7:11], "sha256:" + image_id[7:13]):
         assert json.loads(strata(root, "inspect", ref).out)[0]["Id"] == image_id
+
+
+def _run_with_stderr_tty(root: str, *args: str) -> tuple[int, bytes]:
+    import pty
+    import subprocess
+
+    from helpers import REPO, STRATA
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*STRATA, "--root", root, *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=slave, env={**os.environ, "PYTHONPATH": REPO})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the pty
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(), b"".join(chunks)
+
+
+def test_progress_bar_on_a_terminal_only(root, tmp_path, busybox_rootfs):
+    strata(root, "import", busybox_rootfs, "bb:1")
+    saved = tmp_path / "bb.tar"
+    strata(root, "save", "-o", str(saved), "bb:1")
+    code, err = _run_with_stderr_tty(str(tmp_path / "tty"), "load", "-i", str(saved))
+    assert code == 0 and b"Loading layers [" in err and b"MB/" in err
+    quiet = strata(str(tmp_path / "pipe"), "load", "-i", str(saved))
+    assert quiet.err == ""
