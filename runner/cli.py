@@ -82,11 +82,8 @@ def cmd_images(store: Store, args: argparse.Namespace) -> int:
             })
     rows.sort(key=lambda r: (r["created"].timestamp() if r["created"] else 0), reverse=True)
     if args.quiet:
-        seen = []
-        for r in rows:
-            if r["ID"] not in seen:
-                seen.append(r["ID"])
-        print("\n".join(seen)) if seen else None
+        for short in dict.fromkeys(r["ID"] for r in rows):  # each image once, newest first
+            print(short)
         return 0
     if args.format == "json":
         for r in rows:

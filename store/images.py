@@ -154,8 +154,12 @@ class Images:
     def resolve(self, ref: str) -> str:
         """A tag, a full id or a unique id prefix (with or without ``sha256:``) -> image id."""
         tags = self.tags()
-        if ref in tags:
-            return tags[ref]
+        try:
+            full: str | None = "{}:{}".format(*parse_ref(ref))
+        except InvalidReference:
+            full = None  # maybe an id: "sha256:…" is not a valid name
+        if full in tags:  # a tag wins over an id prefix that spells the same, as in Docker
+            return tags[full]
         if _HEXPREFIX.match(ref):
             hexpart = ref.split(":", 1)[-1]
             matches = [i for i in self.ids() if hex_of(i).startswith(hexpart)]
@@ -163,16 +167,9 @@ class Images:
                 return matches[0]
             if len(matches) > 1:
                 raise InvalidReference(f"ambiguous image id prefix {ref!r}: matches {len(matches)} images")
-        try:
-            name, tag = parse_ref(ref)
-        except InvalidReference:
-            if _HEXPREFIX.match(ref):
-                raise NotFound(f"No such image: {ref}") from None
-            raise
-        found = tags.get(f"{name}:{tag}")
-        if found is None:
-            raise NotFound(f"No such image: {name}:{tag}")
-        return found
+        if full is None and not _HEXPREFIX.match(ref):
+            parse_ref(ref)  # raises the reference's own error
+        raise NotFound(f"No such image: {full or ref}")
 
     # -- writing (callers hold the writer lock) ---------------------------------------------------
     def publish(self, txn: Transaction, image_id: str, parent: str | None) -> bool:

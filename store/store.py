@@ -195,8 +195,7 @@ class Store:
                 pairs = sorted(repos[ref].items())
             else:
                 image_id = self.images.resolve(ref)
-                tagged = f"{parse_ref(ref)[0]}:{parse_ref(ref)[1]}" if _is_tag(self, ref) else None
-                pairs = [(tagged, image_id)] if tagged else [("", image_id)]
+                pairs = [("{}:{}".format(*parse_ref(ref)) if _is_tag(self, ref) else "", image_id)]
             for tag, image_id in pairs:
                 item = items.setdefault(image_id, SaveItem(image_id, [], self.images.chain(image_id)))
                 if tag and tag not in item.tags:

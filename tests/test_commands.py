@@ -136,3 +136,15 @@ def test_progress_bar_on_a_terminal_only(root, tmp_path, busybox_rootfs):
     assert code == 0 and b"Loading layers [" in err and b"MB/" in err
     quiet = strata(str(tmp_path / "pipe"), "load", "-i", str(saved))
     assert quiet.err == ""
+
+
+def test_root_comes_from_strata_root(tmp_path, busybox_rootfs):
+    import subprocess
+
+    from helpers import REPO, STRATA
+
+    env = {**os.environ, "PYTHONPATH": REPO, "STRATA_ROOT": str(tmp_path / "envroot")}
+    subprocess.run([*STRATA, "import", busybox_rootfs, "bb:1"], cwd=REPO, env=env, check=True, capture_output=True)
+    out = subprocess.run([*STRATA, "info"], cwd=REPO, env=env, check=True, capture_output=True, text=True).stdout
+    assert out.splitlines()[0] == f"Root: {tmp_path / 'envroot'}"
+    assert os.path.isdir(tmp_path / "envroot" / "layers")
