@@ -256,7 +256,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("--no-trunc", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
-    p.add_argument("-H", "--human", default="true", help=argparse.SUPPRESS)
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_history)
 

@@ -50,7 +50,7 @@ def chain_ids(diff_ids: Iterable[str]) -> list[str]:
 class HashingReader:
     """Wraps a binary stream; hashes and counts every byte read through it.
 
-    ``verify(expected, what)`` drains nothing: callers read to the end first.
+    ``verify(expected, what)`` reads nothing more: callers read to the end first.
     """
 
     def __init__(self, raw: BinaryIO) -> None:
@@ -63,13 +63,6 @@ class HashingReader:
         self._hash.update(data)
         self.count += len(data)
         return data
-
-    def readinto(self, buf: bytearray | memoryview) -> int:
-        n = self._raw.readinto(buf)  # type: ignore[attr-defined]
-        if n:
-            self._hash.update(memoryview(buf)[:n])
-            self.count += n
-        return int(n or 0)
 
     def drain(self, chunk: int = 1 << 20) -> None:
         while self.read(chunk):

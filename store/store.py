@@ -185,6 +185,14 @@ class Store:
             self._publish(txn, fresh, [blob], [(blob.digest, None)], [(tag, blob.digest)] if tag else [])
             return blob.digest
 
+    def _is_tag(self, ref: str) -> bool:
+        """True when ``ref`` names a tag rather than an image id."""
+        try:
+            name, tag = parse_ref(ref)
+        except StoreError:
+            return False
+        return f"{name}:{tag}" in self.images.tags()
+
     # -- moving images out ------------------------------------------------------------------------
     def save_items(self, refs: list[str]) -> list[SaveItem]:
         """Resolve what ``save`` will write, before anything is written (bad refs change nothing)."""
@@ -195,7 +203,7 @@ class Store:
                 pairs = sorted(repos[ref].items())
             else:
                 image_id = self.images.resolve(ref)
-                pairs = [("{}:{}".format(*parse_ref(ref)) if _is_tag(self, ref) else "", image_id)]
+                pairs = [("{}:{}".format(*parse_ref(ref)) if self._is_tag(ref) else "", image_id)]
             for tag, image_id in pairs:
                 item = items.setdefault(image_id, SaveItem(image_id, [], self.images.chain(image_id)))
                 if tag and tag not in item.tags:
@@ -221,7 +229,7 @@ class Store:
         with self.root.writer() as txn:
             image_id = self.images.resolve(ref)
             tags = self.images.tags_of(image_id)
-            by_tag = _is_tag(self, ref)
+            by_tag = self._is_tag(ref)
             full = "{}:{}".format(*parse_ref(ref)) if by_tag else ""
             if by_tag and len(tags) > 1:
                 self.images.untag(full)
@@ -382,12 +390,3 @@ def _naming(where: str) -> Iterator[None]:
 def _arch() -> str:
     machine = platform.machine()
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
-
-
-def _is_tag(store: Store, ref: str) -> bool:
-    """True when ``ref`` names a tag rather than an image id."""
-    try:
-        name, tag = parse_ref(ref)
-    except StoreError:
-        return False
-    return f"{name}:{tag}" in store.images.tags()
