@@ -1,0 +1,336 @@
+"""Two ways to drive the union filesystem with one behaviour suite:
+
+  ``OpsClient``   calls the ``UnionFS`` handlers directly (no mount, no kernel);
+  ``MountClient`` uses ordinary syscalls on a real mount served by ``python -m unionfs`` in a child
+                  process (cleaned up by PID and exact mountpoint).
+
+Both expose the same async, path-based methods and raise ``OSError`` with the errno the caller would
+see. Also: ``make_layer`` builds a layer dir from a dict, ``mounted`` runs a real mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any
+
+import pyfuse3
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+WHITEOUT = object()  # a .wh. file for this name
+OPAQUE = object()  # this directory is opaque (.wh..wh..opq)
+
+
+def make_layer(base: str, spec: dict[str, Any]) -> str:
+    """``{"etc/hostname": "a\\n", "old": WHITEOUT, "var/": OPAQUE, "d/": None, "l": ("symlink", "t")}``."""
+    os.makedirs(base, exist_ok=True)
+    for name, value in spec.items():
+        path = os.path.join(base, name.rstrip("/"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if value is WHITEOUT:
+            open(os.path.join(os.path.dirname(path), ".wh." + os.path.basename(path)), "w").close()
+        elif name.endswith("/"):
+            os.makedirs(path, exist_ok=True)
+            if value is OPAQUE:
+                open(os.path.join(path, ".wh..wh..opq"), "w").close()
+        elif isinstance(value, tuple) and value[0] == "symlink":
+            os.symlink(value[1], path)
+        elif isinstance(value, tuple) and value[0] == "link":
+            os.link(os.path.join(base, value[1]), path)
+        else:
+            with open(path, "wb") as f:
+                f.write(value.encode() if isinstance(value, str) else value)
+    return base
+
+
+def is_mounted(path: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == os.path.abspath(path) for line in f)
+
+
+@contextmanager
+def mounted(mountpoint: str, lowers: list[str], upper: str | None = None, work: str | None = None,
+            extra: str = "") -> Iterator[subprocess.Popen[bytes]]:
+    """Serve a real mount in a child process; unmount and reap it afterwards, whatever happens."""
+    opt = "lowerdir=" + ":".join(lowers) + (f",upperdir={upper},workdir={work}" if upper else "") + extra
+    r, w = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "--ready-fd", str(w), "-o", opt, mountpoint],
+                            pass_fds=(w,), cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        ready = pipe.read()
+    try:
+        assert ready == b"ok", ready
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if is_mounted(mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", mountpoint], check=False)
+        assert not is_mounted(mountpoint)
+
+
+class MountClient:
+    kind = "mount"
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def p(self, path: str) -> str:
+        return os.path.join(self.root, path)
+
+    async def write(self, path: str, data: bytes, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                    offset: int | None = None) -> None:
+        fd = os.open(self.p(path), flags, 0o644)
+        try:
+            if offset is None:
+                os.write(fd, data)
+            else:
+                os.pwrite(fd, data, offset)
+        finally:
+            os.close(fd)
+
+    async def read(self, path: str, size: int = -1, offset: int = 0) -> bytes:
+        with open(self.p(path), "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+
+    async def stat(self, path: str) -> os.stat_result:
+        return os.lstat(self.p(path))
+
+    async def listdir(self, path: str = "") -> list[str]:
+        return sorted(os.listdir(self.p(path)))
+
+    async def mkdir(self, path: str, mode: int = 0o755) -> None:
+        os.mkdir(self.p(path), mode)
+
+    async def rmdir(self, path: str) -> None:
+        os.rmdir(self.p(path))
+
+    async def unlink(self, path: str) -> None:
+        os.unlink(self.p(path))
+
+    async def rename(self, src: str, dst: str) -> None:
+        os.rename(self.p(src), self.p(dst))
+
+    async def symlink(self, target: str, path: str) -> None:
+        os.symlink(target, self.p(path))
+
+    async def readlink(self, path: str) -> str:
+        return os.readlink(self.p(path))
+
+    async def link(self, src: str, dst: str) -> None:
+        os.link(self.p(src), self.p(dst))
+
+    async def chmod(self, path: str, mode: int) -> None:
+        os.chmod(self.p(path), mode)
+
+    async def chown(self, path: str, uid: int, gid: int) -> None:
+        os.chown(self.p(path), uid, gid, follow_symlinks=False)
+
+    async def utime(self, path: str, ns: tuple[int, int]) -> None:
+        os.utime(self.p(path), ns=ns, follow_symlinks=False)
+
+    async def truncate(self, path: str, size: int) -> None:
+        os.truncate(self.p(path), size)
+
+    async def setxattr(self, path: str, key: str, value: bytes) -> None:
+        os.setxattr(self.p(path), key, value, follow_symlinks=False)
+
+    async def getxattr(self, path: str, key: str) -> bytes:
+        return os.getxattr(self.p(path), key, follow_symlinks=False)
+
+    async def listxattr(self, path: str) -> list[str]:
+        return sorted(os.listxattr(self.p(path), follow_symlinks=False))
+
+    async def mkfifo(self, path: str) -> None:
+        os.mkfifo(self.p(path), 0o640)
+
+    async def exists(self, path: str) -> bool:
+        return os.path.lexists(self.p(path))
+
+
+class _Token:
+    def __init__(self) -> None:
+        self.entries: list[tuple[bytes, int]] = []
+
+
+class OpsClient:
+    """Path operations done by calling the handlers, as the kernel would (lookup, then the op)."""
+
+    kind = "ops"
+
+    def __init__(self, fs: Any) -> None:
+        self.fs = fs
+        self.ctx = SimpleNamespace(uid=os.geteuid(), gid=os.getegid(), pid=os.getpid(), umask=0o022)
+
+    async def _ino(self, path: str) -> int:
+        ino = pyfuse3.ROOT_INODE
+        for part in [p for p in path.split("/") if p]:
+            attr = await self._call(self.fs.lookup, ino, os.fsencode(part), self.ctx)
+            if attr.st_ino == 0:
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+            ino = attr.st_ino
+        return ino
+
+    async def _parent(self, path: str) -> tuple[int, bytes]:
+        head, _, tail = path.rpartition("/")
+        return await self._ino(head), os.fsencode(tail)
+
+    @staticmethod
+    async def _call(fn: Any, *args: Any) -> Any:
+        try:
+            return await fn(*args)
+        except pyfuse3.FUSEError as e:
+            raise OSError(e.errno, os.strerror(e.errno)) from None
+
+    async def _open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        try:
+            ino = await self._ino(path)
+        except FileNotFoundError:
+            if not flags & os.O_CREAT:
+                raise
+            parent, name = await self._parent(path)
+            info, _attr = await self._call(self.fs.create, parent, name, mode, flags, self.ctx)
+            return int(info.fh)
+        if flags & os.O_CREAT and flags & os.O_EXCL:
+            raise FileExistsError(errno.EEXIST, "File exists", path)
+        info = await self._call(self.fs.open, ino, flags & ~os.O_CREAT, self.ctx)
+        if flags & os.O_TRUNC:  # the kernel turns O_TRUNC into open + setattr(size=0)
+            await self._setattr(ino, size=0, fh=info.fh)
+        return int(info.fh)
+
+    async def _setattr(self, ino: int, fh: int | None = None, **values: Any) -> None:
+        attr = pyfuse3.EntryAttributes()
+        fields = SimpleNamespace(update_atime=False, update_mtime=False, update_ctime=False, update_mode=False,
+                                 update_uid=False, update_gid=False, update_size=False)
+        for key, value in values.items():
+            if key == "size":
+                attr.st_size, fields.update_size = value, True
+            elif key == "mode":
+                attr.st_mode, fields.update_mode = value, True
+            elif key == "uid":
+                attr.st_uid, fields.update_uid = value, True
+            elif key == "gid":
+                attr.st_gid, fields.update_gid = value, True
+            elif key == "times":
+                attr.st_atime_ns, attr.st_mtime_ns = value
+                fields.update_atime = fields.update_mtime = True
+        await self._call(self.fs.setattr, ino, attr, fields, fh, self.ctx)
+
+    async def write(self, path: str, data: bytes, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                    offset: int | None = None) -> None:
+        fh = await self._open(path, flags)
+        try:
+            if offset is None:
+                offset = os.fstat(fh).st_size if flags & os.O_APPEND else 0
+            await self._call(self.fs.write, fh, offset, data)
+        finally:
+            await self._call(self.fs.release, fh)
+
+    async def read(self, path: str, size: int = -1, offset: int = 0) -> bytes:
+        fh = await self._open(path, os.O_RDONLY)
+        try:
+            if size < 0:
+                size = os.fstat(fh).st_size
+            return bytes(await self._call(self.fs.read, fh, offset, size))
+        finally:
+            await self._call(self.fs.release, fh)
+
+    async def stat(self, path: str) -> os.stat_result:
+        attr = await self._call(self.fs.getattr, await self._ino(path), self.ctx)
+        return os.stat_result((attr.st_mode, attr.st_ino, 0, attr.st_nlink, attr.st_uid, attr.st_gid,
+                               attr.st_size, attr.st_atime_ns // 10**9, attr.st_mtime_ns // 10**9,
+                               attr.st_ctime_ns // 10**9))
+
+    async def listdir(self, path: str = "") -> list[str]:
+        ino = await self._ino(path)
+        fh = await self._call(self.fs.opendir, ino, self.ctx)
+        token = _Token()
+        original = pyfuse3.readdir_reply
+
+        def reply(tok: _Token, name: bytes, attr: Any, next_id: int) -> bool:
+            tok.entries.append((name, next_id))
+            return True
+
+        pyfuse3.readdir_reply = reply  # the real one needs a kernel buffer
+        try:
+            await self._call(self.fs.readdir, fh, 0, token)
+        finally:
+            pyfuse3.readdir_reply = original
+            await self._call(self.fs.releasedir, fh)
+        return sorted(os.fsdecode(n) for n, _ in token.entries)
+
+    async def mkdir(self, path: str, mode: int = 0o755) -> None:
+        parent, name = await self._parent(path)
+        await self._call(self.fs.mkdir, parent, name, mode | stat.S_IFDIR, self.ctx)
+
+    async def rmdir(self, path: str) -> None:
+        parent, name = await self._parent(path)
+        await self._call(self.fs.rmdir, parent, name, self.ctx)
+
+    async def unlink(self, path: str) -> None:
+        parent, name = await self._parent(path)
+        await self._call(self.fs.unlink, parent, name, self.ctx)
+
+    async def rename(self, src: str, dst: str) -> None:
+        sp, sn = await self._parent(src)
+        dp, dn = await self._parent(dst)
+        await self._call(self.fs.rename, sp, sn, dp, dn, 0, self.ctx)
+
+    async def symlink(self, target: str, path: str) -> None:
+        parent, name = await self._parent(path)
+        await self._call(self.fs.symlink, parent, name, os.fsencode(target), self.ctx)
+
+    async def readlink(self, path: str) -> str:
+        return os.fsdecode(await self._call(self.fs.readlink, await self._ino(path), self.ctx))
+
+    async def link(self, src: str, dst: str) -> None:
+        ino = await self._ino(src)
+        parent, name = await self._parent(dst)
+        await self._call(self.fs.link, ino, parent, name, self.ctx)
+
+    async def chmod(self, path: str, mode: int) -> None:
+        await self._setattr(await self._ino(path), mode=mode)
+
+    async def chown(self, path: str, uid: int, gid: int) -> None:
+        await self._setattr(await self._ino(path), uid=uid, gid=gid)
+
+    async def utime(self, path: str, ns: tuple[int, int]) -> None:
+        await self._setattr(await self._ino(path), times=ns)
+
+    async def truncate(self, path: str, size: int) -> None:
+        await self._setattr(await self._ino(path), size=size)
+
+    async def setxattr(self, path: str, key: str, value: bytes) -> None:
+        await self._call(self.fs.setxattr, await self._ino(path), key.encode(), value, self.ctx)
+
+    async def getxattr(self, path: str, key: str) -> bytes:
+        return bytes(await self._call(self.fs.getxattr, await self._ino(path), key.encode(), self.ctx))
+
+    async def listxattr(self, path: str) -> list[str]:
+        return sorted(os.fsdecode(k) for k in await self._call(self.fs.listxattr, await self._ino(path), self.ctx))
+
+    async def mkfifo(self, path: str) -> None:
+        parent, name = await self._parent(path)
+        await self._call(self.fs.mknod, parent, name, stat.S_IFIFO | 0o640, 0, self.ctx)
+
+    async def exists(self, path: str) -> bool:
+        try:
+            await self._ino(path)
+            return True
+        except FileNotFoundError:
+            return False

@@ -1,0 +1,153 @@
+"""Copy an object from a lower layer into the upper, as kernel overlayfs does.
+
+The copy is built in the workdir — data (FICLONE, else copy_file_range), owner, mode (setuid bits
+too: chmod comes after chown), xattrs, times — and only then renamed into the upper, so a crash never
+leaves a half-copied file visible. The upper parent's times are put back afterwards: a copy-up is not
+a change the merged view should show. Overlay-internal xattrs are not copied.
+
+These functions block (data copies can be long): the filesystem runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import itertools
+import os
+import shutil
+import stat
+
+from .layers import LayerSet
+
+_FICLONE = 0x40049409
+_counter = itertools.count()
+_INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.")
+
+
+def _copy_xattrs(src: str, dst: str | int) -> None:
+    try:
+        names = os.listxattr(src, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EPERM):
+            return
+        raise
+    for name in names:
+        if name.startswith(_INTERNAL_XATTRS):
+            continue
+        try:
+            value = os.getxattr(src, name, follow_symlinks=False)
+            if isinstance(dst, int):
+                os.setxattr(dst, name, value)
+            else:
+                os.setxattr(dst, name, value, follow_symlinks=False)
+        except OSError as e:
+            # trusted.*/security.* need privileges: without them, keep what can be kept.
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
+                raise
+
+
+def _copy_data(src_fd: int, dst_fd: int, size: int) -> None:
+    try:
+        fcntl.ioctl(dst_fd, _FICLONE, src_fd)
+        return
+    except OSError:
+        pass
+    offset = 0
+    while offset < size:
+        n = os.copy_file_range(src_fd, dst_fd, min(size - offset, 1 << 30), offset, offset)
+        if n == 0:
+            break
+        offset += n
+
+
+class Copier:
+    def __init__(self, layers: LayerSet, workdir: str) -> None:
+        self.layers = layers
+        self.work_fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.as_root = os.geteuid() == 0
+        for name in os.listdir(self.work_fd):  # leftovers of a crashed daemon
+            if name.startswith("#copyup-"):
+                remove_entry(self.work_fd, name)
+
+    def close(self) -> None:
+        os.close(self.work_fd)
+
+    def _owner(self, target: str, st: os.stat_result) -> None:
+        if self.as_root:
+            os.chown(target, st.st_uid, st.st_gid, dir_fd=self.work_fd, follow_symlinks=False)
+
+    def copy(self, layer: int, rel: str, upper_parent_rel: str, name: str, data: bool = True) -> os.stat_result:
+        """Copy (layer, rel) to ``upper_parent_rel/name`` in the upper; return the new object's stat."""
+        layers = self.layers
+        upper = layers.upper
+        assert upper is not None
+        st = layers.lstat(layer, rel)
+        if st is None:
+            raise FileNotFoundError(errno.ENOENT, "vanished during copy-up", rel)
+        tmp = f"#copyup-{os.getpid()}-{next(_counter)}"
+        with layers.at(layer, rel) as (sfd, sname):
+            src_path = f"/proc/self/fd/{sfd}/{sname}"
+            mode = st.st_mode
+            try:
+                if stat.S_ISREG(mode):
+                    dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=self.work_fd)
+                    try:
+                        if data and st.st_size:
+                            src = os.open(sname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
+                            try:
+                                _copy_data(src, dst, st.st_size)
+                            finally:
+                                os.close(src)
+                        if self.as_root:
+                            os.fchown(dst, st.st_uid, st.st_gid)
+                        os.fchmod(dst, stat.S_IMODE(mode))
+                        _copy_xattrs(src_path, dst)
+                        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+                    finally:
+                        os.close(dst)
+                elif stat.S_ISLNK(mode):
+                    os.symlink(os.readlink(sname, dir_fd=sfd), tmp, dir_fd=self.work_fd)
+                    self._owner(tmp, st)
+                    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self.work_fd, follow_symlinks=False)
+                elif stat.S_ISDIR(mode):
+                    os.mkdir(tmp, 0o700, dir_fd=self.work_fd)
+                    self._owner(tmp, st)
+                    os.chmod(tmp, stat.S_IMODE(mode), dir_fd=self.work_fd)
+                    _copy_xattrs(src_path, f"/proc/self/fd/{self.work_fd}/{tmp}")
+                    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self.work_fd)
+                else:  # fifo, socket, device
+                    os.mknod(tmp, mode, st.st_rdev, dir_fd=self.work_fd)
+                    self._owner(tmp, st)
+                    os.chmod(tmp, stat.S_IMODE(mode), dir_fd=self.work_fd)
+                    _copy_xattrs(src_path, f"/proc/self/fd/{self.work_fd}/{tmp}")
+                    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self.work_fd)
+                self.publish(tmp, upper_parent_rel, name)
+            except BaseException:
+                remove_entry(self.work_fd, tmp)
+                raise
+        new = layers.lstat(upper, f"{upper_parent_rel}/{name}" if upper_parent_rel else name)
+        assert new is not None
+        return new
+
+    def publish(self, tmp: str, parent_rel: str, name: str) -> None:
+        """Rename ``tmp`` from the workdir into the upper, keeping the parent's times."""
+        upper = self.layers.upper
+        assert upper is not None
+        parent = self.layers.lstat(upper, parent_rel)
+        with self.layers.at(upper, f"{parent_rel}/{name}" if parent_rel else name) as (dfd, dname):
+            os.rename(tmp, dname, src_dir_fd=self.work_fd, dst_dir_fd=dfd)
+        if parent is not None:
+            with self.layers.at(upper, parent_rel) as (pfd, pname):
+                os.utime(pname, ns=(parent.st_atime_ns, parent.st_mtime_ns), dir_fd=pfd, follow_symlinks=False)
+
+
+def remove_entry(dir_fd: int, name: str) -> None:
+    """Remove ``name`` (a file or a whole tree) from the directory open at ``dir_fd``."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)

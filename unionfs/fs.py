@@ -1,0 +1,635 @@
+"""The pyfuse3 Operations of the union filesystem: only the FUSE handlers and the inode table.
+
+Inodes: every object gets our own inode number, keyed by the identity (st_dev, st_ino) of the real
+object that shows; a copy-up records the new upper object as an alias of the original, so numbers stay
+stable for the life of the mount, are unique across layers, and hard links (in a layer, or made
+through the mount) share one number. Nodes are forgotten at lookup count 0 with nothing open; the
+identity -> number map is kept.
+
+Caching: lower layers never change under a mount and this process is the only writer of the upper,
+so the kernel may keep entries, attributes, negative lookups and file pages for a long time.
+
+Caveats:
+  - Renaming a directory that exists in a lower layer gives EXDEV (as kernel overlayfs without
+    ``redirect_dir``; ``mv`` falls back to copying). Files rename freely. RENAME_EXCHANGE: EINVAL.
+  - Copying up one name of a hard-linked lower file breaks that link on disk (kernel overlayfs without
+    ``index`` does the same); this mount keeps showing one inode until it is unmounted.
+  - ``.`` and ``..`` are not listed by readdir (the kernel answers them).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from . import whiteout
+from .copyup import Copier, remove_entry
+from .errors import fuse_boundary, oserror
+from .layers import LayerSet, Resolved, join
+
+Identity = tuple[int, int]
+TIMEOUT = 1e6
+_WRITE = os.O_WRONLY | os.O_RDWR
+_INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.")
+
+
+@dataclass(eq=False)
+class Node:
+    ino: int
+    parent: Node | None
+    name: str
+    layer: int  # the layer the object shows from (the top-most one for a directory)
+    dir_layers: list[int]  # for a directory: the layers merging into it, top-most first
+    is_dir: bool
+    lookups: int = 0
+    fds: set[int] = field(default_factory=set)  # open file handles on this node
+    unlinked: bool = False
+    last: os.stat_result | None = None
+
+    @property
+    def rel(self) -> str:
+        parts = []
+        node: Node | None = self
+        while node is not None and node.parent is not None:
+            parts.append(node.name)
+            node = node.parent
+        return "/".join(reversed(parts))
+
+
+@dataclass
+class DirHandle:
+    node: Node
+    names: list[str]
+    read: bool = False
+
+
+def _name(raw: bytes) -> str:
+    return os.fsdecode(raw)
+
+
+class UnionFS(pyfuse3.Operations):
+    enable_writeback_cache = False
+
+    def __init__(self, lowers: Sequence[str], upper: str | None = None, work: str | None = None) -> None:
+        super().__init__()
+        self.layers = LayerSet(upper, list(lowers))
+        self.upper = self.layers.upper
+        self.copier = Copier(self.layers, work) if upper is not None and work is not None else None
+        self.as_root = os.geteuid() == 0
+        root_dirs = self.layers.root_dirs()
+        self.root = Node(pyfuse3.ROOT_INODE, None, "", root_dirs[0], root_dirs, True, lookups=1)
+        self.nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: self.root}
+        self.inos: dict[Identity, int] = {}
+        self.aliases: dict[Identity, Identity] = {}
+        self._next_ino = itertools.count(pyfuse3.ROOT_INODE + 1)
+        self.dirs: dict[int, DirHandle] = {}
+        self._dir_fh = itertools.count(1)
+        self._copy_locks: dict[int, trio.Lock] = {}
+        self._handles: dict[int, Node] = {}  # open file handle (the real fd) -> its node
+
+    def close(self) -> None:
+        for fd in [fd for node in self.nodes.values() for fd in node.fds]:
+            os.close(fd)
+        if self.copier:
+            self.copier.close()
+        self.layers.close()
+
+    # -- the inode table --------------------------------------------------------------------------
+    def _node(self, ino: int) -> Node:
+        try:
+            return self.nodes[ino]
+        except KeyError:
+            raise oserror(errno.ESTALE) from None
+
+    def _ino(self, st: os.stat_result) -> int:
+        ident = (st.st_dev, st.st_ino)
+        ident = self.aliases.get(ident, ident)
+        ino = self.inos.get(ident)
+        if ino is None:
+            ino = self.inos[ident] = next(self._next_ino)
+        return ino
+
+    def _attr(self, st: os.stat_result, ino: int) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = ino
+        e.generation = 0
+        e.entry_timeout = TIMEOUT
+        e.attr_timeout = TIMEOUT
+        e.st_mode = st.st_mode
+        e.st_nlink = st.st_nlink
+        e.st_uid = st.st_uid
+        e.st_gid = st.st_gid
+        e.st_rdev = st.st_rdev
+        e.st_size = st.st_size
+        e.st_blksize = st.st_blksize
+        e.st_blocks = st.st_blocks
+        e.st_atime_ns = st.st_atime_ns
+        e.st_mtime_ns = st.st_mtime_ns
+        e.st_ctime_ns = st.st_ctime_ns
+        return e
+
+    def _resolve(self, parent: Node, name: str) -> Resolved | None:
+        return self.layers.resolve(parent.dir_layers, parent.rel, name)
+
+    def _remember(self, parent: Node, name: str, res: Resolved) -> Node:
+        """The node for a resolved name (found again or new), pointing at this name."""
+        ino = self._ino(res.st)
+        node = self.nodes.get(ino)
+        if node is None:
+            node = self.nodes[ino] = Node(ino, parent, name, res.layer, res.dir_layers, res.is_dir)
+        else:
+            node.parent, node.name, node.layer = parent, name, res.layer
+            node.dir_layers, node.is_dir, node.unlinked = res.dir_layers, res.is_dir, False
+        node.last = res.st
+        return node
+
+    def _stat(self, node: Node) -> os.stat_result:
+        if node.unlinked:
+            if node.fds:
+                st = os.fstat(next(iter(node.fds)))
+                return os.stat_result((*st[:3], 0, *st[4:]))  # st_nlink 0, as for any unlinked file
+            if node.last is not None:
+                return os.stat_result((*node.last[:3], 0, *node.last[4:]))
+        found = self.layers.lstat(node.layer, node.rel)
+        if found is None:
+            raise oserror(errno.ENOENT, node.rel)
+        node.last = found
+        return found
+
+    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        node.lookups += 1
+        return self._attr(self._stat(node), node.ino)
+
+    def _check_name(self, name: str) -> None:
+        if whiteout.is_special(name):
+            raise oserror(errno.EINVAL, name)  # whiteout spellings are reserved, as in fuse-overlayfs
+        if len(os.fsencode(name)) > 255:
+            raise oserror(errno.ENAMETOOLONG, name)
+
+    def _writable(self) -> int:
+        if self.upper is None or self.copier is None:
+            raise oserror(errno.EROFS)
+        return self.upper
+
+    # -- copy-up ----------------------------------------------------------------------------------
+    async def _upper_dir(self, node: Node) -> None:
+        """Make sure the directory ``node`` exists in the upper (parents first)."""
+        upper = self._writable()
+        if node.dir_layers and node.dir_layers[0] == upper:
+            return
+        assert node.parent is not None
+        await self._upper_dir(node.parent)
+        async with self._copy_lock(node):
+            if node.dir_layers[0] == upper:
+                return
+            assert self.copier is not None
+            old = self._stat(node)
+            new = self.copier.copy(node.dir_layers[0], node.rel, node.parent.rel, node.name)
+            self.aliases[(new.st_dev, new.st_ino)] = self.aliases.get((old.st_dev, old.st_ino),
+                                                                      (old.st_dev, old.st_ino))
+            node.dir_layers = [upper, *node.dir_layers]
+            node.layer = upper
+
+    async def _copy_up(self, node: Node, data: bool = True) -> None:
+        upper = self._writable()
+        if node.is_dir:
+            await self._upper_dir(node)
+            return
+        if node.layer == upper:
+            return
+        assert node.parent is not None
+        await self._upper_dir(node.parent)
+        async with self._copy_lock(node):
+            if node.layer == upper:
+                return
+            assert self.copier is not None
+            old = self._stat(node)
+            copier, layer, rel, prel, name = self.copier, node.layer, node.rel, node.parent.rel, node.name
+            new = await trio.to_thread.run_sync(lambda: copier.copy(layer, rel, prel, name, data))
+            old_ident = (old.st_dev, old.st_ino)
+            self.aliases[(new.st_dev, new.st_ino)] = self.aliases.get(old_ident, old_ident)
+            node.layer = upper
+
+    def _copy_lock(self, node: Node) -> trio.Lock:
+        lock = self._copy_locks.get(node.ino)
+        if lock is None:
+            lock = self._copy_locks[node.ino] = trio.Lock()
+        return lock
+
+    # -- whiteouts --------------------------------------------------------------------------------
+    def _lower_has(self, parent: Node, name: str) -> bool:
+        """Would ``name`` show from a lower layer if the upper had nothing for it?"""
+        lowers = [layer for layer in parent.dir_layers if layer != self.upper]
+        return bool(lowers) and self.layers.resolve(lowers, parent.rel, name) is not None
+
+    def _make_whiteout(self, parent: Node, name: str) -> None:
+        upper = self._writable()
+        with self.layers.at(upper, join(parent.rel, whiteout.whiteout_name(name))) as (fd, wname):
+            os.close(os.open(wname, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000, dir_fd=fd))
+
+    def _drop_whiteout(self, parent: Node, name: str) -> bool:
+        upper = self._writable()
+        if len(os.fsencode(whiteout.whiteout_name(name))) > 255:
+            return False  # such a whiteout cannot exist (nor be made: unlink then says ENAMETOOLONG)
+        with self.layers.at(upper, join(parent.rel, whiteout.whiteout_name(name))) as (fd, wname):
+            try:
+                os.unlink(wname, dir_fd=fd)
+                return True
+            except FileNotFoundError:
+                return False
+
+    def _own(self, upper: int, rel: str, parent: Node, ctx: pyfuse3.RequestContext, is_dir: bool) -> None:
+        """New objects belong to the caller; a setgid directory passes on its group (and, to
+        directories, the bit), as the kernel does."""
+        if not self.as_root:
+            return
+        pst = self._stat(parent)
+        gid = pst.st_gid if pst.st_mode & stat.S_ISGID else ctx.gid
+        with self.layers.at(upper, rel) as (fd, name):
+            os.chown(name, ctx.uid, gid, dir_fd=fd, follow_symlinks=False)
+            if is_dir and pst.st_mode & stat.S_ISGID:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                os.chmod(name, stat.S_IMODE(st.st_mode) | stat.S_ISGID, dir_fd=fd)
+
+    async def _prepare_new(self, parent_ino: int, raw: bytes) -> tuple[Node, str, int, str]:
+        parent = self._node(parent_ino)
+        name = _name(raw)
+        self._check_name(name)
+        upper = self._writable()
+        await self._upper_dir(parent)
+        return parent, name, upper, join(parent.rel, name)
+
+    def _finish_new(self, parent: Node, name: str) -> Node:
+        res = self._resolve(parent, name)
+        if res is None:
+            raise oserror(errno.EIO, name)
+        return self._remember(parent, name, res)
+
+    # -- handlers, in kernel-op order -------------------------------------------------------------
+    @fuse_boundary
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent = self._node(parent_inode)
+        sname = _name(name)
+        if sname == ".":
+            return self._entry(parent)
+        if sname == "..":
+            return self._entry(parent.parent or self.root)
+        res = self._resolve(parent, sname)
+        if res is None:
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0  # a negative entry the kernel may cache
+            negative.entry_timeout = TIMEOUT
+            return negative
+        return self._entry(self._remember(parent, sname, res))
+
+    @fuse_boundary
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            node = self.nodes.get(ino)
+            if node is None or ino == pyfuse3.ROOT_INODE:
+                continue
+            node.lookups -= n
+            if node.lookups <= 0 and not node.fds:
+                del self.nodes[ino]
+                self._copy_locks.pop(ino, None)
+
+    @fuse_boundary
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self._node(inode)
+        return self._attr(self._stat(node), node.ino)
+
+    @fuse_boundary
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self._node(inode)
+        truncating_to_zero = fields.update_size and attr.st_size == 0
+        await self._copy_up(node, data=not truncating_to_zero)
+        upper = self._writable()
+        with self.layers.at(upper, node.rel) as (fd, name):
+            if fields.update_size:
+                if fh is not None and fh in node.fds:
+                    os.ftruncate(fh, attr.st_size)
+                else:
+                    wfd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                    try:
+                        os.ftruncate(wfd, attr.st_size)
+                    finally:
+                        os.close(wfd)
+            if fields.update_uid or fields.update_gid:
+                uid = attr.st_uid if fields.update_uid else -1
+                gid = attr.st_gid if fields.update_gid else -1
+                os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+            if fields.update_mode and not node.unlinked:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISLNK(st.st_mode):
+                    os.chmod(name, stat.S_IMODE(attr.st_mode), dir_fd=fd)
+            if fields.update_atime or fields.update_mtime:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
+                mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
+                os.utime(name, ns=(atime, mtime), dir_fd=fd, follow_symlinks=False)
+        return self._attr(self._stat(node), node.ino)
+
+    @fuse_boundary
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self._node(inode)
+        with self.layers.at(node.layer, node.rel) as (fd, name):
+            return os.fsencode(os.readlink(name, dir_fd=fd))
+
+    @fuse_boundary
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent, sname, upper, rel = await self._prepare_new(parent_inode, name)
+        with self.layers.at(upper, rel) as (fd, n):
+            os.mknod(n, mode, rdev, dir_fd=fd)
+        self._own(upper, rel, parent, ctx, False)
+        self._drop_whiteout(parent, sname)
+        return self._entry(self._finish_new(parent, sname))
+
+    @fuse_boundary
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent, sname, upper, rel = await self._prepare_new(parent_inode, name)
+        with self.layers.at(upper, rel) as (fd, n):
+            os.mkdir(n, mode & 0o7777, dir_fd=fd)
+        self._own(upper, rel, parent, ctx, True)
+        if self._drop_whiteout(parent, sname):
+            # mkdir over a whiteout: the new directory must not show what was below it
+            with self.layers.at(upper, join(rel, whiteout.OPAQUE)) as (fd, n):
+                os.close(os.open(n, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000, dir_fd=fd))
+        return self._entry(self._finish_new(parent, sname))
+
+    @fuse_boundary
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self._node(parent_inode)
+        sname = _name(name)
+        res = self._resolve(parent, sname)
+        if res is None:
+            raise oserror(errno.ENOENT, sname)
+        if res.is_dir:
+            raise oserror(errno.EISDIR, sname)
+        upper = self._writable()
+        await self._upper_dir(parent)
+        ino = self._ino(res.st)
+        # whiteout first: a crash in between leaves the upper file showing, never the lower one
+        if self._lower_has(parent, sname):
+            self._make_whiteout(parent, sname)
+        if res.layer == upper:
+            with self.layers.at(upper, join(parent.rel, sname)) as (fd, n):
+                os.unlink(n, dir_fd=fd)
+        node = self.nodes.get(ino)
+        if node is not None and res.st.st_nlink <= 1:
+            node.unlinked = True
+
+    @fuse_boundary
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self._node(parent_inode)
+        sname = _name(name)
+        res = self._resolve(parent, sname)
+        if res is None:
+            raise oserror(errno.ENOENT, sname)
+        if not res.is_dir:
+            raise oserror(errno.ENOTDIR, sname)
+        rel = join(parent.rel, sname)
+        if self.layers.listdir(res.dir_layers, rel):
+            raise oserror(errno.ENOTEMPTY, sname)
+        upper = self._writable()
+        await self._upper_dir(parent)
+        if self._lower_has(parent, sname):
+            self._make_whiteout(parent, sname)
+        if res.dir_layers[0] == upper:
+            with self.layers.at(upper, rel) as (fd, n):
+                dfd = os.open(n, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                try:
+                    for marker in os.listdir(dfd):  # only whiteouts and the opaque marker are left
+                        remove_entry(dfd, marker)
+                finally:
+                    os.close(dfd)
+                os.rmdir(n, dir_fd=fd)
+        node = self.nodes.get(self._ino(res.st))
+        if node is not None:
+            node.unlinked = True
+
+    @fuse_boundary
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent, sname, upper, rel = await self._prepare_new(parent_inode, name)
+        with self.layers.at(upper, rel) as (fd, n):
+            os.symlink(os.fsdecode(target), n, dir_fd=fd)
+        self._own(upper, rel, parent, ctx, False)
+        self._drop_whiteout(parent, sname)
+        return self._entry(self._finish_new(parent, sname))
+
+    @fuse_boundary
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+                     flags: int, ctx: pyfuse3.RequestContext) -> None:
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise oserror(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+        old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
+        old, new = _name(name_old), _name(name_new)
+        self._check_name(new)
+        src = self._resolve(old_parent, old)
+        if src is None:
+            raise oserror(errno.ENOENT, old)
+        dst = self._resolve(new_parent, new)
+        if dst is not None and flags & pyfuse3.RENAME_NOREPLACE:
+            raise oserror(errno.EEXIST, new)
+        upper = self._writable()
+        if src.is_dir and src.dir_layers != [upper]:
+            raise oserror(errno.EXDEV, old)  # a directory with lower parts: mv copies it instead
+        if dst is not None:
+            if self._ino(dst.st) == self._ino(src.st):
+                return  # the same object (hard links or same name): nothing to do
+            if dst.is_dir and not src.is_dir:
+                raise oserror(errno.EISDIR, new)
+            if src.is_dir and not dst.is_dir:
+                raise oserror(errno.ENOTDIR, new)
+            if dst.is_dir and self.layers.listdir(dst.dir_layers, join(new_parent.rel, new)):
+                raise oserror(errno.ENOTEMPTY, new)
+        node = self._remember(old_parent, old, src)
+        await self._copy_up(node)
+        await self._upper_dir(new_parent)
+        new_rel = join(new_parent.rel, new)
+        if dst is not None and dst.is_dir and dst.dir_layers[0] == upper:
+            with self.layers.at(upper, new_rel) as (fd, n):
+                for marker in os.listdir(f"/proc/self/fd/{fd}/{n}"):
+                    with self.layers.at(upper, join(new_rel, marker)) as (mfd, m):
+                        remove_entry(mfd, m)
+        needs_opaque = src.is_dir and self._lower_has(new_parent, new)
+        if self._lower_has(old_parent, old):
+            self._make_whiteout(old_parent, old)  # first: a crash leaves the source showing
+        with self.layers.at(upper, join(old_parent.rel, old)) as (sfd, s), self.layers.at(upper, new_rel) as (dfd, d):
+            os.rename(s, d, src_dir_fd=sfd, dst_dir_fd=dfd)
+        self._drop_whiteout(new_parent, new)
+        if needs_opaque:
+            with self.layers.at(upper, join(new_rel, whiteout.OPAQUE)) as (fd, n):
+                os.close(os.open(n, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000, dir_fd=fd))
+        if dst is not None:
+            gone = self.nodes.get(self._ino(dst.st))
+            if gone is not None and dst.st.st_nlink <= 1:
+                gone.unlinked = True
+        node.parent, node.name = new_parent, new
+        if src.is_dir:
+            node.dir_layers = [upper]
+
+    @fuse_boundary
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self._node(inode)
+        if node.is_dir:
+            raise oserror(errno.EPERM)
+        await self._copy_up(node)  # a hard link is a change to the file: copy it up first
+        parent, sname, upper, rel = await self._prepare_new(new_parent_inode, new_name)
+        with self.layers.at(upper, node.rel) as (sfd, s), self.layers.at(upper, rel) as (dfd, d):
+            os.link(s, d, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+        self._drop_whiteout(parent, sname)
+        res = self._resolve(parent, sname)
+        assert res is not None
+        linked = self._remember(parent, sname, res)
+        return self._entry(linked)
+
+    @fuse_boundary
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        if flags & _WRITE or flags & os.O_TRUNC:
+            await self._copy_up(node, data=not flags & os.O_TRUNC)
+        with self.layers.at(node.layer, node.rel) as (fd, name):
+            flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)
+            real = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        node.fds.add(real)
+        self._handles[real] = node
+        return pyfuse3.FileInfo(fh=real, keep_cache=True)
+
+    @fuse_boundary
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return os.pread(fh, size, off)
+
+    @fuse_boundary
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return os.pwrite(fh, buf, off)
+
+    @fuse_boundary
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        sv = os.statvfs(self.layers.paths[0])
+        data = pyfuse3.StatvfsData()
+        for attr in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
+                     "f_favail", "f_namemax"):
+            setattr(data, attr, getattr(sv, attr))
+        return data
+
+    @fuse_boundary
+    async def release(self, fh: int) -> None:
+        node = self._handles.pop(fh, None)
+        os.close(fh)
+        if node is not None:
+            node.fds.discard(fh)
+            if node.lookups <= 0 and not node.fds:
+                self.nodes.pop(node.ino, None)
+
+    @fuse_boundary
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
+
+    @fuse_boundary
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self._node(inode)
+        fh = next(self._dir_fh)
+        self.dirs[fh] = DirHandle(node, self.layers.listdir(node.dir_layers, node.rel))
+        return fh
+
+    @fuse_boundary
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        handle = self.dirs[fh]
+        if start_id == 0 and handle.read:  # rewinddir: a fresh listing, as the kernel's overlay does
+            handle.names = self.layers.listdir(handle.node.dir_layers, handle.node.rel)
+        handle.read = True
+        parent = handle.node
+        # Offsets index the listing taken at opendir: entries that stay are never repeated or skipped.
+        for i in range(start_id, len(handle.names)):
+            name = handle.names[i]
+            res = self._resolve(parent, name)
+            if res is None:
+                continue  # removed since the listing was taken
+            node = self._remember(parent, name, res)
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attr(res.st, node.ino), i + 1):
+                break
+            node.lookups += 1
+
+    @fuse_boundary
+    async def releasedir(self, fh: int) -> None:
+        self.dirs.pop(fh, None)
+
+    @fuse_boundary
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        handle = self.dirs[fh]
+        layer, rel = handle.node.layer, handle.node.rel
+
+        def sync() -> None:
+            with self.layers.at(layer, rel) as (fd, name):
+                dfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+
+        await trio.to_thread.run_sync(sync)
+
+    @fuse_boundary
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        key = os.fsdecode(name)
+        if key.startswith(_INTERNAL_XATTRS):
+            raise oserror(errno.EPERM, key)
+        node = self._node(inode)
+        await self._copy_up(node)
+        with self.layers.at(node.layer, node.rel) as (fd, n):
+            os.setxattr(f"/proc/self/fd/{fd}/{n}", key, value, follow_symlinks=False)
+
+    @fuse_boundary
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        key = os.fsdecode(name)
+        if key.startswith(_INTERNAL_XATTRS):
+            raise oserror(errno.ENODATA, key)
+        node = self._node(inode)
+        with self.layers.at(node.layer, node.rel) as (fd, n):
+            return os.getxattr(f"/proc/self/fd/{fd}/{n}", key, follow_symlinks=False)
+
+    @fuse_boundary
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        node = self._node(inode)
+        with self.layers.at(node.layer, node.rel) as (fd, n):
+            names = os.listxattr(f"/proc/self/fd/{fd}/{n}", follow_symlinks=False)
+        return [os.fsencode(k) for k in names if not k.startswith(_INTERNAL_XATTRS)]
+
+    @fuse_boundary
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        key = os.fsdecode(name)
+        if key.startswith(_INTERNAL_XATTRS):
+            raise oserror(errno.EPERM, key)
+        node = self._node(inode)
+        await self._copy_up(node)
+        with self.layers.at(node.layer, node.rel) as (fd, n):
+            os.removexattr(f"/proc/self/fd/{fd}/{n}", key, follow_symlinks=False)
+
+    @fuse_boundary
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent, sname, upper, rel = await self._prepare_new(parent_inode, name)
+        with self.layers.at(upper, rel) as (fd, n):
+            real = os.open(n, (flags & ~os.O_NOCTTY) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                           stat.S_IMODE(mode), dir_fd=fd)
+        try:
+            self._own(upper, rel, parent, ctx, False)
+            self._drop_whiteout(parent, sname)
+            node = self._finish_new(parent, sname)
+        except BaseException:
+            os.close(real)
+            raise
+        node.fds.add(real)
+        self._handles[real] = node
+        return pyfuse3.FileInfo(fh=real, keep_cache=True), self._entry(node)

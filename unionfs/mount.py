@@ -1,0 +1,203 @@
+"""Mounting: ``python -m unionfs -o lowerdir=…,upperdir=…,workdir=… MERGED``, and the async API the
+runner uses (``Mount.start`` / ``Mount.unmount``), each mount in a process of its own (pyfuse3 serves
+one filesystem per process).
+
+Lifecycle: the options are checked before anything is mounted (one-line error, exit 1). With ``-f``
+the process serves in the foreground; otherwise it forks, and the parent returns 0 only once the mount
+is ready (or prints the child's error). SIGTERM/SIGINT unmount cleanly; so do ``fusermount3 -u`` and
+``umount``, which end the serving loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyfuse3
+import trio
+
+from .errors import UnionError
+from .fs import UnionFS
+
+log = logging.getLogger("unionfs")
+_OURS = ("lowerdir", "upperdir", "workdir", "log")
+
+
+@dataclass
+class Options:
+    lowers: list[str]
+    upper: str | None
+    work: str | None
+    fuse: list[str]  # passed through to FUSE (allow_other, …)
+    log: str | None = None
+
+
+def parse_options(values: Sequence[str]) -> Options:
+    """``-o`` values in kernel overlayfs / fuse-overlayfs spelling; lowerdir lists top-most first."""
+    found: dict[str, str] = {}
+    fuse: list[str] = []
+    for value in values:
+        for item in value.split(","):
+            if not item:
+                continue
+            key, _, arg = item.partition("=")
+            if key in _OURS:
+                found[key] = arg
+            else:
+                fuse.append(item)
+    if not found.get("lowerdir"):
+        raise UnionError("missing -o lowerdir=DIR[:DIR...]")
+    lowers = [d for d in found["lowerdir"].split(":") if d]
+    upper, work = found.get("upperdir") or None, found.get("workdir") or None
+    if (upper is None) != (work is None):
+        raise UnionError("upperdir and workdir go together")
+    for d in lowers + [d for d in (upper, work) if d]:
+        if not os.path.isdir(d):
+            raise UnionError(f"{d}: not a directory")
+    if upper and work:
+        if os.stat(upper).st_dev != os.stat(work).st_dev:
+            raise UnionError(f"workdir {work} must be on the same filesystem as upperdir {upper}")
+        if os.path.realpath(work).startswith(os.path.realpath(upper) + "/") or \
+                os.path.realpath(upper).startswith(os.path.realpath(work) + "/"):
+            raise UnionError("upperdir and workdir must not be inside each other")
+    return Options(lowers, upper, work, fuse, found.get("log"))
+
+
+def _mount_options(opts: Options) -> set[str]:
+    options = set(pyfuse3.default_options)
+    options |= {"fsname=strata-unionfs", "subtype=unionfs"}
+    if opts.upper is None:
+        options.add("ro")
+    options.update(opts.fuse)
+    return options
+
+
+async def _serve() -> None:
+    async with trio.open_nursery() as nursery:
+        async def on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    pyfuse3.terminate()
+                    return
+
+        nursery.start_soon(on_signal)
+        await pyfuse3.main(min_tasks=1, max_tasks=16)
+        nursery.cancel_scope.cancel()
+
+
+def serve(opts: Options, mountpoint: str, ready_fd: int | None) -> int:
+    """Mount, tell ``ready_fd`` (``ok`` or the error), serve until unmounted or signalled."""
+    os.umask(0)  # modes come from the caller, already masked by the kernel
+    logging.basicConfig(filename=opts.log, level=logging.WARNING,
+                        format="%(asctime)s unionfs[%(process)d] %(message)s")
+    try:
+        fs = UnionFS(opts.lowers, opts.upper, opts.work)
+        pyfuse3.init(fs, mountpoint, _mount_options(opts))
+    except Exception as e:  # noqa: BLE001 - reported to whoever waits for readiness
+        _tell(ready_fd, f"cannot mount {mountpoint}: {e}")
+        return 1
+    _tell(ready_fd, "ok")
+    try:
+        trio.run(_serve)
+    finally:
+        # After fusermount -u the kernel has unmounted already (and unmounting again is harmless);
+        # after a signal or a crash we must.
+        pyfuse3.close(unmount=True)
+        fs.close()
+    return 0
+
+
+def _tell(fd: int | None, message: str) -> None:
+    if fd is None:
+        if message != "ok":
+            print(f"unionfs: {message}", file=sys.stderr)
+        return
+    os.write(fd, message.encode())
+    os.close(fd)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m unionfs", description="strata's union filesystem")
+    parser.add_argument("mountpoint")
+    parser.add_argument("-o", dest="options", action="append", default=[],
+                        help="lowerdir=L1:L2,upperdir=U,workdir=W[,allow_other,...]")
+    parser.add_argument("-f", dest="foreground", action="store_true", help="stay in the foreground")
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        opts = parse_options(args.options)
+        if not os.path.isdir(args.mountpoint):
+            raise UnionError(f"{args.mountpoint}: not a directory")
+    except UnionError as e:
+        print(f"unionfs: {e}", file=sys.stderr)
+        return 1
+    if args.foreground:
+        return serve(opts, args.mountpoint, args.ready_fd)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(r)
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os._exit(serve(opts, args.mountpoint, w))
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        message = pipe.read().decode(errors="replace")
+    if message == "ok":
+        return 0
+    print(f"unionfs: {message or 'the daemon died before the mount was ready'}", file=sys.stderr)
+    return 1
+
+
+class Mount:
+    """A union mount served by a child process, for trio code (the runner)."""
+
+    def __init__(self, mountpoint: str, process: trio.Process) -> None:
+        self.mountpoint = mountpoint
+        self.process = process
+
+    @classmethod
+    async def start(cls, mountpoint: str, lowers: Sequence[str], upper: str | None = None,
+                    work: str | None = None, options: Sequence[str] = ()) -> Mount:
+        """Start the daemon and return once the mount is ready (UnionError if it cannot be made)."""
+        opt = "lowerdir=" + ":".join(lowers)
+        if upper:
+            opt += f",upperdir={upper},workdir={work}"
+        opt += "".join("," + o for o in options)
+        r, w = os.pipe()
+        try:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "unionfs", "-f", "--ready-fd", str(w), "-o", opt, mountpoint],
+                pass_fds=(w,), stdin=subprocess.DEVNULL,
+            )
+        finally:
+            os.close(w)
+        stream = trio.lowlevel.FdStream(r)
+        message = b""
+        async with stream:
+            while chunk := await stream.receive_some():
+                message += chunk
+        if message != b"ok":
+            await process.wait()
+            raise UnionError(message.decode(errors="replace") or "the unionfs daemon died before mounting")
+        return cls(mountpoint, process)
+
+    async def unmount(self, grace: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; always waits for the process."""
+        with trio.CancelScope(shield=True):
+            if self.process.returncode is None:
+                self.process.send_signal(signal.SIGTERM)
+                with trio.move_on_after(grace):
+                    await self.process.wait()
+                if self.process.returncode is None:
+                    self.process.kill()
+                    await self.process.wait()
+                    subprocess.run(["fusermount3", "-u", "-z", self.mountpoint], capture_output=True)
