@@ -66,8 +66,7 @@ class Node:
 @dataclass
 class DirHandle:
     node: Node
-    names: list[str]
-    read: bool = False
+    names: list[str] = field(default_factory=list)  # the listing, taken when reading from offset 0
 
 
 def _name(raw: bytes) -> str:
@@ -116,14 +115,14 @@ class UnionFS(pyfuse3.Operations):
             ino = self.inos[ident] = next(self._next_ino)
         return ino
 
-    def _attr(self, st: os.stat_result, ino: int) -> pyfuse3.EntryAttributes:
+    def _attr(self, st: os.stat_result, ino: int, unlinked: bool = False) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = ino
         e.generation = 0
         e.entry_timeout = TIMEOUT
         e.attr_timeout = TIMEOUT
         e.st_mode = st.st_mode
-        e.st_nlink = st.st_nlink
+        e.st_nlink = 0 if unlinked else st.st_nlink  # an unlinked file kept open has no names
         e.st_uid = st.st_uid
         e.st_gid = st.st_gid
         e.st_rdev = st.st_rdev
@@ -153,19 +152,21 @@ class UnionFS(pyfuse3.Operations):
     def _stat(self, node: Node) -> os.stat_result:
         if node.unlinked:
             if node.fds:
-                st = os.fstat(next(iter(node.fds)))
-                return os.stat_result((*st[:3], 0, *st[4:]))  # st_nlink 0, as for any unlinked file
+                return os.fstat(next(iter(node.fds)))
             if node.last is not None:
-                return os.stat_result((*node.last[:3], 0, *node.last[4:]))
+                return node.last
         found = self.layers.lstat(node.layer, node.rel)
         if found is None:
             raise oserror(errno.ENOENT, node.rel)
         node.last = found
         return found
 
+    def _node_attr(self, node: Node) -> pyfuse3.EntryAttributes:
+        return self._attr(self._stat(node), node.ino, node.unlinked)
+
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         node.lookups += 1
-        return self._attr(self._stat(node), node.ino)
+        return self._node_attr(node)
 
     def _check_name(self, name: str) -> None:
         if whiteout.is_special(name):
@@ -302,8 +303,7 @@ class UnionFS(pyfuse3.Operations):
 
     @fuse_boundary
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        node = self._node(inode)
-        return self._attr(self._stat(node), node.ino)
+        return self._node_attr(self._node(inode))
 
     @fuse_boundary
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
@@ -335,7 +335,7 @@ class UnionFS(pyfuse3.Operations):
                 atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
                 mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
                 os.utime(name, ns=(atime, mtime), dir_fd=fd, follow_symlinks=False)
-        return self._attr(self._stat(node), node.ino)
+        return self._node_attr(node)
 
     @fuse_boundary
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -538,19 +538,17 @@ class UnionFS(pyfuse3.Operations):
 
     @fuse_boundary
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        node = self._node(inode)
         fh = next(self._dir_fh)
-        self.dirs[fh] = DirHandle(node, self.layers.listdir(node.dir_layers, node.rel))
+        self.dirs[fh] = DirHandle(self._node(inode))
         return fh
 
     @fuse_boundary
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self.dirs[fh]
-        if start_id == 0 and handle.read:  # rewinddir: a fresh listing, as the kernel's overlay does
+        if start_id == 0:  # a listing from the start (first read or rewinddir): take it now
             handle.names = self.layers.listdir(handle.node.dir_layers, handle.node.rel)
-        handle.read = True
         parent = handle.node
-        # Offsets index the listing taken at opendir: entries that stay are never repeated or skipped.
+        # Offsets index that listing: entries that stay are never repeated or skipped.
         for i in range(start_id, len(handle.names)):
             name = handle.names[i]
             res = self._resolve(parent, name)

@@ -1,0 +1,296 @@
+"""What only a real mount can show: open-after-unlink, mmap, paths past PATH_MAX, readdir offsets,
+concurrency, the daemon's life cycle, and a randomized comparison against an in-memory model."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+
+import pytest
+import trio
+from unionfs_support import REPO, is_mounted, make_layer, mounted
+
+from unionfs.errors import UnionError
+from unionfs.mount import Mount
+
+
+@pytest.fixture
+def mnt(tmp_path):
+    lower = make_layer(str(tmp_path / "lower"), {
+        "lowerfile": "lower content\n", "dir/": None, **{f"dir/e{i:03}": str(i) for i in range(200)},
+        "big": b"L" * (3 * 1024 * 1024 + 17),
+    })
+    upper, work, point = (tmp_path / n for n in ("upper", "work", "mnt"))
+    for d in (upper, work, point):
+        d.mkdir()
+    with mounted(str(point), [lower], str(upper), str(work)):
+        yield str(point)
+
+
+def test_file_open_after_unlink_stays_usable(mnt):
+    for name in ("lowerfile", "newfile"):
+        path = os.path.join(mnt, name)
+        if name == "newfile":
+            with open(path, "w") as f:
+                f.write("new content\n")
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.unlink(path)
+            assert not os.path.exists(path)
+            assert os.pread(fd, 3, 0) in (b"low", b"new")
+            os.pwrite(fd, b"XYZ", 0)
+            assert os.pread(fd, 3, 0) == b"XYZ"
+            assert os.fstat(fd).st_nlink == 0
+        finally:
+            os.close(fd)
+
+
+def test_mmap_shared_writes_reach_the_file(mnt):
+    path = os.path.join(mnt, "big")
+    with open(path, "r+b") as f:
+        with mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED) as m:
+            m[0:5] = b"HELLO"
+            m[-5:] = b"WORLD"
+            m.flush()
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:5] == b"HELLO" and data[-5:] == b"WORLD" and data[5:10] == b"LLLLL"
+
+
+def test_paths_longer_than_path_max(mnt):
+    fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+    depth = 0
+    try:
+        for _ in range(30):  # 30 * 200 bytes: well past PATH_MAX (4096)
+            os.mkdir("d" * 200, dir_fd=fd)
+            nfd = os.open("d" * 200, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+            depth += 1
+        wfd = os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(wfd, b"deep")
+        os.close(wfd)
+        os.rename("leaf", "leaf2", src_dir_fd=fd, dst_dir_fd=fd)
+        assert os.stat("leaf2", dir_fd=fd).st_size == 4
+        assert os.listdir(fd) == ["leaf2"]
+        os.unlink("leaf2", dir_fd=fd)
+    finally:
+        os.close(fd)
+    assert depth == 30
+
+
+def _libc():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.opendir.restype = ctypes.c_void_p
+    libc.readdir.restype = ctypes.c_void_p
+    libc.readdir.argtypes = [ctypes.c_void_p]
+    libc.telldir.restype = ctypes.c_long
+    libc.telldir.argtypes = [ctypes.c_void_p]
+    libc.seekdir.argtypes = [ctypes.c_void_p, ctypes.c_long]
+    libc.closedir.argtypes = [ctypes.c_void_p]
+    return libc
+
+
+class _Dirent(ctypes.Structure):
+    _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64), ("d_reclen", ctypes.c_ushort),
+                ("d_type", ctypes.c_ubyte), ("d_name", ctypes.c_char * 256)]
+
+
+def _next(libc, d) -> str | None:
+    ent = libc.readdir(d)
+    return None if not ent else ctypes.cast(ent, ctypes.POINTER(_Dirent)).contents.d_name.decode()
+
+
+def test_telldir_seekdir_and_listing_while_changing(mnt):
+    libc = _libc()
+    path = os.path.join(mnt, "dir")
+    for i in range(50):  # some entries in the upper too
+        open(os.path.join(path, f"u{i:03}"), "w").close()
+    d = libc.opendir(path.encode())
+    assert d
+    try:
+        seen = []
+        for _ in range(100):
+            seen.append(_next(libc, d))
+        mark = libc.telldir(d)
+        after = [_next(libc, d) for _ in range(10)]
+        libc.seekdir(d, mark)
+        assert [_next(libc, d) for _ in range(10)] == after
+        # change the directory while listing: remove some not yet listed, add new ones
+        rest_expected = set()
+        os.unlink(os.path.join(path, "e199"))
+        os.unlink(os.path.join(path, "u049"))
+        for i in range(20):
+            open(os.path.join(path, f"new{i}"), "w").close()
+        while (name := _next(libc, d)) is not None:
+            rest_expected.add(name)
+            seen.append(name)
+        seen.extend(after)
+    finally:
+        libc.closedir(d)
+    stayed = {f"e{i:03}" for i in range(199)} | {f"u{i:03}" for i in range(49)}
+    listed = [n for n in seen if n not in (".", "..")]
+    assert stayed <= set(listed)
+    assert len([n for n in listed if n in stayed]) == len(stayed)  # none repeated
+
+
+def test_concurrent_writers_and_readers(mnt):
+    script = (
+        "import os,sys\n"
+        "path=sys.argv[1]; me=int(sys.argv[2])\n"
+        "for i in range(200):\n"
+        "    p=os.path.join(path,f'w{me}-{i%10}')\n"
+        "    with open(p,'wb') as f: f.write(bytes([me])*(1000+i))\n"
+        "    with open(os.path.join(path,'big'),'rb') as f: assert f.read(1)==b'L'\n"
+        "    with open(p,'rb') as f: assert f.read()==bytes([me])*(1000+i)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, mnt, str(n)]) for n in range(4)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    for n in range(4):
+        for i in range(10):
+            assert os.path.getsize(os.path.join(mnt, f"w{n}-{i}")) == 1000 + 190 + i
+
+
+def test_randomized_io_against_a_model(mnt):
+    rng = random.Random(1234)
+    for name in ("lowerfile", "fresh"):
+        path = os.path.join(mnt, name)
+        if name == "fresh":
+            open(path, "wb").close()
+        model = bytearray(open(path, "rb").read())
+        fd = os.open(path, os.O_RDWR)
+        try:
+            for _step in range(400):
+                op = rng.choice(["write", "read", "truncate", "mmap", "append"])
+                if op == "write":
+                    off, data = rng.randrange(0, 70_000), rng.randbytes(rng.randrange(1, 5000))
+                    os.pwrite(fd, data, off)
+                    if off > len(model):
+                        model.extend(bytes(off - len(model)))
+                    model[off:off + len(data)] = data
+                elif op == "append":
+                    data = rng.randbytes(rng.randrange(1, 3000))
+                    os.pwrite(fd, data, len(model))
+                    model.extend(data)
+                elif op == "truncate":
+                    size = rng.randrange(0, 80_000)
+                    os.ftruncate(fd, size)
+                    model = model[:size] + bytearray(max(0, size - len(model)))
+                elif op == "mmap" and len(model) > 0:
+                    with mmap.mmap(fd, len(model)) as m:
+                        off = rng.randrange(0, len(model))
+                        data = rng.randbytes(min(100, len(model) - off))
+                        m[off:off + len(data)] = data
+                        m.flush()
+                    model[off:off + len(data)] = data
+                else:
+                    off, size = rng.randrange(0, 80_000), rng.randrange(1, 10_000)
+                    assert os.pread(fd, size, off) == bytes(model[off:off + size])
+                assert os.fstat(fd).st_size == len(model)
+        finally:
+            os.close(fd)
+        assert open(path, "rb").read() == bytes(model)
+
+
+def test_statfs_fsync_xattrs_and_special_files(mnt):
+    sv = os.statvfs(mnt)
+    assert sv.f_bsize > 0 and sv.f_blocks > 0
+    path = os.path.join(mnt, "synced")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"data")
+    os.fsync(fd)
+    os.fdatasync(fd)
+    os.close(fd)
+    os.setxattr(path, "user.a", b"1")
+    assert os.getxattr(path, "user.a") == b"1"
+    os.removexattr(path, "user.a")
+    assert "user.a" not in os.listxattr(path)
+    import socket
+
+    sock_path = os.path.join(mnt, "sock")
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.bind(sock_path)
+        assert stat.S_ISSOCK(os.lstat(sock_path).st_mode)
+    finally:
+        s.close()
+    if os.geteuid() == 0:
+        os.mknod(os.path.join(mnt, "null"), 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        assert os.lstat(os.path.join(mnt, "null")).st_rdev == os.makedev(1, 3)
+        os.setxattr(path, "trusted.t", b"2")
+        assert os.getxattr(path, "trusted.t") == b"2"
+        os.setxattr(path, "security.s", b"3")
+        assert os.getxattr(path, "security.s") == b"3"
+        with pytest.raises(OSError) as info:
+            os.setxattr(path, "trusted.overlay.opaque", b"y")
+        assert info.value.errno == errno.EPERM
+
+
+def test_daemon_mode_and_fusermount(tmp_path):
+    lower = make_layer(str(tmp_path / "l"), {"f": "x"})
+    point = tmp_path / "mnt"
+    point.mkdir()
+    res = subprocess.run([sys.executable, "-m", "unionfs", "-o", f"lowerdir={lower}", str(point)],
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    try:
+        assert is_mounted(str(point)) and (point / "f").read_text() == "x"
+    finally:
+        subprocess.run(["fusermount3", "-u", str(point)], check=True)
+    assert not is_mounted(str(point))
+
+
+def test_bad_options_give_one_line_and_mount_nothing(tmp_path):
+    point = tmp_path / "mnt"
+    point.mkdir()
+    for opts in ("upperdir=/x", f"lowerdir={tmp_path}/nope", f"lowerdir={tmp_path},upperdir={tmp_path}/u"):
+        res = subprocess.run([sys.executable, "-m", "unionfs", "-f", "-o", opts, str(point)], cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert not is_mounted(str(point))
+
+
+def test_unmount_during_io(tmp_path):
+    lower = make_layer(str(tmp_path / "l"), {"f": b"x" * 1_000_000})
+    upper, work, point = (tmp_path / n for n in ("u", "w", "mnt"))
+    for d in (upper, work, point):
+        d.mkdir()
+    with mounted(str(point), [lower], str(upper), str(work)) as daemon:
+        reader = subprocess.Popen([sys.executable, "-c",
+                                   "import sys\nwhile True:\n    open(sys.argv[1],'rb').read()\n    "
+                                   "open(sys.argv[2],'ab').write(b'y'*4096)\n",
+                                   str(point / "f"), str(point / "g")], stderr=subprocess.DEVNULL)
+        try:
+            while not (upper / "g").exists():  # wait until I/O is under way
+                assert reader.poll() is None
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=30) == 0
+            assert reader.wait(timeout=30) != 0  # the reader saw the mount go, and stopped
+        finally:
+            if reader.poll() is None:
+                reader.kill()
+                reader.wait()
+    assert not is_mounted(str(point))
+
+
+async def test_mount_api_for_trio(tmp_path):
+    lower = make_layer(str(tmp_path / "l"), {"f": "x"})
+    upper, work, point = (tmp_path / n for n in ("u", "w", "mnt"))
+    for d in (upper, work, point):
+        d.mkdir()
+    m = await Mount.start(str(point), [lower], str(upper), str(work))
+    try:
+        assert is_mounted(str(point))
+        assert await trio.to_thread.run_sync((point / "f").read_text) == "x"
+    finally:
+        await m.unmount()
+    assert not is_mounted(str(point)) and m.process.returncode == 0
+    with pytest.raises(UnionError):
+        await Mount.start(str(point), [str(tmp_path / "missing")])
