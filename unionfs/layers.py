@@ -7,6 +7,10 @@ component at a time with ``O_NOFOLLOW``, so any legal length works. Only compone
 directories in that layer are ever walked (a merged directory lists exactly those), and lowers never
 change, so a symlink in a layer is never followed by resolution.
 
+Lower layers never change under a mount, so each lower directory is read once (one ``scandir``) and
+kept: names, whiteouts, the opaque flag and, lazily, the stat of each entry. Lookups that miss in a
+lower then cost no syscall at all. The upper is always asked directly: this process changes it.
+
 Resolution (kernel overlayfs semantics): a merged directory is the list of layers whose directory of
 that path merges into it, top-most first, cut after the first opaque one. Looking a name up walks
 those layers: a whiteout hides the name below it; the first non-directory found is the answer; further
@@ -33,6 +37,15 @@ def join(rel: str, name: str) -> str:
 
 
 @dataclass
+class _LowerDir:
+    """What one directory of a lower layer holds (read once: lowers are immutable)."""
+
+    names: dict[str, bool]  # name -> "is a plain dir, file or symlink" (False: stat it to know)
+    stats: dict[str, os.stat_result]
+    opaque: bool
+
+
+@dataclass
 class Resolved:
     layer: int  # where the object shows
     st: os.stat_result
@@ -48,6 +61,7 @@ class LayerSet:
         self.paths = ([upper] if upper else []) + list(lowers)
         self.upper: int | None = 0 if upper else None
         self.fds: list[int] = []
+        self._lower: dict[tuple[int, str], _LowerDir | None] = {}
         try:
             for path in self.paths:
                 self.fds.append(os.open(path, _DIR))
@@ -81,7 +95,61 @@ class LayerSet:
         finally:
             os.close(fd)
 
+    def _lower_dir(self, layer: int, rel: str) -> _LowerDir | None:
+        key = (layer, rel)
+        if key in self._lower:
+            return self._lower[key]
+        info: _LowerDir | None = None
+        try:
+            with self.at(layer, rel) as (fd, name):
+                dfd = os.open(name, _DIR, dir_fd=fd)
+        except (FileNotFoundError, NotADirectoryError):
+            dfd = -1
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.ENAMETOOLONG):
+                raise
+            dfd = -1
+        if dfd >= 0:
+            try:
+                with os.scandir(dfd) as it:
+                    names = {e.name: e.is_dir(follow_symlinks=False) or e.is_file(follow_symlinks=False)
+                             or e.is_symlink() for e in it}
+                opaque = whiteout.OPAQUE in names
+                for key_ in ("trusted.overlay.opaque", "user.overlay.opaque"):
+                    if not opaque:
+                        try:
+                            opaque = os.getxattr(dfd, key_) == b"y"
+                        except OSError:
+                            pass
+                info = _LowerDir(names, {}, opaque)
+            finally:
+                os.close(dfd)
+        self._lower[key] = info
+        return info
+
+    def has(self, layer: int, rel: str) -> bool:
+        """Does ``rel`` exist in ``layer`` (as anything)? Free for lowers after the first look."""
+        if layer != self.upper and rel:
+            parent, _, name = rel.rpartition("/")
+            info = self._lower_dir(layer, parent)
+            return info is not None and name in info.names
+        return self.lstat(layer, rel) is not None
+
     def lstat(self, layer: int, rel: str) -> os.stat_result | None:
+        if layer != self.upper and rel:
+            parent, _, name = rel.rpartition("/")
+            info = self._lower_dir(layer, parent)
+            if info is None or name not in info.names:
+                return None
+            st = info.stats.get(name)
+            if st is None:
+                st = self._lstat(layer, rel)
+                if st is not None:
+                    info.stats[name] = st
+            return st
+        return self._lstat(layer, rel)
+
+    def _lstat(self, layer: int, rel: str) -> os.stat_result | None:
         with self.at(layer, rel) as (fd, name):
             try:
                 return os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -93,6 +161,9 @@ class LayerSet:
                 raise
 
     def is_opaque(self, layer: int, rel: str) -> bool:
+        if layer != self.upper:
+            info = self._lower_dir(layer, rel)
+            return info is not None and info.opaque
         if self.lstat(layer, join(rel, whiteout.OPAQUE)) is not None:
             return True
         with self.at(layer, rel) as (fd, name):
@@ -135,38 +206,43 @@ class LayerSet:
                 found.dir_layers.append(layer)
                 if self.is_opaque(layer, rel):
                     break
-            if self.lstat(layer, join(parent_rel, whiteout.whiteout_name(name))) is not None:
+            if self.has(layer, join(parent_rel, whiteout.whiteout_name(name))):
                 break  # hides the name in every layer below this one
         return found
+
+    def _names(self, layer: int, rel: str) -> list[tuple[str, bool]]:
+        """(name, is a plain dir/file/symlink) for one layer's directory; upper entries are never
+        overlay whiteouts (this filesystem writes OCI ones)."""
+        if layer != self.upper:
+            info = self._lower_dir(layer, rel)
+            return list(info.names.items()) if info else []
+        with self.at(layer, rel) as (fd, name):
+            dfd = os.open(name, _DIR, dir_fd=fd)
+        try:
+            with os.scandir(dfd) as it:
+                return [(item.name, True) for item in it]
+        finally:
+            os.close(dfd)
 
     def listdir(self, dir_layers: list[int], rel: str) -> list[str]:
         """Names in a merged directory: de-duplicated, whiteouts applied, markers hidden."""
         seen: dict[str, None] = {}
         hidden: set[str] = set()
         for layer in dir_layers:
-            with self.at(layer, rel) as (fd, name):
-                dfd = os.open(name, _DIR, dir_fd=fd)
-            try:
-                here_hidden = set()
-                with os.scandir(dfd) as it:
-                    for item in it:
-                        entry = item.name
-                        if entry == whiteout.OPAQUE:
-                            continue
-                        if whiteout.is_special(entry):
-                            here_hidden.add(entry[len(whiteout.PREFIX):])
-                            continue
-                        if entry in seen or entry in hidden:
-                            continue
-                        # overlay whiteouts (0/0 char devices) only count in lowers; d_type saves a stat
-                        if layer != self.upper and not (item.is_dir(follow_symlinks=False)
-                                                        or item.is_file(follow_symlinks=False)
-                                                        or item.is_symlink()):
-                            if whiteout.is_overlay_whiteout(item.stat(follow_symlinks=False)):
-                                here_hidden.add(entry)
-                                continue
-                        seen[entry] = None
-                hidden |= here_hidden
-            finally:
-                os.close(dfd)
+            here_hidden = set()  # a whiteout hides names in the layers below, not in its own
+            for entry, plain in self._names(layer, rel):
+                if entry == whiteout.OPAQUE:
+                    continue
+                if whiteout.is_special(entry):
+                    here_hidden.add(entry[len(whiteout.PREFIX):])
+                    continue
+                if entry in seen or entry in hidden:
+                    continue
+                if not plain:  # a device, fifo or socket: maybe an overlay whiteout (0/0)
+                    st = self.lstat(layer, join(rel, entry))
+                    if st is not None and whiteout.is_overlay_whiteout(st):
+                        here_hidden.add(entry)
+                        continue
+                seen[entry] = None
+            hidden |= here_hidden
         return list(seen)

@@ -1,0 +1,216 @@
+"""The union filesystem's speed, side by side in one run with kernel overlayfs and fuse-overlayfs,
+reported as multiples of kernel overlayfs (this machine is shared and noisy: ratios, not seconds).
+
+Lower: a Debian minbase rootfs (debootstrap, cached in bench/out/) plus a layer of big files.
+Every workload gets a fresh mount with an empty upper. "cold" is the first pass on a fresh mount
+(the backing files are in the page cache for all three); "warm" is the pass after it.
+
+Usage: ``python bench/unionfs_bench.py [--only NAME,NAME] [--repeat N]`` (as root: kernel overlayfs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+OUT = os.path.join(HERE, "out")
+ROOTFS = os.path.join(OUT, "debian-minbase")
+EXTRA = os.path.join(OUT, "lower-extra")
+SMALL_TAR = os.path.join(OUT, "small-files.tar")
+sys.path.insert(0, HERE)
+
+
+def ensure_inputs() -> None:
+    if not os.path.exists(os.path.join(ROOTFS, "etc", "debian_version")):
+        from store_bench import ensure_rootfs
+
+        ensure_rootfs()
+    if not os.path.exists(os.path.join(EXTRA, "done")):
+        os.makedirs(os.path.join(EXTRA, "many"), exist_ok=True)
+        with open(os.path.join(EXTRA, "seq512"), "wb") as f:
+            for _ in range(512):
+                f.write(os.urandom(1 << 20))
+        with open(os.path.join(EXTRA, "append64"), "wb") as f:
+            f.write(os.urandom(64 << 20))
+        for i in range(1000):
+            with open(os.path.join(EXTRA, "many", f"f{i:04}"), "wb") as f:
+                f.write(b"x" * 100)
+        open(os.path.join(EXTRA, "done"), "w").close()
+    if not os.path.exists(SMALL_TAR):
+        with tarfile.open(SMALL_TAR + ".tmp", "w") as tar:
+            for i in range(10_000):
+                info = tarfile.TarInfo(f"small/d{i // 500:02}/f{i:05}")
+                info.size = 64
+                tar.addfile(info, fileobj=__import__("io").BytesIO(b"s" * 64))
+        os.rename(SMALL_TAR + ".tmp", SMALL_TAR)
+
+
+def is_mounted(path: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+class Union:
+    """One mounted union of one kind, with its own upper and work dirs."""
+
+    def __init__(self, kind: str, base: str) -> None:
+        self.kind = kind
+        self.upper, self.work, self.merged = (os.path.join(base, n) for n in ("upper", "work", "merged"))
+        for d in (self.upper, self.work, self.merged):
+            os.makedirs(d)
+        opts = f"lowerdir={EXTRA}:{ROOTFS},upperdir={self.upper},workdir={self.work}"
+        if kind == "kernel":
+            self.cmd = ["mount", "-t", "overlay", "overlay", "-o", opts, self.merged]
+        elif kind == "fuse-overlayfs":
+            self.cmd = ["fuse-overlayfs", "-o", opts, self.merged]
+        else:
+            self.cmd = [sys.executable, "-m", "unionfs", "-o", opts, self.merged]
+
+    def mount(self) -> float:
+        start = time.perf_counter()
+        subprocess.run(self.cmd, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+        elapsed = time.perf_counter() - start
+        assert is_mounted(self.merged)
+        return elapsed
+
+    def unmount(self) -> float:
+        start = time.perf_counter()
+        subprocess.run(["umount", self.merged] if self.kind == "kernel" else ["fusermount3", "-u", self.merged],
+                       check=True)
+        return time.perf_counter() - start
+
+
+def walk_stat(root: str) -> None:
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            os.lstat(os.path.join(dirpath, name))
+
+
+def read_all(root: str) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as f:
+                    while f.read(1 << 20):
+                        pass
+
+
+def seq_read(path: str) -> None:
+    with open(path, "rb", buffering=0) as f:
+        while f.read(1 << 20):
+            pass
+
+
+def random_reads(path: str) -> None:
+    rng = random.Random(7)
+    size = os.path.getsize(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for _ in range(5000):
+            os.pread(fd, 4096, rng.randrange(0, size - 4096))
+    finally:
+        os.close(fd)
+
+
+def append_copyup(path: str) -> None:
+    with open(path, "ab") as f:
+        f.write(b"appended")
+
+
+def chmod_touch(root: str) -> None:
+    for i in range(1000):
+        p = os.path.join(root, f"f{i:04}")
+        os.chmod(p, 0o600)
+        os.utime(p)
+
+
+def untar(root: str) -> None:
+    subprocess.run(["tar", "-xf", SMALL_TAR, "-C", root], check=True)
+
+
+def create_delete(root: str) -> None:
+    d = os.path.join(root, "cd")
+    os.mkdir(d)
+    for i in range(5000):
+        with open(os.path.join(d, f"f{i}"), "wb") as f:
+            f.write(b"x")
+    for i in range(5000):
+        os.unlink(os.path.join(d, f"f{i}"))
+
+
+def rm_rf(root: str) -> None:
+    subprocess.run(["rm", "-rf", root], check=True)
+
+
+# name -> (function, path inside the merged dir, passes: 1 = cold only, 2 = cold and warm)
+WORKLOADS: dict[str, tuple[Callable[[str], None], str, int]] = {
+    "walk (stat all)": (walk_stat, "", 2),
+    "read all of /usr": (read_all, "usr", 2),
+    "512 MiB seq read": (seq_read, "seq512", 2),
+    "random 4k reads": (random_reads, "seq512", 2),
+    "append 64 MiB lower (copy-up)": (append_copyup, "append64", 1),
+    "chmod+touch 1000 lower": (chmod_touch, "many", 1),
+    "untar 10k small files": (untar, "", 1),
+    "create+delete 5000": (create_delete, "", 1),
+    "rm -rf lower /usr/share": (rm_rf, "usr/share", 1),
+}
+KINDS = ["kernel", "fuse-overlayfs", "strata"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", help="comma-separated workload name prefixes")
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench: kernel overlayfs needs root")
+    ensure_inputs()
+    results: dict[tuple[str, str], list[float]] = {}
+    mount_times: dict[str, list[float]] = {k: [] for k in KINDS}
+    umount_times: dict[str, list[float]] = {k: [] for k in KINDS}
+    names = [n for n in WORKLOADS if not args.only or any(n.startswith(p) for p in args.only.split(","))]
+    for _ in range(args.repeat):
+        for name in names:
+            fn, rel, passes = WORKLOADS[name]
+            for kind in KINDS:  # side by side, in one run
+                base = tempfile.mkdtemp(prefix="ubench-", dir=OUT)
+                u = Union(kind, base)
+                try:
+                    mount_times[kind].append(u.mount())
+                    target = os.path.join(u.merged, rel)
+                    for p in range(passes):
+                        start = time.perf_counter()
+                        fn(target)
+                        label = name + (" cold" if p == 0 and passes == 2 else " warm" if p else "")
+                        results.setdefault((label, kind), []).append(time.perf_counter() - start)
+                finally:
+                    if is_mounted(u.merged):
+                        umount_times[kind].append(u.unmount())
+                    shutil.rmtree(base, ignore_errors=True)
+    labels = list(dict.fromkeys(label for label, _ in results))
+    print(f"{'workload':<36}{'kernel s':>10}{'fuse-ovl x':>12}{'strata x':>10}")
+    for label in labels:
+        k = statistics.median(results[(label, "kernel")])
+        f = statistics.median(results[(label, "fuse-overlayfs")]) / k
+        s = statistics.median(results[(label, "strata")]) / k
+        print(f"{label:<36}{k:>10.3f}{f:>11.2f}x{s:>9.2f}x")
+    for what, times in (("mount", mount_times), ("unmount", umount_times)):
+        k = statistics.median(times["kernel"])
+        print(f"{what + ' latency':<36}{k:>10.3f}{statistics.median(times['fuse-overlayfs']) / k:>11.2f}x"
+              f"{statistics.median(times['strata']) / k:>9.2f}x")
+
+
+if __name__ == "__main__":
+    main()
