@@ -41,6 +41,7 @@ lint: deps
 
 bench: deps
 	@$(BIN)/python bench/store_bench.py
+	@$(BIN)/python bench/unionfs_bench.py
 
 clean:
 	rm -rf $(VENV) .stamp-deb build *.egg-info

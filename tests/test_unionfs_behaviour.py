@@ -288,3 +288,21 @@ async def test_o_trunc_copies_no_data(tmp_path, monkeypatch):
         assert open(f"{tmp_path}/u/f", "rb").read() == b"new"
     finally:
         fs.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a 0/0 whiteout device needs mknod (root)")
+async def test_overlay_style_whiteouts_and_opaque_xattrs_in_lowers(union):
+    def prepare(lowers):
+        os.mknod(f"{lowers[0]}/gone", 0o600 | stat.S_IFCHR, os.makedev(0, 0))
+        os.makedirs(f"{lowers[0]}/opq")
+        open(f"{lowers[0]}/opq/new", "w").close()
+        os.setxattr(f"{lowers[0]}/opq", "trusted.overlay.opaque", b"y")
+        os.makedirs(f"{lowers[0]}/uopq")
+        os.setxattr(f"{lowers[0]}/uopq", "user.overlay.opaque", b"y")
+
+    fs = union({}, {"gone": "g", "opq/old": "o", "uopq/old": "o", "kept": "k"}, prepare=prepare)
+    assert not await fs.exists("gone")
+    assert await fs.listdir("") == ["kept", "opq", "uopq"]
+    assert await fs.listdir("opq") == ["new"]
+    assert await fs.listdir("uopq") == []
+    assert "trusted.overlay.opaque" not in await fs.listxattr("opq")  # internal markers stay hidden

@@ -294,3 +294,19 @@ async def test_mount_api_for_trio(tmp_path):
     assert not is_mounted(str(point)) and m.process.returncode == 0
     with pytest.raises(UnionError):
         await Mount.start(str(point), [str(tmp_path / "missing")])
+
+
+def test_umount_and_option_pass_through(tmp_path):
+    lower = make_layer(str(tmp_path / "l"), {"f": "x"})
+    point = tmp_path / "mnt"
+    point.mkdir()
+    res = subprocess.run([sys.executable, "-m", "unionfs", "-o", f"lowerdir={lower},allow_other", str(point)],
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    try:
+        with open("/proc/self/mountinfo") as f:
+            line = next(x for x in f if x.split()[4] == str(point))
+        assert "allow_other" in line and "fuse.unionfs" in line
+    finally:
+        subprocess.run(["umount", str(point)], check=True)
+    assert not is_mounted(str(point))

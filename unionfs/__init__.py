@@ -5,6 +5,7 @@ Lookup goes upper, then lowers in order; a *whiteout* (``.wh.NAME``) hides a nam
 *opaque* directory (``.wh..wh..opq``) hides everything below it. The upper is written in that OCI
 spelling only, so it tars straight into a layer. Shares only that spec with ``store``.
 
-Built so far: ``whiteout`` (the spellings) and ``resolve`` (lookup and merged listings on directory
-fds, no FUSE). The Operations, copy-up, the inode table and ``python -m unionfs`` come next.
+Modules: ``whiteout`` (the spellings), ``layers`` (the layer dirs and name resolution, no FUSE),
+``copyup`` (copying into the upper through the workdir), ``fs`` (the pyfuse3 Operations and the inode
+table), ``mount`` (``python -m unionfs`` and the ``Mount`` API), ``errors``.
 """

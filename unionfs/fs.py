@@ -38,6 +38,7 @@ Identity = tuple[int, int]
 TIMEOUT = 1e6
 _WRITE = os.O_WRONLY | os.O_RDWR
 _INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.")
+_INLINE_COPY = 1 << 20  # copy-ups of files up to this size run on the event loop
 
 
 @dataclass(eq=False)
@@ -213,7 +214,10 @@ class UnionFS(pyfuse3.Operations):
             assert self.copier is not None
             old = self._stat(node)
             copier, layer, rel, prel, name = self.copier, node.layer, node.rel, node.parent.rel, node.name
-            new = await trio.to_thread.run_sync(lambda: copier.copy(layer, rel, prel, name, data))
+            if data and old.st_size > _INLINE_COPY:  # long copies must not stall the other requests
+                new = await trio.to_thread.run_sync(lambda: copier.copy(layer, rel, prel, name, data))
+            else:  # small ones cost less than a thread hop
+                new = copier.copy(layer, rel, prel, name, data)
             old_ident = (old.st_dev, old.st_ino)
             self.aliases[(new.st_dev, new.st_ino)] = self.aliases.get(old_ident, old_ident)
             node.layer = upper
