@@ -76,7 +76,7 @@ def test_inspect_image_fields(root, busybox_rootfs):
     assert d["Size"] == os.path.getsize(os.path.join(d["GraphDriver"]["Data"]["UpperDir"], "bin", "busybox")) + 7
     assert d["History"][0]["comment"].startswith("Imported from")
     res = strata(root, "inspect", "nosuch", check=False)
-    assert res.code == 1 and "No such image: nosuch:latest" in res.err
+    assert res.code == 1 and res.err.strip() == "Error: No such object: nosuch"  # as docker inspect says
 
 
 def test_info_counts(root, busybox_rootfs):

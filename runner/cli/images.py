@@ -1,9 +1,5 @@
-"""The ``strata`` command: Docker's verbs, flags and output columns.
-
-This is the only module that prints and picks exit codes. A ``StoreError`` (or any error the packages
-raise on purpose) becomes one line on stderr and exit code 1; anything else is a bug and keeps its
-traceback.
-"""
+"""``strata`` image commands: images, history, tag, rmi, inspect (images), import, load, save, info,
+system check. Docker's flags and output columns."""
 
 from __future__ import annotations
 
@@ -12,17 +8,15 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from store import HistoryRow, Store, StoreError, TreeNode
 from store.images import parse_time
 
+from ..containers import Containers
+from .errors import UsageError
 from .format import ellipsis, human_size, since, table
-
-
-class UsageError(Exception):
-    """Bad command-line input the packages never see."""
 
 
 def _short(image_id: str) -> str:
@@ -147,24 +141,11 @@ def cmd_rmi(store: Store, args: argparse.Namespace) -> int:
     status = 0
     for ref in args.images:
         try:
-            for line in store.rmi(ref, force=args.force):
+            for line in store.rmi(ref, force=args.force, holders=Containers(store.root.path).using_image):
                 print(line)
         except StoreError as e:
             print(f"Error: {e}", file=sys.stderr)
             status = 1
-    return status
-
-
-def cmd_inspect(store: Store, args: argparse.Namespace) -> int:
-    docs = []
-    status = 0
-    for ref in args.names:
-        try:
-            docs.append(store.inspect_image(ref))
-        except StoreError as e:
-            print(f"Error: {e}", file=sys.stderr)
-            status = 1
-    print(json.dumps(docs, indent=4))
     return status
 
 
@@ -239,12 +220,7 @@ def cmd_system_check(store: Store, args: argparse.Namespace) -> int:
 
 
 # -- argument parsing -----------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="strata", description="Images, union mounts and containers.")
-    parser.add_argument("--root", help="store root (default $STRATA_ROOT, /var/lib/strata for root, "
-                                       "else $XDG_DATA_HOME/strata)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def add_parsers(sub: Any) -> None:
     p = sub.add_parser("images", help="list images")
     p.add_argument("-a", "--all", action="store_true", help="show intermediate images too")
     p.add_argument("-q", "--quiet", action="store_true", help="only image ids")
@@ -268,10 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--force", action="store_true")
     p.add_argument("images", nargs="+")
     p.set_defaults(func=cmd_rmi)
-
-    p = sub.add_parser("inspect", help="show low-level information as JSON")
-    p.add_argument("names", nargs="+")
-    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("import", help="create a one-layer image from a rootfs tar, directory or -")
     p.add_argument("file")
@@ -298,23 +270,3 @@ def build_parser() -> argparse.ArgumentParser:
     system = p.add_subparsers(dest="system_command", metavar="COMMAND", required=True)
     c = system.add_parser("check", help="verify every blob, layer chain, image and tag")
     c.set_defaults(func=cmd_system_check)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    store = Store(args.root)
-    try:
-        return int(args.func(store, args))
-    except (StoreError, UsageError) as e:
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return 141
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Per-container cgroups, v1 and v2 behind one interface, chosen by what the host has.
+
+Docker's meanings: ``--cpu-shares`` is a relative weight (v1 ``cpu.shares``; v2 ``cpu.weight`` with the
+2025 conversion of opencontainers/cgroups, in which 1024 shares give weight 100), ``-m`` a hard limit
+(v1 ``memory.limit_in_bytes`` and, where swap accounting exists, ``memory.memsw.limit_in_bytes`` =
+2x; v2 ``memory.max`` and ``memory.swap.max`` = the limit again, so memory + swap = 2x).
+
+The root is a parameter so that both code paths are tested: v2 against a file-level fake root where
+the host has no v2 controllers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+
+from .errors import RunnerError
+
+GROUP = "strata"
+MIN_MEMORY = 6 * 1024 * 1024  # Docker: "Minimum memory limit allowed is 6MB"
+
+
+def shares_to_weight(shares: int) -> int:
+    """cgroup v2 weight for Docker cpu shares (opencontainers/cgroups PR #20; crun, runc 2025)."""
+    if shares <= 2:
+        return 1
+    if shares >= 262144:
+        return 10000
+    level = math.log2(shares)
+    return math.ceil(10 ** ((level * level + 125 * level) / 612.0 - 7.0 / 34.0))
+
+
+def parse_memory(value: str) -> int:
+    """Docker's RAMInBytes: ``64m``, ``1g``, ``512k``, ``1048576`` (binary units)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgtp]?)b?\s*", value.lower())
+    if not m:
+        raise RunnerError(f"invalid memory value {value!r}: use a number with an optional unit (b, k, m, g)")
+    number = float(m.group(1)) * 1024 ** "bkmgtp".index(m.group(2) or "b")
+    size = int(number)
+    if size < MIN_MEMORY:
+        raise RunnerError("Minimum memory limit allowed is 6MB")
+    return size
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+class Cgroup:
+    """One container's cgroup. ``create``, ``limit``, ``add``, ``pids``, ``oom_killed``, ``remove``."""
+
+    version = 0
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def dirs(self) -> list[str]:
+        raise NotImplementedError
+
+    def create(self) -> None:
+        raise NotImplementedError
+
+    def limit(self, cpu_shares: int | None, memory: int | None) -> None:
+        raise NotImplementedError
+
+    def oom_killed(self) -> bool:
+        raise NotImplementedError
+
+    def procs_files(self) -> list[str]:
+        return [os.path.join(d, "cgroup.procs") for d in self.dirs()]
+
+    def add(self, pid: int) -> None:
+        for path in self.procs_files():
+            _write(path, str(pid))
+
+    def pids(self) -> list[int]:
+        found: set[int] = set()
+        for path in self.procs_files():
+            try:
+                found.update(int(x) for x in _read(path).split())
+            except FileNotFoundError:
+                continue
+        return sorted(found)
+
+    def kill_all(self) -> None:
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def remove(self) -> None:
+        for d in self.dirs():
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+
+
+class V1(Cgroup):
+    version = 1
+
+    def __init__(self, name: str, root: str = "/sys/fs/cgroup") -> None:
+        super().__init__(name)
+        cpu = next((os.path.join(root, c) for c in ("cpu,cpuacct", "cpu") if os.path.isdir(os.path.join(root, c))),
+                   os.path.join(root, "cpu"))
+        self.cpu = os.path.join(cpu, GROUP, name)
+        self.memory = os.path.join(root, "memory", GROUP, name)
+
+    def dirs(self) -> list[str]:
+        return [self.cpu, self.memory]
+
+    def create(self) -> None:
+        for d in self.dirs():
+            os.makedirs(d, exist_ok=True)
+
+    def limit(self, cpu_shares: int | None, memory: int | None) -> None:
+        if cpu_shares:
+            _write(os.path.join(self.cpu, "cpu.shares"), str(cpu_shares))
+        if memory:
+            _write(os.path.join(self.memory, "memory.limit_in_bytes"), str(memory))
+            memsw = os.path.join(self.memory, "memory.memsw.limit_in_bytes")
+            if os.path.exists(memsw):
+                _write(memsw, str(2 * memory))
+
+    def oom_killed(self) -> bool:
+        try:
+            text = _read(os.path.join(self.memory, "memory.oom_control"))
+        except FileNotFoundError:
+            return False
+        m = re.search(r"^oom_kill (\d+)", text, re.M)
+        return bool(m and int(m.group(1)) > 0)
+
+
+class V2(Cgroup):
+    version = 2
+
+    def __init__(self, name: str, root: str = "/sys/fs/cgroup") -> None:
+        super().__init__(name)
+        self.root = root
+        self.dir = os.path.join(root, GROUP, name)
+
+    def dirs(self) -> list[str]:
+        return [self.dir]
+
+    def create(self) -> None:
+        parent = os.path.join(self.root, GROUP)
+        os.makedirs(parent, exist_ok=True)
+        for d in (self.root, parent):  # let the controllers reach the container's group
+            path = os.path.join(d, "cgroup.subtree_control")
+            enabled = _read(path).split() if os.path.exists(path) else []
+            wanted = [f"+{c}" for c in ("cpu", "memory") if c not in enabled]
+            if wanted:
+                _write(path, " ".join(wanted))
+        os.makedirs(self.dir, exist_ok=True)
+
+    def limit(self, cpu_shares: int | None, memory: int | None) -> None:
+        if cpu_shares:
+            _write(os.path.join(self.dir, "cpu.weight"), str(shares_to_weight(cpu_shares)))
+        if memory:
+            _write(os.path.join(self.dir, "memory.max"), str(memory))
+            _write(os.path.join(self.dir, "memory.swap.max"), str(memory))
+
+    def oom_killed(self) -> bool:
+        try:
+            text = _read(os.path.join(self.dir, "memory.events"))
+        except FileNotFoundError:
+            return False
+        m = re.search(r"^oom_kill (\d+)", text, re.M)
+        return bool(m and int(m.group(1)) > 0)
+
+
+def for_host(name: str, root: str = "/sys/fs/cgroup") -> Cgroup:
+    """v2 when the root is a unified hierarchy with cpu and memory; else v1 (hybrid hosts too)."""
+    controllers = os.path.join(root, "cgroup.controllers")
+    if os.path.exists(controllers) and {"cpu", "memory"} <= set(_read(controllers).split()):
+        return V2(name, root)
+    return V1(name, root)
+
+
+def load(version: int, name: str, root: str = "/sys/fs/cgroup") -> Cgroup:
+    return V2(name, root) if version == 2 else V1(name, root)

@@ -1,0 +1,49 @@
+"""The ``strata`` command: Docker's verbs, flags and output columns.
+
+This package is the only part of strata that prints and picks exit codes. An error the packages
+raise on purpose becomes one line on stderr: exit 1 for image commands (``StoreError``), 125 for
+container commands (``RunnerError``, as Docker); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from store import Store, StoreError
+
+from ..errors import RunnerError
+from . import containers, images
+from .errors import UsageError
+
+_CONTAINER_COMMANDS = {"run", "ps", "top", "logs", "stop", "kill", "start", "wait", "rm", "exec"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="strata", description="Images, union mounts and containers.")
+    parser.add_argument("--root", help="store root (default $STRATA_ROOT, /var/lib/strata for root, "
+                                       "else $XDG_DATA_HOME/strata)")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    images.add_parsers(sub)
+    containers.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    store = Store(args.root)
+    failure = 125 if args.verb in _CONTAINER_COMMANDS else 1
+    try:
+        return int(args.func(store, args))
+    except (StoreError, RunnerError, UsageError) as e:
+        message = str(e)
+        if args.verb == "run" and "No such image" in message:
+            message = f"Unable to find image '{args.image}' locally (strata does not pull yet)"
+        print(f"Error: {message}", file=sys.stderr)
+        return failure
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 141

@@ -1,0 +1,493 @@
+"""``strata`` container commands: run, ps, top, inspect, logs, stop, kill, start, wait, rm, exec.
+Docker's flags, columns and exit codes (125: strata failed, 126: cannot run, 127: not found)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from store import Store, StoreError
+from store.images import parse_time
+
+from .. import cgroups
+from ..containers import Container, Containers, process_alive
+from ..errors import ContainerConflict, NoSuchContainer, RunnerError
+from .format import ellipsis, human_duration, since, table
+
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _containers(store: Store) -> Containers:
+    return Containers(store.root.path)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": _PACKAGE_PARENT}
+
+
+# -- run ------------------------------------------------------------------------------------------
+def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[str, Any]:
+    """Everything ``run`` decides before anything is created; bad input raises here."""
+    memory = cgroups.parse_memory(args.memory) if args.memory else 0
+    if args.cpu_shares is not None and args.cpu_shares < 0:
+        raise RunnerError("invalid --cpu-shares: must be a positive number")
+    image_id = store.images.resolve(args.image)
+    image = store.images.config(image_id)
+    settings = image.get("config") or {}
+    entrypoint = settings.get("Entrypoint") or []
+    cmd = args.command or settings.get("Cmd") or []
+    command = list(entrypoint) + list(cmd)
+    if not command:
+        raise RunnerError("no command specified")
+    env = list(settings.get("Env") or [])
+    if not any(e.startswith("PATH=") for e in env):
+        env.insert(0, DEFAULT_PATH)
+    hostname = args.hostname or cid[:12]
+    extra = [f"HOSTNAME={hostname}"] + (["TERM=xterm"] if args.tty else []) + list(args.env or [])
+    for item in extra:
+        key = item.split("=", 1)[0]
+        if "=" not in item:  # -e NAME: take the value from this environment, as Docker does
+            if key not in os.environ:
+                continue
+            item = f"{key}={os.environ[key]}"
+        env = [e for e in env if e.split("=", 1)[0] != key] + [item]
+    chain = store.images.chain(image_id)
+    lowers = [store.layers.diff_dir(c) for c in reversed(chain)]
+    cg = cgroups.for_host(cid)
+    return {
+        "Image": image_id, "ImageRef": args.image, "Command": command,
+        "Path": command[0], "Args": command[1:],
+        "Config": {"Hostname": hostname, "Env": env, "Cmd": list(cmd), "Entrypoint": list(entrypoint) or None,
+                   "WorkingDir": args.workdir or settings.get("WorkingDir") or "", "User": args.user or
+                   settings.get("User") or "", "Tty": bool(args.tty), "OpenStdin": bool(args.interactive),
+                   "Image": args.image},
+        "HostConfig": {"CpuShares": args.cpu_shares or 0, "Memory": memory, "MemorySwap": 2 * memory if memory else 0,
+                       "NetworkMode": args.network, "AutoRemove": bool(args.rm)},
+        "Cgroup": {"Version": cg.version, "Dirs": cg.dirs()},
+        "LowerDirs": lowers,
+    }
+
+
+def _start_detached(store: Store, container: Container) -> tuple[int, str]:
+    """Start a detached supervisor; return (0, pid) once PID 1 runs, or (code, error)."""
+    r, w = os.pipe()
+    subprocess.Popen([sys.executable, "-m", "runner.supervisor", store.root.path, container.id, str(w)],
+                     pass_fds=(w,), start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, env=_env(), cwd="/")
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        message = pipe.read().decode(errors="replace")
+    if message.startswith("ok "):
+        return 0, message.split()[1]
+    if message.startswith("error "):
+        _, code, error = message.split(" ", 2)
+        return int(code), error
+    return 125, "the supervisor died before the container started"
+
+
+def cmd_run(store: Store, args: argparse.Namespace) -> int:
+    from ..supervisor import Attach, run_attached
+
+    if args.name is not None and args.name.lstrip("/") in {c.name for c in _containers(store).all()}:
+        raise ContainerConflict(f'Conflict. The container name "/{args.name.lstrip("/")}" is already in use')
+    cid = secrets.token_hex(32)
+    config = _container_config(store, args, cid)
+    container = _containers(store).create(config, args.name, cid)
+    if args.detach:
+        code, detail = _start_detached(store, container)
+        if code:
+            print(f"Error: {detail}", file=sys.stderr)
+            return code
+        print(container.id)
+        return 0
+    attach = Attach(stdin=sys.stdin.fileno() if args.interactive else None, stdout=sys.stdout.fileno(),
+                    stderr=sys.stderr.fileno())
+    sys.stdout.flush()
+    code, error = run_attached(store.root.path, container, attach)
+    if error:
+        print(f"Error: {error}", file=sys.stderr)
+    return code
+
+
+# -- listing and looking ------------------------------------------------------------------------------
+def _time(value: str | None) -> datetime | None:
+    try:
+        return parse_time(value) if value and not value.startswith("0001") else None
+    except ValueError:
+        return None
+
+
+def status_text(state: dict[str, Any]) -> str:
+    now = datetime.now(UTC)
+    if state.get("Running"):
+        started = _time(state.get("StartedAt"))
+        return "Up " + (human_duration((now - started).total_seconds()) if started else "")
+    if state.get("Status") == "exited":
+        return f"Exited ({state.get('ExitCode', 0)}) {since(_time(state.get('FinishedAt')), now)}"
+    return "Created"
+
+
+def cmd_ps(store: Store, args: argparse.Namespace) -> int:
+    rows = []
+    for c in _containers(store).all():
+        state = c.state()
+        if not args.all and not state.get("Running"):
+            continue
+        command = json.dumps(" ".join(c.config["Command"]))
+        rows.append({
+            "ID": c.id[:12], "Image": c.config["ImageRef"], "Command": command,
+            "CreatedAt": c.config["Created"], "RunningFor": since(_time(c.config["Created"])),
+            "Status": status_text(state), "State": state.get("Status"), "Names": c.name,
+        })
+    if args.quiet:
+        for r in rows:
+            print(r["ID"])
+    elif args.format == "json":
+        for r in rows:
+            print(json.dumps(r))
+    else:
+        print(table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"],
+                    [[r["ID"], r["Image"], ellipsis(r["Command"], 20), r["RunningFor"], r["Status"], r["Names"]]
+                     for r in rows]))
+    return 0
+
+
+def _proc_row(pid: int, boot: float, ticks: int, users: dict[int, str]) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        with open(f"/proc/{pid}/status") as f:
+            status = f.read()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+    fields = stat.rsplit(")", 1)[1].split()
+    ppid, tty_nr = int(fields[1]), int(fields[4])
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    started = boot + int(fields[19]) / ticks
+    elapsed = max(time.time() - started, 1e-9)
+    uid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:")))
+    major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    tty = f"pts/{minor}" if major == 136 else "?" if tty_nr == 0 else f"tty{minor}"
+    stime = time.localtime(started)
+    cmd = cmdline.replace(b"\0", b" ").decode(errors="replace").strip() or f"[{comm}]"
+    return [users.get(uid, str(uid)), str(pid), str(ppid), str(int(cpu * 100 / elapsed)),
+            time.strftime("%H:%M" if time.time() - started < 86400 else "%b%d", stime), tty,
+            time.strftime("%H:%M:%S", time.gmtime(cpu)), cmd]
+
+
+def cmd_top(store: Store, args: argparse.Namespace) -> int:
+    c = _containers(store).get(args.container)
+    state = c.state()
+    if not state.get("Running"):
+        raise RunnerError(f"container {c.id} is not running")
+    cg = cgroups.load(c.config["Cgroup"]["Version"], c.id)
+    with open("/proc/stat") as f:
+        boot = float(next(line.split()[1] for line in f if line.startswith("btime")))
+    ticks = os.sysconf("SC_CLK_TCK")
+    users = {p.pw_uid: p.pw_name for p in pwd.getpwall()}
+    rows = [r for pid in cg.pids() if (r := _proc_row(pid, boot, ticks, users)) is not None]
+    print(table(["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"], rows))
+    return 0
+
+
+def inspect_container(c: Container) -> dict[str, Any]:
+    state = c.state()
+    cfg, hc = c.config["Config"], c.config["HostConfig"]
+    return {
+        "Id": c.id, "Created": c.config["Created"], "Path": c.config["Path"], "Args": c.config["Args"],
+        "State": {k: state.get(k, d) for k, d in (
+            ("Status", "created"), ("Running", False), ("Paused", False), ("Restarting", False),
+            ("OOMKilled", False), ("Dead", False), ("Pid", 0), ("ExitCode", 0), ("Error", ""),
+            ("StartedAt", "0001-01-01T00:00:00Z"), ("FinishedAt", "0001-01-01T00:00:00Z"))},
+        "Image": c.config["Image"], "Name": "/" + c.name, "Driver": "strata-unionfs",
+        "LogPath": c.path("container.log"),
+        "HostConfig": {"CpuShares": hc["CpuShares"], "Memory": hc["Memory"], "MemorySwap": hc["MemorySwap"],
+                       "NetworkMode": hc["NetworkMode"], "AutoRemove": hc["AutoRemove"],
+                       "CgroupVersion": str(c.config["Cgroup"]["Version"]),
+                       "CpuWeight": cgroups.shares_to_weight(hc["CpuShares"]) if hc["CpuShares"] else 0},
+        "GraphDriver": {"Name": "strata-unionfs", "Data": {
+            "LowerDir": ":".join(c.config["LowerDirs"]), "UpperDir": c.path("upper"),
+            "WorkDir": c.path("work"), "MergedDir": c.path("merged")}},
+        "Config": {"Hostname": cfg["Hostname"], "Env": cfg["Env"], "Cmd": cfg["Cmd"],
+                   "Entrypoint": cfg["Entrypoint"], "Image": cfg["Image"], "WorkingDir": cfg["WorkingDir"],
+                   "User": cfg["User"], "Tty": cfg["Tty"], "OpenStdin": cfg["OpenStdin"]},
+    }
+
+
+def cmd_inspect(store: Store, args: argparse.Namespace) -> int:
+    """Containers first, then images, as ``docker inspect``."""
+    docs = []
+    status = 0
+    for ref in args.names:
+        try:
+            docs.append(inspect_container(_containers(store).get(ref)))
+            continue
+        except NoSuchContainer:
+            pass
+        try:
+            docs.append(store.inspect_image(ref))
+        except StoreError as e:
+            print(f"Error: No such object: {ref}" if "No such image" in str(e) else f"Error: {e}", file=sys.stderr)
+            status = 1
+    print(json.dumps(docs, indent=4))
+    return status
+
+
+def cmd_logs(store: Store, args: argparse.Namespace) -> int:
+    c = _containers(store).get(args.container)
+    path = c.path("container.log")
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return 0
+    with f:
+        lines = f.readlines()
+        if args.tail is not None and args.tail != "all":
+            lines = lines[-int(args.tail):] if int(args.tail) else []
+        pending = b""
+        while True:
+            for raw in lines:
+                if not raw.endswith(b"\n"):
+                    pending = raw
+                    continue
+                entry = json.loads(raw)
+                out = sys.stdout if entry.get("stream") == "stdout" else sys.stderr
+                out.write(entry["log"])
+                out.flush()
+            if not args.follow or not c.state().get("Running") and not pending:
+                return 0
+            time.sleep(0.05)  # following a file: poll it while the container runs
+            more = f.readlines()
+            if more and pending:
+                more[0] = pending + more[0]
+                pending = b""
+            lines = more
+            if not more and not c.state().get("Running"):
+                return 0
+
+
+# -- life cycle -------------------------------------------------------------------------------------
+def _wait_exited(c: Container, timeout: float | None) -> bool:
+    """Poll the state until the supervisor has recorded the end (bounded by ``timeout``)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while c.state().get("Status") in ("running", "starting"):
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _signal(c: Container, sig: int) -> None:
+    state = c.state()
+    if not state.get("Running") or not state.get("Pid"):
+        raise RunnerError(f"Cannot kill container: {c.name}: container {c.id} is not running")
+    try:
+        os.kill(state["Pid"], sig)
+    except ProcessLookupError:
+        pass
+
+
+def cmd_stop(store: Store, args: argparse.Namespace) -> int:
+    for ref in args.containers:
+        c = _containers(store).get(ref)
+        if c.state().get("Running"):
+            _signal(c, signal.SIGTERM)
+            if not _wait_exited(c, args.time):
+                _signal(c, signal.SIGKILL) if c.state().get("Running") else None
+                _wait_exited(c, 30)
+        print(ref)
+    return 0
+
+
+def cmd_kill(store: Store, args: argparse.Namespace) -> int:
+    sig = int(args.signal) if args.signal.isdigit() else getattr(signal, "SIG" + args.signal.upper().removeprefix("SIG"), None)
+    if sig is None:
+        raise RunnerError(f"invalid signal: {args.signal}")
+    for ref in args.containers:
+        _signal(_containers(store).get(ref), int(sig))
+        print(ref)
+    return 0
+
+
+def cmd_start(store: Store, args: argparse.Namespace) -> int:
+    for ref in args.containers:
+        c = _containers(store).get(ref)
+        if not c.state().get("Running"):
+            code, detail = _start_detached(store, c)
+            if code:
+                raise RunnerError(f"failed to start container {ref}: {detail}")
+        print(ref)
+    return 0
+
+
+def cmd_wait(store: Store, args: argparse.Namespace) -> int:
+    for ref in args.containers:
+        c = _containers(store).get(ref)
+        _wait_exited(c, None)
+        print(c.state().get("ExitCode", 0))
+    return 0
+
+
+def force_cleanup(c: Container) -> None:
+    """After a supervisor died: kill what is left, unmount, drop the cgroup (by PID and exact path)."""
+    state = c.state()
+    cg = cgroups.load(c.config["Cgroup"]["Version"], c.id)
+    cg.kill_all()
+    union = state.get("UnionPid", 0)
+    if union and process_alive(union, None):
+        try:
+            with open(f"/proc/{union}/cmdline", "rb") as f:
+                ours = c.path("merged").encode() in f.read()
+            if ours:
+                os.kill(union, signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+    merged = c.path("merged")
+    with open("/proc/self/mountinfo") as f:
+        if any(line.split()[4] == merged for line in f):
+            subprocess.run(["fusermount3", "-u", "-z", merged], capture_output=True)
+    deadline = time.monotonic() + 10
+    while cg.pids() and time.monotonic() < deadline:
+        cg.kill_all()
+        time.sleep(0.01)
+    try:
+        cg.remove()
+    except OSError:
+        pass
+
+
+def cmd_rm(store: Store, args: argparse.Namespace) -> int:
+    status = 0
+    containers = _containers(store)
+    for ref in args.containers:
+        try:
+            c = containers.get(ref)
+            state = c.state()
+            if state.get("Running"):
+                if not args.force:
+                    raise ContainerConflict(
+                        f"You cannot remove a running container {c.id}. Stop the container before attempting "
+                        "removal or force remove")
+                _signal(c, signal.SIGKILL)
+                _wait_exited(c, 30)
+            if os.path.exists(c.dir):
+                force_cleanup(c)
+                containers.remove(c)
+            print(ref)
+        except RunnerError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_exec(store: Store, args: argparse.Namespace) -> int:
+    c = _containers(store).get(args.container)
+    state = c.state()
+    if not state.get("Running"):
+        raise ContainerConflict(f"Container {c.id} is not running")
+    cfg = c.config["Config"]
+    status_r, status_w = os.pipe()
+    spec_r, spec_w = os.pipe()
+    spec = {"pid": state["Pid"], "args": args.command, "env": cfg["Env"] + list(args.env or []),
+            "cwd": args.workdir or cfg["WorkingDir"] or "/", "user": args.user or cfg["User"] or "0",
+            "tty": False, "status_fd": status_w,
+            "cgroup_procs": cgroups.load(c.config["Cgroup"]["Version"], c.id).procs_files()}
+    os.write(spec_w, json.dumps(spec).encode())
+    os.close(spec_w)
+    proc = subprocess.Popen([sys.executable, "-m", "runner.init", "--exec", str(spec_r)],
+                            pass_fds=(spec_r, status_w), env=_env())
+    os.close(spec_r)
+    os.close(status_w)
+    with os.fdopen(status_r, "rb") as f:
+        report = f.read().decode(errors="replace").splitlines()
+    code = proc.wait()
+    for line in report:
+        if line.startswith("error "):
+            _, failed, message = line.split(" ", 2)
+            print(f"Error: {message}", file=sys.stderr)
+            return int(failed)
+    return code
+
+
+# -- argument parsing -----------------------------------------------------------------------------
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("run", help="run a command in a new container")
+    p.add_argument("-d", "--detach", action="store_true")
+    p.add_argument("-t", "--tty", action="store_true")
+    p.add_argument("-i", "--interactive", action="store_true")
+    p.add_argument("--rm", action="store_true")
+    p.add_argument("--name")
+    p.add_argument("-e", "--env", action="append")
+    p.add_argument("-w", "--workdir")
+    p.add_argument("-u", "--user")
+    p.add_argument("--hostname")
+    p.add_argument("--cpu-shares", type=int, dest="cpu_shares")
+    p.add_argument("-m", "--memory")
+    p.add_argument("--network", choices=["none", "host"], default="none")
+    p.add_argument("image")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("ps", help="list containers")
+    p.add_argument("-a", "--all", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_ps)
+
+    p = sub.add_parser("top", help="the processes of a container")
+    p.add_argument("container")
+    p.set_defaults(func=cmd_top)
+
+    p = sub.add_parser("inspect", help="low-level information on containers or images, as JSON")
+    p.add_argument("names", nargs="+")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("logs", help="a container's output")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("-n", "--tail")
+    p.add_argument("container")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("stop", help="SIGTERM, then SIGKILL after -t seconds")
+    p.add_argument("-t", "--time", type=float, default=10)
+    p.add_argument("containers", nargs="+")
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("kill", help="send a signal (SIGKILL by default)")
+    p.add_argument("-s", "--signal", default="KILL")
+    p.add_argument("containers", nargs="+")
+    p.set_defaults(func=cmd_kill)
+
+    p = sub.add_parser("start", help="start exited containers again (same writable layer)")
+    p.add_argument("containers", nargs="+")
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("wait", help="wait for containers to exit; print their exit codes")
+    p.add_argument("containers", nargs="+")
+    p.set_defaults(func=cmd_wait)
+
+    p = sub.add_parser("rm", help="remove containers")
+    p.add_argument("-f", "--force", action="store_true")
+    p.add_argument("containers", nargs="+")
+    p.set_defaults(func=cmd_rm)
+
+    p = sub.add_parser("exec", help="run a command in a running container")
+    p.add_argument("-e", "--env", action="append")
+    p.add_argument("-w", "--workdir")
+    p.add_argument("-u", "--user")
+    p.add_argument("container")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_exec)

@@ -1,0 +1,175 @@
+"""Container records on disk, next to the store: ``ROOT/containers/<id>/``.
+
+    config.json     what was asked for: image, command, env, limits (written once, at create)
+    state.json      what is happening: status, pids, exit code, times (replaced atomically)
+    container.log   output, one JSON object a line (Docker's json-file driver)
+    upper/ work/    the container's writable layer and the union filesystem's workdir
+    merged/         the union mountpoint while the container runs
+    hostname hosts resolv.conf   bind-mounted into the container
+
+A container is visible once its config.json exists. Names are unique: creating takes
+``containers/lock``. A ``running`` state whose supervisor is gone reads as exited with an error.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import ContainerConflict, NoSuchContainer, RunnerError
+
+_NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+_ADJ = ["brave", "calm", "eager", "fond", "keen", "lucid", "merry", "quirky", "sharp", "tender", "vivid", "wise"]
+_NOUN = ["babbage", "curie", "darwin", "euler", "gauss", "hopper", "lovelace", "noether", "pascal", "turing"]
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _write_json(path: str, value: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def process_alive(pid: int, start: str | None) -> bool:
+    """Is ``pid`` alive and the same process (its start time, field 22 of /proc/PID/stat, matches)?"""
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return fields[0] != "Z" and (start is None or fields[19] == start)
+
+
+def start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return None
+
+
+@dataclass
+class Container:
+    dir: str
+    config: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.config["Id"])
+
+    @property
+    def name(self) -> str:
+        return str(self.config["Name"])
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.dir, *parts)
+
+    def state(self) -> dict[str, Any]:
+        try:
+            with open(self.path("state.json")) as f:
+                state: dict[str, Any] = json.load(f)
+        except FileNotFoundError:
+            state = {"Status": "created", "Running": False, "Pid": 0, "ExitCode": 0, "OOMKilled": False,
+                     "StartedAt": "0001-01-01T00:00:00Z", "FinishedAt": "0001-01-01T00:00:00Z", "Error": ""}
+        if state.get("Status") == "running" and not process_alive(state.get("SupervisorPid", 0),
+                                                                 state.get("SupervisorStart")):
+            state.update(Status="exited", Running=False, ExitCode=255,
+                         Error=state.get("Error") or "the container's supervisor died")
+        return state
+
+    def set_state(self, **changes: Any) -> dict[str, Any]:
+        state = self.state()
+        state.update(changes)
+        _write_json(self.path("state.json"), state)
+        return state
+
+
+class Containers:
+    def __init__(self, root: str) -> None:
+        self.dir = os.path.join(root, "containers")
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        os.makedirs(self.dir, exist_ok=True)
+        fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def all(self) -> list[Container]:
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return []
+        out = []
+        for n in names:
+            path = os.path.join(self.dir, n, "config.json")
+            try:
+                with open(path) as f:
+                    out.append(Container(os.path.join(self.dir, n), json.load(f)))
+            except (FileNotFoundError, NotADirectoryError, ValueError):
+                continue
+        return sorted(out, key=lambda c: c.config["Created"], reverse=True)
+
+    def get(self, ref: str) -> Container:
+        """By name (with or without a leading /), full id or unique id prefix, as Docker accepts."""
+        ref = ref.lstrip("/") if ref.startswith("/") else ref
+        every = self.all()
+        for c in every:
+            if c.name == ref or c.id == ref:
+                return c
+        matches = [c for c in every if c.id.startswith(ref)] if re.fullmatch(r"[0-9a-f]+", ref) else []
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise RunnerError(f"multiple containers match {ref!r}: use more of the id")
+        raise NoSuchContainer(f"No such container: {ref}")
+
+    def create(self, config: dict[str, Any], name: str | None, cid: str | None = None) -> Container:
+        """Make the record and its dirs; the config becomes visible last."""
+        if name is not None and not _NAME.match(name):
+            raise RunnerError(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+        with self.locked():
+            taken = {c.name for c in self.all()}
+            if name is None:
+                name = f"{secrets.choice(_ADJ)}_{secrets.choice(_NOUN)}"
+                while name in taken:
+                    name = f"{secrets.choice(_ADJ)}_{secrets.choice(_NOUN)}_{secrets.randbelow(100)}"
+            name = name.lstrip("/")
+            if name in taken:
+                raise ContainerConflict(f'Conflict. The container name "/{name}" is already in use')
+            cid = cid or secrets.token_hex(32)
+            path = os.path.join(self.dir, cid)
+            for sub in ("upper", "work", "merged"):
+                os.makedirs(os.path.join(path, sub))
+            config = {**config, "Id": cid, "Name": name, "Created": now()}
+            _write_json(os.path.join(path, "config.json"), config)
+            return Container(path, config)
+
+    def remove(self, container: Container) -> None:
+        """Delete the record: the config goes first (one rename), then the rest."""
+        gone = container.dir + ".removing"
+        os.rename(container.dir, gone)
+        shutil.rmtree(gone, ignore_errors=True)
+
+    def using_image(self, image_id: str) -> list[str]:
+        return [c.name for c in self.all() if c.config.get("Image") == image_id]

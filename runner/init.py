@@ -1,0 +1,339 @@
+"""The in-container init: a fresh, single-threaded process (no trio, no pyfuse3) that enters new
+namespaces, builds the container's root and execs the command as PID 1.
+
+    python -m runner.init SPEC_FD          create: unshare, fork PID 1, set it up, exec the command
+    python -m runner.init --exec SPEC_FD   exec:   join a running container's namespaces, then exec
+
+The spec (JSON read from SPEC_FD) says what to run; ``status_fd`` gets ``pid N`` once PID 1 exists and
+``error CODE MESSAGE`` if it cannot exec (126: cannot run, 127: not found, as Docker). This helper
+stays outside the new PID namespace and exits with PID 1's status; the supervisor signals PID 1
+directly.
+
+PID 1's set-up, in order (runc's): private mounts; proc, a minimal /dev (tmpfs with null zero full
+random urandom tty, pts, shm, mqueue), /sys read-only, hostname/hosts/resolv.conf; pivot_root and
+detach the old root; mask /proc/kcore and friends; hostname; loopback up; new session (and the pty
+as controlling terminal); user; capabilities to Docker's default set; no_new_privs; every other fd
+closed; chdir (checked with getcwd) and exec. Until exec the process is not dumpable, so nothing in
+the container can reach the host's interpreter through /proc/PID/exe.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import signal
+import socket
+import stat
+import struct
+import sys
+import termios
+from typing import Any
+
+from . import syscalls as sc
+
+# Docker's default capability set (moby oci/caps/defaults.go)
+DEFAULT_CAPS = {
+    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_FSETID": 4, "CAP_KILL": 5, "CAP_SETGID": 6,
+    "CAP_SETUID": 7, "CAP_SETPCAP": 8, "CAP_NET_BIND_SERVICE": 10, "CAP_NET_RAW": 13, "CAP_SYS_CHROOT": 18,
+    "CAP_MKNOD": 27, "CAP_AUDIT_WRITE": 29, "CAP_SETFCAP": 31,
+}
+MASKED = ["/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+          "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap"]
+READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
+
+
+class _Fail(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _report(fd: int, line: str) -> None:
+    try:
+        os.write(fd, (line + "\n").encode())
+    except OSError:
+        pass
+
+
+def _mkdirs(path: str) -> None:
+    os.makedirs(path, exist_ok=True)
+
+
+def _touch(path: str) -> None:
+    if not os.path.lexists(path):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+
+
+def _setup_dev(root: str) -> None:
+    dev = os.path.join(root, "dev")
+    _mkdirs(dev)
+    sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID, "mode=755,size=65536k")
+    for name, (major, minor) in DEVICES.items():
+        path = os.path.join(dev, name)
+        try:
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+            os.chmod(path, 0o666)
+        except PermissionError:  # no mknod (a user namespace): bind the host's node, as bubblewrap does
+            _touch(path)
+            sc.mount(f"/dev/{name}", path, None, sc.MS_BIND)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2"), ("core", "/proc/kcore"), ("ptmx", "pts/ptmx")):
+        os.symlink(target, os.path.join(dev, name))
+    for sub, fstype, opts, flags in (
+        ("pts", "devpts", "newinstance,ptmxmode=0666,mode=0620,gid=5", sc.MS_NOSUID | sc.MS_NOEXEC),
+        ("shm", "tmpfs", "mode=1777,size=65536k", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC),
+        ("mqueue", "mqueue", None, sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC),
+    ):
+        path = os.path.join(dev, sub)
+        _mkdirs(path)
+        sc.mount(sub if fstype != "tmpfs" else "shm", path, fstype, flags, opts)
+
+
+def _setup_root(spec: dict[str, Any]) -> None:
+    root = spec["rootfs"]
+    sc.mount("", "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)
+    proc = os.path.join(root, "proc")
+    _mkdirs(proc)
+    sc.mount("proc", proc, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    _setup_dev(root)
+    sys_dir = os.path.join(root, "sys")
+    _mkdirs(sys_dir)
+    if spec.get("network") == "host":  # sysfs of the host's net ns: bind it read-only
+        sc.mount("/sys", sys_dir, None, sc.MS_BIND | sc.MS_REC)
+        sc.mount("", sys_dir, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV)
+    else:
+        sc.mount("sysfs", sys_dir, "sysfs", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    for src, dst in spec.get("binds", []):
+        target = os.path.join(root, dst.lstrip("/"))
+        _mkdirs(os.path.dirname(target))
+        _touch(target)
+        sc.mount(src, target, None, sc.MS_BIND)
+    if spec.get("tty"):
+        console = os.path.join(root, "dev", "console")
+        _touch(console)
+        sc.mount(os.ttyname(0), console, None, sc.MS_BIND)  # the pty slave, by its real path
+    os.chdir(root)
+    sc.pivot_root(".", ".")
+    sc.umount2(".", sc.MNT_DETACH)
+    os.chdir("/")
+    for path in MASKED:
+        if os.path.isdir(path):
+            sc.mount("tmpfs", path, "tmpfs", sc.MS_RDONLY)
+        elif os.path.exists(path):
+            sc.mount("/dev/null", path, None, sc.MS_BIND)
+    for path in READONLY:
+        if os.path.exists(path):
+            sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
+            sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC | sc.MS_REMOUNT | sc.MS_RDONLY)
+
+
+def _loopback_up() -> None:
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sh14x", b"lo", 0)
+        flags = struct.unpack("16sh14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sh14x", b"lo", flags | IFF_UP))
+
+
+def _lookup_user(user: str) -> tuple[int, int, list[int]]:
+    """``uid[:gid]`` or names from the container's /etc/passwd and /etc/group."""
+    name, _, group = user.partition(":")
+
+    def table(path: str) -> list[list[str]]:
+        try:
+            with open(path) as f:
+                return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
+        except OSError:
+            return []
+
+    passwd = table("/etc/passwd")
+    if name.isdigit():
+        uid = int(name)
+        row = next((r for r in passwd if len(r) > 3 and r[2] == name), None)
+        gid = int(row[3]) if row else uid if not group else 0
+    else:
+        row = next((r for r in passwd if r and r[0] == name), None)
+        if row is None or len(row) < 4:
+            raise _Fail(126, f"unable to find user {name}: no matching entries in passwd file")
+        uid, gid = int(row[2]), int(row[3])
+    groups = table("/etc/group")
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            g = next((r for r in groups if r and r[0] == group), None)
+            if g is None:
+                raise _Fail(126, f"unable to find group {group}: no matching entries in group file")
+            gid = int(g[2])
+    uname = row[0] if row else None
+    extra = [int(r[2]) for r in groups if len(r) > 3 and uname and uname in r[3].split(",")]
+    return uid, gid, extra
+
+
+def _drop_privileges(spec: dict[str, Any]) -> None:
+    keep = 0
+    for bit in DEFAULT_CAPS.values():
+        keep |= 1 << bit
+    for cap in range(sc.last_cap() + 1):
+        if not keep & (1 << cap):
+            try:
+                sc.prctl(sc.PR_CAPBSET_DROP, cap)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+    uid, gid, groups = _lookup_user(spec.get("user") or "0")
+    os.setgroups(groups)
+    os.setgid(gid)
+    os.setuid(uid)
+    if uid == 0:
+        sc.capset(keep)
+    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _find(cmd: str, env: list[str]) -> str:
+    if "/" in cmd:
+        if not os.path.exists(cmd):
+            raise _Fail(127, f'exec: "{cmd}": stat {cmd}: no such file or directory')
+        return cmd
+    path = next((e[5:] for e in env if e.startswith("PATH=")), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    for d in path.split(":"):
+        full = os.path.join(d or ".", cmd)
+        if os.path.isfile(full) and os.access(full, os.X_OK):
+            return full
+    raise _Fail(127, f'exec: "{cmd}": executable file not found in $PATH')
+
+
+def _exec(spec: dict[str, Any], status_fd: int) -> None:
+    """The last steps, in the container: session, user, caps, fds, cwd, exec."""
+    os.setsid()
+    if spec.get("tty"):
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    args, env = spec["args"], spec["env"]
+    if not args:
+        raise _Fail(126, "no command specified")
+    cwd = spec.get("cwd") or "/"
+    _mkdirs(cwd)
+    _drop_privileges(spec)
+    os.closerange(3, status_fd)
+    os.closerange(status_fd + 1, 65536)
+    os.chdir(cwd)
+    if os.path.realpath(os.getcwd()) != os.path.realpath(cwd):
+        raise _Fail(126, f"working directory {cwd} is not reachable")
+    binary = _find(args[0], env)
+    for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        os.execve(binary, args, dict(e.split("=", 1) for e in env if "=" in e))
+    except PermissionError:
+        raise _Fail(126, f'exec: "{args[0]}": permission denied') from None
+    except OSError as e:
+        raise _Fail(126 if e.errno != errno.ENOENT else 127, f'exec: "{args[0]}": {e.strerror}') from None
+
+
+def _join_cgroup(fds: list[int]) -> None:
+    """Move this process (not the helper: it is no container process) into the container's cgroup."""
+    for fd in fds:
+        os.write(fd, b"0")
+        os.close(fd)
+
+
+def _pid1(spec: dict[str, Any], status_fd: int, cgroup_fds: list[int]) -> None:
+    try:
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        _join_cgroup(cgroup_fds)
+        sc.unshare(sc.CLONE_NEWCGROUP)  # after joining, so the namespace is rooted at the container's group
+        _setup_root(spec)
+        socket.sethostname(spec.get("hostname") or "localhost")
+        if spec.get("network") != "host":
+            _loopback_up()
+        _exec(spec, status_fd)
+    except _Fail as e:
+        _report(status_fd, f"error {e.code} {e}")
+        os._exit(e.code)
+    except OSError as e:
+        _report(status_fd, f"error 125 container set-up failed: {e}")
+        os._exit(125)
+    os._exit(125)
+
+
+def create(spec: dict[str, Any]) -> int:
+    status_fd = spec["status_fd"]
+    os.set_inheritable(status_fd, False)
+    cgroup_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in spec.get("cgroup_procs", [])]
+    flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWPID
+    if spec.get("network") != "host":
+        flags |= sc.CLONE_NEWNET
+    sc.unshare(flags)
+    pid = os.fork()
+    if pid == 0:
+        _pid1(spec, status_fd, cgroup_fds)
+    for fd in cgroup_fds:
+        os.close(fd)
+    _report(status_fd, f"pid {pid}")
+    os.close(status_fd)
+    for fd in (0, 1, 2):  # the helper keeps none of the container's stdio open
+        os.close(fd)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            return 125
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def join(spec: dict[str, Any]) -> int:
+    """``strata exec``: enter the namespaces of a running container's PID 1, then run a command."""
+    status_fd = spec["status_fd"]
+    os.set_inheritable(status_fd, False)
+    target = spec["pid"]
+    # opened before entering the container's mount namespace, where the host's cgroupfs is not mounted
+    cgroup_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in spec.get("cgroup_procs", [])]
+    fds = []
+    for ns in ("ipc", "uts", "net", "pid", "cgroup", "mnt"):
+        fds.append(os.open(f"/proc/{target}/ns/{ns}", os.O_RDONLY))
+    for fd in fds:
+        sc.setns(fd)
+        os.close(fd)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            sc.prctl(sc.PR_SET_DUMPABLE, 0)
+            _join_cgroup(cgroup_fds)
+            os.chdir("/")
+            _exec(spec, status_fd)
+        except _Fail as e:
+            _report(status_fd, f"error {e.code} {e}")
+            os._exit(e.code)
+        except OSError as e:
+            _report(status_fd, f"error 126 exec failed: {e}")
+            os._exit(126)
+    for fd in cgroup_fds:
+        os.close(fd)
+    _report(status_fd, f"pid {pid}")
+    os.close(status_fd)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def main(argv: list[str]) -> int:
+    joining = argv[:1] == ["--exec"]
+    spec_fd = int(argv[-1])
+    with os.fdopen(spec_fd, "rb") as f:
+        spec = json.load(f)
+    return join(spec) if joining else create(spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,372 @@
+"""The supervisor: one trio process per running container (like conmon).
+
+It mounts the container's union (``unionfs.mount.Mount``: a process of its own), makes the cgroup,
+starts ``runner.init`` (a fresh process that enters the namespaces and execs the command as PID 1),
+records the state, writes the output to the json-file log (and to the terminal when attached),
+forwards signals, and when PID 1 exits records the exit code, OOM kill and times, then kills what is
+left in the cgroup, unmounts and removes the cgroup (and the container, for ``--rm``).
+
+``strata run -d`` and ``strata start`` run it detached (``python -m runner.supervisor ROOT ID``);
+``strata run`` without ``-d`` runs it in the CLI's own process, attached.
+
+Faults: if the union filesystem process dies, the container is killed and its state says why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import termios
+import tty
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from unionfs.errors import UnionError
+from unionfs.mount import Mount
+
+from . import cgroups
+from .containers import Container, Containers, now, start_time
+
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Attach:
+    """The terminal or pipes of a foreground ``strata run``."""
+
+    stdin: int | None  # fd to read the container's input from (-i), or None
+    stdout: int
+    stderr: int
+
+
+class _Log:
+    """Docker's json-file driver: one JSON object a line, split at newlines, per stream."""
+
+    def __init__(self, path: str) -> None:
+        self.file = open(path, "ab", buffering=0)
+        self.partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+
+    def write(self, stream: str, data: bytes) -> None:
+        buf = self.partial[stream] + data
+        *lines, rest = buf.split(b"\n")
+        out = []
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        for line in lines:
+            out.append(json.dumps({"log": (line + b"\n").decode(errors="replace"), "stream": stream, "time": stamp}))
+        if len(rest) > 16384:
+            out.append(json.dumps({"log": rest.decode(errors="replace"), "stream": stream, "time": stamp}))
+            rest = b""
+        self.partial[stream] = rest
+        if out:
+            self.file.write(("\n".join(out) + "\n").encode())
+
+    def close(self) -> None:
+        for stream, rest in self.partial.items():
+            if rest:
+                self.file.write((json.dumps({"log": rest.decode(errors="replace"), "stream": stream,
+                                             "time": now()}) + "\n").encode())
+        self.file.close()
+
+
+async def _pump(src: int, stream: str, log: _Log, out: int | None) -> None:
+    """Copy a pipe or pty master to the log (and the attached terminal) until EOF."""
+    reader = trio.lowlevel.FdStream(os.dup(src))
+    async with reader:
+        while True:
+            try:
+                data = await reader.receive_some(65536)
+            except (trio.BrokenResourceError, OSError):  # a pty master reads EIO once the slave is gone
+                return
+            if not data:
+                return
+            log.write(stream, data)
+            if out is not None:
+                try:
+                    os.write(out, data)
+                except OSError:  # the terminal went away: keep logging
+                    out = None
+
+
+async def _feed(src: int, dst: int, on_eof_close: bool) -> None:
+    """Copy the attached stdin to the container's stdin (pipe or pty master)."""
+    reader = trio.lowlevel.FdStream(os.dup(src))
+    writer = trio.lowlevel.FdStream(os.dup(dst))
+    async with reader, writer:
+        while True:
+            try:
+                data = await reader.receive_some(65536)
+            except (trio.BrokenResourceError, OSError):
+                break
+            if not data:
+                break
+            try:
+                await writer.send_all(data)
+            except (trio.BrokenResourceError, OSError):
+                break
+    if on_eof_close:
+        try:
+            os.close(dst)
+        except OSError:
+            pass
+
+
+class Supervisor:
+    def __init__(self, root: str, container: Container, attach: Attach | None) -> None:
+        self.root = root
+        self.c = container
+        self.attach = attach
+        self.config = container.config
+        self.cgroup = cgroups.load(self.config["Cgroup"]["Version"], container.id)
+        self.pid = 0
+        self.started = False  # PID 1 exec'd the command
+        self.union_died: str | None = None
+        self.ready_fd: int | None = None
+        self.error = ""
+
+    def _spec(self, status_fd: int) -> dict[str, Any]:
+        cfg = self.config["Config"]
+        return {
+            "rootfs": self.c.path("merged"), "args": self.config["Command"], "env": cfg["Env"],
+            "cwd": cfg["WorkingDir"] or "/", "user": cfg["User"] or "0", "hostname": cfg["Hostname"],
+            "tty": cfg["Tty"], "network": self.config["HostConfig"]["NetworkMode"], "status_fd": status_fd,
+            "cgroup_procs": self.cgroup.procs_files(),
+            "binds": [[self.c.path(n), f"/etc/{n}"] for n in ("hostname", "hosts", "resolv.conf")],
+        }
+
+    def _write_etc(self) -> None:
+        hostname = self.config["Config"]["Hostname"]
+        with open(self.c.path("hostname"), "w") as f:
+            f.write(hostname + "\n")
+        with open(self.c.path("hosts"), "w") as f:
+            f.write(f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n")
+        resolv = ""
+        if self.config["HostConfig"]["NetworkMode"] == "host" and os.path.exists("/etc/resolv.conf"):
+            with open("/etc/resolv.conf") as f:
+                resolv = f.read()
+        with open(self.c.path("resolv.conf"), "w") as f:
+            f.write(resolv)
+
+    def _ready(self, message: str) -> None:
+        """Tell a waiting ``strata run -d`` / ``start`` how the start went (once)."""
+        if self.ready_fd is not None:
+            _tell(self.ready_fd, message)
+            self.ready_fd = None
+
+    async def run(self, ready_fd: int | None = None) -> int:
+        """Run the container to its end; return its exit code (125-127 for failures to start)."""
+        c = self.c
+        self.ready_fd = ready_fd
+        self._write_etc()
+        c.set_state(Status="starting", Running=False, Pid=0, ExitCode=0, OOMKilled=False, Error="",
+                    SupervisorPid=os.getpid(), SupervisorStart=start_time(os.getpid()), StartedAt=now(),
+                    FinishedAt="0001-01-01T00:00:00Z")
+        mount = None
+        code = 125
+        error = ""
+        try:
+            options = ["allow_other"] if os.geteuid() == 0 else []
+            mount = await Mount.start(c.path("merged"), self.config["LowerDirs"], c.path("upper"), c.path("work"),
+                                      options)
+            c.set_state(UnionPid=mount.process.pid)
+            self.cgroup.create()
+            hc = self.config["HostConfig"]
+            self.cgroup.limit(hc.get("CpuShares") or None, hc.get("Memory") or None)
+            code, error = await self._start_and_wait(mount)
+        except (UnionError, OSError) as e:
+            error = f"cannot start container: {e}"
+            code = 125
+        finally:
+            with trio.CancelScope(shield=True):
+                oom = self.cgroup.oom_killed() if self.pid else False
+                self.cgroup.kill_all()
+                if mount is not None:
+                    await mount.unmount()
+                await self._remove_cgroup()
+                if self.union_died:
+                    error = self.union_died
+                self.error = error
+                c.set_state(Status="exited", Running=False, Pid=0, ExitCode=code, OOMKilled=oom,
+                            Error=error, FinishedAt=now())
+                self._ready(f"error {code} {error}")  # never got as far as running
+                if self.config["HostConfig"]["AutoRemove"] or not self.started:
+                    Containers(self.root).remove(c)  # a container that never ran leaves nothing behind
+        return code
+
+    async def _remove_cgroup(self) -> None:
+        with trio.move_on_after(10):
+            while self.cgroup.pids():
+                self.cgroup.kill_all()
+                await trio.sleep(0.01)  # the kernel reaps killed members asynchronously: poll, bounded
+        try:
+            self.cgroup.remove()
+        except OSError:
+            pass
+
+    async def _start_and_wait(self, mount: Mount) -> tuple[int, str]:
+        cfg = self.config["Config"]
+        attach = self.attach
+        opened: list[int] = []
+        try:
+            if cfg["Tty"]:
+                master, slave = os.openpty()
+                opened += [master, slave]
+                if attach is not None and os.isatty(attach.stdout):
+                    try:
+                        termios.tcsetwinsize(master, termios.tcgetwinsize(attach.stdout))
+                    except (AttributeError, OSError):
+                        pass
+                child_in = child_out = child_err = slave
+            else:
+                out_r, out_w = os.pipe()
+                err_r, err_w = os.pipe()
+                opened += [out_r, out_w, err_r, err_w]
+                if cfg["OpenStdin"]:
+                    in_r, in_w = os.pipe()
+                    opened += [in_r, in_w]
+                else:
+                    in_r = os.open(os.devnull, os.O_RDONLY)
+                    in_w = -1
+                    opened.append(in_r)
+                child_in, child_out, child_err = in_r, out_w, err_w
+            status_r, status_w = os.pipe()
+            spec_r, spec_w = os.pipe()
+            opened += [status_r, status_w, spec_r, spec_w]
+            os.write(spec_w, json.dumps(self._spec(status_w)).encode())
+            os.close(spec_w)
+            opened.remove(spec_w)
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _PACKAGE_PARENT}
+            helper = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "runner.init", str(spec_r)], stdin=child_in, stdout=child_out,
+                stderr=child_err, pass_fds=(spec_r, status_w), start_new_session=True, env=env, cwd="/",
+            )
+            for fd in {child_in, child_out, child_err, spec_r, status_w}:
+                os.close(fd)
+                opened.remove(fd)
+            status = trio.lowlevel.FdStream(status_r)
+            opened.remove(status_r)
+            log = _Log(self.c.path("container.log"))
+            pumps: list[tuple[int, str, int | None]] = []
+            out = attach.stdout if attach else None
+            err = attach.stderr if attach else None
+            if cfg["Tty"]:
+                pumps.append((master, "stdout", out))
+            else:
+                pumps += [(out_r, "stdout", out), (err_r, "stderr", err)]
+            drained = trio.Event()
+            remaining = [len(pumps)]
+
+            async def pump(src: int, stream: str, to: int | None) -> None:
+                try:
+                    await _pump(src, stream, log, to)
+                finally:
+                    remaining[0] -= 1
+                    if not remaining[0]:
+                        drained.set()
+
+            try:
+                async with status, trio.open_nursery() as nursery:
+                    first = await _read_line(status)
+                    if first.startswith("pid "):
+                        self.pid = int(first.split()[1])
+                    for src, stream, to in pumps:
+                        nursery.start_soon(pump, src, stream, to)
+                    if attach is not None and attach.stdin is not None and cfg["OpenStdin"]:
+                        if cfg["Tty"]:
+                            nursery.start_soon(_feed, attach.stdin, master, False)
+                        elif in_w >= 0:
+                            opened.remove(in_w)
+                            nursery.start_soon(_feed, attach.stdin, in_w, True)
+                    nursery.start_soon(self._watch_union, mount)
+                    nursery.start_soon(self._forward_signals)
+                    failure = await _read_line(status)  # "error CODE MESSAGE" if exec failed; EOF once it exec'd
+                    if failure.startswith("error "):
+                        await helper.wait()
+                        nursery.cancel_scope.cancel()
+                        _, failed_code, message = failure.split(" ", 2)
+                        return int(failed_code), message
+                    if self.pid:
+                        self.started = True
+                        self.c.set_state(Status="running", Running=True, Pid=self.pid, StartedAt=now())
+                        self._ready(f"ok {self.pid}")
+                    code = await helper.wait()
+                    # PID 1 is gone and its namespace with it: the output pipes end; drain them, bounded
+                    with trio.move_on_after(5):
+                        await drained.wait()
+                    nursery.cancel_scope.cancel()
+                return code, ""
+            finally:
+                log.close()
+        finally:
+            for fd in opened:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    async def _watch_union(self, mount: Mount) -> None:
+        code = await mount.process.wait()
+        self.union_died = f"the union filesystem process died (exit {code}): container stopped"
+        self.cgroup.kill_all()
+
+    async def _forward_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                                       signal.SIGUSR1, signal.SIGUSR2) as signals:
+            interrupts = 0
+            async for sig in signals:
+                if sig == signal.SIGINT:
+                    interrupts += 1
+                target = signal.SIGKILL if interrupts > 1 else sig  # a second Ctrl-C kills
+                try:
+                    os.kill(self.pid, target)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+
+async def _read_line(stream: trio.lowlevel.FdStream) -> str:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = await stream.receive_some(1)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").strip()
+
+
+def _tell(fd: int, message: str) -> None:
+    try:
+        os.write(fd, message.encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def run_attached(root: str, container: Container, attach: Attach) -> tuple[int, str]:
+    """Foreground ``strata run``: supervise in this process, terminal in raw mode for ``-t``."""
+    saved = None
+    term = attach.stdin
+    if container.config["Config"]["Tty"] and term is not None and os.isatty(term):
+        saved = termios.tcgetattr(term)
+        tty.setraw(term)
+    supervisor = Supervisor(root, container, attach)
+    try:
+        return trio.run(supervisor.run), supervisor.error
+    finally:
+        if saved is not None and term is not None:
+            termios.tcsetattr(term, termios.TCSADRAIN, saved)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m runner.supervisor ROOT ID [READY_FD]``: detached supervision."""
+    root, cid = argv[0], argv[1]
+    ready_fd = int(argv[2]) if len(argv) > 2 else None
+    container = Containers(root).get(cid)
+    return trio.run(Supervisor(root, container, None).run, ready_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,296 @@
+"""strata run and friends, for real: namespaces, the union mount, cgroups, the supervisor."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import REPO, STRATA, strata
+
+from runner import cgroups
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root (rootless is another issue)")
+
+
+@pytest.fixture(scope="session")
+def full_busybox(tmp_path_factory):
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.fail("busybox-static is required (make test installs it)")
+    root = tmp_path_factory.mktemp("bbfull") / "rootfs"
+    for d in ("bin", "etc", "tmp", "root", "proc", "sys", "dev"):
+        (root / d).mkdir(parents=True)
+    shutil.copy(busybox, root / "bin" / "busybox")
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            os.symlink("busybox", root / "bin" / applet)
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n")
+    (root / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    os.chmod(root / "tmp", 0o1777)
+    return str(root)
+
+
+@pytest.fixture
+def rootdir(tmp_path, full_busybox):
+    root = str(tmp_path / "store")
+    strata(root, "import", full_busybox, "bb:latest", "--change", 'CMD ["/bin/sh"]')
+    yield root
+    # every test leaves no container process, mount or cgroup behind, whatever it did
+    containers = os.path.join(root, "containers")
+    for cid in os.listdir(containers) if os.path.isdir(containers) else []:
+        if len(cid) == 64:
+            strata(root, "rm", "-f", cid, check=False)
+    with open("/proc/self/mountinfo") as f:
+        assert not [line for line in f if root in line]
+    for cg in ("/sys/fs/cgroup/cpu/strata", "/sys/fs/cgroup/memory/strata"):
+        if os.path.isdir(cg):
+            leftover = [d for d in os.listdir(cg) if os.path.isdir(os.path.join(cg, d)) and
+                        os.path.isdir(os.path.join(containers, d))]
+            assert leftover == []
+
+
+def _state(root: str, ref: str) -> dict:
+    return json.loads(strata(root, "inspect", ref).out)[0]["State"]
+
+
+def _wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until true, bounded: a wait on a condition, never a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_run_foreground_output_and_exit_code(rootdir):
+    res = strata(rootdir, "run", "bb", "/bin/sh", "-c", "echo out; echo err >&2; exit 3", check=False)
+    assert (res.code, res.out, res.err) == (3, "out\n", "err\n")
+    lines = strata(rootdir, "ps", "-a").out.splitlines()
+    assert len(lines) == 2 and "Exited (3)" in lines[1] and '"/bin/sh -c echo ou…' in lines[1]
+
+
+def test_container_sees_its_own_world(rootdir):
+    out = strata(rootdir, "run", "--rm", "--hostname", "box", "-e", "FOO=bar", "-w", "/work", "bb", "sh", "-c",
+                 "hostname; cat /etc/hostname; echo $FOO; pwd; echo $$; echo /proc/[0-9]*; "
+                 "grep CapEff /proc/self/status; cat /proc/self/status | grep NoNewPrivs; "
+                 "ip -o link | cut -d: -f2; touch /sys/x 2>&1 | head -c 40; ls /dev").out.split("\n")
+    assert out[0:4] == ["box", "box", "bar", "/work"]
+    assert out[4] == "1"  # the command is PID 1
+    assert out[5] == "/proc/1"  # it sees only its own processes (the shell expands the glob itself)
+    assert out[6].split()[1] == "00000000a80425fb"  # Docker's default capability set
+    assert out[7].split()[1] == "1"
+    assert out[8].strip() == "lo"  # network none: loopback only
+    assert "Read-only file system" in out[9]
+    assert {"null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "mqueue"} <= set(out[10:])
+    assert strata(rootdir, "ps", "-a", "-q").out == ""  # --rm removed it
+
+
+def test_user_and_image_defaults(rootdir):
+    assert strata(rootdir, "run", "--rm", "-u", "nobody", "bb", "id").out.strip() == "uid=65534(nobody) gid=65534(nogroup)"
+    assert strata(rootdir, "run", "--rm", "-u", "1234:5", "bb", "id", "-u").out.strip() == "1234"
+    res = strata(rootdir, "run", "--rm", "bb", input=b"echo from-default-cmd\n", check=False)  # CMD ["/bin/sh"]
+    assert res.code == 0
+
+
+def test_bad_input_leaves_nothing_behind(rootdir):
+    cases = [(["run", "nosuch"], 125, "Unable to find image"),
+             (["run", "-m", "3m", "bb", "true"], 125, "Minimum memory limit allowed is 6MB"),
+             (["run", "-m", "lots", "bb", "true"], 125, "invalid memory value"),
+             (["run", "bb", "no-such-command"], 127, "executable file not found"),
+             (["run", "bb", "/etc/passwd"], 126, "permission denied")]
+    for args, code, message in cases:
+        res = strata(rootdir, *args, check=False)
+        assert res.code == code, (args, res.err)
+        assert len(res.err.strip().splitlines()) == 1 and message in res.err, res.err
+    strata(rootdir, "run", "--name", "taken", "bb", "true")
+    res = strata(rootdir, "run", "--name", "taken", "bb", "true", check=False)
+    assert res.code == 125 and "is already in use" in res.err
+    assert strata(rootdir, "ps", "-a", "-q").out.split() != [] and len(strata(rootdir, "ps", "-aq").out.split()) == 1
+
+
+def test_detached_container_life_cycle(rootdir):
+    cid = strata(rootdir, "run", "-d", "--name", "pinger", "--cpu-shares=256", "-m", "64m",
+                 "bb", "ping", "-c", "300", "127.0.0.1").out.strip()
+    assert len(cid) == 64
+    ps = strata(rootdir, "ps").out.splitlines()
+    assert len(ps) == 2 and ps[1].startswith(cid[:12]) and "Up " in ps[1] and ps[1].endswith("pinger")
+    top = strata(rootdir, "top", "pinger").out.splitlines()
+    assert top[0].split() == ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+    assert len(top) == 2 and top[1].split()[-4:] == ["ping", "-c", "300", "127.0.0.1"]
+    doc = json.loads(strata(rootdir, "inspect", cid[:8]).out)[0]
+    assert doc["State"]["Running"] and doc["State"]["Pid"] == int(top[1].split()[1])
+    assert doc["HostConfig"]["CpuShares"] == 256 and doc["HostConfig"]["Memory"] == 64 * 1024 * 1024
+    assert set(doc["GraphDriver"]["Data"]) == {"LowerDir", "UpperDir", "WorkDir", "MergedDir"}
+    assert doc["Config"]["Cmd"] == ["ping", "-c", "300", "127.0.0.1"] and doc["Name"] == "/pinger"
+    _wait_for(lambda: "seq=1 " in strata(rootdir, "logs", "pinger").out, what="two pings in the log")
+    assert strata(rootdir, "logs", "--tail", "1", "pinger").out.count("\n") == 1
+    res = strata(rootdir, "rm", "pinger", check=False)
+    assert res.code == 1 and "You cannot remove a running container" in res.err
+    assert strata(rootdir, "exec", "pinger", "sh", "-c", "echo $$; hostname").out.split()[1] == cid[:12]
+    strata(rootdir, "stop", "-t", "1", "pinger")
+    state = _state(rootdir, "pinger")
+    assert state["Status"] == "exited" and state["ExitCode"] == 137 and not state["Running"]
+    strata(rootdir, "start", "pinger")  # same container, same writable layer
+    assert _state(rootdir, "pinger")["Running"]
+    strata(rootdir, "kill", "-s", "INT", "pinger")  # ping prints its statistics and exits on SIGINT
+    assert strata(rootdir, "wait", "pinger").out.strip() == "0"
+    assert "packets transmitted" in strata(rootdir, "logs", "pinger").out
+    strata(rootdir, "rm", "pinger")
+    assert strata(rootdir, "ps", "-aq").out == ""
+
+
+def test_writable_layers_are_separate(rootdir):
+    strata(rootdir, "run", "--name", "ca", "bb", "sh", "-c", "echo A > /tmp/a")
+    strata(rootdir, "run", "--name", "cb", "bb", "sh", "-c", "echo B > /tmp/b")
+    a = json.loads(strata(rootdir, "inspect", "ca").out)[0]["GraphDriver"]["Data"]
+    b = json.loads(strata(rootdir, "inspect", "cb").out)[0]["GraphDriver"]["Data"]
+    assert os.listdir(os.path.join(a["UpperDir"], "tmp")) == ["a"]
+    assert os.listdir(os.path.join(b["UpperDir"], "tmp")) == ["b"]
+    assert a["LowerDir"] == b["LowerDir"]
+    strata(rootdir, "start", "ca")
+    strata(rootdir, "wait", "ca")
+    assert os.listdir(os.path.join(a["UpperDir"], "tmp")) == ["a"]
+
+
+def test_memory_limit_oom_kills(rootdir):
+    res = strata(rootdir, "run", "--name", "hog", "-m", "32m", "bb", "dd", "if=/dev/zero", "of=/dev/null",
+                 "bs=100M", "count=1", check=False)
+    assert res.code == 137
+    state = _state(rootdir, "hog")
+    assert state["OOMKilled"] is True and state["ExitCode"] == 137
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_cpu_shares_split_one_cpu_near_four_to_one(rootdir):
+    spin = ["bb", "sh", "-c", "while :; do :; done"]
+    pin = ["taskset", "-c", "0"]
+    env = {**os.environ, "PYTHONPATH": REPO}
+    ids = []
+    for shares, name in ((1024, "heavy"), (256, "light")):
+        out = subprocess.run([*pin, *STRATA, "--root", rootdir, "run", "-d", "--name", name, "--cpu-shares",
+                              str(shares), *spin], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+        ids.append(out.stdout.strip())
+    pids = [_state(rootdir, n)["Pid"] for n in ("heavy", "light")]
+    base = [_cpu_seconds(p) for p in pids]
+    _wait_for(lambda: sum(_cpu_seconds(p) for p in pids) - sum(base) > 4.0, timeout=60, what="4 s of CPU")
+    used = [_cpu_seconds(p) - b for p, b in zip(pids, base, strict=True)]
+    strata(rootdir, "rm", "-f", "heavy", "light")
+    ratio = used[0] / max(used[1], 1e-3)
+    assert 3.0 < ratio < 5.5, f"cpu time heavy:light = {used} (ratio {ratio:.2f})"
+
+
+def test_interactive_shell_on_a_pty(rootdir):
+    pid, master = pty.fork()
+    if pid == 0:
+        os.chdir(REPO)
+        os.environ["PYTHONPATH"] = REPO
+        os.execv(sys.executable, [*STRATA, "--root", rootdir, "run", "-t", "-i", "--name", "shell", "bb", "/bin/sh"])
+    try:
+        seen = b""
+
+        def read_until(token: bytes) -> None:
+            nonlocal seen
+            deadline = time.monotonic() + 30
+            while token not in seen:
+                assert time.monotonic() < deadline, seen
+                if select.select([master], [], [], 1)[0]:
+                    seen += os.read(master, 4096)
+
+        read_until(b"# ")  # the prompt: the shell is up, on a terminal
+        if b"\x1b[6n" in seen:  # busybox's line editor asks where the cursor is: answer as a terminal would
+            os.write(master, b"\x1b[1;1R")
+        os.write(master, b"echo $((6*7)); tty\n")
+        read_until(b"42")
+        read_until(b"/dev/console")  # fd 0 is the pty slave, which the container sees as its console
+        os.write(master, b"exit 5\n")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 5
+    finally:
+        os.close(master)
+    assert "42" in strata(rootdir, "logs", "shell").out
+
+
+def test_signals_are_forwarded_in_the_foreground(rootdir):
+    proc = subprocess.Popen([*STRATA, "--root", rootdir, "run", "--name", "fg", "bb", "sh", "-c",
+                             "trap 'exit 7' INT; echo ready; while :; do sleep 1; done"],
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 7
+
+
+def test_union_process_death_stops_the_container(rootdir):
+    strata(rootdir, "run", "-d", "--name", "victim", "bb", "sleep", "1000")
+    cid = json.loads(strata(rootdir, "inspect", "victim").out)[0]["Id"]
+    with open(os.path.join(rootdir, "containers", cid, "state.json")) as f:
+        union = json.load(f)["UnionPid"]
+    os.kill(union, signal.SIGKILL)
+    _wait_for(lambda: _state(rootdir, "victim")["Status"] == "exited", what="the container to stop")
+    assert "union filesystem process died" in _state(rootdir, "victim")["Error"]
+
+
+def test_killed_supervisor_shows_exited_and_rm_cleans_up(rootdir):
+    strata(rootdir, "run", "-d", "--name", "orphan", "bb", "sleep", "1000")
+    cid = json.loads(strata(rootdir, "inspect", "orphan").out)[0]["Id"]
+    with open(os.path.join(rootdir, "containers", cid, "state.json")) as f:
+        state = json.load(f)
+    os.kill(state["SupervisorPid"], signal.SIGKILL)
+    _wait_for(lambda: not os.path.exists(f"/proc/{state['SupervisorPid']}"), what="the supervisor to go")
+    ps = strata(rootdir, "ps", "-a").out.splitlines()[1]
+    assert "Exited (255)" in ps
+    assert "supervisor died" in _state(rootdir, "orphan")["Error"]
+    strata(rootdir, "rm", "orphan")
+    assert not os.path.exists(f"/proc/{state['Pid']}") or open(f"/proc/{state['Pid']}/stat").read().split()[2] == "Z"
+    with open("/proc/self/mountinfo") as f:
+        assert cid not in f.read()
+
+
+def test_concurrent_runs_with_one_name(rootdir):
+    procs = [subprocess.Popen([*STRATA, "--root", rootdir, "run", "--name", "same", "bb", "true"], cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": REPO}, stderr=subprocess.PIPE) for _ in range(4)]
+    codes = [p.wait(timeout=60) for p in procs]
+    assert sorted(codes) == [0, 125, 125, 125]
+    assert len(strata(rootdir, "ps", "-aq").out.split()) == 1
+
+
+def test_rmi_refuses_an_image_in_use(rootdir):
+    strata(rootdir, "run", "--name", "user", "bb", "true")
+    res = strata(rootdir, "rmi", "bb", check=False)
+    assert res.code == 1 and "image is being used by user" in res.err
+    strata(rootdir, "rm", "user")
+    strata(rootdir, "rmi", "bb")
+
+
+def test_cgroup_v2_code_path_on_a_fake_root(tmp_path):
+    root = tmp_path / "cg"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (root / "cgroup.subtree_control").write_text("")
+    cg = cgroups.for_host("abc", str(root))
+    assert isinstance(cg, cgroups.V2)
+    cg.create()
+    cg.limit(1024, 64 * 1024 * 1024)
+    assert (root / "strata" / "abc" / "cpu.weight").read_text() == "100"
+    assert (root / "strata" / "abc" / "memory.max").read_text() == str(64 * 1024 * 1024)
+    assert (root / "strata" / "abc" / "memory.swap.max").read_text() == str(64 * 1024 * 1024)
+    assert "+cpu" in (root / "cgroup.subtree_control").read_text()
+    (root / "strata" / "abc" / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    assert cg.oom_killed()
+    assert [cgroups.shares_to_weight(s) for s in (2, 512, 1024, 2048, 4096, 262144)] == [1, 59, 100, 174, 303, 10000]
+    v1 = cgroups.for_host("abc", str(tmp_path / "nov2"))
+    assert isinstance(v1, cgroups.V1)
