@@ -294,3 +294,24 @@ def test_cgroup_v2_code_path_on_a_fake_root(tmp_path):
     assert [cgroups.shares_to_weight(s) for s in (2, 512, 1024, 2048, 4096, 262144)] == [1, 59, 100, 174, 303, 10000]
     v1 = cgroups.for_host("abc", str(tmp_path / "nov2"))
     assert isinstance(v1, cgroups.V1)
+
+
+def test_no_host_fds_or_interpreter_reach_the_container(rootdir):
+    out = strata(rootdir, "run", "--rm", "bb", "sh", "-c",
+                 "readlink /proc/1/exe; ls /proc/1/fd | tr '\\n' ' '; echo; "
+                 "for p in /proc/timer_list /proc/keys /proc/sched_debug /proc/kcore; do "
+                 "[ -e $p ] && wc -c < $p; done; (echo x > /proc/sys/kernel/hostname) 2>&1; true").out.splitlines()
+    assert out[0] == "/bin/busybox"  # PID 1 is the command, not the host's python
+    assert out[1].split() == ["0", "1", "2"]  # every inherited fd closed (the shell's own come and go)
+    masked = [int(n) for n in out[2:-1]]  # the masks that exist on this kernel read as empty (/dev/null)
+    assert masked and all(n == 0 for n in masked)
+    assert "Read-only file system" in out[-1]
+
+
+def test_stdin_pipe_and_host_network(rootdir):
+    res = strata(rootdir, "run", "--rm", "-i", "bb", "sh", "-c", "tr a-z A-Z", input=b"piped in\n")
+    assert res.out == "PIPED IN\n"
+    links = strata(rootdir, "run", "--rm", "--network", "host", "bb", "ip", "-o", "link").out
+    with open("/proc/net/dev") as f:
+        host_links = len(f.read().splitlines()) - 2
+    assert len(links.splitlines()) == host_links

@@ -1,0 +1,123 @@
+"""Container start-up, side by side in one run with crun and bubblewrap on the same busybox rootfs,
+plus what 20 running containers from one image cost in disk and memory.
+
+  strata run --rm IMAGE /bin/true      (union mount + namespaces + cgroup + supervisor, end to end)
+  crun run -b BUNDLE ID                (an OCI bundle whose rootfs is the same busybox tree)
+  bwrap --bind ROOTFS / ... /bin/true  (namespaces only)
+
+Usage: ``python bench/runner_bench.py [--runs 10]`` as root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+STRATA = [sys.executable, "-m", "runner.cli"]
+ENV = {**os.environ, "PYTHONPATH": REPO}
+
+
+def busybox_rootfs(path: str) -> None:
+    for d in ("bin", "etc", "tmp", "proc", "sys", "dev", "root"):
+        os.makedirs(os.path.join(path, d))
+    busybox = shutil.which("busybox") or sys.exit("bench: busybox-static is not installed")
+    shutil.copy(busybox, os.path.join(path, "bin", "busybox"))
+    for applet in ("true", "sh", "sleep"):
+        os.symlink("busybox", os.path.join(path, "bin", applet))
+
+
+def timed(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, cwd=REPO)
+    return time.perf_counter() - start
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("VmRSS:")))
+
+
+def du(path: str) -> int:
+    out = subprocess.run(["du", "-s", "-x", "-B1", path], capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=10)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench: containers need root")
+    work = tempfile.mkdtemp(prefix="rbench-")
+    try:
+        rootfs = os.path.join(work, "bundle", "rootfs")
+        busybox_rootfs(rootfs)
+        store = os.path.join(work, "store")
+        subprocess.run([*STRATA, "--root", store, "import", rootfs, "bb"], check=True, env=ENV, cwd=REPO,
+                       stdout=subprocess.DEVNULL)
+        bundle = os.path.join(work, "bundle")
+        subprocess.run(["crun", "spec"], cwd=bundle, check=True)
+        with open(os.path.join(bundle, "config.json")) as f:
+            spec = json.load(f)
+        spec["process"]["terminal"] = False
+        spec["process"]["args"] = ["/bin/true"]
+        with open(os.path.join(bundle, "config.json"), "w") as f:
+            json.dump(spec, f)
+        sides = {
+            "strata run --rm": lambda i: [*STRATA, "--root", store, "run", "--rm", "bb", "/bin/true"],
+            "crun run": lambda i: ["crun", "run", "-b", bundle, f"bench{i}"],
+            "bwrap": lambda i: ["bwrap", "--bind", rootfs, "/", "--proc", "/proc", "--dev", "/dev", "--unshare-all",
+                                "/bin/true"],
+            "python3 -c pass": lambda i: [sys.executable, "-c", "pass"],
+        }
+        probe = subprocess.run(sides["crun run"]("probe"), capture_output=True, text=True, env=ENV, cwd=REPO)
+        if probe.returncode != 0:  # e.g. "cgroups in hybrid mode not supported" on v1 hybrid hosts
+            print(f"crun cannot run on this host ({probe.stderr.strip() or probe.stdout.strip()}): left out")
+            del sides["crun run"]
+        times: dict[str, list[float]] = {k: [] for k in sides}
+        for i in range(args.runs):  # interleaved, so the machine's noise falls on all sides alike
+            for name, cmd in sides.items():
+                times[name].append(timed(cmd(i)))
+        base_name = "crun run" if "crun run" in times else "bwrap"
+        base = statistics.median(times[base_name])
+        print(f"{'start-up':<20}{'median ms':>10}{'x ' + base_name:>12}")
+        for name, values in times.items():
+            m = statistics.median(values)
+            print(f"{name:<20}{m * 1000:>10.1f}{m / base:>11.2f}x")
+
+        before = du(store)
+        ids = []
+        for i in range(20):
+            out = subprocess.run([*STRATA, "--root", store, "run", "-d", "--name", f"c{i}", "bb", "sh", "-c",
+                                  f"echo {i} > /tmp/mine; exec sleep 1000"], check=True, capture_output=True,
+                                 text=True, env=ENV, cwd=REPO)
+            ids.append(out.stdout.strip())
+        states = []
+        for cid in ids:
+            with open(os.path.join(store, "containers", cid, "state.json")) as f:
+                states.append(json.load(f))
+        per = [rss_kib(s["SupervisorPid"]) + rss_kib(s["UnionPid"]) for s in states]
+        uppers = sum(du(os.path.join(store, "containers", cid, "upper")) for cid in ids)
+        after = du(store)
+        layer_dirs = du(os.path.join(store, "layers"))
+        print(f"20 running containers: store grew {(after - before) / 1024:.0f} KiB "
+              f"(their writable layers: {uppers / 1024:.0f} KiB; records, logs and dirs the rest); "
+              f"the shared image layer is {layer_dirs / 1024:.0f} KiB, stored once")
+        print(f"memory per running container (supervisor + unionfs RSS): median {statistics.median(per) / 1024:.1f} MiB")
+        subprocess.run([*STRATA, "--root", store, "rm", "-f", *ids], check=True, env=ENV, cwd=REPO,
+                       stdout=subprocess.DEVNULL)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
