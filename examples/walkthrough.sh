@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
-# The walkthrough `make demo` runs: build a base image from the host's busybox-static, move it
-# through save/load as another host would, and show the store's views. Each command is printed
-# before its output; the script stops at the first step that does not give what it should.
+# The seed's walkthrough (sections 06_05 and 06_06), run by `make demo` and by a test in `make test`.
+# Two hosts are two store roots and two independent sets of processes on this machine. Each command
+# is printed before its output; the script stops at the first step that does not give what it should.
+# WALKTHROUGH_DEBIAN=1 also imports a `debootstrap --variant=minbase` Debian as a second base image.
 set -euo pipefail
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/strata-demo.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-host_a="$work/host-a"   # two store roots stand for two hosts
+host_a="$work/host-a"
 host_b="$work/host-b"
+cleanup() {
+    for root in "$host_a" "$host_b"; do
+        [ -d "$root/containers" ] || continue
+        ids=$(strata --root "$root" ps -aq 2>/dev/null || true)
+        [ -z "$ids" ] || strata --root "$root" rm -f $ids >/dev/null 2>&1 || true
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+# show: like step, and keeps the output in $out for the check that follows
+show() { printf '\n\033[1m$ %s\033[0m\n' "$*"; out=$("$@"); printf '%s\n' "$out"; }
 fail() { echo "walkthrough: $*" >&2; exit 1; }
+A() { strata --root "$host_a" "$@"; }
+B() { strata --root "$host_b" "$@"; }
 
 busybox=$(command -v busybox) || fail "busybox-static is not installed"
 rootfs="$work/rootfs"
@@ -23,26 +36,60 @@ echo "root:x:0:0:root:/root:/bin/sh" > "$rootfs/etc/passwd"
 echo "root:x:0:" > "$rootfs/etc/group"
 chmod 1777 "$rootfs/tmp"
 
-echo "== Host A: a base image from busybox-static"
-step strata --root "$host_a" import "$rootfs" busybox:latest --change 'CMD ["/bin/sh"]'
+echo "== 1. Host A: a base image, a container that changes it, and a commit"
+step strata --root "$host_a" import "$rootfs" busybox --change 'CMD ["/bin/sh"]'
+if [ "${WALKTHROUGH_DEBIAN:-0}" = 1 ]; then
+    debootstrap --variant=minbase bookworm "$work/debian" http://deb.debian.org/debian >/dev/null
+    step strata --root "$host_a" import "$work/debian" debian:bookworm --change 'CMD ["/bin/bash"]'
+fi
+step strata --root "$host_a" run busybox /bin/sh -c "echo 'cool content' > /tmp/cool-file"
+step strata --root "$host_a" ps -a
+cid=$(A ps -aq | head -1)
+show strata --root "$host_a" diff "$cid"
+[ "$out" = "$(printf 'C /tmp\nA /tmp/cool-file')" ] || fail "diff shows more than the new file"
+step strata --root "$host_a" commit "$cid" fridge
 step strata --root "$host_a" images
-step strata --root "$host_a" tag busybox:latest busybox:stable
-step strata --root "$host_a" images --tree
-step strata --root "$host_a" history busybox
-step strata --root "$host_a" save -o "$work/busybox.tar" busybox
-step tar -tf "$work/busybox.tar"
+show strata --root "$host_a" images --tree
+echo "$out" | grep -q "^  └─.*Tags: fridge:latest" || fail "fridge is not a child of the base in the tree"
+show strata --root "$host_a" history fridge
+echo "$out" | sed -n 2p | grep -q "13B" || fail "the new layer on top is not 13 B"
 
 echo
-echo "== Host B: load what host A saved"
-step strata --root "$host_b" load -i "$work/busybox.tar"
-step strata --root "$host_b" images
-id_a=$(strata --root "$host_a" images -q | head -1)
-id_b=$(strata --root "$host_b" images -q | head -1)
-[ "$id_a" = "$id_b" ] || fail "image id changed in transit: $id_a vs $id_b"
-echo "same image id on both hosts: $id_b"
-step strata --root "$host_b" images --tree
-step strata --root "$host_b" history busybox:stable
-step strata --root "$host_b" info
-step strata --root "$host_b" system check
+echo "== 2. Save fridge to a tarball"
+step strata --root "$host_a" save -o "$work/fridge.tar" fridge
+step tar -tf "$work/fridge.tar"
+
+echo
+echo "== 3. Host B: load it and run it"
+step strata --root "$host_b" load -i "$work/fridge.tar"
+show strata --root "$host_b" run -t fridge cat /tmp/cool-file
+[ "$(printf '%s' "$out" | tr -d '\r')" = "cool content" ] || fail "fridge on host B does not have the cool file"
+
+echo
+echo "== 4. One writable layer per container"
+before=$(du -sx -B1 "$host_b" | cut -f1)
+step strata --root "$host_b" run --name one fridge sh -c "echo one > /tmp/mine-1"
+step strata --root "$host_b" run --name two fridge sh -c "echo two > /tmp/mine-2"
+show strata --root "$host_b" diff one
+[ "$(echo "$out" | grep -c mine)" = 1 ] || fail "container one saw the other's file"
+show strata --root "$host_b" diff two
+[ "$(echo "$out" | grep -c mine)" = 1 ] || fail "container two saw the other's file"
+lower_one=$(B inspect one | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["GraphDriver"]["Data"]["LowerDir"].split(":")[-1])')
+lower_two=$(B inspect two | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["GraphDriver"]["Data"]["LowerDir"].split(":")[-1])')
+step ls -i "$lower_one/bin/busybox" "$lower_two/bin/busybox"
+[ "$(stat -c %i "$lower_one/bin/busybox")" = "$(stat -c %i "$lower_two/bin/busybox")" ] || fail "the image layer is not shared"
+after=$(du -sx -B1 "$host_b" | cut -f1)
+echo "store grew by $(( (after - before) / 1024 )) KiB for two containers (the busybox layer is $(du -sx -B1 "$lower_one" | cut -f1) bytes)"
+[ $((after - before)) -lt $((1024 * 1024)) ] || fail "the containers copied the image"
+
+echo
+echo "== 5. One process per container"
+step strata --root "$host_b" run -d --name pinger --cpu-shares=256 -m 64m fridge ping -c 30 127.0.0.1
+step strata --root "$host_b" ps
+show strata --root "$host_b" top pinger
+[ "$(echo "$out" | tail -n +2 | wc -l)" = 1 ] || fail "the container runs more than its one process"
+show sh -c "strata --root '$host_b' inspect pinger | grep -E '\"(Pid|CpuShares|Memory|Status)\"'"
+echo "$out" | grep -q '"CpuShares": 256' || fail "cpu shares not recorded"
+step strata --root "$host_b" rm -f pinger one two
 echo
 echo "walkthrough: all steps passed"

@@ -15,6 +15,8 @@ import math
 import os
 import re
 import signal
+import time
+from collections.abc import Callable
 
 from .errors import RunnerError
 
@@ -54,6 +56,15 @@ def _read(path: str) -> str:
         return f.read()
 
 
+def _settle(done: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """The kernel changes a group's state asynchronously: poll until it reports ``done``, bounded."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise RunnerError(f"the container did not become {what} within {timeout:g} s")
+        time.sleep(0.001)
+
+
 class Cgroup:
     """One container's cgroup. ``create``, ``limit``, ``add``, ``pids``, ``oom_killed``, ``remove``."""
 
@@ -72,6 +83,10 @@ class Cgroup:
         raise NotImplementedError
 
     def oom_killed(self) -> bool:
+        raise NotImplementedError
+
+    def freeze(self, frozen: bool) -> None:
+        """Stop (or resume) every process in the group; returns once the kernel says it is done."""
         raise NotImplementedError
 
     def procs_files(self) -> list[str]:
@@ -114,9 +129,19 @@ class V1(Cgroup):
                    os.path.join(root, "cpu"))
         self.cpu = os.path.join(cpu, GROUP, name)
         self.memory = os.path.join(root, "memory", GROUP, name)
+        freezer = os.path.join(root, "freezer")
+        self.freezer = os.path.join(freezer, GROUP, name) if os.path.isdir(freezer) else None
 
     def dirs(self) -> list[str]:
-        return [self.cpu, self.memory]
+        return [self.cpu, self.memory] + ([self.freezer] if self.freezer else [])
+
+    def freeze(self, frozen: bool) -> None:
+        if self.freezer is None:
+            raise RunnerError("this host has no freezer cgroup: cannot pause the container")
+        state = os.path.join(self.freezer, "freezer.state")
+        want = "FROZEN" if frozen else "THAWED"
+        _write(state, want)
+        _settle(lambda: _read(state).strip() == want, want.lower())  # FREEZING until every task stops
 
     def create(self) -> None:
         for d in self.dirs():
@@ -168,6 +193,13 @@ class V2(Cgroup):
         if memory:
             _write(os.path.join(self.dir, "memory.max"), str(memory))
             _write(os.path.join(self.dir, "memory.swap.max"), str(memory))
+
+    def freeze(self, frozen: bool) -> None:
+        want = "1" if frozen else "0"
+        _write(os.path.join(self.dir, "cgroup.freeze"), want)
+        events = os.path.join(self.dir, "cgroup.events")
+        _settle(lambda: re.search(rf"^frozen {want}$", _read(events), re.M) is not None,
+                "frozen" if frozen else "thawed")
 
     def oom_killed(self) -> bool:
         try:

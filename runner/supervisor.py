@@ -139,6 +139,14 @@ class Supervisor:
         }
 
     def _write_etc(self) -> None:
+        """The files bind-mounted into /etc, and the init layer: a lower between the image and the
+        upper that holds their mountpoints (and /proc, /sys, /dev), so that mounting them never writes
+        into the container's own layer, and diff and commit show only what the command did."""
+        init = self.c.path("init")
+        for d in ("etc", "proc", "sys", "dev"):
+            os.makedirs(os.path.join(init, d), mode=0o755, exist_ok=True)
+        for name in ("hostname", "hosts", "resolv.conf"):
+            open(os.path.join(init, "etc", name), "a").close()
         hostname = self.config["Config"]["Hostname"]
         with open(self.c.path("hostname"), "w") as f:
             f.write(hostname + "\n")
@@ -170,8 +178,8 @@ class Supervisor:
         error = ""
         try:
             options = ["allow_other"] if os.geteuid() == 0 else []
-            mount = await Mount.start(c.path("merged"), self.config["LowerDirs"], c.path("upper"), c.path("work"),
-                                      options)
+            lowers = [c.path("init"), *self.config["LowerDirs"]]
+            mount = await Mount.start(c.path("merged"), lowers, c.path("upper"), c.path("work"), options)
             c.set_state(UnionPid=mount.process.pid)
             self.cgroup.create()
             hc = self.config["HostConfig"]

@@ -193,6 +193,42 @@ class Store:
             return False
         return f"{name}:{tag}" in self.images.tags()
 
+    def commit(
+        self, parent: str, tree: str, ref: str | None, created_by: str, comment: str = "", author: str = "",
+        changes: list[str] = [],
+    ) -> str:
+        """A new image: ``parent`` plus one layer made from ``tree`` (a container's upper dir, whose
+        whiteouts are already in OCI spelling). The layer tar is reproducible, so the same tree gives
+        the same digest; the history entry records ``created_by`` and the layer's content size."""
+        tag = "{}:{}".format(*parse_ref(ref)) if ref else None
+        base = self.images.config(parent)
+        settings = apply_changes(base.get("config") or {}, changes)
+        with self.root.writer() as txn, _naming(tree):
+            tar_path = txn.new_path("layer.tar")
+            with open(tar_path, "wb") as f:
+                write_tree(tree, f)
+            chain = self.images.chain(parent)
+            with open(tar_path, "rb") as raw:
+                layer = self.layers.stage(txn, raw, parent=chain[-1] if chain else None, where=tree)
+            created = now()
+            history = list(base.get("history") or [{"created": base.get("created", "")} for _ in chain])
+            entry = {"created": created, "created_by": created_by}
+            if comment:
+                entry["comment"] = comment
+            if author:
+                entry["author"] = author
+            config = {
+                **base, "created": created, "config": settings,
+                "rootfs": {"type": "layers", "diff_ids": [*base["rootfs"]["diff_ids"], layer.info.diff_id]},
+                "history": [*history, entry],
+            }
+            if author:
+                config["author"] = author
+            blob = self.blobs.stage_bytes(txn, json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
+            fresh = [] if self.layers.exists(layer.info.chain_id) else [layer]
+            self._publish(txn, fresh, [blob], [(blob.digest, parent)], [(tag, blob.digest)] if tag else [])
+            return blob.digest
+
     # -- moving images out ------------------------------------------------------------------------
     def save_items(self, refs: list[str]) -> list[SaveItem]:
         """Resolve what ``save`` will write, before anything is written (bad refs change nothing)."""

@@ -1,8 +1,9 @@
 """Write a directory tree as a reproducible layer tar (the inverse of ``extract``).
 
 Reproducible by construction: entries sorted by name with whiteouts (``.wh.*``) before their
-siblings (OCI layer.md SHOULD), PAX format, no user or group names, hard links detected by inode.
-The same tree therefore always gives the same bytes and the same diff_id.
+siblings (OCI layer.md SHOULD), PAX format, no user or group names, hard links detected by inode,
+whiteouts dated 0 (their own times say nothing: buildkit#3168). The same tree therefore always gives
+the same bytes and the same diff_id.
 
 Caveats: paths are handed to ``os.lstat``/``open`` whole, so trees deeper than PATH_MAX fail.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 _COPY = 1 << 20
@@ -33,13 +34,13 @@ def walk(root: str, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
             yield from walk(root, path)
 
 
-def tarinfo_for(root: str, rel: str, st: os.stat_result, links: dict[tuple[int, int], str]) -> tarfile.TarInfo:
-    full = os.path.join(root, rel)
+def tarinfo_for(full: str, rel: str, st: os.stat_result, links: dict[tuple[int, int], str]) -> tarfile.TarInfo:
+    """The tar header for ``rel``, whose object is at ``full`` (lstat ``st``)."""
     info = tarfile.TarInfo(rel + ("/" if stat.S_ISDIR(st.st_mode) else ""))
     info.mode = stat.S_IMODE(st.st_mode)
     info.uid, info.gid = st.st_uid, st.st_gid
     info.uname = info.gname = ""
-    info.mtime = st.st_mtime_ns // 1_000_000_000
+    info.mtime = 0 if os.path.basename(rel).startswith(".wh.") else st.st_mtime_ns // 1_000_000_000
     mode = st.st_mode
     if stat.S_ISREG(mode):
         key = (st.st_dev, st.st_ino)
@@ -71,18 +72,23 @@ def tarinfo_for(root: str, rel: str, st: os.stat_result, links: dict[tuple[int, 
     return info
 
 
-def write_tree(root: str, out: BinaryIO, entries: Iterator[tuple[str, os.stat_result]] | None = None) -> None:
-    """Write ``root`` (or the given entries of it) to ``out`` as a PAX tar, end marker included."""
+def write_tree(root: str, out: BinaryIO) -> None:
+    """Write the tree at ``root`` to ``out`` as a PAX tar, end marker included."""
+    write_entries(((rel, st, os.path.join(root, rel)) for rel, st in walk(root)), out)
+
+
+def write_entries(entries: Iterable[tuple[str, os.stat_result, str]], out: BinaryIO) -> None:
+    """Write (name in the tar, lstat, real path) entries, in the order given, as a PAX tar."""
     links: dict[tuple[int, int], str] = {}
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         tar.copybufsize = _COPY  # type: ignore[attr-defined]  # real attribute, missing from typeshed
-        for rel, st in entries if entries is not None else walk(root):
+        for rel, st, full in entries:
             try:
-                info = tarinfo_for(root, rel, st, links)
+                info = tarinfo_for(full, rel, st, links)
             except ValueError:
                 continue
             if info.type == tarfile.REGTYPE:
-                with open(os.path.join(root, rel), "rb") as f:
+                with open(full, "rb") as f:
                     tar.addfile(info, f)
             else:
                 tar.addfile(info)

@@ -6,7 +6,6 @@ import json
 import os
 import pty
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,44 +17,6 @@ from helpers import REPO, STRATA, strata
 from runner import cgroups
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root (rootless is another issue)")
-
-
-@pytest.fixture(scope="session")
-def full_busybox(tmp_path_factory):
-    busybox = shutil.which("busybox")
-    if busybox is None:
-        pytest.fail("busybox-static is required (make test installs it)")
-    root = tmp_path_factory.mktemp("bbfull") / "rootfs"
-    for d in ("bin", "etc", "tmp", "root", "proc", "sys", "dev"):
-        (root / d).mkdir(parents=True)
-    shutil.copy(busybox, root / "bin" / "busybox")
-    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
-    for applet in applets:
-        if applet != "busybox":
-            os.symlink("busybox", root / "bin" / applet)
-    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n")
-    (root / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
-    os.chmod(root / "tmp", 0o1777)
-    return str(root)
-
-
-@pytest.fixture
-def rootdir(tmp_path, full_busybox):
-    root = str(tmp_path / "store")
-    strata(root, "import", full_busybox, "bb:latest", "--change", 'CMD ["/bin/sh"]')
-    yield root
-    # every test leaves no container process, mount or cgroup behind, whatever it did
-    containers = os.path.join(root, "containers")
-    for cid in os.listdir(containers) if os.path.isdir(containers) else []:
-        if len(cid) == 64:
-            strata(root, "rm", "-f", cid, check=False)
-    with open("/proc/self/mountinfo") as f:
-        assert not [line for line in f if root in line]
-    for cg in ("/sys/fs/cgroup/cpu/strata", "/sys/fs/cgroup/memory/strata"):
-        if os.path.isdir(cg):
-            leftover = [d for d in os.listdir(cg) if os.path.isdir(os.path.join(cg, d)) and
-                        os.path.isdir(os.path.join(containers, d))]
-            assert leftover == []
 
 
 def _state(root: str, ref: str) -> dict:

@@ -17,7 +17,8 @@ from ..errors import RunnerError
 from . import containers, images
 from .errors import UsageError
 
-_CONTAINER_COMMANDS = {"run", "ps", "top", "logs", "stop", "kill", "start", "wait", "rm", "exec"}
+_CONTAINER_COMMANDS = {"run", "ps", "top", "logs", "stop", "kill", "start", "wait", "rm", "exec", "diff", "commit",
+                       "export"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ from typing import Any
 from store import Store, StoreError
 from store.images import parse_time
 
-from .. import cgroups
+from .. import cgroups, layerdiff
 from ..containers import Container, Containers, process_alive
 from ..errors import ContainerConflict, NoSuchContainer, RunnerError
 from .format import ellipsis, human_duration, since, table
@@ -422,6 +422,56 @@ def cmd_exec(store: Store, args: argparse.Namespace) -> int:
     return code
 
 
+# -- changes: diff, commit, export -------------------------------------------------------------------
+def cmd_diff(store: Store, args: argparse.Namespace) -> int:
+    c = _containers(store).get(args.container)
+    for kind, path in layerdiff.changes(c.path("upper"), c.config["LowerDirs"]):
+        print(f"{kind} {path}")
+    return 0
+
+
+def cmd_commit(store: Store, args: argparse.Namespace) -> int:
+    c = _containers(store).get(args.container)
+    running = c.state().get("Running")
+    cg = cgroups.load(c.config["Cgroup"]["Version"], c.id)
+    pause = running and args.pause.lower() not in ("false", "0", "no")
+    created_by = " ".join(c.config["Command"])
+    if pause:
+        cg.freeze(True)  # nothing writes to the upper while it is packed
+    try:
+        image_id = store.commit(c.config["Image"], c.path("upper"), args.repository, created_by,
+                                comment=args.message or "", author=args.author or "", changes=args.change or [])
+    finally:
+        if pause:
+            cg.freeze(False)
+    print(image_id)
+    return 0
+
+
+def cmd_export(store: Store, args: argparse.Namespace) -> int:
+    from store.tarwrite import write_entries
+
+    c = _containers(store).get(args.container)
+    init = [c.path("init")] if os.path.isdir(c.path("init")) else []  # /etc/hosts and friends, as docker export
+    entries = layerdiff.flatten(c.path("upper"), init + c.config["LowerDirs"])
+    if not args.output or args.output == "-":
+        if sys.stdout.isatty():
+            raise RunnerError("cowardly refusing to write a tar to a terminal: use -o or redirect")
+        write_entries(entries, sys.stdout.buffer)
+        return 0
+    target = os.path.abspath(args.output)
+    tmp = f"{target}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as out:
+            write_entries(entries, out)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return 0
+
+
 # -- argument parsing -----------------------------------------------------------------------------
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("run", help="run a command in a new container")
@@ -483,6 +533,24 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("-f", "--force", action="store_true")
     p.add_argument("containers", nargs="+")
     p.set_defaults(func=cmd_rm)
+
+    p = sub.add_parser("diff", help="what a container changed: A added, C changed, D deleted")
+    p.add_argument("container")
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("commit", help="a new image from a container's changes")
+    p.add_argument("-m", "--message")
+    p.add_argument("-a", "--author")
+    p.add_argument("-c", "--change", action="append")
+    p.add_argument("-p", "--pause", default="true", help="freeze a running container while packing (default true)")
+    p.add_argument("container")
+    p.add_argument("repository", nargs="?")
+    p.set_defaults(func=cmd_commit)
+
+    p = sub.add_parser("export", help="a container's whole tree as a tar")
+    p.add_argument("-o", "--output")
+    p.add_argument("container")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("exec", help="run a command in a running container")
     p.add_argument("-e", "--env", action="append")

@@ -1,0 +1,69 @@
+"""diff, commit and export: what a container changed, as a new layer or as a whole tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tarfile
+
+import pytest
+from helpers import strata
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
+
+
+def test_diff_lists_added_changed_and_deleted(rootdir):
+    strata(rootdir, "run", "--name", "ch", "bb", "sh", "-c",
+           "echo new > /tmp/new; echo more >> /etc/passwd; rm /etc/group; mkdir -p /srv/d; rm -r /root")
+    assert strata(rootdir, "diff", "ch").out.splitlines() == [
+        "C /etc", "D /etc/group", "C /etc/passwd", "D /root", "A /srv", "A /srv/d", "C /tmp", "A /tmp/new"]
+
+
+def test_commit_adds_one_layer_with_history(rootdir):
+    strata(rootdir, "run", "--name", "cool", "bb", "/bin/sh", "-c", "echo 'cool content' > /tmp/cool-file")
+    image_id = strata(rootdir, "commit", "-m", "keep it cool", "-a", "me", "-c", 'CMD ["cat", "/tmp/cool-file"]',
+                      "cool", "fridge").out.strip()
+    doc = json.loads(strata(rootdir, "inspect", "fridge").out)[0]
+    base = json.loads(strata(rootdir, "inspect", "bb").out)[0]
+    assert doc["Id"] == image_id and doc["Parent"] == base["Id"]
+    assert doc["RootFS"]["Layers"][:-1] == base["RootFS"]["Layers"] and len(doc["RootFS"]["Layers"]) == 2
+    assert doc["Config"]["Cmd"] == ["cat", "/tmp/cool-file"] and doc["Author"] == "me"
+    top = strata(rootdir, "history", "--no-trunc", "fridge").out.splitlines()[1]
+    assert "/bin/sh -c echo 'cool content' > /tmp/cool-file" in top and "13B" in top and "keep it cool" in top
+    tree = strata(rootdir, "images", "--tree").out.splitlines()
+    assert tree[1].startswith("  └─") and "Size: 13B" in tree[1] and "Tags: fridge:latest" in tree[1]
+    assert strata(rootdir, "run", "--rm", "fridge").out == "cool content\n"  # the new CMD
+
+
+def test_same_changes_give_the_same_layer_digest(rootdir):
+    strata(rootdir, "run", "--name", "once", "bb", "sh", "-c", "echo same > /tmp/f; touch -d @1000 /tmp/f /tmp")
+    one = json.loads(strata(rootdir, "inspect", strata(rootdir, "commit", "once").out.strip()).out)[0]
+    two = json.loads(strata(rootdir, "inspect", strata(rootdir, "commit", "once").out.strip()).out)[0]
+    assert one["RootFS"]["Layers"][-1] == two["RootFS"]["Layers"][-1]
+
+
+def test_commit_of_a_running_container_pauses_it(rootdir):
+    strata(rootdir, "run", "-d", "--name", "busy", "bb", "sh", "-c", "echo started > /tmp/s; exec sleep 1000")
+    image = strata(rootdir, "commit", "busy", "snap").out.strip()
+    assert image.startswith("sha256:")
+    state = json.loads(strata(rootdir, "inspect", "busy").out)[0]["State"]
+    assert state["Running"]  # thawed again
+    with open(f"/proc/{state['Pid']}/status") as f:
+        assert "State:\tS" in f.read()
+    assert strata(rootdir, "run", "--rm", "snap", "cat", "/tmp/s").out == "started\n"
+
+
+def test_export_and_import_round_trip(rootdir, tmp_path):
+    strata(rootdir, "run", "--name", "ex", "bb", "sh", "-c", "echo x > /tmp/x; rm /etc/group")
+    out = tmp_path / "ex.tar"
+    strata(rootdir, "export", "ex", "-o", str(out))
+    with tarfile.open(out) as tar:
+        names = set(tar.getnames())
+    assert {"tmp/x", "bin/busybox", "etc/passwd"} <= names and "etc/group" not in names
+    assert not any(os.path.basename(n).startswith(".wh.") for n in names)
+    strata(rootdir, "import", str(out), "flat")
+    assert strata(rootdir, "run", "--rm", "flat", "cat", "/tmp/x").out == "x\n"
+    assert len(json.loads(strata(rootdir, "inspect", "flat").out)[0]["RootFS"]["Layers"]) == 1
+    res = subprocess.run(["tar", "-tf", str(out)], capture_output=True, text=True, check=True)
+    assert "tmp/x" in res.stdout
