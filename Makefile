@@ -42,6 +42,7 @@ lint: deps
 bench: deps
 	@$(BIN)/python bench/store_bench.py
 	@$(BIN)/python bench/unionfs_bench.py
+	@$(BIN)/python bench/runner_bench.py
 
 clean:
 	rm -rf $(VENV) .stamp-deb build *.egg-info
