@@ -27,7 +27,7 @@ from typing import Any
 import trio
 
 from unionfs.errors import UnionError
-from unionfs.mount import Mount
+from unionfs.mount import Mount, fork_serve
 
 from . import cgroups
 from .containers import Container, Containers, now, start_time
@@ -127,6 +127,20 @@ class Supervisor:
         self.union_died: str | None = None
         self.ready_fd: int | None = None
         self.error = ""
+        self.union: tuple[int, int] | None = None  # (pid, ready fd) of a union daemon forked early
+
+    def prepare(self) -> None:
+        """Before trio starts: write the init layer, and fork the union daemon (cheaper than spawning)."""
+        self._write_etc()
+        c = self.c
+        options = ["allow_other"] if os.geteuid() == 0 else []
+        try:
+            self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options)
+        except UnionError as e:
+            self.error = f"cannot start container: {e}"
+
+    def lowers(self) -> list[str]:
+        return [self.c.path("init"), *self.config["LowerDirs"]]
 
     def _spec(self, status_fd: int) -> dict[str, Any]:
         cfg = self.config["Config"]
@@ -169,7 +183,8 @@ class Supervisor:
         """Run the container to its end; return its exit code (125-127 for failures to start)."""
         c = self.c
         self.ready_fd = ready_fd
-        self._write_etc()
+        if self.union is None and not self.error:
+            self.prepare()
         c.set_state(Status="starting", Running=False, Pid=0, ExitCode=0, OOMKilled=False, Error="",
                     SupervisorPid=os.getpid(), SupervisorStart=start_time(os.getpid()), StartedAt=now(),
                     FinishedAt="0001-01-01T00:00:00Z")
@@ -177,9 +192,9 @@ class Supervisor:
         code = 125
         error = ""
         try:
-            options = ["allow_other"] if os.geteuid() == 0 else []
-            lowers = [c.path("init"), *self.config["LowerDirs"]]
-            mount = await Mount.start(c.path("merged"), lowers, c.path("upper"), c.path("work"), options)
+            if self.union is None:
+                raise UnionError(self.error or "no union filesystem")
+            mount = await Mount.adopt(c.path("merged"), *self.union)
             c.set_state(UnionPid=mount.process.pid)
             self.cgroup.create()
             hc = self.config["HostConfig"]
@@ -361,6 +376,7 @@ def run_attached(root: str, container: Container, attach: Attach) -> tuple[int, 
         saved = termios.tcgetattr(term)
         tty.setraw(term)
     supervisor = Supervisor(root, container, attach)
+    supervisor.prepare()
     try:
         return trio.run(supervisor.run), supervisor.error
     finally:
@@ -372,8 +388,9 @@ def main(argv: list[str]) -> int:
     """``python -m runner.supervisor ROOT ID [READY_FD]``: detached supervision."""
     root, cid = argv[0], argv[1]
     ready_fd = int(argv[2]) if len(argv) > 2 else None
-    container = Containers(root).get(cid)
-    return trio.run(Supervisor(root, container, None).run, ready_fd)
+    supervisor = Supervisor(root, Containers(root).get(cid), None)
+    supervisor.prepare()
+    return trio.run(supervisor.run, ready_fd)
 
 
 if __name__ == "__main__":
