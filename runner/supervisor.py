@@ -195,7 +195,7 @@ class Supervisor:
             if self.union is None:
                 raise UnionError(self.error or "no union filesystem")
             mount = await Mount.adopt(c.path("merged"), *self.union)
-            c.set_state(UnionPid=mount.process.pid)
+            c.set_state(UnionPid=mount.process.pid, UnionStart=start_time(mount.process.pid))
             self.cgroup.create()
             hc = self.config["HostConfig"]
             self.cgroup.limit(hc.get("CpuShares") or None, hc.get("Memory") or None)

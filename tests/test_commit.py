@@ -67,3 +67,25 @@ def test_export_and_import_round_trip(rootdir, tmp_path):
     assert len(json.loads(strata(rootdir, "inspect", "flat").out)[0]["RootFS"]["Layers"]) == 1
     res = subprocess.run(["tar", "-tf", str(out)], capture_output=True, text=True, check=True)
     assert "tmp/x" in res.stdout
+
+
+def test_diff_reads_only_the_directories_on_changed_paths(tmp_path, monkeypatch):
+    """diff's cost grows with the change: a big image costs no more than a small one."""
+    from runner import layerdiff
+    from unionfs.layers import LayerSet
+
+    lower = tmp_path / "lower"
+    for i in range(300):  # a wide image: 300 directories of 10 files
+        d = lower / f"d{i:03}"
+        d.mkdir(parents=True)
+        for j in range(10):
+            (d / f"f{j}").write_text("x")
+    upper = tmp_path / "upper"
+    (upper / "d007").mkdir(parents=True)
+    (upper / "d007" / "new").write_text("n")
+    (upper / ".wh.d100").write_text("")
+    reads = []
+    original = LayerSet._lower_dir
+    monkeypatch.setattr(LayerSet, "_lower_dir", lambda self, layer, rel: (reads.append(rel), original(self, layer, rel))[1])
+    assert layerdiff.changes(str(upper), [str(lower)]) == [("C", "/d007"), ("A", "/d007/new"), ("D", "/d100")]
+    assert sorted(set(reads)) == ["", "d007"]  # the root and the one changed directory, nothing else

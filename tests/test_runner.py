@@ -276,3 +276,13 @@ def test_stdin_pipe_and_host_network(rootdir):
     with open("/proc/net/dev") as f:
         host_links = len(f.read().splitlines()) - 2
     assert len(links.splitlines()) == host_links
+
+
+def test_logs_follow_until_the_container_ends(rootdir):
+    strata(rootdir, "run", "-d", "--name", "talker", "bb", "sh", "-c",
+           "for i in 1 2 3; do echo line $i; sleep 0.2; done; echo oops >&2")
+    res = strata(rootdir, "logs", "-f", "talker")
+    assert res.out == "line 1\nline 2\nline 3\n" and res.err == "oops\n"
+    with open(json.loads(strata(rootdir, "inspect", "talker").out)[0]["LogPath"]) as f:
+        first = json.loads(f.readline())
+    assert first["log"] == "line 1\n" and first["stream"] == "stdout" and first["time"].endswith("Z")

@@ -347,13 +347,10 @@ def force_cleanup(c: Container) -> None:
     cg = cgroups.load(c.config["Cgroup"]["Version"], c.id)
     cg.kill_all()
     union = state.get("UnionPid", 0)
-    if union and process_alive(union, None):
+    if union and process_alive(union, state.get("UnionStart")):  # the same process, not a reused pid
         try:
-            with open(f"/proc/{union}/cmdline", "rb") as f:
-                ours = c.path("merged").encode() in f.read()
-            if ours:
-                os.kill(union, signal.SIGKILL)
-        except (OSError, ProcessLookupError):
+            os.kill(union, signal.SIGKILL)
+        except ProcessLookupError:
             pass
     merged = c.path("merged")
     with open("/proc/self/mountinfo") as f:
