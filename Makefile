@@ -8,21 +8,25 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEB_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libfuse3-dev fuse3 \
 	busybox-static skopeo umoci zstd
+BENCH_PACKAGES := debootstrap fuse-overlayfs crun bubblewrap
 PYTEST_ARGS ?=
 
-.PHONY: deps demo test lint bench clean
+.PHONY: deps demo test lint bench clean apt-install
 
 deps: $(BIN)/strata
 
 .stamp-deb: Makefile
-	@missing=""; for p in $(DEB_PACKAGES); do \
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(DEB_PACKAGES)"
+	@touch $@
+
+apt-install:
+	@missing=""; for p in $(PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
-	@touch $@
 
 $(BIN)/strata: .stamp-deb pyproject.toml
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
@@ -40,6 +44,7 @@ lint: deps
 	$(BIN)/mypy
 
 bench: deps
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_PACKAGES)"
 	@$(BIN)/python bench/store_bench.py
 	@$(BIN)/python bench/unionfs_bench.py
 	@$(BIN)/python bench/runner_bench.py

@@ -50,7 +50,7 @@ show strata --root "$host_a" diff "$cid"
 step strata --root "$host_a" commit "$cid" fridge
 step strata --root "$host_a" images
 show strata --root "$host_a" images --tree
-echo "$out" | grep -q "^  └─.*Tags: fridge:latest" || fail "fridge is not a child of the base in the tree"
+echo "$out" | grep -qE "^(  |│ )└─.*Tags: fridge:latest" || fail "fridge is not a child of the base in the tree"
 show strata --root "$host_a" history fridge
 echo "$out" | sed -n 2p | grep -q "13B" || fail "the new layer on top is not 13 B"
 
