@@ -41,9 +41,10 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return int(next(line.split()[1] for line in f if line.startswith("VmRSS:")))
+def memory_kib(pid: int, field: str) -> int:
+    """``Rss`` counts pages shared with other processes in full; ``Pss`` splits them among the sharers."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return int(next(line.split()[1] for line in f if line.startswith(field + ":")))
 
 
 def du(path: str) -> int:
@@ -105,14 +106,16 @@ def main() -> None:
         for cid in ids:
             with open(os.path.join(store, "containers", cid, "state.json")) as f:
                 states.append(json.load(f))
-        per = [rss_kib(s["SupervisorPid"]) + rss_kib(s["UnionPid"]) for s in states]
+        rss = [memory_kib(s["SupervisorPid"], "Rss") + memory_kib(s["UnionPid"], "Rss") for s in states]
+        pss = [memory_kib(s["SupervisorPid"], "Pss") + memory_kib(s["UnionPid"], "Pss") for s in states]
         uppers = sum(du(os.path.join(store, "containers", cid, "upper")) for cid in ids)
         after = du(store)
         layer_dirs = du(os.path.join(store, "layers"))
         print(f"20 running containers: store grew {(after - before) / 1024:.0f} KiB "
               f"(their writable layers: {uppers / 1024:.0f} KiB; records, logs and dirs the rest); "
               f"the shared image layer is {layer_dirs / 1024:.0f} KiB, stored once")
-        print(f"memory per running container (supervisor + unionfs RSS): median {statistics.median(per) / 1024:.1f} MiB")
+        print(f"memory per running container (supervisor + unionfs): RSS {statistics.median(rss) / 1024:.1f} MiB, "
+              f"PSS {statistics.median(pss) / 1024:.1f} MiB (median)")
         subprocess.run([*STRATA, "--root", store, "rm", "-f", *ids], check=True, env=ENV, cwd=REPO,
                        stdout=subprocess.DEVNULL)
     finally:
