@@ -29,7 +29,8 @@ import stat
 import struct
 import sys
 import termios
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from . import syscalls as sc
 
@@ -241,24 +242,43 @@ def _join_cgroup(fds: list[int]) -> None:
         os.close(fd)
 
 
-def _pid1(spec: dict[str, Any], status_fd: int, cgroup_fds: list[int]) -> None:
+def _child(status_fd: int, setup_failure: int, steps: Callable[[], None]) -> NoReturn:
+    """Run the child's steps up to exec; report a failure on the status pipe and exit with its code."""
     try:
-        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-        sc.prctl(sc.PR_SET_DUMPABLE, 0)
-        _join_cgroup(cgroup_fds)
-        sc.unshare(sc.CLONE_NEWCGROUP)  # after joining, so the namespace is rooted at the container's group
-        _setup_root(spec)
-        socket.sethostname(spec.get("hostname") or "localhost")
-        if spec.get("network") != "host":
-            _loopback_up()
-        _exec(spec, status_fd)
+        steps()
+        raise _Fail(setup_failure, "exec returned")
     except _Fail as e:
         _report(status_fd, f"error {e.code} {e}")
         os._exit(e.code)
     except OSError as e:
-        _report(status_fd, f"error 125 container set-up failed: {e}")
-        os._exit(125)
-    os._exit(125)
+        _report(status_fd, f"error {setup_failure} container set-up failed: {e}")
+        os._exit(setup_failure)
+
+
+def _pid1(spec: dict[str, Any], status_fd: int, cgroup_fds: list[int]) -> None:
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)
+    _join_cgroup(cgroup_fds)
+    sc.unshare(sc.CLONE_NEWCGROUP)  # after joining, so the namespace is rooted at the container's group
+    _setup_root(spec)
+    socket.sethostname(spec.get("hostname") or "localhost")
+    if spec.get("network") != "host":
+        _loopback_up()
+    _exec(spec, status_fd)
+
+
+def _wait_child(pid: int, status_fd: int) -> int:
+    """The helper's part once the child exists: report its pid, then wait and pass on its status."""
+    _report(status_fd, f"pid {pid}")
+    os.close(status_fd)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return 125
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
 
 
 def create(spec: dict[str, Any]) -> int:
@@ -271,23 +291,10 @@ def create(spec: dict[str, Any]) -> int:
     sc.unshare(flags)
     pid = os.fork()
     if pid == 0:
-        _pid1(spec, status_fd, cgroup_fds)
-    for fd in cgroup_fds:
+        _child(status_fd, 125, lambda: _pid1(spec, status_fd, cgroup_fds))
+    for fd in [*cgroup_fds, 0, 1, 2]:  # the helper keeps none of the container's stdio open
         os.close(fd)
-    _report(status_fd, f"pid {pid}")
-    os.close(status_fd)
-    for fd in (0, 1, 2):  # the helper keeps none of the container's stdio open
-        os.close(fd)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except ChildProcessError:
-            return 125
-    code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
+    return _wait_child(pid, status_fd)
 
 
 def join(spec: dict[str, Any]) -> int:
@@ -303,28 +310,18 @@ def join(spec: dict[str, Any]) -> int:
     for fd in fds:
         sc.setns(fd)
         os.close(fd)
+    def steps() -> None:
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        _join_cgroup(cgroup_fds)
+        os.chdir("/")
+        _exec(spec, status_fd)
+
     pid = os.fork()
     if pid == 0:
-        try:
-            sc.prctl(sc.PR_SET_DUMPABLE, 0)
-            _join_cgroup(cgroup_fds)
-            os.chdir("/")
-            _exec(spec, status_fd)
-        except _Fail as e:
-            _report(status_fd, f"error {e.code} {e}")
-            os._exit(e.code)
-        except OSError as e:
-            _report(status_fd, f"error 126 exec failed: {e}")
-            os._exit(126)
+        _child(status_fd, 126, steps)
     for fd in cgroup_fds:
         os.close(fd)
-    _report(status_fd, f"pid {pid}")
-    os.close(status_fd)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
+    return _wait_child(pid, status_fd)
 
 
 def main(argv: list[str]) -> int:

@@ -234,10 +234,13 @@ class UnionFS(pyfuse3.Operations):
         lowers = [layer for layer in parent.dir_layers if layer != self.upper]
         return bool(lowers) and self.layers.resolve(lowers, parent.rel, name) is not None
 
+    def _marker(self, rel: str) -> None:
+        """An empty file in the upper: a whiteout or an opaque-directory marker (OCI spelling)."""
+        with self.layers.at(self._writable(), rel) as (fd, name):
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000, dir_fd=fd))
+
     def _make_whiteout(self, parent: Node, name: str) -> None:
-        upper = self._writable()
-        with self.layers.at(upper, join(parent.rel, whiteout.whiteout_name(name))) as (fd, wname):
-            os.close(os.open(wname, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000, dir_fd=fd))
+        self._marker(join(parent.rel, whiteout.whiteout_name(name)))
 
     def _drop_whiteout(self, parent: Node, name: str) -> bool:
         upper = self._writable()
@@ -364,18 +367,20 @@ class UnionFS(pyfuse3.Operations):
             os.mkdir(n, mode & 0o7777, dir_fd=fd)
         self._own(upper, rel, parent, ctx, True)
         if self._drop_whiteout(parent, sname):
-            # mkdir over a whiteout: the new directory must not show what was below it
-            with self.layers.at(upper, join(rel, whiteout.OPAQUE)) as (fd, n):
-                os.close(os.open(n, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000, dir_fd=fd))
+            self._marker(join(rel, whiteout.OPAQUE))  # mkdir over a whiteout: hide what was below
         return self._entry(self._finish_new(parent, sname))
+
+    def _existing(self, parent_inode: int, raw: bytes) -> tuple[Node, str, Resolved]:
+        parent = self._node(parent_inode)
+        name = _name(raw)
+        res = self._resolve(parent, name)
+        if res is None:
+            raise oserror(errno.ENOENT, name)
+        return parent, name, res
 
     @fuse_boundary
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        parent = self._node(parent_inode)
-        sname = _name(name)
-        res = self._resolve(parent, sname)
-        if res is None:
-            raise oserror(errno.ENOENT, sname)
+        parent, sname, res = self._existing(parent_inode, name)
         if res.is_dir:
             raise oserror(errno.EISDIR, sname)
         upper = self._writable()
@@ -393,11 +398,7 @@ class UnionFS(pyfuse3.Operations):
 
     @fuse_boundary
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        parent = self._node(parent_inode)
-        sname = _name(name)
-        res = self._resolve(parent, sname)
-        if res is None:
-            raise oserror(errno.ENOENT, sname)
+        parent, sname, res = self._existing(parent_inode, name)
         if not res.is_dir:
             raise oserror(errno.ENOTDIR, sname)
         rel = join(parent.rel, sname)
@@ -472,8 +473,7 @@ class UnionFS(pyfuse3.Operations):
             os.rename(s, d, src_dir_fd=sfd, dst_dir_fd=dfd)
         self._drop_whiteout(new_parent, new)
         if needs_opaque:
-            with self.layers.at(upper, join(new_rel, whiteout.OPAQUE)) as (fd, n):
-                os.close(os.open(n, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000, dir_fd=fd))
+            self._marker(join(new_rel, whiteout.OPAQUE))
         if dst is not None:
             gone = self.nodes.get(self._ino(dst.st))
             if gone is not None and dst.st.st_nlink <= 1:
