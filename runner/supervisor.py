@@ -44,6 +44,15 @@ class Attach:
     stderr: int
 
 
+@dataclass
+class _Stdio:
+    child: tuple[int, int, int]  # the container's fds 0, 1, 2
+    pumps: list[tuple[int, str, int | None]]  # (fd to read, log stream, attached fd to copy to)
+    feed: int | None  # the attached stdin to copy into the container, for -i
+    stdin: int  # where that goes: the pty master or the stdin pipe (-1: nowhere)
+    close_stdin: bool  # a pipe is closed at EOF; a pty master is not
+
+
 class _Log:
     """Docker's json-file driver: one JSON object a line, split at newlines, per stream."""
 
@@ -185,6 +194,7 @@ class Supervisor:
         self.ready_fd = ready_fd
         if self.union is None and not self.error:
             self.prepare()
+        first_start = c.state().get("Status") == "created"
         c.set_state(Status="starting", Running=False, Pid=0, ExitCode=0, OOMKilled=False, Error="",
                     SupervisorPid=os.getpid(), SupervisorStart=start_time(os.getpid()), StartedAt=now(),
                     FinishedAt="0001-01-01T00:00:00Z")
@@ -216,8 +226,8 @@ class Supervisor:
                 c.set_state(Status="exited", Running=False, Pid=0, ExitCode=code, OOMKilled=oom,
                             Error=error, FinishedAt=now())
                 self._ready(f"error {code} {error}")  # never got as far as running
-                if self.config["HostConfig"]["AutoRemove"] or not self.started:
-                    Containers(self.root).remove(c)  # a container that never ran leaves nothing behind
+                if self.config["HostConfig"]["AutoRemove"] or (first_start and not self.started):
+                    Containers(self.root).remove(c)  # a run that never started leaves nothing behind
         return code
 
     async def _remove_cgroup(self) -> None:
@@ -230,32 +240,38 @@ class Supervisor:
         except OSError:
             pass
 
+    def _stdio(self, opened: list[int]) -> _Stdio:
+        """The container's stdin/stdout/stderr: a pty for -t, else pipes (stdin: a pipe for -i, else
+        /dev/null). Every fd made is appended to ``opened`` (closed by the caller)."""
+        cfg, attach = self.config["Config"], self.attach
+        out = attach.stdout if attach else None
+        err = attach.stderr if attach else None
+        feed = attach.stdin if attach is not None and cfg["OpenStdin"] else None
+        if cfg["Tty"]:
+            master, slave = os.openpty()
+            opened += [master, slave]
+            if attach is not None and os.isatty(attach.stdout):
+                try:
+                    termios.tcsetwinsize(master, termios.tcgetwinsize(attach.stdout))
+                except OSError:
+                    pass
+            return _Stdio((slave, slave, slave), [(master, "stdout", out)], feed, master, False)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        opened += [out_r, out_w, err_r, err_w]
+        if cfg["OpenStdin"]:
+            in_r, in_w = os.pipe()
+            opened += [in_r, in_w]
+        else:
+            in_r, in_w = os.open(os.devnull, os.O_RDONLY), -1
+            opened.append(in_r)
+        return _Stdio((in_r, out_w, err_w), [(out_r, "stdout", out), (err_r, "stderr", err)], feed, in_w, True)
+
     async def _start_and_wait(self, mount: Mount) -> tuple[int, str]:
-        cfg = self.config["Config"]
-        attach = self.attach
         opened: list[int] = []
         try:
-            if cfg["Tty"]:
-                master, slave = os.openpty()
-                opened += [master, slave]
-                if attach is not None and os.isatty(attach.stdout):
-                    try:
-                        termios.tcsetwinsize(master, termios.tcgetwinsize(attach.stdout))
-                    except (AttributeError, OSError):
-                        pass
-                child_in = child_out = child_err = slave
-            else:
-                out_r, out_w = os.pipe()
-                err_r, err_w = os.pipe()
-                opened += [out_r, out_w, err_r, err_w]
-                if cfg["OpenStdin"]:
-                    in_r, in_w = os.pipe()
-                    opened += [in_r, in_w]
-                else:
-                    in_r = os.open(os.devnull, os.O_RDONLY)
-                    in_w = -1
-                    opened.append(in_r)
-                child_in, child_out, child_err = in_r, out_w, err_w
+            stdio = self._stdio(opened)
+            child_in, child_out, child_err = stdio.child
             status_r, status_w = os.pipe()
             spec_r, spec_w = os.pipe()
             opened += [status_r, status_w, spec_r, spec_w]
@@ -273,15 +289,8 @@ class Supervisor:
             status = trio.lowlevel.FdStream(status_r)
             opened.remove(status_r)
             log = _Log(self.c.path("container.log"))
-            pumps: list[tuple[int, str, int | None]] = []
-            out = attach.stdout if attach else None
-            err = attach.stderr if attach else None
-            if cfg["Tty"]:
-                pumps.append((master, "stdout", out))
-            else:
-                pumps += [(out_r, "stdout", out), (err_r, "stderr", err)]
             drained = trio.Event()
-            remaining = [len(pumps)]
+            remaining = [len(stdio.pumps)]
 
             async def pump(src: int, stream: str, to: int | None) -> None:
                 try:
@@ -296,14 +305,12 @@ class Supervisor:
                     first = await _read_line(status)
                     if first.startswith("pid "):
                         self.pid = int(first.split()[1])
-                    for src, stream, to in pumps:
+                    for src, stream, to in stdio.pumps:
                         nursery.start_soon(pump, src, stream, to)
-                    if attach is not None and attach.stdin is not None and cfg["OpenStdin"]:
-                        if cfg["Tty"]:
-                            nursery.start_soon(_feed, attach.stdin, master, False)
-                        elif in_w >= 0:
-                            opened.remove(in_w)
-                            nursery.start_soon(_feed, attach.stdin, in_w, True)
+                    if stdio.feed is not None and stdio.stdin >= 0:
+                        if stdio.close_stdin:  # the feeder closes the pipe at EOF: the container sees EOF
+                            opened.remove(stdio.stdin)
+                        nursery.start_soon(_feed, stdio.feed, stdio.stdin, stdio.close_stdin)
                     nursery.start_soon(self._watch_union, mount)
                     nursery.start_soon(self._forward_signals)
                     failure = await _read_line(status)  # "error CODE MESSAGE" if exec failed; EOF once it exec'd
