@@ -512,7 +512,21 @@ class UnionFS(pyfuse3.Operations):
 
     @fuse_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return os.pread(fh, size, off)
+        # Data in the page cache is read right here; a read that would wait for the disk
+        # (RWF_NOWAIT says so) goes to a worker thread, so one cold read never stalls the others.
+        buf = bytearray(size)
+        try:
+            n = os.preadv(fh, [buf], off, os.RWF_NOWAIT)
+        except BlockingIOError:
+            n = 0
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            n = 0
+        if n == size or off + n >= os.fstat(fh).st_size:  # all of it, or all there is (end of file)
+            return bytes(buf[:n])
+        rest = await trio.to_thread.run_sync(os.pread, fh, size - n, off + n)
+        return bytes(buf[:n]) + rest
 
     @fuse_boundary
     async def write(self, fh: int, off: int, buf: bytes) -> int:
