@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import trio
-from unionfs_support import REPO, is_mounted, make_layer, mounted
+from unionfs_support import REPO, WHITEOUT, is_mounted, make_layer, mounted
 
 from unionfs.errors import UnionError
 from unionfs.mount import Mount
@@ -310,3 +310,17 @@ def test_umount_and_option_pass_through(tmp_path):
     finally:
         subprocess.run(["umount", str(point)], check=True)
     assert not is_mounted(str(point))
+
+
+def test_hundreds_of_layers(tmp_path):
+    """No page-sized option limit (kernel overlayfs's ~128 layers): 300 lowers mount and resolve."""
+    lowers = [make_layer(str(tmp_path / f"layer{i:03}"), {f"only{i}": str(i), "shared": f"from {i}"})
+              for i in range(300)]
+    make_layer(lowers[150], {"only299": WHITEOUT})  # a whiteout half-way down hides the bottom file
+    point = tmp_path / "mnt"
+    point.mkdir()
+    with mounted(str(point), lowers):
+        assert (point / "shared").read_text() == "from 0"
+        assert (point / "only298").read_text() == "298"
+        assert not (point / "only299").exists()
+        assert len(os.listdir(point)) == 300  # shared + only0..only298
