@@ -260,7 +260,7 @@ class Store:
         """Docker's rmi for one reference; returns its ``Untagged:``/``Deleted:`` lines.
 
         ``holders(image_id)`` names users of the image outside the store (containers): an image in use
-        is not deleted unless ``force``.
+        is refused, or with ``force`` only untagged, so that no container loses its layers.
         """
         with self.root.writer() as txn:
             image_id = self.images.resolve(ref)
@@ -285,8 +285,8 @@ class Store:
             for t in [full] if by_tag else tags:
                 self.images.untag(t)
                 out.append(f"Untagged: {t}")
-            if children:
-                return out  # an untagged parent stays, as in Docker
+            if children or users:
+                return out  # the image stays, untagged, for its children or the containers using it
             self.images.remove_record(image_id)
             out.append(f"Deleted: {image_id}")
             layers, _blobs = self.images.gc(txn)

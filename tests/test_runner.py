@@ -233,8 +233,11 @@ def test_rmi_refuses_an_image_in_use(rootdir):
     strata(rootdir, "run", "--name", "user", "bb", "true")
     res = strata(rootdir, "rmi", "bb", check=False)
     assert res.code == 1 and "image is being used by user" in res.err
+    assert strata(rootdir, "rmi", "-f", "bb").out.strip() == "Untagged: bb:latest"  # the layers stay for it
+    assert strata(rootdir, "start", "user").code == 0 and strata(rootdir, "wait", "user").out.strip() == "0"
+    image_id = json.loads(strata(rootdir, "inspect", "user").out)[0]["Image"]
     strata(rootdir, "rm", "user")
-    strata(rootdir, "rmi", "bb")
+    assert strata(rootdir, "rmi", image_id).out.splitlines()[0] == f"Deleted: {image_id}"
 
 
 def test_cgroup_v2_code_path_on_a_fake_root(tmp_path):
