@@ -233,13 +233,19 @@ def test_statfs_fsync_xattrs_and_special_files(mnt):
         assert info.value.errno == errno.EPERM
 
 
-def test_daemon_mode_and_fusermount(tmp_path):
+def _daemon(tmp_path, extra: str = ""):
+    """Mount with ``python -m unionfs`` in daemon mode (it returns once the mount is ready)."""
     lower = make_layer(str(tmp_path / "l"), {"f": "x"})
     point = tmp_path / "mnt"
     point.mkdir()
-    res = subprocess.run([sys.executable, "-m", "unionfs", "-o", f"lowerdir={lower}", str(point)],
+    res = subprocess.run([sys.executable, "-m", "unionfs", "-o", f"lowerdir={lower}{extra}", str(point)],
                          cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, timeout=60)
     assert res.returncode == 0, res.stderr
+    return point
+
+
+def test_daemon_mode_and_fusermount(tmp_path):
+    point = _daemon(tmp_path)
     try:
         assert is_mounted(str(point)) and (point / "f").read_text() == "x"
     finally:
@@ -297,12 +303,7 @@ async def test_mount_api_for_trio(tmp_path):
 
 
 def test_umount_and_option_pass_through(tmp_path):
-    lower = make_layer(str(tmp_path / "l"), {"f": "x"})
-    point = tmp_path / "mnt"
-    point.mkdir()
-    res = subprocess.run([sys.executable, "-m", "unionfs", "-o", f"lowerdir={lower},allow_other", str(point)],
-                         cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, timeout=60)
-    assert res.returncode == 0, res.stderr
+    point = _daemon(tmp_path, ",allow_other")
     try:
         with open("/proc/self/mountinfo") as f:
             line = next(x for x in f if x.split()[4] == str(point))

@@ -23,7 +23,7 @@ import errno
 import itertools
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pyfuse3
@@ -596,15 +596,19 @@ class UnionFS(pyfuse3.Operations):
 
         await trio.to_thread.run_sync(sync)
 
-    @fuse_boundary
-    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+    async def _xattr_change(self, inode: int, name: bytes, change: Callable[[str, str], None]) -> None:
+        """set/removexattr: refuse the overlay's own keys, copy up, then ``change(path, key)``."""
         key = os.fsdecode(name)
         if key.startswith(_INTERNAL_XATTRS):
             raise oserror(errno.EPERM, key)
         node = self._node(inode)
         await self._copy_up(node)
         with self.layers.at(node.layer, node.rel) as (fd, n):
-            os.setxattr(f"/proc/self/fd/{fd}/{n}", key, value, follow_symlinks=False)
+            change(f"/proc/self/fd/{fd}/{n}", key)
+
+    @fuse_boundary
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._xattr_change(inode, name, lambda path, key: os.setxattr(path, key, value, follow_symlinks=False))
 
     @fuse_boundary
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
@@ -624,13 +628,7 @@ class UnionFS(pyfuse3.Operations):
 
     @fuse_boundary
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        key = os.fsdecode(name)
-        if key.startswith(_INTERNAL_XATTRS):
-            raise oserror(errno.EPERM, key)
-        node = self._node(inode)
-        await self._copy_up(node)
-        with self.layers.at(node.layer, node.rel) as (fd, n):
-            os.removexattr(f"/proc/self/fd/{fd}/{n}", key, follow_symlinks=False)
+        await self._xattr_change(inode, name, lambda path, key: os.removexattr(path, key, follow_symlinks=False))
 
     @fuse_boundary
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
