@@ -16,12 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from store import Store, StoreError
-from store.images import parse_time
 
 from .. import cgroups, layerdiff
 from ..containers import Container, Containers, process_alive
 from ..errors import ContainerConflict, NoSuchContainer, RunnerError
-from .format import ellipsis, human_duration, since, table
+from .format import ellipsis, human_duration, parse_when, since, table
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -120,20 +119,13 @@ def cmd_run(store: Store, args: argparse.Namespace) -> int:
 
 
 # -- listing and looking ------------------------------------------------------------------------------
-def _time(value: str | None) -> datetime | None:
-    try:
-        return parse_time(value) if value and not value.startswith("0001") else None
-    except ValueError:
-        return None
-
-
 def status_text(state: dict[str, Any]) -> str:
     now = datetime.now(UTC)
     if state.get("Running"):
-        started = _time(state.get("StartedAt"))
+        started = parse_when(state.get("StartedAt"))
         return "Up " + (human_duration((now - started).total_seconds()) if started else "")
     if state.get("Status") == "exited":
-        return f"Exited ({state.get('ExitCode', 0)}) {since(_time(state.get('FinishedAt')), now)}"
+        return f"Exited ({state.get('ExitCode', 0)}) {since(parse_when(state.get('FinishedAt')), now)}"
     return "Created"
 
 
@@ -146,7 +138,7 @@ def cmd_ps(store: Store, args: argparse.Namespace) -> int:
         command = json.dumps(" ".join(c.config["Command"]))
         rows.append({
             "ID": c.id[:12], "Image": c.config["ImageRef"], "Command": command,
-            "CreatedAt": c.config["Created"], "RunningFor": since(_time(c.config["Created"])),
+            "CreatedAt": c.config["Created"], "RunningFor": since(parse_when(c.config["Created"])),
             "Status": status_text(state), "State": state.get("Status"), "Names": c.name,
         })
     if args.quiet:
@@ -305,8 +297,8 @@ def cmd_stop(store: Store, args: argparse.Namespace) -> int:
         c = _containers(store).get(ref)
         if c.state().get("Running"):
             _signal(c, signal.SIGTERM)
-            if not _wait_exited(c, args.time):
-                _signal(c, signal.SIGKILL) if c.state().get("Running") else None
+            if not _wait_exited(c, args.time) and c.state().get("Running"):
+                _signal(c, signal.SIGKILL)  # it ignored SIGTERM for -t seconds
                 _wait_exited(c, 30)
         print(ref)
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from store.images import parse_time
+
 _UNITS = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"]
 
 
@@ -43,6 +45,16 @@ def human_duration(seconds: float) -> str:
     if hours < 24 * 365 * 2:
         return f"{hours // 24 // 30} months"
     return f"{hours // 24 // 365} years"
+
+
+def parse_when(value: object) -> datetime | None:
+    """An RFC 3339 time from a config or state file; None when absent, zero (0001-…) or malformed."""
+    if not isinstance(value, str) or not value or value.startswith("0001"):
+        return None
+    try:
+        return parse_time(value)
+    except ValueError:
+        return None
 
 
 def since(when: datetime | None, now: datetime | None = None) -> str:

@@ -12,11 +12,10 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from store import HistoryRow, Store, StoreError, TreeNode
-from store.images import parse_time
 
 from ..containers import Containers
 from .errors import UsageError
-from .format import ellipsis, human_size, since, table
+from .format import ellipsis, human_size, parse_when, since, table
 
 
 def _short(image_id: str) -> str:
@@ -63,7 +62,7 @@ def cmd_images(store: Store, args: argparse.Namespace) -> int:
     intermediate = {store.images.record(i).parent for i in store.images.ids()}
     for image_id in store.images.ids():
         config = store.images.config(image_id)
-        created = _time(config.get("created"))
+        created = parse_when(config.get("created"))
         tags = store.images.tags_of(image_id) or ([] if image_id in intermediate and not args.all else ["<none>:<none>"])
         if not tags:
             continue
@@ -86,13 +85,6 @@ def cmd_images(store: Store, args: argparse.Namespace) -> int:
     print(table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
                 [[r["Repository"], r["Tag"], r["ID"], r["CreatedSince"], r["Size"]] for r in rows]))
     return 0
-
-
-def _time(value: object) -> Any:
-    try:
-        return parse_time(value) if isinstance(value, str) else None
-    except ValueError:
-        return None
 
 
 def _tree_lines(roots: list[TreeNode], prefix: str = "") -> list[str]:
@@ -118,7 +110,7 @@ def cmd_history(store: Store, args: argparse.Namespace) -> int:
     if args.format == "json":
         for r in rows:
             print(json.dumps({
-                "ID": r.id or "<missing>", "CreatedAt": r.created, "CreatedSince": since(_time(r.created)),
+                "ID": r.id or "<missing>", "CreatedAt": r.created, "CreatedSince": since(parse_when(r.created)),
                 "CreatedBy": r.created_by, "Size": human_size(r.size), "Comment": r.comment,
             }))
         return 0
@@ -126,7 +118,7 @@ def cmd_history(store: Store, args: argparse.Namespace) -> int:
     for r in rows:
         ident = (r.id if args.no_trunc else _short(r.id)) if r.id else "<missing>"
         created_by = r.created_by.replace("\t", " ")
-        out.append([ident, since(_time(r.created)) if r.created else "N/A",
+        out.append([ident, since(parse_when(r.created)) if r.created else "N/A",
                     created_by if args.no_trunc else ellipsis(created_by, 45), human_size(r.size), r.comment])
     print(table(["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"], out))
     return 0
