@@ -83,7 +83,8 @@ def test_info_counts(root, busybox_rootfs):
     strata(root, "import", busybox_rootfs, "bb:1")
     strata(root, "tag", "bb:1", "bb:2")
     info = json.loads(strata(root, "info", "--format", "json").out)
-    assert info == {"Root": os.path.abspath(root), "Images": 1, "Tags": 2, "Layers": 1, "Blobs": 2}
+    assert info == {"Root": os.path.abspath(root), "Images": 1, "Tags": 2, "Layers": 1, "Blobs": 2,
+                    "Containers": 0, "Running": 0}
 
 
 def test_system_check_finds_damage(root, busybox_rootfs):

@@ -191,7 +191,9 @@ def cmd_save(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_info(store: Store, args: argparse.Namespace) -> int:
-    info = store.info()
+    containers = Containers(store.root.path).all()
+    info = {**store.info(), "Containers": len(containers),
+            "Running": sum(1 for c in containers if c.state().get("Running"))}
     if args.format == "json":
         print(json.dumps(info))
     else:
