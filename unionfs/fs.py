@@ -15,6 +15,8 @@ Caveats:
   - Copying up one name of a hard-linked lower file breaks that link on disk (kernel overlayfs without
     ``index`` does the same); this mount keeps showing one inode until it is unmounted.
   - ``.`` and ``..`` are not listed by readdir (the kernel answers them).
+  - Reads and writes run on the trio loop (page-cache speed); copy-ups over 1 MiB and fsync run in
+    worker threads. A read that must wait for the disk holds up other requests meanwhile.
 """
 
 from __future__ import annotations
@@ -512,21 +514,10 @@ class UnionFS(pyfuse3.Operations):
 
     @fuse_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        # Data in the page cache is read right here; a read that would wait for the disk
-        # (RWF_NOWAIT says so) goes to a worker thread, so one cold read never stalls the others.
-        buf = bytearray(size)
-        try:
-            n = os.preadv(fh, [buf], off, os.RWF_NOWAIT)
-        except BlockingIOError:
-            n = 0
-        except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            n = 0
-        if n == size or off + n >= os.fstat(fh).st_size:  # all of it, or all there is (end of file)
-            return bytes(buf[:n])
-        rest = await trio.to_thread.run_sync(os.pread, fh, size - n, off + n)
-        return bytes(buf[:n]) + rest
+        # Inline: a FUSE read is at most 128 KiB and nearly always a page-cache hit (lowers are hot,
+        # and keep_cache means a file's pages come through here only once). preadv(RWF_NOWAIT) with
+        # a thread for misses was tried: it measured 3x slower on sequential reads.
+        return os.pread(fh, size, off)
 
     @fuse_boundary
     async def write(self, fh: int, off: int, buf: bytes) -> int:
