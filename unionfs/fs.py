@@ -55,6 +55,7 @@ class Node:
     fds: set[int] = field(default_factory=set)  # open file handles on this node
     unlinked: bool = False
     last: os.stat_result | None = None
+    listing: list[tuple[str, Resolved]] | None = None  # a lower-only directory's entries, resolved once
 
     @property
     def rel(self) -> str:
@@ -69,7 +70,8 @@ class Node:
 @dataclass
 class DirHandle:
     node: Node
-    names: list[str] = field(default_factory=list)  # the listing, taken when reading from offset 0
+    # the listing, taken when reading from offset 0; entries of a lower-only directory come resolved
+    entries: list[tuple[str, Resolved | None]] = field(default_factory=list)
 
 
 def _name(raw: bytes) -> str:
@@ -199,6 +201,7 @@ class UnionFS(pyfuse3.Operations):
             self.aliases[(new.st_dev, new.st_ino)] = self.aliases.get((old.st_dev, old.st_ino),
                                                                       (old.st_dev, old.st_ino))
             node.dir_layers = [upper, *node.dir_layers]
+            node.listing = None  # it can change now
             node.layer = upper
 
     async def _copy_up(self, node: Node, data: bool = True) -> None:
@@ -554,15 +557,23 @@ class UnionFS(pyfuse3.Operations):
     @fuse_boundary
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self.dirs[fh]
-        if start_id == 0:  # a listing from the start (first read or rewinddir): take it now
-            handle.names = self.layers.listdir(handle.node.dir_layers, handle.node.rel)
         parent = handle.node
+        lower_only = self.upper not in parent.dir_layers  # then nothing in it can change
+        if start_id == 0:  # a listing from the start (first read or rewinddir): take it now
+            if lower_only:
+                if parent.listing is None:
+                    names = self.layers.listdir(parent.dir_layers, parent.rel)
+                    parent.listing = [(n, r) for n in names if (r := self._resolve(parent, n)) is not None]
+                handle.entries = list(parent.listing)
+            else:
+                handle.entries = [(n, None) for n in self.layers.listdir(parent.dir_layers, parent.rel)]
         # Offsets index that listing: entries that stay are never repeated or skipped.
-        for i in range(start_id, len(handle.names)):
-            name = handle.names[i]
-            res = self._resolve(parent, name)
-            if res is None:
-                continue  # removed since the listing was taken
+        for i in range(start_id, len(handle.entries)):
+            name, res = handle.entries[i]
+            if res is None or not lower_only:
+                res = self._resolve(parent, name)
+                if res is None:
+                    continue  # removed since the listing was taken
             node = self._remember(parent, name, res)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attr(res.st, node.ino), i + 1):
                 break
