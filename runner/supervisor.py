@@ -31,8 +31,7 @@ from unionfs.mount import Mount, fork_serve
 
 from . import cgroups
 from .containers import Container, Containers, now, start_time
-
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .spawn import module_command, module_env
 
 
 @dataclass
@@ -278,10 +277,10 @@ class Supervisor:
             os.write(spec_w, json.dumps(self._spec(status_w)).encode())
             os.close(spec_w)
             opened.remove(spec_w)
-            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _PACKAGE_PARENT}
             helper = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "runner.init", str(spec_r)], stdin=child_in, stdout=child_out,
-                stderr=child_err, pass_fds=(spec_r, status_w), start_new_session=True, env=env, cwd="/",
+                module_command("runner.init", str(spec_r)), stdin=child_in, stdout=child_out,
+                stderr=child_err, pass_fds=(spec_r, status_w), start_new_session=True,
+                env=module_env(minimal=True), cwd="/",
             )
             for fd in {child_in, child_out, child_err, spec_r, status_w}:
                 os.close(fd)

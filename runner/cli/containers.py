@@ -20,18 +20,14 @@ from store import Store, StoreError
 from .. import cgroups, layerdiff
 from ..containers import Container, Containers, process_alive
 from ..errors import ContainerConflict, NoSuchContainer, RunnerError
+from ..spawn import module_command, module_env
 from .format import ellipsis, human_duration, parse_when, since, table
 
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def _containers(store: Store) -> Containers:
     return Containers(store.root.path)
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": _PACKAGE_PARENT}
 
 
 # -- run ------------------------------------------------------------------------------------------
@@ -80,9 +76,9 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
 def _start_detached(store: Store, container: Container) -> tuple[int, str]:
     """Start a detached supervisor; return (0, pid) once PID 1 runs, or (code, error)."""
     r, w = os.pipe()
-    subprocess.Popen([sys.executable, "-m", "runner.supervisor", store.root.path, container.id, str(w)],
+    subprocess.Popen(module_command("runner.supervisor", store.root.path, container.id, str(w)),
                      pass_fds=(w,), start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, env=_env(), cwd="/")
+                     stderr=subprocess.DEVNULL, env=module_env(), cwd="/")
     os.close(w)
     with os.fdopen(r, "rb") as pipe:
         message = pipe.read().decode(errors="replace")
@@ -396,8 +392,8 @@ def cmd_exec(store: Store, args: argparse.Namespace) -> int:
             "cgroup_procs": cgroups.load(c.config["Cgroup"]["Version"], c.id).procs_files()}
     os.write(spec_w, json.dumps(spec).encode())
     os.close(spec_w)
-    proc = subprocess.Popen([sys.executable, "-m", "runner.init", "--exec", str(spec_r)],
-                            pass_fds=(spec_r, status_w), env=_env())
+    proc = subprocess.Popen(module_command("runner.init", "--exec", str(spec_r)),
+                            pass_fds=(spec_r, status_w), env=module_env())
     os.close(spec_r)
     os.close(status_w)
     with os.fdopen(status_r, "rb") as f:
