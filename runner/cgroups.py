@@ -85,6 +85,17 @@ class Cgroup:
     def oom_killed(self) -> bool:
         raise NotImplementedError
 
+    @staticmethod
+    def _oom_kills(path: str) -> bool:
+        """Did the kernel's OOM killer act in this group? (``oom_kill N`` in v1's memory.oom_control
+        and v2's memory.events alike)."""
+        try:
+            text = _read(path)
+        except FileNotFoundError:
+            return False
+        m = re.search(r"^oom_kill (\d+)", text, re.M)
+        return bool(m and int(m.group(1)) > 0)
+
     def freeze(self, frozen: bool) -> None:
         """Stop (or resume) every process in the group; returns once the kernel says it is done."""
         raise NotImplementedError
@@ -157,12 +168,7 @@ class V1(Cgroup):
                 _write(memsw, str(2 * memory))
 
     def oom_killed(self) -> bool:
-        try:
-            text = _read(os.path.join(self.memory, "memory.oom_control"))
-        except FileNotFoundError:
-            return False
-        m = re.search(r"^oom_kill (\d+)", text, re.M)
-        return bool(m and int(m.group(1)) > 0)
+        return self._oom_kills(os.path.join(self.memory, "memory.oom_control"))
 
 
 class V2(Cgroup):
@@ -202,12 +208,7 @@ class V2(Cgroup):
                 "frozen" if frozen else "thawed")
 
     def oom_killed(self) -> bool:
-        try:
-            text = _read(os.path.join(self.dir, "memory.events"))
-        except FileNotFoundError:
-            return False
-        m = re.search(r"^oom_kill (\d+)", text, re.M)
-        return bool(m and int(m.group(1)) > 0)
+        return self._oom_kills(os.path.join(self.dir, "memory.events"))
 
 
 def for_host(name: str, root: str = "/sys/fs/cgroup") -> Cgroup:

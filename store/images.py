@@ -145,8 +145,15 @@ class Images:
         """Every ``name:tag`` -> image id."""
         return {ref: iid for repo in self.repositories().values() for ref, iid in repo.items()}
 
+    def tags_by_image(self) -> dict[str, list[str]]:
+        """Image id -> its tags, sorted (one read of repositories.json for every image)."""
+        out: dict[str, list[str]] = {}
+        for ref, iid in sorted(self.tags().items()):
+            out.setdefault(iid, []).append(ref)
+        return out
+
     def tags_of(self, image_id: str) -> list[str]:
-        return sorted(ref for ref, iid in self.tags().items() if iid == image_id)
+        return self.tags_by_image().get(image_id, [])
 
     def children(self, image_id: str) -> list[str]:
         return [i for i in self.ids() if self.record(i).parent == image_id]

@@ -319,6 +319,8 @@ class Store:
 
     def tree(self) -> list[TreeNode]:
         nodes: dict[str, TreeNode] = {}
+        roots: list[TreeNode] = []
+        tags = self.images.tags_by_image()
         for image_id in self.images.ids():
             chain = self.images.chain(image_id)
             virtual = 0
@@ -327,12 +329,10 @@ class Store:
                 virtual += info.size
                 if c not in nodes:
                     nodes[c] = TreeNode(c, info.size, virtual, [], [])
-                    if info.parent:
-                        nodes[info.parent].children.append(nodes[c])
+                    (nodes[info.parent].children if info.parent else roots).append(nodes[c])
             if chain:
-                nodes[chain[-1]].tags.extend(self.images.tags_of(image_id))
+                nodes[chain[-1]].tags.extend(tags.get(image_id, []))
                 nodes[chain[-1]].images.append(image_id)
-        roots = [n for n in nodes.values() if self.layers.info(n.chain_id).parent is None]
         return sorted(roots, key=lambda n: n.chain_id)
 
     def inspect_image(self, ref: str) -> dict[str, Any]:

@@ -59,11 +59,13 @@ def cmd_images(store: Store, args: argparse.Namespace) -> int:
             print(line)
         return 0
     rows: list[dict[str, Any]] = []
-    intermediate = {store.images.record(i).parent for i in store.images.ids()}
-    for image_id in store.images.ids():
+    ids = store.images.ids()
+    intermediate = {store.images.record(i).parent for i in ids}
+    tagged = store.images.tags_by_image()
+    for image_id in ids:
         config = store.images.config(image_id)
         created = parse_when(config.get("created"))
-        tags = store.images.tags_of(image_id) or ([] if image_id in intermediate and not args.all else ["<none>:<none>"])
+        tags = tagged.get(image_id) or ([] if image_id in intermediate and not args.all else ["<none>:<none>"])
         if not tags:
             continue
         for tag in tags:
