@@ -37,13 +37,15 @@ def sha256_bytes(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def chain_id(parent: str | None, diff_id: str) -> str:
+    """The chain id of a layer with ``diff_id`` on the layer whose chain id is ``parent``."""
+    return sha256_bytes(f"{parent} {diff_id}".encode()) if parent else diff_id
+
+
 def chain_ids(diff_ids: Iterable[str]) -> list[str]:
     out: list[str] = []
     for diff_id in diff_ids:
-        if not out:
-            out.append(diff_id)
-        else:
-            out.append(sha256_bytes(f"{out[-1]} {diff_id}".encode()))
+        out.append(chain_id(out[-1] if out else None, diff_id))
     return out
 
 

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from .blobs import Blobs, StagedBlob, TeeHash
 from .compression import decompressing
-from .digest import HashingReader, chain_ids, hex_of, is_digest
+from .digest import HashingReader, chain_id, hex_of, is_digest
 from .errors import BadInput, DigestMismatch, NotFound
 from .extract import extract
 from .root import Root, Transaction, read_json, remove_tree, write_json
@@ -125,7 +125,7 @@ class Layers:
         actual_diff = hashed.digest if hashed else tee.digest
         if diff_id is not None and actual_diff != diff_id:
             raise DigestMismatch(f"{where}: layer content hashes to {actual_diff}, expected diff_id {diff_id}")
-        chain = chain_ids([parent, actual_diff])[1] if parent else actual_diff
+        chain = chain_id(parent, actual_diff)
         info = LayerInfo(
             chain_id=chain, diff_id=actual_diff, parent=parent, size=size,
             tar_size=hashed.count if hashed else tee.size,
@@ -151,20 +151,19 @@ class Layers:
             os.rename(src, dst)
             remove_tree(dst)
 
-    def check_chain(self, chain_id: str) -> list[str]:
+    def check_chain(self, chain: str) -> list[str]:
         """Problems with one layer dir, as sentences (empty when sound)."""
         problems = []
         try:
-            info = self.info(chain_id)
+            info = self.info(chain)
         except (NotFound, ValueError, TypeError) as e:
-            return [f"layer {chain_id}: unreadable layer.json ({e})"]
-        if not is_digest(info.diff_id) or not os.path.isdir(self.diff_dir(chain_id)):
-            problems.append(f"layer {chain_id}: diff dir or diff_id missing")
-        expected = chain_ids([info.parent, info.diff_id])[1] if info.parent else info.diff_id
-        if expected != chain_id:
-            problems.append(f"layer {chain_id}: chain id does not match parent + diff_id")
+            return [f"layer {chain}: unreadable layer.json ({e})"]
+        if not is_digest(info.diff_id) or not os.path.isdir(self.diff_dir(chain)):
+            problems.append(f"layer {chain}: diff dir or diff_id missing")
+        if chain_id(info.parent, info.diff_id) != chain:
+            problems.append(f"layer {chain}: chain id does not match parent + diff_id")
         if info.parent and not self.exists(info.parent):
-            problems.append(f"layer {chain_id}: parent layer {info.parent} is missing")
+            problems.append(f"layer {chain}: parent layer {info.parent} is missing")
         if not self.blobs.exists(info.blob):
-            problems.append(f"layer {chain_id}: blob {info.blob} is missing")
+            problems.append(f"layer {chain}: blob {info.blob} is missing")
         return problems

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 from .blobs import Blobs, StagedBlob
 from .changes import apply_changes
 from .compression import decompressing
-from .digest import HashingReader, chain_ids, hex_of, sha256_bytes
+from .digest import HashingReader, chain_id, chain_ids, hex_of, sha256_bytes
 from .errors import BadInput, Conflict, StoreError
 from .images import Images, now, parse_ref, validate_config
 from .layers import Layers, StagedLayer
@@ -114,7 +114,7 @@ class Store:
                         diff_id = ref.diff_id or learnt.get(ref.member)
                         if diff_id is None:
                             diff_id = learnt[ref.member] = self._diff_id_of(source.open(ref.member), where)
-                        chain = chain_ids([parent, diff_id])[1] if parent else diff_id
+                        chain = chain_id(parent, diff_id)
                         if chain not in staged and not self.layers.exists(chain):
                             with source.open(ref.member) as raw:
                                 staged[chain] = self.layers.stage(
@@ -159,31 +159,41 @@ class Store:
             raise BadInput(f"{src}: no such file or directory")
         with self.root.writer() as txn, _naming("stdin" if src == "-" else src):
             if src != "-" and os.path.isdir(src):
-                tar_path = txn.new_path("rootfs.tar")
-                with open(tar_path, "wb") as f:
-                    write_tree(src, f)
-                raw: BinaryIO = open(tar_path, "rb")
-            elif src == "-":
-                assert stdin is not None
-                raw = stdin
+                layer = self._stage_tree(txn, src, None, progress)
             else:
-                raw = open(src, "rb")
-            try:
-                total = os.fstat(raw.fileno()).st_size if src != "-" else 0
-                layer = self.layers.stage(txn, raw, parent=None, where=src, progress=_Counter(progress, total))
-            finally:
-                if raw is not stdin:
-                    raw.close()
+                raw = stdin if src == "-" else open(src, "rb")
+                assert raw is not None
+                try:
+                    total = os.fstat(raw.fileno()).st_size if src != "-" else 0
+                    layer = self.layers.stage(txn, raw, parent=None, where=src, progress=_Counter(progress, total))
+                finally:
+                    if raw is not stdin:
+                        raw.close()
             created = now()
             config = {
                 "architecture": _arch(), "os": "linux", "created": created, "config": settings,
                 "rootfs": {"type": "layers", "diff_ids": [layer.info.diff_id]},
                 "history": [{"created": created, "comment": message or f"Imported from {src}"}],
             }
-            blob = self.blobs.stage_bytes(txn, json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
-            fresh = [] if self.layers.exists(layer.info.chain_id) else [layer]
-            self._publish(txn, fresh, [blob], [(blob.digest, None)], [(tag, blob.digest)] if tag else [])
-            return blob.digest
+            return self._add_image(txn, layer, config, None, tag)
+
+    def _stage_tree(self, txn: Transaction, tree: str, parent: str | None,
+                    progress: Progress | None = None) -> StagedLayer:
+        """A directory tree as a layer: written as a reproducible tar, then staged like any tar."""
+        tar_path = txn.new_path("layer.tar")
+        with open(tar_path, "wb") as f:
+            write_tree(tree, f)
+        with open(tar_path, "rb") as raw:
+            return self.layers.stage(txn, raw, parent=parent, where=tree,
+                                     progress=_Counter(progress, os.path.getsize(tar_path)))
+
+    def _add_image(self, txn: Transaction, layer: StagedLayer, config: dict[str, Any], parent: str | None,
+                   tag: str | None) -> str:
+        """Publish one new image: its layer (unless that chain id exists), config, record and tag."""
+        blob = self.blobs.stage_bytes(txn, json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
+        fresh = [] if self.layers.exists(layer.info.chain_id) else [layer]
+        self._publish(txn, fresh, [blob], [(blob.digest, parent)], [(tag, blob.digest)] if tag else [])
+        return blob.digest
 
     def _is_tag(self, ref: str) -> bool:
         """True when ``ref`` names a tag rather than an image id."""
@@ -204,12 +214,8 @@ class Store:
         base = self.images.config(parent)
         settings = apply_changes(base.get("config") or {}, changes)
         with self.root.writer() as txn, _naming(tree):
-            tar_path = txn.new_path("layer.tar")
-            with open(tar_path, "wb") as f:
-                write_tree(tree, f)
             chain = self.images.chain(parent)
-            with open(tar_path, "rb") as raw:
-                layer = self.layers.stage(txn, raw, parent=chain[-1] if chain else None, where=tree)
+            layer = self._stage_tree(txn, tree, chain[-1] if chain else None)
             created = now()
             history = list(base.get("history") or [{"created": base.get("created", "")} for _ in chain])
             entry = {"created": created, "created_by": created_by}
@@ -224,10 +230,7 @@ class Store:
             }
             if author:
                 config["author"] = author
-            blob = self.blobs.stage_bytes(txn, json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
-            fresh = [] if self.layers.exists(layer.info.chain_id) else [layer]
-            self._publish(txn, fresh, [blob], [(blob.digest, parent)], [(tag, blob.digest)] if tag else [])
-            return blob.digest
+            return self._add_image(txn, layer, config, parent, tag)
 
     # -- moving images out ------------------------------------------------------------------------
     def save_items(self, refs: list[str]) -> list[SaveItem]:
