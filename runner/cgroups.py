@@ -130,6 +130,18 @@ class Cgroup:
             except FileNotFoundError:
                 pass
 
+    def destroy(self, timeout: float = 10.0) -> None:
+        """Kill every member, wait (bounded) until the kernel has reaped them, remove the group.
+        A group that will not empty is left in place rather than reported as gone."""
+        deadline = time.monotonic() + timeout
+        while self.pids() and time.monotonic() < deadline:
+            self.kill_all()
+            time.sleep(0.01)  # the kernel reaps killed members asynchronously
+        try:
+            self.remove()
+        except OSError:
+            pass
+
 
 class V1(Cgroup):
     version = 1

@@ -218,7 +218,8 @@ class Supervisor:
                 self.cgroup.kill_all()
                 if mount is not None:
                     await mount.unmount()
-                await self._remove_cgroup()
+                # blocking, but nothing is left to serve: the container and its union are gone
+                self.cgroup.destroy()
                 if self.union_died:
                     error = self.union_died
                 self.error = error
@@ -228,16 +229,6 @@ class Supervisor:
                 if self.config["HostConfig"]["AutoRemove"] or (first_start and not self.started):
                     Containers(self.root).remove(c)  # a run that never started leaves nothing behind
         return code
-
-    async def _remove_cgroup(self) -> None:
-        with trio.move_on_after(10):
-            while self.cgroup.pids():
-                self.cgroup.kill_all()
-                await trio.sleep(0.01)  # the kernel reaps killed members asynchronously: poll, bounded
-        try:
-            self.cgroup.remove()
-        except OSError:
-            pass
 
     def _stdio(self, opened: list[int]) -> _Stdio:
         """The container's stdin/stdout/stderr: a pty for -t, else pipes (stdin: a pipe for -i, else

@@ -344,14 +344,7 @@ def force_cleanup(c: Container) -> None:
     with open("/proc/self/mountinfo") as f:
         if any(line.split()[4] == merged for line in f):
             subprocess.run(["fusermount3", "-u", "-z", merged], capture_output=True)
-    deadline = time.monotonic() + 10
-    while cg.pids() and time.monotonic() < deadline:
-        cg.kill_all()
-        time.sleep(0.01)
-    try:
-        cg.remove()
-    except OSError:
-        pass
+    cg.destroy()
 
 
 def cmd_rm(store: Store, args: argparse.Namespace) -> int:
