@@ -112,9 +112,13 @@ class UnionFS(pyfuse3.Operations):
         except KeyError:
             raise oserror(errno.ESTALE) from None
 
-    def _ino(self, st: os.stat_result) -> int:
+    def _identity(self, st: os.stat_result) -> Identity:
+        """The object's identity: its own (st_dev, st_ino), or the original's if it is a copy-up."""
         ident = (st.st_dev, st.st_ino)
-        ident = self.aliases.get(ident, ident)
+        return self.aliases.get(ident, ident)
+
+    def _ino(self, st: os.stat_result) -> int:
+        ident = self._identity(st)
         ino = self.inos.get(ident)
         if ino is None:
             ino = self.inos[ident] = next(self._next_ino)
@@ -198,8 +202,7 @@ class UnionFS(pyfuse3.Operations):
             assert self.copier is not None
             old = self._stat(node)
             new = self.copier.copy(node.dir_layers[0], node.rel, node.parent.rel, node.name)
-            self.aliases[(new.st_dev, new.st_ino)] = self.aliases.get((old.st_dev, old.st_ino),
-                                                                      (old.st_dev, old.st_ino))
+            self.aliases[(new.st_dev, new.st_ino)] = self._identity(old)
             node.dir_layers = [upper, *node.dir_layers]
             node.listing = None  # it can change now
             node.layer = upper
@@ -223,8 +226,7 @@ class UnionFS(pyfuse3.Operations):
                 new = await trio.to_thread.run_sync(lambda: copier.copy(layer, rel, prel, name, data))
             else:  # small ones cost less than a thread hop
                 new = copier.copy(layer, rel, prel, name, data)
-            old_ident = (old.st_dev, old.st_ino)
-            self.aliases[(new.st_dev, new.st_ino)] = self.aliases.get(old_ident, old_ident)
+            self.aliases[(new.st_dev, new.st_ino)] = self._identity(old)
             node.layer = upper
 
     def _copy_lock(self, node: Node) -> trio.Lock:
