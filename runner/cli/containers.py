@@ -93,8 +93,6 @@ def _start_detached(store: Store, container: Container) -> tuple[int, str]:
 def cmd_run(store: Store, args: argparse.Namespace) -> int:
     from ..supervisor import Attach, run_attached
 
-    if args.name is not None and args.name.lstrip("/") in {c.name for c in _containers(store).all()}:
-        raise ContainerConflict(f'Conflict. The container name "/{args.name.lstrip("/")}" is already in use')
     cid = secrets.token_hex(32)
     config = _container_config(store, args, cid)
     container = _containers(store).create(config, args.name, cid)
