@@ -139,16 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.foreground:
         return serve(opts, args.mountpoint, args.ready_fd)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the daemon
-        os.close(r)
-        os.setsid()
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        os._exit(serve(opts, args.mountpoint, w))
-    os.close(w)
+    _pid, r = _fork_daemon(opts, args.mountpoint)
     with os.fdopen(r, "rb") as pipe:
         message = pipe.read().decode(errors="replace")
     if message == "ok":
@@ -170,7 +161,12 @@ def fork_serve(mountpoint: str, lowers: Sequence[str], upper: str | None = None,
     safe): a fresh interpreter costs a few hundred milliseconds of imports, a fork almost nothing.
     Returns (pid, ready fd) for ``Mount.adopt``. The child is a process of its own, in its own session.
     """
-    opts = parse_options([_options(lowers, upper, work, options)])
+    return _fork_daemon(parse_options([_options(lowers, upper, work, options)]), mountpoint)
+
+
+def _fork_daemon(opts: Options, mountpoint: str) -> tuple[int, int]:
+    """Fork the daemon: its own session, stdio on /dev/null, no other inherited fds; it reports
+    ``ok`` or its error on the returned fd once the mount is (or cannot be) made."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the daemon
