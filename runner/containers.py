@@ -22,27 +22,16 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
+
+from store.images import now
+from store.root import write_json
 
 from .errors import ContainerConflict, NoSuchContainer, RunnerError
 
 _NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 _ADJ = ["brave", "calm", "eager", "fond", "keen", "lucid", "merry", "quirky", "sharp", "tender", "vivid", "wise"]
 _NOUN = ["babbage", "curie", "darwin", "euler", "gauss", "hopper", "lovelace", "noether", "pascal", "turing"]
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _write_json(path: str, value: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def process_alive(pid: int, start: str | None) -> bool:
@@ -97,7 +86,7 @@ class Container:
     def set_state(self, **changes: Any) -> dict[str, Any]:
         state = self.state()
         state.update(changes)
-        _write_json(self.path("state.json"), state)
+        write_json(self.path("state.json"), state)
         return state
 
 
@@ -162,7 +151,7 @@ class Containers:
             for sub in ("upper", "work", "merged"):
                 os.makedirs(os.path.join(path, sub))
             config = {**config, "Id": cid, "Name": name, "Created": now()}
-            _write_json(os.path.join(path, "config.json"), config)
+            write_json(os.path.join(path, "config.json"), config)
             return Container(path, config)
 
     def remove(self, container: Container) -> None:

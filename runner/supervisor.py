@@ -26,11 +26,12 @@ from typing import Any
 
 import trio
 
+from store.images import now
 from unionfs.errors import UnionError
 from unionfs.mount import Mount, fork_serve
 
 from . import cgroups
-from .containers import Container, Containers, now, start_time
+from .containers import Container, Containers, start_time
 from .spawn import module_command, module_env
 
 
