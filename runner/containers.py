@@ -34,24 +34,24 @@ _ADJ = ["brave", "calm", "eager", "fond", "keen", "lucid", "merry", "quirky", "s
 _NOUN = ["babbage", "curie", "darwin", "euler", "gauss", "hopper", "lovelace", "noether", "pascal", "turing"]
 
 
-def process_alive(pid: int, start: str | None) -> bool:
-    """Is ``pid`` alive and the same process (its start time, field 22 of /proc/PID/stat, matches)?"""
-    if not pid:
-        return False
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields 3… of /proc/PID/stat (after the command name), or None if there is no such process."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return fields[0] != "Z" and (start is None or fields[19] == start)
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def process_alive(pid: int, start: str | None) -> bool:
+    """Is ``pid`` alive and the same process (its start time, field 22 of /proc/PID/stat, matches)?"""
+    fields = _stat_fields(pid) if pid else None
+    return fields is not None and fields[0] != "Z" and (start is None or fields[19] == start)
 
 
 def start_time(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except OSError:
-        return None
+    fields = _stat_fields(pid)
+    return fields[19] if fields else None
 
 
 @dataclass
