@@ -1,10 +1,12 @@
-"""The in-container init: a fresh, single-threaded process (no trio, no pyfuse3) that enters new
-namespaces, builds the container's root and execs the command as PID 1.
+"""The in-container init, run in a single-threaded process that has never run a trio loop nor served
+FUSE: a fork, not a fresh interpreter (a fork costs a millisecond, an interpreter and its imports
+about a hundred).
 
-    python -m runner.init SPEC_FD          create: unshare, fork PID 1, set it up, exec the command
-    python -m runner.init --exec SPEC_FD   exec:   join a running container's namespaces, then exec
+    create (``forked``)  the supervisor forks before its trio loop starts: unshare, fork PID 1, set
+                         it up, exec the command
+    join                 ``strata exec`` forks: join a running container's namespaces, then exec
 
-The spec (JSON read from SPEC_FD) says what to run; ``status_fd`` gets ``pid N`` once PID 1 exists and
+The spec (a dict) says what to run; ``status_fd`` gets ``pid N`` once PID 1 exists and
 ``error CODE MESSAGE`` if it cannot exec (126: cannot run, 127: not found, as Docker). This helper
 stays outside the new PID namespace and exits with PID 1's status; the supervisor signals PID 1
 directly.
@@ -21,13 +23,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import signal
 import socket
 import stat
 import struct
-import sys
 import termios
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -324,13 +324,24 @@ def join(spec: dict[str, Any]) -> int:
     return _wait_child(pid, status_fd)
 
 
-def main(argv: list[str]) -> int:
-    joining = argv[:1] == ["--exec"]
-    spec_fd = int(argv[-1])
-    with os.fdopen(spec_fd, "rb") as f:
-        spec = json.load(f)
-    return join(spec) if joining else create(spec)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def forked(spec: dict[str, Any], stdio: tuple[int, int, int], go_fd: int) -> NoReturn:
+    """The init as a fork of the (single-threaded) supervisor rather than a fresh interpreter: take
+    the container's stdio, keep only the status and go-ahead pipes, wait for ``go`` (the mount and
+    the cgroup exist), then ``create``. Never returns: no exit handler of the parent may run here."""
+    code = 125
+    try:
+        os.setsid()
+        os.chdir("/")
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in stdio]  # out of dup2's way
+        for target, fd in enumerate(high):
+            os.dup2(fd, target)
+        keep = sorted({spec["status_fd"], go_fd})
+        os.closerange(3, keep[0])
+        os.closerange(keep[0] + 1, keep[1])
+        os.closerange(keep[1] + 1, 65536)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if os.read(go_fd, 2) == b"go":
+            os.close(go_fd)
+            code = create(spec)
+    finally:
+        os._exit(code)

@@ -1,12 +1,12 @@
 """The supervisor: one trio process per running container (like conmon).
 
 It mounts the container's union (``unionfs.mount.Mount``: a process of its own), makes the cgroup,
-starts ``runner.init`` (a fresh process that enters the namespaces and execs the command as PID 1),
+forks ``runner.init`` (which enters the namespaces and execs the command as PID 1),
 records the state, writes the output to the json-file log (and to the terminal when attached),
 forwards signals, and when PID 1 exits records the exit code, OOM kill and times, then kills what is
 left in the cgroup, unmounts and removes the cgroup (and the container, for ``--rm``).
 
-``strata run -d`` and ``strata start`` run it detached (``python -m runner.supervisor ROOT ID``);
+``strata run -d`` and ``strata start`` fork it detached (``run_detached``);
 ``strata run`` without ``-d`` runs it in the CLI's own process, attached.
 
 Faults: if the union filesystem process dies, the container is killed and its state says why.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import termios
 import tty
 from dataclasses import dataclass
@@ -28,11 +27,10 @@ import trio
 
 from store.images import now
 from unionfs.errors import UnionError
-from unionfs.mount import Mount, fork_serve
+from unionfs.mount import ForkedChild, Mount, fork_serve
 
-from . import cgroups
+from . import cgroups, init
 from .containers import Container, Containers, start_time
-from .spawn import module_command, module_env
 
 
 @dataclass
@@ -137,9 +135,16 @@ class Supervisor:
         self.ready_fd: int | None = None
         self.error = ""
         self.union: tuple[int, int] | None = None  # (pid, ready fd) of a union daemon forked early
+        self.init: ForkedChild | None = None  # runner.init, forked early, waiting for the go-ahead
+        self.stdio: _Stdio | None = None
+        self.status_fd: int | None = None  # init's reports: "pid N", then "error CODE MESSAGE" or EOF
+        self.go_fd: int | None = None
+        self.opened: list[int] = []  # fds this supervisor must close when it is done
 
     def prepare(self) -> None:
-        """Before trio starts: write the init layer, and fork the union daemon (cheaper than spawning)."""
+        """Before trio starts (forking inside a trio run is not safe): write the init layer, fork the
+        union daemon, and fork the container's init, which waits for ``_go``. Forks of this process
+        cost a millisecond where fresh interpreters cost a few hundred (imports)."""
         self._write_etc()
         c = self.c
         options = ["allow_other"] if os.geteuid() == 0 else []
@@ -147,6 +152,40 @@ class Supervisor:
             self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options)
         except UnionError as e:
             self.error = f"cannot start container: {e}"
+            return
+        self._fork_init()
+
+    def _fork_init(self) -> None:
+        """Fork ``runner.init`` with the container's stdio; it waits on a pipe until the mount and the
+        cgroup exist. It must be a single-threaded process, so fork it here, before trio runs."""
+        if len(os.listdir("/proc/self/task")) != 1:
+            raise RuntimeError("the container's init must be forked from a single-threaded process")
+        opened = self.opened
+        self.stdio = self._stdio(opened)
+        status_r, status_w = os.pipe()
+        go_r, go_w = os.pipe()
+        opened += [status_r, status_w, go_r, go_w]
+        spec = self._spec(status_w)
+        pid = os.fork()
+        if pid == 0:
+            init.forked(spec, self.stdio.child, go_r)
+        self.init = ForkedChild(pid)
+        for fd in {*self.stdio.child, status_w, go_r}:
+            os.close(fd)
+            opened.remove(fd)
+        self.status_fd, self.go_fd = status_r, go_w
+
+    def _go(self) -> None:
+        """Let the forked init go on. (Closing the pipe without this makes it exit without running.)"""
+        if self.go_fd is not None:
+            os.write(self.go_fd, b"go")
+            self._close_go()
+
+    def _close_go(self) -> None:
+        if self.go_fd is not None:
+            os.close(self.go_fd)
+            self.opened.remove(self.go_fd)
+            self.go_fd = None
 
     def lowers(self) -> list[str]:
         return [self.c.path("init"), *self.config["LowerDirs"]]
@@ -192,8 +231,6 @@ class Supervisor:
         """Run the container to its end; return its exit code (125-127 for failures to start)."""
         c = self.c
         self.ready_fd = ready_fd
-        if self.union is None and not self.error:
-            self.prepare()
         first_start = c.state().get("Status") == "created"
         c.set_state(Status="starting", Running=False, Pid=0, ExitCode=0, OOMKilled=False, Error="",
                     SupervisorPid=os.getpid(), SupervisorStart=start_time(os.getpid()), StartedAt=now(),
@@ -202,7 +239,7 @@ class Supervisor:
         code = 125
         error = ""
         try:
-            if self.union is None:
+            if self.union is None or self.init is None:
                 raise UnionError(self.error or "no union filesystem")
             mount = await Mount.adopt(c.path("merged"), *self.union)
             c.set_state(UnionPid=mount.process.pid, UnionStart=start_time(mount.process.pid))
@@ -215,6 +252,12 @@ class Supervisor:
             code = 125
         finally:
             with trio.CancelScope(shield=True):
+                self._close_go()  # an init that never got the go-ahead exits
+                if self.init is not None:
+                    await self.init.wait()
+                for fd in self.opened:
+                    os.close(fd)
+                self.opened.clear()
                 oom = self.cgroup.oom_killed() if self.pid else False
                 self.cgroup.kill_all()
                 if mount is not None:
@@ -259,75 +302,54 @@ class Supervisor:
         return _Stdio((in_r, out_w, err_w), [(out_r, "stdout", out), (err_r, "stderr", err)], feed, in_w, True)
 
     async def _start_and_wait(self, mount: Mount) -> tuple[int, str]:
-        opened: list[int] = []
-        try:
-            stdio = self._stdio(opened)
-            child_in, child_out, child_err = stdio.child
-            status_r, status_w = os.pipe()
-            spec_r, spec_w = os.pipe()
-            opened += [status_r, status_w, spec_r, spec_w]
-            os.write(spec_w, json.dumps(self._spec(status_w)).encode())
-            os.close(spec_w)
-            opened.remove(spec_w)
-            helper = await trio.lowlevel.open_process(
-                module_command("runner.init", str(spec_r)), stdin=child_in, stdout=child_out,
-                stderr=child_err, pass_fds=(spec_r, status_w), start_new_session=True,
-                env=module_env(minimal=True), cwd="/",
-            )
-            for fd in {child_in, child_out, child_err, spec_r, status_w}:
-                os.close(fd)
-                opened.remove(fd)
-            status = trio.lowlevel.FdStream(status_r)
-            opened.remove(status_r)
-            log = _Log(self.c.path("container.log"))
-            drained = trio.Event()
-            remaining = [len(stdio.pumps)]
+        assert self.init is not None and self.stdio is not None and self.status_fd is not None
+        stdio, helper, opened = self.stdio, self.init, self.opened
+        self._go()
+        status = trio.lowlevel.FdStream(self.status_fd)
+        opened.remove(self.status_fd)
+        log = _Log(self.c.path("container.log"))
+        drained = trio.Event()
+        remaining = [len(stdio.pumps)]
 
-            async def pump(src: int, stream: str, to: int | None) -> None:
-                try:
-                    await _pump(src, stream, log, to)
-                finally:
-                    remaining[0] -= 1
-                    if not remaining[0]:
-                        drained.set()
-
+        async def pump(src: int, stream: str, to: int | None) -> None:
             try:
-                async with status, trio.open_nursery() as nursery:
-                    first = await _read_line(status)
-                    if first.startswith("pid "):
-                        self.pid = int(first.split()[1])
-                    for src, stream, to in stdio.pumps:
-                        nursery.start_soon(pump, src, stream, to)
-                    if stdio.feed is not None and stdio.stdin >= 0:
-                        if stdio.close_stdin:  # the feeder closes the pipe at EOF: the container sees EOF
-                            opened.remove(stdio.stdin)
-                        nursery.start_soon(_feed, stdio.feed, stdio.stdin, stdio.close_stdin)
-                    nursery.start_soon(self._watch_union, mount)
-                    nursery.start_soon(self._forward_signals)
-                    failure = await _read_line(status)  # "error CODE MESSAGE" if exec failed; EOF once it exec'd
-                    if failure.startswith("error "):
-                        await helper.wait()
-                        nursery.cancel_scope.cancel()
-                        _, failed_code, message = failure.split(" ", 2)
-                        return int(failed_code), message
-                    if self.pid:
-                        self.started = True
-                        self.c.set_state(Status="running", Running=True, Pid=self.pid, StartedAt=now())
-                        self._ready(f"ok {self.pid}")
-                    code = await helper.wait()
-                    # PID 1 is gone and its namespace with it: the output pipes end; drain them, bounded
-                    with trio.move_on_after(5):
-                        await drained.wait()
-                    nursery.cancel_scope.cancel()
-                return code, ""
+                await _pump(src, stream, log, to)
             finally:
-                log.close()
+                remaining[0] -= 1
+                if not remaining[0]:
+                    drained.set()
+
+        try:
+            async with status, trio.open_nursery() as nursery:
+                first = await _read_line(status)
+                if first.startswith("pid "):
+                    self.pid = int(first.split()[1])
+                for src, stream, to in stdio.pumps:
+                    nursery.start_soon(pump, src, stream, to)
+                if stdio.feed is not None and stdio.stdin >= 0:
+                    if stdio.close_stdin:  # the feeder closes the pipe at EOF: the container sees EOF
+                        opened.remove(stdio.stdin)
+                    nursery.start_soon(_feed, stdio.feed, stdio.stdin, stdio.close_stdin)
+                nursery.start_soon(self._watch_union, mount)
+                nursery.start_soon(self._forward_signals)
+                failure = await _read_line(status)  # "error CODE MESSAGE" if exec failed; EOF once it exec'd
+                if failure.startswith("error "):
+                    await helper.wait()
+                    nursery.cancel_scope.cancel()
+                    _, failed_code, message = failure.split(" ", 2)
+                    return int(failed_code), message
+                if self.pid:
+                    self.started = True
+                    self.c.set_state(Status="running", Running=True, Pid=self.pid, StartedAt=now())
+                    self._ready(f"ok {self.pid}")
+                code = await helper.wait()
+                # PID 1 is gone and its namespace with it: the output pipes end; drain them, bounded
+                with trio.move_on_after(5):
+                    await drained.wait()
+                nursery.cancel_scope.cancel()
+            return code, ""
         finally:
-            for fd in opened:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            log.close()
 
     async def _watch_union(self, mount: Mount) -> None:
         code = await mount.process.wait()
@@ -382,14 +404,9 @@ def run_attached(root: str, container: Container, attach: Attach) -> tuple[int, 
             termios.tcsetattr(term, termios.TCSADRAIN, saved)
 
 
-def main(argv: list[str]) -> int:
-    """``python -m runner.supervisor ROOT ID [READY_FD]``: detached supervision."""
-    root, cid = argv[0], argv[1]
-    ready_fd = int(argv[2]) if len(argv) > 2 else None
+def run_detached(root: str, cid: str, ready_fd: int) -> int:
+    """Detached supervision, in a process forked by ``strata run -d`` / ``start`` (its own session):
+    ``ok PID`` or ``error CODE MESSAGE`` goes to ``ready_fd`` once the container runs or cannot."""
     supervisor = Supervisor(root, Containers(root).get(cid), None)
     supervisor.prepare()
     return trio.run(supervisor.run, ready_fd)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

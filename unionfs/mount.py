@@ -186,8 +186,9 @@ def _fork_daemon(opts: Options, mountpoint: str) -> tuple[int, int]:
     return pid, r
 
 
-class _Child:
-    """The bits of ``trio.Process`` the runner uses, for a child this process forked itself."""
+class ForkedChild:
+    """The bits of ``trio.Process`` the runner uses, for a child this process forked itself (held by a
+    pidfd, so its pid cannot be reused while we hold it)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -213,14 +214,14 @@ class _Child:
 class Mount:
     """A union mount served by a child process, for trio code (the runner)."""
 
-    def __init__(self, mountpoint: str, process: trio.Process | _Child) -> None:
+    def __init__(self, mountpoint: str, process: trio.Process | ForkedChild) -> None:
         self.mountpoint = mountpoint
         self.process = process
 
     @classmethod
     async def adopt(cls, mountpoint: str, pid: int, ready_fd: int) -> Mount:
         """Wait for a child made by ``fork_serve`` to be ready (UnionError if it could not mount)."""
-        child = _Child(pid)
+        child = ForkedChild(pid)
         message = await _read_all(ready_fd)
         if message != b"ok":
             await child.wait()

@@ -17,10 +17,9 @@ from typing import Any
 
 from store import Store, StoreError
 
-from .. import cgroups, layerdiff
+from .. import cgroups, init, layerdiff
 from ..containers import Container, Containers, process_alive
 from ..errors import ContainerConflict, NoSuchContainer, RunnerError
-from ..spawn import module_command, module_env
 from .format import ellipsis, human_duration, parse_when, since, table
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -74,11 +73,28 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
 
 
 def _start_detached(store: Store, container: Container) -> tuple[int, str]:
-    """Start a detached supervisor; return (0, pid) once PID 1 runs, or (code, error)."""
+    """Fork a detached supervisor (its own session, stdio on /dev/null); return (0, pid) once PID 1
+    runs, or (code, error). A fork of this process, not a fresh interpreter: the imports are done."""
+    from .. import supervisor
+
     r, w = os.pipe()
-    subprocess.Popen(module_command("runner.supervisor", store.root.path, container.id, str(w)),
-                     pass_fds=(w,), start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, env=module_env(), cwd="/")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        status = 125
+        try:
+            os.close(r)
+            os.setsid()
+            os.chdir("/")
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.closerange(3, w)
+            os.closerange(w + 1, 65536)
+            status = supervisor.run_detached(store.root.path, container.id, w)
+        finally:
+            os._exit(status)
     os.close(w)
     with os.fdopen(r, "rb") as pipe:
         message = pipe.read().decode(errors="replace")
@@ -376,20 +392,26 @@ def cmd_exec(store: Store, args: argparse.Namespace) -> int:
         raise ContainerConflict(f"Container {c.id} is not running")
     cfg = c.config["Config"]
     status_r, status_w = os.pipe()
-    spec_r, spec_w = os.pipe()
     spec = {"pid": state["Pid"], "args": args.command, "env": cfg["Env"] + list(args.env or []),
             "cwd": args.workdir or cfg["WorkingDir"] or "/", "user": args.user or cfg["User"] or "0",
             "tty": False, "status_fd": status_w,
             "cgroup_procs": cgroups.load(c.config["Cgroup"]["Version"], c.id).procs_files()}
-    os.write(spec_w, json.dumps(spec).encode())
-    os.close(spec_w)
-    proc = subprocess.Popen(module_command("runner.init", "--exec", str(spec_r)),
-                            pass_fds=(spec_r, status_w), env=module_env())
-    os.close(spec_r)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()  # this process is single-threaded: its fork may join the container's namespaces
+    if pid == 0:
+        code = 126
+        try:
+            os.close(status_r)
+            code = init.join(spec)
+        finally:
+            os._exit(code)
     os.close(status_w)
     with os.fdopen(status_r, "rb") as f:
         report = f.read().decode(errors="replace").splitlines()
-    code = proc.wait()
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    code = 128 - code if code < 0 else code
     for line in report:
         if line.startswith("error "):
             _, failed, message = line.split(" ", 2)
