@@ -1,9 +1,15 @@
 """Container start-up, side by side in one run with crun and bubblewrap on the same busybox rootfs,
 plus what 20 running containers from one image cost in disk and memory.
 
-  strata run --rm IMAGE /bin/true      (union mount + namespaces + cgroup + supervisor, end to end)
+  strata run --rm IMAGE /bin/true      (union mount + namespaces + cgroup + supervisor, end to end),
+                                       the installed ``strata``: through its warm zygote
+  ... STRATA_NO_ZYGOTE=1               the same, run in the client's own process (a cold start)
   crun run -b BUNDLE ID                (an OCI bundle whose rootfs is the same busybox tree)
   bwrap --bind ROOTFS / ... /bin/true  (namespaces only)
+
+crun refuses a cgroup v1 "hybrid" host (a cgroup2 mount with controllers beside the v1 ones). On such
+a host the bench runs in a mount namespace of its own in which that cgroup2 mount is gone, so crun
+uses the v1 controllers, as strata does.
 
 Usage: ``python bench/runner_bench.py [--runs 10]`` as root.
 """
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import shutil
 import statistics
 import subprocess
@@ -22,8 +29,36 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-STRATA = [sys.executable, "-m", "runner.cli"]
+_SCRIPT = os.path.join(os.path.dirname(sys.executable), "strata")  # what users run, in the venv
+STRATA = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "runner"]
 ENV = {**os.environ, "PYTHONPATH": REPO}
+ENV.pop("PYTHONDONTWRITEBYTECODE", None)  # users' runs have their bytecode cached
+
+
+def hide_hybrid_cgroup2() -> bool:
+    """On a v1 hybrid host, leave the cgroup2 mount out of a private mount namespace (see above):
+    re-run this script under ``unshare -m``, which unmounts it there."""
+    unified = "/sys/fs/cgroup/unified"
+    with open("/proc/self/mounts") as f:
+        if not any(line.split()[1] == unified and line.split()[2] == "cgroup2" for line in f):
+            return False
+    if os.environ.get("RUNNER_BENCH_PRIVATE") != "1":
+        os.execvpe("unshare", ["unshare", "-m", "--propagation", "private", sys.executable, *sys.argv],
+                   {**os.environ, "RUNNER_BENCH_PRIVATE": "1"})
+    subprocess.run(["umount", "-l", unified], check=True)
+    return True
+
+
+def stop_zygote(directory: str) -> None:
+    try:
+        with open(os.path.join(directory, "zygote.pid")) as f:
+            pid = int(f.read())
+        pidfd = os.pidfd_open(pid)
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return
+    os.kill(pid, 15)
+    select.select([pidfd], [], [], 30)
+    os.close(pidfd)
 
 
 def busybox_rootfs(path: str) -> None:
@@ -35,9 +70,9 @@ def busybox_rootfs(path: str) -> None:
         os.symlink("busybox", os.path.join(path, "bin", applet))
 
 
-def timed(cmd: list[str]) -> float:
+def timed(cmd: list[str], env: dict[str, str] = ENV) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, cwd=REPO)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=REPO)
     return time.perf_counter() - start
 
 
@@ -58,7 +93,13 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: containers need root")
+    if hide_hybrid_cgroup2():
+        print("v1 hybrid host: running in a mount namespace without the cgroup2 mount, so that crun can run")
     work = tempfile.mkdtemp(prefix="rbench-")
+    zygote = os.path.join(work, "zygote")
+    os.mkdir(zygote, 0o700)
+    ENV["STRATA_ZYGOTE_DIR"] = zygote
+    cold = {**ENV, "STRATA_NO_ZYGOTE": "1"}
     try:
         rootfs = os.path.join(work, "bundle", "rootfs")
         busybox_rootfs(rootfs)
@@ -73,8 +114,10 @@ def main() -> None:
         spec["process"]["args"] = ["/bin/true"]
         with open(os.path.join(bundle, "config.json"), "w") as f:
             json.dump(spec, f)
+        run = [*STRATA, "--root", store, "run", "--rm", "bb", "/bin/true"]
         sides = {
-            "strata run --rm": lambda i: [*STRATA, "--root", store, "run", "--rm", "bb", "/bin/true"],
+            "strata run --rm": lambda i: run,
+            "strata, no zygote": lambda i: run,
             "crun run": lambda i: ["crun", "run", "-b", bundle, f"bench{i}"],
             "bwrap": lambda i: ["bwrap", "--bind", rootfs, "/", "--proc", "/proc", "--dev", "/dev", "--unshare-all",
                                 "/bin/true"],
@@ -84,10 +127,14 @@ def main() -> None:
         if probe.returncode != 0:  # e.g. "cgroups in hybrid mode not supported" on v1 hybrid hosts
             print(f"crun cannot run on this host ({probe.stderr.strip() or probe.stdout.strip()}): left out")
             del sides["crun run"]
+        envs = {name: cold if "no zygote" in name else ENV for name in sides}
+        for i in range(3):  # warm-up: the zygote starts, caches fill
+            for name, cmd in sides.items():
+                timed(cmd(f"warm{i}"), envs[name])
         times: dict[str, list[float]] = {k: [] for k in sides}
         for i in range(args.runs):  # interleaved, so the machine's noise falls on all sides alike
             for name, cmd in sides.items():
-                times[name].append(timed(cmd(i)))
+                times[name].append(timed(cmd(i), envs[name]))
         base_name = "crun run" if "crun run" in times else "bwrap"
         base = statistics.median(times[base_name])
         print(f"{'start-up':<20}{'median ms':>10}{'x ' + base_name:>12}")
@@ -119,6 +166,7 @@ def main() -> None:
         subprocess.run([*STRATA, "--root", store, "rm", "-f", *ids], check=True, env=ENV, cwd=REPO,
                        stdout=subprocess.DEVNULL)
     finally:
+        stop_zygote(zygote)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -71,12 +71,16 @@ class Container:
         return os.path.join(self.dir, *parts)
 
     def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"Status": "created", "Running": False, "Pid": 0, "ExitCode": 0, "OOMKilled": False,
+                                 "StartedAt": "0001-01-01T00:00:00Z", "FinishedAt": "0001-01-01T00:00:00Z",
+                                 "Error": ""}
         try:
-            with open(self.path("state.json")) as f:
-                state: dict[str, Any] = json.load(f)
+            with open(self.path("state.json"), "rb") as f:
+                state = json.load(f)
         except FileNotFoundError:
-            state = {"Status": "created", "Running": False, "Pid": 0, "ExitCode": 0, "OOMKilled": False,
-                     "StartedAt": "0001-01-01T00:00:00Z", "FinishedAt": "0001-01-01T00:00:00Z", "Error": ""}
+            pass
+        except ValueError:  # an unsynced state cut short by a crash of the host: nothing runs now
+            state.update(Status="exited", ExitCode=255, Error="the container's state was lost in a crash")
         if state.get("Status") == "running" and not process_alive(state.get("SupervisorPid", 0),
                                                                  state.get("SupervisorStart")):
             state.update(Status="exited", Running=False, ExitCode=255,
@@ -86,7 +90,8 @@ class Container:
     def set_state(self, **changes: Any) -> dict[str, Any]:
         state = self.state()
         state.update(changes)
-        write_json(self.path("state.json"), state)
+        # not fsynced: after a crash of the host no container runs, whatever its state said
+        write_json(self.path("state.json"), state, durable=False)
         return state
 
 

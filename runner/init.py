@@ -8,8 +8,8 @@ about a hundred).
 
 The spec (a dict) says what to run; ``status_fd`` gets ``pid N`` once PID 1 exists and
 ``error CODE MESSAGE`` if it cannot exec (126: cannot run, 127: not found, as Docker). This helper
-stays outside the new PID namespace and exits with PID 1's status; the supervisor signals PID 1
-directly.
+stays outside the new PID namespace, moves PID 1 into the container's cgroup, and exits with PID 1's
+status; the supervisor signals PID 1 directly.
 
 PID 1's set-up, in order (runc's): private mounts; proc, a minimal /dev (tmpfs with null zero full
 random urandom tty, pts, shm, mqueue), /sys read-only, hostname/hosts/resolv.conf; pivot_root and
@@ -235,10 +235,10 @@ def _exec(spec: dict[str, Any], status_fd: int) -> None:
         raise _Fail(126 if e.errno != errno.ENOENT else 127, f'exec: "{args[0]}": {e.strerror}') from None
 
 
-def _join_cgroup(fds: list[int]) -> None:
-    """Move this process (not the helper: it is no container process) into the container's cgroup."""
+def _join_cgroup(fds: list[int], pid: int = 0) -> None:
+    """Move ``pid`` (0: this process) into the container's cgroup."""
     for fd in fds:
-        os.write(fd, b"0")
+        os.write(fd, str(pid).encode())
         os.close(fd)
 
 
@@ -255,21 +255,27 @@ def _child(status_fd: int, setup_failure: int, steps: Callable[[], None]) -> NoR
         os._exit(setup_failure)
 
 
-def _pid1(spec: dict[str, Any], status_fd: int, cgroup_fds: list[int]) -> None:
+def _pid1(spec: dict[str, Any], status_fd: int, go_fd: int, joined_fd: int) -> None:
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
-    _join_cgroup(cgroup_fds)
-    sc.unshare(sc.CLONE_NEWCGROUP)  # after joining, so the namespace is rooted at the container's group
+    if os.read(go_fd, 2) != b"go":  # the supervisor gave up (no mount): exit quietly
+        os._exit(125)
+    os.close(go_fd)
+    # a mount namespace copies the mounts there are: make it now that the union mount exists
+    sc.unshare(sc.CLONE_NEWNS)
     _setup_root(spec)
     socket.sethostname(spec.get("hostname") or "localhost")
     if spec.get("network") != "host":
         _loopback_up()
+    if os.read(joined_fd, 2) != b"in":  # the helper could not move us into the cgroup
+        os._exit(125)
+    os.close(joined_fd)
+    sc.unshare(sc.CLONE_NEWCGROUP)  # rooted where PID 1 is now: the container's group
     _exec(spec, status_fd)
 
 
 def _wait_child(pid: int, status_fd: int) -> int:
-    """The helper's part once the child exists: report its pid, then wait and pass on its status."""
-    _report(status_fd, f"pid {pid}")
+    """The helper's part once the child runs: wait and pass on its status."""
     os.close(status_fd)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
@@ -281,19 +287,35 @@ def _wait_child(pid: int, status_fd: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def create(spec: dict[str, Any]) -> int:
+def create(spec: dict[str, Any], go_fd: int) -> int:
+    """Unshare and fork PID 1 at once, and move it into the cgroup: moving a process between v1
+    cgroups waits for an RCU grace period (5-20 ms here), which overlaps with the supervisor's wait
+    for the union mount and PID 1's set-up of its root. PID 1 waits for the supervisor's go-ahead
+    on ``go_fd`` (the mount is ready) and for the helper's word that it is in the cgroup."""
     status_fd = spec["status_fd"]
     os.set_inheritable(status_fd, False)
     cgroup_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in spec.get("cgroup_procs", [])]
-    flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWPID
+    flags = sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWPID  # the mount namespace: PID 1, later
     if spec.get("network") != "host":
         flags |= sc.CLONE_NEWNET
     sc.unshare(flags)
+    joined_r, joined_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        _child(status_fd, 125, lambda: _pid1(spec, status_fd, cgroup_fds))
-    for fd in [*cgroup_fds, 0, 1, 2]:  # the helper keeps none of the container's stdio open
+        os.close(joined_w)
+        _child(status_fd, 125, lambda: _pid1(spec, status_fd, go_fd, joined_r))
+    for fd in (joined_r, go_fd, 0, 1, 2):  # the helper keeps none of the container's stdio open
         os.close(fd)
+    try:
+        _join_cgroup(cgroup_fds, pid)
+    except OSError as e:
+        _report(status_fd, f"error 125 cannot move the container into its cgroup: {e}")
+        os.close(joined_w)
+        _wait_child(pid, status_fd)
+        return 125
+    os.write(joined_w, b"in")
+    os.close(joined_w)
+    _report(status_fd, f"pid {pid}")
     return _wait_child(pid, status_fd)
 
 
@@ -321,13 +343,14 @@ def join(spec: dict[str, Any]) -> int:
         _child(status_fd, 126, steps)
     for fd in cgroup_fds:
         os.close(fd)
+    _report(status_fd, f"pid {pid}")
     return _wait_child(pid, status_fd)
 
 
 def forked(spec: dict[str, Any], stdio: tuple[int, int, int], go_fd: int) -> NoReturn:
     """The init as a fork of the (single-threaded) supervisor rather than a fresh interpreter: take
-    the container's stdio, keep only the status and go-ahead pipes, wait for ``go`` (the mount and
-    the cgroup exist), then ``create``. Never returns: no exit handler of the parent may run here."""
+    the container's stdio, keep only the status and go-ahead pipes, and ``create``. Never returns: no
+    exit handler of the parent may run here."""
     code = 125
     try:
         os.setsid()
@@ -340,8 +363,6 @@ def forked(spec: dict[str, Any], stdio: tuple[int, int, int], go_fd: int) -> NoR
         os.closerange(keep[0] + 1, keep[1])
         os.closerange(keep[1] + 1, 65536)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        if os.read(go_fd, 2) == b"go":
-            os.close(go_fd)
-            code = create(spec)
+        code = create(spec, go_fd)
     finally:
         os._exit(code)

@@ -142,16 +142,19 @@ class Supervisor:
         self.opened: list[int] = []  # fds this supervisor must close when it is done
 
     def prepare(self) -> None:
-        """Before trio starts (forking inside a trio run is not safe): write the init layer, fork the
-        union daemon, and fork the container's init, which waits for ``_go``. Forks of this process
+        """Before trio starts (forking inside a trio run is not safe): write the init layer, make the
+        cgroup, fork the union daemon, and fork the container's init, which waits for ``_go``. Forks of this process
         cost a millisecond where fresh interpreters cost a few hundred (imports)."""
         self._write_etc()
         c = self.c
         options = ["allow_other"] if os.geteuid() == 0 else []
         try:
+            self.cgroup.create()
+            hc = self.config["HostConfig"]
+            self.cgroup.limit(hc.get("CpuShares") or None, hc.get("Memory") or None)
             self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options)
-        except UnionError as e:
-            self.error = f"cannot start container: {e}"
+        except (UnionError, OSError) as e:
+            self.error = str(e)  # run() reports it
             return
         self._fork_init()
 
@@ -243,9 +246,6 @@ class Supervisor:
                 raise UnionError(self.error or "no union filesystem")
             mount = await Mount.adopt(c.path("merged"), *self.union)
             c.set_state(UnionPid=mount.process.pid, UnionStart=start_time(mount.process.pid))
-            self.cgroup.create()
-            hc = self.config["HostConfig"]
-            self.cgroup.limit(hc.get("CpuShares") or None, hc.get("Memory") or None)
             code, error = await self._start_and_wait(mount)
         except (UnionError, OSError) as e:
             error = f"cannot start container: {e}"
@@ -324,6 +324,10 @@ class Supervisor:
                 first = await _read_line(status)
                 if first.startswith("pid "):
                     self.pid = int(first.split()[1])
+                elif first.startswith("error "):  # PID 1 never got as far as the cgroup
+                    await helper.wait()
+                    _, failed_code, message = first.split(" ", 2)
+                    return int(failed_code), message
                 for src, stream, to in stdio.pumps:
                     nursery.start_soon(pump, src, stream, to)
                 if stdio.feed is not None and stdio.stdin >= 0:

@@ -34,14 +34,16 @@ def default_root() -> str:
     return os.path.join(data, "strata")
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` in one rename (temp file in the same directory, fsynced)."""
+def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` in one rename (temp file in the same directory, fsynced unless
+    it need not survive a crash of the host: run-time state)."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with _suppress_missing():
@@ -49,8 +51,8 @@ def write_atomic(path: str, data: bytes) -> None:
         raise
 
 
-def write_json(path: str, value: Any) -> None:
-    write_atomic(path, json.dumps(value, indent=2, sort_keys=True).encode() + b"\n")
+def write_json(path: str, value: Any, durable: bool = True) -> None:
+    write_atomic(path, json.dumps(value, indent=2, sort_keys=True).encode() + b"\n", durable)
 
 
 def read_json(path: str) -> Any:

@@ -8,7 +8,18 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from helpers import strata, tar_bytes  # noqa: E402
+from helpers import stop_process, strata, tar_bytes, zygote_pid  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def zygote_dir(tmp_path_factory):
+    """The suite's own zygote directory (never the user's); its zygote is stopped at the end."""
+    directory = str(tmp_path_factory.mktemp("zygote"))
+    os.chmod(directory, 0o700)
+    os.environ["STRATA_ZYGOTE_DIR"] = directory
+    yield directory
+    if (pid := zygote_pid(directory)) is not None:
+        stop_process(pid)
 
 
 @pytest.fixture

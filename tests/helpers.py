@@ -6,6 +6,8 @@ import hashlib
 import io
 import json
 import os
+import select
+import signal
 import stat
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any
 
-STRATA = [sys.executable, "-m", "runner.cli"]
+STRATA = [sys.executable, "-m", "runner"]  # the launcher, as the installed ``strata`` (through the zygote)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -33,6 +35,35 @@ def strata(root: str, *args: str, input: bytes | None = None, check: bool = True
     if check and res.code != 0:
         raise AssertionError(f"strata {' '.join(args)} failed ({res.code}): {res.err}")
     return res
+
+
+def zygote_pid(directory: str) -> int | None:
+    """The pid of the zygote listening in ``directory``, if one is."""
+    try:
+        with open(os.path.join(directory, "zygote.pid")) as f:
+            pid = int(f.read())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return None
+    return pid if b"runner.zygote" in cmdline and os.fsencode(directory) in cmdline else None
+
+
+def stop_process(pid: int, timeout: float = 30.0) -> None:
+    """SIGTERM a process that is not our child (a zygote) and wait until it is gone (its pidfd says)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if not poller.poll(timeout * 1000):
+            os.kill(pid, signal.SIGKILL)
+            poller.poll(timeout * 1000)
+    finally:
+        os.close(pidfd)
 
 
 def sha256(data: bytes) -> str:

@@ -47,8 +47,9 @@ def test_kill_while_extracting_changes_nothing_visible(root, tmp_path, busybox_r
     strata(root, "import", busybox_rootfs, "base:1")
     before = _visible(root)
     path = _archive(tmp_path, "big", ["big:1"], files=400, size=20000)
+    # in this process, not a zygote's fork: the SIGKILL below must hit the process doing the load
     proc = subprocess.Popen([*STRATA, "--root", root, "load", "-i", path], cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.DEVNULL)
+                            env={**os.environ, "PYTHONPATH": REPO, "STRATA_NO_ZYGOTE": "1"}, stdout=subprocess.DEVNULL)
     tmp = os.path.join(root, "tmp")
     deadline = time.monotonic() + 60
     staged = 0

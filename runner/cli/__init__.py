@@ -8,6 +8,7 @@ container commands (``RunnerError``, as Docker); anything else is a bug and keep
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 
@@ -21,7 +22,10 @@ _CONTAINER_COMMANDS = {"run", "ps", "top", "logs", "stop", "kill", "start", "wai
                        "export"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+@functools.cache
+def parser() -> argparse.ArgumentParser:
+    """Built once per process (about 10 ms: argparse looks up translations for every string); the
+    zygote builds it before it forks, so the commands it runs find it ready."""
     parser = argparse.ArgumentParser(prog="strata", description="Images, union mounts and containers.")
     parser.add_argument("--root", help="store root (default $STRATA_ROOT, /var/lib/strata for root, "
                                        "else $XDG_DATA_HOME/strata)")
@@ -32,8 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     store = Store(args.root)
     failure = 125 if args.verb in _CONTAINER_COMMANDS else 1
     try:

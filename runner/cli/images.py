@@ -182,7 +182,9 @@ def cmd_save(store: Store, args: argparse.Namespace) -> int:
         try:
             with os.fdopen(fd, "wb") as out:
                 store.save(items, out, progress)
-            os.chmod(tmp, 0o644)
+            umask = os.umask(0o022)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # as a file the shell made (mkstemp's is 0600)
             os.replace(tmp, target)
         except BaseException:
             os.unlink(tmp)

@@ -1,0 +1,363 @@
+"""The zygote: one long-lived process per user with all of strata imported, that runs each
+``strata`` command in a fresh fork of itself (``runner.launch`` is the client).
+
+    python -m runner.zygote DIR     (started by ``strata`` itself, in the background)
+
+It holds ``DIR/zygote.lock`` while it listens on ``DIR/zygote.sock`` (DIR is 0700 and ours; a peer of
+another uid is refused), so at most one listens per DIR. For each request it forks a *worker*: its own
+session, with the client's stdio as fds 0-2 and its cwd, umask, environment, argv, CPU affinity,
+niceness and resource limits. The worker runs ``runner.cli.main`` and exits with its code. The client
+hears ``pid N``, then ``exit CODE`` from the worker as it ends, or ``signal N`` from the zygote if it
+was killed. ``stale`` (strata's code changed, or the client has higher limits than this process
+could take on) tells the client to run the command itself and start a new zygote. If the client goes away first, the worker gets SIGHUP, as from a closed terminal.
+
+The zygote itself stays single-threaded and never runs trio: its forks may fork a container's init.
+It answers ``stale`` and stops listening when a source file of strata changed since it started, and
+exits after ``IDLE_SECONDS`` without a request or a worker.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib
+import os
+import pkgutil
+import resource
+import select
+import signal
+import socket
+import struct
+import sys
+import traceback
+from dataclasses import dataclass
+
+from .launch import PROTOCOL, SOCKET_NAME, private_dir
+
+IDLE_SECONDS = 600
+_MAX_REQUEST = 1 << 20
+_PACKAGES = ("store", "unionfs", "runner")
+
+
+@dataclass
+class Request:
+    executable: str
+    cwd: str
+    umask: int
+    affinity: set[int]
+    nice: int
+    limits: list[tuple[int, int]]  # (soft, hard) for each RLIMIT_* number
+    argv: list[str]
+    env: dict[str, str]
+    fds: list[int]
+
+
+@dataclass
+class _Worker:
+    pid: int
+    pidfd: int
+    conn: socket.socket
+    hung_up: bool = False
+
+
+def _sources() -> dict[str, int]:
+    """strata's loaded source files and their mtimes: a change makes this zygote stale."""
+    roots = tuple(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep + p + os.sep
+                  for p in _PACKAGES)
+    found = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and os.path.abspath(path).startswith(roots):
+            try:
+                found[path] = os.stat(path).st_mtime_ns
+            except OSError:
+                found[path] = -1
+    return found
+
+
+def _changed(sources: dict[str, int]) -> bool:
+    for path, mtime in sources.items():
+        try:
+            if os.stat(path).st_mtime_ns != mtime:
+                return True
+        except OSError:
+            return True
+    return False
+
+
+def _receive(conn: socket.socket) -> Request:
+    """Read one request (with the client's three stdio fds); ValueError if it is malformed."""
+    conn.settimeout(10)
+    fds: list[int] = []
+    data, ancdata, _flags, _addr = conn.recvmsg(65536, socket.CMSG_SPACE(3 * 4))
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += [int.from_bytes(payload[i:i + 4], sys.byteorder) for i in range(0, len(payload) - 3, 4)]
+    try:
+        if len(data) < 4:
+            raise ValueError("short request")
+        size = int.from_bytes(data[:4], "little")
+        if size > _MAX_REQUEST or len(fds) != 3:
+            raise ValueError("bad request")
+        body = data[4:]
+        while len(body) < size:
+            chunk = conn.recv(size - len(body))
+            if not chunk:
+                raise ValueError("truncated request")
+            body += chunk
+        fields = [os.fsdecode(f) for f in body.split(b"\0")]
+        if fields[0] != PROTOCOL:
+            raise ValueError("another protocol")
+        affinity = {int(cpu) for cpu in fields[4].split(",") if cpu}
+        limits = [(int(soft), int(hard)) for soft, hard in (pair.split(":") for pair in fields[6].split(","))]
+        argc = int(fields[7])
+        argv = fields[8:8 + argc]
+        env = dict(e.split("=", 1) for e in fields[8 + argc:] if "=" in e)
+        return Request(fields[1], fields[2], int(fields[3]), affinity, int(fields[5]), limits, argv, env, fds)
+    except (ValueError, IndexError):
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("malformed request") from None
+
+
+def _fits(request: Request) -> bool:
+    """Can a fork of this process take on the client's limits and niceness? Lowering them always
+    works; raising a hard limit or the priority may not, even for root (RLIMIT_NOFILE), so a zygote
+    started by a client with lower limits than this one steps down for one with the higher."""
+    if request.nice < os.getpriority(os.PRIO_PROCESS, 0):
+        return False
+    for number, (_soft, hard) in enumerate(request.limits):
+        own = resource.getrlimit(number)[1]
+        if own != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > own):
+            return False
+    return True
+
+
+def _work(request: Request) -> int:
+    """In the worker: become the client's command, run it, return its exit code."""
+    for target, fd in enumerate(request.fds):
+        os.dup2(fd, target)
+    for fd in request.fds:
+        if fd > 2:
+            os.close(fd)
+    for number, limit in enumerate(request.limits):
+        resource.setrlimit(number, limit)
+    os.setpriority(os.PRIO_PROCESS, 0, request.nice)
+    if request.affinity:
+        os.sched_setaffinity(0, request.affinity)
+    sys.stdout.reconfigure(line_buffering=os.isatty(1))  # type: ignore[union-attr]
+    os.umask(request.umask)
+    os.environ.clear()
+    os.environ.update(request.env)
+    sys.argv = ["strata", *request.argv]
+    try:
+        os.chdir(request.cwd)
+    except OSError as e:
+        print(f"strata: cannot enter {request.cwd}: {e.strerror}", file=sys.stderr)
+        return 1
+    from .cli import main
+
+    try:
+        return main(request.argv)
+    except SystemExit as e:  # argparse: --help, usage errors
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
+
+
+class Zygote:
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.workers: dict[int, _Worker] = {}  # by pidfd
+        self.listener: socket.socket | None = None
+        self.lock_fd: int | None = None
+        self.sources: dict[str, int] = {}
+        self.poller = select.poll()
+
+    def claim(self) -> bool:
+        """Take the lock; False if another zygote holds it."""
+        fd = os.open(os.path.join(self.directory, "zygote.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.lock_fd = fd
+        return True
+
+    def listen(self) -> None:
+        path = os.path.join(self.directory, SOCKET_NAME)
+        try:
+            os.unlink(path)  # a dead zygote's; we hold the lock, so no live one listens there
+        except FileNotFoundError:
+            pass
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o077)
+        try:
+            listener.bind(path)
+        finally:
+            os.umask(old)
+        listener.listen(64)
+        self.listener = listener
+        with open(os.path.join(self.directory, "zygote.pid.tmp"), "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.rename(os.path.join(self.directory, "zygote.pid.tmp"), os.path.join(self.directory, "zygote.pid"))
+
+    def stop_listening(self) -> None:
+        """Let a new zygote take over: unlink the socket, then drop the lock."""
+        if self.listener is not None:
+            self.poller.unregister(self.listener)
+            try:
+                os.unlink(os.path.join(self.directory, SOCKET_NAME))
+                os.unlink(os.path.join(self.directory, "zygote.pid"))
+            except FileNotFoundError:
+                pass
+            self.listener.close()
+            self.listener = None
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+    def serve(self) -> None:
+        assert self.listener is not None
+        self.poller.register(self.listener, select.POLLIN)
+        while self.listener is not None or self.workers:
+            events = self.poller.poll(IDLE_SECONDS * 1000)
+            if not events and not self.workers:
+                break  # idle
+            for fd, _mask in events:
+                if self.listener is not None and fd == self.listener.fileno():
+                    self._accept()
+                elif fd in self.workers:
+                    self._reap(self.workers.pop(fd))
+                else:
+                    self._hang_up(fd)
+        self.stop_listening()
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        try:
+            _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            if uid != os.geteuid():
+                raise ValueError("another user")
+            request = _receive(conn)
+        except (OSError, ValueError):
+            conn.close()
+            return
+        if request.executable != sys.executable or _changed(self.sources) or not _fits(request):
+            for fd in request.fds:
+                os.close(fd)
+            self._answer(conn, "stale")
+            conn.close()
+            self.stop_listening()  # the client starts a new zygote; this one ends with its workers
+            return
+        pid = self._fork(request, conn)
+        for fd in request.fds:
+            os.close(fd)
+        worker = _Worker(pid, os.pidfd_open(pid), conn)
+        self.workers[worker.pidfd] = worker
+        self.poller.register(worker.pidfd, select.POLLIN)
+        self.poller.register(conn, select.POLLIN)  # the client sends nothing more: readable means gone
+        self._answer(conn, f"pid {pid}")
+
+    def _fork(self, request: Request, conn: socket.socket) -> int:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setsid()
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                if self.listener is not None:
+                    self.listener.close()
+                for worker in self.workers.values():
+                    os.close(worker.pidfd)
+                    worker.conn.close()
+                if self.lock_fd is not None:
+                    os.close(self.lock_fd)
+                code = _work(request)
+            except BaseException:  # noqa: BLE001 - a bug: its traceback goes to the client's stderr
+                traceback.print_exc()
+            finally:
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except (OSError, ValueError):
+                        pass
+                # tell the client now rather than through the zygote after this exit: tearing down
+                # a process this size takes milliseconds. (A worker killed by a signal is reported
+                # by the zygote; the client reads only the first report.)
+                self._answer(conn, f"exit {code & 0xFF}")
+                os._exit(code & 0xFF)
+        return pid
+
+    def _reap(self, worker: _Worker) -> None:
+        self.poller.unregister(worker.pidfd)
+        _, status = os.waitpid(worker.pid, 0)
+        os.close(worker.pidfd)
+        code = os.waitstatus_to_exitcode(status)
+        if not worker.hung_up:
+            self.poller.unregister(worker.conn)
+        self._answer(worker.conn, f"signal {-code}" if code < 0 else f"exit {code}")
+        worker.conn.close()
+
+    def _hang_up(self, fd: int) -> None:
+        """A client went away before its command ended: SIGHUP the command, as a closed terminal would."""
+        for worker in self.workers.values():
+            if worker.conn.fileno() == fd and not worker.hung_up:
+                worker.hung_up = True
+                self.poller.unregister(fd)
+                try:
+                    os.kill(worker.pid, 1)
+                except ProcessLookupError:
+                    pass
+
+    @staticmethod
+    def _answer(conn: socket.socket, line: str) -> None:
+        try:
+            conn.sendall((line + "\n").encode())
+        except OSError:
+            pass
+
+
+def _import_everything() -> None:
+    """The point of a zygote: every module of strata (and so trio and pyfuse3) imported once."""
+    for name in _PACKAGES:
+        package = importlib.import_module(name)
+        for info in pkgutil.walk_packages(package.__path__, name + "."):
+            if not info.name.endswith("__main__"):
+                importlib.import_module(info.name)
+
+
+def main(argv: list[str]) -> int:
+    directory = argv[0]
+    if not private_dir(directory):
+        return 1
+    zygote = Zygote(directory)
+    if not zygote.claim():
+        return 0  # another zygote listens (or is starting)
+    _import_everything()
+    from .cli import parser
+
+    parser()
+    zygote.sources = _sources()
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        zygote.listen()
+        zygote.serve()
+    except SystemExit:
+        pass
+    finally:
+        zygote.stop_listening()
+    return 0
+
+
+def _terminate(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)  # out of the poll loop, through stop_listening
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,184 @@
+"""``strata`` hands each command to a warm zygote (``runner.launch`` -> ``runner.zygote``): the command
+must behave exactly as if it ran in the client's own process."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import REPO, STRATA, docker_v12_save, stop_process, strata, tar_bytes, zygote_pid
+
+
+def _wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until true, bounded: a wait on a condition, never a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def _warm(root: str, directory: str) -> int:
+    """Make sure a zygote listens in ``directory``; return its pid."""
+    strata(root, "images")
+    _wait_for(lambda: zygote_pid(directory) is not None, what="the zygote to listen")
+    pid = zygote_pid(directory)
+    assert pid is not None
+    return pid
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_foreground_run_is_a_fork_of_the_zygote(rootdir, zygote_dir):
+    zygote = _warm(rootdir, zygote_dir)
+    proc = subprocess.Popen([*STRATA, "--root", rootdir, "run", "--name", "forked", "bb", "sh", "-c",
+                             "echo ready; exec sleep 1000"], cwd=REPO, stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": REPO})
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        doc = json.loads(strata(rootdir, "inspect", "forked").out)[0]
+        with open(os.path.join(rootdir, "containers", doc["Id"], "state.json")) as f:
+            supervisor = json.load(f)["SupervisorPid"]
+        assert doc["State"]["Running"]
+        assert supervisor != proc.pid and _ppid(supervisor) == zygote
+        strata(rootdir, "stop", "-t", "1", "forked")
+        assert proc.wait(timeout=30) == 137  # SIGKILLed after the grace period: sleep ignores TERM as PID 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_stdio_exit_code_cwd_umask_and_environment_are_the_clients(rootdir, zygote_dir, tmp_path):
+    _warm(rootdir, zygote_dir)
+    env = {**os.environ, "PYTHONPATH": REPO, "GREETING": "hello from the client"}
+    res = subprocess.run([*STRATA, "--root", rootdir, "run", "-i", "--rm", "-e", "GREETING", "bb", "sh", "-c",
+                          'cat; echo "$GREETING"; echo err >&2; exit 3'], input=b"piped in\n",
+                         capture_output=True, cwd=REPO, env=env)
+    assert (res.returncode, res.stdout, res.stderr) == (3, b"piped in\nhello from the client\n", b"err\n")
+    # a relative path is the client's cwd; the file gets the client's umask
+    work = tmp_path / "cwd"
+    work.mkdir()
+    subprocess.run([*STRATA, "--root", rootdir, "save", "-o", "out.tar", "bb"], cwd=work, env=env, check=True,
+                   preexec_fn=lambda: os.umask(0o077))
+    assert (work / "out.tar").stat().st_mode & 0o777 == 0o600
+    # a usage error: argparse's exit code and message
+    res = subprocess.run([*STRATA, "--root", rootdir, "no-such-verb"], capture_output=True, cwd=REPO, env=env)
+    assert res.returncode == 2 and b"invalid choice" in res.stderr
+
+
+def test_limits_affinity_and_niceness_are_the_clients(rootdir, zygote_dir):
+    _warm(rootdir, zygote_dir)
+    cpu = max(os.sched_getaffinity(0))
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
+        os.sched_setaffinity(0, {cpu})
+        os.nice(3)
+
+    res = subprocess.run([*STRATA, "--root", rootdir, "run", "--rm", "bb", "sh", "-c",
+                          "ulimit -n; grep Cpus_allowed_list /proc/self/status; cut -d' ' -f19 /proc/self/stat"],
+                         capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
+                         preexec_fn=limited, check=True)
+    lines = res.stdout.split("\n")
+    assert lines[0] == "100" and lines[1].split()[-1] == str(cpu) and lines[2] == "3"
+    assert zygote_pid(zygote_dir) is not None  # lower limits: served by the same zygote
+
+
+def test_a_command_killed_by_a_signal_kills_the_client_alike(root, zygote_dir, tmp_path):
+    strata(root, "images")
+    _wait_for(lambda: zygote_pid(zygote_dir) is not None, what="the zygote to listen")
+    archive = tmp_path / "one.tar"
+    archive.write_bytes(docker_v12_save([tar_bytes([{"name": "f", "data": b"x"}])], ["one:1"]))
+    res = subprocess.run([*STRATA, "--root", root, "load", "-i", str(archive)], capture_output=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": REPO, "STRATA_FAILPOINT": "layer-published"})
+    assert res.returncode == -signal.SIGKILL
+
+
+def test_a_client_that_goes_away_hangs_up_its_container(rootdir, zygote_dir):
+    """SIGHUP, as a closed terminal would send (PID 1 ignores it unless it has a handler, and keeps
+    running, as a container does when ``docker run``'s client dies)."""
+    _warm(rootdir, zygote_dir)
+    proc = subprocess.Popen([*STRATA, "--root", rootdir, "run", "--name", "orphaned", "bb", "sh", "-c",
+                             "trap 'exit 9' HUP; echo ready; while :; do sleep 1; done"], cwd=REPO,
+                            stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": REPO})
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    proc.kill()
+    proc.wait()
+
+    def exited() -> bool:
+        return json.loads(strata(rootdir, "inspect", "orphaned").out)[0]["State"]["Status"] == "exited"
+
+    _wait_for(exited, what="the hung-up container to stop")
+    assert json.loads(strata(rootdir, "inspect", "orphaned").out)[0]["State"]["ExitCode"] == 9
+    with open("/proc/self/mountinfo") as f:
+        assert rootdir not in f.read()
+
+
+def test_a_zygote_steps_down_when_strata_changes(tmp_path, root):
+    """A copy of strata, with a zygote of its own: touching one of its files makes the zygote stale."""
+    copy = tmp_path / "copy"
+    for package in ("store", "unionfs", "runner"):
+        shutil.copytree(os.path.join(REPO, package), copy / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    directory = tmp_path / "zygote"
+    directory.mkdir(mode=0o700)
+    env = {**os.environ, "PYTHONPATH": str(copy), "STRATA_ZYGOTE_DIR": str(directory)}
+
+    def run() -> str:
+        return subprocess.run([sys.executable, "-m", "runner", "--root", root, "images", "-q"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, check=True).stdout
+
+    first = None
+    try:
+        run()
+        _wait_for(lambda: zygote_pid(str(directory)) is not None, what="the first zygote")
+        first = zygote_pid(str(directory))
+        assert first is not None
+        later = time.time() + 10
+        os.utime(copy / "runner" / "cli" / "format.py", (later, later))
+        assert run() == ""  # answered "stale": ran in the client, and started a new zygote
+        _wait_for(lambda: zygote_pid(str(directory)) not in (None, first), what="a new zygote")
+        _wait_for(lambda: not os.path.exists(f"/proc/{first}"), what="the stale zygote to exit")
+    finally:
+        for pid in {first, zygote_pid(str(directory))} - {None}:
+            assert pid is not None
+            stop_process(pid)
+
+
+def test_garbage_on_the_socket_does_not_hurt_the_zygote(root, zygote_dir):
+    strata(root, "images")
+    _wait_for(lambda: zygote_pid(zygote_dir) is not None, what="the zygote to listen")
+    pid = zygote_pid(zygote_dir)
+    for garbage in (b"", b"\xff" * 3, (10).to_bytes(4, "little") + b"not a request", b"\0\0\0\x7f" + b"x" * 100):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(os.path.join(zygote_dir, "zygote.sock"))
+            s.sendall(garbage)
+            s.shutdown(socket.SHUT_WR)
+            assert s.recv(100) == b""  # no answer, connection closed
+    assert strata(root, "images", "-q").code == 0
+    assert zygote_pid(zygote_dir) == pid
+
+
+def test_without_a_private_directory_or_when_told_the_command_runs_in_the_client(root, tmp_path, busybox_rootfs):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    for env in ({"STRATA_ZYGOTE_DIR": str(shared)},
+                {"STRATA_ZYGOTE_DIR": str(tmp_path / "unused"), "STRATA_NO_ZYGOTE": "1"}):
+        res = subprocess.run([*STRATA, "--root", root, "import", busybox_rootfs, "bb"], capture_output=True,
+                             cwd=REPO, env={**os.environ, "PYTHONPATH": REPO, **env})
+        assert res.returncode == 0, res.stderr
+        assert not os.path.exists(os.path.join(env["STRATA_ZYGOTE_DIR"], "zygote.sock"))
+    assert os.listdir(shared) == []
