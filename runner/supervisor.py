@@ -261,16 +261,20 @@ class Supervisor:
                 oom = self.cgroup.oom_killed() if self.pid else False
                 self.cgroup.kill_all()
                 if mount is not None:
-                    await mount.unmount()
-                # blocking, but nothing is left to serve: the container and its union are gone
+                    mount.begin_unmount()
+                # blocking, but nothing is left to serve: the container is gone, its union going
                 self.cgroup.destroy()
+                if mount is not None:
+                    await mount.unmount()
                 if self.union_died:
                     error = self.union_died
                 self.error = error
-                c.set_state(Status="exited", Running=False, Pid=0, ExitCode=code, OOMKilled=oom,
-                            Error=error, FinishedAt=now())
+                remove = self.config["HostConfig"]["AutoRemove"] or (first_start and not self.started)
+                if not remove:
+                    c.set_state(Status="exited", Running=False, Pid=0, ExitCode=code, OOMKilled=oom,
+                                Error=error, FinishedAt=now())
                 self._ready(f"error {code} {error}")  # never got as far as running
-                if self.config["HostConfig"]["AutoRemove"] or (first_start and not self.started):
+                if remove:
                     Containers(self.root).remove(c)  # a run that never started leaves nothing behind
         return code
 

@@ -217,6 +217,7 @@ class Mount:
     def __init__(self, mountpoint: str, process: trio.Process | ForkedChild) -> None:
         self.mountpoint = mountpoint
         self.process = process
+        self._asked = False  # SIGTERM sent (a second one would kill the daemon before it unmounts)
 
     @classmethod
     async def adopt(cls, mountpoint: str, pid: int, ready_fd: int) -> Mount:
@@ -247,11 +248,18 @@ class Mount:
             raise UnionError(message.decode(errors="replace") or "the unionfs daemon died before mounting")
         return cls(mountpoint, process)
 
+    def begin_unmount(self) -> None:
+        """Ask the daemon to unmount and exit (SIGTERM), without waiting: the caller may do other
+        work meanwhile, then ``unmount`` waits."""
+        if self.process.returncode is None and not self._asked:
+            self._asked = True
+            self.process.send_signal(signal.SIGTERM)
+
     async def unmount(self, grace: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds; always waits for the process."""
         with trio.CancelScope(shield=True):
             if self.process.returncode is None:
-                self.process.send_signal(signal.SIGTERM)
+                self.begin_unmount()
                 with trio.move_on_after(grace):
                     await self.process.wait()
                 if self.process.returncode is None:
