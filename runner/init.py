@@ -60,7 +60,9 @@ def _report(fd: int, line: str) -> None:
 
 
 def _mkdirs(path: str) -> None:
-    os.makedirs(path, exist_ok=True)
+    # look first: on FUSE, mkdir of a name that exists costs a forced lookup round trip each time
+    if not os.path.isdir(path):
+        os.makedirs(path, exist_ok=True)
 
 
 def _touch(path: str) -> None:
