@@ -106,7 +106,11 @@ def via_zygote(argv: list[str]) -> int | None:
         sock.close()
         start_zygote(directory)
         return None
-    request = encode_request(argv)
+    try:
+        request = encode_request(argv)
+    except OSError:  # e.g. a cwd that was removed: the command itself reports it, in this process
+        sock.close()
+        return None
     fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in _stdio())
     try:
         sent = sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])

@@ -288,12 +288,10 @@ class Supervisor:
         if cfg["Tty"]:
             master, slave = os.openpty()
             opened += [master, slave]
-            if attach is not None and os.isatty(attach.stdout):
-                try:
-                    termios.tcsetwinsize(master, termios.tcgetwinsize(attach.stdout))
-                except OSError:
-                    pass
-            return _Stdio((slave, slave, slave), [(master, "stdout", out)], feed, master, False)
+            stdio = _Stdio((slave, slave, slave), [(master, "stdout", out)], feed, master, False)
+            self.stdio = stdio
+            self._resize()
+            return stdio
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         opened += [out_r, out_w, err_r, err_w]
@@ -366,9 +364,12 @@ class Supervisor:
 
     async def _forward_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
-                                       signal.SIGUSR1, signal.SIGUSR2) as signals:
+                                       signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH) as signals:
             interrupts = 0
             async for sig in signals:
+                if sig == signal.SIGWINCH:  # the terminal was resized: so is the pty (which tells PID 1)
+                    self._resize()
+                    continue
                 if sig == signal.SIGINT:
                     interrupts += 1
                 target = signal.SIGKILL if interrupts > 1 else sig  # a second Ctrl-C kills
@@ -376,6 +377,13 @@ class Supervisor:
                     os.kill(self.pid, target)
                 except (ProcessLookupError, PermissionError):
                     pass
+
+    def _resize(self) -> None:
+        if self.attach is not None and self.stdio is not None and self.config["Config"]["Tty"]:
+            try:
+                termios.tcsetwinsize(self.stdio.stdin, termios.tcgetwinsize(self.attach.stdout))
+            except (OSError, termios.error):  # output to a pipe or file: no size to follow
+                pass
 
 
 async def _read_line(stream: trio.lowlevel.FdStream) -> str:

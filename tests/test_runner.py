@@ -9,6 +9,7 @@ import select
 import signal
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
@@ -161,6 +162,7 @@ def test_interactive_shell_on_a_pty(rootdir):
         os.environ["PYTHONPATH"] = REPO
         os.execv(sys.executable, [*STRATA, "--root", rootdir, "run", "-t", "-i", "--name", "shell", "bb", "/bin/sh"])
     try:
+        termios.tcsetwinsize(master, (30, 100))  # before strata starts: the container's pty gets this size
         seen = b""
 
         def read_until(token: bytes) -> None:
@@ -177,6 +179,15 @@ def test_interactive_shell_on_a_pty(rootdir):
         os.write(master, b"echo $((6*7)); tty\n")
         read_until(b"42")
         read_until(b"/dev/console")  # fd 0 is the pty slave, which the container sees as its console
+        os.write(master, b"stty size\n")
+        read_until(b"30 100")
+        termios.tcsetwinsize(master, (40, 120))  # a resized terminal: SIGWINCH, forwarded; the pty follows
+        deadline = time.monotonic() + 30
+        while b"40 120" not in seen:
+            assert time.monotonic() < deadline, seen
+            os.write(master, b"stty size\n")
+            if select.select([master], [], [], 0.2)[0]:
+                seen += os.read(master, 4096)
         os.write(master, b"exit 5\n")
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 5

@@ -182,3 +182,17 @@ def test_without_a_private_directory_or_when_told_the_command_runs_in_the_client
         assert res.returncode == 0, res.stderr
         assert not os.path.exists(os.path.join(env["STRATA_ZYGOTE_DIR"], "zygote.sock"))
     assert os.listdir(shared) == []
+
+
+def test_a_client_in_a_removed_directory_still_works(root, zygote_dir, tmp_path):
+    strata(root, "images")
+    gone = tmp_path / "gone"
+    gone.mkdir()
+
+    def enter_and_remove() -> None:
+        os.chdir(gone)
+        os.rmdir(gone)
+
+    res = subprocess.run([*STRATA, "--root", root, "images", "-q"], capture_output=True, preexec_fn=enter_and_remove,
+                         env={**os.environ, "PYTHONPATH": REPO})
+    assert (res.returncode, res.stderr) == (0, b"")
