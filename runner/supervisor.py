@@ -142,21 +142,21 @@ class Supervisor:
         self.opened: list[int] = []  # fds this supervisor must close when it is done
 
     def prepare(self) -> None:
-        """Before trio starts (forking inside a trio run is not safe): write the init layer, make the
-        cgroup, fork the union daemon, and fork the container's init, which waits for ``_go``. Forks of this process
-        cost a millisecond where fresh interpreters cost a few hundred (imports)."""
-        self._write_etc()
+        """Before trio starts (forking inside a trio run is not safe): make the cgroup, fork the
+        container's init (which waits for ``_go``; it starts moving PID 1 into the cgroup at once,
+        the slow part), write the init layer and fork the union daemon. Forks of this process cost a
+        millisecond where fresh interpreters cost a few hundred (imports)."""
         c = self.c
         options = ["allow_other"] if os.geteuid() == 0 else []
         try:
             self.cgroup.create()
             hc = self.config["HostConfig"]
             self.cgroup.limit(hc.get("CpuShares") or None, hc.get("Memory") or None)
+            self._fork_init()
+            self._write_etc()
             self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options)
         except (UnionError, OSError) as e:
             self.error = str(e)  # run() reports it
-            return
-        self._fork_init()
 
     def _fork_init(self) -> None:
         """Fork ``runner.init`` with the container's stdio; it waits on a pipe until the mount and the
@@ -235,9 +235,11 @@ class Supervisor:
         c = self.c
         self.ready_fd = ready_fd
         first_start = c.state().get("Status") == "created"
+        union_pid = self.union[0] if self.union else 0
         c.set_state(Status="starting", Running=False, Pid=0, ExitCode=0, OOMKilled=False, Error="",
                     SupervisorPid=os.getpid(), SupervisorStart=start_time(os.getpid()), StartedAt=now(),
-                    FinishedAt="0001-01-01T00:00:00Z")
+                    FinishedAt="0001-01-01T00:00:00Z", UnionPid=union_pid,
+                    UnionStart=start_time(union_pid) if union_pid else None)
         mount = None
         code = 125
         error = ""
@@ -245,7 +247,6 @@ class Supervisor:
             if self.union is None or self.init is None:
                 raise UnionError(self.error or "no union filesystem")
             mount = await Mount.adopt(c.path("merged"), *self.union)
-            c.set_state(UnionPid=mount.process.pid, UnionStart=start_time(mount.process.pid))
             code, error = await self._start_and_wait(mount)
         except (UnionError, OSError) as e:
             error = f"cannot start container: {e}"

@@ -306,3 +306,24 @@ async def test_overlay_style_whiteouts_and_opaque_xattrs_in_lowers(union):
     assert await fs.listdir("opq") == ["new"]
     assert await fs.listdir("uopq") == []
     assert "trusted.overlay.opaque" not in await fs.listxattr("opq")  # internal markers stay hidden
+
+
+@pytest.mark.parametrize("volatile", [False, True])
+async def test_a_copy_up_with_data_is_fsynced_before_it_is_renamed_into_place(tmp_path, monkeypatch, volatile):
+    """As kernel overlayfs and fuse-overlayfs: else a power cut could leave an empty upper file that
+    hides the lower one. ``volatile`` (overlayfs's option) skips it."""
+    lower = make_layer(str(tmp_path / "l"), {"f": "x" * 100, "g": "y"})
+    fs = UnionFS([lower], make_layer(str(tmp_path / "u"), {}), make_layer(str(tmp_path / "w"), {}), volatile)
+    events: list[str] = []
+    real_fsync, real_rename = os.fsync, os.rename
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "rename", lambda *a, **k: (events.append("rename"), real_rename(*a, **k))[1])
+    try:
+        client = OpsClient(fs)
+        await client.chmod("f", 0o600)  # a copy-up with data
+        assert events == (["rename"] if volatile else ["fsync", "rename"])
+        events.clear()
+        await client.write("g", b"new", flags=os.O_WRONLY | os.O_TRUNC)  # no data copied: nothing to sync
+        assert events == ["rename"]
+    finally:
+        fs.close()

@@ -12,6 +12,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 import trio
@@ -308,6 +309,23 @@ def test_umount_and_option_pass_through(tmp_path):
         with open("/proc/self/mountinfo") as f:
             line = next(x for x in f if x.split()[4] == str(point))
         assert "allow_other" in line and "fuse.unionfs" in line
+    finally:
+        subprocess.run(["umount", str(point)], check=True)
+    assert not is_mounted(str(point))
+
+
+def test_volatile_is_ours_and_readahead_is_a_whole_request(tmp_path):
+    point = _daemon(tmp_path, ",volatile")
+    try:
+        with open("/proc/self/mountinfo") as f:
+            fields = next(x for x in f if x.split()[4] == str(point)).split()
+        assert "volatile" not in fields[5] + fields[-1]  # not among the mount's options: not passed to FUSE
+        readahead = f"/sys/class/bdi/{fields[2]}/read_ahead_kb"
+        os.stat(point)  # the daemon tunes it once the kernel has its INIT reply (a stat waits for that)
+        deadline = time.monotonic() + 30
+        while open(readahead).read().strip() != "1024":
+            assert time.monotonic() < deadline, open(readahead).read()
+            time.sleep(0.01)
     finally:
         subprocess.run(["umount", str(point)], check=True)
     assert not is_mounted(str(point))

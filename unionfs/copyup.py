@@ -2,7 +2,9 @@
 
 The copy is built in the workdir — data (FICLONE, else copy_file_range), owner, mode (setuid bits
 too: chmod comes after chown), xattrs, times — and only then renamed into the upper, so a crash never
-leaves a half-copied file visible. The upper parent's times are put back afterwards: a copy-up is not
+leaves a half-copied file visible. A copy with data is fsynced before the rename, as kernel overlayfs
+and fuse-overlayfs do, so that a power cut cannot leave an empty file that hides the lower one
+(``sync=False``, the ``volatile`` mount option, skips that). The upper parent's times are put back afterwards: a copy-up is not
 a change the merged view should show. Overlay-internal xattrs are not copied.
 
 These functions block (data copies can be long): the filesystem runs them in a worker thread.
@@ -61,8 +63,9 @@ def _copy_data(src_fd: int, dst_fd: int, size: int) -> None:
 
 
 class Copier:
-    def __init__(self, layers: LayerSet, workdir: str) -> None:
+    def __init__(self, layers: LayerSet, workdir: str, sync: bool = True) -> None:
         self.layers = layers
+        self.sync = sync
         self.work_fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.as_root = os.geteuid() == 0
         for name in os.listdir(self.work_fd):  # leftovers of a crashed daemon
@@ -103,6 +106,8 @@ class Copier:
                         os.fchmod(dst, stat.S_IMODE(mode))
                         _copy_xattrs(src_path, dst)
                         os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+                        if self.sync and data and st.st_size:
+                            os.fsync(dst)
                     finally:
                         os.close(dst)
                 elif stat.S_ISLNK(mode):

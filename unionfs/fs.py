@@ -40,7 +40,7 @@ Identity = tuple[int, int]
 TIMEOUT = 1e6
 _WRITE = os.O_WRONLY | os.O_RDWR
 _INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.")
-_INLINE_COPY = 1 << 20  # copy-ups of files up to this size run on the event loop
+_INLINE_COPY = 1 << 20  # with -o volatile, copy-ups of files up to this size run on the event loop
 
 
 @dataclass(eq=False)
@@ -81,11 +81,12 @@ def _name(raw: bytes) -> str:
 class UnionFS(pyfuse3.Operations):
     enable_writeback_cache = False
 
-    def __init__(self, lowers: Sequence[str], upper: str | None = None, work: str | None = None) -> None:
+    def __init__(self, lowers: Sequence[str], upper: str | None = None, work: str | None = None,
+                 volatile: bool = False) -> None:
         super().__init__()
         self.layers = LayerSet(upper, list(lowers))
         self.upper = self.layers.upper
-        self.copier = Copier(self.layers, work) if upper is not None and work is not None else None
+        self.copier = Copier(self.layers, work, sync=not volatile) if upper is not None and work is not None else None
         self.as_root = os.geteuid() == 0
         root_dirs = self.layers.root_dirs()
         self.root = Node(pyfuse3.ROOT_INODE, None, "", root_dirs[0], root_dirs, True, lookups=1)
@@ -222,9 +223,10 @@ class UnionFS(pyfuse3.Operations):
             assert self.copier is not None
             old = self._stat(node)
             copier, layer, rel, prel, name = self.copier, node.layer, node.rel, node.parent.rel, node.name
-            if data and old.st_size > _INLINE_COPY:  # long copies must not stall the other requests
+            # long copies, and those with data to fsync, must not stall the other requests
+            if data and old.st_size > (0 if copier.sync else _INLINE_COPY):
                 new = await trio.to_thread.run_sync(lambda: copier.copy(layer, rel, prel, name, data))
-            else:  # small ones cost less than a thread hop
+            else:  # the others cost less than a thread hop
                 new = copier.copy(layer, rel, prel, name, data)
             self.aliases[(new.st_dev, new.st_ino)] = self._identity(old)
             node.layer = upper

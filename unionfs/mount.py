@@ -27,7 +27,7 @@ from .errors import UnionError
 from .fs import UnionFS
 
 log = logging.getLogger("unionfs")
-_OURS = ("lowerdir", "upperdir", "workdir", "log")
+_OURS = ("lowerdir", "upperdir", "workdir", "log", "volatile")
 
 
 @dataclass
@@ -37,6 +37,7 @@ class Options:
     work: str | None
     fuse: list[str]  # passed through to FUSE (allow_other, …)
     log: str | None = None
+    volatile: bool = False  # copy-ups are not fsynced (overlayfs's option of that name)
 
 
 def parse_options(values: Sequence[str]) -> Options:
@@ -67,7 +68,7 @@ def parse_options(values: Sequence[str]) -> Options:
         if os.path.realpath(work).startswith(os.path.realpath(upper) + "/") or \
                 os.path.realpath(upper).startswith(os.path.realpath(work) + "/"):
             raise UnionError("upperdir and workdir must not be inside each other")
-    return Options(lowers, upper, work, fuse, found.get("log"))
+    return Options(lowers, upper, work, fuse, found.get("log"), "volatile" in found)
 
 
 def _mount_options(opts: Options) -> set[str]:
@@ -100,7 +101,7 @@ def serve(opts: Options, mountpoint: str, ready_fd: int | None) -> int:
                         format="%(asctime)s unionfs[%(process)d] %(message)s")
     try:
         target = os.path.realpath(mountpoint)
-        fs = UnionFS(opts.lowers, opts.upper, opts.work)
+        fs = UnionFS(opts.lowers, opts.upper, opts.work, opts.volatile)
         pyfuse3.init(fs, mountpoint, _mount_options(opts))
     except Exception as e:  # noqa: BLE001 - reported to whoever waits for readiness
         _tell(ready_fd, f"cannot mount {mountpoint}: {e}")
