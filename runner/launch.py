@@ -11,8 +11,9 @@ process stays as the command's face: it forwards signals to the fork and exits w
 If there is no zygote yet, the command runs here, in this process, and a zygote is started in the
 background for the next command. ``STRATA_NO_ZYGOTE=1`` always runs here.
 
-This module imports only C modules (``_socket``, ``_signal``): ``socket``, ``signal`` and ``json``
-import ``enum`` and ``re``, which would cost more than the whole hand-over.
+On the way to a zygote this module imports only C modules (``_socket``, ``_signal``, ``resource``,
+``termios``): ``socket``, ``signal`` and ``json`` import ``enum`` and ``re``, which would cost more than
+the whole hand-over.
 """
 
 from __future__ import annotations

@@ -305,13 +305,21 @@ class Zygote:
         worker.conn.close()
 
     def _hang_up(self, fd: int) -> None:
-        """A client went away before its command ended: SIGHUP the command, as a closed terminal would."""
+        """A client went away before its command ended: SIGHUP the command, as a closed terminal would.
+        (Checked: an event polled for an fd closed since may belong to a new connection now.)"""
         for worker in self.workers.values():
             if worker.conn.fileno() == fd and not worker.hung_up:
+                try:
+                    if worker.conn.recv(4096, socket.MSG_DONTWAIT):
+                        return  # bytes after the request: not ours to read, dropped; not a hang-up
+                except BlockingIOError:
+                    return
+                except OSError:
+                    pass  # reset: gone
                 worker.hung_up = True
                 self.poller.unregister(fd)
                 try:
-                    os.kill(worker.pid, 1)
+                    os.kill(worker.pid, signal.SIGHUP)
                 except ProcessLookupError:
                     pass
 
