@@ -156,7 +156,9 @@ class Containers:
             for sub in ("upper", "work", "merged"):
                 os.makedirs(os.path.join(path, sub))
             config = {**config, "Id": cid, "Name": name, "Created": now()}
-            write_json(os.path.join(path, "config.json"), config)
+            # fsynced, unless the container is removed when it ends (--rm): after a crash of the
+            # host such a record is only left to be removed
+            write_json(os.path.join(path, "config.json"), config, durable=not config["HostConfig"]["AutoRemove"])
             return Container(path, config)
 
     def remove(self, container: Container) -> None:

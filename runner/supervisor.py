@@ -30,6 +30,7 @@ from unionfs.errors import UnionError
 from unionfs.mount import ForkedChild, Mount, fork_serve
 
 from . import cgroups, init
+from . import syscalls as sc
 from .containers import Container, Containers, start_time
 
 
@@ -261,12 +262,14 @@ class Supervisor:
                 self.opened.clear()
                 oom = self.cgroup.oom_killed() if self.pid else False
                 self.cgroup.kill_all()
+                detached = False
                 if mount is not None:
+                    detached = _detach(mount.mountpoint)
                     mount.begin_unmount()
+                    if not detached:  # the mount stays until the daemon is done: wait for it
+                        await mount.unmount()
                 # blocking, but nothing is left to serve: the container is gone, its union going
                 self.cgroup.destroy()
-                if mount is not None:
-                    await mount.unmount()
                 if self.union_died:
                     error = self.union_died
                 self.error = error
@@ -277,6 +280,8 @@ class Supervisor:
                 self._ready(f"error {code} {error}")  # never got as far as running
                 if remove:
                     Containers(self.root).remove(c)  # a run that never started leaves nothing behind
+                if mount is not None and detached:
+                    await mount.unmount()  # the daemon's exit (a few ms) overlapped all of the above
         return code
 
     def _stdio(self, opened: list[int]) -> _Stdio:
@@ -385,6 +390,16 @@ class Supervisor:
                 termios.tcsetwinsize(self.stdio.stdin, termios.tcgetwinsize(self.attach.stdout))
             except (OSError, termios.error):  # output to a pipe or file: no size to follow
                 pass
+
+
+def _detach(mountpoint: str) -> bool:
+    """Unmount (lazily) now, rather than when the union daemon gets to it: as root, umount2 takes
+    effect at once, and the daemon then ends by itself. False where that is not allowed."""
+    try:
+        sc.umount2(mountpoint, sc.MNT_DETACH)
+    except OSError:
+        return False
+    return True
 
 
 async def _read_line(stream: trio.lowlevel.FdStream) -> str:
