@@ -143,21 +143,22 @@ class Supervisor:
         self.opened: list[int] = []  # fds this supervisor must close when it is done
 
     def prepare(self) -> None:
-        """Before trio starts (forking inside a trio run is not safe): make the cgroup, fork the
-        container's init (which waits for ``_go``; it starts moving PID 1 into the cgroup at once,
-        the slow part), write the init layer and fork the union daemon. Forks of this process cost a
-        millisecond where fresh interpreters cost a few hundred (imports)."""
+        """Before trio starts (forking inside a trio run is not safe): write the init layer, fork the
+        union daemon (first: its start-up, until it answers, is the longest wait of a start), make
+        the cgroup and fork the container's init (which waits for ``_go``; it moves PID 1 into the
+        cgroup at once, meanwhile). Forks of this process cost a millisecond where fresh interpreters
+        cost a few hundred (imports)."""
         c = self.c
         options = ["allow_other"] if os.geteuid() == 0 else []
         try:
+            self._write_etc()
+            self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options)
             self.cgroup.create()
             hc = self.config["HostConfig"]
             self.cgroup.limit(hc.get("CpuShares") or None, hc.get("Memory") or None)
             self._fork_init()
-            self._write_etc()
-            self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options)
-        except (UnionError, OSError) as e:
-            self.error = str(e)  # run() reports it
+        except (UnionError, OSError, RuntimeError) as e:
+            self.error = str(e)  # run() reports it, and unmounts a union already forked
 
     def _fork_init(self) -> None:
         """Fork ``runner.init`` with the container's stdio; it waits on a pipe until the mount and the
@@ -245,9 +246,10 @@ class Supervisor:
         code = 125
         error = ""
         try:
-            if self.union is None or self.init is None:
+            if self.union is not None:  # adopted even if a later step failed: the finally unmounts it
+                mount = await Mount.adopt(c.path("merged"), *self.union)
+            if mount is None or self.init is None:
                 raise UnionError(self.error or "no union filesystem")
-            mount = await Mount.adopt(c.path("merged"), *self.union)
             code, error = await self._start_and_wait(mount)
         except (UnionError, OSError) as e:
             error = f"cannot start container: {e}"

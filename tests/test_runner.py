@@ -300,3 +300,22 @@ def test_logs_follow_until_the_container_ends(rootdir):
     with open(json.loads(strata(rootdir, "inspect", "talker").out)[0]["LogPath"]) as f:
         first = json.loads(f.readline())
     assert first["log"] == "line 1\n" and first["stream"] == "stdout" and first["time"].endswith("Z")
+
+
+def test_a_failure_after_the_union_is_forked_leaves_nothing_behind(rootdir):
+    """The union daemon is forked before the cgroup is made: if that fails, the mount still goes."""
+    script = (
+        "import sys\n"
+        "import runner.cgroups as cg\n"
+        "def refuse(self):\n"
+        "    raise OSError(28, 'No space left on device (injected)')\n"
+        "cg.V1.create = cg.V2.create = refuse\n"
+        "from runner.cli import main\n"
+        f"sys.exit(main(['--root', {rootdir!r}, 'run', '--name', 'doomed', 'bb', 'true']))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": REPO}, timeout=60)
+    assert res.returncode == 125 and "No space left on device (injected)" in res.stderr
+    assert strata(rootdir, "ps", "-aq").out == ""  # a run that never started leaves no container
+    with open("/proc/self/mountinfo") as f:
+        assert rootdir not in f.read()
