@@ -196,3 +196,23 @@ def test_a_client_in_a_removed_directory_still_works(root, zygote_dir, tmp_path)
     res = subprocess.run([*STRATA, "--root", root, "images", "-q"], capture_output=True, preexec_fn=enter_and_remove,
                          env={**os.environ, "PYTHONPATH": REPO})
     assert (res.returncode, res.stderr) == (0, b"")
+
+
+def test_many_clients_at_once_and_a_clean_stop(root, tmp_path):
+    """A zygote of its own: 20 commands at once all succeed; SIGTERM takes its socket with it."""
+    directory = tmp_path / "zygote"
+    directory.mkdir(mode=0o700)
+    env = {**os.environ, "PYTHONPATH": REPO, "STRATA_ZYGOTE_DIR": str(directory)}
+    subprocess.run([*STRATA, "--root", root, "images"], env=env, cwd=REPO, check=True, capture_output=True)
+    _wait_for(lambda: zygote_pid(str(directory)) is not None, what="the zygote to listen")
+    pid = zygote_pid(str(directory))
+    assert pid is not None
+    try:
+        procs = [subprocess.Popen([*STRATA, "--root", root, "images", "-q"], env=env, cwd=REPO,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(20)]
+        results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+        assert all(code == 0 and err == b"" for _out, err, code in results)
+        assert zygote_pid(str(directory)) == pid  # the same zygote still listens
+    finally:
+        stop_process(pid)
+    assert sorted(os.listdir(directory)) == ["zygote.lock"]  # socket and pid file gone with it
