@@ -113,7 +113,7 @@ def _receive(conn: socket.socket) -> Request:
         argv = fields[8:8 + argc]
         env = dict(e.split("=", 1) for e in fields[8 + argc:] if "=" in e)
         return Request(fields[1], fields[2], int(fields[3]), affinity, int(fields[5]), limits, argv, env, fds)
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, OSError):  # OSError: the rest of it never came (timeout, reset)
         for fd in fds:
             os.close(fd)
         raise ValueError("malformed request") from None
