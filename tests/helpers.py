@@ -12,8 +12,11 @@ import stat
 import subprocess
 import sys
 import tarfile
+import time
 from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 STRATA = [sys.executable, "-m", "runner"]  # the launcher, as the installed ``strata`` (through the zygote)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,6 +50,15 @@ def zygote_pid(directory: str) -> int | None:
     except (FileNotFoundError, ProcessLookupError, ValueError):
         return None
     return pid if b"runner.zygote" in cmdline and os.fsencode(directory) in cmdline else None
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until true, bounded: a wait on a condition, never a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
 
 
 def stop_process(pid: int, timeout: float = 30.0) -> None:

@@ -13,7 +13,7 @@ import termios
 import time
 
 import pytest
-from helpers import REPO, STRATA, strata
+from helpers import REPO, STRATA, strata, wait_for
 
 from runner import cgroups
 
@@ -22,15 +22,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root 
 
 def _state(root: str, ref: str) -> dict:
     return json.loads(strata(root, "inspect", ref).out)[0]["State"]
-
-
-def _wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until true, bounded: a wait on a condition, never a fixed sleep."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def test_run_foreground_output_and_exit_code(rootdir):
@@ -93,7 +84,7 @@ def test_detached_container_life_cycle(rootdir):
     assert doc["HostConfig"]["CpuShares"] == 256 and doc["HostConfig"]["Memory"] == 64 * 1024 * 1024
     assert set(doc["GraphDriver"]["Data"]) == {"LowerDir", "UpperDir", "WorkDir", "MergedDir"}
     assert doc["Config"]["Cmd"] == ["ping", "-c", "300", "127.0.0.1"] and doc["Name"] == "/pinger"
-    _wait_for(lambda: "seq=1 " in strata(rootdir, "logs", "pinger").out, what="two pings in the log")
+    wait_for(lambda: "seq=1 " in strata(rootdir, "logs", "pinger").out, what="two pings in the log")
     assert strata(rootdir, "logs", "--tail", "1", "pinger").out.count("\n") == 1
     res = strata(rootdir, "rm", "pinger", check=False)
     assert res.code == 1 and "You cannot remove a running container" in res.err
@@ -148,7 +139,7 @@ def test_cpu_shares_split_one_cpu_near_four_to_one(rootdir):
         ids.append(out.stdout.strip())
     pids = [_state(rootdir, n)["Pid"] for n in ("heavy", "light")]
     base = [_cpu_seconds(p) for p in pids]
-    _wait_for(lambda: sum(_cpu_seconds(p) for p in pids) - sum(base) > 4.0, timeout=60, what="4 s of CPU")
+    wait_for(lambda: sum(_cpu_seconds(p) for p in pids) - sum(base) > 4.0, timeout=60, what="4 s of CPU")
     used = [_cpu_seconds(p) - b for p, b in zip(pids, base, strict=True)]
     strata(rootdir, "rm", "-f", "heavy", "light")
     ratio = used[0] / max(used[1], 1e-3)
@@ -212,7 +203,7 @@ def test_union_process_death_stops_the_container(rootdir):
     with open(os.path.join(rootdir, "containers", cid, "state.json")) as f:
         union = json.load(f)["UnionPid"]
     os.kill(union, signal.SIGKILL)
-    _wait_for(lambda: _state(rootdir, "victim")["Status"] == "exited", what="the container to stop")
+    wait_for(lambda: _state(rootdir, "victim")["Status"] == "exited", what="the container to stop")
     assert "union filesystem process died" in _state(rootdir, "victim")["Error"]
 
 
@@ -222,7 +213,7 @@ def test_killed_supervisor_shows_exited_and_rm_cleans_up(rootdir):
     with open(os.path.join(rootdir, "containers", cid, "state.json")) as f:
         state = json.load(f)
     os.kill(state["SupervisorPid"], signal.SIGKILL)
-    _wait_for(lambda: not os.path.exists(f"/proc/{state['SupervisorPid']}"), what="the supervisor to go")
+    wait_for(lambda: not os.path.exists(f"/proc/{state['SupervisorPid']}"), what="the supervisor to go")
     ps = strata(rootdir, "ps", "-a").out.splitlines()[1]
     assert "Exited (255)" in ps
     assert "supervisor died" in _state(rootdir, "orphan")["Error"]

@@ -12,10 +12,10 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 
 import pytest
 import trio
+from helpers import wait_for
 from unionfs_support import REPO, WHITEOUT, is_mounted, make_layer, mounted
 
 from unionfs.errors import UnionError
@@ -314,6 +314,11 @@ def test_umount_and_option_pass_through(tmp_path):
     assert not is_mounted(str(point))
 
 
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
 def test_volatile_is_ours_and_readahead_is_a_whole_request(tmp_path):
     point = _daemon(tmp_path, ",volatile")
     try:
@@ -322,10 +327,7 @@ def test_volatile_is_ours_and_readahead_is_a_whole_request(tmp_path):
         assert "volatile" not in fields[5] + fields[-1]  # not among the mount's options: not passed to FUSE
         readahead = f"/sys/class/bdi/{fields[2]}/read_ahead_kb"
         os.stat(point)  # the daemon tunes it once the kernel has its INIT reply (a stat waits for that)
-        deadline = time.monotonic() + 30
-        while open(readahead).read().strip() != "1024":
-            assert time.monotonic() < deadline, open(readahead).read()
-            time.sleep(0.01)
+        wait_for(lambda: _read(readahead) == "1024", what=f"{readahead} to become 1024")
     finally:
         subprocess.run(["umount", str(point)], check=True)
     assert not is_mounted(str(point))

@@ -13,23 +13,13 @@ import subprocess
 import sys
 import time
 
-import pytest
-from helpers import REPO, STRATA, docker_v12_save, stop_process, strata, tar_bytes, zygote_pid
-
-
-def _wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until true, bounded: a wait on a condition, never a fixed sleep."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
+from helpers import REPO, STRATA, docker_v12_save, stop_process, strata, tar_bytes, wait_for, zygote_pid
 
 
 def _warm(root: str, directory: str) -> int:
     """Make sure a zygote listens in ``directory``; return its pid."""
     strata(root, "images")
-    _wait_for(lambda: zygote_pid(directory) is not None, what="the zygote to listen")
+    wait_for(lambda: zygote_pid(directory) is not None, what="the zygote to listen")
     pid = zygote_pid(directory)
     assert pid is not None
     return pid
@@ -98,7 +88,7 @@ def test_limits_affinity_and_niceness_are_the_clients(rootdir, zygote_dir):
 
 def test_a_command_killed_by_a_signal_kills_the_client_alike(root, zygote_dir, tmp_path):
     strata(root, "images")
-    _wait_for(lambda: zygote_pid(zygote_dir) is not None, what="the zygote to listen")
+    wait_for(lambda: zygote_pid(zygote_dir) is not None, what="the zygote to listen")
     archive = tmp_path / "one.tar"
     archive.write_bytes(docker_v12_save([tar_bytes([{"name": "f", "data": b"x"}])], ["one:1"]))
     res = subprocess.run([*STRATA, "--root", root, "load", "-i", str(archive)], capture_output=True, cwd=REPO,
@@ -120,7 +110,7 @@ def test_a_client_that_goes_away_hangs_up_its_container(rootdir, zygote_dir):
     def exited() -> bool:
         return json.loads(strata(rootdir, "inspect", "orphaned").out)[0]["State"]["Status"] == "exited"
 
-    _wait_for(exited, what="the hung-up container to stop")
+    wait_for(exited, what="the hung-up container to stop")
     assert json.loads(strata(rootdir, "inspect", "orphaned").out)[0]["State"]["ExitCode"] == 9
     with open("/proc/self/mountinfo") as f:
         assert rootdir not in f.read()
@@ -143,14 +133,14 @@ def test_a_zygote_steps_down_when_strata_changes(tmp_path, root):
     first = None
     try:
         run()
-        _wait_for(lambda: zygote_pid(str(directory)) is not None, what="the first zygote")
+        wait_for(lambda: zygote_pid(str(directory)) is not None, what="the first zygote")
         first = zygote_pid(str(directory))
         assert first is not None
         later = time.time() + 10
         os.utime(copy / "runner" / "cli" / "format.py", (later, later))
         assert run() == ""  # answered "stale": ran in the client, and started a new zygote
-        _wait_for(lambda: zygote_pid(str(directory)) not in (None, first), what="a new zygote")
-        _wait_for(lambda: not os.path.exists(f"/proc/{first}"), what="the stale zygote to exit")
+        wait_for(lambda: zygote_pid(str(directory)) not in (None, first), what="a new zygote")
+        wait_for(lambda: not os.path.exists(f"/proc/{first}"), what="the stale zygote to exit")
     finally:
         for pid in {first, zygote_pid(str(directory))} - {None}:
             assert pid is not None
@@ -159,7 +149,7 @@ def test_a_zygote_steps_down_when_strata_changes(tmp_path, root):
 
 def test_garbage_on_the_socket_does_not_hurt_the_zygote(root, zygote_dir):
     strata(root, "images")
-    _wait_for(lambda: zygote_pid(zygote_dir) is not None, what="the zygote to listen")
+    wait_for(lambda: zygote_pid(zygote_dir) is not None, what="the zygote to listen")
     pid = zygote_pid(zygote_dir)
     for garbage in (b"", b"\xff" * 3, (10).to_bytes(4, "little") + b"not a request", b"\0\0\0\x7f" + b"x" * 100):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -204,7 +194,7 @@ def test_many_clients_at_once_and_a_clean_stop(root, tmp_path):
     directory.mkdir(mode=0o700)
     env = {**os.environ, "PYTHONPATH": REPO, "STRATA_ZYGOTE_DIR": str(directory)}
     subprocess.run([*STRATA, "--root", root, "images"], env=env, cwd=REPO, check=True, capture_output=True)
-    _wait_for(lambda: zygote_pid(str(directory)) is not None, what="the zygote to listen")
+    wait_for(lambda: zygote_pid(str(directory)) is not None, what="the zygote to listen")
     pid = zygote_pid(str(directory))
     assert pid is not None
     try:
