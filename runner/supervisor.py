@@ -167,6 +167,7 @@ class Supervisor:
             raise RuntimeError("the container's init must be forked from a single-threaded process")
         opened = self.opened
         self.stdio = self._stdio(opened)
+        self._resize()  # a pty starts at the attached terminal's size
         status_r, status_w = os.pipe()
         go_r, go_w = os.pipe()
         opened += [status_r, status_w, go_r, go_w]
@@ -296,10 +297,7 @@ class Supervisor:
         if cfg["Tty"]:
             master, slave = os.openpty()
             opened += [master, slave]
-            stdio = _Stdio((slave, slave, slave), [(master, "stdout", out)], feed, master, False)
-            self.stdio = stdio
-            self._resize()
-            return stdio
+            return _Stdio((slave, slave, slave), [(master, "stdout", out)], feed, master, False)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         opened += [out_r, out_w, err_r, err_w]
