@@ -288,8 +288,8 @@ class Zygote:
                     except (OSError, ValueError):
                         pass
                 # tell the client now rather than through the zygote after this exit: tearing down
-                # a process this size takes milliseconds. (A worker killed by a signal is reported
-                # by the zygote; the client reads only the first report.)
+                # a process this size takes milliseconds. (A worker killed by a signal never gets
+                # here: the zygote reports that.)
                 self._answer(conn, f"exit {code & 0xFF}")
                 os._exit(code & 0xFF)
         return pid
@@ -301,7 +301,8 @@ class Zygote:
         code = os.waitstatus_to_exitcode(status)
         if not worker.hung_up:
             self.poller.unregister(worker.conn)
-        self._answer(worker.conn, f"signal {-code}" if code < 0 else f"exit {code}")
+        if code < 0:  # killed by a signal: else the worker sent "exit CODE" itself as it ended
+            self._answer(worker.conn, f"signal {-code}")
         worker.conn.close()
 
     def _hang_up(self, fd: int) -> None:
