@@ -3,9 +3,10 @@
 The copy is built in the workdir — data (FICLONE, else copy_file_range), owner, mode (setuid bits
 too: chmod comes after chown), xattrs, times — and only then renamed into the upper, so a crash never
 leaves a half-copied file visible. A copy with data is fsynced before the rename, as kernel overlayfs
-and fuse-overlayfs do, so that a power cut cannot leave an empty file that hides the lower one
-(``sync=False``, the ``volatile`` mount option, skips that). The upper parent's times are put back afterwards: a copy-up is not
-a change the merged view should show. Overlay-internal xattrs are not copied.
+does (fuse-overlayfs 1.10 does not), so that a power cut cannot leave an empty file that hides the
+lower one; ``sync=False``, the ``volatile`` mount option, skips that. The upper parent's times are
+put back afterwards: a copy-up is not a change the merged view should show. Overlay-internal xattrs
+are not copied.
 
 These functions block (data copies can be long): the filesystem runs them in a worker thread.
 """
