@@ -310,7 +310,7 @@ async def test_overlay_style_whiteouts_and_opaque_xattrs_in_lowers(union):
 
 @pytest.mark.parametrize("volatile", [False, True])
 async def test_a_copy_up_with_data_is_fsynced_before_it_is_renamed_into_place(tmp_path, monkeypatch, volatile):
-    """As kernel overlayfs and fuse-overlayfs: else a power cut could leave an empty upper file that
+    """As kernel overlayfs (fuse-overlayfs 1.10 does not): else a power cut could leave an empty upper file that
     hides the lower one. ``volatile`` (overlayfs's option) skips it."""
     lower = make_layer(str(tmp_path / "l"), {"f": "x" * 100, "g": "y"})
     fs = UnionFS([lower], make_layer(str(tmp_path / "u"), {}), make_layer(str(tmp_path / "w"), {}), volatile)
