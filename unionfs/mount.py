@@ -17,7 +17,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pyfuse3
@@ -195,12 +195,19 @@ def fork_serve(mountpoint: str, lowers: Sequence[str], upper: str | None = None,
 
 
 def _fork_daemon(opts: Options, mountpoint: str) -> tuple[int, int]:
-    """Fork the daemon: its own session, stdio on /dev/null, no other inherited fds; it reports
-    ``ok`` or its error on the returned fd once the mount is (or cannot be) made."""
+    """Fork the daemon; it reports ``ok`` or its error on the returned fd once the mount is (or
+    cannot be) made."""
+    return fork_detached(lambda ready: serve(opts, mountpoint, ready))
+
+
+def fork_detached(body: Callable[[int], int], failure: int = 1) -> tuple[int, int]:
+    """Fork a process of its own: its own session, stdio on /dev/null, no inherited fd but the write
+    end of a pipe, which it gets as ``body``'s argument; it exits with what ``body`` returns (``failure``
+    if it raises). Returns (pid, read end of the pipe). The runner's detached supervisor is one too."""
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the daemon
-        code = 1
+    if pid == 0:
+        code = failure
         try:
             os.close(r)
             os.setsid()
@@ -209,7 +216,7 @@ def _fork_daemon(opts: Options, mountpoint: str) -> tuple[int, int]:
                 os.dup2(devnull, fd)
             os.closerange(3, w)
             os.closerange(w + 1, 65536)
-            code = serve(opts, mountpoint, w)
+            code = body(w)
         finally:
             os._exit(code)
     os.close(w)

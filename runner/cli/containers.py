@@ -75,27 +75,17 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
 def _start_detached(store: Store, container: Container) -> tuple[int, str]:
     """Fork a detached supervisor (its own session, stdio on /dev/null); return (0, pid) once PID 1
     runs, or (code, error). A fork of this process, not a fresh interpreter: the imports are done."""
+    from unionfs.mount import fork_detached  # with trio and pyfuse3: only commands that start need them
+
     from .. import supervisor
 
-    r, w = os.pipe()
+    def supervise(ready: int) -> int:
+        os.chdir("/")
+        return supervisor.run_detached(store.root.path, container.id, ready)
+
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        status = 125
-        try:
-            os.close(r)
-            os.setsid()
-            os.chdir("/")
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-            os.closerange(3, w)
-            os.closerange(w + 1, 65536)
-            status = supervisor.run_detached(store.root.path, container.id, w)
-        finally:
-            os._exit(status)
-    os.close(w)
+    _pid, r = fork_detached(supervise, failure=125)
     with os.fdopen(r, "rb") as pipe:
         message = pipe.read().decode(errors="replace")
     if message.startswith("ok "):
