@@ -285,6 +285,11 @@ def _wait_child(pid: int, status_fd: int) -> int:
         _, status = os.waitpid(pid, 0)
     except ChildProcessError:
         return 125
+    return exit_code(status)
+
+
+def exit_code(status: int) -> int:
+    """A wait status as a shell (and Docker) reports it: the exit code, or 128 + N for signal N."""
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
 

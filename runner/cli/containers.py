@@ -400,8 +400,7 @@ def cmd_exec(store: Store, args: argparse.Namespace) -> int:
     with os.fdopen(status_r, "rb") as f:
         report = f.read().decode(errors="replace").splitlines()
     _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    code = 128 - code if code < 0 else code
+    code = init.exit_code(status)
     for line in report:
         if line.startswith("error "):
             _, failed, message = line.split(" ", 2)
