@@ -327,3 +327,29 @@ async def test_a_copy_up_with_data_is_fsynced_before_it_is_renamed_into_place(tm
         assert events == ["rename"]
     finally:
         fs.close()
+
+
+async def test_a_filesystem_that_cannot_clone_is_not_asked_twice(tmp_path, monkeypatch):
+    """FICLONE is tried once per lower filesystem: where it fails (ext4, tmpfs), copy-ups copy bytes and
+    stop paying for the failing ioctl."""
+    import fcntl
+
+    from unionfs import copyup
+
+    lower = make_layer(str(tmp_path / "l"), {"f": "x" * 100, "g": "y" * 100})
+    fs = UnionFS([lower], make_layer(str(tmp_path / "u"), {}), make_layer(str(tmp_path / "w"), {}))
+    asked: list[int] = []
+
+    def refuse(fd: int, request: int, arg: int) -> None:
+        asked.append(request)
+        raise OSError(errno.EOPNOTSUPP, "no reflinks here")
+
+    monkeypatch.setattr(fcntl, "ioctl", refuse)
+    try:
+        client = OpsClient(fs)
+        await client.chmod("f", 0o600)
+        await client.chmod("g", 0o600)
+        assert asked == [copyup._FICLONE]
+        assert await client.read("f") == b"x" * 100 and await client.read("g") == b"y" * 100
+    finally:
+        fs.close()

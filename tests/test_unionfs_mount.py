@@ -234,6 +234,37 @@ def test_statfs_fsync_xattrs_and_special_files(mnt):
         assert info.value.errno == errno.EPERM
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another group needs root")
+def test_new_objects_in_a_setgid_dir_take_its_group(mnt):
+    """As the kernel does: files and dirs made in a setgid directory get its group, and dirs the bit,
+    also after the directory's group changed through the mount."""
+    d = os.path.join(mnt, "dir")  # a lower directory: copied up by the chown
+    os.chown(d, -1, 4321)
+    os.chmod(d, 0o2775)
+    with open(os.path.join(d, "new"), "w") as f:
+        f.write("x")
+    os.mkdir(os.path.join(d, "sub"))
+    assert os.lstat(os.path.join(d, "new")).st_gid == 4321
+    sub = os.lstat(os.path.join(d, "sub"))
+    assert sub.st_gid == 4321 and sub.st_mode & stat.S_ISGID
+    os.chown(d, -1, 4322)
+    with open(os.path.join(d, "newer"), "w") as f:
+        f.write("y")
+    assert os.lstat(os.path.join(d, "newer")).st_gid == 4322
+
+
+def test_setting_one_time_keeps_the_other(mnt):
+    """utimensat with UTIME_OMIT for one of the two (``touch -m`` / ``touch -a``), on a lower file."""
+    path = os.path.join(mnt, "lowerfile")
+    before = os.lstat(path)
+    subprocess.run(["touch", "-m", "-d", "@1000000000", path], check=True)
+    after = os.lstat(path)
+    assert after.st_mtime_ns == 1_000_000_000_000_000_000 and after.st_atime_ns == before.st_atime_ns
+    subprocess.run(["touch", "-a", "-d", "@2000000000", path], check=True)
+    again = os.lstat(path)
+    assert again.st_atime_ns == 2_000_000_000_000_000_000 and again.st_mtime_ns == after.st_mtime_ns
+
+
 def _daemon(tmp_path, extra: str = ""):
     """Mount with ``python -m unionfs`` in daemon mode (it returns once the mount is ready)."""
     lower = make_layer(str(tmp_path / "l"), {"f": "x"})

@@ -1,6 +1,7 @@
 """Copy an object from a lower layer into the upper, as kernel overlayfs does.
 
-The copy is built in the workdir — data (FICLONE, else copy_file_range), owner, mode (setuid bits
+The copy is built in the workdir — data (FICLONE, else copy_file_range; a lower filesystem that
+refuses FICLONE is not asked again), owner, mode (setuid bits
 too: chmod comes after chown), xattrs, times — and only then renamed into the upper, so a crash never
 leaves a half-copied file visible. A copy with data is fsynced before the rename, as kernel overlayfs
 does (fuse-overlayfs 1.10 does not), so that a power cut cannot leave an empty file that hides the
@@ -27,9 +28,10 @@ _counter = itertools.count()
 _INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.")
 
 
-def _copy_xattrs(src: str, dst: str | int) -> None:
+def _copy_xattrs(src: str | int, dst: str | int) -> None:
+    """Copy the xattrs of ``src`` to ``dst``, each a path (not followed) or an open fd."""
     try:
-        names = os.listxattr(src, follow_symlinks=False)
+        names = os.listxattr(src, follow_symlinks=False) if isinstance(src, str) else os.listxattr(src)
     except OSError as e:
         if e.errno in (errno.ENOTSUP, errno.EPERM):
             return
@@ -38,7 +40,7 @@ def _copy_xattrs(src: str, dst: str | int) -> None:
         if name.startswith(_INTERNAL_XATTRS):
             continue
         try:
-            value = os.getxattr(src, name, follow_symlinks=False)
+            value = os.getxattr(src, name, follow_symlinks=False) if isinstance(src, str) else os.getxattr(src, name)
             if isinstance(dst, int):
                 os.setxattr(dst, name, value)
             else:
@@ -49,18 +51,22 @@ def _copy_xattrs(src: str, dst: str | int) -> None:
                 raise
 
 
-def _copy_data(src_fd: int, dst_fd: int, size: int) -> None:
-    try:
-        fcntl.ioctl(dst_fd, _FICLONE, src_fd)
-        return
-    except OSError:
-        pass
+def _copy_data(src_fd: int, dst_fd: int, size: int, clone: bool) -> bool:
+    """Copy ``size`` bytes; a reflink when ``clone`` and the filesystems allow. Returns whether
+    cloning is worth trying again between these two filesystems."""
+    if clone:
+        try:
+            fcntl.ioctl(dst_fd, _FICLONE, src_fd)
+            return True
+        except OSError as e:
+            clone = e.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY)
     offset = 0
     while offset < size:
         n = os.copy_file_range(src_fd, dst_fd, min(size - offset, 1 << 30), offset, offset)
         if n == 0:
             break
         offset += n
+    return clone
 
 
 class Copier:
@@ -69,6 +75,8 @@ class Copier:
         self.sync = sync
         self.work_fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.as_root = os.geteuid() == 0
+        self._pid = os.getpid()  # names this daemon's copies in the workdir
+        self._no_clone: set[int] = set()  # lower devices FICLONE to the upper failed from: not tried again
         for name in os.listdir(self.work_fd):  # leftovers of a crashed daemon
             if name.startswith("#copyup-"):
                 remove_entry(self.work_fd, name)
@@ -88,28 +96,30 @@ class Copier:
         st = layers.lstat(layer, rel)
         if st is None:
             raise FileNotFoundError(errno.ENOENT, "vanished during copy-up", rel)
-        tmp = f"#copyup-{os.getpid()}-{next(_counter)}"
+        tmp = f"#copyup-{self._pid}-{next(_counter)}"
         with layers.at(layer, rel) as (sfd, sname):
             src_path = f"/proc/self/fd/{sfd}/{sname}"
             mode = st.st_mode
             try:
                 if stat.S_ISREG(mode):
                     dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=self.work_fd)
+                    src = -1
                     try:
                         if data and st.st_size:
                             src = os.open(sname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
-                            try:
-                                _copy_data(src, dst, st.st_size)
-                            finally:
-                                os.close(src)
+                            clone = st.st_dev not in self._no_clone
+                            if not _copy_data(src, dst, st.st_size, clone) and clone:
+                                self._no_clone.add(st.st_dev)
                         if self.as_root:
                             os.fchown(dst, st.st_uid, st.st_gid)
                         os.fchmod(dst, stat.S_IMODE(mode))
-                        _copy_xattrs(src_path, dst)
+                        _copy_xattrs(src if src >= 0 else src_path, dst)
                         os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
                         if self.sync and data and st.st_size:
                             os.fsync(dst)
                     finally:
+                        if src >= 0:
+                            os.close(src)
                         os.close(dst)
                 elif stat.S_ISLNK(mode):
                     os.symlink(os.readlink(sname, dir_fd=sfd), tmp, dir_fd=self.work_fd)

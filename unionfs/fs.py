@@ -55,7 +55,7 @@ class Node:
     fds: set[int] = field(default_factory=set)  # open file handles on this node
     unlinked: bool = False
     last: os.stat_result | None = None
-    listing: list[tuple[str, Resolved]] | None = None  # a lower-only directory's entries, resolved once
+    listing: list[Listed] | None = None  # a lower-only directory's entries, resolved once
 
     @property
     def rel(self) -> str:
@@ -67,11 +67,16 @@ class Node:
         return "/".join(reversed(parts))
 
 
+# A listed name: (name, its bytes, and for a lower-only directory, resolved once: where it shows and
+# the attributes readdirplus answers with)
+Listed = tuple[str, bytes, Resolved | None, pyfuse3.EntryAttributes | None]
+
+
 @dataclass
 class DirHandle:
     node: Node
-    # the listing, taken when reading from offset 0; entries of a lower-only directory come resolved
-    entries: list[tuple[str, Resolved | None]] = field(default_factory=list)
+    # the listing, taken when reading from offset 0
+    entries: list[Listed] = field(default_factory=list)
 
 
 def _name(raw: bytes) -> str:
@@ -262,13 +267,17 @@ class UnionFS(pyfuse3.Operations):
             except FileNotFoundError:
                 return False
 
-    def _own(self, upper: int, rel: str, parent: Node, ctx: pyfuse3.RequestContext, is_dir: bool) -> None:
+    def _own(self, upper: int, rel: str, parent: Node, ctx: pyfuse3.RequestContext, is_dir: bool,
+             real: int | None = None) -> None:
         """New objects belong to the caller; a setgid directory passes on its group (and, to
-        directories, the bit), as the kernel does."""
+        directories, the bit), as the kernel does. ``real``: the new file, already open."""
         if not self.as_root:
             return
-        pst = self._stat(parent)
+        pst = parent.last or self._stat(parent)  # every change to it goes through us and refreshes it
         gid = pst.st_gid if pst.st_mode & stat.S_ISGID else ctx.gid
+        if real is not None:
+            os.fchown(real, ctx.uid, gid)
+            return
         with self.layers.at(upper, rel) as (fd, name):
             os.chown(name, ctx.uid, gid, dir_fd=fd, follow_symlinks=False)
             if is_dir and pst.st_mode & stat.S_ISGID:
@@ -343,14 +352,17 @@ class UnionFS(pyfuse3.Operations):
                 gid = attr.st_gid if fields.update_gid else -1
                 os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
             if fields.update_mode and not node.unlinked:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                if not stat.S_ISLNK(st.st_mode):
+                kind = node.last.st_mode if node.last is not None else self._stat(node).st_mode  # a name keeps its type
+                if not stat.S_ISLNK(kind):
                     os.chmod(name, stat.S_IMODE(attr.st_mode), dir_fd=fd)
             if fields.update_atime or fields.update_mtime:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
-                mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
-                os.utime(name, ns=(atime, mtime), dir_fd=fd, follow_symlinks=False)
+                if fields.update_atime and fields.update_mtime:
+                    times = (attr.st_atime_ns, attr.st_mtime_ns)
+                else:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    times = (attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
+                             attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns)
+                os.utime(name, ns=times, dir_fd=fd, follow_symlinks=False)
         return self._node_attr(node)
 
     @fuse_boundary
@@ -566,20 +578,30 @@ class UnionFS(pyfuse3.Operations):
         if start_id == 0:  # a listing from the start (first read or rewinddir): take it now
             if lower_only:
                 if parent.listing is None:
-                    names = self.layers.listdir(parent.dir_layers, parent.rel)
-                    parent.listing = [(n, r) for n in names if (r := self._resolve(parent, n)) is not None]
-                handle.entries = list(parent.listing)
+                    parent.listing = []
+                    for n in self.layers.listdir(parent.dir_layers, parent.rel):
+                        if (r := self._resolve(parent, n)) is not None:
+                            attr = self._attr(r.st, self._ino(r.st))
+                            parent.listing.append((n, os.fsencode(n), r, attr))
+                handle.entries = parent.listing  # never changed in place: replaced if the dir changes
             else:
-                handle.entries = [(n, None) for n in self.layers.listdir(parent.dir_layers, parent.rel)]
+                handle.entries = [(n, os.fsencode(n), None, None)
+                                  for n in self.layers.listdir(parent.dir_layers, parent.rel)]
         # Offsets index that listing: entries that stay are never repeated or skipped.
         for i in range(start_id, len(handle.entries)):
-            name, res = handle.entries[i]
-            if res is None or not lower_only:
+            name, raw, res, listed = handle.entries[i]
+            if res is None or listed is None or not lower_only:
                 res = self._resolve(parent, name)
                 if res is None:
                     continue  # removed since the listing was taken
-            node = self._remember(parent, name, res)
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attr(res.st, node.ino), i + 1):
+                node = self._remember(parent, name, res)
+                attr = self._attr(res.st, node.ino)
+            else:  # a lower-only directory: the entry was resolved when first listed and cannot change
+                attr = listed
+                found = self.nodes.get(attr.st_ino)
+                node = found if found is not None and found.parent is parent and found.name == name \
+                    else self._remember(parent, name, res)
+            if not pyfuse3.readdir_reply(token, raw, attr, i + 1):
                 break
             node.lookups += 1
 
@@ -644,12 +666,14 @@ class UnionFS(pyfuse3.Operations):
             real = os.open(n, (flags & ~os.O_NOCTTY) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                            stat.S_IMODE(mode), dir_fd=fd)
         try:
-            self._own(upper, rel, parent, ctx, False)
+            self._own(upper, rel, parent, ctx, False, real)
             self._drop_whiteout(parent, sname)
-            node = self._finish_new(parent, sname)
+            st = os.fstat(real)
         except BaseException:
             os.close(real)
             raise
+        node = self._remember(parent, sname, Resolved(upper, st, []))
         node.fds.add(real)
         self._handles[real] = node
-        return pyfuse3.FileInfo(fh=real, keep_cache=True), self._entry(node)
+        node.lookups += 1
+        return pyfuse3.FileInfo(fh=real, keep_cache=True), self._attr(st, node.ino)
