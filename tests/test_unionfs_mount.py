@@ -15,8 +15,7 @@ import sys
 
 import pytest
 import trio
-from helpers import wait_for
-from unionfs_support import REPO, WHITEOUT, is_mounted, make_layer, mounted
+from unionfs_support import REPO, WHITEOUT, is_mounted, make_layer, mounted, mountinfo_spelling
 
 from unionfs.errors import UnionError
 from unionfs.mount import Mount
@@ -285,6 +284,24 @@ def test_daemon_mode_and_fusermount(tmp_path):
     assert not is_mounted(str(point))
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="sysfs readahead and umount2 need root")
+def test_ready_means_the_kernel_has_our_init_reply(tmp_path):
+    """``ok`` is told once the kernel has our INIT reply: by then the readahead is tuned, and nothing of
+    the daemon's own holds the mount, so an unmount at once succeeds (it could fail with EBUSY while
+    the daemon's own stat of the mount waited for INIT)."""
+    lower = make_layer(str(tmp_path / "l"), {"f": "x"})
+    point = tmp_path / "mount point"  # a space: mountinfo spells it in octal
+    point.mkdir()
+    with mounted(str(point), [lower]) as daemon:
+        assert is_mounted(str(point))
+        with open("/proc/self/mountinfo") as f:
+            device = next(x for x in f if x.split()[4] == mountinfo_spelling(str(point))).split()[2]
+        assert _read(f"/sys/class/bdi/{device}/read_ahead_kb") == "1024"  # no waiting: ready means tuned
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.umount2(os.fsencode(point), 0) == 0, os.strerror(ctypes.get_errno())
+        assert daemon.wait(timeout=20) == 0
+
+
 def test_bad_options_give_one_line_and_mount_nothing(tmp_path):
     point = tmp_path / "mnt"
     point.mkdir()
@@ -356,9 +373,7 @@ def test_volatile_is_ours_and_readahead_is_a_whole_request(tmp_path):
         with open("/proc/self/mountinfo") as f:
             fields = next(x for x in f if x.split()[4] == str(point)).split()
         assert "volatile" not in fields[5] + fields[-1]  # not among the mount's options: not passed to FUSE
-        readahead = f"/sys/class/bdi/{fields[2]}/read_ahead_kb"
-        os.stat(point)  # the daemon tunes it once the kernel has its INIT reply (a stat waits for that)
-        wait_for(lambda: _read(readahead) == "1024", what=f"{readahead} to become 1024")
+        assert _read(f"/sys/class/bdi/{fields[2]}/read_ahead_kb") == "1024"  # tuned before ready was told
     finally:
         subprocess.run(["umount", str(point)], check=True)
     assert not is_mounted(str(point))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -80,7 +79,7 @@ def _mount_options(opts: Options) -> set[str]:
     return options
 
 
-async def _serve(target: str) -> None:
+async def _serve(fs: UnionFS, target: str, ready_fd: int | None) -> None:
     async with trio.open_nursery() as nursery:
         async def on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -89,7 +88,7 @@ async def _serve(target: str) -> None:
                     return
 
         nursery.start_soon(on_signal)
-        nursery.start_soon(_tune_readahead, target)
+        nursery.start_soon(_ready, fs, target, ready_fd)
         await pyfuse3.main(min_tasks=1, max_tasks=16)
         nursery.cancel_scope.cancel()
 
@@ -106,9 +105,8 @@ def serve(opts: Options, mountpoint: str, ready_fd: int | None) -> int:
     except Exception as e:  # noqa: BLE001 - reported to whoever waits for readiness
         _tell(ready_fd, f"cannot mount {mountpoint}: {e}")
         return 1
-    _tell(ready_fd, "ok")
     try:
-        trio.run(_serve, target)
+        trio.run(_serve, fs, target, ready_fd)
     finally:
         # After fusermount -u the kernel has unmounted already (and unmounting again is harmless);
         # after a signal or a crash we must.
@@ -120,21 +118,30 @@ def serve(opts: Options, mountpoint: str, ready_fd: int | None) -> int:
 READAHEAD_KB = 1024  # FUSE requests carry up to 256 pages; the kernel's default readahead asks for 32
 
 
-async def _tune_readahead(target: str) -> None:
+async def _ready(fs: UnionFS, target: str, ready_fd: int | None) -> None:
+    """Report the mount ready once the kernel has our INIT reply: until then every request to it
+    waits. ``target`` is the mountpoint's real path, found before mounting."""
+    await fs.initialised.wait()
+    _tune_readahead(target)
+    try:
+        _tell(ready_fd, "ok")
+    except BrokenPipeError:
+        pyfuse3.terminate()  # nobody waits for this mount any more: take it down rather than leak it
+
+
+def _tune_readahead(target: str) -> None:
     """Let the kernel read ahead a whole request (1 MiB) at a time on this mount: an eighth of the
     round trips on sequential reads (and on exec), measured twice as fast on a cold 256 MiB read.
-    The kernel sets its own value when it gets our INIT reply, so this waits for a stat of the mount
-    (in a thread: this process answers it) before it writes sysfs. ``target``, the mountpoint's real
-    path, was found before mounting; the mount's device comes from mountinfo. Root only (sysfs);
-    elsewhere the default stays."""
+    The kernel sets its own value when it gets our INIT reply, so this runs after that. The mount's
+    device comes from mountinfo. Root only (sysfs); elsewhere the default stays."""
     try:
-        # abandoned if cancelled: an unanswered stat must not hold up the unmount
-        await trio.to_thread.run_sync(os.stat, target, abandon_on_cancel=True)
+        # mountinfo spells space, tab, newline and backslash in octal
+        spelled = "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in target)
         device = None
         with open("/proc/self/mountinfo") as f:
             for line in f:
-                fields = line.split()
-                if re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]) == target:
+                fields = line.split(maxsplit=5)
+                if fields[4] == spelled:
                     device = fields[2]  # the last (newest) mount there wins
         if device is not None:
             with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
