@@ -14,6 +14,8 @@ from typing import Any, BinaryIO
 from store import HistoryRow, Store, StoreError, TreeNode
 
 from ..containers import Containers
+from ..errors import RunnerError
+from ..mounts import ImageMounts
 from .errors import UsageError
 from .format import ellipsis, human_size, parse_when, since, table
 
@@ -135,9 +137,42 @@ def cmd_rmi(store: Store, args: argparse.Namespace) -> int:
     status = 0
     for ref in args.images:
         try:
-            for line in store.rmi(ref, force=args.force, holders=Containers(store.root.path).using_image):
+            for line in store.rmi(ref, force=args.force, holders=lambda image_id: [
+                    *Containers(store.root.path).using_image(image_id),
+                    *ImageMounts(store.root.path).using_image(image_id)]):
                 print(line)
         except StoreError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_mount(store: Store, args: argparse.Namespace) -> int:
+    """``strata mount IMAGE [DIR]``: the image read-only at DIR (default: under the store), printed;
+    ``strata mount``: the image mounts there are."""
+    mounts = ImageMounts(store.root.path)
+    if args.image is None:
+        with store.root.writer():
+            rows = [[_short(m.image), (store.images.tags_of(m.image) or ["<none>"])[0], m.mountpoint]
+                    for m in mounts.all()]
+        print(table(["IMAGE ID", "IMAGE", "MOUNTPOINT"], rows))
+        return 0
+    with store.root.writer():  # rmi takes it too: no image loses its layers while it is being mounted
+        image_id = store.images.resolve(args.image)
+        lowers = [store.layers.diff_dir(c) for c in reversed(store.images.chain(image_id))]
+        print(mounts.mount(image_id, lowers, args.dir))
+    return 0
+
+
+def cmd_umount(store: Store, args: argparse.Namespace) -> int:
+    mounts = ImageMounts(store.root.path)
+    status = 0
+    for ref in args.targets:
+        try:
+            with store.root.writer():
+                mounts.unmount(mounts.find(ref, store.images.resolve))
+            print(ref)
+        except RunnerError as e:
             print(f"Error: {e}", file=sys.stderr)
             status = 1
     return status
@@ -242,6 +277,15 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("-f", "--force", action="store_true")
     p.add_argument("images", nargs="+")
     p.set_defaults(func=cmd_rmi)
+
+    p = sub.add_parser("mount", help="mount an image read-only, to inspect it (no IMAGE: list the mounts)")
+    p.add_argument("image", nargs="?")
+    p.add_argument("dir", nargs="?", help="where (default: a directory under the store, printed)")
+    p.set_defaults(func=cmd_mount)
+
+    p = sub.add_parser("umount", aliases=["unmount"], help="unmount image mounts (by image or directory)")
+    p.add_argument("targets", nargs="+", metavar="IMAGE|DIR")
+    p.set_defaults(func=cmd_umount)
 
     p = sub.add_parser("import", help="create a one-layer image from a rootfs tar, directory or -")
     p.add_argument("file")

@@ -1,0 +1,179 @@
+"""Image mounts for inspection: an image's layers as one read-only union at a directory, served by a
+unionfs daemon of its own until ``strata umount`` (podman's ``image mount``).
+
+Records live in ``ROOT/mounts/<image id, 12 hex>.json`` (image, mountpoint, the daemon's pid and start
+time); without a directory the mountpoint is ``ROOT/mounts/<12 hex>/``. One image has at most one
+mount. A record whose mount is gone (the daemon was killed, the host rebooted) counts as nothing and
+is dropped by the next command that looks. ``rmi`` asks ``using_image`` so that no mounted image loses
+its layers. Callers hold the store's writer lock, which orders mounts against ``rmi``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from store import StoreError
+
+from . import syscalls
+from .errors import RunnerError
+
+_GRACE = 10.0  # seconds the daemon gets to exit once unmounted
+
+
+@dataclass
+class ImageMount:
+    image: str
+    mountpoint: str
+    pid: int
+    start_time: int  # the daemon's, from /proc/PID/stat: a reused pid is not ours
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _mounted(path: str) -> bool:
+    """Is a unionfs mount at ``path`` (as mountinfo spells it: space, tab, newline, backslash in octal)?"""
+    spelled = "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in path)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split(" - ", 1)
+            if fields[0].split()[4] == spelled and fields[1].startswith("fuse.unionfs "):
+                return True
+    return False
+
+
+class ImageMounts:
+    def __init__(self, root: str) -> None:
+        self.dir = os.path.join(root, "mounts")
+
+    def _record(self, image_id: str) -> str:
+        return os.path.join(self.dir, image_id.split(":", 1)[-1][:12] + ".json")
+
+    def _load(self, path: str) -> ImageMount | None:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            found = ImageMount(data["Image"], data["Mountpoint"], data["Pid"], data["StartTime"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return found if _mounted(found.mountpoint) else None
+
+    def all(self) -> list[ImageMount]:
+        """The live mounts; records of mounts that are gone are removed."""
+        try:
+            names = sorted(n for n in os.listdir(self.dir) if n.endswith(".json"))
+        except FileNotFoundError:
+            return []
+        live = []
+        for name in names:
+            path = os.path.join(self.dir, name)
+            found = self._load(path)
+            if found is None:
+                self._forget(path)
+            else:
+                live.append(found)
+        return live
+
+    def _forget(self, record: str) -> None:
+        try:
+            os.unlink(record)
+        except FileNotFoundError:
+            pass
+        try:
+            os.rmdir(record[:-len(".json")])  # our own mountpoint, if it was one (and is empty)
+        except OSError:
+            pass
+
+    def using_image(self, image_id: str) -> list[str]:
+        return [f"mount at {m.mountpoint}" for m in self.all() if m.image == image_id]
+
+    def mount(self, image_id: str, lowers: list[str], target: str | None) -> str:
+        """Mount ``lowers`` (top-most first) read-only at ``target`` or our own directory; return the
+        mountpoint. Mounting a mounted image again gives its mountpoint."""
+        record = self._record(image_id)
+        current = self._load(record)
+        if current is not None:
+            if target is not None and os.path.realpath(target) != current.mountpoint:
+                raise RunnerError(f"image {image_id[7:19]} is already mounted at {current.mountpoint}")
+            return current.mountpoint
+        self._forget(record)
+        if target is None:
+            os.makedirs(self.dir, exist_ok=True)
+            mountpoint = record[:-len(".json")]
+            os.makedirs(mountpoint, exist_ok=True)
+        else:
+            mountpoint = os.path.realpath(target)
+            if not os.path.isdir(mountpoint):
+                raise RunnerError(f"{target}: not a directory")
+            if _mounted(mountpoint):
+                raise RunnerError(f"{target}: another image is mounted there")
+            os.makedirs(self.dir, exist_ok=True)
+        from unionfs.errors import UnionError  # trio and pyfuse3 load only for commands that mount
+        from unionfs.mount import fork_serve
+
+        try:
+            pid, ready = fork_serve(mountpoint, lowers)
+        except UnionError as e:
+            self._forget(record)
+            raise RunnerError(str(e)) from None
+        with os.fdopen(ready, "rb") as pipe:
+            message = pipe.read().decode(errors="replace")
+        if message != "ok":
+            os.waitpid(pid, 0)
+            self._forget(record)
+            raise RunnerError(message or "the unionfs daemon died before mounting")
+        start = _start_time(pid)  # the daemon outlives this command: init adopts it when we exit
+        tmp = record + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"Image": image_id, "Mountpoint": mountpoint, "Pid": pid, "StartTime": start}, f)
+        os.replace(tmp, record)
+        return mountpoint
+
+    def find(self, ref: str, resolve: Callable[[str], str]) -> ImageMount:
+        """The mount at a path, or of an image reference (``resolve`` maps a reference to an id)."""
+        mounts = self.all()
+        paths = {os.path.abspath(ref), os.path.realpath(ref)}  # a dead mount cannot be stat'ed: both
+        for m in mounts:
+            if m.mountpoint in paths:
+                return m
+        by_image = {m.image: m for m in mounts}
+        try:
+            image_id: str | None = resolve(ref)
+        except StoreError:
+            image_id = None
+        if image_id in by_image:
+            return by_image[image_id]
+        raise RunnerError(f"{ref}: not a mounted image or image mount")
+
+    def unmount(self, m: ImageMount) -> None:
+        """Unmount, wait for the daemon to exit, drop the record (and our own mountpoint)."""
+        try:
+            if os.geteuid() == 0:
+                syscalls.umount2(m.mountpoint)
+            else:
+                res = subprocess.run(["fusermount3", "-u", m.mountpoint], capture_output=True, text=True)
+                if res.returncode != 0:
+                    raise OSError(res.stderr.strip() or f"fusermount3 -u {m.mountpoint} failed")
+        except OSError as e:
+            raise RunnerError(f"cannot unmount {m.mountpoint}: {e.strerror or e}") from None
+        if _start_time(m.pid) == m.start_time:
+            try:
+                fd = os.pidfd_open(m.pid)
+            except ProcessLookupError:
+                fd = -1
+            if fd >= 0:
+                try:
+                    select.select([fd], [], [], _GRACE)  # readable once it has exited
+                finally:
+                    os.close(fd)
+        self._forget(self._record(m.image))

@@ -1,0 +1,105 @@
+"""``strata mount``: an image's layers as one read-only union mount, for inspection; ``strata umount``."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+from helpers import docker_v12_save, stop_process, strata, tar_bytes
+from unionfs_support import is_mounted
+
+
+@pytest.fixture
+def image(root, tmp_path):
+    """A two-layer image: the top layer replaces ``a``, deletes ``gone`` and adds ``d/y``."""
+    bottom = tar_bytes([{"name": "a", "data": b"1"}, {"name": "gone", "data": b"g"},
+                        {"name": "d", "type": "dir"}, {"name": "d/x", "data": b"x"}])
+    top = tar_bytes([{"name": "a", "data": b"2"}, {"name": ".wh.gone", "data": b""}, {"name": "d", "type": "dir"},
+                     {"name": "d/y", "data": b"y"}])
+    path = tmp_path / "img.tar"
+    path.write_bytes(docker_v12_save([bottom, top], ["img:1"]))
+    strata(root, "load", "-i", str(path))
+    yield "img:1"
+    # whatever a test left: unmount by exact path, stop the daemon by pid
+    records = os.path.join(root, "mounts")
+    for name in os.listdir(records) if os.path.isdir(records) else []:
+        if name.endswith(".json"):
+            with open(os.path.join(records, name)) as f:
+                record = json.load(f)
+            if is_mounted(record["Mountpoint"]):
+                subprocess.run(["umount", "-l", record["Mountpoint"]], check=False)
+            stop_process(record["Pid"])
+
+
+def _record(root):
+    (name,) = [n for n in os.listdir(os.path.join(root, "mounts")) if n.endswith(".json")]
+    with open(os.path.join(root, "mounts", name)) as f:
+        return json.load(f)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_mount_shows_the_merged_image_read_only(root, image):
+    point = strata(root, "mount", image).out.strip()
+    assert point.startswith(os.path.join(root, "mounts") + "/") and is_mounted(point)
+    with open(os.path.join(point, "a")) as f:
+        assert f.read() == "2"  # the top layer wins
+    assert sorted(os.listdir(point)) == ["a", "d"]  # the whiteout hides "gone" and does not show itself
+    assert sorted(os.listdir(os.path.join(point, "d"))) == ["x", "y"]  # directories merge
+    with pytest.raises(OSError) as info:
+        open(os.path.join(point, "new"), "w")
+    assert info.value.errno == errno.EROFS
+    assert strata(root, "mount", image).out.strip() == point  # mounted once; asked again, the same
+    listing = strata(root, "mount").out.splitlines()
+    assert listing[0].split() == ["IMAGE", "ID", "IMAGE", "MOUNTPOINT"] and listing[1].split()[1:] == [image, point]
+    res = strata(root, "rmi", image, check=False)  # its layers are in use
+    assert res.code == 1 and f"mount at {point}" in res.err
+    pid = _record(root)["Pid"]
+    assert strata(root, "umount", image).out.strip() == image
+    assert not is_mounted(point) and not os.path.exists(point) and _gone(pid)
+    assert os.listdir(os.path.join(root, "mounts")) == []
+    strata(root, "rmi", image)  # free now
+
+
+def test_mount_at_a_chosen_directory_and_umount_by_it(root, image, tmp_path):
+    point = tmp_path / "inspect here"
+    point.mkdir()
+    assert strata(root, "mount", image, str(point)).out.strip() == str(point)
+    assert (point / "d" / "y").read_text() == "y"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    res = strata(root, "mount", image, str(elsewhere), check=False)
+    assert res.code == 1 and res.err.strip() == f"Error: image {_record(root)['Image'][7:19]} is already mounted at {point}"
+    strata(root, "unmount", str(point))
+    assert not is_mounted(str(point)) and point.is_dir()  # the user's directory stays
+
+
+def test_a_mount_whose_daemon_died_can_still_be_unmounted(root, image):
+    point = strata(root, "mount", image).out.strip()
+    pid = _record(root)["Pid"]
+    os.kill(pid, signal.SIGKILL)
+    stop_process(pid)
+    with pytest.raises(OSError) as info:
+        os.listdir(point)
+    assert info.value.errno == errno.ENOTCONN
+    strata(root, "umount", point)
+    assert not is_mounted(point) and not os.path.exists(point)
+
+
+def test_bad_mount_input_gives_one_line_and_mounts_nothing(root, image, tmp_path):
+    for args in (["nosuch:image"], [image, str(tmp_path / "missing")], [image, str(tmp_path / "img.tar")]):
+        res = strata(root, "mount", *args, check=False)
+        assert res.code == 1 and len(res.err.strip().splitlines()) == 1, res.err
+        assert not os.path.exists(os.path.join(root, "mounts"))  # nothing made, not even the directory
+    res = strata(root, "umount", image, check=False)
+    assert res.code == 1 and res.err.strip() == f"Error: {image}: not a mounted image or image mount"
