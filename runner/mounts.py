@@ -132,11 +132,15 @@ class ImageMounts:
             os.waitpid(pid, 0)
             self._forget(record)
             raise RunnerError(message or "the unionfs daemon died before mounting")
-        start = _start_time(pid)  # the daemon outlives this command: init adopts it when we exit
+        start = _start_time(pid) or 0  # the daemon outlives this command: init adopts it when we exit
         tmp = record + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"Image": image_id, "Mountpoint": mountpoint, "Pid": pid, "StartTime": start}, f)
-        os.replace(tmp, record)
+        try:
+            with open(tmp, "w") as f:
+                json.dump({"Image": image_id, "Mountpoint": mountpoint, "Pid": pid, "StartTime": start}, f)
+            os.replace(tmp, record)
+        except OSError as e:  # a mount nobody could find again: take it down
+            self.unmount(ImageMount(image_id, mountpoint, pid, start))
+            raise RunnerError(f"cannot record the mount of {image_id[7:19]}: {e.strerror}") from None
         return mountpoint
 
     def find(self, ref: str, resolve: Callable[[str], str]) -> ImageMount:

@@ -103,3 +103,14 @@ def test_bad_mount_input_gives_one_line_and_mounts_nothing(root, image, tmp_path
         assert not os.path.exists(os.path.join(root, "mounts"))  # nothing made, not even the directory
     res = strata(root, "umount", image, check=False)
     assert res.code == 1 and res.err.strip() == f"Error: {image}: not a mounted image or image mount"
+
+
+def test_a_mount_that_cannot_be_recorded_is_taken_down(root, image):
+    """No mount is left that ``strata mount`` and ``umount`` could not find again."""
+    short = json.loads(strata(root, "inspect", image).out)[0]["Id"][7:19]
+    os.makedirs(os.path.join(root, "mounts", f"{short}.json.tmp"))  # where the record would be written
+    res = strata(root, "mount", image, check=False)
+    assert res.code == 1 and res.err.startswith(f"Error: cannot record the mount of {short}:"), res.err
+    point = os.path.join(root, "mounts", short)
+    assert not is_mounted(point) and not os.path.exists(point)
+    assert strata(root, "mount").out.splitlines()[1:] == []
