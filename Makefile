@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEB_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libfuse3-dev fuse3 \
 	busybox-static skopeo umoci zstd
-BENCH_PACKAGES := debootstrap fuse-overlayfs crun bubblewrap
+BENCH_PACKAGES := debootstrap fuse-overlayfs crun bubblewrap strace
 PYTEST_ARGS ?=
 
 .PHONY: deps demo test lint bench clean apt-install
@@ -49,6 +49,7 @@ bench: deps
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_PACKAGES)"
 	@$(BIN)/python bench/store_bench.py
 	@$(BIN)/python bench/unionfs_bench.py
+	@$(BIN)/python bench/fuse_requests.py
 	@$(BIN)/python bench/runner_bench.py
 
 clean:
