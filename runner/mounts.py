@@ -169,7 +169,7 @@ class ImageMounts:
                 if res.returncode != 0:
                     raise OSError(res.stderr.strip() or f"fusermount3 -u {m.mountpoint} failed")
         except OSError as e:
-            raise RunnerError(f"cannot unmount {m.mountpoint}: {e.strerror or e}") from None
+            raise RunnerError(f"cannot unmount {m.mountpoint}: {os.strerror(e.errno) if e.errno else e}") from None
         if _start_time(m.pid) == m.start_time:
             try:
                 fd = os.pidfd_open(m.pid)

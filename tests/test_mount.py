@@ -114,3 +114,18 @@ def test_a_mount_that_cannot_be_recorded_is_taken_down(root, image):
     point = os.path.join(root, "mounts", short)
     assert not is_mounted(point) and not os.path.exists(point)
     assert strata(root, "mount").out.splitlines()[1:] == []
+
+
+def test_a_busy_mount_stays_mounted_and_recorded(root, image):
+    """umount of a mount in use (a process's cwd inside): one line, the mount and its record stay."""
+    point = strata(root, "mount", image).out.strip()
+    user = subprocess.Popen(["sleep", "600"], cwd=os.path.join(point, "d"))
+    try:
+        res = strata(root, "umount", image, check=False)
+        assert res.code == 1 and res.err.strip() == f"Error: cannot unmount {point}: Device or resource busy"
+        assert is_mounted(point) and strata(root, "mount").out.splitlines()[1].split()[-1] == point
+    finally:
+        user.kill()
+        user.wait()
+    strata(root, "umount", image)
+    assert not is_mounted(point)
