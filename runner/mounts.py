@@ -18,8 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from store import StoreError
+from unionfs import mountinfo
 
 from . import syscalls
+from .containers import process_alive, start_time
 from .errors import RunnerError
 
 _GRACE = 10.0  # seconds the daemon gets to exit once unmounted
@@ -30,26 +32,12 @@ class ImageMount:
     image: str
     mountpoint: str
     pid: int
-    start_time: int  # the daemon's, from /proc/PID/stat: a reused pid is not ours
-
-
-def _start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+    start_time: str | None  # the daemon's (``containers.start_time``): a reused pid is not ours
 
 
 def _mounted(path: str) -> bool:
-    """Is a unionfs mount at ``path`` (as mountinfo spells it: space, tab, newline, backslash in octal)?"""
-    spelled = "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in path)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split(" - ", 1)
-            if fields[0].split()[4] == spelled and fields[1].startswith("fuse.unionfs "):
-                return True
-    return False
+    """Is a unionfs mount at ``path``?"""
+    return any(fstype == "fuse.unionfs" for _, fstype in mountinfo.mounts_at(path))
 
 
 class ImageMounts:
@@ -132,7 +120,7 @@ class ImageMounts:
             os.waitpid(pid, 0)
             self._forget(record)
             raise RunnerError(message or "the unionfs daemon died before mounting")
-        start = _start_time(pid) or 0  # the daemon outlives this command: init adopts it when we exit
+        start = start_time(pid)  # the daemon outlives this command: init adopts it when we exit
         tmp = record + ".tmp"
         try:
             with open(tmp, "w") as f:
@@ -170,7 +158,7 @@ class ImageMounts:
                     raise OSError(res.stderr.strip() or f"fusermount3 -u {m.mountpoint} failed")
         except OSError as e:
             raise RunnerError(f"cannot unmount {m.mountpoint}: {os.strerror(e.errno) if e.errno else e}") from None
-        if _start_time(m.pid) == m.start_time:
+        if m.start_time is not None and process_alive(m.pid, m.start_time):
             try:
                 fd = os.pidfd_open(m.pid)
             except ProcessLookupError:

@@ -15,8 +15,9 @@ import sys
 
 import pytest
 import trio
-from unionfs_support import REPO, WHITEOUT, is_mounted, make_layer, mounted, mountinfo_spelling
+from unionfs_support import REPO, WHITEOUT, is_mounted, make_layer, mounted
 
+from unionfs import mountinfo
 from unionfs.errors import UnionError
 from unionfs.mount import Mount
 
@@ -294,8 +295,7 @@ def test_ready_means_the_kernel_has_our_init_reply(tmp_path):
     point.mkdir()
     with mounted(str(point), [lower]) as daemon:
         assert is_mounted(str(point))
-        with open("/proc/self/mountinfo") as f:
-            device = next(x for x in f if x.split()[4] == mountinfo_spelling(str(point))).split()[2]
+        device = mountinfo.mounts_at(str(point))[-1][0]
         assert _read(f"/sys/class/bdi/{device}/read_ahead_kb") == "1024"  # no waiting: ready means tuned
         libc = ctypes.CDLL(None, use_errno=True)
         assert libc.umount2(os.fsencode(point), 0) == 0, os.strerror(ctypes.get_errno())

@@ -23,6 +23,8 @@ from typing import Any
 
 import pyfuse3
 
+from unionfs import mountinfo
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WHITEOUT = object()  # a .wh. file for this name
@@ -51,14 +53,8 @@ def make_layer(base: str, spec: dict[str, Any]) -> str:
     return base
 
 
-def mountinfo_spelling(path: str) -> str:
-    """How /proc/self/mountinfo writes a path: space, tab, newline and backslash in octal."""
-    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in os.path.abspath(path))
-
-
 def is_mounted(path: str) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == mountinfo_spelling(path) for line in f)
+    return bool(mountinfo.mounts_at(os.path.abspath(path)))
 
 
 @contextmanager

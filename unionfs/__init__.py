@@ -7,5 +7,5 @@ spelling only, so it tars straight into a layer. Shares only that spec with ``st
 
 Modules: ``whiteout`` (the spellings), ``layers`` (the layer dirs and name resolution, no FUSE),
 ``copyup`` (copying into the upper through the workdir), ``fs`` (the pyfuse3 Operations and the inode
-table), ``mount`` (``python -m unionfs`` and the ``Mount`` API), ``errors``.
+table), ``mount`` (``python -m unionfs`` and the ``Mount`` API), ``mountinfo`` (finding mounts), ``errors``.
 """

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
+from . import mountinfo
 from .errors import UnionError
 from .fs import UnionFS
 
@@ -135,16 +136,9 @@ def _tune_readahead(target: str) -> None:
     The kernel sets its own value when it gets our INIT reply, so this runs after that. The mount's
     device comes from mountinfo. Root only (sysfs); elsewhere the default stays."""
     try:
-        # mountinfo spells space, tab, newline and backslash in octal
-        spelled = "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in target)
-        device = None
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split(maxsplit=5)
-                if fields[4] == spelled:
-                    device = fields[2]  # the last (newest) mount there wins
-        if device is not None:
-            with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
+        found = mountinfo.mounts_at(target)
+        if found:
+            with open(f"/sys/class/bdi/{found[-1][0]}/read_ahead_kb", "w") as f:  # the newest: ours
                 f.write(str(READAHEAD_KB))
     except OSError:
         pass

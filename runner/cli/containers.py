@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from store import Store, StoreError
+from unionfs import mountinfo
 
 from .. import cgroups, init, layerdiff
 from ..containers import Container, Containers, process_alive
@@ -345,9 +346,8 @@ def force_cleanup(c: Container) -> None:
         except ProcessLookupError:
             pass
     merged = c.path("merged")
-    with open("/proc/self/mountinfo") as f:
-        if any(line.split()[4] == merged for line in f):
-            subprocess.run(["fusermount3", "-u", "-z", merged], capture_output=True)
+    if mountinfo.mounts_at(merged):
+        subprocess.run(["fusermount3", "-u", "-z", merged], capture_output=True)
     cg.destroy()
 
 
