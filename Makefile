@@ -6,10 +6,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEB_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libfuse3-dev fuse3 \
+DEB_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libfuse3-dev fuse3 patch \
 	busybox-static skopeo umoci zstd
 BENCH_PACKAGES := debootstrap fuse-overlayfs crun bubblewrap strace
 PYTEST_ARGS ?=
+# pyfuse3 is built from its source release with unionfs/pyfuse3.patch (the kernel's directory and
+# symlink caches); the local version label says so in `pip list`
+PYFUSE3 := 3.5.0
+PYFUSE3_SRC := build/pyfuse3/pyfuse3-$(PYFUSE3)
+PIP := $(BIN)/pip -q --disable-pip-version-check
 
 .PHONY: deps demo test lint bench clean apt-install
 
@@ -28,11 +33,22 @@ apt-install:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-$(BIN)/strata: .stamp-deb pyproject.toml
-	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+$(BIN)/python: | .stamp-deb
+	@$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.pyfuse3-patched: unionfs/pyfuse3.patch | $(BIN)/python
+	@rm -rf build/pyfuse3 && mkdir -p build/pyfuse3
+	@$(PIP) download --no-deps --no-binary :all: -d build/pyfuse3 pyfuse3==$(PYFUSE3)
+	@tar xzf build/pyfuse3/pyfuse3-$(PYFUSE3).tar.gz -C build/pyfuse3
+	@patch -s -d $(PYFUSE3_SRC) -p1 < unionfs/pyfuse3.patch
+	@rm -f $(PYFUSE3_SRC)/src/pyfuse3/__init__.c  # Cython writes it again from the patched source
+	@SETUPTOOLS_SCM_PRETEND_VERSION=$(PYFUSE3)+strata.1 $(PIP) install --no-deps --force-reinstall $(PYFUSE3_SRC)
+	@touch $@
+
+$(BIN)/strata: .stamp-deb pyproject.toml $(VENV)/.pyfuse3-patched
 	@# compat mode (setuptools warns that it is transitional): a plain path in a .pth, where the default
 	@# editable finder costs every `strata` 20 ms of imports at start
-	@$(BIN)/pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[test]'
+	@$(PIP) install --config-settings editable_mode=compat -e '.[test]'
 	@touch $@
 
 demo: deps

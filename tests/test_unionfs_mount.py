@@ -142,6 +142,50 @@ def test_telldir_seekdir_and_listing_while_changing(mnt):
     assert len([n for n in listed if n in stayed]) == len(stayed)  # none repeated
 
 
+def test_the_kernel_keeps_listings_and_link_targets_until_the_mount_changes_them(tmp_path):
+    """With the patched pyfuse3 the kernel answers a second listing and readlink from its own cache. Shown
+    by changing the upper dir behind the mount's back (never done in use), keeping its mtime (which the
+    kernel checks): the change stays unseen until a change made through the mount drops the listing."""
+    from unionfs.fs import DIR_CACHE
+    assert DIR_CACHE, "pyfuse3 without unionfs/pyfuse3.patch: make installs the patched one"
+    lower = make_layer(str(tmp_path / "lower"), {"d/": None, "d/low": "1", "d/gone": "2", "d/sub/": None})
+    upper, work, point = (tmp_path / n for n in ("upper", "work", "mnt"))
+    for d in (upper, work, point):
+        d.mkdir()
+    with mounted(str(point), [lower], str(upper), str(work)):
+        d = point / "d"
+        os.chmod(d, 0o750)  # copied up: the upper dir exists from here on
+        os.symlink("old-target", point / "link")
+        assert sorted(os.listdir(d)) == ["gone", "low", "sub"]
+        assert os.readlink(point / "link") == "old-target"
+        before = os.stat(upper / "d")
+        (upper / "d" / "sneaked").touch()
+        os.utime(upper / "d", ns=(before.st_atime_ns, before.st_mtime_ns))
+        os.unlink(upper / "link")
+        os.symlink("new-target", upper / "link")
+        assert sorted(os.listdir(d)) == ["gone", "low", "sub"]
+        assert os.readlink(point / "link") == "old-target"
+
+        expected = {"gone", "low", "sub", "sneaked"}  # every change below drops the cached listing
+        changes = [
+            (lambda: (d / "new").touch(), {"new"}, set()),
+            (lambda: os.mkdir(d / "newdir"), {"newdir"}, set()),
+            (lambda: os.symlink("x", d / "sym"), {"sym"}, set()),
+            (lambda: os.link(d / "new", d / "hard"), {"hard"}, set()),
+            (lambda: os.rename(point / "link", d / "moved-in"), {"moved-in"}, set()),
+            (lambda: os.rename(d / "low", point / "moved-out"), set(), {"low"}),
+            (lambda: os.unlink(d / "gone"), set(), {"gone"}),
+            (lambda: os.rmdir(d / "sub"), set(), {"sub"}),
+            (lambda: os.mknod(d / "fifo", stat.S_IFIFO | 0o644), {"fifo"}, set()),
+        ]
+        for change, added, removed in changes:
+            change()
+            expected = (expected | added) - removed
+            assert set(os.listdir(d)) == expected
+            assert set(os.listdir(d)) == expected  # and again, from the cache
+        assert sorted(os.listdir(point)) == ["d", "moved-out"]
+
+
 def test_concurrent_writers_and_readers(mnt):
     script = (
         "import os,sys\n"

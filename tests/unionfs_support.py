@@ -259,7 +259,8 @@ class OpsClient:
 
     async def listdir(self, path: str = "") -> list[str]:
         ino = await self._ino(path)
-        fh = await self._call(self.fs.opendir, ino, self.ctx)
+        opened = await self._call(self.fs.opendir, ino, self.ctx)
+        fh = opened if isinstance(opened, int) else opened.fh  # a FileInfo where listings are cached
         token = _Token()
         original = pyfuse3.readdir_reply
 

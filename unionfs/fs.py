@@ -83,8 +83,15 @@ def _name(raw: bytes) -> str:
     return os.fsdecode(raw)
 
 
+# A pyfuse3 that lets opendir answer with a FileInfo (our patch, unionfs/pyfuse3.patch) can ask the
+# kernel to keep listings in its page cache: a directory changes only through this mount, and the
+# kernel drops a listing itself when it sends a change to that directory.
+DIR_CACHE = hasattr(pyfuse3.FileInfo(), "cache_readdir")
+
+
 class UnionFS(pyfuse3.Operations):
     enable_writeback_cache = False
+    enable_symlink_cache = True  # symlinks never change: the kernel may keep readlink's answers
 
     def __init__(self, lowers: Sequence[str], upper: str | None = None, work: str | None = None,
                  volatile: bool = False) -> None:
@@ -573,9 +580,11 @@ class UnionFS(pyfuse3.Operations):
         await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
 
     @fuse_boundary
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int | pyfuse3.FileInfo:
         fh = next(self._dir_fh)
         self.dirs[fh] = DirHandle(self._node(inode))
+        if DIR_CACHE:
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True, cache_readdir=True)
         return fh
 
     @fuse_boundary
