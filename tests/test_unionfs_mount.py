@@ -12,6 +12,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 import trio
@@ -201,6 +202,56 @@ def test_concurrent_writers_and_readers(mnt):
     for n in range(4):
         for i in range(10):
             assert os.path.getsize(os.path.join(mnt, f"w{n}-{i}")) == 1000 + 190 + i
+
+
+def _daemon_threads_in_syscalls(pid: int) -> list[str]:
+    """The syscall numbers a daemon's threads are in, but for waiting on a futex (202: idle worker
+    threads) or in epoll_wait (232: the loop between requests)."""
+    found = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+                call = f.read().split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if call not in ("202", "232", "running"):
+            found.append(call)
+    return found
+
+
+def test_a_handler_that_waits_does_not_hold_up_the_others(tmp_path):
+    """A copy-up whose lower sits on a stopped FUSE daemon waits in a thread; meanwhile the union still
+    answers requests (pyfuse3's loop hands the FUSE fd to another task only when a handler waits)."""
+    inner_src = make_layer(str(tmp_path / "inner-src"), {"held": "lower data\n"})
+    top = make_layer(str(tmp_path / "top"), {"other": "x"})
+    os.setxattr(os.path.join(top, "other"), "user.probe", b"answered")
+    inner, upper, work, point = (tmp_path / n for n in ("inner", "upper", "work", "mnt"))
+    for d in (inner, upper, work, point):
+        d.mkdir()
+    with mounted(str(inner), [inner_src]) as inner_daemon, \
+            mounted(str(point), [top, str(inner)], str(upper), str(work)) as daemon:
+        assert os.stat(point / "held").st_size == len("lower data\n")
+        assert os.stat(point / "other").st_size == 1
+        os.kill(inner_daemon.pid, signal.SIGSTOP)
+        try:
+            writer = subprocess.Popen([sys.executable, "-c",
+                                       "import sys; open(sys.argv[1], 'ab').write(b'more\\n')",
+                                       str(point / "held")])
+            deadline = time.monotonic() + 30
+            while not _daemon_threads_in_syscalls(daemon.pid):  # the copy-up, stuck on the inner mount
+                assert time.monotonic() < deadline, "the copy-up never started"
+                assert writer.poll() is None
+                time.sleep(0.01)
+            answer = subprocess.run([sys.executable, "-c",
+                                     "import os, sys; print(os.getxattr(sys.argv[1], 'user.probe').decode())",
+                                     str(point / "other")], capture_output=True, text=True, timeout=30)
+            assert answer.stdout == "answered\n"
+            assert writer.poll() is None  # still waiting for the inner daemon
+        finally:
+            os.kill(inner_daemon.pid, signal.SIGCONT)
+        assert writer.wait(timeout=30) == 0
+        assert (point / "held").read_text() == "lower data\nmore\n"
+        assert (upper / "held").read_text() == "lower data\nmore\n"
 
 
 def test_randomized_io_against_a_model(mnt):

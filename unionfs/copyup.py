@@ -1,9 +1,9 @@
 """Copy an object from a lower layer into the upper, as kernel overlayfs does.
 
-The copy is built in the workdir — data (FICLONE, else copy_file_range; a lower filesystem that
-refuses FICLONE is not asked again), owner, mode (setuid bits
-too: chmod comes after chown), xattrs, times — and only then renamed into the upper, so a crash never
-leaves a half-copied file visible. A copy with data is fsynced before the rename, as kernel overlayfs
+The copy is built in the workdir — data (FICLONE, else copy_file_range, else sendfile where the
+kernel does not copy between the two filesystems; a lower filesystem that refuses FICLONE is not
+asked again), owner, mode (setuid bits too: chmod comes after chown), xattrs, times — and only then
+renamed into the upper, so a crash never leaves a half-copied file visible. A copy with data is fsynced before the rename, as kernel overlayfs
 does (fuse-overlayfs 1.10 does not), so that a power cut cannot leave an empty file that hides the
 lower one; ``sync=False``, the ``volatile`` mount option, skips that. The upper parent's times are
 put back afterwards: a copy-up is not a change the merged view should show. Overlay-internal xattrs
@@ -62,7 +62,17 @@ def _copy_data(src_fd: int, dst_fd: int, size: int, clone: bool) -> bool:
             clone = e.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY)
     offset = 0
     while offset < size:
-        n = os.copy_file_range(src_fd, dst_fd, min(size - offset, 1 << 30), offset, offset)
+        try:
+            n = os.copy_file_range(src_fd, dst_fd, min(size - offset, 1 << 30), offset, offset)
+        except OSError as e:
+            # EXDEV: the kernel does not copy between these two kinds of filesystem (a lower on FUSE,
+            # say); sendfile does
+            if e.errno not in (errno.EXDEV, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            os.lseek(dst_fd, offset, os.SEEK_SET)
+            while offset < size and (n := os.sendfile(dst_fd, src_fd, offset, min(size - offset, 1 << 30))):
+                offset += n
+            break
         if n == 0:
             break
         offset += n
