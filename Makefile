@@ -10,8 +10,8 @@ DEB_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libfuse3-dev fus
 	busybox-static skopeo umoci zstd
 BENCH_PACKAGES := debootstrap fuse-overlayfs crun bubblewrap strace
 PYTEST_ARGS ?=
-# pyfuse3 is built from its source release with unionfs/pyfuse3.patch (the kernel's directory and
-# symlink caches); the local version label says so in `pip list`
+# pyfuse3 is built from its source release with unionfs/pyfuse3.patch (its header says what it
+# changes and why); the local version label says so in `pip list`
 PYFUSE3 := 3.5.0
 PYFUSE3_SRC := build/pyfuse3/pyfuse3-$(PYFUSE3)
 PIP := $(BIN)/pip -q --disable-pip-version-check
