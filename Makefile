@@ -66,6 +66,7 @@ bench: deps
 	@$(BIN)/python bench/store_bench.py
 	@$(BIN)/python bench/unionfs_bench.py
 	@$(BIN)/python bench/fuse_requests.py
+	@$(BIN)/python bench/daemon_cpu.py
 	@$(BIN)/python bench/runner_bench.py
 
 clean:

@@ -1,0 +1,78 @@
+"""How much CPU each daemon spends on a workload, fuse-overlayfs against strata, read from
+``/proc/PID/stat`` before and after it (user and system time, the daemon's threads included). Wall
+time says how long the caller waited; CPU time says what serving it cost, which is what a host
+running many containers pays. Medians over ``--repeat`` runs, the sides interleaved.
+
+Usage: ``python bench/daemon_cpu.py [--only NAME,NAME] [--repeat N]`` (as root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+from fuse_requests import daemon_pid
+from unionfs_bench import OUT, WORKLOADS, Union, ensure_inputs, is_mounted
+
+KINDS = ["fuse-overlayfs", "strata"]
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) seconds of ``pid`` and its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", help="comma-separated workload name prefixes")
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("daemon_cpu: needs root (the workloads' mounts)")
+    ensure_inputs()
+    names = [n for n in WORKLOADS if not args.only or any(n.startswith(p) for p in args.only.split(","))]
+    found: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    for _ in range(args.repeat):
+        for name in names:
+            fn, rel, passes = WORKLOADS[name]
+            for kind in KINDS:
+                base = tempfile.mkdtemp(prefix="ucpu-", dir=OUT)
+                u = Union(kind, base)
+                try:
+                    u.mount()
+                    pid = daemon_pid(kind, u.merged)
+                    for p in range(passes):
+                        user0, sys0 = cpu_times(pid)
+                        start = time.perf_counter()
+                        fn(os.path.join(u.merged, rel))
+                        wall = time.perf_counter() - start
+                        user1, sys1 = cpu_times(pid)
+                        label = name + (" cold" if p == 0 and passes == 2 else " warm" if p else "")
+                        found.setdefault((label, kind), []).append((wall, user1 - user0, sys1 - sys0))
+                finally:
+                    if is_mounted(u.merged):
+                        u.unmount()
+                    shutil.rmtree(base, ignore_errors=True)
+    labels = list(dict.fromkeys(label for label, _ in found))
+    print(f"{'workload':<36}{'FO wall':>9}{'user':>7}{'sys':>7}{'strata wall':>13}{'user':>7}{'sys':>7}"
+          f"{'cpu/FO':>8}")
+    for label in labels:
+        row = []
+        for kind in KINDS:
+            runs = found[(label, kind)]
+            row.append([statistics.median(r[i] for r in runs) for i in range(3)])
+        (fw, fu, fs), (sw, su, ss) = row
+        ratio = f"{(su + ss) / (fu + fs):>7.2f}x" if fu + fs > 0 else f"{'-':>8}"
+        print(f"{label:<36}{fw:>9.2f}{fu:>7.2f}{fs:>7.2f}{sw:>13.2f}{su:>7.2f}{ss:>7.2f}{ratio}")
+
+
+if __name__ == "__main__":
+    main()
