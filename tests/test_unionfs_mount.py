@@ -8,10 +8,13 @@ import errno
 import mmap
 import os
 import random
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import time
 
 import pytest
@@ -252,6 +255,54 @@ def test_a_handler_that_waits_does_not_hold_up_the_others(tmp_path):
         assert writer.wait(timeout=30) == 0
         assert (point / "held").read_text() == "lower data\nmore\n"
         assert (upper / "held").read_text() == "lower data\nmore\n"
+
+
+NOBODY = 65534
+
+
+def test_an_ordinary_user_mounts_writes_and_unmounts():
+    """Rootless-ish: the daemon runs as uid 65534 and mounts through the setuid fusermount3. libfuse
+    3.14 falls back to fusermount3 only if it can open /dev/fuse (0666 on most hosts, 0600 on some):
+    the test opens it to others for as long as the mount takes, then puts its mode back."""
+    drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    python = [*drop, "/usr/bin/python3"]  # the venv's interpreter may sit where others cannot run it
+    pythonpath = f"{REPO}:{sysconfig.get_paths()['purelib']}"
+    probe = subprocess.run([*python, "-c", "import pyfuse3, trio, unionfs"], cwd="/", capture_output=True,
+                           text=True, env={**os.environ, "PYTHONPATH": pythonpath})
+    if probe.returncode != 0:
+        pytest.skip(f"uid {NOBODY} cannot import strata from {pythonpath}: {probe.stderr.strip().splitlines()[-1:]}")
+    base = tempfile.mkdtemp(prefix="strata-rootless-", dir="/tmp")  # pytest's tmp_path is root's alone
+    fuse_mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+    try:
+        os.chmod(base, 0o755)
+        lower = make_layer(os.path.join(base, "lower"), {"d/f": "lower\n", "d/gone": "x"})
+        upper, work, point = (os.path.join(base, n) for n in ("upper", "work", "mnt"))
+        for d in (upper, work, point):
+            os.mkdir(d)
+        for path in (lower, *(os.path.join(lower, p) for p in ("d", "d/f", "d/gone")), upper, work, point):
+            os.chown(path, NOBODY, NOBODY)  # the user's own layers (as after a rootless pull)
+        os.chmod("/dev/fuse", fuse_mode | 0o666)
+        try:
+            with mounted(point, [lower], upper, work, python=python, pythonpath=pythonpath) as daemon:
+                os.chmod("/dev/fuse", fuse_mode)  # the daemon holds its fd: that is all it needs
+                assert os.stat(f"/proc/{daemon.pid}").st_uid == NOBODY
+                assert mountinfo.mounts_at(point)[0][1] == "fuse.unionfs"
+                # (root itself may not look inside: FUSE keeps a mount to its owner without allow_other)
+                user = subprocess.run([*drop, "sh", "-c", 'cd "$1" && echo more >> d/f && rm d/gone && mkdir new '
+                                       '&& cat d/f', "sh", point], capture_output=True, text=True)
+                assert user.returncode == 0, user.stderr
+                assert user.stdout == "lower\nmore\n"
+                with open(os.path.join(upper, "d", "f")) as f:
+                    assert f.read() == "lower\nmore\n"
+                whiteout = os.stat(os.path.join(upper, "d", ".wh.gone"))
+                assert (whiteout.st_uid, os.stat(os.path.join(upper, "new")).st_uid) == (NOBODY, NOBODY)
+                assert subprocess.run([*drop, "fusermount3", "-u", point]).returncode == 0
+                assert daemon.wait(timeout=30) == 0
+                assert not is_mounted(point)
+        finally:
+            os.chmod("/dev/fuse", fuse_mode)
+    finally:
+        shutil.rmtree(base)
 
 
 def test_randomized_io_against_a_model(mnt):

@@ -16,7 +16,7 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
@@ -59,12 +59,14 @@ def is_mounted(path: str) -> bool:
 
 @contextmanager
 def mounted(mountpoint: str, lowers: list[str], upper: str | None = None, work: str | None = None,
-            extra: str = "") -> Iterator[subprocess.Popen[bytes]]:
-    """Serve a real mount in a child process; unmount and reap it afterwards, whatever happens."""
+            extra: str = "", python: Sequence[str] = (sys.executable,),
+            pythonpath: str = REPO) -> Iterator[subprocess.Popen[bytes]]:
+    """Serve a real mount in a child process; unmount and reap it afterwards, whatever happens.
+    ``python`` is the command that runs the interpreter (``setpriv ... python3`` for another user)."""
     opt = "lowerdir=" + ":".join(lowers) + (f",upperdir={upper},workdir={work}" if upper else "") + extra
     r, w = os.pipe()
-    proc = subprocess.Popen([sys.executable, "-m", "unionfs", "-f", "--ready-fd", str(w), "-o", opt, mountpoint],
-                            pass_fds=(w,), cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+    proc = subprocess.Popen([*python, "-m", "unionfs", "-f", "--ready-fd", str(w), "-o", opt, mountpoint],
+                            pass_fds=(w,), cwd=REPO, env={**os.environ, "PYTHONPATH": pythonpath})
     os.close(w)
     with os.fdopen(r, "rb") as pipe:
         ready = pipe.read()
