@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEB_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libfuse3-dev fuse3 patch \
-	busybox-static skopeo umoci zstd
+	busybox-static skopeo umoci zstd docker-registry
 BENCH_PACKAGES := debootstrap fuse-overlayfs crun bubblewrap strace
 PYTEST_ARGS ?=
 # pyfuse3 is built from its source release with unionfs/pyfuse3.patch (its header says what it

@@ -15,6 +15,7 @@ import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, BinaryIO
 
 from .blobs import Blobs, StagedBlob
@@ -25,9 +26,10 @@ from .errors import BadInput, Conflict, StoreError
 from .images import Images, now, parse_ref, validate_config
 from .layers import Layers, StagedLayer
 from .load import plan
+from .registry import Client, RegistrySource, push_image, split_remote
 from .root import Root, Transaction, default_root
 from .save import SaveItem, write_archive
-from .sources import open_source
+from .sources import Source, open_source
 from .tarwrite import write_tree
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total; 0 when unknown)
@@ -96,45 +98,72 @@ class Store:
     def load(self, path: str, stdin: BinaryIO | None = None, progress: Progress | None = None) -> list[str]:
         """Load every image in an archive or layout. Returns Docker's messages (``Loaded image: x``)."""
         with self.root.writer() as txn, _naming(path if path != "-" else "stdin"):
-            source = open_source(path, stdin, txn)
-            try:
-                plans = plan(source)
-                members = {ref.member for p in plans for ref in p.layers}
-                count = _Counter(progress, sum(source.size(m) for m in members))
-                staged: dict[str, StagedLayer] = {}
-                learnt: dict[str, str] = {}  # member -> diff_id, for layers without a known diff_id
-                configs: list[StagedBlob] = []
-                records: list[tuple[str, str | None]] = []
-                ids: list[str] = []
-                for p in plans:
-                    diff_ids: list[str] = []
-                    parent: str | None = None
-                    for ref in p.layers:
-                        where = f"{source.where}: {ref.member}"
-                        diff_id = ref.diff_id or learnt.get(ref.member)
-                        if diff_id is None:
-                            diff_id = learnt[ref.member] = self._diff_id_of(source.open(ref.member), where)
-                        chain = chain_id(parent, diff_id)
-                        if chain not in staged and not self.layers.exists(chain):
-                            with source.open(ref.member) as raw:
-                                staged[chain] = self.layers.stage(
-                                    txn, raw, parent=parent, where=where, diff_id=diff_id,
-                                    blob_digest=ref.blob_digest, progress=count,
-                                )
-                        diff_ids.append(diff_id)
-                        parent = chain
-                    config = p.config if p.config is not None else p.make_config(diff_ids)  # type: ignore[misc]
-                    image_id = sha256_bytes(config)
-                    parent_id = ids[p.parent_index] if p.parent_index is not None else p.parent_id
-                    if parent_id and not (parent_id in ids or self.images.exists(parent_id)):
-                        parent_id = None  # Docker drops a Parent that is not loaded
-                    ids.append(image_id)
-                    configs.append(self.blobs.stage_bytes(txn, config))
-                    records.append((image_id, parent_id))
-            finally:
-                source.close()
-            tags = [(t, ids[i]) for i, p in enumerate(plans) for t in p.tags]
-            notes = self._publish(txn, list(staged.values()), configs, records, tags)
+            return self._add_from(txn, open_source(path, stdin, txn), progress)
+
+    def pull(self, ref: str, progress: Progress | None = None) -> tuple[str, str, list[str]]:
+        """Pull ``host[:port]/repo[:tag]`` from its registry, checked and staged as a load is.
+        Returns (the local tag, the manifest's digest, notes on re-pointed tags)."""
+        host, repo, tag = split_remote(ref)
+        local = "{}:{}".format(*parse_ref(ref))
+        with self.root.writer() as txn, _naming(ref):
+            source = RegistrySource(Client(host), repo, tag, local)
+            notes = self._add_from(txn, source, progress)
+        return local, source.digest, [n for n in notes if not n.startswith("Loaded image")]
+
+    def push(self, ref: str, progress: Progress | None = None) -> str:
+        """Push the local image tagged ``host[:port]/repo[:tag]`` to that registry; returns the
+        manifest's digest. Layers go as they are stored (compressed or not)."""
+        host, repo, tag = split_remote(ref)
+        image_id = self.images.resolve(ref)
+        config = self.blobs.read(image_id)
+        layers = []
+        for chain in self.images.chain(image_id):
+            info = self.layers.info(chain)
+            layers.append((info.blob, info.media_type, info.blob_size,
+                           partial(open, self.blobs.path(info.blob), "rb")))
+        count = _Counter(progress, sum(size for _, _, size, _ in layers) + len(config))
+        return push_image(Client(host), repo, tag, config, layers, count)  # type: ignore[arg-type]
+
+    def _add_from(self, txn: Transaction, source: Source, progress: Progress | None) -> list[str]:
+        """Stage and publish every image ``source`` holds (load and pull)."""
+        try:
+            plans = plan(source)
+            members = {ref.member for p in plans for ref in p.layers}
+            count = _Counter(progress, sum(source.size(m) for m in members))
+            staged: dict[str, StagedLayer] = {}
+            learnt: dict[str, str] = {}  # member -> diff_id, for layers without a known diff_id
+            configs: list[StagedBlob] = []
+            records: list[tuple[str, str | None]] = []
+            ids: list[str] = []
+            for p in plans:
+                diff_ids: list[str] = []
+                parent: str | None = None
+                for ref in p.layers:
+                    where = f"{source.where}: {ref.member}"
+                    diff_id = ref.diff_id or learnt.get(ref.member)
+                    if diff_id is None:
+                        diff_id = learnt[ref.member] = self._diff_id_of(source.open(ref.member), where)
+                    chain = chain_id(parent, diff_id)
+                    if chain not in staged and not self.layers.exists(chain):
+                        with source.open(ref.member) as raw:
+                            staged[chain] = self.layers.stage(
+                                txn, raw, parent=parent, where=where, diff_id=diff_id,
+                                blob_digest=ref.blob_digest, progress=count,
+                            )
+                    diff_ids.append(diff_id)
+                    parent = chain
+                config = p.config if p.config is not None else p.make_config(diff_ids)  # type: ignore[misc]
+                image_id = sha256_bytes(config)
+                parent_id = ids[p.parent_index] if p.parent_index is not None else p.parent_id
+                if parent_id and not (parent_id in ids or self.images.exists(parent_id)):
+                    parent_id = None  # Docker drops a Parent that is not loaded
+                ids.append(image_id)
+                configs.append(self.blobs.stage_bytes(txn, config))
+                records.append((image_id, parent_id))
+        finally:
+            source.close()
+        tags = [(t, ids[i]) for i, p in enumerate(plans) for t in p.tags]
+        notes = self._publish(txn, list(staged.values()), configs, records, tags)
         parents = {p.parent_index for p in plans}
         out = notes + [f"Loaded image: {t}" for t, _ in tags]
         out += [f"Loaded image ID: {ids[i]}" for i, p in enumerate(plans) if not p.tags and i not in parents]

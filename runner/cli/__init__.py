@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StoreError, RunnerError, UsageError) as e:
         message = str(e)
         if args.verb == "run" and "No such image" in message:
-            message = f"Unable to find image '{args.image}' locally (strata does not pull yet)"
+            message = f"Unable to find image '{args.image}' locally (strata run does not pull: strata pull it first)"
         print(f"Error: {message}", file=sys.stderr)
         return failure
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""``strata`` image commands: images, history, tag, rmi, inspect (images), import, load, save, info,
+"""``strata`` image commands: images, history, tag, rmi, inspect (images), import, load, save, pull, push, info,
 system check. Docker's flags and output columns."""
 
 from __future__ import annotations
@@ -203,6 +203,32 @@ def cmd_load(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pull(store: Store, args: argparse.Namespace) -> int:
+    progress = None if args.quiet else _progress("Pulling")
+    try:
+        local, digest, notes = store.pull(args.name, progress)
+    finally:
+        _end_progress(progress)
+    for note in notes:
+        print(note)
+    if not args.quiet:
+        print(f"Digest: {digest}")
+        print(f"Status: Downloaded image for {local}")
+    print(local)
+    return 0
+
+
+def cmd_push(store: Store, args: argparse.Namespace) -> int:
+    progress = None if args.quiet else _progress("Pushing")
+    try:
+        digest = store.push(args.name, progress)
+    finally:
+        _end_progress(progress)
+    last = args.name.rsplit("/", 1)[-1]
+    print(f"{last.rsplit(':', 1)[1] if ':' in last else 'latest'}: digest: {digest}")
+    return 0
+
+
 def cmd_save(store: Store, args: argparse.Namespace) -> int:
     items = store.save_items(args.images)  # every reference resolved before a byte is written
     progress = _progress("Saving")
@@ -298,6 +324,15 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("-i", "--input", help="tar archive (maybe compressed) or OCI layout dir; stdin if absent")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("pull", help="pull an image from a registry (HOST[:PORT]/NAME[:TAG])")
+    p.add_argument("name")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_pull)
+    p = sub.add_parser("push", help="push a local image to the registry its name names")
+    p.add_argument("name")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("save", help="save images to a tar archive (Docker >= 25 / OCI layout)")
     p.add_argument("-o", "--output", help="file to write (stdout if absent)")
