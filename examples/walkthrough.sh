@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # The seed's walkthrough (sections 06_05 and 06_06), run by `make demo` and by a test in `make test`.
-# Two hosts are two store roots and two independent sets of processes on this machine. Each command
-# is printed before its output; the script stops at the first step that does not give what it should.
+# Hosts are store roots with their own processes on this machine; section 3b starts a registry on
+# loopback (Debian's docker-registry) and stops it at the end. Each command is printed before its
+# output; the script stops at the first step that does not give what it should.
 # WALKTHROUGH_DEBIAN=1 also imports a `debootstrap --variant=minbase` Debian as a second base image.
 set -euo pipefail
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/strata-demo.XXXXXX")
 host_a="$work/host-a"
 host_b="$work/host-b"
+host_c="$work/host-c"
+registry_pid=""
 cleanup() {
-    for root in "$host_a" "$host_b"; do
+    [ -z "$registry_pid" ] || { kill "$registry_pid" 2>/dev/null; wait "$registry_pid" 2>/dev/null || true; }
+    for root in "$host_a" "$host_b" "$host_c"; do
         [ -d "$root/containers" ] || continue
         ids=$(strata --root "$root" ps -aq 2>/dev/null || true)
         [ -z "$ids" ] || strata --root "$root" rm -f $ids >/dev/null 2>&1 || true
@@ -64,6 +68,27 @@ echo "== 3. Host B: load it and run it"
 step strata --root "$host_b" load -i "$work/fridge.tar"
 show strata --root "$host_b" run -t fridge cat /tmp/cool-file
 [ "$(printf '%s' "$out" | tr -d '\r')" = "cool content" ] || fail "fridge on host B does not have the cool file"
+
+echo
+echo "== 3b. Or through a registry: host A pushes, a third host pulls"
+command -v docker-registry >/dev/null || fail "docker-registry is not installed"
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
+    "$work/registry" "$port" > "$work/registry.yml"
+docker-registry serve "$work/registry.yml" >/dev/null 2>&1 &
+registry_pid=$!
+ready=""
+for _ in $(seq 100); do  # until it answers, 10 s at most
+    if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/v2/', timeout=1)" 2>/dev/null
+    then ready=1; break; fi
+    sleep 0.1
+done
+[ -n "$ready" ] || fail "docker-registry did not answer on 127.0.0.1:$port"
+step strata --root "$host_a" tag fridge "127.0.0.1:$port/fridge:1"
+step strata --root "$host_a" push "127.0.0.1:$port/fridge:1"
+step strata --root "$host_c" pull "127.0.0.1:$port/fridge:1"
+show strata --root "$host_c" run --rm "127.0.0.1:$port/fridge:1" cat /tmp/cool-file
+[ "$out" = "cool content" ] || fail "fridge pulled on host C does not have the cool file"
 
 echo
 echo "== 4. One writable layer per container"

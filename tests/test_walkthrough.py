@@ -1,4 +1,4 @@
-"""The seed's walkthrough, as `make demo` runs it, end to end: commit, save, load, run, two hosts."""
+"""The seed's walkthrough, as `make demo` runs it, end to end: commit, save, load, push, pull, run."""
 
 from __future__ import annotations
 
