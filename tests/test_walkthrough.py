@@ -19,3 +19,4 @@ def test_walkthrough_script_passes():
     out = proc.stdout
     assert "walkthrough: all steps passed" in out
     assert "A /tmp/cool-file" in out and "Loaded image: fridge:latest" in out and "cool content" in out
+    assert "1: digest: sha256:" in out and "Status: Downloaded image for 127.0.0.1:" in out
