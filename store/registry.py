@@ -68,7 +68,7 @@ class Client:
         scheme, host = (parts.scheme, parts.netloc) if parts.netloc else (self.scheme, self.host)
         path = urllib.parse.urlunsplit(("", "", parts.path, parts.query, ""))
         conn_type = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-        conn = conn_type(host, timeout=60)
+        conn = conn_type(host, timeout=60, blocksize=1 << 20)  # the default 8 KiB makes uploads CPU-bound
         try:
             conn.request(method, path, body=body, headers=headers or {})
             resp = conn.getresponse()
