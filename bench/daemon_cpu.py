@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 from fuse_requests import daemon_pid
-from unionfs_bench import OUT, WORKLOADS, Union, ensure_inputs, is_mounted
+from unionfs_bench import WORKLOADS, ensure_inputs, fresh_union, pass_label, selected
 
 KINDS = ["fuse-overlayfs", "strata"]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -38,16 +36,12 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("daemon_cpu: needs root (the workloads' mounts)")
     ensure_inputs()
-    names = [n for n in WORKLOADS if not args.only or any(n.startswith(p) for p in args.only.split(","))]
     found: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     for _ in range(args.repeat):
-        for name in names:
+        for name in selected(args.only):
             fn, rel, passes = WORKLOADS[name]
             for kind in KINDS:
-                base = tempfile.mkdtemp(prefix="ucpu-", dir=OUT)
-                u = Union(kind, base)
-                try:
-                    u.mount()
+                with fresh_union(kind, "ucpu-") as u:
                     pid = daemon_pid(kind, u.merged)
                     for p in range(passes):
                         user0, sys0 = cpu_times(pid)
@@ -55,12 +49,8 @@ def main() -> None:
                         fn(os.path.join(u.merged, rel))
                         wall = time.perf_counter() - start
                         user1, sys1 = cpu_times(pid)
-                        label = name + (" cold" if p == 0 and passes == 2 else " warm" if p else "")
-                        found.setdefault((label, kind), []).append((wall, user1 - user0, sys1 - sys0))
-                finally:
-                    if is_mounted(u.merged):
-                        u.unmount()
-                    shutil.rmtree(base, ignore_errors=True)
+                        found.setdefault((pass_label(name, p, passes), kind), []).append(
+                            (wall, user1 - user0, sys1 - sys0))
     labels = list(dict.fromkeys(label for label, _ in found))
     print(f"{'workload':<36}{'FO wall':>9}{'user':>7}{'sys':>7}{'strata wall':>13}{'user':>7}{'sys':>7}"
           f"{'cpu/FO':>8}")

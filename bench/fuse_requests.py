@@ -17,10 +17,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
-from unionfs_bench import OUT, WORKLOADS, Union, ensure_inputs, is_mounted
+from unionfs_bench import WORKLOADS, ensure_inputs, fresh_union, pass_label, selected
 
 KINDS = ["fuse-overlayfs", "strata"]
 
@@ -83,18 +82,14 @@ def main() -> None:
     if os.geteuid() != 0 or shutil.which("strace") is None:
         sys.exit("fuse_requests: needs root and strace")
     ensure_inputs()
-    names = [n for n in WORKLOADS if not args.only or any(n.startswith(p) for p in args.only.split(","))]
     counts: dict[tuple[str, str], int] = {}
-    for name in names:
+    for name in selected(args.only):
         fn, rel, passes = WORKLOADS[name]
         for kind in KINDS:
-            base = tempfile.mkdtemp(prefix="ureq-", dir=OUT)
-            u = Union(kind, base)
-            try:
-                u.mount()
+            with fresh_union(kind, "ureq-") as u:
                 pid = daemon_pid(kind, u.merged)
                 for p in range(passes):
-                    trace = os.path.join(base, "trace")
+                    trace = os.path.join(u.base, "trace")
                     tracer = subprocess.Popen(["strace", "-f", "-qq", "-s", "0", "-e", "trace=read", "-o", trace,
                                                "-p", str(pid)], stderr=subprocess.DEVNULL)
                     while not traced(pid):  # the workload starts once every thread is traced
@@ -104,13 +99,8 @@ def main() -> None:
                     fn(os.path.join(u.merged, rel))
                     tracer.send_signal(signal.SIGINT)
                     tracer.wait()
-                    label = name + (" cold" if p == 0 and passes == 2 else " warm" if p else "")
-                    counts[(label, kind)] = count(pid, trace)
+                    counts[(pass_label(name, p, passes), kind)] = count(pid, trace)
                     os.unlink(trace)
-            finally:
-                if is_mounted(u.merged):
-                    u.unmount()
-                shutil.rmtree(base, ignore_errors=True)
     labels = list(dict.fromkeys(label for label, _ in counts))
     print(f"{'workload':<36}{'fuse-overlayfs':>16}{'strata':>10}{'strata/FO':>11}")
     for label in labels:

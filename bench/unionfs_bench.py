@@ -20,7 +20,8 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -29,6 +30,9 @@ ROOTFS = os.path.join(OUT, "debian-minbase")
 EXTRA = os.path.join(OUT, "lower-extra")
 SMALL_TAR = os.path.join(OUT, "small-files.tar")
 sys.path.insert(0, HERE)
+sys.path.insert(0, REPO)
+
+from unionfs import mountinfo  # noqa: E402
 
 
 def ensure_inputs() -> None:
@@ -57,8 +61,7 @@ def ensure_inputs() -> None:
 
 
 def is_mounted(path: str) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
+    return bool(mountinfo.mounts_at(path))
 
 
 class Union:
@@ -66,6 +69,7 @@ class Union:
 
     def __init__(self, kind: str, base: str) -> None:
         self.kind = kind
+        self.base = base
         self.upper, self.work, self.merged = (os.path.join(base, n) for n in ("upper", "work", "merged"))
         for d in (self.upper, self.work, self.merged):
             os.makedirs(d)
@@ -95,7 +99,6 @@ class Union:
 def forked_mount_latency(base: str) -> float:
     """The runner's way to mount: ``fork_serve`` from a process that has strata imported already,
     until the daemon reports the mount ready."""
-    sys.path.insert(0, REPO)
     from unionfs.mount import fork_serve
 
     upper, work, merged = (os.path.join(base, n) for n in ("upper", "work", "merged"))
@@ -197,6 +200,29 @@ WRITING = {"append 64 MiB lower (copy-up)", "chmod+touch 1000 lower", "untar 10k
            "rm -rf lower /usr/share"}
 
 
+def selected(only: str | None) -> list[str]:
+    """The workloads ``--only`` names (comma-separated name prefixes); all of them without it."""
+    return [n for n in WORKLOADS if not only or any(n.startswith(p) for p in only.split(","))]
+
+
+def pass_label(name: str, p: int, passes: int) -> str:
+    """A workload's name with its pass: cold and warm for those that run twice."""
+    return name + (" cold" if p == 0 and passes == 2 else " warm" if p else "")
+
+
+@contextmanager
+def fresh_union(kind: str, prefix: str) -> Iterator[Union]:
+    """A new union of ``kind`` under bench/out, mounted; unmounted and removed afterwards."""
+    u = Union(kind, tempfile.mkdtemp(prefix=prefix, dir=OUT))
+    try:
+        u.mount()
+        yield u
+    finally:
+        if is_mounted(u.merged):
+            u.unmount()
+        shutil.rmtree(u.base, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", help="comma-separated workload name prefixes")
@@ -209,7 +235,7 @@ def main() -> None:
     mount_times: dict[str, list[float]] = {k: [] for k in KINDS}
     umount_times: dict[str, list[float]] = {k: [] for k in KINDS}
     forked: list[float] = []
-    names = [n for n in WORKLOADS if not args.only or any(n.startswith(p) for p in args.only.split(","))]
+    names = selected(args.only)
     for _ in range(args.repeat):
         for name in names:
             fn, rel, passes = WORKLOADS[name]
@@ -224,7 +250,7 @@ def main() -> None:
                     for p in range(passes):
                         start = time.perf_counter()
                         fn(target)
-                        label = name + (" cold" if p == 0 and passes == 2 else " warm" if p else "")
+                        label = pass_label(name, p, passes)
                         results.setdefault((label, kind), []).append(time.perf_counter() - start)
                 finally:
                     if is_mounted(u.merged):
