@@ -110,9 +110,9 @@ class Store:
             notes = self._add_from(txn, source, progress)
         return local, source.digest, [n for n in notes if not n.startswith("Loaded image")]
 
-    def push(self, ref: str, progress: Progress | None = None) -> str:
-        """Push the local image tagged ``host[:port]/repo[:tag]`` to that registry; returns the
-        manifest's digest. Layers go as they are stored (compressed or not)."""
+    def push(self, ref: str, progress: Progress | None = None) -> tuple[str, str]:
+        """Push the local image tagged ``host[:port]/repo[:tag]`` to that registry; returns (the tag,
+        the manifest's digest). Layers go as they are stored (compressed or not)."""
         host, repo, tag = split_remote(ref)
         image_id = self.images.resolve(ref)
         config = self.blobs.read(image_id)
@@ -122,7 +122,7 @@ class Store:
             layers.append((info.blob, info.media_type, info.blob_size,
                            partial(open, self.blobs.path(info.blob), "rb")))
         count = _Counter(progress, sum(size for _, _, size, _ in layers) + len(config))
-        return push_image(Client(host), repo, tag, config, layers, count)  # type: ignore[arg-type]
+        return tag, push_image(Client(host), repo, tag, config, layers, count)  # type: ignore[arg-type]
 
     def _add_from(self, txn: Transaction, source: Source, progress: Progress | None) -> list[str]:
         """Stage and publish every image ``source`` holds (load and pull)."""

@@ -3,9 +3,10 @@
 The copy is built in the workdir — data (FICLONE, else copy_file_range, else sendfile where the
 kernel does not copy between the two filesystems; a lower filesystem that refuses FICLONE is not
 asked again), owner, mode (setuid bits too: chmod comes after chown), xattrs, times — and only then
-renamed into the upper, so a crash never leaves a half-copied file visible. A copy with data is fsynced before the rename, as kernel overlayfs
-does (fuse-overlayfs 1.10 does not), so that a power cut cannot leave an empty file that hides the
-lower one; ``sync=False``, the ``volatile`` mount option, skips that. The upper parent's times are
+renamed into the upper, so a crash never leaves a half-copied file visible. A copy with data is
+fsynced before the rename, as kernel overlayfs does (fuse-overlayfs 1.10 does not), so that a power
+cut cannot leave an empty file that hides the lower one; ``sync=False``, the ``volatile`` mount
+option, skips that. The upper parent's times are
 put back afterwards: a copy-up is not a change the merged view should show. Overlay-internal xattrs
 are not copied.
 

@@ -1,5 +1,5 @@
-"""``strata`` image commands: images, history, tag, rmi, inspect (images), import, load, save, pull, push, info,
-system check. Docker's flags and output columns."""
+"""``strata`` image commands: images, history, tag, rmi, inspect (images), import, load, save, pull,
+push, info, system check. Docker's flags and output columns."""
 
 from __future__ import annotations
 
@@ -221,11 +221,10 @@ def cmd_pull(store: Store, args: argparse.Namespace) -> int:
 def cmd_push(store: Store, args: argparse.Namespace) -> int:
     progress = None if args.quiet else _progress("Pushing")
     try:
-        digest = store.push(args.name, progress)
+        tag, digest = store.push(args.name, progress)
     finally:
         _end_progress(progress)
-    last = args.name.rsplit("/", 1)[-1]
-    print(f"{last.rsplit(':', 1)[1] if ':' in last else 'latest'}: digest: {digest}")
+    print(f"{tag}: digest: {digest}")
     return 0
 
 
