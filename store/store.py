@@ -98,7 +98,8 @@ class Store:
     def load(self, path: str, stdin: BinaryIO | None = None, progress: Progress | None = None) -> list[str]:
         """Load every image in an archive or layout. Returns Docker's messages (``Loaded image: x``)."""
         with self.root.writer() as txn, _naming(path if path != "-" else "stdin"):
-            return self._add_from(txn, open_source(path, stdin, txn), progress)
+            notes, loaded = self._add_from(txn, open_source(path, stdin, txn), progress)
+        return notes + loaded
 
     def pull(self, ref: str, progress: Progress | None = None) -> tuple[str, str, list[str]]:
         """Pull ``host[:port]/repo[:tag]`` from its registry, checked and staged as a load is.
@@ -107,8 +108,8 @@ class Store:
         local = "{}:{}".format(*parse_ref(ref))
         with self.root.writer() as txn, _naming(ref):
             source = RegistrySource(Client(host), repo, tag, local)
-            notes = self._add_from(txn, source, progress)
-        return local, source.digest, [n for n in notes if not n.startswith("Loaded image")]
+            notes, _loaded = self._add_from(txn, source, progress)
+        return local, source.digest, notes
 
     def push(self, ref: str, progress: Progress | None = None) -> tuple[str, str]:
         """Push the local image tagged ``host[:port]/repo[:tag]`` to that registry; returns (the tag,
@@ -124,8 +125,9 @@ class Store:
         count = _Counter(progress, sum(size for _, _, size, _ in layers) + len(config))
         return tag, push_image(Client(host), repo, tag, config, layers, count)  # type: ignore[arg-type]
 
-    def _add_from(self, txn: Transaction, source: Source, progress: Progress | None) -> list[str]:
-        """Stage and publish every image ``source`` holds (load and pull)."""
+    def _add_from(self, txn: Transaction, source: Source, progress: Progress | None) -> tuple[list[str], list[str]]:
+        """Stage and publish every image ``source`` holds (load and pull). Returns notes on re-pointed
+        tags, and Docker's ``Loaded image`` lines."""
         try:
             plans = plan(source)
             members = {ref.member for p in plans for ref in p.layers}
@@ -165,9 +167,9 @@ class Store:
         tags = [(t, ids[i]) for i, p in enumerate(plans) for t in p.tags]
         notes = self._publish(txn, list(staged.values()), configs, records, tags)
         parents = {p.parent_index for p in plans}
-        out = notes + [f"Loaded image: {t}" for t, _ in tags]
-        out += [f"Loaded image ID: {ids[i]}" for i, p in enumerate(plans) if not p.tags and i not in parents]
-        return out
+        loaded = [f"Loaded image: {t}" for t, _ in tags]
+        loaded += [f"Loaded image ID: {ids[i]}" for i, p in enumerate(plans) if not p.tags and i not in parents]
+        return notes, loaded
 
     @staticmethod
     def _diff_id_of(raw: BinaryIO, where: str) -> str:
