@@ -15,7 +15,7 @@ from unionfs_support import OPAQUE, WHITEOUT, MountClient, OpsClient, make_layer
 from unionfs.fs import UnionFS
 
 
-@pytest.fixture(params=["ops", "mount"])
+@pytest.fixture(params=["ops", "ops-no-open", "mount"])
 def union(request, tmp_path):
     stack = ExitStack()
 
@@ -29,8 +29,9 @@ def union(request, tmp_path):
         before = [snapshot(lower) for lower in lowers]
         # lower dirs are never modified, whatever the test did
         stack.callback(lambda: [snapshot(lower) for lower in lowers] == before or pytest.fail("a lower changed"))
-        if request.param == "ops":
-            fs = UnionFS(lowers, upper, work)
+        if request.param.startswith("ops"):
+            # "ops-no-open": open answers ENOSYS, as a mount on our patched pyfuse3 does
+            fs = UnionFS(lowers, upper, work, no_open=request.param == "ops-no-open")
             stack.callback(fs.close)
             client = OpsClient(fs)
         else:
@@ -274,11 +275,12 @@ async def test_unexpected_error_becomes_eio_and_the_filesystem_survives(tmp_path
         fs.close()
 
 
-async def test_o_trunc_copies_no_data(tmp_path, monkeypatch):
+@pytest.mark.parametrize("no_open", [False, True])
+async def test_o_trunc_copies_no_data(tmp_path, monkeypatch, no_open):
     import unionfs.copyup as copyup
 
     lower = make_layer(str(tmp_path / "l"), {"f": "x" * 10_000})
-    fs = UnionFS([lower], make_layer(str(tmp_path / "u"), {}), make_layer(str(tmp_path / "w"), {}))
+    fs = UnionFS([lower], make_layer(str(tmp_path / "u"), {}), make_layer(str(tmp_path / "w"), {}), no_open=no_open)
     copied = []
     real = copyup._copy_data
     monkeypatch.setattr(copyup, "_copy_data", lambda *a: (copied.append(a), real(*a)))
@@ -351,5 +353,50 @@ async def test_a_filesystem_that_cannot_clone_is_not_asked_twice(tmp_path, monke
         await client.chmod("g", 0o600)
         assert asked == [copyup._FICLONE]
         assert await client.read("f") == b"x" * 100 and await client.read("g") == b"y" * 100
+    finally:
+        fs.close()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_backing_fds_are_capped_and_an_unlinked_file_keeps_its_own(tmp_path):
+    """File handles are inode numbers (with no OPEN, the kernel sends nothing else): the backing fds
+    stay with the nodes, the most recently used few of them, and a file whose last name goes keeps
+    its fd, outside that cap, until the kernel forgets it."""
+    lower = make_layer(str(tmp_path / "l"), {**{f"f{i}": f"content {i}" for i in range(8)}, "low": "lower data"})
+    upper, work = make_layer(str(tmp_path / "u"), {}), make_layer(str(tmp_path / "w"), {})
+    fs = UnionFS([lower], upper, work, no_open=True, fd_cache=2)
+    client = OpsClient(fs)
+    try:
+        await client.write("new", b"new data")
+        new, low = await client._ino("new"), await client._ino("low")
+        assert await fs.read(low, 0, 100) == b"lower data"
+        baseline = _open_fds()
+        for _ in range(2):
+            for i in range(8):
+                assert await client.read(f"f{i}") == f"content {i}".encode()
+        assert len(fs._fd_lru) == 2 and _open_fds() <= baseline
+
+        # both lose their last name while (as far as the daemon can know) the kernel holds them open
+        await client.unlink("new")
+        await client.unlink("low")
+        for i in range(8):  # push every cached fd out
+            await client.read(f"f{i}")
+        assert await fs.read(new, 0, 100) == b"new data"
+        assert await fs.write(new, 0, b"NEW") == 3
+        assert await fs.read(new, 0, 100) == b"NEW data"
+        assert (await fs.getattr(new, client.ctx)).st_nlink == 0
+        # the lower file, written after its name went: a copy that only its fd names
+        assert await fs.read(low, 0, 100) == b"lower data"
+        assert await fs.write(low, 0, b"LOWER") == 5
+        assert await fs.read(low, 0, 100) == b"LOWER data"
+        assert sorted(os.listdir(upper)) == [".wh.low"] and os.listdir(work) == []
+        assert open(f"{lower}/low").read() == "lower data"
+
+        held = _open_fds()
+        await fs.forget([(new, fs.nodes[new].lookups), (low, fs.nodes[low].lookups)])
+        assert _open_fds() == held - 2  # the kernel let go: so do we
     finally:
         fs.close()

@@ -23,6 +23,7 @@ from unionfs_support import REPO, WHITEOUT, is_mounted, make_layer, mounted
 
 from unionfs import mountinfo
 from unionfs.errors import UnionError
+from unionfs.fs import NO_OPEN
 from unionfs.mount import Mount
 
 
@@ -55,6 +56,23 @@ def test_file_open_after_unlink_stays_usable(mnt):
             assert os.fstat(fd).st_nlink == 0
         finally:
             os.close(fd)
+
+
+def test_an_open_for_writing_copies_up_at_the_first_write(mnt, tmp_path):
+    """With our pyfuse3 the kernel sends no OPEN (enable_no_open): a lower file opened for writing is
+    copied up when the first write (or truncation, or chmod...) comes, not at the open."""
+    path, copy = os.path.join(mnt, "lowerfile"), tmp_path / "upper" / "lowerfile"
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert copy.exists() == (not NO_OPEN)
+        assert os.pread(fd, 5, 0) == b"lower"
+        os.pwrite(fd, b"LOWER", 0)
+        assert copy.read_bytes() == b"LOWER content\n"
+    finally:
+        os.close(fd)
+    with open(path, "w") as f:  # O_TRUNC: a setattr without an OPEN
+        f.write("short\n")
+    assert open(path).read() == "short\n" and copy.read_bytes() == b"short\n"
 
 
 def test_mmap_shared_writes_reach_the_file(mnt):
@@ -237,8 +255,9 @@ def test_a_handler_that_waits_does_not_hold_up_the_others(tmp_path):
         assert os.stat(point / "other").st_size == 1
         os.kill(inner_daemon.pid, signal.SIGSTOP)
         try:
-            writer = subprocess.Popen([sys.executable, "-c",
-                                       "import sys; open(sys.argv[1], 'ab').write(b'more\\n')",
+            # chmod: a copy-up with data, whose first touch of the lower is the copy itself (a write
+            # would first have the kernel ask for the lower file's security.capability, inline)
+            writer = subprocess.Popen([sys.executable, "-c", "import os, sys; os.chmod(sys.argv[1], 0o640)",
                                        str(point / "held")])
             deadline = time.monotonic() + 30
             while not _daemon_threads_in_syscalls(daemon.pid):  # the copy-up, stuck on the inner mount
@@ -253,8 +272,9 @@ def test_a_handler_that_waits_does_not_hold_up_the_others(tmp_path):
         finally:
             os.kill(inner_daemon.pid, signal.SIGCONT)
         assert writer.wait(timeout=30) == 0
-        assert (point / "held").read_text() == "lower data\nmore\n"
-        assert (upper / "held").read_text() == "lower data\nmore\n"
+        assert (point / "held").read_text() == "lower data\n"
+        assert (upper / "held").read_text() == "lower data\n"
+        assert stat.S_IMODE(os.stat(upper / "held").st_mode) == 0o640
 
 
 NOBODY = 65534

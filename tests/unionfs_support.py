@@ -200,21 +200,27 @@ class OpsClient:
         except pyfuse3.FUSEError as e:
             raise OSError(e.errno, os.strerror(e.errno)) from None
 
-    async def _open(self, path: str, flags: int, mode: int = 0o644) -> int:
+    async def _open(self, path: str, flags: int, mode: int = 0o644) -> tuple[int, int]:
+        """(inode, file handle), as the kernel opens: create, or open and then setattr for O_TRUNC."""
         try:
             ino = await self._ino(path)
         except FileNotFoundError:
             if not flags & os.O_CREAT:
                 raise
             parent, name = await self._parent(path)
-            info, _attr = await self._call(self.fs.create, parent, name, mode, flags, self.ctx)
-            return int(info.fh)
+            info, attr = await self._call(self.fs.create, parent, name, mode, flags, self.ctx)
+            return attr.st_ino, int(info.fh)
         if flags & os.O_CREAT and flags & os.O_EXCL:
             raise FileExistsError(errno.EEXIST, "File exists", path)
-        info = await self._call(self.fs.open, ino, flags & ~os.O_CREAT, self.ctx)
-        if flags & os.O_TRUNC:  # the kernel turns O_TRUNC into open + setattr(size=0)
-            await self._setattr(ino, size=0, fh=info.fh)
-        return int(info.fh)
+        try:
+            fh = int((await self._call(self.fs.open, ino, flags & ~os.O_CREAT, self.ctx)).fh)
+        except OSError as e:
+            if e.errno != errno.ENOSYS or not self.fs.enable_no_open:
+                raise
+            fh = ino  # the kernel takes ENOSYS for "no OPEN needed": reads and writes then carry the inode
+        if flags & os.O_TRUNC:  # without atomic_o_trunc the kernel sends a setattr(size=0) after the open
+            await self._setattr(ino, size=0)
+        return ino, fh
 
     async def _setattr(self, ino: int, fh: int | None = None, **values: Any) -> None:
         attr = pyfuse3.EntryAttributes()
@@ -236,19 +242,19 @@ class OpsClient:
 
     async def write(self, path: str, data: bytes, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
                     offset: int | None = None) -> None:
-        fh = await self._open(path, flags)
+        ino, fh = await self._open(path, flags)
         try:
             if offset is None:
-                offset = os.fstat(fh).st_size if flags & os.O_APPEND else 0
+                offset = (await self._call(self.fs.getattr, ino, self.ctx)).st_size if flags & os.O_APPEND else 0
             await self._call(self.fs.write, fh, offset, data)
         finally:
             await self._call(self.fs.release, fh)
 
     async def read(self, path: str, size: int = -1, offset: int = 0) -> bytes:
-        fh = await self._open(path, os.O_RDONLY)
+        ino, fh = await self._open(path, os.O_RDONLY)
         try:
             if size < 0:
-                size = os.fstat(fh).st_size
+                size = (await self._call(self.fs.getattr, ino, self.ctx)).st_size
             return bytes(await self._call(self.fs.read, fh, offset, size))
         finally:
             await self._call(self.fs.release, fh)

@@ -101,60 +101,74 @@ class Copier:
 
     def copy(self, layer: int, rel: str, upper_parent_rel: str, name: str, data: bool = True) -> os.stat_result:
         """Copy (layer, rel) to ``upper_parent_rel/name`` in the upper; return the new object's stat."""
-        layers = self.layers
-        upper = layers.upper
+        upper = self.layers.upper
         assert upper is not None
-        st = layers.lstat(layer, rel)
-        if st is None:
-            raise FileNotFoundError(errno.ENOENT, "vanished during copy-up", rel)
         tmp = f"#copyup-{self._pid}-{next(_counter)}"
-        with layers.at(layer, rel) as (sfd, sname):
-            src_path = f"/proc/self/fd/{sfd}/{sname}"
-            mode = st.st_mode
-            try:
-                if stat.S_ISREG(mode):
-                    dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=self.work_fd)
-                    src = -1
-                    try:
-                        if data and st.st_size:
-                            src = os.open(sname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
-                            clone = st.st_dev not in self._no_clone
-                            if not _copy_data(src, dst, st.st_size, clone) and clone:
-                                self._no_clone.add(st.st_dev)
-                        if self.as_root:
-                            os.fchown(dst, st.st_uid, st.st_gid)
-                        os.fchmod(dst, stat.S_IMODE(mode))
-                        _copy_xattrs(src if src >= 0 else src_path, dst)
-                        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
-                        if self.sync and data and st.st_size:
-                            os.fsync(dst)
-                    finally:
-                        if src >= 0:
-                            os.close(src)
-                        os.close(dst)
-                elif stat.S_ISLNK(mode):
-                    os.symlink(os.readlink(sname, dir_fd=sfd), tmp, dir_fd=self.work_fd)
-                    self._owner(tmp, st)
-                    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self.work_fd, follow_symlinks=False)
-                elif stat.S_ISDIR(mode):
-                    os.mkdir(tmp, 0o700, dir_fd=self.work_fd)
-                    self._owner(tmp, st)
-                    os.chmod(tmp, stat.S_IMODE(mode), dir_fd=self.work_fd)
-                    _copy_xattrs(src_path, f"/proc/self/fd/{self.work_fd}/{tmp}")
-                    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self.work_fd)
-                else:  # fifo, socket, device
-                    os.mknod(tmp, mode, st.st_rdev, dir_fd=self.work_fd)
-                    self._owner(tmp, st)
-                    os.chmod(tmp, stat.S_IMODE(mode), dir_fd=self.work_fd)
-                    _copy_xattrs(src_path, f"/proc/self/fd/{self.work_fd}/{tmp}")
-                    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self.work_fd)
-                self.publish(tmp, upper_parent_rel, name)
-            except BaseException:
-                remove_entry(self.work_fd, tmp)
-                raise
-        new = layers.lstat(upper, f"{upper_parent_rel}/{name}" if upper_parent_rel else name)
+        try:
+            self._build(layer, rel, tmp, data, self.sync)
+            self.publish(tmp, upper_parent_rel, name)
+        except BaseException:
+            remove_entry(self.work_fd, tmp)
+            raise
+        new = self.layers.lstat(upper, f"{upper_parent_rel}/{name}" if upper_parent_rel else name)
         assert new is not None
         return new
+
+    def copy_orphan(self, layer: int, rel: str) -> int:
+        """A private copy of a lower file whose name is gone (it was unlinked while open, and is now
+        written): built in the workdir, opened read-write and unlinked again. It lives as long as
+        the fd returned, and no crash can leave it visible, so it is not synced."""
+        tmp = f"#copyup-{self._pid}-{next(_counter)}"
+        try:
+            self._build(layer, rel, tmp, True, False)
+            return os.open(tmp, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.work_fd)
+        finally:
+            remove_entry(self.work_fd, tmp)
+
+    def _build(self, layer: int, rel: str, tmp: str, data: bool, sync: bool) -> None:
+        """Make ``tmp`` in the workdir a copy of (layer, rel): data, owner, mode, xattrs, times."""
+        st = self.layers.lstat(layer, rel)
+        if st is None:
+            raise FileNotFoundError(errno.ENOENT, "vanished during copy-up", rel)
+        with self.layers.at(layer, rel) as (sfd, sname):
+            src_path = f"/proc/self/fd/{sfd}/{sname}"
+            mode = st.st_mode
+            if stat.S_ISREG(mode):
+                dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=self.work_fd)
+                src = -1
+                try:
+                    if data and st.st_size:
+                        src = os.open(sname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
+                        clone = st.st_dev not in self._no_clone
+                        if not _copy_data(src, dst, st.st_size, clone) and clone:
+                            self._no_clone.add(st.st_dev)
+                    if self.as_root:
+                        os.fchown(dst, st.st_uid, st.st_gid)
+                    os.fchmod(dst, stat.S_IMODE(mode))
+                    _copy_xattrs(src if src >= 0 else src_path, dst)
+                    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+                    if sync and data and st.st_size:
+                        os.fsync(dst)
+                finally:
+                    if src >= 0:
+                        os.close(src)
+                    os.close(dst)
+            elif stat.S_ISLNK(mode):
+                os.symlink(os.readlink(sname, dir_fd=sfd), tmp, dir_fd=self.work_fd)
+                self._owner(tmp, st)
+                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self.work_fd, follow_symlinks=False)
+            elif stat.S_ISDIR(mode):
+                os.mkdir(tmp, 0o700, dir_fd=self.work_fd)
+                self._owner(tmp, st)
+                os.chmod(tmp, stat.S_IMODE(mode), dir_fd=self.work_fd)
+                _copy_xattrs(src_path, f"/proc/self/fd/{self.work_fd}/{tmp}")
+                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self.work_fd)
+            else:  # fifo, socket, device
+                os.mknod(tmp, mode, st.st_rdev, dir_fd=self.work_fd)
+                self._owner(tmp, st)
+                os.chmod(tmp, stat.S_IMODE(mode), dir_fd=self.work_fd)
+                _copy_xattrs(src_path, f"/proc/self/fd/{self.work_fd}/{tmp}")
+                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self.work_fd)
 
     def publish(self, tmp: str, parent_rel: str, name: str) -> None:
         """Rename ``tmp`` from the workdir into the upper, keeping the parent's times."""

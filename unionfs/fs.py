@@ -3,8 +3,15 @@
 Inodes: every object gets our own inode number, keyed by the identity (st_dev, st_ino) of the real
 object that shows; a copy-up records the new upper object as an alias of the original, so numbers stay
 stable for the life of the mount, are unique across layers, and hard links (in a layer, or made
-through the mount) share one number. Nodes are forgotten at lookup count 0 with nothing open; the
-identity -> number map is kept.
+through the mount) share one number. Nodes are forgotten at lookup count 0 (the kernel forgets
+nothing it holds open); the identity -> number map is kept.
+
+Files: a file handle is the file's inode number. On our pyfuse3 (``NO_OPEN``) open answers ENOSYS,
+after which the kernel sends no OPEN and no RELEASE for files; it checks permissions itself
+(default_permissions), sends O_TRUNC as a setattr and computes O_APPEND offsets, and a lower file is
+copied up by its first write, truncation or other change rather than by an open for writing. The
+backing fds belong to the nodes: the most recently used ``fd_cache`` stay open, and a file whose last
+name goes keeps its fd (taken just before) until the kernel forgets it.
 
 Caching: lower layers never change under a mount and this process is the only writer of the upper,
 so the kernel may keep entries, attributes, negative lookups and file pages for a long time.
@@ -15,8 +22,8 @@ Caveats:
   - Copying up one name of a hard-linked lower file breaks that link on disk (kernel overlayfs without
     ``index`` does the same); this mount keeps showing one inode until it is unmounted.
   - ``.`` and ``..`` are not listed by readdir (the kernel answers them).
-  - Reads and writes run on the trio loop (page-cache speed); copy-ups over 1 MiB and fsync run in
-    worker threads. A read that must wait for the disk holds up other requests meanwhile.
+  - Reads and writes run on the trio loop (page-cache speed); copy-ups with data to fsync (or over
+    1 MiB) and fsync run in worker threads. A read that must wait for the disk holds up other requests meanwhile.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import errno
 import itertools
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -52,8 +60,9 @@ class Node:
     dir_layers: list[int]  # for a directory: the layers merging into it, top-most first
     is_dir: bool
     lookups: int = 0
-    fds: set[int] = field(default_factory=set)  # open file handles on this node
-    unlinked: bool = False
+    fd: int = -1  # a file's backing fd, kept for reads and writes (see UnionFS._fd)
+    fd_writable: bool = False
+    unlinked: bool = False  # its last name is gone; a file keeps its fd until the kernel forgets it
     last: os.stat_result | None = None
     listing: list[Listed] | None = None  # a lower-only directory's entries, resolved once
 
@@ -87,6 +96,9 @@ def _name(raw: bytes) -> str:
 # kernel to keep listings in its page cache: a directory changes only through this mount, and the
 # kernel drops a listing itself when it sends a change to that directory.
 DIR_CACHE = hasattr(pyfuse3.FileInfo(), "cache_readdir")
+# And one that lets open answer ENOSYS (our patch again) spares the kernel's OPEN and RELEASE.
+NO_OPEN = hasattr(pyfuse3.Operations, "enable_no_open")
+FD_CACHE = 1024  # backing fds kept open (the most recently used), besides those of unlinked files
 
 
 class UnionFS(pyfuse3.Operations):
@@ -94,8 +106,9 @@ class UnionFS(pyfuse3.Operations):
     enable_symlink_cache = True  # symlinks never change: the kernel may keep readlink's answers
 
     def __init__(self, lowers: Sequence[str], upper: str | None = None, work: str | None = None,
-                 volatile: bool = False) -> None:
+                 volatile: bool = False, no_open: bool = False, fd_cache: int = FD_CACHE) -> None:
         super().__init__()
+        self.enable_no_open = no_open  # open answers ENOSYS; writes copy up when they come
         self.layers = LayerSet(upper, list(lowers))
         self.upper = self.layers.upper
         self.copier = Copier(self.layers, work, sync=not volatile) if upper is not None and work is not None else None
@@ -109,7 +122,8 @@ class UnionFS(pyfuse3.Operations):
         self.dirs: dict[int, DirHandle] = {}
         self._dir_fh = itertools.count(1)
         self._copy_locks: dict[int, trio.Lock] = {}
-        self._handles: dict[int, Node] = {}  # open file handle (the real fd) -> its node
+        self._fd_lru: OrderedDict[int, Node] = OrderedDict()  # nodes with a cached fd, least recent first
+        self._fd_cache = fd_cache
         self.initialised = trio.Event()  # set as the kernel's INIT is answered
 
     def init(self) -> None:
@@ -118,8 +132,8 @@ class UnionFS(pyfuse3.Operations):
         self.initialised.set()
 
     def close(self) -> None:
-        for fd in [fd for node in self.nodes.values() for fd in node.fds]:
-            os.close(fd)
+        for node in self.nodes.values():
+            self._drop_fd(node)
         if self.copier:
             self.copier.close()
         self.layers.close()
@@ -173,14 +187,18 @@ class UnionFS(pyfuse3.Operations):
             node = self.nodes[ino] = Node(ino, parent, name, res.layer, res.dir_layers, res.is_dir)
         else:
             node.parent, node.name, node.layer = parent, name, res.layer
-            node.dir_layers, node.is_dir, node.unlinked = res.dir_layers, res.is_dir, False
+            node.dir_layers, node.is_dir = res.dir_layers, res.is_dir
+            if node.unlinked:  # found again under another name
+                node.unlinked = False
+                if node.fd >= 0:
+                    self._fd_lru[ino] = node
         node.last = res.st
         return node
 
     def _stat(self, node: Node) -> os.stat_result:
         if node.unlinked:
-            if node.fds:
-                return os.fstat(next(iter(node.fds)))
+            if node.fd >= 0:
+                return os.fstat(node.fd)
             if node.last is not None:
                 return node.last
         found = self.layers.lstat(node.layer, node.rel)
@@ -206,6 +224,62 @@ class UnionFS(pyfuse3.Operations):
         if self.upper is None or self.copier is None:
             raise oserror(errno.EROFS)
         return self.upper
+
+    # -- backing fds ------------------------------------------------------------------------------
+    # A file handle is the file's inode number, whether the kernel opened it (stock pyfuse3) or sent
+    # no OPEN at all (enable_no_open, then the kernel sends no RELEASE either). The real fds belong
+    # to the nodes: the ``fd_cache`` most recently used stay open, and an unlinked file keeps its fd
+    # until the kernel forgets the inode, which it does only after the last close.
+    def _fd(self, node: Node, write: bool = False) -> int:
+        """An fd on the file ``node`` shows; read-write with ``write`` (it is in the upper then)."""
+        fd = node.fd
+        if fd >= 0 and (node.fd_writable or not write):
+            if not node.unlinked:
+                self._fd_lru.move_to_end(node.ino)
+            return fd
+        if node.unlinked and node.layer == self.upper:
+            raise oserror(errno.EBADF, node.name)  # kept read-only: the daemon may not write it
+        with self.layers.at(node.layer, node.rel) as (dfd, name):
+            fd = os.open(name, (os.O_RDWR if write else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        self._keep_fd(node, fd, write)
+        return fd
+
+    def _keep_fd(self, node: Node, fd: int, writable: bool) -> None:
+        if node.fd >= 0:
+            os.close(node.fd)
+        node.fd, node.fd_writable = fd, writable
+        if node.unlinked:
+            return
+        self._fd_lru[node.ino] = node
+        self._fd_lru.move_to_end(node.ino)
+        while len(self._fd_lru) > self._fd_cache:
+            _, old = self._fd_lru.popitem(last=False)
+            os.close(old.fd)
+            old.fd = -1
+
+    def _drop_fd(self, node: Node) -> None:
+        if node.fd >= 0:
+            os.close(node.fd)
+            node.fd = -1
+        self._fd_lru.pop(node.ino, None)
+
+    def _pin(self, node: Node) -> None:
+        """Before an upper file loses its last name: keep an fd on it, out of the cache. With no
+        OPEN sent there is no knowing whether the kernel holds it open."""
+        self._fd_lru.pop(node.ino, None)
+        if node.fd >= 0 and node.fd_writable:
+            return
+        with self.layers.at(node.layer, node.rel) as (dfd, name):
+            try:
+                fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                writable = True
+            except OSError as e:
+                if e.errno not in (errno.EACCES, errno.EPERM, errno.ETXTBSY, errno.EROFS):
+                    raise
+                fd, writable = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd), False
+        if node.fd >= 0:
+            os.close(node.fd)
+        node.fd, node.fd_writable = fd, writable
 
     # -- copy-up ----------------------------------------------------------------------------------
     async def _upper_dir(self, node: Node) -> None:
@@ -234,20 +308,29 @@ class UnionFS(pyfuse3.Operations):
         if node.layer == upper:
             return
         assert node.parent is not None
-        await self._upper_dir(node.parent)
+        if not node.unlinked:
+            await self._upper_dir(node.parent)
         async with self._copy_lock(node):
             if node.layer == upper:
                 return
             assert self.copier is not None
-            old = self._stat(node)
             copier, layer, rel, prel, name = self.copier, node.layer, node.rel, node.parent.rel, node.name
+            old = self._stat(node)
             # long copies, and those with data to fsync, must not stall the other requests
-            if data and old.st_size > (0 if copier.sync else _INLINE_COPY):
-                new = await trio.to_thread.run_sync(lambda: copier.copy(layer, rel, prel, name, data))
-            else:  # the others cost less than a thread hop
+            inline = not data or old.st_size <= (0 if copier.sync else _INLINE_COPY)
+            if node.unlinked:  # written after its name went (no OPEN was sent): a copy only its fd names
+                orphan = copier.copy_orphan
+                fd = orphan(layer, rel) if inline else await trio.to_thread.run_sync(lambda: orphan(layer, rel))
+                self._keep_fd(node, fd, True)
+                node.layer = upper
+                return
+            if inline:  # it costs less than a thread hop
                 new = copier.copy(layer, rel, prel, name, data)
+            else:
+                new = await trio.to_thread.run_sync(lambda: copier.copy(layer, rel, prel, name, data))
             self.aliases[(new.st_dev, new.st_ino)] = self._identity(old)
             node.layer = upper
+            self._drop_fd(node)  # it was the lower file's
 
     def _copy_lock(self, node: Node) -> trio.Lock:
         lock = self._copy_locks.get(node.ino)
@@ -335,7 +418,8 @@ class UnionFS(pyfuse3.Operations):
             if node is None or ino == pyfuse3.ROOT_INODE:
                 continue
             node.lookups -= n
-            if node.lookups <= 0 and not node.fds:
+            if node.lookups <= 0:  # the kernel holds no open file on a node it forgets
+                self._drop_fd(node)
                 del self.nodes[ino]
                 self._copy_locks.pop(ino, None)
 
@@ -350,21 +434,25 @@ class UnionFS(pyfuse3.Operations):
         truncating_to_zero = fields.update_size and attr.st_size == 0
         await self._copy_up(node, data=not truncating_to_zero)
         upper = self._writable()
+        if fields.update_size:
+            os.ftruncate(self._fd(node, write=True), attr.st_size)
+        if node.unlinked and not node.is_dir:  # no name left: through its fd
+            fd = self._fd(node)
+            if fields.update_uid or fields.update_gid:
+                os.fchown(fd, attr.st_uid if fields.update_uid else -1, attr.st_gid if fields.update_gid else -1)
+            if fields.update_mode:
+                os.fchmod(fd, stat.S_IMODE(attr.st_mode))
+            if fields.update_atime or fields.update_mtime:
+                st = os.fstat(fd)
+                os.utime(fd, ns=(attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
+                                 attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns))
+            return self._node_attr(node)
         with self.layers.at(upper, node.rel) as (fd, name):
-            if fields.update_size:
-                if fh is not None and fh in node.fds:
-                    os.ftruncate(fh, attr.st_size)
-                else:
-                    wfd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                    try:
-                        os.ftruncate(wfd, attr.st_size)
-                    finally:
-                        os.close(wfd)
             if fields.update_uid or fields.update_gid:
                 uid = attr.st_uid if fields.update_uid else -1
                 gid = attr.st_gid if fields.update_gid else -1
                 os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
-            if fields.update_mode and not node.unlinked:
+            if fields.update_mode:
                 kind = node.last.st_mode if node.last is not None else self._stat(node).st_mode  # a name keeps its type
                 if not stat.S_ISLNK(kind):
                     os.chmod(name, stat.S_IMODE(attr.st_mode), dir_fd=fd)
@@ -419,16 +507,17 @@ class UnionFS(pyfuse3.Operations):
             raise oserror(errno.EISDIR, sname)
         upper = self._writable()
         await self._upper_dir(parent)
-        ino = self._ino(res.st)
+        gone = self.nodes.get(self._ino(res.st)) if res.st.st_nlink <= 1 else None
+        if gone is not None and res.layer == upper and stat.S_ISREG(res.st.st_mode):
+            self._pin(gone)
         # whiteout first: a crash in between leaves the upper file showing, never the lower one
         if self._lower_has(parent, sname):
             self._make_whiteout(parent, sname)
         if res.layer == upper:
             with self.layers.at(upper, join(parent.rel, sname)) as (fd, n):
                 os.unlink(n, dir_fd=fd)
-        node = self.nodes.get(ino)
-        if node is not None and res.st.st_nlink <= 1:
-            node.unlinked = True
+        if gone is not None:
+            gone.unlinked = True
 
     @fuse_boundary
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -501,6 +590,9 @@ class UnionFS(pyfuse3.Operations):
                     with self.layers.at(upper, join(new_rel, marker)) as (mfd, m):
                         remove_entry(mfd, m)
         needs_opaque = src.is_dir and self._lower_has(new_parent, new)
+        gone = self.nodes.get(self._ino(dst.st)) if dst is not None and dst.st.st_nlink <= 1 else None
+        if gone is not None and dst is not None and dst.layer == upper and stat.S_ISREG(dst.st.st_mode):
+            self._pin(gone)  # the kernel may hold the file that is replaced open
         if self._lower_has(old_parent, old):
             self._make_whiteout(old_parent, old)  # first: a crash leaves the source showing
         with self.layers.at(upper, join(old_parent.rel, old)) as (sfd, s), self.layers.at(upper, new_rel) as (dfd, d):
@@ -508,10 +600,8 @@ class UnionFS(pyfuse3.Operations):
         self._drop_whiteout(new_parent, new)
         if needs_opaque:
             self._marker(join(new_rel, whiteout.OPAQUE))
-        if dst is not None:
-            gone = self.nodes.get(self._ino(dst.st))
-            if gone is not None and dst.st.st_nlink <= 1:
-                gone.unlinked = True
+        if gone is not None:
+            gone.unlinked = True
         node.parent, node.name = new_parent, new
         if src.is_dir:
             node.dir_layers = [upper]
@@ -534,15 +624,17 @@ class UnionFS(pyfuse3.Operations):
 
     @fuse_boundary
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if self.enable_no_open:
+            # The kernel takes this for success and sends no OPEN or RELEASE for files again. It
+            # checks permissions itself (default_permissions), turns O_TRUNC into a setattr and
+            # computes O_APPEND offsets; a lower file is copied up at its first write.
+            raise oserror(errno.ENOSYS)
         node = self._node(inode)
         if flags & _WRITE or flags & os.O_TRUNC:
             await self._copy_up(node, data=not flags & os.O_TRUNC)
-        with self.layers.at(node.layer, node.rel) as (fd, name):
-            flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)
-            real = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-        node.fds.add(real)
-        self._handles[real] = node
-        return pyfuse3.FileInfo(fh=real, keep_cache=True)
+            if flags & os.O_TRUNC:
+                os.ftruncate(self._fd(node, write=True), 0)
+        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
     @fuse_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -551,11 +643,14 @@ class UnionFS(pyfuse3.Operations):
         # a thread for misses was tried twice: 3x slower on sequential reads with 128 KiB requests,
         # and 2x with 1 MiB ones even when no read missed (the daemon's system time went from 0.16 s
         # to 0.41 s on a 512 MiB file).
-        return os.pread(fh, size, off)
+        return os.pread(self._fd(self._node(fh)), size, off)
 
     @fuse_boundary
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return os.pwrite(fh, buf, off)
+        node = self._node(fh)
+        if node.layer != self.upper:  # no OPEN was sent: the first write copies up
+            await self._copy_up(node)
+        return os.pwrite(self._fd(node, write=True), buf, off)
 
     @fuse_boundary
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -568,16 +663,15 @@ class UnionFS(pyfuse3.Operations):
 
     @fuse_boundary
     async def release(self, fh: int) -> None:
-        node = self._handles.pop(fh, None)
-        os.close(fh)
-        if node is not None:
-            node.fds.discard(fh)
-            if node.lookups <= 0 and not node.fds:
-                self.nodes.pop(node.ino, None)
+        pass  # the fd stays with the node (see _fd)
 
     @fuse_boundary
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
+        fd = os.dup(self._fd(self._node(fh)))  # the cache may close its own meanwhile
+        try:
+            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fd)
+        finally:
+            os.close(fd)
 
     @fuse_boundary
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int | pyfuse3.FileInfo:
@@ -680,7 +774,7 @@ class UnionFS(pyfuse3.Operations):
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent, sname, upper, rel = await self._prepare_new(parent_inode, name)
         with self.layers.at(upper, rel) as (fd, n):
-            real = os.open(n, (flags & ~os.O_NOCTTY) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            real = os.open(n, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                            stat.S_IMODE(mode), dir_fd=fd)
         try:
             self._own(upper, rel, parent, ctx, False, real)
@@ -690,7 +784,6 @@ class UnionFS(pyfuse3.Operations):
             os.close(real)
             raise
         node = self._remember(parent, sname, Resolved(upper, st, []))
-        node.fds.add(real)
-        self._handles[real] = node
+        self._keep_fd(node, real, True)
         node.lookups += 1
-        return pyfuse3.FileInfo(fh=real, keep_cache=True), self._attr(st, node.ino)
+        return pyfuse3.FileInfo(fh=node.ino, keep_cache=True), self._attr(st, node.ino)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import trio
 
 from . import mountinfo
 from .errors import UnionError
-from .fs import UnionFS
+from .fs import FD_CACHE, NO_OPEN, UnionFS
 
 log = logging.getLogger("unionfs")
 _OURS = ("lowerdir", "upperdir", "workdir", "log", "volatile")
@@ -101,7 +102,7 @@ def serve(opts: Options, mountpoint: str, ready_fd: int | None) -> int:
                         format="%(asctime)s unionfs[%(process)d] %(message)s")
     try:
         target = os.path.realpath(mountpoint)
-        fs = UnionFS(opts.lowers, opts.upper, opts.work, opts.volatile)
+        fs = UnionFS(opts.lowers, opts.upper, opts.work, opts.volatile, no_open=NO_OPEN, fd_cache=_fd_budget())
         pyfuse3.init(fs, mountpoint, _mount_options(opts))
     except Exception as e:  # noqa: BLE001 - reported to whoever waits for readiness
         _tell(ready_fd, f"cannot mount {mountpoint}: {e}")
@@ -114,6 +115,19 @@ def serve(opts: Options, mountpoint: str, ready_fd: int | None) -> int:
         pyfuse3.close(unmount=True)
         fs.close()
     return 0
+
+
+def _fd_budget() -> int:
+    """Raise this process's open-file limit to its hard limit, and size the cache of backing fds
+    to a quarter of it: unlinked files kept open and the layers' dirs need the rest."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return max(16, min(FD_CACHE, soft // 4)) if soft != resource.RLIM_INFINITY else FD_CACHE
 
 
 READAHEAD_KB = 1024  # FUSE requests carry up to 256 pages; the kernel's default readahead asks for 32
