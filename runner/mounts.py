@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from store import StoreError
+from store.root import write_json
 from unionfs import mountinfo
 
 from . import syscalls
@@ -121,11 +122,9 @@ class ImageMounts:
             self._forget(record)
             raise RunnerError(message or "the unionfs daemon died before mounting")
         start = start_time(pid)  # the daemon outlives this command: init adopts it when we exit
-        tmp = record + ".tmp"
-        try:
-            with open(tmp, "w") as f:
-                json.dump({"Image": image_id, "Mountpoint": mountpoint, "Pid": pid, "StartTime": start}, f)
-            os.replace(tmp, record)
+        try:  # run-time state: not synced; a temp file of its own, so two mounts cannot mix theirs
+            write_json(record, {"Image": image_id, "Mountpoint": mountpoint, "Pid": pid, "StartTime": start},
+                       durable=False)
         except OSError as e:  # a mount nobody could find again: take it down
             self.unmount(ImageMount(image_id, mountpoint, pid, start))
             raise RunnerError(f"cannot record the mount of {image_id[7:19]}: {e.strerror}") from None

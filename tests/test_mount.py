@@ -105,14 +105,19 @@ def test_bad_mount_input_gives_one_line_and_mounts_nothing(root, image, tmp_path
     assert res.code == 1 and res.err.strip() == f"Error: {image}: not a mounted image or image mount"
 
 
-def test_a_mount_that_cannot_be_recorded_is_taken_down(root, image):
+def test_a_mount_that_cannot_be_recorded_is_taken_down(root, image, tmp_path):
     """No mount is left that ``strata mount`` and ``umount`` could not find again."""
     short = json.loads(strata(root, "inspect", image).out)[0]["Id"][7:19]
-    os.makedirs(os.path.join(root, "mounts", f"{short}.json.tmp"))  # where the record would be written
-    res = strata(root, "mount", image, check=False)
+    records, point = os.path.join(root, "mounts"), tmp_path / "here"
+    os.makedirs(records)
+    point.mkdir()
+    subprocess.run(["chattr", "+i", records], check=True)  # nothing can be written there, even by root
+    try:
+        res = strata(root, "mount", image, str(point), check=False)
+    finally:
+        subprocess.run(["chattr", "-i", records], check=True)
     assert res.code == 1 and res.err.startswith(f"Error: cannot record the mount of {short}:"), res.err
-    point = os.path.join(root, "mounts", short)
-    assert not is_mounted(point) and not os.path.exists(point)
+    assert not is_mounted(str(point)) and os.listdir(records) == []
     assert strata(root, "mount").out.splitlines()[1:] == []
 
 
