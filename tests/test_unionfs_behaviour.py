@@ -395,6 +395,16 @@ async def test_backing_fds_are_capped_and_an_unlinked_file_keeps_its_own(tmp_pat
         assert sorted(os.listdir(upper)) == [".wh.low"] and os.listdir(work) == []
         assert open(f"{lower}/low").read() == "lower data"
 
+        # a hard link's name the node was known by goes: its other name still serves it
+        await client.write("h1", b"linked")
+        await client.link("h1", "h2")
+        linked = await client._ino("h1")
+        await client.unlink("h1")
+        for i in range(8):
+            await client.read(f"f{i}")
+        assert await fs.read(linked, 0, 100) == b"linked"
+        assert (await fs.getattr(linked, client.ctx)).st_nlink == 1
+
         held = _open_fds()
         await fs.forget([(new, fs.nodes[new].lookups), (low, fs.nodes[low].lookups)])
         assert _open_fds() == held - 2  # the kernel let go: so do we

@@ -196,11 +196,11 @@ class UnionFS(pyfuse3.Operations):
         return node
 
     def _stat(self, node: Node) -> os.stat_result:
-        if node.unlinked:
-            if node.fd >= 0:
-                return os.fstat(node.fd)
-            if node.last is not None:
-                return node.last
+        if node.fd >= 0:  # the very file, whatever became of the name the node knows it by
+            node.last = os.fstat(node.fd)
+            return node.last
+        if node.unlinked and node.last is not None:
+            return node.last
         found = self.layers.lstat(node.layer, node.rel)
         if found is None:
             raise oserror(errno.ENOENT, node.rel)
@@ -234,7 +234,7 @@ class UnionFS(pyfuse3.Operations):
         """An fd on the file ``node`` shows; read-write with ``write`` (it is in the upper then)."""
         fd = node.fd
         if fd >= 0 and (node.fd_writable or not write):
-            if not node.unlinked:
+            if node.ino in self._fd_lru:  # not if pinned
                 self._fd_lru.move_to_end(node.ino)
             return fd
         if node.unlinked and node.layer == self.upper:
@@ -264,8 +264,9 @@ class UnionFS(pyfuse3.Operations):
         self._fd_lru.pop(node.ino, None)
 
     def _pin(self, node: Node) -> None:
-        """Before an upper file loses its last name: keep an fd on it, out of the cache. With no
-        OPEN sent there is no knowing whether the kernel holds it open."""
+        """Before an upper file loses a name: keep an fd on it, out of the cache, until the kernel
+        forgets it. With no OPEN sent there is no knowing whether the kernel holds it open, and
+        the name may have been the one the node knew it by (a hard link's other name works)."""
         self._fd_lru.pop(node.ino, None)
         if node.fd >= 0 and node.fd_writable:
             return
@@ -507,17 +508,17 @@ class UnionFS(pyfuse3.Operations):
             raise oserror(errno.EISDIR, sname)
         upper = self._writable()
         await self._upper_dir(parent)
-        gone = self.nodes.get(self._ino(res.st)) if res.st.st_nlink <= 1 else None
-        if gone is not None and res.layer == upper and stat.S_ISREG(res.st.st_mode):
-            self._pin(gone)
+        node = self.nodes.get(self._ino(res.st))
+        if node is not None and res.layer == upper and stat.S_ISREG(res.st.st_mode):
+            self._pin(node)
         # whiteout first: a crash in between leaves the upper file showing, never the lower one
         if self._lower_has(parent, sname):
             self._make_whiteout(parent, sname)
         if res.layer == upper:
             with self.layers.at(upper, join(parent.rel, sname)) as (fd, n):
                 os.unlink(n, dir_fd=fd)
-        if gone is not None:
-            gone.unlinked = True
+        if node is not None and res.st.st_nlink <= 1:
+            node.unlinked = True
 
     @fuse_boundary
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -590,7 +591,7 @@ class UnionFS(pyfuse3.Operations):
                     with self.layers.at(upper, join(new_rel, marker)) as (mfd, m):
                         remove_entry(mfd, m)
         needs_opaque = src.is_dir and self._lower_has(new_parent, new)
-        gone = self.nodes.get(self._ino(dst.st)) if dst is not None and dst.st.st_nlink <= 1 else None
+        gone = self.nodes.get(self._ino(dst.st)) if dst is not None else None
         if gone is not None and dst is not None and dst.layer == upper and stat.S_ISREG(dst.st.st_mode):
             self._pin(gone)  # the kernel may hold the file that is replaced open
         if self._lower_has(old_parent, old):
@@ -600,7 +601,7 @@ class UnionFS(pyfuse3.Operations):
         self._drop_whiteout(new_parent, new)
         if needs_opaque:
             self._marker(join(new_rel, whiteout.OPAQUE))
-        if gone is not None:
+        if gone is not None and dst is not None and dst.st.st_nlink <= 1:
             gone.unlinked = True
         node.parent, node.name = new_parent, new
         if src.is_dir:
