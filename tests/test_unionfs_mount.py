@@ -75,6 +75,25 @@ def test_an_open_for_writing_copies_up_at_the_first_write(mnt, tmp_path):
     assert open(path).read() == "short\n" and copy.read_bytes() == b"short\n"
 
 
+def test_the_daemon_keeps_a_bounded_number_of_backing_fds(tmp_path):
+    """With no RELEASE from the kernel, the daemon closes backing fds itself: reading more files
+    than its cache holds leaves it with no more than that many open, and every file still reads."""
+    from unionfs.fs import FD_CACHE
+
+    count = FD_CACHE + 200
+    lower = make_layer(str(tmp_path / "lower"), {f"d/f{i:05}": f"{i}\n" for i in range(count)})
+    upper, work, point = (tmp_path / n for n in ("upper", "work", "mnt"))
+    for d in (upper, work, point):
+        d.mkdir()
+    with mounted(str(point), [lower], str(upper), str(work)) as daemon:
+        for _ in range(2):
+            for i in range(count):
+                with open(point / "d" / f"f{i:05}", "rb") as f:
+                    assert f.read() == f"{i}\n".encode()
+        held = len(os.listdir(f"/proc/{daemon.pid}/fd"))
+        assert held <= FD_CACHE + 32, held  # the cache, the layers' dirs, /dev/fuse, epoll, logs
+
+
 def test_mmap_shared_writes_reach_the_file(mnt):
     path = os.path.join(mnt, "big")
     with open(path, "r+b") as f:
