@@ -259,6 +259,14 @@ def _daemon_threads_in_syscalls(pid: int) -> list[str]:
     return found
 
 
+async def test_the_patched_loop_finds_trios_wakeup_socket():
+    """Our pyfuse3's reader waits in poll(2) on /dev/fuse and on trio's wakeup socket, found where
+    this trio keeps it; a trio that keeps it elsewhere would silently cost a scheduler pass per
+    request again. This says so first."""
+    wakeup = trio._core._run.GLOBAL_RUN_CONTEXT.runner.entry_queue.wakeup.wakeup_sock
+    assert wakeup.fileno() >= 0 and trio.lowlevel.current_statistics().run_sync_soon_queue_size == 0
+
+
 def test_a_handler_that_waits_does_not_hold_up_the_others(tmp_path):
     """A copy-up whose lower sits on a stopped FUSE daemon waits in a thread; meanwhile the union still
     answers requests (pyfuse3's loop hands the FUSE fd to another task only when a handler waits)."""
