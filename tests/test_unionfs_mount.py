@@ -11,6 +11,7 @@ import random
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import sysconfig
@@ -422,6 +423,20 @@ def test_statfs_fsync_xattrs_and_special_files(mnt):
         assert os.getxattr(path, "trusted.t") == b"2"
         os.setxattr(path, "security.s", b"3")
         assert os.getxattr(path, "security.s") == b"3"
+        # file capabilities (the kernel asks for them before every write, to take them away)
+        with pytest.raises(OSError) as info:
+            os.getxattr(path, "security.capability")
+        assert info.value.errno == errno.ENODATA
+        with open(path, "ab") as f:
+            f.write(b"more")
+        caps = struct.pack("<5I", 0x02000000, 1 << 13, 0, 0, 0)  # VFS_CAP_REVISION_2: cap_net_raw
+        os.setxattr(path, "security.capability", caps)
+        assert os.getxattr(path, "security.capability") == caps
+        with open(path, "ab") as f:  # a write takes file capabilities away, as on any filesystem
+            f.write(b"more")
+        with pytest.raises(OSError) as info:
+            os.getxattr(path, "security.capability")
+        assert info.value.errno == errno.ENODATA
         with pytest.raises(OSError) as info:
             os.setxattr(path, "trusted.overlay.opaque", b"y")
         assert info.value.errno == errno.EPERM
