@@ -8,16 +8,14 @@ Usage: ``python bench/daemon_cpu.py [--only NAME,NAME] [--repeat N]`` (as root).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 import time
 
-from fuse_requests import daemon_pid
-from unionfs_bench import WORKLOADS, ensure_inputs, fresh_union, pass_label, selected
+from fuse_requests import KINDS, daemon_pid
+from unionfs_bench import each_pass, ensure_inputs, workload_args
 
-KINDS = ["fuse-overlayfs", "strata"]
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -29,28 +27,20 @@ def cpu_times(pid: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--only", help="comma-separated workload name prefixes")
-    parser.add_argument("--repeat", type=int, default=1)
-    args = parser.parse_args()
+    args = workload_args()
     if os.geteuid() != 0:
         sys.exit("daemon_cpu: needs root (the workloads' mounts)")
     ensure_inputs()
     found: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     for _ in range(args.repeat):
-        for name in selected(args.only):
-            fn, rel, passes = WORKLOADS[name]
-            for kind in KINDS:
-                with fresh_union(kind, "ucpu-") as u:
-                    pid = daemon_pid(kind, u.merged)
-                    for p in range(passes):
-                        user0, sys0 = cpu_times(pid)
-                        start = time.perf_counter()
-                        fn(os.path.join(u.merged, rel))
-                        wall = time.perf_counter() - start
-                        user1, sys1 = cpu_times(pid)
-                        found.setdefault((pass_label(name, p, passes), kind), []).append(
-                            (wall, user1 - user0, sys1 - sys0))
+        for label, kind, u, run in each_pass(KINDS, args.only, "ucpu-"):
+            pid = daemon_pid(kind, u.merged)
+            user0, sys0 = cpu_times(pid)
+            start = time.perf_counter()
+            run()
+            wall = time.perf_counter() - start
+            user1, sys1 = cpu_times(pid)
+            found.setdefault((label, kind), []).append((wall, user1 - user0, sys1 - sys0))
     labels = list(dict.fromkeys(label for label, _ in found))
     print(f"{'workload':<36}{'FO wall':>9}{'user':>7}{'sys':>7}{'strata wall':>13}{'user':>7}{'sys':>7}"
           f"{'cpu/FO':>8}")

@@ -10,7 +10,6 @@ Usage: ``python bench/fuse_requests.py [--only NAME,NAME]`` (as root; strace ins
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -19,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from unionfs_bench import WORKLOADS, ensure_inputs, fresh_union, pass_label, selected
+from unionfs_bench import each_pass, ensure_inputs, workload_args
 
 KINDS = ["fuse-overlayfs", "strata"]
 
@@ -76,31 +75,25 @@ def traced(pid: int) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--only", help="comma-separated workload name prefixes")
-    args = parser.parse_args()
+    args = workload_args(repeat=False)
     if os.geteuid() != 0 or shutil.which("strace") is None:
         sys.exit("fuse_requests: needs root and strace")
     ensure_inputs()
     counts: dict[tuple[str, str], int] = {}
-    for name in selected(args.only):
-        fn, rel, passes = WORKLOADS[name]
-        for kind in KINDS:
-            with fresh_union(kind, "ureq-") as u:
-                pid = daemon_pid(kind, u.merged)
-                for p in range(passes):
-                    trace = os.path.join(u.base, "trace")
-                    tracer = subprocess.Popen(["strace", "-f", "-qq", "-s", "0", "-e", "trace=read", "-o", trace,
-                                               "-p", str(pid)], stderr=subprocess.DEVNULL)
-                    while not traced(pid):  # the workload starts once every thread is traced
-                        if tracer.poll() is not None:
-                            sys.exit(f"fuse_requests: strace could not attach to {pid}")
-                        time.sleep(0.005)
-                    fn(os.path.join(u.merged, rel))
-                    tracer.send_signal(signal.SIGINT)
-                    tracer.wait()
-                    counts[(pass_label(name, p, passes), kind)] = count(pid, trace)
-                    os.unlink(trace)
+    for label, kind, u, run in each_pass(KINDS, args.only, "ureq-"):
+        pid = daemon_pid(kind, u.merged)
+        trace = os.path.join(u.base, "trace")
+        tracer = subprocess.Popen(["strace", "-f", "-qq", "-s", "0", "-e", "trace=read", "-o", trace,
+                                   "-p", str(pid)], stderr=subprocess.DEVNULL)
+        while not traced(pid):  # the workload starts once every thread is traced
+            if tracer.poll() is not None:
+                sys.exit(f"fuse_requests: strace could not attach to {pid}")
+            time.sleep(0.005)
+        run()
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait()
+        counts[(label, kind)] = count(pid, trace)
+        os.unlink(trace)
     labels = list(dict.fromkeys(label for label, _ in counts))
     print(f"{'workload':<36}{'fuse-overlayfs':>16}{'strata':>10}{'strata/FO':>11}")
     for label in labels:

@@ -11,6 +11,7 @@ Usage: ``python bench/unionfs_bench.py [--only NAME,NAME] [--repeat N]`` (as roo
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import shutil
@@ -210,6 +211,16 @@ def pass_label(name: str, p: int, passes: int) -> str:
     return name + (" cold" if p == 0 and passes == 2 else " warm" if p else "")
 
 
+def workload_args(repeat: bool = True) -> argparse.Namespace:
+    """The benches' command line: ``--only`` (comma-separated workload name prefixes) and, where the
+    runs repeat, ``--repeat``."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", help="comma-separated workload name prefixes")
+    if repeat:
+        parser.add_argument("--repeat", type=int, default=1)
+    return parser.parse_args()
+
+
 @contextmanager
 def fresh_union(kind: str, prefix: str) -> Iterator[Union]:
     """A new union of ``kind`` under bench/out, mounted; unmounted and removed afterwards."""
@@ -223,11 +234,20 @@ def fresh_union(kind: str, prefix: str) -> Iterator[Union]:
         shutil.rmtree(u.base, ignore_errors=True)
 
 
+def each_pass(kinds: list[str], only: str | None, prefix: str) -> Iterator[tuple[str, str, Union, Callable[[], None]]]:
+    """(pass label, kind, its union, the pass to run) for each selected workload, each kind on a
+    fresh union, cold then warm; the union goes once its passes are done."""
+    for name in selected(only):
+        fn, rel, passes = WORKLOADS[name]
+        for kind in kinds:
+            with fresh_union(kind, prefix) as u:
+                target = os.path.join(u.merged, rel)
+                for p in range(passes):
+                    yield pass_label(name, p, passes), kind, u, functools.partial(fn, target)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--only", help="comma-separated workload name prefixes")
-    parser.add_argument("--repeat", type=int, default=1)
-    args = parser.parse_args()
+    args = workload_args()
     if os.geteuid() != 0:
         sys.exit("bench: kernel overlayfs needs root")
     ensure_inputs()
