@@ -103,7 +103,7 @@ class Copier:
         """Copy (layer, rel) to ``upper_parent_rel/name`` in the upper; return the new object's stat."""
         upper = self.layers.upper
         assert upper is not None
-        tmp = f"#copyup-{self._pid}-{next(_counter)}"
+        tmp = self._tmp_name()
         try:
             self._build(layer, rel, tmp, data, self.sync)
             self.publish(tmp, upper_parent_rel, name)
@@ -118,12 +118,15 @@ class Copier:
         """A private copy of a lower file whose name is gone (it was unlinked while open, and is now
         written): built in the workdir, opened read-write and unlinked again. It lives as long as
         the fd returned, and no crash can leave it visible, so it is not synced."""
-        tmp = f"#copyup-{self._pid}-{next(_counter)}"
+        tmp = self._tmp_name()
         try:
             self._build(layer, rel, tmp, True, False)
             return os.open(tmp, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.work_fd)
         finally:
             remove_entry(self.work_fd, tmp)
+
+    def _tmp_name(self) -> str:
+        return f"#copyup-{self._pid}-{next(_counter)}"  # what __init__ clears of a crashed daemon
 
     def _build(self, layer: int, rel: str, tmp: str, data: bool, sync: bool) -> None:
         """Make ``tmp`` in the workdir a copy of (layer, rel): data, owner, mode, xattrs, times."""

@@ -244,11 +244,16 @@ class UnionFS(pyfuse3.Operations):
         self._keep_fd(node, fd, write)
         return fd
 
-    def _keep_fd(self, node: Node, fd: int, writable: bool) -> None:
+    def _keep_fd(self, node: Node, fd: int, writable: bool, cached: bool | None = None) -> None:
+        """Give ``node`` the fd (closing its old one), in the cache unless ``cached`` is false
+        (by default: unless the node is unlinked)."""
         if node.fd >= 0:
             os.close(node.fd)
         node.fd, node.fd_writable = fd, writable
-        if node.unlinked:
+        if cached is None:
+            cached = not node.unlinked
+        if not cached:
+            self._fd_lru.pop(node.ino, None)
             return
         self._fd_lru[node.ino] = node
         self._fd_lru.move_to_end(node.ino)
@@ -278,9 +283,7 @@ class UnionFS(pyfuse3.Operations):
                 if e.errno not in (errno.EACCES, errno.EPERM, errno.ETXTBSY, errno.EROFS):
                     raise
                 fd, writable = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd), False
-        if node.fd >= 0:
-            os.close(node.fd)
-        node.fd, node.fd_writable = fd, writable
+        self._keep_fd(node, fd, writable, cached=False)
 
     # -- copy-up ----------------------------------------------------------------------------------
     async def _upper_dir(self, node: Node) -> None:
