@@ -14,7 +14,7 @@ import sys
 import time
 
 from fuse_requests import KINDS, daemon_pid
-from unionfs_bench import each_pass, ensure_inputs, workload_args
+from unionfs_bench import each_pass, ensure_inputs, scratch_fs, workload_args
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -32,15 +32,16 @@ def main() -> None:
         sys.exit("daemon_cpu: needs root (the workloads' mounts)")
     ensure_inputs()
     found: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
-    for _ in range(args.repeat):
-        for label, kind, u, run in each_pass(KINDS, args.only, "ucpu-"):
-            pid = daemon_pid(kind, u.merged)
-            user0, sys0 = cpu_times(pid)
-            start = time.perf_counter()
-            run()
-            wall = time.perf_counter() - start
-            user1, sys1 = cpu_times(pid)
-            found.setdefault((label, kind), []).append((wall, user1 - user0, sys1 - sys0))
+    with scratch_fs():
+        for _ in range(args.repeat):
+            for label, kind, u, run in each_pass(KINDS, args.only, "ucpu-"):
+                pid = daemon_pid(kind, u.merged)
+                user0, sys0 = cpu_times(pid)
+                start = time.perf_counter()
+                run()
+                wall = time.perf_counter() - start
+                user1, sys1 = cpu_times(pid)
+                found.setdefault((label, kind), []).append((wall, user1 - user0, sys1 - sys0))
     labels = list(dict.fromkeys(label for label, _ in found))
     print(f"{'workload':<36}{'FO wall':>9}{'user':>7}{'sys':>7}{'strata wall':>13}{'user':>7}{'sys':>7}"
           f"{'cpu/FO':>8}")

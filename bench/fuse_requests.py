@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from unionfs_bench import each_pass, ensure_inputs, workload_args
+from unionfs_bench import each_pass, ensure_inputs, scratch_fs, workload_args
 
 KINDS = ["fuse-overlayfs", "strata"]
 
@@ -80,20 +80,21 @@ def main() -> None:
         sys.exit("fuse_requests: needs root and strace")
     ensure_inputs()
     counts: dict[tuple[str, str], int] = {}
-    for label, kind, u, run in each_pass(KINDS, args.only, "ureq-"):
-        pid = daemon_pid(kind, u.merged)
-        trace = os.path.join(u.base, "trace")
-        tracer = subprocess.Popen(["strace", "-f", "-qq", "-s", "0", "-e", "trace=read", "-o", trace,
-                                   "-p", str(pid)], stderr=subprocess.DEVNULL)
-        while not traced(pid):  # the workload starts once every thread is traced
-            if tracer.poll() is not None:
-                sys.exit(f"fuse_requests: strace could not attach to {pid}")
-            time.sleep(0.005)
-        run()
-        tracer.send_signal(signal.SIGINT)
-        tracer.wait()
-        counts[(label, kind)] = count(pid, trace)
-        os.unlink(trace)
+    with scratch_fs():
+        for label, kind, u, run in each_pass(KINDS, args.only, "ureq-"):
+            pid = daemon_pid(kind, u.merged)
+            trace = os.path.join(u.base, "trace")
+            tracer = subprocess.Popen(["strace", "-f", "-qq", "-s", "0", "-e", "trace=read", "-o", trace,
+                                       "-p", str(pid)], stderr=subprocess.DEVNULL)
+            while not traced(pid):  # the workload starts once every thread is traced
+                if tracer.poll() is not None:
+                    sys.exit(f"fuse_requests: strace could not attach to {pid}")
+                time.sleep(0.005)
+            run()
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait()
+            counts[(label, kind)] = count(pid, trace)
+            os.unlink(trace)
     labels = list(dict.fromkeys(label for label, _ in counts))
     print(f"{'workload':<36}{'fuse-overlayfs':>16}{'strata':>10}{'strata/FO':>11}")
     for label in labels:

@@ -92,6 +92,29 @@ async def test_write_to_lower_file_copies_it_up_with_its_metadata(union):
     assert os.listdir(fs.work) == []
 
 
+async def test_copy_up_keeps_every_owner_and_mode(union):
+    """The copy is created with its final mode when nothing would change it afterwards (the owner is
+    already the daemon's, no bit the umask takes away): either way it ends as the lower file was."""
+    cases = {"plain": (0o644, None), "open": (0o777, None), "setuid": (0o4755, None), "sticky": (0o1640, None),
+             "other": (0o4750, (1234, 5678)), "group": (0o2755, (0, 5678))}
+    if os.geteuid() != 0:
+        cases = {k: v for k, v in cases.items() if v[1] is None}
+
+    def prepare(lowers):
+        for name, (mode, owner) in cases.items():
+            if owner:
+                os.chown(f"{lowers[0]}/{name}", *owner)
+            os.chmod(f"{lowers[0]}/{name}", mode)
+
+    fs = union(dict.fromkeys(cases, "data"), prepare=prepare)
+    for name, (mode, owner) in cases.items():
+        await fs.write(name, b"D", flags=os.O_WRONLY)
+        st = os.lstat(f"{fs.upper}/{name}")
+        assert stat.S_IMODE(st.st_mode) == mode, name
+        assert (st.st_uid, st.st_gid) == (owner or (os.geteuid(), os.getegid())), name
+        assert await fs.read(name) == b"Data"
+
+
 async def test_metadata_changes_copy_up(union):
     fs = union({"a": "1", "b": "2", "c": "3", "x": "4"})
     await fs.chmod("a", 0o600)

@@ -15,6 +15,7 @@ These functions block (data copies can be long): the filesystem runs them in a w
 
 from __future__ import annotations
 
+import enum
 import errno
 import fcntl
 import itertools
@@ -52,32 +53,42 @@ def _copy_xattrs(src: str | int, dst: str | int) -> None:
                 raise
 
 
-def _copy_data(src_fd: int, dst_fd: int, size: int, clone: bool) -> bool:
-    """Copy ``size`` bytes; a reflink when ``clone`` and the filesystems allow. Returns whether
-    cloning is worth trying again between these two filesystems."""
-    if clone:
+class _Way(enum.IntEnum):
+    """How data is copied from one lower filesystem to the upper: the best that has not failed."""
+
+    CLONE = 0  # FICLONE: a reflink, no data copied (btrfs, xfs)
+    COPY_FILE_RANGE = 1  # in the kernel, no data through user space
+    SENDFILE = 2  # the kernel copies the data between the two kinds of filesystem (a lower on FUSE, say)
+
+
+def _copy_data(src_fd: int, dst_fd: int, size: int, way: _Way) -> _Way:
+    """Copy ``size`` bytes the best ``way`` the two filesystems allow; returns the way that worked."""
+    if way == _Way.CLONE:
         try:
             fcntl.ioctl(dst_fd, _FICLONE, src_fd)
-            return True
+            return way
         except OSError as e:
-            clone = e.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY)
-    offset = 0
-    while offset < size:
-        try:
-            n = os.copy_file_range(src_fd, dst_fd, min(size - offset, 1 << 30), offset, offset)
-        except OSError as e:
-            # EXDEV: the kernel does not copy between these two kinds of filesystem (a lower on FUSE,
-            # say); sendfile does
-            if e.errno not in (errno.EXDEV, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            if e.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
                 raise
-            os.lseek(dst_fd, offset, os.SEEK_SET)
-            while offset < size and (n := os.sendfile(dst_fd, src_fd, offset, min(size - offset, 1 << 30))):
-                offset += n
-            break
-        if n == 0:
-            break
-        offset += n
-    return clone
+            way = _Way.COPY_FILE_RANGE
+    offset = 0
+    if way == _Way.COPY_FILE_RANGE:
+        while offset < size:
+            try:
+                n = os.copy_file_range(src_fd, dst_fd, min(size - offset, 1 << 30), offset, offset)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                way = _Way.SENDFILE
+                break
+            if n == 0:
+                return way
+            offset += n
+    if way == _Way.SENDFILE:
+        os.lseek(dst_fd, offset, os.SEEK_SET)
+        while offset < size and (n := os.sendfile(dst_fd, src_fd, offset, min(size - offset, 1 << 30))):
+            offset += n
+    return way
 
 
 class Copier:
@@ -86,8 +97,13 @@ class Copier:
         self.sync = sync
         self.work_fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.as_root = os.geteuid() == 0
+        # what a file created in the workdir is owned by (a setgid workdir would hand on its group)
+        work = os.fstat(self.work_fd)
+        self._created_owner = (os.geteuid(), work.st_gid if work.st_mode & stat.S_ISGID else os.getegid())
+        self._umask = os.umask(0)  # the daemon runs with 0; a caller of the operations may not
+        os.umask(self._umask)
         self._pid = os.getpid()  # names this daemon's copies in the workdir
-        self._no_clone: set[int] = set()  # lower devices FICLONE to the upper failed from: not tried again
+        self._ways: dict[int, _Way] = {}  # lower device -> how data copies from it to the upper
         for name in os.listdir(self.work_fd):  # leftovers of a crashed daemon
             if name.startswith("#copyup-"):
                 remove_entry(self.work_fd, name)
@@ -137,17 +153,21 @@ class Copier:
             src_path = f"/proc/self/fd/{sfd}/{sname}"
             mode = st.st_mode
             if stat.S_ISREG(mode):
-                dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=self.work_fd)
+                # Created with its final mode unless a chown must come first (it would drop
+                # setuid bits), or the umask or open(2) would leave bits out.
+                owned = not self.as_root or (st.st_uid, st.st_gid) == self._created_owner
+                final = owned and not stat.S_IMODE(mode) & (~0o777 | self._umask)
+                dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                              stat.S_IMODE(mode) if final else 0o600, dir_fd=self.work_fd)
                 src = -1
                 try:
                     if data and st.st_size:
                         src = os.open(sname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
-                        clone = st.st_dev not in self._no_clone
-                        if not _copy_data(src, dst, st.st_size, clone) and clone:
-                            self._no_clone.add(st.st_dev)
-                    if self.as_root:
+                        self._ways[st.st_dev] = _copy_data(src, dst, st.st_size, self._ways.get(st.st_dev, _Way.CLONE))
+                    if not owned:
                         os.fchown(dst, st.st_uid, st.st_gid)
-                    os.fchmod(dst, stat.S_IMODE(mode))
+                    if not final:
+                        os.fchmod(dst, stat.S_IMODE(mode))
                     _copy_xattrs(src if src >= 0 else src_path, dst)
                     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
                     if sync and data and st.st_size:

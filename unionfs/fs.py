@@ -35,6 +35,7 @@ import stat
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyfuse3
 import trio
@@ -286,55 +287,67 @@ class UnionFS(pyfuse3.Operations):
         self._keep_fd(node, fd, writable, cached=False)
 
     # -- copy-up ----------------------------------------------------------------------------------
-    async def _upper_dir(self, node: Node) -> None:
-        """Make sure the directory ``node`` exists in the upper (parents first)."""
+    def _upper_dir(self, node: Node) -> None:
+        """Make sure the directory ``node`` exists in the upper (parents first). A directory's copy
+        has no data and runs here, with no await: nothing else can start copying it meanwhile."""
         upper = self._writable()
         if node.dir_layers and node.dir_layers[0] == upper:
             return
-        assert node.parent is not None
-        await self._upper_dir(node.parent)
-        async with self._copy_lock(node):
-            if node.dir_layers[0] == upper:
-                return
-            assert self.copier is not None
-            old = self._stat(node)
-            new = self.copier.copy(node.dir_layers[0], node.rel, node.parent.rel, node.name)
-            self.aliases[(new.st_dev, new.st_ino)] = self._identity(old)
-            node.dir_layers = [upper, *node.dir_layers]
-            node.listing = None  # it can change now
-            node.layer = upper
+        assert node.parent is not None and self.copier is not None
+        self._upper_dir(node.parent)
+        old = self._stat(node)
+        new = self.copier.copy(node.dir_layers[0], node.rel, node.parent.rel, node.name)
+        self.aliases[(new.st_dev, new.st_ino)] = self._identity(old)
+        node.dir_layers = [upper, *node.dir_layers]
+        node.listing = None  # it can change now
+        node.layer = upper
 
     async def _copy_up(self, node: Node, data: bool = True) -> None:
         upper = self._writable()
         if node.is_dir:
-            await self._upper_dir(node)
+            self._upper_dir(node)
             return
         if node.layer == upper:
             return
-        assert node.parent is not None
+        assert node.parent is not None and self.copier is not None
         if not node.unlinked:
-            await self._upper_dir(node.parent)
-        async with self._copy_lock(node):
+            self._upper_dir(node.parent)
+        lock = self._copy_locks.get(node.ino)
+        if lock is not None and lock.locked():  # a worker thread is copying it: that copy will do
+            async with lock:
+                pass
             if node.layer == upper:
                 return
-            assert self.copier is not None
-            copier, layer, rel, prel, name = self.copier, node.layer, node.rel, node.parent.rel, node.name
-            old = self._stat(node)
-            # long copies, and those with data to fsync, must not stall the other requests
-            inline = not data or old.st_size <= (0 if copier.sync else _INLINE_COPY)
-            if node.unlinked:  # written after its name went (no OPEN was sent): a copy only its fd names
-                orphan = copier.copy_orphan
-                fd = orphan(layer, rel) if inline else await trio.to_thread.run_sync(lambda: orphan(layer, rel))
+        # Long copies, and those with data to fsync, go to a worker thread: they must not stall the
+        # other requests. The others cost less than a thread hop and run here, with no await, so no
+        # other request can start copying the same file meanwhile.
+        old = self._stat(node)
+        if not data or old.st_size <= (0 if self.copier.sync else _INLINE_COPY):
+            copy, done = self._copy_job(node, data, old)
+            done(copy())
+            return
+        async with self._copy_lock(node):
+            if node.layer != upper:
+                copy, done = self._copy_job(node, data, self._stat(node))
+                done(await trio.to_thread.run_sync(copy))
+
+    def _copy_job(self, node: Node, data: bool,
+                  old: os.stat_result) -> tuple[Callable[[], Any], Callable[[Any], None]]:
+        """The copy-up of a lower file whose stat is ``old``: the copy (it blocks) and what to
+        note, on the loop, of its result."""
+        assert node.parent is not None and self.copier is not None
+        copier, layer, rel, prel, name = self.copier, node.layer, node.rel, node.parent.rel, node.name
+        if node.unlinked:  # written after its name went (no OPEN was sent): a copy only its fd names
+            def kept(fd: int) -> None:
                 self._keep_fd(node, fd, True)
-                node.layer = upper
-                return
-            if inline:  # it costs less than a thread hop
-                new = copier.copy(layer, rel, prel, name, data)
-            else:
-                new = await trio.to_thread.run_sync(lambda: copier.copy(layer, rel, prel, name, data))
+                node.layer = self._writable()
+            return lambda: copier.copy_orphan(layer, rel), kept
+
+        def copied(new: os.stat_result) -> None:
             self.aliases[(new.st_dev, new.st_ino)] = self._identity(old)
-            node.layer = upper
+            node.layer = self._writable()
             self._drop_fd(node)  # it was the lower file's
+        return lambda: copier.copy(layer, rel, prel, name, data), copied
 
     def _copy_lock(self, node: Node) -> trio.Lock:
         lock = self._copy_locks.get(node.ino)
@@ -389,7 +402,7 @@ class UnionFS(pyfuse3.Operations):
         name = _name(raw)
         self._check_name(name)
         upper = self._writable()
-        await self._upper_dir(parent)
+        self._upper_dir(parent)
         return parent, name, upper, join(parent.rel, name)
 
     def _finish_new(self, parent: Node, name: str) -> Node:
@@ -510,7 +523,7 @@ class UnionFS(pyfuse3.Operations):
         if res.is_dir:
             raise oserror(errno.EISDIR, sname)
         upper = self._writable()
-        await self._upper_dir(parent)
+        self._upper_dir(parent)
         node = self.nodes.get(self._ino(res.st))
         if node is not None and res.layer == upper and stat.S_ISREG(res.st.st_mode):
             self._pin(node)
@@ -532,7 +545,7 @@ class UnionFS(pyfuse3.Operations):
         if self.layers.listdir(res.dir_layers, rel):
             raise oserror(errno.ENOTEMPTY, sname)
         upper = self._writable()
-        await self._upper_dir(parent)
+        self._upper_dir(parent)
         if self._lower_has(parent, sname):
             self._make_whiteout(parent, sname)
         if res.dir_layers[0] == upper:
@@ -586,7 +599,7 @@ class UnionFS(pyfuse3.Operations):
                 raise oserror(errno.ENOTEMPTY, new)
         node = self._remember(old_parent, old, src)
         await self._copy_up(node)
-        await self._upper_dir(new_parent)
+        self._upper_dir(new_parent)
         new_rel = join(new_parent.rel, new)
         if dst is not None and dst.is_dir and dst.dir_layers[0] == upper:
             with self.layers.at(upper, new_rel) as (fd, n):

@@ -22,8 +22,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import whiteout
@@ -56,6 +54,24 @@ class Resolved:
         return stat.S_ISDIR(self.st.st_mode)
 
 
+class At:
+    """A (dir fd, name) pair from ``LayerSet.at``; the fd is closed on exit when it was opened for
+    it (a long path walked one component at a time). A class, not a generator: it is on every
+    request's path."""
+
+    __slots__ = ("fd", "name", "owned")
+
+    def __init__(self, fd: int, name: str, owned: bool) -> None:
+        self.fd, self.name, self.owned = fd, name, owned
+
+    def __enter__(self) -> tuple[int, str]:
+        return self.fd, self.name
+
+    def __exit__(self, *exc: object) -> None:
+        if self.owned:
+            os.close(self.fd)
+
+
 class LayerSet:
     def __init__(self, upper: str | None, lowers: list[str]) -> None:
         self.paths = ([upper] if upper else []) + list(lowers)
@@ -74,16 +90,14 @@ class LayerSet:
             os.close(fd)
         self.fds = []
 
-    @contextmanager
-    def at(self, layer: int, rel: str) -> Iterator[tuple[int, str]]:
-        """Yield (dir fd, name) naming ``rel`` in ``layer`` for the ``*at`` syscalls."""
+    def at(self, layer: int, rel: str) -> At:
+        """(dir fd, name) naming ``rel`` in ``layer`` for the ``*at`` syscalls, as a context
+        manager: ``with layers.at(layer, rel) as (fd, name): ...``."""
         root = self.fds[layer]
         if not rel:
-            yield root, "."
-            return
+            return At(root, ".", False)
         if len(rel) < _SHORT:
-            yield root, rel
-            return
+            return At(root, rel, False)
         parts = rel.split("/")
         fd = os.dup(root)
         try:
@@ -91,9 +105,10 @@ class LayerSet:
                 nxt = os.open(part, _DIR, dir_fd=fd)
                 os.close(fd)
                 fd = nxt
-            yield fd, parts[-1]
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        return At(fd, parts[-1], True)
 
     def _lower_dir(self, layer: int, rel: str) -> _LowerDir | None:
         key = (layer, rel)
