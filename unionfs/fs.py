@@ -772,14 +772,19 @@ class UnionFS(pyfuse3.Operations):
         if key.startswith(_INTERNAL_XATTRS):
             raise oserror(errno.ENODATA, key)
         node = self._node(inode)
+        if node.fd >= 0:  # the kernel asks for security.capability before every write: no path walk
+            return os.getxattr(node.fd, key)
         with self.layers.at(node.layer, node.rel) as (fd, n):
             return os.getxattr(f"/proc/self/fd/{fd}/{n}", key, follow_symlinks=False)
 
     @fuse_boundary
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         node = self._node(inode)
-        with self.layers.at(node.layer, node.rel) as (fd, n):
-            names = os.listxattr(f"/proc/self/fd/{fd}/{n}", follow_symlinks=False)
+        if node.fd >= 0:
+            names = os.listxattr(node.fd)
+        else:
+            with self.layers.at(node.layer, node.rel) as (fd, n):
+                names = os.listxattr(f"/proc/self/fd/{fd}/{n}", follow_symlinks=False)
         return [os.fsencode(k) for k in names if not k.startswith(_INTERNAL_XATTRS)]
 
     @fuse_boundary
