@@ -7,7 +7,9 @@ import errno
 import os
 import stat
 from contextlib import ExitStack
+from types import SimpleNamespace
 
+import pyfuse3
 import pytest
 from helpers import snapshot
 from unionfs_support import OPAQUE, WHITEOUT, MountClient, OpsClient, make_layer, mounted
@@ -280,6 +282,37 @@ async def test_read_only_union_without_upper(tmp_path):
         with pytest.raises(OSError) as info:
             open(mnt / "new", "w")
         assert info.value.errno == errno.EROFS
+
+
+async def test_a_name_made_again_after_its_whiteout_shows(union):
+    """A directory this daemon copies up starts with no whiteouts, and creating in it skips the
+    search for one, until a whiteout is made in it."""
+    fs = union({"d/": None, "d/g": "lower"})
+    await fs.write("d/new", b"n")  # copies d up: a new, empty upper directory
+    await fs.unlink("d/g")
+    assert os.path.isfile(f"{fs.upper}/d/.wh.g")
+    await fs.write("d/g", b"made again")
+    assert await fs.read("d/g") == b"made again" and not os.path.exists(f"{fs.upper}/d/.wh.g")
+    await fs.mkdir("e")
+    await fs.write("e/f", b"x")
+    assert sorted(os.listdir(f"{fs.upper}/e")) == ["f"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a file for another user is root's")
+@pytest.mark.parametrize("uid", [0, 1234])
+async def test_a_new_setuid_file_keeps_its_bits_and_goes_to_the_caller(tmp_path, uid):
+    """The daemon creates as root, then hands the file to the caller: that chown would drop the
+    setuid bits the caller asked for, so they are put back (and no chown is made for root)."""
+    fs = UnionFS([make_layer(str(tmp_path / "l"), {})], make_layer(str(tmp_path / "u"), {}),
+                 make_layer(str(tmp_path / "w"), {}))
+    try:
+        ctx = SimpleNamespace(uid=uid, gid=uid, pid=os.getpid(), umask=0)
+        _info, attr = await fs.create(pyfuse3.ROOT_INODE, b"tool", stat.S_IFREG | 0o6755, os.O_WRONLY, ctx)
+        st = os.lstat(tmp_path / "u" / "tool")
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o6755, uid, uid)
+        assert (stat.S_IMODE(attr.st_mode), attr.st_uid) == (0o6755, uid)
+    finally:
+        fs.close()
 
 
 async def test_unexpected_error_becomes_eio_and_the_filesystem_survives(tmp_path, monkeypatch):

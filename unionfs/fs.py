@@ -66,6 +66,9 @@ class Node:
     unlinked: bool = False  # its last name is gone; a file keeps its fd until the kernel forgets it
     last: os.stat_result | None = None
     listing: list[Listed] | None = None  # a lower-only directory's entries, resolved once
+    # a directory whose upper holds no whiteouts: this daemon made it (mkdir, copy-up) and has put
+    # none in it since, so a name created in it has no whiteout to remove
+    no_whiteouts: bool = False
 
     @property
     def rel(self) -> str:
@@ -301,6 +304,7 @@ class UnionFS(pyfuse3.Operations):
         node.dir_layers = [upper, *node.dir_layers]
         node.listing = None  # it can change now
         node.layer = upper
+        node.no_whiteouts = True  # a new, empty directory
 
     async def _copy_up(self, node: Node, data: bool = True) -> None:
         upper = self._writable()
@@ -367,10 +371,13 @@ class UnionFS(pyfuse3.Operations):
             os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o000, dir_fd=fd))
 
     def _make_whiteout(self, parent: Node, name: str) -> None:
+        parent.no_whiteouts = False
         self._marker(join(parent.rel, whiteout.whiteout_name(name)))
 
     def _drop_whiteout(self, parent: Node, name: str) -> bool:
         upper = self._writable()
+        if parent.no_whiteouts:
+            return False
         if len(os.fsencode(whiteout.whiteout_name(name))) > 255:
             return False  # such a whiteout cannot exist (nor be made: unlink then says ENAMETOOLONG)
         with self.layers.at(upper, join(parent.rel, whiteout.whiteout_name(name))) as (fd, wname):
@@ -380,20 +387,35 @@ class UnionFS(pyfuse3.Operations):
             except FileNotFoundError:
                 return False
 
-    def _own(self, upper: int, rel: str, parent: Node, ctx: pyfuse3.RequestContext, is_dir: bool,
-             real: int | None = None) -> None:
+    def _new_gid(self, parent: Node, ctx: pyfuse3.RequestContext) -> int:
+        """The group a new object in ``parent`` gets: a setgid directory's own, else the caller's."""
+        pst = parent.last or self._stat(parent)  # every change to it goes through us and refreshes it
+        return pst.st_gid if pst.st_mode & stat.S_ISGID else ctx.gid
+
+    def _own_file(self, real: int, mode: int, parent: Node, ctx: pyfuse3.RequestContext) -> os.stat_result:
+        """A new file, open at ``real``, belongs to the caller (see ``_own``); its stat. A chown
+        that would change nothing is not made, and one that is made keeps the setuid bits asked
+        for (a chown drops them)."""
+        st = os.fstat(real)
+        if not self.as_root:
+            return st
+        gid = self._new_gid(parent, ctx)
+        if (st.st_uid, st.st_gid) != (ctx.uid, gid):
+            os.fchown(real, ctx.uid, gid)
+            if mode & (stat.S_ISUID | stat.S_ISGID):
+                os.fchmod(real, stat.S_IMODE(mode))
+            st = os.fstat(real)
+        return st
+
+    def _own(self, upper: int, rel: str, parent: Node, ctx: pyfuse3.RequestContext, is_dir: bool) -> None:
         """New objects belong to the caller; a setgid directory passes on its group (and, to
-        directories, the bit), as the kernel does. ``real``: the new file, already open."""
+        directories, the bit), as the kernel does."""
         if not self.as_root:
             return
-        pst = parent.last or self._stat(parent)  # every change to it goes through us and refreshes it
-        gid = pst.st_gid if pst.st_mode & stat.S_ISGID else ctx.gid
-        if real is not None:
-            os.fchown(real, ctx.uid, gid)
-            return
+        gid = self._new_gid(parent, ctx)
         with self.layers.at(upper, rel) as (fd, name):
             os.chown(name, ctx.uid, gid, dir_fd=fd, follow_symlinks=False)
-            if is_dir and pst.st_mode & stat.S_ISGID:
+            if is_dir and (parent.last or self._stat(parent)).st_mode & stat.S_ISGID:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 os.chmod(name, stat.S_IMODE(st.st_mode) | stat.S_ISGID, dir_fd=fd)
 
@@ -507,7 +529,9 @@ class UnionFS(pyfuse3.Operations):
         self._own(upper, rel, parent, ctx, True)
         if self._drop_whiteout(parent, sname):
             self._marker(join(rel, whiteout.OPAQUE))  # mkdir over a whiteout: hide what was below
-        return self._entry(self._finish_new(parent, sname))
+        node = self._finish_new(parent, sname)
+        node.no_whiteouts = True
+        return self._entry(node)
 
     def _existing(self, parent_inode: int, raw: bytes) -> tuple[Node, str, Resolved]:
         parent = self._node(parent_inode)
@@ -799,9 +823,8 @@ class UnionFS(pyfuse3.Operations):
             real = os.open(n, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                            stat.S_IMODE(mode), dir_fd=fd)
         try:
-            self._own(upper, rel, parent, ctx, False, real)
+            st = self._own_file(real, mode, parent, ctx)
             self._drop_whiteout(parent, sname)
-            st = os.fstat(real)
         except BaseException:
             os.close(real)
             raise
