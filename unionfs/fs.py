@@ -475,35 +475,38 @@ class UnionFS(pyfuse3.Operations):
         upper = self._writable()
         if fields.update_size:
             os.ftruncate(self._fd(node, write=True), attr.st_size)
-        if node.unlinked and not node.is_dir:  # no name left: through its fd
-            fd = self._fd(node)
+        if node.fd >= 0:  # a file with an fd, as every unlinked one has: no path walk (and no name needed)
+            fd = node.fd
             if fields.update_uid or fields.update_gid:
                 os.fchown(fd, attr.st_uid if fields.update_uid else -1, attr.st_gid if fields.update_gid else -1)
             if fields.update_mode:
                 os.fchmod(fd, stat.S_IMODE(attr.st_mode))
             if fields.update_atime or fields.update_mtime:
-                st = os.fstat(fd)
-                os.utime(fd, ns=(attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
-                                 attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns))
+                os.utime(fd, ns=self._new_times(attr, fields, lambda: os.fstat(fd)))
             return self._node_attr(node)
-        with self.layers.at(upper, node.rel) as (fd, name):
+        with self.layers.at(upper, node.rel) as (dfd, name):
             if fields.update_uid or fields.update_gid:
                 uid = attr.st_uid if fields.update_uid else -1
                 gid = attr.st_gid if fields.update_gid else -1
-                os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+                os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
             if fields.update_mode:
                 kind = node.last.st_mode if node.last is not None else self._stat(node).st_mode  # a name keeps its type
                 if not stat.S_ISLNK(kind):
-                    os.chmod(name, stat.S_IMODE(attr.st_mode), dir_fd=fd)
+                    os.chmod(name, stat.S_IMODE(attr.st_mode), dir_fd=dfd)
             if fields.update_atime or fields.update_mtime:
-                if fields.update_atime and fields.update_mtime:
-                    times = (attr.st_atime_ns, attr.st_mtime_ns)
-                else:
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                    times = (attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
-                             attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns)
-                os.utime(name, ns=times, dir_fd=fd, follow_symlinks=False)
+                times = self._new_times(attr, fields, lambda: os.stat(name, dir_fd=dfd, follow_symlinks=False))
+                os.utime(name, ns=times, dir_fd=dfd, follow_symlinks=False)
         return self._node_attr(node)
+
+    @staticmethod
+    def _new_times(attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                   current: Callable[[], os.stat_result]) -> tuple[int, int]:
+        """(atime, mtime) in ns after a setattr: those it sets, the others as they are."""
+        if fields.update_atime and fields.update_mtime:
+            return attr.st_atime_ns, attr.st_mtime_ns
+        st = current()
+        return (attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
+                attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns)
 
     @fuse_boundary
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:

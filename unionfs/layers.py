@@ -207,7 +207,8 @@ class LayerSet:
             return None
         rel = join(parent_rel, name)
         found: Resolved | None = None
-        for layer in dir_layers:
+        last = len(dir_layers) - 1
+        for i, layer in enumerate(dir_layers):
             st = self.lstat(layer, rel)
             if st is not None:
                 if whiteout.is_overlay_whiteout(st) and layer != self.upper:
@@ -221,8 +222,8 @@ class LayerSet:
                 found.dir_layers.append(layer)
                 if self.is_opaque(layer, rel):
                     break
-            if self.has(layer, join(parent_rel, whiteout.whiteout_name(name))):
-                break  # hides the name in every layer below this one
+            if i < last and self.has(layer, join(parent_rel, whiteout.whiteout_name(name))):
+                break  # hides the name in every layer below this one (the bottom one has none)
         return found
 
     def _names(self, layer: int, rel: str) -> list[tuple[str, bool]]:
