@@ -2,7 +2,7 @@
 reported as multiples of kernel overlayfs (this machine is shared and noisy: ratios, not seconds).
 
 Lower: a Debian minbase rootfs (debootstrap, cached in bench/out/) plus a layer of big files.
-Every workload gets a fresh mount with an empty upper. "cold" is the first pass on a fresh mount
+Every workload gets a fresh mount with an empty upper, on an ext4 made for the run (``scratch_fs``). "cold" is the first pass on a fresh mount
 (the backing files are in the page cache for all three); "warm" is the pass after it.
 
 Usage: ``python bench/unionfs_bench.py [--only NAME,NAME] [--repeat N]`` (as root: kernel overlayfs).
