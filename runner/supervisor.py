@@ -150,6 +150,8 @@ class Supervisor:
         cost a few hundred (imports)."""
         c = self.c
         options = ["allow_other"] if os.geteuid() == 0 else []
+        if self.config["HostConfig"]["AutoRemove"]:  # --rm: its writable layer cannot outlive it
+            options.append("volatile")  # (as podman does for --rm; CRI-O for every container)
         try:
             self._write_etc()
             self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options)

@@ -101,6 +101,20 @@ def test_detached_container_life_cycle(rootdir):
     assert strata(rootdir, "ps", "-aq").out == ""
 
 
+def test_only_a_rm_containers_writable_layer_is_volatile(rootdir):
+    """--rm: nothing in the union is fsynced (its writable layer cannot outlive the container, as
+    podman decides for --rm): the union's workdir holds overlayfs's volatile mark while it runs."""
+    kept = strata(rootdir, "run", "-d", "bb", "sleep", "60").out.strip()
+    gone = strata(rootdir, "run", "-d", "--rm", "bb", "sleep", "60").out.strip()
+    try:
+        for cid, volatile in ((kept, False), (gone, True)):
+            work = json.loads(strata(rootdir, "inspect", cid).out)[0]["GraphDriver"]["Data"]["WorkDir"]
+            assert os.path.isdir(os.path.join(work, "incompat", "volatile")) == volatile
+    finally:
+        strata(rootdir, "rm", "-f", kept, gone)
+    assert strata(rootdir, "ps", "-aq").out == ""
+
+
 def test_writable_layers_are_separate(rootdir):
     strata(rootdir, "run", "--name", "ca", "bb", "sh", "-c", "echo A > /tmp/a")
     strata(rootdir, "run", "--name", "cb", "bb", "sh", "-c", "echo B > /tmp/b")

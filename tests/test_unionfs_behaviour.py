@@ -369,7 +369,7 @@ async def test_overlay_style_whiteouts_and_opaque_xattrs_in_lowers(union):
 @pytest.mark.parametrize("volatile", [False, True])
 async def test_a_copy_up_with_data_is_fsynced_before_it_is_renamed_into_place(tmp_path, monkeypatch, volatile):
     """As kernel overlayfs (fuse-overlayfs 1.10 does not): else a power cut could leave an empty upper file that
-    hides the lower one. ``volatile`` (overlayfs's option) skips it."""
+    hides the lower one. ``volatile`` (overlayfs's option) skips it, and makes fsync a no-op as well."""
     lower = make_layer(str(tmp_path / "l"), {"f": "x" * 100, "g": "y"})
     fs = UnionFS([lower], make_layer(str(tmp_path / "u"), {}), make_layer(str(tmp_path / "w"), {}), volatile)
     events: list[str] = []
@@ -383,6 +383,10 @@ async def test_a_copy_up_with_data_is_fsynced_before_it_is_renamed_into_place(tm
         events.clear()
         await client.write("g", b"new", flags=os.O_WRONLY | os.O_TRUNC)  # no data copied: nothing to sync
         assert events == ["rename"]
+        events.clear()
+        ino = (await fs.lookup(pyfuse3.ROOT_INODE, b"g", client.ctx)).st_ino
+        await fs.fsync(ino, False)
+        assert events == ([] if volatile else ["fsync"])
     finally:
         fs.close()
 

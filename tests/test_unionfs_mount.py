@@ -587,6 +587,26 @@ def test_volatile_is_ours_and_readahead_is_a_whole_request(tmp_path):
     assert not is_mounted(str(point))
 
 
+def test_a_volatile_mount_marks_its_workdir_until_it_ends(tmp_path):
+    """As kernel overlayfs's work/incompat/volatile: while a volatile mount is up its workdir holds
+    the mark; a clean end removes it; a mark left behind (the host died, or the daemon was killed)
+    makes the next mount of that upper fail with one line, and nothing is mounted."""
+    lower = make_layer(str(tmp_path / "l"), {"f": "x"})
+    upper, work, point = (tmp_path / n for n in ("u", "w", "mnt"))
+    for d in (upper, work, point):
+        d.mkdir()
+    with mounted(str(point), [lower], str(upper), str(work), extra=",volatile"):
+        assert (work / "incompat" / "volatile").is_dir()
+        (point / "f").write_text("y")
+    assert os.listdir(work) == [] and (upper / "f").read_text() == "y"
+    (work / "incompat" / "volatile").mkdir(parents=True)  # as a killed daemon leaves it
+    res = subprocess.run([sys.executable, "-m", "unionfs", "-o",
+                          f"lowerdir={lower},upperdir={upper},workdir={work}", str(point)],
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and not is_mounted(str(point))
+    assert res.stderr.count("\n") == 1 and "did not end cleanly" in res.stderr, res.stderr
+
+
 def test_hundreds_of_layers(tmp_path):
     """No page-sized option limit (kernel overlayfs's ~128 layers): 300 lowers mount and resolve."""
     lowers = [make_layer(str(tmp_path / f"layer{i:03}"), {f"only{i}": str(i), "shared": f"from {i}"})

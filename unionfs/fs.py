@@ -116,6 +116,7 @@ class UnionFS(pyfuse3.Operations):
         self.layers = LayerSet(upper, list(lowers))
         self.upper = self.layers.upper
         self.copier = Copier(self.layers, work, sync=not volatile) if upper is not None and work is not None else None
+        self.volatile = volatile  # fsync and fsyncdir do nothing, as under overlayfs's volatile
         self.as_root = os.geteuid() == 0
         root_dirs = self.layers.root_dirs()
         self.root = Node(pyfuse3.ROOT_INODE, None, "", root_dirs[0], root_dirs, True, lookups=1)
@@ -711,6 +712,8 @@ class UnionFS(pyfuse3.Operations):
 
     @fuse_boundary
     async def fsync(self, fh: int, datasync: bool) -> None:
+        if self.volatile:
+            return
         fd = os.dup(self._fd(self._node(fh)))  # the cache may close its own meanwhile
         try:
             await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fd)
@@ -766,6 +769,8 @@ class UnionFS(pyfuse3.Operations):
 
     @fuse_boundary
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        if self.volatile:
+            return
         handle = self.dirs[fh]
         layer, rel = handle.node.layer, handle.node.rel
 

@@ -29,6 +29,10 @@ from .fs import FD_CACHE, NO_OPEN, UnionFS
 
 log = logging.getLogger("unionfs")
 _OURS = ("lowerdir", "upperdir", "workdir", "log", "volatile")
+# In the workdir of a volatile mount, as kernel overlayfs's $workdir/work/incompat/volatile: made
+# before mounting, removed when the daemon ends. Found at a mount, it says a volatile mount of this
+# upper ended with the host (or was killed): its unsynced writes may be lost, so it is refused.
+VOLATILE_MARK = os.path.join("incompat", "volatile")
 
 
 @dataclass
@@ -38,7 +42,7 @@ class Options:
     work: str | None
     fuse: list[str]  # passed through to FUSE (allow_other, …)
     log: str | None = None
-    volatile: bool = False  # copy-ups are not fsynced (overlayfs's option of that name)
+    volatile: bool = False  # nothing is fsynced: copy-ups, fsync, fsyncdir (overlayfs's option of that name)
 
 
 def parse_options(values: Sequence[str]) -> Options:
@@ -69,6 +73,9 @@ def parse_options(values: Sequence[str]) -> Options:
         if os.path.realpath(work).startswith(os.path.realpath(upper) + "/") or \
                 os.path.realpath(upper).startswith(os.path.realpath(work) + "/"):
             raise UnionError("upperdir and workdir must not be inside each other")
+        if os.path.isdir(os.path.join(work, VOLATILE_MARK)):
+            raise UnionError(f"{os.path.join(work, VOLATILE_MARK)}: a volatile mount of this upper did not end "
+                             "cleanly and may have lost writes; remove that directory to mount it anyway")
     return Options(lowers, upper, work, fuse, found.get("log"), "volatile" in found)
 
 
@@ -100,11 +107,16 @@ def serve(opts: Options, mountpoint: str, ready_fd: int | None) -> int:
     os.umask(0)  # modes come from the caller, already masked by the kernel
     logging.basicConfig(filename=opts.log, level=logging.WARNING,
                         format="%(asctime)s unionfs[%(process)d] %(message)s")
+    mark = os.path.join(opts.work, VOLATILE_MARK) if opts.volatile and opts.work else None
     try:
         target = os.path.realpath(mountpoint)
         fs = UnionFS(opts.lowers, opts.upper, opts.work, opts.volatile, no_open=NO_OPEN, fd_cache=_fd_budget())
+        if mark:
+            os.makedirs(mark)
         pyfuse3.init(fs, mountpoint, _mount_options(opts))
     except Exception as e:  # noqa: BLE001 - reported to whoever waits for readiness
+        if mark:
+            _remove_mark(mark)
         _tell(ready_fd, f"cannot mount {mountpoint}: {e}")
         return 1
     try:
@@ -114,7 +126,18 @@ def serve(opts: Options, mountpoint: str, ready_fd: int | None) -> int:
         # after a signal or a crash we must.
         pyfuse3.close(unmount=True)
         fs.close()
+        if mark:  # the writes are in the page cache: only the host's end can lose them now
+            _remove_mark(mark)
     return 0
+
+
+def _remove_mark(mark: str) -> None:
+    """Remove the volatile mark and its ``incompat`` parent (if nothing else is in it)."""
+    for d in (mark, os.path.dirname(mark)):
+        try:
+            os.rmdir(d)
+        except OSError:
+            return
 
 
 def _fd_budget() -> int:
