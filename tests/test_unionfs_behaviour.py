@@ -391,6 +391,28 @@ async def test_a_copy_up_with_data_is_fsynced_before_it_is_renamed_into_place(tm
         fs.close()
 
 
+async def test_a_copy_up_leaves_the_new_file_open_for_what_follows(tmp_path, monkeypatch):
+    """The copy is made read-write in the workdir and that fd stays with the node: the write, the
+    touch and the chmod after a copy-up open nothing more (before, the write opened the file)."""
+    lower = make_layer(str(tmp_path / "l"), {"f": "lower"})
+    fs = UnionFS([lower], make_layer(str(tmp_path / "u"), {}), make_layer(str(tmp_path / "w"), {}), no_open=True)
+    try:
+        client = OpsClient(fs)
+        await client.chmod("f", 0o600)  # the copy-up
+        opened: list[object] = []
+        real_open = os.open
+        monkeypatch.setattr(os, "open", lambda *a, **k: (opened.append(a[0]), real_open(*a, **k))[1])
+        await client.write("f", b"UPPER", flags=os.O_WRONLY)
+        await client.utime("f", (1_000_000_000, 2_000_000_000))
+        await client.chmod("f", 0o640)
+        assert opened == []
+        st = os.lstat(tmp_path / "u" / "f")
+        assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o640, 2_000_000_000)
+        assert (tmp_path / "u" / "f").read_bytes() == b"UPPER" and os.listdir(tmp_path / "w") == []
+    finally:
+        fs.close()
+
+
 async def test_a_filesystem_that_cannot_clone_is_not_asked_twice(tmp_path, monkeypatch):
     """FICLONE is tried once per lower filesystem: where it fails (ext4, tmpfs), copy-ups copy bytes and
     stop paying for the failing ioctl."""

@@ -115,37 +115,43 @@ class Copier:
         if self.as_root:
             os.chown(target, st.st_uid, st.st_gid, dir_fd=self.work_fd, follow_symlinks=False)
 
-    def copy(self, layer: int, rel: str, upper_parent_rel: str, name: str, data: bool = True) -> os.stat_result:
-        """Copy (layer, rel) to ``upper_parent_rel/name`` in the upper; return the new object's stat."""
+    def copy(self, layer: int, rel: str, upper_parent_rel: str, name: str,
+             data: bool = True) -> tuple[os.stat_result, int]:
+        """Copy (layer, rel) to ``upper_parent_rel/name`` in the upper. Returns the new object's
+        stat and, for a file, a read-write fd on it (the caller's to keep or close; -1 else)."""
         upper = self.layers.upper
         assert upper is not None
         tmp = self._tmp_name()
+        fd = -1
         try:
-            self._build(layer, rel, tmp, data, self.sync)
+            fd = self._build(layer, rel, tmp, data, self.sync)
             self.publish(tmp, upper_parent_rel, name)
+            new = os.fstat(fd) if fd >= 0 else \
+                self.layers.lstat(upper, f"{upper_parent_rel}/{name}" if upper_parent_rel else name)
         except BaseException:
+            if fd >= 0:
+                os.close(fd)
             remove_entry(self.work_fd, tmp)
             raise
-        new = self.layers.lstat(upper, f"{upper_parent_rel}/{name}" if upper_parent_rel else name)
         assert new is not None
-        return new
+        return new, fd
 
     def copy_orphan(self, layer: int, rel: str) -> int:
         """A private copy of a lower file whose name is gone (it was unlinked while open, and is now
-        written): built in the workdir, opened read-write and unlinked again. It lives as long as
-        the fd returned, and no crash can leave it visible, so it is not synced."""
+        written): built in the workdir and unlinked there again. It lives as long as the read-write
+        fd returned, and no crash can leave it visible, so it is not synced."""
         tmp = self._tmp_name()
         try:
-            self._build(layer, rel, tmp, True, False)
-            return os.open(tmp, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.work_fd)
+            return self._build(layer, rel, tmp, True, False)
         finally:
             remove_entry(self.work_fd, tmp)
 
     def _tmp_name(self) -> str:
         return f"#copyup-{self._pid}-{next(_counter)}"  # what __init__ clears of a crashed daemon
 
-    def _build(self, layer: int, rel: str, tmp: str, data: bool, sync: bool) -> None:
-        """Make ``tmp`` in the workdir a copy of (layer, rel): data, owner, mode, xattrs, times."""
+    def _build(self, layer: int, rel: str, tmp: str, data: bool, sync: bool) -> int:
+        """Make ``tmp`` in the workdir a copy of (layer, rel): data, owner, mode, xattrs, times.
+        Returns a read-write fd on it for a file (made with it: the mode cannot refuse), -1 else."""
         st = self.layers.lstat(layer, rel)
         if st is None:
             raise FileNotFoundError(errno.ENOENT, "vanished during copy-up", rel)
@@ -157,7 +163,7 @@ class Copier:
                 # setuid bits), or the umask or open(2) would leave bits out.
                 owned = not self.as_root or (st.st_uid, st.st_gid) == self._created_owner
                 final = owned and not stat.S_IMODE(mode) & (~0o777 | self._umask)
-                dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                dst = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                               stat.S_IMODE(mode) if final else 0o600, dir_fd=self.work_fd)
                 src = -1
                 try:
@@ -172,11 +178,14 @@ class Copier:
                     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
                     if sync and data and st.st_size:
                         os.fsync(dst)
+                except BaseException:
+                    os.close(dst)
+                    raise
                 finally:
                     if src >= 0:
                         os.close(src)
-                    os.close(dst)
-            elif stat.S_ISLNK(mode):
+                return dst
+            if stat.S_ISLNK(mode):
                 os.symlink(os.readlink(sname, dir_fd=sfd), tmp, dir_fd=self.work_fd)
                 self._owner(tmp, st)
                 os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self.work_fd, follow_symlinks=False)
@@ -192,6 +201,7 @@ class Copier:
                 os.chmod(tmp, stat.S_IMODE(mode), dir_fd=self.work_fd)
                 _copy_xattrs(src_path, f"/proc/self/fd/{self.work_fd}/{tmp}")
                 os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self.work_fd)
+        return -1
 
     def publish(self, tmp: str, parent_rel: str, name: str) -> None:
         """Rename ``tmp`` from the workdir into the upper, keeping the parent's times."""

@@ -300,7 +300,7 @@ class UnionFS(pyfuse3.Operations):
         assert node.parent is not None and self.copier is not None
         self._upper_dir(node.parent)
         old = self._stat(node)
-        new = self.copier.copy(node.dir_layers[0], node.rel, node.parent.rel, node.name)
+        new, _ = self.copier.copy(node.dir_layers[0], node.rel, node.parent.rel, node.name)
         self.aliases[(new.st_dev, new.st_ino)] = self._identity(old)
         node.dir_layers = [upper, *node.dir_layers]
         node.listing = None  # it can change now
@@ -348,10 +348,11 @@ class UnionFS(pyfuse3.Operations):
                 node.layer = self._writable()
             return lambda: copier.copy_orphan(layer, rel), kept
 
-        def copied(new: os.stat_result) -> None:
+        def copied(new_and_fd: tuple[os.stat_result, int]) -> None:
+            new, fd = new_and_fd
             self.aliases[(new.st_dev, new.st_ino)] = self._identity(old)
             node.layer = self._writable()
-            self._drop_fd(node)  # it was the lower file's
+            self._keep_fd(node, fd, True)  # the copy's (the lower file's is closed): no open to come
         return lambda: copier.copy(layer, rel, prel, name, data), copied
 
     def _copy_lock(self, node: Node) -> trio.Lock:
