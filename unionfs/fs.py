@@ -273,6 +273,20 @@ class UnionFS(pyfuse3.Operations):
             node.fd = -1
         self._fd_lru.pop(node.ino, None)
 
+    def _losing_name(self, res: Resolved) -> Node | None:
+        """Before ``res`` loses a name (unlink, rename over it): its node, if the kernel knows one,
+        with its fd pinned when it is an upper file (the kernel may hold it open)."""
+        node = self.nodes.get(self._ino(res.st))
+        if node is not None and res.layer == self.upper and stat.S_ISREG(res.st.st_mode):
+            self._pin(node)
+        return node
+
+    @staticmethod
+    def _lost_name(node: Node | None, res: Resolved) -> None:
+        """After: it had no other name, so its node is unlinked."""
+        if node is not None and res.st.st_nlink <= 1:
+            node.unlinked = True
+
     def _pin(self, node: Node) -> None:
         """Before an upper file loses a name: keep an fd on it, out of the cache, until the kernel
         forgets it. With no OPEN sent there is no knowing whether the kernel holds it open, and
@@ -389,10 +403,12 @@ class UnionFS(pyfuse3.Operations):
             except FileNotFoundError:
                 return False
 
-    def _new_gid(self, parent: Node, ctx: pyfuse3.RequestContext) -> int:
-        """The group a new object in ``parent`` gets: a setgid directory's own, else the caller's."""
+    def _new_gid(self, parent: Node, ctx: pyfuse3.RequestContext) -> tuple[int, bool]:
+        """The group a new object in ``parent`` gets (a setgid directory's own, else the caller's),
+        and whether the directory is setgid."""
         pst = parent.last or self._stat(parent)  # every change to it goes through us and refreshes it
-        return pst.st_gid if pst.st_mode & stat.S_ISGID else ctx.gid
+        setgid = bool(pst.st_mode & stat.S_ISGID)
+        return (pst.st_gid if setgid else ctx.gid), setgid
 
     def _own_file(self, real: int, mode: int, parent: Node, ctx: pyfuse3.RequestContext) -> os.stat_result:
         """A new file, open at ``real``, belongs to the caller (see ``_own``); its stat. A chown
@@ -401,7 +417,7 @@ class UnionFS(pyfuse3.Operations):
         st = os.fstat(real)
         if not self.as_root:
             return st
-        gid = self._new_gid(parent, ctx)
+        gid, _ = self._new_gid(parent, ctx)
         if (st.st_uid, st.st_gid) != (ctx.uid, gid):
             os.fchown(real, ctx.uid, gid)
             if mode & (stat.S_ISUID | stat.S_ISGID):
@@ -414,10 +430,10 @@ class UnionFS(pyfuse3.Operations):
         directories, the bit), as the kernel does."""
         if not self.as_root:
             return
-        gid = self._new_gid(parent, ctx)
+        gid, setgid = self._new_gid(parent, ctx)
         with self.layers.at(upper, rel) as (fd, name):
             os.chown(name, ctx.uid, gid, dir_fd=fd, follow_symlinks=False)
-            if is_dir and (parent.last or self._stat(parent)).st_mode & stat.S_ISGID:
+            if is_dir and setgid:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 os.chmod(name, stat.S_IMODE(st.st_mode) | stat.S_ISGID, dir_fd=fd)
 
@@ -477,10 +493,12 @@ class UnionFS(pyfuse3.Operations):
         upper = self._writable()
         if fields.update_size:
             os.ftruncate(self._fd(node, write=True), attr.st_size)
+        uid = attr.st_uid if fields.update_uid else -1
+        gid = attr.st_gid if fields.update_gid else -1
         if node.fd >= 0:  # a file with an fd, as every unlinked one has: no path walk (and no name needed)
             fd = node.fd
             if fields.update_uid or fields.update_gid:
-                os.fchown(fd, attr.st_uid if fields.update_uid else -1, attr.st_gid if fields.update_gid else -1)
+                os.fchown(fd, uid, gid)
             if fields.update_mode:
                 os.fchmod(fd, stat.S_IMODE(attr.st_mode))
             if fields.update_atime or fields.update_mtime:
@@ -488,8 +506,6 @@ class UnionFS(pyfuse3.Operations):
             return self._node_attr(node)
         with self.layers.at(upper, node.rel) as (dfd, name):
             if fields.update_uid or fields.update_gid:
-                uid = attr.st_uid if fields.update_uid else -1
-                gid = attr.st_gid if fields.update_gid else -1
                 os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
             if fields.update_mode:
                 kind = node.last.st_mode if node.last is not None else self._stat(node).st_mode  # a name keeps its type
@@ -553,17 +569,14 @@ class UnionFS(pyfuse3.Operations):
             raise oserror(errno.EISDIR, sname)
         upper = self._writable()
         self._upper_dir(parent)
-        node = self.nodes.get(self._ino(res.st))
-        if node is not None and res.layer == upper and stat.S_ISREG(res.st.st_mode):
-            self._pin(node)
+        node = self._losing_name(res)
         # whiteout first: a crash in between leaves the upper file showing, never the lower one
         if self._lower_has(parent, sname):
             self._make_whiteout(parent, sname)
         if res.layer == upper:
             with self.layers.at(upper, join(parent.rel, sname)) as (fd, n):
                 os.unlink(n, dir_fd=fd)
-        if node is not None and res.st.st_nlink <= 1:
-            node.unlinked = True
+        self._lost_name(node, res)
 
     @fuse_boundary
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -636,9 +649,7 @@ class UnionFS(pyfuse3.Operations):
                     with self.layers.at(upper, join(new_rel, marker)) as (mfd, m):
                         remove_entry(mfd, m)
         needs_opaque = src.is_dir and self._lower_has(new_parent, new)
-        gone = self.nodes.get(self._ino(dst.st)) if dst is not None else None
-        if gone is not None and dst is not None and dst.layer == upper and stat.S_ISREG(dst.st.st_mode):
-            self._pin(gone)  # the kernel may hold the file that is replaced open
+        gone = self._losing_name(dst) if dst is not None else None
         if self._lower_has(old_parent, old):
             self._make_whiteout(old_parent, old)  # first: a crash leaves the source showing
         with self.layers.at(upper, join(old_parent.rel, old)) as (sfd, s), self.layers.at(upper, new_rel) as (dfd, d):
@@ -646,8 +657,8 @@ class UnionFS(pyfuse3.Operations):
         self._drop_whiteout(new_parent, new)
         if needs_opaque:
             self._marker(join(new_rel, whiteout.OPAQUE))
-        if gone is not None and dst is not None and dst.st.st_nlink <= 1:
-            gone.unlinked = True
+        if dst is not None:
+            self._lost_name(gone, dst)
         node.parent, node.name = new_parent, new
         if src.is_dir:
             node.dir_layers = [upper]
