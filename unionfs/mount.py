@@ -73,9 +73,10 @@ def parse_options(values: Sequence[str]) -> Options:
         if os.path.realpath(work).startswith(os.path.realpath(upper) + "/") or \
                 os.path.realpath(upper).startswith(os.path.realpath(work) + "/"):
             raise UnionError("upperdir and workdir must not be inside each other")
-        if os.path.isdir(os.path.join(work, VOLATILE_MARK)):
-            raise UnionError(f"{os.path.join(work, VOLATILE_MARK)}: a volatile mount of this upper did not end "
-                             "cleanly and may have lost writes; remove that directory to mount it anyway")
+        mark = os.path.join(work, VOLATILE_MARK)
+        if os.path.isdir(mark):
+            raise UnionError(f"{mark}: a volatile mount of this upper did not end cleanly and may have lost "
+                             "writes; remove that directory to mount it anyway")
     return Options(lowers, upper, work, fuse, found.get("log"), "volatile" in found)
 
 
