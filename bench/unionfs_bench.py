@@ -100,6 +100,8 @@ class Union:
         self.upper, self.work, self.merged = (os.path.join(base, n) for n in ("upper", "work", "merged"))
         for d in (self.upper, self.work, self.merged):
             os.makedirs(d)
+        self.mount_time: float | None = None  # seconds the mount command took
+        self.unmount_time: float | None = None
         opts = f"lowerdir={EXTRA}:{ROOTFS},upperdir={self.upper},workdir={self.work}"
         if kind == "kernel":
             self.cmd = ["mount", "-t", "overlay", "overlay", "-o", opts, self.merged]
@@ -109,18 +111,17 @@ class Union:
             extra = ",volatile" if kind == "strata volatile" else ""
             self.cmd = [sys.executable, "-m", "unionfs", "-o", opts + extra, self.merged]
 
-    def mount(self) -> float:
+    def mount(self) -> None:
         start = time.perf_counter()
         subprocess.run(self.cmd, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
-        elapsed = time.perf_counter() - start
+        self.mount_time = time.perf_counter() - start
         assert is_mounted(self.merged)
-        return elapsed
 
-    def unmount(self) -> float:
+    def unmount(self) -> None:
         start = time.perf_counter()
         subprocess.run(["umount", self.merged] if self.kind == "kernel" else ["fusermount3", "-u", self.merged],
                        check=True)
-        return time.perf_counter() - start
+        self.unmount_time = time.perf_counter() - start
 
 
 def forked_mount_latency(base: str) -> float:
@@ -290,20 +291,17 @@ def main() -> None:
                 for kind in KINDS:  # side by side, in one run
                     if kind == "strata volatile" and name not in WRITING:
                         continue
-                    base = tempfile.mkdtemp(prefix="ubench-", dir=SCRATCH)
-                    u = Union(kind, base)
-                    try:
-                        mount_times[kind].append(u.mount())
+                    with fresh_union(kind, "ubench-") as u:
                         target = os.path.join(u.merged, rel)
                         for p in range(passes):
                             start = time.perf_counter()
                             fn(target)
                             label = pass_label(name, p, passes)
                             results.setdefault((label, kind), []).append(time.perf_counter() - start)
-                    finally:
-                        if is_mounted(u.merged):
-                            umount_times[kind].append(u.unmount())
-                        shutil.rmtree(base, ignore_errors=True)
+                    if u.mount_time is not None:
+                        mount_times[kind].append(u.mount_time)
+                    if u.unmount_time is not None:
+                        umount_times[kind].append(u.unmount_time)
             base = tempfile.mkdtemp(prefix="ubench-", dir=SCRATCH)
             try:
                 forked.append(forked_mount_latency(base))
