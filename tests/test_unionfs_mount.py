@@ -473,13 +473,18 @@ def test_setting_one_time_keeps_the_other(mnt):
     assert again.st_atime_ns == 2_000_000_000_000_000_000 and again.st_mtime_ns == after.st_mtime_ns
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m unionfs ARGS`` from this checkout, its output captured."""
+    return subprocess.run([sys.executable, "-m", "unionfs", *args], cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
+                          capture_output=True, text=True, timeout=60)
+
+
 def _daemon(tmp_path, extra: str = ""):
     """Mount with ``python -m unionfs`` in daemon mode (it returns once the mount is ready)."""
     lower = make_layer(str(tmp_path / "l"), {"f": "x"})
     point = tmp_path / "mnt"
     point.mkdir()
-    res = subprocess.run([sys.executable, "-m", "unionfs", "-o", f"lowerdir={lower}{extra}", str(point)],
-                         cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, timeout=60)
+    res = _cli("-o", f"lowerdir={lower}{extra}", str(point))
     assert res.returncode == 0, res.stderr
     return point
 
@@ -514,8 +519,7 @@ def test_bad_options_give_one_line_and_mount_nothing(tmp_path):
     point = tmp_path / "mnt"
     point.mkdir()
     for opts in ("upperdir=/x", f"lowerdir={tmp_path}/nope", f"lowerdir={tmp_path},upperdir={tmp_path}/u"):
-        res = subprocess.run([sys.executable, "-m", "unionfs", "-f", "-o", opts, str(point)], cwd=REPO,
-                             env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=60)
+        res = _cli("-f", "-o", opts, str(point))
         assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert not is_mounted(str(point))
 
@@ -600,9 +604,7 @@ def test_a_volatile_mount_marks_its_workdir_until_it_ends(tmp_path):
         (point / "f").write_text("y")
     assert os.listdir(work) == [] and (upper / "f").read_text() == "y"
     (work / "incompat" / "volatile").mkdir(parents=True)  # as a killed daemon leaves it
-    res = subprocess.run([sys.executable, "-m", "unionfs", "-o",
-                          f"lowerdir={lower},upperdir={upper},workdir={work}", str(point)],
-                         cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=60)
+    res = _cli("-o", f"lowerdir={lower},upperdir={upper},workdir={work}", str(point))
     assert res.returncode == 1 and not is_mounted(str(point))
     assert res.stderr.count("\n") == 1 and "did not end cleanly" in res.stderr, res.stderr
 
