@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from contextlib import ExitStack
 from types import SimpleNamespace
 
@@ -14,6 +15,7 @@ import pytest
 from helpers import snapshot
 from unionfs_support import OPAQUE, WHITEOUT, MountClient, OpsClient, make_layer, mounted
 
+from unionfs import journal
 from unionfs.fs import UnionFS
 
 
@@ -91,7 +93,7 @@ async def test_write_to_lower_file_copies_it_up_with_its_metadata(union):
     assert os.getxattr(f"{fs.upper}/d/f", "user.note") == b"kept"
     assert os.lstat(f"{fs.upper}/d").st_mtime_ns == 2_000_000_000  # the parent's times came along
     assert (await fs.stat("d/f")).st_ino == ino  # stable across copy-up
-    assert os.listdir(fs.work) == []
+    assert os.listdir(fs.work) == [journal.DIRNAME]  # no copy left behind; the journal's dir
 
 
 async def test_copy_up_keeps_every_owner_and_mode(union):
@@ -367,26 +369,154 @@ async def test_overlay_style_whiteouts_and_opaque_xattrs_in_lowers(union):
 
 
 @pytest.mark.parametrize("volatile", [False, True])
-async def test_a_copy_up_with_data_is_fsynced_before_it_is_renamed_into_place(tmp_path, monkeypatch, volatile):
-    """As kernel overlayfs (fuse-overlayfs 1.10 does not): else a power cut could leave an empty upper file that
-    hides the lower one. ``volatile`` (overlayfs's option) skips it, and makes fsync a no-op as well."""
+async def test_a_copy_up_with_data_is_noted_before_it_is_renamed_into_place(tmp_path, monkeypatch, volatile):
+    """Else a power cut could leave an empty upper file that hides the lower one (kernel overlayfs
+    fsyncs each copy-up instead; fuse-overlayfs 1.10 does neither). The note goes once the data is
+    on disk: after an fsync here. ``volatile`` (overlayfs's option) notes nothing, and makes fsync a
+    no-op as well."""
     lower = make_layer(str(tmp_path / "l"), {"f": "x" * 100, "g": "y"})
     fs = UnionFS([lower], make_layer(str(tmp_path / "u"), {}), make_layer(str(tmp_path / "w"), {}), volatile)
+    events: list[str] = []
+    real_fsync, real_rename, real_symlink = os.fsync, os.rename, os.symlink
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "rename", lambda *a, **k: (events.append("rename"), real_rename(*a, **k))[1])
+    monkeypatch.setattr(os, "symlink", lambda *a, **k: (events.append("note"), real_symlink(*a, **k))[1])
+    try:
+        client = OpsClient(fs)
+        await client.chmod("f", 0o600)  # a copy-up with data
+        assert events == (["rename"] if volatile else ["note", "rename"])
+        notes = [] if volatile else [(f"{os.stat(tmp_path / 'u' / 'f').st_ino}.0", f"{lower}/f")]
+        assert _notes(tmp_path / "w") == notes
+        events.clear()
+        await client.write("g", b"new", flags=os.O_WRONLY | os.O_TRUNC)  # no data copied: nothing to note
+        assert events == ["rename"]
+        events.clear()
+        ino = (await fs.lookup(pyfuse3.ROOT_INODE, b"f", client.ctx)).st_ino
+        await fs.fsync(ino, False)
+        assert events == ([] if volatile else ["fsync"])
+        assert _notes(tmp_path / "w") == []  # on disk now
+    finally:
+        fs.close()
+
+
+def _notes(work) -> list[tuple[str, str]]:
+    d = work / journal.DIRNAME
+    return sorted((n, os.readlink(d / n)) for n in os.listdir(d)) if d.exists() else []
+
+
+async def test_a_note_goes_when_nothing_copied_can_be_lost(tmp_path, monkeypatch):
+    """The last name going drops a note (a second name keeps it); a truncation below the lower's
+    size first fsyncs the copy (recovery could not tell it from lost data), one to zero just drops
+    it, one above keeps it; the flusher's sync of the upper drops every note made before it."""
+    lower = make_layer(str(tmp_path / "l"), {n: "x" * 100 for n in ("a", "b", "c", "d", "e", "f")})
+    work = tmp_path / "w"
+    fs = UnionFS([lower], make_layer(str(tmp_path / "u"), {}), make_layer(str(work), {}))
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    try:
+        client = OpsClient(fs)
+        for name in "abcdef":
+            await client.chmod(name, 0o600)
+
+        def noted() -> list[str]:
+            return sorted(os.path.basename(target) for _, target in _notes(work))
+        assert noted() == list("abcdef") and synced == []
+        await client.link("a", "a2")
+        await client.unlink("a")
+        await client.unlink("b")
+        assert noted() == list("acdef")  # a keeps its other name
+        await client.truncate("c", 10)
+        assert noted() == list("adef") and len(synced) == 1
+        await client.truncate("d", 0)
+        await client.truncate("e", 1000)
+        assert noted() == list("aef") and len(synced) == 1
+        assert fs._journal is not None
+        fs._journal.flush_every(0.01)  # the mounted daemon's thread (every vm.dirty_expire_centisecs)
+        deadline = time.monotonic() + 10
+        while fs._journal.notes:
+            assert time.monotonic() < deadline, "the flusher never synced"
+            time.sleep(0.01)
+        assert noted() == []
+    finally:
+        fs.close()
+
+
+async def test_the_next_mount_recovers_only_files_that_lost_data(tmp_path):
+    """Leftover notes (a crash): a noted file shorter than its lower gets the lower's data back, its
+    mode and times kept; one that kept its data (here: grown since) is not touched; a note whose
+    file is gone just goes."""
+    lower = make_layer(str(tmp_path / "l"), {"lost": "lower one", "kept": "lower two", "gone": "x"})
+    upper = make_layer(str(tmp_path / "u"), {"sub/lost": "", "kept": "lower two, and more"})
+    work = tmp_path / "w"
+    (work / journal.DIRNAME).mkdir(parents=True)
+    os.chmod(f"{upper}/sub/lost", 0o4750)
+    for name in ("sub/lost", "kept"):
+        os.utime(f"{upper}/{name}", ns=(1_000_000_000, 2_000_000_000))
+    for name, target in (("sub/lost", "lost"), ("kept", "kept")):
+        os.symlink(f"{lower}/{target}", work / journal.DIRNAME / f"{os.stat(f'{upper}/{name}').st_ino}.7")
+    os.symlink(f"{lower}/gone", work / journal.DIRNAME / "999999999.3")
+    fs = UnionFS([lower], upper, str(work))
+    try:
+        assert open(f"{upper}/sub/lost").read() == "lower one"
+        st = os.stat(f"{upper}/sub/lost")
+        assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o4750, 2_000_000_000)
+        assert open(f"{upper}/kept").read() == "lower two, and more"
+        assert os.listdir(work / journal.DIRNAME) == []
+    finally:
+        fs.close()
+
+
+async def test_a_small_copy_up_runs_on_the_loop_only_when_its_data_is_in_memory(tmp_path, monkeypatch):
+    """The first copy from a lower filesystem goes to a thread and finds out whether RWF_NOWAIT can
+    ask its page cache; then a small copy whose data is cached runs on the loop, one whose data
+    would be read from the disk (dropped from the cache here) in a thread."""
+    import trio
+
+    lower = make_layer(str(tmp_path / "l"), {n: os.urandom(50_000).hex() for n in ("first", "cached", "cold")})
+    for name in ("first", "cached"):
+        open(f"{lower}/{name}", "rb").read()
+    fd = os.open(f"{lower}/cold", os.O_RDONLY | os.O_NOATIME)
+    try:
+        for _ in range(5):  # only clean pages are dropped, and writeback may still hold some
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            try:
+                os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+            except BlockingIOError:
+                break
+        else:
+            raise AssertionError("the kernel kept the cold file's pages")
+    finally:
+        os.close(fd)
+    fs = UnionFS([lower], make_layer(str(tmp_path / "u"), {}), make_layer(str(tmp_path / "w"), {}))
+    threads: list[str] = []
+    real = trio.to_thread.run_sync
+    monkeypatch.setattr(trio.to_thread, "run_sync", lambda fn, *a, **k: (threads.append("thread"), real(fn, *a, **k))[1])
+    try:
+        client = OpsClient(fs)
+        for name, thread in (("first", True), ("cached", False), ("cold", True)):
+            threads.clear()
+            await client.chmod(name, 0o600)
+            assert threads == (["thread"] if thread else []), (name, threads)
+            assert open(f"{tmp_path}/u/{name}").read() == open(f"{lower}/{name}").read()
+    finally:
+        fs.close()
+
+
+async def test_a_copy_up_that_cannot_be_noted_is_fsynced(tmp_path, monkeypatch):
+    """A note is a symlink to the lower file: a lower path too long for one (PATH_MAX) is fsynced
+    before the rename instead, in a worker thread."""
+    lower = make_layer(str(tmp_path / "l"), {"f": "x" * 100})
+    fs = UnionFS([lower], make_layer(str(tmp_path / "u"), {}), make_layer(str(tmp_path / "w"), {}))
+    monkeypatch.setattr(journal, "_NOTE_MAX", len(lower))  # shorter than f"{lower}/f"
     events: list[str] = []
     real_fsync, real_rename = os.fsync, os.rename
     monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
     monkeypatch.setattr(os, "rename", lambda *a, **k: (events.append("rename"), real_rename(*a, **k))[1])
     try:
-        client = OpsClient(fs)
-        await client.chmod("f", 0o600)  # a copy-up with data
-        assert events == (["rename"] if volatile else ["fsync", "rename"])
-        events.clear()
-        await client.write("g", b"new", flags=os.O_WRONLY | os.O_TRUNC)  # no data copied: nothing to sync
-        assert events == ["rename"]
-        events.clear()
-        ino = (await fs.lookup(pyfuse3.ROOT_INODE, b"g", client.ctx)).st_ino
-        await fs.fsync(ino, False)
-        assert events == ([] if volatile else ["fsync"])
+        await OpsClient(fs).chmod("f", 0o600)
+        assert events == ["fsync", "rename"] and _notes(tmp_path / "w") == []
     finally:
         fs.close()
 
@@ -408,7 +538,7 @@ async def test_a_copy_up_leaves_the_new_file_open_for_what_follows(tmp_path, mon
         assert opened == []
         st = os.lstat(tmp_path / "u" / "f")
         assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o640, 2_000_000_000)
-        assert (tmp_path / "u" / "f").read_bytes() == b"UPPER" and os.listdir(tmp_path / "w") == []
+        assert (tmp_path / "u" / "f").read_bytes() == b"UPPER" and os.listdir(tmp_path / "w") == [journal.DIRNAME]
     finally:
         fs.close()
 
@@ -474,7 +604,7 @@ async def test_backing_fds_are_capped_and_an_unlinked_file_keeps_its_own(tmp_pat
         assert await fs.read(low, 0, 100) == b"lower data"
         assert await fs.write(low, 0, b"LOWER") == 5
         assert await fs.read(low, 0, 100) == b"LOWER data"
-        assert sorted(os.listdir(upper)) == [".wh.low"] and os.listdir(work) == []
+        assert sorted(os.listdir(upper)) == [".wh.low"] and os.listdir(work) == [journal.DIRNAME]
         assert open(f"{lower}/low").read() == "lower data"
 
         # a hard link's name the node was known by goes: its other name still serves it

@@ -3,14 +3,17 @@
 The copy is built in the workdir — data (FICLONE, else copy_file_range, else sendfile where the
 kernel does not copy between the two filesystems; a lower filesystem that refuses FICLONE is not
 asked again), owner, mode (setuid bits too: chmod comes after chown), xattrs, times — and only then
-renamed into the upper, so a crash never leaves a half-copied file visible. A copy with data is
-fsynced before the rename, as kernel overlayfs does (fuse-overlayfs 1.10 does not), so that a power
-cut cannot leave an empty file that hides the lower one; ``sync=False``, the ``volatile`` mount
-option, skips that. The upper parent's times are
-put back afterwards: a copy-up is not a change the merged view should show. Overlay-internal xattrs
-are not copied.
+renamed into the upper, so a crash never leaves a half-copied file visible. Nor can a power cut
+leave an empty file that hides the lower one: a copy with data is noted in the workdir's journal
+before the rename (see ``journal``), or fsynced when it cannot be noted. ``sync=False``, the
+``volatile`` mount option, does neither. The upper parent's times are put back afterwards: a copy-up
+is not a change the merged view should show. Overlay-internal xattrs are not copied.
 
-These functions block (data copies can be long): the filesystem runs them in a worker thread.
+These functions block (data copies can be long): the filesystem runs them in a worker thread, but
+first tries a small copy with ``nowait``, on its event loop: that reads the lower's data only if it is
+all in the page cache (RWF_NOWAIT), and raises ``WouldBlock`` otherwise. Lower files are opened
+with O_NOATIME where allowed (as overlayfs does): a copy-up does not change the lower, and an atime
+update would make a RWF_NOWAIT read refuse.
 """
 
 from __future__ import annotations
@@ -23,11 +26,53 @@ import os
 import shutil
 import stat
 
+from .journal import Journal, can_note
 from .layers import LayerSet
 
 _FICLONE = 0x40049409
 _counter = itertools.count()
 _INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.")
+
+
+class WouldBlock(Exception):
+    """A ``nowait`` copy whose lower data is not all in the page cache."""
+
+
+def _read_cached(src: int, size: int) -> bytearray | None:
+    """The ``size`` bytes of ``src`` if all are in the page cache; None if reading would wait."""
+    buf = bytearray(size)
+    try:
+        n = os.preadv(src, [buf], 0, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return None
+    return buf if n == size else None
+
+
+def _can_tell(src: int) -> bool:
+    """Does the filesystem of ``src`` answer RWF_NOWAIT reads?"""
+    try:
+        os.preadv(src, [bytearray(1)], 0, os.RWF_NOWAIT)
+    except BlockingIOError:
+        pass
+    except OSError as e:
+        if e.errno == errno.EOPNOTSUPP:
+            return False
+        raise
+    return True
+
+
+def _write_all(fd: int, data: bytearray) -> None:
+    view, done = memoryview(data), 0
+    while done < len(data):
+        done += os.pwrite(fd, view[done:], done)
+
+
+def _open_lower(name: str, dir_fd: int) -> int:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(name, flags | os.O_NOATIME, dir_fd=dir_fd)
+    except PermissionError:  # O_NOATIME: only the owner or CAP_FOWNER
+        return os.open(name, flags, dir_fd=dir_fd)
 
 
 def _copy_xattrs(src: str | int, dst: str | int) -> None:
@@ -104,19 +149,39 @@ class Copier:
         os.umask(self._umask)
         self._pid = os.getpid()  # names this daemon's copies in the workdir
         self._ways: dict[int, _Way] = {}  # lower device -> how data copies from it to the upper
+        # lower device -> can RWF_NOWAIT ask its page cache (not on FUSE or tmpfs)? Found by the
+        # first copy from it, in a thread: until then (and if not) no copy from it is tried inline,
+        # where even the open could wait (on a FUSE lower's daemon).
+        self._nowait: dict[int, bool] = {}
         for name in os.listdir(self.work_fd):  # leftovers of a crashed daemon
             if name.startswith("#copyup-"):
                 remove_entry(self.work_fd, name)
+        # where each layer is, for the journal's notes (the dirs open, whatever the cwd was)
+        self._roots = [os.readlink(f"/proc/self/fd/{fd}") for fd in layers.fds]
+        self.journal = Journal(self.work_fd, layers.fds[layers.upper], self._copy_again) \
+            if sync and layers.upper is not None else None
 
     def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
         os.close(self.work_fd)
+
+    def lower_path(self, layer: int, rel: str) -> str:
+        return f"{self._roots[layer]}/{rel}"
+
+    def must_fsync(self, layer: int, rel: str) -> bool:
+        """Would a copy of (layer, rel) with data be fsynced (not noted)?"""
+        return self.journal is not None and not can_note(self.lower_path(layer, rel))
+
+    def _copy_again(self, src: int, dst: int, size: int) -> None:
+        _copy_data(src, dst, size, _Way.CLONE)
 
     def _owner(self, target: str, st: os.stat_result) -> None:
         if self.as_root:
             os.chown(target, st.st_uid, st.st_gid, dir_fd=self.work_fd, follow_symlinks=False)
 
     def copy(self, layer: int, rel: str, upper_parent_rel: str, name: str,
-             data: bool = True) -> tuple[os.stat_result, int]:
+             data: bool = True, nowait: bool = False) -> tuple[os.stat_result, int]:
         """Copy (layer, rel) to ``upper_parent_rel/name`` in the upper. Returns the new object's
         stat and, for a file, a read-write fd on it (the caller's to keep or close; -1 else)."""
         upper = self.layers.upper
@@ -124,34 +189,37 @@ class Copier:
         tmp = self._tmp_name()
         fd = -1
         try:
-            fd = self._build(layer, rel, tmp, data, self.sync)
+            fd = self._build(layer, rel, tmp, data, self.sync, nowait)
             self.publish(tmp, upper_parent_rel, name)
             new = os.fstat(fd) if fd >= 0 else \
                 self.layers.lstat(upper, f"{upper_parent_rel}/{name}" if upper_parent_rel else name)
         except BaseException:
             if fd >= 0:
+                if self.journal is not None:
+                    self.journal.drop(os.fstat(fd).st_ino)
                 os.close(fd)
             remove_entry(self.work_fd, tmp)
             raise
         assert new is not None
         return new, fd
 
-    def copy_orphan(self, layer: int, rel: str) -> int:
+    def copy_orphan(self, layer: int, rel: str, nowait: bool = False) -> int:
         """A private copy of a lower file whose name is gone (it was unlinked while open, and is now
         written): built in the workdir and unlinked there again. It lives as long as the read-write
         fd returned, and no crash can leave it visible, so it is not synced."""
         tmp = self._tmp_name()
         try:
-            return self._build(layer, rel, tmp, True, False)
+            return self._build(layer, rel, tmp, True, False, nowait)
         finally:
             remove_entry(self.work_fd, tmp)
 
     def _tmp_name(self) -> str:
         return f"#copyup-{self._pid}-{next(_counter)}"  # what __init__ clears of a crashed daemon
 
-    def _build(self, layer: int, rel: str, tmp: str, data: bool, sync: bool) -> int:
-        """Make ``tmp`` in the workdir a copy of (layer, rel): data, owner, mode, xattrs, times.
-        Returns a read-write fd on it for a file (made with it: the mode cannot refuse), -1 else."""
+    def _build(self, layer: int, rel: str, tmp: str, data: bool, durable: bool, nowait: bool = False) -> int:
+        """Make ``tmp`` in the workdir a copy of (layer, rel): data, owner, mode, xattrs, times;
+        ``durable``: its data noted or fsynced; ``nowait``: see the module's doc. Returns a
+        read-write fd on it for a file (made with it: the mode cannot refuse), -1 else."""
         st = self.layers.lstat(layer, rel)
         if st is None:
             raise FileNotFoundError(errno.ENOENT, "vanished during copy-up", rel)
@@ -163,21 +231,39 @@ class Copier:
                 # setuid bits), or the umask or open(2) would leave bits out.
                 owned = not self.as_root or (st.st_uid, st.st_gid) == self._created_owner
                 final = owned and not stat.S_IMODE(mode) & (~0o777 | self._umask)
-                dst = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                              stat.S_IMODE(mode) if final else 0o600, dir_fd=self.work_fd)
-                src = -1
+                src, cached = -1, None
+                if data and st.st_size:
+                    if nowait and not self._nowait.get(st.st_dev):
+                        raise WouldBlock(rel)
+                    src = _open_lower(sname, sfd)
+                    if nowait and (cached := _read_cached(src, st.st_size)) is None:
+                        os.close(src)
+                        raise WouldBlock(rel)
+                    if st.st_dev not in self._nowait:
+                        self._nowait[st.st_dev] = _can_tell(src)
                 try:
-                    if data and st.st_size:
-                        src = os.open(sname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
-                        self._ways[st.st_dev] = _copy_data(src, dst, st.st_size, self._ways.get(st.st_dev, _Way.CLONE))
+                    dst = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                  stat.S_IMODE(mode) if final else 0o600, dir_fd=self.work_fd)
+                except BaseException:
+                    if src >= 0:
+                        os.close(src)
+                    raise
+                try:
+                    cloned = False  # a clone shares the lower's extents: metadata, as safe as the rename
+                    if cached is not None:
+                        _write_all(dst, cached)
+                    elif src >= 0:
+                        way = self._ways[st.st_dev] = _copy_data(src, dst, st.st_size,
+                                                                 self._ways.get(st.st_dev, _Way.CLONE))
+                        cloned = way == _Way.CLONE
+                    if src >= 0 and durable and not cloned:
+                        self._make_durable(dst, layer, rel, st.st_size)
                     if not owned:
                         os.fchown(dst, st.st_uid, st.st_gid)
                     if not final:
                         os.fchmod(dst, stat.S_IMODE(mode))
                     _copy_xattrs(src if src >= 0 else src_path, dst)
                     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
-                    if sync and data and st.st_size:
-                        os.fsync(dst)
                 except BaseException:
                     os.close(dst)
                     raise
@@ -202,6 +288,14 @@ class Copier:
                 _copy_xattrs(src_path, f"/proc/self/fd/{self.work_fd}/{tmp}")
                 os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self.work_fd)
         return -1
+
+    def _make_durable(self, dst: int, layer: int, rel: str, size: int) -> None:
+        """Make sure no crash loses the data just copied into ``dst``: note it, or fsync it."""
+        lower = self.lower_path(layer, rel)
+        if self.journal is not None and can_note(lower):
+            self.journal.note(os.fstat(dst).st_ino, lower, size)
+        else:
+            os.fsync(dst)
 
     def publish(self, tmp: str, parent_rel: str, name: str) -> None:
         """Rename ``tmp`` from the workdir into the upper, keeping the parent's times."""

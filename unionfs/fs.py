@@ -22,8 +22,9 @@ Caveats:
   - Copying up one name of a hard-linked lower file breaks that link on disk (kernel overlayfs without
     ``index`` does the same); this mount keeps showing one inode until it is unmounted.
   - ``.`` and ``..`` are not listed by readdir (the kernel answers them).
-  - Reads and writes run on the trio loop (page-cache speed); copy-ups with data to fsync (or over
-    1 MiB) and fsync run in worker threads. A read that must wait for the disk holds up other requests meanwhile.
+  - Reads and writes run on the trio loop (page-cache speed); copy-ups over 1 MiB (or with data to
+    fsync: see ``journal``), fsync and the journal's syncfs run in worker threads. A read that must
+    wait for the disk holds up other requests meanwhile.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ import pyfuse3
 import trio
 
 from . import whiteout
-from .copyup import Copier, remove_entry
+from .copyup import Copier, WouldBlock, remove_entry
 from .errors import fuse_boundary, oserror
+from .journal import flush_delay
 from .layers import LayerSet, Resolved, join
 
 Identity = tuple[int, int]
@@ -116,6 +118,7 @@ class UnionFS(pyfuse3.Operations):
         self.layers = LayerSet(upper, list(lowers))
         self.upper = self.layers.upper
         self.copier = Copier(self.layers, work, sync=not volatile) if upper is not None and work is not None else None
+        self._journal = self.copier.journal if self.copier is not None else None
         self.volatile = volatile  # fsync and fsyncdir do nothing, as under overlayfs's volatile
         self.as_root = os.geteuid() == 0
         root_dirs = self.layers.root_dirs()
@@ -281,11 +284,15 @@ class UnionFS(pyfuse3.Operations):
             self._pin(node)
         return node
 
-    @staticmethod
-    def _lost_name(node: Node | None, res: Resolved) -> None:
-        """After: it had no other name, so its node is unlinked."""
-        if node is not None and res.st.st_nlink <= 1:
+    def _lost_name(self, node: Node | None, res: Resolved) -> None:
+        """After: it had no other name, so its node is unlinked, and a crash cannot show it again
+        (its journal note goes)."""
+        if res.st.st_nlink > 1:
+            return
+        if node is not None:
             node.unlinked = True
+        if res.layer == self.upper and self._journal is not None and stat.S_ISREG(res.st.st_mode):
+            self._journal.drop(res.st.st_ino)
 
     def _pin(self, node: Node) -> None:
         """Before an upper file loses a name: keep an fd on it, out of the cache, until the kernel
@@ -337,21 +344,27 @@ class UnionFS(pyfuse3.Operations):
                 pass
             if node.layer == upper:
                 return
-        # Long copies, and those with data to fsync, go to a worker thread: they must not stall the
-        # other requests. The others cost less than a thread hop and run here, with no await, so no
-        # other request can start copying the same file meanwhile.
+        # Long copies, the rare ones with data to fsync and those whose data must be read from
+        # the disk go to a worker thread: they must not stall the other requests. The others cost
+        # less than a thread hop and run here, with no await, so no other request can start
+        # copying the same file meanwhile.
         old = self._stat(node)
-        if not data or old.st_size <= (0 if self.copier.sync else _INLINE_COPY):
-            copy, done = self._copy_job(node, data, old)
-            done(copy())
-            return
+        if not data or (old.st_size <= _INLINE_COPY and not self.copier.must_fsync(node.layer, node.rel)):
+            copy, done = self._copy_job(node, data, old, nowait=True)
+            try:
+                result = copy()
+            except WouldBlock:
+                pass  # its data is not all in the page cache: a thread's job
+            else:
+                done(result)
+                return
         async with self._copy_lock(node):
             if node.layer != upper:
                 copy, done = self._copy_job(node, data, self._stat(node))
                 done(await trio.to_thread.run_sync(copy))
 
-    def _copy_job(self, node: Node, data: bool,
-                  old: os.stat_result) -> tuple[Callable[[], Any], Callable[[Any], None]]:
+    def _copy_job(self, node: Node, data: bool, old: os.stat_result,
+                  nowait: bool = False) -> tuple[Callable[[], Any], Callable[[Any], None]]:
         """The copy-up of a lower file whose stat is ``old``: the copy (it blocks) and what to
         note, on the loop, of its result."""
         assert node.parent is not None and self.copier is not None
@@ -360,14 +373,14 @@ class UnionFS(pyfuse3.Operations):
             def kept(fd: int) -> None:
                 self._keep_fd(node, fd, True)
                 node.layer = self._writable()
-            return lambda: copier.copy_orphan(layer, rel), kept
+            return lambda: copier.copy_orphan(layer, rel, nowait), kept
 
         def copied(new_and_fd: tuple[os.stat_result, int]) -> None:
             new, fd = new_and_fd
             self.aliases[(new.st_dev, new.st_ino)] = self._identity(old)
             node.layer = self._writable()
             self._keep_fd(node, fd, True)  # the copy's (the lower file's is closed): no open to come
-        return lambda: copier.copy(layer, rel, prel, name, data), copied
+        return lambda: copier.copy(layer, rel, prel, name, data, nowait), copied
 
     def _copy_lock(self, node: Node) -> trio.Lock:
         lock = self._copy_locks.get(node.ino)
@@ -492,7 +505,10 @@ class UnionFS(pyfuse3.Operations):
         await self._copy_up(node, data=not truncating_to_zero)
         upper = self._writable()
         if fields.update_size:
-            os.ftruncate(self._fd(node, write=True), attr.st_size)
+            fd = self._fd(node, write=True)
+            if self._journal is not None and self._journal.notes:
+                await self._before_shrinking(fd, attr.st_size)
+            os.ftruncate(fd, attr.st_size)
         uid = attr.st_uid if fields.update_uid else -1
         gid = attr.st_gid if fields.update_gid else -1
         if node.fd >= 0:  # a file with an fd, as every unlinked one has: no path walk (and no name needed)
@@ -515,6 +531,19 @@ class UnionFS(pyfuse3.Operations):
                 times = self._new_times(attr, fields, lambda: os.stat(name, dir_fd=dfd, follow_symlinks=False))
                 os.utime(name, ns=times, dir_fd=dfd, follow_symlinks=False)
         return self._node_attr(node)
+
+    async def _before_shrinking(self, fd: int, size: int) -> None:
+        """A copy-up still noted in the journal is about to be truncated to ``size``: below its
+        lower's size, a crash could no longer tell lost data from the truncation, so the copy is
+        made durable first and its note goes (to zero, nothing copied is kept: the note just goes)."""
+        assert self._journal is not None
+        ino = os.fstat(fd).st_ino
+        lower = self._journal.lower_size(ino)
+        if lower is None or size >= lower:
+            return
+        if size:
+            await trio.to_thread.run_sync(os.fsync, fd)
+        self._journal.drop(ino)
 
     @staticmethod
     def _new_times(attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
@@ -726,11 +755,20 @@ class UnionFS(pyfuse3.Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:
         if self.volatile:
             return
-        fd = os.dup(self._fd(self._node(fh)))  # the cache may close its own meanwhile
+        node = self._node(fh)
+        fd = os.dup(self._fd(node))  # the cache may close its own meanwhile
         try:
             await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fd)
+            if self._journal is not None and self._journal.notes and node.layer == self.upper:
+                self._journal.drop(os.fstat(fd).st_ino)  # its data is on disk: nothing to recover
         finally:
             os.close(fd)
+
+    def flush_journal(self) -> None:
+        """From now on, write noted copy-ups out (syncfs) once the kernel would have written them
+        back by itself, and drop their notes (see ``journal``)."""
+        if self._journal is not None:
+            self._journal.flush_every(flush_delay())
 
     @fuse_boundary
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int | pyfuse3.FileInfo:
