@@ -221,9 +221,10 @@ WORKLOADS: dict[str, tuple[Callable[[str], None], str, int]] = {
     "rm -rf lower /usr/share": (rm_rf, "usr/share", 1),
 }
 KINDS = ["kernel", "fuse-overlayfs", "strata", "strata volatile"]
-# Kernel overlayfs fsyncs a copy-up before renaming it into place, and so does strata by default;
-# fuse-overlayfs (1.10, as packaged) does not. ``-o volatile`` is strata without those syncs: the
-# writing workloads run once more that way, to compare like with like.
+# Kernel overlayfs fsyncs a copy-up before renaming it into place; strata notes it in its journal
+# (a power cut cannot lose it) and syncs the upper later; fuse-overlayfs (1.10, as packaged) does
+# neither. ``-o volatile`` is strata with neither: the writing workloads run once more that way, to
+# compare like with like.
 WRITING = {"append 64 MiB lower (copy-up)", "chmod+touch 1000 lower", "untar 10k small files", "create+delete 5000",
            "rm -rf lower /usr/share"}
 

@@ -401,7 +401,7 @@ async def test_a_copy_up_with_data_is_noted_before_it_is_renamed_into_place(tmp_
 
 def _notes(work) -> list[tuple[str, str]]:
     d = work / journal.DIRNAME
-    return sorted((n, os.readlink(d / n)) for n in os.listdir(d)) if d.exists() else []
+    return sorted((n, os.readlink(d / n)) for n in os.listdir(d) if n != journal.UPPER) if d.exists() else []
 
 
 async def test_a_note_goes_when_nothing_copied_can_be_lost(tmp_path, monkeypatch):
@@ -442,29 +442,53 @@ async def test_a_note_goes_when_nothing_copied_can_be_lost(tmp_path, monkeypatch
         fs.close()
 
 
-async def test_the_next_mount_recovers_only_files_that_lost_data(tmp_path):
+@pytest.mark.parametrize("volatile", [False, True])
+async def test_the_next_mount_recovers_only_files_that_lost_data(tmp_path, volatile):
     """Leftover notes (a crash): a noted file shorter than its lower gets the lower's data back, its
     mode and times kept; one that kept its data (here: grown since) is not touched; a note whose
-    file is gone just goes."""
-    lower = make_layer(str(tmp_path / "l"), {"lost": "lower one", "kept": "lower two", "gone": "x"})
-    upper = make_layer(str(tmp_path / "u"), {"sub/lost": "", "kept": "lower two, and more"})
-    work = tmp_path / "w"
-    (work / journal.DIRNAME).mkdir(parents=True)
-    os.chmod(f"{upper}/sub/lost", 0o4750)
-    for name in ("sub/lost", "kept"):
-        os.utime(f"{upper}/{name}", ns=(1_000_000_000, 2_000_000_000))
-    for name, target in (("sub/lost", "lost"), ("kept", "kept")):
-        os.symlink(f"{lower}/{target}", work / journal.DIRNAME / f"{os.stat(f'{upper}/{name}').st_ino}.7")
-    os.symlink(f"{lower}/gone", work / journal.DIRNAME / "999999999.3")
-    fs = UnionFS([lower], upper, str(work))
+    file is gone just goes. A volatile mount recovers too (it makes no notes of its own)."""
+    lower, upper, work = _crashed(tmp_path)
+    fs = UnionFS([lower], upper, str(work), volatile)
     try:
         assert open(f"{upper}/sub/lost").read() == "lower one"
         st = os.stat(f"{upper}/sub/lost")
         assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o4750, 2_000_000_000)
         assert open(f"{upper}/kept").read() == "lower two, and more"
-        assert os.listdir(work / journal.DIRNAME) == []
+        assert os.listdir(work) == ([] if volatile else [journal.DIRNAME])
+        assert volatile or os.listdir(work / journal.DIRNAME) == [journal.UPPER]
     finally:
         fs.close()
+
+
+async def test_notes_made_for_another_upper_are_dropped_unused(tmp_path):
+    lower, upper, work = _crashed(tmp_path)
+    os.unlink(work / journal.DIRNAME / journal.UPPER)
+    os.symlink("12345", work / journal.DIRNAME / journal.UPPER)  # not this upper's root
+    fs = UnionFS([lower], upper, str(work))
+    try:
+        assert open(f"{upper}/sub/lost").read() == ""
+        assert os.listdir(work / journal.DIRNAME) == [journal.UPPER]
+        assert os.readlink(work / journal.DIRNAME / journal.UPPER) == str(os.stat(upper).st_ino)
+    finally:
+        fs.close()
+
+
+def _crashed(tmp_path):
+    """(lower, upper, work) as a crash leaves them: notes for a file that lost its data, one that
+    kept it, and one that is gone."""
+    lower = make_layer(str(tmp_path / "l"), {"lost": "lower one", "kept": "lower two", "gone": "x"})
+    upper = make_layer(str(tmp_path / "u"), {"sub/lost": "", "kept": "lower two, and more"})
+    work = tmp_path / "w"
+    notes = work / journal.DIRNAME
+    notes.mkdir(parents=True)
+    os.symlink(str(os.stat(upper).st_ino), notes / journal.UPPER)
+    os.chmod(f"{upper}/sub/lost", 0o4750)
+    for name in ("sub/lost", "kept"):
+        os.utime(f"{upper}/{name}", ns=(1_000_000_000, 2_000_000_000))
+    for name, target in (("sub/lost", "lost"), ("kept", "kept")):
+        os.symlink(f"{lower}/{target}", notes / f"{os.stat(f'{upper}/{name}').st_ino}.7")
+    os.symlink(f"{lower}/gone", notes / "999999999.3")
+    return lower, upper, work
 
 
 async def test_a_small_copy_up_runs_on_the_loop_only_when_its_data_is_in_memory(tmp_path, monkeypatch):
@@ -474,8 +498,10 @@ async def test_a_small_copy_up_runs_on_the_loop_only_when_its_data_is_in_memory(
     import trio
 
     lower = make_layer(str(tmp_path / "l"), {n: os.urandom(50_000).hex() for n in ("first", "cached", "cold")})
-    for name in ("first", "cached"):
-        open(f"{lower}/{name}", "rb").read()
+    for name in ("first", "cached"):  # written back (writeback locks pages, and RWF_NOWAIT would
+        with open(f"{lower}/{name}", "rb") as f:  # refuse them), then all read into the page cache
+            os.fsync(f.fileno())
+            f.read()
     fd = os.open(f"{lower}/cold", os.O_RDONLY | os.O_NOATIME)
     try:
         for _ in range(5):  # only clean pages are dropped, and writeback may still hold some

@@ -26,7 +26,7 @@ import os
 import shutil
 import stat
 
-from .journal import Journal, can_note
+from .journal import Journal, can_note, recover_only
 from .layers import LayerSet
 
 _FICLONE = 0x40049409
@@ -158,8 +158,11 @@ class Copier:
                 remove_entry(self.work_fd, name)
         # where each layer is, for the journal's notes (the dirs open, whatever the cwd was)
         self._roots = [os.readlink(f"/proc/self/fd/{fd}") for fd in layers.fds]
-        self.journal = Journal(self.work_fd, layers.fds[layers.upper], self._copy_again) \
-            if sync and layers.upper is not None else None
+        self.journal: Journal | None = None
+        if layers.upper is not None and sync:
+            self.journal = Journal(self.work_fd, layers.fds[layers.upper], self._copy_again)
+        elif layers.upper is not None:  # a volatile mount notes nothing, but repairs what a crash left
+            recover_only(self.work_fd, layers.fds[layers.upper], self._copy_again)
 
     def close(self) -> None:
         if self.journal is not None:

@@ -15,7 +15,9 @@ commits in the order they were made: if the rename survives a crash, so does its
   file that is shorter than its lower, or has a hole where its lower has data, lost data in a crash.
 - At the next mount, leftover notes are recovered: each noted file still in the upper that lost
   data gets the lower's data again (its mode, owner and times kept) and is fsynced. A file that kept
-  its data is not touched, whatever was written to it since.
+  its data is not touched, whatever was written to it since. Every mount with an upper recovers,
+  ``volatile`` ones too (they make no notes, and remove the dir). Notes made for another upper (the workdir was given
+  another one since) are dropped unused.
 
 A copy made by FICLONE shares the lower's extents (metadata too) and is not noted; neither is one whose
 lower path is too long for a symlink (PATH_MAX): that one is fsynced as before.
@@ -33,6 +35,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 DIRNAME = "unsynced"
+UPPER = "upper"  # in DIRNAME: a symlink to the upper's root inode number, which the notes' inodes are in
 _NOTE_MAX = 4095  # a symlink's target, like a path, is shorter than PATH_MAX
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -55,6 +58,18 @@ def flush_delay() -> float:
         return 30.0
 
 
+def recover_only(work_fd: int, upper_fd: int, copy_data: Callable[[int, int, int], None]) -> None:
+    """For a mount that makes no notes (``volatile``): recover what a crash left, if anything, and
+    remove the journal's dir."""
+    try:
+        os.stat(DIRNAME, dir_fd=work_fd)
+    except FileNotFoundError:
+        return
+    Journal(work_fd, upper_fd, copy_data).close()
+    os.unlink(f"{DIRNAME}/{UPPER}", dir_fd=work_fd)
+    os.rmdir(DIRNAME, dir_fd=work_fd)
+
+
 def can_note(lower_path: str) -> bool:
     return len(os.fsencode(lower_path)) <= _NOTE_MAX
 
@@ -72,6 +87,7 @@ class Journal:
             pass
         self.fd = os.open(DIRNAME, _DIR, dir_fd=work_fd)
         self.upper_fd = upper_fd
+        self._upper_root = str(os.fstat(upper_fd).st_ino)
         self.notes: dict[int, tuple[str, int]] = {}  # upper inode -> (note's name, lower's size)
         self._lock = threading.Lock()
         self._serial = itertools.count()
@@ -161,19 +177,35 @@ class Journal:
     def recover(self, copy_data: Callable[[int, int, int], None]) -> None:
         """Give the files of leftover notes that lost data in a crash their lower's data again."""
         left: dict[int, list[tuple[str, str]]] = {}  # upper inode -> [(note, lower path)]
-        for name in os.listdir(self.fd):
+        names = os.listdir(self.fd)
+        try:
+            upper = os.readlink(UPPER, dir_fd=self.fd)
+        except FileNotFoundError:
+            upper = None
+        if upper != self._upper_root:
+            if upper is not None:
+                os.unlink(UPPER, dir_fd=self.fd)
+            os.symlink(self._upper_root, UPPER, dir_fd=self.fd)
+        for name in names:
+            if name == UPPER:
+                continue
             try:
                 left.setdefault(int(name.split(".")[0]), []).append((name, os.readlink(name, dir_fd=self.fd)))
             except (ValueError, OSError):
                 log.warning("unsynced/%s: not a note of ours, left alone", name)
-        if not left:
-            return
-        for dfd, name, ino in self._files(set(left)):
-            for _, lower in left[ino]:
-                _restore(dfd, name, lower, copy_data)
+        if left and upper != self._upper_root:
+            log.warning("%d notes of copy-ups in another upper (%s): dropped", len(left),
+                        "inode " + upper if upper else "unknown")
+        elif left:
+            self._restore_all(left, copy_data)
         for notes in left.values():
             for name, _ in notes:
                 self._unlink(name)
+
+    def _restore_all(self, left: dict[int, list[tuple[str, str]]], copy_data: Callable[[int, int, int], None]) -> None:
+        for dfd, name, ino in self._files(set(left)):
+            for _, lower in left[ino]:
+                _restore(dfd, name, lower, copy_data)
 
     def _files(self, inos: set[int]) -> Iterator[tuple[int, str, int]]:
         """(dir fd, name, inode) of the regular files of the upper whose inode is in ``inos``; the
