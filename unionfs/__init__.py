@@ -6,6 +6,7 @@ Lookup goes upper, then lowers in order; a *whiteout* (``.wh.NAME``) hides a nam
 spelling only, so it tars straight into a layer. Shares only that spec with ``store``.
 
 Modules: ``whiteout`` (the spellings), ``layers`` (the layer dirs and name resolution, no FUSE),
-``copyup`` (copying into the upper through the workdir), ``fs`` (the pyfuse3 Operations and the inode
-table), ``mount`` (``python -m unionfs`` and the ``Mount`` API), ``mountinfo`` (finding mounts), ``errors``.
+``copyup`` (copying into the upper through the workdir), ``journal`` (copy-ups a power cut could lose:
+notes, sync, recovery), ``fs`` (the pyfuse3 Operations and the inode table), ``mount`` (``python -m
+unionfs`` and the ``Mount`` API), ``mountinfo`` (finding mounts), ``errors``.
 """
