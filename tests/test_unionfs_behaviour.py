@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
 import time
 from contextlib import ExitStack
 from types import SimpleNamespace
@@ -446,9 +447,16 @@ async def test_a_note_goes_when_nothing_copied_can_be_lost(tmp_path, monkeypatch
 async def test_the_next_mount_recovers_only_files_that_lost_data(tmp_path, volatile):
     """Leftover notes (a crash): a noted file shorter than its lower gets the lower's data back, its
     mode and times kept; one that kept its data (here: grown since) is not touched; a note whose
-    file is gone just goes. A volatile mount recovers too (it makes no notes of its own)."""
+    file is gone just goes. A volatile mount recovers too (it makes no notes of its own). A file
+    that cannot be repaired (immutable here) is logged and does not keep the mount down."""
     lower, upper, work = _crashed(tmp_path)
-    fs = UnionFS([lower], upper, str(work), volatile)
+    stuck = make_layer(f"{upper}/stuck", {"f": ""})
+    os.symlink(f"{lower}/lost", work / journal.DIRNAME / f"{os.stat(f'{stuck}/f').st_ino}.8")
+    subprocess.run(["chattr", "+i", f"{stuck}/f"], check=True)
+    try:
+        fs = UnionFS([lower], upper, str(work), volatile)
+    finally:
+        subprocess.run(["chattr", "-i", f"{stuck}/f"], check=True)
     try:
         assert open(f"{upper}/sub/lost").read() == "lower one"
         st = os.stat(f"{upper}/sub/lost")

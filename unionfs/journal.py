@@ -205,7 +205,10 @@ class Journal:
     def _restore_all(self, left: dict[int, list[tuple[str, str]]], copy_data: Callable[[int, int, int], None]) -> None:
         for dfd, name, ino in self._files(set(left)):
             for _, lower in left[ino]:
-                _restore(dfd, name, lower, copy_data)
+                try:
+                    _restore(dfd, name, lower, copy_data)
+                except OSError as e:  # the mount goes on: one file must not keep the rest down
+                    log.warning("cannot check %s against %s after a crash: %s", name, lower, e)
 
     def _files(self, inos: set[int]) -> Iterator[tuple[int, str, int]]:
         """(dir fd, name, inode) of the regular files of the upper whose inode is in ``inos``; the
@@ -233,11 +236,8 @@ class Journal:
 
 
 def _restore(dfd: int, name: str, lower_path: str, copy_data: Callable[[int, int, int], None]) -> None:
-    try:
-        src = os.open(lower_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as e:
-        log.warning("cannot check %s against %s after a crash: %s", name, lower_path, e)
-        return
+    """Give ``name`` (in ``dfd``) the data of ``lower_path`` again if it lost some."""
+    src = os.open(lower_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         dst = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
         try:
