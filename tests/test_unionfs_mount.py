@@ -648,3 +648,35 @@ def test_hundreds_of_layers(tmp_path):
         assert (point / "only298").read_text() == "298"
         assert not (point / "only299").exists()
         assert len(os.listdir(point)) == 300  # shared + only0..only298
+
+
+def test_a_file_created_read_only_can_be_written_by_its_creator():
+    """With our pyfuse3 create answers ENOSYS and the kernel makes files with MKNOD, then opens
+    them without an OPEN (one request less per file). That open must still skip the permission
+    check, as open(2) does for the file it created: an ordinary user creates a file 0444 and
+    writes through the fd it got. The kernel asks CREATE once, then never again."""
+    base = tempfile.mkdtemp(prefix="strata-create-", dir="/tmp")  # pytest's tmp_path is root's alone
+    try:
+        os.chmod(base, 0o755)
+        lower = make_layer(os.path.join(base, "l"), {"pub/.keep": ""})
+        os.chmod(os.path.join(lower, "pub"), 0o777)
+        upper, work, point = (os.path.join(base, n) for n in ("u", "w", "mnt"))
+        for d in (upper, work, point):
+            os.mkdir(d)
+        script = ("import os, sys\n"
+                  "for name in ('a', 'b'):\n"
+                  "    fd = os.open(os.path.join(sys.argv[1], name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)\n"
+                  "    os.write(fd, b'written')\n"
+                  "    os.close(fd)\n")
+        with mounted(point, [lower], upper, work, extra=",allow_other"):
+            done = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                                   "/usr/bin/python3", "-c", script, os.path.join(point, "pub")],
+                                  capture_output=True, text=True, cwd="/")
+            assert done.returncode == 0, done.stderr
+            for name in ("a", "b"):
+                path = os.path.join(point, "pub", name)
+                st = os.stat(path)
+                with open(path, "rb") as f:
+                    assert (stat.S_IMODE(st.st_mode), st.st_uid, f.read()) == (0o444, NOBODY, b"written")
+    finally:
+        shutil.rmtree(base)

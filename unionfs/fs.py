@@ -564,6 +564,9 @@ class UnionFS(pyfuse3.Operations):
     @fuse_boundary
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if stat.S_ISREG(mode):  # a create (see create), or mknod(2) of a file
+            node, st = await self._new_file(parent_inode, name, mode, ctx)
+            return self._attr(st, node.ino)
         parent, sname, upper, rel = await self._prepare_new(parent_inode, name)
         with self.layers.at(upper, rel) as (fd, n):
             os.mknod(n, mode, rdev, dir_fd=fd)
@@ -876,6 +879,18 @@ class UnionFS(pyfuse3.Operations):
     @fuse_boundary
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        if self.enable_no_open:
+            # The kernel then makes files with MKNOD, and its open after that sends nothing (no
+            # OPEN, so no RELEASE at the last close either): one request less per file created.
+            # It still knows the opener created the file (FMODE_CREATED): no permission check.
+            raise oserror(errno.ENOSYS)
+        node, st = await self._new_file(parent_inode, name, mode, ctx)
+        return pyfuse3.FileInfo(fh=node.ino, keep_cache=True), self._attr(st, node.ino)
+
+    async def _new_file(self, parent_inode: int, name: bytes, mode: int,
+                        ctx: pyfuse3.RequestContext) -> tuple[Node, os.stat_result]:
+        """A new empty file (create, or mknod of a file), its fd kept for the writes to come; its
+        node (looked up once) and stat."""
         parent, sname, upper, rel = await self._prepare_new(parent_inode, name)
         with self.layers.at(upper, rel) as (fd, n):
             real = os.open(n, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -889,4 +904,4 @@ class UnionFS(pyfuse3.Operations):
         node = self._remember(parent, sname, Resolved(upper, st, []))
         self._keep_fd(node, real, True)
         node.lookups += 1
-        return pyfuse3.FileInfo(fh=node.ino, keep_cache=True), self._attr(st, node.ino)
+        return node, st
