@@ -119,6 +119,11 @@ def via_zygote(argv: list[str]) -> int | None:
         answer = _read_line(sock)
     except OSError:
         answer = ""
+    if answer.startswith(("exit ", "signal ")):
+        # The worker ran the command and told its end before the zygote told its pid: both write
+        # to this socket. The command ran: it must not run again here.
+        sock.close()
+        return _ended(answer)
     if not answer.startswith("pid "):  # a zygote that is stale (code changed) or going away
         sock.close()
         if answer == "stale":
@@ -140,9 +145,17 @@ def via_zygote(argv: list[str]) -> int | None:
         done = _read_line(sock)
     finally:
         _restore_terminal(saved)
+    return _ended(done)
+
+
+def _ended(done: str) -> int:
+    """The exit code for the zygote's last word on a command: ``exit CODE`` or ``signal N`` (then
+    this process dies of it, as if it had been the command)."""
+    import _signal
+
     if done.startswith("exit "):
         return int(done[5:])
-    if done.startswith("signal "):  # die as the command died, as if it had been this process
+    if done.startswith("signal "):
         signum = int(done[7:])
         if signum not in (_signal.SIGKILL, _signal.SIGSTOP):
             _signal.signal(signum, _signal.SIG_DFL)

@@ -8,7 +8,8 @@ another uid is refused), so at most one listens per DIR. For each request it for
 session, with the client's stdio as fds 0-2 and its cwd, umask, environment, argv, CPU affinity,
 niceness and resource limits. The worker runs ``runner.cli.main`` and exits with its code. The client
 hears ``pid N``, then ``exit CODE`` from the worker as it ends, or ``signal N`` from the zygote if it
-was killed. ``stale`` (strata's code changed, or the client has higher limits than this process
+was killed (a quick worker's ``exit CODE`` can come before the zygote's ``pid N``: the client takes
+it as the end, not as a failed zygote). ``stale`` (strata's code changed, or the client has higher limits than this process
 could take on) tells the client to run the command itself and start a new zygote. If the client goes away first, the worker gets SIGHUP, as from a closed terminal.
 
 The zygote itself stays single-threaded and never runs trio: its forks may fork a container's init.

@@ -206,3 +206,40 @@ def test_many_clients_at_once_and_a_clean_stop(root, tmp_path):
     finally:
         stop_process(pid)
     assert sorted(os.listdir(directory)) == ["zygote.lock"]  # socket and pid file gone with it
+
+
+def test_a_command_that_ends_before_its_pid_is_told_does_not_run_again(tmp_path, monkeypatch):
+    """The zygote tells the client the worker's pid after forking it, and the worker tells the
+    command's end itself, on the same socket: a quick command (``inspect``) can end first. The
+    client then has the command's exit code, and must not take the first line for a zygote that
+    failed and run the command a second time itself (seen as ``inspect`` printing twice)."""
+    import threading
+
+    from runner import launch
+
+    directory = tmp_path / "zygote"
+    directory.mkdir(mode=0o700)
+    monkeypatch.setenv("STRATA_ZYGOTE_DIR", str(directory))
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(directory / launch.SOCKET_NAME))
+    listener.listen(1)
+
+    def zygote() -> None:  # a worker that was quicker than its zygote
+        conn, _ = listener.accept()
+        with conn:
+            data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+            for fd in fds:
+                os.close(fd)
+            size = int.from_bytes(data[:4], "little")
+            while len(data) < 4 + size:
+                data += conn.recv(1 << 16)
+            conn.sendall(b"exit 3\npid 4242\n")
+
+    server = threading.Thread(target=zygote)
+    server.start()
+    try:
+        assert launch.via_zygote(["images", "-q"]) == 3  # None: "run it here", a second time
+    finally:
+        server.join(timeout=10)
+        listener.close()
+    assert not server.is_alive()
