@@ -22,9 +22,10 @@ Caveats:
   - Copying up one name of a hard-linked lower file breaks that link on disk (kernel overlayfs without
     ``index`` does the same); this mount keeps showing one inode until it is unmounted.
   - ``.`` and ``..`` are not listed by readdir (the kernel answers them).
-  - Reads and writes run on the trio loop (page-cache speed); copy-ups over 1 MiB (or with data to
-    fsync: see ``journal``), fsync and the journal's syncfs run in worker threads. A read that must
-    wait for the disk holds up other requests meanwhile.
+  - Reads and writes run on the trio loop (page-cache speed); copy-ups over 1 MiB, or whose data is
+    not all in the page cache (or must be fsynced: see ``journal``), and fsync run in worker threads
+    (the journal's syncfs in a thread of its own). A read that must wait for the disk holds up other
+    requests meanwhile.
 """
 
 from __future__ import annotations

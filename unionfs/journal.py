@@ -7,17 +7,18 @@ copier notes the copy: ``WORKDIR/unsynced/<upper inode>.<serial>``, a symlink to
 copied. The note and the rename are both metadata, which a journaling filesystem (ext4, xfs, btrfs)
 commits in the order they were made: if the rename survives a crash, so does its note.
 
-- The daemon syncs the upper filesystem (syncfs) once the kernel's own writeback would have written
-  the data anyway (``vm.dirty_expire_centisecs`` after the first note), then removes the notes the
-  sync covered. Its end does the same, as an unmount of kernel overlayfs syncs the upper.
+- From the first note on, a thread syncs the upper filesystem (syncfs) every
+  ``vm.dirty_expire_centisecs``, when the kernel's own writeback would have written the data anyway,
+  then removes the notes the sync covered. The daemon's end does the same, as an unmount of kernel
+  overlayfs syncs the upper.
 - An fsync of the file covers its note. Losing the file's last name drops it. A truncation below
   the lower's size first makes the copy durable (a truncation to zero just drops it): so a noted
   file that is shorter than its lower, or has a hole where its lower has data, lost data in a crash.
 - At the next mount, leftover notes are recovered: each noted file still in the upper that lost
   data gets the lower's data again (its mode, owner and times kept) and is fsynced. A file that kept
   its data is not touched, whatever was written to it since. Every mount with an upper recovers,
-  ``volatile`` ones too (they make no notes, and remove the dir). Notes made for another upper (the workdir was given
-  another one since) are dropped unused.
+  ``volatile`` ones too (they make no notes, and remove the dir). Notes made for another upper (the
+  workdir was given another one since) are dropped unused.
 
 A copy made by FICLONE shares the lower's extents (metadata too) and is not noted; neither is one whose
 lower path is too long for a symlink (PATH_MAX): that one is fsynced as before.
