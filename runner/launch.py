@@ -115,7 +115,8 @@ def via_zygote(argv: list[str]) -> int | None:
     fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in _stdio())
     try:
         sent = sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
-        sock.sendall(request[sent:])
+        if sent < len(request):  # sendall sends even nothing: to a zygote that has answered and hung up, EPIPE
+            sock.sendall(request[sent:])
         answer = _read_line(sock)
     except OSError:
         answer = ""
