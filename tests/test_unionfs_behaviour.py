@@ -378,10 +378,7 @@ async def test_a_copy_up_with_data_is_noted_before_it_is_renamed_into_place(tmp_
     lower = make_layer(str(tmp_path / "l"), {"f": "x" * 100, "g": "y"})
     fs = UnionFS([lower], make_layer(str(tmp_path / "u"), {}), make_layer(str(tmp_path / "w"), {}), volatile)
     events: list[str] = []
-    real_fsync, real_rename, real_symlink = os.fsync, os.rename, os.symlink
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(os, "rename", lambda *a, **k: (events.append("rename"), real_rename(*a, **k))[1])
-    monkeypatch.setattr(os, "symlink", lambda *a, **k: (events.append("note"), real_symlink(*a, **k))[1])
+    _record(monkeypatch, events, fsync="fsync", rename="rename", symlink="note")
     try:
         client = OpsClient(fs)
         await client.chmod("f", 0o600)  # a copy-up with data
@@ -400,6 +397,13 @@ async def test_a_copy_up_with_data_is_noted_before_it_is_renamed_into_place(tmp_
         fs.close()
 
 
+def _record(monkeypatch, events: list[str], **calls: str) -> None:
+    """Each ``os.NAME`` in ``calls`` appends its label to ``events``, then does its work."""
+    for name, label in calls.items():
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda *a, _real=real, _label=label, **k: (events.append(_label), _real(*a, **k))[1])
+
+
 def _notes(work) -> list[tuple[str, str]]:
     d = work / journal.DIRNAME
     return sorted((n, os.readlink(d / n)) for n in os.listdir(d) if n != journal.UPPER) if d.exists() else []
@@ -412,9 +416,8 @@ async def test_a_note_goes_when_nothing_copied_can_be_lost(tmp_path, monkeypatch
     lower = make_layer(str(tmp_path / "l"), {n: "x" * 100 for n in ("a", "b", "c", "d", "e", "f")})
     work = tmp_path / "w"
     fs = UnionFS([lower], make_layer(str(tmp_path / "u"), {}), make_layer(str(work), {}))
-    synced: list[int] = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    synced: list[str] = []
+    _record(monkeypatch, synced, fsync="fsync")
     try:
         client = OpsClient(fs)
         for name in "abcdef":
@@ -549,9 +552,7 @@ async def test_a_copy_up_that_cannot_be_noted_is_fsynced(tmp_path, monkeypatch):
     fs = UnionFS([lower], make_layer(str(tmp_path / "u"), {}), make_layer(str(tmp_path / "w"), {}))
     monkeypatch.setattr(journal, "_NOTE_MAX", len(lower))  # shorter than f"{lower}/f"
     events: list[str] = []
-    real_fsync, real_rename = os.fsync, os.rename
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(os, "rename", lambda *a, **k: (events.append("rename"), real_rename(*a, **k))[1])
+    _record(monkeypatch, events, fsync="fsync", rename="rename")
     try:
         await OpsClient(fs).chmod("f", 0o600)
         assert events == ["fsync", "rename"] and _notes(tmp_path / "w") == []
@@ -567,9 +568,8 @@ async def test_a_copy_up_leaves_the_new_file_open_for_what_follows(tmp_path, mon
     try:
         client = OpsClient(fs)
         await client.chmod("f", 0o600)  # the copy-up
-        opened: list[object] = []
-        real_open = os.open
-        monkeypatch.setattr(os, "open", lambda *a, **k: (opened.append(a[0]), real_open(*a, **k))[1])
+        opened: list[str] = []
+        _record(monkeypatch, opened, open="open")
         await client.write("f", b"UPPER", flags=os.O_WRONLY)
         await client.utime("f", (1_000_000_000, 2_000_000_000))
         await client.chmod("f", 0o640)
