@@ -5,6 +5,11 @@ Lower: a Debian minbase rootfs (debootstrap, cached in bench/out/) plus a layer 
 Every workload gets a fresh mount with an empty upper, on an ext4 made for the run (``scratch_fs``). "cold" is the first pass on a fresh mount
 (the backing files are in the page cache for all three); "warm" is the pass after it.
 
+Mount latency is given twice: until the mount command returns, and until a first stat inside the mount
+has come back (a daemon that has mounted may still be starting up: fuse-overlayfs answers its first
+request after its command has returned). The last two rows are the floor of any Python command, in the
+same units: the interpreter starting, then also importing trio and pyfuse3, which the daemon needs.
+
 Usage: ``python bench/unionfs_bench.py [--only NAME,NAME] [--repeat N]`` (as root: kernel overlayfs).
 """
 
@@ -101,6 +106,7 @@ class Union:
         for d in (self.upper, self.work, self.merged):
             os.makedirs(d)
         self.mount_time: float | None = None  # seconds the mount command took
+        self.answer_time: float | None = None  # and until a stat inside the mount came back
         self.unmount_time: float | None = None
         opts = f"lowerdir={EXTRA}:{ROOTFS},upperdir={self.upper},workdir={self.work}"
         if kind == "kernel":
@@ -115,6 +121,8 @@ class Union:
         start = time.perf_counter()
         subprocess.run(self.cmd, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
         self.mount_time = time.perf_counter() - start
+        os.stat(os.path.join(self.merged, "etc"))  # the first request: a daemon answers it once it runs
+        self.answer_time = time.perf_counter() - start
         assert is_mounted(self.merged)
 
     def unmount(self) -> None:
@@ -124,9 +132,9 @@ class Union:
         self.unmount_time = time.perf_counter() - start
 
 
-def forked_mount_latency(base: str) -> float:
-    """The runner's way to mount: ``fork_serve`` from a process that has strata imported already,
-    until the daemon reports the mount ready."""
+def forked_mount_latency(base: str) -> tuple[float, float]:
+    """The runner's way to mount: ``fork_serve`` from a process that has strata imported already.
+    Seconds until the daemon reports the mount ready, and until a stat inside it came back."""
     from unionfs.mount import fork_serve
 
     upper, work, merged = (os.path.join(base, n) for n in ("upper", "work", "merged"))
@@ -139,10 +147,24 @@ def forked_mount_latency(base: str) -> float:
     elapsed = time.perf_counter() - start
     try:
         assert message == b"ok" and is_mounted(merged), message
+        os.stat(os.path.join(merged, "etc"))
+        answered = time.perf_counter() - start
     finally:
         subprocess.run(["fusermount3", "-u", merged], check=False)
         os.waitpid(pid, 0)
-    return elapsed
+    return elapsed, answered
+
+
+def interpreter_floor() -> tuple[float, float]:
+    """What any ``python -m unionfs`` pays before it can mount: seconds for this interpreter to
+    start and exit, and to do so having imported trio and pyfuse3 (which the daemon needs)."""
+    env = {**os.environ, "PYTHONPATH": REPO}
+    found = []
+    for code in ("pass", "import trio, pyfuse3"):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, env=env)
+        found.append(time.perf_counter() - start)
+    return found[0], found[1]
 
 
 def walk_stat(root: str) -> None:
@@ -282,8 +304,10 @@ def main() -> None:
     ensure_inputs()
     results: dict[tuple[str, str], list[float]] = {}
     mount_times: dict[str, list[float]] = {k: [] for k in KINDS}
+    answer_times: dict[str, list[float]] = {k: [] for k in KINDS}
     umount_times: dict[str, list[float]] = {k: [] for k in KINDS}
-    forked: list[float] = []
+    forked: list[tuple[float, float]] = []
+    floors: list[tuple[float, float]] = []
     names = selected(args.only)
     with scratch_fs():
         for _ in range(args.repeat):
@@ -299,8 +323,9 @@ def main() -> None:
                             fn(target)
                             label = pass_label(name, p, passes)
                             results.setdefault((label, kind), []).append(time.perf_counter() - start)
-                    if u.mount_time is not None:
+                    if u.mount_time is not None and u.answer_time is not None:
                         mount_times[kind].append(u.mount_time)
+                        answer_times[kind].append(u.answer_time)
                     if u.unmount_time is not None:
                         umount_times[kind].append(u.unmount_time)
             base = tempfile.mkdtemp(prefix="ubench-", dir=SCRATCH)
@@ -308,6 +333,7 @@ def main() -> None:
                 forked.append(forked_mount_latency(base))
             finally:
                 shutil.rmtree(base, ignore_errors=True)
+            floors.append(interpreter_floor())
     labels = list(dict.fromkeys(label for label, _ in results))
     print(f"{'workload':<36}{'kernel s':>10}{'fuse-ovl x':>12}{'strata x':>10}{'volatile x':>12}")
     for label in labels:
@@ -317,13 +343,20 @@ def main() -> None:
         v = results.get((label, "strata volatile"))
         volatile = f"{statistics.median(v) / k:>11.2f}x" if v else f"{'-':>12}"
         print(f"{label:<36}{k:>10.3f}{f:>11.2f}x{s:>9.2f}x{volatile}")
-    for what, times in (("mount", mount_times), ("unmount", umount_times)):
+    for what, times in (("mount latency", mount_times), ("mount, until it answers", answer_times),
+                        ("unmount latency", umount_times)):
         k = statistics.median(times["kernel"])
-        print(f"{what + ' latency':<36}{k:>10.3f}{statistics.median(times['fuse-overlayfs']) / k:>11.2f}x"
+        print(f"{what:<36}{k:>10.3f}{statistics.median(times['fuse-overlayfs']) / k:>11.2f}x"
               f"{statistics.median(times['strata']) / k:>9.2f}x")
     # strata's column above is ``python -m unionfs`` (an interpreter and its imports); the runner forks
-    print(f"{'mount latency, forked (the runner)':<36}{statistics.median(mount_times['kernel']):>10.3f}{'-':>12}"
-          f"{statistics.median(forked) / statistics.median(mount_times['kernel']):>9.2f}x")
+    # a daemon from a process that has them already. The last two rows are what any Python command
+    # pays before it can mount, in the same units.
+    kernel = statistics.median(mount_times["kernel"])
+    for what, times in (("mount, forked (the runner): ready", [f[0] for f in forked]),
+                        ("mount, forked: until it answers", [f[1] for f in forked]),
+                        ("floor: python -c pass", [f[0] for f in floors]),
+                        ("floor: python, import trio+pyfuse3", [f[1] for f in floors])):
+        print(f"{what:<36}{kernel:>10.3f}{'-':>12}{statistics.median(times) / kernel:>9.2f}x")
 
 
 if __name__ == "__main__":
