@@ -184,18 +184,17 @@ class Copier:
             os.chown(target, st.st_uid, st.st_gid, dir_fd=self.work_fd, follow_symlinks=False)
 
     def copy(self, layer: int, rel: str, upper_parent_rel: str, name: str,
-             data: bool = True, nowait: bool = False) -> tuple[os.stat_result, int]:
+             data: bool = True, nowait: bool = False) -> tuple[tuple[int, int], int]:
         """Copy (layer, rel) to ``upper_parent_rel/name`` in the upper. Returns the new object's
-        stat and, for a file, a read-write fd on it (the caller's to keep or close; -1 else)."""
-        upper = self.layers.upper
-        assert upper is not None
+        identity (st_dev, st_ino: what its rename keeps) and, for a file, a read-write fd on it (the
+        caller's to keep or close; -1 else)."""
         tmp = self._tmp_name()
         fd = -1
         try:
-            fd = self._build(layer, rel, tmp, data, self.sync, nowait)
+            fd, new = self._build(layer, rel, tmp, data, self.sync, nowait)
+            if new is None:  # not stat'ed while it was built
+                new = os.fstat(fd) if fd >= 0 else os.stat(tmp, dir_fd=self.work_fd, follow_symlinks=False)
             self.publish(tmp, upper_parent_rel, name)
-            new = os.fstat(fd) if fd >= 0 else \
-                self.layers.lstat(upper, f"{upper_parent_rel}/{name}" if upper_parent_rel else name)
         except BaseException:
             if fd >= 0:
                 if self.journal is not None:
@@ -203,8 +202,7 @@ class Copier:
                 os.close(fd)
             remove_entry(self.work_fd, tmp)
             raise
-        assert new is not None
-        return new, fd
+        return (new.st_dev, new.st_ino), fd
 
     def copy_orphan(self, layer: int, rel: str, nowait: bool = False) -> int:
         """A private copy of a lower file whose name is gone (it was unlinked while open, and is now
@@ -212,17 +210,19 @@ class Copier:
         fd returned, and no crash can leave it visible, so it is not synced."""
         tmp = self._tmp_name()
         try:
-            return self._build(layer, rel, tmp, True, False, nowait)
+            return self._build(layer, rel, tmp, True, False, nowait)[0]
         finally:
             remove_entry(self.work_fd, tmp)
 
     def _tmp_name(self) -> str:
         return f"#copyup-{self._pid}-{next(_counter)}"  # what __init__ clears of a crashed daemon
 
-    def _build(self, layer: int, rel: str, tmp: str, data: bool, durable: bool, nowait: bool = False) -> int:
+    def _build(self, layer: int, rel: str, tmp: str, data: bool, durable: bool,
+               nowait: bool = False) -> tuple[int, os.stat_result | None]:
         """Make ``tmp`` in the workdir a copy of (layer, rel): data, owner, mode, xattrs, times;
         ``durable``: its data noted or fsynced; ``nowait``: see the module's doc. Returns a
-        read-write fd on it for a file (made with it: the mode cannot refuse), -1 else."""
+        read-write fd on it for a file (made with it: the mode cannot refuse), -1 else; and its
+        stat if one was taken on the way (for the journal's note), else None."""
         st = self.layers.lstat(layer, rel)
         if st is None:
             raise FileNotFoundError(errno.ENOENT, "vanished during copy-up", rel)
@@ -251,6 +251,7 @@ class Copier:
                     if src >= 0:
                         os.close(src)
                     raise
+                made = None
                 try:
                     cloned = False  # a clone shares the lower's extents: metadata, as safe as the rename
                     if cached is not None:
@@ -260,7 +261,7 @@ class Copier:
                                                                  self._ways.get(st.st_dev, _Way.CLONE))
                         cloned = way == _Way.CLONE
                     if src >= 0 and durable and not cloned:
-                        self._make_durable(dst, layer, rel, st.st_size)
+                        made = self._make_durable(dst, layer, rel, st.st_size)
                     if not owned:
                         os.fchown(dst, st.st_uid, st.st_gid)
                     if not final:
@@ -273,7 +274,7 @@ class Copier:
                 finally:
                     if src >= 0:
                         os.close(src)
-                return dst
+                return dst, made
             if stat.S_ISLNK(mode):
                 os.symlink(os.readlink(sname, dir_fd=sfd), tmp, dir_fd=self.work_fd)
                 self._owner(tmp, st)
@@ -290,15 +291,18 @@ class Copier:
                 os.chmod(tmp, stat.S_IMODE(mode), dir_fd=self.work_fd)
                 _copy_xattrs(src_path, f"/proc/self/fd/{self.work_fd}/{tmp}")
                 os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self.work_fd)
-        return -1
+        return -1, None
 
-    def _make_durable(self, dst: int, layer: int, rel: str, size: int) -> None:
-        """Make sure no crash loses the data just copied into ``dst``: note it, or fsync it."""
+    def _make_durable(self, dst: int, layer: int, rel: str, size: int) -> os.stat_result | None:
+        """Make sure no crash loses the data just copied into ``dst``: note it (returning the stat
+        that names it), or fsync it."""
         lower = self.lower_path(layer, rel)
         if self.journal is not None and can_note(lower):
-            self.journal.note(os.fstat(dst).st_ino, lower, size)
-        else:
-            os.fsync(dst)
+            st = os.fstat(dst)
+            self.journal.note(st.st_ino, lower, size)
+            return st
+        os.fsync(dst)
+        return None
 
     def publish(self, tmp: str, parent_rel: str, name: str) -> None:
         """Rename ``tmp`` from the workdir into the upper, keeping the parent's times."""

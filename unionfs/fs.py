@@ -323,7 +323,7 @@ class UnionFS(pyfuse3.Operations):
         self._upper_dir(node.parent)
         old = self._stat(node)
         new, _ = self.copier.copy(node.dir_layers[0], node.rel, node.parent.rel, node.name)
-        self.aliases[(new.st_dev, new.st_ino)] = self._identity(old)
+        self.aliases[new] = self._identity(old)
         node.dir_layers = [upper, *node.dir_layers]
         node.listing = None  # it can change now
         node.layer = upper
@@ -376,9 +376,9 @@ class UnionFS(pyfuse3.Operations):
                 node.layer = self._writable()
             return lambda: copier.copy_orphan(layer, rel, nowait), kept
 
-        def copied(new_and_fd: tuple[os.stat_result, int]) -> None:
+        def copied(new_and_fd: tuple[Identity, int]) -> None:
             new, fd = new_and_fd
-            self.aliases[(new.st_dev, new.st_ino)] = self._identity(old)
+            self.aliases[new] = self._identity(old)
             node.layer = self._writable()
             self._keep_fd(node, fd, True)  # the copy's (the lower file's is closed): no open to come
         return lambda: copier.copy(layer, rel, prel, name, data, nowait), copied
