@@ -87,8 +87,9 @@ class Container:
                          Error=state.get("Error") or "the container's supervisor died")
         return state
 
-    def set_state(self, **changes: Any) -> dict[str, Any]:
-        state = self.state()
+    def set_state(self, read: dict[str, Any] | None = None, **changes: Any) -> dict[str, Any]:
+        """Change the state (``read``: what ``state()`` just gave, so as not to read it again)."""
+        state = dict(read) if read is not None else self.state()
         state.update(changes)
         # not fsynced: after a crash of the host no container runs, whatever its state said
         write_json(self.path("state.json"), state, durable=False)

@@ -239,9 +239,10 @@ class Supervisor:
         """Run the container to its end; return its exit code (125-127 for failures to start)."""
         c = self.c
         self.ready_fd = ready_fd
-        first_start = c.state().get("Status") == "created"
+        state = c.state()
+        first_start = state.get("Status") == "created"
         union_pid = self.union[0] if self.union else 0
-        c.set_state(Status="starting", Running=False, Pid=0, ExitCode=0, OOMKilled=False, Error="",
+        c.set_state(state, Status="starting", Running=False, Pid=0, ExitCode=0, OOMKilled=False, Error="",
                     SupervisorPid=os.getpid(), SupervisorStart=start_time(os.getpid()), StartedAt=now(),
                     FinishedAt="0001-01-01T00:00:00Z", UnionPid=union_pid,
                     UnionStart=start_time(union_pid) if union_pid else None)
