@@ -10,6 +10,9 @@ has come back (a daemon that has mounted may still be starting up: fuse-overlayf
 request after its command has returned). The last two rows are the floor of any Python command, in the
 same units: the interpreter starting, then also importing trio and pyfuse3, which the daemon needs.
 
+The last column is the goal's own measure: strata's time over fuse-overlayfs's, run by run, as the median
+and the range over ``--repeat`` runs.
+
 Usage: ``python bench/unionfs_bench.py [--only NAME,NAME] [--repeat N]`` (as root: kernel overlayfs).
 """
 
@@ -297,6 +300,14 @@ def each_pass(kinds: list[str], only: str | None, prefix: str) -> Iterator[tuple
                     yield pass_label(name, p, passes), kind, u, functools.partial(fn, target)
 
 
+def pairwise(ours: list[float], theirs: list[float]) -> str:
+    """The ratio of each run's two times (the kinds of one run follow each other, so they share the
+    machine's mood), as ``median (lowest-highest)``: on this noisy host, a row whose range spans 1.0
+    is level with fuse-overlayfs."""
+    ratios = sorted(a / b for a, b in zip(ours, theirs, strict=True))
+    return f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+
+
 def main() -> None:
     args = workload_args()
     if os.geteuid() != 0:
@@ -335,19 +346,22 @@ def main() -> None:
                 shutil.rmtree(base, ignore_errors=True)
             floors.append(interpreter_floor())
     labels = list(dict.fromkeys(label for label, _ in results))
-    print(f"{'workload':<36}{'kernel s':>10}{'fuse-ovl x':>12}{'strata x':>10}{'volatile x':>12}")
+    print(f"{'workload':<36}{'kernel s':>10}{'fuse-ovl x':>12}{'strata x':>10}{'volatile x':>12}"
+          f"   strata/fuse-ovl, each run")
     for label in labels:
         k = statistics.median(results[(label, "kernel")])
         f = statistics.median(results[(label, "fuse-overlayfs")]) / k
         s = statistics.median(results[(label, "strata")]) / k
         v = results.get((label, "strata volatile"))
         volatile = f"{statistics.median(v) / k:>11.2f}x" if v else f"{'-':>12}"
-        print(f"{label:<36}{k:>10.3f}{f:>11.2f}x{s:>9.2f}x{volatile}")
+        print(f"{label:<36}{k:>10.3f}{f:>11.2f}x{s:>9.2f}x{volatile}   "
+              f"{pairwise(results[(label, 'strata')], results[(label, 'fuse-overlayfs')])}")
     for what, times in (("mount latency", mount_times), ("mount, until it answers", answer_times),
                         ("unmount latency", umount_times)):
         k = statistics.median(times["kernel"])
         print(f"{what:<36}{k:>10.3f}{statistics.median(times['fuse-overlayfs']) / k:>11.2f}x"
-              f"{statistics.median(times['strata']) / k:>9.2f}x")
+              f"{statistics.median(times['strata']) / k:>9.2f}x{'':>12}   "
+              f"{pairwise(times['strata'], times['fuse-overlayfs'])}")
     # strata's column above is ``python -m unionfs`` (an interpreter and its imports); the runner forks
     # a daemon from a process that has them already. The last two rows are what any Python command
     # pays before it can mount, in the same units.
