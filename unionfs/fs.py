@@ -459,11 +459,18 @@ class UnionFS(pyfuse3.Operations):
         self._upper_dir(parent)
         return parent, name, upper, join(parent.rel, name)
 
-    def _finish_new(self, parent: Node, name: str) -> Node:
+    def _found(self, parent: Node, name: str, res: Resolved) -> pyfuse3.EntryAttributes:
+        """The kernel's entry for a name just resolved: one lookup more on its node, and the stat
+        resolving took (as fresh as another would be, and a syscall less for an upper entry)."""
+        node = self._remember(parent, name, res)
+        node.lookups += 1
+        return self._attr(res.st, node.ino)
+
+    def _finish_new(self, parent: Node, name: str) -> pyfuse3.EntryAttributes:
         res = self._resolve(parent, name)
         if res is None:
             raise oserror(errno.EIO, name)
-        return self._remember(parent, name, res)
+        return self._found(parent, name, res)
 
     # -- handlers, in kernel-op order -------------------------------------------------------------
     @fuse_boundary
@@ -480,7 +487,7 @@ class UnionFS(pyfuse3.Operations):
             negative.st_ino = 0  # a negative entry the kernel may cache
             negative.entry_timeout = TIMEOUT
             return negative
-        return self._entry(self._remember(parent, sname, res))
+        return self._found(parent, sname, res)
 
     @fuse_boundary
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -573,7 +580,7 @@ class UnionFS(pyfuse3.Operations):
             os.mknod(n, mode, rdev, dir_fd=fd)
         self._own(upper, rel, parent, ctx, False)
         self._drop_whiteout(parent, sname)
-        return self._entry(self._finish_new(parent, sname))
+        return self._finish_new(parent, sname)
 
     @fuse_boundary
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -583,9 +590,9 @@ class UnionFS(pyfuse3.Operations):
         self._own(upper, rel, parent, ctx, True)
         if self._drop_whiteout(parent, sname):
             self._marker(join(rel, whiteout.OPAQUE))  # mkdir over a whiteout: hide what was below
-        node = self._finish_new(parent, sname)
-        node.no_whiteouts = True
-        return self._entry(node)
+        entry = self._finish_new(parent, sname)
+        self.nodes[entry.st_ino].no_whiteouts = True
+        return entry
 
     def _existing(self, parent_inode: int, raw: bytes) -> tuple[Node, str, Resolved]:
         parent = self._node(parent_inode)
@@ -644,7 +651,7 @@ class UnionFS(pyfuse3.Operations):
             os.symlink(os.fsdecode(target), n, dir_fd=fd)
         self._own(upper, rel, parent, ctx, False)
         self._drop_whiteout(parent, sname)
-        return self._entry(self._finish_new(parent, sname))
+        return self._finish_new(parent, sname)
 
     @fuse_boundary
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
