@@ -67,6 +67,7 @@ bench: deps
 	@$(BIN)/python bench/unionfs_bench.py
 	@$(BIN)/python bench/fuse_requests.py
 	@$(BIN)/python bench/daemon_cpu.py
+	@$(BIN)/python bench/fuse_floor.py
 	@$(BIN)/python bench/runner_bench.py
 
 clean:
