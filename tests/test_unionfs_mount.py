@@ -680,3 +680,47 @@ def test_a_file_created_read_only_can_be_written_by_its_creator():
                     assert (stat.S_IMODE(st.st_mode), st.st_uid, f.read()) == (0o444, NOBODY, b"written")
     finally:
         shutil.rmtree(base)
+
+
+def test_writes_truncations_and_chowns_drop_setuid_bits_as_the_kernel_does():
+    """A write or a truncation by a caller without CAP_FSETID (an ordinary user) drops a file's
+    setuid bit, and its setgid bit where group-execute is set; root's keep them; a chown drops
+    them whoever makes it. The same operations run on a plain directory of the upper's filesystem
+    and through the mount (on copies of lower files), and must leave the same modes."""
+    base = tempfile.mkdtemp(prefix="strata-suid-", dir="/tmp")  # pytest's tmp_path is root's alone
+    names = ("user-write", "user-truncate", "root-write", "root-truncate", "chown")
+    try:
+        os.chmod(base, 0o755)
+        lower = make_layer(os.path.join(base, "l"), {f"pub/{n}": "data" for n in names})
+        plain = os.path.join(base, "plain")
+        shutil.copytree(os.path.join(lower, "pub"), plain)
+        upper, work, point = (os.path.join(base, n) for n in ("u", "w", "mnt"))
+        for d in (upper, work, point):
+            os.mkdir(d)
+        for d in (os.path.join(lower, "pub"), plain):
+            os.chmod(d, 0o777)
+            for n in names:
+                os.chmod(os.path.join(d, n), 0o6777)  # setuid, setgid and group-execute: both can go
+        user = ("import os, sys\n"
+                "with open(os.path.join(sys.argv[1], 'user-write'), 'ab') as f:\n"
+                "    f.write(b'more')\n"
+                "os.truncate(os.path.join(sys.argv[1], 'user-truncate'), 1)\n")
+
+        def act(d: str) -> dict[str, int]:
+            done = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                                   "/usr/bin/python3", "-c", user, d], capture_output=True, text=True, cwd="/")
+            assert done.returncode == 0, done.stderr
+            with open(os.path.join(d, "root-write"), "ab") as f:
+                f.write(b"more")
+            os.truncate(os.path.join(d, "root-truncate"), 1)
+            os.chown(os.path.join(d, "chown"), NOBODY, NOBODY)
+            return {n: stat.S_IMODE(os.stat(os.path.join(d, n)).st_mode) for n in names}
+
+        expected = act(plain)
+        assert expected["user-write"] == expected["user-truncate"] == expected["chown"] == 0o777
+        assert expected["root-write"] == expected["root-truncate"] == 0o6777
+        with mounted(point, [lower], upper, work, extra=",allow_other"):
+            assert act(os.path.join(point, "pub")) == expected
+        assert {n: stat.S_IMODE(os.stat(os.path.join(upper, "pub", n)).st_mode) for n in names} == expected
+    finally:
+        shutil.rmtree(base)
