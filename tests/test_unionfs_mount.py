@@ -268,6 +268,52 @@ async def test_the_patched_loop_finds_trios_wakeup_socket():
     assert pyfuse3._poll_loop_usable()  # type: ignore[attr-defined]  # our patch's, not in the stubs
 
 
+def test_the_kernel_takes_killpriv_v2_and_a_chown_costs_no_getattr(tmp_path):
+    """Our pyfuse3 adds FUSE_HANDLE_KILLPRIV_V2 to the INIT reply (libfuse 3.14 cannot): the
+    kernel then leaves dropping setuid bits to us (the setuid test above checks we do) and stops
+    asking for the attributes before each chown. A union served in a child process reports what
+    its INIT reply carried, and how many GETATTRs a chown of a file it made cost."""
+    layer = make_layer(str(tmp_path / "l"), {"f": "x"})
+    upper, work, point = (tmp_path / n for n in ("u", "w", "mnt"))
+    for d in (upper, work, point):
+        d.mkdir()
+    script = ("import os, sys, trio, pyfuse3\n"
+              "from unionfs.fs import UnionFS\n"
+              "lower, upper, work, point = sys.argv[1:]\n"
+              "fs = UnionFS([lower], upper, work, no_open=True)\n"
+              "calls = []\n"
+              "getattr_ = fs.getattr\n"
+              "async def counted(inode, ctx):\n"
+              "    calls.append(inode)\n"
+              "    return await getattr_(inode, ctx)\n"
+              "fs.getattr = counted\n"
+              "pyfuse3.init(fs, point, ['fsname=strata-test'])\n"
+              "async def main():\n"
+              "    async with trio.open_nursery() as n:\n"
+              "        n.start_soon(pyfuse3.main)\n"
+              "        await fs.initialised.wait()\n"
+              "        def chown():\n"
+              "            path = os.path.join(point, 'new')\n"
+              "            with open(path, 'w') as f:\n"
+              "                f.write('data')\n"
+              "            os.stat(path)\n"
+              "            before = len(calls)\n"
+              "            os.chown(path, 1, 1)\n"
+              "            return len(calls) - before\n"
+              "        print(pyfuse3.handles_killpriv_v2(), await trio.to_thread.run_sync(chown))\n"
+              "        pyfuse3.terminate()\n"
+              "try:\n"
+              "    trio.run(main)\n"
+              "finally:\n"
+              "    pyfuse3.close(unmount=True)\n")
+    done = subprocess.run([sys.executable, "-c", script, layer, str(upper), str(work), str(point)],
+                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "0"]
+    assert not is_mounted(str(point))
+
+
 def test_a_handler_that_waits_does_not_hold_up_the_others(tmp_path):
     """A copy-up whose lower sits on a stopped FUSE daemon waits in a thread; meanwhile the union still
     answers requests (pyfuse3's loop hands the FUSE fd to another task only when a handler waits)."""

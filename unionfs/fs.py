@@ -111,6 +111,10 @@ FD_CACHE = 1024  # backing fds kept open (the most recently used), besides those
 class UnionFS(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_symlink_cache = True  # symlinks never change: the kernel may keep readlink's answers
+    # With our pyfuse3, the kernel leaves dropping setuid/setgid bits to us and says when
+    # (kill_suidgid, SetattrFields.kill_suidgid): no GETATTR before each chown, and no
+    # security.capability question before every write to a file found without one.
+    enable_killpriv_v2 = True
 
     def __init__(self, lowers: Sequence[str], upper: str | None = None, work: str | None = None,
                  volatile: bool = False, no_open: bool = False, fd_cache: int = FD_CACHE) -> None:
@@ -527,6 +531,8 @@ class UnionFS(pyfuse3.Operations):
                 os.fchmod(fd, stat.S_IMODE(attr.st_mode))
             if fields.update_atime or fields.update_mtime:
                 os.utime(fd, ns=self._new_times(attr, fields, lambda: os.fstat(fd)))
+            if getattr(fields, "kill_suidgid", False):
+                self._drop_suidgid(node)
             return self._node_attr(node)
         with self.layers.at(upper, node.rel) as (dfd, name):
             if fields.update_uid or fields.update_gid:
@@ -538,6 +544,8 @@ class UnionFS(pyfuse3.Operations):
             if fields.update_atime or fields.update_mtime:
                 times = self._new_times(attr, fields, lambda: os.stat(name, dir_fd=dfd, follow_symlinks=False))
                 os.utime(name, ns=times, dir_fd=dfd, follow_symlinks=False)
+        if getattr(fields, "kill_suidgid", False):
+            self._drop_suidgid(node)
         return self._node_attr(node)
 
     async def _before_shrinking(self, fd: int, size: int) -> None:
@@ -748,6 +756,26 @@ class UnionFS(pyfuse3.Operations):
         if node.layer != self.upper:  # no OPEN was sent: the first write copies up
             await self._copy_up(node)
         return os.pwrite(self._fd(node, write=True), buf, off)
+
+    @fuse_boundary
+    async def kill_suidgid(self, fh: int) -> None:
+        """The write that follows comes from a caller without CAP_FSETID (see _drop_suidgid)."""
+        node = self._node(fh)
+        await self._copy_up(node)
+        self._drop_suidgid(node)
+
+    def _drop_suidgid(self, node: Node) -> None:
+        """What the kernel asks when a caller without CAP_FSETID writes, truncates or chowns a
+        file, and what it would do itself on a local filesystem (this daemon holds CAP_FSETID, so
+        the upper's kernel keeps the bits for it): the setuid bit goes, and the setgid bit if
+        group-execute is set. The file is in the upper already."""
+        if not stat.S_ISREG(self._stat(node).st_mode):
+            return
+        fd = self._fd(node, write=True)
+        mode = os.fstat(fd).st_mode
+        kill = stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0)
+        if mode & kill:
+            os.fchmod(fd, stat.S_IMODE(mode) & ~kill)
 
     @fuse_boundary
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
