@@ -531,19 +531,17 @@ class UnionFS(pyfuse3.Operations):
                 os.fchmod(fd, stat.S_IMODE(attr.st_mode))
             if fields.update_atime or fields.update_mtime:
                 os.utime(fd, ns=self._new_times(attr, fields, lambda: os.fstat(fd)))
-            if getattr(fields, "kill_suidgid", False):
-                self._drop_suidgid(node)
-            return self._node_attr(node)
-        with self.layers.at(upper, node.rel) as (dfd, name):
-            if fields.update_uid or fields.update_gid:
-                os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
-            if fields.update_mode:
-                kind = node.last.st_mode if node.last is not None else self._stat(node).st_mode  # a name keeps its type
-                if not stat.S_ISLNK(kind):
-                    os.chmod(name, stat.S_IMODE(attr.st_mode), dir_fd=dfd)
-            if fields.update_atime or fields.update_mtime:
-                times = self._new_times(attr, fields, lambda: os.stat(name, dir_fd=dfd, follow_symlinks=False))
-                os.utime(name, ns=times, dir_fd=dfd, follow_symlinks=False)
+        else:
+            with self.layers.at(upper, node.rel) as (dfd, name):
+                if fields.update_uid or fields.update_gid:
+                    os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+                if fields.update_mode:
+                    kind = node.last.st_mode if node.last is not None else self._stat(node).st_mode  # a name keeps its type
+                    if not stat.S_ISLNK(kind):
+                        os.chmod(name, stat.S_IMODE(attr.st_mode), dir_fd=dfd)
+                if fields.update_atime or fields.update_mtime:
+                    times = self._new_times(attr, fields, lambda: os.stat(name, dir_fd=dfd, follow_symlinks=False))
+                    os.utime(name, ns=times, dir_fd=dfd, follow_symlinks=False)
         if getattr(fields, "kill_suidgid", False):
             self._drop_suidgid(node)
         return self._node_attr(node)
@@ -769,13 +767,10 @@ class UnionFS(pyfuse3.Operations):
         file, and what it would do itself on a local filesystem (this daemon holds CAP_FSETID, so
         the upper's kernel keeps the bits for it): the setuid bit goes, and the setgid bit if
         group-execute is set. The file is in the upper already."""
-        if not stat.S_ISREG(self._stat(node).st_mode):
-            return
-        fd = self._fd(node, write=True)
-        mode = os.fstat(fd).st_mode
+        mode = self._stat(node).st_mode
         kill = stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0)
-        if mode & kill:
-            os.fchmod(fd, stat.S_IMODE(mode) & ~kill)
+        if stat.S_ISREG(mode) and mode & kill:
+            os.fchmod(self._fd(node, write=True), stat.S_IMODE(mode) & ~kill)
 
     @fuse_boundary
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
