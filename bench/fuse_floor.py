@@ -2,7 +2,7 @@
 
 A statfs(2) on a mount always reaches its daemon (the kernel keeps no answer), so a loop of them
 times one request each. Side by side in one run, each on a mount of its own:
-- fuse-overlayfs and strata (``python -m unionfs``), over the same empty layers;
+- fuse-overlayfs and strata (``python -m unionfs``), mounted as ``unionfs_bench`` mounts them;
 - ``null``: a pyfuse3 filesystem, on strata's patched pyfuse3 and its main loop, whose statfs
   answers a constant. What it costs is the floor of pyfuse3 and trio under any Python filesystem.
 
@@ -26,7 +26,7 @@ import time
 
 from daemon_cpu import cpu_times
 from fuse_requests import daemon_pid
-from unionfs_bench import OUT, REPO, is_mounted
+from unionfs_bench import OUT, Union, ensure_inputs, is_mounted
 
 KINDS = ["fuse-overlayfs", "strata", "null"]
 
@@ -51,28 +51,31 @@ def serve(mountpoint: str) -> None:
 
 
 class Mounted:
-    """One kind's mount in ``base``, its daemon's pid, and how to take it down."""
+    """One kind's mount in ``base`` and its daemon's pid: fuse-overlayfs and strata as the unionfs
+    bench mounts them (``Union``, over its layers), null from this script."""
 
     def __init__(self, kind: str, base: str) -> None:
         self.kind = kind
-        self.merged = os.path.join(base, "merged")
-        dirs = [os.path.join(base, n) for n in ("lower", "upper", "work")]
-        for d in [*dirs, self.merged]:
-            os.makedirs(d)
-        opts = "lowerdir={},upperdir={},workdir={}".format(*dirs)
+        self.union: Union | None = None
         self.null: subprocess.Popen[str] | None = None
         if kind == "null":
+            self.merged = os.path.join(base, "merged")
+            os.makedirs(self.merged)
             self.null = subprocess.Popen([sys.executable, __file__, "--serve", self.merged],
                                          stdout=subprocess.PIPE, text=True)
             assert self.null.stdout is not None and self.null.stdout.readline() == "ready\n"
             self.pid = self.null.pid
         else:
-            cmd = ["fuse-overlayfs", "-o", opts, self.merged] if kind == "fuse-overlayfs" else \
-                [sys.executable, "-m", "unionfs", "-o", opts, self.merged]
-            subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+            self.union = Union(kind, base)
+            self.union.mount()
+            self.merged = self.union.merged
             self.pid = daemon_pid(kind, self.merged)
 
     def unmount(self) -> None:
+        if self.union is not None:
+            if is_mounted(self.merged):
+                self.union.unmount()
+            return
         if is_mounted(self.merged):
             subprocess.run(["fusermount3", "-u", self.merged], check=True)
         if self.null is not None:
@@ -103,7 +106,7 @@ def main() -> None:
         return
     if os.geteuid() != 0:
         sys.exit("fuse_floor: needs root (fuse-overlayfs's mount)")
-    os.makedirs(OUT, exist_ok=True)
+    ensure_inputs()  # the layers Union mounts
     base = tempfile.mkdtemp(prefix="floor-", dir=OUT)
     mounts: list[Mounted] = []
     found: dict[str, list[tuple[float, float, float]]] = {k: [] for k in KINDS}
