@@ -5,6 +5,10 @@ Docker's meanings: ``--cpu-shares`` is a relative weight (v1 ``cpu.shares``; v2 
 (v1 ``memory.limit_in_bytes`` and, where swap accounting exists, ``memory.memsw.limit_in_bytes`` =
 2x; v2 ``memory.max`` and ``memory.swap.max`` = the limit again, so memory + swap = 2x).
 
+Every group gets the container's device allow-list (``devices.py``: v1's ``devices`` controller, a
+BPF program on v2) before any process joins it: a container never reads or writes a host device it
+was not given, whatever nodes it makes (mknod is allowed, as in Docker).
+
 The root is a parameter so that both code paths are tested: v2 against a file-level fake root where
 the host has no v2 controllers.
 """
@@ -18,6 +22,8 @@ import signal
 import time
 from collections.abc import Callable
 
+from . import devices
+from .devices import DeviceRule
 from .errors import RunnerError
 
 GROUP = "strata"
@@ -76,7 +82,8 @@ class Cgroup:
     def dirs(self) -> list[str]:
         raise NotImplementedError
 
-    def create(self) -> None:
+    def create(self, device_rules: list[DeviceRule] | None = None) -> None:
+        """Make the group, with ``device_rules`` (default: ``devices.DEFAULT_RULES``) in force."""
         raise NotImplementedError
 
     def limit(self, cpu_shares: int | None, memory: int | None) -> None:
@@ -154,9 +161,11 @@ class V1(Cgroup):
         self.memory = os.path.join(root, "memory", GROUP, name)
         freezer = os.path.join(root, "freezer")
         self.freezer = os.path.join(freezer, GROUP, name) if os.path.isdir(freezer) else None
+        self.devices_root = os.path.join(root, "devices")
+        self.devices = os.path.join(self.devices_root, GROUP, name)
 
     def dirs(self) -> list[str]:
-        return [self.cpu, self.memory] + ([self.freezer] if self.freezer else [])
+        return [self.cpu, self.memory, self.devices] + ([self.freezer] if self.freezer else [])
 
     def freeze(self, frozen: bool) -> None:
         if self.freezer is None:
@@ -166,9 +175,12 @@ class V1(Cgroup):
         _write(state, want)
         _settle(lambda: _read(state).strip() == want, want.lower())  # FREEZING until every task stops
 
-    def create(self) -> None:
+    def create(self, device_rules: list[DeviceRule] | None = None) -> None:
+        if not os.path.isdir(self.devices_root):  # no allow-list possible: no container (as runc)
+            raise RunnerError(f"this host has no devices cgroup at {self.devices_root}: cannot fence devices")
         for d in self.dirs():
             os.makedirs(d, exist_ok=True)
+        devices.apply_v1(self.devices, devices.DEFAULT_RULES if device_rules is None else device_rules)
 
     def limit(self, cpu_shares: int | None, memory: int | None) -> None:
         if cpu_shares:
@@ -194,7 +206,7 @@ class V2(Cgroup):
     def dirs(self) -> list[str]:
         return [self.dir]
 
-    def create(self) -> None:
+    def create(self, device_rules: list[DeviceRule] | None = None) -> None:
         parent = os.path.join(self.root, GROUP)
         os.makedirs(parent, exist_ok=True)
         for d in (self.root, parent):  # let the controllers reach the container's group
@@ -204,6 +216,7 @@ class V2(Cgroup):
             if wanted:
                 _write(path, " ".join(wanted))
         os.makedirs(self.dir, exist_ok=True)
+        devices.attach_v2(self.dir, devices.DEFAULT_RULES if device_rules is None else device_rules)
 
     def limit(self, cpu_shares: int | None, memory: int | None) -> None:
         if cpu_shares:
