@@ -1,24 +1,32 @@
 """Container records on disk, next to the store: ``ROOT/containers/<id>/``.
 
     config.json     what was asked for: image, command, env, limits (written once, at create)
-    state.json      what is happening: status, pids, exit code, times (replaced atomically)
+    state.json      what is happening: status, pids, exit code, times (swapped in atomically)
+    state.spare     the block the next state is written into (a full disk cannot lose an exit code)
+    supervisor.lock flock held by the container's one supervisor for as long as it runs
     container.log   output, one JSON object a line (Docker's json-file driver)
     upper/ work/    the container's writable layer and the union filesystem's workdir
     merged/         the union mountpoint while the container runs
     hostname hosts resolv.conf   bind-mounted into the container
 
 A container is visible once its config.json exists. Names are unique: creating takes
-``containers/lock``. A ``running`` state whose supervisor is gone reads as exited with an error.
+``containers/lock``. A ``starting`` or ``running`` state whose supervisor no longer holds
+``supervisor.lock`` reads as exited (255) with an error: the supervisor died, and its container with
+it (``runner.init`` and PID 1 die with their parent); ``reclaim`` kills and unmounts what may be left.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import re
 import secrets
 import shutil
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +34,10 @@ from typing import Any
 
 from store.images import now
 from store.root import write_json
+from unionfs import mountinfo
 
+from . import cgroups
+from . import syscalls as sc
 from .errors import ContainerConflict, NoSuchContainer, RunnerError
 
 _NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
@@ -74,26 +85,114 @@ class Container:
         state: dict[str, Any] = {"Status": "created", "Running": False, "Pid": 0, "ExitCode": 0, "OOMKilled": False,
                                  "StartedAt": "0001-01-01T00:00:00Z", "FinishedAt": "0001-01-01T00:00:00Z",
                                  "Error": ""}
-        try:
-            with open(self.path("state.json"), "rb") as f:
-                state = json.load(f)
-        except FileNotFoundError:
-            pass
-        except ValueError:  # an unsynced state cut short by a crash of the host: nothing runs now
-            state.update(Status="exited", ExitCode=255, Error="the container's state was lost in a crash")
-        if state.get("Status") == "running" and not process_alive(state.get("SupervisorPid", 0),
-                                                                 state.get("SupervisorStart")):
-            state.update(Status="exited", Running=False, ExitCode=255,
+        for attempt in range(3):
+            try:
+                with open(self.path("state.json"), "rb") as f:
+                    state = json.load(f)
+                break
+            except FileNotFoundError:
+                break
+            except ValueError:  # read while the next state was written into this inode: read again
+                if attempt == 2:  # an unsynced state cut short by a crash of the host: nothing runs now
+                    state.update(Status="exited", ExitCode=255, Error="the container's state was lost in a crash")
+        if state.get("Status") in ("starting", "running") and not self.supervised():
+            state.update(Status="exited", Running=False, Pid=0, ExitCode=255,
                          Error=state.get("Error") or "the container's supervisor died")
         return state
 
+    def supervised(self) -> bool:
+        """Does a supervisor hold this container's lock (it is alive: the kernel drops a dead one's)?"""
+        try:
+            fd = os.open(self.path("supervisor.lock"), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def supervise(self, timeout: float = 30.0) -> int:
+        """Take the supervisor's lock for the life of this process (the fd is returned; the caller's
+        forks close it). ``ContainerConflict`` if a supervisor holds it and its container runs; one
+        that has recorded the end and is still unmounting is waited for (its unmount is bounded)."""
+        fd = os.open(self.path("supervisor.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                # held: by a supervisor that runs the container (or another start, about to say so)
+                if self.state().get("Status") in ("starting", "running") or time.monotonic() > deadline:
+                    os.close(fd)
+                    raise ContainerConflict(f"container {self.id} is already running") from None
+            time.sleep(0.01)
+
     def set_state(self, read: dict[str, Any] | None = None, **changes: Any) -> dict[str, Any]:
-        """Change the state (``read``: what ``state()`` just gave, so as not to read it again)."""
+        """Change the state (``read``: what ``state()`` just gave, so as not to read it again). Only the
+        supervisor writes it (its lock makes it the only one).
+
+        The new state is written into ``state.spare``, over the block it already has, and swapped with
+        ``state.json`` in one ``renameat2(RENAME_EXCHANGE)``: once both exist, recording a state needs
+        no free space, so a container that fills its disk still gets its exit code recorded. Not
+        fsynced: after a crash of the host no container runs, whatever its state said."""
         state = dict(read) if read is not None else self.state()
         state.update(changes)
-        # not fsynced: after a crash of the host no container runs, whatever its state said
-        write_json(self.path("state.json"), state, durable=False)
+        state["Error"] = str(state.get("Error") or "")[:1024]  # a state stays within its one block
+        data = json.dumps(state, indent=2, sort_keys=True).encode() + b"\n"
+        path, spare = self.path("state.json"), self.path("state.spare")
+        fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
+        try:
+            sc.rename_exchange(spare, path)
+        except FileNotFoundError:  # the first state: the spare becomes it, and the next spare is made
+            os.rename(spare, path)
+            write_json(spare, state, durable=False)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOSYS):  # a filesystem without RENAME_EXCHANGE
+                raise
+            write_json(path, state, durable=False)
         return state
+
+    def reclaim(self, locked: bool = False) -> None:
+        """What a dead supervisor may have left: processes in the cgroup, the union daemon (by pid,
+        checked against its start time), the mount, the cgroup itself. Killed, unmounted and removed
+        by whoever notices first; a no-op while a supervisor lives (it owns all of these), unless
+        ``locked``: the caller is the new supervisor and holds the lock."""
+        if not locked and self.supervised():
+            return
+        state = self.state()
+        cg = cgroups.load(self.config["Cgroup"]["Version"], self.id)
+        cg.kill_all()
+        union = state.get("UnionPid", 0)
+        if union and process_alive(union, state.get("UnionStart")):
+            try:
+                os.kill(union, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        merged = self.path("merged")
+        if mountinfo.mounts_at(merged):
+            try:
+                sc.umount2(merged, sc.MNT_DETACH)
+            except OSError:  # not ours to umount as an ordinary user: fusermount3 is
+                subprocess.run(["fusermount3", "-u", "-z", merged], capture_output=True)
+        cg.destroy()
+
+    def leftovers(self) -> str:
+        """What of an earlier run is still there (processes in the cgroup, a mount), or ''."""
+        cg = cgroups.load(self.config["Cgroup"]["Version"], self.id)
+        if cg.pids():
+            return "processes of an earlier run are still in its cgroup"
+        if mountinfo.mounts_at(self.path("merged")):
+            return f"{self.path('merged')} is still mounted"
+        return ""
 
 
 class Containers:
@@ -154,18 +253,26 @@ class Containers:
                 raise ContainerConflict(f'Conflict. The container name "/{name}" is already in use')
             cid = cid or secrets.token_hex(32)
             path = os.path.join(self.dir, cid)
-            for sub in ("upper", "work", "merged"):
-                os.makedirs(os.path.join(path, sub))
             config = {**config, "Id": cid, "Name": name, "Created": now()}
-            # fsynced, unless the container is removed when it ends (--rm): after a crash of the
-            # host such a record is only left to be removed
-            write_json(os.path.join(path, "config.json"), config, durable=not config["HostConfig"]["AutoRemove"])
+            try:
+                for sub in ("upper", "work", "merged"):
+                    os.makedirs(os.path.join(path, sub))
+                # fsynced, unless the container is removed when it ends (--rm): after a crash of the
+                # host such a record is only left to be removed
+                write_json(os.path.join(path, "config.json"), config, durable=not config["HostConfig"]["AutoRemove"])
+            except OSError as e:  # a full disk, say: nothing of the record stays
+                shutil.rmtree(path, ignore_errors=True)
+                raise RunnerError(f"cannot create container: {e.strerror}") from None
             return Container(path, config)
 
     def remove(self, container: Container) -> None:
         """Delete the record: the config goes first (one rename), then the rest."""
         gone = container.dir + ".removing"
-        os.rename(container.dir, gone)
+        try:
+            os.rename(container.dir, gone)
+        except OSError:  # no room for the longer name in a full directory: the config goes first
+            os.unlink(container.path("config.json"))
+            gone = container.dir
         shutil.rmtree(gone, ignore_errors=True)
 
     def using_image(self, image_id: str) -> list[str]:

@@ -189,9 +189,12 @@ def _drop_privileges(spec: dict[str, Any]) -> None:
                 if e.errno != errno.EINVAL:
                     raise
     uid, gid, groups = _lookup_user(spec.get("user") or "0")
+    death = sc.parent_death_signal()
     os.setgroups(groups)
     os.setgid(gid)
     os.setuid(uid)
+    if death:  # a change of uid clears it (prctl(2)): PID 1 must still die with runner.init
+        sc.prctl(sc.PR_SET_PDEATHSIG, death)
     if uid == 0:
         sc.capset(keep)
     sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
@@ -360,6 +363,11 @@ def forked(spec: dict[str, Any], stdio: tuple[int, int, int], go_fd: int) -> NoR
     exit handler of the parent may run here."""
     code = 125
     try:
+        # dies with the supervisor (and PID 1 with this process): a container never outlives the
+        # process that records its state. Checked after: the supervisor may already be gone.
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != spec["supervisor"]:
+            os._exit(code)
         os.setsid()
         os.chdir("/")
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in stdio]  # out of dup2's way

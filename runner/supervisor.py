@@ -9,7 +9,12 @@ left in the cgroup, unmounts and removes the cgroup (and the container, for ``--
 ``strata run -d`` and ``strata start`` fork it detached (``run_detached``);
 ``strata run`` without ``-d`` runs it in the CLI's own process, attached.
 
-Faults: if the union filesystem process dies, the container is killed and its state says why.
+Faults: if the union filesystem process dies, the container is killed and its state says why. If
+the supervisor itself dies, so does the container: ``runner.init`` and the union daemon get a
+parent-death signal (SIGKILL; SIGTERM, which unmounts), and PID 1 dies with ``runner.init``. One
+supervisor per container: it holds ``supervisor.lock`` for its life (``Container.supervise``), and
+a start finds no processes or mount of an earlier run before it mounts anything. A full disk loses
+log lines, never the exit code: ``Container.set_state`` writes into a block reserved at the start.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from unionfs.mount import ForkedChild, Mount, fork_serve
 from . import cgroups, init
 from . import syscalls as sc
 from .containers import Container, Containers, start_time
+from .errors import RunnerError
 
 
 @dataclass
@@ -58,6 +64,13 @@ class _Log:
     def __init__(self, path: str) -> None:
         self.file = open(path, "ab", buffering=0)
         self.partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+        self.lost = 0  # bytes of output a full disk (or another write error) kept out of the log
+
+    def _append(self, data: bytes) -> None:
+        try:
+            self.file.write(data)
+        except OSError:  # a full disk: the container goes on, its output is lost (json-file does so)
+            self.lost += len(data)
 
     def write(self, stream: str, data: bytes) -> None:
         buf = self.partial[stream] + data
@@ -71,14 +84,17 @@ class _Log:
             rest = b""
         self.partial[stream] = rest
         if out:
-            self.file.write(("\n".join(out) + "\n").encode())
+            self._append(("\n".join(out) + "\n").encode())
 
     def close(self) -> None:
         for stream, rest in self.partial.items():
             if rest:
-                self.file.write((json.dumps({"log": rest.decode(errors="replace"), "stream": stream,
-                                             "time": now()}) + "\n").encode())
-        self.file.close()
+                self._append((json.dumps({"log": rest.decode(errors="replace"), "stream": stream,
+                                          "time": now()}) + "\n").encode())
+        try:
+            self.file.close()
+        except OSError:
+            pass
 
 
 async def _pump(src: int, stream: str, log: _Log, out: int | None) -> None:
@@ -141,6 +157,7 @@ class Supervisor:
         self.status_fd: int | None = None  # init's reports: "pid N", then "error CODE MESSAGE" or EOF
         self.go_fd: int | None = None
         self.opened: list[int] = []  # fds this supervisor must close when it is done
+        self.lock_fd: int | None = None  # ``supervisor.lock``, held until this process exits
 
     def prepare(self) -> None:
         """Before trio starts (forking inside a trio run is not safe): write the init layer, fork the
@@ -153,8 +170,17 @@ class Supervisor:
         if self.config["HostConfig"]["AutoRemove"]:  # --rm: its writable layer cannot outlive it
             options.append("volatile")  # (as podman does for --rm; CRI-O for every container)
         try:
+            self.lock_fd = c.supervise()
+        except (RunnerError, OSError) as e:
+            self.error = str(e)  # run() reports it and touches nothing: the container is not ours
+            return
+        try:
+            c.reclaim(locked=True)  # an earlier supervisor that died may have left its processes, mount
+            if leftover := c.leftovers():
+                raise RuntimeError(f"cannot start a second instance of container {c.id}: {leftover}")
             self._write_etc()
-            self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options)
+            self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options,
+                                    parent_death=signal.SIGTERM)
             self.cgroup.create()
             hc = self.config["HostConfig"]
             self.cgroup.limit(hc.get("CpuShares") or None, hc.get("Memory") or None)
@@ -204,6 +230,7 @@ class Supervisor:
             "rootfs": self.c.path("merged"), "args": self.config["Command"], "env": cfg["Env"],
             "cwd": cfg["WorkingDir"] or "/", "user": cfg["User"] or "0", "hostname": cfg["Hostname"],
             "tty": cfg["Tty"], "network": self.config["HostConfig"]["NetworkMode"], "status_fd": status_fd,
+            "supervisor": os.getpid(),
             "cgroup_procs": self.cgroup.procs_files(),
             "binds": [[self.c.path(n), f"/etc/{n}"] for n in ("hostname", "hosts", "resolv.conf")],
         }
@@ -239,17 +266,21 @@ class Supervisor:
         """Run the container to its end; return its exit code (125-127 for failures to start)."""
         c = self.c
         self.ready_fd = ready_fd
+        if self.lock_fd is None:  # another supervisor runs it: its state and files are not ours
+            self._ready(f"error 125 {self.error}")
+            return 125
         state = c.state()
         first_start = state.get("Status") == "created"
         union_pid = self.union[0] if self.union else 0
-        c.set_state(state, Status="starting", Running=False, Pid=0, ExitCode=0, OOMKilled=False, Error="",
-                    SupervisorPid=os.getpid(), SupervisorStart=start_time(os.getpid()), StartedAt=now(),
-                    FinishedAt="0001-01-01T00:00:00Z", UnionPid=union_pid,
-                    UnionStart=start_time(union_pid) if union_pid else None)
         mount = None
         code = 125
         error = ""
         try:
+            # the first state also makes state.spare: from here on a state costs no free space
+            c.set_state(state, Status="starting", Running=False, Pid=0, ExitCode=0, OOMKilled=False, Error="",
+                        SupervisorPid=os.getpid(), SupervisorStart=start_time(os.getpid()), StartedAt=now(),
+                        FinishedAt="0001-01-01T00:00:00Z", UnionPid=union_pid,
+                        UnionStart=start_time(union_pid) if union_pid else None)
             if self.union is not None:  # adopted even if a later step failed: the finally unmounts it
                 mount = await Mount.adopt(c.path("merged"), *self.union)
             if mount is None or self.init is None:
@@ -281,8 +312,11 @@ class Supervisor:
                 self.error = error
                 remove = self.config["HostConfig"]["AutoRemove"] or (first_start and not self.started)
                 if not remove:
-                    c.set_state(Status="exited", Running=False, Pid=0, ExitCode=code, OOMKilled=oom,
-                                Error=error, FinishedAt=now())
+                    try:
+                        c.set_state(Status="exited", Running=False, Pid=0, ExitCode=code, OOMKilled=oom,
+                                    Error=error, FinishedAt=now())
+                    except OSError as e:  # not even the reserved block: the state reads as a dead supervisor's
+                        self.error = error = error or f"cannot record the container's exit: {e.strerror}"
                 self._ready(f"error {code} {error}")  # never got as far as running
                 if remove:
                     Containers(self.root).remove(c)  # a run that never started leaves nothing behind

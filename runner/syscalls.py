@@ -1,5 +1,5 @@
 """The one seam for Linux syscalls Python's ``os`` lacks: mount, umount2, pivot_root, unshare/setns
-(``os.unshare`` only exists from 3.12), prctl and capset. Each raises ``OSError`` with the errno.
+(``os.unshare`` only exists from 3.12), renameat2, prctl and capset. Each raises ``OSError`` with the errno.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ CLONE_NEWNET = 0x40000000
 
 # prctl
 PR_SET_PDEATHSIG = 1
+PR_GET_PDEATHSIG = 2
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -41,6 +42,8 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 _SYS_PIVOT_ROOT = 155  # x86_64
 _SYS_SETNS = 308
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
 
 
 def _check(result: int, what: str) -> int:
@@ -71,9 +74,21 @@ def setns(fd: int, nstype: int = 0) -> None:
     _check(_libc.syscall(_SYS_SETNS, fd, nstype), "setns")
 
 
+def rename_exchange(a: str, b: str) -> None:
+    """Swap two names atomically (renameat2 RENAME_EXCHANGE): neither inode is freed nor allocated."""
+    _check(_libc.renameat2(_AT_FDCWD, a.encode(), _AT_FDCWD, b.encode(), _RENAME_EXCHANGE), f"rename {a}")
+
+
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     return _check(_libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(arg4),
                               ctypes.c_ulong(arg5)), "prctl")
+
+
+def parent_death_signal() -> int:
+    """This process's parent-death signal (0: none)."""
+    sig = ctypes.c_int(0)
+    _check(_libc.prctl(PR_GET_PDEATHSIG, ctypes.byref(sig), 0, 0, 0), "prctl")
+    return sig.value
 
 
 class _CapHeader(ctypes.Structure):

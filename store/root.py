@@ -79,6 +79,23 @@ def remove_tree(path: str) -> None:
         pass
 
 
+def _disk_usage(path: str) -> int:
+    """Bytes in the files below ``path`` (not following links)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except FileNotFoundError:
+                pass
+    try:
+        if not os.path.isdir(path):
+            total += os.lstat(path).st_size
+    except FileNotFoundError:
+        pass
+    return total
+
+
 class Root:
     """Paths below the store root. Creating a ``Root`` creates nothing; ``ensure()`` does."""
 
@@ -114,6 +131,42 @@ class Root:
                 yield txn
             finally:
                 remove_tree(txn.dir)
+        finally:
+            os.close(lock)
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        """Hold the writer lock shared: no writer (``rmi``'s garbage collection among them) changes the
+        store meanwhile; other readers may hold it too. For a reader whose answer must stay true until
+        it has recorded a use of it (a container taking its image's layers). No store yet: no lock."""
+        try:
+            lock = os.open(self.lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except (FileNotFoundError, PermissionError):
+            yield
+            return
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(lock)
+
+    def leftovers(self) -> list[tuple[str, int]]:
+        """What writers that died left in ``tmp/`` (name, bytes): nothing while a writer holds the lock
+        (all of ``tmp/`` is then its own, and it swept the rest when it started)."""
+        try:
+            lock = os.open(self.lockfile, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return []
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return []
+            try:
+                names = sorted(os.listdir(self.tmp))
+            except FileNotFoundError:
+                return []
+            return [(name, _disk_usage(os.path.join(self.tmp, name))) for name in names]
         finally:
             os.close(lock)
 

@@ -439,6 +439,12 @@ class Store:
                 problems.append(f"tag {ref}: image {image_id} is missing")
         return problems
 
+    def leftovers(self) -> list[str]:
+        """What writers that died left staged in ``tmp/``: not damage (nothing refers to it), space
+        the next writer frees."""
+        return [f"tmp/{name}: {size} bytes staged by a writer that died (the next writer removes them)"
+                for name, size in self.root.leftovers()]
+
 
 def _failpoint(name: str) -> None:
     """Crash tests: die here, as a SIGKILL would, when STRATA_FAILPOINT names this point."""

@@ -11,6 +11,7 @@ is ready (or prints the child's error). SIGTERM/SIGINT unmount cleanly; so do ``
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import logging
 import os
@@ -29,6 +30,8 @@ from .errors import UnionError
 from .fs import FD_CACHE, NO_OPEN, UnionFS
 
 log = logging.getLogger("unionfs")
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
 _OURS = ("lowerdir", "upperdir", "workdir", "log", "volatile")
 # In the workdir of a volatile mount, as kernel overlayfs's $workdir/work/incompat/volatile: made
 # before mounting, removed when the daemon ends. Found at a mount, it says a volatile mount of this
@@ -227,29 +230,35 @@ def _options(lowers: Sequence[str], upper: str | None, work: str | None, options
 
 
 def fork_serve(mountpoint: str, lowers: Sequence[str], upper: str | None = None, work: str | None = None,
-               options: Sequence[str] = ()) -> tuple[int, int]:
+               options: Sequence[str] = (), parent_death: int = 0) -> tuple[int, int]:
     """Fork the serving process now, before the caller starts trio (forking inside a trio run is not
     safe): a fresh interpreter costs a few hundred milliseconds of imports, a fork almost nothing.
-    Returns (pid, ready fd) for ``Mount.adopt``. The child is a process of its own, in its own session.
+    Returns (pid, ready fd) for ``Mount.adopt``. The child is a process of its own, in its own session;
+    with ``parent_death`` (SIGTERM: unmount and exit) it gets that signal when the caller dies.
     """
-    return _fork_daemon(parse_options([_options(lowers, upper, work, options)]), mountpoint)
+    return _fork_daemon(parse_options([_options(lowers, upper, work, options)]), mountpoint, parent_death)
 
 
-def _fork_daemon(opts: Options, mountpoint: str) -> tuple[int, int]:
+def _fork_daemon(opts: Options, mountpoint: str, parent_death: int = 0) -> tuple[int, int]:
     """Fork the daemon; it reports ``ok`` or its error on the returned fd once the mount is (or
     cannot be) made."""
-    return fork_detached(lambda ready: serve(opts, mountpoint, ready))
+    return fork_detached(lambda ready: serve(opts, mountpoint, ready), parent_death=parent_death)
 
 
-def fork_detached(body: Callable[[int], int], failure: int = 1) -> tuple[int, int]:
+def fork_detached(body: Callable[[int], int], failure: int = 1, parent_death: int = 0) -> tuple[int, int]:
     """Fork a process of its own: its own session, stdio on /dev/null, no inherited fd but the write
     end of a pipe, which it gets as ``body``'s argument; it exits with what ``body`` returns (``failure``
-    if it raises). Returns (pid, read end of the pipe). The runner's detached supervisor is one too."""
+    if it raises). Returns (pid, read end of the pipe). The runner's detached supervisor is one too.
+    ``parent_death``: the signal the child gets when this process dies (0: none; prctl(2))."""
     r, w = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         code = failure
         try:
+            if parent_death:
+                if _libc.prctl(_PR_SET_PDEATHSIG, parent_death, 0, 0, 0) != 0 or os.getppid() != parent:
+                    os._exit(failure)  # the parent is gone already (or cannot be watched)
             # What this process inherited lives until it exits: the collector leaves it alone
             # (walking a big parent's heap cost a forked mount 30 ms, and dirtied its pages).
             gc.freeze()
