@@ -27,7 +27,6 @@ from .devices import DeviceRule
 from .errors import RunnerError
 
 GROUP = "strata"
-MIN_MEMORY = 6 * 1024 * 1024  # Docker: "Minimum memory limit allowed is 6MB"
 
 
 def shares_to_weight(shares: int) -> int:
@@ -38,18 +37,6 @@ def shares_to_weight(shares: int) -> int:
         return 10000
     level = math.log2(shares)
     return math.ceil(10 ** ((level * level + 125 * level) / 612.0 - 7.0 / 34.0))
-
-
-def parse_memory(value: str) -> int:
-    """Docker's RAMInBytes: ``64m``, ``1g``, ``512k``, ``1048576`` (binary units)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgtp]?)b?\s*", value.lower())
-    if not m:
-        raise RunnerError(f"invalid memory value {value!r}: use a number with an optional unit (b, k, m, g)")
-    number = float(m.group(1)) * 1024 ** "bkmgtp".index(m.group(2) or "b")
-    size = int(number)
-    if size < MIN_MEMORY:
-        raise RunnerError("Minimum memory limit allowed is 6MB")
-    return size
 
 
 def _write(path: str, value: str) -> None:

@@ -41,6 +41,7 @@ from . import syscalls as sc
 from .errors import ContainerConflict, NoSuchContainer, RunnerError
 
 _NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+NAME_MAX = 253  # a container name is a DNS name (Docker's names resolve on its networks)
 _ADJ = ["brave", "calm", "eager", "fond", "keen", "lucid", "merry", "quirky", "sharp", "tender", "vivid", "wise"]
 _NOUN = ["babbage", "curie", "darwin", "euler", "gauss", "hopper", "lovelace", "noether", "pascal", "turing"]
 
@@ -63,6 +64,14 @@ def process_alive(pid: int, start: str | None) -> bool:
 def start_time(pid: int) -> str | None:
     fields = _stat_fields(pid)
     return fields[19] if fields else None
+
+
+def check_name(name: str) -> None:
+    """Docker's container-name rule, and a DNS name's length."""
+    if not _NAME.match(name):
+        raise RunnerError(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+    if len(name.lstrip("/")) > NAME_MAX:
+        raise RunnerError(f"Invalid container name ({name}), longer than {NAME_MAX} characters")
 
 
 @dataclass
@@ -240,8 +249,8 @@ class Containers:
 
     def create(self, config: dict[str, Any], name: str | None, cid: str | None = None) -> Container:
         """Make the record and its dirs; the config becomes visible last."""
-        if name is not None and not _NAME.match(name):
-            raise RunnerError(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+        if name is not None:
+            check_name(name)
         with self.locked():
             taken = {c.name for c in self.all()}
             if name is None:

@@ -14,8 +14,10 @@ status; the supervisor signals PID 1 directly.
 PID 1's set-up, in order (runc's): private mounts; proc, a minimal /dev (tmpfs with null zero full
 random urandom tty, pts, shm, mqueue), /sys read-only, hostname/hosts/resolv.conf; pivot_root and
 detach the old root; mask /proc/kcore and friends; hostname; loopback up; new session (and the pty
-as controlling terminal); user; capabilities to Docker's default set; no_new_privs; every other fd
-closed; chdir (checked with getcwd) and exec. Until exec the process is not dumpable, so nothing in
+as controlling terminal); a fresh session keyring; user; capabilities to Docker's default set;
+no_new_privs; every other fd closed; chdir (checked with getcwd); the seccomp filter (``spec
+["seccomp"]``, a ``seccomp.Filter`` prepared by the parent) and exec. ``exec``'s join does the same
+from the session keyring on. Until exec the process is not dumpable, so nothing in
 the container can reach the host's interpreter through /proc/PID/exe.
 """
 
@@ -223,6 +225,7 @@ def _exec(spec: dict[str, Any], status_fd: int) -> None:
         raise _Fail(126, "no command specified")
     cwd = spec.get("cwd") or "/"
     _mkdirs(cwd)
+    sc.join_session_keyring()  # never the host's (the filter denies keyctl; unconfined, this one)
     _drop_privileges(spec)
     os.closerange(3, status_fd)
     os.closerange(status_fd + 1, 65536)
@@ -232,6 +235,8 @@ def _exec(spec: dict[str, Any], status_fd: int) -> None:
     binary = _find(args[0], env)
     for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
+    if spec.get("seccomp") is not None:  # last, as runc: after no_new_privs, right before exec
+        spec["seccomp"].load()
     try:
         os.execve(binary, args, dict(e.split("=", 1) for e in env if "=" in e))
     except PermissionError:

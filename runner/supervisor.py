@@ -34,7 +34,7 @@ from store.images import now
 from unionfs.errors import UnionError
 from unionfs.mount import ForkedChild, Mount, fork_serve
 
-from . import cgroups, init
+from . import cgroups, init, seccomp
 from . import syscalls as sc
 from .containers import Container, Containers, start_time
 from .errors import RunnerError
@@ -230,7 +230,7 @@ class Supervisor:
             "rootfs": self.c.path("merged"), "args": self.config["Command"], "env": cfg["Env"],
             "cwd": cfg["WorkingDir"] or "/", "user": cfg["User"] or "0", "hostname": cfg["Hostname"],
             "tty": cfg["Tty"], "network": self.config["HostConfig"]["NetworkMode"], "status_fd": status_fd,
-            "supervisor": os.getpid(),
+            "supervisor": os.getpid(), "seccomp": container_filter(self.config),
             "cgroup_procs": self.cgroup.procs_files(),
             "binds": [[self.c.path(n), f"/etc/{n}"] for n in ("hostname", "hosts", "resolv.conf")],
         }
@@ -427,6 +427,13 @@ class Supervisor:
                 termios.tcsetwinsize(self.stdio.stdin, termios.tcgetwinsize(self.attach.stdout))
             except (OSError, termios.error):  # output to a pipe or file: no size to follow
                 pass
+
+
+def container_filter(config: dict[str, Any]) -> seccomp.Filter | None:
+    """The seccomp filter a container's processes get (PID 1 and ``exec``'s alike): its ``Seccomp``
+    setting resolved for Docker's default capabilities (a container created before seccomp existed
+    gets the default)."""
+    return seccomp.for_container(config.get("Seccomp", "default"), set(init.DEFAULT_CAPS))
 
 
 def _detach(mountpoint: str) -> bool:

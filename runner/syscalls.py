@@ -1,11 +1,12 @@
 """The one seam for Linux syscalls Python's ``os`` lacks: mount, umount2, pivot_root, unshare/setns
-(``os.unshare`` only exists from 3.12), renameat2, prctl and capset. Each raises ``OSError`` with the errno.
+(``os.unshare`` only exists from 3.12), renameat2, keyctl, prctl and capset. Each raises ``OSError`` with the errno.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -42,6 +43,8 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 _SYS_PIVOT_ROOT = 155  # x86_64
 _SYS_SETNS = 308
+_SYS_KEYCTL = 250
+_KEYCTL_JOIN_SESSION_KEYRING = 1
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
@@ -72,6 +75,15 @@ def unshare(flags: int) -> None:
 
 def setns(fd: int, nstype: int = 0) -> None:
     _check(_libc.syscall(_SYS_SETNS, fd, nstype), "setns")
+
+
+def join_session_keyring() -> None:
+    """A fresh anonymous session keyring for this process (runc gives every container one), so that
+    nothing in a container sees the host's. A kernel without keyrings (ENOSYS) is fine, as in runc."""
+    if _libc.syscall(_SYS_KEYCTL, _KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
+        err = ctypes.get_errno()
+        if err != errno.ENOSYS:
+            raise OSError(err, f"keyctl(KEYCTL_JOIN_SESSION_KEYRING): {os.strerror(err)}")
 
 
 def rename_exchange(a: str, b: str) -> None:

@@ -107,6 +107,7 @@ class Root:
         self.tmp = os.path.join(self.path, "tmp")
         self.repositories = os.path.join(self.path, "repositories.json")
         self.lockfile = os.path.join(self.path, "lock")
+        self.gc_lockfile = os.path.join(self.path, "gc.lock")
 
     def ensure(self) -> None:
         for d in (self.blobs, self.layers, self.images, self.tmp):
@@ -135,17 +136,26 @@ class Root:
             os.close(lock)
 
     @contextmanager
-    def shared(self) -> Iterator[None]:
-        """Hold the writer lock shared: no writer (``rmi``'s garbage collection among them) changes the
-        store meanwhile; other readers may hold it too. For a reader whose answer must stay true until
-        it has recorded a use of it (a container taking its image's layers). No store yet: no lock."""
+    def pinned(self) -> Iterator[None]:
+        """Hold ``gc.lock`` shared: no garbage collection (``rmi``) removes a layer meanwhile. For a
+        reader whose answer must stay true until it has recorded a use of it (a container taking its
+        image's layers); loads and pulls do not wait for it, nor it for them. No store yet: no lock."""
+        yield from self._gc_lock(fcntl.LOCK_SH)
+
+    @contextmanager
+    def collecting(self) -> Iterator[None]:
+        """Hold ``gc.lock`` exclusively: what holds an image (containers, mounts) is asked, and what
+        nothing holds removed, with no reader between the two (``pinned``)."""
+        yield from self._gc_lock(fcntl.LOCK_EX)
+
+    def _gc_lock(self, how: int) -> Iterator[None]:
         try:
-            lock = os.open(self.lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            lock = os.open(self.gc_lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except (FileNotFoundError, PermissionError):
             yield
             return
         try:
-            fcntl.flock(lock, fcntl.LOCK_SH)
+            fcntl.flock(lock, how)
             yield
         finally:
             os.close(lock)

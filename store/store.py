@@ -296,7 +296,7 @@ class Store:
         ``holders(image_id)`` names users of the image outside the store (containers): an image in use
         is refused, or with ``force`` only untagged, so that no container loses its layers.
         """
-        with self.root.writer() as txn:
+        with self.root.writer() as txn, self.root.collecting():
             image_id = self.images.resolve(ref)
             tags = self.images.tags_of(image_id)
             by_tag = self._is_tag(ref)

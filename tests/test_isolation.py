@@ -3,7 +3,10 @@ test per fence (docs/ARCHITECTURE.md, "Security model", lists them)."""
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -12,6 +15,7 @@ from helpers import strata
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root (rootless is another issue)")
 
 SECRET = b"host-secret-0123456789"
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture
@@ -39,3 +43,68 @@ def test_a_container_cannot_read_or_write_a_host_block_device(rootdir, loop_devi
     assert out.count("Operation not permitted") == 2, out
     assert "null-ok" in out and out.split()[-1] == "4"  # the standard nodes work
     assert image.read_bytes()[:len(SECRET) + 1024].startswith(SECRET) and b"pwned" not in image.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def probe_rootfs(tmp_path_factory, full_busybox):
+    """busybox plus ``/bin/probe`` (tests/probe.c, built static here): one attack per argument."""
+    root = tmp_path_factory.mktemp("probe") / "rootfs"
+    shutil.copytree(full_busybox, root, symlinks=True)
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(root / "bin" / "probe"), os.path.join(HERE, "probe.c")],
+                   check=True)
+    return str(root)
+
+
+@pytest.fixture
+def probe_root(rootdir, probe_rootfs):
+    strata(rootdir, "import", probe_rootfs, "probe:latest")
+    return rootdir
+
+
+def _probe(root: str, *attacks: str, run_args: tuple[str, ...] = ()) -> dict[str, str]:
+    out = strata(root, "run", "--rm", *run_args, "probe", "/bin/probe", *attacks).out
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+# What Docker's default profile refuses that the kernel alone would let container root do
+ATTACKS = ("keyctl", "add_key", "unshare-user", "clone-newuser", "bpf", "perf_event_open", "open_by_handle_at",
+           "kexec_load", "userfaultfd", "vsock")
+
+
+def test_seccomp_refuses_what_dockers_default_profile_refuses(probe_root):
+    seen = _probe(probe_root, *ATTACKS, "inet", "mkdir")
+    assert {a: seen[a] for a in ATTACKS} == dict.fromkeys(ATTACKS, "EPERM")
+    assert (seen["inet"], seen["mkdir"]) == ("ok", "ok")  # what a program needs still works
+    status = strata(probe_root, "run", "--rm", "probe", "grep", "Seccomp:", "/proc/self/status").out
+    assert status.split() == ["Seccomp:", "2"]  # a filter is in force
+
+
+def test_unconfined_lifts_the_filter_but_not_the_hosts_keyring(probe_root):
+    seen = _probe(probe_root, "keyctl", "session-keyring", "unshare-user",
+                  run_args=("--security-opt", "seccomp=unconfined"))
+    assert seen["keyctl"] == "ok" and seen["unshare-user"] == "ok"  # the kernel alone allows these
+    host = ctypes.CDLL(None, use_errno=True).syscall(250, 0, -3, 0)  # KEYCTL_GET_KEYRING_ID, session
+    assert int(seen["session-keyring"]) != host  # a fresh session keyring, never the host's
+
+
+def test_a_profile_file_applies_and_a_bad_one_is_refused(probe_root, tmp_path):
+    profile = tmp_path / "deny-mkdir.json"
+    profile.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}))
+    seen = _probe(probe_root, "mkdir", "keyctl", run_args=("--security-opt", f"seccomp={profile}"))
+    assert seen == {"mkdir": "EACCES", "keyctl": "ok"}
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"defaultAction": "SCMP_ACT_SOMETIMES"}')
+    for option in (f"seccomp={bad}", f"seccomp={tmp_path}/missing.json", "apparmor=x"):
+        res = strata(probe_root, "run", "--security-opt", option, "probe", "true", check=False)
+        assert res.code == 125 and len(res.err.strip().splitlines()) == 1, res.err
+    assert strata(probe_root, "ps", "-aq").out == ""  # nothing was created
+
+
+def test_exec_runs_under_the_same_filter_and_may_ptrace_pid1(probe_root):
+    strata(probe_root, "run", "-d", "--name", "target", "probe", "sleep", "1000")
+    try:
+        out = strata(probe_root, "exec", "target", "/bin/probe", "keyctl", "unshare-user", "ptrace-pid1").out
+        assert out.split() == ["keyctl=EPERM", "unshare-user=EPERM", "ptrace-pid1=ok"]  # ptrace: as Docker
+    finally:
+        strata(probe_root, "rm", "-f", "target")

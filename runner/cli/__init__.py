@@ -2,7 +2,8 @@
 
 This package is the only part of strata that prints and picks exit codes. An error the packages
 raise on purpose becomes one line on stderr: exit 1 for image commands (``StoreError``), 125 for
-container commands (``RunnerError``, as Docker); anything else is a bug and keeps its traceback.
+container commands (``RunnerError``, as Docker); a command line that does not parse, a line and a
+hint to ``--help``, exit 125 (``parsing``); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from store import Store, StoreError
 
 from ..errors import RunnerError
 from . import containers, images
-from .errors import UsageError
+from .errors import ParseError, UsageError
+from .parsing import Parser, unrecognized
 
 _CONTAINER_COMMANDS = {"run", "ps", "top", "logs", "stop", "kill", "start", "wait", "rm", "exec", "diff", "commit",
                        "export"}
@@ -26,17 +28,29 @@ _CONTAINER_COMMANDS = {"run", "ps", "top", "logs", "stop", "kill", "start", "wai
 def parser() -> argparse.ArgumentParser:
     """Built once per process (about 10 ms: argparse looks up translations for every string); the
     zygote builds it before it forks, so the commands it runs find it ready."""
-    parser = argparse.ArgumentParser(prog="strata", description="Images, union mounts and containers.")
+    parser = Parser(prog="strata", description="Images, union mounts and containers.")
     parser.add_argument("--root", help="store root (default $STRATA_ROOT, /var/lib/strata for root, "
                                        "else $XDG_DATA_HOME/strata)")
-    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True, parser_class=Parser)
     images.add_parsers(sub)
     containers.add_parsers(sub)
     return parser
 
 
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    args, extras = parser().parse_known_args(argv)
+    if extras:
+        raise unrecognized(extras, args._prog)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parse(argv)
+    except ParseError as e:
+        print(f"strata: {e}", file=sys.stderr)
+        print(e.hint, file=sys.stderr)
+        return 125
     store = Store(args.root)
     failure = 125 if args.verb in _CONTAINER_COMMANDS else 1
     try:

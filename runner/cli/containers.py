@@ -7,23 +7,27 @@ import argparse
 import json
 import os
 import pwd
+import re
 import secrets
 import signal
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 from store import Store, StoreError
-from unionfs import mountinfo
 
-from .. import cgroups, init, layerdiff
-from ..containers import Container, Containers, process_alive
+from .. import cgroups, init, layerdiff, seccomp
+from ..containers import Container, Containers, check_name
 from ..errors import ContainerConflict, NoSuchContainer, RunnerError
-from .format import ellipsis, human_duration, parse_when, since, table
+from .errors import UsageError
+from .format import ellipsis, human_duration, parse_when, quoted, since, table
+from .parsing import int64
+from .units import effective_cpu_shares, memory_swap, parse_memory
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NETWORKS = ("none", "host")
+HOST_NAME_MAX = 64  # bytes: sethostname(2) refuses more
 
 
 def _containers(store: Store) -> Containers:
@@ -31,11 +35,51 @@ def _containers(store: Store) -> Containers:
 
 
 # -- run ------------------------------------------------------------------------------------------
+def _check_env(entries: list[str]) -> None:
+    """Docker's ValidateEnv: a name before any ``=``; and no NUL, which no environment can hold."""
+    for entry in entries:
+        if not entry.split("=", 1)[0] or "\0" in entry:
+            shown = entry.replace("\0", "\\0")
+            raise UsageError(f"invalid environment variable: {shown}")
+
+
+def _check_hostname(hostname: str) -> None:
+    if len(hostname) > HOST_NAME_MAX:
+        raise UsageError(f"invalid hostname {quoted(hostname)}: longer than {HOST_NAME_MAX} characters")
+    if len(hostname.encode()) > HOST_NAME_MAX:
+        raise UsageError(f"invalid hostname {quoted(hostname)}: longer than {HOST_NAME_MAX} bytes")
+    if any(c.isspace() or not c.isprintable() for c in hostname):  # it is written into /etc/hosts
+        raise UsageError(f"invalid hostname {quoted(hostname)}: it may not hold spaces or control characters")
+
+
+def _security_options(options: list[str]) -> str | dict[str, Any] | None:
+    """``--security-opt``: ``seccomp=unconfined|FILE`` (the file is read now, as Docker's CLI does, so
+    the container keeps the profile it was created with) and ``no-new-privileges`` (always in force).
+    Returns the container's ``Seccomp`` setting: "default", a profile, or None (unconfined)."""
+    setting: str | dict[str, Any] | None = "default"
+    for option in options:
+        key, sep, value = option.partition("=" if "=" in option else ":")
+        if key == "seccomp" and sep and value:
+            setting = None if value == "unconfined" else seccomp.load_profile(value)
+        elif key == "no-new-privileges" and value in ("", "true"):
+            continue
+        else:
+            raise RunnerError(f"Invalid --security-opt: {quoted(option)} (strata knows seccomp=unconfined|FILE "
+                              "and no-new-privileges)")
+    return setting
+
+
 def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[str, Any]:
-    """Everything ``run`` decides before anything is created; bad input raises here."""
-    memory = cgroups.parse_memory(args.memory) if args.memory else 0
-    if args.cpu_shares is not None and args.cpu_shares < 0:
-        raise RunnerError("invalid --cpu-shares: must be a positive number")
+    """Everything ``run`` decides before anything is created; bad input raises here, flags first
+    (as Docker's CLI checks them before it asks the daemon), then the image."""
+    memory = parse_memory(args.memory) if args.memory else 0
+    cpu_shares = effective_cpu_shares(args.cpu_shares or 0)
+    if args.network not in NETWORKS:
+        raise RunnerError(f"network {args.network} not found")
+    _check_env(args.env or [])
+    if args.hostname:
+        _check_hostname(args.hostname)
+    seccomp_setting = _security_options(args.security_opt or [])
     image_id = store.images.resolve(args.image)
     image = store.images.config(image_id)
     settings = image.get("config") or {}
@@ -66,8 +110,10 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
                    "WorkingDir": args.workdir or settings.get("WorkingDir") or "", "User": args.user or
                    settings.get("User") or "", "Tty": bool(args.tty), "OpenStdin": bool(args.interactive),
                    "Image": args.image},
-        "HostConfig": {"CpuShares": args.cpu_shares or 0, "Memory": memory, "MemorySwap": 2 * memory if memory else 0,
-                       "NetworkMode": args.network, "AutoRemove": bool(args.rm)},
+        "HostConfig": {"CpuShares": cpu_shares, "Memory": memory, "MemorySwap": memory_swap(memory),
+                       "NetworkMode": args.network, "AutoRemove": bool(args.rm),
+                       "SecurityOpt": list(args.security_opt or []) or None},
+        "Seccomp": seccomp_setting,
         "Cgroup": {"Version": cg.version, "Dirs": cg.dirs()},
         "LowerDirs": lowers,
     }
@@ -100,9 +146,12 @@ def _start_detached(store: Store, container: Container) -> tuple[int, str]:
 def cmd_run(store: Store, args: argparse.Namespace) -> int:
     from ..supervisor import Attach, run_attached
 
+    if args.name is not None:
+        check_name(args.name)  # before the image is looked up, as Docker's CLI checks flags first
     cid = secrets.token_hex(32)
-    config = _container_config(store, args, cid)
-    container = _containers(store).create(config, args.name, cid)
+    with store.root.pinned():  # rmi cannot take the image's layers between the look-up and the record
+        config = _container_config(store, args, cid)
+        container = _containers(store).create(config, args.name, cid)
     if args.detach:
         code, detail = _start_detached(store, container)
         if code:
@@ -209,6 +258,7 @@ def inspect_container(c: Container) -> dict[str, Any]:
         "LogPath": c.path("container.log"),
         "HostConfig": {"CpuShares": hc["CpuShares"], "Memory": hc["Memory"], "MemorySwap": hc["MemorySwap"],
                        "NetworkMode": hc["NetworkMode"], "AutoRemove": hc["AutoRemove"],
+                       "SecurityOpt": hc.get("SecurityOpt"),
                        "CgroupVersion": str(c.config["Cgroup"]["Version"]),
                        "CpuWeight": cgroups.shares_to_weight(hc["CpuShares"]) if hc["CpuShares"] else 0},
         "GraphDriver": {"Name": "strata-unionfs", "Data": {
@@ -239,7 +289,20 @@ def cmd_inspect(store: Store, args: argparse.Namespace) -> int:
     return status
 
 
+def _tail(value: str | None) -> int | None:
+    """``--tail``: "all" (None) or a count of lines; a negative count is all, as Docker."""
+    if value is None or value == "all":
+        return None
+    if not re.fullmatch(r"[+-]?[0-9]+", value):
+        raise UsageError(f"invalid value for --tail: {quoted(value)} (a number of lines, or all)")
+    if len(value) >= 20:  # more lines than any log has, or fewer than none: all (and no int() of 5000 digits)
+        return None
+    count = int(value)
+    return None if count < 0 else count
+
+
 def cmd_logs(store: Store, args: argparse.Namespace) -> int:
+    tail = _tail(args.tail)
     c = _containers(store).get(args.container)
     path = c.path("container.log")
     try:
@@ -248,8 +311,8 @@ def cmd_logs(store: Store, args: argparse.Namespace) -> int:
         return 0
     with f:
         lines = f.readlines()
-        if args.tail is not None and args.tail != "all":
-            lines = lines[-int(args.tail):] if int(args.tail) else []
+        if tail is not None:
+            lines = lines[-tail:] if tail else []
         pending = b""
         while True:
             for raw in lines:
@@ -286,6 +349,7 @@ def _wait_exited(c: Container, timeout: float | None) -> bool:
 def _signal(c: Container, sig: int) -> None:
     state = c.state()
     if not state.get("Running") or not state.get("Pid"):
+        c.reclaim()  # whatever a dead supervisor left goes now: nothing runs when we say so
         raise RunnerError(f"Cannot kill container: {c.name}: container {c.id} is not running")
     try:
         os.kill(state["Pid"], sig)
@@ -301,16 +365,34 @@ def cmd_stop(store: Store, args: argparse.Namespace) -> int:
             if not _wait_exited(c, args.time) and c.state().get("Running"):
                 _signal(c, signal.SIGKILL)  # it ignored SIGTERM for -t seconds
                 _wait_exited(c, 30)
+        else:
+            c.reclaim()  # a dead supervisor's leftovers: stopped now, as the state says
         print(ref)
     return 0
 
 
+def parse_signal(value: str) -> int:
+    """Docker's ParseSignal, checked as its daemon does before sending: a number 1..SIGRTMAX or a
+    name with or without SIG (any case): the signal module's, RTMIN+n and RTMAX-n."""
+    name = value.upper().removeprefix("SIG")
+    number: int | None = None
+    if re.fullmatch(r"[0-9]{1,3}", value):
+        number = int(value)
+    elif "SIG" + name in signal.Signals.__members__:  # not SIG_DFL, SIG_IGN: those are handlers
+        number = signal.Signals["SIG" + name].value
+    elif m := re.fullmatch(r"RTMIN\+([0-9]{1,3})", name):
+        number = signal.SIGRTMIN + int(m[1])
+    elif m := re.fullmatch(r"RTMAX-([0-9]{1,3})", name):
+        number = signal.SIGRTMAX - int(m[1])
+    if number is None or not (1 <= number <= signal.SIGRTMAX) or (name.startswith("RT") and number < signal.SIGRTMIN):
+        raise RunnerError(f"Invalid signal: {value}")
+    return number
+
+
 def cmd_kill(store: Store, args: argparse.Namespace) -> int:
-    sig = int(args.signal) if args.signal.isdigit() else getattr(signal, "SIG" + args.signal.upper().removeprefix("SIG"), None)
-    if sig is None:
-        raise RunnerError(f"invalid signal: {args.signal}")
+    sig = parse_signal(args.signal)
     for ref in args.containers:
-        _signal(_containers(store).get(ref), int(sig))
+        _signal(_containers(store).get(ref), sig)
         print(ref)
     return 0
 
@@ -334,23 +416,6 @@ def cmd_wait(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
-def force_cleanup(c: Container) -> None:
-    """After a supervisor died: kill what is left, unmount, drop the cgroup (by PID and exact path)."""
-    state = c.state()
-    cg = cgroups.load(c.config["Cgroup"]["Version"], c.id)
-    cg.kill_all()
-    union = state.get("UnionPid", 0)
-    if union and process_alive(union, state.get("UnionStart")):  # the same process, not a reused pid
-        try:
-            os.kill(union, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    merged = c.path("merged")
-    if mountinfo.mounts_at(merged):
-        subprocess.run(["fusermount3", "-u", "-z", merged], capture_output=True)
-    cg.destroy()
-
-
 def cmd_rm(store: Store, args: argparse.Namespace) -> int:
     status = 0
     containers = _containers(store)
@@ -366,7 +431,7 @@ def cmd_rm(store: Store, args: argparse.Namespace) -> int:
                 _signal(c, signal.SIGKILL)
                 _wait_exited(c, 30)
             if os.path.exists(c.dir):
-                force_cleanup(c)
+                c.reclaim()
                 containers.remove(c)
             print(ref)
         except RunnerError as e:
@@ -376,6 +441,8 @@ def cmd_rm(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_exec(store: Store, args: argparse.Namespace) -> int:
+    from ..supervisor import container_filter
+    _check_env(args.env or [])
     c = _containers(store).get(args.container)
     state = c.state()
     if not state.get("Running"):
@@ -384,7 +451,7 @@ def cmd_exec(store: Store, args: argparse.Namespace) -> int:
     status_r, status_w = os.pipe()
     spec = {"pid": state["Pid"], "args": args.command, "env": cfg["Env"] + list(args.env or []),
             "cwd": args.workdir or cfg["WorkingDir"] or "/", "user": args.user or cfg["User"] or "0",
-            "tty": False, "status_fd": status_w,
+            "tty": False, "status_fd": status_w, "seccomp": container_filter(c.config),
             "cgroup_procs": cgroups.load(c.config["Cgroup"]["Version"], c.id).procs_files()}
     sys.stdout.flush()
     sys.stderr.flush()
@@ -449,12 +516,18 @@ def cmd_export(store: Store, args: argparse.Namespace) -> int:
     target = os.path.abspath(args.output)
     tmp = f"{target}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "wb") as out:
+        out = open(tmp, "wb")
+    except OSError as e:
+        raise UsageError(f"cannot write {target}: {e.strerror}") from None
+    try:
+        with out:
             write_entries(entries, out)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as e:  # a directory there, say
+            raise UsageError(f"cannot write {target}: {e.strerror}") from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise
     return 0
 
@@ -471,9 +544,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("-w", "--workdir")
     p.add_argument("-u", "--user")
     p.add_argument("--hostname")
-    p.add_argument("--cpu-shares", type=int, dest="cpu_shares")
+    p.add_argument("--security-opt", action="append", dest="security_opt",
+                   help="seccomp=unconfined or seccomp=PROFILE.json (default: Docker's profile)")
+    p.add_argument("--cpu-shares", type=int64, dest="cpu_shares", help="relative CPU weight (2..262144)")
     p.add_argument("-m", "--memory")
-    p.add_argument("--network", choices=["none", "host"], default="none")
+    p.add_argument("--network", default="none", help=" or ".join(NETWORKS) + " (default none)")
     p.add_argument("image")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -62,6 +63,12 @@ def since(when: datetime | None, now: datetime | None = None) -> str:
         return "N/A"
     now = now or datetime.now(UTC)
     return human_duration((now - when).total_seconds()) + " ago"
+
+
+def quoted(text: str) -> str:
+    """A value in a message, as Go's %q shows it: in double quotes, on one line, escapes for what
+    cannot be printed as it is (a newline, a NUL)."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def ellipsis(text: str, width: int) -> str:

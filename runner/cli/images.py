@@ -229,23 +229,32 @@ def cmd_push(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_save(store: Store, args: argparse.Namespace) -> int:
+    target = os.path.abspath(args.output) if args.output and args.output != "-" else None
+    if target is not None and not os.path.exists(os.path.dirname(target)):  # Docker's check, first
+        raise UsageError(f'failed to save image: invalid output path: directory "{os.path.dirname(target)}" '
+                         "does not exist")
     items = store.save_items(args.images)  # every reference resolved before a byte is written
     progress = _progress("Saving")
     try:
-        if not args.output or args.output == "-":
+        if target is None:
             if sys.stdout.isatty():
                 raise UsageError("cowardly refusing to save to a terminal. Use the -o flag or redirect")
             store.save(items, sys.stdout.buffer, progress)
             return 0
-        target = os.path.abspath(args.output)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.")
+        except OSError as e:
+            raise UsageError(f"failed to save image: cannot write {target}: {e.strerror}") from None
         try:
             with os.fdopen(fd, "wb") as out:
                 store.save(items, out, progress)
             umask = os.umask(0o022)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)  # as a file the shell made (mkstemp's is 0600)
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except OSError as e:  # a directory there, say
+                raise UsageError(f"failed to save image: cannot write {target}: {e.strerror}") from None
         except BaseException:
             os.unlink(tmp)
             raise
@@ -270,6 +279,8 @@ def cmd_system_check(store: Store, args: argparse.Namespace) -> int:
     problems = store.check()
     for p in problems:
         print(p)
+    for line in store.leftovers():  # no damage: space that the next writer frees
+        print(line)
     if problems:
         print(f"{len(problems)} problem(s) found", file=sys.stderr)
         return 1
