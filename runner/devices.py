@@ -22,6 +22,7 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import stat
 import struct
 from collections.abc import Iterable
 from typing import NotRequired, TypedDict
@@ -70,6 +71,48 @@ def rules_with(extra: Iterable[DeviceRule]) -> list[DeviceRule]:
     for rule in rules:
         _parse(rule)
     return rules
+
+
+def parse_rule(text: str) -> DeviceRule:
+    """``--device-cgroup-rule``: ``TYPE MAJOR:MINOR ACCESS`` (``c 42:* rmw``, ``a *:* rwm``), an allow."""
+    parts = text.split()
+    numbers = parts[1].split(":") if len(parts) == 3 else []
+    if len(numbers) != 2 or not all(n == "*" or n.isdigit() for n in numbers):
+        raise RunnerError(f"invalid device cgroup rule {text!r}: use TYPE MAJOR:MINOR ACCESS, as 'c 42:* rmw'")
+    major, minor = (None if n == "*" else int(n) for n in numbers)
+    if parts[0] == "a":
+        rule: DeviceRule = {"allow": True, "type": "a", "access": parts[2]}
+    else:
+        rule = {"allow": True, "type": parts[0], "major": major, "minor": minor, "access": parts[2]}
+    _parse(rule)
+    return rule
+
+
+def host_device(spec: str) -> tuple[dict[str, object], DeviceRule]:
+    """``--device HOST[:CONTAINER][:PERMISSIONS]`` -> the runtime-spec's ``linux.devices`` entry (the
+    node made in the container's /dev, as on the host) and the ``resources.devices`` rule that opens it."""
+    parts = spec.split(":")
+    access = "rwm"
+    if len(parts) > 1 and parts[-1] and set(parts[-1]) <= set("rwm"):
+        access = parts.pop()
+    if not parts[0] or len(parts) > 2:
+        raise RunnerError(f"invalid device specification: {spec}")
+    host = parts[0]
+    inside = parts[1] if len(parts) == 2 and parts[1] else host
+    if not inside.startswith("/dev/"):
+        raise RunnerError(f"invalid device specification: {spec}: the container path must be under /dev")
+    try:
+        st = os.stat(host)
+    except OSError as e:
+        raise RunnerError(f'error gathering device information while adding custom device "{host}": '
+                          f"{e.strerror.lower() if e.strerror else e}") from None
+    kind = "c" if stat.S_ISCHR(st.st_mode) else "b" if stat.S_ISBLK(st.st_mode) else ""
+    if not kind:
+        raise RunnerError(f'error gathering device information while adding custom device "{host}": not a device node')
+    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    node = {"path": inside, "type": kind, "major": major, "minor": minor,
+            "fileMode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
+    return node, {"allow": True, "type": kind, "major": major, "minor": minor, "access": access}
 
 
 _MAX_NUMBER = 0x7FFFFFFF  # compared as a sign-extended BPF immediate; real majors/minors are 12/20 bits

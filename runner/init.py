@@ -72,7 +72,7 @@ def _touch(path: str) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
 
 
-def _setup_dev(root: str) -> None:
+def _setup_dev(root: str, extra: list[dict[str, Any]]) -> None:
     dev = os.path.join(root, "dev")
     _mkdirs(dev)
     sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID, "mode=755,size=65536k")
@@ -95,6 +95,13 @@ def _setup_dev(root: str) -> None:
         path = os.path.join(dev, sub)
         _mkdirs(path)
         sc.mount(sub if fstype != "tmpfs" else "shm", path, fstype, flags, opts)
+    for node in extra:  # linux.devices (--device): made as on the host; the cgroup opens them
+        path = os.path.join(root, node["path"].lstrip("/"))
+        _mkdirs(os.path.dirname(path))
+        kind = stat.S_IFCHR if node["type"] == "c" else stat.S_IFBLK
+        os.mknod(path, kind | node["fileMode"], os.makedev(node["major"], node["minor"]))
+        os.chmod(path, node["fileMode"])
+        os.chown(path, node["uid"], node["gid"])
 
 
 def _setup_root(spec: dict[str, Any]) -> None:
@@ -104,7 +111,7 @@ def _setup_root(spec: dict[str, Any]) -> None:
     proc = os.path.join(root, "proc")
     _mkdirs(proc)
     sc.mount("proc", proc, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
-    _setup_dev(root)
+    _setup_dev(root, spec.get("devices", []))
     sys_dir = os.path.join(root, "sys")
     _mkdirs(sys_dir)
     if spec.get("network") == "host":  # sysfs of the host's net ns: bind it read-only

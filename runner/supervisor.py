@@ -34,7 +34,7 @@ from store.images import now
 from unionfs.errors import UnionError
 from unionfs.mount import ForkedChild, Mount, fork_serve
 
-from . import cgroups, init, seccomp
+from . import cgroups, devices, init, seccomp
 from . import syscalls as sc
 from .containers import Container, Containers, start_time
 from .errors import RunnerError
@@ -181,7 +181,7 @@ class Supervisor:
             self._write_etc()
             self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options,
                                     parent_death=signal.SIGTERM)
-            self.cgroup.create()
+            self.cgroup.create(devices.rules_with(self.config.get("DeviceRules", [])))
             hc = self.config["HostConfig"]
             self.cgroup.limit(hc.get("CpuShares") or None, hc.get("Memory") or None)
             self._fork_init()
@@ -231,6 +231,7 @@ class Supervisor:
             "cwd": cfg["WorkingDir"] or "/", "user": cfg["User"] or "0", "hostname": cfg["Hostname"],
             "tty": cfg["Tty"], "network": self.config["HostConfig"]["NetworkMode"], "status_fd": status_fd,
             "supervisor": os.getpid(), "seccomp": container_filter(self.config),
+            "devices": self.config.get("LinuxDevices", []),
             "cgroup_procs": self.cgroup.procs_files(),
             "binds": [[self.c.path(n), f"/etc/{n}"] for n in ("hostname", "hosts", "resolv.conf")],
         }

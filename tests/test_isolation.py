@@ -108,3 +108,22 @@ def test_exec_runs_under_the_same_filter_and_may_ptrace_pid1(probe_root):
         assert out.split() == ["keyctl=EPERM", "unshare-user=EPERM", "ptrace-pid1=ok"]  # ptrace: as Docker
     finally:
         strata(probe_root, "rm", "-f", "target")
+
+
+def test_a_device_given_with_device_is_usable_and_only_that_one(rootdir, loop_device):
+    """--device makes the node (linux.devices) and opens it (resources.devices); nothing else opens."""
+    device, _image = loop_device
+    out = strata(rootdir, "run", "--rm", "--device", f"{device}:/dev/disk0:r", "bb", "sh", "-c",
+                 "head -c 22 /dev/disk0; echo; echo x | dd of=/dev/disk0 2>&1 | head -1").out.splitlines()
+    assert out[0] == SECRET.decode() and "Operation not permitted" in out[1]  # r only: no write
+    rdev = os.stat(device).st_rdev
+    rule = f"b {os.major(rdev)}:* r"
+    out = strata(rootdir, "run", "--device-cgroup-rule", rule, "--name", "ruled", "bb", "sh", "-c",
+                 f"mknod /dev/l b {os.major(rdev)} {os.minor(rdev)}; head -c 22 /dev/l").out
+    assert out == SECRET.decode()
+    inspect = json.loads(strata(rootdir, "inspect", "ruled").out)[0]
+    assert inspect["HostConfig"]["DeviceCgroupRules"] == [rule]
+    for bad in (["--device", "/nonexistent"], ["--device", "/etc/passwd"], ["--device-cgroup-rule", "x 1:2 q"]):
+        res = strata(rootdir, "run", *bad, "bb", "true", check=False)
+        assert res.code == 125 and len(res.err.strip().splitlines()) == 1, res.err
+    assert strata(rootdir, "ps", "-aq").out.split() == [inspect["Id"][:12]]

@@ -17,7 +17,7 @@ from typing import Any
 
 from store import Store, StoreError
 
-from .. import cgroups, init, layerdiff, seccomp
+from .. import cgroups, devices, init, layerdiff, seccomp
 from ..containers import Container, Containers, check_name
 from ..errors import ContainerConflict, NoSuchContainer, RunnerError
 from .errors import UsageError
@@ -80,6 +80,8 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
     if args.hostname:
         _check_hostname(args.hostname)
     seccomp_setting = _security_options(args.security_opt or [])
+    host_devices = [devices.host_device(spec) for spec in args.device or []]
+    device_rules = [rule for _, rule in host_devices] + [devices.parse_rule(t) for t in args.device_cgroup_rule or []]
     image_id = store.images.resolve(args.image)
     image = store.images.config(image_id)
     settings = image.get("config") or {}
@@ -112,8 +114,14 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
                    "Image": args.image},
         "HostConfig": {"CpuShares": cpu_shares, "Memory": memory, "MemorySwap": memory_swap(memory),
                        "NetworkMode": args.network, "AutoRemove": bool(args.rm),
-                       "SecurityOpt": list(args.security_opt or []) or None},
+                       "SecurityOpt": list(args.security_opt or []) or None,
+                       "Devices": [{"PathOnHost": spec.split(":")[0], "PathInContainer": node["path"],
+                                    "CgroupPermissions": rule["access"]}
+                                   for spec, (node, rule) in zip(args.device or [], host_devices, strict=True)],
+                       "DeviceCgroupRules": list(args.device_cgroup_rule or []) or None},
         "Seccomp": seccomp_setting,
+        "LinuxDevices": [node for node, _ in host_devices],  # the runtime-spec's linux.devices
+        "DeviceRules": device_rules,  # and its resources.devices, after the defaults
         "Cgroup": {"Version": cg.version, "Dirs": cg.dirs()},
         "LowerDirs": lowers,
     }
@@ -258,7 +266,8 @@ def inspect_container(c: Container) -> dict[str, Any]:
         "LogPath": c.path("container.log"),
         "HostConfig": {"CpuShares": hc["CpuShares"], "Memory": hc["Memory"], "MemorySwap": hc["MemorySwap"],
                        "NetworkMode": hc["NetworkMode"], "AutoRemove": hc["AutoRemove"],
-                       "SecurityOpt": hc.get("SecurityOpt"),
+                       "SecurityOpt": hc.get("SecurityOpt"), "Devices": hc.get("Devices", []),
+                       "DeviceCgroupRules": hc.get("DeviceCgroupRules"),
                        "CgroupVersion": str(c.config["Cgroup"]["Version"]),
                        "CpuWeight": cgroups.shares_to_weight(hc["CpuShares"]) if hc["CpuShares"] else 0},
         "GraphDriver": {"Name": "strata-unionfs", "Data": {
@@ -544,6 +553,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("-w", "--workdir")
     p.add_argument("-u", "--user")
     p.add_argument("--hostname")
+    p.add_argument("--device", action="append",
+                   help="HOST[:CONTAINER][:rwm]: a host device, made in the container's /dev and opened to it")
+    p.add_argument("--device-cgroup-rule", action="append", dest="device_cgroup_rule",
+                   help="'TYPE MAJOR:MINOR ACCESS' (as 'c 42:* rmw'): devices the container may use")
     p.add_argument("--security-opt", action="append", dest="security_opt",
                    help="seccomp=unconfined or seccomp=PROFILE.json (default: Docker's profile)")
     p.add_argument("--cpu-shares", type=int64, dest="cpu_shares", help="relative CPU weight (2..262144)")
