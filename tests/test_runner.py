@@ -299,7 +299,7 @@ def test_a_failure_after_the_union_is_forked_leaves_nothing_behind(rootdir):
     script = (
         "import sys\n"
         "import runner.cgroups as cg\n"
-        "def refuse(self):\n"
+        "def refuse(self, rules=None):\n"
         "    raise OSError(28, 'No space left on device (injected)')\n"
         "cg.V1.create = cg.V2.create = refuse\n"
         "from runner.cli import main\n"
