@@ -3,22 +3,22 @@ FUSE: a fork, not a fresh interpreter (a fork costs a millisecond, an interprete
 about a hundred).
 
     create (``forked``)  the supervisor forks before its trio loop starts: unshare, fork PID 1, set
-                         it up, exec the command
+                         it up from the container's config.json (``runner.oci``), exec the command
     join                 ``strata exec`` forks: join a running container's namespaces, then exec
 
-The spec (a dict) says what to run; ``status_fd`` gets ``pid N`` once PID 1 exists and
-``error CODE MESSAGE`` if it cannot exec (126: cannot run, 127: not found, as Docker). This helper
-stays outside the new PID namespace, moves PID 1 into the container's cgroup, and exits with PID 1's
-status; the supervisor signals PID 1 directly.
+``spec`` says what to run: for ``create``, ``spec["config"]`` is the runtime-spec config (its
+process, root, mounts, hostname and linux namespaces) and the rest is the runtime's (the status and
+go-ahead pipes, the cgroup, the prepared seccomp filter); ``status_fd`` gets ``pid N`` once PID 1
+exists and ``error CODE MESSAGE`` if it cannot exec (126: cannot run, 127: not found, as Docker).
+This helper stays outside the new PID namespace, moves PID 1 into the container's cgroup, and exits
+with PID 1's status; the supervisor signals PID 1 directly.
 
-PID 1's set-up, in order (runc's): private mounts; proc, a minimal /dev (tmpfs with null zero full
-random urandom tty, pts, shm, mqueue), /sys read-only, hostname/hosts/resolv.conf; pivot_root and
-detach the old root; mask /proc/kcore and friends; hostname; loopback up; new session (and the pty
-as controlling terminal); a fresh session keyring; user; capabilities to Docker's default set;
-no_new_privs; every other fd closed; chdir (checked with getcwd); the seccomp filter (``spec
-["seccomp"]``, a ``seccomp.Filter`` prepared by the parent) and exec. ``exec``'s join does the same
-from the session keyring on. Until exec the process is not dumpable, so nothing in
-the container can reach the host's interpreter through /proc/PID/exe.
+PID 1's set-up, in order (runc's): its mount namespace; the root (``oci.rootfs``: the mounts, /dev,
+pivot_root, masked and read-only paths); hostname; loopback up; new session (and the pty as
+controlling terminal); a fresh session keyring; user; the capability sets; no_new_privs; every other
+fd closed; chdir (checked with getcwd); the seccomp filter (a ``seccomp.Filter`` the parent prepared)
+and exec. ``exec``'s join does the same from the session on. Until exec the process is not dumpable,
+so nothing in the container can reach the host's interpreter through /proc/PID/exe.
 """
 
 from __future__ import annotations
@@ -28,24 +28,27 @@ import fcntl
 import os
 import signal
 import socket
-import stat
 import struct
 import termios
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from . import syscalls as sc
+from .oci import rootfs
+from .oci.spec import DEFAULT_CAPS as DOCKER_CAPS
+from .oci.spec import USER_ANNOTATION
 
-# Docker's default capability set (moby oci/caps/defaults.go)
-DEFAULT_CAPS = {
-    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_FSETID": 4, "CAP_KILL": 5, "CAP_SETGID": 6,
-    "CAP_SETUID": 7, "CAP_SETPCAP": 8, "CAP_NET_BIND_SERVICE": 10, "CAP_NET_RAW": 13, "CAP_SYS_CHROOT": 18,
-    "CAP_MKNOD": 27, "CAP_AUDIT_WRITE": 29, "CAP_SETFCAP": 31,
-}
-MASKED = ["/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-          "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap"]
-READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
+# linux/capability.h, by number
+CAPS = {name: bit for bit, name in enumerate((
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN",
+    "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE"))}
+DEFAULT_CAPS = {name: CAPS[name] for name in DOCKER_CAPS}
+_NAMESPACE_FLAGS = {"uts": sc.CLONE_NEWUTS, "ipc": sc.CLONE_NEWIPC, "pid": sc.CLONE_NEWPID, "network": sc.CLONE_NEWNET}
 
 
 class _Fail(Exception):
@@ -67,82 +70,6 @@ def _mkdirs(path: str) -> None:
         os.makedirs(path, exist_ok=True)
 
 
-def _touch(path: str) -> None:
-    if not os.path.lexists(path):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
-
-
-def _setup_dev(root: str, extra: list[dict[str, Any]]) -> None:
-    dev = os.path.join(root, "dev")
-    _mkdirs(dev)
-    sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID, "mode=755,size=65536k")
-    for name, (major, minor) in DEVICES.items():
-        path = os.path.join(dev, name)
-        try:
-            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
-            os.chmod(path, 0o666)
-        except PermissionError:  # no mknod (a user namespace): bind the host's node, as bubblewrap does
-            _touch(path)
-            sc.mount(f"/dev/{name}", path, None, sc.MS_BIND)
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
-                         ("stderr", "/proc/self/fd/2"), ("core", "/proc/kcore"), ("ptmx", "pts/ptmx")):
-        os.symlink(target, os.path.join(dev, name))
-    for sub, fstype, opts, flags in (
-        ("pts", "devpts", "newinstance,ptmxmode=0666,mode=0620,gid=5", sc.MS_NOSUID | sc.MS_NOEXEC),
-        ("shm", "tmpfs", "mode=1777,size=65536k", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC),
-        ("mqueue", "mqueue", None, sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC),
-    ):
-        path = os.path.join(dev, sub)
-        _mkdirs(path)
-        sc.mount(sub if fstype != "tmpfs" else "shm", path, fstype, flags, opts)
-    for node in extra:  # linux.devices (--device): made as on the host; the cgroup opens them
-        path = os.path.join(root, node["path"].lstrip("/"))
-        _mkdirs(os.path.dirname(path))
-        kind = stat.S_IFCHR if node["type"] == "c" else stat.S_IFBLK
-        os.mknod(path, kind | node["fileMode"], os.makedev(node["major"], node["minor"]))
-        os.chmod(path, node["fileMode"])
-        os.chown(path, node["uid"], node["gid"])
-
-
-def _setup_root(spec: dict[str, Any]) -> None:
-    root = spec["rootfs"]
-    sc.mount("", "/", None, sc.MS_REC | sc.MS_PRIVATE)
-    sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)
-    proc = os.path.join(root, "proc")
-    _mkdirs(proc)
-    sc.mount("proc", proc, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
-    _setup_dev(root, spec.get("devices", []))
-    sys_dir = os.path.join(root, "sys")
-    _mkdirs(sys_dir)
-    if spec.get("network") == "host":  # sysfs of the host's net ns: bind it read-only
-        sc.mount("/sys", sys_dir, None, sc.MS_BIND | sc.MS_REC)
-        sc.mount("", sys_dir, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV)
-    else:
-        sc.mount("sysfs", sys_dir, "sysfs", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
-    for src, dst in spec.get("binds", []):
-        target = os.path.join(root, dst.lstrip("/"))
-        _mkdirs(os.path.dirname(target))
-        _touch(target)
-        sc.mount(src, target, None, sc.MS_BIND)
-    if spec.get("tty"):
-        console = os.path.join(root, "dev", "console")
-        _touch(console)
-        sc.mount(os.ttyname(0), console, None, sc.MS_BIND)  # the pty slave, by its real path
-    os.chdir(root)
-    sc.pivot_root(".", ".")
-    sc.umount2(".", sc.MNT_DETACH)
-    os.chdir("/")
-    for path in MASKED:
-        if os.path.isdir(path):
-            sc.mount("tmpfs", path, "tmpfs", sc.MS_RDONLY)
-        elif os.path.exists(path):
-            sc.mount("/dev/null", path, None, sc.MS_BIND)
-    for path in READONLY:
-        if os.path.exists(path):
-            sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
-            sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC | sc.MS_REMOUNT | sc.MS_RDONLY)
-
-
 def _loopback_up() -> None:
     SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -152,8 +79,10 @@ def _loopback_up() -> None:
 
 
 def _lookup_user(user: str) -> tuple[int, int, list[int]]:
-    """``uid[:gid]`` or names from the container's /etc/passwd and /etc/group."""
+    """``uid[:gid[:gid,...]]`` or names from the container's /etc/passwd and /etc/group (the third
+    part: the config's additionalGids)."""
     name, _, group = user.partition(":")
+    group, _, additional = group.partition(":")
 
     def table(path: str) -> list[list[str]]:
         try:
@@ -183,13 +112,23 @@ def _lookup_user(user: str) -> tuple[int, int, list[int]]:
             gid = int(g[2])
     uname = row[0] if row else None
     extra = [int(r[2]) for r in groups if len(r) > 3 and uname and uname in r[3].split(",")]
-    return uid, gid, extra
+    return uid, gid, extra + [int(g) for g in additional.split(",") if g.isdigit()]
+
+
+def _cap_mask(names: list[str]) -> int:
+    mask = 0
+    for name in names:
+        if name not in CAPS:
+            raise _Fail(125, f"unknown capability {name!r}")
+        mask |= 1 << CAPS[name]
+    return mask
 
 
 def _drop_privileges(spec: dict[str, Any]) -> None:
-    keep = 0
-    for bit in DEFAULT_CAPS.values():
-        keep |= 1 << bit
+    """Bounding set, user, then the capability sets (root keeps them through exec; anyone else's
+    are recomputed empty by execve, as in Docker), no_new_privs."""
+    caps = spec.get("capabilities") or {}
+    keep = _cap_mask(caps.get("bounding", list(DEFAULT_CAPS)))
     for cap in range(sc.last_cap() + 1):
         if not keep & (1 << cap):
             try:
@@ -205,8 +144,9 @@ def _drop_privileges(spec: dict[str, Any]) -> None:
     if death:  # a change of uid clears it (prctl(2)): PID 1 must still die with runner.init
         sc.prctl(sc.PR_SET_PDEATHSIG, death)
     if uid == 0:
-        sc.capset(keep)
-    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+        sc.capset(_cap_mask(caps.get("effective", list(DEFAULT_CAPS))) & keep)
+    if spec.get("no_new_privs", True):
+        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
 
 
 def _find(cmd: str, env: list[str]) -> str:
@@ -272,23 +212,53 @@ def _child(status_fd: int, setup_failure: int, steps: Callable[[], None]) -> NoR
         os._exit(setup_failure)
 
 
+def _namespaces(config: dict[str, Any]) -> set[str]:
+    """The namespace types the config asks to be made new (joining one by path: not yet)."""
+    kinds = set()
+    for ns in (config.get("linux") or {}).get("namespaces") or []:
+        if ns.get("path"):
+            raise _Fail(125, f"joining the {ns['type']} namespace at {ns['path']} is not supported yet")
+        kinds.add(ns["type"])
+    return kinds
+
+
+def _process(spec: dict[str, Any]) -> dict[str, Any]:
+    """What ``_exec`` runs, from the config's ``process``: a user name (``io.strata.user``) is looked
+    up in the container's /etc/passwd, as Docker's daemon does; numbers are taken as they are."""
+    config = spec["config"]
+    process = config["process"]
+    user = (config.get("annotations") or {}).get(USER_ANNOTATION)
+    if user is None:
+        ids = process.get("user") or {}
+        user = f"{ids.get('uid', 0)}:{ids.get('gid', 0)}"
+        if ids.get("additionalGids"):
+            user += ":" + ",".join(str(g) for g in ids["additionalGids"])
+    return {"args": process.get("args") or [], "env": process.get("env") or [], "cwd": process.get("cwd") or "/",
+            "user": user, "tty": bool(process.get("terminal")), "capabilities": process.get("capabilities"),
+            "no_new_privs": bool(process.get("noNewPrivileges")), "seccomp": spec.get("seccomp")}
+
+
 def _pid1(spec: dict[str, Any], status_fd: int, go_fd: int, joined_fd: int) -> None:
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
     if os.read(go_fd, 2) != b"go":  # the supervisor gave up (no mount): exit quietly
         os._exit(125)
     os.close(go_fd)
-    # a mount namespace copies the mounts there are: make it now that the union mount exists
-    sc.unshare(sc.CLONE_NEWNS)
-    _setup_root(spec)
-    socket.sethostname(spec.get("hostname") or "localhost")
-    if spec.get("network") != "host":
+    config = spec["config"]
+    namespaces = _namespaces(config)
+    if "mount" in namespaces:  # a mount namespace copies the mounts there are: now the union's exists
+        sc.unshare(sc.CLONE_NEWNS)
+    rootfs.setup(config)
+    if "uts" in namespaces:
+        socket.sethostname(config.get("hostname") or "localhost")
+    if "network" in namespaces:
         _loopback_up()
     if os.read(joined_fd, 2) != b"in":  # the helper could not move us into the cgroup
         os._exit(125)
     os.close(joined_fd)
-    sc.unshare(sc.CLONE_NEWCGROUP)  # rooted where PID 1 is now: the container's group
-    _exec(spec, status_fd)
+    if "cgroup" in namespaces:
+        sc.unshare(sc.CLONE_NEWCGROUP)  # rooted where PID 1 is now: the container's group
+    _exec(_process(spec), status_fd)
 
 
 def _wait_child(pid: int, status_fd: int) -> int:
@@ -317,9 +287,9 @@ def create(spec: dict[str, Any], go_fd: int) -> int:
     status_fd = spec["status_fd"]
     os.set_inheritable(status_fd, False)
     cgroup_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in spec.get("cgroup_procs", [])]
-    flags = sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWPID  # the mount namespace: PID 1, later
-    if spec.get("network") != "host":
-        flags |= sc.CLONE_NEWNET
+    flags = 0  # the mount and cgroup namespaces: PID 1's, later
+    for kind in _namespaces(spec["config"]):
+        flags |= _NAMESPACE_FLAGS.get(kind, 0)
     sc.unshare(flags)
     joined_r, joined_w = os.pipe()
     pid = os.fork()

@@ -31,13 +31,15 @@ from typing import Any
 import trio
 
 from store.images import now
+from store.root import write_json
 from unionfs.errors import UnionError
 from unionfs.mount import ForkedChild, Mount, fork_serve
 
-from . import cgroups, devices, init, seccomp
+from . import cgroups, init, seccomp
 from . import syscalls as sc
 from .containers import Container, Containers, start_time
 from .errors import RunnerError
+from .oci import spec as oci_spec
 
 
 @dataclass
@@ -158,6 +160,7 @@ class Supervisor:
         self.go_fd: int | None = None
         self.opened: list[int] = []  # fds this supervisor must close when it is done
         self.lock_fd: int | None = None  # ``supervisor.lock``, held until this process exits
+        self.bundle: dict[str, Any] | None = None  # the config.json this start runs
 
     def prepare(self) -> None:
         """Before trio starts (forking inside a trio run is not safe): write the init layer, fork the
@@ -179,13 +182,14 @@ class Supervisor:
             if leftover := c.leftovers():
                 raise RuntimeError(f"cannot start a second instance of container {c.id}: {leftover}")
             self._write_etc()
+            self.bundle = self._write_bundle()
             self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options,
                                     parent_death=signal.SIGTERM)
-            self.cgroup.create(devices.rules_with(self.config.get("DeviceRules", [])))
-            hc = self.config["HostConfig"]
-            self.cgroup.limit(hc.get("CpuShares") or None, hc.get("Memory") or None)
+            resources = self.bundle["linux"]["resources"]
+            self.cgroup.create(resources["devices"])
+            self.cgroup.limit((resources.get("cpu") or {}).get("shares"), (resources.get("memory") or {}).get("limit"))
             self._fork_init()
-        except (UnionError, OSError, RuntimeError) as e:
+        except (UnionError, OSError, RuntimeError, RunnerError) as e:
             self.error = str(e)  # run() reports it, and unmounts a union already forked
 
     def _fork_init(self) -> None:
@@ -224,17 +228,22 @@ class Supervisor:
     def lowers(self) -> list[str]:
         return [self.c.path("init"), *self.config["LowerDirs"]]
 
+    def _write_bundle(self) -> dict[str, Any]:
+        """The container's OCI bundle, ``bundle/config.json``: what ``runner.init`` runs (written at
+        each start, as Docker's daemon writes its spec for containerd)."""
+        config = oci_spec.for_container(self.config, self.c.path("merged"),
+                                        {n: self.c.path(n) for n in ("hostname", "hosts", "resolv.conf")})
+        oci_spec.check(config)
+        os.makedirs(self.c.path("bundle"), exist_ok=True)
+        write_json(self.c.path("bundle", "config.json"), config, durable=False)
+        return config
+
     def _spec(self, status_fd: int) -> dict[str, Any]:
-        cfg = self.config["Config"]
-        return {
-            "rootfs": self.c.path("merged"), "args": self.config["Command"], "env": cfg["Env"],
-            "cwd": cfg["WorkingDir"] or "/", "user": cfg["User"] or "0", "hostname": cfg["Hostname"],
-            "tty": cfg["Tty"], "network": self.config["HostConfig"]["NetworkMode"], "status_fd": status_fd,
-            "supervisor": os.getpid(), "seccomp": container_filter(self.config),
-            "devices": self.config.get("LinuxDevices", []),
-            "cgroup_procs": self.cgroup.procs_files(),
-            "binds": [[self.c.path(n), f"/etc/{n}"] for n in ("hostname", "hosts", "resolv.conf")],
-        }
+        """The bundle's config and what the init needs of this runtime besides."""
+        assert self.bundle is not None
+        profile = self.bundle["linux"].get("seccomp")
+        return {"config": self.bundle, "status_fd": status_fd, "supervisor": os.getpid(),
+                "seccomp": seccomp.prepare(profile) if profile else None, "cgroup_procs": self.cgroup.procs_files()}
 
     def _write_etc(self) -> None:
         """The files bind-mounted into /etc, and the init layer: a lower between the image and the

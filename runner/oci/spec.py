@@ -1,0 +1,134 @@
+"""config.json, the runtime-spec's container configuration: the one written for a strata container
+(``for_container``: the image's settings and ``run``'s flags over Docker's defaults) and the checks
+any config passes before a process is made (``check``: what this runtime cannot honour is refused in
+one line, never ignored when ignoring it would weaken a fence).
+
+The defaults are Docker's (moby ``daemon/pkg/oci/defaults.go`` and ``daemon/oci_linux.go``): the
+mounts of /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue and /sys, its capability set, masked and
+read-only paths, the device allow-list and seccomp profile (``runner.devices``, ``runner.seccomp``).
+strata's own additions ride in ``annotations`` (``io.strata.user``: a user name that the init looks
+up in the container's /etc/passwd, as Docker's daemon does, since config.json wants numbers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import devices, seccomp
+from ..errors import RunnerError
+
+OCI_VERSION = "1.2.0"
+USER_ANNOTATION = "io.strata.user"
+
+# Docker's default capability set (moby oci/caps/defaults.go)
+DEFAULT_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+                "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT",
+                "CAP_KILL", "CAP_AUDIT_WRITE"]
+MASKED_PATHS = ["/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+                "/sys/devices/virtual/powercap"]
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+NAMESPACES = ("pid", "network", "ipc", "uts", "mount", "cgroup", "user")
+
+
+def _mount(destination: str, kind: str, source: str, options: list[str]) -> dict[str, Any]:
+    return {"destination": destination, "type": kind, "source": source, "options": options}
+
+
+def default_mounts(host_network: bool = False) -> list[dict[str, Any]]:
+    """Docker's: proc, a tmpfs /dev with its own devpts, shm and mqueue, a read-only /sys (the host's,
+    bound, when the container shares the host's network namespace: a new sysfs would show the wrong
+    one)."""
+    sys_mount = (_mount("/sys", "bind", "/sys", ["rbind", "ro", "nosuid", "nodev", "noexec"]) if host_network
+                 else _mount("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", "ro"]))
+    return [
+        _mount("/proc", "proc", "proc", ["nosuid", "noexec", "nodev"]),
+        _mount("/dev", "tmpfs", "tmpfs", ["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        _mount("/dev/pts", "devpts", "devpts", ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620",
+                                                 "gid=5"]),
+        sys_mount,
+        _mount("/dev/mqueue", "mqueue", "mqueue", ["nosuid", "noexec", "nodev"]),
+        _mount("/dev/shm", "tmpfs", "shm", ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+    ]
+
+
+def for_container(config: dict[str, Any], rootfs: str, etc_files: dict[str, str]) -> dict[str, Any]:
+    """The config.json of a strata container: ``config`` is its record (``runner.containers``),
+    ``rootfs`` its union's mountpoint, ``etc_files`` the host files bound over /etc/hostname, hosts
+    and resolv.conf."""
+    cfg, hc = config["Config"], config["HostConfig"]
+    host_network = hc["NetworkMode"] == "host"
+    namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")]
+    if not host_network:
+        namespaces.append({"type": "network"})
+    resources: dict[str, Any] = {"devices": devices.rules_with(config.get("DeviceRules", []))}
+    if hc.get("Memory"):
+        resources["memory"] = {"limit": hc["Memory"], "swap": hc.get("MemorySwap") or 2 * hc["Memory"]}
+    if hc.get("CpuShares"):
+        resources["cpu"] = {"shares": hc["CpuShares"]}
+    linux: dict[str, Any] = {
+        "namespaces": namespaces, "resources": resources, "devices": config.get("LinuxDevices", []),
+        "maskedPaths": list(MASKED_PATHS), "readonlyPaths": list(READONLY_PATHS),
+        "cgroupsPath": f"strata/{config['Id']}",
+    }
+    profile = seccomp.load_profile(None) if config.get("Seccomp", "default") == "default" else config.get("Seccomp")
+    if isinstance(profile, dict):
+        linux["seccomp"] = seccomp.resolve(profile, set(DEFAULT_CAPS))
+    user = cfg["User"] or "0"
+    annotations = {} if _numeric_user(user) else {USER_ANNOTATION: user}
+    uid, _, gid = user.partition(":") if _numeric_user(user) else ("0", "", "0")
+    return {
+        "ociVersion": OCI_VERSION,
+        "process": {
+            "terminal": bool(cfg["Tty"]), "args": list(config["Command"]), "env": list(cfg["Env"]),
+            "cwd": cfg["WorkingDir"] or "/",
+            "user": {"uid": int(uid), "gid": int(gid or 0)},
+            "capabilities": {k: list(DEFAULT_CAPS) for k in ("bounding", "effective", "permitted")},
+            "noNewPrivileges": True,
+        },
+        "root": {"path": rootfs, "readonly": False},
+        "hostname": cfg["Hostname"],
+        "mounts": default_mounts(host_network) + [
+            _mount(f"/etc/{name}", "bind", path, ["rbind", "rprivate"]) for name, path in etc_files.items()],
+        "linux": linux,
+        "annotations": annotations,
+    }
+
+
+def _numeric_user(user: str) -> bool:
+    """``uid`` or ``uid:gid`` (numbers need no /etc/passwd; a user name does, and so does a lone uid,
+    whose group and supplementary groups come from there)."""
+    name, _, group = user.partition(":")
+    return name.isdigit() and group.isdigit()
+
+
+SUPPORTED = {
+    "": {"ociVersion", "process", "root", "hostname", "mounts", "linux", "annotations"},
+    "process": {"terminal", "consoleSize", "args", "env", "cwd", "user", "capabilities", "noNewPrivileges",
+                "rlimits", "oomScoreAdj"},
+    "linux": {"namespaces", "resources", "devices", "maskedPaths", "readonlyPaths", "cgroupsPath", "seccomp",
+              "rootfsPropagation", "sysctl"},
+}
+
+
+def check(config: dict[str, Any]) -> None:
+    """Refuse, in one line, what this runtime would not honour: unknown fields where ignoring them
+    could weaken a fence, a namespace type it does not make, a process with no args."""
+    if not isinstance(config, dict):
+        raise RunnerError("config.json: not a JSON object")
+    for section, known in SUPPORTED.items():
+        value = config.get(section, {}) if section else config
+        if not isinstance(value, dict):
+            raise RunnerError(f"config.json: {section} must be an object")
+        unknown = sorted(set(value) - known)
+        if unknown:
+            where = f"{section}." if section else ""
+            raise RunnerError(f"config.json: {where}{unknown[0]} is not supported by strata")
+    process = config.get("process") or {}
+    if not process.get("args"):
+        raise RunnerError("config.json: process.args must name a command")
+    if not (config.get("root") or {}).get("path"):
+        raise RunnerError("config.json: root.path is required")
+    for ns in (config.get("linux") or {}).get("namespaces", []):
+        if ns.get("type") not in NAMESPACES:
+            raise RunnerError(f"config.json: unknown namespace type {ns.get('type')!r}")
