@@ -17,13 +17,16 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from types import SimpleNamespace
 from typing import Any
 
 import pyfuse3
+import pytest
+from helpers import snapshot
 
 from unionfs import mountinfo
+from unionfs.fs import UnionFS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -351,3 +354,46 @@ class OpsClient:
             return True
         except FileNotFoundError:
             return False
+
+
+@pytest.fixture(params=["ops", "ops-no-open", "mount"])
+def union(request: Any, tmp_path: Any) -> Iterator[Any]:
+    """``union(*lower_specs, upper_spec=, prepare=)``: a client on a union of fresh layer dirs, driven
+    three ways (handlers with and without open, a real mount); the lowers must come out unchanged."""
+    stack = ExitStack()
+
+    def build(*lower_specs: dict[str, Any], upper_spec: dict[str, Any] | None = None,
+              prepare: Any = None) -> Any:
+        lowers = [make_layer(str(tmp_path / f"lower{i}"), spec) for i, spec in enumerate(lower_specs)]
+        if prepare:
+            prepare(lowers)
+        upper = make_layer(str(tmp_path / "upper"), upper_spec or {})
+        work = str(tmp_path / "work")
+        os.makedirs(work)
+        before = [snapshot(lower) for lower in lowers]
+        # lower dirs are never modified, whatever the test did
+        stack.callback(lambda: [snapshot(lower) for lower in lowers] == before or pytest.fail("a lower changed"))
+        if request.param.startswith("ops"):
+            # "ops-no-open": open answers ENOSYS, as a mount on our patched pyfuse3 does
+            fs = UnionFS(lowers, upper, work, no_open=request.param == "ops-no-open")
+            stack.callback(fs.close)
+            client = OpsClient(fs)
+        else:
+            mnt = str(tmp_path / "mnt")
+            os.makedirs(mnt)
+            stack.enter_context(mounted(mnt, lowers, upper, work))
+            client = MountClient(mnt)
+        client.upper, client.lowers, client.work = upper, lowers, work
+        return client
+
+    yield build
+    stack.close()
+
+
+async def errno_of(coro: Any) -> int:
+    """The errno an awaited operation failed with; 0 if it did not."""
+    try:
+        await coro
+    except OSError as e:
+        return e.errno
+    return 0

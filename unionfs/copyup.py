@@ -9,9 +9,10 @@ before the rename (see ``journal``), or fsynced when it cannot be noted. ``sync=
 ``volatile`` mount option, does neither. The upper parent's times are put back afterwards: a copy-up
 is not a change the merged view should show. Overlay-internal xattrs are not copied.
 
-These functions block (data copies can be long): the filesystem runs them in a worker thread, but
-first tries a small copy with ``nowait``, on its event loop: that reads the lower's data only if it is
-all in the page cache (RWF_NOWAIT), and raises ``WouldBlock`` otherwise. Lower files are opened
+``Copier``'s functions block (data copies can be long). ``CopyUps`` schedules them for the
+filesystem's nodes: parents first; a small copy is tried with ``nowait``, on the event loop, where
+it reads the lower's data only if it is all in the page cache (RWF_NOWAIT) and raises ``WouldBlock``
+otherwise; that, a long copy and one that must be fsynced go to a worker thread. Lower files are opened
 with O_NOATIME where allowed (as overlayfs does): a copy-up does not change the lower, and an atime
 update would make a RWF_NOWAIT read refuse.
 """
@@ -25,13 +26,22 @@ import itertools
 import os
 import shutil
 import stat
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
 
 from .journal import Journal, can_note, recover_only
 from .layers import LayerSet
 
+if TYPE_CHECKING:
+    from .fdcache import FdCache
+    from .inodes import InodeTable, Node
+
 _FICLONE = 0x40049409
 _counter = itertools.count()
 _INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.")
+_INLINE_COPY = 1 << 20  # copy-ups of files up to this size may run on the event loop
 
 
 class WouldBlock(Exception):
@@ -326,3 +336,111 @@ def remove_entry(dir_fd: int, name: str) -> None:
         shutil.rmtree(name, dir_fd=dir_fd)
     else:
         os.unlink(name, dir_fd=dir_fd)
+
+
+class CopyUps:
+    """Copy-ups of the filesystem's nodes, scheduled on the trio loop or in worker threads; the new
+    upper object becomes an alias of the lower one (same inode number) and a file's new fd goes to
+    its node."""
+
+    def __init__(self, copier: Copier, inodes: InodeTable, fds: FdCache) -> None:
+        assert copier.layers.upper is not None
+        self.copier = copier
+        self.upper: int = copier.layers.upper
+        self.inodes = inodes
+        self.fds = fds
+        self._locks: dict[int, trio.Lock] = {}
+
+    def forget(self, ino: int) -> None:
+        self._locks.pop(ino, None)
+
+    def upper_dir(self, node: Node) -> None:
+        """Make sure the directory ``node`` exists in the upper (parents first). A directory's copy
+        has no data and runs here, with no await: nothing else can start copying it meanwhile."""
+        if node.dir_layers and node.dir_layers[0] == self.upper:
+            return
+        assert node.parent is not None
+        self.upper_dir(node.parent)
+        old = self.inodes.stat(node)
+        new, _ = self.copier.copy(node.dir_layers[0], node.rel, node.parent.rel, node.name)
+        self.inodes.alias(new, old)
+        node.dir_layers = [self.upper, *node.dir_layers]
+        node.listing = None  # it can change now
+        node.layer = self.upper
+        node.no_whiteouts = True  # a new, empty directory
+
+    async def copy_up(self, node: Node, data: bool = True) -> None:
+        """Copy ``node`` into the upper unless it is there (its parents first); ``data=False``:
+        a file's copy is left empty (it is about to be truncated to zero)."""
+        upper = self.upper
+        if node.is_dir:
+            self.upper_dir(node)
+            return
+        if node.layer == upper:
+            return
+        assert node.parent is not None
+        if not node.unlinked:
+            self.upper_dir(node.parent)
+        lock = self._locks.get(node.ino)
+        if lock is not None and lock.locked():  # a worker thread is copying it: that copy will do
+            async with lock:
+                pass
+            if node.layer == upper:
+                return
+        # Long copies, the rare ones with data to fsync and those whose data must be read from
+        # the disk go to a worker thread: they must not stall the other requests. The others cost
+        # less than a thread hop and run here, with no await, so no other request can start
+        # copying the same file meanwhile.
+        old = self.inodes.stat(node)
+        if not data or (old.st_size <= _INLINE_COPY and not self.copier.must_fsync(node.layer, node.rel)):
+            copy, done = self._job(node, data, old, nowait=True)
+            try:
+                result = copy()
+            except WouldBlock:
+                pass  # its data is not all in the page cache: a thread's job
+            else:
+                done(result)
+                return
+        async with self._lock(node):
+            if node.layer != upper:
+                copy, done = self._job(node, data, self.inodes.stat(node))
+                done(await trio.to_thread.run_sync(copy))
+
+    def _job(self, node: Node, data: bool, old: os.stat_result,
+             nowait: bool = False) -> tuple[Callable[[], Any], Callable[[Any], None]]:
+        """The copy-up of a lower file whose stat is ``old``: the copy (it blocks) and what to
+        note, on the loop, of its result."""
+        assert node.parent is not None
+        copier, layer, rel, prel, name = self.copier, node.layer, node.rel, node.parent.rel, node.name
+        if node.unlinked:  # written after its name went (no OPEN was sent): a copy only its fd names
+            def kept(fd: int) -> None:
+                self.fds.keep(node, fd, True)
+                node.layer = self.upper
+            return lambda: copier.copy_orphan(layer, rel, nowait), kept
+
+        def copied(new_and_fd: tuple[tuple[int, int], int]) -> None:
+            new, fd = new_and_fd
+            self.inodes.alias(new, old)
+            node.layer = self.upper
+            self.fds.keep(node, fd, True)  # the copy's (the lower file's is closed): no open to come
+        return lambda: copier.copy(layer, rel, prel, name, data, nowait), copied
+
+    async def before_shrinking(self, fd: int, size: int) -> None:
+        """A copy-up still noted in the journal is about to be truncated to ``size``: below its
+        lower's size, a crash could no longer tell lost data from the truncation, so the copy is
+        made durable first and its note goes (to zero, nothing copied is kept: the note just goes)."""
+        journal = self.copier.journal
+        assert journal is not None
+        ino = os.fstat(fd).st_ino
+        lower = journal.lower_size(ino)
+        if lower is None or size >= lower:
+            return
+        if size:
+            await trio.to_thread.run_sync(os.fsync, fd)
+        journal.drop(ino)
+
+    def _lock(self, node: Node) -> trio.Lock:
+        lock = self._locks.get(node.ino)
+        if lock is None:
+            lock = self._locks[node.ino] = trio.Lock()
+        return lock

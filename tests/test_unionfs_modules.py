@@ -1,0 +1,152 @@
+"""Direct tests of the modules the Operations stand on, each alone: no handler, no mount."""
+
+from __future__ import annotations
+
+import os
+import stat
+from types import SimpleNamespace
+
+import pytest
+from unionfs_support import WHITEOUT, make_layer
+
+from unionfs import attrs
+from unionfs.copyup import Copier, CopyUps
+from unionfs.fdcache import FdCache
+from unionfs.inodes import ROOT, InodeTable
+from unionfs.layers import LayerSet
+from unionfs.listing import Listings
+from unionfs.upper import Upper, without_suidgid
+
+
+@pytest.fixture
+def layers(tmp_path):
+    lower = make_layer(str(tmp_path / "l"), {"d/": None, "d/f": "lower", "d/g": "g", "gone": "x"})
+    upper = make_layer(str(tmp_path / "u"), {"d/": None, "d/new": "n", "gone": WHITEOUT})
+    ls = LayerSet(upper, [lower])
+    yield ls
+    ls.close()
+
+
+def _child(inodes, parent, name):
+    res = inodes.layers.resolve(parent.dir_layers, parent.rel, name)
+    assert res is not None
+    return inodes.remember(parent, name, res)
+
+
+def test_inodes_are_ours_stable_and_forgotten_at_zero(layers):
+    inodes = InodeTable(layers, lambda node: None)
+    assert inodes.root.ino == ROOT and inodes.root.dir_layers == [0, 1]
+    d = _child(inodes, inodes.root, "d")
+    f = _child(inodes, d, "f")
+    assert f.rel == "d/f" and f.layer == 1 and f.ino not in (ROOT, d.ino)
+    assert _child(inodes, d, "f") is f  # found again: the same node
+    f.lookups = 2
+    assert inodes.forget(f.ino, 1) is None and f.ino in inodes.nodes
+    assert inodes.forget(f.ino, 1) is f and f.ino not in inodes.nodes
+    assert inodes.forget(ROOT, 1) is None  # the root is never forgotten
+    with pytest.raises(OSError) as e:
+        inodes.node(f.ino)
+    assert e.value.errno == 116  # ESTALE
+
+
+def test_an_alias_keeps_the_originals_number(layers):
+    inodes = InodeTable(layers, lambda node: None)
+    lower = os.lstat(os.path.join(layers.paths[1], "d/g"))
+    upper = os.lstat(os.path.join(layers.paths[0], "d/new"))
+    number = inodes.ino(lower)
+    inodes.alias((upper.st_dev, upper.st_ino), lower)
+    assert inodes.ino(upper) == number
+
+
+def test_fd_cache_keeps_the_most_recent_and_pins_outside_the_cap(layers):
+    fds = FdCache(layers, cap=2)
+    inodes = InodeTable(layers, fds.relinked)
+    d = _child(inodes, inodes.root, "d")
+    nodes = [_child(inodes, d, n) for n in ("f", "g", "new")]
+    opened = [fds.fd(n) for n in nodes]
+    assert nodes[0].fd == -1 and list(fds.lru) == [nodes[1].ino, nodes[2].ino]  # the oldest closed
+    assert os.pread(opened[2], 1, 0) == b"n"
+    fds.pin(nodes[2])
+    assert nodes[2].fd_writable and nodes[2].ino not in fds.lru
+    fds.relinked(nodes[2])
+    assert nodes[2].ino in fds.lru
+    for n in nodes:
+        fds.drop(n)
+    assert not fds.lru and all(n.fd == -1 for n in nodes)
+
+
+def test_listing_of_a_lower_only_dir_is_resolved_once(tmp_path):
+    lower = make_layer(str(tmp_path / "l"), {"d/": None, "d/a": "a", "d/b": "b"})
+    ls = LayerSet(None, [lower])
+    try:
+        inodes = InodeTable(ls, lambda node: None)
+        listings = Listings(ls, inodes, attrs.attr)
+        d = _child(inodes, inodes.root, "d")
+        fh = listings.open(d)
+        listings.take(listings.handles[fh])
+        entries = listings.handles[fh].entries
+        assert sorted(e[0] for e in entries) == ["a", "b"] and all(e[3] is not None for e in entries)
+        listings.take(listings.handles[fh])
+        assert listings.handles[fh].entries is entries is d.listing  # kept on the node
+        listings.release(fh)
+        assert fh not in listings.handles
+    finally:
+        ls.close()
+
+
+def test_upper_markers_and_owners(layers):
+    inodes = InodeTable(layers, lambda node: None)
+    up = Upper(layers)
+    d = _child(inodes, inodes.root, "d")
+    assert up.lower_has(d, "f") and not up.lower_has(d, "new")
+    up.make_whiteout(d, "f")
+    assert os.path.exists(os.path.join(layers.paths[0], "d/.wh.f")) and not d.no_whiteouts
+    assert up.drop_whiteout(d, "f") and not up.drop_whiteout(d, "f")
+    d.no_whiteouts = True
+    up.make_whiteout(d, "g")
+    assert not d.no_whiteouts
+    parent = SimpleNamespace(st_mode=stat.S_IFDIR | 0o2775, st_gid=4321)
+    assert Upper.new_gid(parent, 100) == (4321, True)
+    assert Upper.new_gid(SimpleNamespace(st_mode=stat.S_IFDIR | 0o755, st_gid=4321), 100) == (100, False)
+    up.clear_markers("d")
+    assert os.listdir(os.path.join(layers.paths[0], "d")) == []
+
+
+def test_without_suidgid_drops_what_the_kernel_drops():
+    assert without_suidgid(stat.S_IFREG | 0o6755) == 0o0755
+    assert without_suidgid(stat.S_IFREG | 0o6745) == 0o2745  # setgid stays without group-execute
+    assert without_suidgid(stat.S_IFREG | 0o0755) is None
+    assert without_suidgid(stat.S_IFDIR | 0o4755) is None
+
+
+def test_attrs_say_what_the_kernel_may_keep():
+    st = os.lstat("/")
+    a = attrs.attr(st, 7)
+    assert a.st_ino == 7 and a.st_mode == st.st_mode and a.entry_timeout == attrs.TIMEOUT
+    assert attrs.attr(st, 7, unlinked=True).st_nlink == 0
+    assert attrs.negative().st_ino == 0
+    new = SimpleNamespace(st_atime_ns=1, st_mtime_ns=2)
+    both = SimpleNamespace(update_atime=True, update_mtime=True)
+    assert attrs.new_times(new, both, lambda: pytest.fail("no stat needed")) == (1, 2)
+    one = SimpleNamespace(update_atime=False, update_mtime=True)
+    assert attrs.new_times(new, one, lambda: st) == (st.st_atime_ns, 2)
+
+
+async def test_copy_ups_go_parents_first_and_keep_the_number(layers, tmp_path):
+    work = make_layer(str(tmp_path / "w"), {})
+    fds = FdCache(layers)
+    inodes = InodeTable(layers, fds.relinked)
+    copier = Copier(layers, work)
+    try:
+        copyups = CopyUps(copier, inodes, fds)
+        d = _child(inodes, inodes.root, "d")
+        f = _child(inodes, d, "f")
+        number = f.ino
+        await copyups.copy_up(f)
+        assert f.layer == 0 and f.fd >= 0 and f.fd_writable
+        assert os.path.exists(os.path.join(layers.paths[0], "d/f"))
+        assert _child(inodes, d, "f").ino == number  # the copy is an alias of the lower file
+        await copyups.copy_up(f)  # already up: nothing to do
+        fds.drop(f)
+    finally:
+        copier.close()
