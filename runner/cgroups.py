@@ -94,6 +94,13 @@ class Cgroup:
         """Stop (or resume) every process in the group; returns once the kernel says it is done."""
         raise NotImplementedError
 
+    def thaw(self) -> None:
+        """Resume a frozen group, if it is one (quietly: there may be no group, or no freezer)."""
+        try:
+            self.freeze(False)
+        except (OSError, RunnerError):
+            pass
+
     def procs_files(self) -> list[str]:
         return [os.path.join(d, "cgroup.procs") for d in self.dirs()]
 

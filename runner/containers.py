@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from store.images import now
-from store.root import write_json
+from store.root import write_atomic, write_json
 from unionfs import mountinfo
 
 from . import cgroups
@@ -41,6 +41,7 @@ from . import syscalls as sc
 from .errors import ContainerConflict, NoSuchContainer, RunnerError
 
 _NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+STATE_BLOCK = 4096  # a state.json's size: the blocks it and its spare keep for good
 NAME_MAX = 253  # a container name is a DNS name (Docker's names resolve on its networks)
 _ADJ = ["brave", "calm", "eager", "fond", "keen", "lucid", "merry", "quirky", "sharp", "tender", "vivid", "wise"]
 _NOUN = ["babbage", "curie", "darwin", "euler", "gauss", "hopper", "lovelace", "noether", "pascal", "turing"]
@@ -123,11 +124,19 @@ class Container:
         finally:
             os.close(fd)
 
-    def supervise(self, timeout: float = 30.0) -> int:
+    def supervise(self) -> int:
         """Take the supervisor's lock for the life of this process (the fd is returned; the caller's
-        forks close it). ``ContainerConflict`` if a supervisor holds it and its container runs; one
-        that has recorded the end and is still unmounting is waited for (its unmount is bounded)."""
-        fd = os.open(self.path("supervisor.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        forks close it). ``ContainerConflict`` if a supervisor holds it and its container runs."""
+        return self._lock(f"container {self.id} is already running")
+
+    def _lock(self, conflict: str, timeout: float = 30.0) -> int:
+        """``supervisor.lock``, exclusively. A supervisor that holds it and has recorded the end is
+        still unmounting: it is waited for (its unmount is bounded); one whose container runs or is
+        starting gives ``ContainerConflict(conflict)``."""
+        try:
+            fd = os.open(self.path("supervisor.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:  # the record went meanwhile
+            raise NoSuchContainer(f"No such container: {self.name}") from None
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -137,7 +146,7 @@ class Container:
                 # held: by a supervisor that runs the container (or another start, about to say so)
                 if self.state().get("Status") in ("starting", "running") or time.monotonic() > deadline:
                     os.close(fd)
-                    raise ContainerConflict(f"container {self.id} is already running") from None
+                    raise ContainerConflict(conflict) from None
             time.sleep(0.01)
 
     def set_state(self, read: dict[str, Any] | None = None, **changes: Any) -> dict[str, Any]:
@@ -150,35 +159,56 @@ class Container:
         fsynced: after a crash of the host no container runs, whatever its state said."""
         state = dict(read) if read is not None else self.state()
         state.update(changes)
-        state["Error"] = str(state.get("Error") or "")[:1024]  # a state stays within its one block
+        error = str(state.get("Error") or "")
+        while len(json.dumps(error)) > 1024:  # the Error is the one field of any length: capped, encoded
+            error = error[: len(error) * 3 // 4]
+        state["Error"] = error
         data = json.dumps(state, indent=2, sort_keys=True).encode() + b"\n"
+        # padded to whole blocks with white space (JSON allows it), never truncated: the blocks stay
+        data += b" " * (-len(data) % STATE_BLOCK)
         path, spare = self.path("state.json"), self.path("state.spare")
         fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             os.pwrite(fd, data, 0)
-            os.ftruncate(fd, len(data))
         finally:
             os.close(fd)
         try:
             sc.rename_exchange(spare, path)
         except FileNotFoundError:  # the first state: the spare becomes it, and the next spare is made
             os.rename(spare, path)
-            write_json(spare, state, durable=False)
+            write_atomic(spare, data, durable=False)
         except OSError as e:
             if e.errno not in (errno.EINVAL, errno.ENOSYS):  # a filesystem without RENAME_EXCHANGE
                 raise
             write_json(path, state, durable=False)
         return state
 
+    @contextmanager
+    def claimed(self) -> Iterator[None]:
+        """Hold ``supervisor.lock`` as a supervisor would, so that no start begins meanwhile;
+        ``ContainerConflict`` if a supervisor holds it (the container runs or is starting)."""
+        fd = self._lock(f"You cannot remove a running container {self.id}. Stop the container before "
+                        "attempting removal or force remove")
+        try:
+            yield
+        finally:
+            os.close(fd)
+
     def reclaim(self, locked: bool = False) -> None:
         """What a dead supervisor may have left: processes in the cgroup, the union daemon (by pid,
         checked against its start time), the mount, the cgroup itself. Killed, unmounted and removed
-        by whoever notices first; a no-op while a supervisor lives (it owns all of these), unless
-        ``locked``: the caller is the new supervisor and holds the lock."""
-        if not locked and self.supervised():
+        by whoever notices first, holding the supervisor's lock (no start meanwhile); a no-op while a
+        supervisor lives (it owns all of these). ``locked``: the caller holds the lock already."""
+        if not locked:
+            try:
+                with self.claimed():
+                    self.reclaim(locked=True)
+            except ContainerConflict:
+                pass
             return
         state = self.state()
         cg = cgroups.load(self.config["Cgroup"]["Version"], self.id)
+        cg.thaw()  # a frozen (v1) process keeps a SIGKILL pending until it is thawed
         cg.kill_all()
         union = state.get("UnionPid", 0)
         if union and process_alive(union, state.get("UnionStart")):
@@ -274,8 +304,15 @@ class Containers:
                 raise RunnerError(f"cannot create container: {e.strerror}") from None
             return Container(path, config)
 
-    def remove(self, container: Container) -> None:
-        """Delete the record: the config goes first (one rename), then the rest."""
+    def remove(self, container: Container, locked: bool = False) -> None:
+        """Delete the record of a container that does not run (``ContainerConflict`` if it runs or is
+        starting): what a dead supervisor left is reclaimed first, then the config goes (one rename),
+        then the rest. ``locked``: the caller (its supervisor, for --rm) holds the lock already."""
+        if not locked:
+            with container.claimed():
+                container.reclaim(locked=True)
+                self.remove(container, locked=True)
+            return
         gone = container.dir + ".removing"
         try:
             os.rename(container.dir, gone)

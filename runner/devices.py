@@ -99,7 +99,7 @@ def host_device(spec: str) -> tuple[dict[str, object], DeviceRule]:
         raise RunnerError(f"invalid device specification: {spec}")
     host = parts[0]
     inside = parts[1] if len(parts) == 2 and parts[1] else host
-    if not inside.startswith("/dev/"):
+    if not inside.startswith("/dev/") or os.path.normpath(inside) != inside.rstrip("/") or ".." in inside.split("/"):
         raise RunnerError(f"invalid device specification: {spec}: the container path must be under /dev")
     try:
         st = os.stat(host)

@@ -262,15 +262,34 @@ def _pid1(spec: dict[str, Any], status_fd: int, go_fd: int, joined_fd: int) -> N
 
 
 def _wait_child(pid: int, status_fd: int) -> int:
-    """The helper's part once the child runs: wait and pass on its status."""
+    """The helper's part once the child runs: wait and pass on its status. When the supervisor dies
+    (this process's parent-death signal, SIGUSR1) PID 1 gets SIGKILL, and its PID namespace with it:
+    the container's own processes could clear their parent-death signals, but cannot reach this one."""
     os.close(status_fd)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, lambda _sig, _frame: _kill(pid))
+    if sc.parent_death_signal() and not _parent_alive():
+        _kill(pid)  # the supervisor died before the handler was in place
     try:
         _, status = os.waitpid(pid, 0)
     except ChildProcessError:
         return 125
     return exit_code(status)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+_supervisor = 0  # the helper's parent, once known (``forked``)
+
+
+def _parent_alive() -> bool:
+    return os.getppid() == _supervisor
 
 
 def exit_code(status: int) -> int:
@@ -345,10 +364,13 @@ def forked(spec: dict[str, Any], stdio: tuple[int, int, int], go_fd: int) -> NoR
     exit handler of the parent may run here."""
     code = 125
     try:
-        # dies with the supervisor (and PID 1 with this process): a container never outlives the
-        # process that records its state. Checked after: the supervisor may already be gone.
-        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != spec["supervisor"]:
+        # told when the supervisor dies (SIGUSR1: ``_wait_child`` then kills PID 1): a container never
+        # outlives the process that records its state. Checked after: the supervisor may be gone.
+        global _supervisor
+        _supervisor = spec["supervisor"]
+        signal.signal(signal.SIGUSR1, lambda _sig, _frame: os._exit(125))  # until PID 1 exists
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGUSR1)
+        if not _parent_alive():
             os._exit(code)
         os.setsid()
         os.chdir("/")

@@ -296,13 +296,17 @@ class Supervisor:
             if mount is None or self.init is None:
                 raise UnionError(self.error or "no union filesystem")
             code, error = await self._start_and_wait(mount)
-        except (UnionError, OSError) as e:
-            error = f"cannot start container: {e}"
+        except (UnionError, OSError, ExceptionGroup) as e:  # a nursery's task fails in a group
+            error = f"cannot start container: {_first(e)}"
             code = 125
         finally:
             with trio.CancelScope(shield=True):
                 self._close_go()  # an init that never got the go-ahead exits
                 if self.init is not None:
+                    if self.init.returncode is None:  # we failed, not the container: nobody would watch it
+                        self.cgroup.kill_all()
+                        if self.pid:
+                            _kill(self.pid)
                     await self.init.wait()
                 for fd in self.opened:
                     os.close(fd)
@@ -329,7 +333,7 @@ class Supervisor:
                         self.error = error = error or f"cannot record the container's exit: {e.strerror}"
                 self._ready(f"error {code} {error}")  # never got as far as running
                 if remove:
-                    Containers(self.root).remove(c)  # a run that never started leaves nothing behind
+                    Containers(self.root).remove(c, locked=True)  # a run that never started leaves nothing behind
                 if mount is not None and detached:
                     await mount.unmount()  # the daemon's exit (a few ms) overlapped all of the above
         return code
@@ -442,8 +446,25 @@ class Supervisor:
 def container_filter(config: dict[str, Any]) -> seccomp.Filter | None:
     """The seccomp filter a container's processes get (PID 1 and ``exec``'s alike): its ``Seccomp``
     setting resolved for Docker's default capabilities (a container created before seccomp existed
-    gets the default)."""
-    return seccomp.for_container(config.get("Seccomp", "default"), set(init.DEFAULT_CAPS))
+    gets the default). ``RunnerError`` if it cannot be built (no libseccomp, say)."""
+    try:
+        return seccomp.for_container(config.get("Seccomp", "default"), set(init.DEFAULT_CAPS))
+    except OSError as e:
+        raise RunnerError(f"cannot build the container's seccomp filter: {e}") from None
+
+
+def _first(error: BaseException) -> BaseException:
+    """The first error of a (nested) exception group, or the error itself."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _detach(mountpoint: str) -> bool:

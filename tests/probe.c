@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -82,7 +83,11 @@ int main(int argc, char **argv) {
         }
         else if (!strcmp(a, "ptrace-pid1"))
             report(a, ptrace_pid1());
-        else if (!strcmp(a, "mkdir"))
+        else if (!strcmp(a, "orphan")) { /* clear the parent-death signal, then wait to be killed */
+            report(a, prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0));
+            fflush(stdout);
+            pause();
+        } else if (!strcmp(a, "mkdir"))
             report(a, mkdir("/probe-dir", 0755));
         else
             printf("%s=unknown\n", a);

@@ -3,11 +3,13 @@ writer killed mid-way. Each time strata says what is true and leaves nothing beh
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import select
 import signal
 import subprocess
+import sys
 
 import pytest
 from helpers import REPO, STRATA, strata, wait_for
@@ -25,6 +27,11 @@ def _inspect(root: str, ref: str) -> dict:
 def _raw_state(root: str, cid: str) -> dict:
     with open(os.path.join(root, "containers", cid, "state.json")) as f:
         return json.load(f)
+
+
+def _cgroup(root: str, ref: str) -> cgroups.Cgroup:
+    doc = _inspect(root, ref)
+    return cgroups.load(int(doc["HostConfig"]["CgroupVersion"]), doc["Id"])
 
 
 def _pidfd(pid: int) -> int:
@@ -61,7 +68,7 @@ def test_a_killed_supervisor_takes_its_container_with_it(rootdir):
     strata(rootdir, "start", "orphan")
     again = _raw_state(rootdir, cid)
     assert again["Status"] == "running" and again["SupervisorPid"] != state["SupervisorPid"]
-    cg = cgroups.load(_inspect(rootdir, "orphan")["HostConfig"]["CgroupVersion"] == "2" and 2 or 1, cid)
+    cg = _cgroup(rootdir, "orphan")
     assert cg.pids() == [again["Pid"]]  # one PID 1, one mount: never two instances on one upper
     assert len(mountinfo.mounts_at(merged)) == 1
     res = strata(rootdir, "start", "orphan", check=False)  # a running container: nothing more starts
@@ -127,3 +134,63 @@ def test_a_full_disk_loses_no_exit_code_and_leaves_nothing_behind(small_store):
         assert os.path.join(root, "containers") not in f.read()
     strata(root, "rm", "filler", sleeper)
     strata(root, "run", "--rm", "bb", "true")  # room again: the store works as before
+
+
+
+def test_a_state_keeps_to_its_blocks_whatever_its_error(tmp_path):
+    """An Error of any length and script (the user names the command it quotes) is capped once
+    encoded: a state is always exactly one 4 KiB block, so it and its spare never need another."""
+    from runner.containers import STATE_BLOCK, Container
+
+    c = Container(str(tmp_path), {"Id": "x" * 64, "Name": "x"})
+    c.set_state(Status="exited", ExitCode=127, Error="exec: \"" + "é\U0001F600" * 3000 + "\": not found")
+    c.set_state(Status="exited", ExitCode=0, Error="")
+    for name in ("state.json", "state.spare"):
+        assert os.path.getsize(tmp_path / name) == STATE_BLOCK
+    assert c.state()["ExitCode"] == 0
+
+
+def test_rm_never_removes_a_container_a_supervisor_holds(rootdir):
+    """A container being started (its supervisor holds supervisor.lock; its state may still say
+    exited) is not removed under it, with or without -f."""
+    strata(rootdir, "run", "--name", "held", "bb", "true")
+    cid = _inspect(rootdir, "held")["Id"]
+    lock = os.open(os.path.join(rootdir, "containers", cid, "supervisor.lock"), os.O_RDWR)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with open(os.path.join(rootdir, "containers", cid, "state.json")) as f:
+            state = json.load(f)
+        state["Status"] = "starting"  # as a start writes it first
+        with open(os.path.join(rootdir, "containers", cid, "state.json"), "w") as f:
+            json.dump(state, f)
+        res = strata(rootdir, "rm", "held", check=False)
+        assert res.code == 1 and "You cannot remove a running container" in res.err
+        assert os.path.isdir(os.path.join(rootdir, "containers", cid))
+    finally:
+        os.close(lock)
+    assert _inspect(rootdir, "held")["State"]["Status"] == "exited"  # its supervisor is gone: so it reads
+    strata(rootdir, "rm", "held")
+
+
+def test_a_supervisor_that_fails_after_the_start_leaves_nothing_running(rootdir):
+    """Recording the running state fails (injected): the container is killed, not left unwatched,
+    and run -d says so in one line instead of waiting for the container's end."""
+    script = (
+        "import sys\n"
+        "import runner.containers as rc\n"
+        "real = rc.Container.set_state\n"
+        "def failing(self, read=None, **changes):\n"
+        "    if changes.get('Status') == 'running':\n"
+        "        raise OSError(5, 'Input/output error (injected)')\n"
+        "    return real(self, read, **changes)\n"
+        "rc.Container.set_state = failing\n"
+        "from runner.cli import main\n"
+        f"sys.exit(main(['--root', {rootdir!r}, 'run', '-d', '--name', 'doomed', 'bb', 'sleep', '1000']))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": REPO, "STRATA_NO_ZYGOTE": "1"}, timeout=60)
+    assert res.returncode == 125 and "Input/output error (injected)" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    cid = _inspect(rootdir, "doomed")["Id"]
+    assert _cgroup(rootdir, "doomed").pids() == []
+    assert not mountinfo.mounts_at(os.path.join(rootdir, "containers", cid, "merged"))

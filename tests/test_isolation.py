@@ -6,11 +6,13 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import select
 import shutil
+import signal
 import subprocess
 
 import pytest
-from helpers import strata
+from helpers import strata, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root (rootless is another issue)")
 
@@ -123,7 +125,23 @@ def test_a_device_given_with_device_is_usable_and_only_that_one(rootdir, loop_de
     assert out == SECRET.decode()
     inspect = json.loads(strata(rootdir, "inspect", "ruled").out)[0]
     assert inspect["HostConfig"]["DeviceCgroupRules"] == [rule]
-    for bad in (["--device", "/nonexistent"], ["--device", "/etc/passwd"], ["--device-cgroup-rule", "x 1:2 q"]):
+    for bad in (["--device", "/nonexistent"], ["--device", "/etc/passwd"], ["--device-cgroup-rule", "x 1:2 q"],
+                ["--device", f"{device}:/dev/../../../../etc/x"]):
         res = strata(rootdir, "run", *bad, "bb", "true", check=False)
         assert res.code == 125 and len(res.err.strip().splitlines()) == 1, res.err
     assert strata(rootdir, "ps", "-aq").out.split() == [inspect["Id"][:12]]
+
+
+def test_a_container_that_clears_its_parent_death_signal_still_dies_with_its_supervisor(probe_root):
+    """PR_SET_PDEATHSIG is the container's own to change (the profile allows prctl, as Docker's): the
+    fence is runner.init's helper outside its PID namespace, which kills PID 1 when the supervisor dies."""
+    cid = strata(probe_root, "run", "-d", "--name", "clever", "probe", "/bin/probe", "orphan").out.strip()
+    wait_for(lambda: strata(probe_root, "logs", "clever").out == "orphan=ok\n", what="the probe to clear it")
+    with open(os.path.join(probe_root, "containers", cid, "state.json")) as f:
+        state = json.load(f)
+    pid1 = os.pidfd_open(state["Pid"])
+    try:
+        os.kill(state["SupervisorPid"], signal.SIGKILL)
+        wait_for(lambda: bool(select.select([pid1], [], [], 0)[0]), what="PID 1 to die with its supervisor")
+    finally:
+        os.close(pid1)

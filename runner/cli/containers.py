@@ -440,8 +440,7 @@ def cmd_rm(store: Store, args: argparse.Namespace) -> int:
                 _signal(c, signal.SIGKILL)
                 _wait_exited(c, 30)
             if os.path.exists(c.dir):
-                c.reclaim()
-                containers.remove(c)
+                containers.remove(c)  # under the supervisor's lock: refused if a start began meanwhile
             print(ref)
         except RunnerError as e:
             print(f"Error: {e}", file=sys.stderr)
