@@ -123,6 +123,12 @@ class MountClient:
     async def mkdir(self, path: str, mode: int = 0o755) -> None:
         os.mkdir(self.p(path), mode)
 
+    async def listdir_all(self, path: str = "") -> list[tuple[str, int]]:
+        """Every (name, inode number) readdir lists, "." and ".." too, in its order (``ls -a``)."""
+        out = subprocess.run(["ls", "-a1fi", "--quoting-style=literal", self.p(path)], check=True,
+                             capture_output=True, text=True).stdout
+        return [(name, int(ino)) for ino, name in (line.split(maxsplit=1) for line in out.splitlines())]
+
     async def rmdir(self, path: str) -> None:
         os.rmdir(self.p(path))
 
@@ -139,7 +145,7 @@ class MountClient:
         return os.readlink(self.p(path))
 
     async def link(self, src: str, dst: str) -> None:
-        os.link(self.p(src), self.p(dst))
+        os.link(self.p(src), self.p(dst), follow_symlinks=False)  # as ln: a symlink is linked itself
 
     async def chmod(self, path: str, mode: int) -> None:
         os.chmod(self.p(path), mode)
@@ -292,7 +298,27 @@ class OpsClient:
         finally:
             pyfuse3.readdir_reply = original
             await self._call(self.fs.releasedir, fh)
-        return sorted(os.fsdecode(n) for n, _ in token.entries)
+        return sorted(os.fsdecode(n) for n, _ in token.entries if n not in (b".", b".."))  # as os.listdir
+
+    async def listdir_all(self, path: str = "") -> list[tuple[str, int]]:
+        """Every (name, inode number) readdir lists, "." and ".." too, in its order."""
+        ino = await self._ino(path)
+        opened = await self._call(self.fs.opendir, ino, self.ctx)
+        fh = opened if isinstance(opened, int) else opened.fh
+        found: list[tuple[str, int]] = []
+        original = pyfuse3.readdir_reply
+
+        def reply(tok: _Token, name: bytes, attr: Any, next_id: int) -> bool:
+            found.append((os.fsdecode(name), attr.st_ino))
+            return True
+
+        pyfuse3.readdir_reply = reply
+        try:
+            await self._call(self.fs.readdir, fh, 0, _Token())
+        finally:
+            pyfuse3.readdir_reply = original
+            await self._call(self.fs.releasedir, fh)
+        return found
 
     async def mkdir(self, path: str, mode: int = 0o755) -> None:
         parent, name = await self._parent(path)

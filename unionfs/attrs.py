@@ -14,16 +14,19 @@ import pyfuse3
 TIMEOUT = 1e6
 
 
-def attr(st: os.stat_result, ino: int, unlinked: bool = False) -> pyfuse3.EntryAttributes:
+def attr(st: os.stat_result, ino: int, unlinked: bool = False, merged: bool = False) -> pyfuse3.EntryAttributes:
     """The attributes of the object ``st`` as inode ``ino``; ``unlinked``: it has no name left
-    (an unlinked file kept open)."""
+    (an unlinked file kept open); ``merged``: a directory of more than one layer, whose subdirectories
+    are not counted, so its link count is 1 (as kernel overlayfs and btrfs say: "unknown", which
+    find(1) understands), never a wrong number. A directory of one layer has that dir's count: 2 plus
+    its subdirectories, which are the merged ones (markers are files)."""
     e = pyfuse3.EntryAttributes()
     e.st_ino = ino
     e.generation = 0
     e.entry_timeout = TIMEOUT
     e.attr_timeout = TIMEOUT
     e.st_mode = st.st_mode
-    e.st_nlink = 0 if unlinked else st.st_nlink
+    e.st_nlink = 0 if unlinked else 1 if merged else st.st_nlink
     e.st_uid = st.st_uid
     e.st_gid = st.st_gid
     e.st_rdev = st.st_rdev

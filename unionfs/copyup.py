@@ -422,7 +422,8 @@ class CopyUps:
             new, fd = new_and_fd
             self.inodes.alias(new, old)
             node.layer = self.upper
-            self.fds.keep(node, fd, True)  # the copy's (the lower file's is closed): no open to come
+            if fd >= 0:  # a file's copy (the lower file's fd is closed): no open to come
+                self.fds.keep(node, fd, True)
         return lambda: copier.copy(layer, rel, prel, name, data, nowait), copied
 
     async def before_shrinking(self, fd: int, size: int) -> None:

@@ -14,10 +14,10 @@ so the kernel may keep entries, attributes, negative lookups and file pages for 
 
 Caveats:
   - Renaming a directory that exists in a lower layer gives EXDEV (as kernel overlayfs without
-    ``redirect_dir``; ``mv`` falls back to copying). Files rename freely. RENAME_EXCHANGE: EINVAL.
+    ``redirect_dir``; ``mv`` falls back to copying), and so does RENAME_EXCHANGE of one. Files
+    rename and exchange freely.
   - Copying up one name of a hard-linked lower file breaks that link on disk (kernel overlayfs without
     ``index`` does the same); this mount keeps showing one inode until it is unmounted.
-  - ``.`` and ``..`` are not listed by readdir (the kernel answers them).
   - Reads and writes run on the trio loop (page-cache speed); copy-ups over 1 MiB, or whose data is
     not all in the page cache (or must be fsynced: see ``journal``), and fsync run in worker threads
     (the journal's syncfs in a thread of its own). A read that must wait for the disk holds up other
@@ -30,6 +30,7 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import pyfuse3
 import trio
@@ -43,9 +44,10 @@ from .fdcache import FdCache
 from .inodes import InodeTable, Node
 from .journal import flush_delay
 from .layers import LayerSet, Resolved, join
-from .listing import Listings
+from .listing import DOTS, Listings
 from .upper import Upper, without_suidgid
 
+T = TypeVar("T")
 _WRITE = os.O_WRONLY | os.O_RDWR
 _INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.")
 
@@ -87,7 +89,7 @@ class UnionFS(pyfuse3.Operations):
         self.inodes = InodeTable(self.layers, self.fds.relinked)
         self.root = self.inodes.root
         self.nodes = self.inodes.nodes
-        self.listings = Listings(self.layers, self.inodes, attr)
+        self.listings = Listings(self.layers, self.inodes)
         self.dirs = self.listings.handles
         self.copier = Copier(self.layers, work, sync=not volatile) if upper is not None and work is not None else None
         self._journal = self.copier.journal if self.copier is not None else None
@@ -120,7 +122,7 @@ class UnionFS(pyfuse3.Operations):
         return self.layers.resolve(parent.dir_layers, parent.rel, name)
 
     def _node_attr(self, node: Node) -> pyfuse3.EntryAttributes:
-        return self._attr(self._stat(node), node.ino, node.unlinked)
+        return self._attr(self._stat(node), node.ino, node.unlinked, len(node.dir_layers) > 1)
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         node.lookups += 1
@@ -131,7 +133,7 @@ class UnionFS(pyfuse3.Operations):
         resolving took (as fresh as another would be, and a syscall less for an upper entry)."""
         node = self._remember(parent, name, res)
         node.lookups += 1
-        return self._attr(res.st, node.ino)
+        return self._attr(res.st, node.ino, False, len(res.dir_layers) > 1)
 
     def _check_name(self, name: str) -> None:
         if whiteout.is_special(name):
@@ -178,10 +180,23 @@ class UnionFS(pyfuse3.Operations):
         self._upper_dir(parent)
         return parent, name, up, join(parent.rel, name)
 
+    def _made(self, up: Upper, rel: str, make: Callable[[int, str], T]) -> tuple[T, bool]:
+        """``make(dir_fd, name)`` a new object at ``rel`` in the upper; and whether a 0/0 whiteout
+        (another overlay's spelling) was there and had to go first."""
+        with self.layers.at(up.layer, rel) as (fd, n):
+            try:
+                return make(fd, n), False
+            except FileExistsError:
+                if not up.clear_overlay_whiteout(rel):
+                    raise
+                return make(fd, n), True
+
     def _finish_new(self, parent: Node, name: str) -> pyfuse3.EntryAttributes:
+        """The entry of an object just made: a fresh number (see ``inodes``), one lookup."""
         res = self._resolve(parent, name)
         if res is None:
             raise oserror(errno.EIO, name)
+        self.inodes.fresh(res.st)
         return self._found(parent, name, res)
 
     def _drop_suidgid(self, node: Node) -> None:
@@ -268,8 +283,7 @@ class UnionFS(pyfuse3.Operations):
             node, st = await self._new_file(parent_inode, name, mode, ctx)
             return self._attr(st, node.ino)
         parent, sname, up, rel = await self._prepare_new(parent_inode, name)
-        with self.layers.at(up.layer, rel) as (fd, n):
-            os.mknod(n, mode, rdev, dir_fd=fd)
+        self._made(up, rel, lambda fd, n: os.mknod(n, mode, rdev, dir_fd=fd))
         up.own(rel, self._parent_st(parent), ctx.uid, ctx.gid, False)
         up.drop_whiteout(parent, sname)
         return self._finish_new(parent, sname)
@@ -277,10 +291,9 @@ class UnionFS(pyfuse3.Operations):
     @fuse_boundary
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent, sname, up, rel = await self._prepare_new(parent_inode, name)
-        with self.layers.at(up.layer, rel) as (fd, n):
-            os.mkdir(n, mode & 0o7777, dir_fd=fd)
+        _, whited = self._made(up, rel, lambda fd, n: os.mkdir(n, mode & 0o7777, dir_fd=fd))
         up.own(rel, self._parent_st(parent), ctx.uid, ctx.gid, True)
-        if up.drop_whiteout(parent, sname):
+        if up.drop_whiteout(parent, sname) or whited:
             up.marker(join(rel, whiteout.OPAQUE))  # mkdir over a whiteout: hide what was below
         entry = self._finish_new(parent, sname)
         self.nodes[entry.st_ino].no_whiteouts = True
@@ -335,8 +348,7 @@ class UnionFS(pyfuse3.Operations):
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent, sname, up, rel = await self._prepare_new(parent_inode, name)
-        with self.layers.at(up.layer, rel) as (fd, n):
-            os.symlink(os.fsdecode(target), n, dir_fd=fd)
+        self._made(up, rel, lambda fd, n: os.symlink(os.fsdecode(target), n, dir_fd=fd))
         up.own(rel, self._parent_st(parent), ctx.uid, ctx.gid, False)
         up.drop_whiteout(parent, sname)
         return self._finish_new(parent, sname)
@@ -344,8 +356,6 @@ class UnionFS(pyfuse3.Operations):
     @fuse_boundary
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
                      flags: int, ctx: pyfuse3.RequestContext) -> None:
-        if flags & pyfuse3.RENAME_EXCHANGE:
-            raise oserror(errno.EINVAL, "RENAME_EXCHANGE is not supported")
         old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
         old, new = _name(name_old), _name(name_new)
         self._check_name(new)
@@ -353,6 +363,11 @@ class UnionFS(pyfuse3.Operations):
         if src is None:
             raise oserror(errno.ENOENT, old)
         dst = self._resolve(new_parent, new)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            if dst is None:
+                raise oserror(errno.ENOENT, new)
+            await self._exchange(old_parent, old, src, new_parent, new, dst)
+            return
         if dst is not None and flags & pyfuse3.RENAME_NOREPLACE:
             raise oserror(errno.EEXIST, new)
         up = self._writable()
@@ -379,7 +394,12 @@ class UnionFS(pyfuse3.Operations):
         if up.lower_has(old_parent, old):
             up.make_whiteout(old_parent, old)  # first: a crash leaves the source showing
         with self.layers.at(upper, join(old_parent.rel, old)) as (sfd, s), self.layers.at(upper, new_rel) as (dfd, d):
-            os.rename(s, d, src_dir_fd=sfd, dst_dir_fd=dfd)
+            try:
+                os.rename(s, d, src_dir_fd=sfd, dst_dir_fd=dfd)
+            except (NotADirectoryError, IsADirectoryError):
+                if dst is not None or not up.clear_overlay_whiteout(new_rel):
+                    raise
+                os.rename(s, d, src_dir_fd=sfd, dst_dir_fd=dfd)  # a directory over a 0/0 whiteout
         up.drop_whiteout(new_parent, new)
         if needs_opaque:
             up.marker(join(new_rel, whiteout.OPAQUE))
@@ -389,6 +409,28 @@ class UnionFS(pyfuse3.Operations):
         if src.is_dir:
             node.dir_layers = [upper]
 
+    async def _exchange(self, a_parent: Node, a: str, a_res: Resolved, b_parent: Node, b: str, b_res: Resolved) -> None:
+        """RENAME_EXCHANGE, as kernel overlayfs: both copied up, then swapped in the upper in one
+        step; a directory with lower parts gives EXDEV, as a rename of it does; a directory that
+        lands on a name a lower dir has is made opaque."""
+        up = self._writable()
+        if any(r.is_dir and r.dir_layers != [up.layer] for r in (a_res, b_res)):
+            raise oserror(errno.EXDEV, a)
+        if self._ino(a_res.st) == self._ino(b_res.st):
+            return
+        a_node, b_node = self._remember(a_parent, a, a_res), self._remember(b_parent, b, b_res)
+        await self._copy_up(a_node)
+        await self._copy_up(b_node)
+        a_rel, b_rel = join(a_parent.rel, a), join(b_parent.rel, b)
+        a_opaque = a_res.is_dir and up.lower_has(b_parent, b)
+        b_opaque = b_res.is_dir and up.lower_has(a_parent, a)
+        up.exchange(a_rel, b_rel)
+        if a_opaque:
+            up.marker(join(b_rel, whiteout.OPAQUE))
+        if b_opaque:
+            up.marker(join(a_rel, whiteout.OPAQUE))
+        a_node.parent, a_node.name, b_node.parent, b_node.name = b_parent, b, a_parent, a
+
     @fuse_boundary
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -397,8 +439,8 @@ class UnionFS(pyfuse3.Operations):
             raise oserror(errno.EPERM)
         await self._copy_up(node)  # a hard link is a change to the file: copy it up first
         parent, sname, up, rel = await self._prepare_new(new_parent_inode, new_name)
-        with self.layers.at(up.layer, node.rel) as (sfd, s), self.layers.at(up.layer, rel) as (dfd, d):
-            os.link(s, d, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+        with self.layers.at(up.layer, node.rel) as (sfd, s):
+            self._made(up, rel, lambda fd, n: os.link(s, n, src_dir_fd=sfd, dst_dir_fd=fd, follow_symlinks=False))
         up.drop_whiteout(parent, sname)
         res = self._resolve(parent, sname)
         assert res is not None
@@ -491,12 +533,17 @@ class UnionFS(pyfuse3.Operations):
         # Offsets index that listing: entries that stay are never repeated or skipped.
         for i in range(start_id, len(handle.entries)):
             name, raw, res, listed = handle.entries[i]
+            if i < DOTS:  # "." and "..": answered as listed, and the kernel takes no lookup of them
+                assert listed is not None
+                if not pyfuse3.readdir_reply(token, raw, listed, i + 1):
+                    break
+                continue
             if res is None or listed is None or not lower_only:
                 res = self._resolve(parent, name)
                 if res is None:
                     continue  # removed since the listing was taken
                 node = self._remember(parent, name, res)
-                attr = self._attr(res.st, node.ino)
+                attr = self._attr(res.st, node.ino, False, len(res.dir_layers) > 1)
             else:  # a lower-only directory: the entry was resolved when first listed and cannot change
                 attr = listed
                 found = self.nodes.get(attr.st_ino)
@@ -582,15 +629,15 @@ class UnionFS(pyfuse3.Operations):
         """A new empty file (create, or mknod of a file), its fd kept for the writes to come; its
         node (looked up once) and stat."""
         parent, sname, up, rel = await self._prepare_new(parent_inode, name)
-        with self.layers.at(up.layer, rel) as (fd, n):
-            real = os.open(n, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                           stat.S_IMODE(mode), dir_fd=fd)
+        real, _ = self._made(up, rel, lambda fd, n: os.open(
+            n, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, stat.S_IMODE(mode), dir_fd=fd))
         try:
             st = up.own_file(real, mode, self._parent_st(parent), ctx.uid, ctx.gid)
             up.drop_whiteout(parent, sname)
         except BaseException:
             os.close(real)
             raise
+        self.inodes.fresh(st)
         node = self._remember(parent, sname, Resolved(up.layer, st, []))
         self.fds.keep(node, real, True)
         node.lookups += 1

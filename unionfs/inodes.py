@@ -2,7 +2,11 @@
 
 Every object gets a number of ours, keyed by the identity (st_dev, st_ino) of the real object that
 shows; a copy-up records the new upper object as an alias of the original, so numbers stay stable
-for the life of the mount, are unique across layers, and hard links share one. A node is forgotten at lookup count 0 (the kernel
+for the life of the mount, are unique across layers, and hard links share one. An object this mount
+creates gets a fresh number even when the upper filesystem reuses the st_ino of one that is gone:
+the kernel may still hold the old one (a process's cwd in a removed directory), and a number it
+holds must never name a new object (it would answer ESTALE, or show the old inode's pages). Numbers
+are never reused, so every generation is 0. A node is forgotten at lookup count 0 (the kernel
 forgets nothing it holds open); the identity map is kept. No FUSE types here; the backing fds are
 ``fdcache``'s.
 """
@@ -81,6 +85,14 @@ class InodeTable:
         ino = self.inos.get(ident)
         if ino is None:
             ino = self.inos[ident] = next(self._next_ino)
+        return ino
+
+    def fresh(self, st: os.stat_result) -> int:
+        """A new number for an object just created: whatever had its (st_dev, st_ino) before is
+        gone, copy-up alias and all, and the kernel may still hold its number."""
+        ident = (st.st_dev, st.st_ino)
+        self.aliases.pop(ident, None)
+        ino = self.inos[ident] = next(self._next_ino)
         return ino
 
     def alias(self, new: Identity, old: os.stat_result) -> None:

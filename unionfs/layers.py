@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from . import whiteout
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ROOT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # a layer given through a symlink is that directory
 _SHORT = 3000  # relative paths below this go to the kernel whole; PATH_MAX is 4096
 
 
@@ -80,7 +81,7 @@ class LayerSet:
         self._lower: dict[tuple[int, str], _LowerDir | None] = {}
         try:
             for path in self.paths:
-                self.fds.append(os.open(path, _DIR))
+                self.fds.append(os.open(path, _ROOT))
         except BaseException:
             self.close()
             raise
@@ -211,7 +212,7 @@ class LayerSet:
         for i, layer in enumerate(dir_layers):
             st = self.lstat(layer, rel)
             if st is not None:
-                if whiteout.is_overlay_whiteout(st) and layer != self.upper:
+                if whiteout.is_overlay_whiteout(st):  # in the upper too: other writers make them
                     break
                 if not stat.S_ISDIR(st.st_mode):
                     if found is None:
@@ -227,8 +228,8 @@ class LayerSet:
         return found
 
     def _names(self, layer: int, rel: str) -> list[tuple[str, bool]]:
-        """(name, is a plain dir/file/symlink) for one layer's directory; upper entries are never
-        overlay whiteouts (this filesystem writes OCI ones)."""
+        """(name, is a plain dir/file/symlink) for one layer's directory. An upper written by
+        others (kernel overlayfs, fuse-overlayfs) may hold overlay whiteouts too."""
         if layer != self.upper:
             info = self._lower_dir(layer, rel)
             return list(info.names.items()) if info else []
@@ -236,7 +237,8 @@ class LayerSet:
             dfd = os.open(name, _DIR, dir_fd=fd)
         try:
             with os.scandir(dfd) as it:
-                return [(item.name, True) for item in it]
+                return [(item.name, item.is_dir(follow_symlinks=False) or item.is_file(follow_symlinks=False)
+                         or item.is_symlink()) for item in it]
         finally:
             os.close(dfd)
 

@@ -8,6 +8,7 @@ made it and has put none there since). Copies are ``copyup``'s.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import stat
 
@@ -15,6 +16,9 @@ from . import whiteout
 from .copyup import remove_entry
 from .inodes import Node
 from .layers import LayerSet, join
+
+_libc = ctypes.CDLL(None, use_errno=True)
+RENAME_EXCHANGE = 2  # renameat2(2)
 
 
 def without_suidgid(mode: int) -> int | None:
@@ -61,6 +65,26 @@ class Upper:
                 return True
             except FileNotFoundError:
                 return False
+
+    def clear_overlay_whiteout(self, rel: str) -> bool:
+        """Remove the overlay whiteout (a 0/0 char device, as kernel overlayfs and fuse-overlayfs
+        write them) at ``rel``, if that is what is there: a name is being made in its place."""
+        with self.layers.at(self.layer, rel) as (fd, name):
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            if not whiteout.is_overlay_whiteout(st):
+                return False
+            os.unlink(name, dir_fd=fd)
+            return True
+
+    def exchange(self, a: str, b: str) -> None:
+        """Swap the upper objects at ``a`` and ``b`` in one step (renameat2 RENAME_EXCHANGE)."""
+        with self.layers.at(self.layer, a) as (afd, an), self.layers.at(self.layer, b) as (bfd, bn):
+            if _libc.renameat2(afd, os.fsencode(an), bfd, os.fsencode(bn), RENAME_EXCHANGE) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), a)
 
     def clear_markers(self, rel: str) -> None:
         """Empty the upper directory ``rel``, which holds only markers (the merged dir is empty)."""
