@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from collections.abc import Sequence
 
@@ -44,7 +45,24 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _open_stdio() -> None:
+    """A closed fd 0, 1 or 2 reads and writes /dev/null (as the zygote's client gives the command):
+    nothing opened later lands there by chance, and ``sys.stdin`` and friends exist."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # fd itself, the lowest free one, but close-on-exec:
+            os.dup2(null, fd)  # a dup2 to itself would keep that flag
+            os.set_inheritable(fd, True)
+            if null != fd:
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _open_stdio()
     try:
         args = parse(argv)
     except ParseError as e:

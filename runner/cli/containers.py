@@ -20,6 +20,7 @@ from store import Store, StoreError
 from .. import cgroups, devices, init, layerdiff, seccomp
 from ..containers import Container, Containers, check_name
 from ..errors import ContainerConflict, NoSuchContainer, RunnerError
+from . import terminal
 from .errors import UsageError
 from .format import ellipsis, human_duration, parse_when, quoted, since, table
 from .parsing import int64
@@ -28,6 +29,7 @@ from .units import effective_cpu_shares, memory_swap, parse_memory
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NETWORKS = ("none", "host")
 HOST_NAME_MAX = 64  # bytes: sethostname(2) refuses more
+NOT_A_TTY = "the input device is not a TTY"  # Docker's words (exit 1) for -it with stdin from a pipe or file
 
 
 def _containers(store: Store) -> Containers:
@@ -154,6 +156,9 @@ def _start_detached(store: Store, container: Container) -> tuple[int, str]:
 def cmd_run(store: Store, args: argparse.Namespace) -> int:
     from ..supervisor import Attach, run_attached
 
+    if args.tty and args.interactive and not os.isatty(0):  # keys to a pty that will never see EOF: refused
+        print(NOT_A_TTY, file=sys.stderr)
+        return 1
     if args.name is not None:
         check_name(args.name)  # before the image is looked up, as Docker's CLI checks flags first
     cid = secrets.token_hex(32)
@@ -448,8 +453,53 @@ def cmd_rm(store: Store, args: argparse.Namespace) -> int:
     return status
 
 
+def _exec_env(cfg: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The container's environment, then TERM for -t, then -e (NAME alone: this one's value, if set)."""
+    env = list(cfg["Env"])
+    for item in (["TERM=xterm"] if args.tty else []) + list(args.env or []):
+        key = item.split("=", 1)[0]
+        if "=" not in item:
+            if key not in os.environ:
+                continue
+            item = f"{key}={os.environ[key]}"
+        env = [e for e in env if e.split("=", 1)[0] != key] + [item]
+    return env
+
+
+def _joined(spec: dict[str, Any], stdio: tuple[int, int, int] | None, detach: bool, close: list[int]) -> int:
+    """Fork the process that joins the container (``init.join``, with ``stdio`` as its fds 0-2, and
+    none of ``close``); with ``detach``, a grandchild in its own session that nothing waits for.
+    Returns the pid to wait for."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()  # this process is single-threaded: its fork may join the container's namespaces
+    if pid:
+        return pid
+    code = 126
+    try:
+        if stdio is not None:
+            for target, fd in enumerate(stdio):
+                os.dup2(fd, target)
+        for fd in close:
+            os.close(fd)
+        if detach:
+            os.setsid()
+            if os.fork():
+                code = 0
+                return 0
+        code = init.join(spec)
+    finally:
+        os._exit(code)
+
+
 def cmd_exec(store: Store, args: argparse.Namespace) -> int:
+    """Docker's exec: stdin only with -i, a pty with -t (from the container's own /dev/pts), -d
+    leaves the command running and returns once it has started."""
     from ..supervisor import container_filter
+
+    if args.tty and args.interactive and not os.isatty(0):
+        print(NOT_A_TTY, file=sys.stderr)
+        return 1
     _check_env(args.env or [])
     c = _containers(store).get(args.container)
     state = c.state()
@@ -457,25 +507,44 @@ def cmd_exec(store: Store, args: argparse.Namespace) -> int:
         raise ContainerConflict(f"Container {c.id} is not running")
     cfg = c.config["Config"]
     status_r, status_w = os.pipe()
-    spec = {"pid": state["Pid"], "args": args.command, "env": cfg["Env"] + list(args.env or []),
+    spec = {"pid": state["Pid"], "args": args.command, "env": _exec_env(cfg, args),
             "cwd": args.workdir or cfg["WorkingDir"] or "/", "user": args.user or cfg["User"] or "0",
-            "tty": False, "status_fd": status_w, "seccomp": container_filter(c.config),
+            "tty": bool(args.tty and not args.detach), "status_fd": status_w, "seccomp": container_filter(c.config),
             "cgroup_procs": cgroups.load(c.config["Cgroup"]["Version"], c.id).procs_files()}
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()  # this process is single-threaded: its fork may join the container's namespaces
-    if pid == 0:
-        code = 126
-        try:
-            os.close(status_r)
-            code = init.join(spec)
-        finally:
-            os._exit(code)
-    os.close(status_w)
-    with os.fdopen(status_r, "rb") as f:
-        report = f.read().decode(errors="replace").splitlines()
-    _, status = os.waitpid(pid, 0)
-    code = init.exit_code(status)
+    opened = [status_r, status_w]
+    master = None
+    try:
+        if args.detach:
+            null = os.open(os.devnull, os.O_RDWR)
+            opened.append(null)
+            stdio: tuple[int, int, int] | None = (null, null, null)
+        elif args.tty:
+            master, slave = terminal.container_pty(state["Pid"])
+            opened += [master, slave]
+            stdio = (slave, slave, slave)
+        elif not args.interactive:
+            null = os.open(os.devnull, os.O_RDONLY)
+            opened.append(null)
+            stdio = (null, 1, 2)
+        else:
+            stdio = None  # the client's own stdin, stdout and stderr
+        pid = _joined(spec, stdio, args.detach, [status_r] + ([master] if master is not None else []))
+        for fd in opened[1:]:
+            if fd != master:
+                os.close(fd)
+        opened = [status_r] + ([master] if master is not None else [])
+        if master is not None:
+            pidfd = os.pidfd_open(pid)
+            opened.append(pidfd)
+            with terminal.raw(0 if args.interactive else None), terminal.following_size(1, master):
+                terminal.relay(master, 0 if args.interactive else None, 1, pidfd)
+        with os.fdopen(os.dup(status_r), "rb") as f:
+            report = f.read().decode(errors="replace").splitlines()
+        _, status = os.waitpid(pid, 0)
+    finally:
+        for fd in opened:
+            os.close(fd)
+    code = 0 if args.detach else init.exit_code(status)
     for line in report:
         if line.startswith("error "):
             _, failed, message = line.split(" ", 2)
@@ -627,9 +696,15 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("exec", help="run a command in a running container")
-    p.add_argument("-e", "--env", action="append")
-    p.add_argument("-w", "--workdir")
-    p.add_argument("-u", "--user")
-    p.add_argument("container")
-    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.add_argument("-d", "--detach", action="store_true", help="run the command in the background; print nothing")
+    p.add_argument("-i", "--interactive", action="store_true", help="keep STDIN open and attach it to the command")
+    p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-TTY (/dev/pts/N in the container)")
+    p.add_argument("-e", "--env", action="append", metavar="NAME[=VALUE]",
+                   help="set an environment variable (NAME alone: its value here); repeatable")
+    p.add_argument("-w", "--workdir", metavar="DIR", help="working directory in the container (default: the "
+                                                         "container's)")
+    p.add_argument("-u", "--user", metavar="USER[:GROUP]", help="user name or uid, maybe with a group (default: "
+                                                               "the container's user)")
+    p.add_argument("container", help="the container: a name or an id (prefix)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
     p.set_defaults(func=cmd_exec)

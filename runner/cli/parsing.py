@@ -6,8 +6,8 @@
 usage block and exiting 2; ``main`` prints it and exits 125, as Docker does for any usage error.
 ``--help`` is argparse's own.
 
-*Caveats*: argparse still takes unambiguous abbreviations of long flags (``--al`` for ``--all``),
-which Docker's CLI does not.
+No abbreviations: ``--na x`` is an unknown flag, not ``--name x`` (argparse's ``allow_abbrev`` is off,
+as Docker's CLI takes only the flags it defines); short flags still cluster (``-it``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class FlagValueError(argparse.ArgumentTypeError):
 
 class Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         # the innermost verb's defaults win (argparse copies a subparser's namespace over its parent's),
         # so after parsing ``_prog`` names the verb whose --help to point at
