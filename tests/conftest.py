@@ -91,3 +91,23 @@ def rootdir(tmp_path, full_busybox):
             leftover = [d for d in os.listdir(cg) if os.path.isdir(os.path.join(cg, d)) and
                         os.path.isdir(os.path.join(containers, d))]
             assert leftover == []
+
+
+@pytest.fixture(scope="session")
+def rootless(request):
+    """A throwaway unprivileged user that runs strata (tests/rootless_support.py): created for the
+    session, removed with everything it left at the end. Needs root."""
+    import contextlib
+
+    from rootless_support import rootless_user
+
+    if os.geteuid() != 0:
+        pytest.skip("the rootless tests create a user: run them as root")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+
+    def log(message):  # shown as it happens (a cold venv build takes a while), not captured
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            print(message, file=sys.stderr, flush=True)
+
+    with rootless_user(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), log) as user:
+        yield user
