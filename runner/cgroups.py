@@ -230,13 +230,79 @@ class V2(Cgroup):
         return self._oom_kills(os.path.join(self.dir, "memory.events"))
 
 
+class NoCgroup(Cgroup):
+    """A rootless container's stand-in where the user has no cgroup of its own to manage (v1, or v2
+    without delegation): no limits, no device list (the user namespace keeps host devices out), and
+    its members are the processes of PID 1's PID namespace (``pid``), all of which die with PID 1."""
+
+    version = 0
+
+    def __init__(self, name: str, pid: int = 0) -> None:
+        super().__init__(name)
+        self.pid = pid
+
+    def dirs(self) -> list[str]:
+        return []
+
+    def create(self, device_rules: list[DeviceRule] | None = None) -> None:
+        pass
+
+    def limit(self, cpu_shares: int | None, memory: int | None) -> None:
+        if cpu_shares or memory:
+            raise RunnerError("this rootless host delegates no cgroup to you: --cpu-shares and -m cannot be "
+                              "enforced")
+
+    def oom_killed(self) -> bool:
+        return False
+
+    def freeze(self, frozen: bool) -> None:
+        raise RunnerError("this rootless host delegates no cgroup to you: cannot pause the container")
+
+    def thaw(self) -> None:
+        pass
+
+    def pids(self) -> list[int]:
+        try:
+            ns = os.stat(f"/proc/{self.pid}/ns/pid").st_ino if self.pid else None
+        except OSError:
+            return []
+        if ns is None or ns == os.stat("/proc/self/ns/pid").st_ino:  # gone, its pid reused: not a container
+            return []
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.stat(f"/proc/{entry}/ns/pid").st_ino == ns:
+                        found.append(int(entry))
+                except OSError:
+                    continue
+        return sorted(found)
+
+    def kill_all(self) -> None:
+        if self.pid and self.pids():  # PID 1 takes its namespace with it
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def remove(self) -> None:
+        pass
+
+
 def for_host(name: str, root: str = "/sys/fs/cgroup") -> Cgroup:
-    """v2 when the root is a unified hierarchy with cpu and memory; else v1 (hybrid hosts too)."""
+    """v2 when the root is a unified hierarchy with cpu and memory; else v1 (hybrid hosts too). An
+    ordinary user gets none (``NoCgroup``): delegated v2 subtrees are not used yet."""
+    if os.geteuid() != 0:
+        return NoCgroup(name)
     controllers = os.path.join(root, "cgroup.controllers")
     if os.path.exists(controllers) and {"cpu", "memory"} <= set(_read(controllers).split()):
         return V2(name, root)
     return V1(name, root)
 
 
-def load(version: int, name: str, root: str = "/sys/fs/cgroup") -> Cgroup:
+def load(version: int, name: str, root: str = "/sys/fs/cgroup", pid: int = 0) -> Cgroup:
+    """The group a container was created with (``version`` 0: none; its members then are those of
+    PID 1's PID namespace, ``pid``)."""
+    if version == 0:
+        return NoCgroup(name, pid)
     return V2(name, root) if version == 2 else V1(name, root)

@@ -92,6 +92,16 @@ class Container:
         return os.path.join(self.dir, *parts)
 
     def state(self) -> dict[str, Any]:
+        """The recorded state, and the truth where it differs: a starting or running container
+        whose supervisor is gone is exited."""
+        state = self.recorded()
+        if state.get("Status") in ("starting", "running") and not self.supervised():
+            state.update(Status="exited", Running=False, Pid=0, ExitCode=255,
+                         Error=state.get("Error") or "the container's supervisor died")
+        return state
+
+    def recorded(self) -> dict[str, Any]:
+        """``state.json`` as the supervisor last wrote it."""
         state: dict[str, Any] = {"Status": "created", "Running": False, "Pid": 0, "ExitCode": 0, "OOMKilled": False,
                                  "StartedAt": "0001-01-01T00:00:00Z", "FinishedAt": "0001-01-01T00:00:00Z",
                                  "Error": ""}
@@ -105,9 +115,6 @@ class Container:
             except ValueError:  # read while the next state was written into this inode: read again
                 if attempt == 2:  # an unsynced state cut short by a crash of the host: nothing runs now
                     state.update(Status="exited", ExitCode=255, Error="the container's state was lost in a crash")
-        if state.get("Status") in ("starting", "running") and not self.supervised():
-            state.update(Status="exited", Running=False, Pid=0, ExitCode=255,
-                         Error=state.get("Error") or "the container's supervisor died")
         return state
 
     def supervised(self) -> bool:
@@ -206,8 +213,8 @@ class Container:
             except ContainerConflict:
                 pass
             return
-        state = self.state()
-        cg = cgroups.load(self.config["Cgroup"]["Version"], self.id)
+        state = self.recorded()
+        cg = cgroups.load(self.config["Cgroup"]["Version"], self.id, pid=state.get("Pid", 0))
         cg.thaw()  # a frozen (v1) process keeps a SIGKILL pending until it is thawed
         cg.kill_all()
         union = state.get("UnionPid", 0)
@@ -226,7 +233,7 @@ class Container:
 
     def leftovers(self) -> str:
         """What of an earlier run is still there (processes in the cgroup, a mount), or ''."""
-        cg = cgroups.load(self.config["Cgroup"]["Version"], self.id)
+        cg = cgroups.load(self.config["Cgroup"]["Version"], self.id, pid=self.recorded().get("Pid", 0))
         if cg.pids():
             return "processes of an earlier run are still in its cgroup"
         if mountinfo.mounts_at(self.path("merged")):

@@ -138,7 +138,8 @@ def _drop_privileges(spec: dict[str, Any]) -> None:
                     raise
     uid, gid, groups = _lookup_user(spec.get("user") or "0")
     death = sc.parent_death_signal()
-    os.setgroups(groups)
+    if not _setgroups_denied():  # (a user namespace with one id: there are no groups to set)
+        os.setgroups(groups)
     os.setgid(gid)
     os.setuid(uid)
     if death:  # a change of uid clears it (prctl(2)): PID 1 must still die with runner.init
@@ -147,6 +148,14 @@ def _drop_privileges(spec: dict[str, Any]) -> None:
         sc.capset(_cap_mask(caps.get("effective", list(DEFAULT_CAPS))) & keep)
     if spec.get("no_new_privs", True):
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _setgroups_denied() -> bool:
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() == "deny"
+    except OSError:
+        return False
 
 
 def _find(cmd: str, env: list[str]) -> str:
@@ -210,6 +219,22 @@ def _child(status_fd: int, setup_failure: int, steps: Callable[[], None]) -> NoR
     except OSError as e:
         _report(status_fd, f"error {setup_failure} container set-up failed: {e}")
         os._exit(setup_failure)
+
+
+def _enter_user_namespace(config: dict[str, Any]) -> None:
+    """A new user namespace for this process, in which the config's single mappings make the
+    caller's own uid and gid root (an ordinary user may write those itself, with setgroups denied)."""
+    linux = config.get("linux") or {}
+    maps = []
+    for key, own in (("uidMappings", os.getuid()), ("gidMappings", os.getgid())):
+        entries = linux.get(key) or []
+        if len(entries) != 1 or entries[0].get("hostID") != own or entries[0].get("size") != 1:
+            raise OSError(errno.EINVAL, f"{key}: only one mapping of the caller's own id is supported yet")
+        maps.append(f"{entries[0].get('containerID', 0)} {own} 1\n")
+    sc.unshare(sc.CLONE_NEWUSER)
+    for name, text in (("setgroups", "deny"), ("uid_map", maps[0]), ("gid_map", maps[1])):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
 
 
 def _namespaces(config: dict[str, Any]) -> set[str]:
@@ -306,8 +331,15 @@ def create(spec: dict[str, Any], go_fd: int) -> int:
     status_fd = spec["status_fd"]
     os.set_inheritable(status_fd, False)
     cgroup_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in spec.get("cgroup_procs", [])]
+    namespaces = _namespaces(spec["config"])
+    if "user" in namespaces:  # first: the namespaces made after it are its own, and so are their mounts
+        try:
+            _enter_user_namespace(spec["config"])
+        except OSError as e:
+            _report(status_fd, f"error 125 cannot make the container's user namespace: {e}")
+            return 125
     flags = 0  # the mount and cgroup namespaces: PID 1's, later
-    for kind in _namespaces(spec["config"]):
+    for kind in namespaces:
         flags |= _NAMESPACE_FLAGS.get(kind, 0)
     sc.unshare(flags)
     joined_r, joined_w = os.pipe()
@@ -338,7 +370,9 @@ def join(spec: dict[str, Any]) -> int:
     # opened before entering the container's mount namespace, where the host's cgroupfs is not mounted
     cgroup_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in spec.get("cgroup_procs", [])]
     fds = []
-    for ns in ("ipc", "uts", "net", "pid", "cgroup", "mnt"):
+    # a rootless container's user namespace first: its other namespaces are its own
+    user = [] if os.stat(f"/proc/{target}/ns/user").st_ino == os.stat("/proc/self/ns/user").st_ino else ["user"]
+    for ns in (*user, "ipc", "uts", "net", "pid", "cgroup", "mnt"):
         fds.append(os.open(f"/proc/{target}/ns/{ns}", os.O_RDONLY))
     for fd in fds:
         sc.setns(fd)

@@ -71,15 +71,14 @@ def _umask() -> int:
     return mask
 
 
-def _stdio() -> list[int]:
-    fds = []
+def _fill_closed_stdio() -> None:
+    """A closed fd 0, 1 or 2 gets /dev/null (the command sees what it would have), before anything
+    else can take that number: the zygote's socket would otherwise become the command's stdin."""
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)
-            fds.append(fd)
-        except OSError:  # closed: the command gets /dev/null there, as it would have
-            fds.append(os.open(os.devnull, os.O_RDWR))
-    return fds
+        except OSError:
+            os.set_inheritable(os.open(os.devnull, os.O_RDWR), True)  # the lowest free number: this one
 
 
 def _read_line(sock: object) -> str:
@@ -112,7 +111,7 @@ def via_zygote(argv: list[str]) -> int | None:
     except OSError:  # e.g. a cwd that was removed: the command itself reports it, in this process
         sock.close()
         return None
-    fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in _stdio())
+    fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in [0, 1, 2])
     try:
         sent = sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
         if sent < len(request):  # sendall sends even nothing: to a zygote that has answered and hung up, EPIPE
@@ -205,6 +204,7 @@ def start_zygote(directory: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    _fill_closed_stdio()
     if os.environ.get("STRATA_NO_ZYGOTE") != "1":
         code = via_zygote(args)
         if code is not None:

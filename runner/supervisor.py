@@ -186,7 +186,7 @@ class Supervisor:
             self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options,
                                     parent_death=signal.SIGTERM)
             resources = self.bundle["linux"]["resources"]
-            self.cgroup.create(resources["devices"])
+            self.cgroup.create(resources.get("devices"))
             self.cgroup.limit((resources.get("cpu") or {}).get("shares"), (resources.get("memory") or {}).get("limit"))
             self._fork_init()
         except (UnionError, OSError, RuntimeError, RunnerError) as e:
@@ -232,7 +232,8 @@ class Supervisor:
         """The container's OCI bundle, ``bundle/config.json``: what ``runner.init`` runs (written at
         each start, as Docker's daemon writes its spec for containerd)."""
         config = oci_spec.for_container(self.config, self.c.path("merged"),
-                                        {n: self.c.path(n) for n in ("hostname", "hosts", "resolv.conf")})
+                                        {n: self.c.path(n) for n in ("hostname", "hosts", "resolv.conf")},
+                                        rootless=(os.getuid(), os.getgid()) if os.geteuid() else None)
         oci_spec.check(config)
         os.makedirs(self.c.path("bundle"), exist_ok=True)
         write_json(self.c.path("bundle", "config.json"), config, durable=False)
@@ -383,6 +384,8 @@ class Supervisor:
                 first = await _read_line(status)
                 if first.startswith("pid "):
                     self.pid = int(first.split()[1])
+                    if isinstance(self.cgroup, cgroups.NoCgroup):  # its members: PID 1's namespace
+                        self.cgroup.pid = self.pid
                 elif first.startswith("error "):  # PID 1 never got as far as the cgroup
                     await helper.wait()
                     _, failed_code, message = first.split(" ", 2)

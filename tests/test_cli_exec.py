@@ -114,12 +114,7 @@ def test_run_it_on_a_terminal_works(rootdir):
 
 
 @needs_root
-@pytest.mark.parametrize("zygote", [
-    False,
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=(
-        "runner/launch.py makes the zygote socket before it reopens a closed fd 0, so the socket becomes "
-        "the command's stdin: open /dev/null on closed fds 0-2 before the socket (see issue 25's report)"))),
-])
+@pytest.mark.parametrize("zygote", [False, True])
 def test_a_closed_stdin_never_hangs_the_client(running, zygote):
     env = {} if zygote else {"STRATA_NO_ZYGOTE": "1"}
     for args in (("run", "--rm", "-i", "bb", "cat"), ("run", "--rm", "bb", "cat"), ("run", "--rm", "-t", "bb", "true"),

@@ -36,7 +36,7 @@ def rootfs(rootless, scratch):
     for d in ("bin", "etc", "tmp"):
         os.makedirs(os.path.join(path, d))
     shutil.copy(busybox, os.path.join(path, "bin", "busybox"))
-    for applet in ("sh", "ls", "cat", "true"):
+    for applet in ("sh", "ls", "cat", "true", "sleep", "id", "hostname", "grep", "touch", "head"):
         os.symlink("busybox", os.path.join(path, "bin", applet))
     with open(os.path.join(path, "etc", "hostname"), "w") as f:
         f.write("strata\n")
@@ -170,10 +170,25 @@ def test_rootless_cannot_use_roots_store(rootless, scratch, rootfs, roots_store,
     assert mounts_below([roots_store]) == []
 
 
-@pytest.mark.xfail(strict=True, reason="runner user namespaces: in progress")
-def test_rootless_run_true(rootless, store):
-    res = rootless.strata(store, "run", "--rm", IMAGE, "true", check=False)
-    assert res.code == 0, res.err
+def test_rootless_containers_run_exec_stop_and_go(rootless, store):
+    """The user is root in a user namespace of its own (one id: itself), with the same fences; exec
+    joins that namespace; stop and rm work without any cgroup."""
+    res = rootless.strata(store, "run", "--rm", "--hostname", "box", IMAGE, "sh", "-c",
+                          "id -u; cat /proc/self/uid_map; hostname; grep -c . /proc/self/status >/dev/null; "
+                          "touch /sys/x 2>&1 | head -1; grep Seccomp: /proc/self/status; exit 3",
+                          check=False)
+    assert res.code == 3, res.err
+    out = res.out.splitlines()
+    assert out[0] == "0" and out[1].split() == ["0", str(rootless.uid), "1"] and out[2] == "box"
+    assert "Read-only file system" in out[3] and out[4].split() == ["Seccomp:", "2"]
+    cid = rootless.strata(store, "run", "-d", "--name", "bg", IMAGE, "sleep", "1000").out.strip()
+    assert len(cid) == 64 and "bg" in rootless.strata(store, "ps").out
+    assert rootless.strata(store, "exec", "bg", "sh", "-c", "id -u; echo $$").out.split()[0] == "0"
+    rootless.strata(store, "stop", "-t", "1", "bg")
+    state = json.loads(rootless.strata(store, "inspect", "bg").out)[0]["State"]
+    assert (state["Status"], state["ExitCode"]) == ("exited", 137)
+    rootless.strata(store, "rm", "bg")
+    assert rootless.strata(store, "ps", "-aq").out == ""
 
 
 @pytest.mark.xfail(strict=True, reason="runner user namespaces: in progress")

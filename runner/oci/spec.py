@@ -35,42 +35,50 @@ def _mount(destination: str, kind: str, source: str, options: list[str]) -> dict
     return {"destination": destination, "type": kind, "source": source, "options": options}
 
 
-def default_mounts(host_network: bool = False) -> list[dict[str, Any]]:
+def default_mounts(host_network: bool = False, tty_group: bool = True) -> list[dict[str, Any]]:
     """Docker's: proc, a tmpfs /dev with its own devpts, shm and mqueue, a read-only /sys (the host's,
     bound, when the container shares the host's network namespace: a new sysfs would show the wrong
-    one)."""
+    one). ``tty_group``: the devpts instance gives its ptys group 5 (not where gid 5 is unmapped)."""
     sys_mount = (_mount("/sys", "bind", "/sys", ["rbind", "ro", "nosuid", "nodev", "noexec"]) if host_network
                  else _mount("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", "ro"]))
     return [
         _mount("/proc", "proc", "proc", ["nosuid", "noexec", "nodev"]),
         _mount("/dev", "tmpfs", "tmpfs", ["nosuid", "strictatime", "mode=755", "size=65536k"]),
         _mount("/dev/pts", "devpts", "devpts", ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620",
-                                                 "gid=5"]),
+                                                 *(["gid=5"] if tty_group else [])]),
         sys_mount,
         _mount("/dev/mqueue", "mqueue", "mqueue", ["nosuid", "noexec", "nodev"]),
         _mount("/dev/shm", "tmpfs", "shm", ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
     ]
 
 
-def for_container(config: dict[str, Any], rootfs: str, etc_files: dict[str, str]) -> dict[str, Any]:
+def for_container(config: dict[str, Any], rootfs: str, etc_files: dict[str, str],
+                  rootless: tuple[int, int] | None = None) -> dict[str, Any]:
     """The config.json of a strata container: ``config`` is its record (``runner.containers``),
     ``rootfs`` its union's mountpoint, ``etc_files`` the host files bound over /etc/hostname, hosts
-    and resolv.conf."""
+    and resolv.conf. ``rootless``: the (uid, gid) of the ordinary user who runs it, which become root
+    in a user namespace of its own (one id each, for now); no cgroup, no device list (the kernel
+    keeps a user namespace away from host devices)."""
     cfg, hc = config["Config"], config["HostConfig"]
     host_network = hc["NetworkMode"] == "host"
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")]
     if not host_network:
         namespaces.append({"type": "network"})
-    resources: dict[str, Any] = {"devices": devices.rules_with(config.get("DeviceRules", []))}
-    if hc.get("Memory"):
+    resources: dict[str, Any] = {} if rootless else {"devices": devices.rules_with(config.get("DeviceRules", []))}
+    if hc.get("Memory") and not rootless:  # (rootless: the CLI has said they cannot be enforced)
         resources["memory"] = {"limit": hc["Memory"], "swap": hc.get("MemorySwap") or 2 * hc["Memory"]}
-    if hc.get("CpuShares"):
+    if hc.get("CpuShares") and not rootless:
         resources["cpu"] = {"shares": hc["CpuShares"]}
     linux: dict[str, Any] = {
         "namespaces": namespaces, "resources": resources, "devices": config.get("LinuxDevices", []),
         "maskedPaths": list(MASKED_PATHS), "readonlyPaths": list(READONLY_PATHS),
-        "cgroupsPath": f"strata/{config['Id']}",
     }
+    if rootless:
+        namespaces.append({"type": "user"})
+        linux["uidMappings"] = [{"containerID": 0, "hostID": rootless[0], "size": 1}]
+        linux["gidMappings"] = [{"containerID": 0, "hostID": rootless[1], "size": 1}]
+    else:
+        linux["cgroupsPath"] = f"strata/{config['Id']}"
     profile = seccomp.load_profile(None) if config.get("Seccomp", "default") == "default" else config.get("Seccomp")
     if isinstance(profile, dict):
         linux["seccomp"] = seccomp.resolve(profile, set(DEFAULT_CAPS))
@@ -88,7 +96,7 @@ def for_container(config: dict[str, Any], rootfs: str, etc_files: dict[str, str]
         },
         "root": {"path": rootfs, "readonly": False},
         "hostname": cfg["Hostname"],
-        "mounts": default_mounts(host_network) + [
+        "mounts": default_mounts(host_network, tty_group=not rootless) + [
             _mount(f"/etc/{name}", "bind", path, ["rbind", "rprivate"]) for name, path in etc_files.items()],
         "linux": linux,
         "annotations": annotations,
@@ -107,7 +115,7 @@ SUPPORTED = {
     "process": {"terminal", "consoleSize", "args", "env", "cwd", "user", "capabilities", "noNewPrivileges",
                 "rlimits", "oomScoreAdj"},
     "linux": {"namespaces", "resources", "devices", "maskedPaths", "readonlyPaths", "cgroupsPath", "seccomp",
-              "rootfsPropagation", "sysctl"},
+              "rootfsPropagation", "sysctl", "uidMappings", "gidMappings"},
 }
 
 
