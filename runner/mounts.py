@@ -41,6 +41,14 @@ def _mounted(path: str) -> bool:
     return any(fstype == "fuse.unionfs" for _, fstype in mountinfo.mounts_at(path))
 
 
+def check_fuse_device(device: str = "/dev/fuse") -> None:
+    """An ordinary user mounts through fusermount3, which needs /dev/fuse open to it (libfuse gives up
+    with no reason otherwise): say so, in one line, before anything is made."""
+    if os.geteuid() != 0 and not os.access(device, os.R_OK | os.W_OK):
+        raise RunnerError(f"cannot use {device}: permission denied (a union mount as an ordinary user needs it "
+                          "open to you: mode 0666, most distributions' default)")
+
+
 class ImageMounts:
     def __init__(self, root: str) -> None:
         self.dir = os.path.join(root, "mounts")
@@ -110,6 +118,7 @@ class ImageMounts:
         from unionfs.errors import UnionError  # trio and pyfuse3 load only for commands that mount
         from unionfs.mount import fork_serve
 
+        check_fuse_device()
         try:
             pid, ready = fork_serve(mountpoint, lowers)
         except UnionError as e:

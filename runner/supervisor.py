@@ -39,6 +39,7 @@ from . import cgroups, init, seccomp
 from . import syscalls as sc
 from .containers import Container, Containers, start_time
 from .errors import RunnerError
+from .mounts import check_fuse_device
 from .oci import spec as oci_spec
 
 
@@ -181,6 +182,7 @@ class Supervisor:
             c.reclaim(locked=True)  # an earlier supervisor that died may have left its processes, mount
             if leftover := c.leftovers():
                 raise RuntimeError(f"cannot start a second instance of container {c.id}: {leftover}")
+            check_fuse_device()
             self._write_etc()
             self.bundle = self._write_bundle()
             self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options,

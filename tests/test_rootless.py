@@ -201,3 +201,24 @@ def test_rootless_run_maps_the_subuid_range(rootless, store):
     expected[0][1] = str(rootless.gid)
     res = rootless.strata(store, "run", "--rm", IMAGE, "cat", "/proc/self/gid_map", check=False)
     assert [line.split() for line in res.out.splitlines()] == expected
+
+
+def test_rootless_without_fuse_says_what_is_missing(rootless, store):
+    """/dev/fuse closed to the user (mode 0600, as Debian's may be changed to): run and mount fail in
+    one line that names it, and leave nothing behind."""
+    mode = os.stat("/dev/fuse").st_mode
+    os.chmod("/dev/fuse", 0o600)
+    try:
+        for args in (("run", "--rm", IMAGE, "true"), ("run", "--name", "kept", IMAGE, "true"), ("mount", IMAGE)):
+            res = rootless.strata(store, *args, check=False)
+            assert res.code != 0 and len(res.err.strip().splitlines()) == 1, res.err
+            assert "/dev/fuse" in res.err, res.err
+        assert rootless.strata(store, "ps", "-aq").out == "" and mounts_below([store]) == []
+    finally:
+        os.chmod("/dev/fuse", stat.S_IMODE(mode))
+
+
+def test_rootless_limits_that_cannot_be_enforced_are_said_once(rootless, store):
+    res = rootless.strata(store, "run", "--rm", "-m", "64m", "--cpu-shares", "512", IMAGE, "true", check=False)
+    assert res.code == 0, res.err
+    assert res.err.count("\n") == 1 and res.err.startswith("WARNING: ") and "cgroup" in res.err

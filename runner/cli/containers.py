@@ -107,6 +107,9 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
     chain = store.images.chain(image_id)
     lowers = [store.layers.diff_dir(c) for c in reversed(chain)]
     cg = cgroups.for_host(cid)
+    if not cg.version and (memory or cpu_shares):  # rootless without a delegated cgroup: as rootless podman
+        print("WARNING: no cgroup is delegated to you: --memory and --cpu-shares are not enforced", file=sys.stderr)
+        memory = cpu_shares = 0
     return {
         "Image": image_id, "ImageRef": args.image, "Command": command,
         "Path": command[0], "Args": command[1:],
