@@ -28,12 +28,21 @@ _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 _HEXPREFIX = re.compile(r"^(?:sha256:)?[0-9a-f]{1,64}$")
 
 
-def parse_ref(ref: str) -> tuple[str, str]:
-    """``name[:tag]`` -> (name, tag); the tag defaults to ``latest`` as in Docker."""
-    for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/", "index.docker.io/"):
-        if ref.startswith(prefix):  # Docker's familiar form: docker.io/library/busybox -> busybox
+def familiar(ref: str) -> str:
+    """Docker's familiar form of a reference (its ``FamiliarString``): ``docker.io/library/busybox``,
+    ``library/busybox`` and ``docker.io/busybox`` are all ``busybox``; ``docker.io/you/app`` is ``you/app``."""
+    for prefix in ("docker.io/", "index.docker.io/"):
+        if ref.startswith(prefix):
             ref = ref[len(prefix):]
             break
+    if ref.startswith("library/") and "/" not in ref[len("library/"):]:  # only official images are library/
+        ref = ref[len("library/"):]
+    return ref
+
+
+def parse_ref(ref: str) -> tuple[str, str]:
+    """``name[:tag]`` -> (name, tag), in the familiar form; the tag defaults to ``latest`` as in Docker."""
+    ref = familiar(ref)
     name, tag = ref, "latest"
     slash = ref.rfind("/")
     colon = ref.rfind(":")

@@ -182,9 +182,10 @@ class RegistrySource(Source):
 
 def push_image(client: Client, repo: str, tag: str, config: bytes,
                layers: list[tuple[str, str, int, Callable[[], BinaryIO]]],
-               progress: Callable[[int], None] | None = None) -> str:
+               progress: Callable[[str, int], None] | None = None) -> str:
     """Upload ``layers`` ((digest, media type, size, opener) each, bottom first) and ``config``, then
-    the manifest under ``tag``. Returns the manifest's digest."""
+    the manifest under ``tag``; ``progress(digest, size)`` once each blob is there (sent or found).
+    Returns the manifest's digest."""
     config_digest = sha256_bytes(config)
     blobs: list[tuple[str, int, Callable[[], BinaryIO]]] = [
         (d, size, opener) for d, _media, size, opener in layers]
@@ -205,7 +206,7 @@ def push_image(client: Client, repo: str, tag: str, config: bytes,
                                               "Content-Length": str(size)})
             put.close()
         if progress:
-            progress(size)
+            progress(digest, size)
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
         "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest, "size": len(config)},

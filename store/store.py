@@ -32,7 +32,9 @@ from .save import SaveItem, write_archive
 from .sources import Source, open_source
 from .tarwrite import write_tree
 
-Progress = Callable[[int, int], None]  # (bytes done, bytes total; 0 when unknown)
+# (item, bytes done, bytes total; 0 when unknown). An item is one layer (its blob's or diff_id's first 12
+# hex digits) or one whole transfer ("import", "save"); a layer that is already here is not reported.
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -56,13 +58,17 @@ class TreeNode:
 
 
 class _Counter:
-    def __init__(self, progress: Progress | None, total: int) -> None:
-        self.progress, self.total, self.done = progress, total, 0
+    """Bytes of one item so far, told to ``progress`` as they come (the caller decides how often to draw)."""
+
+    def __init__(self, progress: Progress | None, total: int, item: str) -> None:
+        self.progress, self.total, self.done, self.item = progress, total, 0, item
+        if progress:
+            progress(item, 0, total)
 
     def __call__(self, n: int) -> None:
         self.done += n
         if self.progress:
-            self.progress(self.done, self.total)
+            self.progress(self.item, self.done, self.total)
 
 
 class Store:
@@ -122,16 +128,19 @@ class Store:
             info = self.layers.info(chain)
             layers.append((info.blob, info.media_type, info.blob_size,
                            partial(open, self.blobs.path(info.blob), "rb")))
-        count = _Counter(progress, sum(size for _, _, size, _ in layers) + len(config))
-        return tag, push_image(Client(host), repo, tag, config, layers, count)  # type: ignore[arg-type]
+        counts = {digest: _Counter(progress, size, hex_of(digest)[:12]) for digest, _, size, _ in layers}
+
+        def pushed(digest: str, size: int) -> None:
+            if digest in counts:
+                counts[digest](size)
+
+        return tag, push_image(Client(host), repo, tag, config, layers, pushed)  # type: ignore[arg-type]
 
     def _add_from(self, txn: Transaction, source: Source, progress: Progress | None) -> tuple[list[str], list[str]]:
         """Stage and publish every image ``source`` holds (load and pull). Returns notes on re-pointed
         tags, and Docker's ``Loaded image`` lines."""
         try:
             plans = plan(source)
-            members = {ref.member for p in plans for ref in p.layers}
-            count = _Counter(progress, sum(source.size(m) for m in members))
             staged: dict[str, StagedLayer] = {}
             learnt: dict[str, str] = {}  # member -> diff_id, for layers without a known diff_id
             configs: list[StagedBlob] = []
@@ -150,7 +159,9 @@ class Store:
                         with source.open(ref.member) as raw:
                             staged[chain] = self.layers.stage(
                                 txn, raw, parent=parent, where=where, diff_id=diff_id,
-                                blob_digest=ref.blob_digest, progress=count,
+                                                blob_digest=ref.blob_digest,
+                                progress=_Counter(progress, source.size(ref.member),
+                                                  hex_of(ref.blob_digest or diff_id)[:12]),
                             )
                     diff_ids.append(diff_id)
                     parent = chain
@@ -196,7 +207,8 @@ class Store:
                 assert raw is not None
                 try:
                     total = os.fstat(raw.fileno()).st_size if src != "-" else 0
-                    layer = self.layers.stage(txn, raw, parent=None, where=src, progress=_Counter(progress, total))
+                    layer = self.layers.stage(txn, raw, parent=None, where=src,
+                                              progress=_Counter(progress, total, "import"))
                 finally:
                     if raw is not stdin:
                         raw.close()
@@ -216,7 +228,7 @@ class Store:
             write_tree(tree, f)
         with open(tar_path, "rb") as raw:
             return self.layers.stage(txn, raw, parent=parent, where=tree,
-                                     progress=_Counter(progress, os.path.getsize(tar_path)))
+                                     progress=_Counter(progress, os.path.getsize(tar_path), "import"))
 
     def _add_image(self, txn: Transaction, layer: StagedLayer, config: dict[str, Any], parent: str | None,
                    tag: str | None) -> str:
@@ -282,7 +294,7 @@ class Store:
 
     def save(self, items: list[SaveItem], out: BinaryIO, progress: Progress | None = None) -> None:
         total = sum(self.layers.info(c).tar_size for item in items for c in set(item.chain))
-        write_archive(items, self.root, self.layers, self.blobs.read, out, _Counter(progress, total))
+        write_archive(items, self.root, self.layers, self.blobs.read, out, _Counter(progress, total, "save"))
 
     # -- tags and removal -------------------------------------------------------------------------
     def tag(self, source: str, target: str) -> None:

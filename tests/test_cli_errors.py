@@ -201,7 +201,7 @@ def test_unknown_flag_is_a_usage_error(rootdir):
            "See 'strata run --help'.")
     _usage(strata(rootdir, "system", "check", "--bogus", check=False), "strata: unknown flag: --bogus",
            "See 'strata system check --help'.")
-    _usage(strata(rootdir, "images", "extra", check=False), "strata: 'strata images' got an unexpected argument: extra",
+    _usage(strata(rootdir, "images", "app", "extra", check=False), "strata: 'strata images' got an unexpected argument: extra",
            "See 'strata images --help'.")
     _no_containers(rootdir)
 

@@ -28,7 +28,7 @@ def test_run_foreground_output_and_exit_code(rootdir):
     res = strata(rootdir, "run", "bb", "/bin/sh", "-c", "echo out; echo err >&2; exit 3", check=False)
     assert (res.code, res.out, res.err) == (3, "out\n", "err\n")
     lines = strata(rootdir, "ps", "-a").out.splitlines()
-    assert len(lines) == 2 and "Exited (3)" in lines[1] and '"/bin/sh -c echo ou…' in lines[1]
+    assert len(lines) == 2 and "Exited (3)" in lines[1] and '"/bin/sh -c echo out…"' in lines[1]
 
 
 def test_container_sees_its_own_world(rootdir):

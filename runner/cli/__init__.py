@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from store import Store, StoreError
 
 from ..errors import RunnerError
-from . import containers, images
+from . import containers, images, version
 from .errors import ParseError, UsageError
 from .parsing import Parser, unrecognized
 
@@ -30,11 +30,14 @@ def parser() -> argparse.ArgumentParser:
     """Built once per process (about 10 ms: argparse looks up translations for every string); the
     zygote builds it before it forks, so the commands it runs find it ready."""
     parser = Parser(prog="strata", description="Images, union mounts and containers.")
-    parser.add_argument("--root", help="store root (default $STRATA_ROOT, /var/lib/strata for root, "
-                                       "else $XDG_DATA_HOME/strata)")
+    parser.add_argument("--root", metavar="DIR", help="store root (default $STRATA_ROOT, /var/lib/strata for "
+                                                      "root, else $XDG_DATA_HOME/strata)")
+    parser.add_argument("-v", "--version", action="version", version=f"strata version {version.strata_version()}",
+                        help="print strata's version and exit (strata version: more)")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True, parser_class=Parser)
     images.add_parsers(sub)
     containers.add_parsers(sub)
+    version.add_parsers(sub)
     return parser
 
 

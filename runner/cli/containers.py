@@ -20,7 +20,7 @@ from store import Store, StoreError
 from .. import cgroups, devices, init, layerdiff, seccomp
 from ..containers import Container, Containers, check_name
 from ..errors import ContainerConflict, NoSuchContainer, RunnerError
-from . import terminal
+from . import filters, template, terminal
 from .errors import UsageError
 from .format import ellipsis, human_duration, parse_when, quoted, since, table
 from .parsing import int64
@@ -52,6 +52,17 @@ def _check_hostname(hostname: str) -> None:
         raise UsageError(f"invalid hostname {quoted(hostname)}: longer than {HOST_NAME_MAX} bytes")
     if any(c.isspace() or not c.isprintable() for c in hostname):  # it is written into /etc/hosts
         raise UsageError(f"invalid hostname {quoted(hostname)}: it may not hold spaces or control characters")
+
+
+def _labels(given: list[str] | None) -> dict[str, str]:
+    """``-l KEY[=VALUE]``: a label (no value: empty), after the image's, as Docker's."""
+    out = {}
+    for item in given or []:
+        key, _, value = item.partition("=")
+        if not key:
+            raise UsageError(f"invalid label {quoted(item)}: a key is required")
+        out[key] = value
+    return out
 
 
 def _security_options(options: list[str]) -> str | dict[str, Any] | None:
@@ -116,7 +127,7 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
         "Config": {"Hostname": hostname, "Env": env, "Cmd": list(cmd), "Entrypoint": list(entrypoint) or None,
                    "WorkingDir": args.workdir or settings.get("WorkingDir") or "", "User": args.user or
                    settings.get("User") or "", "Tty": bool(args.tty), "OpenStdin": bool(args.interactive),
-                   "Image": args.image},
+                   "Image": args.image, "Labels": {**(settings.get("Labels") or {}), **_labels(args.label)}},
         "HostConfig": {"CpuShares": cpu_shares, "Memory": memory, "MemorySwap": memory_swap(memory),
                        "NetworkMode": args.network, "AutoRemove": bool(args.rm),
                        "SecurityOpt": list(args.security_opt or []) or None,
@@ -195,17 +206,51 @@ def status_text(state: dict[str, Any]) -> str:
     return "Created"
 
 
+def _ps_matches(c: Container, state: dict[str, Any], wanted: dict[str, list[str]], store: Store) -> bool:
+    status = state.get("Status") or "created"
+    status = "exited" if status == "starting" and not state.get("Running") else status
+    if "status" in wanted and status not in wanted["status"]:
+        return False
+    if "name" in wanted and not any(re.search(n, c.name) for n in wanted["name"]):
+        return False
+    if "id" in wanted and not any(c.id.startswith(i) for i in wanted["id"]):
+        return False
+    if "label" in wanted and not filters.labels_match(wanted["label"], c.config["Config"].get("Labels")):
+        return False
+    if "ancestor" in wanted:
+        ids = set()
+        for ref in wanted["ancestor"]:
+            try:
+                ids.add(store.images.resolve(ref))
+            except StoreError:
+                continue
+        if c.config["Image"] not in ids and c.config["ImageRef"] not in wanted["ancestor"]:
+            return False
+    return True
+
+
+def ps_command(command: list[str], trunc: bool) -> str:
+    """Docker's COMMAND column: the command, shortened to 20 characters *then* quoted (the quote is
+    always closed)."""
+    text = " ".join(command)
+    return json.dumps(ellipsis(text, 20) if trunc else text, ensure_ascii=False)
+
+
 def cmd_ps(store: Store, args: argparse.Namespace) -> int:
+    wanted = filters.parse(args.filter, filters.CONTAINER_FILTERS)
     rows = []
     for c in _containers(store).all():
         state = c.state()
-        if not args.all and not state.get("Running"):
+        if not args.all and not state.get("Running") and "status" not in wanted:  # a status asked for: any
             continue
-        command = json.dumps(" ".join(c.config["Command"]))
+        if not _ps_matches(c, state, wanted, store):
+            continue
         rows.append({
-            "ID": c.id[:12], "Image": c.config["ImageRef"], "Command": command,
+            "ID": c.id if args.no_trunc else c.id[:12], "Image": c.config["ImageRef"],
+            "Command": ps_command(c.config["Command"], not args.no_trunc),
             "CreatedAt": c.config["Created"], "RunningFor": since(parse_when(c.config["Created"])),
             "Status": status_text(state), "State": state.get("Status"), "Names": c.name,
+            "Labels": ",".join(f"{k}={v}" for k, v in sorted((c.config["Config"].get("Labels") or {}).items())),
         })
     if args.quiet:
         for r in rows:
@@ -215,8 +260,7 @@ def cmd_ps(store: Store, args: argparse.Namespace) -> int:
             print(json.dumps(r))
     else:
         print(table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"],
-                    [[r["ID"], r["Image"], ellipsis(r["Command"], 20), r["RunningFor"], r["Status"], r["Names"]]
-                     for r in rows]))
+                    [[r["ID"], r["Image"], r["Command"], r["RunningFor"], r["Status"], r["Names"]] for r in rows]))
     return 0
 
 
@@ -261,48 +305,78 @@ def cmd_top(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+def _network_settings(mode: str, pid: int | None) -> dict[str, Any]:
+    """Docker's NetworkSettings for a container on ``none`` or ``host``: no address, no ports, the
+    namespace's path while it runs (SandboxKey)."""
+    endpoint = {"IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "", "DriverOpts": None,
+                "NetworkID": mode, "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0,
+                "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DNSNames": None}
+    return {"Bridge": "", "SandboxID": "", "SandboxKey": f"/proc/{pid}/ns/net" if pid else "",
+            "Ports": {}, "HairpinMode": False, "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0,
+            "EndpointID": "", "Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPAddress": "",
+            "IPPrefixLen": 0, "IPv6Gateway": "", "MacAddress": "", "Networks": {mode: endpoint}}
+
+
 def inspect_container(c: Container) -> dict[str, Any]:
     state = c.state()
     cfg, hc = c.config["Config"], c.config["HostConfig"]
+    running = bool(state.get("Running"))
     return {
         "Id": c.id, "Created": c.config["Created"], "Path": c.config["Path"], "Args": c.config["Args"],
         "State": {k: state.get(k, d) for k, d in (
             ("Status", "created"), ("Running", False), ("Paused", False), ("Restarting", False),
             ("OOMKilled", False), ("Dead", False), ("Pid", 0), ("ExitCode", 0), ("Error", ""),
             ("StartedAt", "0001-01-01T00:00:00Z"), ("FinishedAt", "0001-01-01T00:00:00Z"))},
-        "Image": c.config["Image"], "Name": "/" + c.name, "Driver": "strata-unionfs",
-        "LogPath": c.path("container.log"),
+        "Image": c.config["Image"],
+        "ResolvConfPath": c.path("resolv.conf"), "HostnamePath": c.path("hostname"), "HostsPath": c.path("hosts"),
+        "LogPath": c.path("container.log"), "Name": "/" + c.name, "RestartCount": 0,
+        "Driver": "strata-unionfs", "Platform": "linux",
         "HostConfig": {"CpuShares": hc["CpuShares"], "Memory": hc["Memory"], "MemorySwap": hc["MemorySwap"],
                        "NetworkMode": hc["NetworkMode"], "AutoRemove": hc["AutoRemove"],
                        "SecurityOpt": hc.get("SecurityOpt"), "Devices": hc.get("Devices", []),
                        "DeviceCgroupRules": hc.get("DeviceCgroupRules"),
                        "CgroupVersion": str(c.config["Cgroup"]["Version"]),
-                       "CpuWeight": cgroups.shares_to_weight(hc["CpuShares"]) if hc["CpuShares"] else 0},
+                       "CpuWeight": cgroups.shares_to_weight(hc["CpuShares"]) if hc["CpuShares"] else 0,
+                       "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0}},
         "GraphDriver": {"Name": "strata-unionfs", "Data": {
             "LowerDir": ":".join(c.config["LowerDirs"]), "UpperDir": c.path("upper"),
             "WorkDir": c.path("work"), "MergedDir": c.path("merged")}},
+        "Mounts": [],  # volumes and binds: none yet (their own issue)
         "Config": {"Hostname": cfg["Hostname"], "Env": cfg["Env"], "Cmd": cfg["Cmd"],
                    "Entrypoint": cfg["Entrypoint"], "Image": cfg["Image"], "WorkingDir": cfg["WorkingDir"],
-                   "User": cfg["User"], "Tty": cfg["Tty"], "OpenStdin": cfg["OpenStdin"]},
+                   "User": cfg["User"], "Tty": cfg["Tty"], "OpenStdin": cfg["OpenStdin"],
+                   "Labels": cfg.get("Labels") or {}},
+        "NetworkSettings": _network_settings(hc["NetworkMode"], state.get("Pid") if running else None),
     }
 
 
 def cmd_inspect(store: Store, args: argparse.Namespace) -> int:
-    """Containers first, then images, as ``docker inspect``."""
+    """Containers first, then images, as ``docker inspect``; ``--type`` looks only at one kind."""
     docs = []
     status = 0
     for ref in args.names:
-        try:
-            docs.append(inspect_container(_containers(store).get(ref)))
-            continue
-        except NoSuchContainer:
-            pass
+        if args.type in (None, "container"):
+            try:
+                docs.append(inspect_container(_containers(store).get(ref)))
+                continue
+            except NoSuchContainer:
+                if args.type == "container":
+                    print(f"Error: No such container: {ref}", file=sys.stderr)
+                    status = 1
+                    continue
         try:
             docs.append(store.inspect_image(ref))
         except StoreError as e:
-            print(f"Error: No such object: {ref}" if "No such image" in str(e) else f"Error: {e}", file=sys.stderr)
+            if "No such image" not in str(e):
+                print(f"Error: {e}", file=sys.stderr)
+            else:
+                print(f"Error: No such {'image' if args.type == 'image' else 'object'}: {ref}", file=sys.stderr)
             status = 1
-    print(json.dumps(docs, indent=4))
+    if args.format is None:
+        print(json.dumps(docs, indent=4))
+        return status
+    for doc in docs:
+        print(template.render(args.format, doc))
     return status
 
 
@@ -318,8 +392,27 @@ def _tail(value: str | None) -> int | None:
     return None if count < 0 else count
 
 
+def parse_since(value: str, now: float | None = None) -> float:
+    """``--since``: RFC 3339 (``2024-01-02T03:04:05Z``, date only, or no zone: UTC), Unix seconds
+    (``1700000000.5``), or a duration back from now (``90s``, ``10m``, ``1h30m``), as Docker's."""
+    now = time.time() if now is None else now
+    if re.fullmatch(r"[0-9]+(\.[0-9]+)?", value):
+        return float(value)
+    if re.fullmatch(r"([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+", value):
+        scale = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+        return now - sum(float(n) * scale[u] for n, _, u in re.findall(r"([0-9]+(\.[0-9]+)?)(ns|us|µs|ms|s|m|h)", value))
+    text = value if re.search(r"(Z|[+-][0-9]{2}:[0-9]{2})$", value) else value + "Z"
+    if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}Z", text):
+        text = text[:-1] + "T00:00:00Z"
+    when = parse_when(text)
+    if when is None:
+        raise UsageError(f"invalid value for --since: {quoted(value)} (a time, Unix seconds or a duration like 10m)")
+    return when.timestamp()
+
+
 def cmd_logs(store: Store, args: argparse.Namespace) -> int:
     tail = _tail(args.tail)
+    since_ts = parse_since(args.since) if args.since else None
     c = _containers(store).get(args.container)
     path = c.path("container.log")
     try:
@@ -337,8 +430,12 @@ def cmd_logs(store: Store, args: argparse.Namespace) -> int:
                     pending = raw
                     continue
                 entry = json.loads(raw)
+                if since_ts is not None:
+                    when = parse_when(entry.get("time"))
+                    if when is not None and when.timestamp() < since_ts:
+                        continue
                 out = sys.stdout if entry.get("stream") == "stdout" else sys.stderr
-                out.write(entry["log"])
+                out.write(f"{entry.get('time', '')} {entry['log']}" if args.timestamps else entry["log"])
                 out.flush()
             if not args.follow or not c.state().get("Running") and not pending:
                 return 0
@@ -614,88 +711,116 @@ def cmd_export(store: Store, args: argparse.Namespace) -> int:
 
 # -- argument parsing -----------------------------------------------------------------------------
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("run", help="run a command in a new container")
-    p.add_argument("-d", "--detach", action="store_true")
-    p.add_argument("-t", "--tty", action="store_true")
-    p.add_argument("-i", "--interactive", action="store_true")
-    p.add_argument("--rm", action="store_true")
-    p.add_argument("--name")
-    p.add_argument("-e", "--env", action="append")
-    p.add_argument("-w", "--workdir")
-    p.add_argument("-u", "--user")
-    p.add_argument("--hostname")
-    p.add_argument("--device", action="append",
-                   help="HOST[:CONTAINER][:rwm]: a host device, made in the container's /dev and opened to it")
-    p.add_argument("--device-cgroup-rule", action="append", dest="device_cgroup_rule",
-                   help="'TYPE MAJOR:MINOR ACCESS' (as 'c 42:* rmw'): devices the container may use")
-    p.add_argument("--security-opt", action="append", dest="security_opt",
-                   help="seccomp=unconfined or seccomp=PROFILE.json (default: Docker's profile)")
-    p.add_argument("--cpu-shares", type=int64, dest="cpu_shares", help="relative CPU weight (2..262144)")
-    p.add_argument("-m", "--memory")
-    p.add_argument("--network", default="none", help=" or ".join(NETWORKS) + " (default none)")
-    p.add_argument("image")
-    p.add_argument("command", nargs=argparse.REMAINDER)
+    p = sub.add_parser("run", help="run a command in a new container",
+                       description="Create a container on IMAGE (its own writable layer) and run COMMAND in it "
+                                   "(default: the image's ENTRYPOINT + CMD); attached unless -d.")
+    p.add_argument("-d", "--detach", action="store_true", help="run in the background and print the container id")
+    p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-TTY for the command")
+    p.add_argument("-i", "--interactive", action="store_true",
+                   help="keep STDIN open and attach it to the command (-it: stdin must be a terminal)")
+    p.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    p.add_argument("--name", help="the container's name (default: a generated one, as adjective_name)")
+    p.add_argument("-e", "--env", action="append", metavar="NAME[=VALUE]",
+                   help="set an environment variable (NAME alone: its value here, if set); repeatable")
+    p.add_argument("-l", "--label", action="append", metavar="KEY[=VALUE]",
+                   help="a label on the container (after the image's); repeatable")
+    p.add_argument("-w", "--workdir", metavar="DIR", help="working directory in the container (default: the "
+                                                         "image's WORKDIR, else /)")
+    p.add_argument("-u", "--user", metavar="USER[:GROUP]",
+                   help="user name or uid, maybe with a group (default: the image's USER, else root)")
+    p.add_argument("--hostname", help="the container's hostname (default: the first 12 digits of its id)")
+    p.add_argument("--device", action="append", metavar="HOST[:CONTAINER][:rwm]",
+                   help="a host device, made in the container's /dev and opened to it; repeatable")
+    p.add_argument("--device-cgroup-rule", action="append", dest="device_cgroup_rule", metavar="'TYPE MAJOR:MINOR ACCESS'",
+                   help="more devices the container may use, as 'c 42:* rmw'; repeatable")
+    p.add_argument("--security-opt", action="append", dest="security_opt", metavar="OPTION",
+                   help="seccomp=unconfined, seccomp=PROFILE.json or no-new-privileges (default: Docker's "
+                        "seccomp profile, no new privileges)")
+    p.add_argument("--cpu-shares", type=int64, dest="cpu_shares", metavar="N",
+                   help="relative CPU weight, 2..262144 (default 0: the kernel's 1024)")
+    p.add_argument("-m", "--memory", metavar="SIZE",
+                   help="memory limit as 64m, 1g... (at least 6MB; default: none); swap the same again")
+    p.add_argument("--network", default="none", metavar="MODE",
+                   help=" or ".join(NETWORKS) + ": none has only a loopback, host shares the host's (default none)")
+    p.add_argument("image", help="the image: a tag or an id (prefix)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments (default: the image's)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("ps", help="list containers")
-    p.add_argument("-a", "--all", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    p = sub.add_parser("ps", help="list containers", description="List containers (default: running ones).")
+    p.add_argument("-a", "--all", action="store_true", help="show every container (default: only running ones)")
+    p.add_argument("-f", "--filter", action="append", metavar="KEY=VALUE",
+                   help="status=created|running|exited|..., name=REGEX, id=PREFIX, label=KEY[=VALUE], ancestor=IMAGE; "
+                        "repeatable (the same key: either value; different keys: all)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only container ids")
+    p.add_argument("--no-trunc", action="store_true", help="full ids and commands (default: shortened)")
+    p.add_argument("--format", choices=["table", "json"], default="table",
+                   help="table, or json: one JSON object per line (default table)")
     p.set_defaults(func=cmd_ps)
 
     p = sub.add_parser("top", help="the processes of a container")
-    p.add_argument("container")
+    p.add_argument("container", help="a running container: a name or an id (prefix)")
     p.set_defaults(func=cmd_top)
 
     p = sub.add_parser("inspect", help="low-level information on containers or images, as JSON")
-    p.add_argument("names", nargs="+")
+    p.add_argument("-f", "--format", metavar="TEMPLATE",
+                   help="a Go template per object instead of JSON, as '{{.State.Status}}' or '{{json .Config}}'")
+    p.add_argument("--type", choices=["container", "image"],
+                   help="look only at containers or only at images (default: containers, then images)")
+    p.add_argument("names", nargs="+", help="containers (names or ids) and images (tags or ids)")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("logs", help="a container's output")
-    p.add_argument("-f", "--follow", action="store_true")
-    p.add_argument("-n", "--tail")
-    p.add_argument("container")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing while the container runs")
+    p.add_argument("-n", "--tail", metavar="N", help="only the last N lines (default: all)")
+    p.add_argument("-t", "--timestamps", action="store_true", help="put each line's time (RFC 3339) before it")
+    p.add_argument("--since", metavar="WHEN",
+                   help="only lines since a time (2024-01-02T03:04:05Z), Unix seconds, or a duration ago (10m)")
+    p.add_argument("container", help="a name or an id (prefix)")
     p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("stop", help="SIGTERM, then SIGKILL after -t seconds")
-    p.add_argument("-t", "--time", type=float, default=10)
-    p.add_argument("containers", nargs="+")
+    p.add_argument("-t", "--time", type=float, default=10, metavar="SECONDS",
+                   help="seconds to wait after SIGTERM before SIGKILL (default 10)")
+    p.add_argument("containers", nargs="+", help="names or ids (prefixes)")
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("kill", help="send a signal (SIGKILL by default)")
-    p.add_argument("-s", "--signal", default="KILL")
-    p.add_argument("containers", nargs="+")
+    p.add_argument("-s", "--signal", default="KILL", metavar="SIGNAL",
+                   help="a signal name (TERM, SIGHUP, RTMIN+1) or number (default KILL)")
+    p.add_argument("containers", nargs="+", help="names or ids (prefixes)")
     p.set_defaults(func=cmd_kill)
 
     p = sub.add_parser("start", help="start exited containers again (same writable layer)")
-    p.add_argument("containers", nargs="+")
+    p.add_argument("containers", nargs="+", help="names or ids (prefixes)")
     p.set_defaults(func=cmd_start)
 
     p = sub.add_parser("wait", help="wait for containers to exit; print their exit codes")
-    p.add_argument("containers", nargs="+")
+    p.add_argument("containers", nargs="+", help="names or ids (prefixes)")
     p.set_defaults(func=cmd_wait)
 
     p = sub.add_parser("rm", help="remove containers")
-    p.add_argument("-f", "--force", action="store_true")
-    p.add_argument("containers", nargs="+")
+    p.add_argument("-f", "--force", action="store_true", help="kill a running container first (default: refused)")
+    p.add_argument("containers", nargs="+", help="names or ids (prefixes)")
     p.set_defaults(func=cmd_rm)
 
     p = sub.add_parser("diff", help="what a container changed: A added, C changed, D deleted")
-    p.add_argument("container")
+    p.add_argument("container", help="a name or an id (prefix)")
     p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("commit", help="a new image from a container's changes")
-    p.add_argument("-m", "--message")
-    p.add_argument("-a", "--author")
-    p.add_argument("-c", "--change", action="append")
-    p.add_argument("-p", "--pause", default="true", help="freeze a running container while packing (default true)")
-    p.add_argument("container")
-    p.add_argument("repository", nargs="?")
+    p.add_argument("-m", "--message", help="the commit message (default: none)")
+    p.add_argument("-a", "--author", help="the author, as 'Name <email>' (default: none)")
+    p.add_argument("-c", "--change", action="append", metavar="INSTRUCTION",
+                   help="apply a Dockerfile instruction (CMD, ENV, LABEL...) to the new image; repeatable")
+    p.add_argument("-p", "--pause", default="true", metavar="BOOL",
+                   help="freeze a running container while packing (default true)")
+    p.add_argument("container", help="a name or an id (prefix)")
+    p.add_argument("repository", nargs="?", help="tag for the image, NAME[:TAG] (default: none, untagged)")
     p.set_defaults(func=cmd_commit)
 
     p = sub.add_parser("export", help="a container's whole tree as a tar")
-    p.add_argument("-o", "--output")
-    p.add_argument("container")
+    p.add_argument("-o", "--output", metavar="FILE", help="file to write (default: stdout, not a terminal)")
+    p.add_argument("container", help="a name or an id (prefix)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("exec", help="run a command in a running container")

@@ -8,44 +8,42 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 from store import HistoryRow, Store, StoreError, TreeNode
+from store.images import familiar
 
 from ..containers import Containers
 from ..errors import RunnerError
 from ..mounts import ImageMounts
+from . import filters
 from .errors import UsageError
 from .format import ellipsis, human_size, parse_when, since, table
+from .progress import Bars
 
 
 def _short(image_id: str) -> str:
     return image_id.split(":", 1)[-1][:12]
 
 
-def _progress(label: str) -> Callable[[int, int], None] | None:
-    """A one-line progress bar on a terminal; silence otherwise."""
-    if not sys.stderr.isatty():
-        return None
-
-    def show(done: int, total: int) -> None:
-        if total:
-            width = 30
-            filled = min(width, width * done // total)
-            bar = "=" * filled + (">" if filled < width else "") + " " * (width - filled - 1)
-            sys.stderr.write(f"\r{label} [{bar}] {human_size(done)}/{human_size(total)}\x1b[K")
-        else:
-            sys.stderr.write(f"\r{label} {human_size(done)}\x1b[K")
-        sys.stderr.flush()
-
-    return show
+def _progress(doing: str, done: str) -> Bars | None:
+    """Bars on a terminal; silence otherwise."""
+    return Bars(sys.stderr, doing, done) if sys.stderr.isatty() else None
 
 
-def _end_progress(progress: object) -> None:
-    if progress is not None:
-        sys.stderr.write("\r\x1b[K")
-        sys.stderr.flush()
+@contextmanager
+def _drawing(bars: Bars | None) -> Iterator[None]:
+    """The bars' last state once the work ends: final words if it succeeded, else where it stopped."""
+    try:
+        yield
+    except BaseException:
+        if bars is not None:
+            bars.finish(ok=False)
+        raise
+    if bars is not None:
+        bars.finish()
 
 
 def _stdin() -> BinaryIO:
@@ -55,31 +53,59 @@ def _stdin() -> BinaryIO:
 
 
 # -- image commands -------------------------------------------------------------------------------
-def cmd_images(store: Store, args: argparse.Namespace) -> int:
-    if args.tree:
-        for line in _tree_lines(store.tree()):
-            print(line)
-        return 0
-    rows: list[dict[str, Any]] = []
+def _image_rows(store: Store, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per tag (``<none>`` for an untagged image), newest first, as ``images`` lists them:
+    intermediate images only with -a, then REPO[:TAG] and the filters."""
+    wanted = filters.parse(args.filter, filters.IMAGE_FILTERS)
+    # REPO[:TAG] and reference= both hold; reference= given twice: either
+    pattern_sets = ([[familiar(args.reference)]] if args.reference else []) + \
+        ([[familiar(p) for p in wanted["reference"]]] if "reference" in wanted else [])
     ids = store.images.ids()
     intermediate = {store.images.record(i).parent for i in ids}
     tagged = store.images.tags_by_image()
+    created_of = {i: parse_when(store.images.config(i).get("created")) for i in ids}
+    bounds = {key: [created_of[store.images.resolve(ref)] for ref in wanted.get(key, [])]
+              for key in ("before", "since")}
+    rows: list[dict[str, Any]] = []
     for image_id in ids:
         config = store.images.config(image_id)
-        created = parse_when(config.get("created"))
-        tags = tagged.get(image_id) or ([] if image_id in intermediate and not args.all else ["<none>:<none>"])
-        if not tags:
+        created = created_of[image_id]
+        dangling = image_id not in tagged
+        if "dangling" in wanted and dangling != (wanted["dangling"][-1] in ("true", "1")):
             continue
+        if wanted.get("label") and not filters.labels_match(wanted["label"], (config.get("config") or {}).get("Labels")):
+            continue
+        when = created.timestamp() if created else 0
+        if any(b is None or when >= b.timestamp() for b in bounds["before"]):
+            continue
+        if any(b is not None and when <= b.timestamp() for b in bounds["since"]):
+            continue
+        shown_anyway = args.all or "dangling" in wanted
+        tags = tagged.get(image_id) or ([] if image_id in intermediate and not shown_anyway else ["<none>:<none>"])
         for tag in tags:
             repo, t = tag.rsplit(":", 1)
+            if args.reference and ":" not in args.reference.rsplit("/", 1)[-1] and repo == "<none>":
+                continue
+            if pattern_sets and (repo == "<none>" or
+                                 not all(filters.reference_matches(ps, repo, t) for ps in pattern_sets)):
+                continue
             rows.append({
                 "Repository": repo, "Tag": t, "ID": _short(image_id), "FullID": image_id,
                 "CreatedSince": since(created), "CreatedAt": config.get("created", ""),
                 "Size": human_size(store.images.size(image_id)), "created": created,
             })
     rows.sort(key=lambda r: (r["created"].timestamp() if r["created"] else 0), reverse=True)
+    return rows
+
+
+def cmd_images(store: Store, args: argparse.Namespace) -> int:
+    if args.tree:
+        for line in _tree_lines(store.tree()):
+            print(line)
+        return 0
+    rows = _image_rows(store, args)
     if args.quiet:
-        for short in dict.fromkeys(r["ID"] for r in rows):  # each image once, newest first
+        for short in dict.fromkeys(r["FullID"] if args.no_trunc else r["ID"] for r in rows):  # each image once
             print(short)
         return 0
     if args.format == "json":
@@ -87,20 +113,22 @@ def cmd_images(store: Store, args: argparse.Namespace) -> int:
             print(json.dumps({k: v for k, v in r.items() if k not in ("created", "FullID")}))
         return 0
     print(table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
-                [[r["Repository"], r["Tag"], r["ID"], r["CreatedSince"], r["Size"]] for r in rows]))
+                [[r["Repository"], r["Tag"], r["FullID"] if args.no_trunc else r["ID"], r["CreatedSince"], r["Size"]]
+                 for r in rows]))
     return 0
 
 
 def _tree_lines(roots: list[TreeNode], prefix: str = "") -> list[str]:
-    """Old ``docker images --tree``: one node a layer, shared layers once, children indented."""
+    """Old ``docker images --tree``: one node a layer, shared layers once, children indented. A layer
+    that is the top of an image shows that image's id (the one ``images`` prints), with its tags;
+    a layer that is no image's top shows ``layer`` and its chain id (``ls ROOT/layers``)."""
     lines = []
     for i, node in enumerate(roots):
         last = i == len(roots) - 1
-        text = f"{_short(node.chain_id)} Size: {human_size(node.size)} (virtual {human_size(node.virtual_size)})"
+        ident = " ".join(_short(i) for i in node.images) if node.images else f"layer {_short(node.chain_id)}"
+        text = f"{ident} Size: {human_size(node.size)} (virtual {human_size(node.virtual_size)})"
         if node.tags:
             text += " Tags: " + ", ".join(node.tags)
-        elif node.images:
-            text += " Image: " + ", ".join(_short(i) for i in node.images)
         lines.append(f"{prefix}{'└─' if last else '├─'}{text}")
         lines.extend(_tree_lines(node.children, prefix + ("  " if last else "│ ")))
     return lines
@@ -179,36 +207,30 @@ def cmd_umount(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_import(store: Store, args: argparse.Namespace) -> int:
-    progress = _progress("Importing")
-    try:
+    progress = _progress("Importing", "Imported")
+    with _drawing(progress):
         image_id = store.import_rootfs(
             args.file, args.reference, args.change or [], stdin=_stdin() if args.file == "-" else None,
             message=args.message, progress=progress,
         )
-    finally:
-        _end_progress(progress)
     print(image_id)
     return 0
 
 
 def cmd_load(store: Store, args: argparse.Namespace) -> int:
-    progress = None if args.quiet else _progress("Loading layers")
-    try:
+    progress = None if args.quiet else _progress("Loading layer", "Loaded")
+    with _drawing(progress):
         lines = store.load(args.input or "-", stdin=_stdin() if not args.input or args.input == "-" else None,
                            progress=progress)
-    finally:
-        _end_progress(progress)
     for line in lines:
         print(line)
     return 0
 
 
 def cmd_pull(store: Store, args: argparse.Namespace) -> int:
-    progress = None if args.quiet else _progress("Pulling")
-    try:
+    progress = None if args.quiet else _progress("Downloading", "Pull complete")
+    with _drawing(progress):
         local, digest, notes = store.pull(args.name, progress)
-    finally:
-        _end_progress(progress)
     for note in notes:
         print(note)
     if not args.quiet:
@@ -219,11 +241,9 @@ def cmd_pull(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_push(store: Store, args: argparse.Namespace) -> int:
-    progress = None if args.quiet else _progress("Pushing")
-    try:
+    progress = None if args.quiet else _progress("Pushing", "Pushed")
+    with _drawing(progress):
         tag, digest = store.push(args.name, progress)
-    finally:
-        _end_progress(progress)
     print(f"{tag}: digest: {digest}")
     return 0
 
@@ -234,8 +254,8 @@ def cmd_save(store: Store, args: argparse.Namespace) -> int:
         raise UsageError(f'failed to save image: invalid output path: directory "{os.path.dirname(target)}" '
                          "does not exist")
     items = store.save_items(args.images)  # every reference resolved before a byte is written
-    progress = _progress("Saving")
-    try:
+    progress = _progress("Saving", "Saved")
+    with _drawing(progress):
         if target is None:
             if sys.stdout.isatty():
                 raise UsageError("cowardly refusing to save to a terminal. Use the -o flag or redirect")
@@ -258,8 +278,6 @@ def cmd_save(store: Store, args: argparse.Namespace) -> int:
         except BaseException:
             os.unlink(tmp)
             raise
-    finally:
-        _end_progress(progress)
     return 0
 
 
@@ -290,67 +308,81 @@ def cmd_system_check(store: Store, args: argparse.Namespace) -> int:
 
 # -- argument parsing -----------------------------------------------------------------------------
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("images", help="list images")
-    p.add_argument("-a", "--all", action="store_true", help="show intermediate images too")
+    p = sub.add_parser("images", help="list images", description="List images, newest first (one row per tag).")
+    p.add_argument("reference", nargs="?", metavar="REPOSITORY[:TAG]",
+                   help="only this repository (any tag), or this tag; shell patterns (*) allowed")
+    p.add_argument("-a", "--all", action="store_true", help="show intermediate images too (default: hidden)")
+    p.add_argument("-f", "--filter", action="append", metavar="KEY=VALUE",
+                   help="dangling=true|false, reference=PATTERN, label=KEY[=VALUE], before=IMAGE, since=IMAGE; "
+                        "repeatable (the same key: either value; different keys: all)")
     p.add_argument("-q", "--quiet", action="store_true", help="only image ids")
-    p.add_argument("--tree", action="store_true", help="draw the layer tree")
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--no-trunc", action="store_true", help="full image ids (default: 12 digits)")
+    p.add_argument("--tree", action="store_true",
+                   help="draw the layer tree: shared layers once, each image's id and tags where its top layer is")
+    p.add_argument("--format", choices=["table", "json"], default="table",
+                   help="table, or json: one JSON object per line (default table)")
     p.set_defaults(func=cmd_images)
 
-    p = sub.add_parser("history", help="show an image's history")
-    p.add_argument("image")
-    p.add_argument("--no-trunc", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    p = sub.add_parser("history", help="show an image's history", description="The steps that built an image, "
+                       "newest first; <missing> for steps whose result is no local image.")
+    p.add_argument("image", help="the image: a tag or an id (prefix)")
+    p.add_argument("--no-trunc", action="store_true", help="full ids and commands (default: shortened)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only ids")
+    p.add_argument("--format", choices=["table", "json"], default="table",
+                   help="table, or json: one JSON object per line (default table)")
     p.set_defaults(func=cmd_history)
 
-    p = sub.add_parser("tag", help="add a tag to an image")
-    p.add_argument("source")
-    p.add_argument("target")
+    p = sub.add_parser("tag", help="add a tag to an image", description="Make TARGET name the image SOURCE names.")
+    p.add_argument("source", help="an image: a tag or an id (prefix)")
+    p.add_argument("target", help="the new tag: [HOST[:PORT]/]NAME[:TAG] (default tag: latest)")
     p.set_defaults(func=cmd_tag)
 
     p = sub.add_parser("rmi", help="remove images (untag; free layers no image uses)")
-    p.add_argument("-f", "--force", action="store_true")
-    p.add_argument("images", nargs="+")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="remove an image by id even if several tags name it (default: refused)")
+    p.add_argument("images", nargs="+", help="tags or ids (prefixes)")
     p.set_defaults(func=cmd_rmi)
 
     p = sub.add_parser("mount", help="mount an image read-only, to inspect it (no IMAGE: list the mounts)")
-    p.add_argument("image", nargs="?")
+    p.add_argument("image", nargs="?", help="the image: a tag or an id (prefix); none: list the image mounts")
     p.add_argument("dir", nargs="?", help="where (default: a directory under the store, printed)")
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", aliases=["unmount"], help="unmount image mounts (by image or directory)")
-    p.add_argument("targets", nargs="+", metavar="IMAGE|DIR")
+    p.add_argument("targets", nargs="+", metavar="IMAGE|DIR", help="what `strata mount` mounted")
     p.set_defaults(func=cmd_umount)
 
     p = sub.add_parser("import", help="create a one-layer image from a rootfs tar, directory or -")
-    p.add_argument("file")
-    p.add_argument("reference", nargs="?")
-    p.add_argument("-c", "--change", action="append", help="apply a Dockerfile instruction, e.g. 'CMD [\"/bin/sh\"]'")
-    p.add_argument("-m", "--message", help="commit message for the history entry")
+    p.add_argument("file", help="a tar (maybe compressed), a directory, or - for a tar on stdin")
+    p.add_argument("reference", nargs="?", help="tag for the image, NAME[:TAG] (default: none, untagged)")
+    p.add_argument("-c", "--change", action="append", metavar="INSTRUCTION",
+                   help="apply a Dockerfile instruction (CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE...), "
+                        "e.g. 'CMD [\"/bin/sh\"]'; repeatable")
+    p.add_argument("-m", "--message", help="comment for the history entry (default: 'Imported from FILE')")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("load", help="load images from a docker save / OCI archive or layout")
-    p.add_argument("-i", "--input", help="tar archive (maybe compressed) or OCI layout dir; stdin if absent")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-i", "--input", metavar="FILE|DIR",
+                   help="tar archive (maybe compressed) or OCI layout dir (default: stdin)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress (default: bars on a terminal)")
     p.set_defaults(func=cmd_load)
 
     p = sub.add_parser("pull", help="pull an image from a registry (HOST[:PORT]/NAME[:TAG])")
-    p.add_argument("name")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("name", help="HOST[:PORT]/NAME[:TAG] (default tag: latest); HTTP for loopback hosts")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the local name (default: progress too)")
     p.set_defaults(func=cmd_pull)
     p = sub.add_parser("push", help="push a local image to the registry its name names")
-    p.add_argument("name")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("name", help="a local tag HOST[:PORT]/NAME[:TAG] (strata tag one first)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress (default: bars on a terminal)")
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("save", help="save images to a tar archive (Docker >= 25 / OCI layout)")
-    p.add_argument("-o", "--output", help="file to write (stdout if absent)")
-    p.add_argument("images", nargs="+")
+    p.add_argument("-o", "--output", metavar="FILE", help="file to write (default: stdout, not a terminal)")
+    p.add_argument("images", nargs="+", help="tags or ids (prefixes)")
     p.set_defaults(func=cmd_save)
 
     p = sub.add_parser("info", help="show the store root and counts")
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="text or json (default text)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("system", help="store maintenance")

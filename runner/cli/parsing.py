@@ -33,9 +33,19 @@ class FlagValueError(argparse.ArgumentTypeError):
         super().__init__(f"{quoted(value)}: {reason}")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Flags as Docker's help lists them: ``-e, --env NAME[=VALUE]`` (argparse repeats the value)."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        return f"{', '.join(action.option_strings)} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
+
+
 class Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
         # the innermost verb's defaults win (argparse copies a subparser's namespace over its parent's),
         # so after parsing ``_prog`` names the verb whose --help to point at
