@@ -110,9 +110,20 @@ class Root:
         self.gc_lockfile = os.path.join(self.path, "gc.lock")
 
     def ensure(self) -> None:
+        """Make the layout, the root itself private (0700: another user reads nothing of it, not even
+        through a layer dir's name)."""
+        if not os.path.isdir(self.path):
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            os.mkdir(self.path, 0o700)
+            os.chmod(self.path, 0o700)  # whatever the umask
         for d in (self.blobs, self.layers, self.images, self.tmp):
             os.makedirs(d, exist_ok=True)
         os.chmod(self.tmp, 0o700)
+
+    def check_access(self) -> None:
+        """``StoreError`` if the root exists but is not this user's to read (another user's store)."""
+        if os.path.exists(self.path) and not os.access(self.path, os.R_OK | os.X_OK):
+            raise StoreError(f"cannot use store root {self.path}: permission denied")
 
     @contextmanager
     def writer(self) -> Iterator[Transaction]:

@@ -75,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = Store(args.root)
     failure = 125 if args.verb in _CONTAINER_COMMANDS else 1
     try:
+        store.root.check_access()
         return int(args.func(store, args))
     except (StoreError, RunnerError, UsageError) as e:
         message = str(e)
