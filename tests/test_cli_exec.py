@@ -61,6 +61,12 @@ def test_exec_sets_env_workdir_and_user(running):
     assert strata(running, "exec", "--workdir=/etc", "--user=0", "box", "pwd").out == "/etc\n"
 
 
+def test_exec_without_a_command_is_a_usage_error(root):
+    res = strata(root, "exec", "box", check=False)
+    assert (res.code, res.out) == (125, "")
+    assert res.err.splitlines() == ["strata: 'strata exec' is missing an argument: command", "See 'strata exec --help'."]
+
+
 @needs_root
 def test_exec_attaches_stdin_only_with_i(running):
     assert strata(running, "exec", "box", "cat", input=b"typed\n").out == ""  # /dev/null: cat ends at once

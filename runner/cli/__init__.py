@@ -77,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         store.root.check_access()
         return int(args.func(store, args))
+    except ParseError as e:  # a grammar rule argparse cannot say (exec with no command)
+        print(f"strata: {e}", file=sys.stderr)
+        print(e.hint, file=sys.stderr)
+        return 125
     except (StoreError, RunnerError, UsageError) as e:
         message = str(e)
         if args.verb == "run" and "No such image" in message:

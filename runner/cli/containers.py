@@ -21,7 +21,7 @@ from .. import cgroups, devices, init, layerdiff, seccomp
 from ..containers import Container, Containers, check_name
 from ..errors import ContainerConflict, NoSuchContainer, RunnerError
 from . import filters, template, terminal
-from .errors import UsageError
+from .errors import ParseError, UsageError
 from .format import ellipsis, human_duration, parse_when, quoted, since, table
 from .parsing import int64
 from .units import effective_cpu_shares, memory_swap, parse_memory
@@ -597,6 +597,8 @@ def cmd_exec(store: Store, args: argparse.Namespace) -> int:
     leaves the command running and returns once it has started."""
     from ..supervisor import container_filter
 
+    if not args.command:  # REMAINDER takes nothing as well: say it as a missing argument
+        raise ParseError(f"'{args._prog}' is missing an argument: command", f"See '{args._prog} --help'.")
     if args.tty and args.interactive and not os.isatty(0):
         print(NOT_A_TTY, file=sys.stderr)
         return 1
