@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import select
 import subprocess
+import termios
 import time
 
 import pytest
@@ -19,6 +20,7 @@ def in_pty(root: str, *args: str, keys: bytes = b"", after: bytes = b"# ", timeo
     written ``after`` (a shell's prompt: what is typed before its terminal is raw would be flushed),
     and return its exit code and everything it wrote, once it has exited."""
     master, slave = os.openpty()
+    termios.tcsetwinsize(slave, (30, 100))  # rows, columns: what the container's pty should take on
     proc = subprocess.Popen([*STRATA, "--root", root, *args], stdin=slave, stdout=slave, stderr=slave, cwd=REPO,
                             env={**os.environ, "PYTHONPATH": REPO}, start_new_session=True)
     os.close(slave)
@@ -92,6 +94,7 @@ def test_exec_t_gives_the_command_a_terminal_of_the_container(running):
     code, out = in_pty(running, "exec", "-it", "box", "sh", keys=b"tty; stty size; exit 3\n")
     assert code == 3, out
     assert "/dev/pts/0" in out  # the container's own devpts: a name the command can find
+    assert "30 100" in out  # the client's terminal size
     code, out = in_pty(running, "exec", "-t", "box", "sh", "-c", "test -t 0 && test -t 1 && echo $TERM")
     assert code == 0 and out.strip() == "xterm", out
     res = strata(running, "exec", "-t", "box", "echo", "piped")  # -t with no terminal here: fine, as Docker
