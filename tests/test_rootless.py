@@ -36,7 +36,7 @@ def rootfs(rootless, scratch):
     for d in ("bin", "etc", "tmp"):
         os.makedirs(os.path.join(path, d))
     shutil.copy(busybox, os.path.join(path, "bin", "busybox"))
-    for applet in ("sh", "ls", "cat", "true", "sleep", "id", "hostname", "grep", "touch", "head"):
+    for applet in ("sh", "ls", "cat", "true", "sleep", "id", "hostname", "grep", "touch", "head", "mknod", "unshare"):
         os.symlink("busybox", os.path.join(path, "bin", applet))
     with open(os.path.join(path, "etc", "hostname"), "w") as f:
         f.write("strata\n")
@@ -217,3 +217,15 @@ def test_rootless_limits_that_cannot_be_enforced_are_said_once(rootless, store):
     res = rootless.strata(store, "run", "--rm", "-m", "64m", "--cpu-shares", "512", IMAGE, "true", check=False)
     assert res.code == 0, res.err
     assert res.err.count("\n") == 1 and res.err.startswith("WARNING: ") and "cgroup" in res.err
+
+
+def test_rootless_containers_keep_the_same_fences(rootless, store):
+    """As for root's containers (tests/test_isolation.py): no host block device (here the user
+    namespace forbids even the mknod), no new namespaces (seccomp), the host's keyring out of reach."""
+    res = rootless.strata(store, "run", "--rm", IMAGE, "sh", "-c",
+                          "mknod /dev/l b 7 0 2>&1; unshare -U true 2>&1; cat /proc/self/status | grep NoNewPrivs",
+                          check=False)
+    assert res.code == 0, res.err
+    out = res.out.splitlines()
+    assert "Operation not permitted" in out[0] and "Operation not permitted" in out[1], out
+    assert out[2].split() == ["NoNewPrivs:", "1"]
