@@ -194,3 +194,46 @@ def test_hundreds_of_layers(tmp_path):
         assert (point / "only298").read_text() == "298"
         assert not (point / "only299").exists()
         assert len(os.listdir(point)) == 300  # shared + only0..only298
+
+
+def _exited(pid: int) -> bool:
+    """Has ``pid`` exited (a zombie awaiting its reaper counts)?"""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_unmount_returns_once_the_daemon_is_gone_so_its_dirs_can_go_at_once(tmp_path):
+    """``-u`` waits for the daemon's exit: an ``rm -rf`` of the upper and workdir right after it
+    races with nothing (the daemon syncs and tidies the workdir after the kernel has unmounted)."""
+    for round_ in range(5):
+        base = tmp_path / str(round_)
+        lower = make_layer(str(base / "l"), {f"f{i}": "x" * 100 for i in range(50)})
+        upper, work, point = (base / n for n in ("u", "w", "mnt"))
+        for d in (upper, work, point):
+            d.mkdir()
+        res = _cli("-o", f"lowerdir={lower},upperdir={upper},workdir={work}", str(point))
+        assert res.returncode == 0, res.stderr
+        try:
+            from unionfs.mount import daemon_pid
+
+            pid = daemon_pid(str(point))
+            assert pid is not None
+            for i in range(50):  # copy-ups with journal notes, which the daemon's end syncs and removes
+                os.chmod(point / f"f{i}", 0o600)
+            res = _cli("-u", str(point))
+            assert res.returncode == 0, res.stderr
+            assert not is_mounted(str(point))
+            assert _exited(pid)
+            subprocess.run(["rm", "-rf", str(upper), str(work)], check=True)
+            assert not upper.exists() and not work.exists()
+        finally:
+            if is_mounted(str(point)):
+                subprocess.run(["fusermount3", "-u", "-z", str(point)], check=False)
+
+
+def test_unmount_of_something_not_mounted_says_so_in_one_line(tmp_path):
+    res = _cli("-u", str(tmp_path))
+    assert res.returncode == 1 and res.stderr.startswith("unionfs: cannot unmount") and res.stderr.count("\n") == 1

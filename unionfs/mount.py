@@ -5,7 +5,11 @@ one filesystem per process).
 Lifecycle: the options are checked before anything is mounted (one-line error, exit 1). With ``-f``
 the process serves in the foreground; otherwise it forks, and the parent returns 0 only once the mount
 is ready (or prints the child's error). SIGTERM/SIGINT unmount cleanly; so do ``fusermount3 -u`` and
-``umount``, which end the serving loop.
+``umount``, which end the serving loop. Those return as soon as the kernel has unmounted, while the
+daemon still syncs the upper and tidies its workdir (journal notes, the volatile mark): a caller that
+removes the upper or workdir next must wait for the daemon's exit. ``python -m unionfs -u MERGED``
+unmounts and returns only once it has exited (its pid is in the mount's source field,
+``strata-unionfs:PID``); with ``-f`` the command is the daemon, and its exit is that moment.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import gc
 import logging
 import os
 import resource
+import select
 import signal
 import subprocess
 import sys
@@ -32,6 +37,7 @@ from .fs import FD_CACHE, NO_OPEN, UnionFS
 log = logging.getLogger("unionfs")
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
+FSNAME = "strata-unionfs"
 _OURS = ("lowerdir", "upperdir", "workdir", "log", "volatile")
 # In the workdir of a volatile mount, as kernel overlayfs's $workdir/work/incompat/volatile: made
 # before mounting, removed when the daemon ends. Found at a mount, it says a volatile mount of this
@@ -86,7 +92,7 @@ def parse_options(values: Sequence[str]) -> Options:
 
 def _mount_options(opts: Options) -> set[str]:
     options = set(pyfuse3.default_options)
-    options |= {"fsname=strata-unionfs", "subtype=unionfs"}
+    options |= {f"fsname={FSNAME}:{os.getpid()}", "subtype=unionfs"}  # the daemon's pid, for -u
     if opts.upper is None:
         options.add("ro")
     options.update(opts.fuse)
@@ -196,14 +202,59 @@ def _tell(fd: int | None, message: str) -> None:
     os.close(fd)
 
 
+def daemon_pid(mountpoint: str) -> int | None:
+    """The pid of the daemon serving the union mounted at ``mountpoint`` (the newest mount there),
+    from the mount's source field; None if that is not one of ours."""
+    sources = mountinfo.sources_at(os.path.realpath(mountpoint))
+    name, _, pid = sources[-1].partition(":") if sources else ("", "", "")
+    return int(pid) if name == FSNAME and pid.isdigit() else None
+
+
+def unmount(mountpoint: str, timeout: float = 60.0) -> None:
+    """Unmount the union at ``mountpoint`` and return once its daemon has exited: from then on
+    nothing touches its upper or work dir (UnionError if it cannot be unmounted, or the daemon
+    does not exit within ``timeout`` seconds)."""
+    target = os.path.realpath(mountpoint)
+    pid = daemon_pid(target)
+    pidfd = -1
+    if pid is not None:
+        try:
+            pidfd = os.pidfd_open(pid)
+            if not any(os.path.realpath(f"/proc/{pid}/fd/{fd}") == "/dev/fuse" for fd in os.listdir(f"/proc/{pid}/fd")):
+                os.close(pidfd)  # not a FUSE daemon: the pid was reused after ours died
+                pidfd = -1
+        except (ProcessLookupError, FileNotFoundError):
+            if pidfd >= 0:
+                os.close(pidfd)
+            pidfd = -1
+    try:
+        done = subprocess.run(["fusermount3", "-u", target], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise UnionError(f"cannot unmount {mountpoint}: {done.stderr.strip() or 'fusermount3 failed'}")
+        if pidfd >= 0 and not select.select([pidfd], [], [], timeout)[0]:
+            raise UnionError(f"{mountpoint}: unmounted, but its daemon (pid {pid}) has not exited")
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m unionfs", description="strata's union filesystem")
     parser.add_argument("mountpoint")
+    parser.add_argument("-u", dest="unmount", action="store_true",
+                        help="unmount MOUNTPOINT and wait for its daemon to exit")
     parser.add_argument("-o", dest="options", action="append", default=[],
                         help="lowerdir=L1:L2,upperdir=U,workdir=W[,allow_other,...]")
     parser.add_argument("-f", dest="foreground", action="store_true", help="stay in the foreground")
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.unmount:
+        try:
+            unmount(args.mountpoint)
+        except UnionError as e:
+            print(f"unionfs: {e}", file=sys.stderr)
+            return 1
+        return 0
     try:
         opts = parse_options(args.options)
         if not os.path.isdir(args.mountpoint):
