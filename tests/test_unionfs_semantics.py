@@ -11,6 +11,7 @@ import os
 import socket
 import stat
 
+import pyfuse3
 import pytest
 import unionfs_support
 from unionfs_support import OpsClient, errno_of, make_layer, mounted
@@ -194,3 +195,22 @@ async def test_lowerdirs_given_through_symlinks_work(tmp_path):
     with mounted(point, [link], upper, work):
         with open(os.path.join(point, "f"), "rb") as f:
             assert f.read() == b"lower"
+
+
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+
+
+async def test_fallocate_copies_up_then_allocates_keeps_size_or_punches_holes(union):
+    fs = union({"f": b"L" * 8192, "g": b"G" * 8192})
+    if fs.kind == "mount" and not hasattr(pyfuse3.Operations, "fallocate"):
+        pytest.skip("this pyfuse3 has no fallocate: build it with unionfs/pyfuse3.patch (make)")
+    await fs.fallocate("f", 0, 0, 1 << 20)  # mode 0: the size grows, the data stays
+    assert (await fs.stat("f")).st_size == 1 << 20
+    assert await fs.read("f", 8192) == b"L" * 8192 and await fs.read("f", 10, 8192) == b"\0" * 10
+    assert os.lstat(os.path.join(fs.upper, "f")).st_size == 1 << 20  # on the copy-up
+    await fs.fallocate("g", FALLOC_FL_KEEP_SIZE, 0, 1 << 20)
+    assert (await fs.stat("g")).st_size == 8192
+    assert os.lstat(os.path.join(fs.upper, "g")).st_blocks * 512 >= 1 << 20
+    await fs.fallocate("g", FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096)
+    assert await fs.read("g") == b"\0" * 4096 + b"G" * 4096
+    assert open(os.path.join(fs.lowers[0], "g"), "rb").read() == b"G" * 8192

@@ -10,6 +10,7 @@ see. Also: ``make_layer`` builds a layer dir from a dict, ``mounted`` runs a rea
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import signal
@@ -30,6 +31,7 @@ from unionfs.fs import UnionFS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+_libc = ctypes.CDLL(None, use_errno=True)
 WHITEOUT = object()  # a .wh. file for this name
 OPAQUE = object()  # this directory is opaque (.wh..wh..opq)
 
@@ -56,6 +58,11 @@ def make_layer(base: str, spec: dict[str, Any]) -> str:
     return base
 
 
+def _path(first: str) -> str:
+    """``first``, then the PYTHONPATH this test run has (a pyfuse3 built elsewhere, say)."""
+    return os.pathsep.join(p for p in (first, os.environ.get("PYTHONPATH", "")) if p)
+
+
 def is_mounted(path: str) -> bool:
     return bool(mountinfo.mounts_at(os.path.abspath(path)))
 
@@ -69,7 +76,7 @@ def mounted(mountpoint: str, lowers: list[str], upper: str | None = None, work: 
     opt = "lowerdir=" + ":".join(lowers) + (f",upperdir={upper},workdir={work}" if upper else "") + extra
     r, w = os.pipe()
     proc = subprocess.Popen([*python, "-m", "unionfs", "-f", "--ready-fd", str(w), "-o", opt, mountpoint],
-                            pass_fds=(w,), cwd=REPO, env={**os.environ, "PYTHONPATH": pythonpath})
+                            pass_fds=(w,), cwd=REPO, env={**os.environ, "PYTHONPATH": _path(pythonpath)})
     os.close(w)
     with os.fdopen(r, "rb") as pipe:
         ready = pipe.read()
@@ -158,6 +165,15 @@ class MountClient:
 
     async def truncate(self, path: str, size: int) -> None:
         os.truncate(self.p(path), size)
+
+    async def fallocate(self, path: str, mode: int, offset: int, length: int) -> None:
+        fd = os.open(self.p(path), os.O_RDWR)
+        try:
+            if _libc.fallocate(fd, mode, ctypes.c_long(offset), ctypes.c_long(length)) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), path)
+        finally:
+            os.close(fd)
 
     async def setxattr(self, path: str, key: str, value: bytes) -> None:
         os.setxattr(self.p(path), key, value, follow_symlinks=False)
@@ -360,6 +376,13 @@ class OpsClient:
 
     async def truncate(self, path: str, size: int) -> None:
         await self._setattr(await self._ino(path), size=size)
+
+    async def fallocate(self, path: str, mode: int, offset: int, length: int) -> None:
+        _, fh = await self._open(path, os.O_RDWR)
+        try:
+            await self._call(self.fs.fallocate, fh, mode, offset, length)
+        finally:
+            await self._call(self.fs.release, fh)
 
     async def setxattr(self, path: str, key: str, value: bytes) -> None:
         await self._call(self.fs.setxattr, await self._ino(path), key.encode(), value, self.ctx)

@@ -440,6 +440,17 @@ class CopyUps:
             await trio.to_thread.run_sync(os.fsync, fd)
         journal.drop(ino)
 
+    async def make_durable(self, fd: int) -> None:
+        """The copy-up at ``fd`` gets a hole where its lower has data (a punched hole): a crash
+        could no longer tell that from lost data, so a noted copy is fsynced and its note goes."""
+        journal = self.copier.journal
+        if journal is None or not journal.notes:
+            return
+        ino = os.fstat(fd).st_ino
+        if journal.lower_size(ino) is not None:
+            await trio.to_thread.run_sync(os.fsync, fd)
+            journal.drop(ino)
+
     def _lock(self, node: Node) -> trio.Lock:
         lock = self._locks.get(node.ino)
         if lock is None:

@@ -4,13 +4,9 @@ little glue between them (entries, names, the read-only check). What they stand 
 ``listing`` (readdir's listings), ``upper`` (markers, owners, setuid bits), ``copyup`` (copies and
 their scheduling), ``layers`` (resolution).
 
-Files: a file handle is the file's inode number. On our pyfuse3 (``NO_OPEN``) open answers ENOSYS,
-after which the kernel sends no OPEN and no RELEASE for files; it checks permissions itself
-(default_permissions), sends O_TRUNC as a setattr and computes O_APPEND offsets, and a lower file is
+Files: a file handle is the file's inode number (see ``fdcache``). On our pyfuse3 (``NO_OPEN``) open
+answers ENOSYS, after which the kernel sends no OPEN and no RELEASE for files, and a lower file is
 copied up by its first write, truncation or other change rather than by an open for writing.
-
-Caching: lower layers never change under a mount and this process is the only writer of the upper,
-so the kernel may keep entries, attributes, negative lookups and file pages for a long time.
 
 Caveats:
   - Renaming a directory that exists in a lower layer gives EXDEV (as kernel overlayfs without
@@ -29,8 +25,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Sequence
 
 import pyfuse3
 import trio
@@ -47,8 +42,8 @@ from .layers import LayerSet, Resolved, join
 from .listing import DOTS, Listings
 from .upper import Upper, without_suidgid
 
-T = TypeVar("T")
 _WRITE = os.O_WRONLY | os.O_RDWR
+_HOLES = 0x02 | 0x10  # FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE: data below may go
 _INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.")
 
 __all__ = ["DIR_CACHE", "FD_CACHE", "NO_OPEN", "UnionFS"]
@@ -67,6 +62,10 @@ NO_OPEN = hasattr(pyfuse3.Operations, "enable_no_open")
 
 
 def _read_only(node: Node) -> None:
+    raise oserror(errno.EROFS)
+
+
+async def _read_only_copy(node: Node, data: bool = True) -> None:
     raise oserror(errno.EROFS)
 
 
@@ -103,6 +102,7 @@ class UnionFS(pyfuse3.Operations):
         self._fd = self.fds.fd
         self._attr = attr
         self._upper_dir: Callable[[Node], None] = self.copyups.upper_dir if self.copyups else _read_only
+        self._copy_up: Callable[..., Awaitable[None]] = self.copyups.copy_up if self.copyups else _read_only_copy
         self.initialised = trio.Event()  # set as the kernel's INIT is answered
 
     def init(self) -> None:
@@ -146,11 +146,6 @@ class UnionFS(pyfuse3.Operations):
             raise oserror(errno.EROFS)
         return self.up
 
-    async def _copy_up(self, node: Node, data: bool = True) -> None:
-        if self.copyups is None:
-            raise oserror(errno.EROFS)
-        await self.copyups.copy_up(node, data)
-
     def _parent_st(self, parent: Node) -> os.stat_result:
         return parent.last or self._stat(parent)  # every change to it goes through us and refreshes it
 
@@ -179,17 +174,6 @@ class UnionFS(pyfuse3.Operations):
         up = self._writable()
         self._upper_dir(parent)
         return parent, name, up, join(parent.rel, name)
-
-    def _made(self, up: Upper, rel: str, make: Callable[[int, str], T]) -> tuple[T, bool]:
-        """``make(dir_fd, name)`` a new object at ``rel`` in the upper; and whether a 0/0 whiteout
-        (another overlay's spelling) was there and had to go first."""
-        with self.layers.at(up.layer, rel) as (fd, n):
-            try:
-                return make(fd, n), False
-            except FileExistsError:
-                if not up.clear_overlay_whiteout(rel):
-                    raise
-                return make(fd, n), True
 
     def _finish_new(self, parent: Node, name: str) -> pyfuse3.EntryAttributes:
         """The entry of an object just made: a fresh number (see ``inodes``), one lookup."""
@@ -283,7 +267,7 @@ class UnionFS(pyfuse3.Operations):
             node, st = await self._new_file(parent_inode, name, mode, ctx)
             return self._attr(st, node.ino)
         parent, sname, up, rel = await self._prepare_new(parent_inode, name)
-        self._made(up, rel, lambda fd, n: os.mknod(n, mode, rdev, dir_fd=fd))
+        up.make(rel, lambda fd, n: os.mknod(n, mode, rdev, dir_fd=fd))
         up.own(rel, self._parent_st(parent), ctx.uid, ctx.gid, False)
         up.drop_whiteout(parent, sname)
         return self._finish_new(parent, sname)
@@ -291,7 +275,7 @@ class UnionFS(pyfuse3.Operations):
     @fuse_boundary
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent, sname, up, rel = await self._prepare_new(parent_inode, name)
-        _, whited = self._made(up, rel, lambda fd, n: os.mkdir(n, mode & 0o7777, dir_fd=fd))
+        _, whited = up.make(rel, lambda fd, n: os.mkdir(n, mode & 0o7777, dir_fd=fd))
         up.own(rel, self._parent_st(parent), ctx.uid, ctx.gid, True)
         if up.drop_whiteout(parent, sname) or whited:
             up.marker(join(rel, whiteout.OPAQUE))  # mkdir over a whiteout: hide what was below
@@ -348,7 +332,7 @@ class UnionFS(pyfuse3.Operations):
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent, sname, up, rel = await self._prepare_new(parent_inode, name)
-        self._made(up, rel, lambda fd, n: os.symlink(os.fsdecode(target), n, dir_fd=fd))
+        up.make(rel, lambda fd, n: os.symlink(os.fsdecode(target), n, dir_fd=fd))
         up.own(rel, self._parent_st(parent), ctx.uid, ctx.gid, False)
         up.drop_whiteout(parent, sname)
         return self._finish_new(parent, sname)
@@ -440,7 +424,7 @@ class UnionFS(pyfuse3.Operations):
         await self._copy_up(node)  # a hard link is a change to the file: copy it up first
         parent, sname, up, rel = await self._prepare_new(new_parent_inode, new_name)
         with self.layers.at(up.layer, node.rel) as (sfd, s):
-            self._made(up, rel, lambda fd, n: os.link(s, n, src_dir_fd=sfd, dst_dir_fd=fd, follow_symlinks=False))
+            up.make(rel, lambda fd, n: os.link(s, n, src_dir_fd=sfd, dst_dir_fd=fd, follow_symlinks=False))
         up.drop_whiteout(parent, sname)
         res = self._resolve(parent, sname)
         assert res is not None
@@ -483,6 +467,17 @@ class UnionFS(pyfuse3.Operations):
         node = self._node(fh)
         await self._copy_up(node)
         self._drop_suidgid(node)
+
+    @fuse_boundary
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        """fallocate(2) (mode 0, KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE...: what the upper filesystem
+        takes) on the file's copy-up."""
+        node = self._node(fh)
+        await self._copy_up(node)
+        fd = self._fd(node, write=True)
+        if mode & _HOLES and self.copyups is not None:
+            await self.copyups.make_durable(fd)
+        Upper.fallocate(fd, mode, offset, length)
 
     @fuse_boundary
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -629,7 +624,7 @@ class UnionFS(pyfuse3.Operations):
         """A new empty file (create, or mknod of a file), its fd kept for the writes to come; its
         node (looked up once) and stat."""
         parent, sname, up, rel = await self._prepare_new(parent_inode, name)
-        real, _ = self._made(up, rel, lambda fd, n: os.open(
+        real, _ = up.make(rel, lambda fd, n: os.open(
             n, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, stat.S_IMODE(mode), dir_fd=fd))
         try:
             st = up.own_file(real, mode, self._parent_st(parent), ctx.uid, ctx.gid)

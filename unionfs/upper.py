@@ -11,12 +11,15 @@ from __future__ import annotations
 import ctypes
 import os
 import stat
+from collections.abc import Callable
+from typing import TypeVar
 
 from . import whiteout
 from .copyup import remove_entry
 from .inodes import Node
 from .layers import LayerSet, join
 
+T = TypeVar("T")
 _libc = ctypes.CDLL(None, use_errno=True)
 RENAME_EXCHANGE = 2  # renameat2(2)
 
@@ -66,6 +69,17 @@ class Upper:
             except FileNotFoundError:
                 return False
 
+    def make(self, rel: str, make: Callable[[int, str], T]) -> tuple[T, bool]:
+        """``make(dir_fd, name)`` a new object at ``rel``; and whether an overlay whiteout (0/0,
+        another overlay's spelling) was there and had to go first."""
+        with self.layers.at(self.layer, rel) as (fd, n):
+            try:
+                return make(fd, n), False
+            except FileExistsError:
+                if not self.clear_overlay_whiteout(rel):
+                    raise
+                return make(fd, n), True
+
     def clear_overlay_whiteout(self, rel: str) -> bool:
         """Remove the overlay whiteout (a 0/0 char device, as kernel overlayfs and fuse-overlayfs
         write them) at ``rel``, if that is what is there: a name is being made in its place."""
@@ -85,6 +99,13 @@ class Upper:
             if _libc.renameat2(afd, os.fsencode(an), bfd, os.fsencode(bn), RENAME_EXCHANGE) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, os.strerror(err), a)
+
+    @staticmethod
+    def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+        """fallocate(2) on an upper file (os has only posix_fallocate, which takes no mode)."""
+        if _libc.fallocate(fd, mode, ctypes.c_long(offset), ctypes.c_long(length)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
 
     def clear_markers(self, rel: str) -> None:
         """Empty the upper directory ``rel``, which holds only markers (the merged dir is empty)."""
