@@ -432,9 +432,10 @@ class Supervisor:
                 if sig == signal.SIGWINCH:  # the terminal was resized: so is the pty (which tells PID 1)
                     self._resize()
                     continue
-                if sig == signal.SIGINT:
+                if sig in (signal.SIGINT, signal.SIGTERM):
                     interrupts += 1
-                target = signal.SIGKILL if interrupts > 1 else sig  # a second Ctrl-C kills
+                # a second Ctrl-C or SIGTERM kills: PID 1 ignores a signal it has no handler for
+                target = signal.SIGKILL if interrupts > 1 else sig
                 try:
                     os.kill(self.pid, target)
                 except (ProcessLookupError, PermissionError):

@@ -315,3 +315,21 @@ def test_a_failure_after_the_union_is_forked_leaves_nothing_behind(rootdir):
     assert strata(rootdir, "ps", "-aq").out == ""  # a run that never started leaves no container
     with open("/proc/self/mountinfo") as f:
         assert rootdir not in f.read()
+
+
+def test_a_second_sigterm_to_the_client_kills_a_container_that_ignores_the_first(rootdir):
+    """run -t without -i, a command reading its terminal (it never sees the end of its input), and
+    PID 1 ignores SIGTERM: the client is not stuck for ever; a second SIGTERM (timeout -k) kills."""
+    proc = subprocess.Popen([*STRATA, "--root", rootdir, "run", "-t", "--name", "reader", "bb", "cat"], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": REPO}, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: '"Running": true' in strata(rootdir, "inspect", "reader", check=False).out,
+                 what="the container to run")
+        # signals of one kind sent back to back merge into one: send until two have been taken apart
+        wait_for(lambda: proc.send_signal(signal.SIGTERM) or proc.poll() is not None, what="the client to end")
+        assert proc.wait() == 137
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
