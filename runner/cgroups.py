@@ -21,6 +21,7 @@ import re
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 from . import devices
 from .devices import DeviceRule
@@ -59,12 +60,15 @@ def _settle(done: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
 
 
 class Cgroup:
-    """One container's cgroup. ``create``, ``limit``, ``add``, ``pids``, ``oom_killed``, ``remove``."""
+    """One container's cgroup. ``create``, ``limit`` (or ``apply``), ``add``, ``pids``, ``oom_killed``,
+    ``remove``. ``path``: where it is in each hierarchy, relative to the hierarchy's root (an OCI
+    config's ``linux.cgroupsPath``, e.g. ``machine.slice/libpod-x``); default ``strata/<name>``."""
 
     version = 0
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, path: str | None = None) -> None:
         self.name = name
+        self.path = _clean_path(path) if path is not None else f"{GROUP}/{name}"
 
     def dirs(self) -> list[str]:
         raise NotImplementedError
@@ -74,6 +78,22 @@ class Cgroup:
         raise NotImplementedError
 
     def limit(self, cpu_shares: int | None, memory: int | None) -> None:
+        raise NotImplementedError
+
+    def apply(self, resources: dict[str, Any]) -> None:
+        """An OCI config's ``linux.resources`` (but its devices: ``create`` takes those): memory
+        (limit, swap as memory + swap, -1 unlimited), cpu (shares, quota, period) and pids (limit),
+        written in an order the kernel accepts in a fresh group. Anything else present was refused
+        by ``runner.oci.spec.check``."""
+        memory, cpu = resources.get("memory") or {}, resources.get("cpu") or {}
+        limit = memory.get("limit")
+        swap = memory.get("swap")
+        for path, value in self._writes(limit, swap, cpu.get("shares"), cpu.get("quota"), cpu.get("period"),
+                                        (resources.get("pids") or {}).get("limit")):
+            _write(path, value)
+
+    def _writes(self, limit: int | None, swap: int | None, shares: int | None, quota: int | None,
+                period: int | None, pids: int | None) -> list[tuple[str, str]]:
         raise NotImplementedError
 
     def oom_killed(self) -> bool:
@@ -147,19 +167,47 @@ class Cgroup:
 class V1(Cgroup):
     version = 1
 
-    def __init__(self, name: str, root: str = "/sys/fs/cgroup") -> None:
-        super().__init__(name)
+    def __init__(self, name: str, root: str = "/sys/fs/cgroup", path: str | None = None) -> None:
+        super().__init__(name, path)
         cpu = next((os.path.join(root, c) for c in ("cpu,cpuacct", "cpu") if os.path.isdir(os.path.join(root, c))),
                    os.path.join(root, "cpu"))
-        self.cpu = os.path.join(cpu, GROUP, name)
-        self.memory = os.path.join(root, "memory", GROUP, name)
+        self.cpu = os.path.join(cpu, self.path)
+        self.memory = os.path.join(root, "memory", self.path)
         freezer = os.path.join(root, "freezer")
-        self.freezer = os.path.join(freezer, GROUP, name) if os.path.isdir(freezer) else None
+        self.freezer = os.path.join(freezer, self.path) if os.path.isdir(freezer) else None
         self.devices_root = os.path.join(root, "devices")
-        self.devices = os.path.join(self.devices_root, GROUP, name)
+        self.devices = os.path.join(self.devices_root, self.path)
+        # pids: only for a pids limit (each v1 hierarchy a process joins costs a move), or if made
+        self.pids_dir = os.path.join(root, "pids", self.path) if os.path.isdir(os.path.join(root, "pids")) else None
+        self.with_pids = False
 
     def dirs(self) -> list[str]:
-        return [self.cpu, self.memory, self.devices] + ([self.freezer] if self.freezer else [])
+        pids = [self.pids_dir] if self.pids_dir and (self.with_pids or os.path.isdir(self.pids_dir)) else []
+        return [self.cpu, self.memory, self.devices] + ([self.freezer] if self.freezer else []) + pids
+
+    def _writes(self, limit: int | None, swap: int | None, shares: int | None, quota: int | None,
+                period: int | None, pids: int | None) -> list[tuple[str, str]]:
+        writes = []
+        if limit:
+            writes.append((os.path.join(self.memory, "memory.limit_in_bytes"), str(limit)))
+        memsw = os.path.join(self.memory, "memory.memsw.limit_in_bytes")
+        if swap and (swap != -1 or os.path.exists(memsw)):
+            if not os.path.exists(memsw):
+                raise RunnerError("this host has no swap accounting (memory.memsw): cannot limit memory + swap")
+            writes.append((memsw, str(swap)))
+        if shares:
+            writes.append((os.path.join(self.cpu, "cpu.shares"), str(shares)))
+        if period:
+            writes.append((os.path.join(self.cpu, "cpu.cfs_period_us"), str(period)))
+        if quota:
+            writes.append((os.path.join(self.cpu, "cpu.cfs_quota_us"), str(quota)))
+        if pids:
+            if self.pids_dir is None:
+                raise RunnerError("this host has no pids cgroup: cannot limit the number of processes")
+            self.with_pids = True
+            os.makedirs(self.pids_dir, exist_ok=True)
+            writes.append((os.path.join(self.pids_dir, "pids.max"), str(pids) if pids > 0 else "max"))
+        return writes
 
     def freeze(self, frozen: bool) -> None:
         if self.freezer is None:
@@ -192,25 +240,47 @@ class V1(Cgroup):
 class V2(Cgroup):
     version = 2
 
-    def __init__(self, name: str, root: str = "/sys/fs/cgroup") -> None:
-        super().__init__(name)
+    def __init__(self, name: str, root: str = "/sys/fs/cgroup", path: str | None = None) -> None:
+        super().__init__(name, path)
         self.root = root
-        self.dir = os.path.join(root, GROUP, name)
+        self.dir = os.path.join(root, self.path)
 
     def dirs(self) -> list[str]:
         return [self.dir]
 
     def create(self, device_rules: list[DeviceRule] | None = None) -> None:
-        parent = os.path.join(self.root, GROUP)
+        parent = os.path.dirname(self.dir)
         os.makedirs(parent, exist_ok=True)
-        for d in (self.root, parent):  # let the controllers reach the container's group
+        ancestors = [self.root]
+        for part in os.path.relpath(parent, self.root).split("/"):
+            if part != ".":
+                ancestors.append(os.path.join(ancestors[-1], part))
+        for d in ancestors:  # let the controllers reach the container's group
             path = os.path.join(d, "cgroup.subtree_control")
             enabled = _read(path).split() if os.path.exists(path) else []
-            wanted = [f"+{c}" for c in ("cpu", "memory") if c not in enabled]
+            available = _read(os.path.join(d, "cgroup.controllers")).split() if os.path.exists(path) else []
+            wanted = [f"+{c}" for c in ("cpu", "memory", "pids") if c not in enabled and (c in available or c != "pids")]
             if wanted:
                 _write(path, " ".join(wanted))
         os.makedirs(self.dir, exist_ok=True)
         devices.attach_v2(self.dir, devices.DEFAULT_RULES if device_rules is None else device_rules)
+
+    def _writes(self, limit: int | None, swap: int | None, shares: int | None, quota: int | None,
+                period: int | None, pids: int | None) -> list[tuple[str, str]]:
+        writes = []
+        if limit:
+            writes.append((os.path.join(self.dir, "memory.max"), str(limit)))
+        if swap:  # v2's swap.max is swap alone; the runtime-spec's is memory + swap (as v1)
+            value = "max" if swap == -1 or not limit or limit == -1 else str(max(swap - limit, 0))
+            writes.append((os.path.join(self.dir, "memory.swap.max"), value))
+        if shares:
+            writes.append((os.path.join(self.dir, "cpu.weight"), str(shares_to_weight(shares))))
+        if quota or period:
+            writes.append((os.path.join(self.dir, "cpu.max"),
+                           f"{quota if quota and quota > 0 else 'max'} {period or 100000}"))
+        if pids:
+            writes.append((os.path.join(self.dir, "pids.max"), str(pids) if pids > 0 else "max"))
+        return writes
 
     def limit(self, cpu_shares: int | None, memory: int | None) -> None:
         if cpu_shares:
@@ -252,6 +322,12 @@ class NoCgroup(Cgroup):
             raise RunnerError("this rootless host delegates no cgroup to you: --cpu-shares and -m cannot be "
                               "enforced")
 
+    def _writes(self, limit: int | None, swap: int | None, shares: int | None, quota: int | None,
+                period: int | None, pids: int | None) -> list[tuple[str, str]]:
+        if any((limit, swap, shares, quota, period, pids)):
+            raise RunnerError("this rootless host delegates no cgroup to you: linux.resources cannot be enforced")
+        return []
+
     def oom_killed(self) -> bool:
         return False
 
@@ -289,20 +365,30 @@ class NoCgroup(Cgroup):
         pass
 
 
-def for_host(name: str, root: str = "/sys/fs/cgroup") -> Cgroup:
+def _clean_path(path: str) -> str:
+    """A group's path relative to a hierarchy's root: ``/machine.slice/x`` and ``machine.slice/x``
+    alike (runc reads a relative one from its own group; here both start at the root)."""
+    parts = [p for p in path.split("/") if p and p != "."]
+    if not parts or ".." in parts:
+        raise RunnerError(f"cgroupsPath {path!r} names no group under the cgroup root")
+    return "/".join(parts)
+
+
+def for_host(name: str, root: str = "/sys/fs/cgroup", path: str | None = None) -> Cgroup:
     """v2 when the root is a unified hierarchy with cpu and memory; else v1 (hybrid hosts too). An
-    ordinary user gets none (``NoCgroup``): delegated v2 subtrees are not used yet."""
+    ordinary user gets none (``NoCgroup``): delegated v2 subtrees are not used yet. ``path``: the
+    group's place in the hierarchy (default ``strata/<name>``)."""
     if os.geteuid() != 0:
         return NoCgroup(name)
     controllers = os.path.join(root, "cgroup.controllers")
     if os.path.exists(controllers) and {"cpu", "memory"} <= set(_read(controllers).split()):
-        return V2(name, root)
-    return V1(name, root)
+        return V2(name, root, path)
+    return V1(name, root, path)
 
 
-def load(version: int, name: str, root: str = "/sys/fs/cgroup", pid: int = 0) -> Cgroup:
+def load(version: int, name: str, root: str = "/sys/fs/cgroup", pid: int = 0, path: str | None = None) -> Cgroup:
     """The group a container was created with (``version`` 0: none; its members then are those of
     PID 1's PID namespace, ``pid``)."""
     if version == 0:
         return NoCgroup(name, pid)
-    return V2(name, root) if version == 2 else V1(name, root)
+    return V2(name, root, path) if version == 2 else V1(name, root, path)

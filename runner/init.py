@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import resource
 import signal
 import socket
 import struct
@@ -48,6 +49,7 @@ CAPS = {name: bit for bit, name in enumerate((
     "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND",
     "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE"))}
 DEFAULT_CAPS = {name: CAPS[name] for name in DOCKER_CAPS}
+_TIOCGPTN = 0x80045430  # <asm-generic/ioctls.h>: _IOR('T', 0x30, unsigned int)
 _NAMESPACE_FLAGS = {"uts": sc.CLONE_NEWUTS, "ipc": sc.CLONE_NEWIPC, "pid": sc.CLONE_NEWPID, "network": sc.CLONE_NEWNET}
 
 
@@ -158,6 +160,61 @@ def _setgroups_denied() -> bool:
         return False
 
 
+def _close_fds(first: int, keep: set[int]) -> None:
+    """Close every fd from ``first`` on but those in ``keep``."""
+    for fd in sorted(k for k in keep if k >= first):
+        os.closerange(first, fd)
+        first = fd + 1
+    os.closerange(first, 65536)
+
+
+# <asm-generic/resource.h>, by number (Python's resource module lacks some, RLIMIT_LOCKS among them)
+_RLIMITS = {f"RLIMIT_{name}": number for number, name in enumerate((
+    "CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS", "NPROC", "NOFILE", "MEMLOCK", "AS", "LOCKS", "SIGPENDING",
+    "MSGQUEUE", "NICE", "RTPRIO", "RTTIME"))}
+
+
+def _set_limits(spec: dict[str, Any]) -> None:
+    """The config's ``process.rlimits`` and ``oomScoreAdj``, while this process is still root."""
+    for limit in spec.get("rlimits") or []:
+        if limit.get("type") not in _RLIMITS:
+            raise _Fail(125, f"unknown rlimit {limit.get('type')!r}")
+        try:
+            resource.setrlimit(_RLIMITS[limit["type"]], (int(limit["soft"]), int(limit["hard"])))
+        except (OSError, ValueError) as e:
+            raise _Fail(125, f"cannot set {limit['type']} to {limit['soft']}:{limit['hard']}: {e}") from None
+    if spec.get("umask") is not None:
+        os.umask(int(spec["umask"]))
+    if spec.get("oom_score_adj") is not None:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(int(spec["oom_score_adj"])))
+
+
+_parked = False  # past the exec fifo: the runtime that waited for us is gone; errors go to stderr
+
+
+def _park(fifo: int, status_fd: int) -> None:
+    """runc's exec fifo: everything is set up; say so, then wait until ``start`` opens the fifo
+    (``fifo`` is an ``O_PATH`` fd of it, opened before pivot_root) and write it one byte. A signal
+    meanwhile ends the process (PID 1 of a namespace ignores those it has no handler for)."""
+    global _parked
+    parked_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+    for sig in parked_signals:
+        signal.signal(sig, lambda signum, _frame: os._exit(128 + signum))
+    _report(status_fd, "parked")
+    os.dup2(2, status_fd)  # the creator stops reading: a later failure is the container's stderr's
+    _parked = True
+    try:
+        fd = os.open(f"/proc/self/fd/{fifo}", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise _Fail(125, f"cannot open the exec fifo: {e.strerror} (no /proc in the container?)") from None
+    os.write(fd, b"0")
+    os.close(fd)
+    os.close(fifo)
+    for sig in parked_signals:
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _find(cmd: str, env: list[str]) -> str:
     if "/" in cmd:
         if not os.path.exists(cmd):
@@ -172,7 +229,8 @@ def _find(cmd: str, env: list[str]) -> str:
 
 
 def _exec(spec: dict[str, Any], status_fd: int) -> None:
-    """The last steps, in the container: session, user, caps, fds, cwd, exec."""
+    """The last steps, in the container: session, limits, user, caps, fds, cwd, (the exec fifo,)
+    exec."""
     os.setsid()
     if spec.get("tty"):
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
@@ -182,17 +240,26 @@ def _exec(spec: dict[str, Any], status_fd: int) -> None:
     cwd = spec.get("cwd") or "/"
     _mkdirs(cwd)
     sc.join_session_keyring()  # never the host's (the filter denies keyctl; unconfined, this one)
+    _set_limits(spec)
+    seccomp = spec.get("seccomp")
+    if seccomp is not None and not spec.get("no_new_privs", True):
+        # without no_new_privs the kernel takes a filter only from CAP_SYS_ADMIN: load it while we
+        # still have it (runc does the same); what is left of the set-up runs under it
+        seccomp.load()
+        seccomp = None
     _drop_privileges(spec)
-    os.closerange(3, status_fd)
-    os.closerange(status_fd + 1, 65536)
+    park = spec.get("park")
+    _close_fds(3 + int(spec.get("preserve_fds") or 0), {status_fd, *([park] if park is not None else [])})
     os.chdir(cwd)
     if os.path.realpath(os.getcwd()) != os.path.realpath(cwd):
         raise _Fail(126, f"working directory {cwd} is not reachable")
     binary = _find(args[0], env)
+    if park is not None:
+        _park(park, status_fd)
     for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
-    if spec.get("seccomp") is not None:  # last, as runc: after no_new_privs, right before exec
-        spec["seccomp"].load()
+    if seccomp is not None:  # last, as runc: after no_new_privs, right before exec
+        seccomp.load()
     try:
         os.execve(binary, args, dict(e.split("=", 1) for e in env if "=" in e))
     except PermissionError:
@@ -214,10 +281,11 @@ def _child(status_fd: int, setup_failure: int, steps: Callable[[], None]) -> NoR
         steps()
         raise _Fail(setup_failure, "exec returned")
     except _Fail as e:
-        _report(status_fd, f"error {e.code} {e}")
+        _report(status_fd, f"strata-oci: {e}" if _parked else f"error {e.code} {e}")
         os._exit(e.code)
     except OSError as e:
-        _report(status_fd, f"error {setup_failure} container set-up failed: {e}")
+        _report(status_fd, f"strata-oci: container set-up failed: {e}" if _parked else
+                f"error {setup_failure} container set-up failed: {e}")
         os._exit(setup_failure)
 
 
@@ -237,14 +305,38 @@ def _enter_user_namespace(config: dict[str, Any]) -> None:
             f.write(text)
 
 
+_JOINABLE = {"network": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS, "pid": sc.CLONE_NEWPID}
+
+
 def _namespaces(config: dict[str, Any]) -> set[str]:
-    """The namespace types the config asks to be made new (joining one by path: not yet)."""
-    kinds = set()
+    """The namespace types the config asks to be made new."""
+    return {ns["type"] for ns in (config.get("linux") or {}).get("namespaces") or [] if not ns.get("path")}
+
+
+def _joined_namespaces(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """(type, path) of the namespaces the config joins (a pod's network, say): network, ipc, uts
+    and pid only, for now."""
+    joined = []
     for ns in (config.get("linux") or {}).get("namespaces") or []:
         if ns.get("path"):
-            raise _Fail(125, f"joining the {ns['type']} namespace at {ns['path']} is not supported yet")
-        kinds.add(ns["type"])
-    return kinds
+            if ns["type"] not in _JOINABLE:
+                raise _Fail(125, f"joining the {ns['type']} namespace at {ns['path']} is not supported yet")
+            joined.append((ns["type"], ns["path"]))
+    return joined
+
+
+def _join_by_path(joined: list[tuple[str, str]]) -> None:
+    for kind, path in joined:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise _Fail(125, f"cannot open the {kind} namespace {path}: {e.strerror}") from None
+        try:
+            sc.setns(fd, _JOINABLE[kind])  # the type is checked: a path to another kind is refused
+        except OSError as e:
+            raise _Fail(125, f"cannot join the {kind} namespace {path}: {os.strerror(e.errno or 0)}") from None
+        finally:
+            os.close(fd)
 
 
 def _process(spec: dict[str, Any]) -> dict[str, Any]:
@@ -260,11 +352,15 @@ def _process(spec: dict[str, Any]) -> dict[str, Any]:
             user += ":" + ",".join(str(g) for g in ids["additionalGids"])
     return {"args": process.get("args") or [], "env": process.get("env") or [], "cwd": process.get("cwd") or "/",
             "user": user, "tty": bool(process.get("terminal")), "capabilities": process.get("capabilities"),
-            "no_new_privs": bool(process.get("noNewPrivileges")), "seccomp": spec.get("seccomp")}
+            "no_new_privs": bool(process.get("noNewPrivileges")), "seccomp": spec.get("seccomp"),
+            "rlimits": process.get("rlimits"), "oom_score_adj": process.get("oomScoreAdj"),
+            "park": spec.get("fifo_fd"), "preserve_fds": spec.get("preserve_fds", 0),
+            "umask": (process.get("user") or {}).get("umask")}
 
 
 def _pid1(spec: dict[str, Any], status_fd: int, go_fd: int, joined_fd: int) -> None:
-    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if spec.get("die_with_parent", True):  # (strata-oci's PID 1 outlives the ``create`` that made it)
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
     if os.read(go_fd, 2) != b"go":  # the supervisor gave up (no mount): exit quietly
         os._exit(125)
@@ -273,7 +369,13 @@ def _pid1(spec: dict[str, Any], status_fd: int, go_fd: int, joined_fd: int) -> N
     namespaces = _namespaces(config)
     if "mount" in namespaces:  # a mount namespace copies the mounts there are: now the union's exists
         sc.unshare(sc.CLONE_NEWNS)
-    rootfs.setup(config)
+    console = spec.get("console_fd")
+    master = rootfs.setup(config, console=console is not None)
+    if console is not None and master is not None:  # the pty master to whoever holds the console socket
+        send_console(console, master)
+        os.close(master)
+    if console is not None:
+        os.close(console)
     if "uts" in namespaces:
         socket.sethostname(config.get("hostname") or "localhost")
     if "network" in namespaces:
@@ -323,21 +425,24 @@ def exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def create(spec: dict[str, Any], go_fd: int) -> int:
+def spawn(spec: dict[str, Any], go_fd: int, keep_stdio: bool = False) -> int:
     """Unshare and fork PID 1 at once, and move it into the cgroup: moving a process between v1
     cgroups waits for an RCU grace period (5-20 ms here), which overlaps with the supervisor's wait
-    for the union mount and PID 1's set-up of its root. PID 1 waits for the supervisor's go-ahead
-    on ``go_fd`` (the mount is ready) and for the helper's word that it is in the cgroup."""
+    for the union mount and PID 1's set-up of its root. PID 1 waits for the go-ahead on ``go_fd``
+    and for this process's word that it is in the cgroup. Returns PID 1's pid (our child); raises
+    ``_Fail`` with nothing left running. This process is in the container's new user namespace and
+    its uts/ipc/net ones afterwards (fork it, or let it end soon: strata-oci's ``create`` ends)."""
     status_fd = spec["status_fd"]
-    os.set_inheritable(status_fd, False)
     cgroup_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in spec.get("cgroup_procs", [])]
-    namespaces = _namespaces(spec["config"])
+    config = spec["config"]
+    namespaces = _namespaces(config)
+    joined = _joined_namespaces(config)
     if "user" in namespaces:  # first: the namespaces made after it are its own, and so are their mounts
         try:
-            _enter_user_namespace(spec["config"])
+            _enter_user_namespace(config)
         except OSError as e:
-            _report(status_fd, f"error 125 cannot make the container's user namespace: {e}")
-            return 125
+            raise _Fail(125, f"cannot make the container's user namespace: {e}") from None
+    _join_by_path(joined)
     flags = 0  # the mount and cgroup namespaces: PID 1's, later
     for kind in namespaces:
         flags |= _NAMESPACE_FLAGS.get(kind, 0)
@@ -347,17 +452,29 @@ def create(spec: dict[str, Any], go_fd: int) -> int:
     if pid == 0:
         os.close(joined_w)
         _child(status_fd, 125, lambda: _pid1(spec, status_fd, go_fd, joined_r))
-    for fd in (joined_r, go_fd, 0, 1, 2):  # the helper keeps none of the container's stdio open
+    for fd in (joined_r, go_fd, *(() if keep_stdio else (0, 1, 2))):  # (none of the container's stdio)
         os.close(fd)
     try:
         _join_cgroup(cgroup_fds, pid)
     except OSError as e:
-        _report(status_fd, f"error 125 cannot move the container into its cgroup: {e}")
         os.close(joined_w)
-        _wait_child(pid, status_fd)
-        return 125
+        _kill(pid)
+        os.waitpid(pid, 0)
+        raise _Fail(125, f"cannot move the container into its cgroup: {e}") from None
     os.write(joined_w, b"in")
     os.close(joined_w)
+    return pid
+
+
+def create(spec: dict[str, Any], go_fd: int) -> int:
+    """``spawn`` PID 1, report its pid on the status pipe, wait for it and return its status."""
+    status_fd = spec["status_fd"]
+    os.set_inheritable(status_fd, False)
+    try:
+        pid = spawn(spec, go_fd)
+    except _Fail as e:
+        _report(status_fd, f"error {e.code} {e}")
+        return e.code
     _report(status_fd, f"pid {pid}")
     return _wait_child(pid, status_fd)
 
@@ -389,7 +506,18 @@ def join(spec: dict[str, Any]) -> int:
     for fd in cgroup_fds:
         os.close(fd)
     _report(status_fd, f"pid {pid}")
+    if spec.get("detach"):  # strata-oci ``exec -d``: the command goes to the caller's subreaper
+        return 0
     return _wait_child(pid, status_fd)
+
+
+def send_console(sock_fd: int, master: int) -> None:
+    """runc's console socket protocol: one message whose cmsg carries the pty master (SCM_RIGHTS)
+    and whose payload is the pty's name."""
+    with socket.socket(fileno=os.dup(sock_fd)) as sock:
+        number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))[0]
+        name = f"/dev/pts/{number}"
+        socket.send_fds(sock, [name.encode()], [master])
 
 
 def forked(spec: dict[str, Any], stdio: tuple[int, int, int], go_fd: int) -> NoReturn:

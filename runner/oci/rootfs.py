@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import stat
+import termios
 from typing import Any
 
 from .. import syscalls as sc
@@ -216,9 +218,68 @@ def _node(dir_fd: int, name: str, mode: int, major: int, minor: int, uid: int, g
             os.close(fd)
 
 
-def setup(config: dict[str, Any]) -> None:
+TIOCSPTLCK = 0x40045431  # <asm-generic/ioctls.h>: _IOW('T', 0x31, int)
+TIOCGPTPEER = 0x5441  # _IO('T', 0x41), Linux >= 4.13: open the slave of a master by fd, not by path
+PTMX = os.makedev(5, 2)
+
+
+def pty_of(ptmx: int) -> tuple[int, int]:
+    """(master, slave) of a new pty of the devpts instance whose ``ptmx`` node is open (O_RDWR) as
+    ``ptmx``, which becomes the master. Closes it and raises OSError if it is not a ptmx."""
+    try:
+        st = os.fstat(ptmx)
+        if not stat.S_ISCHR(st.st_mode) or st.st_rdev != PTMX:
+            raise OSError(errno.ENOTTY, "not a ptmx")
+        fcntl.ioctl(ptmx, TIOCSPTLCK, b"\0\0\0\0")  # unlockpt
+        slave = fcntl.ioctl(ptmx, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        os.close(ptmx)
+        raise
+    return ptmx, slave
+
+
+def _console(root_fd: int, config: dict[str, Any]) -> int:
+    """The container's terminal, as runc makes it: a pty of the root's own devpts (so the command
+    finds it as /dev/pts/N) or, with no devpts there, a host one; its slave becomes fds 0-2 and
+    takes ``process.consoleSize``. Returns the master."""
+    try:
+        master, slave = pty_of(open_in_root(root_fd, "/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        master, slave = os.openpty()
+    size = (config.get("process") or {}).get("consoleSize") or {}
+    if size.get("height") and size.get("width"):
+        termios.tcsetwinsize(slave, (int(size["height"]), int(size["width"])))
+    for target in (0, 1, 2):
+        os.dup2(slave, target)
+    os.close(slave)
+    os.set_inheritable(master, False)
+    return master
+
+
+_IPC_SYSCTLS = {"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall", "kernel.shmmax",
+                "kernel.shmmni", "kernel.shm_rmid_forced"}
+
+
+def check_sysctl(config: dict[str, Any], key: str) -> None:
+    """A sysctl the container may set: one that belongs to a namespace of its own (runc's list:
+    the IPC ones, fs.mqueue.*, net.* with a network namespace, kernel.hostname/domainname with a uts
+    namespace). Anything else would change the host: refused."""
+    kinds = {ns.get("type") for ns in (config.get("linux") or {}).get("namespaces") or []}
+    if "/" in key or ".." in key:
+        raise RunnerError(f"sysctl {key!r} is not a sysctl name")
+    if (key in _IPC_SYSCTLS or key.startswith("fs.mqueue.")) and "ipc" in kinds:
+        return
+    if key.startswith("net.") and "network" in kinds:
+        return
+    if key in ("kernel.hostname", "kernel.domainname") and "uts" in kinds:
+        return
+    raise RunnerError(f"sysctl {key} is not in a namespace of the container's own: refused")
+
+
+def setup(config: dict[str, Any], console: bool = False) -> int | None:
     """Make the root (mounts, /dev), pivot into it and apply the masks. Runs in PID 1, in its new
-    mount namespace, before anything of the container runs."""
+    mount namespace, before anything of the container runs. ``console`` (strata-oci's console
+    socket) with ``process.terminal``: make the pty here, as fds 0-2, and return its master."""
     root = config["root"]["path"]
     propagation = (config.get("linux") or {}).get("rootfsPropagation") or "rprivate"
     if propagation not in _PROPAGATION:
@@ -226,11 +287,14 @@ def setup(config: dict[str, Any]) -> None:
     sc.mount("", "/", None, _PROPAGATION[propagation] | sc.MS_REC)
     sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    master = None
     try:
         dev_mounted = False
         for m in config.get("mounts") or []:
             _mount_one(root_fd, m)
             dev_mounted |= m["destination"].rstrip("/") == "/dev" and m.get("type") == "tmpfs"
+        if console and (config.get("process") or {}).get("terminal"):
+            master = _console(root_fd, config)
         if dev_mounted:
             _populate_dev(root_fd, config)
     finally:
@@ -240,6 +304,13 @@ def setup(config: dict[str, Any]) -> None:
     sc.umount2(".", sc.MNT_DETACH)
     os.chdir("/")
     linux = config.get("linux") or {}
+    for key, value in (linux.get("sysctl") or {}).items():  # /proc/sys is still writable: before the masks
+        check_sysctl(config, key)
+        try:
+            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                f.write(str(value))
+        except OSError as e:
+            raise OSError(e.errno, f"sysctl {key}={value}: {os.strerror(e.errno or errno.EIO)}") from None
     for path in linux.get("maskedPaths") or []:
         if os.path.isdir(path):
             sc.mount("tmpfs", path, "tmpfs", sc.MS_RDONLY)
@@ -251,3 +322,4 @@ def setup(config: dict[str, Any]) -> None:
             sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC | sc.MS_REMOUNT | sc.MS_RDONLY)
     if (config.get("root") or {}).get("readonly"):
         sc.mount("", "/", None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
+    return master

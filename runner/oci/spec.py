@@ -140,3 +140,35 @@ def check(config: dict[str, Any]) -> None:
     for ns in (config.get("linux") or {}).get("namespaces", []):
         if ns.get("type") not in NAMESPACES:
             raise RunnerError(f"config.json: unknown namespace type {ns.get('type')!r}")
+    _check_nested(config)
+
+
+# fields below the top sections that strata honours; any other field with a value is refused
+NESTED = {
+    ("process", "user"): {"uid", "gid", "additionalGids", "umask", "username"},
+    ("linux", "resources"): {"devices", "memory", "cpu", "pids"},
+    ("linux", "resources", "memory"): {"limit", "swap"},
+    ("linux", "resources", "cpu"): {"shares", "quota", "period"},
+    ("linux", "resources", "pids"): {"limit"},
+    ("root",): {"path", "readonly"},
+}
+RLIMITS = {"RLIMIT_AS", "RLIMIT_CORE", "RLIMIT_CPU", "RLIMIT_DATA", "RLIMIT_FSIZE", "RLIMIT_LOCKS", "RLIMIT_MEMLOCK",
+           "RLIMIT_MSGQUEUE", "RLIMIT_NICE", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_RSS", "RLIMIT_RTPRIO",
+           "RLIMIT_RTTIME", "RLIMIT_SIGPENDING", "RLIMIT_STACK"}
+
+
+def _check_nested(config: dict[str, Any]) -> None:
+    for path, known in NESTED.items():
+        value: Any = config
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise RunnerError(f"config.json: {'.'.join(path)} must be an object")
+        for key in sorted(set(value) - known):
+            if value[key] not in (None, "", 0, [], {}):  # an empty field asks for nothing
+                raise RunnerError(f"config.json: {'.'.join(path)}.{key} is not supported by strata")
+    for limit in (config.get("process") or {}).get("rlimits") or []:
+        if not isinstance(limit, dict) or limit.get("type") not in RLIMITS:
+            raise RunnerError(f"config.json: process.rlimits: unknown type {limit.get('type') if isinstance(limit, dict) else limit!r}")
