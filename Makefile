@@ -42,7 +42,7 @@ $(VENV)/.pyfuse3-patched: unionfs/pyfuse3.patch | $(BIN)/python
 	@tar xzf build/pyfuse3/pyfuse3-$(PYFUSE3).tar.gz -C build/pyfuse3
 	@patch -s -d $(PYFUSE3_SRC) -p1 < unionfs/pyfuse3.patch
 	@rm -f $(PYFUSE3_SRC)/src/pyfuse3/__init__.c  # Cython writes it again from the patched source
-	@SETUPTOOLS_SCM_PRETEND_VERSION=$(PYFUSE3)+strata.7 $(PIP) install --no-deps --force-reinstall $(PYFUSE3_SRC)
+	@SETUPTOOLS_SCM_PRETEND_VERSION=$(PYFUSE3)+strata.8 $(PIP) install --no-deps --force-reinstall $(PYFUSE3_SRC)
 	@touch $@
 
 $(BIN)/strata: .stamp-deb pyproject.toml $(VENV)/.pyfuse3-patched

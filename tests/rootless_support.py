@@ -64,7 +64,7 @@ class SetupError(RuntimeError):
 
 
 def _pyfuse3_version(repo: str) -> tuple[str, str]:
-    """The Makefile's pyfuse3 version and the local label it installs it under (``3.5.0``, ``+strata.7``)."""
+    """The Makefile's pyfuse3 version and the local label it installs it under (``3.5.0``, ``+strata.8``)."""
     with open(os.path.join(repo, "Makefile")) as f:
         text = f.read()
     version = re.search(r"^PYFUSE3\s*:=\s*(\S+)", text, re.M)
