@@ -1,9 +1,11 @@
-"""Image mounts for inspection: an image's layers as one read-only union at a directory, served by a
-unionfs daemon of its own until ``strata umount`` (podman's ``image mount``).
+"""Mounts for inspection: an image's layers, or a stopped container's writable layer over its image,
+as one read-only union at a directory, served by a unionfs daemon of its own until ``strata umount``
+(podman's ``image mount`` and ``mount``).
 
-Records live in ``ROOT/mounts/<image id, 12 hex>.json`` (image, mountpoint, the daemon's pid and start
-time); without a directory the mountpoint is ``ROOT/mounts/<12 hex>/``. One image has at most one
-mount. A record whose mount is gone (the daemon was killed, the host rebooted) counts as nothing and
+Records live in ``ROOT/mounts/<12 hex>.json`` for an image id and ``c-<12 hex>.json`` for a
+container (what: ``sha256:...`` or ``container:<id>``, mountpoint, the daemon's pid and start time);
+without a directory the mountpoint is the record's name without ``.json``. One image or container
+has at most one mount. A record whose mount is gone (the daemon was killed, the host rebooted) counts as nothing and
 is dropped by the next command that looks. ``rmi`` asks ``using_image`` so that no mounted image loses
 its layers. Callers hold the store's writer lock, which orders mounts against ``rmi``.
 """
@@ -36,6 +38,12 @@ class ImageMount:
     start_time: str | None  # the daemon's (``containers.start_time``): a reused pid is not ours
 
 
+def _shown(key: str) -> str:
+    """``image 1a2b3c...`` or ``container 4d5e6f...``, as a message names a mount's subject."""
+    kind, _, ident = key.partition(":")
+    return f"{'container' if kind == CONTAINER else 'image'} {ident[:12]}"
+
+
 def _mounted(path: str) -> bool:
     """Is a unionfs mount at ``path``?"""
     return any(fstype == "fuse.unionfs" for _, fstype in mountinfo.mounts_at(path))
@@ -49,12 +57,16 @@ def check_fuse_device(device: str = "/dev/fuse") -> None:
                           "open to you: mode 0666, most distributions' default)")
 
 
+CONTAINER = "container"  # a record's key for a container: ``container:<id>``
+
+
 class ImageMounts:
     def __init__(self, root: str) -> None:
         self.dir = os.path.join(root, "mounts")
 
-    def _record(self, image_id: str) -> str:
-        return os.path.join(self.dir, image_id.split(":", 1)[-1][:12] + ".json")
+    def _record(self, key: str) -> str:
+        kind, _, ident = key.partition(":")
+        return os.path.join(self.dir, ("c-" if kind == CONTAINER else "") + ident[:12] + ".json")
 
     def _load(self, path: str) -> ImageMount | None:
         try:
@@ -94,6 +106,10 @@ class ImageMounts:
     def using_image(self, image_id: str) -> list[str]:
         return [f"mount at {m.mountpoint}" for m in self.all() if m.image == image_id]
 
+    def of_container(self, cid: str) -> ImageMount | None:
+        """The inspection mount of container ``cid``, if there is one."""
+        return self._load(self._record(f"{CONTAINER}:{cid}"))
+
     def mount(self, image_id: str, lowers: list[str], target: str | None) -> str:
         """Mount ``lowers`` (top-most first) read-only at ``target`` or our own directory; return the
         mountpoint. Mounting a mounted image again gives its mountpoint."""
@@ -101,7 +117,7 @@ class ImageMounts:
         current = self._load(record)
         if current is not None:
             if target is not None and os.path.realpath(target) != current.mountpoint:
-                raise RunnerError(f"image {image_id[7:19]} is already mounted at {current.mountpoint}")
+                raise RunnerError(f"{_shown(image_id)} is already mounted at {current.mountpoint}")
             return current.mountpoint
         self._forget(record)
         if target is None:
@@ -136,7 +152,7 @@ class ImageMounts:
                        durable=False)
         except OSError as e:  # a mount nobody could find again: take it down
             self.unmount(ImageMount(image_id, mountpoint, pid, start))
-            raise RunnerError(f"cannot record the mount of {image_id[7:19]}: {e.strerror}") from None
+            raise RunnerError(f"cannot record the mount of {_shown(image_id).split()[-1]}: {e.strerror}") from None
         return mountpoint
 
     def find(self, ref: str, resolve: Callable[[str], str]) -> ImageMount:

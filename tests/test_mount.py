@@ -61,7 +61,7 @@ def test_mount_shows_the_merged_image_read_only(root, image):
     assert info.value.errno == errno.EROFS
     assert strata(root, "mount", image).out.strip() == point  # mounted once; asked again, the same
     listing = strata(root, "mount").out.splitlines()
-    assert listing[0].split() == ["IMAGE", "ID", "IMAGE", "MOUNTPOINT"] and listing[1].split()[1:] == [image, point]
+    assert listing[0].split() == ["ID", "NAME", "MOUNTPOINT"] and listing[1].split()[1:] == [image, point]
     res = strata(root, "rmi", image, check=False)  # its layers are in use
     assert res.code == 1 and f"mount at {point}" in res.err
     pid = _record(root)["Pid"]
@@ -134,3 +134,34 @@ def test_a_busy_mount_stays_mounted_and_recorded(root, image):
         user.wait()
     strata(root, "umount", image)
     assert not is_mounted(point)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="containers as root here (rootless: tests/test_rootless.py)")
+def test_a_stopped_containers_files_mount_for_inspection(rootdir):
+    """``strata mount CONTAINER``: its writable layer over its image, read-only; start and rm wait
+    for its umount (rm -f unmounts); a running container's mount is its live union."""
+    strata(rootdir, "run", "--name", "box", "bb", "sh", "-c", "echo made > /tmp/x; rm /bin/ls")
+    where = strata(rootdir, "mount", "box").out.strip()
+    try:
+        with open(os.path.join(where, "tmp", "x")) as f:
+            assert f.read() == "made\n"
+        assert not os.path.lexists(os.path.join(where, "bin", "ls")) and os.path.exists(os.path.join(where, "bin", "sh"))
+        with pytest.raises(OSError) as e:
+            open(os.path.join(where, "new"), "w")
+        assert e.value.errno == errno.EROFS
+        assert "box" in strata(rootdir, "mount").out.splitlines()[1].split()
+        for verb in ("start", "rm"):
+            res = strata(rootdir, verb, "box", check=False)
+            assert res.code != 0 and f"is mounted at {where}" in res.err, res.err
+        strata(rootdir, "umount", "box")
+        assert not is_mounted(where)
+        strata(rootdir, "mount", "box")
+        strata(rootdir, "rm", "-f", "box")  # unmounts, then removes
+        assert not is_mounted(where)
+    finally:
+        if is_mounted(where):
+            subprocess.run(["umount", "-l", where], check=False)
+    strata(rootdir, "run", "-d", "--name", "live", "bb", "sleep", "1000")
+    live = strata(rootdir, "mount", "live").out.strip()
+    assert live == json.loads(strata(rootdir, "inspect", "live").out)[0]["GraphDriver"]["Data"]["MergedDir"]
+    strata(rootdir, "rm", "-f", "live")

@@ -229,3 +229,12 @@ def test_rootless_containers_keep_the_same_fences(rootless, store):
     out = res.out.splitlines()
     assert "Operation not permitted" in out[0] and "Operation not permitted" in out[1], out
     assert out[2].split() == ["NoNewPrivs:", "1"]
+
+
+def test_rootless_mounts_a_stopped_container_for_inspection(rootless, store):
+    rootless.strata(store, "run", "--name", "done", IMAGE, "sh", "-c", "echo mine > /made")
+    where = rootless.strata(store, "mount", "done").out.strip()
+    assert rootless.run("cat", os.path.join(where, "made")).out == "mine\n"
+    rootless.strata(store, "umount", "done")
+    assert mounts_below([store]) == []
+    rootless.strata(store, "rm", "done")

@@ -20,6 +20,7 @@ from store import Store, StoreError
 from .. import cgroups, devices, init, layerdiff, seccomp
 from ..containers import Container, Containers, check_name
 from ..errors import ContainerConflict, NoSuchContainer, RunnerError
+from ..mounts import ImageMounts
 from . import filters, template, terminal
 from .errors import ParseError, UsageError
 from .format import ellipsis, human_duration, parse_when, quoted, since, table
@@ -515,6 +516,9 @@ def cmd_start(store: Store, args: argparse.Namespace) -> int:
     for ref in args.containers:
         c = _containers(store).get(ref)
         if not c.state().get("Running"):
+            if (mounted := ImageMounts(store.root.path).of_container(c.id)) is not None:
+                raise ContainerConflict(f"container {c.name} is mounted at {mounted.mountpoint} for inspection: "
+                                        "strata umount it first")
             code, detail = _start_detached(store, c)
             if code:
                 raise RunnerError(f"failed to start container {ref}: {detail}")
@@ -544,6 +548,12 @@ def cmd_rm(store: Store, args: argparse.Namespace) -> int:
                         "removal or force remove")
                 _signal(c, signal.SIGKILL)
                 _wait_exited(c, 30)
+            mounted = ImageMounts(store.root.path).of_container(c.id)
+            if mounted is not None:
+                if not args.force:
+                    raise ContainerConflict(f"container {c.name} is mounted at {mounted.mountpoint}: strata umount "
+                                            "it first, or rm -f")
+                ImageMounts(store.root.path).unmount(mounted)
             if os.path.exists(c.dir):
                 containers.remove(c)  # under the supervisor's lock: refused if a start began meanwhile
             print(ref)

@@ -16,8 +16,8 @@ from store import HistoryRow, Store, StoreError, TreeNode
 from store.images import familiar
 
 from ..containers import Containers
-from ..errors import RunnerError
-from ..mounts import ImageMounts
+from ..errors import NoSuchContainer, RunnerError
+from ..mounts import CONTAINER, ImageMounts
 from . import filters
 from .errors import UsageError
 from .format import ellipsis, human_size, parse_when, since, table
@@ -180,10 +180,24 @@ def cmd_mount(store: Store, args: argparse.Namespace) -> int:
     ``strata mount``: the image mounts there are."""
     mounts = ImageMounts(store.root.path)
     if args.image is None:
+        names = {f"{CONTAINER}:{c.id}": c.name for c in Containers(store.root.path).all()}
         with store.root.writer():
-            rows = [[_short(m.image), (store.images.tags_of(m.image) or ["<none>"])[0], m.mountpoint]
+            rows = [[m.image.partition(":")[2][:12], names.get(m.image, "<gone>"), m.mountpoint]
+                    if m.image.startswith(f"{CONTAINER}:") else
+                    [_short(m.image), (store.images.tags_of(m.image) or ["<none>"])[0], m.mountpoint]
                     for m in mounts.all()]
-        print(table(["IMAGE ID", "IMAGE", "MOUNTPOINT"], rows))
+        print(table(["ID", "NAME", "MOUNTPOINT"], rows))
+        return 0
+    try:
+        container = Containers(store.root.path).get(args.image)
+    except NoSuchContainer:
+        container = None
+    if container is not None:  # a container's name or id: its own files over its image's
+        if container.state().get("Running"):  # the live union: where its processes write
+            print(container.path("merged"))
+            return 0
+        lowers = [container.path("upper"), container.path("init"), *container.config["LowerDirs"]]
+        print(mounts.mount(f"{CONTAINER}:{container.id}", [d for d in lowers if os.path.isdir(d)], args.dir))
         return 0
     with store.root.writer():  # rmi takes it too: no image loses its layers while it is being mounted
         image_id = store.images.resolve(args.image)
@@ -197,8 +211,12 @@ def cmd_umount(store: Store, args: argparse.Namespace) -> int:
     status = 0
     for ref in args.targets:
         try:
+            try:
+                found = mounts.of_container(Containers(store.root.path).get(ref).id)
+            except NoSuchContainer:
+                found = None
             with store.root.writer():
-                mounts.unmount(mounts.find(ref, store.images.resolve))
+                mounts.unmount(found or mounts.find(ref, store.images.resolve))
             print(ref)
         except RunnerError as e:
             print(f"Error: {e}", file=sys.stderr)
@@ -343,8 +361,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("images", nargs="+", help="tags or ids (prefixes)")
     p.set_defaults(func=cmd_rmi)
 
-    p = sub.add_parser("mount", help="mount an image read-only, to inspect it (no IMAGE: list the mounts)")
-    p.add_argument("image", nargs="?", help="the image: a tag or an id (prefix); none: list the image mounts")
+    p = sub.add_parser("mount", help="mount an image or a stopped container read-only, to inspect it "
+                                     "(none: list the mounts)")
+    p.add_argument("image", nargs="?", metavar="IMAGE|CONTAINER",
+                   help="an image (tag or id prefix) or a container (name or id; a running one: its live "
+                        "union's path is printed); none: list the mounts")
     p.add_argument("dir", nargs="?", help="where (default: a directory under the store, printed)")
     p.set_defaults(func=cmd_mount)
 
