@@ -59,6 +59,9 @@ class _Fail(Exception):
         self.code = code
 
 
+SetupFailed = _Fail  # what ``spawn`` raises: str() says why, ``code`` is 125, 126 or 127
+
+
 def _report(fd: int, line: str) -> None:
     try:
         os.write(fd, (line + "\n").encode())
@@ -461,7 +464,10 @@ def spawn(spec: dict[str, Any], go_fd: int, keep_stdio: bool = False) -> int:
         _kill(pid)
         os.waitpid(pid, 0)
         raise _Fail(125, f"cannot move the container into its cgroup: {e}") from None
-    os.write(joined_w, b"in")
+    try:
+        os.write(joined_w, b"in")
+    except BrokenPipeError:  # PID 1 failed already: its report is on the status pipe
+        pass
     os.close(joined_w)
     return pid
 

@@ -151,8 +151,17 @@ def parse_options(options: list[str]) -> tuple[int, int, int, str]:
     return flags, clear, propagation, ",".join(data)
 
 
+def mount_options() -> list[str]:
+    """Every mount option this module reads as a flag (others go to the filesystem as data)."""
+    return [*_FLAGS, *_PROPAGATION]
+
+
 def _mount_one(root_fd: int, m: dict[str, Any]) -> None:
     kind, source, dest = m.get("type") or "", m.get("source") or "", m["destination"]
+    if kind == "cgroup":
+        # the cgroup namespace is unshared after the root is made: a cgroupfs mounted now would show
+        # the host's tree. An empty read-only directory stands in (nothing reads it to run).
+        kind, source, m = "tmpfs", "cgroup", {**m, "options": ["ro", "nosuid", "nodev", "noexec", "mode=755"]}
     flags, _clear, propagation, data = parse_options(list(m.get("options") or []))
     bind = bool(flags & sc.MS_BIND) or kind == "bind"
     directory = not bind or os.path.isdir(source)
@@ -199,7 +208,9 @@ def _populate_dev(root_fd: int, config: dict[str, Any]) -> None:
     if (config.get("process") or {}).get("terminal"):
         console, _ = make_in_root(root_fd, "/dev/console", False)
         try:
-            sc.mount(os.ttyname(0), f"/proc/self/fd/{console}", None, sc.MS_BIND)  # the pty, by its path
+            # the pty by its path (a host pty's fd belongs to the mount namespace it was opened in,
+            # which a bind refuses; os.ttyname gives up on a path longer than 32 bytes)
+            sc.mount(os.readlink("/proc/self/fd/0"), f"/proc/self/fd/{console}", None, sc.MS_BIND)
         finally:
             os.close(console)
 

@@ -172,3 +172,69 @@ def _check_nested(config: dict[str, Any]) -> None:
     for limit in (config.get("process") or {}).get("rlimits") or []:
         if not isinstance(limit, dict) or limit.get("type") not in RLIMITS:
             raise RunnerError(f"config.json: process.rlimits: unknown type {limit.get('type') if isinstance(limit, dict) else limit!r}")
+
+
+def default_config(rootless: bool = False) -> dict[str, Any]:
+    """``strata-oci spec``: runc's example config (a shell on a terminal in ``rootfs``, three
+    capabilities, a read-only root), with strata's default mounts; ``rootless`` adds a user
+    namespace mapping the caller's ids to root."""
+    caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+    namespaces = [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup")]
+    linux: dict[str, Any] = {
+        "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+        "namespaces": namespaces, "maskedPaths": list(MASKED_PATHS), "readonlyPaths": list(READONLY_PATHS),
+    }
+    if rootless:
+        import os
+
+        namespaces.append({"type": "user"})
+        linux["uidMappings"] = [{"containerID": 0, "hostID": os.getuid(), "size": 1}]
+        linux["gidMappings"] = [{"containerID": 0, "hostID": os.getgid(), "size": 1}]
+        del linux["resources"]
+    return {
+        "ociVersion": OCI_VERSION,
+        "process": {
+            "terminal": True, "user": {"uid": 0, "gid": 0}, "args": ["sh"],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+            "cwd": "/", "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}], "noNewPrivileges": True,
+        },
+        "root": {"path": "rootfs", "readonly": True},
+        "hostname": "strata",
+        "mounts": default_mounts(tty_group=not rootless),
+        "linux": linux,
+    }
+
+
+def features() -> dict[str, Any]:
+    """``strata-oci features``: the runtime-spec's features document (``features.md``): what a
+    config may ask of this runtime."""
+    from . import rootfs
+
+    caps = sorted(["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+                   "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
+                   "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER",
+                   "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT",
+                   "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME",
+                   "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL",
+                   "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+                   "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE"])
+    return {
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": OCI_VERSION,
+        "hooks": [],
+        "mountOptions": sorted(rootfs.mount_options()),
+        "linux": {
+            "namespaces": sorted(NAMESPACES),
+            "capabilities": caps,
+            "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False, "rdma": False},
+            "seccomp": {"enabled": True, "actions": sorted(seccomp.ACTIONS), "operators": sorted(seccomp.OPS),
+                        "archs": sorted(set(seccomp._NATIVE_TO_SCMP.values())),
+                        "knownFlags": sorted(seccomp._FLAG_ATTRS), "supportedFlags": sorted(seccomp._FLAG_ATTRS)},
+            "apparmor": {"enabled": False},
+            "selinux": {"enabled": False},
+            "intelRdt": {"enabled": False},
+            "mountExtensions": {"idmap": {"enabled": False}},
+        },
+        "annotations": {"io.strata.runtime": "strata-oci"},
+    }

@@ -1,0 +1,575 @@
+"""The OCI runtime's lifecycle over a state dir, as runc keeps one: ``<root>/<id>/state.json`` and
+``exec.fifo``. ``strata-oci`` (``cli.py``) is a thin face over it; nothing here prints.
+
+    create   the bundle's config checked, its cgroup made, PID 1 spawned by this very process
+             (``runner.init.spawn``) and set up to the last step before exec, where it waits on
+             ``exec.fifo``; returns once it waits there. This process then ends, so PID 1 goes to
+             the caller's subreaper (conmon, containerd's shim), as runc's does.
+    start    opens the fifo: PID 1 writes one byte and execs; the fifo goes
+    state    derived, never stored (runc's ``refreshState``): stopped if PID 1 (pid and start time)
+             is gone or a zombie, created while ``exec.fifo`` exists, paused if frozen, else running
+    kill     a signal to PID 1 (``--all``: to every process of its cgroup)
+    delete   a stopped container's cgroup and dir; a created one is killed first, a running one only
+             with ``force``; ``force`` on a missing one succeeds
+    exec     a process forked into PID 1's namespaces and cgroup (``runner.init.join``)
+
+Repeating ``delete`` is harmless; ``create`` of an id that exists fails and changes nothing.
+
+Caveats: a cgroupsPath in systemd's ``slice:prefix:name`` form is refused (no systemd driver);
+relative cgroup paths start at the hierarchy's root, not at the caller's group; ``--no-pivot`` and
+``--no-new-keyring`` are taken and ignored (pivot_root and a fresh keyring are always stricter).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import select
+import shutil
+import signal
+import socket
+from datetime import UTC, datetime
+from typing import Any
+
+from .. import cgroups, devices, init, seccomp
+from ..containers import process_alive, start_time
+from ..errors import NoSuchContainer, RunnerError
+from . import rootfs, spec
+
+_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
+STATUSES = ("created", "running", "paused", "stopped")
+
+
+def default_root() -> str:
+    """runc's choice for strata-oci: /run/strata-oci as root, else $XDG_RUNTIME_DIR/strata-oci."""
+    if os.geteuid() == 0:
+        return "/run/strata-oci"
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    return os.path.join(runtime_dir, "strata-oci") if runtime_dir else f"/tmp/strata-oci-{os.getuid()}"
+
+
+def check_id(cid: str) -> None:
+    if not cid or cid in (".", "..") or set(cid) - _ID_CHARS:
+        raise RunnerError(f"invalid id format: {cid}")
+
+
+def parse_signal(text: str) -> int:
+    """``15``, ``TERM`` or ``SIGTERM`` (runc's spellings)."""
+    if text.isdigit():
+        number = int(text)
+        if number not in {s.value for s in signal.Signals} and not signal.SIGRTMIN <= number <= signal.SIGRTMAX:
+            raise RunnerError(f"unknown signal {text!r}")
+        return number
+    name = text.upper()
+    name = name if name.startswith("SIG") else "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise RunnerError(f"unknown signal {text!r}") from None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def _cgroup_path(config: dict[str, Any], cid: str) -> str:
+    path = (config.get("linux") or {}).get("cgroupsPath") or f"/strata-oci/{cid}"
+    if ":" in path and not path.startswith("/"):
+        raise RunnerError(f"cgroupsPath {path!r} names a systemd unit: strata-oci manages cgroups itself "
+                          "(set the engine's cgroup manager to cgroupfs)")
+    return path
+
+
+def device_rules(config: dict[str, Any]) -> list[devices.DeviceRule]:
+    """runc's list: deny everything, the config's rules, then the devices every container may use
+    (mknod, null, zero, full, random, urandom, tty, console, ptmx, pts, tun), which always win."""
+    given = ((config.get("linux") or {}).get("resources") or {}).get("devices") or []
+    always = [r for r in devices.DEFAULT_RULES if r["allow"]]
+    rules: list[devices.DeviceRule] = [{"allow": False, "type": "a", "access": "rwm"}, *given, *always]
+    for rule in rules:
+        devices.v1_line(rule)  # RunnerError for a malformed rule, before anything is made
+    return rules
+
+
+def _wait_gone(pid: int, start: str | None, timeout: float = 10.0) -> None:
+    """Wait (bounded) until ``pid`` has exited: a pidfd polls readable then (we need not be its parent)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if process_alive(pid, start):
+            select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+
+
+class Container:
+    """A container's state dir and what its state says."""
+
+    def __init__(self, root: str, cid: str) -> None:
+        self.id = cid
+        self.dir = os.path.join(root, cid)
+        self.fifo = os.path.join(self.dir, "exec.fifo")
+        try:
+            with open(os.path.join(self.dir, "state.json")) as f:
+                self.state: dict[str, Any] = json.load(f)
+        except FileNotFoundError:
+            raise NoSuchContainer("container does not exist") from None
+        except (OSError, ValueError) as e:
+            raise RunnerError(f"container {cid}: unreadable state: {e}") from None
+
+    @property
+    def pid(self) -> int:
+        return int(self.state.get("pid") or 0)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        config: dict[str, Any] = self.state["config"]
+        return config
+
+    def cgroup(self) -> cgroups.Cgroup:
+        cg = self.state["cgroup"]
+        return cgroups.load(cg["version"], self.id, pid=self.pid, path=cg["path"])
+
+    def status(self) -> str:
+        if not process_alive(self.pid, self.state.get("pid_start")):
+            return "stopped"
+        if os.path.exists(self.fifo):
+            return "created"
+        cg = self.cgroup()
+        if isinstance(cg, cgroups.V1) and cg.freezer:
+            try:
+                with open(os.path.join(cg.freezer, "freezer.state")) as f:
+                    if f.read().strip() in ("FROZEN", "FREEZING"):
+                        return "paused"
+            except OSError:
+                pass
+        elif isinstance(cg, cgroups.V2):
+            try:
+                with open(os.path.join(cg.dir, "cgroup.freeze")) as f:
+                    if f.read().strip() == "1":
+                        return "paused"
+            except OSError:
+                pass
+        return "running"
+
+    def oci_state(self) -> dict[str, Any]:
+        """The runtime-spec state (runc's ``containerState`` fields)."""
+        status = self.status()
+        out = {"ociVersion": spec.OCI_VERSION, "id": self.id, "pid": 0 if status == "stopped" else self.pid,
+               "status": status, "bundle": self.state["bundle"], "rootfs": self.state["rootfs"],
+               "created": self.state["created"], "owner": self.state.get("owner", "")}
+        if self.state.get("annotations"):
+            out["annotations"] = self.state["annotations"]
+        return out
+
+    def pidfd(self) -> int:
+        """A pidfd of PID 1, checked to be the same process (not a reuse of its pid)."""
+        try:
+            fd = os.pidfd_open(self.pid)
+        except (ProcessLookupError, ValueError):
+            raise RunnerError("container not running") from None
+        if not process_alive(self.pid, self.state.get("pid_start")):
+            os.close(fd)
+            raise RunnerError("container not running")
+        return fd
+
+
+class Runtime:
+    """strata-oci's verbs over the state root ``root``. Errors: ``RunnerError`` (one line)."""
+
+    def __init__(self, root: str | None = None) -> None:
+        self.root = root or default_root()
+
+    def get(self, cid: str) -> Container:
+        check_id(cid)
+        return Container(self.root, cid)
+
+    # ---- create / start / run ----------------------------------------------------------------
+
+    def load_bundle(self, bundle: str) -> dict[str, Any]:
+        bundle = os.path.abspath(bundle)
+        try:
+            with open(os.path.join(bundle, "config.json")) as f:
+                config: dict[str, Any] = json.load(f)
+        except FileNotFoundError:
+            raise RunnerError(f"bundle {bundle}: no config.json there") from None
+        except (OSError, ValueError) as e:
+            raise RunnerError(f"bundle {bundle}: cannot read config.json: {e}") from None
+        spec.check(config)
+        root = os.path.join(bundle, config["root"]["path"])
+        if not os.path.isdir(root):
+            raise RunnerError(f"bundle {bundle}: root.path {root} is not a directory")
+        config["root"]["path"] = os.path.realpath(root)
+        for key, _value in ((config.get("linux") or {}).get("sysctl") or {}).items():
+            rootfs.check_sysctl(config, key)
+        return config
+
+    def create(self, cid: str, bundle: str, pid_file: str | None = None, console_socket: str | None = None,
+               preserve_fds: int = 0) -> int:
+        """Make the container and leave PID 1 waiting on ``exec.fifo``; returns its pid (our child)."""
+        check_id(cid)
+        config = self.load_bundle(bundle)
+        terminal = bool((config.get("process") or {}).get("terminal"))
+        if terminal and not console_socket:
+            raise RunnerError("process.terminal is set: --console-socket is required (strata-oci relays no "
+                              "terminal itself)")
+        if console_socket and not terminal:
+            raise RunnerError("--console-socket given but process.terminal is not set")
+        cgroup_path = _cgroup_path(config, cid)
+        rules = device_rules(config)
+        profile = (config.get("linux") or {}).get("seccomp")
+        try:
+            sec = seccomp.prepare(profile) if profile else None
+        except OSError as e:
+            raise RunnerError(f"cannot build the seccomp filter: {e}") from None
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        directory = os.path.join(self.root, cid)
+        try:
+            os.mkdir(directory, 0o711)
+        except FileExistsError:
+            raise RunnerError(f"container with id exists: {cid}") from None
+        cgroup = cgroups.for_host(cid, path=cgroup_path)
+        opened: list[int] = []
+        pid = 0
+        try:
+            fifo = os.path.join(directory, "exec.fifo")
+            os.mkfifo(fifo, 0o622)
+            os.chmod(fifo, 0o622)  # (whatever the umask): the container's user may not be root
+            cgroup.create(rules)
+            cgroup.apply((config.get("linux") or {}).get("resources") or {})
+            status_r, status_w = os.pipe()
+            opened += [status_r, status_w]
+            go_r, go_w = os.pipe()
+            os.write(go_w, b"go")  # no union mount to wait for: PID 1 goes on at once
+            os.close(go_w)
+            opened.append(go_r)
+            fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
+            opened.append(fifo_fd)
+            console_fd = None
+            if console_socket:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.connect(console_socket)
+                except OSError as e:
+                    sock.close()
+                    raise RunnerError(f"cannot connect to the console socket {console_socket}: {e.strerror}") from None
+                console_fd = sock.detach()
+                opened.append(console_fd)
+            init_spec = {"config": config, "status_fd": status_w, "seccomp": sec,
+                         "cgroup_procs": cgroup.procs_files(), "fifo_fd": fifo_fd, "console_fd": console_fd,
+                         "preserve_fds": preserve_fds, "die_with_parent": False}
+            os.set_inheritable(status_w, False)
+            opened.remove(go_r)  # spawn closes it, whatever happens
+            try:
+                pid = init.spawn(init_spec, go_r, keep_stdio=True)
+            except init.SetupFailed as e:
+                raise RunnerError(str(e)) from None
+            for fd in (status_w, fifo_fd, *([console_fd] if console_fd is not None else [])):
+                os.close(fd)
+                opened.remove(fd)
+            with os.fdopen(status_r, "r") as status:
+                opened.remove(status_r)
+                line = status.readline().strip()
+            if line != "parked":
+                os.waitpid(pid, 0)
+                pid = 0
+                message = line.split(" ", 2)[2] if line.startswith("error ") else "the container's init died"
+                raise RunnerError(message)
+            state = {"id": cid, "pid": pid, "pid_start": start_time(pid), "bundle": os.path.abspath(bundle),
+                     "rootfs": config["root"]["path"], "created": _now(),
+                     "annotations": config.get("annotations") or {}, "owner": _owner(),
+                     "cgroup": {"version": cgroup.version, "path": cgroup.path}, "config": config}
+            _write_atomic(os.path.join(directory, "state.json"), json.dumps(state).encode())
+            if pid_file:
+                _write_atomic(os.path.abspath(pid_file), str(pid).encode())
+        except BaseException:
+            if pid:
+                init._kill(pid)
+                os.waitpid(pid, 0)
+            for fd in opened:
+                os.close(fd)
+            cgroup.destroy()
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        return pid
+
+    def start(self, cid: str) -> None:
+        """Let a created container's PID 1 exec its command (runc's ``handleFifo``)."""
+        c = self.get(cid)
+        status = c.status()
+        if status == "stopped":
+            raise RunnerError("cannot start a container that has stopped")
+        if status != "created":
+            raise RunnerError("cannot start an already running container")
+        pidfd = c.pidfd()
+        try:
+            fd = os.open(c.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            os.close(pidfd)
+            raise RunnerError("cannot start an already running container") from None
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.register(pidfd, select.POLLIN)
+            while True:
+                ready = dict(poller.poll())
+                if fd in ready:
+                    try:
+                        data = os.read(fd, 1)
+                    except BlockingIOError:
+                        data = b""
+                    if data == b"0":
+                        break
+                    if not ready.get(pidfd):
+                        poller.unregister(fd)  # a writer came and went without a byte: PID 1 ends
+                        continue
+                if pidfd in ready:
+                    raise RunnerError("cannot start a container that has stopped")
+        finally:
+            os.close(fd)
+            os.close(pidfd)
+        os.unlink(c.fifo)
+
+    def run(self, cid: str, bundle: str, pid_file: str | None = None, console_socket: str | None = None,
+            preserve_fds: int = 0, detach: bool = False) -> int:
+        """create + start, then (unless ``detach``) wait for PID 1, forwarding signals to it, delete
+        the container and return its exit code (128 + N for signal N)."""
+        pid = self.create(cid, bundle, pid_file, console_socket, preserve_fds)
+        try:
+            self.start(cid)
+        except BaseException:
+            self.delete(cid, force=True)
+            raise
+        if detach:
+            return 0
+
+        def forward(signum: int, _frame: Any) -> None:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                    signal.SIGWINCH):
+            signal.signal(sig, forward)
+        _, status = os.waitpid(pid, 0)
+        self.delete(cid, force=True)
+        return init.exit_code(status)
+
+    # ---- signals, deletion --------------------------------------------------------------------
+
+    def kill(self, cid: str, sig: int = signal.SIGTERM, all_processes: bool = False) -> None:
+        c = self.get(cid)
+        status = c.status()
+        if status == "stopped":
+            raise RunnerError("container not running")
+        pidfd = c.pidfd()
+        try:
+            if all_processes:
+                for pid in c.cgroup().pids():
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+            signal.pidfd_send_signal(pidfd, sig)
+        except ProcessLookupError:
+            raise RunnerError("container not running") from None
+        finally:
+            os.close(pidfd)
+        if status == "paused" and sig == signal.SIGKILL:  # a frozen process takes no signal until thawed
+            c.cgroup().thaw()
+
+    def delete(self, cid: str, force: bool = False) -> None:
+        check_id(cid)
+        try:
+            c = self.get(cid)
+        except NoSuchContainer:
+            if not force:
+                raise
+            shutil.rmtree(os.path.join(self.root, cid), ignore_errors=True)
+            return
+        status = c.status()
+        if status in ("running", "paused") and not force:
+            raise RunnerError(f"cannot delete container {cid} that is not stopped: {status}")
+        cgroup = c.cgroup()
+        if status != "stopped":
+            cgroup.thaw()
+            try:
+                os.kill(c.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _wait_gone(c.pid, c.state.get("pid_start"))
+        cgroup.destroy()
+        if cgroup.pids():
+            raise RunnerError(f"container {cid}: processes of its cgroup will not die: not deleted")
+        shutil.rmtree(c.dir, ignore_errors=True)
+
+    # ---- exec ---------------------------------------------------------------------------------
+
+    def exec(self, cid: str, process: dict[str, Any], pid_file: str | None = None,
+             console_socket: str | None = None, detach: bool = False, preserve_fds: int = 0) -> int:
+        """Run ``process`` (the runtime-spec's ``process`` object) in the container. Returns the
+        command's exit code, or 0 once it has started with ``detach``."""
+        c = self.get(cid)
+        status = c.status()
+        if status == "paused":
+            raise RunnerError("cannot exec in a paused container")
+        if status == "stopped":
+            raise RunnerError("cannot exec in a stopped container")
+        spec.check({**c.config, "process": process})
+        terminal = bool(process.get("terminal"))
+        if terminal and not console_socket:
+            raise RunnerError("process.terminal is set: --console-socket is required (strata-oci relays no "
+                              "terminal itself)")
+        user = process.get("user") or {}
+        ids = f"{user.get('uid', 0)}:{user.get('gid', 0)}"
+        if user.get("additionalGids"):
+            ids += ":" + ",".join(str(g) for g in user["additionalGids"])
+        profile = (c.config.get("linux") or {}).get("seccomp")
+        status_r, status_w = os.pipe()
+        opened = [status_r, status_w]
+        master = slave = None
+        try:
+            if terminal:
+                try:
+                    master, slave = rootfs.pty_of(os.open(f"/proc/{c.pid}/root/dev/pts/ptmx",
+                                                          os.O_RDWR | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC))
+                except OSError:
+                    master, slave = os.openpty()
+                opened += [master, slave]
+            join_spec = {"pid": c.pid, "args": process.get("args") or [], "env": process.get("env") or [],
+                         "cwd": process.get("cwd") or "/", "user": ids, "tty": terminal,
+                         "capabilities": process.get("capabilities"),
+                         "no_new_privs": bool(process.get("noNewPrivileges")),
+                         "seccomp": seccomp.prepare(profile) if profile else None,
+                         "cgroup_procs": c.cgroup().procs_files(), "status_fd": status_w,
+                         "rlimits": process.get("rlimits"), "oom_score_adj": process.get("oomScoreAdj"),
+                         "umask": user.get("umask"), "preserve_fds": preserve_fds, "detach": detach}
+            helper = os.fork()
+            if helper == 0:
+                code = 126
+                try:
+                    if slave is not None and master is not None:
+                        for target in (0, 1, 2):
+                            os.dup2(slave, target)
+                        os.close(master)
+                    os.close(status_r)
+                    code = init.join(join_spec)
+                finally:
+                    os._exit(code)
+            os.close(status_w)
+            opened.remove(status_w)
+            if slave is not None:
+                os.close(slave)
+                opened.remove(slave)
+            with os.fdopen(status_r, "r") as reports:
+                opened.remove(status_r)
+                first = reports.readline().strip()
+                if first.startswith("pid "):
+                    pid = int(first.split()[1])
+                    if pid_file:
+                        _write_atomic(os.path.abspath(pid_file), str(pid).encode())
+                    if master is not None and console_socket:
+                        _send_console(console_socket, master)
+                    failure = reports.readline().strip()  # EOF once it has exec'd
+                else:
+                    failure = first
+            if failure.startswith("error "):
+                os.waitpid(helper, 0)
+                _, failed, message = failure.split(" ", 2)
+                raise ExecFailed(int(failed), message)
+            if not detach:
+                return _wait_forwarding(helper, pid)
+            os.waitpid(helper, 0)
+            return 0
+        finally:
+            for fd in opened:
+                os.close(fd)
+
+    # ---- the rest -------------------------------------------------------------------------------
+
+    def pids(self, cid: str) -> list[int]:
+        c = self.get(cid)
+        if c.status() == "stopped":
+            return []
+        return c.cgroup().pids()
+
+    def list(self) -> list[dict[str, Any]]:
+        out = []
+        try:
+            names = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return []
+        for name in names:
+            try:
+                out.append(self.get(name).oci_state())
+            except RunnerError:
+                continue
+        return out
+
+    def pause(self, cid: str) -> None:
+        c = self.get(cid)
+        if c.status() != "running":
+            raise RunnerError("container not running")
+        c.cgroup().freeze(True)
+
+    def resume(self, cid: str) -> None:
+        c = self.get(cid)
+        if c.status() != "paused":
+            raise RunnerError("container not paused")
+        c.cgroup().freeze(False)
+
+
+class ExecFailed(RunnerError):
+    """The command could not be run in the container (``code``: 126 cannot run, 127 not found)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _owner() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def _send_console(path: str, master: int) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as e:
+        sock.close()
+        raise RunnerError(f"cannot connect to the console socket {path}: {e.strerror}") from None
+    try:
+        init.send_console(sock.fileno(), master)
+    finally:
+        sock.close()
+
+
+def _wait_forwarding(helper: int, pid: int) -> int:
+    """Wait for the exec helper (its status is the command's), passing signals on to the command."""
+    def forward(signum: int, _frame: Any) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, forward)
+    _, status = os.waitpid(helper, 0)
+    return init.exit_code(status)
