@@ -343,3 +343,36 @@ def test_features_spec_list_and_version_parse(tmp_path, root):
     assert "exists" in oci(root, "spec", "--bundle", str(tmp_path)).stderr
     assert json.loads(oci(root, "list", "--format", "json", check=True).stdout) == []
     assert oci(root, "--version", check=True).stdout.startswith("strata-oci version")
+
+
+def test_resources_and_devices_reach_the_cgroup_at_its_path_and_pause_freezes(tmp_path, root, bundle):
+    b = bundle(["sleep", "100"])
+    config = json.loads(open(os.path.join(b, "config.json")).read())
+    config["linux"]["resources"] = {"memory": {"limit": 64 << 20, "swap": 128 << 20}, "cpu": {"shares": 512},
+                                    "pids": {"limit": 50},
+                                    "devices": [{"allow": False, "access": "rwm"},
+                                                {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rw"}]}
+    open(os.path.join(b, "config.json"), "w").write(json.dumps(config))
+    conmon, pid, _ = _conmon(tmp_path, root, b, "c1")
+    try:
+        group = f"{CGROUP_PARENT}/c1"
+        if os.path.isdir(os.path.join(CGROUP_ROOT, "memory", group)):  # v1 (this host)
+            assert open(os.path.join(CGROUP_ROOT, "memory", group, "memory.limit_in_bytes")).read() == f"{64 << 20}\n"
+            assert open(os.path.join(CGROUP_ROOT, "cpu", group, "cpu.shares")).read() == "512\n"
+            assert open(os.path.join(CGROUP_ROOT, "pids", group, "pids.max")).read() == "50\n"
+            allowed = open(os.path.join(CGROUP_ROOT, "devices", group, "devices.list")).read().split("\n")
+            assert "c 1:3 rw" in allowed or "c 1:3 rwm" in allowed  # (runc's always-allowed list adds m)
+            assert "c 5:2 rwm" in allowed and not any(line.startswith("b 8:") for line in allowed)
+        oci(root, "start", "c1", check=True)
+        oci(root, "pause", "c1", check=True)
+        assert state(root, "c1")["status"] == "paused"
+        assert "container not running" in oci(root, "pause", "c1").stderr
+        oci(root, "resume", "c1", check=True)
+        assert state(root, "c1")["status"] == "running"
+        oci(root, "delete", "--force", "c1", check=True)
+        assert _reaped(conmon) == -signal.SIGKILL
+        assert _cgroup_dirs(group) == []
+    finally:
+        if conmon.poll() is None:
+            os.kill(pid, signal.SIGKILL)
+            conmon.wait(timeout=30)
