@@ -8,16 +8,18 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 
 import pytest
-from helpers import REPO
+from helpers import REPO, strata
 
-from runner.containers import process_alive, start_time
 from runner.oci import spec
+from runner.oci.runtime import process_alive, start_time
 
 OCI = [sys.executable, "-m", "runner.oci"]
 CGROUP_PARENT = f"strata-oci-test-{os.getpid()}"
@@ -376,3 +378,37 @@ def test_resources_and_devices_reach_the_cgroup_at_its_path_and_pause_freezes(tm
         if conmon.poll() is None:
             os.kill(pid, signal.SIGKILL)
             conmon.wait(timeout=30)
+
+
+@pytest.mark.skipif(shutil.which("podman") is None or shutil.which("conmon") is None,
+                    reason="podman and conmon are not installed (apt-get install podman)")
+def test_podman_runs_an_image_from_strata_save_through_strata_oci(tmp_path, rootdir):
+    """podman (its storage, run dir and runtime state private to the test, vfs, cgroupfs) with
+    strata-oci as its runtime: conmon's create, the pid file, start, the exit code, delete."""
+    strata(rootdir, "save", "bb:latest", "-o", str(tmp_path / "bb.tar"))
+    runtime = tmp_path / "strata-oci"  # the console script, before the venv is rebuilt with it
+    runtime.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m runner.oci \"$@\"\n")
+    runtime.chmod(0o755)
+    short = tempfile.mkdtemp(prefix="strata-podman-", dir="/tmp")  # podman wants a runroot of <= 50 bytes
+    podman = ["podman", "--root", f"{short}/storage", "--runroot", f"{short}/run", "--storage-driver", "vfs",
+              "--cgroup-manager", "cgroupfs", "--events-backend", "none", "--tmpdir", f"{short}/tmp",
+              "--runtime", str(runtime)]
+    limits = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]  # (no CAP_SYS_RESOURCE to raise them)
+    podman_groups = [] if _cgroup_dirs("libpod_parent") else ["libpod_parent/conmon", "libpod_parent"]
+    try:
+        subprocess.run([*podman, "load", "-i", str(tmp_path / "bb.tar")], check=True, capture_output=True, timeout=120)
+        res = subprocess.run([*podman, "run", "--rm", "--network", "none", *limits, "docker.io/library/bb:latest",
+                              "true"], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        res = subprocess.run([*podman, "run", "--rm", "--network", "none", *limits, "docker.io/library/bb:latest",
+                              "sh", "-c", "echo $(cat /proc/1/cmdline | tr '\\0' ' '); exit 9"],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 9 and res.stdout == "sh -c echo $(cat /proc/1/cmdline | tr '\\0' ' '); exit 9\n"
+    finally:
+        subprocess.run([*podman, "rm", "-af"], capture_output=True, timeout=120)
+        with open("/proc/self/mountinfo") as f:
+            assert short not in f.read()
+        shutil.rmtree(short)
+        for group in podman_groups:  # podman's own parent group and conmon's, if this test made them
+            for d in _cgroup_dirs(group):
+                os.rmdir(d)

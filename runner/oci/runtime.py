@@ -33,7 +33,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .. import cgroups, devices, init, seccomp
-from ..containers import process_alive, start_time
 from ..errors import NoSuchContainer, RunnerError
 from . import rootfs, spec
 
@@ -67,6 +66,27 @@ def parse_signal(text: str) -> int:
         return int(signal.Signals[name])
     except KeyError:
         raise RunnerError(f"unknown signal {text!r}") from None
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat: with the pid, names one process for good."""
+    fields = _stat_fields(pid)
+    return fields[19] if fields else None
+
+
+def process_alive(pid: int, start: str | None) -> bool:
+    """Is ``pid`` alive (not a zombie) and, given ``start``, the same process? (As
+    ``runner.containers``' twin, which would bring the store's imports with it: 35 ms a call.)"""
+    fields = _stat_fields(pid) if pid else None
+    return fields is not None and fields[0] != "Z" and (start is None or fields[19] == start)
 
 
 def _now() -> str:
