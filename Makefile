@@ -69,6 +69,7 @@ bench: deps
 	@$(BIN)/python bench/daemon_cpu.py
 	@$(BIN)/python bench/fuse_floor.py
 	@$(BIN)/python bench/runner_bench.py
+	@$(BIN)/python bench/rootless_bench.py
 
 clean:
 	rm -rf $(VENV) .stamp-deb build *.egg-info
