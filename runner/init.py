@@ -4,7 +4,11 @@ about a hundred).
 
     create (``forked``)  the supervisor forks before its trio loop starts: unshare, fork PID 1, set
                          it up from the container's config.json (``runner.oci``), exec the command
-    join                 ``strata exec`` forks: join a running container's namespaces, then exec
+    spawn                create's first half, which ``strata-oci create`` runs in its own process:
+                         PID 1 forked and in its cgroup, nothing left waiting for it (the caller's
+                         subreaper inherits it); it parks on ``exec.fifo`` before exec
+    join                 ``strata exec`` / ``strata-oci exec`` fork: join a running container's
+                         namespaces, then exec (``detach``: return once it is forked)
 
 ``spec`` says what to run: for ``create``, ``spec["config"]`` is the runtime-spec config (its
 process, root, mounts, hostname and linux namespaces) and the rest is the runtime's (the status and

@@ -10,7 +10,8 @@ symlink to a host directory in an earlier run cannot have this start create or m
 Missing mountpoints are made inside the root (directories, or an empty file for a file bind).
 
 Caveats: mount options ``idmap`` and ``ridmap`` are refused; ``rootfsPropagation`` other than
-private/slave/shared is refused.
+private/slave/shared is refused; a ``cgroup`` mount is an empty read-only tmpfs (the cgroup
+namespace is made after the root, and a cgroupfs mounted before would show the host's tree).
 """
 
 from __future__ import annotations
