@@ -39,32 +39,13 @@ from unionfs import mountinfo
 from . import cgroups
 from . import syscalls as sc
 from .errors import ContainerConflict, NoSuchContainer, RunnerError
+from .process import process_alive
 
 _NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 STATE_BLOCK = 4096  # a state.json's size: the blocks it and its spare keep for good
 NAME_MAX = 253  # a container name is a DNS name (Docker's names resolve on its networks)
 _ADJ = ["brave", "calm", "eager", "fond", "keen", "lucid", "merry", "quirky", "sharp", "tender", "vivid", "wise"]
 _NOUN = ["babbage", "curie", "darwin", "euler", "gauss", "hopper", "lovelace", "noether", "pascal", "turing"]
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields 3… of /proc/PID/stat (after the command name), or None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def process_alive(pid: int, start: str | None) -> bool:
-    """Is ``pid`` alive and the same process (its start time, field 22 of /proc/PID/stat, matches)?"""
-    fields = _stat_fields(pid) if pid else None
-    return fields is not None and fields[0] != "Z" and (start is None or fields[19] == start)
-
-
-def start_time(pid: int) -> str | None:
-    fields = _stat_fields(pid)
-    return fields[19] if fields else None
 
 
 def check_name(name: str) -> None:

@@ -24,8 +24,8 @@ from store.root import write_json
 from unionfs import mountinfo
 
 from . import syscalls
-from .containers import process_alive, start_time
 from .errors import RunnerError
+from .process import process_alive, start_time
 
 _GRACE = 10.0  # seconds the daemon gets to exit once unmounted
 
@@ -35,7 +35,7 @@ class ImageMount:
     image: str
     mountpoint: str
     pid: int
-    start_time: str | None  # the daemon's (``containers.start_time``): a reused pid is not ours
+    start_time: str | None  # the daemon's (``process.start_time``): a reused pid is not ours
 
 
 def _shown(key: str) -> str:

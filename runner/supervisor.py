@@ -37,10 +37,11 @@ from unionfs.mount import ForkedChild, Mount, fork_serve
 
 from . import cgroups, init, seccomp
 from . import syscalls as sc
-from .containers import Container, Containers, start_time
+from .containers import Container, Containers
 from .errors import RunnerError
 from .mounts import check_fuse_device
 from .oci import spec as oci_spec
+from .process import start_time
 
 
 @dataclass

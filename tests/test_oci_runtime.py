@@ -19,7 +19,7 @@ import pytest
 from helpers import REPO, strata
 
 from runner.oci import spec
-from runner.oci.runtime import process_alive, start_time
+from runner.process import process_alive, start_time
 
 OCI = [sys.executable, "-m", "runner.oci"]
 CGROUP_PARENT = f"strata-oci-test-{os.getpid()}"

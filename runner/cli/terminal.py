@@ -7,21 +7,16 @@ back to one of the host's, which the command sees as a terminal with no name (``
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import select
 import signal
-import stat
 import termios
 import tty
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-TIOCSPTLCK = 0x40045431  # <asm-generic/ioctls.h>: _IOW('T', 0x31, int)
-TIOCGPTPEER = 0x5441  # _IO('T', 0x41), Linux >= 4.13: open the slave of a master by fd, not by path
-PTMX = os.makedev(5, 2)
+from ..oci.rootfs import pty_of
 
 
 def container_pty(pid: int) -> tuple[int, int]:
@@ -30,19 +25,9 @@ def container_pty(pid: int) -> tuple[int, int]:
     through ``/proc/PID/root``: ``dev`` and ``dev/pts`` there are mountpoints, which the container
     cannot swap for symlinks; the node itself must be a ptmx. Else a host pty."""
     try:
-        master = os.open(f"/proc/{pid}/root/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return pty_of(os.open(f"/proc/{pid}/root/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC))
     except OSError:
         return os.openpty()
-    try:
-        st = os.fstat(master)
-        if not stat.S_ISCHR(st.st_mode) or st.st_rdev != PTMX:
-            raise OSError(errno.ENOTTY, "not a ptmx")
-        fcntl.ioctl(master, TIOCSPTLCK, b"\0\0\0\0")  # unlockpt
-        slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
-    except OSError:
-        os.close(master)
-        return os.openpty()
-    return master, slave
 
 
 def copy_size(src: int, pty: int) -> None:

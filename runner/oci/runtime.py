@@ -34,6 +34,7 @@ from typing import Any
 
 from .. import cgroups, devices, init, seccomp
 from ..errors import NoSuchContainer, RunnerError
+from ..process import process_alive, start_time
 from . import rootfs, spec
 
 _ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
@@ -66,27 +67,6 @@ def parse_signal(text: str) -> int:
         return int(signal.Signals[name])
     except KeyError:
         raise RunnerError(f"unknown signal {text!r}") from None
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def start_time(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat: with the pid, names one process for good."""
-    fields = _stat_fields(pid)
-    return fields[19] if fields else None
-
-
-def process_alive(pid: int, start: str | None) -> bool:
-    """Is ``pid`` alive (not a zombie) and, given ``start``, the same process? (As
-    ``runner.containers``' twin, which would bring the store's imports with it: 35 ms a call.)"""
-    fields = _stat_fields(pid) if pid else None
-    return fields is not None and fields[0] != "Z" and (start is None or fields[19] == start)
 
 
 def _now() -> str:
@@ -280,13 +260,7 @@ class Runtime:
             opened.append(fifo_fd)
             console_fd = None
             if console_socket:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    sock.connect(console_socket)
-                except OSError as e:
-                    sock.close()
-                    raise RunnerError(f"cannot connect to the console socket {console_socket}: {e.strerror}") from None
-                console_fd = sock.detach()
+                console_fd = _console(console_socket).detach()
                 opened.append(console_fd)
             init_spec = {"config": config, "status_fd": status_w, "seccomp": sec,
                          "cgroup_procs": cgroup.procs_files(), "fifo_fd": fifo_fd, "console_fd": console_fd,
@@ -568,13 +542,19 @@ def _owner() -> str:
         return str(os.getuid())
 
 
-def _send_console(path: str, master: int) -> None:
+def _console(path: str) -> socket.socket:
+    """A connection to the caller's console socket (runc's ``--console-socket``)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
     except OSError as e:
         sock.close()
         raise RunnerError(f"cannot connect to the console socket {path}: {e.strerror}") from None
+    return sock
+
+
+def _send_console(path: str, master: int) -> None:
+    sock = _console(path)
     try:
         init.send_console(sock.fileno(), master)
     finally:
