@@ -15,6 +15,7 @@ from unionfs.fdcache import FdCache
 from unionfs.inodes import ROOT, InodeTable
 from unionfs.layers import LayerSet
 from unionfs.listing import Listings
+from unionfs.rename import RENAME_EXCHANGE, RENAME_NOREPLACE, Renames
 from unionfs.upper import Upper, without_suidgid
 
 
@@ -151,3 +152,78 @@ async def test_copy_ups_go_parents_first_and_keep_the_number(layers, tmp_path):
         fds.drop(f)
     finally:
         copier.close()
+
+
+@pytest.fixture
+def renames(layers, tmp_path):
+    """A ``Renames`` over the ``layers`` union, with copy-ups into a fresh workdir."""
+    fds = FdCache(layers)
+    inodes = InodeTable(layers, fds.relinked)
+    copier = Copier(layers, make_layer(str(tmp_path / "w"), {}))
+    copyups = CopyUps(copier, inodes, fds)
+    yield Renames(layers, inodes, fds, Upper(layers), copier.journal, copyups.copy_up, copyups.upper_dir)
+    for node in list(inodes.nodes.values()):
+        fds.drop(node)
+    copier.close()
+
+
+def _upper(layers, rel):
+    path = os.path.join(layers.paths[0], rel)
+    if not os.path.lexists(path):
+        return None
+    with open(path) as f:
+        return f.read()
+
+
+async def test_rename_of_a_lower_file_copies_it_up_and_whites_out_its_old_name(renames, layers):
+    inodes = renames.inodes
+    d = _child(inodes, inodes.root, "d")
+    f = _child(inodes, d, "f")
+    number = f.ino
+    await renames.rename(d, "f", inodes.root, "moved")
+    assert _upper(layers, "moved") == "lower" and _upper(layers, "d/.wh.f") == ""
+    assert layers.resolve(d.dir_layers, d.rel, "f") is None
+    assert (f.parent, f.name, f.layer) == (inodes.root, "moved", 0)
+    assert _child(inodes, inodes.root, "moved").ino == number  # the copy keeps the lower file's number
+
+
+async def test_rename_over_an_upper_file_unlinks_its_node_and_noreplace_refuses(renames, layers):
+    inodes = renames.inodes
+    d = _child(inodes, inodes.root, "d")
+    new = _child(inodes, d, "new")
+    for name in ("g", "new"):  # a lower name and an upper one: both refused, nothing changes
+        with pytest.raises(OSError) as e:
+            await renames.rename(d, "f", d, name, RENAME_NOREPLACE)
+        assert e.value.errno == 17  # EEXIST
+    assert _upper(layers, "d/f") is None and _upper(layers, "d/new") == "n"
+    await renames.rename(d, "f", d, "new")
+    assert _upper(layers, "d/new") == "lower" and new.unlinked
+    assert new.fd >= 0 and os.pread(new.fd, 1, 0) == b"n"  # pinned first: a holder still reads it
+
+
+async def test_exchange_copies_both_up_and_swaps_them(renames, layers):
+    inodes = renames.inodes
+    d = _child(inodes, inodes.root, "d")
+    f, new = _child(inodes, d, "f"), _child(inodes, d, "new")
+    await renames.rename(d, "f", d, "new", RENAME_EXCHANGE)
+    assert _upper(layers, "d/f") == "n" and _upper(layers, "d/new") == "lower"
+    assert (f.name, new.name) == ("new", "f") and f.layer == 0
+    for target, err in (("missing", 2), ("", 18)):  # ENOENT; EXDEV: the root has lower parts
+        with pytest.raises(OSError) as e:
+            await renames.rename(d, "f", inodes.root, target or "d", RENAME_EXCHANGE)
+        assert e.value.errno == err
+
+
+async def test_rename_on_a_read_only_union_answers_erofs_after_the_names(layers):
+    inodes = InodeTable(layers, lambda node: None)
+
+    async def no_copy(node):
+        pytest.fail("a read-only union copies nothing up")
+
+    renames = Renames(layers, inodes, FdCache(layers), None, None, no_copy, lambda node: None)
+    d = _child(inodes, inodes.root, "d")
+    # the names are checked first (ENOENT, EEXIST), as on any union; then EROFS
+    for name, flags, err in (("nope", 0, 2), ("f", RENAME_NOREPLACE, 17), ("f", 0, 30), ("f", RENAME_EXCHANGE, 30)):
+        with pytest.raises(OSError) as e:
+            await renames.rename(d, name, d, "g", flags)
+        assert e.value.errno == err, (name, flags)

@@ -2,16 +2,14 @@
 little glue between them (entries, names, the read-only check). What they stand on has a module each:
 ``inodes`` (our inode numbers), ``attrs`` (what the kernel is told), ``fdcache`` (backing fds),
 ``listing`` (readdir's listings), ``upper`` (markers, owners, setuid bits), ``copyup`` (copies and
-their scheduling), ``layers`` (resolution).
+their scheduling), ``rename`` (names moving and going: renameat2's flags), ``layers`` (resolution).
 
 Files: a file handle is the file's inode number (see ``fdcache``). On our pyfuse3 (``NO_OPEN``) open
 answers ENOSYS, after which the kernel sends no OPEN and no RELEASE for files, and a lower file is
 copied up by its first write, truncation or other change rather than by an open for writing.
 
 Caveats:
-  - Renaming a directory that exists in a lower layer gives EXDEV (as kernel overlayfs without
-    ``redirect_dir``; ``mv`` falls back to copying), and so does RENAME_EXCHANGE of one. Files
-    rename and exchange freely.
+  - Renaming or exchanging a directory that exists in a lower layer gives EXDEV (see ``rename``).
   - Copying up one name of a hard-linked lower file breaks that link on disk (kernel overlayfs without
     ``index`` does the same); this mount keeps showing one inode until it is unmounted.
   - Reads and writes run on the trio loop (page-cache speed); copy-ups over 1 MiB, or whose data is
@@ -40,6 +38,7 @@ from .inodes import InodeTable, Node
 from .journal import flush_delay
 from .layers import LayerSet, Resolved, join
 from .listing import DOTS, Listings
+from .rename import Renames
 from .upper import Upper, without_suidgid
 
 _WRITE = os.O_WRONLY | os.O_RDWR
@@ -103,6 +102,10 @@ class UnionFS(pyfuse3.Operations):
         self._attr = attr
         self._upper_dir: Callable[[Node], None] = self.copyups.upper_dir if self.copyups else _read_only
         self._copy_up: Callable[..., Awaitable[None]] = self.copyups.copy_up if self.copyups else _read_only_copy
+        self.renames = Renames(self.layers, self.inodes, self.fds, self.up, self._journal, self._copy_up,
+                               self._upper_dir)
+        self._losing = self.renames.losing
+        self._lost = self.renames.lost
         self.initialised = trio.Event()  # set as the kernel's INIT is answered
 
     def init(self) -> None:
@@ -148,24 +151,6 @@ class UnionFS(pyfuse3.Operations):
 
     def _parent_st(self, parent: Node) -> os.stat_result:
         return parent.last or self._stat(parent)  # every change to it goes through us and refreshes it
-
-    def _losing_name(self, res: Resolved) -> Node | None:
-        """Before ``res`` loses a name (unlink, rename over it): its node, if the kernel knows one,
-        with its fd pinned when it is an upper file (the kernel may hold it open)."""
-        node = self.nodes.get(self._ino(res.st))
-        if node is not None and res.layer == self.upper and stat.S_ISREG(res.st.st_mode):
-            self.fds.pin(node)
-        return node
-
-    def _lost_name(self, node: Node | None, res: Resolved) -> None:
-        """After: it had no other name, so its node is unlinked, and a crash cannot show it again
-        (its journal note goes)."""
-        if res.st.st_nlink > 1:
-            return
-        if node is not None:
-            node.unlinked = True
-        if res.layer == self.upper and self._journal is not None and stat.S_ISREG(res.st.st_mode):
-            self._journal.drop(res.st.st_ino)
 
     async def _prepare_new(self, parent_ino: int, raw: bytes) -> tuple[Node, str, Upper, str]:
         parent = self._node(parent_ino)
@@ -299,14 +284,14 @@ class UnionFS(pyfuse3.Operations):
         up = self._writable()
         upper = up.layer
         self._upper_dir(parent)
-        node = self._losing_name(res)
+        node = self._losing(res)
         # whiteout first: a crash in between leaves the upper file showing, never the lower one
         if up.lower_has(parent, sname):
             up.make_whiteout(parent, sname)
         if res.layer == upper:
             with self.layers.at(upper, join(parent.rel, sname)) as (fd, n):
                 os.unlink(n, dir_fd=fd)
-        self._lost_name(node, res)
+        self._lost(node, res)
 
     @fuse_boundary
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -341,79 +326,9 @@ class UnionFS(pyfuse3.Operations):
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
                      flags: int, ctx: pyfuse3.RequestContext) -> None:
         old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
-        old, new = _name(name_old), _name(name_new)
+        new = _name(name_new)
         self._check_name(new)
-        src = self._resolve(old_parent, old)
-        if src is None:
-            raise oserror(errno.ENOENT, old)
-        dst = self._resolve(new_parent, new)
-        if flags & pyfuse3.RENAME_EXCHANGE:
-            if dst is None:
-                raise oserror(errno.ENOENT, new)
-            await self._exchange(old_parent, old, src, new_parent, new, dst)
-            return
-        if dst is not None and flags & pyfuse3.RENAME_NOREPLACE:
-            raise oserror(errno.EEXIST, new)
-        up = self._writable()
-        upper = up.layer
-        if src.is_dir and src.dir_layers != [upper]:
-            raise oserror(errno.EXDEV, old)  # a directory with lower parts: mv copies it instead
-        if dst is not None:
-            if self._ino(dst.st) == self._ino(src.st):
-                return  # the same object (hard links or same name): nothing to do
-            if dst.is_dir and not src.is_dir:
-                raise oserror(errno.EISDIR, new)
-            if src.is_dir and not dst.is_dir:
-                raise oserror(errno.ENOTDIR, new)
-            if dst.is_dir and self.layers.listdir(dst.dir_layers, join(new_parent.rel, new)):
-                raise oserror(errno.ENOTEMPTY, new)
-        node = self._remember(old_parent, old, src)
-        await self._copy_up(node)
-        self._upper_dir(new_parent)
-        new_rel = join(new_parent.rel, new)
-        if dst is not None and dst.is_dir and dst.dir_layers[0] == upper:
-            up.clear_markers(new_rel)  # an empty directory: only markers are left in it
-        needs_opaque = src.is_dir and up.lower_has(new_parent, new)
-        gone = self._losing_name(dst) if dst is not None else None
-        if up.lower_has(old_parent, old):
-            up.make_whiteout(old_parent, old)  # first: a crash leaves the source showing
-        with self.layers.at(upper, join(old_parent.rel, old)) as (sfd, s), self.layers.at(upper, new_rel) as (dfd, d):
-            try:
-                os.rename(s, d, src_dir_fd=sfd, dst_dir_fd=dfd)
-            except (NotADirectoryError, IsADirectoryError):
-                if dst is not None or not up.clear_overlay_whiteout(new_rel):
-                    raise
-                os.rename(s, d, src_dir_fd=sfd, dst_dir_fd=dfd)  # a directory over a 0/0 whiteout
-        up.drop_whiteout(new_parent, new)
-        if needs_opaque:
-            up.marker(join(new_rel, whiteout.OPAQUE))
-        if dst is not None:
-            self._lost_name(gone, dst)
-        node.parent, node.name = new_parent, new
-        if src.is_dir:
-            node.dir_layers = [upper]
-
-    async def _exchange(self, a_parent: Node, a: str, a_res: Resolved, b_parent: Node, b: str, b_res: Resolved) -> None:
-        """RENAME_EXCHANGE, as kernel overlayfs: both copied up, then swapped in the upper in one
-        step; a directory with lower parts gives EXDEV, as a rename of it does; a directory that
-        lands on a name a lower dir has is made opaque."""
-        up = self._writable()
-        if any(r.is_dir and r.dir_layers != [up.layer] for r in (a_res, b_res)):
-            raise oserror(errno.EXDEV, a)
-        if self._ino(a_res.st) == self._ino(b_res.st):
-            return
-        a_node, b_node = self._remember(a_parent, a, a_res), self._remember(b_parent, b, b_res)
-        await self._copy_up(a_node)
-        await self._copy_up(b_node)
-        a_rel, b_rel = join(a_parent.rel, a), join(b_parent.rel, b)
-        a_opaque = a_res.is_dir and up.lower_has(b_parent, b)
-        b_opaque = b_res.is_dir and up.lower_has(a_parent, a)
-        up.exchange(a_rel, b_rel)
-        if a_opaque:
-            up.marker(join(b_rel, whiteout.OPAQUE))
-        if b_opaque:
-            up.marker(join(a_rel, whiteout.OPAQUE))
-        a_node.parent, a_node.name, b_node.parent, b_node.name = b_parent, b, a_parent, a
+        await self.renames.rename(old_parent, _name(name_old), new_parent, new, flags)  # see ``rename``
 
     @fuse_boundary
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
