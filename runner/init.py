@@ -87,9 +87,10 @@ def _loopback_up() -> None:
         fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sh14x", b"lo", flags | IFF_UP))
 
 
-def _lookup_user(user: str) -> tuple[int, int, list[int]]:
-    """``uid[:gid[:gid,...]]`` or names from the container's /etc/passwd and /etc/group (the third
-    part: the config's additionalGids)."""
+def _lookup_user(user: str) -> tuple[int, int, list[int], str]:
+    """(uid, gid, supplementary gids, home) of ``uid[:gid[:gid,...]]`` or names, from the
+    container's /etc/passwd and /etc/group (the third part: the config's additionalGids). The home
+    is "/" for a user the passwd file does not list, as runc gives."""
     name, _, group = user.partition(":")
     group, _, additional = group.partition(":")
 
@@ -121,7 +122,8 @@ def _lookup_user(user: str) -> tuple[int, int, list[int]]:
             gid = int(g[2])
     uname = row[0] if row else None
     extra = [int(r[2]) for r in groups if len(r) > 3 and uname and uname in r[3].split(",")]
-    return uid, gid, extra + [int(g) for g in additional.split(",") if g.isdigit()]
+    home = row[5] if row and len(row) > 5 and row[5] else "/"
+    return uid, gid, extra + [int(g) for g in additional.split(",") if g.isdigit()], home
 
 
 def _cap_mask(names: list[str]) -> int:
@@ -133,9 +135,9 @@ def _cap_mask(names: list[str]) -> int:
     return mask
 
 
-def _drop_privileges(spec: dict[str, Any]) -> None:
-    """Bounding set, user, then the capability sets (root keeps them through exec; anyone else's
-    are recomputed empty by execve, as in Docker), no_new_privs."""
+def _drop_privileges(spec: dict[str, Any], user: tuple[int, int, list[int], str]) -> None:
+    """Bounding set, ``user`` (``_lookup_user``'s), then the capability sets (root keeps them
+    through exec; anyone else's are recomputed empty by execve, as in Docker), no_new_privs."""
     caps = spec.get("capabilities") or {}
     keep = _cap_mask(caps.get("bounding", list(DEFAULT_CAPS)))
     for cap in range(sc.last_cap() + 1):
@@ -145,7 +147,7 @@ def _drop_privileges(spec: dict[str, Any]) -> None:
             except OSError as e:
                 if e.errno != errno.EINVAL:
                     raise
-    uid, gid, groups = _lookup_user(spec.get("user") or "0")
+    uid, gid, groups, _ = user
     death = sc.parent_death_signal()
     if not _setgroups_denied():  # (a user namespace with one id: there are no groups to set)
         os.setgroups(groups)
@@ -254,7 +256,10 @@ def _exec(spec: dict[str, Any], status_fd: int) -> None:
         # still have it (runc does the same); what is left of the set-up runs under it
         seccomp.load()
         seccomp = None
-    _drop_privileges(spec)
+    user = _lookup_user(spec.get("user") or "0")
+    if not any(e.startswith("HOME=") for e in env):  # from the image's passwd, as Docker (runc) sets it
+        env = [*env, f"HOME={user[3]}"]
+    _drop_privileges(spec, user)
     park = spec.get("park")
     _close_fds(3 + int(spec.get("preserve_fds") or 0), {status_fd, *([park] if park is not None else [])})
     os.chdir(cwd)
@@ -549,10 +554,11 @@ def forked(spec: dict[str, Any], stdio: tuple[int, int, int], go_fd: int) -> NoR
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in stdio]  # out of dup2's way
         for target, fd in enumerate(high):
             os.dup2(fd, target)
-        keep = sorted({spec["status_fd"], go_fd})
-        os.closerange(3, keep[0])
-        os.closerange(keep[0] + 1, keep[1])
-        os.closerange(keep[1] + 1, 65536)
+        low = 3
+        for fd in sorted({spec["status_fd"], go_fd, *([spec["console_fd"]] if "console_fd" in spec else [])}):
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, 65536)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         code = create(spec, go_fd)
     finally:

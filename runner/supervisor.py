@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import termios
 import tty
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ class _Stdio:
     feed: int | None  # the attached stdin to copy into the container, for -i
     stdin: int  # where that goes: the pty master or the stdin pipe (-1: nowhere)
     close_stdin: bool  # a pipe is closed at EOF; a pty master is not
+    console: int | None = None  # -t: our end of the console socket PID 1 sends the pty master on
+    console_child: int | None = None  # and PID 1's end
 
 
 class _Log:
@@ -202,7 +205,6 @@ class Supervisor:
             raise RuntimeError("the container's init must be forked from a single-threaded process")
         opened = self.opened
         self.stdio = self._stdio(opened)
-        self._resize()  # a pty starts at the attached terminal's size
         status_r, status_w = os.pipe()
         go_r, go_w = os.pipe()
         opened += [status_r, status_w, go_r, go_w]
@@ -211,7 +213,8 @@ class Supervisor:
         if pid == 0:
             init.forked(spec, self.stdio.child, go_r)
         self.init = ForkedChild(pid)
-        for fd in {*self.stdio.child, status_w, go_r}:
+        theirs = [self.stdio.console_child] if self.stdio.console_child is not None else []
+        for fd in {*self.stdio.child, status_w, go_r, *theirs}:
             os.close(fd)
             opened.remove(fd)
         self.status_fd, self.go_fd = status_r, go_w
@@ -246,8 +249,14 @@ class Supervisor:
         """The bundle's config and what the init needs of this runtime besides."""
         assert self.bundle is not None
         profile = self.bundle["linux"].get("seccomp")
-        return {"config": self.bundle, "status_fd": status_fd, "supervisor": os.getpid(),
+        spec = {"config": self.bundle, "status_fd": status_fd, "supervisor": os.getpid(),
                 "seccomp": seccomp.prepare(profile) if profile else None, "cgroup_procs": self.cgroup.procs_files()}
+        if self.stdio is not None and self.stdio.console is not None:
+            spec["console_fd"] = self.stdio.console_child
+            size = self._terminal_size()
+            if size:
+                self.bundle["process"]["consoleSize"] = {"height": size[0], "width": size[1]}
+        return spec
 
     def _write_etc(self) -> None:
         """The files bind-mounted into /etc, and the init layer: a lower between the image and the
@@ -350,9 +359,12 @@ class Supervisor:
         err = attach.stderr if attach else None
         feed = attach.stdin if attach is not None and cfg["OpenStdin"] else None
         if cfg["Tty"]:
-            master, slave = os.openpty()
-            opened += [master, slave]
-            return _Stdio((slave, slave, slave), [(master, "stdout", out)], feed, master, False)
+            # as runc's console socket: PID 1 makes the pty in the container's own devpts (so the
+            # command's terminal is /dev/pts/N) and sends the master back once its root is set up
+            ours, theirs = (s.detach() for s in socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
+            null = os.open(os.devnull, os.O_RDWR)
+            opened += [ours, theirs, null]
+            return _Stdio((null, null, null), [], feed, -1, False, console=ours, console_child=theirs)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         opened += [out_r, out_w, err_r, err_w]
@@ -372,7 +384,7 @@ class Supervisor:
         opened.remove(self.status_fd)
         log = _Log(self.c.path("container.log"))
         drained = trio.Event()
-        remaining = [len(stdio.pumps)]
+        remaining = [0]
 
         async def pump(src: int, stream: str, to: int | None) -> None:
             try:
@@ -393,6 +405,11 @@ class Supervisor:
                     await helper.wait()
                     _, failed_code, message = first.split(" ", 2)
                     return int(failed_code), message
+                if stdio.console is not None:
+                    await self._receive_console(stdio)
+                remaining[0] = len(stdio.pumps)
+                if not stdio.pumps:
+                    drained.set()
                 for src, stream, to in stdio.pumps:
                     nursery.start_soon(pump, src, stream, to)
                 if stdio.feed is not None and stdio.stdin >= 0:
@@ -442,12 +459,37 @@ class Supervisor:
                 except (ProcessLookupError, PermissionError):
                     pass
 
-    def _resize(self) -> None:
-        if self.attach is not None and self.stdio is not None and self.config["Config"]["Tty"]:
+    def _terminal_size(self) -> tuple[int, int] | None:
+        """The attached terminal's (rows, columns), which a -t container's pty follows."""
+        if self.attach is not None and self.config["Config"]["Tty"]:
             try:
-                termios.tcsetwinsize(self.stdio.stdin, termios.tcgetwinsize(self.attach.stdout))
+                return termios.tcgetwinsize(self.attach.stdout)
             except (OSError, termios.error):  # output to a pipe or file: no size to follow
                 pass
+        return None
+
+    def _resize(self) -> None:
+        size = self._terminal_size()
+        if size and self.stdio is not None and self.stdio.stdin >= 0:
+            try:
+                termios.tcsetwinsize(self.stdio.stdin, size)
+            except (OSError, termios.error):
+                pass
+
+    async def _receive_console(self, stdio: _Stdio) -> None:
+        """The pty master PID 1 sends once its root is set up: from then on it is the container's
+        output and (with -i) input. Nothing arrives if PID 1 failed first: its status says why."""
+        assert stdio.console is not None
+        await trio.lowlevel.wait_readable(stdio.console)
+        with socket.socket(fileno=os.dup(stdio.console)) as sock:
+            _, fds, _, _ = socket.recv_fds(sock, 4096, 1)
+        if not fds:
+            return
+        master = fds[0]
+        self.opened.append(master)
+        out = self.attach.stdout if self.attach else None
+        stdio.pumps, stdio.stdin = [(master, "stdout", out)], master
+        self._resize()
 
 
 def container_filter(config: dict[str, Any]) -> seccomp.Filter | None:

@@ -123,6 +123,49 @@ def test_run_it_on_a_terminal_works(rootdir):
 
 
 @needs_root
+@pytest.mark.parametrize("flags", [("-it",), ("-t",)])
+def test_run_t_gives_pid_1_a_terminal_of_the_container(rootdir, flags):
+    """As runc's console socket: PID 1's terminal is a pty of the container's own devpts (tty says
+    /dev/pts/N, not /dev/console), at the size of the client's terminal."""
+    code, out = in_pty(rootdir, "run", "--rm", *flags, "bb", "sh", "-c", "tty; stty size; ls /dev/pts; exit 3")
+    assert code == 3, out
+    lines = out.replace("\r", "").split("\n")
+    assert lines[0] == "/dev/pts/0" and lines[1] == "30 100", out
+    assert lines[2].split() == ["0", "ptmx"], out  # the container's devpts: only its own pty
+
+
+@needs_root
+def test_run_dt_logs_the_terminal_and_exec_shares_the_devpts(rootdir):
+    cid = strata(rootdir, "run", "-dt", "bb", "sh", "-c", "tty; sleep 300").out.strip()
+    try:
+        out = strata(rootdir, "exec", "-t", cid, "tty").out
+        assert out.strip() == "/dev/pts/1", out
+        assert strata(rootdir, "logs", cid).out.replace("\r", "").split("\n")[0] == "/dev/pts/0"
+    finally:
+        strata(rootdir, "rm", "-f", cid)
+
+
+@needs_root
+def test_home_comes_from_the_image_passwd(rootdir):
+    """HOME is the user's home in the image's /etc/passwd ("/" for an id it does not list), unless
+    the image or the command line sets it, as Docker gives."""
+    strata(rootdir, "run", "--name", "homes", "bb", "sh", "-c",
+           "echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd")
+    strata(rootdir, "commit", "homes", "bb-homes")
+    run = lambda *a: strata(rootdir, "run", "--rm", *a, "bb-homes", "sh", "-c", "echo $HOME").out.strip()
+    assert run() == "/root"
+    assert run("-u", "app") == "/home/app"
+    assert run("-u", "1000") == "/home/app"
+    assert run("-u", "4242") == "/"
+    assert run("-e", "HOME=/elsewhere") == "/elsewhere"
+    cid = strata(rootdir, "run", "-d", "bb-homes", "sleep", "300").out.strip()
+    try:
+        assert strata(rootdir, "exec", "-u", "app", cid, "sh", "-c", "echo $HOME").out.strip() == "/home/app"
+    finally:
+        strata(rootdir, "rm", "-f", cid)
+
+
+@needs_root
 @pytest.mark.parametrize("zygote", [False, True])
 def test_a_closed_stdin_never_hangs_the_client(running, zygote):
     env = {} if zygote else {"STRATA_NO_ZYGOTE": "1"}

@@ -183,7 +183,7 @@ def test_interactive_shell_on_a_pty(rootdir):
             os.write(master, b"\x1b[1;1R")
         os.write(master, b"echo $((6*7)); tty\n")
         read_until(b"42")
-        read_until(b"/dev/console")  # fd 0 is the pty slave, which the container sees as its console
+        read_until(b"/dev/pts/0")  # fd 0 is a pty of the container's own devpts
         os.write(master, b"stty size\n")
         read_until(b"30 100")
         termios.tcsetwinsize(master, (40, 120))  # a resized terminal: SIGWINCH, forwarded; the pty follows
