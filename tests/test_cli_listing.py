@@ -133,6 +133,8 @@ def test_ps_filters_and_no_trunc(rootdir):
     full = strata(rootdir, "ps", "-a", "--no-trunc", "-f", "name=two").out
     assert '"sh -c echo a long command line here"' in full and ids["done-two"] in full
     assert '"sh -c echo a long c…"' in strata(rootdir, "ps", "-a", "-f", "name=two").out
+    header = strata(rootdir, "ps").out.splitlines()[0]  # Docker's columns, in Docker's order
+    assert re.split(r"  +", header.strip()) == ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], header
     res = strata(rootdir, "ps", "-f", "status=sleeping", check=False)
     assert (res.code, res.err) == (125, "Error: invalid filter 'status=sleeping'\n")
 

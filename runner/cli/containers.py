@@ -251,6 +251,7 @@ def cmd_ps(store: Store, args: argparse.Namespace) -> int:
             "Command": ps_command(c.config["Command"], not args.no_trunc),
             "CreatedAt": c.config["Created"], "RunningFor": since(parse_when(c.config["Created"])),
             "Status": status_text(state), "State": state.get("Status"), "Names": c.name,
+            "Ports": "",  # published ports come with -p (issue 19): none yet
             "Labels": ",".join(f"{k}={v}" for k, v in sorted((c.config["Config"].get("Labels") or {}).items())),
         })
     if args.quiet:
@@ -260,8 +261,9 @@ def cmd_ps(store: Store, args: argparse.Namespace) -> int:
         for r in rows:
             print(json.dumps(r))
     else:
-        print(table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"],
-                    [[r["ID"], r["Image"], r["Command"], r["RunningFor"], r["Status"], r["Names"]] for r in rows]))
+        print(table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
+                    [[r["ID"], r["Image"], r["Command"], r["RunningFor"], r["Status"], r["Ports"], r["Names"]]
+                     for r in rows]))
     return 0
 
 
