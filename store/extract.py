@@ -10,8 +10,8 @@ Safety: every path is resolved one component at a time from the layer dir's fd w
 paths longer than PATH_MAX work. ``..`` components, absolute names, hard links that leave the layer
 and whiteouts of ``.``/``..`` are rejected.
 
-Caveats: without root, owners are not applied and device nodes become empty files carrying
-``user.containers.override_stat`` (fuse-overlayfs's spelling), xattrs outside ``user.*`` are dropped.
+Without root, owners and device nodes are kept in ``user.containers.override_stat`` (``owners``:
+the containers-storage convention, which the union fs reports); xattrs outside ``user.*`` are dropped.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import os
 import shutil
 import stat
 
+from . import owners
 from .errors import BadInput, UnsafeTar
 from .tarstream import BLOCKDEV, CHAR, DIR, FIFO, HARDLINK, REGULAR, SYMLINK, TarEntry, TarReader
 
@@ -44,10 +45,10 @@ def split_name(name: str, where: str) -> tuple[str, ...]:
 
 
 class _Extractor:
-    def __init__(self, root: str, where: str) -> None:
+    def __init__(self, root: str, where: str, as_root: bool) -> None:
         self.where = where
         self.root_fd = os.open(root, _DIR_FLAGS)
-        self.as_root = os.geteuid() == 0
+        self.as_root = as_root
         self._cached: tuple[tuple[str, ...], int] | None = None
         self.dirs: dict[tuple[str, ...], TarEntry] = {}
         self.size = 0
@@ -119,7 +120,7 @@ class _Extractor:
             try:
                 self.size += reader.copy_to(fd)
                 self._owner_xattrs(fd, None, entry)
-                os.chmod(fd, entry.mode)
+                os.chmod(fd, self._mode(entry))
                 os.utime(fd, ns=(_ns(entry.mtime), _ns(entry.mtime)))
             finally:
                 os.close(fd)
@@ -147,7 +148,7 @@ class _Extractor:
             self._device(entry, pfd, base)
         self._owner_xattrs(pfd, base, entry)
         if kind != SYMLINK:
-            os.chmod(base, entry.mode, dir_fd=pfd)
+            os.chmod(base, self._mode(entry), dir_fd=pfd)
         os.utime(base, ns=(_ns(entry.mtime), _ns(entry.mtime)), dir_fd=pfd, follow_symlinks=False)
 
     def _clear(self, pfd: int, parts: tuple[str, ...], keep_dir: bool) -> None:
@@ -188,30 +189,40 @@ class _Extractor:
 
     def _device(self, entry: TarEntry, pfd: int, base: str) -> None:
         dev = os.makedev(entry.devmajor, entry.devminor)
-        try:
+        if self.as_root:
             os.mknod(base, entry.st_mode, dev, dir_fd=pfd)
             return
-        except PermissionError:
-            if self.as_root:
-                raise
-        # Rootless: an empty file that says what it stands for, as fuse-overlayfs does.
+        # Rootless: an empty file that says what it stands for, as containers-storage makes it.
         os.close(os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=pfd))
-        kind = "char" if entry.type == CHAR else "block"
-        value = f"{entry.uid}:{entry.gid}:{entry.mode:o}:{kind}{entry.devmajor},{entry.devminor}"
-        os.setxattr(f"/proc/self/fd/{pfd}/{base}", "user.containers.override_stat", value.encode(),
-                    follow_symlinks=False)
+        kind = stat.S_IFCHR if entry.type == CHAR else stat.S_IFBLK
+        override = owners.Override(entry.uid, entry.gid, entry.mode, kind, dev)
+        os.setxattr(f"/proc/self/fd/{pfd}/{base}", owners.XATTR, override.encode(), follow_symlinks=False)
+
+    def _mode(self, entry: TarEntry) -> int:
+        """The mode the file itself gets (rootless: with the owner's bits; the xattr has the rest)."""
+        if self.as_root or entry.type not in (REGULAR, DIR):
+            return entry.mode
+        return owners.disk_mode(entry.mode, entry.type == DIR)
 
     def _owner_xattrs(self, fd: int, name: str | None, entry: TarEntry) -> None:
-        """chown first (it clears setuid bits, so chmod comes after), then xattrs."""
+        """chown first (it clears setuid bits, so chmod comes after), then xattrs. Rootless, an
+        owner other than root or a mode the file cannot keep goes into the override xattr."""
         if self.as_root:
             if name is None:
                 os.chown(fd, entry.uid, entry.gid)
             else:
                 os.chown(name, entry.uid, entry.gid, dir_fd=fd, follow_symlinks=False)
-        if not entry.xattrs:
-            return
         target: int | str = fd if name is None else f"/proc/self/fd/{fd}/{name}"
+        if (not self.as_root and entry.type in (REGULAR, DIR)
+                and ((entry.uid, entry.gid) != (0, 0) or self._mode(entry) != entry.mode)):
+            override = owners.Override(entry.uid, entry.gid, entry.mode).encode()
+            if isinstance(target, int):
+                os.setxattr(target, owners.XATTR, override)
+            else:
+                os.setxattr(target, owners.XATTR, override, follow_symlinks=False)
         for key, value in entry.xattrs.items():
+            if key == owners.XATTR and not self.as_root:  # (ours, just written, says what the tar says)
+                continue
             if not self.as_root and not key.startswith("user."):
                 continue
             try:
@@ -231,7 +242,7 @@ class _Extractor:
             entry = self.dirs[parts]
             fd = self._open_dir(parts, create=False)
             try:
-                os.chmod(fd, entry.mode)
+                os.chmod(fd, self._mode(entry))
                 os.utime(fd, ns=(_ns(entry.mtime), _ns(entry.mtime)))
             finally:
                 os.close(fd)
@@ -241,13 +252,14 @@ def _ns(mtime: float) -> int:
     return int(round(mtime * 1_000_000_000))
 
 
-def extract(reader: TarReader, root: str, where: str) -> int:
-    """Extract every entry of ``reader`` into the empty directory ``root``.
+def extract(reader: TarReader, root: str, where: str, as_root: bool | None = None) -> int:
+    """Extract every entry of ``reader`` into the empty directory ``root``; ``as_root`` (default:
+    whether we are root) gives owners and devices for real, else keeps them in the override xattr.
 
     Returns the layer's content size (bytes of regular files; hard links count once). On error the
     directory is left half-filled: callers extract into a staging dir and delete it on failure.
     """
-    ex = _Extractor(root, where)
+    ex = _Extractor(root, where, os.geteuid() == 0 if as_root is None else as_root)
     try:
         for entry in reader:
             try:

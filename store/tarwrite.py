@@ -16,6 +16,8 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
+from . import owners
+
 _COPY = 1 << 20
 
 
@@ -65,11 +67,22 @@ def tarinfo_for(full: str, rel: str, st: os.stat_result, links: dict[tuple[int, 
     try:
         for xname in sorted(os.listxattr(full, follow_symlinks=False)):
             value = os.getxattr(full, xname, follow_symlinks=False)
+            if xname == owners.XATTR and (override := owners.decode(value)) is not None:
+                _apply(info, override)  # what a rootless store keeps for the owner it could not give
+                continue
             xattrs["SCHILY.xattr." + xname] = value.decode("utf-8", "surrogateescape")
     except OSError:
         pass
     info.pax_headers = xattrs
     return info
+
+
+def _apply(info: tarfile.TarInfo, override: owners.Override) -> None:
+    info.uid, info.gid, info.mode = override.uid, override.gid, override.mode
+    if override.kind in (stat.S_IFCHR, stat.S_IFBLK) and info.type == tarfile.REGTYPE:
+        info.type = tarfile.CHRTYPE if override.kind == stat.S_IFCHR else tarfile.BLKTYPE
+        info.size = 0
+        info.devmajor, info.devminor = os.major(override.rdev), os.minor(override.rdev)
 
 
 def write_tree(root: str, out: BinaryIO) -> None:

@@ -9,9 +9,11 @@ import stat
 import pytest
 from helpers import tar_bytes
 
+from store import owners
 from store.errors import BadInput
 from store.extract import extract
-from store.tarstream import TarReader
+from store.tarstream import BLOCKDEV, CHAR, TarReader
+from store.tarwrite import write_tree
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="owners, devices and trusted.* xattrs need root")
 
@@ -110,3 +112,53 @@ def test_gnu_and_pax_long_names(tmp_path):
         extract(TarReader(io.BytesIO(data), "t"), str(dest), "t")
         assert open(f"{dest}/{long}", "rb").read() == b"L"
         assert os.readlink(f"{dest}/s") == "t" * 200
+
+
+def test_rootless_extraction_keeps_owners_modes_and_devices_in_the_override_xattr(tmp_path):
+    """Without root (``as_root=False``; as root here, so the files' real owners prove nothing was
+    chowned), owners, modes the user could not use and devices go into containers-storage's
+    ``user.containers.override_stat``, and a tar written back from the dir says what the first said."""
+    src = [
+        {"name": "etc/", "type": "dir", "mode": 0o755},
+        {"name": "etc/shadow", "data": b"s", "mode": 0o640, "uid": 0, "gid": 42},
+        {"name": "var/mail/", "type": "dir", "mode": 0o2775, "uid": 8, "gid": 8},
+        {"name": "var/mail/locked", "data": b"", "mode": 0o000, "uid": 8, "gid": 8},
+        {"name": "usr/bin/passwd", "data": b"p", "mode": 0o4755},
+        {"name": "dev/null", "type": "char", "dev": (1, 3), "mode": 0o666},
+        {"name": "dev/loop0", "type": "block", "dev": (7, 0), "mode": 0o660, "uid": 0, "gid": 6},
+        {"name": "sbin", "type": "symlink", "link": "usr/sbin", "uid": 3, "gid": 4},
+    ]
+    dest = tmp_path / "layer"
+    dest.mkdir()
+    extract(TarReader(io.BytesIO(tar_bytes(src)), "t.tar"), str(dest), "t.tar", as_root=False)
+    xattr = lambda rel: os.getxattr(dest / rel, owners.XATTR, follow_symlinks=False)  # noqa: E731
+    assert xattr("etc/shadow") == b"0:42:0640"
+    assert xattr("var/mail") == b"8:8:2775"
+    assert xattr("var/mail/locked") == b"8:8:0000"
+    assert stat.S_IMODE(os.lstat(dest / "var/mail/locked").st_mode) == 0o600  # the user can read it
+    assert stat.S_IMODE(os.lstat(dest / "var/mail").st_mode) == 0o2775
+    assert xattr("dev/null") == b"0:0:0666:char-1-3" and os.path.isfile(dest / "dev/null")
+    assert xattr("dev/loop0") == b"0:6:0660:block-7-0"
+    for rel in ("etc", "usr/bin/passwd"):  # root's, with modes the file keeps: nothing to say
+        assert owners.XATTR not in os.listxattr(dest / rel)
+    assert os.lstat(dest / "etc/shadow").st_uid == os.getuid()
+    back = io.BytesIO()
+    write_tree(str(dest), back)
+    entries = {e.name.rstrip("/"): e for e in TarReader(io.BytesIO(back.getvalue()), "back.tar")}
+    for want in src:
+        got = entries[want["name"].rstrip("/")]
+        if want.get("type") != "symlink":  # (a symlink cannot carry the xattr: its owner is lost)
+            assert (got.uid, got.gid, got.mode) == (want.get("uid", 0), want.get("gid", 0), want["mode"]), want
+        assert owners.XATTR not in got.xattrs
+    assert entries["dev/null"].type == CHAR and (entries["dev/null"].devmajor, entries["dev/null"].devminor) == (1, 3)
+    assert entries["dev/loop0"].type == BLOCKDEV
+
+
+def test_override_xattr_codec():
+    assert owners.decode(b"1:2:4755") == owners.Override(1, 2, 0o4755)
+    assert owners.decode(b"0:5:0620:char-136-0") == owners.Override(0, 5, 0o620, stat.S_IFCHR, os.makedev(136, 0))
+    assert owners.decode(b"0:0:0755:dir") == owners.Override(0, 0, 0o755, stat.S_IFDIR)
+    for bad in (b"", b"1:2", b"a:b:c", b"1:2:9", b"1:2:0644:char-x-1", b"1:2:0644:door", b"\xff"):
+        assert owners.decode(bad) is None, bad
+    for value in (b"1:2:4755", b"0:5:0620:char-136-0", b"0:0:0755:dir", b"3:3:0644:pipe"):
+        assert owners.decode(value).encode() == value
