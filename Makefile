@@ -65,6 +65,7 @@ bench: deps
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_PACKAGES)"
 	@$(BIN)/python bench/store_bench.py
 	@$(BIN)/python bench/unionfs_bench.py
+	@$(BIN)/python bench/unionfs_ab.py  # the union fs of this tree against the one before fs.py's split
 	@$(BIN)/python bench/fuse_requests.py
 	@$(BIN)/python bench/daemon_cpu.py
 	@$(BIN)/python bench/fuse_floor.py

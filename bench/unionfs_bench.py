@@ -100,11 +100,14 @@ def scratch_fs() -> Iterator[str]:
 
 
 class Union:
-    """One mounted union of one kind, with its own upper and work dirs."""
+    """One mounted union of one kind, with its own upper and work dirs. The strata kinds run
+    ``python -m unionfs`` from the package under ``root`` (this checkout by default; another revision's
+    worktree for ``unionfs_ab``)."""
 
-    def __init__(self, kind: str, base: str) -> None:
+    def __init__(self, kind: str, base: str, root: str = REPO) -> None:
         self.kind = kind
         self.base = base
+        self.root = root
         self.upper, self.work, self.merged = (os.path.join(base, n) for n in ("upper", "work", "merged"))
         for d in (self.upper, self.work, self.merged):
             os.makedirs(d)
@@ -122,7 +125,7 @@ class Union:
 
     def mount(self) -> None:
         start = time.perf_counter()
-        subprocess.run(self.cmd, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+        subprocess.run(self.cmd, check=True, cwd=self.root, env={**os.environ, "PYTHONPATH": self.root})
         self.mount_time = time.perf_counter() - start
         os.stat(os.path.join(self.merged, "etc"))  # the first request: a daemon answers it once it runs
         self.answer_time = time.perf_counter() - start
@@ -275,10 +278,11 @@ def workload_args(repeat: bool = True) -> argparse.Namespace:
 
 
 @contextmanager
-def fresh_union(kind: str, prefix: str) -> Iterator[Union]:
-    """A new union of ``kind`` on the scratch filesystem, mounted; unmounted and removed afterwards."""
+def fresh_union(kind: str, prefix: str, root: str = REPO) -> Iterator[Union]:
+    """A new union of ``kind`` on the scratch filesystem, mounted (a strata kind from the unionfs
+    under ``root``); unmounted and removed afterwards."""
     assert is_mounted(SCRATCH), "unions are made inside scratch_fs()"
-    u = Union(kind, tempfile.mkdtemp(prefix=prefix, dir=SCRATCH))
+    u = Union(kind, tempfile.mkdtemp(prefix=prefix, dir=SCRATCH), root)
     try:
         u.mount()
         yield u
