@@ -1,5 +1,6 @@
 """The union filesystem of two revisions side by side in one run: an old one (a ``git worktree`` of
-``--base``, made in a temp dir and removed afterwards) against this working tree, on
+``--base``, made in a temp dir and removed afterwards) against this working tree (or ``--new REV``,
+another worktree: a tree others are editing may be half-way through a change), on
 ``unionfs_bench``'s workloads, inputs and fresh scratch ext4. The two alternate run by run (which
 goes first flips each time), each on a fresh mount, so they share the machine's mood.
 
@@ -9,7 +10,7 @@ on this noisy host a row is slower only if its whole range is above 1.0 (flagged
 The default base is the commit before unionfs/fs.py was split along its jobs (the parent of the
 commit that added unionfs/inodes.py), as issue 16 asks: "no row slower than before the split".
 
-Usage: ``python bench/unionfs_ab.py [--base REV] [--only NAME,NAME] [--repeat N] [--volatile]``
+Usage: ``python bench/unionfs_ab.py [--base REV] [--new REV] [--only NAME,NAME] [--repeat N] [--volatile]``
 (as root: the scratch filesystem is a loop mount).
 """
 
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,7 +58,7 @@ def default_base() -> str:
 def worktree(rev: str) -> Iterator[str]:
     """A detached ``git worktree`` of ``rev`` in a temp dir; removed (and pruned) afterwards."""
     tmp = tempfile.mkdtemp(prefix="unionfs-ab-")
-    path = os.path.join(tmp, "base")
+    path = os.path.join(tmp, "tree")
     try:
         git("worktree", "add", "--detach", "--quiet", path, rev)
         try:
@@ -81,6 +82,7 @@ def check_package(root: str) -> None:
 def args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", help="the old revision (default: the commit before the split of fs.py)")
+    parser.add_argument("--new", help="the new revision (default: the working tree as it is)")
     parser.add_argument("--only", help="comma-separated workload name prefixes")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each workload on each side")
     parser.add_argument("--volatile", action="store_true", help="mount both with -o volatile")
@@ -100,8 +102,7 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("bench: the scratch filesystem needs root")
     base = git("rev-parse", opts.base) if opts.base else default_base()
-    head = git("rev-parse", "--short", "HEAD")
-    dirty = " + uncommitted changes" if git("status", "--porcelain", "--", "unionfs") else ""
+    new = git("rev-parse", opts.new) if opts.new else None  # resolved once: HEAD may move meanwhile
     kind = "strata volatile" if opts.volatile else "strata"
     ensure_inputs()
     names = selected(opts.only)
@@ -111,8 +112,9 @@ def main() -> None:
         if seconds is not None:
             times.setdefault((label, side), []).append(seconds)
 
-    with worktree(base) as old_root:
-        sides = {"old": old_root, "new": REPO}
+    with ExitStack() as trees:
+        sides = {"old": trees.enter_context(worktree(base)),
+                 "new": trees.enter_context(worktree(new)) if new else REPO}
         for root in sides.values():
             check_package(root)
         with scratch_fs():
@@ -131,7 +133,11 @@ def main() -> None:
                         record("mount, until it answers", side, u.answer_time)
                         record("unmount latency", side, u.unmount_time)
     print(f"old: {git('log', '-1', '--format=%h %s', base)[:100]}")
-    print(f"new: the working tree at {head}{dirty}")
+    if new:
+        print(f"new: {git('log', '-1', '--format=%h %s', new)[:100]}")
+    else:
+        dirty = " + uncommitted changes to unionfs/" if git("status", "--porcelain", "--", "unionfs") else ""
+        print(f"new: the working tree at {git('rev-parse', '--short', 'HEAD')}{dirty}")
     print(f"kind: {kind}; {opts.repeat} runs each, alternating; seconds are medians")
     print(f"{'workload':<36}{'old s':>10}{'new s':>10}{'new/old':>10}   new/old, each run")
     labels = list(dict.fromkeys(label for label, _ in times))
