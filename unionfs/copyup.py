@@ -151,7 +151,8 @@ class Copier:
         self.layers = layers
         self.sync = sync
         self.work_fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.as_root = os.geteuid() == 0
+        # owners are given for real as root; in an owners xattr (copied with the others) else
+        self.as_root = os.geteuid() == 0 and not layers.owners_xattr
         # what a file created in the workdir is owned by (a setgid workdir would hand on its group)
         work = os.fstat(self.work_fd)
         self._created_owner = (os.geteuid(), work.st_gid if work.st_mode & stat.S_ISGID else os.getegid())
@@ -233,7 +234,7 @@ class Copier:
         ``durable``: its data noted or fsynced; ``nowait``: see the module's doc. Returns a
         read-write fd on it for a file (made with it: the mode cannot refuse), -1 else; and its
         stat if one was taken on the way (for the journal's note), else None."""
-        st = self.layers.lstat(layer, rel)
+        st = self.layers.real_lstat(layer, rel)
         if st is None:
             raise FileNotFoundError(errno.ENOENT, "vanished during copy-up", rel)
         with self.layers.at(layer, rel) as (sfd, sname):

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import pyfuse3
 import trio
 
-from . import whiteout
+from . import owners, whiteout
 from .attrs import attr, negative, new_times
 from .copyup import Copier, CopyUps
 from .errors import fuse_boundary, oserror
@@ -77,10 +77,13 @@ class UnionFS(pyfuse3.Operations):
     enable_killpriv_v2 = True
 
     def __init__(self, lowers: Sequence[str], upper: str | None = None, work: str | None = None,
-                 volatile: bool = False, no_open: bool = False, fd_cache: int = FD_CACHE) -> None:
+                 volatile: bool = False, no_open: bool = False, fd_cache: int = FD_CACHE,
+                 owners_xattr: bool = False) -> None:
         super().__init__()
         self.enable_no_open = no_open  # open answers ENOSYS; writes copy up when they come
-        self.layers = LayerSet(upper, list(lowers))
+        self.layers = LayerSet(upper, list(lowers), owners_xattr)  # owners_xattr: see ``owners``
+        self.owners_xattr = owners_xattr
+        self._internal = _INTERNAL_XATTRS + ((owners.XATTR,) if owners_xattr else ())  # hidden, refused
         self.upper = self.layers.upper
         self.volatile = volatile  # fsync and fsyncdir do nothing, as under overlayfs's volatile
         self.fds = FdCache(self.layers, fd_cache)
@@ -172,8 +175,11 @@ class UnionFS(pyfuse3.Operations):
         """What the kernel asks when a caller without CAP_FSETID writes, truncates or chowns a
         file (see ``upper.without_suidgid``): this daemon holds CAP_FSETID, so the upper's kernel
         keeps the bits for it. The file is in the upper already."""
-        mode = without_suidgid(self._stat(node).st_mode)
-        if mode is not None:
+        st = self._stat(node)
+        mode = without_suidgid(st.st_mode)
+        if mode is not None and self.owners_xattr:
+            owners.write(f"/proc/self/fd/{self._fd(node, write=True)}", st.st_uid, st.st_gid, mode)
+        elif mode is not None:
             os.fchmod(self._fd(node, write=True), mode)
 
     # -- handlers, in kernel-op order -------------------------------------------------------------
@@ -216,19 +222,23 @@ class UnionFS(pyfuse3.Operations):
             os.ftruncate(fd, attr.st_size)
         uid = attr.st_uid if fields.update_uid else -1
         gid = attr.st_gid if fields.update_gid else -1
+        chown, chmod = fields.update_uid or fields.update_gid, fields.update_mode
+        if self.owners_xattr and (chown or chmod):
+            self._set_owner_xattr(node, attr, fields)
+            chown = chmod = False
         if node.fd >= 0:  # a file with an fd, as every unlinked one has: no path walk (and no name needed)
             fd = node.fd
-            if fields.update_uid or fields.update_gid:
+            if chown:
                 os.fchown(fd, uid, gid)
-            if fields.update_mode:
+            if chmod:
                 os.fchmod(fd, stat.S_IMODE(attr.st_mode))
             if fields.update_atime or fields.update_mtime:
                 os.utime(fd, ns=new_times(attr, fields, lambda: os.fstat(fd)))
         else:
             with self.layers.at(node.layer, node.rel) as (dfd, name):
-                if fields.update_uid or fields.update_gid:
+                if chown:
                     os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
-                if fields.update_mode:
+                if chmod:
                     kind = node.last.st_mode if node.last is not None else self._stat(node).st_mode  # a name keeps its type
                     if not stat.S_ISLNK(kind):
                         os.chmod(name, stat.S_IMODE(attr.st_mode), dir_fd=dfd)
@@ -238,6 +248,26 @@ class UnionFS(pyfuse3.Operations):
         if getattr(fields, "kill_suidgid", False):
             self._drop_suidgid(node)
         return self._node_attr(node)
+
+    def _set_owner_xattr(self, node: Node, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields) -> None:
+        """chown and chmod where owners live in the xattr: the override changes; an object that
+        cannot hold one keeps its real owner (and takes the chmod itself)."""
+        st = self._stat(node)
+        uid = attr.st_uid if fields.update_uid else st.st_uid
+        gid = attr.st_gid if fields.update_gid else st.st_gid
+        mode = stat.S_IFMT(st.st_mode) | stat.S_IMODE(attr.st_mode if fields.update_mode else st.st_mode)
+
+        def write(path: str, real: os.stat_result) -> None:
+            if owners.can_hold(real.st_mode):
+                owners.write(path, uid, gid, mode, st.st_rdev)
+            elif fields.update_mode and not stat.S_ISLNK(real.st_mode):
+                os.chmod(path, stat.S_IMODE(mode))
+
+        if node.fd >= 0:  # (an unlinked file has no name left)
+            write(f"/proc/self/fd/{node.fd}", os.fstat(node.fd))
+        else:
+            with self.layers.at(node.layer, node.rel) as (dfd, name):
+                write(f"/proc/self/fd/{dfd}/{name}", os.stat(name, dir_fd=dfd, follow_symlinks=False))
 
     @fuse_boundary
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -487,7 +517,7 @@ class UnionFS(pyfuse3.Operations):
     async def _xattr_change(self, inode: int, name: bytes, change: Callable[[str, str], None]) -> None:
         """set/removexattr: refuse the overlay's own keys, copy up, then ``change(path, key)``."""
         key = os.fsdecode(name)
-        if key.startswith(_INTERNAL_XATTRS):
+        if key.startswith(self._internal):
             raise oserror(errno.EPERM, key)
         node = self._node(inode)
         await self._copy_up(node)
@@ -501,7 +531,7 @@ class UnionFS(pyfuse3.Operations):
     @fuse_boundary
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         key = os.fsdecode(name)
-        if key.startswith(_INTERNAL_XATTRS):
+        if key.startswith(self._internal):
             raise oserror(errno.ENODATA, key)
         node = self._node(inode)
         if node.fd >= 0:  # the kernel asks for security.capability before every write: no path walk
@@ -517,7 +547,7 @@ class UnionFS(pyfuse3.Operations):
         else:
             with self.layers.at(node.layer, node.rel) as (fd, n):
                 names = os.listxattr(f"/proc/self/fd/{fd}/{n}", follow_symlinks=False)
-        return [os.fsencode(k) for k in names if not k.startswith(_INTERNAL_XATTRS)]
+        return [os.fsencode(k) for k in names if not k.startswith(self._internal)]
 
     @fuse_boundary
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -542,7 +572,7 @@ class UnionFS(pyfuse3.Operations):
         real, _ = up.make(rel, lambda fd, n: os.open(
             n, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, stat.S_IMODE(mode), dir_fd=fd))
         try:
-            st = up.own_file(real, mode, self._parent_st(parent), ctx.uid, ctx.gid)
+            st = self.layers.view_fd(up.own_file(real, mode, self._parent_st(parent), ctx.uid, ctx.gid), real)
             up.drop_whiteout(parent, sname)
         except BaseException:
             os.close(real)

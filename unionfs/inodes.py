@@ -118,7 +118,7 @@ class InodeTable:
     def stat(self, node: Node) -> os.stat_result:
         """The node's object, stat'ed now (from its fd when it has one)."""
         if node.fd >= 0:  # the very file, whatever became of the name the node knows it by
-            node.last = os.fstat(node.fd)
+            node.last = self.layers.view_fd(os.fstat(node.fd), node.fd)
             return node.last
         if node.unlinked and node.last is not None:
             return node.last

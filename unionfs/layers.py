@@ -24,7 +24,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from . import whiteout
+from . import owners, whiteout
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ROOT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # a layer given through a symlink is that directory
@@ -74,7 +74,8 @@ class At:
 
 
 class LayerSet:
-    def __init__(self, upper: str | None, lowers: list[str]) -> None:
+    def __init__(self, upper: str | None, lowers: list[str], owners_xattr: bool = False) -> None:
+        self.owners_xattr = owners_xattr  # stats as ``owners`` overrides say (xattr_permissions=2)
         self.paths = ([upper] if upper else []) + list(lowers)
         self.upper: int | None = 0 if upper else None
         self.fds: list[int] = []
@@ -165,16 +166,27 @@ class LayerSet:
             return st
         return self._lstat(layer, rel)
 
-    def _lstat(self, layer: int, rel: str) -> os.stat_result | None:
+    def real_lstat(self, layer: int, rel: str) -> os.stat_result | None:
+        """The object's own lstat, whatever an owners override says (what a copy copies)."""
+        return self._lstat(layer, rel, real=True) if self.owners_xattr else self.lstat(layer, rel)
+
+    def view_fd(self, st: os.stat_result, fd: int) -> os.stat_result:
+        """``st``, the fstat of ``fd``, as an owners override says."""
+        return owners.view(st, f"/proc/self/fd/{fd}") if self.owners_xattr else st
+
+    def _lstat(self, layer: int, rel: str, real: bool = False) -> os.stat_result | None:
         with self.at(layer, rel) as (fd, name):
             try:
-                return os.stat(name, dir_fd=fd, follow_symlinks=False)
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except (FileNotFoundError, NotADirectoryError):
                 return None
             except OSError as e:
                 if e.errno == errno.ENAMETOOLONG:  # e.g. the whiteout of a 252-byte name: cannot exist
                     return None
                 raise
+            if self.owners_xattr and not real:
+                return owners.view(st, f"/proc/self/fd/{fd}/{name}")
+            return st
 
     def is_opaque(self, layer: int, rel: str) -> bool:
         if layer != self.upper:

@@ -38,7 +38,7 @@ log = logging.getLogger("unionfs")
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
 FSNAME = "strata-unionfs"
-_OURS = ("lowerdir", "upperdir", "workdir", "log", "volatile")
+_OURS = ("lowerdir", "upperdir", "workdir", "log", "volatile", "xattr_permissions")
 # In the workdir of a volatile mount, as kernel overlayfs's $workdir/work/incompat/volatile: made
 # before mounting, removed when the daemon ends. Found at a mount, it says a volatile mount of this
 # upper ended with the host (or was killed): its unsynced writes may be lost, so it is refused.
@@ -53,6 +53,7 @@ class Options:
     fuse: list[str]  # passed through to FUSE (allow_other, …)
     log: str | None = None
     volatile: bool = False  # nothing is fsynced: copy-ups, fsync, fsyncdir (overlayfs's option of that name)
+    owners_xattr: bool = False  # owners and modes in user.containers.override_stat (``owners``)
 
 
 def parse_options(values: Sequence[str]) -> Options:
@@ -87,7 +88,10 @@ def parse_options(values: Sequence[str]) -> Options:
         if os.path.isdir(mark):
             raise UnionError(f"{mark}: a volatile mount of this upper did not end cleanly and may have lost "
                              "writes; remove that directory to mount it anyway")
-    return Options(lowers, upper, work, fuse, found.get("log"), "volatile" in found)
+    permissions = found.get("xattr_permissions", "0")
+    if permissions not in ("0", "2"):  # (fuse-overlayfs's 1 keeps them under another name)
+        raise UnionError(f"xattr_permissions={permissions}: only 0 and 2 (user.containers.override_stat) are supported")
+    return Options(lowers, upper, work, fuse, found.get("log"), "volatile" in found, permissions == "2")
 
 
 def _mount_options(opts: Options) -> set[str]:
@@ -113,15 +117,19 @@ async def _serve(fs: UnionFS, target: str, ready_fd: int | None) -> None:
         nursery.cancel_scope.cancel()
 
 
-def serve(opts: Options, mountpoint: str, ready_fd: int | None) -> int:
-    """Mount, tell ``ready_fd`` (``ok`` or the error), serve until unmounted or signalled."""
+def serve(opts: Options, mountpoint: str, ready_fd: int | None, enter: Callable[[], None] | None = None) -> int:
+    """Mount, tell ``ready_fd`` (``ok`` or the error), serve until unmounted or signalled.
+    ``enter``: called first (to join the namespaces the mount belongs in, say)."""
     os.umask(0)  # modes come from the caller, already masked by the kernel
     logging.basicConfig(filename=opts.log, level=logging.WARNING,
                         format="%(asctime)s unionfs[%(process)d] %(message)s")
     mark = os.path.join(opts.work, VOLATILE_MARK) if opts.volatile and opts.work else None
     try:
+        if enter is not None:
+            enter()
         target = os.path.realpath(mountpoint)
-        fs = UnionFS(opts.lowers, opts.upper, opts.work, opts.volatile, no_open=NO_OPEN, fd_cache=_fd_budget())
+        fs = UnionFS(opts.lowers, opts.upper, opts.work, opts.volatile, no_open=NO_OPEN, fd_cache=_fd_budget(),
+                     owners_xattr=opts.owners_xattr)
         if mark:
             os.makedirs(mark)
         pyfuse3.init(fs, mountpoint, _mount_options(opts))
@@ -281,19 +289,22 @@ def _options(lowers: Sequence[str], upper: str | None, work: str | None, options
 
 
 def fork_serve(mountpoint: str, lowers: Sequence[str], upper: str | None = None, work: str | None = None,
-               options: Sequence[str] = (), parent_death: int = 0) -> tuple[int, int]:
+               options: Sequence[str] = (), parent_death: int = 0,
+               enter: Callable[[], None] | None = None) -> tuple[int, int]:
     """Fork the serving process now, before the caller starts trio (forking inside a trio run is not
     safe): a fresh interpreter costs a few hundred milliseconds of imports, a fork almost nothing.
     Returns (pid, ready fd) for ``Mount.adopt``. The child is a process of its own, in its own session;
     with ``parent_death`` (SIGTERM: unmount and exit) it gets that signal when the caller dies.
+    ``enter`` runs in the child before it mounts (see ``serve``).
     """
-    return _fork_daemon(parse_options([_options(lowers, upper, work, options)]), mountpoint, parent_death)
+    return _fork_daemon(parse_options([_options(lowers, upper, work, options)]), mountpoint, parent_death, enter)
 
 
-def _fork_daemon(opts: Options, mountpoint: str, parent_death: int = 0) -> tuple[int, int]:
+def _fork_daemon(opts: Options, mountpoint: str, parent_death: int = 0,
+                 enter: Callable[[], None] | None = None) -> tuple[int, int]:
     """Fork the daemon; it reports ``ok`` or its error on the returned fd once the mount is (or
     cannot be) made."""
-    return fork_detached(lambda ready: serve(opts, mountpoint, ready), parent_death=parent_death)
+    return fork_detached(lambda ready: serve(opts, mountpoint, ready, enter), parent_death=parent_death)
 
 
 def fork_detached(body: Callable[[int], int], failure: int = 1, parent_death: int = 0) -> tuple[int, int]:

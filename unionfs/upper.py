@@ -14,7 +14,7 @@ import stat
 from collections.abc import Callable
 from typing import TypeVar
 
-from . import whiteout
+from . import owners, whiteout
 from .copyup import remove_entry
 from .inodes import Node
 from .layers import LayerSet, join
@@ -39,7 +39,8 @@ class Upper:
         assert layers.upper is not None
         self.layers = layers
         self.layer: int = layers.upper
-        self.as_root = os.geteuid() == 0
+        self.owners_xattr = layers.owners_xattr  # owners go into the xattr (``owners``), never chown
+        self.as_root = os.geteuid() == 0 and not self.owners_xattr
 
     # -- markers ----------------------------------------------------------------------------------
     def lower_has(self, parent: Node, name: str) -> bool:
@@ -130,6 +131,9 @@ class Upper:
         that would change nothing is not made, and one that is made keeps the setuid bits asked
         for (a chown drops them)."""
         st = os.fstat(real)
+        if self.owners_xattr:
+            self._record(f"/proc/self/fd/{real}", st, uid, self.new_gid(parent_st, gid)[0], mode)
+            return os.fstat(real)
         if not self.as_root:
             return st
         gid, _ = self.new_gid(parent_st, gid)
@@ -143,6 +147,13 @@ class Upper:
     def own(self, rel: str, parent_st: os.stat_result, uid: int, gid: int, is_dir: bool) -> None:
         """New objects belong to the caller; a setgid directory passes on its group (and, to
         directories, the bit), as the kernel does."""
+        if self.owners_xattr:
+            gid, setgid = self.new_gid(parent_st, gid)
+            with self.layers.at(self.layer, rel) as (fd, name):
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                mode = st.st_mode | (stat.S_ISGID if is_dir and setgid else 0)
+                self._record(f"/proc/self/fd/{fd}/{name}", st, uid, gid, mode)
+            return
         if not self.as_root:
             return
         gid, setgid = self.new_gid(parent_st, gid)
@@ -151,3 +162,12 @@ class Upper:
             if is_dir and setgid:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 os.chmod(name, stat.S_IMODE(st.st_mode) | stat.S_ISGID, dir_fd=fd)
+
+    @staticmethod
+    def _record(path: str, st: os.stat_result, uid: int, gid: int, mode: int) -> None:
+        """A new object's owner and mode into its override xattr, unless the real object says
+        them already (the daemon's own, with bits its owner can use); other types cannot hold it."""
+        if not owners.can_hold(st.st_mode):
+            return
+        if (st.st_uid, st.st_gid) != (uid, gid) or owners.disk_mode(mode) != stat.S_IMODE(mode):
+            owners.write(path, uid, gid, stat.S_IFMT(st.st_mode) | stat.S_IMODE(mode))
