@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from . import syscalls as sc
+from . import userns
 from .oci import rootfs
 from .oci.spec import DEFAULT_CAPS as DOCKER_CAPS
 from .oci.spec import USER_ANNOTATION
@@ -301,22 +302,6 @@ def _child(status_fd: int, setup_failure: int, steps: Callable[[], None]) -> NoR
         os._exit(setup_failure)
 
 
-def _enter_user_namespace(config: dict[str, Any]) -> None:
-    """A new user namespace for this process, in which the config's single mappings make the
-    caller's own uid and gid root (an ordinary user may write those itself, with setgroups denied)."""
-    linux = config.get("linux") or {}
-    maps = []
-    for key, own in (("uidMappings", os.getuid()), ("gidMappings", os.getgid())):
-        entries = linux.get(key) or []
-        if len(entries) != 1 or entries[0].get("hostID") != own or entries[0].get("size") != 1:
-            raise OSError(errno.EINVAL, f"{key}: only one mapping of the caller's own id is supported yet")
-        maps.append(f"{entries[0].get('containerID', 0)} {own} 1\n")
-    sc.unshare(sc.CLONE_NEWUSER)
-    for name, text in (("setgroups", "deny"), ("uid_map", maps[0]), ("gid_map", maps[1])):
-        with open(f"/proc/self/{name}", "w") as f:
-            f.write(text)
-
-
 _JOINABLE = {"network": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS, "pid": sc.CLONE_NEWPID}
 
 
@@ -451,9 +436,12 @@ def spawn(spec: dict[str, Any], go_fd: int, keep_stdio: bool = False) -> int:
     joined = _joined_namespaces(config)
     if "user" in namespaces:  # first: the namespaces made after it are its own, and so are their mounts
         try:
-            _enter_user_namespace(config)
+            userns.enter(config)
         except OSError as e:
-            raise _Fail(125, f"cannot make the container's user namespace: {e}") from None
+            raise _Fail(125, f"cannot make the container's user namespace: {e.strerror or e}") from None
+        # and a mount namespace it owns, where a rootless union daemon joins us to mount with
+        # allow_other; PID 1's own (made after the go-ahead) is a copy of it, the union mount in it
+        sc.unshare(sc.CLONE_NEWNS)
     _join_by_path(joined)
     flags = 0  # the mount and cgroup namespaces: PID 1's, later
     for kind in namespaces:

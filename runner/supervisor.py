@@ -36,7 +36,7 @@ from store.root import write_json
 from unionfs.errors import UnionError
 from unionfs.mount import ForkedChild, Mount, fork_serve
 
-from . import cgroups, init, seccomp
+from . import cgroups, init, seccomp, userns
 from . import syscalls as sc
 from .containers import Container, Containers
 from .errors import RunnerError
@@ -166,6 +166,7 @@ class Supervisor:
         self.opened: list[int] = []  # fds this supervisor must close when it is done
         self.lock_fd: int | None = None  # ``supervisor.lock``, held until this process exits
         self.bundle: dict[str, Any] | None = None  # the config.json this start runs
+        self.early: str | None = None  # the init's first report when read before trio (rootless)
 
     def prepare(self) -> None:
         """Before trio starts (forking inside a trio run is not safe): write the init layer, fork the
@@ -174,7 +175,10 @@ class Supervisor:
         cgroup at once, meanwhile). Forks of this process cost a millisecond where fresh interpreters
         cost a few hundred (imports)."""
         c = self.c
-        options = ["allow_other"] if os.geteuid() == 0 else []
+        rootless = os.geteuid() != 0
+        # rootless, the daemon mounts in the container's user namespace, where it may let the
+        # container's other users in, but can give files no owner: they go in an xattr
+        options = ["allow_other", *(["xattr_permissions=2"] if rootless else [])]
         if self.config["HostConfig"]["AutoRemove"]:  # --rm: its writable layer cannot outlive it
             options.append("volatile")  # (as podman does for --rm; CRI-O for every container)
         try:
@@ -189,12 +193,17 @@ class Supervisor:
             check_fuse_device()
             self._write_etc()
             self.bundle = self._write_bundle()
-            self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options,
-                                    parent_death=signal.SIGTERM)
+            if not rootless:
+                self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options,
+                                        parent_death=signal.SIGTERM)
             resources = self.bundle["linux"]["resources"]
             self.cgroup.create(resources.get("devices"))
             self.cgroup.limit((resources.get("cpu") or {}).get("shares"), (resources.get("memory") or {}).get("limit"))
             self._fork_init()
+            if rootless and self._early_report().startswith("pid "):  # its namespaces exist: mount in them
+                assert self.init is not None
+                self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options,
+                                        parent_death=signal.SIGTERM, enter=userns.joiner(self.init.pid))
         except (UnionError, OSError, RuntimeError, RunnerError) as e:
             self.error = str(e)  # run() reports it, and unmounts a union already forked
 
@@ -218,6 +227,21 @@ class Supervisor:
             os.close(fd)
             opened.remove(fd)
         self.status_fd, self.go_fd = status_r, go_w
+
+    def _early_report(self) -> str:
+        """Rootless: the init's first report, read now (before trio), as it says whether the
+        container's user and mount namespaces exist, where the union is to be mounted."""
+        assert self.status_fd is not None
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = os.read(self.status_fd, 1)
+            if not chunk:
+                break
+            line += chunk
+        self.early = line.decode(errors="replace").rstrip("\n")
+        if self.early.startswith("error "):
+            self.error = self.early.split(" ", 2)[2]
+        return self.early
 
     def _go(self) -> None:
         """Let the forked init go on. (Closing the pipe without this makes it exit without running.)"""
@@ -396,7 +420,7 @@ class Supervisor:
 
         try:
             async with status, trio.open_nursery() as nursery:
-                first = await _read_line(status)
+                first = self.early if self.early is not None else await _read_line(status)
                 if first.startswith("pid "):
                     self.pid = int(first.split()[1])
                     if isinstance(self.cgroup, cgroups.NoCgroup):  # its members: PID 1's namespace

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import devices, seccomp
+from .. import devices, seccomp, userns
 from ..errors import RunnerError
 
 OCI_VERSION = "1.2.0"
 USER_ANNOTATION = "io.strata.user"
+TTY_GID = 5  # devpts gives its ptys this group where it exists (``default_mounts``)
 
 # Docker's default capability set (moby oci/caps/defaults.go)
 DEFAULT_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
@@ -57,8 +58,8 @@ def for_container(config: dict[str, Any], rootfs: str, etc_files: dict[str, str]
     """The config.json of a strata container: ``config`` is its record (``runner.containers``),
     ``rootfs`` its union's mountpoint, ``etc_files`` the host files bound over /etc/hostname, hosts
     and resolv.conf. ``rootless``: the (uid, gid) of the ordinary user who runs it, which become root
-    in a user namespace of its own (one id each, for now); no cgroup, no device list (the kernel
-    keeps a user namespace away from host devices)."""
+    in a user namespace of its own (with the user's subordinate ids as 1..N: ``userns``); no cgroup,
+    no device list (the kernel keeps a user namespace away from host devices)."""
     cfg, hc = config["Config"], config["HostConfig"]
     host_network = hc["NetworkMode"] == "host"
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")]
@@ -75,8 +76,7 @@ def for_container(config: dict[str, Any], rootfs: str, etc_files: dict[str, str]
     }
     if rootless:
         namespaces.append({"type": "user"})
-        linux["uidMappings"] = [{"containerID": 0, "hostID": rootless[0], "size": 1}]
-        linux["gidMappings"] = [{"containerID": 0, "hostID": rootless[1], "size": 1}]
+        linux["uidMappings"], linux["gidMappings"] = userns.mappings(*rootless)
     else:
         linux["cgroupsPath"] = f"strata/{config['Id']}"
     profile = seccomp.load_profile(None) if config.get("Seccomp", "default") == "default" else config.get("Seccomp")
@@ -96,7 +96,8 @@ def for_container(config: dict[str, Any], rootfs: str, etc_files: dict[str, str]
         },
         "root": {"path": rootfs, "readonly": False},
         "hostname": cfg["Hostname"],
-        "mounts": default_mounts(host_network, tty_group=not rootless) + [
+        "mounts": default_mounts(host_network, tty_group=userns.maps_id(linux.get("gidMappings") or [], TTY_GID)
+                                 if rootless else True) + [
             _mount(f"/etc/{name}", "bind", path, ["rbind", "rprivate"]) for name, path in etc_files.items()],
         "linux": linux,
         "annotations": annotations,
