@@ -203,10 +203,12 @@ def _set_limits(spec: dict[str, Any]) -> None:
 _parked = False  # past the exec fifo: the runtime that waited for us is gone; errors go to stderr
 
 
-def _park(fifo: int, status_fd: int) -> None:
+def _park(fifo: int, status_fd: int, on_start: Callable[[], None] | None = None) -> None:
     """runc's exec fifo: everything is set up; say so, then wait until ``start`` opens the fifo
     (``fifo`` is an ``O_PATH`` fd of it, opened before pivot_root) and write it one byte. A signal
-    meanwhile ends the process (PID 1 of a namespace ignores those it has no handler for)."""
+    meanwhile ends the process (PID 1 of a namespace ignores those it has no handler for).
+    ``on_start`` (startContainer hooks) runs once start has opened it; its failure goes to start
+    as ``1`` and the message instead of ``0``. The fd stays open to the exec, which closes it."""
     global _parked
     parked_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
     for sig in parked_signals:
@@ -218,8 +220,13 @@ def _park(fifo: int, status_fd: int) -> None:
         fd = os.open(f"/proc/self/fd/{fifo}", os.O_WRONLY | os.O_CLOEXEC)
     except OSError as e:
         raise _Fail(125, f"cannot open the exec fifo: {e.strerror} (no /proc in the container?)") from None
+    if on_start is not None:
+        try:
+            on_start()
+        except _Fail as e:
+            os.write(fd, b"1" + str(e).encode()[:4000])
+            raise
     os.write(fd, b"0")
-    os.close(fd)
     os.close(fifo)
     for sig in parked_signals:
         signal.signal(sig, signal.SIG_DFL)
@@ -268,7 +275,7 @@ def _exec(spec: dict[str, Any], status_fd: int) -> None:
         raise _Fail(126, f"working directory {cwd} is not reachable")
     binary = _find(args[0], env)
     if park is not None:
-        _park(park, status_fd)
+        _park(park, status_fd, spec.get("on_start"))
     for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
     if seccomp is not None:  # last, as runc: after no_new_privs, right before exec
@@ -351,7 +358,7 @@ def _process(spec: dict[str, Any]) -> dict[str, Any]:
             "user": user, "tty": bool(process.get("terminal")), "capabilities": process.get("capabilities"),
             "no_new_privs": bool(process.get("noNewPrivileges")), "seccomp": spec.get("seccomp"),
             "rlimits": process.get("rlimits"), "oom_score_adj": process.get("oomScoreAdj"),
-            "park": spec.get("fifo_fd"), "preserve_fds": spec.get("preserve_fds", 0),
+            "park": spec.get("fifo_fd"), "on_start": spec.get("on_start"), "preserve_fds": spec.get("preserve_fds", 0),
             "umask": (process.get("user") or {}).get("umask")}
 
 
@@ -367,7 +374,7 @@ def _pid1(spec: dict[str, Any], status_fd: int, go_fd: int, joined_fd: int) -> N
     if "mount" in namespaces:  # a mount namespace copies the mounts there are: now the union's exists
         sc.unshare(sc.CLONE_NEWNS)
     console = spec.get("console_fd")
-    master = rootfs.setup(config, console=console is not None)
+    master = rootfs.setup(config, console=console is not None, before_pivot=spec.get("before_pivot"))
     if console is not None and master is not None:  # the pty master to whoever holds the console socket
         send_console(console, master)
         os.close(master)

@@ -22,6 +22,7 @@ import fcntl
 import os
 import stat
 import termios
+from collections.abc import Callable
 from typing import Any
 
 from .. import syscalls as sc
@@ -288,10 +289,11 @@ def check_sysctl(config: dict[str, Any], key: str) -> None:
     raise RunnerError(f"sysctl {key} is not in a namespace of the container's own: refused")
 
 
-def setup(config: dict[str, Any], console: bool = False) -> int | None:
+def setup(config: dict[str, Any], console: bool = False, before_pivot: Callable[[], None] | None = None) -> int | None:
     """Make the root (mounts, /dev), pivot into it and apply the masks. Runs in PID 1, in its new
     mount namespace, before anything of the container runs. ``console`` (strata-oci's console
-    socket) with ``process.terminal``: make the pty here, as fds 0-2, and return its master."""
+    socket) with ``process.terminal``: make the pty here, as fds 0-2, and return its master.
+    ``before_pivot``: called with the mounts made, before pivot_root (the create-time hooks)."""
     root = config["root"]["path"]
     propagation = (config.get("linux") or {}).get("rootfsPropagation") or "rprivate"
     if propagation not in _PROPAGATION:
@@ -311,6 +313,8 @@ def setup(config: dict[str, Any], console: bool = False) -> int | None:
             _populate_dev(root_fd, config)
     finally:
         os.close(root_fd)
+    if before_pivot is not None:
+        before_pivot()
     os.chdir(root)
     sc.pivot_root(".", ".")
     sc.umount2(".", sc.MNT_DETACH)
