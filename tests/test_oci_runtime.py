@@ -313,7 +313,9 @@ def test_bad_input_is_one_line_and_exit_1(root, bundle, args, message):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"hooks": {"prestart": [{"path": "/bin/true"}]}}, "config.json: hooks is not supported by strata"),
+    ({"hooks": {"prestart": [{"path": "bin/true"}]}}, "config.json: hooks.prestart[0].path must be an absolute path"),
+    ({"hooks": {"poststart": [{"path": "/bin/true", "timeout": 0}]}}, "hooks.poststart[0].timeout must be"),
+    ({"hooks": {"onCreate": [{"path": "/bin/true"}]}}, "config.json: hooks.onCreate is not a runtime-spec hook"),
     ({"linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}], "intelRdt": {"closID": "x"}}},
      "linux.intelRdt is not supported"),
     ({"linux": {"namespaces": [{"type": "mount"}], "resources": {"blockIO": {"weight": 10}}}},

@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from ..errors import RunnerError
+from . import hooks, spec
 from . import runtime as rt
-from . import spec
 
 VERSION = "0.1.0"
 
@@ -61,6 +61,9 @@ class _Log:
     def error(self, msg: str) -> None:
         print(f"strata-oci: {msg}", file=sys.stderr)
         self._write("error", msg)
+
+    def warning(self, msg: str) -> None:
+        self._write("warning", msg)
 
     def debug(self, msg: str) -> None:
         if self.debug_on:
@@ -223,7 +226,7 @@ def run(argv: list[str], log: _Log) -> int:
     if g.verb not in verbs:
         raise UsageError(f"strata-oci: unknown command {g.verb!r}")
     args = verbs[g.verb].parse_args(g.rest)
-    r = rt.Runtime(g.root)
+    r = rt.Runtime(g.root, warn=log.warning)
     verb = g.verb
     if verb == "create":
         r.create(args.id, args.bundle, args.pid_file, args.console_socket, args.preserve_fds)
@@ -254,7 +257,7 @@ def run(argv: list[str], log: _Log) -> int:
     elif verb in ("pause", "resume"):
         getattr(r, verb)(args.id)
     elif verb == "features":
-        print(json.dumps(spec.features(), indent=2))
+        print(json.dumps({**spec.features(), "hooks": list(hooks.KINDS)}, indent=2))
     elif verb == "spec":
         _spec(args)
     return 0

@@ -13,7 +13,9 @@
              with ``force``; ``force`` on a missing one succeeds
     exec     a process forked into PID 1's namespaces and cgroup (``runner.init.join``)
 
-Repeating ``delete`` is harmless; ``create`` of an id that exists fails and changes nothing.
+The config's hooks run at the points ``hooks.py`` lists (create, start and delete each take theirs);
+the state dir is read by ``statedir.py``. Repeating ``delete`` is harmless; ``create`` of an id that
+exists fails and changes nothing.
 
 Caveats: a cgroupsPath in systemd's ``slice:prefix:name`` form is refused (no systemd driver);
 relative cgroup paths start at the hierarchy's root, not at the caller's group; ``--no-pivot`` and
@@ -29,13 +31,16 @@ import select
 import shutil
 import signal
 import socket
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from .. import cgroups, devices, init, seccomp
 from ..errors import NoSuchContainer, RunnerError
 from ..process import process_alive, start_time
-from . import rootfs, spec
+from . import hooks, rootfs, spec
+from .statedir import Container
 
 _ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
 STATUSES = ("created", "running", "paused", "stopped")
@@ -115,83 +120,13 @@ def _wait_gone(pid: int, start: str | None, timeout: float = 10.0) -> None:
         os.close(pidfd)
 
 
-class Container:
-    """A container's state dir and what its state says."""
-
-    def __init__(self, root: str, cid: str) -> None:
-        self.id = cid
-        self.dir = os.path.join(root, cid)
-        self.fifo = os.path.join(self.dir, "exec.fifo")
-        try:
-            with open(os.path.join(self.dir, "state.json")) as f:
-                self.state: dict[str, Any] = json.load(f)
-        except FileNotFoundError:
-            raise NoSuchContainer("container does not exist") from None
-        except (OSError, ValueError) as e:
-            raise RunnerError(f"container {cid}: unreadable state: {e}") from None
-
-    @property
-    def pid(self) -> int:
-        return int(self.state.get("pid") or 0)
-
-    @property
-    def config(self) -> dict[str, Any]:
-        config: dict[str, Any] = self.state["config"]
-        return config
-
-    def cgroup(self) -> cgroups.Cgroup:
-        cg = self.state["cgroup"]
-        return cgroups.load(cg["version"], self.id, pid=self.pid, path=cg["path"])
-
-    def status(self) -> str:
-        if not process_alive(self.pid, self.state.get("pid_start")):
-            return "stopped"
-        if os.path.exists(self.fifo):
-            return "created"
-        cg = self.cgroup()
-        if isinstance(cg, cgroups.V1) and cg.freezer:
-            try:
-                with open(os.path.join(cg.freezer, "freezer.state")) as f:
-                    if f.read().strip() in ("FROZEN", "FREEZING"):
-                        return "paused"
-            except OSError:
-                pass
-        elif isinstance(cg, cgroups.V2):
-            try:
-                with open(os.path.join(cg.dir, "cgroup.freeze")) as f:
-                    if f.read().strip() == "1":
-                        return "paused"
-            except OSError:
-                pass
-        return "running"
-
-    def oci_state(self) -> dict[str, Any]:
-        """The runtime-spec state (runc's ``containerState`` fields)."""
-        status = self.status()
-        out = {"ociVersion": spec.OCI_VERSION, "id": self.id, "pid": 0 if status == "stopped" else self.pid,
-               "status": status, "bundle": self.state["bundle"], "rootfs": self.state["rootfs"],
-               "created": self.state["created"], "owner": self.state.get("owner", "")}
-        if self.state.get("annotations"):
-            out["annotations"] = self.state["annotations"]
-        return out
-
-    def pidfd(self) -> int:
-        """A pidfd of PID 1, checked to be the same process (not a reuse of its pid)."""
-        try:
-            fd = os.pidfd_open(self.pid)
-        except (ProcessLookupError, ValueError):
-            raise RunnerError("container not running") from None
-        if not process_alive(self.pid, self.state.get("pid_start")):
-            os.close(fd)
-            raise RunnerError("container not running")
-        return fd
-
-
 class Runtime:
     """strata-oci's verbs over the state root ``root``. Errors: ``RunnerError`` (one line)."""
 
-    def __init__(self, root: str | None = None) -> None:
+    def __init__(self, root: str | None = None, warn: Callable[[str], None] | None = None) -> None:
         self.root = root or default_root()
+        self.warn = warn or (lambda _message: None)  # what fails without failing the verb (poststart, poststop)
+        self._lasting: hooks.CreateHooks | None = None  # ``run``'s hook helper, from its create to its delete
 
     def get(self, cid: str) -> Container:
         check_id(cid)
@@ -199,7 +134,8 @@ class Runtime:
 
     # ---- create / start / run ----------------------------------------------------------------
 
-    def load_bundle(self, bundle: str) -> dict[str, Any]:
+    def load_bundle(self, bundle: str) -> tuple[dict[str, Any], hooks.Hooks]:
+        """The bundle's config, checked, with its root made absolute; its hooks apart (checked too)."""
         bundle = os.path.abspath(bundle)
         try:
             with open(os.path.join(bundle, "config.json")) as f:
@@ -208,6 +144,7 @@ class Runtime:
             raise RunnerError(f"bundle {bundle}: no config.json there") from None
         except (OSError, ValueError) as e:
             raise RunnerError(f"bundle {bundle}: cannot read config.json: {e}") from None
+        config_hooks = hooks.check(config.pop("hooks", None) if isinstance(config, dict) else None)
         spec.check(config)
         root = os.path.join(bundle, config["root"]["path"])
         if not os.path.isdir(root):
@@ -215,13 +152,15 @@ class Runtime:
         config["root"]["path"] = os.path.realpath(root)
         for key, _value in ((config.get("linux") or {}).get("sysctl") or {}).items():
             rootfs.check_sysctl(config, key)
-        return config
+        return config, config_hooks
 
     def create(self, cid: str, bundle: str, pid_file: str | None = None, console_socket: str | None = None,
-               preserve_fds: int = 0) -> int:
-        """Make the container and leave PID 1 waiting on ``exec.fifo``; returns its pid (our child)."""
+               preserve_fds: int = 0, lasting: bool = False) -> int:
+        """Make the container and leave PID 1 waiting on ``exec.fifo``; returns its pid (our child).
+        ``lasting`` (``run``): the hook helper stays for this process's start and delete."""
         check_id(cid)
-        config = self.load_bundle(bundle)
+        config, config_hooks = self.load_bundle(bundle)
+        bundle = os.path.abspath(bundle)
         terminal = bool((config.get("process") or {}).get("terminal"))
         if terminal and not console_socket:
             raise RunnerError("process.terminal is set: --console-socket is required (strata-oci relays no "
@@ -244,6 +183,9 @@ class Runtime:
         cgroup = cgroups.for_host(cid, path=cgroup_path)
         opened: list[int] = []
         pid = 0
+        spawned = created = False
+        sync = None
+        annotations = config.get("annotations") or {}
         try:
             fifo = os.path.join(directory, "exec.fifo")
             os.mkfifo(fifo, 0o622)
@@ -265,30 +207,39 @@ class Runtime:
             init_spec = {"config": config, "status_fd": status_w, "seccomp": sec,
                          "cgroup_procs": cgroup.procs_files(), "fifo_fd": fifo_fd, "console_fd": console_fd,
                          "preserve_fds": preserve_fds, "die_with_parent": False}
+            if set(config_hooks) - ({"poststart"} if not lasting else set()):
+                sync = hooks.CreateHooks(config_hooks, lasting)  # (before spawn: its helper keeps our namespaces)
+                if sync.needed():
+                    init_spec.update(sync.pid1_spec(status_w))
             os.set_inheritable(status_w, False)
             opened.remove(go_r)  # spawn closes it, whatever happens
             try:
                 pid = init.spawn(init_spec, go_r, keep_stdio=True)
             except init.SetupFailed as e:
                 raise RunnerError(str(e)) from None
+            spawned = True
             for fd in (status_w, fifo_fd, *([console_fd] if console_fd is not None else [])):
                 os.close(fd)
                 opened.remove(fd)
             with os.fdopen(status_r, "r") as status:
                 opened.remove(status_r)
                 line = status.readline().strip()
+                if line == "hooks" and sync is not None:  # PID 1 has its mounts, before pivot_root
+                    sync.serve(hooks.state(cid, "creating", pid, bundle, annotations))
+                    line = status.readline().strip()
             if line != "parked":
                 os.waitpid(pid, 0)
                 pid = 0
                 message = line.split(" ", 2)[2] if line.startswith("error ") else "the container's init died"
                 raise RunnerError(message)
-            state = {"id": cid, "pid": pid, "pid_start": start_time(pid), "bundle": os.path.abspath(bundle),
-                     "rootfs": config["root"]["path"], "created": _now(),
-                     "annotations": config.get("annotations") or {}, "owner": _owner(),
-                     "cgroup": {"version": cgroup.version, "path": cgroup.path}, "config": config}
+            state = {"id": cid, "pid": pid, "pid_start": start_time(pid), "bundle": bundle,
+                     "rootfs": config["root"]["path"], "created": _now(), "annotations": annotations,
+                     "owner": _owner(), "cgroup": {"version": cgroup.version, "path": cgroup.path}, "config": config,
+                     "hooks": config_hooks}
             _write_atomic(os.path.join(directory, "state.json"), json.dumps(state).encode())
             if pid_file:
                 _write_atomic(os.path.abspath(pid_file), str(pid).encode())
+            created = True
         except BaseException:
             if pid:
                 init._kill(pid)
@@ -297,7 +248,14 @@ class Runtime:
                 os.close(fd)
             cgroup.destroy()
             shutil.rmtree(directory, ignore_errors=True)
+            if spawned and sync is not None:  # undone as a delete undoes it (runc's destroy)
+                sync.run_warning("poststop", hooks.state(cid, "stopped", 0, bundle, annotations), self.warn)
             raise
+        finally:
+            if sync is not None and not (lasting and created):
+                sync.close()
+        if lasting:
+            self._lasting = sync
         return pid
 
     def start(self, cid: str) -> None:
@@ -322,10 +280,13 @@ class Runtime:
                 ready = dict(poller.poll())
                 if fd in ready:
                     try:
-                        data = os.read(fd, 1)
+                        data = os.read(fd, 4096)
                     except BlockingIOError:
                         data = b""
-                    if data == b"0":
+                    if data[:1] == b"1":  # a startContainer hook failed; PID 1 ends
+                        raise RunnerError(data[1:].decode(errors="replace"))
+                    if data[:1] == b"0":
+                        _wait_exec(poller, fd, pidfd)
                         break
                     if not ready.get(pidfd):
                         poller.unregister(fd)  # a writer came and went without a byte: PID 1 ends
@@ -336,20 +297,28 @@ class Runtime:
             os.close(fd)
             os.close(pidfd)
         os.unlink(c.fifo)
+        self._after("poststart", c, "running")
 
     def run(self, cid: str, bundle: str, pid_file: str | None = None, console_socket: str | None = None,
             preserve_fds: int = 0, detach: bool = False) -> int:
         """create + start, then (unless ``detach``) wait for PID 1, forwarding signals to it, delete
         the container and return its exit code (128 + N for signal N)."""
-        pid = self.create(cid, bundle, pid_file, console_socket, preserve_fds)
+        pid = self.create(cid, bundle, pid_file, console_socket, preserve_fds, lasting=True)
         try:
-            self.start(cid)
-        except BaseException:
-            self.delete(cid, force=True)
-            raise
-        if detach:
-            return 0
+            try:
+                self.start(cid)
+            except BaseException:
+                self.delete(cid, force=True)
+                raise
+            if detach:
+                return 0
+            return self._wait_and_delete(cid, pid)
+        finally:
+            if self._lasting is not None:
+                self._lasting.close()
+                self._lasting = None
 
+    def _wait_and_delete(self, cid: str, pid: int) -> int:
         def forward(signum: int, _frame: Any) -> None:
             try:
                 os.kill(pid, signum)
@@ -410,6 +379,16 @@ class Runtime:
         if cgroup.pids():
             raise RunnerError(f"container {cid}: processes of its cgroup will not die: not deleted")
         shutil.rmtree(c.dir, ignore_errors=True)
+        self._after("poststop", c, "stopped")
+
+    def _after(self, kind: str, c: Container, status: str) -> None:
+        """poststart or poststop: here, or by ``run``'s helper (this process is in the container's
+        namespaces then)."""
+        entries = (c.state.get("hooks") or {}).get(kind)
+        if entries and self._lasting is not None:
+            self._lasting.run_warning(kind, c.hook_state(status), self.warn)
+        elif entries:
+            hooks.run_warning(kind, entries, c.hook_state(status), self.warn)
 
     # ---- exec ---------------------------------------------------------------------------------
 
@@ -559,6 +538,18 @@ def _send_console(path: str, master: int) -> None:
         init.send_console(sock.fileno(), master)
     finally:
         sock.close()
+
+
+def _wait_exec(poller: select.poll, fifo: int, pidfd: int, timeout: float = 10.0) -> None:
+    """PID 1 has written its byte; its end of the fifo closes on exec (or exit): wait for that, bounded."""
+    poller.unregister(pidfd)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready = dict(poller.poll((deadline - time.monotonic()) * 1000))
+        if ready.get(fifo, 0) & (select.POLLHUP | select.POLLERR):
+            return
+        if ready.get(fifo, 0) & select.POLLIN and not os.read(fifo, 4096):
+            return
 
 
 def _wait_forwarding(helper: int, pid: int) -> int:
