@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from ..errors import RunnerError
-from . import hooks, spec
+from . import hooks, resources, spec
 from . import runtime as rt
 
 VERSION = "0.1.0"
@@ -130,6 +130,13 @@ def _parser() -> tuple[_Parser, dict[str, _Parser]]:
     p = verb("list")
     p.add_argument("--format", "-f", choices=("table", "json"), default="table")
     p.add_argument("--quiet", "-q", action="store_true")
+    p = verb("update")
+    p.add_argument("--resources", "-r")
+    for flag in ("--memory", "--memory-swap", "--cpu-quota", "--cpu-period", "--cpuset-cpus", "--cpuset-mems",
+                 "--pids-limit"):
+        p.add_argument(flag)
+    p.add_argument("--cpu-share", "--cpu-shares", dest="cpu_share")
+    p.add_argument("id")
     verb("features")
     p = verb("spec")
     p.add_argument("--bundle", "-b", default=".")
@@ -199,6 +206,45 @@ def _list(states: list[dict[str, Any]], fmt: str, quiet: bool) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
+def _update_resources(args: argparse.Namespace) -> Any:
+    """``update``'s LinuxResources: ``--resources FILE`` (``-``: stdin) or runc's flags, not both."""
+    flags = {name: getattr(args, name) for name in ("memory", "memory_swap", "cpu_quota", "cpu_period", "cpu_share",
+                                                    "cpuset_cpus", "cpuset_mems", "pids_limit")}
+    given = {k: v for k, v in flags.items() if v is not None}
+    if args.resources:
+        if given:
+            raise UsageError("strata-oci update: --resources and the flags exclude each other")
+        try:
+            if args.resources == "-":
+                return json.load(sys.stdin)
+            with open(args.resources) as f:
+                return json.load(f)
+        except (OSError, ValueError) as e:
+            raise RunnerError(f"--resources {args.resources}: {e}") from None
+    if not given:
+        raise UsageError("strata-oci update: nothing to update (--resources FILE|- or flags)")
+
+    def number(flag: str) -> int:
+        try:
+            return int(given[flag])
+        except ValueError:
+            raise UsageError(f"strata-oci update: --{flag.replace('_', '-')} {given[flag]}: a number expected") from None
+
+    out: dict[str, dict[str, Any]] = {}
+    for flag, section, key in (("memory", "memory", "limit"), ("memory_swap", "memory", "swap")):
+        if flag in given:
+            out.setdefault(section, {})[key] = resources.ram_in_bytes(given[flag])
+    for flag, key in (("cpu_share", "shares"), ("cpu_quota", "quota"), ("cpu_period", "period")):
+        if flag in given:
+            out.setdefault("cpu", {})[key] = number(flag)
+    for flag, key in (("cpuset_cpus", "cpus"), ("cpuset_mems", "mems")):
+        if flag in given:
+            out.setdefault("cpu", {})[key] = given[flag]
+    if "pids_limit" in given:
+        out["pids"] = {"limit": number("pids_limit")}
+    return out
+
+
 def _spec(args: argparse.Namespace) -> None:
     path = os.path.join(args.bundle, "config.json")
     if os.path.exists(path):
@@ -209,7 +255,7 @@ def _spec(args: argparse.Namespace) -> None:
 
 
 USAGE = """usage: strata-oci [--root DIR] [--log FILE] [--log-format text|json] [--debug] [--systemd-cgroup] VERB ...
-verbs: create start state kill delete run exec ps list pause resume features spec (runc's flags)"""
+verbs: create start state kill delete run exec ps list pause resume update features spec (runc's flags)"""
 
 
 def run(argv: list[str], log: _Log) -> int:
@@ -256,6 +302,8 @@ def run(argv: list[str], log: _Log) -> int:
             print(out)
     elif verb in ("pause", "resume"):
         getattr(r, verb)(args.id)
+    elif verb == "update":
+        r.update(args.id, _update_resources(args))
     elif verb == "features":
         print(json.dumps({**spec.features(), "hooks": list(hooks.KINDS)}, indent=2))
     elif verb == "spec":

@@ -12,6 +12,7 @@
     delete   a stopped container's cgroup and dir; a created one is killed first, a running one only
              with ``force``; ``force`` on a missing one succeeds
     exec     a process forked into PID 1's namespaces and cgroup (``runner.init.join``)
+    update   new limits written to its cgroup and recorded in its state (``resources.py``)
 
 The config's hooks run at the points ``hooks.py`` lists (create, start and delete each take theirs);
 the state dir is read by ``statedir.py``. Repeating ``delete`` is harmless; ``create`` of an id that
@@ -39,7 +40,7 @@ from typing import Any
 from .. import cgroups, devices, init, seccomp
 from ..errors import NoSuchContainer, RunnerError
 from ..process import process_alive, start_time
-from . import hooks, rootfs, spec
+from . import hooks, resources, rootfs, spec
 from .statedir import Container
 
 _ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
@@ -376,6 +377,7 @@ class Runtime:
                 pass
             _wait_gone(c.pid, c.state.get("pid_start"))
         cgroup.destroy()
+        resources.remove(cgroup)
         if cgroup.pids():
             raise RunnerError(f"container {cid}: processes of its cgroup will not die: not deleted")
         shutil.rmtree(c.dir, ignore_errors=True)
@@ -428,7 +430,7 @@ class Runtime:
                          "capabilities": process.get("capabilities"),
                          "no_new_privs": bool(process.get("noNewPrivileges")),
                          "seccomp": seccomp.prepare(profile) if profile else None,
-                         "cgroup_procs": c.cgroup().procs_files(), "status_fd": status_w,
+                         "cgroup_procs": resources.procs_files(c.cgroup()), "status_fd": status_w,
                          "rlimits": process.get("rlimits"), "oom_score_adj": process.get("oomScoreAdj"),
                          "umask": user.get("umask"), "preserve_fds": preserve_fds, "detach": detach}
             helper = os.fork()
@@ -504,6 +506,15 @@ class Runtime:
         if c.status() != "paused":
             raise RunnerError("container not paused")
         c.cgroup().freeze(False)
+
+    def update(self, cid: str, changes: dict[str, Any]) -> None:
+        """New limits (a LinuxResources object) for a container that has not stopped (``resources``)."""
+        c = self.get(cid)
+        if c.status() == "stopped":
+            raise RunnerError("container not running")
+        current = c.state.get("resources") or (c.config.get("linux") or {}).get("resources") or {}
+        c.state["resources"] = resources.update(c.cgroup(), current, changes)
+        _write_atomic(os.path.join(c.dir, "state.json"), json.dumps(c.state).encode())
 
 
 class ExecFailed(RunnerError):
