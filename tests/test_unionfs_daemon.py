@@ -237,3 +237,22 @@ def test_unmount_returns_once_the_daemon_is_gone_so_its_dirs_can_go_at_once(tmp_
 def test_unmount_of_something_not_mounted_says_so_in_one_line(tmp_path):
     res = _cli("-u", str(tmp_path))
     assert res.returncode == 1 and res.stderr.startswith("unionfs: cannot unmount") and res.stderr.count("\n") == 1
+
+
+def test_raw_shows_one_layer_as_it_is_stored(tmp_path):
+    """``-o raw`` (``strata mount --layer``): whiteouts and opaque markers are the files they are,
+    read-only; it takes one lowerdir and no upper."""
+    layer = make_layer(str(tmp_path / "layer"), {"kept": "k", "gone": WHITEOUT, "d/x": "x"})
+    open(tmp_path / "layer" / "d" / ".wh..wh..opq", "w").close()
+    point = tmp_path / "mnt"
+    point.mkdir()
+    with mounted(str(point), [layer], extra=",raw"):
+        assert sorted(os.listdir(point)) == [".wh.gone", "d", "kept"]
+        assert sorted(os.listdir(point / "d")) == [".wh..wh..opq", "x"]
+        assert os.path.isfile(point / ".wh.gone") and (point / "kept").read_text() == "k"
+        with pytest.raises(OSError):
+            (point / "new").write_text("n")
+    for bad in (f"lowerdir={layer}:{layer},raw", f"lowerdir={layer},upperdir={tmp_path},workdir={tmp_path},raw"):
+        res = subprocess.run([sys.executable, "-m", "unionfs", "-o", bad, str(point)], capture_output=True,
+                             text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+        assert res.returncode == 1 and "raw shows one layer" in res.stderr and not is_mounted(str(point))

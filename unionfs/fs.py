@@ -78,10 +78,12 @@ class UnionFS(pyfuse3.Operations):
 
     def __init__(self, lowers: Sequence[str], upper: str | None = None, work: str | None = None,
                  volatile: bool = False, no_open: bool = False, fd_cache: int = FD_CACHE,
-                 owners_xattr: bool = False) -> None:
+                 owners_xattr: bool = False, raw: bool = False) -> None:
         super().__init__()
         self.enable_no_open = no_open  # open answers ENOSYS; writes copy up when they come
-        self.layers = LayerSet(upper, list(lowers), owners_xattr)  # owners_xattr: see ``owners``
+        if raw and (upper is not None or len(lowers) != 1):
+            raise ValueError("raw shows one layer, read-only: one lowerdir and no upperdir")
+        self.layers = LayerSet(upper, list(lowers), owners_xattr, raw)  # see ``owners``, ``LayerSet``
         self.owners_xattr = owners_xattr
         self._internal = _INTERNAL_XATTRS + ((owners.XATTR,) if owners_xattr else ())  # hidden, refused
         self.upper = self.layers.upper

@@ -74,8 +74,9 @@ class At:
 
 
 class LayerSet:
-    def __init__(self, upper: str | None, lowers: list[str], owners_xattr: bool = False) -> None:
+    def __init__(self, upper: str | None, lowers: list[str], owners_xattr: bool = False, raw: bool = False) -> None:
         self.owners_xattr = owners_xattr  # stats as ``owners`` overrides say (xattr_permissions=2)
+        self.raw = raw  # one layer as it is stored: its whiteouts and opaque markers are files, shown
         self.paths = ([upper] if upper else []) + list(lowers)
         self.upper: int | None = 0 if upper else None
         self.fds: list[int] = []
@@ -189,6 +190,8 @@ class LayerSet:
             return st
 
     def is_opaque(self, layer: int, rel: str) -> bool:
+        if self.raw:
+            return False
         if layer != self.upper:
             info = self._lower_dir(layer, rel)
             return info is not None and info.opaque
@@ -216,7 +219,7 @@ class LayerSet:
         """Look ``name`` up in the merged directory ``parent_rel`` made of ``dir_layers``."""
         if len(os.fsencode(name)) > 255:
             raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), name)
-        if whiteout.is_special(name):
+        if whiteout.is_special(name) and not self.raw:
             return None
         rel = join(parent_rel, name)
         found: Resolved | None = None
@@ -224,7 +227,7 @@ class LayerSet:
         for i, layer in enumerate(dir_layers):
             st = self.lstat(layer, rel)
             if st is not None:
-                if whiteout.is_overlay_whiteout(st):  # in the upper too: other writers make them
+                if whiteout.is_overlay_whiteout(st) and not self.raw:  # in the upper too: other writers make them
                     break
                 if not stat.S_ISDIR(st.st_mode):
                     if found is None:
@@ -256,6 +259,8 @@ class LayerSet:
 
     def listdir(self, dir_layers: list[int], rel: str) -> list[str]:
         """Names in a merged directory: de-duplicated, whiteouts applied, markers hidden."""
+        if self.raw:
+            return [entry for entry, _ in self._names(dir_layers[0], rel)] if dir_layers else []
         seen: dict[str, None] = {}
         hidden: set[str] = set()
         for layer in dir_layers:

@@ -38,7 +38,7 @@ log = logging.getLogger("unionfs")
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
 FSNAME = "strata-unionfs"
-_OURS = ("lowerdir", "upperdir", "workdir", "log", "volatile", "xattr_permissions")
+_OURS = ("lowerdir", "upperdir", "workdir", "log", "volatile", "xattr_permissions", "raw")
 # In the workdir of a volatile mount, as kernel overlayfs's $workdir/work/incompat/volatile: made
 # before mounting, removed when the daemon ends. Found at a mount, it says a volatile mount of this
 # upper ended with the host (or was killed): its unsynced writes may be lost, so it is refused.
@@ -54,6 +54,7 @@ class Options:
     log: str | None = None
     volatile: bool = False  # nothing is fsynced: copy-ups, fsync, fsyncdir (overlayfs's option of that name)
     owners_xattr: bool = False  # owners and modes in user.containers.override_stat (``owners``)
+    raw: bool = False  # one layer as stored, whiteouts and opaque markers shown as the files they are
 
 
 def parse_options(values: Sequence[str]) -> Options:
@@ -91,7 +92,10 @@ def parse_options(values: Sequence[str]) -> Options:
     permissions = found.get("xattr_permissions", "0")
     if permissions not in ("0", "2"):  # (fuse-overlayfs's 1 keeps them under another name)
         raise UnionError(f"xattr_permissions={permissions}: only 0 and 2 (user.containers.override_stat) are supported")
-    return Options(lowers, upper, work, fuse, found.get("log"), "volatile" in found, permissions == "2")
+    raw = "raw" in found
+    if raw and (upper or len(lowers) != 1):
+        raise UnionError("raw shows one layer as it is stored: one lowerdir, no upperdir")
+    return Options(lowers, upper, work, fuse, found.get("log"), "volatile" in found, permissions == "2", raw)
 
 
 def _mount_options(opts: Options) -> set[str]:
@@ -129,7 +133,7 @@ def serve(opts: Options, mountpoint: str, ready_fd: int | None, enter: Callable[
             enter()
         target = os.path.realpath(mountpoint)
         fs = UnionFS(opts.lowers, opts.upper, opts.work, opts.volatile, no_open=NO_OPEN, fd_cache=_fd_budget(),
-                     owners_xattr=opts.owners_xattr)
+                     owners_xattr=opts.owners_xattr, raw=opts.raw)
         if mark:
             os.makedirs(mark)
         pyfuse3.init(fs, mountpoint, _mount_options(opts))
@@ -252,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-u", dest="unmount", action="store_true",
                         help="unmount MOUNTPOINT and wait for its daemon to exit")
     parser.add_argument("-o", dest="options", action="append", default=[],
-                        help="lowerdir=L1:L2,upperdir=U,workdir=W[,allow_other,...]")
+                        help="lowerdir=L1:L2,upperdir=U,workdir=W[,volatile,xattr_permissions=2,raw,allow_other,...]")
     parser.add_argument("-f", dest="foreground", action="store_true", help="stay in the foreground")
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
