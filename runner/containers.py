@@ -10,13 +10,15 @@
     hostname hosts resolv.conf   bind-mounted into the container
 
 A container is visible once its config.json exists. Names are unique: creating takes
-``containers/lock``. A ``starting`` or ``running`` state whose supervisor no longer holds
-``supervisor.lock`` reads as exited (255) with an error: the supervisor died, and its container with
-it (``runner.init`` and PID 1 die with their parent); ``reclaim`` kills and unmounts what may be left.
+``containers/lock``. A state's ``Status`` is a ``State``. A ``starting`` or ``running`` state whose
+supervisor no longer holds ``supervisor.lock`` reads as exited (255) with an error: the supervisor
+died, and its container with it (``runner.init`` and PID 1 die with their parent); ``reclaim`` kills
+and unmounts what may be left. Starting, stopping and removing are ``runner.lifecycle``'s.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 import fcntl
 import json
@@ -48,6 +50,20 @@ _ADJ = ["brave", "calm", "eager", "fond", "keen", "lucid", "merry", "quirky", "s
 _NOUN = ["babbage", "curie", "darwin", "euler", "gauss", "hopper", "lovelace", "noether", "pascal", "turing"]
 
 
+class State(enum.StrEnum):
+    """A container's ``Status`` in state.json: the member's value is the string the file holds, and
+    being a ``str`` a member compares equal to it (``state["Status"] == State.RUNNING``). Docker's
+    ``paused``, ``restarting``, ``removing`` and ``dead`` are never recorded."""
+
+    CREATED = "created"  # recorded, never started (a container without state.json reads so)
+    STARTING = "starting"  # its supervisor is mounting the union and starting PID 1
+    RUNNING = "running"  # PID 1 runs
+    EXITED = "exited"  # PID 1 ended, did not start, or its supervisor died
+
+
+SUPERVISED = (State.STARTING, State.RUNNING)  # the states in which a supervisor owns the container
+
+
 def check_name(name: str) -> None:
     """Docker's container-name rule, and a DNS name's length."""
     if not _NAME.match(name):
@@ -76,14 +92,14 @@ class Container:
         """The recorded state, and the truth where it differs: a starting or running container
         whose supervisor is gone is exited."""
         state = self.recorded()
-        if state.get("Status") in ("starting", "running") and not self.supervised():
-            state.update(Status="exited", Running=False, Pid=0, ExitCode=255,
+        if state.get("Status") in SUPERVISED and not self.supervised():
+            state.update(Status=State.EXITED, Running=False, Pid=0, ExitCode=255,
                          Error=state.get("Error") or "the container's supervisor died")
         return state
 
     def recorded(self) -> dict[str, Any]:
         """``state.json`` as the supervisor last wrote it."""
-        state: dict[str, Any] = {"Status": "created", "Running": False, "Pid": 0, "ExitCode": 0, "OOMKilled": False,
+        state: dict[str, Any] = {"Status": State.CREATED, "Running": False, "Pid": 0, "ExitCode": 0, "OOMKilled": False,
                                  "StartedAt": "0001-01-01T00:00:00Z", "FinishedAt": "0001-01-01T00:00:00Z",
                                  "Error": ""}
         for attempt in range(3):
@@ -95,7 +111,7 @@ class Container:
                 break
             except ValueError:  # read while the next state was written into this inode: read again
                 if attempt == 2:  # an unsynced state cut short by a crash of the host: nothing runs now
-                    state.update(Status="exited", ExitCode=255, Error="the container's state was lost in a crash")
+                    state.update(Status=State.EXITED, ExitCode=255, Error="the container's state was lost in a crash")
         return state
 
     def supervised(self) -> bool:
@@ -132,7 +148,7 @@ class Container:
                 return fd
             except BlockingIOError:
                 # held: by a supervisor that runs the container (or another start, about to say so)
-                if self.state().get("Status") in ("starting", "running") or time.monotonic() > deadline:
+                if self.state().get("Status") in SUPERVISED or time.monotonic() > deadline:
                     os.close(fd)
                     raise ContainerConflict(conflict) from None
             time.sleep(0.01)

@@ -2,7 +2,9 @@
 
     RunnerError             base: one line, says what failed and why (CLI exit 125, as Docker)
     ├── NoSuchContainer     no container by that name or id prefix
-    └── ContainerConflict   a name in use, a running container removed without -f, ...
+    ├── ContainerConflict   a name in use, a running container removed without -f, ...
+    └── StartFailed         a container or an exec'd command did not start; ``code`` is the exit
+                            code to give: 125 (strata failed), 126 (cannot run), 127 (not found)
 
 The CLI prints ``str(err)`` and chooses the exit code; nothing else in the runner prints.
 """
@@ -20,3 +22,9 @@ class NoSuchContainer(RunnerError):
 
 class ContainerConflict(RunnerError):
     pass
+
+
+class StartFailed(RunnerError):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
