@@ -12,7 +12,7 @@ from datetime import datetime
 import pytest
 from helpers import config_for, docker_v12_save, sha256, strata, tar_bytes
 
-from runner.cli.containers import parse_since, ps_command
+from runner.cli.listing import parse_since, ps_command
 from runner.cli.template import render
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")

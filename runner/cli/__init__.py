@@ -2,8 +2,10 @@
 
 This package is the only part of strata that prints and picks exit codes. An error the packages
 raise on purpose becomes one line on stderr: exit 1 for image commands (``StoreError``), 125 for
-container commands (``RunnerError``, as Docker); a command line that does not parse, a line and a
-hint to ``--help``, exit 125 (``parsing``); anything else is a bug and keeps its traceback.
+container commands (``RunnerError``, as Docker) or the code a ``StartFailed`` carries (126: cannot
+run, 127: not found); a command line that does not parse, a line and a hint to ``--help``, exit 125
+(``parsing``); anything else is a bug and keeps its traceback. One module per verb group: ``images``,
+``run``, ``listing`` (ps, top, inspect, logs), ``containers`` (stop ... export), ``exec``, ``version``.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from collections.abc import Sequence
 
 from store import Store, StoreError
 
-from ..errors import RunnerError
-from . import containers, images, version
+from ..errors import RunnerError, StartFailed
+from . import containers, images, listing, run, version
+from . import exec as exec_verb
 from .errors import ParseError, UsageError
 from .parsing import Parser, unrecognized
 
@@ -36,7 +39,8 @@ def parser() -> argparse.ArgumentParser:
                         help="print strata's version and exit (strata version: more)")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True, parser_class=Parser)
     images.add_parsers(sub)
-    containers.add_parsers(sub)
+    for verbs in (run, listing, containers, exec_verb):  # Docker's order in --help
+        verbs.add_parsers(sub)
     version.add_parsers(sub)
     return parser
 
@@ -83,10 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 125
     except (StoreError, RunnerError, UsageError) as e:
         message = str(e)
-        if args.verb == "run" and "No such image" in message:
+        if args.verb == "run" and isinstance(e, StoreError) and "No such image" in message:
             message = f"Unable to find image '{args.image}' locally (strata run does not pull: strata pull it first)"
         print(f"Error: {message}", file=sys.stderr)
-        return failure
+        return e.code if isinstance(e, StartFailed) else failure
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
