@@ -1,9 +1,12 @@
 """Mounts for inspection: an image's layers, or a stopped container's writable layer over its image,
-as one read-only union at a directory, served by a unionfs daemon of its own until ``strata umount``
-(podman's ``image mount`` and ``mount``).
+as one read-only union at a directory, or one layer as it is stored (its whiteouts shown as the
+files they are: ``strata mount --layer``), served by a unionfs daemon of its own until ``strata
+umount`` (podman's ``image mount`` and ``mount``). Rootless, the daemon shows the owners the
+layers keep in their xattr (``unionfs.owners``): the same owners root's mount shows.
 
-Records live in ``ROOT/mounts/<12 hex>.json`` for an image id and ``c-<12 hex>.json`` for a
-container (what: ``sha256:...`` or ``container:<id>``, mountpoint, the daemon's pid and start time);
+Records live in ``ROOT/mounts/<12 hex>.json`` for an image id, ``c-<12 hex>.json`` for a container
+and ``l-<12 hex>.json`` for a layer (what: ``sha256:...``, ``container:<id>`` or ``layer:<chain id>``,
+mountpoint, the daemon's pid and start time);
 without a directory the mountpoint is the record's name without ``.json``. One image or container
 has at most one mount. A record whose mount is gone (the daemon was killed, the host rebooted) counts as nothing and
 is dropped by the next command that looks. ``rmi`` asks ``using_image`` so that no mounted image loses
@@ -16,7 +19,7 @@ import json
 import os
 import select
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from store import StoreError
@@ -39,9 +42,12 @@ class ImageMount:
 
 
 def _shown(key: str) -> str:
-    """``image 1a2b3c...`` or ``container 4d5e6f...``, as a message names a mount's subject."""
+    """``image 1a2b3c...``, ``container 4d5e6f...`` or ``layer 7a8b9c...``, as a message names a
+    mount's subject."""
     kind, _, ident = key.partition(":")
-    return f"{'container' if kind == CONTAINER else 'image'} {ident[:12]}"
+    if kind in (CONTAINER, LAYER):
+        return f"{kind} {ident.partition(':')[2][:12] if kind == LAYER else ident[:12]}"
+    return f"image {ident[:12]}"
 
 
 def _mounted(path: str) -> bool:
@@ -58,6 +64,8 @@ def check_fuse_device(device: str = "/dev/fuse") -> None:
 
 
 CONTAINER = "container"  # a record's key for a container: ``container:<id>``
+LAYER = "layer"  # and for one layer: ``layer:sha256:<chain id>``
+_PREFIX = {CONTAINER: "c-", LAYER: "l-"}
 
 
 class ImageMounts:
@@ -66,7 +74,9 @@ class ImageMounts:
 
     def _record(self, key: str) -> str:
         kind, _, ident = key.partition(":")
-        return os.path.join(self.dir, ("c-" if kind == CONTAINER else "") + ident[:12] + ".json")
+        if kind == LAYER:
+            ident = ident.partition(":")[2]
+        return os.path.join(self.dir, _PREFIX.get(kind, "") + ident[:12] + ".json")
 
     def _load(self, path: str) -> ImageMount | None:
         try:
@@ -103,8 +113,10 @@ class ImageMounts:
         except OSError:
             pass
 
-    def using_image(self, image_id: str) -> list[str]:
-        return [f"mount at {m.mountpoint}" for m in self.all() if m.image == image_id]
+    def using_image(self, image_id: str, chain: Sequence[str] = ()) -> list[str]:
+        """The mounts of the image, or of one of its layers (``chain``: their chain ids)."""
+        keys = {image_id, *(f"{LAYER}:{c}" for c in chain)}
+        return [f"mount at {m.mountpoint}" for m in self.all() if m.image in keys]
 
     def of_container(self, cid: str) -> ImageMount | None:
         """The inspection mount of container ``cid``, if there is one."""
@@ -112,7 +124,8 @@ class ImageMounts:
 
     def mount(self, image_id: str, lowers: list[str], target: str | None) -> str:
         """Mount ``lowers`` (top-most first) read-only at ``target`` or our own directory; return the
-        mountpoint. Mounting a mounted image again gives its mountpoint."""
+        mountpoint. Mounting a mounted image again gives its mountpoint. A ``layer:`` key mounts its
+        one lower raw (``unionfs -o raw``)."""
         record = self._record(image_id)
         current = self._load(record)
         if current is not None:
@@ -135,8 +148,10 @@ class ImageMounts:
         from unionfs.mount import fork_serve
 
         check_fuse_device()
+        options = [*(["raw"] if image_id.startswith(f"{LAYER}:") else []),
+                   *(["xattr_permissions=2"] if os.geteuid() != 0 else [])]
         try:
-            pid, ready = fork_serve(mountpoint, lowers)
+            pid, ready = fork_serve(mountpoint, lowers, options=options)
         except UnionError as e:
             self._forget(record)
             raise RunnerError(str(e)) from None

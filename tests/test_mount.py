@@ -71,6 +71,35 @@ def test_mount_shows_the_merged_image_read_only(root, image):
     strata(root, "rmi", image)  # free now
 
 
+def test_mount_layer_shows_one_layer_as_stored(root, image, tmp_path):
+    """``mount --layer``: the top layer's own files, its whiteout as the file it is (what
+    ``ls /var/lib/docker/aufs/diff/<id>`` showed), found by a diff id prefix or a chain id; the
+    image cannot be removed while its layer is mounted."""
+    diff_ids = json.loads(strata(root, "inspect", image).out)[0]["RootFS"]["Layers"]
+    point = strata(root, "mount", "--layer", diff_ids[1][7:19]).out.strip()
+    assert is_mounted(point)
+    assert sorted(os.listdir(point)) == [".wh.gone", "a", "d"] and os.listdir(os.path.join(point, "d")) == ["y"]
+    with open(os.path.join(point, "a")) as f:
+        assert f.read() == "2"
+    listing = strata(root, "mount").out.splitlines()
+    assert listing[1].split()[1:] == ["<layer>", point]
+    res = strata(root, "rmi", image, check=False)
+    assert res.code == 1 and f"mount at {point}" in res.err
+    chain = listing[1].split()[0]  # the chain id `images --tree` shows: the same layer, mounted once
+    assert strata(root, "mount", "--layer", chain).out.strip() == point
+    mine = tmp_path / "bottom"
+    mine.mkdir()
+    assert strata(root, "mount", "--layer", diff_ids[0], str(mine)).out.strip() == str(mine)
+    assert sorted(os.listdir(mine)) == ["a", "d", "gone"]
+    for ref in (point, str(mine)):
+        strata(root, "umount", ref)
+    assert not is_mounted(point) and not is_mounted(str(mine)) and os.listdir(os.path.join(root, "mounts")) == []
+    for bad, why in (("zz", "invalid layer reference"), ("0" * 64, "no such layer")):
+        res = strata(root, "mount", "--layer", bad, check=False)
+        assert res.code != 0 and why in res.err and len(res.err.splitlines()) == 1, res.err
+    strata(root, "rmi", image)
+
+
 def test_mount_at_a_chosen_directory_and_umount_by_it(root, image, tmp_path):
     point = tmp_path / "inspect here"
     point.mkdir()

@@ -17,7 +17,7 @@ from store.images import familiar
 
 from ..containers import Containers
 from ..errors import NoSuchContainer, RunnerError
-from ..mounts import CONTAINER, ImageMounts
+from ..mounts import CONTAINER, LAYER, ImageMounts
 from . import filters
 from .errors import UsageError
 from .format import ellipsis, human_size, parse_when, since, table
@@ -167,7 +167,7 @@ def cmd_rmi(store: Store, args: argparse.Namespace) -> int:
         try:
             for line in store.rmi(ref, force=args.force, holders=lambda image_id: [
                     *Containers(store.root.path).using_image(image_id),
-                    *ImageMounts(store.root.path).using_image(image_id)]):
+                    *ImageMounts(store.root.path).using_image(image_id, store.images.chain(image_id))]):
                 print(line)
         except StoreError as e:
             print(f"Error: {e}", file=sys.stderr)
@@ -179,11 +179,20 @@ def cmd_mount(store: Store, args: argparse.Namespace) -> int:
     """``strata mount IMAGE [DIR]``: the image read-only at DIR (default: under the store), printed;
     ``strata mount``: the image mounts there are."""
     mounts = ImageMounts(store.root.path)
+    if args.layer is not None:
+        if args.image is not None and args.dir is not None:
+            raise UsageError("mount --layer takes a layer and at most one directory")
+        with store.root.writer():  # rmi takes it too: the layer stays while it is being mounted
+            chain = _layer(store, args.layer)
+            print(mounts.mount(f"{LAYER}:{chain}", [store.layers.diff_dir(chain)], args.image))
+        return 0
     if args.image is None:
         names = {f"{CONTAINER}:{c.id}": c.name for c in Containers(store.root.path).all()}
         with store.root.writer():
             rows = [[m.image.partition(":")[2][:12], names.get(m.image, "<gone>"), m.mountpoint]
                     if m.image.startswith(f"{CONTAINER}:") else
+                    [_short(m.image.partition(":")[2]), "<layer>", m.mountpoint]
+                    if m.image.startswith(f"{LAYER}:") else
                     [_short(m.image), (store.images.tags_of(m.image) or ["<none>"])[0], m.mountpoint]
                     for m in mounts.all()]
         print(table(["ID", "NAME", "MOUNTPOINT"], rows))
@@ -204,6 +213,24 @@ def cmd_mount(store: Store, args: argparse.Namespace) -> int:
         lowers = [store.layers.diff_dir(c) for c in reversed(store.images.chain(image_id))]
         print(mounts.mount(image_id, lowers, args.dir))
     return 0
+
+
+def _layer(store: Store, ref: str) -> str:
+    """The chain id of the layer ``ref`` names: a chain id or diff id, whole or a unique prefix
+    (with or without ``sha256:``)."""
+    want = ref.removeprefix("sha256:").lower()
+    if len(want) < 1 or any(ch not in "0123456789abcdef" for ch in want):
+        raise RunnerError(f"invalid layer reference {ref!r}: a chain id or diff id (hex), or a prefix of one")
+    found = set()
+    for chain in store.layers.all():
+        if chain.removeprefix("sha256:").startswith(want) or \
+                store.layers.info(chain).diff_id.removeprefix("sha256:").startswith(want):
+            found.add(chain)
+    if not found:
+        raise RunnerError(f"no such layer: {ref}")
+    if len(found) > 1:
+        raise RunnerError(f"layer reference {ref} is ambiguous: {len(found)} layers match")
+    return found.pop()
 
 
 def cmd_umount(store: Store, args: argparse.Namespace) -> int:
@@ -367,6 +394,10 @@ def add_parsers(sub: Any) -> None:
                    help="an image (tag or id prefix) or a container (name or id; a running one: its live "
                         "union's path is printed); none: list the mounts")
     p.add_argument("dir", nargs="?", help="where (default: a directory under the store, printed)")
+    p.add_argument("--layer", metavar="LAYER",
+                   help="mount one layer as it is stored, its whiteouts shown as .wh. files: a chain id as "
+                        "`images --tree` shows it, or a diff id as `inspect` lists it (RootFS.Layers), or a "
+                        "unique prefix of either; then the one argument is the directory")
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", aliases=["unmount"], help="unmount image mounts (by image or directory)")
