@@ -2,7 +2,8 @@
 as one read-only union at a directory, or one layer as it is stored (its whiteouts shown as the
 files they are: ``strata mount --layer``), served by a unionfs daemon of its own until ``strata
 umount`` (podman's ``image mount`` and ``mount``). Rootless, the daemon shows the owners the
-layers keep in their xattr (``unionfs.owners``): the same owners root's mount shows.
+layers keep in their xattr (``unionfs.owners``) and the user's own files as root's, as the
+container sees them: the same owners root's mount shows.
 
 Records live in ``ROOT/mounts/<12 hex>.json`` for an image id, ``c-<12 hex>.json`` for a container
 and ``l-<12 hex>.json`` for a layer (what: ``sha256:...``, ``container:<id>`` or ``layer:<chain id>``,
@@ -148,8 +149,9 @@ class ImageMounts:
         from unionfs.mount import fork_serve
 
         check_fuse_device()
-        options = [*(["raw"] if image_id.startswith(f"{LAYER}:") else []),
-                   *(["xattr_permissions=2"] if os.geteuid() != 0 else [])]
+        options = ["raw"] if image_id.startswith(f"{LAYER}:") else []
+        if os.geteuid() != 0:  # the layers' owners: kept in xattrs, the user's own files are root's
+            options += ["xattr_permissions=2", f"uidmapping=0:{os.geteuid()}:1", f"gidmapping=0:{os.getegid()}:1"]
         try:
             pid, ready = fork_serve(mountpoint, lowers, options=options)
         except UnionError as e:

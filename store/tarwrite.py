@@ -100,8 +100,8 @@ def write_entries(entries: Iterable[tuple[str, os.stat_result, str]], out: Binar
                 info = tarinfo_for(full, rel, st, links)
             except ValueError:
                 continue
-            if info.type == tarfile.REGTYPE:
-                with open(full, "rb") as f:
+            if info.type == tarfile.REGTYPE and info.size:  # (an empty one is not opened: a whiteout
+                with open(full, "rb") as f:                # marker may be mode 0, which only root reads)
                     tar.addfile(info, f)
             else:
                 tar.addfile(info)

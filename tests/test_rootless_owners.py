@@ -6,16 +6,19 @@ nothing in the user's store belongs to anyone but the user."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
+import subprocess
 import tarfile
 import tempfile
 
 import pytest
 from helpers import strata, tar_bytes
+from rootless_support import mounts_below
 
 IMAGE = "owners:latest"
-APPLETS = ("sh", "ls", "cat", "id", "touch", "chown", "chmod", "echo", "true", "mkdir")
+APPLETS = ("sh", "ls", "cat", "id", "touch", "chown", "chmod", "echo", "true", "mkdir", "rm")
 
 
 def _image_tar() -> bytes:
@@ -133,3 +136,33 @@ def test_commit_diff_and_export_write_the_owners_the_container_saw(rootless, sto
     rootless.strata(user_store, "save", "-o", out, "by33")
     made_by = _layer_member(out, "tmp/by-33")
     assert made_by is not None and (made_by.uid, made_by.gid) == (33, 33)
+
+
+STAT = "cd {}/data && stat -c '%n %u %g %a %F' *"
+
+
+def test_inspection_mounts_show_the_owners_roots_show(rootless, stores):
+    """``strata mount IMAGE`` as the user lists the owners root's mount lists (the daemon shows the
+    xattr's), and ``mount --layer`` shows a committed layer's whiteout as the file it is."""
+    root_store, user_store = stores
+    mine = rootless.strata(user_store, "mount", IMAGE).out.strip()
+    roots = strata(root_store, "mount", IMAGE).out.strip()
+    try:
+        as_user = rootless.run("sh", "-c", STAT.format(mine)).out
+        as_root = subprocess.run(["sh", "-c", STAT.format(roots)], capture_output=True, text=True, check=True).stdout
+        assert "www 33 33 750 regular file" in as_root and "null 0 0 666 character special file" in as_root
+        assert as_user == as_root
+    finally:
+        rootless.strata(user_store, "umount", IMAGE)
+        strata(root_store, "umount", IMAGE)
+    rootless.strata(user_store, "run", "--name", "del", IMAGE, "rm", "/data/root-file")
+    rootless.strata(user_store, "commit", "del", "deleted")
+    top = json.loads(rootless.strata(user_store, "inspect", "deleted").out)[0]["RootFS"]["Layers"][-1]
+    layer = rootless.strata(user_store, "mount", "--layer", top).out.strip()
+    try:
+        assert rootless.run("ls", "-a", os.path.join(layer, "data")).out.split() == [".", "..", ".wh.root-file"]
+        res = rootless.strata(user_store, "rmi", "deleted", check=False)
+        assert res.code == 1 and f"mount at {layer}" in res.err
+    finally:
+        rootless.strata(user_store, "umount", layer)
+    assert mounts_below([user_store]) == []

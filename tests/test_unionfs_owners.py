@@ -121,3 +121,53 @@ def test_a_mount_reports_and_records_owners_in_the_xattr(tmp_path):
     with mounted(m, [top, lower], str(upper), str(work), extra=",xattr_permissions=2"):  # kept across mounts
         assert (os.lstat(f"{m}/plain").st_uid, os.lstat(f"{m}/var/mail/eight").st_gid) == (5, 8)
         assert open(f"{m}/etc/shadow").read() == "s+"
+
+
+def test_id_maps_parse_as_fuse_overlayfs_reads_them():
+    m = owners.IdMap.parse(":0:1000:1:1:100000:65536")  # containers-storage's leading colon
+    assert (m.to_container(1000), m.to_container(100032), m.to_container(5)) == (0, 33, owners.IdMap.OVERFLOW)
+    assert (m.to_host(0), m.to_host(33)) == (1000, 100032)
+    with pytest.raises(OSError) as e:
+        m.to_host(70000)
+    assert e.value.errno == errno.EINVAL
+    for bad in ("", "0:1", "a:b:c", "0:1:0", "0:-1:5"):
+        with pytest.raises(ValueError):
+            owners.IdMap.parse(bad)
+
+
+def test_the_map_options_are_checked(tmp_path):
+    lower = make_layer(str(tmp_path / "l"), {"a": "a"})
+    opts = parse_options([f"lowerdir={lower},uidmapping=0:1000:1,gidmapping=:0:1000:1:1:2000:10"])
+    assert opts.uids.to_container(1000) == 0 and opts.gids.to_host(5) == 2004
+    for bad, why in (("uidmapping=0:1", "uidmapping=0:1: container:host:size"),
+                     ("squash_to_uid=5", "squash_to_uid is not supported")):
+        with pytest.raises(UnionError, match=why):
+            parse_options([f"lowerdir={lower},{bad}"])
+
+
+@needs_root
+def test_a_mount_with_id_maps_shows_container_ids_and_writes_host_ids(tmp_path):
+    """As podman passes them for a container with --uidmap: the layers' owners are host ids, the
+    mount shows them as container ids, and what it writes gets host ids."""
+    lower = make_layer(str(tmp_path / "lower"), {"www": "w", "roots": "r", "d/": None})
+    os.chown(f"{lower}/www", 100033, 100034)
+    os.chown(f"{lower}/d", 100000, 100000)
+    upper, work, point = (tmp_path / n for n in ("upper", "work", "mnt"))
+    for d in (upper, work, point):
+        d.mkdir()
+    m = str(point)
+    with mounted(m, [lower], str(upper), str(work), extra=",uidmapping=0:100000:65536,gidmapping=0:100000:65536"):
+        assert (os.lstat(f"{m}/www").st_uid, os.lstat(f"{m}/www").st_gid) == (33, 34)
+        assert os.lstat(f"{m}/roots").st_uid == owners.IdMap.OVERFLOW  # host root: not in the map
+        os.chown(f"{m}/www", 5, 6)
+        assert (os.lstat(f"{m}/www").st_uid, os.lstat(f"{m}/www").st_gid) == (5, 6)
+        os.chown(f"{m}/d", 0, 0)  # (root of the mount's caller: the kernel passes 0; the map makes it host 100000)
+        with pytest.raises(OSError) as e:
+            os.chown(f"{m}/www", 70000, -1)
+        assert e.value.errno == errno.EINVAL
+        open(f"{m}/new", "w").close()  # made by root: the container's root, host 100000
+        assert os.lstat(f"{m}/new").st_uid == 0
+    assert (os.lstat(upper / "new").st_uid, os.lstat(upper / "new").st_gid) == (100000, 100000)
+    real = os.lstat(upper / "www")
+    assert (real.st_uid, real.st_gid) == (100005, 100006)
+    assert (os.lstat(upper / "d").st_uid, os.lstat(upper / "d").st_gid) == (100000, 100000)

@@ -78,12 +78,13 @@ class UnionFS(pyfuse3.Operations):
 
     def __init__(self, lowers: Sequence[str], upper: str | None = None, work: str | None = None,
                  volatile: bool = False, no_open: bool = False, fd_cache: int = FD_CACHE,
-                 owners_xattr: bool = False, raw: bool = False) -> None:
+                 owners_xattr: bool = False, raw: bool = False, uids: owners.IdMap | None = None,
+                 gids: owners.IdMap | None = None) -> None:
         super().__init__()
         self.enable_no_open = no_open  # open answers ENOSYS; writes copy up when they come
         if raw and (upper is not None or len(lowers) != 1):
             raise ValueError("raw shows one layer, read-only: one lowerdir and no upperdir")
-        self.layers = LayerSet(upper, list(lowers), owners_xattr, raw)  # see ``owners``, ``LayerSet``
+        self.layers = LayerSet(upper, list(lowers), owners_xattr, raw, uids, gids)  # see ``owners``, ``LayerSet``
         self.owners_xattr = owners_xattr
         self._internal = _INTERNAL_XATTRS + ((owners.XATTR,) if owners_xattr else ())  # hidden, refused
         self.upper = self.layers.upper
@@ -222,8 +223,8 @@ class UnionFS(pyfuse3.Operations):
             if self._journal is not None and self._journal.notes and self.copyups is not None:
                 await self.copyups.before_shrinking(fd, attr.st_size)
             os.ftruncate(fd, attr.st_size)
-        uid = attr.st_uid if fields.update_uid else -1
-        gid = attr.st_gid if fields.update_gid else -1
+        uid, gid = self.layers.host_ids(attr.st_uid if fields.update_uid else -1,
+                                        attr.st_gid if fields.update_gid else -1)
         chown, chmod = fields.update_uid or fields.update_gid, fields.update_mode
         if self.owners_xattr and (chown or chmod):
             self._set_owner_xattr(node, attr, fields)

@@ -74,9 +74,12 @@ class At:
 
 
 class LayerSet:
-    def __init__(self, upper: str | None, lowers: list[str], owners_xattr: bool = False, raw: bool = False) -> None:
+    def __init__(self, upper: str | None, lowers: list[str], owners_xattr: bool = False, raw: bool = False,
+                 uids: owners.IdMap | None = None, gids: owners.IdMap | None = None) -> None:
         self.owners_xattr = owners_xattr  # stats as ``owners`` overrides say (xattr_permissions=2)
         self.raw = raw  # one layer as it is stored: its whiteouts and opaque markers are files, shown
+        self.uids, self.gids = uids, gids  # uidmapping=/gidmapping=: owners shown as container ids
+        self._viewed = owners_xattr or uids is not None or gids is not None  # (stats not as they are)
         self.paths = ([upper] if upper else []) + list(lowers)
         self.upper: int | None = 0 if upper else None
         self.fds: list[int] = []
@@ -168,12 +171,24 @@ class LayerSet:
         return self._lstat(layer, rel)
 
     def real_lstat(self, layer: int, rel: str) -> os.stat_result | None:
-        """The object's own lstat, whatever an owners override says (what a copy copies)."""
-        return self._lstat(layer, rel, real=True) if self.owners_xattr else self.lstat(layer, rel)
+        """The object's own lstat, whatever an owners override or id map says (what a copy copies)."""
+        return self._lstat(layer, rel, real=True) if self._viewed else self.lstat(layer, rel)
 
     def view_fd(self, st: os.stat_result, fd: int) -> os.stat_result:
-        """``st``, the fstat of ``fd``, as an owners override says."""
-        return owners.view(st, f"/proc/self/fd/{fd}") if self.owners_xattr else st
+        """``st``, the fstat of ``fd``, as an owners override or the id maps say."""
+        if not self._viewed:
+            return st
+        return owners.view(st, f"/proc/self/fd/{fd}", self.owners_xattr, self.uids, self.gids)
+
+    def host_ids(self, uid: int, gid: int) -> tuple[int, int]:
+        """The host ids a chown to the container's ``uid``/``gid`` gives (-1: unchanged)."""
+        return (self.uids.to_host(uid) if self.uids is not None and uid != -1 else uid,
+                self.gids.to_host(gid) if self.gids is not None and gid != -1 else gid)
+
+    def container_ids(self, st: os.stat_result) -> tuple[int, int]:
+        """The owner of the real object ``st`` as the container sees it (the id maps applied)."""
+        return (self.uids.to_container(st.st_uid) if self.uids is not None else st.st_uid,
+                self.gids.to_container(st.st_gid) if self.gids is not None else st.st_gid)
 
     def _lstat(self, layer: int, rel: str, real: bool = False) -> os.stat_result | None:
         with self.at(layer, rel) as (fd, name):
@@ -185,8 +200,8 @@ class LayerSet:
                 if e.errno == errno.ENAMETOOLONG:  # e.g. the whiteout of a 252-byte name: cannot exist
                     return None
                 raise
-            if self.owners_xattr and not real:
-                return owners.view(st, f"/proc/self/fd/{fd}/{name}")
+            if self._viewed and not real:
+                return owners.view(st, f"/proc/self/fd/{fd}/{name}", self.owners_xattr, self.uids, self.gids)
             return st
 
     def is_opaque(self, layer: int, rel: str) -> bool:

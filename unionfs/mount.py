@@ -33,12 +33,14 @@ import trio
 from . import mountinfo
 from .errors import UnionError
 from .fs import FD_CACHE, NO_OPEN, UnionFS
+from .owners import IdMap
 
 log = logging.getLogger("unionfs")
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
 FSNAME = "strata-unionfs"
-_OURS = ("lowerdir", "upperdir", "workdir", "log", "volatile", "xattr_permissions", "raw")
+_OURS = ("lowerdir", "upperdir", "workdir", "log", "volatile", "xattr_permissions", "raw", "uidmapping", "gidmapping",
+         "squash_to_uid", "squash_to_gid")
 # In the workdir of a volatile mount, as kernel overlayfs's $workdir/work/incompat/volatile: made
 # before mounting, removed when the daemon ends. Found at a mount, it says a volatile mount of this
 # upper ended with the host (or was killed): its unsynced writes may be lost, so it is refused.
@@ -55,6 +57,8 @@ class Options:
     volatile: bool = False  # nothing is fsynced: copy-ups, fsync, fsyncdir (overlayfs's option of that name)
     owners_xattr: bool = False  # owners and modes in user.containers.override_stat (``owners``)
     raw: bool = False  # one layer as stored, whiteouts and opaque markers shown as the files they are
+    uids: IdMap | None = None  # uidmapping=/gidmapping= (fuse-overlayfs's): owners as container ids
+    gids: IdMap | None = None
 
 
 def parse_options(values: Sequence[str]) -> Options:
@@ -95,7 +99,16 @@ def parse_options(values: Sequence[str]) -> Options:
     raw = "raw" in found
     if raw and (upper or len(lowers) != 1):
         raise UnionError("raw shows one layer as it is stored: one lowerdir, no upperdir")
-    return Options(lowers, upper, work, fuse, found.get("log"), "volatile" in found, permissions == "2", raw)
+    for squash in ("squash_to_uid", "squash_to_gid"):
+        if squash in found:
+            raise UnionError(f"{squash} is not supported: give the map as uidmapping=0:ID:1,gidmapping=0:ID:1")
+    maps = []
+    for key in ("uidmapping", "gidmapping"):
+        try:
+            maps.append(IdMap.parse(found[key]) if key in found else None)
+        except ValueError as e:
+            raise UnionError(f"{key}={found[key]}: {str(e).split(': ', 1)[-1]}") from None
+    return Options(lowers, upper, work, fuse, found.get("log"), "volatile" in found, permissions == "2", raw, *maps)
 
 
 def _mount_options(opts: Options) -> set[str]:
@@ -133,7 +146,7 @@ def serve(opts: Options, mountpoint: str, ready_fd: int | None, enter: Callable[
             enter()
         target = os.path.realpath(mountpoint)
         fs = UnionFS(opts.lowers, opts.upper, opts.work, opts.volatile, no_open=NO_OPEN, fd_cache=_fd_budget(),
-                     owners_xattr=opts.owners_xattr, raw=opts.raw)
+                     owners_xattr=opts.owners_xattr, raw=opts.raw, uids=opts.uids, gids=opts.gids)
         if mark:
             os.makedirs(mark)
         pyfuse3.init(fs, mountpoint, _mount_options(opts))

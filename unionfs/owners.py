@@ -89,16 +89,55 @@ def read(path: str) -> bytes | None:
         raise
 
 
-def view(real: os.stat_result, where: str) -> os.stat_result:
-    """``real`` (the lstat of the object at ``where``) as its override says (a ``Stat``, which
-    reads as an ``os.stat_result``)."""
-    if not can_hold(real.st_mode):
+class IdMap:
+    """fuse-overlayfs's ``uidmapping=``/``gidmapping=``: container:host:size triples joined by
+    ``:`` (empty tokens ignored, as its strtok does). Owners on disk are host ids; the mount shows
+    their container ids (an unmapped one as the overflow id, 65534, as the kernel shows it)."""
+
+    OVERFLOW = 65534
+
+    def __init__(self, triples: list[tuple[int, int, int]]) -> None:
+        self.triples = triples
+
+    @classmethod
+    def parse(cls, text: str) -> IdMap:
+        try:
+            numbers = [int(t) for t in text.split(":") if t]
+        except ValueError:
+            raise ValueError(f"{text!r}: container:host:size numbers expected") from None
+        if not numbers or len(numbers) % 3 or any(n < 0 for n in numbers) or 0 in numbers[2::3]:
+            raise ValueError(f"{text!r}: container:host:size triples expected")
+        return cls([(numbers[i], numbers[i + 1], numbers[i + 2]) for i in range(0, len(numbers), 3)])
+
+    def to_container(self, host: int) -> int:
+        for inside, outside, size in self.triples:
+            if outside <= host < outside + size:
+                return inside + host - outside
+        return self.OVERFLOW
+
+    def to_host(self, inside: int) -> int:
+        """The host id of a container id; OSError EINVAL if it has none (as chown(2) says)."""
+        for first, outside, size in self.triples:
+            if first <= inside < first + size:
+                return outside + inside - first
+        raise OSError(errno.EINVAL, f"id {inside} is not mapped")
+
+
+def view(real: os.stat_result, where: str, xattr: bool = True, uids: IdMap | None = None,
+         gids: IdMap | None = None) -> os.stat_result:
+    """``real`` (the lstat of the object at ``where``) as its override says (``xattr``), or else
+    with its owner's container ids (``uids``/``gids``): a ``Stat``, which reads as an
+    ``os.stat_result``."""
+    if xattr and can_hold(real.st_mode):
+        raw = read(where)
+        found = parse(raw, real.st_mode) if raw is not None else None
+        if found is not None:
+            return Stat(real, *found)  # type: ignore[return-value]  # (duck-typed: every st_* field)
+    if uids is None and gids is None:
         return real
-    raw = read(where)
-    found = parse(raw, real.st_mode) if raw is not None else None
-    if found is None:
-        return real
-    return Stat(real, *found)  # type: ignore[return-value]  # (duck-typed: every st_* field)
+    uid = uids.to_container(real.st_uid) if uids is not None else real.st_uid
+    gid = gids.to_container(real.st_gid) if gids is not None else real.st_gid
+    return Stat(real, uid, gid, real.st_mode, real.st_rdev)  # type: ignore[return-value]
 
 
 def write(where: str, uid: int, gid: int, mode: int, rdev: int = 0) -> None:

@@ -136,7 +136,7 @@ class Upper:
             return os.fstat(real)
         if not self.as_root:
             return st
-        gid, _ = self.new_gid(parent_st, gid)
+        uid, gid = self.layers.host_ids(uid, self.new_gid(parent_st, gid)[0])
         if (st.st_uid, st.st_gid) != (uid, gid):
             os.fchown(real, uid, gid)
             if mode & (stat.S_ISUID | stat.S_ISGID):
@@ -157,17 +157,17 @@ class Upper:
         if not self.as_root:
             return
         gid, setgid = self.new_gid(parent_st, gid)
+        uid, gid = self.layers.host_ids(uid, gid)
         with self.layers.at(self.layer, rel) as (fd, name):
             os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
             if is_dir and setgid:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 os.chmod(name, stat.S_IMODE(st.st_mode) | stat.S_ISGID, dir_fd=fd)
 
-    @staticmethod
-    def _record(path: str, st: os.stat_result, uid: int, gid: int, mode: int) -> None:
+    def _record(self, path: str, st: os.stat_result, uid: int, gid: int, mode: int) -> None:
         """A new object's owner and mode into its override xattr, unless the real object says
         them already (the daemon's own, with bits its owner can use); other types cannot hold it."""
         if not owners.can_hold(st.st_mode):
             return
-        if (st.st_uid, st.st_gid) != (uid, gid) or owners.disk_mode(mode) != stat.S_IMODE(mode):
+        if self.layers.container_ids(st) != (uid, gid) or owners.disk_mode(mode) != stat.S_IMODE(mode):
             owners.write(path, uid, gid, stat.S_IFMT(st.st_mode) | stat.S_IMODE(mode))
