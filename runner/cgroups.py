@@ -268,8 +268,8 @@ class V2(Cgroup):
     def _writes(self, limit: int | None, swap: int | None, shares: int | None, quota: int | None,
                 period: int | None, pids: int | None) -> list[tuple[str, str]]:
         writes = []
-        if limit:
-            writes.append((os.path.join(self.dir, "memory.max"), str(limit)))
+        if limit:  # (-1, the runtime-spec's "unlimited", is "max" to a v2 kernel, which refuses -1)
+            writes.append((os.path.join(self.dir, "memory.max"), str(limit) if limit > 0 else "max"))
         if swap:  # v2's swap.max is swap alone; the runtime-spec's is memory + swap (as v1)
             value = "max" if swap == -1 or not limit or limit == -1 else str(max(swap - limit, 0))
             writes.append((os.path.join(self.dir, "memory.swap.max"), value))

@@ -99,15 +99,8 @@ def update(cgroup: cgroups.Cgroup, current: dict[str, Any], changes: Any) -> dic
 
 
 def _memory(cgroup: cgroups.Cgroup, limit: int | None, swap: int | None) -> None:
-    """v1 wants memory <= memory + swap at every step: the one that grows is written first. v2: its
-    files say ``max`` for unlimited, and memory.swap.max is swap alone."""
-    if isinstance(cgroup, cgroups.V2):
-        if limit:
-            _write(os.path.join(cgroup.dir, "memory.max"), "max" if limit == -1 else str(limit))
-        if swap:
-            alone = "max" if swap == -1 or not limit or limit == -1 else str(max(swap - limit, 0))
-            _write(os.path.join(cgroup.dir, "memory.swap.max"), alone)
-        return
+    """v1 wants memory <= memory + swap at every step: the one that grows is written first (v2 has
+    no such rule: ``cgroups.V2`` writes both as they are)."""
     if not isinstance(cgroup, cgroups.V1) or not limit or not swap:
         cgroup.apply({"memory": {"limit": limit, "swap": swap}})
         return
