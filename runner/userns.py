@@ -64,6 +64,20 @@ def mappings(uid: int, gid: int) -> tuple[list[Mapping], list[Mapping]]:
     return uids, gids
 
 
+def single_reason(uid: int) -> str | None:
+    """Why a container of ``uid`` gets one id only (``mappings``), in a few words; None if it
+    gets the user's ranges."""
+    if helpers() is None:
+        return "newuidmap and newgidmap are not installed (Debian's package uidmap)"
+    if subid_range(SUBUID, uid) is None or subid_range(SUBGID, uid) is None:
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            name = str(uid)
+        return f"no subordinate ids for {name} in {SUBUID} and {SUBGID}"
+    return None
+
+
 def maps_id(maps: list[Mapping], inside: int) -> bool:
     """Does ``maps`` give the container id ``inside`` a host id?"""
     return any(m["containerID"] <= inside < m["containerID"] + m["size"] for m in maps)
@@ -79,10 +93,11 @@ def enter(config: dict[str, Any]) -> None:
     if that cannot be done (no helpers, ids the user is not given)."""
     linux = config.get("linux") or {}
     uids, gids = linux.get("uidMappings") or [], linux.get("gidMappings") or []
-    if _own_only(uids, os.getuid()) and _own_only(gids, os.getgid()):
+    uid, gid = os.getuid(), os.getgid()  # (after the unshare, until the maps exist, they read as 65534)
+    if _own_only(uids, uid) and _own_only(gids, gid):
         sc.unshare(sc.CLONE_NEWUSER)
-        for name, text in (("setgroups", "deny"), ("uid_map", f"{uids[0].get('containerID', 0)} {os.getuid()} 1\n"),
-                           ("gid_map", f"{gids[0].get('containerID', 0)} {os.getgid()} 1\n")):
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uids[0].get('containerID', 0)} {uid} 1\n"),
+                           ("gid_map", f"{gids[0].get('containerID', 0)} {gid} 1\n")):
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(text)
         return

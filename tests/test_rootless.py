@@ -197,6 +197,28 @@ def test_rootless_run_maps_the_subuid_range(rootless, store):
     assert [line.split() for line in res.out.splitlines()] == expected
 
 
+def test_rootless_without_subordinate_ids_maps_one_id_and_says_so(rootless, store):
+    """No range of the user's in /etc/subuid and /etc/subgid: the container gets the user alone, as
+    root, and run says so in one line (as rootless podman warns)."""
+    saved = {}
+    for path in ("/etc/subuid", "/etc/subgid"):
+        with open(path) as f:
+            saved[path] = f.read()
+        with open(path, "w") as f:  # (the user's own line only, by its exact name)
+            f.write("".join(line for line in saved[path].splitlines(keepends=True)
+                            if not line.startswith(f"{rootless.name}:")))
+    try:
+        res = rootless.strata(store, "run", "--rm", IMAGE, "cat", "/proc/self/uid_map", check=False)
+    finally:
+        for path, text in saved.items():
+            with open(path, "w") as f:
+                f.write(text)
+    assert res.code == 0, res.err
+    assert [line.split() for line in res.out.splitlines()] == [["0", str(rootless.uid), "1"]]
+    assert res.err == (f"WARNING: no subordinate ids for {rootless.name} in /etc/subuid and /etc/subgid: the "
+                       "container has one id, root (the image's other owners show as nobody)\n")
+
+
 def test_rootless_without_fuse_says_what_is_missing(rootless, store):
     """/dev/fuse closed to the user (mode 0600, as Debian's may be changed to): run and mount fail in
     one line that names it, and leave nothing behind."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from store import Store
 
-from .. import cgroups, devices, lifecycle, seccomp
+from .. import cgroups, devices, lifecycle, seccomp, userns
 from ..containers import Containers, check_name
 from ..errors import RunnerError
 from .errors import UsageError
@@ -110,6 +110,9 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
     if not cg.version and (memory or cpu_shares):  # rootless without a delegated cgroup: as rootless podman
         print("WARNING: no cgroup is delegated to you: --memory and --cpu-shares are not enforced", file=sys.stderr)
         memory = cpu_shares = 0
+    if os.geteuid() != 0 and (why := userns.single_reason(os.getuid())) is not None:  # as podman
+        print(f"WARNING: {why}: the container has one id, root (the image's other owners show as nobody)",
+              file=sys.stderr)
     return {
         "Image": image_id, "ImageRef": args.image, "Command": command,
         "Path": command[0], "Args": command[1:],
