@@ -240,10 +240,14 @@ class V1(Cgroup):
 class V2(Cgroup):
     version = 2
 
-    def __init__(self, name: str, root: str = "/sys/fs/cgroup", path: str | None = None) -> None:
+    def __init__(self, name: str, root: str = "/sys/fs/cgroup", path: str | None = None,
+                 delegated: str | None = None) -> None:
         super().__init__(name, path)
         self.root = root
         self.dir = os.path.join(root, self.path)
+        # rootless: the subtree delegated to the user (its controllers enabled by whoever delegated
+        # it, systemd's user@.service); nothing above it is ours to write, no device program ours to load
+        self.delegated = delegated
 
     def dirs(self) -> list[str]:
         return [self.dir]
@@ -251,8 +255,9 @@ class V2(Cgroup):
     def create(self, device_rules: list[DeviceRule] | None = None) -> None:
         parent = os.path.dirname(self.dir)
         os.makedirs(parent, exist_ok=True)
-        ancestors = [self.root]
-        for part in os.path.relpath(parent, self.root).split("/"):
+        top = os.path.join(self.root, self.delegated) if self.delegated else self.root
+        ancestors = [top]
+        for part in os.path.relpath(parent, top).split("/"):
             if part != ".":
                 ancestors.append(os.path.join(ancestors[-1], part))
         for d in ancestors:  # let the controllers reach the container's group
@@ -263,7 +268,8 @@ class V2(Cgroup):
             if wanted:
                 _write(path, " ".join(wanted))
         os.makedirs(self.dir, exist_ok=True)
-        devices.attach_v2(self.dir, devices.DEFAULT_RULES if device_rules is None else device_rules)
+        if not self.delegated:  # (a rootless container's user namespace keeps host devices out)
+            devices.attach_v2(self.dir, devices.DEFAULT_RULES if device_rules is None else device_rules)
 
     def _writes(self, limit: int | None, swap: int | None, shares: int | None, quota: int | None,
                 period: int | None, pids: int | None) -> list[tuple[str, str]]:
@@ -374,12 +380,44 @@ def _clean_path(path: str) -> str:
     return "/".join(parts)
 
 
+def delegated_v2(root: str = "/sys/fs/cgroup", own: str = "/proc/self/cgroup") -> str | None:
+    """The cgroup v2 subtree delegated to this (ordinary) user, relative to ``root``: the highest
+    ancestor of our own group (``own``: /proc/self/cgroup) that belongs to us, as systemd delegates
+    ``user@UID.service``, if cpu and memory are enabled for its children. None elsewhere (cgroup v1
+    or hybrid hosts, no delegation)."""
+    if not os.path.exists(os.path.join(root, "cgroup.controllers")):
+        return None
+    try:
+        with open(own) as f:
+            line = next((entry for entry in f if entry.startswith("0::")), "")
+    except OSError:
+        return None
+    parts = [p for p in line[3:].strip().split("/") if p]
+    found = None
+    for i in range(len(parts), 0, -1):
+        try:
+            if os.stat(os.path.join(root, *parts[:i])).st_uid != os.geteuid():
+                break
+        except OSError:
+            break
+        found = "/".join(parts[:i])
+    if found is None:
+        return None
+    try:
+        enabled = set(_read(os.path.join(root, found, "cgroup.subtree_control")).split())
+    except OSError:
+        return None
+    return found if {"cpu", "memory"} <= enabled else None
+
+
 def for_host(name: str, root: str = "/sys/fs/cgroup", path: str | None = None) -> Cgroup:
     """v2 when the root is a unified hierarchy with cpu and memory; else v1 (hybrid hosts too). An
-    ordinary user gets none (``NoCgroup``): delegated v2 subtrees are not used yet. ``path``: the
-    group's place in the hierarchy (default ``strata/<name>``)."""
+    ordinary user gets a group under its delegated v2 subtree (``delegated_v2``:
+    ``<subtree>/strata/<name>``), or none (``NoCgroup``). ``path``: the group's place in the
+    hierarchy (default ``strata/<name>``)."""
     if os.geteuid() != 0:
-        return NoCgroup(name)
+        base = delegated_v2(root)
+        return NoCgroup(name) if base is None else V2(name, root, path or f"{base}/strata/{name}", delegated=base)
     controllers = os.path.join(root, "cgroup.controllers")
     if os.path.exists(controllers) and {"cpu", "memory"} <= set(_read(controllers).split()):
         return V2(name, root, path)
@@ -391,4 +429,6 @@ def load(version: int, name: str, root: str = "/sys/fs/cgroup", pid: int = 0, pa
     PID 1's PID namespace, ``pid``)."""
     if version == 0:
         return NoCgroup(name, pid)
+    if version == 2 and os.geteuid() != 0 and path is None:  # rootless: under the delegated subtree
+        return for_host(name, root)
     return V2(name, root, path) if version == 2 else V1(name, root, path)

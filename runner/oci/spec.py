@@ -58,17 +58,20 @@ def for_container(config: dict[str, Any], rootfs: str, etc_files: dict[str, str]
     """The config.json of a strata container: ``config`` is its record (``runner.containers``),
     ``rootfs`` its union's mountpoint, ``etc_files`` the host files bound over /etc/hostname, hosts
     and resolv.conf. ``rootless``: the (uid, gid) of the ordinary user who runs it, which become root
-    in a user namespace of its own (with the user's subordinate ids as 1..N: ``userns``); no cgroup,
-    no device list (the kernel keeps a user namespace away from host devices)."""
+    in a user namespace of its own (with the user's subordinate ids as 1..N: ``userns``); limits
+    only in a delegated cgroup v2 subtree, no device list (the kernel keeps a user namespace away
+    from host devices)."""
     cfg, hc = config["Config"], config["HostConfig"]
     host_network = hc["NetworkMode"] == "host"
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")]
     if not host_network:
         namespaces.append({"type": "network"})
     resources: dict[str, Any] = {} if rootless else {"devices": devices.rules_with(config.get("DeviceRules", []))}
-    if hc.get("Memory") and not rootless:  # (rootless: the CLI has said they cannot be enforced)
+    # rootless, limits apply in a delegated cgroup v2 subtree (else the CLI has said they cannot)
+    limits = not rootless or bool((config.get("Cgroup") or {}).get("Version"))
+    if hc.get("Memory") and limits:
         resources["memory"] = {"limit": hc["Memory"], "swap": hc.get("MemorySwap") or 2 * hc["Memory"]}
-    if hc.get("CpuShares") and not rootless:
+    if hc.get("CpuShares") and limits:
         resources["cpu"] = {"shares": hc["CpuShares"]}
     linux: dict[str, Any] = {
         "namespaces": namespaces, "resources": resources, "devices": config.get("LinuxDevices", []),
