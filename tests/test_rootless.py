@@ -259,3 +259,31 @@ def test_rootless_mounts_a_stopped_container_for_inspection(rootless, store):
     rootless.strata(store, "umount", "done")
     assert mounts_below([store]) == []
     rootless.strata(store, "rm", "done")
+
+
+def test_rootless_readme_tour(rootless, scratch):
+    """The README's tour, top to bottom, typed by the ordinary user in a checkout of its own (the
+    examples, and a .venv/bin/strata that runs the session's copy of the code)."""
+    from test_readme import _commands, _section  # (the root suite's parser: one reading of the README)
+
+    here = rootless.make_dir(os.path.join(scratch, "checkout"))
+    shutil.copytree(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"),
+                    os.path.join(here, "examples"))
+    bin_dir = os.path.join(here, ".venv", "bin")
+    os.makedirs(bin_dir)
+    with open(os.path.join(bin_dir, "strata"), "w") as f:
+        f.write(f"#!/bin/sh\nPYTHONPATH={rootless.src} STRATA_ZYGOTE_DIR={rootless.zygote_dir} "
+                f'exec {rootless.python} -m runner "$@"\n')
+    os.chmod(os.path.join(bin_dir, "strata"), 0o755)
+    rootless.give(here)
+    commands = _commands(_section("Tour"))
+    script = ["set -euo pipefail"] + [line for i, c in enumerate(commands) for line in (f"echo '@@step {i}'", c)]
+    res = rootless.run("bash", "-c", "\n".join(script), cwd=here,
+                       env={"STRATA_ROOT": os.path.join(scratch, "store")}, check=False)
+    steps = res.out.split("@@step ")[1:]
+    assert res.code == 0, f"stopped at `{commands[len(steps) - 1]}` ({res.code}): {res.out[-1500:]}{res.err[-1500:]}"
+    assert len(steps) == len(commands)
+    for i, command in enumerate(commands):
+        if "# -> " in command:
+            assert command.rsplit("# -> ", 1)[1].strip() in steps[i], (command, steps[i])
+    assert rootless.strata(os.path.join(scratch, "store"), "ps", "-aq").out == ""

@@ -124,7 +124,7 @@ def cmd_top(store: Store, args: argparse.Namespace) -> int:
     state = c.state()
     if not state.get("Running"):
         raise RunnerError(f"container {c.id} is not running")
-    cg = cgroups.load(c.config["Cgroup"]["Version"], c.id)
+    cg = cgroups.load(c.config["Cgroup"]["Version"], c.id, pid=state.get("Pid", 0))  # (rootless: PID 1's namespace)
     with open("/proc/stat") as f:
         boot = float(next(line.split()[1] for line in f if line.startswith("btime")))
     ticks = os.sysconf("SC_CLK_TCK")
