@@ -109,12 +109,14 @@ echo "store grew by $(( (after - before) / 1024 )) KiB for two containers (the b
 
 echo
 echo "== 5. One process per container"
-step strata --root "$host_b" run -d --name pinger --cpu-shares=256 -m 64m fridge ping -c 30 127.0.0.1
+show sh -c "strata --root '$host_b' run -d --name pinger --cpu-shares=256 -m 64m fridge ping -c 30 127.0.0.1 2>&1"
+shares=256  # (as an ordinary user without a delegated cgroup: not enforced, said once, recorded as none)
+case "$out" in *"are not enforced"*) shares=0 ;; esac
 step strata --root "$host_b" ps
 show strata --root "$host_b" top pinger
 [ "$(echo "$out" | tail -n +2 | wc -l)" = 1 ] || fail "the container runs more than its one process"
 show sh -c "strata --root '$host_b' inspect pinger | grep -E '\"(Pid|CpuShares|Memory|Status)\"'"
-echo "$out" | grep -q '"CpuShares": 256' || fail "cpu shares not recorded"
+echo "$out" | grep -q "\"CpuShares\": $shares" || fail "cpu shares not recorded"
 step strata --root "$host_b" rm -f pinger one two
 echo
 echo "walkthrough: all steps passed"

@@ -287,3 +287,21 @@ def test_rootless_readme_tour(rootless, scratch):
         if "# -> " in command:
             assert command.rsplit("# -> ", 1)[1].strip() in steps[i], (command, steps[i])
     assert rootless.strata(os.path.join(scratch, "store"), "ps", "-aq").out == ""
+
+
+def test_rootless_walkthrough(rootless, scratch):
+    """make demo's walkthrough (examples/walkthrough.sh: commit, save, load, a registry push and
+    pull, run) as the ordinary user, with the session's copy of strata as its `strata`."""
+    bin_dir = rootless.make_dir(os.path.join(scratch, "bin"))
+    with open(os.path.join(bin_dir, "strata"), "w") as f:
+        f.write(f"#!/bin/sh\nPYTHONPATH={rootless.src} STRATA_ZYGOTE_DIR={rootless.zygote_dir} "
+                f'exec {rootless.python} -m runner "$@"\n')
+    os.chmod(os.path.join(bin_dir, "strata"), 0o755)
+    script = os.path.join(scratch, "walkthrough.sh")
+    shutil.copy(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+                             "walkthrough.sh"), script)
+    rootless.give(scratch)
+    res = rootless.run("bash", script, cwd=scratch, check=False,
+                       env={"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "TMPDIR": scratch})
+    assert res.code == 0, res.out[-3000:] + res.err[-3000:]
+    assert "walkthrough: all steps passed" in res.out and "cool content" in res.out
