@@ -19,6 +19,9 @@ PIP := $(BIN)/pip -q --disable-pip-version-check
 .PHONY: deps demo test lint bench clean apt-install
 
 deps: $(BIN)/strata
+	@# rootless strata mounts through /dev/fuse: say so where users cannot open it (root needs nothing)
+	@mode=$$(stat -c %a /dev/fuse 2>/dev/null || echo missing); [ "$$mode" = 666 ] || \
+		echo "note: /dev/fuse is $$mode: ordinary users cannot run strata (rootless) until it is open to them: chmod 0666 /dev/fuse (Debian's default)"
 
 .stamp-deb: Makefile
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(DEB_PACKAGES)"

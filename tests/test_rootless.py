@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 
 import pytest
@@ -305,3 +306,21 @@ def test_rootless_walkthrough(rootless, scratch):
                        env={"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "TMPDIR": scratch})
     assert res.code == 0, res.out[-3000:] + res.err[-3000:]
     assert "walkthrough: all steps passed" in res.out and "cool content" in res.out
+
+
+def test_make_deps_says_in_one_line_when_dev_fuse_is_closed_to_users():
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+    said = {}
+    try:
+        for probe in (0o600, 0o666):
+            os.chmod("/dev/fuse", probe)
+            done = subprocess.run(["make", "-s", "--no-print-directory", "deps"], cwd=repo, capture_output=True,
+                                  text=True, timeout=900)
+            assert done.returncode == 0, done.stderr
+            said[probe] = [line for line in done.stdout.splitlines() if "/dev/fuse" in line]
+    finally:
+        os.chmod("/dev/fuse", mode)
+    assert said[0o666] == []
+    assert said[0o600] == ["note: /dev/fuse is 600: ordinary users cannot run strata (rootless) until it is open to "
+                           "them: chmod 0666 /dev/fuse (Debian's default)"]
