@@ -30,6 +30,7 @@ def _image_tar() -> bytes:
     return tar_bytes([
         {"name": "bin/", "type": "dir"},
         {"name": "bin/busybox", "data": binary, "mode": 0o755},
+        {"name": "bin/busybox-suid", "data": binary, "mode": 0o4755},  # setuid root
         *({"name": f"bin/{a}", "type": "symlink", "link": "busybox"} for a in APPLETS),
         {"name": "etc/", "type": "dir"},
         {"name": "etc/passwd", "data": b"root:x:0:0::/root:/bin/sh\nmail:x:8:8::/var/mail:/bin/sh\n"
@@ -166,3 +167,22 @@ def test_inspection_mounts_show_the_owners_roots_show(rootless, stores):
     finally:
         rootless.strata(user_store, "umount", layer)
     assert mounts_below([user_store]) == []
+
+
+def test_a_setuid_binary_gives_no_host_privilege(rootless, stores):
+    """A setuid-root program run by the image's www-data: whatever it gets inside, on the host the
+    process is the user or one of its subordinate ids, never root."""
+    _, user_store = stores
+    cid = rootless.strata(user_store, "run", "-d", "-u", "33", IMAGE, "/bin/busybox-suid", "sleep", "300").out.strip()
+    try:
+        state = json.loads(rootless.strata(user_store, "inspect", cid).out)[0]["State"]
+        pid = state["Pid"]
+        assert pid, (state, rootless.strata(user_store, "logs", cid).out + rootless.strata(user_store, "logs", cid).err)
+        with open(f"/proc/{pid}/status") as f:
+            ids = [int(i) for line in f if line.startswith(("Uid:", "Gid:")) for i in line.split()[1:]]
+        own = {rootless.uid, rootless.gid}
+        assert ids and all(i in own or rootless.subid_start <= i < rootless.subid_start + rootless.subid_count
+                           for i in ids), ids
+        assert 0 not in ids
+    finally:
+        rootless.strata(user_store, "rm", "-f", cid)
