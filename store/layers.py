@@ -85,6 +85,21 @@ class Layers:
             parent = self.info(parent).parent
         return out
 
+    @staticmethod
+    def verify(raw: BinaryIO, where: str, diff_id: str, blob_digest: str | None = None) -> None:
+        """Check, without keeping anything, that the layer blob ``raw`` is what it claims (its
+        digest, its content's diff_id): an archive's copy of a layer the store has already must not
+        pass unread. DigestMismatch if it is not."""
+        blob = HashingReader(raw)
+        _compression, plain = decompressing(blob, where)  # type: ignore[arg-type]
+        content = HashingReader(plain)
+        content.drain()
+        blob.drain()
+        if blob_digest is not None and blob.digest != blob_digest:
+            raise DigestMismatch(f"{where}: blob hashes to {blob.digest}, expected {blob_digest}")
+        if content.digest != diff_id:
+            raise DigestMismatch(f"{where}: layer content hashes to {content.digest}, expected diff_id {diff_id}")
+
     def stage(
         self,
         txn: Transaction,

@@ -143,6 +143,7 @@ class Store:
             plans = plan(source)
             staged: dict[str, StagedLayer] = {}
             learnt: dict[str, str] = {}  # member -> diff_id, for layers without a known diff_id
+            checked: set[str] = set()  # members of layers the store has, verified
             configs: list[StagedBlob] = []
             records: list[tuple[str, str | None]] = []
             ids: list[str] = []
@@ -155,7 +156,11 @@ class Store:
                     if diff_id is None:
                         diff_id = learnt[ref.member] = self._diff_id_of(source.open(ref.member), where)
                     chain = chain_id(parent, diff_id)
-                    if chain not in staged and not self.layers.exists(chain):
+                    if chain not in staged and self.layers.exists(chain) and ref.member not in {*learnt, *checked}:
+                        with source.open(ref.member) as raw:  # here already: the archive's copy is checked all the same
+                            self.layers.verify(raw, where, diff_id, ref.blob_digest)
+                        checked.add(ref.member)
+                    elif chain not in staged and not self.layers.exists(chain):
                         with source.open(ref.member) as raw:
                             staged[chain] = self.layers.stage(
                                 txn, raw, parent=parent, where=where, diff_id=diff_id,

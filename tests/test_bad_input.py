@@ -134,6 +134,25 @@ def test_load_rejects_bad_archive(populated, tmp_path, small_layer, case):
     _assert_rejected(populated, res, str(path), before)
 
 
+@pytest.mark.parametrize("kind", ["docker", "oci"])
+def test_a_bad_copy_of_a_layer_the_store_has_is_rejected_too(populated, tmp_path, small_layer, kind):
+    """The store has the layer already (a good archive loaded it): an archive whose copy of it is
+    damaged, or another layer under its digest, is refused all the same, store unchanged."""
+    good = tmp_path / "good.tar"
+    good.write_bytes(_v12_with(small_layer, lambda f, c: None))
+    strata(populated, "load", "-i", str(good))
+    if kind == "docker":
+        path = str(tmp_path / "bad.tar")
+        with open(path, "wb") as f:
+            f.write(_v12_with(small_layer, ARCHIVE_CASES["layer-digest-mismatch"]))
+    else:
+        path = _oci_layout(tmp_path, small_layer, blob_damage=True)
+    before = snapshot(populated)
+    res = strata(populated, "load", "-i", path, check=False)
+    _assert_rejected(populated, res, path, before)
+    assert "hashes to" in res.err or "corrupt compressed data" in res.err, res.err
+
+
 def _oci_layout(tmp_path, small_layer: bytes, size_delta: int = 0, blob_damage: bool = False) -> str:
     lay = tmp_path / "layout"
     blobs = lay / "blobs" / "sha256"
