@@ -19,7 +19,6 @@ Caveats:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 import stat
@@ -240,7 +239,7 @@ _BPF_F_ALLOW_MULTI = 2
 _LICENSE = b"Apache"
 _LOG_SIZE = 1 << 20
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # libc, loaded already (find_library would run ldconfig: 10 ms)
 _libc.syscall.restype = ctypes.c_long
 
 

@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import init
 from ..errors import RunnerError
 from . import spec
 
@@ -261,6 +260,7 @@ class CreateHooks:
         st: dict[str, Any] = {}
 
         def before_pivot() -> None:
+            from .. import init  # (lazily: the cheap verbs never load it)
             try:
                 for fd in peer:
                     os.close(fd)
@@ -279,6 +279,7 @@ class CreateHooks:
                 raise init.SetupFailed(125, failure)
 
         def on_start() -> None:
+            from .. import init  # (lazily: the cheap verbs never load it)
             try:
                 failure = run("startContainer", start_side, {**st, "status": "created"})
             except OSError as e:

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from .. import cgroups, devices, init, seccomp
+from .. import cgroups, devices
 from ..errors import NoSuchContainer, RunnerError
 from ..process import process_alive, start_time
 from . import hooks, resources, rootfs, spec
@@ -159,6 +159,7 @@ class Runtime:
                preserve_fds: int = 0, lasting: bool = False) -> int:
         """Make the container and leave PID 1 waiting on ``exec.fifo``; returns its pid (our child).
         ``lasting`` (``run``): the hook helper stays for this process's start and delete."""
+        from .. import init, seccomp  # (lazily: the cheap verbs never load them)
         check_id(cid)
         config, config_hooks = self.load_bundle(bundle)
         bundle = os.path.abspath(bundle)
@@ -331,6 +332,7 @@ class Runtime:
             signal.signal(sig, forward)
         _, status = os.waitpid(pid, 0)
         self.delete(cid, force=True)
+        from .. import init  # (lazily: the cheap verbs never load it)
         return init.exit_code(status)
 
     # ---- signals, deletion --------------------------------------------------------------------
@@ -398,6 +400,7 @@ class Runtime:
              console_socket: str | None = None, detach: bool = False, preserve_fds: int = 0) -> int:
         """Run ``process`` (the runtime-spec's ``process`` object) in the container. Returns the
         command's exit code, or 0 once it has started with ``detach``."""
+        from .. import init, seccomp  # (lazily: the cheap verbs never load them)
         c = self.get(cid)
         status = c.status()
         if status == "paused":
@@ -544,6 +547,7 @@ def _console(path: str) -> socket.socket:
 
 
 def _send_console(path: str, master: int) -> None:
+    from .. import init  # (lazily: the cheap verbs never load it)
     sock = _console(path)
     try:
         init.send_console(sock.fileno(), master)
@@ -574,4 +578,5 @@ def _wait_forwarding(helper: int, pid: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, forward)
     _, status = os.waitpid(helper, 0)
+    from .. import init  # (lazily: the cheap verbs never load it)
     return init.exit_code(status)
