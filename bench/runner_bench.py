@@ -5,6 +5,9 @@ plus what 20 running containers from one image cost in disk and memory.
                                        the installed ``strata``: through its warm zygote
   ... STRATA_NO_ZYGOTE=1               the same, run in the client's own process (a cold start)
   crun run -b BUNDLE ID                (an OCI bundle whose rootfs is the same busybox tree)
+  strata-oci run -b BUNDLE ID          (strata's OCI runtime on that bundle: what podman, containerd
+                                        and CRI-O run; a cold Python process per call)
+  runc run -b BUNDLE ID                (runc on that bundle)
   bwrap --bind ROOTFS / ... /bin/true  (namespaces only)
 
 The sides are interleaved, so each start is an isolated one: it pays the RCU grace period that a
@@ -137,14 +140,19 @@ def main() -> None:
             "strata run --rm": lambda i: run,
             "strata, no zygote": lambda i: run,
             "crun run": lambda i: ["crun", "run", "-b", bundle, f"bench{i}"],
+            "strata-oci run": lambda i: [os.path.join(os.path.dirname(sys.executable), "strata-oci"), "--root",
+                                         os.path.join(work, "oci-state"), "run", "-b", bundle, f"sbench{i}"],
+            "runc run": lambda i: ["runc", "--root", os.path.join(work, "runc-state"), "run", "-b", bundle,
+                                   f"rbench{i}"],
             "bwrap": lambda i: ["bwrap", "--bind", rootfs, "/", "--proc", "/proc", "--dev", "/dev", "--unshare-all",
                                 "/bin/true"],
             "python3 -c pass": lambda i: [sys.executable, "-c", "pass"],
         }
-        probe = subprocess.run(sides["crun run"]("probe"), capture_output=True, text=True, env=ENV, cwd=REPO)
-        if probe.returncode != 0:  # e.g. "cgroups in hybrid mode not supported" on v1 hybrid hosts
-            print(f"crun cannot run on this host ({probe.stderr.strip() or probe.stdout.strip()}): left out")
-            del sides["crun run"]
+        for name in ("crun run", "strata-oci run", "runc run"):
+            probe = subprocess.run(sides[name]("probe"), capture_output=True, text=True, env=ENV, cwd=REPO)
+            if probe.returncode != 0:  # e.g. crun: "cgroups in hybrid mode not supported" on v1 hybrid hosts
+                print(f"{name} cannot run on this host ({probe.stderr.strip() or probe.stdout.strip()}): left out")
+                del sides[name]
         envs = {name: cold if "no zygote" in name else ENV for name in sides}
         for i in range(3):  # warm-up: the zygote starts, caches fill
             for name, cmd in sides.items():
