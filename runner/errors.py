@@ -3,6 +3,8 @@
     RunnerError             base: one line, says what failed and why (CLI exit 125, as Docker)
     ├── NoSuchContainer     no container by that name or id prefix
     ├── ContainerConflict   a name in use, a running container removed without -f, ...
+    ├── NoSuchVolume        no volume by that name (Docker's ``get NAME: no such volume``)
+    ├── VolumeInUse         a volume that a container's record mounts, asked to go
     └── StartFailed         a container or an exec'd command did not start; ``code`` is the exit
                             code to give: 125 (strata failed), 126 (cannot run), 127 (not found)
 
@@ -21,6 +23,14 @@ class NoSuchContainer(RunnerError):
 
 
 class ContainerConflict(RunnerError):
+    pass
+
+
+class NoSuchVolume(RunnerError):
+    pass
+
+
+class VolumeInUse(RunnerError):
     pass
 
 

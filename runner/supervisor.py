@@ -36,13 +36,14 @@ from store.root import write_json
 from unionfs.errors import UnionError
 from unionfs.mount import ForkedChild, Mount, fork_serve
 
-from . import cgroups, init, seccomp, userns
+from . import cgroups, init, seccomp, userns, volumemounts
 from . import syscalls as sc
 from .containers import Container, Containers
 from .errors import RunnerError
 from .mounts import check_fuse_device
 from .oci import spec as oci_spec
 from .process import start_time
+from .volumes import Volumes
 
 
 @dataclass
@@ -192,6 +193,7 @@ class Supervisor:
                 raise RuntimeError(f"cannot start a second instance of container {c.id}: {leftover}")
             check_fuse_device()
             self._write_etc()
+            volumemounts.prepare(c)  # bind sources, and the mountpoints layer below the init layer
             self.bundle = self._write_bundle()
             if not rootless:
                 self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options,
@@ -256,7 +258,7 @@ class Supervisor:
             self.go_fd = None
 
     def lowers(self) -> list[str]:
-        return [self.c.path("init"), *self.config["LowerDirs"]]
+        return [self.c.path("init"), self.c.path(volumemounts.LAYER), *self.config["LowerDirs"]]
 
     def _write_bundle(self) -> dict[str, Any]:
         """The container's OCI bundle, ``bundle/config.json``: what ``runner.init`` runs (written at
@@ -371,6 +373,7 @@ class Supervisor:
                 self._ready(f"error {code} {error}")  # never got as far as running
                 if remove:
                     Containers(self.root).remove(c, locked=True)  # a run that never started leaves nothing behind
+                    Volumes(self.root).release(self.config)  # and its anonymous volumes go with it (--rm's too)
                 if mount is not None and detached:
                     await mount.unmount()  # the daemon's exit (a few ms) overlapped all of the above
         return code

@@ -5,7 +5,8 @@ raise on purpose becomes one line on stderr: exit 1 for image commands (``StoreE
 container commands (``RunnerError``, as Docker) or the code a ``StartFailed`` carries (126: cannot
 run, 127: not found); a command line that does not parse, a line and a hint to ``--help``, exit 125
 (``parsing``); anything else is a bug and keeps its traceback. One module per verb group: ``images``,
-``run``, ``listing`` (ps, top, inspect, logs), ``containers`` (stop ... export), ``exec``, ``version``.
+``run``, ``listing`` (ps, top, inspect, logs), ``containers`` (stop ... export), ``exec``, ``volumes``
+(``volume create|ls|inspect|rm|prune``), ``version``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from store import Store, StoreError
 
 from ..errors import RunnerError, StartFailed
-from . import containers, images, listing, run, version
+from . import containers, images, listing, run, version, volumes
 from . import exec as exec_verb
 from .errors import ParseError, UsageError
 from .parsing import Parser, unrecognized
@@ -39,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
                         help="print strata's version and exit (strata version: more)")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True, parser_class=Parser)
     images.add_parsers(sub)
-    for verbs in (run, listing, containers, exec_verb):  # Docker's order in --help
+    for verbs in (run, listing, containers, exec_verb, volumes):  # Docker's order in --help
         verbs.add_parsers(sub)
     version.add_parsers(sub)
     return parser

@@ -15,6 +15,7 @@ from store import Store
 from .. import layerdiff, lifecycle
 from ..containers import Containers
 from ..errors import RunnerError, StartFailed
+from ..volumes import Volumes
 from .errors import UsageError
 
 
@@ -75,7 +76,10 @@ def cmd_rm(store: Store, args: argparse.Namespace) -> int:
     containers = Containers(store.root.path)
     for ref in args.containers:
         try:
-            lifecycle.remove(store.root.path, containers.get(ref), args.force)
+            container = containers.get(ref)
+            lifecycle.remove(store.root.path, container, args.force)
+            if args.volumes:  # its anonymous volumes that no other container uses
+                Volumes(store.root.path).release(container.config)
             print(ref)
         except RunnerError as e:
             print(f"Error: {e}", file=sys.stderr)
@@ -155,6 +159,8 @@ def add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("rm", help="remove containers")
     p.add_argument("-f", "--force", action="store_true", help="kill a running container first (default: refused)")
+    p.add_argument("-v", "--volumes", action="store_true",
+                   help="remove the container's anonymous volumes too (named ones stay)")
     p.add_argument("containers", nargs="+", help="names or ids (prefixes)")
     p.set_defaults(func=cmd_rm)
 

@@ -146,6 +146,12 @@ def _network_settings(mode: str, pid: int | None) -> dict[str, Any]:
             "IPPrefixLen": 0, "IPv6Gateway": "", "MacAddress": "", "Networks": {mode: endpoint}}
 
 
+def mount_point(m: dict[str, Any]) -> dict[str, Any]:
+    """A container's mount point as Docker's inspect shows it (Name and Driver: volumes only)."""
+    return {k: m.get(k, "") for k in ("Type", "Name", "Source", "Destination", "Driver", "Mode", "RW", "Propagation")
+            if k not in ("Name", "Driver") or m.get(k)}
+
+
 def inspect_container(c: Container) -> dict[str, Any]:
     state = c.state()
     cfg, hc = c.config["Config"], c.config["HostConfig"]
@@ -166,15 +172,18 @@ def inspect_container(c: Container) -> dict[str, Any]:
                        "DeviceCgroupRules": hc.get("DeviceCgroupRules"),
                        "CgroupVersion": str(c.config["Cgroup"]["Version"]),
                        "CpuWeight": cgroups.shares_to_weight(hc["CpuShares"]) if hc["CpuShares"] else 0,
-                       "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0}},
+                       "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+                       "Binds": hc.get("Binds"), "VolumesFrom": hc.get("VolumesFrom"),
+                       "ReadonlyRootfs": bool(hc.get("ReadonlyRootfs")),
+                       **{k: hc[k] for k in ("Mounts", "Tmpfs") if hc.get(k)}},  # (omitted when empty, as Docker's)
         "GraphDriver": {"Name": "strata-unionfs", "Data": {
             "LowerDir": ":".join(c.config["LowerDirs"]), "UpperDir": c.path("upper"),
             "WorkDir": c.path("work"), "MergedDir": c.path("merged")}},
-        "Mounts": [],  # volumes and binds: none yet (their own issue)
+        "Mounts": [mount_point(m) for m in c.config.get("MountPoints") or []],
         "Config": {"Hostname": cfg["Hostname"], "Env": cfg["Env"], "Cmd": cfg["Cmd"],
                    "Entrypoint": cfg["Entrypoint"], "Image": cfg["Image"], "WorkingDir": cfg["WorkingDir"],
                    "User": cfg["User"], "Tty": cfg["Tty"], "OpenStdin": cfg["OpenStdin"],
-                   "Labels": cfg.get("Labels") or {}},
+                   "Labels": cfg.get("Labels") or {}, "Volumes": cfg.get("Volumes")},
         "NetworkSettings": _network_settings(hc["NetworkMode"], state.get("Pid") if running else None),
     }
 

@@ -12,9 +12,10 @@ from typing import Any
 
 from store import Store
 
-from .. import cgroups, devices, lifecycle, seccomp, userns
-from ..containers import Containers, check_name
+from .. import cgroups, devices, lifecycle, seccomp, userns, volumemounts
+from ..containers import check_name
 from ..errors import RunnerError
+from . import mountflags
 from .errors import UsageError
 from .format import quoted
 from .parsing import int64
@@ -87,6 +88,7 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
     image_id = store.images.resolve(args.image)
     image = store.images.config(image_id)
     settings = image.get("config") or {}
+    storage = mountflags.plan(store.root.path, args, settings.get("Volumes"))
     entrypoint = settings.get("Entrypoint") or []
     cmd = args.command or settings.get("Cmd") or []
     command = list(entrypoint) + list(cmd)
@@ -119,14 +121,16 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
         "Config": {"Hostname": hostname, "Env": env, "Cmd": list(cmd), "Entrypoint": list(entrypoint) or None,
                    "WorkingDir": args.workdir or settings.get("WorkingDir") or "", "User": args.user or
                    settings.get("User") or "", "Tty": bool(args.tty), "OpenStdin": bool(args.interactive),
-                   "Image": args.image, "Labels": {**(settings.get("Labels") or {}), **_labels(args.label)}},
+                   "Image": args.image, "Labels": {**(settings.get("Labels") or {}), **_labels(args.label)},
+                   "Volumes": storage.volumes or None},
         "HostConfig": {"CpuShares": cpu_shares, "Memory": memory, "MemorySwap": memory_swap(memory),
                        "NetworkMode": args.network, "AutoRemove": bool(args.rm),
                        "SecurityOpt": list(args.security_opt or []) or None,
                        "Devices": [{"PathOnHost": spec.split(":")[0], "PathInContainer": node["path"],
                                     "CgroupPermissions": rule["access"]}
                                    for spec, (node, rule) in zip(args.device or [], host_devices, strict=True)],
-                       "DeviceCgroupRules": list(args.device_cgroup_rule or []) or None},
+                       "DeviceCgroupRules": list(args.device_cgroup_rule or []) or None, **storage.host_config},
+        "MountPoints": storage.mounts,
         "Seccomp": seccomp_setting,
         "LinuxDevices": [node for node, _ in host_devices],  # the runtime-spec's linux.devices
         "DeviceRules": device_rules,  # and its resources.devices, after the defaults
@@ -146,7 +150,7 @@ def cmd_run(store: Store, args: argparse.Namespace) -> int:
     cid = secrets.token_hex(32)
     with store.root.pinned():  # rmi cannot take the image's layers between the look-up and the record
         config = _container_config(store, args, cid)
-        container = Containers(store.root.path).create(config, args.name, cid)
+        container = volumemounts.create(store.root.path, config, args.name, cid)  # with the volumes it mounts
     if args.detach:
         lifecycle.start_detached(store.root.path, container)  # StartFailed: its code is the exit code
         print(container.id)
@@ -192,6 +196,7 @@ def add_parsers(sub: Any) -> None:
                    help="memory limit as 64m, 1g... (at least 6MB; default: none); swap the same again")
     p.add_argument("--network", default="none", metavar="MODE",
                    help=" or ".join(NETWORKS) + ": none has only a loopback, host shares the host's (default none)")
+    mountflags.add_arguments(p)
     p.add_argument("image", help="the image: a tag or an id (prefix)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments (default: the image's)")
     p.set_defaults(func=cmd_run)

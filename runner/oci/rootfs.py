@@ -178,13 +178,34 @@ def _mount_one(root_fd: int, m: dict[str, Any]) -> None:
             os.close(target)
             target = open_in_root(root_fd, resolved)
             if bind and flags & _BIND_ATTRS:  # a bind takes its attributes in a remount
-                sc.mount("", f"/proc/self/fd/{target}", None, sc.MS_BIND | sc.MS_REMOUNT | (flags & _BIND_ATTRS))
+                _remount_bind(f"/proc/self/fd/{target}", flags & _BIND_ATTRS)
             if propagation:
                 sc.mount("", f"/proc/self/fd/{target}", None, propagation)
     except OSError as e:
         raise OSError(e.errno, f"mount {kind or 'bind'} on {dest}: {os.strerror(e.errno or errno.EIO)}") from None
     finally:
         os.close(target)
+
+
+# statvfs flags -> the mount flags a remount must repeat when the mount's are locked (its source
+# was mounted in a more privileged user namespace): nosuid, nodev, noexec and the atime flags
+_LOCKED = ((os.ST_NOSUID, sc.MS_NOSUID), (os.ST_NODEV, sc.MS_NODEV), (os.ST_NOEXEC, sc.MS_NOEXEC),
+           (os.ST_NOATIME, 0x400), (os.ST_NODIRATIME, 0x800), (os.ST_RELATIME, 0x200000))
+
+
+def _remount_bind(path: str, flags: int) -> None:
+    """Give a bind mount ``flags`` (ro, nosuid...). In a user namespace the kernel refuses (EPERM) a
+    remount that would clear the flags locked on the source's mount: then again with those kept,
+    as runc does."""
+    try:
+        sc.mount("", path, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
+    except PermissionError:
+        have = os.statvfs(path).f_flag
+        locked = 0
+        for st_flag, ms_flag in _LOCKED:
+            if have & st_flag:
+                locked |= ms_flag
+        sc.mount("", path, None, sc.MS_BIND | sc.MS_REMOUNT | flags | locked)
 
 
 def _populate_dev(root_fd: int, config: dict[str, Any]) -> None:

@@ -53,6 +53,49 @@ def default_mounts(host_network: bool = False, tty_group: bool = True) -> list[d
     ]
 
 
+_TMPFS_DEFAULTS = ["noexec", "nosuid", "nodev", "rprivate"]  # Docker's, under a tmpfs mount's own options
+_PAIRS = {"exec": "noexec", "suid": "nosuid", "dev": "nodev", "rw": "ro", "async": "sync", "atime": "noatime",
+          "diratime": "nodiratime", "relatime": "norelatime", "strictatime": "nostrictatime", "mand": "nomand"}
+_KIND = {**{k: k for k in _PAIRS}, **{v: k for k, v in _PAIRS.items()}}
+
+
+def merge_tmpfs_options(options: list[str]) -> list[str]:
+    """Docker's MergeTmpfsOptions: of two options of one kind (``exec`` and ``noexec``, two
+    ``size=``), the later wins."""
+    seen: set[str] = set()
+    out = []
+    for option in reversed(options):
+        kind = option.partition("=")[0] if "=" in option else _KIND.get(option, option)
+        if kind not in seen:
+            seen.add(kind)
+            out.append(option)
+    return out[::-1]
+
+
+def oci_mounts(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The mounts of a container's volumes, binds and tmpfs (its record's ``MountPoints`` and
+    ``HostConfig.Tmpfs``: ``runner.volumemounts``), parents before children."""
+    out = []
+    for m in config.get("MountPoints") or []:
+        if m["Type"] == "tmpfs":
+            out.append(_mount(m["Destination"], "tmpfs", "tmpfs",
+                              merge_tmpfs_options(_TMPFS_DEFAULTS + list(m.get("Options") or []))))
+        else:
+            out.append(_mount(m["Destination"], "bind", m["Source"],
+                              ["bind" if m.get("NonRecursive") else "rbind", m.get("Propagation") or "rprivate",
+                               *([] if m.get("RW", True) else ["ro"])]))
+    for target, data in ((config.get("HostConfig") or {}).get("Tmpfs") or {}).items():
+        options = _TMPFS_DEFAULTS + (data.split(",") if data else [])
+        out.append(_mount(target, "tmpfs", "tmpfs", merge_tmpfs_options(options)))
+    return by_depth(out)
+
+
+def by_depth(mounts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Parents before children, in order otherwise (Docker's sortMounts): a volume on /etc goes
+    under the /etc/hosts bound over it."""
+    return sorted(mounts, key=lambda m: m["destination"].rstrip("/").count("/"))
+
+
 def for_container(config: dict[str, Any], rootfs: str, etc_files: dict[str, str],
                   rootless: tuple[int, int] | None = None) -> dict[str, Any]:
     """The config.json of a strata container: ``config`` is its record (``runner.containers``),
@@ -85,6 +128,9 @@ def for_container(config: dict[str, Any], rootfs: str, etc_files: dict[str, str]
     profile = seccomp.load_profile(None) if config.get("Seccomp", "default") == "default" else config.get("Seccomp")
     if isinstance(profile, dict):
         linux["seccomp"] = seccomp.resolve(profile, set(DEFAULT_CAPS))
+    read_only = bool(hc.get("ReadonlyRootfs"))  # --read-only: the root and /etc's files (volumes, tmpfs stay rw)
+    own = oci_mounts(config)  # a volume, bind or tmpfs replaces a default mount of its destination, as Docker's
+    taken = {m["destination"] for m in own}
     user = cfg["User"] or "0"
     annotations = {} if _numeric_user(user) else {USER_ANNOTATION: user}
     uid, _, gid = user.partition(":") if _numeric_user(user) else ("0", "", "0")
@@ -97,11 +143,13 @@ def for_container(config: dict[str, Any], rootfs: str, etc_files: dict[str, str]
             "capabilities": {k: list(DEFAULT_CAPS) for k in ("bounding", "effective", "permitted")},
             "noNewPrivileges": True,
         },
-        "root": {"path": rootfs, "readonly": False},
+        "root": {"path": rootfs, "readonly": read_only},
         "hostname": cfg["Hostname"],
-        "mounts": default_mounts(host_network, tty_group=userns.maps_id(linux.get("gidMappings") or [], TTY_GID)
-                                 if rootless else True) + [
-            _mount(f"/etc/{name}", "bind", path, ["rbind", "rprivate"]) for name, path in etc_files.items()],
+        "mounts": [m for m in default_mounts(host_network, tty_group=userns.maps_id(linux.get("gidMappings") or [],
+                                                                                   TTY_GID) if rootless else True)
+                   if m["destination"] not in taken] + by_depth([
+            _mount(f"/etc/{name}", "bind", path, ["rbind", "rprivate", *(["ro"] if read_only else [])])
+            for name, path in etc_files.items() if f"/etc/{name}" not in taken] + own),
         "linux": linux,
         "annotations": annotations,
     }
