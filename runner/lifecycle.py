@@ -31,9 +31,8 @@ def start_detached(root: str, container: Container) -> int:
     """Fork a detached supervisor (its own session, stdio on /dev/null) for ``container`` of the
     store at ``root``; return PID 1's pid once it runs, or raise ``StartFailed``. A fork of this
     process, not a fresh interpreter: the imports are done."""
-    from unionfs.mount import fork_detached  # with trio and pyfuse3: only commands that start need them
-
-    from . import supervisor
+    from . import supervisor  # with trio and pyfuse3: only commands that start need them
+    from .children import fork_detached
 
     def supervise(ready: int) -> int:
         os.chdir("/")
