@@ -34,10 +34,11 @@ import trio
 from store.images import now
 from store.root import write_json
 from unionfs.errors import UnionError
-from unionfs.mount import ForkedChild, Mount, fork_serve
+from unionfs.mount import Mount, fork_serve
 
 from . import cgroups, init, seccomp, userns, volumemounts
 from . import syscalls as sc
+from .children import Child
 from .containers import Container, Containers
 from .errors import RunnerError
 from .mounts import check_fuse_device
@@ -160,7 +161,7 @@ class Supervisor:
         self.ready_fd: int | None = None
         self.error = ""
         self.union: tuple[int, int] | None = None  # (pid, ready fd) of a union daemon forked early
-        self.init: ForkedChild | None = None  # runner.init, forked early, waiting for the go-ahead
+        self.init: Child | None = None  # runner.init, forked early, waiting for the go-ahead
         self.stdio: _Stdio | None = None
         self.status_fd: int | None = None  # init's reports: "pid N", then "error CODE MESSAGE" or EOF
         self.go_fd: int | None = None
@@ -223,7 +224,7 @@ class Supervisor:
         pid = os.fork()
         if pid == 0:
             init.forked(spec, self.stdio.child, go_r)
-        self.init = ForkedChild(pid)
+        self.init = Child(pid)
         theirs = [self.stdio.console_child] if self.stdio.console_child is not None else []
         for fd in {*self.stdio.child, status_w, go_r, *theirs}:
             os.close(fd)
