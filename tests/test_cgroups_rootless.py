@@ -103,3 +103,4 @@ def test_rootless_limits_reach_the_config_only_with_a_cgroup():
     assert "devices" not in resources  # (the user namespace keeps host devices out)
     record["Cgroup"]["Version"] = 0
     assert oci_spec.for_container(record, "/r", {}, rootless=(1000, 1000))["linux"]["resources"] == {}
+
