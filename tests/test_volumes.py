@@ -53,6 +53,19 @@ def test_a_missing_host_path_is_made_as_dockers_v_does(rootdir, tmp_path):
     assert stat.S_IMODE(host.stat().st_mode) == 0o755 and (host / "f").read_text() == "made\n"
 
 
+def test_a_host_file_is_bound_over_an_image_file_or_onto_a_new_one(rootdir, tmp_path):
+    conf = tmp_path / "app.conf"
+    conf.write_text("setting=1\n")
+    res = run(rootdir, "--name", "files", "-v", f"{conf}:/etc/group:ro", "-v", f"{conf}:/opt/app/app.conf", IMAGE,
+              "sh", "-c", "cat /etc/group; echo more >> /opt/app/app.conf; stat -c %F /opt/app/app.conf")
+    assert res.out == "setting=1\nregular file\n"
+    assert conf.read_text() == "setting=1\nmore\n"
+    assert strata(rootdir, "diff", "files").out == ""
+    cid = json.loads(strata(rootdir, "inspect", "files").out)[0]["Id"]
+    made = os.path.join(rootdir, "containers", cid, "mountpoints", "opt", "app", "app.conf")
+    assert stat.S_ISREG(os.lstat(made).st_mode) and os.path.getsize(made) == 0
+
+
 def test_a_relative_host_path_is_refused_in_dockers_words_and_leaves_nothing(rootdir):
     run(rootdir, "--rm", IMAGE, "true")  # the store's own files that any run makes (its locks)
     before = snapshot(rootdir)
@@ -326,6 +339,9 @@ def test_volume_create_ls_inspect_rm(rootdir):
     assert (doc["Driver"], doc["Labels"], doc["Mountpoint"], doc["Name"], doc["Scope"]) == (
         "local", {"a": "b"}, data_dir(rootdir, "one"), "one", "local")
     assert strata(rootdir, "volume", "inspect", "-f", "{{.Mountpoint}}", "one").out == data_dir(rootdir, "one") + "\n"
+    assert json.loads(strata(rootdir, "inspect", "one").out) == [doc]  # docker inspect looks at volumes too
+    res = strata(rootdir, "inspect", "--type", "volume", "nosuch", check=False)
+    assert res.code == 1 and res.err == "Error: No such volume: nosuch\n"
     assert strata(rootdir, "volume", "ls", "-q", "-f", "label=a=b").out == "one\n"
     assert strata(rootdir, "volume", "ls", "--format", "{{.Name}} {{.Driver}}", "-f", "name=on").out == "one local\n"
     res = strata(rootdir, "volume", "inspect", "one", "nosuch", check=False)

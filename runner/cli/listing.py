@@ -17,7 +17,8 @@ from store import Store, StoreError
 
 from .. import cgroups
 from ..containers import Container, Containers, State
-from ..errors import NoSuchContainer, RunnerError
+from ..errors import NoSuchContainer, NoSuchVolume, RunnerError
+from ..volumes import Volumes
 from . import filters, template
 from .errors import UsageError
 from .format import ellipsis, human_duration, parse_when, quoted, since, table
@@ -189,7 +190,8 @@ def inspect_container(c: Container) -> dict[str, Any]:
 
 
 def cmd_inspect(store: Store, args: argparse.Namespace) -> int:
-    """Containers first, then images, as ``docker inspect``; ``--type`` looks only at one kind."""
+    """Containers first, then images, then volumes, as ``docker inspect``; ``--type`` looks only at one
+    kind."""
     docs = []
     status = 0
     for ref in args.names:
@@ -202,13 +204,20 @@ def cmd_inspect(store: Store, args: argparse.Namespace) -> int:
                     print(f"Error: No such container: {ref}", file=sys.stderr)
                     status = 1
                     continue
-        try:
-            docs.append(store.inspect_image(ref))
-        except StoreError as e:
-            if "No such image" not in str(e):
-                print(f"Error: {e}", file=sys.stderr)
-            else:
-                print(f"Error: No such {'image' if args.type == 'image' else 'object'}: {ref}", file=sys.stderr)
+        if args.type in (None, "image"):
+            try:
+                docs.append(store.inspect_image(ref))
+                continue
+            except StoreError as e:
+                if "No such image" not in str(e) or args.type == "image":
+                    print(f"Error: {e}" if "No such image" not in str(e) else f"Error: No such image: {ref}",
+                          file=sys.stderr)
+                    status = 1
+                    continue
+        try:  # then volumes, as Docker's
+            docs.append(Volumes(store.root.path).get(ref).inspect())
+        except NoSuchVolume:
+            print(f"Error: No such {'volume' if args.type == 'volume' else 'object'}: {ref}", file=sys.stderr)
             status = 1
     if args.format is None:
         print(json.dumps(docs, indent=4))
@@ -306,9 +315,9 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("inspect", help="low-level information on containers or images, as JSON")
     p.add_argument("-f", "--format", metavar="TEMPLATE",
                    help="a Go template per object instead of JSON, as '{{.State.Status}}' or '{{json .Config}}'")
-    p.add_argument("--type", choices=["container", "image"],
-                   help="look only at containers or only at images (default: containers, then images)")
-    p.add_argument("names", nargs="+", help="containers (names or ids) and images (tags or ids)")
+    p.add_argument("--type", choices=["container", "image", "volume"],
+                   help="look only at one kind (default: containers, then images, then volumes)")
+    p.add_argument("names", nargs="+", help="containers (names or ids), images (tags or ids) and volumes")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("logs", help="a container's output")
