@@ -105,3 +105,24 @@ def test_rootless_named_volume_lives_in_the_users_store(rootless, store):
     assert rootless.strata(store, "volume", "rm", "notes").out == "notes\n"
     assert not os.path.exists(os.path.join(store, "volumes", "notes"))
     assert os.listdir(os.path.join(store, "volumes")) == ["lock"]
+
+
+def test_rootless_image_volume_is_seeded_and_goes_with_rm_v(rootless, store):
+    rootless.strata(store, "run", "--name", "mk", IMAGE, "sh", "-c", "mkdir /seed && echo from-image > /seed/f")
+    rootless.strata(store, "commit", "-c", 'VOLUME ["/seed"]', "mk", "seeded")
+    res = rootless.strata(store, "run", "--name", "user", "seeded", "sh", "-c", "cat /seed/f; echo new > /seed/g")
+    assert res.out == "from-image\n"
+    (point,) = json.loads(rootless.strata(store, "inspect", "-f", "{{json .Mounts}}", "user").out)
+    assert sorted(os.listdir(point["Source"])) == ["f", "g"] and len(point["Name"]) == 64
+    assert os.stat(os.path.join(point["Source"], "f")).st_uid == rootless.uid
+    rootless.strata(store, "rm", "-v", "user", "mk")
+    assert rootless.strata(store, "volume", "ls", "-q").out == ""
+
+
+def test_rootless_bind_source_it_cannot_make_is_one_line_and_nothing_left(rootless, store):
+    res = rootless.strata(store, "run", "--rm", "-v", "/root/strata-never:/x", IMAGE, "true", check=False)
+    assert res.code == 125 and res.out == ""
+    assert len(res.err.splitlines()) == 1 and res.err.endswith(
+        "error while creating mount source path '/root/strata-never': mkdir /root/strata-never: Permission denied\n")
+    assert not os.path.exists("/root/strata-never")
+    assert rootless.strata(store, "ps", "-aq").out == "" and mounts_below([store]) == []
