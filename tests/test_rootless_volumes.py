@@ -126,3 +126,12 @@ def test_rootless_bind_source_it_cannot_make_is_one_line_and_nothing_left(rootle
         "error while creating mount source path '/root/strata-never': mkdir /root/strata-never: Permission denied\n")
     assert not os.path.exists("/root/strata-never")
     assert rootless.strata(store, "ps", "-aq").out == "" and mounts_below([store]) == []
+
+
+def test_rootless_read_only_root_keeps_volumes_and_tmpfs_writable(rootless, store):
+    res = rootless.strata(store, "run", "--rm", "--read-only", "--tmpfs", "/run", "-v", "rw:/data", IMAGE, "sh", "-c",
+                          "touch /x 2>&1; touch /run/ok && echo tmpfs ok; touch /data/ok && echo volume ok",
+                          check=False)
+    assert res.code == 0, res.err
+    out = res.out.splitlines()
+    assert "Read-only file system" in out[0] and out[1:] == ["tmpfs ok", "volume ok"]
