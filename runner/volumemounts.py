@@ -1,7 +1,7 @@
 """A container's volumes, binds and tmpfs mounts on the host's side: the volumes made with its record
 (``create``, image content copied into a new one), what each start makes before its union is mounted
-(``prepare``: missing bind sources, the *mountpoints layer*), and the runtime-spec mounts they
-become (``oci_mounts``), which ``oci.rootfs`` performs inside the container's root.
+(``prepare``: missing bind sources, the *mountpoints layer*). The runtime-spec mounts they become
+are ``oci.spec.oci_mounts``'; ``oci.rootfs`` performs them inside the container's root.
 
 The mountpoints layer (``containers/<id>/mountpoints``, a lower just below the init layer) holds the
 directories (or empty files, for a file bound) that the mounts need and the container's layers lack,
@@ -223,7 +223,7 @@ def create(root: str, config: dict[str, Any], name: str | None, cid: str) -> Con
         except (OSError, RunnerError) as e:
             Containers(root).remove(container)
             for volume in made:
-                volumes._delete(volume)
+                volumes.delete(volume)
             if isinstance(e, RunnerError):
                 raise
             raise RunnerError(f"cannot create container: {e}") from None

@@ -183,9 +183,10 @@ class Volumes:
             raise
         if users := self.users(name):
             raise VolumeInUse(f"remove {name}: volume is in use - [{', '.join(users)}]")
-        self._delete(volume)
+        self.delete(volume)
 
-    def _delete(self, volume: Volume) -> None:
+    def delete(self, volume: Volume) -> None:
+        """Remove ``volume`` whoever uses it (call with the lock held, having asked ``users``)."""
         gone = os.path.join(self.dir, f".tmp-{volume.name}-{secrets.token_hex(4)}")
         os.rename(volume.dir, gone)  # invisible at once, whatever rmtree leaves
         _rmtree(gone)
@@ -203,7 +204,7 @@ class Volumes:
                     continue
                 if volume.anonymous and not self.users(volume.name):
                     try:
-                        self._delete(volume)
+                        self.delete(volume)
                     except OSError:  # (a clean-up: the volume stays, listed, for volume rm or prune)
                         continue
 
@@ -222,7 +223,7 @@ class Volumes:
                 if labels and not all(_label_matches(item, volume.labels) for item in labels):
                     continue
                 size = disk_usage(volume.data)
-                self._delete(volume)
+                self.delete(volume)
                 removed.append(volume.name)
                 freed += size
         return removed, freed
