@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 
@@ -135,3 +136,27 @@ def test_rootless_read_only_root_keeps_volumes_and_tmpfs_writable(rootless, stor
     assert res.code == 0, res.err
     out = res.out.splitlines()
     assert "Read-only file system" in out[0] and out[1:] == ["tmpfs ok", "volume ok"]
+
+
+def test_rootless_host_files_bound_in_are_nobodys_and_read_only_to_the_containers_root(rootless, store):
+    """A host directory of root's that the user may read, bound into the user's container: inside,
+    its files belong to nobody (root is not mapped there), and the container's root, which is only
+    the user, can neither write them nor chown or chmod them."""
+    host = tempfile.mkdtemp(prefix="strata-rootless-roots-", dir="/tmp")
+    try:
+        os.chmod(host, 0o755)
+        with open(os.path.join(host, "roots"), "w") as f:
+            f.write("root's\n")
+        os.chmod(os.path.join(host, "roots"), 0o644)
+        res = rootless.strata(store, "run", "--rm", "-v", f"{host}:/host", IMAGE, "sh", "-c",
+                              "stat -c '%u %g' /host/roots; cat /host/roots; echo x >> /host/roots 2>&1; "
+                              "chown 0 /host/roots 2>&1; chmod 666 /host/roots 2>&1; touch /host/new 2>&1; true",
+                              check=False)
+        assert res.code == 0, res.err
+        out = res.out.splitlines()
+        assert out[0] == "65534 65534" and out[1] == "root's", out
+        assert all("denied" in line or "not permitted" in line for line in out[2:]), out
+        assert os.listdir(host) == ["roots"] and open(os.path.join(host, "roots")).read() == "root's\n"
+        assert stat.S_IMODE(os.stat(os.path.join(host, "roots")).st_mode) == 0o644
+    finally:
+        shutil.rmtree(host)
