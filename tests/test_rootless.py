@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import stat
 import subprocess
 import tempfile
+import termios
 
 import pytest
 from helpers import snapshot, strata
@@ -324,3 +326,42 @@ def test_make_deps_says_in_one_line_when_dev_fuse_is_closed_to_users():
     assert said[0o666] == []
     assert said[0o600] == ["note: /dev/fuse is 600: ordinary users cannot run strata (rootless) until it is open to "
                            "them: chmod 0666 /dev/fuse (Debian's default)"]
+
+
+def test_rootless_run_flags_on_a_terminal_and_off(rootless, store):
+    """The run flags of the walkthrough as the user: -e, -w, -u, --network none|host, -i from a
+    pipe, and -it on a terminal (a pty of the container's own devpts, at the client's size)."""
+    res = rootless.strata(store, "run", "--rm", "-e", "A=1", "-w", "/tmp", "-u", "0:0", "--network", "none", IMAGE,
+                          "sh", "-c", "echo $A $(pwd) $(id -u); cat /proc/net/dev | grep -c :", check=False)
+    assert res.code == 0, res.err
+    assert res.out.split() == ["1", "/tmp", "0", "1"]  # loopback alone
+    res = rootless.strata(store, "run", "--rm", "--network", "host", IMAGE, "sh", "-c", "cat /proc/net/dev | grep -c :")
+    assert int(res.out) > 1  # the host's devices
+    assert rootless.strata(store, "run", "--rm", "-i", IMAGE, "cat", input="piped\n").out == "piped\n"
+    master, slave = os.openpty()
+    termios.tcsetwinsize(slave, (30, 100))
+    env = {**rootless.environment(), "PYTHONPATH": rootless.src, "STRATA_ZYGOTE_DIR": rootless.zygote_dir}
+    proc = subprocess.Popen(["setpriv", f"--reuid={rootless.uid}", f"--regid={rootless.gid}", "--init-groups", "--",
+                             rootless.python, "-m", "runner", "--root", store, "run", "--rm", "-it", IMAGE, "sh", "-c",
+                             "tty; stty size; exit 3"], stdin=slave, stdout=slave, stderr=slave, env=env,
+                            cwd=rootless.home, start_new_session=True)
+    os.close(slave)
+    out = b""
+    try:
+        while True:  # until the last holder of the pty closes it
+            ready, _, _ = select.select([master], [], [], 60)
+            assert ready, out
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert proc.wait(timeout=60) == 3, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert out.replace(b"\r", b"").split(b"\n")[:2] == [b"/dev/pts/0", b"30 100"], out
