@@ -280,6 +280,30 @@ class Store:
                 config["author"] = author
             return self._add_image(txn, layer, config, parent, tag)
 
+    def add_step(self, parent: str | None, config: dict[str, Any], tree: str | None) -> str:
+        """One build step's image, untagged: ``config`` is the whole image config but its rootfs
+        (its history ends with the step's entry), on ``parent`` (None: on nothing, as FROM scratch),
+        plus a layer made from ``tree`` (an upper dir, OCI whiteouts) unless there is none or it
+        holds nothing; then the entry says ``empty_layer``, as Docker's builder writes a step that
+        changed no file. The record names ``parent``: ``history`` shows the step's id, and the
+        builder's cache looks for it among the parent's children."""
+        config = json.loads(json.dumps(config))
+        with self.root.writer() as txn, _naming(tree or "build step"):
+            chain = self.images.chain(parent) if parent else []
+            diff_ids = list(self.images.config(parent)["rootfs"]["diff_ids"]) if parent else []
+            layers = []
+            if tree is not None and os.listdir(tree):
+                layer = self._stage_tree(txn, tree, chain[-1] if chain else None)
+                diff_ids.append(layer.info.diff_id)
+                if not self.layers.exists(layer.info.chain_id):
+                    layers.append(layer)
+            else:
+                config["history"][-1]["empty_layer"] = True
+            config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
+            blob = self.blobs.stage_bytes(txn, json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
+            self._publish(txn, layers, [blob], [(blob.digest, parent)], [])
+            return blob.digest
+
     # -- moving images out ------------------------------------------------------------------------
     def save_items(self, refs: list[str]) -> list[SaveItem]:
         """Resolve what ``save`` will write, before anything is written (bad refs change nothing)."""
@@ -338,8 +362,16 @@ class Store:
                 out.append(f"Untagged: {t}")
             if children or users:
                 return out  # the image stays, untagged, for its children or the containers using it
+            parent = self.images.record(image_id).parent
             self.images.remove_record(image_id)
             out.append(f"Deleted: {image_id}")
+            # then its parents that nothing else holds (a build's steps), as Docker prunes them
+            while parent and self.images.exists(parent) and not self.images.tags_of(parent) and \
+                    not self.images.children(parent) and not (holders(parent) if holders else []):
+                above = self.images.record(parent).parent
+                self.images.remove_record(parent)
+                out.append(f"Deleted: {parent}")
+                parent = above
             layers, _blobs = self.images.gc(txn)
             out.extend(f"Deleted: {c}" for c in layers)
             return out

@@ -9,6 +9,7 @@ Modules: ``whiteout`` (the spellings), ``layers`` (the layer dirs and name resol
 ``copyup`` (copying into the upper through the workdir, and scheduling copy-ups), ``journal`` (copy-ups
 a power cut could lose: notes, sync, recovery), ``inodes`` (our inode numbers), ``attrs`` (what the
 kernel is told of an object), ``fdcache`` (backing fds), ``listing`` (readdir's listings), ``upper``
-(markers and owners in the upper), ``fs`` (the pyfuse3 Operations), ``mount`` (``python -m
-unionfs`` and the ``Mount`` API), ``mountinfo`` (finding mounts), ``errors``.
+(markers and owners in the upper), ``fs`` (the pyfuse3 Operations), ``options`` (``-o``'s parsing),
+``mount`` (``python -m unionfs`` and the ``Mount`` API), ``client`` (``strata-unionfs``, the mount
+program) and ``server`` (its warm mount server), ``mountinfo`` (finding mounts), ``errors``.
 """

@@ -79,7 +79,7 @@ class UnionFS(pyfuse3.Operations):
     def __init__(self, lowers: Sequence[str], upper: str | None = None, work: str | None = None,
                  volatile: bool = False, no_open: bool = False, fd_cache: int = FD_CACHE,
                  owners_xattr: bool = False, raw: bool = False, uids: owners.IdMap | None = None,
-                 gids: owners.IdMap | None = None) -> None:
+                 gids: owners.IdMap | None = None, fsync: bool = True) -> None:
         super().__init__()
         self.enable_no_open = no_open  # open answers ENOSYS; writes copy up when they come
         if raw and (upper is not None or len(lowers) != 1):
@@ -88,7 +88,7 @@ class UnionFS(pyfuse3.Operations):
         self.owners_xattr = owners_xattr
         self._internal = _INTERNAL_XATTRS + ((owners.XATTR,) if owners_xattr else ())  # hidden, refused
         self.upper = self.layers.upper
-        self.volatile = volatile  # fsync and fsyncdir do nothing, as under overlayfs's volatile
+        self.volatile = volatile or not fsync  # fsync and fsyncdir do nothing (overlayfs's volatile, fsync=0)
         self.fds = FdCache(self.layers, fd_cache)
         self.inodes = InodeTable(self.layers, self.fds.relinked)
         self.root = self.inodes.root

@@ -10,6 +10,9 @@ daemon still syncs the upper and tidies its workdir (journal notes, the volatile
 removes the upper or workdir next must wait for the daemon's exit. ``python -m unionfs -u MERGED``
 unmounts and returns only once it has exited (its pid is in the mount's source field,
 ``strata-unionfs:PID``); with ``-f`` the command is the daemon, and its exit is that moment.
+The options are ``options``'s; ``strata-unionfs`` (``client``) is this command, asked of a warm
+mount server (``server``) where one can serve it: its daemons are made by ``mount_union`` and
+``serve_mounted``, as ``serve`` makes this command's.
 """
 
 from __future__ import annotations
@@ -33,82 +36,15 @@ import trio
 from . import mountinfo
 from .errors import UnionError
 from .fs import FD_CACHE, NO_OPEN, UnionFS
-from .owners import IdMap
+from .options import FUSE_OPTIONS, VOLATILE_MARK, Options, parse_options
 
 log = logging.getLogger("unionfs")
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
 FSNAME = "strata-unionfs"
-_OURS = ("lowerdir", "upperdir", "workdir", "log", "volatile", "xattr_permissions", "raw", "uidmapping", "gidmapping",
-         "squash_to_uid", "squash_to_gid")
-# In the workdir of a volatile mount, as kernel overlayfs's $workdir/work/incompat/volatile: made
-# before mounting, removed when the daemon ends. Found at a mount, it says a volatile mount of this
-# upper ended with the host (or was killed): its unsynced writes may be lost, so it is refused.
-VOLATILE_MARK = os.path.join("incompat", "volatile")
-
-
-@dataclass
-class Options:
-    lowers: list[str]
-    upper: str | None
-    work: str | None
-    fuse: list[str]  # passed through to FUSE (allow_other, …)
-    log: str | None = None
-    volatile: bool = False  # nothing is fsynced: copy-ups, fsync, fsyncdir (overlayfs's option of that name)
-    owners_xattr: bool = False  # owners and modes in user.containers.override_stat (``owners``)
-    raw: bool = False  # one layer as stored, whiteouts and opaque markers shown as the files they are
-    uids: IdMap | None = None  # uidmapping=/gidmapping= (fuse-overlayfs's): owners as container ids
-    gids: IdMap | None = None
-
-
-def parse_options(values: Sequence[str]) -> Options:
-    """``-o`` values in kernel overlayfs / fuse-overlayfs spelling; lowerdir lists top-most first."""
-    found: dict[str, str] = {}
-    fuse: list[str] = []
-    for value in values:
-        for item in value.split(","):
-            if not item:
-                continue
-            key, _, arg = item.partition("=")
-            if key in _OURS:
-                found[key] = arg
-            else:
-                fuse.append(item)
-    if not found.get("lowerdir"):
-        raise UnionError("missing -o lowerdir=DIR[:DIR...]")
-    lowers = [d for d in found["lowerdir"].split(":") if d]
-    upper, work = found.get("upperdir") or None, found.get("workdir") or None
-    if (upper is None) != (work is None):
-        raise UnionError("upperdir and workdir go together")
-    for d in lowers + [d for d in (upper, work) if d]:
-        if not os.path.isdir(d):
-            raise UnionError(f"{d}: not a directory")
-    if upper and work:
-        if os.stat(upper).st_dev != os.stat(work).st_dev:
-            raise UnionError(f"workdir {work} must be on the same filesystem as upperdir {upper}")
-        if os.path.realpath(work).startswith(os.path.realpath(upper) + "/") or \
-                os.path.realpath(upper).startswith(os.path.realpath(work) + "/"):
-            raise UnionError("upperdir and workdir must not be inside each other")
-        mark = os.path.join(work, VOLATILE_MARK)
-        if os.path.isdir(mark):
-            raise UnionError(f"{mark}: a volatile mount of this upper did not end cleanly and may have lost "
-                             "writes; remove that directory to mount it anyway")
-    permissions = found.get("xattr_permissions", "0")
-    if permissions not in ("0", "2"):  # (fuse-overlayfs's 1 keeps them under another name)
-        raise UnionError(f"xattr_permissions={permissions}: only 0 and 2 (user.containers.override_stat) are supported")
-    raw = "raw" in found
-    if raw and (upper or len(lowers) != 1):
-        raise UnionError("raw shows one layer as it is stored: one lowerdir, no upperdir")
-    for squash in ("squash_to_uid", "squash_to_gid"):
-        if squash in found:
-            raise UnionError(f"{squash} is not supported: give the map as uidmapping=0:ID:1,gidmapping=0:ID:1")
-    maps = []
-    for key in ("uidmapping", "gidmapping"):
-        try:
-            maps.append(IdMap.parse(found[key]) if key in found else None)
-        except ValueError as e:
-            raise UnionError(f"{key}={found[key]}: {str(e).split(': ', 1)[-1]}") from None
-    return Options(lowers, upper, work, fuse, found.get("log"), "volatile" in found, permissions == "2", raw, *maps)
+__all__ = ["Options", "parse_options", "VOLATILE_MARK", "FSNAME", "Mount", "fork_serve", "fork_detached", "serve",
+           "unmount", "daemon_pid", "main", "check_request", "fork_daemon", "mount_union",
+           "serve_mounted", "Mounted"]
 
 
 def _mount_options(opts: Options) -> set[str]:
@@ -120,7 +56,9 @@ def _mount_options(opts: Options) -> set[str]:
     return options
 
 
-async def _serve(fs: UnionFS, target: str, ready_fd: int | None) -> None:
+async def serve_mounted(mounted: Mounted, ready_fd: int | None, told: Callable[[], None] | None = None) -> None:
+    """Serve a mount ``mount_union`` made (in a trio run), until unmounted or signalled; report it
+    ready on ``ready_fd`` once the kernel has our INIT reply (then call ``told``)."""
     async with trio.open_nursery() as nursery:
         async def on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -129,14 +67,31 @@ async def _serve(fs: UnionFS, target: str, ready_fd: int | None) -> None:
                     return
 
         nursery.start_soon(on_signal)
-        nursery.start_soon(_ready, fs, target, ready_fd)
+        nursery.start_soon(_ready, mounted.fs, mounted.target, ready_fd, told)
         await pyfuse3.main(min_tasks=1, max_tasks=16)
         nursery.cancel_scope.cancel()
 
 
-def serve(opts: Options, mountpoint: str, ready_fd: int | None, enter: Callable[[], None] | None = None) -> int:
-    """Mount, tell ``ready_fd`` (``ok`` or the error), serve until unmounted or signalled.
-    ``enter``: called first (to join the namespaces the mount belongs in, say)."""
+@dataclass
+class Mounted:
+    """A union mounted by this process (its FUSE session open), to be served, then closed."""
+    fs: UnionFS
+    target: str  # the mountpoint's real path
+    mark: str | None  # the volatile mark made for it
+
+    def close(self) -> None:
+        # After fusermount -u the kernel has unmounted already (and unmounting again is harmless);
+        # after a signal or a crash we must.
+        pyfuse3.close(unmount=True)
+        self.fs.close()
+        if self.mark:  # the writes are in the page cache: only the host's end can lose them now
+            _remove_mark(self.mark)
+
+
+def mount_union(opts: Options, mountpoint: str, ready_fd: int | None,
+                enter: Callable[[], None] | None = None) -> Mounted | None:
+    """Mount (served by nothing yet: the caller serves it next), or tell ``ready_fd`` why not and
+    return None. ``enter``: called first (to join the namespaces the mount belongs in, say)."""
     os.umask(0)  # modes come from the caller, already masked by the kernel
     logging.basicConfig(filename=opts.log, level=logging.WARNING,
                         format="%(asctime)s unionfs[%(process)d] %(message)s")
@@ -146,7 +101,7 @@ def serve(opts: Options, mountpoint: str, ready_fd: int | None, enter: Callable[
             enter()
         target = os.path.realpath(mountpoint)
         fs = UnionFS(opts.lowers, opts.upper, opts.work, opts.volatile, no_open=NO_OPEN, fd_cache=_fd_budget(),
-                     owners_xattr=opts.owners_xattr, raw=opts.raw, uids=opts.uids, gids=opts.gids)
+                     owners_xattr=opts.owners_xattr, raw=opts.raw, uids=opts.uids, gids=opts.gids, fsync=opts.fsync)
         if mark:
             os.makedirs(mark)
         pyfuse3.init(fs, mountpoint, _mount_options(opts))
@@ -155,16 +110,20 @@ def serve(opts: Options, mountpoint: str, ready_fd: int | None, enter: Callable[
         if mark:
             _remove_mark(mark)
         _tell(ready_fd, f"cannot mount {mountpoint}: {e}")
+        return None
+    return Mounted(fs, target, mark)
+
+
+def serve(opts: Options, mountpoint: str, ready_fd: int | None, enter: Callable[[], None] | None = None) -> int:
+    """Mount, tell ``ready_fd`` (``ok`` or the error), serve until unmounted or signalled.
+    ``enter``: called first (to join the namespaces the mount belongs in, say)."""
+    mounted = mount_union(opts, mountpoint, ready_fd, enter)
+    if mounted is None:
         return 1
     try:
-        trio.run(_serve, fs, target, ready_fd)
+        trio.run(serve_mounted, mounted, ready_fd)
     finally:
-        # After fusermount -u the kernel has unmounted already (and unmounting again is harmless);
-        # after a signal or a crash we must.
-        pyfuse3.close(unmount=True)
-        fs.close()
-        if mark:  # the writes are in the page cache: only the host's end can lose them now
-            _remove_mark(mark)
+        mounted.close()
     return 0
 
 
@@ -193,7 +152,7 @@ def _fd_budget() -> int:
 READAHEAD_KB = 1024  # FUSE requests carry up to 256 pages; the kernel's default readahead asks for 32
 
 
-async def _ready(fs: UnionFS, target: str, ready_fd: int | None) -> None:
+async def _ready(fs: UnionFS, target: str, ready_fd: int | None, told: Callable[[], None] | None = None) -> None:
     """Report the mount ready once the kernel has our INIT reply: until then every request to it
     waits. ``target`` is the mountpoint's real path, found before mounting."""
     await fs.initialised.wait()
@@ -202,6 +161,8 @@ async def _ready(fs: UnionFS, target: str, ready_fd: int | None) -> None:
         _tell(ready_fd, "ok")
     except BrokenPipeError:
         pyfuse3.terminate()  # nobody waits for this mount any more: take it down rather than leak it
+    if told is not None:
+        told()
 
 
 def _tune_readahead(target: str) -> None:
@@ -263,15 +224,25 @@ def unmount(mountpoint: str, timeout: float = 60.0) -> None:
             os.close(pidfd)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m unionfs", description="strata's union filesystem")
+def check_request(options: Sequence[str], mountpoint: str) -> Options:
+    """The options of a mount asked for with ``-o OPTIONS MOUNTPOINT``, checked (UnionError)."""
+    opts = parse_options(options)
+    if not os.path.isdir(mountpoint):
+        raise UnionError(f"{mountpoint}: not a directory")
+    return opts
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m unionfs") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="strata's union filesystem")
     parser.add_argument("mountpoint")
     parser.add_argument("-u", dest="unmount", action="store_true",
                         help="unmount MOUNTPOINT and wait for its daemon to exit")
     parser.add_argument("-o", dest="options", action="append", default=[],
-                        help="lowerdir=L1:L2,upperdir=U,workdir=W[,volatile,xattr_permissions=2,raw,allow_other,...]")
+                        help="lowerdir=L1:L2,upperdir=U,workdir=W[,volatile,fsync=0,xattr_permissions=2,raw,"
+                        "uidmapping=C:H:N[:...],gidmapping=...,log=FILE]; of FUSE's: " + ",".join(FUSE_OPTIONS))
     parser.add_argument("-f", dest="foreground", action="store_true", help="stay in the foreground")
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=_version())
     args = parser.parse_args(argv)
     if args.unmount:
         try:
@@ -281,21 +252,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return 0
     try:
-        opts = parse_options(args.options)
-        if not os.path.isdir(args.mountpoint):
-            raise UnionError(f"{args.mountpoint}: not a directory")
+        opts = check_request(args.options, args.mountpoint)
     except UnionError as e:
         print(f"unionfs: {e}", file=sys.stderr)
         return 1
     if args.foreground:
         return serve(opts, args.mountpoint, args.ready_fd)
-    _pid, r = _fork_daemon(opts, args.mountpoint)
+    _pid, r = fork_daemon(opts, args.mountpoint)
     with os.fdopen(r, "rb") as pipe:
         message = pipe.read().decode(errors="replace")
     if message == "ok":
         return 0
     print(f"unionfs: {message or 'the daemon died before the mount was ready'}", file=sys.stderr)
     return 1
+
+
+def _version() -> str:
+    """What ``--version`` says (podman's ``info`` shows it for its mount_program)."""
+    from importlib import metadata
+
+    try:
+        ours = metadata.version("strata")
+    except metadata.PackageNotFoundError:
+        ours = "unknown"
+    return f"strata-unionfs {ours} (pyfuse3 {pyfuse3.__version__})"
 
 
 def _options(lowers: Sequence[str], upper: str | None, work: str | None, options: Sequence[str]) -> str:
@@ -314,21 +294,23 @@ def fork_serve(mountpoint: str, lowers: Sequence[str], upper: str | None = None,
     with ``parent_death`` (SIGTERM: unmount and exit) it gets that signal when the caller dies.
     ``enter`` runs in the child before it mounts (see ``serve``).
     """
-    return _fork_daemon(parse_options([_options(lowers, upper, work, options)]), mountpoint, parent_death, enter)
+    return fork_daemon(parse_options([_options(lowers, upper, work, options)]), mountpoint, parent_death, enter)
 
 
-def _fork_daemon(opts: Options, mountpoint: str, parent_death: int = 0,
+def fork_daemon(opts: Options, mountpoint: str, parent_death: int = 0,
                  enter: Callable[[], None] | None = None) -> tuple[int, int]:
     """Fork the daemon; it reports ``ok`` or its error on the returned fd once the mount is (or
     cannot be) made."""
     return fork_detached(lambda ready: serve(opts, mountpoint, ready, enter), parent_death=parent_death)
 
 
-def fork_detached(body: Callable[[int], int], failure: int = 1, parent_death: int = 0) -> tuple[int, int]:
+def fork_detached(body: Callable[[int], int], failure: int = 1, parent_death: int = 0,
+                  pass_fds: Sequence[int] = ()) -> tuple[int, int]:
     """Fork a process of its own: its own session, stdio on /dev/null, no inherited fd but the write
-    end of a pipe, which it gets as ``body``'s argument; it exits with what ``body`` returns (``failure``
-    if it raises). Returns (pid, read end of the pipe). The runner's detached supervisor is one too.
-    ``parent_death``: the signal the child gets when this process dies (0: none; prctl(2))."""
+    end of a pipe, which it gets as ``body``'s argument (and ``pass_fds``); it exits with what ``body``
+    returns (``failure`` if it raises). Returns (pid, read end of the pipe). The runner's detached
+    supervisor is one too. ``parent_death``: the signal the child gets when this process dies (0:
+    none; prctl(2))."""
     r, w = os.pipe()
     parent = os.getpid()
     pid = os.fork()
@@ -346,8 +328,11 @@ def fork_detached(body: Callable[[int], int], failure: int = 1, parent_death: in
             devnull = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)
-            os.closerange(3, w)
-            os.closerange(w + 1, 65536)
+            low = 3
+            for keep in sorted({w, *pass_fds}):
+                os.closerange(low, keep)
+                low = keep + 1
+            os.closerange(low, 65536)
             code = body(w)
         finally:
             os._exit(code)

@@ -1,0 +1,75 @@
+"""The mount program as engines exec it: ``strata-unionfs`` as pip installs it (pointed at this
+checkout), and the processes of its mount server, found and stopped by pid."""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+
+from unionfs_support import REPO
+
+SCRIPT = """#!{python}
+# -*- coding: utf-8 -*-
+import re
+import sys
+sys.path.insert(0, {repo!r})
+from unionfs.client import main
+if __name__ == '__main__':
+    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
+    sys.exit(main())
+"""
+
+
+def console_script(directory: str) -> str:
+    """The ``strata-unionfs`` pip writes for ``[project.scripts]`` (the same imports), with this
+    checkout first on its path; its path."""
+    path = os.path.join(directory, "strata-unionfs")
+    with open(path, "w") as f:
+        f.write(SCRIPT.format(python=sys.executable, repo=REPO))
+    os.chmod(path, 0o755)
+    return path
+
+
+def server_pids(directory: str) -> list[int]:
+    pids = []
+    for name in os.listdir(directory) if os.path.isdir(directory) else []:
+        if name.endswith(".pid"):
+            with open(os.path.join(directory, name)) as f:
+                pids.append(int(f.read()))
+    return pids
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def stop(pids: list[int], timeout: float = 30) -> None:
+    """SIGTERM each process (not our child) and wait, by pidfd, until it is gone."""
+    for pid in pids:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            os.kill(pid, 15)
+            if not select.select([pidfd], [], [], timeout)[0]:
+                os.kill(pid, 9)
+                select.select([pidfd], [], [], timeout)
+        finally:
+            os.close(pidfd)
+
+
+def exited(pid: int, timeout: float = 30) -> bool:
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([pidfd], [], [], timeout)[0])
+    finally:
+        os.close(pidfd)
