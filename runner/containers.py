@@ -227,6 +227,9 @@ class Container:
             except OSError:  # not ours to umount as an ordinary user: fusermount3 is
                 subprocess.run(["fusermount3", "-u", "-z", merged], capture_output=True)
         cg.destroy()
+        from .net import attach  # (only here: most commands never touch a network)
+
+        attach.reclaim(self)  # its veth, published ports and address lease
 
     def leftovers(self) -> str:
         """What of an earlier run is still there (processes in the cgroup, a mount), or ''."""
@@ -259,6 +262,8 @@ class Containers:
             return []
         out = []
         for n in names:
+            if n.endswith(".removing"):  # a record being removed (``remove`` renamed it first): gone
+                continue
             path = os.path.join(self.dir, n, "config.json")
             try:
                 with open(path) as f:

@@ -42,6 +42,7 @@ from .children import Child
 from .containers import Container, Containers
 from .errors import RunnerError
 from .mounts import check_fuse_device
+from .net import attach as network
 from .oci import spec as oci_spec
 from .process import start_time
 from .volumes import Volumes
@@ -169,6 +170,7 @@ class Supervisor:
         self.lock_fd: int | None = None  # ``supervisor.lock``, held until this process exits
         self.bundle: dict[str, Any] | None = None  # the config.json this start runs
         self.early: str | None = None  # the init's first report when read before trio (rootless)
+        self.net: network.Endpoint | None = None  # the container's network, planned before its files
 
     def prepare(self) -> None:
         """Before trio starts (forking inside a trio run is not safe): write the init layer, fork the
@@ -193,6 +195,7 @@ class Supervisor:
             if leftover := c.leftovers():
                 raise RuntimeError(f"cannot start a second instance of container {c.id}: {leftover}")
             check_fuse_device()
+            self.net = network.plan(self.root, c)  # its address, its ports: /etc/hosts names them
             self._write_etc()
             volumemounts.prepare(c)  # bind sources, and the mountpoints layer below the init layer
             self.bundle = self._write_bundle()
@@ -203,10 +206,12 @@ class Supervisor:
             self.cgroup.create(resources.get("devices"))
             self.cgroup.limit((resources.get("cpu") or {}).get("shares"), (resources.get("memory") or {}).get("limit"))
             self._fork_init()
-            if rootless and self._early_report().startswith("pid "):  # its namespaces exist: mount in them
-                assert self.init is not None
-                self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options,
-                                        parent_death=signal.SIGTERM, enter=userns.joiner(self.init.pid))
+            if (rootless or self.net.needs_pid) and (early := self._early_report()).startswith("pid "):
+                assert self.init is not None  # its namespaces exist
+                if rootless:  # mount in them
+                    self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options,
+                                            parent_death=signal.SIGTERM, enter=userns.joiner(self.init.pid))
+                self.net.connect(int(early.split()[1]))  # (PID 1 waits for the go-ahead meanwhile)
         except (UnionError, OSError, RuntimeError, RunnerError) as e:
             self.error = str(e)  # run() reports it, and unmounts a union already forked
 
@@ -266,7 +271,8 @@ class Supervisor:
         each start, as Docker's daemon writes its spec for containerd)."""
         config = oci_spec.for_container(self.config, self.c.path("merged"),
                                         {n: self.c.path(n) for n in ("hostname", "hosts", "resolv.conf")},
-                                        rootless=(os.getuid(), os.getgid()) if os.geteuid() else None)
+                                        rootless=(os.getuid(), os.getgid()) if os.geteuid() else None,
+                                        netns=self.net.netns if self.net else None)
         oci_spec.check(config)
         os.makedirs(self.c.path("bundle"), exist_ok=True)
         write_json(self.c.path("bundle", "config.json"), config, durable=False)
@@ -297,14 +303,8 @@ class Supervisor:
         hostname = self.config["Config"]["Hostname"]
         with open(self.c.path("hostname"), "w") as f:
             f.write(hostname + "\n")
-        with open(self.c.path("hosts"), "w") as f:
-            f.write(f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n")
-        resolv = ""
-        if self.config["HostConfig"]["NetworkMode"] == "host" and os.path.exists("/etc/resolv.conf"):
-            with open("/etc/resolv.conf") as f:
-                resolv = f.read()
-        with open(self.c.path("resolv.conf"), "w") as f:
-            f.write(resolv)
+        assert self.net is not None
+        self.net.write_etc(hostname, self.c.path("hosts"), self.c.path("resolv.conf"))
 
     def _ready(self, message: str) -> None:
         """Tell a waiting ``strata run -d`` / ``start`` how the start went (once)."""
@@ -330,7 +330,7 @@ class Supervisor:
             c.set_state(state, Status="starting", Running=False, Pid=0, ExitCode=0, OOMKilled=False, Error="",
                         SupervisorPid=os.getpid(), SupervisorStart=start_time(os.getpid()), StartedAt=now(),
                         FinishedAt="0001-01-01T00:00:00Z", UnionPid=union_pid,
-                        UnionStart=start_time(union_pid) if union_pid else None)
+                        UnionStart=start_time(union_pid) if union_pid else None, Network=None)
             if self.union is not None:  # adopted even if a later step failed: the finally unmounts it
                 mount = await Mount.adopt(c.path("merged"), *self.union)
             if mount is None or self.init is None:
@@ -340,6 +340,8 @@ class Supervisor:
             error = f"cannot start container: {_first(e)}"
             code = 125
         finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):  # (forwarded until now)
+                signal.signal(sig, signal.SIG_IGN)  # the clean-up is not to be cut short: leftovers
             with trio.CancelScope(shield=True):
                 self._close_go()  # an init that never got the go-ahead exits
                 if self.init is not None:
@@ -353,6 +355,7 @@ class Supervisor:
                 self.opened.clear()
                 oom = self.cgroup.oom_killed() if self.pid else False
                 self.cgroup.kill_all()
+                error = error or (self.net.disconnect() if self.net else "")  # its veth, ports, lease or pasta
                 detached = False
                 if mount is not None:
                     detached = _detach(mount.mountpoint)
@@ -445,7 +448,7 @@ class Supervisor:
                         opened.remove(stdio.stdin)
                     nursery.start_soon(_feed, stdio.feed, stdio.stdin, stdio.close_stdin)
                 nursery.start_soon(self._watch_union, mount)
-                nursery.start_soon(self._forward_signals)
+                await nursery.start(self._forward_signals)  # taken before "running" says they may come
                 failure = await _read_line(status)  # "error CODE MESSAGE" if exec failed; EOF once it exec'd
                 if failure.startswith("error "):
                     await helper.wait()
@@ -454,7 +457,8 @@ class Supervisor:
                     return int(failed_code), message
                 if self.pid:
                     self.started = True
-                    self.c.set_state(Status="running", Running=True, Pid=self.pid, StartedAt=now())
+                    self.c.set_state(Status="running", Running=True, Pid=self.pid, StartedAt=now(),
+                                     Network=self.net.record(self.config) if self.net else None)
                     self._ready(f"ok {self.pid}")
                 code = await helper.wait()
                 # PID 1 is gone and its namespace with it: the output pipes end; drain them, bounded
@@ -470,9 +474,10 @@ class Supervisor:
         self.union_died = f"the union filesystem process died (exit {code}): container stopped"
         self.cgroup.kill_all()
 
-    async def _forward_signals(self) -> None:
+    async def _forward_signals(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
                                        signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH) as signals:
+            task_status.started()
             interrupts = 0
             async for sig in signals:
                 if sig == signal.SIGWINCH:  # the terminal was resized: so is the pty (which tells PID 1)

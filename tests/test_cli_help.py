@@ -40,7 +40,7 @@ def test_every_flag_and_argument_is_explained_with_its_default():
 def test_run_help_reads_like_dockers(root):
     out = strata(root, "run", "--help").out
     assert "-i, --interactive" in out and "keep STDIN open" in out
-    assert "(default none)" in out and "(default: the image's)" in out
+    assert "(default bridge)" in out and "(default: the image's)" in out
     out = strata(root, "exec", "--help").out
     for flag in ("-d, --detach", "-i, --interactive", "-t, --tty", "-e, --env", "-w, --workdir", "-u, --user"):
         assert flag in out, flag

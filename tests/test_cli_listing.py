@@ -165,7 +165,10 @@ def test_inspect_format_type_and_the_keys_scripts_read(rootdir):
     with open(doc["HostnamePath"]) as f:
         assert f.read().strip() == doc["Id"][:12]
     net = doc["NetworkSettings"]
-    assert list(net["Networks"]) == ["none"] and net["IPAddress"] == "" and net["Ports"] == {}
+    # the default network: an address of strata0's subnet, the bridge's as gateway, no port published
+    assert list(net["Networks"]) == ["bridge"] and net["Bridge"] == "strata0" and net["Ports"] == {}
+    assert net["IPAddress"].startswith("10.66.") and net["Gateway"] == "10.66.0.1" and net["IPPrefixLen"] == 16
+    assert net["Networks"]["bridge"]["IPAddress"] == net["IPAddress"] and net["MacAddress"].startswith("02:42:")
     assert net["SandboxKey"] == f"/proc/{doc['State']['Pid']}/ns/net"
     assert strata(rootdir, "inspect", "-f", "{{.State.Status}} {{.Name}}", "web").out == "running /web\n"
     assert json.loads(strata(rootdir, "inspect", "--format", "{{json .Config}}", "web").out)["Labels"] == {"app": "web"}

@@ -32,7 +32,8 @@ def test_run_foreground_output_and_exit_code(rootdir):
 
 
 def test_container_sees_its_own_world(rootdir):
-    out = strata(rootdir, "run", "--rm", "--hostname", "box", "-e", "FOO=bar", "-w", "/work", "bb", "sh", "-c",
+    out = strata(rootdir, "run", "--rm", "--network", "none", "--hostname", "box", "-e", "FOO=bar", "-w", "/work",
+                 "bb", "sh", "-c",
                  "hostname; cat /etc/hostname; echo $FOO; pwd; echo $$; echo /proc/[0-9]*; "
                  "grep CapEff /proc/self/status; cat /proc/self/status | grep NoNewPrivs; "
                  "ip -o link | cut -d: -f2; touch /sys/x 2>&1 | head -c 40; ls /dev").out.split("\n")

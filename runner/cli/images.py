@@ -344,6 +344,10 @@ def cmd_system_check(store: Store, args: argparse.Namespace) -> int:
         print(p)
     for line in store.leftovers():  # no damage: space that the next writer frees
         print(line)
+    from ..net import attach  # (root: what a killed supervisor left of a container's network)
+
+    for line in attach.leftovers():
+        print(line)
     if problems:
         print(f"{len(problems)} problem(s) found", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ from store import Store, StoreError
 from .. import cgroups
 from ..containers import Container, Containers, State
 from ..errors import NoSuchContainer, NoSuchVolume, RunnerError
+from ..net import settings as net_settings
 from ..volumes import Volumes
 from . import filters, template
 from .errors import UsageError
@@ -78,7 +79,7 @@ def cmd_ps(store: Store, args: argparse.Namespace) -> int:
             "Command": ps_command(c.config["Command"], not args.no_trunc),
             "CreatedAt": c.config["Created"], "RunningFor": since(parse_when(c.config["Created"])),
             "Status": status_text(state), "State": state.get("Status"), "Names": c.name,
-            "Ports": "",  # published ports come with -p (issue 19): none yet
+            "Ports": net_settings.ps_ports(state),
             "Labels": ",".join(f"{k}={v}" for k, v in sorted((c.config["Config"].get("Labels") or {}).items())),
         })
     if args.quiet:
@@ -135,18 +136,6 @@ def cmd_top(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
-def _network_settings(mode: str, pid: int | None) -> dict[str, Any]:
-    """Docker's NetworkSettings for a container on ``none`` or ``host``: no address, no ports, the
-    namespace's path while it runs (SandboxKey)."""
-    endpoint = {"IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "", "DriverOpts": None,
-                "NetworkID": mode, "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0,
-                "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DNSNames": None}
-    return {"Bridge": "", "SandboxID": "", "SandboxKey": f"/proc/{pid}/ns/net" if pid else "",
-            "Ports": {}, "HairpinMode": False, "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0,
-            "EndpointID": "", "Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPAddress": "",
-            "IPPrefixLen": 0, "IPv6Gateway": "", "MacAddress": "", "Networks": {mode: endpoint}}
-
-
 def mount_point(m: dict[str, Any]) -> dict[str, Any]:
     """A container's mount point as Docker's inspect shows it (Name and Driver: volumes only)."""
     return {k: m.get(k, "") for k in ("Type", "Name", "Source", "Destination", "Driver", "Mode", "RW", "Propagation")
@@ -156,7 +145,6 @@ def mount_point(m: dict[str, Any]) -> dict[str, Any]:
 def inspect_container(c: Container) -> dict[str, Any]:
     state = c.state()
     cfg, hc = c.config["Config"], c.config["HostConfig"]
-    running = bool(state.get("Running"))
     return {
         "Id": c.id, "Created": c.config["Created"], "Path": c.config["Path"], "Args": c.config["Args"],
         "State": {k: state.get(k, d) for k, d in (
@@ -168,7 +156,8 @@ def inspect_container(c: Container) -> dict[str, Any]:
         "LogPath": c.path("container.log"), "Name": "/" + c.name, "RestartCount": 0,
         "Driver": "strata-unionfs", "Platform": "linux",
         "HostConfig": {"CpuShares": hc["CpuShares"], "Memory": hc["Memory"], "MemorySwap": hc["MemorySwap"],
-                       "NetworkMode": hc["NetworkMode"], "AutoRemove": hc["AutoRemove"],
+                       "NetworkMode": hc["NetworkMode"], "PortBindings": hc.get("PortBindings") or {},
+                       "PublishAllPorts": bool(hc.get("PublishAllPorts")), "AutoRemove": hc["AutoRemove"],
                        "SecurityOpt": hc.get("SecurityOpt"), "Devices": hc.get("Devices", []),
                        "DeviceCgroupRules": hc.get("DeviceCgroupRules"),
                        "CgroupVersion": str(c.config["Cgroup"]["Version"]),
@@ -184,8 +173,9 @@ def inspect_container(c: Container) -> dict[str, Any]:
         "Config": {"Hostname": cfg["Hostname"], "Env": cfg["Env"], "Cmd": cfg["Cmd"],
                    "Entrypoint": cfg["Entrypoint"], "Image": cfg["Image"], "WorkingDir": cfg["WorkingDir"],
                    "User": cfg["User"], "Tty": cfg["Tty"], "OpenStdin": cfg["OpenStdin"],
-                   "Labels": cfg.get("Labels") or {}, "Volumes": cfg.get("Volumes")},
-        "NetworkSettings": _network_settings(hc["NetworkMode"], state.get("Pid") if running else None),
+                   "Labels": cfg.get("Labels") or {}, "Volumes": cfg.get("Volumes"),
+                   **({"ExposedPorts": cfg["ExposedPorts"]} if cfg.get("ExposedPorts") else {})},
+        "NetworkSettings": net_settings.network_settings(c.config, state),
     }
 
 

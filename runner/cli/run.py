@@ -15,14 +15,14 @@ from store import Store
 from .. import cgroups, devices, lifecycle, seccomp, userns, volumemounts
 from ..containers import check_name
 from ..errors import RunnerError
-from . import mountflags
+from ..net import ports
+from . import mountflags, netflags
 from .errors import UsageError
 from .format import quoted
 from .parsing import int64
 from .units import effective_cpu_shares, memory_swap, parse_memory
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-NETWORKS = ("none", "host")
 HOST_NAME_MAX = 64  # bytes: sethostname(2) refuses more
 NOT_A_TTY = "the input device is not a TTY"  # Docker's words (exit 1) for -it with stdin from a pipe or file
 
@@ -77,8 +77,7 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
     (as Docker's CLI checks them before it asks the daemon), then the image."""
     memory = parse_memory(args.memory) if args.memory else 0
     cpu_shares = effective_cpu_shares(args.cpu_shares or 0)
-    if args.network not in NETWORKS:
-        raise RunnerError(f"network {args.network} not found")
+    ports.bindings(args.publish or [])  # -p's syntax, with the other flags (the network: below)
     check_env(args.env or [])
     if args.hostname:
         _check_hostname(args.hostname)
@@ -89,6 +88,7 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
     image = store.images.config(image_id)
     settings = image.get("config") or {}
     storage = mountflags.plan(store.root.path, args, settings.get("Volumes"))
+    net = netflags.plan(store.root.path, args, settings)
     entrypoint = settings.get("Entrypoint") or []
     cmd = args.command or settings.get("Cmd") or []
     command = list(entrypoint) + list(cmd)
@@ -122,15 +122,16 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
                    "WorkingDir": args.workdir or settings.get("WorkingDir") or "", "User": args.user or
                    settings.get("User") or "", "Tty": bool(args.tty), "OpenStdin": bool(args.interactive),
                    "Image": args.image, "Labels": {**(settings.get("Labels") or {}), **_labels(args.label)},
-                   "Volumes": storage.volumes or None},
+                   "Volumes": storage.volumes or None, "ExposedPorts": net["ExposedPorts"]},
         "HostConfig": {"CpuShares": cpu_shares, "Memory": memory, "MemorySwap": memory_swap(memory),
-                       "NetworkMode": args.network, "AutoRemove": bool(args.rm),
+                       **net["HostConfig"], "AutoRemove": bool(args.rm),
                        "SecurityOpt": list(args.security_opt or []) or None,
                        "Devices": [{"PathOnHost": spec.split(":")[0], "PathInContainer": node["path"],
                                     "CgroupPermissions": rule["access"]}
                                    for spec, (node, rule) in zip(args.device or [], host_devices, strict=True)],
                        "DeviceCgroupRules": list(args.device_cgroup_rule or []) or None, **storage.host_config},
         "MountPoints": storage.mounts,
+        "NetworkID": net["NetworkID"],  # the network's, as its name may name another one later
         "Seccomp": seccomp_setting,
         "LinuxDevices": [node for node, _ in host_devices],  # the runtime-spec's linux.devices
         "DeviceRules": device_rules,  # and its resources.devices, after the defaults
@@ -194,8 +195,7 @@ def add_parsers(sub: Any) -> None:
                    help="relative CPU weight, 2..262144 (default 0: the kernel's 1024)")
     p.add_argument("-m", "--memory", metavar="SIZE",
                    help="memory limit as 64m, 1g... (at least 6MB; default: none); swap the same again")
-    p.add_argument("--network", default="none", metavar="MODE",
-                   help=" or ".join(NETWORKS) + ": none has only a loopback, host shares the host's (default none)")
+    netflags.add_arguments(p)
     mountflags.add_arguments(p)
     p.add_argument("image", help="the image: a tag or an id (prefix)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments (default: the image's)")

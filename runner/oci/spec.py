@@ -97,18 +97,18 @@ def by_depth(mounts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def for_container(config: dict[str, Any], rootfs: str, etc_files: dict[str, str],
-                  rootless: tuple[int, int] | None = None) -> dict[str, Any]:
+                  rootless: tuple[int, int] | None = None, netns: str | None = None) -> dict[str, Any]:
     """The config.json of a strata container: ``config`` is its record (``runner.containers``),
     ``rootfs`` its union's mountpoint, ``etc_files`` the host files bound over /etc/hostname, hosts
     and resolv.conf. ``rootless``: the (uid, gid) of the ordinary user who runs it, which become root
     in a user namespace of its own (with the user's subordinate ids as 1..N: ``userns``); limits
     only in a delegated cgroup v2 subtree, no device list (the kernel keeps a user namespace away
-    from host devices)."""
+    from host devices). ``netns``: a network namespace to join (``--network container:NAME``)."""
     cfg, hc = config["Config"], config["HostConfig"]
     host_network = hc["NetworkMode"] == "host"
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")]
     if not host_network:
-        namespaces.append({"type": "network"})
+        namespaces.append({"type": "network", **({"path": netns} if netns else {})})
     resources: dict[str, Any] = {} if rootless else {"devices": devices.rules_with(config.get("DeviceRules", []))}
     # rootless, limits apply in a delegated cgroup v2 subtree (else the CLI has said they cannot)
     limits = not rootless or bool((config.get("Cgroup") or {}).get("Version"))
