@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEB_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev pkg-config libfuse3-dev fuse3 patch \
 	libseccomp2 busybox-static skopeo umoci zstd docker-registry uidmap containerd podman conmon fuse-overlayfs \
-	nftables passt
+	nftables passt apache2-utils openssl
 BENCH_PACKAGES := debootstrap fuse-overlayfs crun bubblewrap strace podman runc
 PYTEST_ARGS ?=
 # pyfuse3 is built from its source release with unionfs/pyfuse3.patch (its header says what it

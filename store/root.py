@@ -105,6 +105,9 @@ class Root:
         self.layers = os.path.join(self.path, "layers")
         self.images = os.path.join(self.path, "images")
         self.tmp = os.path.join(self.path, "tmp")
+        self.downloads = os.path.join(self.path, "downloads")  # a pull's blobs before they are staged
+        self.uploads = os.path.join(self.path, "uploads")  # pushes' unfinished upload sessions
+        self.places = os.path.join(self.path, "places")  # which registry repositories hold which blobs
         self.repositories = os.path.join(self.path, "repositories.json")
         self.lockfile = os.path.join(self.path, "lock")
         self.gc_lockfile = os.path.join(self.path, "gc.lock")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, cast
 
@@ -65,6 +66,9 @@ class Source:
     """The interface the loader reads an archive through."""
 
     where: str
+    # read and verify a member whose layer the store has already: an archive's copy may be damaged or
+    # substituted; a registry's blob is named by its digest, so it is not fetched at all
+    check_present = True
 
     def exists(self, name: str) -> bool:
         raise NotImplementedError
@@ -77,6 +81,11 @@ class Source:
 
     def names(self) -> list[str]:
         raise NotImplementedError
+
+    def prefetch(self, names: list[str], progress: Callable[[str, int, int], None] | None) -> set[str]:
+        """The layer blobs about to be opened: a source that can fetch them ahead (a registry) starts
+        now, and returns the names whose progress it reports itself."""
+        return set()
 
     def read(self, name: str, limit: int = 64 << 20) -> bytes:
         if self.size(name) > limit:

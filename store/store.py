@@ -12,25 +12,28 @@ import json
 import os
 import platform
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .blobs import Blobs, StagedBlob
 from .changes import apply_changes
 from .compression import decompressing
 from .digest import HashingReader, chain_id, chain_ids, hex_of, sha256_bytes
-from .errors import BadInput, Conflict, StoreError
+from .errors import BadInput, Conflict, RegistryError, StoreError
 from .images import Images, now, parse_ref, validate_config
 from .layers import Layers, StagedLayer
-from .load import plan
-from .registry import Client, RegistrySource, push_image, split_remote
+from .load import ImagePlan, plan
 from .root import Root, Transaction, default_root
 from .save import SaveItem, write_archive
 from .sources import Source, open_source
 from .tarwrite import write_tree
+
+if TYPE_CHECKING:
+    from .registry import RemoteOptions
 
 # (item, bytes done, bytes total; 0 when unknown). An item is one layer (its blob's or diff_id's first 12
 # hex digits) or one whole transfer ("import", "save"); a layer that is already here is not reported.
@@ -107,34 +110,64 @@ class Store:
             notes, loaded = self._add_from(txn, open_source(path, stdin, txn), progress)
         return notes + loaded
 
-    def pull(self, ref: str, progress: Progress | None = None) -> tuple[str, str, list[str]]:
-        """Pull ``host[:port]/repo[:tag]`` from its registry, checked and staged as a load is.
-        Returns (the local tag, the manifest's digest, notes on re-pointed tags)."""
-        host, repo, tag = split_remote(ref)
-        local = "{}:{}".format(*parse_ref(ref))
-        with self.root.writer() as txn, _naming(ref):
-            source = RegistrySource(Client(host), repo, tag, local)
-            notes, _loaded = self._add_from(txn, source, progress)
-        return local, source.digest, notes
+    def pull(self, ref: str, progress: Progress | None = None, options: RemoteOptions | None = None,
+             parallel: int = 3) -> tuple[str, str, list[str]]:
+        """Pull ``[host[:port]/]repo[:tag|@digest]`` from its registry, checked and staged as a load is,
+        ``parallel`` layers at a time. Returns (the local tag, or the reference for a pull by digest
+        alone, which tags nothing; the digest the reference names; notes on re-pointed tags).
 
-    def push(self, ref: str, progress: Progress | None = None) -> tuple[str, str]:
-        """Push the local image tagged ``host[:port]/repo[:tag]`` to that registry; returns (the tag,
-        the manifest's digest). Layers go as they are stored (compressed or not)."""
-        host, repo, tag = split_remote(ref)
+        Layer blobs come into ``downloads/`` first (``download.py``); a pull that stops on the network
+        leaves them there for the next one, any other failure removes what it fetched."""
+        # imported here: urllib3 and ssl cost ~90 ms, which only commands that talk to registries pay
+        from .download import Downloads
+        from .places import Places
+        from .registry import Registry, RegistrySource, Repository, parse_platform, parse_remote
+
+        options = options or _default_options()
+        remote = parse_remote(ref)
+        want = parse_platform(options.platform)
+        local = remote.local
+        with self.root.writer() as txn, _naming(str(remote)):
+            repo = Repository(Registry(remote.host, options, remote.repository), remote.repository)
+            downloads = Downloads(self.root.downloads)
+            source = RegistrySource(repo, remote.reference, local, want, downloads, parallel)
+            try:
+                notes, _loaded = self._add_from(txn, source, progress)
+            except (RegistryError, KeyboardInterrupt):
+                raise  # stopped on the network: what was fetched and verified stays for the next pull
+            except BaseException:
+                downloads.discard(source.fetched())
+                raise
+            downloads.discard(source.fetched())  # in the store now
+            Places(self.root.places).note(remote.host, remote.repository, source.blobs())
+        return local or str(remote), source.digest, notes
+
+    def push(self, ref: str, progress: Progress | None = None, options: RemoteOptions | None = None,
+             parallel: int = 3) -> tuple[str, str]:
+        """Push the local image tagged ``[host[:port]/]repo[:tag]`` to that registry; returns (the tag,
+        the manifest's digest). Layers go as they are stored (compressed or not), ``parallel`` at a
+        time; see ``upload.py`` for what is skipped, mounted and resumed."""
+        from .places import Places
+        from .registry import Registry, parse_remote
+        from .upload import Blob, Pusher, Sessions
+
+        options = options or _default_options()
+        remote = parse_remote(ref)
+        if remote.digest is not None:
+            raise BadInput(f"{ref}: push takes a tag, not a digest")
+        tag = remote.tag or "latest"
         image_id = self.images.resolve(ref)
         config = self.blobs.read(image_id)
         layers = []
         for chain in self.images.chain(image_id):
             info = self.layers.info(chain)
-            layers.append((info.blob, info.media_type, info.blob_size,
-                           partial(open, self.blobs.path(info.blob), "rb")))
-        counts = {digest: _Counter(progress, size, hex_of(digest)[:12]) for digest, _, size, _ in layers}
-
-        def pushed(digest: str, size: int) -> None:
-            if digest in counts:
-                counts[digest](size)
-
-        return tag, push_image(Client(host), repo, tag, config, layers, pushed)  # type: ignore[arg-type]
+            layers.append(Blob(info.blob, info.blob_size, info.media_type,
+                               partial(self.blobs.open, info.blob), hex_of(info.blob)[:12]))
+        with _naming(str(remote)):
+            registry = Registry(remote.host, options, remote.repository)
+            pusher = Pusher(registry, remote.repository, Sessions(self.root.uploads), Places(self.root.places),
+                            parallel, _locked(progress))
+            return tag, pusher.push(tag, layers, config)
 
     def _add_from(self, txn: Transaction, source: Source, progress: Progress | None) -> tuple[list[str], list[str]]:
         """Stage and publish every image ``source`` holds (load and pull). Returns notes on re-pointed
@@ -147,6 +180,7 @@ class Store:
             configs: list[StagedBlob] = []
             records: list[tuple[str, str | None]] = []
             ids: list[str] = []
+            ahead = source.prefetch(self._missing(plans), progress)
             for p in plans:
                 diff_ids: list[str] = []
                 parent: str | None = None
@@ -156,7 +190,8 @@ class Store:
                     if diff_id is None:
                         diff_id = learnt[ref.member] = self._diff_id_of(source.open(ref.member), where)
                     chain = chain_id(parent, diff_id)
-                    if chain not in staged and self.layers.exists(chain) and ref.member not in {*learnt, *checked}:
+                    if chain not in staged and self.layers.exists(chain) and source.check_present \
+                            and ref.member not in {*learnt, *checked}:
                         with source.open(ref.member) as raw:  # here already: the archive's copy is checked all the same
                             self.layers.verify(raw, where, diff_id, ref.blob_digest)
                         checked.add(ref.member)
@@ -164,9 +199,9 @@ class Store:
                         with source.open(ref.member) as raw:
                             staged[chain] = self.layers.stage(
                                 txn, raw, parent=parent, where=where, diff_id=diff_id,
-                                                blob_digest=ref.blob_digest,
-                                progress=_Counter(progress, source.size(ref.member),
-                                                  hex_of(ref.blob_digest or diff_id)[:12]),
+                                blob_digest=ref.blob_digest,
+                                progress=None if ref.member in ahead else _Counter(
+                                    progress, source.size(ref.member), hex_of(ref.blob_digest or diff_id)[:12]),
                             )
                     diff_ids.append(diff_id)
                     parent = chain
@@ -186,6 +221,19 @@ class Store:
         loaded = [f"Loaded image: {t}" for t, _ in tags]
         loaded += [f"Loaded image ID: {ids[i]}" for i, p in enumerate(plans) if not p.tags and i not in parents]
         return notes, loaded
+
+    def _missing(self, plans: list[ImagePlan]) -> list[str]:
+        """Members of the layers that will be staged (known diff_ids whose chain is not here), in order."""
+        out: list[str] = []
+        for p in plans:
+            parent: str | None = None
+            for ref in p.layers:
+                if ref.diff_id is None:
+                    break
+                parent = chain_id(parent, ref.diff_id)
+                if not self.layers.exists(parent) and ref.member not in out:
+                    out.append(ref.member)
+        return out
 
     @staticmethod
     def _diff_id_of(raw: BinaryIO, where: str) -> str:
@@ -489,10 +537,34 @@ class Store:
         return problems
 
     def leftovers(self) -> list[str]:
-        """What writers that died left staged in ``tmp/``: not damage (nothing refers to it), space
-        the next writer frees."""
-        return [f"tmp/{name}: {size} bytes staged by a writer that died (the next writer removes them)"
-                for name, size in self.root.leftovers()]
+        """What writers that died left staged in ``tmp/``, and what stopped pulls left in
+        ``downloads/``: not damage (nothing refers to it), space the next writer or pull frees."""
+        from .download import Downloads
+
+        out = [f"tmp/{name}: {size} bytes staged by a writer that died (the next writer removes them)"
+               for name, size in self.root.leftovers()]
+        out += [f"downloads/sha256/{name}: {size} bytes fetched by a pull that stopped (the next pull of it "
+                "goes on from there)" for name, size in Downloads(self.root.downloads).kept()]
+        return out
+
+
+def _default_options() -> RemoteOptions:
+    from .registry import RemoteOptions
+
+    return RemoteOptions()
+
+
+def _locked(progress: Progress | None) -> Progress | None:
+    """``progress`` made safe to call from the transfer threads (one terminal, many threads)."""
+    if progress is None:
+        return None
+    lock = threading.Lock()
+
+    def report(item: str, done: int, total: int) -> None:
+        with lock:
+            progress(item, done, total)
+
+    return report
 
 
 def _failpoint(name: str) -> None:

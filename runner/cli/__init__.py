@@ -5,7 +5,7 @@ raise on purpose becomes one line on stderr: exit 1 for image commands (``StoreE
 container commands (``RunnerError``, as Docker) or the code a ``StartFailed`` carries (126: cannot
 run, 127: not found); a command line that does not parse, a line and a hint to ``--help``, exit 125
 (``parsing``); anything else is a bug and keeps its traceback. One module per verb group: ``images``,
-``build``, ``run``, ``listing`` (ps, top, inspect, logs), ``containers`` (stop ... export), ``exec``, ``volumes``
+``build``, ``registry`` (login, logout), ``run``, ``listing`` (ps, top, inspect, logs), ``containers`` (stop ... export), ``exec``, ``volumes``
 (``volume create|ls|inspect|rm|prune``), ``network`` (``network create|ls|inspect|rm``, ``port``),
 ``version``.
 """
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from store import Store, StoreError
 
 from ..errors import RunnerError, StartFailed
-from . import build, containers, images, listing, run, version, volumes
+from . import build, containers, images, listing, registry, run, version, volumes
 from . import exec as exec_verb
 from . import network as network_verbs
 from .errors import ParseError, UsageError
@@ -43,6 +43,7 @@ def parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True, parser_class=Parser)
     images.add_parsers(sub)
     build.add_parsers(sub)
+    registry.add_parsers(sub)
     for verbs in (run, listing, containers, exec_verb, volumes, network_verbs):  # Docker's order in --help
         verbs.add_parsers(sub)
     version.add_parsers(sub)

@@ -18,7 +18,7 @@ from store.images import familiar
 from ..containers import Containers
 from ..errors import NoSuchContainer, RunnerError
 from ..mounts import CONTAINER, LAYER, ImageMounts
-from . import filters
+from . import filters, registry
 from .errors import UsageError
 from .format import ellipsis, human_size, parse_when, since, table
 from .progress import Bars
@@ -273,9 +273,10 @@ def cmd_load(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_pull(store: Store, args: argparse.Namespace) -> int:
+    options = registry.remote_options(args)
     progress = None if args.quiet else _progress("Downloading", "Pull complete")
     with _drawing(progress):
-        local, digest, notes = store.pull(args.name, progress)
+        local, digest, notes = store.pull(args.name, progress, options)
     for note in notes:
         print(note)
     if not args.quiet:
@@ -286,9 +287,10 @@ def cmd_pull(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_push(store: Store, args: argparse.Namespace) -> int:
+    options = registry.remote_options(args)
     progress = None if args.quiet else _progress("Pushing", "Pushed")
     with _drawing(progress):
-        tag, digest = store.push(args.name, progress)
+        tag, digest = store.push(args.name, progress, options)
     print(f"{tag}: digest: {digest}")
     return 0
 
@@ -423,13 +425,16 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress (default: bars on a terminal)")
     p.set_defaults(func=cmd_load)
 
-    p = sub.add_parser("pull", help="pull an image from a registry (HOST[:PORT]/NAME[:TAG])")
-    p.add_argument("name", help="HOST[:PORT]/NAME[:TAG] (default tag: latest); HTTP for loopback hosts")
+    p = sub.add_parser("pull", help="pull an image from a registry (HOST[:PORT]/NAME[:TAG|@DIGEST])")
+    p.add_argument("name", help="HOST[:PORT]/NAME[:TAG] (default tag: latest), or NAME@sha256:... (checked "
+                                "against the manifest's bytes; tags nothing); no host: Docker Hub")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the local name (default: progress too)")
+    registry.add_remote_flags(p, platform=True)
     p.set_defaults(func=cmd_pull)
     p = sub.add_parser("push", help="push a local image to the registry its name names")
     p.add_argument("name", help="a local tag HOST[:PORT]/NAME[:TAG] (strata tag one first)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress (default: bars on a terminal)")
+    registry.add_remote_flags(p)
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("save", help="save images to a tar archive (Docker >= 25 / OCI layout)")
