@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEB_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev pkg-config libfuse3-dev fuse3 patch \
 	libseccomp2 busybox-static skopeo umoci zstd docker-registry uidmap containerd podman conmon fuse-overlayfs \
-	nftables passt apache2-utils openssl
+	nftables passt
 BENCH_PACKAGES := debootstrap fuse-overlayfs crun bubblewrap strace podman runc
 PYTEST_ARGS ?=
 # pyfuse3 is built from its source release with unionfs/pyfuse3.patch (its header says what it
@@ -69,11 +69,13 @@ bench: deps
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_PACKAGES)"
 	@$(BIN)/python bench/store_bench.py
 	@$(BIN)/python bench/unionfs_bench.py
+	@$(BIN)/python bench/mount_bench.py  # a container's union mount: kernel, fuse-overlayfs, strata-unionfs's warm server
 	@$(BIN)/python bench/unionfs_ab.py  # the union fs of this tree against the one before fs.py's split
 	@$(BIN)/python bench/fuse_requests.py
 	@$(BIN)/python bench/daemon_cpu.py
 	@$(BIN)/python bench/fuse_floor.py
 	@$(BIN)/python bench/runner_bench.py
+	@$(BIN)/python bench/podman_bench.py  # podman run --rm: strata-oci + strata-unionfs against runc + fuse-overlayfs / overlayfs
 	@$(BIN)/python bench/rootless_bench.py
 
 clean:
