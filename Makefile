@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEB_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev pkg-config libfuse3-dev fuse3 patch \
 	libseccomp2 busybox-static skopeo umoci zstd docker-registry uidmap containerd podman conmon fuse-overlayfs \
-	nftables passt
+	nftables passt buildah
 BENCH_PACKAGES := debootstrap fuse-overlayfs crun bubblewrap strace podman runc
 PYTEST_ARGS ?=
 # pyfuse3 is built from its source release with unionfs/pyfuse3.patch (its header says what it
@@ -75,6 +75,7 @@ bench: deps
 	@$(BIN)/python bench/daemon_cpu.py
 	@$(BIN)/python bench/fuse_floor.py
 	@$(BIN)/python bench/runner_bench.py
+	@$(BIN)/python bench/build_bench.py  # strata build against buildah bud, fresh and fully cached
 	@$(BIN)/python bench/podman_bench.py  # podman run --rm: strata-oci + strata-unionfs against runc + fuse-overlayfs / overlayfs
 	@$(BIN)/python bench/rootless_bench.py
 

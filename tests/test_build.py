@@ -112,6 +112,17 @@ def test_changing_a_copied_file_rebuilds_from_that_step_on(rootdir, tmp_path):
     assert "CACHED" not in got.values()
 
 
+def test_run_steps_get_runs_default_network_unless_told(rootdir, tmp_path):
+    ctx = write(tmp_path / "ctx", {"Dockerfile": "FROM bb\nRUN ls /sys/class/net > /nets\n"})
+    strata(rootdir, "build", "-q", "-t", "bridged", ctx)
+    assert "eth0" in run(rootdir, "bridged", "cat", "/nets").split()
+    # (the network is no part of a step's cache key, in Docker's builder either: --no-cache runs it again)
+    strata(rootdir, "build", "-q", "--no-cache", "--network", "none", "-t", "alone", ctx)
+    assert run(rootdir, "alone", "cat", "/nets").split() == ["lo"]
+    res = strata(rootdir, "build", "-q", "--network", "nonsense", ctx, check=False)
+    assert res.code == 1 and res.err == "Error: network mode 'nonsense' is not supported: bridge or none or host\n"
+
+
 def test_a_build_arg_misses_only_from_the_first_run_that_sees_it(rootdir, tmp_path):
     ctx = write(tmp_path / "ctx", {"Dockerfile": "FROM bb\nRUN echo one > /1\nARG V=a\nRUN echo $V > /v\n"})
     strata(rootdir, "build", "-q", ctx)
@@ -202,12 +213,12 @@ def test_add_unpacks_local_tars_and_refuses_a_url_without_network(rootdir, tmp_p
     assert run(rootdir, "added", "sh", "-c", "cat /opt/pkg/bin/tool; stat -c %u:%a /opt/pkg/bin/tool; ls /raw; ls /copied") \
         == "tool\n42:755\nnotatar.gz\npkg.tar.xz\n"
     write(ctx, {"Dockerfile": "FROM bb\nADD http://127.0.0.1:1/file /f\n"})
-    res = strata(rootdir, "build", "-q", str(ctx), check=False)
+    res = strata(rootdir, "build", "-q", "--network", "none", str(ctx), check=False)
     assert res.code == 1 and res.err.startswith("Error: Dockerfile:2: ADD http://127.0.0.1:1/file: the build has no "
                                                  "network")
 
 
-def test_add_downloads_a_url_with_the_hosts_network(rootdir, tmp_path):
+def test_add_downloads_a_url_when_the_build_has_a_network(rootdir, tmp_path):
     served = tmp_path / "served"
     served.mkdir()
     (served / "remote.txt").write_text("from the server\n")
@@ -225,7 +236,7 @@ def test_add_downloads_a_url_with_the_hosts_network(rootdir, tmp_path):
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/remote.txt"
         ctx = write(tmp_path / "ctx", {"Dockerfile": f"FROM bb\nADD {url} /dl/\n"})
-        strata(rootdir, "build", "-q", "--network", "host", "-t", "dl", ctx)
+        strata(rootdir, "build", "-q", "-t", "dl", ctx)  # bridge, run's default: strata fetches it, as dockerd
     finally:
         server.shutdown()
         server.server_close()

@@ -108,7 +108,7 @@ def download(plan: CopyPlan, scratch: str, network: bool, where: str) -> list[So
     found = []
     for n, url in enumerate(s for s in plan.sources if "://" in s and not s.startswith("<<")):
         if not network:
-            raise BuildError(f"{where}: ADD {url}: the build has no network (--network none): use --network host, "
+            raise BuildError(f"{where}: ADD {url}: the build has no network (--network none): build without it, "
                              "or COPY a file downloaded beforehand")
         name = posixpath.basename(urllib.parse.urlparse(url).path)
         if not name and plan.target.endswith("/"):

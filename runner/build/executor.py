@@ -40,7 +40,7 @@ from .plan import Options, Plan, Planner, StagePlan, Step
 from .progress import Progress, Vertex, size
 from .trees import Checksums, ImageTree
 
-NETWORKS = ("none", "host")
+NETWORKS = ("bridge", "none", "host")  # run's default first
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Request:
     tags: list[str] = field(default_factory=list)
     options: Options = field(default_factory=Options)
     no_cache: bool = False
-    network: str = "none"
+    network: str = "bridge"
 
 
 def build(store: Store, request: Request, progress: Progress, stdin: BinaryIO | None = None) -> str:
@@ -270,7 +270,7 @@ class _Builder:
                 layers.close()
                 raise
         else:
-            found = self.sources[id(step)] + copystep.download(plan, self.scratch, self.request.network == "host",
+            found = self.sources[id(step)] + copystep.download(plan, self.scratch, self.request.network != "none",
                                                                where)
         if len(found) > 1 and not plan.dest.endswith("/"):
             if layers is not None:

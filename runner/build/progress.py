@@ -61,7 +61,7 @@ class Vertex:
         self.started = time.monotonic()
         self.partial = b""
         self.lines: list[str] = []  # kept for tty, which shows a failed step's output
-        self.last_status = 0.0
+        self.last_status = self.started  # an unfinished status only once the step has taken a second
         if progress.mode == "plain":
             progress.write(f"#{number} {name}\n")
 

@@ -4,8 +4,8 @@ then the supervisor attached), whose upper the step then commits, and which then
 The supervisor runs in a fork of the build (a fresh single-threaded process each time: the
 container's init must be forked from one); its output comes back on a pipe, line by line, to the
 progress. The container has the step's environment (the image's Env, then the build args in
-scope), its WORKDIR and USER, no entrypoint, ``run``'s default network (``--network host``: the
-host's), Docker's seccomp filter and capabilities. A ``RUN <<EOF`` script that starts with ``#!``
+scope), its WORKDIR and USER, no entrypoint, ``run``'s default network (bridge; ``--network none``
+or ``host``), Docker's seccomp filter and capabilities. A ``RUN <<EOF`` script that starts with ``#!``
 is put in the container's init layer (a lower: never in the upper) at ``/.strata-heredoc/NAME``.
 """
 
@@ -46,8 +46,10 @@ def container_config(store: Store, image_id: str, cmd: list[str], env: list[str]
         "Config": {"Hostname": hostname, "Env": [*env, f"HOSTNAME={hostname}"], "Cmd": cmd, "Entrypoint": None,
                    "WorkingDir": workdir, "User": user, "Tty": False, "OpenStdin": False, "Image": image_id,
                    "Labels": {}},
-        "HostConfig": {"CpuShares": 0, "Memory": 0, "MemorySwap": 0, "NetworkMode": network, "AutoRemove": False,
-                       "SecurityOpt": None, "Devices": [], "DeviceCgroupRules": None},
+        "HostConfig": {"CpuShares": 0, "Memory": 0, "MemorySwap": 0, "NetworkMode": network, "PortBindings": {},
+                       "PublishAllPorts": False, "AutoRemove": False, "SecurityOpt": None, "Devices": [],
+                       "DeviceCgroupRules": None},
+        "NetworkID": "",  # the network the mode names
         "Seccomp": "default", "LinuxDevices": [], "DeviceRules": [],
         "Cgroup": {"Version": cg.version, "Dirs": cg.dirs()},
         "LowerDirs": [store.layers.diff_dir(c) for c in reversed(chain)],

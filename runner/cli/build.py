@@ -80,7 +80,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--label", action="append", metavar="KEY[=VALUE]", help="a label on the image; repeatable")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image id (default: progress on "
                                                               "stderr)")
-    p.add_argument("--network", default="none", metavar="MODE",
-                   help="RUN's network: none (a loopback) or host (default none)")
+    p.add_argument("--network", default="bridge", metavar="MODE",
+                   help="RUN's network, as run's: bridge, none (a loopback only; ADD of a URL is refused) or host "
+                        "(default bridge)")
     p.add_argument("context", metavar="CONTEXT", help="the build context: a directory, or - for a tar on stdin")
     p.set_defaults(func=cmd_build)
