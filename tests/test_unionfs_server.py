@@ -142,6 +142,8 @@ def test_bad_options_give_one_line_and_mount_nothing(tmp_path, caller, through):
     assert res.returncode == 1 and res.stderr == f"unionfs: {tmp_path}/missing: not a directory\n"
     if through == "server":
         assert children(server) == before  # nothing forked for them: the spare still waits
+    else:
+        assert server_pids(caller.dir) == []  # and no server started by a mount that failed
 
 
 def test_what_containers_storage_and_its_mountopt_pass_is_taken(tmp_path, caller):
@@ -208,15 +210,19 @@ def test_a_server_only_mounts_in_its_own_namespaces(tmp_path, caller):
                             f'{caller.script} -o lowerdir={a} {merged} && grep -c " {merged} " /proc/self/mountinfo'
                             f' && readlink /proc/self/ns/mnt'],
                            env=caller.env, capture_output=True, text=True, timeout=60)
-    assert inner.returncode == 0, inner.stderr
-    count, namespace = inner.stdout.split()
-    assert count == "1" and not is_mounted(merged)  # made in its namespace only
-    assert children(ours) == spare  # not ours to make
-    key = f"{os.stat('/proc/self/ns/user').st_ino}-{namespace.strip('mnt:[]')}"
-    assert os.path.exists(os.path.join(caller.dir, client.socket_name(key)))
-    # the daemon serving that namespace's mount, and its server, are stopped by pid (cleanup)
-    daemons = [int(p) for p in os.listdir("/proc") if p.isdigit() and _in_namespace(int(p), namespace)]
-    stop([p for p in daemons if p not in server_pids(caller.dir)])
+    namespace = inner.stdout.split()[-1] if inner.stdout.split() else ""
+    try:
+        assert inner.returncode == 0, inner.stderr
+        count = inner.stdout.split()[0]
+        assert count == "1" and not is_mounted(merged)  # made in its namespace only
+        assert children(ours) == spare  # not ours to make
+        key = f"{os.stat('/proc/self/ns/user').st_ino}-{namespace.strip('mnt:[]')}"
+        wait_for(lambda: os.path.exists(os.path.join(caller.dir, client.socket_name(key)[:-5] + ".pid")),
+                 what="a server for that namespace")  # started once the (cold) mount was made
+        assert len(server_pids(caller.dir)) == 2
+    finally:
+        # that namespace's daemon and server (and its spare) are stopped by pid: nothing else is in it
+        stop([int(p) for p in os.listdir("/proc") if p.isdigit() and _in_namespace(int(p), namespace)])
 
 
 def _in_namespace(pid: int, namespace: str) -> bool:

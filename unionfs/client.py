@@ -6,8 +6,8 @@ once the mount is ready; this process exits 0 then, or prints the error, as ``py
 Only ``strata-unionfs -o OPTIONS [-o ...] MOUNTPOINT`` goes to a server. Anything else (``-u``,
 ``-f``, ``--help``, a usage error), ``STRATA_UNIONFS_NO_SERVER=1``, no private directory for the
 socket, or a server that cannot serve this caller (it runs other code, or has lower limits) runs
-here, as ``python -m unionfs`` would (a *cold* mount); where no server listened, one is started in
-the background for the next mount.
+here, as ``python -m unionfs`` would (a *cold* mount); where no server listened (or a stale one),
+one is started in the background for the next mount, once this one is made.
 
 One server per user and per namespace pair (user, mount): its socket is
 ``DIR/mount-<user ns>-<mount ns>.sock`` (the namespaces' inode numbers), DIR being
@@ -92,24 +92,24 @@ def encode(options: list[str], mountpoint: str) -> bytes:
     return len(body).to_bytes(4, "little") + body
 
 
-def via_server(options: list[str], mountpoint: str) -> int | None:
-    """Ask the server for the mount: the exit code, or None if it cannot (then mount here)."""
+def via_server(options: list[str], mountpoint: str) -> tuple[int | None, str | None]:
+    """Ask the server for the mount: (the exit code, None), or (None, what to start) if it cannot
+    (then mount here and, if that worked, start a server for the next mount: ``DIR KEY``)."""
     import _socket
 
     directory = server_dir()
     if not private_dir(directory):
-        return None
+        return None, None
     try:
         key = namespaces()
     except OSError:
-        return None
+        return None, None
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.connect(os.path.join(directory, socket_name(key)))
     except OSError:
         sock.close()
-        start_server(directory, key)
-        return None
+        return None, f"{directory}\0{key}"
     answer = b""
     try:
         request = encode(options, mountpoint)
@@ -126,15 +126,13 @@ def via_server(options: list[str], mountpoint: str) -> int | None:
         pass
     finally:
         sock.close()
-    if answer == b"stale":
-        start_server(directory, key)
-    if not answer.startswith(b"+"):
-        return None  # stale, or a server going away before it took the request: mount here
+    if not answer.startswith(b"+"):  # stale, or a server going away before it took the request
+        return None, f"{directory}\0{key}" if answer == b"stale" else None
     message = answer[1:].decode(errors="replace")
     if message == "ok":
-        return 0
+        return 0, None
     print(f"unionfs: {message or 'the daemon died before the mount was ready'}", file=sys.stderr)
-    return 1
+    return 1, None
 
 
 def start_server(directory: str, key: str) -> None:
@@ -157,14 +155,18 @@ def start_server(directory: str, key: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     request = mount_request(args)
+    start = None
     if request is not None and os.environ.get("STRATA_UNIONFS_NO_SERVER") != "1":
-        code = via_server(*request)
+        code, start = via_server(*request)
         if code is not None:
             sys.stderr.flush()
             os._exit(code)  # nothing of ours to clean up: skip the interpreter's shutdown
     from .mount import main as mount_here
 
-    return mount_here(args, prog="strata-unionfs")
+    code = mount_here(args, prog="strata-unionfs")
+    if code == 0 and start is not None:  # a server for the next mount (none is left by a failed one)
+        start_server(*start.split("\0"))
+    return code
 
 
 if __name__ == "__main__":
