@@ -8,8 +8,11 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEB_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev pkg-config libfuse3-dev fuse3 patch \
 	libseccomp2 busybox-static skopeo umoci zstd docker-registry uidmap containerd podman conmon fuse-overlayfs \
-	nftables passt buildah
+	nftables passt apache2-utils openssl buildah
 BENCH_PACKAGES := debootstrap fuse-overlayfs crun bubblewrap strace podman runc
+# tests/test_lab.py validates the lab's Vagrantfile with them (`make lab` needs more: vagrant/lab.sh)
+TEST_PACKAGES := vagrant vagrant-libvirt
+APT_FLAGS ?=
 PYTEST_ARGS ?=
 # pyfuse3 is built from its source release with unionfs/pyfuse3.patch (its header says what it
 # changes and why); the local version label says so in `pip list`
@@ -17,7 +20,7 @@ PYFUSE3 := 3.5.0
 PYFUSE3_SRC := build/pyfuse3/pyfuse3-$(PYFUSE3)
 PIP := $(BIN)/pip -q --disable-pip-version-check
 
-.PHONY: deps demo test lint bench clean apt-install
+.PHONY: deps demo test lint bench clean apt-install lab lab-down
 
 deps: $(BIN)/strata
 	@# rootless strata mounts through /dev/fuse: say so where users cannot open it (root needs nothing)
@@ -34,7 +37,7 @@ apt-install:
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_FLAGS) $$missing; \
 	fi
 
 $(BIN)/python: | .stamp-deb
@@ -59,6 +62,7 @@ demo: deps
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/walkthrough.sh
 
 test: deps lint
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(TEST_PACKAGES)" APT_FLAGS=--no-install-recommends
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: deps
@@ -68,6 +72,7 @@ lint: deps
 bench: deps
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_PACKAGES)"
 	@$(BIN)/python bench/store_bench.py
+	@$(BIN)/python bench/registry_bench.py
 	@$(BIN)/python bench/unionfs_bench.py
 	@$(BIN)/python bench/mount_bench.py  # a container's union mount: kernel, fuse-overlayfs, strata-unionfs's warm server
 	@$(BIN)/python bench/unionfs_ab.py  # the union fs of this tree against the one before fs.py's split
@@ -78,6 +83,14 @@ bench: deps
 	@$(BIN)/python bench/build_bench.py  # strata build against buildah bud, fresh and fully cached
 	@$(BIN)/python bench/podman_bench.py  # podman run --rm: strata-oci + strata-unionfs against runc + fuse-overlayfs / overlayfs
 	@$(BIN)/python bench/rootless_bench.py
+
+# the test lab (root; vagrant/README.md): two VMs under libvirt, the tests and the two-host walkthrough
+# inside, a summary of the checks; lab-down destroys them and stops what lab started
+lab:
+	@bash vagrant/lab.sh up
+
+lab-down:
+	@bash vagrant/lab.sh down
 
 clean:
 	rm -rf $(VENV) .stamp-deb build *.egg-info
