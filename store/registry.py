@@ -337,6 +337,8 @@ class RegistrySource(Source):
         return name in self._docs or name.startswith("blobs/sha256/")
 
     def prefetch(self, names: list[str], progress: Progress | None) -> set[str]:
+        if self.parallel < 1:  # no fetching ahead: each layer streams from the registry as it is staged
+            return set()
         digests = list(dict.fromkeys(self._digest(n) for n in names))
         self._fetcher = Fetcher(self.downloads, self.repo.open_blob, self.where, self.parallel, progress)
         self._fetcher.start([(d, self.size(f"blobs/sha256/{hex_of(d)}"), hex_of(d)[:12]) for d in digests])

@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import itertools
 import json
 import os
 import shutil
@@ -210,11 +211,10 @@ class Transaction:
     def __init__(self, root: Root, path: str) -> None:
         self.root = root
         self.dir = path
-        self._n = 0
+        self._n = itertools.count(1)  # next() is atomic: stages in threads take names
 
     def new_path(self, hint: str) -> str:
-        self._n += 1
-        return os.path.join(self.dir, f"{self._n}-{hint}")
+        return os.path.join(self.dir, f"{next(self._n)}-{hint}")
 
     def publish(self, staged: str, final: str) -> bool:
         """Rename ``staged`` to ``final`` unless ``final`` exists; True if it was published.

@@ -14,6 +14,7 @@ import platform
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -113,7 +114,7 @@ class Store:
     def pull(self, ref: str, progress: Progress | None = None, options: RemoteOptions | None = None,
              parallel: int = 3) -> tuple[str, str, list[str]]:
         """Pull ``[host[:port]/]repo[:tag|@digest]`` from its registry, checked and staged as a load is,
-        ``parallel`` layers at a time. Returns (the local tag, or the reference for a pull by digest
+        ``parallel`` layers at a time (0: none ahead, each streamed as it is staged, not resumable). Returns (the local tag, or the reference for a pull by digest
         alone, which tags nothing; the digest the reference names; notes on re-pointed tags).
 
         Layer blobs come into ``downloads/`` first (``download.py``); a pull that stops on the network
@@ -172,6 +173,7 @@ class Store:
     def _add_from(self, txn: Transaction, source: Source, progress: Progress | None) -> tuple[list[str], list[str]]:
         """Stage and publish every image ``source`` holds (load and pull). Returns notes on re-pointed
         tags, and Docker's ``Loaded image`` lines."""
+        workers: ThreadPoolExecutor | None = None
         try:
             plans = plan(source)
             staged: dict[str, StagedLayer] = {}
@@ -181,6 +183,11 @@ class Store:
             records: list[tuple[str, str | None]] = []
             ids: list[str] = []
             ahead = source.prefetch(self._missing(plans), progress)
+            # layers fetched ahead are staged as they arrive, a thread each: decompressing, hashing and
+            # writing let go of the GIL, so layers extract side by side
+            if ahead:
+                workers = ThreadPoolExecutor(max_workers=len(ahead), thread_name_prefix="stage")
+            pending: dict[str, Future[StagedLayer]] = {}
             for p in plans:
                 diff_ids: list[str] = []
                 parent: str | None = None
@@ -190,19 +197,20 @@ class Store:
                     if diff_id is None:
                         diff_id = learnt[ref.member] = self._diff_id_of(source.open(ref.member), where)
                     chain = chain_id(parent, diff_id)
-                    if chain not in staged and self.layers.exists(chain) and source.check_present \
+                    if chain in pending:
+                        pass
+                    elif chain not in staged and self.layers.exists(chain) and source.check_present \
                             and ref.member not in {*learnt, *checked}:
                         with source.open(ref.member) as raw:  # here already: the archive's copy is checked all the same
                             self.layers.verify(raw, where, diff_id, ref.blob_digest)
                         checked.add(ref.member)
                     elif chain not in staged and not self.layers.exists(chain):
-                        with source.open(ref.member) as raw:
-                            staged[chain] = self.layers.stage(
-                                txn, raw, parent=parent, where=where, diff_id=diff_id,
-                                blob_digest=ref.blob_digest,
-                                progress=None if ref.member in ahead else _Counter(
-                                    progress, source.size(ref.member), hex_of(ref.blob_digest or diff_id)[:12]),
-                            )
+                        stage = partial(self._stage_member, txn, source, ref.member, parent, where, diff_id,
+                                        ref.blob_digest, None if ref.member in ahead else progress)
+                        if workers is not None and ref.member in ahead:
+                            pending[chain] = workers.submit(stage)
+                        else:
+                            staged[chain] = stage()
                     diff_ids.append(diff_id)
                     parent = chain
                 config = p.config if p.config is not None else p.make_config(diff_ids)  # type: ignore[misc]
@@ -213,14 +221,25 @@ class Store:
                 ids.append(image_id)
                 configs.append(self.blobs.stage_bytes(txn, config))
                 records.append((image_id, parent_id))
+            staged.update((chain, job.result()) for chain, job in pending.items())  # the first failure, in order
         finally:
-            source.close()
+            source.close()  # stops what is still fetching: a stage waiting for it ends
+            if workers is not None:
+                workers.shutdown(wait=True, cancel_futures=True)
         tags = [(t, ids[i]) for i, p in enumerate(plans) for t in p.tags]
         notes = self._publish(txn, list(staged.values()), configs, records, tags)
         parents = {p.parent_index for p in plans}
         loaded = [f"Loaded image: {t}" for t, _ in tags]
         loaded += [f"Loaded image ID: {ids[i]}" for i, p in enumerate(plans) if not p.tags and i not in parents]
         return notes, loaded
+
+    def _stage_member(self, txn: Transaction, source: Source, member: str, parent: str | None, where: str,
+                      diff_id: str, blob_digest: str | None, progress: Progress | None) -> StagedLayer:
+        with source.open(member) as raw:
+            counter = None if progress is None else _Counter(progress, source.size(member),
+                                                              hex_of(blob_digest or diff_id)[:12])
+            return self.layers.stage(txn, raw, parent=parent, where=where, diff_id=diff_id,
+                                     blob_digest=blob_digest, progress=counter)
 
     def _missing(self, plans: list[ImagePlan]) -> list[str]:
         """Members of the layers that will be staged (known diff_ids whose chain is not here), in order."""

@@ -1,0 +1,170 @@
+"""Registry transfers side by side with ``skopeo copy``, in one run, reported as ratios.
+
+Workload: the Debian minbase rootfs (``debootstrap --variant=minbase``, ~200 MB, cached in bench/out/)
+as one gzip layer (as skopeo compresses it for a registry), in an OCI layout that skopeo reads and
+that ``strata load`` takes as it is: both sides hold the same compressed blob.
+
+  push cold : ``strata push`` to an empty registry   vs ``skopeo copy oci:… docker://…``
+  push warm : the same push again (every blob there) vs the same copy again
+  pull cold : ``strata pull`` into a fresh root (fetch, verify, extract)
+              vs ``skopeo copy docker://… oci:…`` (fetch, verify) and, like for like, + ``umoci unpack``
+  pull warm : the same pull again (every layer here) vs the same copy again into the same layout
+
+Then a 3-layer image (the rootfs split in three gzip layers): ``Store.pull`` with 3 layers fetched
+ahead at a time against ``parallel=0`` (one layer at a time, each streamed as it is staged).
+
+strata runs as installed: through its zygote (a warm process each command is forked from).
+Each figure is the median of ``--runs`` runs (a fresh registry and fresh destinations per run).
+Usage: ``python bench/registry_bench.py [--runs 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+import store_bench  # noqa: E402
+from runner_bench import stop_zygote  # noqa: E402
+from store_bench import ENV, OUT, ROOTFS, ensure_rootfs, registry, sh, timed  # noqa: E402
+
+from store import Store  # noqa: E402
+
+STRATA = [sys.executable, "-m", "runner"]  # the launcher, as the installed ``strata``
+assert store_bench.ENV is ENV
+from store.registry import RemoteOptions  # noqa: E402
+
+
+def three_layer_layout(path: str) -> None:
+    """An OCI layout of the rootfs in three gzip layers: usr/share, the rest of usr, everything else."""
+    parts: list[list[str]] = [[], [], []]
+    for d, dirs, files in os.walk(ROOTFS):
+        for name in sorted(dirs + files):
+            rel = os.path.relpath(os.path.join(d, name), ROOTFS)
+            parts[0 if rel.startswith("usr/share") else 1 if rel.startswith("usr") else 2].append(rel)
+    blobs = os.path.join(path, "blobs", "sha256")
+    os.makedirs(blobs)
+
+    def put(data: bytes) -> dict[str, object]:
+        digest = hashlib.sha256(data).hexdigest()
+        with open(os.path.join(blobs, digest), "wb") as f:
+            f.write(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    layers, diff_ids = [], []
+    for names in parts:
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for rel in names:
+                tar.add(os.path.join(ROOTFS, rel), rel, recursive=False)
+        diff_ids.append("sha256:" + hashlib.sha256(raw.getvalue()).hexdigest())
+        layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                       **put(gzip.compress(raw.getvalue(), compresslevel=6))})
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **put(config)},
+                           "layers": layers}).encode()
+    with open(os.path.join(path, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                   **put(manifest), "annotations": {"org.opencontainers.image.ref.name": "three:1"}}]}, f)
+    with open(os.path.join(path, "oci-layout"), "w") as f:
+        f.write('{"imageLayoutVersion": "1.0.0"}')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    for tool in ("skopeo", "umoci", "debootstrap", "docker-registry"):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench: {tool} is not installed")
+    ensure_rootfs()
+    work = tempfile.mkdtemp(prefix="strata-regbench-", dir=OUT)
+    zygote = os.path.join(work, "zygote")  # strata as installed: each command a fork of a warm zygote
+    os.mkdir(zygote, 0o700)
+    ENV["STRATA_ZYGOTE_DIR"] = zygote
+    try:
+        sh(*STRATA, "--root", os.path.join(work, "warm-up"), "images")  # the zygote starts
+        seed, layout = os.path.join(work, "seed"), os.path.join(work, "layout")
+        archive = os.path.join(work, "debian.tar")
+        sh(*STRATA, "--root", seed, "import", ROOTFS, "debian:minbase")
+        sh(*STRATA, "--root", seed, "save", "-o", archive, "debian:minbase")
+        sh("skopeo", "copy", "-q", f"docker-archive:{archive}", f"oci:{layout}:minbase")  # gzip, as pushed
+        gz = os.path.join(work, "gz")
+        sh(*STRATA, "--root", gz, "load", "-i", layout)
+        image = subprocess.run([*STRATA, "--root", gz, "images", "-a", "-q", "--no-trunc"], check=True,
+                               capture_output=True, text=True, env=ENV).stdout.split()[0]  # skopeo's name has no tag
+        blob = max(os.scandir(os.path.join(layout, "blobs", "sha256")), key=lambda e: e.stat().st_size)
+        print(f"image: one gzip layer of {blob.stat().st_size / 1e6:.0f} MB "
+              f"({os.path.getsize(archive) / 1e6:.0f} MB uncompressed)")
+        names = ("push cold", "push warm", "pull cold", "pull warm")
+        ours: dict[str, list[float]] = {n: [] for n in names}
+        theirs: dict[str, list[float]] = {n: [] for n in names + ("pull cold+unpack",)}
+        for i in range(args.runs):
+            with registry(os.path.join(work, f"sreg{i}")) as mine, registry(os.path.join(work, f"kreg{i}")) as other:
+                ref = f"{mine}/s/debian:minbase"
+                sh(*STRATA, "--root", gz, "tag", image, ref)
+                ours["push cold"].append(timed(*STRATA, "--root", gz, "push", "-q", ref))
+                ours["push warm"].append(timed(*STRATA, "--root", gz, "push", "-q", ref))
+                dest = f"docker://{other}/k/debian:minbase"
+                copy = ("skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:minbase", dest)
+                theirs["push cold"].append(timed(*copy))
+                theirs["push warm"].append(timed(*copy))
+                root = os.path.join(work, f"proot{i}")
+                ours["pull cold"].append(timed(*STRATA, "--root", root, "pull", "-q", ref))
+                ours["pull warm"].append(timed(*STRATA, "--root", root, "pull", "-q", ref))
+                pulled, bundle = os.path.join(work, f"playout{i}"), os.path.join(work, f"pbundle{i}")
+                fetch = ("skopeo", "copy", "-q", "--src-tls-verify=false", dest, f"oci:{pulled}:minbase")
+                theirs["pull cold"].append(timed(*fetch))
+                theirs["pull warm"].append(timed(*fetch))
+                unpack = timed("umoci", "unpack", "--image", f"{pulled}:minbase", bundle)
+                theirs["pull cold+unpack"].append(theirs["pull cold"][-1] + unpack)
+                sh(*STRATA, "--root", gz, "rmi", ref)
+            for path in (root, pulled, bundle, os.path.join(work, f"sreg{i}"), os.path.join(work, f"kreg{i}")):
+                shutil.rmtree(path, ignore_errors=True)
+        print(f"{'workload':<10} {'strata s':>9} {'skopeo s':>9} {'ratio':>7}   skopeo side")
+        for name in names:
+            a, b = statistics.median(ours[name]), statistics.median(theirs[name])
+            print(f"{name:<10} {a:9.2f} {b:9.2f} {a / b:7.2f}x   skopeo copy")
+        a, b = statistics.median(ours["pull cold"]), statistics.median(theirs["pull cold+unpack"])
+        print(f"{'pull cold':<10} {a:9.2f} {b:9.2f} {a / b:7.2f}x   skopeo copy + umoci unpack (like for like)")
+
+        three = os.path.join(work, "three")
+        three_layer_layout(three)
+        sizes = [e.stat().st_size for e in os.scandir(os.path.join(three, "blobs", "sha256"))]
+        print(f"3-layer image: {sum(sorted(sizes)[-3:]) / 1e6:.0f} MB of gzip layers")
+        times: dict[int, list[float]] = {3: [], 0: []}
+        with registry(os.path.join(work, "treg")) as host:
+            ref = f"{host}/three:1"
+            sh(*STRATA, "--root", gz, "load", "-i", three)
+            sh(*STRATA, "--root", gz, "tag", "three:1", ref)
+            sh(*STRATA, "--root", gz, "push", "-q", ref)
+            for i in range(args.runs):
+                for parallel in (3, 0):
+                    root = os.path.join(work, f"t{parallel}-{i}")
+                    start = time.perf_counter()
+                    Store(root).pull(ref, options=RemoteOptions(), parallel=parallel)
+                    times[parallel].append(time.perf_counter() - start)
+                    shutil.rmtree(root)
+        a, b = statistics.median(times[3]), statistics.median(times[0])
+        print(f"{'pull 3 layers':<14} parallel {a:6.2f} s   one at a time {b:6.2f} s   ratio {a / b:5.2f}x")
+    finally:
+        stop_zygote(zygote)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
