@@ -17,8 +17,9 @@ namespaces its caller is in, never in another's.
 
 This module imports only C modules on the way to a server (``_socket``): it is started per mount,
 and Python's own start-up is most of what such a mount costs. The request: a 4-byte length, then
-NUL-separated fields (protocol, interpreter, RLIMIT_NOFILE, mountpoint, the ``-o`` values), with the
-caller's working directory as an fd (relative paths are the caller's). The answer, read to its end:
+NUL-separated fields (protocol, interpreter, mountpoint, the ``-o`` values), with the caller's
+working directory as an fd (relative paths are the caller's; the server reads the rest it needs,
+the caller's namespaces and open-file limit, from /proc). The answer, read to its end:
 ``stale`` (mount here, and start a new server), or ``+`` (taken) followed by the daemon's word, ``ok``
 or why it could not mount (nothing: it died). No ``+``: the server went away first; mount here.
 """
@@ -28,7 +29,7 @@ from __future__ import annotations
 import os
 import sys
 
-PROTOCOL = "strata-unionfs-1"
+PROTOCOL = "strata-unionfs-2"
 
 
 def server_dir() -> str:
@@ -84,10 +85,7 @@ def mount_request(argv: list[str]) -> tuple[list[str], str] | None:
 
 
 def encode(options: list[str], mountpoint: str) -> bytes:
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    fields = [PROTOCOL, sys.executable, f"{soft}:{hard}", mountpoint, *options]
+    fields = [PROTOCOL, sys.executable, mountpoint, *options]
     body = b"\0".join(os.fsencode(f) for f in fields)
     return len(body).to_bytes(4, "little") + body
 

@@ -9,8 +9,8 @@ It holds ``DIR/mount-KEY.lock`` while it listens on ``DIR/mount-KEY.sock`` (DIR 
 so at most one listens per socket. A request is refused unless its peer has our uid and is in our
 user and mount namespaces (KEY names them: a mount belongs in its caller's). For each one it enters
 the caller's working directory (an fd the caller sent) and checks the options there (an error is
-answered at once), answers ``+`` (taken), and sends the spare the order with the caller's connection
-and working directory. The spare (``_spare``: a fork of this process, detached as ``python -m
+answered at once), answers ``+`` (taken), and sends the spare the order (the checked options,
+pickled: the pair is private) with the caller's connection and working directory. The spare (``_spare``: a fork of this process, detached as ``python -m
 unionfs``'s daemon is, already waiting in a trio run of its own) mounts, serves, and writes ``ok`` or
 its error to the caller: a mount costs neither a fork nor trio's start. A caller gone by then leaves
 no mount behind (the daemon takes it down). Once a spare has told its caller (or died), the next one
@@ -32,6 +32,7 @@ from __future__ import annotations
 import fcntl
 import importlib
 import os
+import pickle
 import pkgutil
 import resource
 import select
@@ -54,7 +55,6 @@ _MAX_REQUEST = 1 << 20
 @dataclass
 class Request:
     executable: str
-    nofile: tuple[int, int]
     mountpoint: str
     options: list[str]
     cwd: int  # an O_PATH fd of the caller's working directory
@@ -81,10 +81,9 @@ def _receive(conn: socket.socket) -> Request:
                 raise ValueError("truncated request")
             body += chunk
         fields = [os.fsdecode(f) for f in body.split(b"\0")]
-        if fields[0] != PROTOCOL or len(fields) < 5:
+        if fields[0] != PROTOCOL or len(fields) < 4:
             raise ValueError("another protocol")
-        soft, hard = (int(n) for n in fields[2].split(":"))
-        return Request(fields[1], (soft, hard), fields[3], fields[4:], fds[0])
+        return Request(fields[1], fields[2], fields[3:], fds[0])
     except (ValueError, IndexError, OSError):
         for fd in fds:
             os.close(fd)
@@ -115,11 +114,20 @@ def _changed(sources: dict[str, int]) -> bool:
     return False
 
 
-def _fits(nofile: tuple[int, int]) -> bool:
-    """Can a daemon forked here open as many files as one the caller started would? (It raises its
-    soft limit to the hard one; lowering a hard limit is always possible, raising it may not be.)"""
+def _fits(pid: int) -> bool:
+    """Can a daemon forked here open as many files as one the caller (``pid``) started would? (It
+    raises its soft limit to the hard one; lowering a hard limit is always possible, raising it may
+    not be.) The caller's limit is read from /proc: it need not import ``resource`` to send it."""
     own = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    return own == resource.RLIM_INFINITY or (nofile[1] != resource.RLIM_INFINITY and nofile[1] <= own)
+    if own == resource.RLIM_INFINITY:
+        return True
+    try:
+        with open(f"/proc/{pid}/limits") as f:
+            line = next(ln for ln in f if ln.startswith("Max open files"))
+    except (OSError, StopIteration):
+        return False
+    hard = line.split()[4]
+    return hard != "unlimited" and int(hard) <= own
 
 
 def _same_interpreter(executable: str) -> bool:
@@ -273,7 +281,7 @@ class Server:
             conn.close()
             return
         try:
-            if not _same_interpreter(request.executable) or _changed(self.sources) or not _fits(request.nofile):
+            if not _same_interpreter(request.executable) or _changed(self.sources) or not _fits(pid):
                 _answer(conn, "stale")
                 self.stop_listening()  # the caller starts a new server; this one ends
                 return
@@ -288,7 +296,7 @@ class Server:
         try:
             os.fchdir(request.cwd)
             try:
-                mount.check_request(request.options, request.mountpoint)
+                opts = mount.check_request(request.options, request.mountpoint)
             finally:
                 os.chdir("/")
         except (UnionError, OSError) as e:
@@ -298,7 +306,7 @@ class Server:
             self._fork_spare()
         if self.spare is None or self.spare_done is None or not _answer(conn, "+"):
             return
-        order = b"\0".join(os.fsencode(f) for f in (request.mountpoint, *request.options))
+        order = pickle.dumps((request.mountpoint, opts))  # checked: the spare need not check again
         fds = struct.pack("2i", conn.fileno(), request.cwd)
         try:
             self.spare.sendmsg([order], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
@@ -318,7 +326,10 @@ def _spare(order_fd: int, done: int) -> int:
     """A spare daemon: waits for its order, then mounts and serves as ``python -m unionfs``'s daemon;
     ``done`` is closed once it has told its caller."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the server's handler is not ours
-    _warm()
+    try:
+        _warm()
+    except (OSError, UnionError):  # no scratch dir, say: the first mount is a little slower
+        pass
     code: int = trio.run(_take_order, socket.socket(fileno=order_fd), done)
     return code
 
@@ -326,10 +337,16 @@ def _spare(order_fd: int, done: int) -> int:
 def _warm() -> None:
     """Run what a mount runs, once, on nothing: the pages it touches are this process's own
     (copied from the server's) before the caller waits on them."""
+    import tempfile
+
     from .fs import NO_OPEN, UnionFS
 
-    mount.check_request(["lowerdir=/"], "/")
-    UnionFS(["/"], no_open=NO_OPEN).close()
+    with tempfile.TemporaryDirectory(prefix="unionfs-warm-") as scratch:
+        upper, work = os.path.join(scratch, "u"), os.path.join(scratch, "w")
+        os.mkdir(upper)
+        os.mkdir(work)
+        opts = mount.check_request([f"lowerdir=/,upperdir={upper},workdir={work}"], scratch)
+        UnionFS(opts.lowers, opts.upper, opts.work, no_open=NO_OPEN).close()
 
 
 async def _take_order(order: socket.socket, done: int) -> int:
@@ -345,13 +362,7 @@ async def _take_order(order: socket.socket, done: int) -> int:
     conn, cwd = fds
     os.fchdir(cwd)
     os.close(cwd)
-    mountpoint, *options = [os.fsdecode(f) for f in data.split(b"\0")]
-    try:
-        opts = mount.check_request(options, mountpoint)
-    except UnionError as e:
-        os.write(conn, str(e).encode())
-        os.close(conn)
-        return 1
+    mountpoint, opts = pickle.loads(data)
     mounted = mount.mount_union(opts, mountpoint, conn)
     if mounted is None:
         return 1
