@@ -5,6 +5,10 @@ siblings (OCI layer.md SHOULD), PAX format, no user or group names, hard links d
 whiteouts dated 0 (their own times say nothing: buildkit#3168). The same tree therefore always gives
 the same bytes and the same diff_id.
 
+Rootless, a tree is all the user's: an object that keeps its owner in the override xattr gets that
+owner, any other is root's (the user is root in its containers), so what a rootless container made as
+root, or a build copied in as root's, is root's in the tar.
+
 Caveats: paths are handed to ``os.lstat``/``open`` whole, so trees deeper than PATH_MAX fail.
 """
 
@@ -19,6 +23,8 @@ from typing import BinaryIO
 from . import owners
 
 _COPY = 1 << 20
+_ROOTLESS = os.geteuid() != 0
+_USER = (os.getuid(), os.getgid())
 
 
 def _sort_key(name: str) -> tuple[int, str]:
@@ -41,6 +47,9 @@ def tarinfo_for(full: str, rel: str, st: os.stat_result, links: dict[tuple[int, 
     info = tarfile.TarInfo(rel + ("/" if stat.S_ISDIR(st.st_mode) else ""))
     info.mode = stat.S_IMODE(st.st_mode)
     info.uid, info.gid = st.st_uid, st.st_gid
+    if _ROOTLESS:  # the user's own objects are root's: what its containers and inspection mounts show
+        info.uid = 0 if st.st_uid == _USER[0] else info.uid
+        info.gid = 0 if st.st_gid == _USER[1] else info.gid
     info.uname = info.gname = ""
     info.mtime = 0 if os.path.basename(rel).startswith(".wh.") else st.st_mtime_ns // 1_000_000_000
     mode = st.st_mode

@@ -93,7 +93,6 @@ def _supervise(root: str, container: Container, output: Callable[[bytes], None])
         try:
             os.close(out_r)
             os.close(status_r)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the build stops us with SIGTERM (forwarded)
             result, error = run_attached(root, container, Attach(stdin=None, stdout=out_w, stderr=out_w))
             os.write(status_w, f"{result} {error}".encode())
             code = 0
