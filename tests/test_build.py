@@ -81,6 +81,42 @@ def test_plain_progress_reads_like_buildkits(rootdir, tmp_path):
                             "[1/3] FROM docker.io/library/bb:latest": "DONE"}
 
 
+def test_tty_progress_is_one_line_a_step_and_a_summary(rootdir, tmp_path):
+    ctx = write(tmp_path / "ctx", {"Dockerfile": "FROM bb\nRUN echo quiet here\nRUN echo failing; exit 2\n"})
+    res = strata(rootdir, "build", "--progress", "tty", ctx, check=False)
+    lines = res.err.splitlines()
+    assert re.fullmatch(r" => \[2/3\] RUN echo quiet here +\d+\.\ds", lines[lines.index(next(
+        line for line in lines if "RUN echo quiet" in line))])
+    assert "quiet here" not in res.err.replace("RUN echo quiet here", "")  # a step's output: only if it fails
+    assert any(re.fullmatch(r" => ERROR \[3/3\] RUN echo failing; exit 2 +\d+\.\ds", line) for line in lines)
+    assert "failing" in lines[lines.index(" > [3/3] RUN echo failing; exit 2:") + 1]
+    assert re.fullmatch(r"\[\+\] Building \d+\.\ds \(\d+/\d+\) FAILED", lines[-2]) and lines[-1].startswith("Error: ")
+    again = strata(rootdir, "build", "--progress", "tty", write(tmp_path / "ok", {"Dockerfile": "FROM bb\nRUN true\n"}))
+    assert again.err.splitlines()[-1].endswith("FINISHED")
+
+
+def test_a_big_context_shows_its_transfer(tmp_path, monkeypatch):
+    """A tar on stdin is unpacked once, its progress shown as it goes (here every read: no interval)."""
+    from runner.build import progress
+    from runner.build.context import open_context
+
+    monkeypatch.setattr(progress, "STATUS_INTERVAL", 0.0)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in [("Dockerfile", b"FROM bb\n"), *((f"data/{i}", os.urandom(1 << 20)) for i in range(4))]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out = io.StringIO()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    context = open_context("-", None, io.BytesIO(buf.getvalue()), str(scratch), progress.Progress(out, "plain"))
+    assert context.dockerfile == "FROM bb\n" and os.path.getsize(os.path.join(context.tree.root, "data", "3")) == 1 << 20
+    sizes = re.findall(r"^#1 transferring context: ([\d.]+)MB \d+\.\ds$", out.getvalue(), re.M)
+    assert len(sizes) > 3 and [float(s) for s in sizes] == sorted(float(s) for s in sizes)
+    assert re.search(r"^#1 transferring context: 4\.\d+MB done$", out.getvalue(), re.M)
+
+
 def test_a_rebuild_with_nothing_changed_reuses_every_step_and_starts_no_container(rootdir, tmp_path):
     ctx = write(tmp_path / "ctx", {"a": "a\n", "b": "b\n", "Dockerfile": (
         "FROM bb\nCOPY a /a\nRUN cat /a > /copy\nCOPY b /b\nRUN echo done > /done\n")})
@@ -196,6 +232,11 @@ def test_dockerignore_keeps_files_out_with_exceptions_and_double_stars(rootdir, 
     res = strata(rootdir, "build", "-q", ctx, check=False)
     assert res.code == 1 and "Dockerfile:2: COPY failed: file not found in build context or excluded by " \
                              ".dockerignore: drop.log" in res.err
+    # BuildKit's rule: DOCKERFILE.dockerignore, next to the Dockerfile, wins over the context's own
+    write(tmp_path / "df", {"own.Dockerfile": "FROM bb\nCOPY . /ctx/\n", "own.Dockerfile.dockerignore": "keep.txt\n"})
+    strata(rootdir, "build", "-q", "-f", str(tmp_path / "df" / "own.Dockerfile"), "-t", "own", ctx)
+    files = run(rootdir, "own", "find", "/ctx", "-name", "*.txt").split()
+    assert "/ctx/keep.txt" not in files and "/ctx/deep/er/y.txt" in files
 
 
 def test_add_unpacks_local_tars_and_refuses_a_url_without_network(rootdir, tmp_path):

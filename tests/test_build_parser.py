@@ -213,6 +213,7 @@ def test_args_env_and_entrypoint_follow_the_classic_builder():
     assert steps("FROM bb\nENTRYPOINT [\"e\"]\n")[-1].config["Cmd"] is None  # the image's goes
     assert steps("FROM bb\nEXPOSE 8000-8001/udp 80\n")[-1].config["ExposedPorts"] == {
         "8000/udp": {}, "8001/udp": {}, "80/tcp": {}}  # a range is every port in it, as moby's parsePortSpecs
+    assert steps("FROM bb\nENV PATH=/x:$PATH A=$PATH\n")[-1].config["Env"] == ["PATH=/x:/bin", "A=/bin"]  # all: the old
     assert steps("FROM scratch\nENV A=1\n")[-1].config["Env"] == [
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "A=1"]
 
