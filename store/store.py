@@ -398,11 +398,14 @@ class Store:
         with self.root.writer():
             self.images.set_tag(target, self.images.resolve(source))
 
-    def rmi(self, ref: str, force: bool = False, holders: Callable[[str], list[str]] | None = None) -> list[str]:
+    def rmi(self, ref: str, force: bool = False, holders: Callable[[str], list[str]] | None = None,
+            prune: bool = True) -> list[str]:
         """Docker's rmi for one reference; returns its ``Untagged:``/``Deleted:`` lines.
 
         ``holders(image_id)`` names users of the image outside the store (containers): an image in use
-        is refused, or with ``force`` only untagged, so that no container loses its layers.
+        is refused, or with ``force`` only untagged, so that no container loses its layers. ``prune``:
+        its untagged parents that nothing else holds go too (Docker's rmi; a failed build undoing its
+        own steps does not want that: a parent may be an earlier build's).
         """
         with self.root.writer() as txn, self.root.collecting():
             image_id = self.images.resolve(ref)
@@ -433,7 +436,7 @@ class Store:
             self.images.remove_record(image_id)
             out.append(f"Deleted: {image_id}")
             # then its parents that nothing else holds (a build's steps), as Docker prunes them
-            while parent and self.images.exists(parent) and not self.images.tags_of(parent) and \
+            while prune and parent and self.images.exists(parent) and not self.images.tags_of(parent) and \
                     not self.images.children(parent) and not (holders(parent) if holders else []):
                 above = self.images.record(parent).parent
                 self.images.remove_record(parent)

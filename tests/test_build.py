@@ -204,6 +204,16 @@ def test_a_bad_dockerfile_gives_one_line_and_leaves_nothing_behind(rootdir, tmp_
     assert plain.err.splitlines()[-1] == res.err.strip()  # the last line, after the progress
 
 
+def test_a_failed_build_keeps_the_images_of_earlier_builds(rootdir, tmp_path):
+    ctx = write(tmp_path / "ctx", {"Dockerfile": "FROM bb\nRUN echo one > /1\n"})
+    first = strata(rootdir, "build", "-q", ctx).out.strip()  # untagged, childless: a <none> image
+    write(tmp_path / "ctx", {"Dockerfile": "FROM bb\nRUN echo one > /1\nRUN echo two > /2\nRUN exit 1\n"})
+    before = ids(rootdir)
+    res = strata(rootdir, "build", "--progress", "plain", ctx, check=False)
+    assert res.code == 1 and "#5 CACHED" in res.err  # it built on the first build's step...
+    assert ids(rootdir) == before and first in before  # ...which stays: only this build's own steps go
+
+
 def test_multi_stage_builds_only_the_stages_the_target_needs(rootdir, tmp_path):
     ctx = write(tmp_path / "ctx", {"Dockerfile": (
         "FROM bb AS build\nRUN mkdir /out && echo artifact > /out/a && chown 65534:65534 /out/a\n"

@@ -355,7 +355,7 @@ class _Builder:
         """A failed build: the images it made go, newest first (a cached step of an earlier build stays)."""
         for image in reversed(self.created):
             try:
-                self.store.rmi(image)
+                self.store.rmi(image, prune=False)
             except StoreError:
                 pass  # another build took it as a parent meanwhile: it stays, as that build's cache
 
