@@ -19,8 +19,6 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from collections.abc import Iterable
-from dataclasses import dataclass
 
 from store import owners
 from store.compression import decompressing
@@ -35,13 +33,6 @@ Owner = tuple[int, int]
 
 class DestinationError(Exception):
     """The destination cannot take the copy (a file where a directory is needed)."""
-
-
-@dataclass
-class Source:
-    tree: Tree
-    rel: str  # resolved inside the tree
-    name: str  # the base name the copy gets (a symlink source keeps its own name)
 
 
 class Upper:
@@ -288,6 +279,3 @@ def _table(view: ImageTree, path: str) -> list[list[str]]:
     except OSError:
         return []
 
-
-def sources_exist(sources: Iterable[Source]) -> bool:
-    return all(s.tree.lstat(s.rel) is not None for s in sources)

@@ -167,6 +167,3 @@ class Matcher:
                 matched = not pattern.exclusion
         return matched
 
-    def may_hold_exceptions(self, path: str) -> bool:
-        """An excluded directory may still hold paths an exception brings back: walk into it."""
-        return self.exclusions

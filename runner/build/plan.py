@@ -243,6 +243,7 @@ class Planner:
             config = copy.deepcopy(image.get("config") or {})
             triggers = list(config.pop("OnBuild", None) or [])
             ref = base if base.startswith("sha256:") else _full_name(base)
+        config.pop("Image", None)  # each step's config names its own parent (the executor's)
         env = config.get("Env") or []
         if not any(e.split("=", 1)[0] == "PATH" for e in env):
             config["Env"] = [*env, DEFAULT_PATH]

@@ -49,6 +49,7 @@ class DirTree:
     def __init__(self, root: str, ignore: Matcher | None = None) -> None:
         self.root = root
         self.ignore = ignore
+        self._exceptions: dict[str, bool] = {}  # excluded dir -> whether an exception is inside (walked once)
 
     def excluded(self, rel: str) -> bool:
         return bool(rel) and self.ignore is not None and self.ignore.excluded(rel)
@@ -66,12 +67,10 @@ class DirTree:
         """An excluded directory that an exception (``!``) brings something back from."""
         if self.ignore is None or not self.ignore.exclusions:
             return False
-        for top, dirs, files in os.walk(self.real_path(rel)):
-            base = os.path.relpath(top, self.root)
-            for name in dirs + files:
-                if not self.ignore.excluded(f"{base}/{name}"):
-                    return True
-        return False
+        if rel not in self._exceptions:
+            self._exceptions[rel] = any(not self.ignore.excluded(f"{os.path.relpath(top, self.root)}/{name}")
+                                        for top, dirs, files in os.walk(self.real_path(rel)) for name in dirs + files)
+        return self._exceptions[rel]
 
     def listdir(self, rel: str) -> list[str]:
         return sorted(n for n in os.listdir(self.real_path(rel)) if self.lstat(join(rel, n)) is not None)

@@ -244,16 +244,6 @@ def expand_words(text: str, env: Mapping[str, str], escape: str = "\\") -> list[
     return _Lexer(text, env, escape).process()[1]
 
 
-def names_used(text: str, env: Mapping[str, str], escape: str = "\\") -> set[str]:
-    """The variable names ``text`` refers to (expanded or not)."""
-    lexer = _Lexer(text, env, escape)
-    try:
-        lexer.process()
-    except ValueError:
-        pass
-    return lexer.used
-
-
 def raw_words(text: str, escape: str = "\\") -> list[str]:
     """Split on unquoted whitespace, quotes and escapes kept, nothing expanded (the parser's
     ``parseWords``, and heredoc detection)."""
