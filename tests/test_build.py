@@ -81,6 +81,17 @@ def test_plain_progress_reads_like_buildkits(rootdir, tmp_path):
                             "[1/3] FROM docker.io/library/bb:latest": "DONE"}
 
 
+def test_flags_docker_has_that_strata_build_cannot_honour_are_refused_in_one_line(rootdir, tmp_path):
+    ctx = write(tmp_path / "ctx", {"Dockerfile": "FROM bb\n"})
+    res = strata(rootdir, "build", "--pull", "always", ctx, check=False)
+    assert res.code == 1 and res.err.startswith("Error: --pull always: strata build does not pull") and \
+        len(res.err.splitlines()) == 1
+    res = strata(rootdir, "build", "-t", "Bad:Name", ctx, check=False)
+    assert res.code == 1 and res.err.startswith("Error: invalid tag 'Bad:Name'") and len(res.err.splitlines()) == 1
+    res = strata(rootdir, "build", str(tmp_path / "nowhere"), check=False)
+    assert res.code == 1 and "unable to prepare context: path" in res.err
+
+
 def test_tty_progress_is_one_line_a_step_and_a_summary(rootdir, tmp_path):
     ctx = write(tmp_path / "ctx", {"Dockerfile": "FROM bb\nRUN echo quiet here\nRUN echo failing; exit 2\n"})
     res = strata(rootdir, "build", "--progress", "tty", ctx, check=False)
