@@ -3,8 +3,9 @@
 It mounts the container's union (``unionfs.mount.Mount``: a process of its own), makes the cgroup,
 forks ``runner.init`` (which enters the namespaces and execs the command as PID 1),
 records the state, writes the output to the json-file log (and to the terminal when attached),
-forwards signals, and when PID 1 exits records the exit code, OOM kill and times, then kills what is
-left in the cgroup, unmounts and removes the cgroup (and the container, for ``--rm``).
+forwards signals (``runner.forwarding``), and when PID 1 exits records the exit code, OOM kill and
+times, then kills what is left in the cgroup, unmounts and removes the cgroup (and the container,
+for ``--rm``).
 
 ``strata run -d`` and ``strata start`` fork it detached (``run_detached``);
 ``strata run`` without ``-d`` runs it in the CLI's own process, attached.
@@ -36,7 +37,7 @@ from store.root import write_json
 from unionfs.errors import UnionError
 from unionfs.mount import Mount, fork_serve
 
-from . import cgroups, init, seccomp, userns, volumemounts
+from . import cgroups, forwarding, init, seccomp, userns, volumemounts
 from . import syscalls as sc
 from .children import Child
 from .containers import Container, Containers
@@ -475,22 +476,7 @@ class Supervisor:
         self.cgroup.kill_all()
 
     async def _forward_signals(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
-                                       signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH) as signals:
-            task_status.started()
-            interrupts = 0
-            async for sig in signals:
-                if sig == signal.SIGWINCH:  # the terminal was resized: so is the pty (which tells PID 1)
-                    self._resize()
-                    continue
-                if sig in (signal.SIGINT, signal.SIGTERM):
-                    interrupts += 1
-                # a second Ctrl-C or SIGTERM kills: PID 1 ignores a signal it has no handler for
-                target = signal.SIGKILL if interrupts > 1 else sig
-                try:
-                    os.kill(self.pid, target)
-                except (ProcessLookupError, PermissionError):
-                    pass
+        await forwarding.forward(self.pid, self._resize, task_status)
 
     def _terminal_size(self) -> tuple[int, int] | None:
         """The attached terminal's (rows, columns), which a -t container's pty follows."""
@@ -587,7 +573,8 @@ def run_attached(root: str, container: Container, attach: Attach) -> tuple[int, 
     supervisor = Supervisor(root, container, attach)
     supervisor.prepare()
     try:
-        return trio.run(supervisor.run), supervisor.error
+        with forwarding.held():  # a signal now waits for PID 1 rather than killing us (and it)
+            return trio.run(supervisor.run), supervisor.error
     finally:
         if saved is not None and term is not None:
             termios.tcsetattr(term, termios.TCSADRAIN, saved)
@@ -598,4 +585,5 @@ def run_detached(root: str, cid: str, ready_fd: int) -> int:
     ``ok PID`` or ``error CODE MESSAGE`` goes to ``ready_fd`` once the container runs or cannot."""
     supervisor = Supervisor(root, Containers(root).get(cid), None)
     supervisor.prepare()
-    return trio.run(supervisor.run, ready_fd)
+    with forwarding.held():
+        return trio.run(supervisor.run, ready_fd)

@@ -11,6 +11,8 @@ hears ``pid N``, then ``exit CODE`` from the worker as it ends, or ``signal N`` 
 was killed (a quick worker's ``exit CODE`` can come before the zygote's ``pid N``: the client takes
 it as the end, not as a failed zygote). ``stale`` (strata's code changed, or the client has higher limits than this process
 could take on) tells the client to run the command itself and start a new zygote. If the client goes away first, the worker gets SIGHUP, as from a closed terminal.
+The worker takes the signals a client sends as a fresh ``strata`` process would, whatever this one
+inherited (a zygote started under nohup ignores SIGHUP).
 
 The zygote itself stays single-threaded and never runs trio: its forks may fork a container's init.
 It answers ``stale`` and stops listening when a source file of strata changed since it started, and
@@ -37,6 +39,9 @@ from .launch import PROTOCOL, SOCKET_NAME, private_dir
 IDLE_SECONDS = 600
 _MAX_REQUEST = 1 << 20
 _PACKAGES = ("store", "unionfs", "runner")
+# what a client forwards to its worker (``launch.via_zygote``); the zygote sends SIGHUP itself
+_CLIENT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                   signal.SIGWINCH)
 
 
 @dataclass
@@ -131,6 +136,15 @@ def _fits(request: Request) -> bool:
         if own != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > own):
             return False
     return True
+
+
+def _fresh_signals(mask: set[int | signal.Signals]) -> None:
+    """In the worker: the signals a client sends take their course as in a fresh ``strata`` process,
+    not as in this one (SIGTERM ends the zygote; one started under nohup ignores SIGHUP, and its
+    workers would lose a client's hang-up); blocked since the fork, they come in now."""
+    for sig in _CLIENT_SIGNALS:
+        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _work(request: Request) -> int:
@@ -266,12 +280,17 @@ class Zygote:
         self._answer(conn, f"pid {pid}")
 
     def _fork(self, request: Request, conn: socket.socket) -> int:
-        pid = os.fork()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _CLIENT_SIGNALS)  # until the worker has its own
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            raise
         if pid == 0:
             code = 1
             try:
                 os.setsid()
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                _fresh_signals(held)
                 if self.listener is not None:
                     self.listener.close()
                 for worker in self.workers.values():
@@ -293,6 +312,7 @@ class Zygote:
                 # here: the zygote reports that.)
                 self._answer(conn, f"exit {code & 0xFF}")
                 os._exit(code & 0xFF)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         return pid
 
     def _reap(self, worker: _Worker) -> None:

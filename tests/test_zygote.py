@@ -116,6 +116,60 @@ def test_a_client_that_goes_away_hangs_up_its_container(rootdir, zygote_dir):
         assert rootdir not in f.read()
 
 
+def test_a_worker_takes_a_hang_up_even_from_a_zygote_that_ignores_it(root, tmp_path):
+    """A zygote started by a client that ignored SIGHUP (nohup) ignores it too: its workers must not,
+    or a command whose client went away runs on (and a container's PID 1 could not trap it)."""
+    directory = tmp_path / "zygote"
+    directory.mkdir(mode=0o700)
+    env = {**os.environ, "PYTHONPATH": REPO, "STRATA_ZYGOTE_DIR": str(directory)}
+    subprocess.run([*STRATA, "--root", root, "images"], env=env, cwd=REPO, check=True, capture_output=True,
+                   preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    wait_for(lambda: zygote_pid(str(directory)) is not None, what="the zygote to listen")
+    pid = zygote_pid(str(directory))
+    assert pid is not None
+    client = subprocess.Popen([*STRATA, "--root", root, "load", "-q"], env=env, cwd=REPO, stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert client.stdin is not None
+    try:
+        assert _sigign(pid) & 1 << (signal.SIGHUP - 1)  # else this test proves nothing
+        pipe = os.fstat(client.stdin.fileno()).st_ino
+
+        def reading() -> list[int]:  # the worker: a child of the zygote, reading our pipe (stdin kept open)
+            return [w for w in _children(pid) if _stdin_inode(w) == pipe]
+
+        wait_for(reading, what="the worker to read the archive")
+        [worker] = reading()
+        client.kill()
+        client.wait()
+        wait_for(lambda: worker not in _children(pid), what="the hung-up worker to end")
+    finally:
+        client.stdin.close()
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+        stop_process(pid)
+
+
+def _sigign(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("SigIgn:")).split()[1], 16)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _stdin_inode(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/fd/0").st_ino
+    except OSError:
+        return None
+
+
 def test_a_zygote_steps_down_when_strata_changes(tmp_path, root):
     """A copy of strata, with a zygote of its own: touching one of its files makes the zygote stale."""
     copy = tmp_path / "copy"
