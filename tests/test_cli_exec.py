@@ -152,7 +152,10 @@ def test_home_comes_from_the_image_passwd(rootdir):
     strata(rootdir, "run", "--name", "homes", "bb", "sh", "-c",
            "echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd")
     strata(rootdir, "commit", "homes", "bb-homes")
-    run = lambda *a: strata(rootdir, "run", "--rm", *a, "bb-homes", "sh", "-c", "echo $HOME").out.strip()
+
+    def run(*flags: str) -> str:
+        return strata(rootdir, "run", "--rm", *flags, "bb-homes", "sh", "-c", "echo $HOME").out.strip()
+
     assert run() == "/root"
     assert run("-u", "app") == "/home/app"
     assert run("-u", "1000") == "/home/app"
