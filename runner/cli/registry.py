@@ -7,7 +7,6 @@ that does not echo on a terminal."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import termios
 from typing import Any
