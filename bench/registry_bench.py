@@ -11,7 +11,9 @@ that ``strata load`` takes as it is: both sides hold the same compressed blob.
   pull warm : the same pull again (every layer here) vs the same copy again into the same layout
 
 Then a 3-layer image (the rootfs split in three gzip layers): ``Store.pull`` with 3 layers fetched
-ahead at a time against ``parallel=0`` (one layer at a time, each streamed as it is staged).
+ahead at a time against ``parallel=0`` (one layer at a time, each streamed as it is staged), on
+loopback (where fetching is nearly free and extraction is all) and through the tests' proxy paced
+to 25 MB/s per connection (a 200 Mbit/s link: what a registry on a network is like).
 
 strata runs as installed: through its zygote (a warm process each command is forked from).
 Each figure is the median of ``--runs`` runs (a fresh registry and fresh destinations per run).
@@ -21,6 +23,7 @@ Usage: ``python bench/registry_bench.py [--runs 3]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import io
@@ -33,18 +36,39 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import store_bench  # noqa: E402
 from runner_bench import stop_zygote  # noqa: E402
-from store_bench import ENV, OUT, ROOTFS, ensure_rootfs, registry, sh, timed  # noqa: E402
+from store_bench import ENV, OUT, REPO, ROOTFS, ensure_rootfs, registry, sh, timed  # noqa: E402
 
 from store import Store  # noqa: E402
+from store.registry import RemoteOptions  # noqa: E402
 
 STRATA = [sys.executable, "-m", "runner"]  # the launcher, as the installed ``strata``
 assert store_bench.ENV is ENV
-from store.registry import RemoteOptions  # noqa: E402
+
+
+RATE = 25e6  # bytes a second per connection: a 200 Mbit/s link
+
+
+@contextlib.contextmanager
+def fake_proxy(work: str, upstream: str, rate: float) -> Iterator[str]:
+    """The tests' proxy (``tests/registry_fakes.py proxy --rate``) in front of ``upstream``; its host:port."""
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "registry_fakes.py"), "proxy", "--log",
+                             os.path.join(work, "proxy.log"), "--upstream", f"http://{upstream}", "--rate", str(rate)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        port = proc.stdout.readline().decode().strip()
+        if not port.isdigit():
+            sys.exit("bench: the proxy did not start")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait()
 
 
 def three_layer_layout(path: str) -> None:
@@ -87,6 +111,7 @@ def three_layer_layout(path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--layers-only", action="store_true", help="only the 3-layer pulls")
     args = parser.parse_args()
     for tool in ("skopeo", "umoci", "debootstrap", "docker-registry"):
         if shutil.which(tool) is None:
@@ -107,13 +132,14 @@ def main() -> None:
         sh(*STRATA, "--root", gz, "load", "-i", layout)
         image = subprocess.run([*STRATA, "--root", gz, "images", "-a", "-q", "--no-trunc"], check=True,
                                capture_output=True, text=True, env=ENV).stdout.split()[0]  # skopeo's name has no tag
+        sh(*STRATA, "--root", gz, "tag", image, "debian:gz")  # stays while each run's tag comes and goes
         blob = max(os.scandir(os.path.join(layout, "blobs", "sha256")), key=lambda e: e.stat().st_size)
         print(f"image: one gzip layer of {blob.stat().st_size / 1e6:.0f} MB "
               f"({os.path.getsize(archive) / 1e6:.0f} MB uncompressed)")
         names = ("push cold", "push warm", "pull cold", "pull warm")
         ours: dict[str, list[float]] = {n: [] for n in names}
         theirs: dict[str, list[float]] = {n: [] for n in names + ("pull cold+unpack",)}
-        for i in range(args.runs):
+        for i in range(0 if args.layers_only else args.runs):
             with registry(os.path.join(work, f"sreg{i}")) as mine, registry(os.path.join(work, f"kreg{i}")) as other:
                 ref = f"{mine}/s/debian:minbase"
                 sh(*STRATA, "--root", gz, "tag", image, ref)
@@ -135,12 +161,13 @@ def main() -> None:
                 sh(*STRATA, "--root", gz, "rmi", ref)
             for path in (root, pulled, bundle, os.path.join(work, f"sreg{i}"), os.path.join(work, f"kreg{i}")):
                 shutil.rmtree(path, ignore_errors=True)
-        print(f"{'workload':<10} {'strata s':>9} {'skopeo s':>9} {'ratio':>7}   skopeo side")
-        for name in names:
-            a, b = statistics.median(ours[name]), statistics.median(theirs[name])
-            print(f"{name:<10} {a:9.2f} {b:9.2f} {a / b:7.2f}x   skopeo copy")
-        a, b = statistics.median(ours["pull cold"]), statistics.median(theirs["pull cold+unpack"])
-        print(f"{'pull cold':<10} {a:9.2f} {b:9.2f} {a / b:7.2f}x   skopeo copy + umoci unpack (like for like)")
+        if not args.layers_only:
+            print(f"{'workload':<10} {'strata s':>9} {'skopeo s':>9} {'ratio':>7}   skopeo side")
+            for name in names:
+                a, b = statistics.median(ours[name]), statistics.median(theirs[name])
+                print(f"{name:<10} {a:9.2f} {b:9.2f} {a / b:7.2f}x   skopeo copy")
+            a, b = statistics.median(ours["pull cold"]), statistics.median(theirs["pull cold+unpack"])
+            print(f"{'pull cold':<10} {a:9.2f} {b:9.2f} {a / b:7.2f}x   skopeo copy + umoci unpack (like for like)")
 
         three = os.path.join(work, "three")
         three_layer_layout(three)
@@ -159,8 +186,21 @@ def main() -> None:
                     Store(root).pull(ref, options=RemoteOptions(), parallel=parallel)
                     times[parallel].append(time.perf_counter() - start)
                     shutil.rmtree(root)
-        a, b = statistics.median(times[3]), statistics.median(times[0])
-        print(f"{'pull 3 layers':<14} parallel {a:6.2f} s   one at a time {b:6.2f} s   ratio {a / b:5.2f}x")
+            a, b = statistics.median(times[3]), statistics.median(times[0])
+            print(f"{'pull 3 layers, loopback':<32} parallel {a:6.2f} s   one at a time {b:6.2f} s   ratio {a / b:5.2f}x")
+            # the same through a proxy as fast as a 200 Mbit/s link per connection (tests/registry_fakes.py)
+            slow: dict[int, list[float]] = {3: [], 0: []}
+            with fake_proxy(work, host, RATE) as proxy:
+                for i in range(args.runs):
+                    for parallel in (3, 0):
+                        root = os.path.join(work, f"s{parallel}-{i}")
+                        start = time.perf_counter()
+                        Store(root).pull(f"{proxy}/three:1", options=RemoteOptions(), parallel=parallel)
+                        slow[parallel].append(time.perf_counter() - start)
+                        shutil.rmtree(root)
+            a, b = statistics.median(slow[3]), statistics.median(slow[0])
+            print(f"{'pull 3 layers, 25 MB/s a link':<32} parallel {a:6.2f} s   one at a time {b:6.2f} s   "
+                  f"ratio {a / b:5.2f}x")
     finally:
         stop_zygote(zygote)
         shutil.rmtree(work, ignore_errors=True)

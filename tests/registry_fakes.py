@@ -2,7 +2,7 @@
 
   token   a token server for the registry's ``auth: token`` config: users, scopes granted by rule,
           RS256 JWTs whose ``x5c`` is the certificate in the registry's ``rootcertbundle``
-  proxy   a reverse proxy in front of a registry that can drop the connection half-way through a
+  proxy   a reverse proxy in front of a registry (optionally as slow as a WAN link) that can drop the connection half-way through a
           blob (a GET's response or a PATCH/PUT's body, which it reads whole before forwarding, as
           nginx does), refuse everything after that, flip a byte of a blob, redirect blob GETs to
           ``cdn``, strip the Authorization of one blob GET (a token the registry refuses), and hold
@@ -197,6 +197,7 @@ def proxy_handler(args: argparse.Namespace, log: Log) -> type[BaseHTTPRequestHan
                 self.wfile.write(whole)
             sent = 0
             flipped = False
+            began = time.monotonic()
             while self.command != "HEAD" and (chunk := resp.read(1 << 16)):
                 if blob and resp.status in (200, 206):
                     if args.corrupt and not flipped and len(chunk) > 1000:
@@ -212,6 +213,8 @@ def proxy_handler(args: argparse.Namespace, log: Log) -> type[BaseHTTPRequestHan
                         return
                 self.wfile.write(chunk)
                 sent += len(chunk)
+                if blob and args.rate:  # a link of that many bytes a second, per connection
+                    time.sleep(max(0.0, began + sent / args.rate - time.monotonic()))
             conn.close()
             log(event="request", method=self.command, path=path, query=urllib.parse.urlsplit(self.path).query,
                 status=resp.status, auth=auth, body_in=len(body),
@@ -334,6 +337,7 @@ def main() -> None:
     parser.add_argument("--corrupt", action="store_true")
     parser.add_argument("--redirect-to")
     parser.add_argument("--strip-auth-once", action="store_true")
+    parser.add_argument("--rate", type=float, default=0, help="blob bytes a second per connection (0: no limit)")
     parser.add_argument("--barrier", type=int, default=0, help="hold blob answers until this many are in flight")
     parser.add_argument("--barrier-min", type=int, default=10000, help="... of blobs at least this big")
     # cdn
