@@ -172,6 +172,7 @@ class Supervisor:
         self.bundle: dict[str, Any] | None = None  # the config.json this start runs
         self.early: str | None = None  # the init's first report when read before trio (rootless)
         self.net: network.Endpoint | None = None  # the container's network, planned before its files
+        self.failed = ""  # what went wrong in prepare()
 
     def prepare(self) -> None:
         """Before trio starts (forking inside a trio run is not safe): write the init layer, fork the
@@ -207,14 +208,14 @@ class Supervisor:
             self.cgroup.create(resources.get("devices"))
             self.cgroup.limit((resources.get("cpu") or {}).get("shares"), (resources.get("memory") or {}).get("limit"))
             self._fork_init()
-            if (rootless or self.net.needs_pid) and (early := self._early_report()).startswith("pid "):
-                assert self.init is not None  # its namespaces exist
+            if (rootless or self.net.needs_pid) and self._early_report().startswith("pid "):
+                assert self.init is not None  # its namespaces exist (the init's: PID 1 is not dumpable yet)
                 if rootless:  # mount in them
                     self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options,
                                             parent_death=signal.SIGTERM, enter=userns.joiner(self.init.pid))
-                self.net.connect(int(early.split()[1]))  # (PID 1 waits for the go-ahead meanwhile)
+                self.net.connect(self.init.pid)  # (PID 1 waits for the go-ahead meanwhile)
         except (UnionError, OSError, RuntimeError, RunnerError) as e:
-            self.error = str(e)  # run() reports it, and unmounts a union already forked
+            self.error = self.failed = str(e)  # run() reports it, and unmounts a union already forked
 
     def _fork_init(self) -> None:
         """Fork ``runner.init`` with the container's stdio; it waits on a pipe until the mount and the
@@ -334,8 +335,8 @@ class Supervisor:
                         UnionStart=start_time(union_pid) if union_pid else None, Network=None)
             if self.union is not None:  # adopted even if a later step failed: the finally unmounts it
                 mount = await Mount.adopt(c.path("merged"), *self.union)
-            if mount is None or self.init is None:
-                raise UnionError(self.error or "no union filesystem")
+            if mount is None or self.init is None or self.failed:  # (a step after the union's fork failed)
+                raise UnionError(self.failed or self.error or "no union filesystem")
             code, error = await self._start_and_wait(mount)
         except (UnionError, OSError, ExceptionGroup) as e:  # a nursery's task fails in a group
             error = f"cannot start container: {_first(e)}"

@@ -11,12 +11,13 @@ The suite runs as root, from a checkout that may sit where no other user can go 
 - **code**: a fresh copy of ``store``, ``unionfs`` and ``runner`` (compiled) in a world-readable temp dir.
 - **user**: ``strata-t<hex>`` with a 0700 home, a 0700 runtime dir (``XDG_RUNTIME_DIR``) and a 65536-id
   subuid/subgid range at an offset no other range uses.
-- **/dev/fuse**: opened to others (0666, Debian's default) for the session, its exact mode put back after.
+- **/dev/fuse**, **/dev/net/tun** (pasta's): opened to others (0666, Debian's default) for the session, their
+  exact modes put back after by the last of the sessions that run at once (``open_to_all``).
 
 Teardown, whatever happened: SIGKILL every process whose uid is the user's or one of its subordinate
 ids (by pidfd, waited for), unmount every mount at or below the user's dirs (exact paths from
 /proc/self/mountinfo), delete the user (``userdel -r``) and its /etc/subuid and /etc/subgid lines (by
-exact name), remove the temp dirs, restore /dev/fuse.
+exact name), remove the temp dirs, restore /dev/fuse and /dev/net/tun.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ BUILD_TIMEOUT = 900.0  # seconds for the whole venv build (a cold one takes abou
 RECIPE = "1"  # bump when the build steps below change: a new cache key
 SUBID_COUNT = 65536
 FUSE_DEVICE = "/dev/fuse"
+TUN_DEVICE = "/dev/net/tun"  # pasta makes the tap device of a rootless container's network with it
 COMMAND_TIMEOUT = 300.0
 
 Log = Callable[[str], None]
@@ -410,19 +412,42 @@ def _remove_subid_lines(name: str) -> None:
             os.replace(tmp, path)
 
 
+DEVICE_STATE = "/run/strata-rootless-devices"  # a lock and the modes to put back, shared by sessions
+
+
 @contextlib.contextmanager
-def fuse_open_to_all(log: Log) -> Iterator[None]:
-    """/dev/fuse rw for everyone (Debian's default) for the session; its exact mode back after."""
-    mode = stat.S_IMODE(os.stat(FUSE_DEVICE).st_mode)
-    if mode & 0o006 == 0o006:
+def open_to_all(log: Log, device: str) -> Iterator[None]:
+    """``device`` rw for everyone (Debian's default) for the session. Sessions may run at once (other
+    checkouts' suites): each holds a shared lock while it needs the device; the first one notes the
+    mode it found, and the last one to leave (it gets the lock exclusively) puts that mode back."""
+    if not os.path.exists(device):
         yield
         return
-    log(f"rootless: chmod 0666 {FUSE_DEVICE} for the session (was {mode:04o})")
-    os.chmod(FUSE_DEVICE, 0o666)
+    os.makedirs(DEVICE_STATE, mode=0o700, exist_ok=True)
+    saved = os.path.join(DEVICE_STATE, device.strip("/").replace("/", "_"))
+    lock = os.open(saved + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)  # (one per device)
     try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        mode = stat.S_IMODE(os.stat(device).st_mode)
+        if not os.path.exists(saved):  # no session has it open: what it is now is what to put back
+            with open(saved, "w") as f:
+                f.write(f"{mode:o}\n")
+        if mode & 0o006 != 0o006:
+            log(f"rootless: chmod 0666 {device} for the session (was {mode:04o})")
+            os.chmod(device, 0o666)
+        fcntl.flock(lock, fcntl.LOCK_SH)
         yield
     finally:
-        os.chmod(FUSE_DEVICE, mode)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.path.exists(saved):
+                with open(saved) as f:
+                    os.chmod(device, int(f.read(), 8))
+                os.unlink(saved)
+        except BlockingIOError:  # another session still needs it open: the last one puts it back
+            pass
+        finally:
+            os.close(lock)
 
 
 def _run_root(cmd: list[str]) -> subprocess.CompletedProcess[str]:
@@ -451,7 +476,8 @@ def rootless_user(repo: str, log: Log = print) -> Iterator[RootlessUser]:
     with contextlib.ExitStack() as stack:
         src = copy_sources(repo, os.path.join(venv, "bin", "python"))
         stack.callback(attempt, f"remove {src}", lambda: shutil.rmtree(src))
-        stack.enter_context(fuse_open_to_all(log))
+        stack.enter_context(open_to_all(log, FUSE_DEVICE))
+        stack.enter_context(open_to_all(log, TUN_DEVICE))
 
         name = f"strata-t{random.randbytes(3).hex()}"
         home = f"/home/{name}"

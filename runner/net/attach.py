@@ -38,7 +38,6 @@ class Endpoint:
         self.inner = inner
         self.netns = netns  # container:NAME: the namespace PID 1 joins
         self.joined = joined
-        self.pid = 0
 
     @property
     def needs_pid(self) -> bool:
@@ -68,12 +67,14 @@ class Endpoint:
             f.write(resolv)
 
     def connect(self, pid: int) -> None:
-        self.pid = pid
+        """``pid``: a process in the container's user and network namespaces (the container's init,
+        whose namespaces PID 1 has: PID 1 itself is not dumpable until it execs, so an ordinary
+        user's pasta could not open its /proc/PID/ns)."""
         if self.inner is not None:
             self.inner.connect(pid)
 
     def record(self, config: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"Mode": self.mode, "SandboxKey": f"/proc/{self.pid}/ns/net" if self.pid else ""}
+        out: dict[str, Any] = {"Mode": self.mode}
         published: list[ports.Published] = []
         if self.inner is not None:
             out.update(self.inner.record())

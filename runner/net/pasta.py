@@ -75,6 +75,10 @@ def argv(pid: int, fifo: str, published: list[Published]) -> list[str]:
 
 class PastaEndpoint:
     def __init__(self, reservation: Reservation) -> None:
+        """``reservation``: the ports (a port in use is refused there; an empty host port gets a free
+        one), let go at once: pasta binds them itself, and a process forked meanwhile (the union
+        daemon) must not hold a copy of a socket when it does (pasta then binds IPv6 alone)."""
+        reservation.close()
         self.reservation = reservation
         self.pid = 0
         iface, self.gateway = default_route()
@@ -88,7 +92,6 @@ class PastaEndpoint:
             raise NetworkError("pasta cannot open /dev/net/tun (Debian gives it mode 0666: chmod 0666 "
                                "/dev/net/tun), or use --network none")
         published = list(self.reservation.published)
-        self.reservation.close()  # pasta binds them itself, now
         with tempfile.TemporaryDirectory(prefix="strata-pasta-") as tmp, tempfile.TemporaryFile() as err:
             fifo = os.path.join(tmp, "pid")
             os.mkfifo(fifo, 0o600)
@@ -131,6 +134,10 @@ def _spawn(args: list[str], stderr: int) -> int:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:
             os._exit(125)
+        # Python ignores SIGPIPE and SIGXFSZ, and an exec keeps that; pasta of Debian 12 refuses to
+        # start when it finds SIGPIPE ignored already ("Couldn't install signal handlers")
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
         null = os.open(os.devnull, os.O_RDWR)
         os.dup2(null, 0)
         os.dup2(null, 1)
