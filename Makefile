@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEB_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev pkg-config libfuse3-dev fuse3 patch \
 	libseccomp2 busybox-static skopeo umoci zstd docker-registry uidmap containerd podman conmon fuse-overlayfs \
-	nftables passt apache2-utils openssl buildah
+	nftables passt curl apache2-utils openssl buildah
 BENCH_PACKAGES := debootstrap fuse-overlayfs crun bubblewrap strace podman runc
 # tests/test_lab.py validates the lab's Vagrantfile with them (`make lab` needs more: vagrant/lab.sh)
 TEST_PACKAGES := vagrant vagrant-libvirt

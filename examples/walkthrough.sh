@@ -118,5 +118,23 @@ show strata --root "$host_b" top pinger
 show sh -c "strata --root '$host_b' inspect pinger | grep -E '\"(Pid|CpuShares|Memory|Status)\"'"
 echo "$out" | grep -q "\"CpuShares\": $shares" || fail "cpu shares not recorded"
 step strata --root "$host_b" rm -f pinger one two
+
+echo
+echo "== 6. A page served from a container on a published port"
+web_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("0.0.0.0", 0)); print(s.getsockname()[1])')
+step strata --root "$host_b" run -d --name web -p "$web_port:80" fridge \
+    sh -c 'mkdir -p /www && echo "<h1>cool content, served</h1>" > /www/index.html && exec httpd -f -p 80 -h /www'
+show strata --root "$host_b" port web
+[ "$out" = "80/tcp -> 0.0.0.0:$web_port" ] || fail "port 80 of web is not published on $web_port"
+step strata --root "$host_b" ps
+page=""
+for _ in $(seq 100); do  # until httpd answers, 10 s at most
+    if page=$(python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$web_port/', timeout=1).read().decode(), end='')" 2>/dev/null)
+    then break; fi
+    sleep 0.1
+done
+printf '\n\033[1m$ curl http://127.0.0.1:%s/\033[0m\n%s\n' "$web_port" "$page"
+[ "$page" = "<h1>cool content, served</h1>" ] || fail "the page did not come through port $web_port"
+step strata --root "$host_b" rm -f web
 echo
 echo "walkthrough: all steps passed"
