@@ -155,6 +155,21 @@ distinct_machines() {
         { echo "the two VMs share an address"; return 1; }
 }
 
+# CA certificates this host adds to its trust (/usr/local/share/ca-certificates, e.g. a TLS-inspecting
+# proxy's): the VMs trust them too, and pip there reads the system's bundle, as here; else pip's
+# downloads through such a proxy fail ("self-signed certificate in certificate chain")
+host_ca() {
+    local host=$1 dir=/usr/local/share/ca-certificates names
+    names=$(cd "$dir" 2>/dev/null && ls -- *.crt 2>/dev/null || true)
+    if [ -z "$names" ]; then
+        echo "this host adds no CA certificate of its own: nothing to pass on"
+        return 0
+    fi
+    echo "passing on to $host: $(echo $names)"
+    tar -C "$dir" -cf - $names | on "$host" "sudo sh -c 'mkdir -p $dir/lab-host && tar -C $dir/lab-host -xf - &&
+        update-ca-certificates && printf \"[global]\\ncert = /etc/ssl/certs/ca-certificates.crt\\n\" > /etc/pip.conf && cat /etc/pip.conf'"
+}
+
 install_on() { vagrant provision "$1" --provision-with hosts,install; }
 
 # host1's root may ssh to host2's: a key made on host1, authorized on host2
@@ -197,9 +212,11 @@ up() {
         check facts-host1 facts host1 || true
         check facts-host2 facts host2 || true
         check distinct-machines distinct_machines || true
+        check host-ca-host1 host_ca host1 || true
+        check host-ca-host2 host_ca host2 || true
         # the project's own install step on both hosts at once
-        ( check install-host1 install_on host1 > "$state/install-host1.out"; echo "${results[-1]}" > "$state/install-host1.result" ) &
-        ( check install-host2 install_on host2 > "$state/install-host2.out"; echo "${results[-1]}" > "$state/install-host2.result" ) &
+        ( check install-host1 install_on host1 > "$state/install-host1.out" || true; echo "${results[-1]}" > "$state/install-host1.result" ) &
+        ( check install-host2 install_on host2 > "$state/install-host2.out" || true; echo "${results[-1]}" > "$state/install-host2.result" ) &
         wait
         for h in host1 host2; do
             cat "$state/install-$h.out"
