@@ -12,12 +12,10 @@ from typing import Any
 from store import Store
 
 from ..containers import Containers
-from ..net import bridge, leases, ports
+from ..net import leases, ports
 from ..net import settings as net_settings
 from ..net.errors import NetworkError
-from ..net.netlink import Netlink
 from ..net.networks import Network, Networks
-from ..net.nft import Nft
 from .format import table
 
 
@@ -36,6 +34,10 @@ def cmd_create(store: Store, args: argparse.Namespace) -> int:
         raise NetworkError(f"plugin \"{args.driver}\" not found (strata has the bridge driver)")
     if os.geteuid() != 0:
         raise NetworkError("user networks need root (rootless containers use bridge, through pasta)")
+    from ..net import bridge  # (here: libnftables loads with it)
+    from ..net.netlink import Netlink
+    from ..net.nft import Nft
+
     networks = Networks(store.root.path)
     network = networks.create(args.name, args.subnet, args.gateway, _labels(args.label))
     try:
@@ -92,6 +94,8 @@ def cmd_inspect(store: Store, args: argparse.Namespace) -> int:
 
 
 def cmd_rm(store: Store, args: argparse.Namespace) -> int:
+    from ..net import bridge
+
     networks = Networks(store.root.path)
     status = 0
     for ref in args.networks:

@@ -16,6 +16,7 @@ pasta), a user network's name (root). ``reclaim`` undoes what a dead supervisor'
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import etc, leases, ports
@@ -38,6 +39,7 @@ class Endpoint:
         self.inner = inner
         self.netns = netns  # container:NAME: the namespace PID 1 joins
         self.joined = joined
+        self.sharers: Callable[[], bool] = lambda: False  # do other containers share the namespace?
 
     @property
     def needs_pid(self) -> bool:
@@ -85,7 +87,9 @@ class Endpoint:
     def disconnect(self) -> str:
         """Undo it all (safe whatever was done, and again); what failed, or ''."""
         try:
-            if self.inner is not None:
+            if isinstance(self.inner, BridgeEndpoint):
+                self.inner.disconnect(shared=self.sharers())
+            elif self.inner is not None:
                 self.inner.disconnect()
         except (OSError, NetworkError) as e:
             return f"cannot remove the container's network: {e}"
@@ -124,7 +128,10 @@ def plan(root: str, container: Container) -> Endpoint:
     except BaseException:
         reservation.close()
         raise
-    return Endpoint(mode, endpoint)
+    out = Endpoint(mode, endpoint)
+    out.sharers = lambda: any(c.config["HostConfig"]["NetworkMode"] == f"container:{container.id}"
+                              and c.state().get("Running") for c in Containers(root).all())
+    return out
 
 
 def reclaim(container: Container) -> None:

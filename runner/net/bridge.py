@@ -7,8 +7,10 @@ the bridge itself. Every change is made holding the host's network lock (``lease
                  veth pair ``veth<12 hex of the id>`` / ``eth0`` (made in PID 1's namespace
                  directly), eth0's address, MAC (from the address) and default route, the DNAT
                  elements, the peers' /etc/hosts
-    disconnect   when the container has ended: the elements that still name it, the veth (the
-                 kernel would take it with the namespace, but later), the lease, the peers' hosts
+    disconnect   when the container has ended: the elements that still name it, the veth taken off
+                 the bridge and down (the kernel deletes it with the namespace, at once: a delete
+                 here would wait ~15 ms for RCU; deleted here if another container shares the
+                 namespace, which then lives on), the lease, the peers' hosts
     reclaim      the same for a stale lease (a dead supervisor's), by whoever finds it
 
 *Caveats*: one network per container (no ``network connect``); IPv4 only.
@@ -75,10 +77,14 @@ def _elements(lease: Lease) -> list[PortElement]:
     return [PortElement(**p) for p in lease.ports]
 
 
-def reclaim(lease: Lease, nl: Netlink, nft: Nft) -> None:
-    """Undo what a stale lease's endpoint made (the caller holds the lock)."""
+def reclaim(lease: Lease, nl: Netlink, nft: Nft, delete: bool = True) -> None:
+    """Undo what a lease's endpoint made (the caller holds the lock); ``delete`` false: the veth is
+    only taken off the bridge (its namespace is going, and the veth with it)."""
     nft.unpublish(_elements(lease))
-    nl.delete(lease.veth)
+    if delete:
+        nl.delete(lease.veth)
+    else:
+        nl.detach(lease.veth)
     lease.drop()
 
 
@@ -159,15 +165,16 @@ class BridgeEndpoint:
             nft.publish(elements)
             refresh_peers(self.network)
 
-    def disconnect(self) -> None:
-        """Undo it all; safe to call whatever was done, and again."""
+    def disconnect(self, shared: bool = False) -> None:
+        """Undo it all; safe to call whatever was done, and again. ``shared``: other containers are
+        in the namespace (``--network container:``), which outlives this one: its veth is deleted."""
         self.reservation.close()
         if self.lease is None:
             return
         with leases.locked():
             if self.connected:
                 with Netlink.here() as nl, Nft() as nft:
-                    reclaim(self.lease, nl, nft)
+                    reclaim(self.lease, nl, nft, delete=shared)
             else:
                 self.lease.drop()
             refresh_peers(self.network)

@@ -171,6 +171,16 @@ class Netlink:
         self._request(RTM_NEWLINK, 0, _ifinfo(index, up=True))
         return index
 
+    def detach(self, name: str) -> bool:
+        """Take the link ``name`` off its bridge and down (a fraction of a millisecond, where a
+        delete waits ~15 ms for RCU); false if there is none."""
+        index = self.index(name)
+        if index is None:
+            return False
+        body = struct.pack("BxHiII", socket.AF_UNSPEC, 0, index, 0, IFF_UP) + _attr(IFLA_MASTER, struct.pack("I", 0))
+        self._request(RTM_NEWLINK, 0, body)
+        return True
+
     def delete(self, name: str) -> bool:
         """Delete the link ``name`` (a veth takes its peer along); false if there was none."""
         try:

@@ -90,24 +90,35 @@ class PortElement:
         return f"{{ {self.key} : {self.ip} . {self.port} }}"
 
 
+def _load() -> ctypes.CDLL | None:
+    """libnftables, loaded when this module is imported (the zygote imports it: its forks start with
+    the library mapped, a millisecond or two a container start would spend otherwise)."""
+    try:
+        lib = ctypes.CDLL("libnftables.so.1")
+    except OSError:
+        return None
+    lib.nft_ctx_new.restype = ctypes.c_void_p
+    lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+    for name in ("nft_ctx_buffer_output", "nft_ctx_buffer_error", "nft_ctx_free"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p]
+    for name in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p]
+        getattr(lib, name).restype = ctypes.c_char_p
+    lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+    lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    return lib
+
+
+_LIB = _load()
+
+
 class Nft:
     """A libnftables context; ``run`` takes nft's own syntax, one transaction per call."""
 
     def __init__(self) -> None:
-        try:
-            lib = ctypes.CDLL("libnftables.so.1")
-        except OSError:
-            raise NetworkError("nftables is not installed (Debian: apt-get install nftables)") from None
-        lib.nft_ctx_new.restype = ctypes.c_void_p
-        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
-        for name in ("nft_ctx_buffer_output", "nft_ctx_buffer_error", "nft_ctx_free"):
-            getattr(lib, name).argtypes = [ctypes.c_void_p]
-        for name in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
-            getattr(lib, name).argtypes = [ctypes.c_void_p]
-            getattr(lib, name).restype = ctypes.c_char_p
-        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
-        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        self.lib = lib
+        if _LIB is None:
+            raise NetworkError("nftables is not installed (Debian: apt-get install nftables)")
+        lib = self.lib = _LIB
         self.ctx = lib.nft_ctx_new(0)
         lib.nft_ctx_buffer_output(self.ctx)
         lib.nft_ctx_buffer_error(self.ctx)
@@ -183,6 +194,8 @@ class Nft:
     def unpublish(self, elements: list[PortElement]) -> list[PortElement]:
         """Delete those of the elements that are there as given (a key since given to another
         container stays); the ones deleted."""
+        if not elements:
+            return []
         present = set(port_elements(self.table()))
         gone = [e for e in elements if e in present]
         if gone:
