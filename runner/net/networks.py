@@ -3,9 +3,9 @@ three Docker has built in: ``bridge`` (strata's default: the bridge ``strata0`` 
 ``host`` and ``none``. A user network is a bridge of its own, ``br-<12 hex of its id>``, on a /24
 that overlaps no route of the host (chosen from 10.67.0.0 up unless ``--subnet`` says).
 
-The bridges are the host's and outlive nothing but a reboot: ``create`` makes a user network's,
-``ensure_bridge`` (re)makes a network's at each start that needs it, ``remove`` deletes it (by its
-exact name). Names are unique per store root (``networks/lock``); bridge names and subnets are
+The bridges are the host's and outlive nothing but a reboot: ``network create`` makes a user
+network's, ``bridge.ensure_bridge`` (re)makes a network's at each start that needs it,
+``bridge.remove_bridge`` deletes it (by its exact name). Names are unique per store root (``networks/lock``); bridge names and subnets are
 unique per host, as the host's routes are what a new subnet is checked against.
 """
 
@@ -18,7 +18,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -151,6 +150,8 @@ class Networks:
         """A user network's record, its subnet checked or chosen; the caller makes its bridge."""
         if not _NAME.match(name):
             raise NetworkError(f"invalid network name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+        if name in ("pasta", "default"):  # --network's own words
+            raise NetworkError(f"{name} is a reserved network name")
         with self._locked():
             if any(n.name == name for n in self.all()):
                 raise NetworkError(f"network with name {name} already exists")
@@ -167,9 +168,6 @@ class Networks:
             os.unlink(os.path.join(self.dir, f"{network.id}.json"))
         except FileNotFoundError:
             pass
-
-    def wipe(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _subnet(text: str, taken: list[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
