@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -304,3 +305,20 @@ def test_what_a_killed_supervisor_left_is_reported_and_rm_cleans_it(rootdir):
     assert f"container web ({doc['Id'][:12]})" not in strata(rootdir, "system", "check").out
     with contextlib.closing(socket.create_server(("0.0.0.0", port))):
         pass
+
+
+def test_a_stores_check_reports_its_own_leftovers_and_reclaims_those_of_a_store_gone(rootdir, tmp_path):
+    """Leases are host-wide, but another store's dead endpoint is not this store's problem; one whose
+    store was deleted (nobody can `strata rm` it any more) is reclaimed by the next check."""
+    doc = serve(rootdir, "web")
+    ip = doc["NetworkSettings"]["IPAddress"]
+    with open(os.path.join(rootdir, "containers", doc["Id"], "state.json")) as f:
+        os.kill(json.load(f)["SupervisorPid"], signal.SIGKILL)
+    wait_for(lambda: "Exited (255)" in strata(rootdir, "ps", "-a").out, what="the container to be seen dead")
+    other = str(tmp_path / "other-store")
+    assert strata(other, "system", "check").out.strip() == "store is consistent"
+    assert len(leases_of(rootdir)) == 1  # reported by its own store only, and left to it
+    assert f"container web ({doc['Id'][:12]})" in strata(rootdir, "system", "check").out
+    shutil.rmtree(os.path.join(rootdir, "containers", doc["Id"]))  # (its union is gone: PID 1 died)
+    assert strata(other, "system", "check").out.strip() == "store is consistent"
+    assert leases_of(rootdir) == [] and elements_to(ip) == []

@@ -348,7 +348,7 @@ def cmd_system_check(store: Store, args: argparse.Namespace) -> int:
         print(line)
     from ..net import attach  # (root: what a killed supervisor left of a container's network)
 
-    for line in attach.leftovers():
+    for line in attach.leftovers(store.root.path):
         print(line)
     if problems:
         print(f"{len(problems)} problem(s) found", file=sys.stderr)

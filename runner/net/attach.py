@@ -153,18 +153,30 @@ def reclaim(container: Container) -> None:
                 refresh_peers(by_name[lease.network])
 
 
-def leftovers() -> list[str]:
-    """Lines for ``system check``: stale leases (a dead supervisor's endpoint) and published ports
-    that no lease names; a foreign ``policy drop`` on the forward hook."""
+def leftovers(root: str) -> list[str]:
+    """Lines for ``system check`` of the store at ``root``: its containers' stale leases (a dead
+    supervisor's endpoint) and published ports that no lease names; a foreign ``policy drop`` on the
+    forward hook. (Leases are host-wide: another store's are that store's to report, and those of a
+    store that is gone, which nobody can ``rm`` any more, are reclaimed here.)"""
     if os.geteuid() != 0 or not os.path.isdir(leases.RUN_DIR):
         return []
     lines = []
     known: set[tuple[str, int, str]] = set()
+    ours = os.path.join(os.path.realpath(root), "containers") + os.sep
+    orphans = []
     for lease in leases.all_leases():
         known.update((p["host_ip"], p["host_port"], p["proto"]) for p in lease.ports)
-        if not lease.live():
+        if not os.path.isdir(lease.container) and not lease.live():
+            orphans.append(lease)
+        elif not os.path.realpath(lease.container).startswith(ours):
+            continue
+        elif not lease.live():
             lines.append(f"leftover network endpoint of container {lease.name} ({lease.id[:12]}): {lease.ip} on "
                          f"{lease.bridge}, {lease.veth}: `strata rm` or start it to clean up")
+    if orphans:
+        with leases.locked(), Netlink.here() as nl, Nft() as nft:
+            for lease in orphans:
+                reclaim_lease(lease, nl, nft)
     try:
         with Nft() as nft:
             for e in port_elements(nft.table()):
