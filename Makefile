@@ -45,7 +45,7 @@ $(BIN)/python: | .stamp-deb
 
 $(VENV)/.pyfuse3-patched: unionfs/pyfuse3.patch | $(BIN)/python
 	@rm -rf build/pyfuse3 && mkdir -p build/pyfuse3
-	@$(PIP) download --no-deps --no-binary :all: -d build/pyfuse3 pyfuse3==$(PYFUSE3)
+	@$(PIP) download --no-deps --no-binary pyfuse3 -d build/pyfuse3 pyfuse3==$(PYFUSE3)
 	@tar xzf build/pyfuse3/pyfuse3-$(PYFUSE3).tar.gz -C build/pyfuse3
 	@patch -s -d $(PYFUSE3_SRC) -p1 < unionfs/pyfuse3.patch
 	@rm -f $(PYFUSE3_SRC)/src/pyfuse3/__init__.c  # Cython writes it again from the patched source
