@@ -119,6 +119,7 @@ libvirt_up() {
 
 boot() {
     vagrant up --no-provision
+    vagrant rsync  # (up copies the repository only into a VM it boots: again for one already up)
     vagrant ssh-config > "$state/ssh-config"
 }
 
