@@ -83,14 +83,20 @@ class Cgroup:
     def apply(self, resources: dict[str, Any]) -> None:
         """An OCI config's ``linux.resources`` (but its devices: ``create`` takes those): memory
         (limit, swap as memory + swap, -1 unlimited), cpu (shares, quota, period) and pids (limit),
-        written in an order the kernel accepts in a fresh group. Anything else present was refused
-        by ``runner.oci.spec.check``."""
+        written in an order the kernel accepts in a fresh group, and the cpuset (cpu's cpus and
+        mems). Anything else present was refused by ``runner.oci.spec.check``."""
         memory, cpu = resources.get("memory") or {}, resources.get("cpu") or {}
         limit = memory.get("limit")
         swap = memory.get("swap")
         for path, value in self._writes(limit, swap, cpu.get("shares"), cpu.get("quota"), cpu.get("period"),
                                         (resources.get("pids") or {}).get("limit")):
             _write(path, value)
+        if cpu.get("cpus") or cpu.get("mems"):
+            self.pin(cpu.get("cpus"), cpu.get("mems"))
+
+    def pin(self, cpus: str | None, mems: str | None) -> None:
+        """Keep the group's processes to these CPUs (and memory nodes): a fresh group's cpuset."""
+        raise NotImplementedError
 
     def _writes(self, limit: int | None, swap: int | None, shares: int | None, quota: int | None,
                 period: int | None, pids: int | None) -> list[tuple[str, str]]:
@@ -113,6 +119,10 @@ class Cgroup:
     def freeze(self, frozen: bool) -> None:
         """Stop (or resume) every process in the group; returns once the kernel says it is done."""
         raise NotImplementedError
+
+    def frozen(self) -> bool:
+        """Is the group frozen (or freezing)? False where there is no freezer."""
+        return False
 
     def thaw(self) -> None:
         """Resume a frozen group, if it is one (quietly: there may be no group, or no freezer)."""
@@ -177,13 +187,34 @@ class V1(Cgroup):
         self.freezer = os.path.join(freezer, self.path) if os.path.isdir(freezer) else None
         self.devices_root = os.path.join(root, "devices")
         self.devices = os.path.join(self.devices_root, self.path)
-        # pids: only for a pids limit (each v1 hierarchy a process joins costs a move), or if made
+        # pids and cpuset: only for such a limit (each v1 hierarchy a process joins costs a move), or if made
         self.pids_dir = os.path.join(root, "pids", self.path) if os.path.isdir(os.path.join(root, "pids")) else None
         self.with_pids = False
+        self.cpuset_root = os.path.join(root, "cpuset")
+        self.cpuset_dir = os.path.join(self.cpuset_root, self.path)
+        self.with_cpuset = False
 
     def dirs(self) -> list[str]:
         pids = [self.pids_dir] if self.pids_dir and (self.with_pids or os.path.isdir(self.pids_dir)) else []
-        return [self.cpu, self.memory, self.devices] + ([self.freezer] if self.freezer else []) + pids
+        cpuset = [self.cpuset_dir] if self.with_cpuset or os.path.isdir(self.cpuset_dir) else []
+        return [self.cpu, self.memory, self.devices] + ([self.freezer] if self.freezer else []) + pids + cpuset
+
+    def pin(self, cpus: str | None, mems: str | None) -> None:
+        if not os.path.isdir(self.cpuset_root):
+            raise RunnerError("this host has no cpuset cgroup: cannot pin the container to cpus")
+        level = self.cpuset_root
+        for part in self.path.split("/"):
+            child = os.path.join(level, part)
+            if not os.path.isdir(child):
+                os.mkdir(child)
+                for name in ("cpuset.cpus", "cpuset.mems"):  # empty in a new v1 group: no task could join
+                    _write(os.path.join(child, name), _read(os.path.join(level, name)).strip())
+            level = child
+        self.with_cpuset = True
+        if mems:
+            _write(os.path.join(level, "cpuset.mems"), mems)
+        if cpus:
+            _write(os.path.join(level, "cpuset.cpus"), cpus)
 
     def _writes(self, limit: int | None, swap: int | None, shares: int | None, quota: int | None,
                 period: int | None, pids: int | None) -> list[tuple[str, str]]:
@@ -208,6 +239,12 @@ class V1(Cgroup):
             os.makedirs(self.pids_dir, exist_ok=True)
             writes.append((os.path.join(self.pids_dir, "pids.max"), str(pids) if pids > 0 else "max"))
         return writes
+
+    def frozen(self) -> bool:
+        try:
+            return self.freezer is not None and _read(os.path.join(self.freezer, "freezer.state")).strip() != "THAWED"
+        except OSError:
+            return False
 
     def freeze(self, frozen: bool) -> None:
         if self.freezer is None:
@@ -288,12 +325,31 @@ class V2(Cgroup):
             writes.append((os.path.join(self.dir, "pids.max"), str(pids) if pids > 0 else "max"))
         return writes
 
+    def pin(self, cpus: str | None, mems: str | None) -> None:
+        top = os.path.join(self.root, self.delegated) if self.delegated else self.root
+        level = top
+        for part in os.path.relpath(self.dir, top).split("/"):  # cpuset enabled down to the group
+            control = os.path.join(level, "cgroup.subtree_control")
+            if "cpuset" not in _read(control).split():
+                _write(control, "+cpuset")
+            level = os.path.join(level, part)
+        if mems:
+            _write(os.path.join(self.dir, "cpuset.mems"), mems)
+        if cpus:
+            _write(os.path.join(self.dir, "cpuset.cpus"), cpus)
+
     def limit(self, cpu_shares: int | None, memory: int | None) -> None:
         if cpu_shares:
             _write(os.path.join(self.dir, "cpu.weight"), str(shares_to_weight(cpu_shares)))
         if memory:
             _write(os.path.join(self.dir, "memory.max"), str(memory))
             _write(os.path.join(self.dir, "memory.swap.max"), str(memory))
+
+    def frozen(self) -> bool:
+        try:
+            return _read(os.path.join(self.dir, "cgroup.freeze")).strip() == "1"
+        except OSError:
+            return False
 
     def freeze(self, frozen: bool) -> None:
         want = "1" if frozen else "0"
@@ -333,6 +389,9 @@ class NoCgroup(Cgroup):
         if any((limit, swap, shares, quota, period, pids)):
             raise RunnerError("this rootless host delegates no cgroup to you: linux.resources cannot be enforced")
         return []
+
+    def pin(self, cpus: str | None, mems: str | None) -> None:
+        raise RunnerError("this rootless host delegates no cgroup to you: cannot pin the container to cpus")
 
     def oom_killed(self) -> bool:
         return False

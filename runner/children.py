@@ -12,10 +12,10 @@ from collections.abc import Callable
 import trio
 
 
-def fork_detached(body: Callable[[int], int], failure: int = 1) -> tuple[int, int]:
+def fork_detached(body: Callable[[int], int], failure: int = 1, keep: tuple[int, ...] = ()) -> tuple[int, int]:
     """Fork a process of its own: its own session, stdio on /dev/null, no inherited fd but the write
-    end of a pipe, which it gets as ``body``'s argument; it exits with what ``body`` returns
-    (``failure`` if it raises). Returns (pid, read end of the pipe)."""
+    end of a pipe, which it gets as ``body``'s argument, and those in ``keep``; it exits with what
+    ``body`` returns (``failure`` if it raises). Returns (pid, read end of the pipe)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -29,8 +29,11 @@ def fork_detached(body: Callable[[int], int], failure: int = 1) -> tuple[int, in
             devnull = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)
-            os.closerange(3, w)
-            os.closerange(w + 1, 65536)
+            low = 3
+            for fd in sorted({w, *keep}):
+                os.closerange(low, fd)
+                low = fd + 1
+            os.closerange(low, 65536)
             code = body(w)
         finally:
             os._exit(code)

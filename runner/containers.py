@@ -38,7 +38,7 @@ from store.images import now
 from store.root import write_atomic, write_json
 from unionfs import mountinfo
 
-from . import cgroups
+from . import cgroups, events
 from . import syscalls as sc
 from .errors import ContainerConflict, NoSuchContainer, RunnerError
 from .process import process_alive
@@ -52,16 +52,19 @@ _NOUN = ["babbage", "curie", "darwin", "euler", "gauss", "hopper", "lovelace", "
 
 class State(enum.StrEnum):
     """A container's ``Status`` in state.json: the member's value is the string the file holds, and
-    being a ``str`` a member compares equal to it (``state["Status"] == State.RUNNING``). Docker's
-    ``paused``, ``restarting``, ``removing`` and ``dead`` are never recorded."""
+    being a ``str`` a member compares equal to it (``state["Status"] == State.RUNNING``). ``paused`` is
+    never recorded: a running container whose cgroup is frozen reads so. Docker's ``removing`` and
+    ``dead`` do not exist here."""
 
     CREATED = "created"  # recorded, never started (a container without state.json reads so)
     STARTING = "starting"  # its supervisor is mounting the union and starting PID 1
     RUNNING = "running"  # PID 1 runs
+    PAUSED = "paused"  # PID 1 runs, frozen (read from the cgroup, never recorded)
+    RESTARTING = "restarting"  # PID 1 ended; its supervisor starts it again soon (its restart policy)
     EXITED = "exited"  # PID 1 ended, did not start, or its supervisor died
 
 
-SUPERVISED = (State.STARTING, State.RUNNING)  # the states in which a supervisor owns the container
+SUPERVISED = (State.STARTING, State.RUNNING, State.PAUSED, State.RESTARTING)  # a supervisor owns the container
 
 
 def check_name(name: str) -> None:
@@ -95,6 +98,8 @@ class Container:
         if state.get("Status") in SUPERVISED and not self.supervised():
             state.update(Status=State.EXITED, Running=False, Pid=0, ExitCode=255,
                          Error=state.get("Error") or "the container's supervisor died")
+        elif state.get("Running") and cgroups.load(self.config["Cgroup"]["Version"], self.id).frozen():
+            state.update(Status=State.PAUSED, Paused=True)
         return state
 
     def recorded(self) -> dict[str, Any]:
@@ -161,7 +166,8 @@ class Container:
         ``state.json`` in one ``renameat2(RENAME_EXCHANGE)``: once both exist, recording a state needs
         no free space, so a container that fills its disk still gets its exit code recorded. Not
         fsynced: after a crash of the host no container runs, whatever its state said."""
-        state = dict(read) if read is not None else self.state()
+        state = dict(read) if read is not None else self.recorded()
+        state.pop("Paused", None)  # (read from the cgroup, never recorded)
         state.update(changes)
         error = str(state.get("Error") or "")
         while len(json.dumps(error)) > 1024:  # the Error is the one field of any length: capped, encoded
@@ -313,6 +319,23 @@ class Containers:
                 raise RunnerError(f"cannot create container: {e.strerror}") from None
             return Container(path, config)
 
+    def rename(self, container: Container, name: str) -> None:
+        """Give ``container`` a new name (Docker's errors for a bad, the same or a taken one); its
+        config.json is written again, atomically."""
+        check_name(name)
+        name = name.lstrip("/")
+        with self.locked():
+            if name == container.name:
+                raise ContainerConflict("Renaming a container with the same name as its current name")
+            for other in self.all():
+                if other.name == name:
+                    raise ContainerConflict(f'Conflict. The container name "/{name}" is already in use by container '
+                                            f'"{other.id}". You have to remove (or rename) that container to be able '
+                                            "to reuse that name.")
+            config = {**container.config, "Name": name}
+            write_json(container.path("config.json"), config, durable=not config["HostConfig"]["AutoRemove"])
+            container.config = config
+
     def remove(self, container: Container, locked: bool = False) -> None:
         """Delete the record of a container that does not run (``ContainerConflict`` if it runs or is
         starting): what a dead supervisor left is reclaimed first, then the config goes (one rename),
@@ -329,6 +352,7 @@ class Containers:
             os.unlink(container.path("config.json"))
             gone = container.dir
         shutil.rmtree(gone, ignore_errors=True)
+        events.record(os.path.dirname(self.dir), "destroy", container.config)
 
     def using_image(self, image_id: str) -> list[str]:
         return [c.name for c in self.all() if c.config.get("Image") == image_id]

@@ -114,6 +114,35 @@ def host_device(spec: str) -> tuple[dict[str, object], DeviceRule]:
     return node, {"allow": True, "type": kind, "major": major, "minor": minor, "access": access}
 
 
+_SKIPPED_DIRS = {"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"}  # containerd's HostDevices
+_OWN_NODES = {"console", "null", "zero", "full", "random", "urandom", "tty", "ptmx"}  # every /dev has these
+
+
+def host_devices(root: str = "/dev") -> list[dict[str, object]]:
+    """Every device node of the host's /dev (``--privileged``, as containerd's ``HostDevices``: the
+    mounts of ptys, shm, mqueue and the fd links left out, and the nodes every container's /dev has
+    already: console, null, zero, full, random, urandom, tty, ptmx), as ``linux.devices`` entries at
+    the same paths."""
+    out: list[dict[str, object]] = []
+    for dirpath, dirs, files in os.walk(root):
+        if dirpath == root:
+            dirs[:] = [d for d in dirs if d not in _SKIPPED_DIRS]
+        for name in sorted(files):
+            path = os.path.join(dirpath, name)
+            if dirpath == root and name in _OWN_NODES:
+                continue
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            kind = "c" if stat.S_ISCHR(st.st_mode) else "b" if stat.S_ISBLK(st.st_mode) else ""
+            if kind:
+                out.append({"path": "/dev/" + os.path.relpath(path, root), "type": kind,
+                            "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
+                            "fileMode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid})
+    return out
+
+
 _MAX_NUMBER = 0x7FFFFFFF  # compared as a sign-extended BPF immediate; real majors/minors are 12/20 bits
 
 

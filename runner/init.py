@@ -38,11 +38,11 @@ import termios
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from . import reaper, userns
 from . import syscalls as sc
-from . import userns
 from .oci import rootfs
 from .oci.spec import DEFAULT_CAPS as DOCKER_CAPS
-from .oci.spec import USER_ANNOTATION
+from .oci.spec import INIT_ANNOTATION, USER_ANNOTATION
 
 # linux/capability.h, by number
 CAPS = {name: bit for bit, name in enumerate((
@@ -189,8 +189,9 @@ def _set_limits(spec: dict[str, Any]) -> None:
     for limit in spec.get("rlimits") or []:
         if limit.get("type") not in _RLIMITS:
             raise _Fail(125, f"unknown rlimit {limit.get('type')!r}")
+        soft, hard = (resource.RLIM_INFINITY if int(v) >= 2**63 else int(v) for v in (limit["soft"], limit["hard"]))
         try:
-            resource.setrlimit(_RLIMITS[limit["type"]], (int(limit["soft"]), int(limit["hard"])))
+            resource.setrlimit(_RLIMITS[limit["type"]], (soft, hard))  # (uint64 2**64-1: unlimited)
         except (OSError, ValueError) as e:
             raise _Fail(125, f"cannot set {limit['type']} to {limit['soft']}:{limit['hard']}: {e}") from None
     if spec.get("umask") is not None:
@@ -280,6 +281,8 @@ def _exec(spec: dict[str, Any], status_fd: int) -> None:
         signal.signal(sig, signal.SIG_DFL)
     if seccomp is not None:  # last, as runc: after no_new_privs, right before exec
         seccomp.load()
+    if spec.get("init"):  # --init: this process stays, as PID 1's reaper; its child execs
+        reaper.fork_command(bool(spec.get("tty")), status_fd)
     try:
         os.execve(binary, args, dict(e.split("=", 1) for e in env if "=" in e))
     except PermissionError:
@@ -359,7 +362,8 @@ def _process(spec: dict[str, Any]) -> dict[str, Any]:
             "no_new_privs": bool(process.get("noNewPrivileges")), "seccomp": spec.get("seccomp"),
             "rlimits": process.get("rlimits"), "oom_score_adj": process.get("oomScoreAdj"),
             "park": spec.get("fifo_fd"), "on_start": spec.get("on_start"), "preserve_fds": spec.get("preserve_fds", 0),
-            "umask": (process.get("user") or {}).get("umask")}
+            "umask": (process.get("user") or {}).get("umask"),
+            "init": (config.get("annotations") or {}).get(INIT_ANNOTATION) == "true"}
 
 
 def _pid1(spec: dict[str, Any], status_fd: int, go_fd: int, joined_fd: int) -> None:

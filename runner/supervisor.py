@@ -7,7 +7,7 @@ forwards signals (``runner.forwarding``), and when PID 1 exits records the exit 
 times, then kills what is left in the cgroup, unmounts and removes the cgroup (and the container,
 for ``--rm``).
 
-``strata run -d`` and ``strata start`` fork it detached (``run_detached``);
+``strata run -d`` and ``strata start`` fork it detached (``runner.detached``, which also restarts it);
 ``strata run`` without ``-d`` runs it in the CLI's own process, attached.
 
 Faults: if the union filesystem process dies, the container is killed and its state says why. If
@@ -26,8 +26,8 @@ import signal
 import socket
 import termios
 import tty
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import trio
@@ -37,13 +37,15 @@ from store.root import write_json
 from unionfs.errors import UnionError
 from unionfs.mount import Mount, fork_serve
 
-from . import cgroups, forwarding, init, seccomp, userns, volumemounts
+from . import cgroups, etcfiles, events, forwarding, hub, init, seccomp, userns, volumemounts
 from . import syscalls as sc
 from .children import Child
 from .containers import Container, Containers
 from .errors import RunnerError
+from .jsonlog import JsonLog, feed_input, pump_output
 from .mounts import check_fuse_device
 from .net import attach as network
+from .oci import privileges
 from .oci import spec as oci_spec
 from .process import start_time
 from .volumes import Volumes
@@ -69,89 +71,15 @@ class _Stdio:
     console_child: int | None = None  # and PID 1's end
 
 
-class _Log:
-    """Docker's json-file driver: one JSON object a line, split at newlines, per stream."""
-
-    def __init__(self, path: str) -> None:
-        self.file = open(path, "ab", buffering=0)
-        self.partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
-        self.lost = 0  # bytes of output a full disk (or another write error) kept out of the log
-
-    def _append(self, data: bytes) -> None:
-        try:
-            self.file.write(data)
-        except OSError:  # a full disk: the container goes on, its output is lost (json-file does so)
-            self.lost += len(data)
-
-    def write(self, stream: str, data: bytes) -> None:
-        buf = self.partial[stream] + data
-        *lines, rest = buf.split(b"\n")
-        out = []
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        for line in lines:
-            out.append(json.dumps({"log": (line + b"\n").decode(errors="replace"), "stream": stream, "time": stamp}))
-        if len(rest) > 16384:
-            out.append(json.dumps({"log": rest.decode(errors="replace"), "stream": stream, "time": stamp}))
-            rest = b""
-        self.partial[stream] = rest
-        if out:
-            self._append(("\n".join(out) + "\n").encode())
-
-    def close(self) -> None:
-        for stream, rest in self.partial.items():
-            if rest:
-                self._append((json.dumps({"log": rest.decode(errors="replace"), "stream": stream,
-                                          "time": now()}) + "\n").encode())
-        try:
-            self.file.close()
-        except OSError:
-            pass
-
-
-async def _pump(src: int, stream: str, log: _Log, out: int | None) -> None:
-    """Copy a pipe or pty master to the log (and the attached terminal) until EOF."""
-    reader = trio.lowlevel.FdStream(os.dup(src))
-    async with reader:
-        while True:
-            try:
-                data = await reader.receive_some(65536)
-            except (trio.BrokenResourceError, OSError):  # a pty master reads EIO once the slave is gone
-                return
-            if not data:
-                return
-            log.write(stream, data)
-            if out is not None:
-                try:
-                    os.write(out, data)
-                except OSError:  # the terminal went away: keep logging
-                    out = None
-
-
-async def _feed(src: int, dst: int, on_eof_close: bool) -> None:
-    """Copy the attached stdin to the container's stdin (pipe or pty master)."""
-    reader = trio.lowlevel.FdStream(os.dup(src))
-    writer = trio.lowlevel.FdStream(os.dup(dst))
-    async with reader, writer:
-        while True:
-            try:
-                data = await reader.receive_some(65536)
-            except (trio.BrokenResourceError, OSError):
-                break
-            if not data:
-                break
-            try:
-                await writer.send_all(data)
-            except (trio.BrokenResourceError, OSError):
-                break
-    if on_eof_close:
-        try:
-            os.close(dst)
-        except OSError:
-            pass
-
-
 class Supervisor:
-    def __init__(self, root: str, container: Container, attach: Attach | None) -> None:
+    def __init__(self, root: str, container: Container, attach: Attach | None, lock_fd: int | None = None,
+                 client: int | None = None, console_size: tuple[int, int] | None = None, restarts: int = 0,
+                 restart: Callable[[int], bool] | None = None) -> None:
+        """``lock_fd``: ``supervisor.lock``, held already (a restart); ``client``: a connected attach
+        socket (``run -it``'s), served before the container starts; ``console_size``: the terminal
+        size a -t container starts with when no terminal is attached here; ``restarts``: how many
+        times its restart policy has started it again; ``restart(code)``: will it be started again
+        once it ends with ``code`` (then its end is recorded as ``restarting``, never ``exited``)."""
         self.root = root
         self.c = container
         self.attach = attach
@@ -168,7 +96,15 @@ class Supervisor:
         self.status_fd: int | None = None  # init's reports: "pid N", then "error CODE MESSAGE" or EOF
         self.go_fd: int | None = None
         self.opened: list[int] = []  # fds this supervisor must close when it is done
-        self.lock_fd: int | None = None  # ``supervisor.lock``, held until this process exits
+        self.lock_fd: int | None = lock_fd  # ``supervisor.lock``, held until this process exits
+        self.client = client
+        self.console_size = console_size
+        self.restarts = restarts
+        self.restart = restart
+        self.listener: socket.socket | None = None  # attach.sock
+        self.hub = hub.Hub(self._input, self._resize_to, self._signal)
+        self.stdin_send: trio.MemorySendChannel[bytes] | None = None  # attached clients' input
+        self.stdin_ready: trio.Event | None = None  # set once the container has its stdin
         self.bundle: dict[str, Any] | None = None  # the config.json this start runs
         self.early: str | None = None  # the init's first report when read before trio (rootless)
         self.net: network.Endpoint | None = None  # the container's network, planned before its files
@@ -188,7 +124,7 @@ class Supervisor:
         if self.config["HostConfig"]["AutoRemove"]:  # --rm: its writable layer cannot outlive it
             options.append("volatile")  # (as podman does for --rm; CRI-O for every container)
         try:
-            self.lock_fd = c.supervise()
+            self.lock_fd = self.lock_fd if self.lock_fd is not None else c.supervise()
         except (RunnerError, OSError) as e:
             self.error = str(e)  # run() reports it and touches nothing: the container is not ours
             return
@@ -197,8 +133,10 @@ class Supervisor:
             if leftover := c.leftovers():
                 raise RuntimeError(f"cannot start a second instance of container {c.id}: {leftover}")
             check_fuse_device()
+            self.listener = hub.listen(c.dir)
             self.net = network.plan(self.root, c)  # its address, its ports: /etc/hosts names them
             self._write_etc()
+            etcfiles.apply(self.config, c.path("hosts"), c.path("resolv.conf"))  # --add-host, --dns
             volumemounts.prepare(c)  # bind sources, and the mountpoints layer below the init layer
             self.bundle = self._write_bundle()
             if not rootless:
@@ -206,7 +144,7 @@ class Supervisor:
                                         parent_death=signal.SIGTERM)
             resources = self.bundle["linux"]["resources"]
             self.cgroup.create(resources.get("devices"))
-            self.cgroup.limit((resources.get("cpu") or {}).get("shares"), (resources.get("memory") or {}).get("limit"))
+            self.cgroup.apply({k: v for k, v in resources.items() if k != "devices"})  # (create took those)
             self._fork_init()
             if (rootless or self.net.needs_pid) and self._early_report().startswith("pid "):
                 assert self.init is not None  # its namespaces exist (the init's: PID 1 is not dumpable yet)
@@ -288,7 +226,7 @@ class Supervisor:
                 "seccomp": seccomp.prepare(profile) if profile else None, "cgroup_procs": self.cgroup.procs_files()}
         if self.stdio is not None and self.stdio.console is not None:
             spec["console_fd"] = self.stdio.console_child
-            size = self._terminal_size()
+            size = self._terminal_size() or self.console_size
             if size:
                 self.bundle["process"]["consoleSize"] = {"height": size[0], "width": size[1]}
         return spec
@@ -310,12 +248,106 @@ class Supervisor:
 
     def _ready(self, message: str) -> None:
         """Tell a waiting ``strata run -d`` / ``start`` how the start went (once)."""
+        if message.startswith("ok "):
+            events.record(self.root, "start", self.config)
         if self.ready_fd is not None:
             _tell(self.ready_fd, message)
             self.ready_fd = None
 
     async def run(self, ready_fd: int | None = None) -> int:
-        """Run the container to its end; return its exit code (125-127 for failures to start)."""
+        """Run the container to its end; return its exit code (125-127 for failures to start).
+        Attached clients are served meanwhile, and told the code once it is recorded."""
+        async with trio.open_nursery() as nursery:
+            self.stdin_send, stdin_receive = trio.open_memory_channel[bytes](1024)
+            self.stdin_ready = trio.Event()
+            if self.listener is not None:
+                await nursery.start(self.hub.serve, self.listener)
+                if self.client is not None:
+                    self.hub.adopt(socket.socket(fileno=self.client))
+                    self.client = None
+            nursery.start_soon(self._write_input, stdin_receive)
+            if self.restarts == 0 and self.lock_fd is not None and self.c.recorded().get("RestartCount"):
+                self.c.set_state(RestartCount=0)  # started by hand: counted again from 0
+            code = await self._run(ready_fd)
+            self.stdin_ready.set()
+            if self.started:
+                config = self._current_config()  # (renamed meanwhile, say)
+                if self.c.recorded().get("OOMKilled"):
+                    events.record(self.root, "oom", config)
+                events.record(self.root, "die", config, exitCode=code)
+            with trio.CancelScope(shield=True):
+                await self.hub.finish(code)
+            nursery.cancel_scope.cancel()
+        if self.listener is not None:
+            self.listener.close()
+        return code
+
+    def _current_config(self) -> dict[str, Any]:
+        """The container's record as it is on disk now (its name may have changed), else as it was."""
+        try:
+            with open(self.c.path("config.json")) as f:
+                config: dict[str, Any] = json.load(f)
+                return config
+        except (OSError, ValueError):
+            return self.config
+
+    def _input(self, data: bytes) -> None:
+        """From an attached client: bytes for the container's stdin (b"": its end)."""
+        if self.stdin_send is not None:
+            try:
+                self.stdin_send.send_nowait(data)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def _write_input(self, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+        """Write attached clients' input to the container's stdin, once it has one (a -t container's
+        terminal comes with PID 1's console); b"" closes a stdin pipe (the container sees EOF)."""
+        assert self.stdin_ready is not None
+        await self.stdin_ready.wait()
+        writer = None
+        try:
+            async with receive:
+                async for data in receive:
+                    stdio = self.stdio
+                    if stdio is None or stdio.stdin < 0:
+                        continue
+                    if not data:
+                        if stdio.close_stdin and stdio.stdin in self.opened:
+                            if writer is not None:
+                                await writer.aclose()
+                                writer = None
+                            self.opened.remove(stdio.stdin)
+                            os.close(stdio.stdin)
+                            stdio.stdin = -1
+                        continue
+                    if writer is None:
+                        writer = trio.lowlevel.FdStream(os.dup(stdio.stdin))
+                    try:
+                        await writer.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        return
+        finally:
+            if writer is not None:
+                with trio.CancelScope(shield=True):
+                    await writer.aclose()
+
+    def _signal(self, number: int) -> None:
+        """A signal an attached client passes on (its sig-proxy): to PID 1."""
+        if self.pid and self.init is not None and self.init.returncode is None:
+            try:
+                os.kill(self.pid, number)
+            except (ProcessLookupError, PermissionError, ValueError):
+                pass
+
+    def _resize_to(self, rows: int, columns: int) -> None:
+        """An attached client's terminal size: the container's terminal takes it on."""
+        if self.stdio is not None and self.stdio.console is not None and self.stdio.stdin >= 0:
+            try:
+                termios.tcsetwinsize(self.stdio.stdin, (rows, columns))
+            except (OSError, termios.error):
+                pass
+
+    async def _run(self, ready_fd: int | None = None) -> int:
         c = self.c
         self.ready_fd = ready_fd
         if self.lock_fd is None:  # another supervisor runs it: its state and files are not ours
@@ -371,9 +403,11 @@ class Supervisor:
                 self.error = error
                 remove = self.config["HostConfig"]["AutoRemove"] or (first_start and not self.started)
                 if not remove:
+                    again = self.started and self.restart is not None and self.restart(code)
+                    count: dict[str, Any] = {"RestartCount": self.restarts + 1} if again else {}
                     try:
-                        c.set_state(Status="exited", Running=False, Pid=0, ExitCode=code, OOMKilled=oom,
-                                    Error=error, FinishedAt=now())
+                        c.set_state(Status="restarting" if again else "exited", Running=False, Pid=0, ExitCode=code,
+                                    OOMKilled=oom, Error=error, FinishedAt=now(), **count)
                     except OSError as e:  # not even the reserved block: the state reads as a dead supervisor's
                         self.error = error = error or f"cannot record the container's exit: {e.strerror}"
                 self._ready(f"error {code} {error}")  # never got as far as running
@@ -415,13 +449,13 @@ class Supervisor:
         self._go()
         status = trio.lowlevel.FdStream(self.status_fd)
         opened.remove(self.status_fd)
-        log = _Log(self.c.path("container.log"))
+        log = JsonLog(self.c.path("container.log"))
         drained = trio.Event()
         remaining = [0]
 
         async def pump(src: int, stream: str, to: int | None) -> None:
             try:
-                await _pump(src, stream, log, to)
+                await pump_output(src, stream, log, to, self.hub)
             finally:
                 remaining[0] -= 1
                 if not remaining[0]:
@@ -445,10 +479,12 @@ class Supervisor:
                     drained.set()
                 for src, stream, to in stdio.pumps:
                     nursery.start_soon(pump, src, stream, to)
+                if self.stdin_ready is not None:
+                    self.stdin_ready.set()  # (attached clients' input may go in now)
                 if stdio.feed is not None and stdio.stdin >= 0:
                     if stdio.close_stdin:  # the feeder closes the pipe at EOF: the container sees EOF
                         opened.remove(stdio.stdin)
-                    nursery.start_soon(_feed, stdio.feed, stdio.stdin, stdio.close_stdin)
+                    nursery.start_soon(feed_input, stdio.feed, stdio.stdin, stdio.close_stdin)
                 nursery.start_soon(self._watch_union, mount)
                 await nursery.start(self._forward_signals)  # taken before "running" says they may come
                 failure = await _read_line(status)  # "error CODE MESSAGE" if exec failed; EOF once it exec'd
@@ -514,10 +550,13 @@ class Supervisor:
 
 def container_filter(config: dict[str, Any]) -> seccomp.Filter | None:
     """The seccomp filter a container's processes get (PID 1 and ``exec``'s alike): its ``Seccomp``
-    setting resolved for Docker's default capabilities (a container created before seccomp existed
-    gets the default). ``RunnerError`` if it cannot be built (no libseccomp, say)."""
+    setting resolved for its capabilities (a container created before seccomp existed gets the
+    default; a privileged one none). ``RunnerError`` if it cannot be built (no libseccomp, say)."""
+    if (config.get("HostConfig") or {}).get("Privileged"):
+        return None
     try:
-        return seccomp.for_container(config.get("Seccomp", "default"), set(init.DEFAULT_CAPS))
+        return seccomp.for_container(config.get("Seccomp", "default"),
+                                     set(privileges.of_container(config, list(init.DEFAULT_CAPS))))
     except OSError as e:
         raise RunnerError(f"cannot build the container's seccomp filter: {e}") from None
 
@@ -579,12 +618,3 @@ def run_attached(root: str, container: Container, attach: Attach) -> tuple[int, 
     finally:
         if saved is not None and term is not None:
             termios.tcsetattr(term, termios.TCSADRAIN, saved)
-
-
-def run_detached(root: str, cid: str, ready_fd: int) -> int:
-    """Detached supervision, in a process forked by ``strata run -d`` / ``start`` (its own session):
-    ``ok PID`` or ``error CODE MESSAGE`` goes to ``ready_fd`` once the container runs or cannot."""
-    supervisor = Supervisor(root, Containers(root).get(cid), None)
-    supervisor.prepare()
-    with forwarding.held():
-        return trio.run(supervisor.run, ready_fd)

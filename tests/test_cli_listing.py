@@ -94,12 +94,17 @@ def test_go_templates_render_as_docker_prints():
            "Entrypoint": None}, "Tty": False}
     assert render("{{.State.Status}}", doc) == "running"
     assert render("pid={{ .State.Pid }} tty={{.Tty}}", doc) == "pid=7 tty=false"
-    assert render("{{json .Config.Labels}}", doc) == '{"b": "2", "a": "1"}'
-    assert render("{{.Config.Labels | json}}", doc) == '{"b": "2", "a": "1"}'
+    assert render("{{json .Config.Labels}}", doc) == '{"b":"2","a":"1"}'  # compact, as Go's (keys in the document's order)
+    assert render("{{.Config.Labels | json}}", doc) == '{"b":"2","a":"1"}'
     assert render("{{.Config.Labels}} {{.Config.Cmd}} {{join .Config.Cmd \",\"}}", doc) == "map[a:1 b:2] [sh -c] sh,-c"
     assert render('{{index .Config.Labels "a"}} {{upper .State.Status}} {{len .Config.Cmd}}', doc) == "1 RUNNING 2"
     assert render("{{.Config.Entrypoint}}", doc) == "<no value>"
-    for bad in ("{{.Nope}}", "{{.State.Status.X}}", "{{bogus .State}}", "{{.State"):
+    assert render("{{range $k, $v := .Config.Labels}}{{$k}}={{$v}} {{end}}", doc) == "a=1 b=2 "  # (sorted, as Go's)
+    assert render("{{if .Tty}}tty{{else if .State.Pid}}pid{{end}}", doc) == "pid"
+    assert render("{{range .Config.Cmd}}[{{.}}]{{else}}none{{end}} {{with .State}}{{.Status}}{{end}}", doc) == "[sh][-c] running"
+    assert render('{{printf "%s/%d" .State.Status .State.Pid}} {{(index .Config.Cmd 1) | upper}}', doc) == "running/7 -C"
+    for bad in ("{{.Nope}}", "{{.State.Status.X}}", "{{bogus .State}}", "{{.State", "{{range .Config.Cmd}}",
+                "{{end}}", "{{template \"x\"}}", "{{.State.Status \"arg\"}}"):
         with pytest.raises(Exception, match="template parsing error"):
             render(bad, doc)
 

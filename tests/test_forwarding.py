@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root 
 _HANG_UP_BEFORE_LISTENING = r"""
 import os, signal, sys
 import trio
-from runner import supervisor
+from runner import jsonlog, supervisor
 from runner.cli import main
 
 first_line = []
@@ -29,7 +29,7 @@ def printed():
         first_line.append(trio.Event())
     return first_line[0]
 
-write = supervisor._Log.write
+write = jsonlog.JsonLog.write
 
 def write_then_hang_up(log, stream, data):
     write(log, stream, data)
@@ -43,7 +43,7 @@ async def listen_late(self, **task_status):
     await printed().wait()
     await forward(self, **task_status)
 
-supervisor._Log.write = write_then_hang_up
+jsonlog.JsonLog.write = write_then_hang_up
 supervisor.Supervisor._forward_signals = listen_late
 sys.exit(main(sys.argv[1:]))
 """

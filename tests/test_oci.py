@@ -23,7 +23,8 @@ def test_a_containers_config_carries_dockers_defaults():
     config = spec.for_container(_record(Memory=64 << 20, CpuShares=512), "/merged", {"hostname": "/h"})
     spec.check(config)
     assert config["process"]["args"] == ["/bin/sh", "-c", "true"] and config["root"]["path"] == "/merged"
-    assert config["annotations"] == {spec.USER_ANNOTATION: "nobody"}  # looked up in the container's passwd
+    # the user looked up in the container's passwd; its root's copy honours setuid bits (Docker's default)
+    assert config["annotations"] == {spec.USER_ANNOTATION: "nobody", spec.ROOT_SUID: "true"}
     assert {m["destination"] for m in config["mounts"]} == {"/proc", "/dev", "/dev/pts", "/sys", "/dev/mqueue",
                                                             "/dev/shm", "/etc/hostname"}
     assert {n["type"] for n in config["linux"]["namespaces"]} == {"pid", "ipc", "uts", "mount", "cgroup", "network"}
@@ -36,7 +37,7 @@ def test_a_containers_config_carries_dockers_defaults():
     assert "network" not in {n["type"] for n in host["linux"]["namespaces"]}
     assert next(m for m in host["mounts"] if m["destination"] == "/sys")["type"] == "bind"
     numeric = spec.for_container({**_record(), "Config": {**_record()["Config"], "User": "12:34"}}, "/m", {})
-    assert numeric["process"]["user"] == {"uid": 12, "gid": 34} and numeric["annotations"] == {}
+    assert numeric["process"]["user"] == {"uid": 12, "gid": 34} and numeric["annotations"] == {spec.ROOT_SUID: "true"}
 
 
 @pytest.mark.parametrize("change, message", [

@@ -5,9 +5,11 @@ raise on purpose becomes one line on stderr: exit 1 for image commands (``StoreE
 container commands (``RunnerError``, as Docker) or the code a ``StartFailed`` carries (126: cannot
 run, 127: not found); a command line that does not parse, a line and a hint to ``--help``, exit 125
 (``parsing``); anything else is a bug and keeps its traceback. One module per verb group: ``images``,
-``build``, ``registry`` (login, logout), ``run``, ``listing`` (ps, top, inspect, logs), ``containers`` (stop ... export), ``exec``, ``volumes``
-(``volume create|ls|inspect|rm|prune``), ``network`` (``network create|ls|inspect|rm``, ``port``),
-``version``.
+``build``, ``registry`` (login, logout), ``run`` (run, create; its flags in ``runflags``,
+``netflags``, ``mountflags``), ``listing`` (ps, top, inspect, logs), ``containers`` (stop ... export,
+rename, pause), ``attach``, ``cp``, ``exec``, ``stats``, ``volumes`` (``volume
+create|ls|inspect|rm|prune``), ``network`` (``network create|ls|inspect|rm``, ``port``), ``events``,
+``prune`` (``container prune``, ``image prune``, ``system prune``, ``system df``), ``version``.
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ from collections.abc import Sequence
 from store import Store, StoreError
 
 from ..errors import RunnerError, StartFailed
-from . import build, containers, images, listing, registry, run, version, volumes
+from . import attach, build, containers, cp, events, images, listing, prune, registry, run, stats, version, volumes
 from . import exec as exec_verb
 from . import network as network_verbs
 from .errors import ParseError, UsageError
 from .parsing import Parser, unrecognized
 
-_CONTAINER_COMMANDS = {"run", "ps", "top", "logs", "stop", "kill", "start", "wait", "rm", "exec", "diff", "commit",
-                       "export"}
+_CONTAINER_COMMANDS = {"run", "create", "ps", "top", "logs", "stop", "kill", "start", "wait", "rm", "exec", "diff",
+                       "commit", "export", "attach", "cp", "rename", "pause", "unpause", "stats", "events", "container"}
 
 
 @functools.cache
@@ -44,8 +46,8 @@ def parser() -> argparse.ArgumentParser:
     images.add_parsers(sub)
     build.add_parsers(sub)
     registry.add_parsers(sub)
-    for verbs in (run, listing, containers, exec_verb, volumes, network_verbs):  # Docker's order in --help
-        verbs.add_parsers(sub)
+    for verbs in (run, listing, containers, attach, cp, exec_verb, stats, volumes, network_verbs, events, prune):
+        verbs.add_parsers(sub)  # (Docker's order in --help)
     version.add_parsers(sub)
     return parser
 

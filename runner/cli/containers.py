@@ -5,63 +5,97 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import signal
 import sys
 from typing import Any
 
 from store import Store
 
 from .. import layerdiff, lifecycle
-from ..containers import Containers
+from ..containers import Container, Containers
 from ..errors import RunnerError, StartFailed
+from ..signals import parse_signal
 from ..volumes import Volumes
 from .errors import UsageError
 
 
 # -- life cycle -------------------------------------------------------------------------------------
 def cmd_stop(store: Store, args: argparse.Namespace) -> int:
+    sig = parse_signal(args.signal) if args.signal else None
     for ref in args.containers:
-        lifecycle.stop(Containers(store.root.path).get(ref), args.time)
+        lifecycle.stop(Containers(store.root.path).get(ref), args.time, sig, store.root.path)
         print(ref)
     return 0
-
-
-def parse_signal(value: str) -> int:
-    """Docker's ParseSignal, checked as its daemon does before sending: a number 1..SIGRTMAX or a
-    name with or without SIG (any case): the signal module's, RTMIN+n and RTMAX-n."""
-    name = value.upper().removeprefix("SIG")
-    number: int | None = None
-    if re.fullmatch(r"[0-9]{1,3}", value):
-        number = int(value)
-    elif "SIG" + name in signal.Signals.__members__:  # not SIG_DFL, SIG_IGN: those are handlers
-        number = signal.Signals["SIG" + name].value
-    elif m := re.fullmatch(r"RTMIN\+([0-9]{1,3})", name):
-        number = signal.SIGRTMIN + int(m[1])
-    elif m := re.fullmatch(r"RTMAX-([0-9]{1,3})", name):
-        number = signal.SIGRTMAX - int(m[1])
-    if number is None or not (1 <= number <= signal.SIGRTMAX) or (name.startswith("RT") and number < signal.SIGRTMIN):
-        raise RunnerError(f"Invalid signal: {value}")
-    return number
 
 
 def cmd_kill(store: Store, args: argparse.Namespace) -> int:
     sig = parse_signal(args.signal)
     for ref in args.containers:
-        lifecycle.send_signal(Containers(store.root.path).get(ref), sig)
+        lifecycle.send_signal(Containers(store.root.path).get(ref), sig, store.root.path)
         print(ref)
     return 0
 
 
 def cmd_start(store: Store, args: argparse.Namespace) -> int:
+    if (args.attach or args.interactive) and len(args.containers) > 1:
+        raise RunnerError("you cannot start and attach multiple containers at once")
     for ref in args.containers:
         c = Containers(store.root.path).get(ref)
+        if args.attach or args.interactive:
+            return _start_attached(store.root.path, c, args)
         try:
             lifecycle.start(store.root.path, c)
         except StartFailed as e:  # Docker's words; the exit code stays 125
             raise RunnerError(f"failed to start container {ref}: {e}") from None
         print(ref)
     return 0
+
+
+def _start_attached(root: str, c: Container, args: argparse.Namespace) -> int:
+    """``start -a [-i]``: attached from its start, as ``run``; its exit code is ours."""
+    import socket
+
+    from .attach import attach
+    from .runflags import DEFAULT_DETACH_KEYS, detach_keys
+
+    if c.state().get("Running"):
+        raise RunnerError(f"container {c.name} is running: attach to it (strata attach)")
+    stdin = bool(args.interactive and c.config["Config"]["OpenStdin"])
+    if stdin and c.config["Config"]["Tty"] and not os.isatty(0):
+        print("the input device is not a TTY", file=sys.stderr)
+        return 1
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            size = os.get_terminal_size(1) if c.config["Config"]["Tty"] and os.isatty(1) else None
+            lifecycle.start(root, c, client=theirs.fileno(),
+                            console_size=(size.lines, size.columns) if size else None)
+        except StartFailed as e:
+            raise RunnerError(f"failed to start container {c.name}: {e}") from None
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return attach(c, stdin, detach_keys(args.detach_keys or DEFAULT_DETACH_KEYS), proxy=True, close_stdin=stdin,
+                  sock=ours)
+
+
+def cmd_rename(store: Store, args: argparse.Namespace) -> int:
+    lifecycle.rename(store.root.path, Containers(store.root.path).get(args.container), args.name)
+    return 0
+
+
+def cmd_pause(store: Store, args: argparse.Namespace) -> int:
+    status = 0
+    for ref in args.containers:
+        try:
+            (lifecycle.pause if args.verb == "pause" else lifecycle.unpause)(
+                store.root.path, Containers(store.root.path).get(ref))
+            print(ref)
+        except RunnerError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            status = 1
+    return status
 
 
 def cmd_wait(store: Store, args: argparse.Namespace) -> int:
@@ -137,9 +171,12 @@ def cmd_export(store: Store, args: argparse.Namespace) -> int:
 
 # -- argument parsing -----------------------------------------------------------------------------
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("stop", help="SIGTERM, then SIGKILL after -t seconds")
-    p.add_argument("-t", "--time", type=float, default=10, metavar="SECONDS",
-                   help="seconds to wait after SIGTERM before SIGKILL (default 10)")
+    p = sub.add_parser("stop", help="the stop signal (SIGTERM), then SIGKILL after -t seconds")
+    p.add_argument("-t", "--time", type=float, metavar="SECONDS",
+                   help="seconds to wait for it to end before SIGKILL (default: its --stop-timeout, else 10; "
+                        "-1: for ever)")
+    p.add_argument("-s", "--signal", metavar="SIGNAL",
+                   help="the signal to send first (default: its --stop-signal or STOPSIGNAL, else SIGTERM)")
     p.add_argument("containers", nargs="+", help="names or ids (prefixes)")
     p.set_defaults(func=cmd_stop)
 
@@ -150,8 +187,22 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_kill)
 
     p = sub.add_parser("start", help="start exited containers again (same writable layer)")
+    p.add_argument("-a", "--attach", action="store_true", help="attach its output (and exit with its code)")
+    p.add_argument("-i", "--interactive", action="store_true", help="attach its input too (-i containers)")
+    p.add_argument("--detach-keys", dest="detach_keys", metavar="KEYS", help="the keys that detach (with -a)")
     p.add_argument("containers", nargs="+", help="names or ids (prefixes)")
     p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("rename", help="rename a container")
+    p.add_argument("container", help="a name or an id (prefix)")
+    p.add_argument("name", help="its new name")
+    p.set_defaults(func=cmd_rename)
+
+    for verb, what in (("pause", "freeze every process of running containers (the cgroup freezer)"),
+                       ("unpause", "let paused containers run again")):
+        p = sub.add_parser(verb, help=what)
+        p.add_argument("containers", nargs="+", help="names or ids (prefixes)")
+        p.set_defaults(func=cmd_pause)
 
     p = sub.add_parser("wait", help="wait for containers to exit; print their exit codes")
     p.add_argument("containers", nargs="+", help="names or ids (prefixes)")

@@ -45,6 +45,8 @@ def cmd_exec(store: Store, args: argparse.Namespace) -> int:
     state = c.state()
     if not state.get("Running"):
         raise ContainerConflict(f"Container {c.id} is not running")
+    if state.get("Paused"):
+        raise ContainerConflict(f"Container {c.id} is paused, unpause the container before exec")
     status_r, status_w = os.pipe()
     spec = lifecycle.join_spec(c, state["Pid"], args.command, _exec_env(c.config["Config"], args), args.workdir,
                                args.user, bool(args.tty and not args.detach), status_w)

@@ -18,7 +18,7 @@ from store.images import familiar
 from ..containers import Containers
 from ..errors import NoSuchContainer, RunnerError
 from ..mounts import CONTAINER, LAYER, ImageMounts
-from . import filters, registry
+from . import filters, prune, registry, template
 from .errors import UsageError
 from .format import ellipsis, human_size, parse_when, since, table
 from .progress import Bars
@@ -108,14 +108,26 @@ def cmd_images(store: Store, args: argparse.Namespace) -> int:
         for short in dict.fromkeys(r["FullID"] if args.no_trunc else r["ID"] for r in rows):  # each image once
             print(short)
         return 0
-    if args.format == "json":
-        for r in rows:
-            print(json.dumps({k: v for k, v in r.items() if k not in ("created", "FullID")}))
+    items = [{**{k: v for k, v in r.items() if k not in ("created", "FullID")},
+              "ID": r["FullID"] if args.no_trunc else r["ID"], "Digest": "<none>",
+              "Containers": "N/A", "Label": _label_of(store.images.config(r["FullID"]))} for r in rows]
+    if (lines := template.rows(args.format, items, IMAGE_COLUMNS)) is not None:
+        for line in lines:
+            print(line)
         return 0
     print(table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
                 [[r["Repository"], r["Tag"], r["FullID"] if args.no_trunc else r["ID"], r["CreatedSince"], r["Size"]]
                  for r in rows]))
     return 0
+
+
+IMAGE_COLUMNS = {"ID": "IMAGE ID", "CreatedSince": "CREATED"}  # (the rest: upper case)
+
+
+def _label_of(config: dict[str, Any]) -> Any:
+    """An ``images`` row's ``Label`` method: ``{{.Label "org.opencontainers.image.version"}}``."""
+    labels = (config.get("config") or {}).get("Labels") or {}
+    return lambda key: labels.get(key, "")
 
 
 def _tree_lines(roots: list[TreeNode], prefix: str = "") -> list[str]:
@@ -370,8 +382,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--no-trunc", action="store_true", help="full image ids (default: 12 digits)")
     p.add_argument("--tree", action="store_true",
                    help="draw the layer tree: shared layers once, each image's id and tags where its top layer is")
-    p.add_argument("--format", choices=["table", "json"], default="table",
-                   help="table, or json: one JSON object per line (default table)")
+    p.add_argument("--format", metavar="FORMAT",
+                   help="table, json (one JSON object per line), 'table TEMPLATE' or a Go template, as "
+                        "'{{.Repository}}:{{.Tag}}' (default table)")
     p.set_defaults(func=cmd_images)
 
     p = sub.add_parser("history", help="show an image's history", description="The steps that built an image, "
@@ -450,3 +463,4 @@ def add_parsers(sub: Any) -> None:
     system = p.add_subparsers(dest="system_command", metavar="COMMAND", required=True)
     c = system.add_parser("check", help="verify every blob, layer chain, image and tag")
     c.set_defaults(func=cmd_system_check)
+    prune.add_system_parsers(system)  # system prune, system df

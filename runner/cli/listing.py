@@ -29,7 +29,10 @@ def status_text(state: dict[str, Any]) -> str:
     now = datetime.now(UTC)
     if state.get("Running"):
         started = parse_when(state.get("StartedAt"))
-        return "Up " + (human_duration((now - started).total_seconds()) if started else "")
+        up = "Up " + (human_duration((now - started).total_seconds()) if started else "")
+        return up + (" (Paused)" if state.get("Paused") else "")
+    if state.get("Status") == State.RESTARTING:
+        return f"Restarting ({state.get('ExitCode', 0)}) {since(parse_when(state.get('FinishedAt')), now)}"
     if state.get("Status") == State.EXITED:
         return f"Exited ({state.get('ExitCode', 0)}) {since(parse_when(state.get('FinishedAt')), now)}"
     return "Created"
@@ -81,18 +84,30 @@ def cmd_ps(store: Store, args: argparse.Namespace) -> int:
             "Status": status_text(state), "State": state.get("Status"), "Names": c.name,
             "Ports": net_settings.ps_ports(state),
             "Labels": ",".join(f"{k}={v}" for k, v in sorted((c.config["Config"].get("Labels") or {}).items())),
+            "Label": _label_of(c.config["Config"].get("Labels") or {}),
+            "Mounts": ",".join(m.get("Name") or m.get("Source", "") for m in c.config.get("MountPoints") or []),
+            "LocalVolumes": str(sum(1 for m in c.config.get("MountPoints") or [] if m.get("Type") == "volume")),
+            "Networks": c.config["HostConfig"].get("NetworkMode", ""),
         })
     if args.quiet:
         for r in rows:
             print(r["ID"])
-    elif args.format == "json":
-        for r in rows:
-            print(json.dumps(r))
+    elif (lines := template.rows(args.format, rows, PS_COLUMNS)) is not None:
+        for line in lines:
+            print(line)
     else:
         print(table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
                     [[r["ID"], r["Image"], r["Command"], r["RunningFor"], r["Status"], r["Ports"], r["Names"]]
                      for r in rows]))
     return 0
+
+
+PS_COLUMNS = {"ID": "CONTAINER ID", "RunningFor": "CREATED", "LocalVolumes": "LOCAL VOLUMES"}  # (the rest: upper case)
+
+
+def _label_of(labels: dict[str, str]) -> Any:
+    """A row's ``Label`` method: ``{{.Label "com.example.x"}}``."""
+    return lambda key: labels.get(key, "")
 
 
 def _proc_row(pid: int, boot: float, ticks: int, users: dict[int, str]) -> list[str] | None:
@@ -153,7 +168,7 @@ def inspect_container(c: Container) -> dict[str, Any]:
             ("StartedAt", "0001-01-01T00:00:00Z"), ("FinishedAt", "0001-01-01T00:00:00Z"))},
         "Image": c.config["Image"],
         "ResolvConfPath": c.path("resolv.conf"), "HostnamePath": c.path("hostname"), "HostsPath": c.path("hosts"),
-        "LogPath": c.path("container.log"), "Name": "/" + c.name, "RestartCount": 0,
+        "LogPath": c.path("container.log"), "Name": "/" + c.name, "RestartCount": state.get("RestartCount", 0),
         "Driver": "strata-unionfs", "Platform": "linux",
         "HostConfig": {"CpuShares": hc["CpuShares"], "Memory": hc["Memory"], "MemorySwap": hc["MemorySwap"],
                        "NetworkMode": hc["NetworkMode"], "PortBindings": hc.get("PortBindings") or {},
@@ -162,7 +177,11 @@ def inspect_container(c: Container) -> dict[str, Any]:
                        "DeviceCgroupRules": hc.get("DeviceCgroupRules"),
                        "CgroupVersion": str(c.config["Cgroup"]["Version"]),
                        "CpuWeight": cgroups.shares_to_weight(hc["CpuShares"]) if hc["CpuShares"] else 0,
-                       "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+                       "RestartPolicy": hc.get("RestartPolicy") or {"Name": "no", "MaximumRetryCount": 0},
+                       **{k: hc.get(k, d) for k, d in (
+                           ("CapAdd", None), ("CapDrop", None), ("Privileged", False), ("Init", None),
+                           ("PidsLimit", None), ("NanoCpus", 0), ("CpusetCpus", ""), ("Ulimits", None),
+                           ("ExtraHosts", None), ("Dns", []))},
                        "Binds": hc.get("Binds"), "VolumesFrom": hc.get("VolumesFrom"),
                        "ReadonlyRootfs": bool(hc.get("ReadonlyRootfs")),
                        **{k: hc[k] for k in ("Mounts", "Tmpfs") if hc.get(k)}},  # (omitted when empty, as Docker's)
@@ -174,7 +193,8 @@ def inspect_container(c: Container) -> dict[str, Any]:
                    "Entrypoint": cfg["Entrypoint"], "Image": cfg["Image"], "WorkingDir": cfg["WorkingDir"],
                    "User": cfg["User"], "Tty": cfg["Tty"], "OpenStdin": cfg["OpenStdin"],
                    "Labels": cfg.get("Labels") or {}, "Volumes": cfg.get("Volumes"),
-                   **({"ExposedPorts": cfg["ExposedPorts"]} if cfg.get("ExposedPorts") else {})},
+                   **({"ExposedPorts": cfg["ExposedPorts"]} if cfg.get("ExposedPorts") else {}),
+                   **{k: cfg[k] for k in ("StopSignal", "StopTimeout") if cfg.get(k) is not None}},
         "NetworkSettings": net_settings.network_settings(c.config, state),
     }
 
@@ -294,8 +314,9 @@ def add_parsers(sub: Any) -> None:
                         "repeatable (the same key: either value; different keys: all)")
     p.add_argument("-q", "--quiet", action="store_true", help="only container ids")
     p.add_argument("--no-trunc", action="store_true", help="full ids and commands (default: shortened)")
-    p.add_argument("--format", choices=["table", "json"], default="table",
-                   help="table, or json: one JSON object per line (default table)")
+    p.add_argument("--format", metavar="FORMAT",
+                   help="table, json (one JSON object per line), 'table TEMPLATE' or a Go template, as "
+                        "'{{.ID}} {{.Names}}' (default table)")
     p.set_defaults(func=cmd_ps)
 
     p = sub.add_parser("top", help="the processes of a container")

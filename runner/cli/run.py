@@ -12,11 +12,11 @@ from typing import Any
 
 from store import Store
 
-from .. import cgroups, devices, lifecycle, seccomp, userns, volumemounts
+from .. import cgroups, devices, events, lifecycle, seccomp, userns, volumemounts
 from ..containers import check_name
 from ..errors import RunnerError
 from ..net import ports
-from . import mountflags, netflags
+from . import mountflags, netflags, runflags
 from .errors import UsageError
 from .format import quoted
 from .parsing import int64
@@ -57,14 +57,15 @@ def _labels(given: list[str] | None) -> dict[str, str]:
 
 def _security_options(options: list[str]) -> str | dict[str, Any] | None:
     """``--security-opt``: ``seccomp=unconfined|FILE`` (the file is read now, as Docker's CLI does, so
-    the container keeps the profile it was created with) and ``no-new-privileges`` (always in force).
-    Returns the container's ``Seccomp`` setting: "default", a profile, or None (unconfined)."""
+    the container keeps the profile it was created with) and ``no-new-privileges[=true|false]`` (off
+    by default, as Docker's: ``oci.privileges`` reads it). Returns the container's ``Seccomp``
+    setting: "default", a profile, or None (unconfined)."""
     setting: str | dict[str, Any] | None = "default"
     for option in options:
         key, sep, value = option.partition("=" if "=" in option else ":")
         if key == "seccomp" and sep and value:
             setting = None if value == "unconfined" else seccomp.load_profile(value)
-        elif key == "no-new-privileges" and value in ("", "true"):
+        elif key == "no-new-privileges" and (not sep or value.lower() in ("true", "false", "1", "0")):
             continue
         else:
             raise RunnerError(f"Invalid --security-opt: {quoted(option)} (strata knows seccomp=unconfined|FILE "
@@ -78,6 +79,7 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
     memory = parse_memory(args.memory) if args.memory else 0
     cpu_shares = effective_cpu_shares(args.cpu_shares or 0)
     ports.bindings(args.publish or [])  # -p's syntax, with the other flags (the network: below)
+    env_file = runflags.env_file_entries(args.env_file or [])
     check_env(args.env or [])
     if args.hostname:
         _check_hostname(args.hostname)
@@ -89,8 +91,9 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
     settings = image.get("config") or {}
     storage = mountflags.plan(store.root.path, args, settings.get("Volumes"))
     net = netflags.plan(store.root.path, args, settings)
-    entrypoint = settings.get("Entrypoint") or []
-    cmd = args.command or settings.get("Cmd") or []
+    cg = cgroups.for_host(cid)
+    flags = runflags.plan(args, settings, memory, cg.version)
+    entrypoint, cmd = runflags.command(args, settings)
     command = list(entrypoint) + list(cmd)
     if not command:
         raise RunnerError("no command specified")
@@ -98,7 +101,7 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
     if not any(e.startswith("PATH=") for e in env):
         env.insert(0, DEFAULT_PATH)
     hostname = args.hostname or cid[:12]
-    extra = [f"HOSTNAME={hostname}"] + (["TERM=xterm"] if args.tty else []) + list(args.env or [])
+    extra = [f"HOSTNAME={hostname}"] + (["TERM=xterm"] if args.tty else []) + env_file + list(args.env or [])
     for item in extra:
         key = item.split("=", 1)[0]
         if "=" not in item:  # -e NAME: take the value from this environment, as Docker does
@@ -108,7 +111,6 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
         env = [e for e in env if e.split("=", 1)[0] != key] + [item]
     chain = store.images.chain(image_id)
     lowers = [store.layers.diff_dir(c) for c in reversed(chain)]
-    cg = cgroups.for_host(cid)
     if not cg.version and (memory or cpu_shares):  # rootless without a delegated cgroup: as rootless podman
         print("WARNING: no cgroup is delegated to you: --memory and --cpu-shares are not enforced", file=sys.stderr)
         memory = cpu_shares = 0
@@ -122,14 +124,15 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
                    "WorkingDir": args.workdir or settings.get("WorkingDir") or "", "User": args.user or
                    settings.get("User") or "", "Tty": bool(args.tty), "OpenStdin": bool(args.interactive),
                    "Image": args.image, "Labels": {**(settings.get("Labels") or {}), **_labels(args.label)},
-                   "Volumes": storage.volumes or None, "ExposedPorts": net["ExposedPorts"]},
+                   "Volumes": storage.volumes or None, "ExposedPorts": net["ExposedPorts"], **flags["Config"]},
         "HostConfig": {"CpuShares": cpu_shares, "Memory": memory, "MemorySwap": memory_swap(memory),
                        **net["HostConfig"], "AutoRemove": bool(args.rm),
                        "SecurityOpt": list(args.security_opt or []) or None,
                        "Devices": [{"PathOnHost": spec.split(":")[0], "PathInContainer": node["path"],
                                     "CgroupPermissions": rule["access"]}
                                    for spec, (node, rule) in zip(args.device or [], host_devices, strict=True)],
-                       "DeviceCgroupRules": list(args.device_cgroup_rule or []) or None, **storage.host_config},
+                       "DeviceCgroupRules": list(args.device_cgroup_rule or []) or None, **storage.host_config,
+                       **flags["HostConfig"]},
         "MountPoints": storage.mounts,
         "NetworkID": net["NetworkID"],  # the network's, as its name may name another one later
         "Seccomp": seccomp_setting,
@@ -152,10 +155,15 @@ def cmd_run(store: Store, args: argparse.Namespace) -> int:
     with store.root.pinned():  # rmi cannot take the image's layers between the look-up and the record
         config = _container_config(store, args, cid)
         container = volumemounts.create(store.root.path, config, args.name, cid)  # with the volumes it mounts
+    events.record(store.root.path, "create", container.config)
     if args.detach:
         lifecycle.start_detached(store.root.path, container)  # StartFailed: its code is the exit code
         print(container.id)
         return 0
+    if (args.tty and args.interactive) or config["HostConfig"]["RestartPolicy"]["Name"] != "no":
+        from .attach import run_through_supervisor  # detachable, and restarted by its policy
+
+        return run_through_supervisor(store.root.path, container, args)
     attach = Attach(stdin=sys.stdin.fileno() if args.interactive else None, stdout=sys.stdout.fileno(),
                     stderr=sys.stderr.fileno())
     sys.stdout.flush()
@@ -163,6 +171,19 @@ def cmd_run(store: Store, args: argparse.Namespace) -> int:
     if error:
         print(f"Error: {error}", file=sys.stderr)
     return code
+
+
+def cmd_create(store: Store, args: argparse.Namespace) -> int:
+    """``create``: ``run``'s record, volumes and checks, and its id; ``start`` runs it."""
+    if args.name is not None:
+        check_name(args.name)
+    cid = secrets.token_hex(32)
+    with store.root.pinned():
+        config = _container_config(store, args, cid)
+        container = volumemounts.create(store.root.path, config, args.name, cid)
+    events.record(store.root.path, "create", container.config)
+    print(container.id)
+    return 0
 
 
 def add_parsers(sub: Any) -> None:
@@ -190,13 +211,23 @@ def add_parsers(sub: Any) -> None:
                    help="more devices the container may use, as 'c 42:* rmw'; repeatable")
     p.add_argument("--security-opt", action="append", dest="security_opt", metavar="OPTION",
                    help="seccomp=unconfined, seccomp=PROFILE.json or no-new-privileges (default: Docker's "
-                        "seccomp profile, no new privileges)")
+                        "seccomp profile; setuid programs gain privileges, as in Docker)")
     p.add_argument("--cpu-shares", type=int64, dest="cpu_shares", metavar="N",
                    help="relative CPU weight, 2..262144 (default 0: the kernel's 1024)")
     p.add_argument("-m", "--memory", metavar="SIZE",
                    help="memory limit as 64m, 1g... (at least 6MB; default: none); swap the same again")
     netflags.add_arguments(p)
     mountflags.add_arguments(p)
+    runflags.add_arguments(p)
     p.add_argument("image", help="the image: a tag or an id (prefix)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments (default: the image's)")
     p.set_defaults(func=cmd_run)
+    # create: run's flags but -d (it starts nothing)
+    c = sub.add_parser("create", parents=[p], add_help=False, help="create a new container (start runs it)",
+                       description="Create a container on IMAGE as run would, and print its id; strata start "
+                                   "runs it.")
+    detach = next(a for a in c._actions if a.dest == "detach")
+    c._remove_action(detach)
+    for flag in detach.option_strings:
+        del c._option_string_actions[flag]
+    c.set_defaults(func=cmd_create)

@@ -163,8 +163,9 @@ def _gather(cgroup: cgroups.V1, target: str, rounds: int = 100) -> None:
 def procs_files(cgroup: cgroups.Cgroup) -> list[str]:
     """The cgroup.procs files a process joining the container writes itself into."""
     files = cgroup.procs_files()
-    if isinstance(cgroup, cgroups.V1) and os.path.isdir(_v1_cpuset(cgroup)):
-        files.append(os.path.join(_v1_cpuset(cgroup), "cgroup.procs"))
+    cpuset = os.path.join(_v1_cpuset(cgroup), "cgroup.procs") if isinstance(cgroup, cgroups.V1) else ""
+    if cpuset and os.path.isdir(os.path.dirname(cpuset)) and cpuset not in files:  # (a group made by update)
+        files.append(cpuset)
     return files
 
 

@@ -50,6 +50,7 @@ _PROPAGATION = {"private": sc.MS_PRIVATE, "rprivate": sc.MS_PRIVATE | sc.MS_REC,
 _BIND_ATTRS = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | 0x400 | 0x800 | 0x200000 | 0x1000000
 
 # the nodes runc makes in a /dev it mounted (libcontainer/configs/devices AllowedDevices' nodes)
+ROOT_SUID = "io.strata.root-suid"  # annotation: the root's copy in the container honours setuid bits
 DEFAULT_DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9),
                    "tty": (5, 0)}
 _DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
@@ -321,6 +322,10 @@ def setup(config: dict[str, Any], console: bool = False, before_pivot: Callable[
         raise RunnerError(f"rootfsPropagation {propagation} is not supported by strata")
     sc.mount("", "/", None, _PROPAGATION[propagation] | sc.MS_REC)
     sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)
+    if (config.get("annotations") or {}).get(ROOT_SUID) == "true":
+        # a union mounted by libfuse is nosuid; this mount namespace's copy of it takes setuid bits
+        # (as a Docker container's root does; the host's view of the union stays nosuid)
+        sc.mount("", root, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_NODEV)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     master = None
     try:

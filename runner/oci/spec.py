@@ -16,9 +16,12 @@ from typing import Any
 
 from .. import devices, seccomp, userns
 from ..errors import RunnerError
+from . import privileges
 
 OCI_VERSION = "1.2.0"
 USER_ANNOTATION = "io.strata.user"
+ROOT_SUID = "io.strata.root-suid"  # oci.rootfs.ROOT_SUID (not imported here: strata-oci's cheap verbs load spec)
+INIT_ANNOTATION = "io.strata.init"  # --init: PID 1 is strata's reaper, the command its child
 TTY_GID = 5  # devpts gives its ptys this group where it exists (``default_mounts``)
 
 # Docker's default capability set (moby oci/caps/defaults.go)
@@ -36,12 +39,14 @@ def _mount(destination: str, kind: str, source: str, options: list[str]) -> dict
     return {"destination": destination, "type": kind, "source": source, "options": options}
 
 
-def default_mounts(host_network: bool = False, tty_group: bool = True) -> list[dict[str, Any]]:
+def default_mounts(host_network: bool = False, tty_group: bool = True, sys_rw: bool = False) -> list[dict[str, Any]]:
     """Docker's: proc, a tmpfs /dev with its own devpts, shm and mqueue, a read-only /sys (the host's,
     bound, when the container shares the host's network namespace: a new sysfs would show the wrong
-    one). ``tty_group``: the devpts instance gives its ptys group 5 (not where gid 5 is unmapped)."""
-    sys_mount = (_mount("/sys", "bind", "/sys", ["rbind", "ro", "nosuid", "nodev", "noexec"]) if host_network
-                 else _mount("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", "ro"]))
+    one; ``sys_rw``: writable, as a privileged container's). ``tty_group``: the devpts instance gives
+    its ptys group 5 (not where gid 5 is unmapped)."""
+    ro = [] if sys_rw else ["ro"]
+    sys_mount = (_mount("/sys", "bind", "/sys", ["rbind", *ro, "nosuid", "nodev", "noexec"]) if host_network
+                 else _mount("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", *ro]))
     return [
         _mount("/proc", "proc", "proc", ["nosuid", "noexec", "nodev"]),
         _mount("/dev", "tmpfs", "tmpfs", ["nosuid", "strictatime", "mode=755", "size=65536k"]),
@@ -109,30 +114,38 @@ def for_container(config: dict[str, Any], rootfs: str, etc_files: dict[str, str]
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")]
     if not host_network:
         namespaces.append({"type": "network", **({"path": netns} if netns else {})})
-    resources: dict[str, Any] = {} if rootless else {"devices": devices.rules_with(config.get("DeviceRules", []))}
+    privileged = bool(hc.get("Privileged"))
+    host_devices = privileged and not rootless  # (rootless: the user namespace keeps host devices out)
+    rules: list[devices.DeviceRule] = ([{"allow": True, "type": "a", "access": "rwm"}] if host_devices
+                                       else config.get("DeviceRules", []))
+    resources: dict[str, Any] = {} if rootless else {"devices": devices.rules_with(rules)}
     # rootless, limits apply in a delegated cgroup v2 subtree (else the CLI has said they cannot)
     limits = not rootless or bool((config.get("Cgroup") or {}).get("Version"))
-    if hc.get("Memory") and limits:
-        resources["memory"] = {"limit": hc["Memory"], "swap": hc.get("MemorySwap") or 2 * hc["Memory"]}
-    if hc.get("CpuShares") and limits:
-        resources["cpu"] = {"shares": hc["CpuShares"]}
+    if limits:
+        resources.update(limit_resources(hc))
     linux: dict[str, Any] = {
-        "namespaces": namespaces, "resources": resources, "devices": config.get("LinuxDevices", []),
-        "maskedPaths": list(MASKED_PATHS), "readonlyPaths": list(READONLY_PATHS),
+        "namespaces": namespaces, "resources": resources,
+        "devices": devices.host_devices() if host_devices else config.get("LinuxDevices", []),
+        "maskedPaths": [] if privileged else list(MASKED_PATHS),
+        "readonlyPaths": [] if privileged else list(READONLY_PATHS),
     }
     if rootless:
         namespaces.append({"type": "user"})
         linux["uidMappings"], linux["gidMappings"] = userns.mappings(*rootless)
     else:
         linux["cgroupsPath"] = f"strata/{config['Id']}"
+    caps = privileges.of_container(config, DEFAULT_CAPS)
     profile = seccomp.load_profile(None) if config.get("Seccomp", "default") == "default" else config.get("Seccomp")
-    if isinstance(profile, dict):
-        linux["seccomp"] = seccomp.resolve(profile, set(DEFAULT_CAPS))
+    if isinstance(profile, dict) and not privileged:  # (a privileged container runs unconfined, as Docker's)
+        linux["seccomp"] = seccomp.resolve(profile, set(caps))
     read_only = bool(hc.get("ReadonlyRootfs"))  # --read-only: the root and /etc's files (volumes, tmpfs stay rw)
     own = oci_mounts(config)  # a volume, bind or tmpfs replaces a default mount of its destination, as Docker's
     taken = {m["destination"] for m in own}
     user = cfg["User"] or "0"
     annotations = {} if _numeric_user(user) else {USER_ANNOTATION: user}
+    if hc.get("Init"):
+        annotations[INIT_ANNOTATION] = "true"
+    annotations[ROOT_SUID] = "true"  # setuid programs work, as in Docker (libfuse mounts the union nosuid)
     uid, _, gid = user.partition(":") if _numeric_user(user) else ("0", "", "0")
     return {
         "ociVersion": OCI_VERSION,
@@ -140,19 +153,54 @@ def for_container(config: dict[str, Any], rootfs: str, etc_files: dict[str, str]
             "terminal": bool(cfg["Tty"]), "args": list(config["Command"]), "env": list(cfg["Env"]),
             "cwd": cfg["WorkingDir"] or "/",
             "user": {"uid": int(uid), "gid": int(gid or 0)},
-            "capabilities": {k: list(DEFAULT_CAPS) for k in ("bounding", "effective", "permitted")},
-            "noNewPrivileges": True,
+            "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted")},
+            "noNewPrivileges": privileges.no_new_privileges(hc.get("SecurityOpt")),
+            **({"rlimits": rlimits(hc["Ulimits"])} if hc.get("Ulimits") else {}),
         },
         "root": {"path": rootfs, "readonly": read_only},
         "hostname": cfg["Hostname"],
         "mounts": [m for m in default_mounts(host_network, tty_group=userns.maps_id(linux.get("gidMappings") or [],
-                                                                                   TTY_GID) if rootless else True)
+                                                                                   TTY_GID) if rootless else True,
+                                             sys_rw=privileged)
                    if m["destination"] not in taken] + by_depth([
             _mount(f"/etc/{name}", "bind", path, ["rbind", "rprivate", *(["ro"] if read_only else [])])
             for name, path in etc_files.items() if f"/etc/{name}" not in taken] + own),
         "linux": linux,
         "annotations": annotations,
     }
+
+
+CFS_PERIOD = 100000  # microseconds: the period of a --cpus quota, as Docker's
+
+
+def limit_resources(hc: dict[str, Any]) -> dict[str, Any]:
+    """The runtime-spec's ``linux.resources`` (but devices) for a record's limits: ``-m`` with its
+    swap (``--memory-swap``; default twice ``-m``), ``--cpu-shares``, ``--cpus`` (a CFS quota over
+    Docker's 100 ms period), ``--cpuset-cpus``, ``--pids-limit``."""
+    out: dict[str, Any] = {}
+    if hc.get("Memory"):
+        out["memory"] = {"limit": hc["Memory"], "swap": hc.get("MemorySwap") or 2 * hc["Memory"]}
+    cpu: dict[str, Any] = {}
+    if hc.get("CpuShares"):
+        cpu["shares"] = hc["CpuShares"]
+    if hc.get("NanoCpus"):
+        cpu.update(quota=hc["NanoCpus"] * CFS_PERIOD // 10**9, period=CFS_PERIOD)
+    if hc.get("CpusetCpus"):
+        cpu["cpus"] = hc["CpusetCpus"]
+    if cpu:
+        out["cpu"] = cpu
+    if (hc.get("PidsLimit") or 0) > 0:
+        out["pids"] = {"limit": hc["PidsLimit"]}
+    return out
+
+
+RLIM_INFINITY = 2**64 - 1  # the runtime-spec's rlimits are uint64
+
+
+def rlimits(ulimits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``--ulimit``s (Docker's ``{"Name", "Soft", "Hard"}``, -1 unlimited) as ``process.rlimits``."""
+    return [{"type": f"RLIMIT_{u['Name'].upper()}", "soft": RLIM_INFINITY if u["Soft"] < 0 else u["Soft"],
+             "hard": RLIM_INFINITY if u["Hard"] < 0 else u["Hard"]} for u in ulimits]
 
 
 def _numeric_user(user: str) -> bool:
@@ -200,7 +248,7 @@ NESTED = {
     ("process", "user"): {"uid", "gid", "additionalGids", "umask", "username"},
     ("linux", "resources"): {"devices", "memory", "cpu", "pids"},
     ("linux", "resources", "memory"): {"limit", "swap"},
-    ("linux", "resources", "cpu"): {"shares", "quota", "period"},
+    ("linux", "resources", "cpu"): {"shares", "quota", "period", "cpus"},
     ("linux", "resources", "pids"): {"limit"},
     ("root",): {"path", "readonly"},
 }
