@@ -23,6 +23,7 @@ from helpers import strata, wait_for
 
 from runner.net import etc, ports
 from runner.net.leases import all_leases
+from runner.net.netlink import Netlink
 from runner.net.nft import Nft, port_elements
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bridges and nftables need root (rootless: "
@@ -215,6 +216,21 @@ def test_none_host_and_another_containers_namespace(rootdir):
     assert not link_exists(f"veth{web['Id'][:11]}") and leases_of(rootdir) == []
     res = strata(rootdir, "run", "--network", "container:web", "bb", "true", check=False)
     assert res.code == 125 and "it is not running" in res.err
+
+
+def test_a_veth_gone_between_lookup_and_detach_is_not_an_error():
+    """A container's namespace can die (and take its veth pair along) between the lookup of the
+    veth's index and the request that takes it off the bridge: the end of a run must not report it."""
+    name = f"stt{secrets.token_hex(4)}"
+    subprocess.run(["ip", "link", "add", name, "type", "veth", "peer", "name", name + "p"], check=True)
+    with Netlink.here() as nl:
+        try:
+            stale = nl.index(name)
+        finally:
+            nl.delete(name)
+        nl.index = lambda _name: stale  # type: ignore[method-assign]
+        assert nl.detach(name) is False
+    assert not link_exists(name)
 
 
 def test_hosts_and_resolv_conf_are_written_for_the_container(rootdir):

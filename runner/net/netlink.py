@@ -178,7 +178,13 @@ class Netlink:
         if index is None:
             return False
         body = struct.pack("BxHiII", socket.AF_UNSPEC, 0, index, 0, IFF_UP) + _attr(IFLA_MASTER, struct.pack("I", 0))
-        self._request(RTM_NEWLINK, 0, body)
+        try:
+            self._request(RTM_NEWLINK, 0, body)
+        except OSError as e:
+            # The namespace at the other end died in between, and the kernel took the pair along.
+            if e.errno in (errno.ENODEV, errno.ENOENT):
+                return False
+            raise
         return True
 
     def delete(self, name: str) -> bool:
