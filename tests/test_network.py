@@ -290,6 +290,30 @@ def test_an_unknown_network_or_a_port_in_use_leaves_nothing_behind(rootdir):
     assert fetch(f"http://127.0.0.1:{port}/") == "hello from first\n"
 
 
+def test_network_prune_and_system_prune_remove_the_networks_no_running_container_is_on(rootdir):
+    names = [f"t-{secrets.token_hex(4)}" for _ in range(3)]
+    busy, labelled, idle = names
+    try:
+        ids = [strata(rootdir, "network", "create", *(["--label", "tier=x"] if n == labelled else []), n).out.strip()
+               for n in names]
+        strata(rootdir, "run", "-d", "--name", "on-busy", "--network", busy, "bb", "sleep", "300")
+        res = strata(rootdir, "network", "prune", input=b"n\n")
+        assert res.out.startswith("WARNING! This will remove all custom networks not used by at least one container.")
+        assert strata(rootdir, "network", "prune", "-f", "--filter", "label=tier=x").out == \
+            f"Deleted Networks:\n{labelled}\n\n"
+        assert not link_exists(f"br-{ids[1][:12]}") and link_exists(f"br-{ids[2][:12]}")
+        out = strata(rootdir, "system", "prune", "-f").out
+        assert "  - all networks not used by at least one container\n" not in out  # (-f: no warning)
+        assert f"Deleted Networks:\n{idle}\n" in out and busy not in out
+        assert not link_exists(f"br-{ids[2][:12]}") and link_exists(f"br-{ids[0][:12]}")
+        listed = strata(rootdir, "network", "ls", "--format", "json").out
+        assert busy in listed and idle not in listed and labelled not in listed
+    finally:
+        strata(rootdir, "rm", "-f", "on-busy", check=False)
+        for name in names:
+            strata(rootdir, "network", "rm", name, check=False)
+
+
 def test_network_create_and_rm_refuse_bad_values(rootdir, network):
     for args, message in ((["create", network], f"network with name {network} already exists"),
                           (["create", "--subnet", "10.66.1.0/24", "x1"], "overlaps 10.66.0.0/16"),

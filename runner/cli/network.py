@@ -1,4 +1,4 @@
-"""``strata network create|ls|inspect|rm`` and ``strata port``: Docker's flags, columns and words."""
+"""``strata network create|ls|inspect|rm|prune`` and ``strata port``: Docker's flags, columns and words."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from ..net import leases, ports
 from ..net import settings as net_settings
 from ..net.errors import NetworkError
 from ..net.networks import Network, Networks
-from .format import table
+from . import filters
+from .format import parse_when, table
+
+NETWORK_WARNING = "WARNING! This will remove all custom networks not used by at least one container."
 
 
 def _labels(given: list[str] | None) -> dict[str, str]:
@@ -93,25 +96,60 @@ def cmd_inspect(store: Store, args: argparse.Namespace) -> int:
     return status
 
 
-def cmd_rm(store: Store, args: argparse.Namespace) -> int:
+def _remove(root: str, network: Network) -> None:
+    """``network``'s bridge and record go; ``NetworkError`` if it is built in or a container is on it."""
     from ..net import bridge
 
+    if network.builtin:
+        raise NetworkError(f"{network.name} is a pre-defined network and cannot be removed")
+    if _endpoints(root, network) or any(lease.live() for lease in leases.all_leases(network.bridge)):
+        raise NetworkError(f"error while removing network: network {network.name} id {network.id} has active "
+                           "endpoints")
+    bridge.remove_bridge(network)
+    Networks(root).remove(network)
+
+
+def cmd_rm(store: Store, args: argparse.Namespace) -> int:
     networks = Networks(store.root.path)
     status = 0
     for ref in args.networks:
         try:
-            n = networks.get(ref)
-            if n.builtin:
-                raise NetworkError(f"{n.name} is a pre-defined network and cannot be removed")
-            if _endpoints(store.root.path, n) or any(lease.live() for lease in leases.all_leases(n.bridge)):
-                raise NetworkError(f"error while removing network: network {n.name} id {n.id} has active endpoints")
-            bridge.remove_bridge(n)
-            networks.remove(n)
+            _remove(store.root.path, networks.get(ref))
             print(ref)
         except NetworkError as e:
             print(f"Error: {e}", file=sys.stderr)
             status = 1
     return status
+
+
+def prune_networks(root: str, until: float | None, labels: list[str]) -> list[str]:
+    """Remove the user networks no running container is on (created before ``until``, with
+    ``labels``), as Docker's ``network prune``; their names."""
+    removed = []
+    for network in Networks(root).user():
+        created = parse_when(network.created)
+        if until is not None and (created is None or created.timestamp() >= until):
+            continue
+        if labels and not filters.labels_match(labels, network.labels):
+            continue
+        try:
+            _remove(root, network)
+        except NetworkError:  # a container is on it (or joined it meanwhile): it stays
+            continue
+        removed.append(network.name)
+    return removed
+
+
+def cmd_prune(store: Store, args: argparse.Namespace) -> int:
+    from .prune import confirmed, until_of
+
+    wanted = filters.parse(args.filter, ("until", "label"))
+    if not confirmed(NETWORK_WARNING, args.force):
+        return 0
+    names = prune_networks(store.root.path, until_of(wanted), wanted.get("label", []))
+    if names:
+        print("Deleted Networks:\n" + "".join(f"{name}\n" for name in names))
+    return 0
 
 
 def cmd_port(store: Store, args: argparse.Namespace) -> int:
@@ -157,3 +195,8 @@ def add_parsers(sub: Any) -> None:
     c = verbs.add_parser("rm", aliases=["remove"], help="remove networks no running container is on")
     c.add_argument("networks", nargs="+", metavar="NETWORK", help="names or ids (prefixes)")
     c.set_defaults(func=cmd_rm)
+    c = verbs.add_parser("prune", help="remove the user networks no running container is on")
+    c.add_argument("-f", "--force", action="store_true", help="do not ask first")
+    c.add_argument("--filter", action="append", metavar="KEY=VALUE",
+                   help="until=WHEN (created before), label=KEY[=VALUE]; repeatable")
+    c.set_defaults(func=cmd_prune)

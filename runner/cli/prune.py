@@ -1,6 +1,6 @@
 """What takes space, and taking it back, as Docker's verbs: ``container prune`` (stopped
 containers), ``image prune [-a]`` (dangling images, or every image no container uses), ``system
-prune [-a] [--volumes]`` (both, and unused volumes), ``system df`` (images, containers, volumes:
+prune [-a] [--volumes]`` (both, the user networks no running container is on, and unused volumes), ``system df`` (images, containers, volumes:
 how many, how many in use, their size and what a prune would free). Each prune asks first, as
 Docker's, unless ``-f``."""
 
@@ -20,6 +20,7 @@ from ..volumes import Volumes, disk_usage
 from . import filters
 from .format import human_size, parse_when, table
 from .listing import parse_since
+from .network import prune_networks
 
 CONTAINER_WARNING = "WARNING! This will remove all stopped containers."
 IMAGE_WARNING = {False: "WARNING! This will remove all dangling images.",
@@ -27,7 +28,7 @@ IMAGE_WARNING = {False: "WARNING! This will remove all dangling images.",
 STOPPED = ("created", "exited")
 
 
-def _confirmed(warning: str, force: bool) -> bool:
+def confirmed(warning: str, force: bool) -> bool:
     if force:
         return True
     sys.stdout.write(f"{warning}\nAre you sure you want to continue? [y/N] ")
@@ -35,7 +36,7 @@ def _confirmed(warning: str, force: bool) -> bool:
     return sys.stdin.readline().strip().lower() == "y"
 
 
-def _until(wanted: dict[str, list[str]]) -> float | None:
+def until_of(wanted: dict[str, list[str]]) -> float | None:
     """``until=WHEN``: only what was created before then (the earliest if given twice)."""
     bounds = [parse_since(v) for v in wanted.get("until", [])]
     return min(bounds) if bounds else None
@@ -54,7 +55,7 @@ def container_size(c: Container) -> int:
 
 def prune_containers(root: str, wanted: dict[str, list[str]]) -> tuple[list[str], int]:
     """Remove the containers that do not run (created, exited) and match ``wanted``; (ids, bytes)."""
-    until = _until(wanted)
+    until = until_of(wanted)
     removed, freed = [], 0
     for c in Containers(root).all():
         if c.state().get("Status") not in STOPPED or not _created_before(c.config.get("Created"), until):
@@ -73,7 +74,7 @@ def prune_containers(root: str, wanted: dict[str, list[str]]) -> tuple[list[str]
 
 def cmd_container_prune(store: Store, args: argparse.Namespace) -> int:
     wanted = filters.parse(args.filter, ("until", "label"))
-    if not _confirmed(CONTAINER_WARNING, args.force):
+    if not confirmed(CONTAINER_WARNING, args.force):
         return 0
     removed, freed = prune_containers(store.root.path, wanted)
     if removed:
@@ -93,7 +94,7 @@ def _used_images(store: Store) -> set[str]:
 def prune_images(store: Store, every: bool, wanted: dict[str, list[str]]) -> tuple[list[str], int]:
     """Remove dangling images (``every``: all images) that no container uses and that match
     ``wanted``, children before parents; (Docker's ``untagged:``/``deleted:`` lines, bytes freed)."""
-    until = _until(wanted)
+    until = until_of(wanted)
     lines: list[str] = []
     freed = 0
     tried: set[str] = set()
@@ -130,7 +131,7 @@ def prune_images(store: Store, every: bool, wanted: dict[str, list[str]]) -> tup
 
 def cmd_image_prune(store: Store, args: argparse.Namespace) -> int:
     wanted = filters.parse(args.filter, ("until", "label"))
-    if not _confirmed(IMAGE_WARNING[bool(args.all)], args.force):
+    if not confirmed(IMAGE_WARNING[bool(args.all)], args.force):
         return 0
     lines, freed = prune_images(store, bool(args.all), wanted)
     if lines:
@@ -142,15 +143,18 @@ def cmd_image_prune(store: Store, args: argparse.Namespace) -> int:
 # -- system ---------------------------------------------------------------------------------------
 def cmd_system_prune(store: Store, args: argparse.Namespace) -> int:
     wanted = filters.parse(args.filter, ("until", "label"))
-    items = ["all stopped containers", *(["all anonymous volumes not used by at least one container"]
-                                          if args.volumes else []),
+    items = ["all stopped containers", "all networks not used by at least one container",
+             *(["all anonymous volumes not used by at least one container"] if args.volumes else []),
              "all dangling images" if not args.all else "all images without at least one container associated to them"]
     warning = "WARNING! This will remove:\n" + "".join(f"  - {item}\n" for item in items)
-    if not _confirmed(warning, args.force):
+    if not confirmed(warning, args.force):
         return 0
     removed, freed = prune_containers(store.root.path, wanted)
     if removed:
         print("Deleted Containers:\n" + "".join(f"{cid}\n" for cid in removed))
+    networks = prune_networks(store.root.path, until_of(wanted), wanted.get("label", []))
+    if networks:
+        print("Deleted Networks:\n" + "".join(f"{name}\n" for name in networks))
     if args.volumes:
         names, size = Volumes(store.root.path).prune(False, wanted.get("label"))
         freed += size
@@ -227,7 +231,7 @@ def add_prune_parser(group: Any, what: str) -> None:
 
 def add_system_parsers(system: Any) -> None:
     """``system prune`` and ``system df`` under ``system``'s subparsers (``images`` makes the group)."""
-    p = system.add_parser("prune", help="remove stopped containers and dangling images (and unused volumes)")
+    p = system.add_parser("prune", help="remove stopped containers, unused networks and dangling images (and unused volumes)")
     p.add_argument("-a", "--all", action="store_true", help="every image no container uses, not only dangling ones")
     p.add_argument("-f", "--force", action="store_true", help="do not ask first")
     p.add_argument("--volumes", action="store_true", help="anonymous volumes no container uses too")
