@@ -266,7 +266,7 @@ down() {
         if [ -d "$VAGRANT_CWD/.vagrant/machines" ]; then
             vagrant destroy -f || true
         fi
-        for domain in vagrant_host1 vagrant_host2; do  # whatever vagrant left of them
+        for domain in strata-lab-host1 strata-lab-host2; do  # whatever vagrant left of them (the Vagrantfile's default_prefix)
             virsh domstate "$domain" >/dev/null 2>&1 || continue
             virsh destroy "$domain" >/dev/null 2>&1 || true
             virsh undefine "$domain" --remove-all-storage >/dev/null 2>&1 || virsh undefine "$domain" || true
