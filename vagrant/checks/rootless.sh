@@ -29,6 +29,16 @@ weight() { python -c "from runner.cgroups import shares_to_weight; print(shares_
 cleanup() {
     for name in limited hog busy-512 busy-2048 unlimited; do strata rm -f "$name" >/dev/null 2>&1 || true; done
 }
+# a command handed to the zygote runs in a fork of it: in the zygote's cgroup, wherever the caller is
+# (section 6). So the zygote is started first, from inside the subtree, as a user's first strata
+# command from a systemd --user session starts it; the first command of this ssh session would
+# otherwise start it in the session's scope, and every container after it would be unlimited
+zygote_pid() { cat "${XDG_RUNTIME_DIR:?}/strata/zygote.pid" 2>/dev/null || true; }
+stop_zygote() { local z; z=$(zygote_pid); [ -z "$z" ] || kill "$z" 2>/dev/null || true; sleep 1; }
+stop_zygote
+in_service strata version >/dev/null
+for _ in $(seq 100); do [ -n "$(zygote_pid)" ] && break; sleep 0.2; done
+echo "zygote $(zygote_pid) started in $(cut -d: -f3 "/proc/$(zygote_pid)/cgroup" 2>/dev/null || echo '(none)')"
 trap cleanup EXIT
 cleanup
 
@@ -102,9 +112,6 @@ echo "recorded: $(strata inspect -f '{{.HostConfig.Memory}} {{.HostConfig.CpuSha
 [ "$(printf '%s\n' "$out" | grep -c 'not enforced')" = 1 ] || fail "run did not say once that the limits are not enforced"
 ok "no subtree of the user's there: no limits, said once"
 echo "== 6. the zygote's group, not the caller's (reported, not checked: see vagrant/README.md)"
-# a command handed to the zygote runs in a fork of it: in the zygote's cgroup, wherever the caller is
-zygote_pid() { cat "${XDG_RUNTIME_DIR:?}/strata/zygote.pid" 2>/dev/null || true; }
-stop_zygote() { local z; z=$(zygote_pid); [ -z "$z" ] || kill "$z" 2>/dev/null || true; sleep 1; }
 where() {  # the cgroup a container started by `$@ strata run -d` gets, with -m 64m
     "$@" strata run -d --name where -m 64m busybox sleep 60 >/dev/null 2>&1 || true
     local p
