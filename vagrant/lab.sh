@@ -5,6 +5,9 @@
 #                              changes), start libvirt, boot host1 and host2, run every check, print
 #                              a summary (each check, pass or fail, its time); exit 1 if one failed
 #   vagrant/lab.sh down        destroy the VMs, the lab's networks and disks; stop what `up` started
+#   vagrant/lab.sh sync        copy the repository again into the running VMs' /opt/strata (the venv kept)
+#   vagrant/lab.sh check NAME FUNCTION ARGS...   one check again on the running VMs, e.g.
+#                              `vagrant/lab.sh check host1-rootless vagrant provision host1 --provision-with rootless`
 #   vagrant/lab.sh vagrant ... vagrant with the lab's settings (e.g. `vagrant/lab.sh vagrant ssh host1`)
 #
 # Everything it keeps is under build/lab/: the box, Vagrant's home (the box added), the disks (a
@@ -173,6 +176,20 @@ host_ca() {
 
 install_on() { vagrant provision "$1" --provision-with hosts,install; }
 
+# the repository copied again into /opt/strata of the VMs already up, keeping what `make deps` made
+# there (the venv, whose editable install reads the new source, pyfuse3's build): a change checked
+# again in seconds, where the install step copies afresh and builds again (minutes under TCG)
+sync_repo() {
+    vagrant rsync
+    local host
+    for host in host1 host2; do
+        on "$host" "sudo rsync -a --delete --exclude=/.venv/ --exclude=/build/ --exclude='.stamp-*' \
+            --exclude='*.egg-info/' --exclude=__pycache__/ --exclude=.pytest_cache/ --exclude=.mypy_cache/ \
+            --exclude=.ruff_cache/ /home/vagrant/strata/ /opt/strata/ && sudo chown -R root:root /opt/strata"
+        echo "$host: /opt/strata synced"
+    done
+}
+
 # host1's root may ssh to host2's: a key made on host1, authorized on host2
 root_key() {
     local key
@@ -314,7 +331,9 @@ case "${1:-up}" in
 up) up ;;
 check)  # vagrant/lab.sh check NAME FUNCTION ARGS...: one check again, on the running VMs
     shift; mkdir -p "$logs"; vagrant ssh-config > "$state/ssh-config"; check "$@" || true; summary; [ "$failed" = 0 ] ;;
+sync)  # vagrant/lab.sh sync: the repository copied again into the running VMs (then `check` again)
+    mkdir -p "$state"; vagrant ssh-config > "$state/ssh-config"; sync_repo ;;
 down) down ;;
 vagrant) shift; exec vagrant "$@" ;;
-*) die "usage: lab.sh up|down|vagrant ARGS" ;;
+*) die "usage: lab.sh up|down|sync|check NAME FUNCTION ARGS|vagrant ARGS" ;;
 esac

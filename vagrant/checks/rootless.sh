@@ -34,11 +34,23 @@ cleanup() {
 # command from a systemd --user session starts it; the first command of this ssh session would
 # otherwise start it in the session's scope, and every container after it would be unlimited
 zygote_pid() { cat "${XDG_RUNTIME_DIR:?}/strata/zygote.pid" 2>/dev/null || true; }
-stop_zygote() { local z; z=$(zygote_pid); [ -z "$z" ] || kill "$z" 2>/dev/null || true; sleep 1; }
+stop_zygote() {
+    local z
+    z=$(zygote_pid)
+    [ -n "$z" ] || return 0
+    kill "$z" 2>/dev/null || true
+    for _ in $(seq 50); do [ -d "/proc/$z" ] || break; sleep 0.1; done
+    rm -f "$XDG_RUNTIME_DIR/strata/zygote.pid"  # (its own, gone with it)
+}
+# start_zygote [in_service]: a strata command starts the zygote in the background: until it says its pid
+start_zygote() {
+    "$@" strata version >/dev/null
+    for _ in $(seq 150); do [ -n "$(zygote_pid)" ] && break; sleep 0.2; done
+    [ -n "$(zygote_pid)" ] || fail "no zygote started"
+}
 stop_zygote
-in_service strata version >/dev/null
-for _ in $(seq 100); do [ -n "$(zygote_pid)" ] && break; sleep 0.2; done
-echo "zygote $(zygote_pid) started in $(cut -d: -f3 "/proc/$(zygote_pid)/cgroup" 2>/dev/null || echo '(none)')"
+start_zygote in_service
+echo "zygote $(zygote_pid) started in $(cut -d: -f3 "/proc/$(zygote_pid)/cgroup")"
 trap cleanup EXIT
 cleanup
 
@@ -120,11 +132,11 @@ where() {  # the cgroup a container started by `$@ strata run -d` gets, with -m 
     strata rm -f where >/dev/null 2>&1 || true
 }
 stop_zygote
-in_service strata version >/dev/null  # the zygote starts inside the subtree
+start_zygote in_service  # the zygote starts inside the subtree
 echo "zygote started in a scope of user@$uid.service ($(cut -d: -f3 "/proc/$(zygote_pid)/cgroup")):"
 echo "  run -m 64m from the login session:        $(where env)"
 stop_zygote
-strata version >/dev/null  # the zygote starts in the login session's scope
+start_zygote  # the zygote starts in the login session's scope
 echo "zygote started in the login session ($(cut -d: -f3 "/proc/$(zygote_pid)/cgroup")):"
 echo "  run -m 64m from a scope of user@$uid.service: $(where in_service)"
 echo "  (STRATA_NO_ZYGOTE=1:                      $(where in_service env STRATA_NO_ZYGOTE=1))"
