@@ -107,7 +107,10 @@ def strata_layout(strata, root: str, image: str, into: str) -> str:
     strata(root, "save", "-o", archive, image)
     os.makedirs(into)
     with tarfile.open(archive) as tar:
-        tar.extractall(into, filter="tar")
+        if hasattr(tarfile, "tar_filter"):
+            tar.extractall(into, filter="tar")
+        else:  # (the extraction filters came in 3.11.4: Debian 12's Python is 3.11.2)
+            tar.extractall(into)
     os.unlink(archive)
     return into
 

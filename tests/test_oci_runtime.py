@@ -58,6 +58,8 @@ def state(root: str, cid: str) -> dict:
 
 
 def _cgroup_dirs(path: str) -> list[str]:
+    if os.path.isfile(os.path.join(CGROUP_ROOT, "cgroup.controllers")):  # v2 alone: one hierarchy
+        return [os.path.join(CGROUP_ROOT, path)] if os.path.isdir(os.path.join(CGROUP_ROOT, path)) else []
     return [os.path.join(CGROUP_ROOT, c, path) for c in sorted(os.listdir(CGROUP_ROOT))
             if os.path.isdir(os.path.join(CGROUP_ROOT, c, path))]
 

@@ -2,7 +2,8 @@
 """``strata-oci update``: new limits reach a running container's cgroup, on this host's v1 hierarchies
 for real (the container's processes feel them: a pids limit stops a fork, a cpuset pins what runs
 and what is exec'd later) and through cgroup v2's files on a fake root (the host's v2 hierarchy has
-no controllers). Bad input is one line, exit 1, and changes nothing."""
+no controllers); on a host with cgroup v2 alone (the lab's VMs, vagrant/) the same tests run on its
+real v2 files. Bad input is one line, exit 1, and changes nothing."""
 
 from __future__ import annotations
 
@@ -33,11 +34,41 @@ def _read(*parts: str) -> str:
         return f.read().strip()
 
 
+# v1 (or hybrid: this project's development host) or v2 alone (the lab's VMs); v2's values are read
+# back in v1's terms: memory + swap, and the weight that the shares make
+V2 = os.path.isfile(os.path.join(CGROUP_ROOT, "cgroup.controllers"))
+
+
+def _dir(controller: str, group: str) -> str:
+    return os.path.join(CGROUP_ROOT, group) if V2 else os.path.join(CGROUP_ROOT, controller, group)
+
+
+def _memory(group: str) -> tuple[str, str]:
+    """The memory limit and memory + swap."""
+    d = _dir("memory", group)
+    if V2:
+        limit = _read(d, "memory.max")
+        return limit, str(int(limit) + int(_read(d, "memory.swap.max")))
+    return _read(d, "memory.limit_in_bytes"), _read(d, "memory.memsw.limit_in_bytes")
+
+
+def _cpu(group: str) -> list[str]:
+    """Shares (v2: the weight), quota and period."""
+    d = _dir("cpu", group)
+    if V2:
+        return [_read(d, "cpu.weight"), *_read(d, "cpu.max").split()]
+    return [_read(d, f) for f in ("cpu.shares", "cpu.cfs_quota_us", "cpu.cfs_period_us")]
+
+
+def _shares(shares: int) -> str:
+    return str(cgroups.shares_to_weight(shares)) if V2 else str(shares)
+
+
 @pytest.fixture
 def running(tmp_path, root, bundle):
     """A running container (``sleep``) made with memory 64M / memory+swap 128M and no pids limit."""
-    if not os.path.isdir(os.path.join(CGROUP_ROOT, "memory")):
-        pytest.fail("this test is for a cgroup v1 (or hybrid) host; v2 is tested on a fake root below")
+    if not V2 and not os.path.isdir(os.path.join(CGROUP_ROOT, "memory")):
+        pytest.fail("this host has neither a v1 memory hierarchy nor cgroup v2 alone")
     b = bundle(["sleep", "1000"], cid="u1")
     config = json.loads(open(os.path.join(b, "config.json")).read())
     config["linux"]["resources"] = {"memory": {"limit": 64 * MB, "swap": 128 * MB}}
@@ -58,23 +89,20 @@ def running(tmp_path, root, bundle):
 
 def test_memory_and_cpu_limits_change_in_place_in_the_order_the_kernel_takes(tmp_path, root, running):
     group = f"{CGROUP_PARENT}/u1"
-    memory, cpu = os.path.join(CGROUP_ROOT, "memory", group), os.path.join(CGROUP_ROOT, "cpu", group)
     # up past the old memory+swap: memory+swap must go first, or the kernel refuses the memory limit
     oci(root, "update", "--memory", "256m", "--memory-swap", "512m", "u1", check=True)
-    assert (_read(memory, "memory.limit_in_bytes"), _read(memory, "memory.memsw.limit_in_bytes")) == \
-        (str(256 * MB), str(512 * MB))
+    assert _memory(group) == (str(256 * MB), str(512 * MB))
     oci(root, "update", "--memory", "32M", "--memory-swap", "64MiB", "u1", check=True)  # down: the other way
-    assert (_read(memory, "memory.limit_in_bytes"), _read(memory, "memory.memsw.limit_in_bytes")) == \
-        (str(32 * MB), str(64 * MB))
+    assert _memory(group) == (str(32 * MB), str(64 * MB))
     oci(root, "update", "--cpu-shares", "256", "--cpu-quota", "50000", "--cpu-period", "100000", "u1", check=True)
-    assert [_read(cpu, f) for f in ("cpu.shares", "cpu.cfs_quota_us", "cpu.cfs_period_us")] == ["256", "50000", "100000"]
+    assert _cpu(group) == [_shares(256), "50000", "100000"]
     # --resources: the runtime-spec's LinuxResources, as containerd's shim sends it (zeros and empties: unchanged)
     (tmp_path / "r.json").write_text(json.dumps({"memory": {"limit": 100 * MB, "swap": 200 * MB},
                                                  "cpu": {"shares": 0, "period": 200000}, "hugepageLimits": [],
                                                  "unified": {}}))
     oci(root, "update", "--resources", str(tmp_path / "r.json"), "u1", check=True)
-    assert _read(memory, "memory.limit_in_bytes") == str(100 * MB)
-    assert [_read(cpu, f) for f in ("cpu.shares", "cpu.cfs_quota_us", "cpu.cfs_period_us")] == ["256", "50000", "200000"]
+    assert _memory(group)[0] == str(100 * MB)
+    assert _cpu(group) == [_shares(256), "50000", "200000"]
     recorded = json.loads(open(os.path.join(root, "u1", "state.json")).read())["resources"]
     assert recorded["memory"] == {"limit": 100 * MB, "swap": 200 * MB}
     assert recorded["cpu"] == {"shares": 256, "quota": 50000, "period": 200000}
@@ -86,7 +114,7 @@ def test_a_pids_limit_and_a_cpuset_are_felt_by_the_container_and_its_later_execs
     group = f"{CGROUP_PARENT}/u1"
     update = _oci_input(root, json.dumps({"pids": {"limit": 3}}), "update", "--resources", "-", "u1")
     assert update.returncode == 0, update.stderr
-    pids = os.path.join(CGROUP_ROOT, "pids", group)
+    pids = _dir("pids", group)
     assert _read(pids, "pids.max") == "3"
     assert _read(pids, "cgroup.procs").split() == [str(pid)]  # PID 1 moved into the group made for it
     # PID 1 + the exec's shell + one sleep: the second sleep cannot be forked
@@ -96,7 +124,7 @@ def test_a_pids_limit_and_a_cpuset_are_felt_by_the_container_and_its_later_execs
     assert _read(pids, "pids.max") == "max"
 
     oci(root, "update", "--cpuset-cpus", "0", "u1", check=True)
-    cpuset = os.path.join(CGROUP_ROOT, "cpuset", group)
+    cpuset = _dir("cpuset", group)
     assert _read(cpuset, "cpuset.cpus") == "0" and str(pid) in _read(cpuset, "cgroup.procs").split()
     assert "Cpus_allowed_list:\t0\n" in open(f"/proc/{pid}/status").read()
     later = oci(root, "exec", "u1", "cat", "/proc/self/status", check=True).stdout
@@ -117,7 +145,7 @@ def test_a_pids_limit_and_a_cpuset_are_felt_by_the_container_and_its_later_execs
     (["--memory-reservation", "1m"], None, "unrecognized arguments: --memory-reservation"),
 ])
 def test_bad_updates_are_one_line_and_change_nothing(root, running, args, stdin, message):
-    memory = os.path.join(CGROUP_ROOT, "memory", CGROUP_PARENT, "u1", "memory.limit_in_bytes")
+    memory = os.path.join(_dir("memory", f"{CGROUP_PARENT}/u1"), "memory.max" if V2 else "memory.limit_in_bytes")
     res = _oci_input(root, json.dumps(stdin) if stdin is not None else "", "update", *args, "u1")
     assert res.returncode == 1 and res.stdout == "" and res.stderr.count("\n") == 1, res.stderr
     assert message in res.stderr, res.stderr

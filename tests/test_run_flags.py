@@ -31,8 +31,16 @@ def refused(root: str, *args: str, code: int = 125) -> str:
     return res.err.strip()
 
 
+# cgroup v2 alone (the lab's VMs), or v1 / hybrid (this project's development host): both are tested
+V2 = os.path.isfile("/sys/fs/cgroup/cgroup.controllers")
+
+
+def group_dir(cid: str, controller: str) -> str:
+    return f"/sys/fs/cgroup/strata/{cid}" if V2 else f"/sys/fs/cgroup/{controller}/strata/{cid}"
+
+
 def cgroup_file(cid: str, controller: str, name: str) -> str:
-    with open(f"/sys/fs/cgroup/{controller}/strata/{cid}/{name}") as f:
+    with open(os.path.join(group_dir(cid, controller), name)) as f:
         return f.read().strip()
 
 
@@ -190,21 +198,24 @@ def test_pids_limit_caps_the_processes(rootdir):
     assert "can't fork" in out or "Resource temporarily unavailable" in out, out
     assert inspect(rootdir, "{{.HostConfig.PidsLimit}}", cid) == "6"
     strata(rootdir, "rm", "-f", cid)
-    assert not os.path.exists(f"/sys/fs/cgroup/pids/strata/{cid}")
+    assert not os.path.exists(group_dir(cid, "pids"))
 
 
 def test_cpus_is_a_cfs_quota_and_cpuset_pins(rootdir):
     cid = strata(rootdir, "run", "-d", "--cpus", "0.25", "--cpuset-cpus", "0", "bb", "sh", "-c",
                  "while :; do :; done").out.strip()
-    assert cgroup_file(cid, "cpu", "cpu.cfs_quota_us") == "25000"
-    assert cgroup_file(cid, "cpu", "cpu.cfs_period_us") == "100000"
+    if V2:
+        assert cgroup_file(cid, "cpu", "cpu.max") == "25000 100000"
+    else:
+        assert cgroup_file(cid, "cpu", "cpu.cfs_quota_us") == "25000"
+        assert cgroup_file(cid, "cpu", "cpu.cfs_period_us") == "100000"
     assert cgroup_file(cid, "cpuset", "cpuset.cpus") == "0"
     assert strata(rootdir, "exec", cid, "grep", "Cpus_allowed_list", "/proc/self/status").out.split()[1] == "0"
     assert inspect(rootdir, "{{.HostConfig.NanoCpus}} {{.HostConfig.CpusetCpus}}", cid) == "250000000 0"
     used = float(strata(rootdir, "stats", "--no-stream", "--format", "{{.CPUPerc}}", cid).out.strip().rstrip("%"))
     assert 5 < used < 40, used  # a busy loop held to a quarter of a CPU
     strata(rootdir, "rm", "-f", cid)
-    assert not os.path.exists(f"/sys/fs/cgroup/cpuset/strata/{cid}")
+    assert not os.path.exists(group_dir(cid, "cpuset"))
     ncpu = len(os.sched_getaffinity(0))
     assert refused(rootdir, "run", "--cpus", str(ncpu + 1), "bb", "true") == \
         f"Error: Range of CPUs is from 0.01 to {ncpu}.00, as there are only {ncpu} CPUs available"
@@ -217,11 +228,18 @@ def test_cpus_is_a_cfs_quota_and_cpuset_pins(rootdir):
 
 def test_memory_swap_is_memory_plus_swap(rootdir):
     cid = strata(rootdir, "run", "-d", "-m", "64m", "--memory-swap", "128m", "bb", "sleep", "300").out.strip()
-    assert cgroup_file(cid, "memory", "memory.limit_in_bytes") == str(64 << 20)
-    assert cgroup_file(cid, "memory", "memory.memsw.limit_in_bytes") == str(128 << 20)
+    if V2:  # v2's swap.max is the swap alone
+        assert cgroup_file(cid, "memory", "memory.max") == str(64 << 20)
+        assert cgroup_file(cid, "memory", "memory.swap.max") == str(64 << 20)
+    else:
+        assert cgroup_file(cid, "memory", "memory.limit_in_bytes") == str(64 << 20)
+        assert cgroup_file(cid, "memory", "memory.memsw.limit_in_bytes") == str(128 << 20)
     assert inspect(rootdir, "{{.HostConfig.MemorySwap}}", cid) == str(128 << 20)
     cid = strata(rootdir, "run", "-d", "-m", "64m", "--memory-swap", "-1", "bb", "sleep", "300").out.strip()
-    assert int(cgroup_file(cid, "memory", "memory.memsw.limit_in_bytes")) > 1 << 60  # unlimited
+    if V2:
+        assert cgroup_file(cid, "memory", "memory.swap.max") == "max"  # unlimited
+    else:
+        assert int(cgroup_file(cid, "memory", "memory.memsw.limit_in_bytes")) > 1 << 60  # unlimited
     assert refused(rootdir, "run", "--memory-swap", "128m", "bb", "true") == \
         "Error: You should always set the Memory limit when using Memoryswap limit, see usage"
     assert refused(rootdir, "run", "-m", "64m", "--memory-swap", "32m", "bb", "true") == \
