@@ -8,7 +8,9 @@ its PID namespace.
 *Caveats*: on cgroup v1 the container has no blkio group (one more hierarchy would cost each start
 a move), so block I/O is what its live processes did (``/proc/PID/io``), and where cpuacct is not
 mounted with cpu (this host), CPU time is its live processes' and their reaped children's
-(``/proc/PID/stat``): what processes that have ended did is not counted. Rootless without a cgroup, CPU time and memory are those of its live
+(``/proc/PID/stat``): what processes that have ended did is not counted. On v2, block I/O is the
+group's ``io.stat`` (where the io controller is on) and its union daemon's (``/proc/PID/io``), which
+reads and writes the container's files from outside the group. Rootless without a cgroup, CPU time and memory are those of its live
 processes (RSS), the limit the host's memory.
 """
 
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 
 from . import cgroups
 from .containers import Container
+from .process import process_alive
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -126,6 +129,12 @@ def sample(container: Container) -> Sample:
             fields = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
             out.read += int(fields.get("rbytes", 0))
             out.written += int(fields.get("wbytes", 0))
+        # the container's files are read and written by its union's daemon, outside its group (and
+        # a FUSE write is no page the writer dirties: its /proc/PID/io counts none): the daemon's counts
+        union = state.get("UnionPid", 0)
+        if union and process_alive(union, state.get("UnionStart")):
+            read, written = _proc_io([union])
+            out.read, out.written = out.read + read, out.written + written
     else:
         pids = cg.pids()
         out.pids = len(pids)
