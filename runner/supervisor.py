@@ -270,11 +270,6 @@ class Supervisor:
                 self.c.set_state(RestartCount=0)  # started by hand: counted again from 0
             code = await self._run(ready_fd)
             self.stdin_ready.set()
-            if self.started:
-                config = self._current_config()  # (renamed meanwhile, say)
-                if self.c.recorded().get("OOMKilled"):
-                    events.record(self.root, "oom", config)
-                events.record(self.root, "die", config, exitCode=code)
             with trio.CancelScope(shield=True):
                 await self.hub.finish(code)
             nursery.cancel_scope.cancel()
@@ -402,6 +397,11 @@ class Supervisor:
                     error = self.union_died
                 self.error = error
                 remove = self.config["HostConfig"]["AutoRemove"] or (first_start and not self.started)
+                if self.started:  # before the end is recorded: `stop` (its `stop` event) waits for that
+                    config = self._current_config()  # (renamed meanwhile, say)
+                    if oom:
+                        events.record(self.root, "oom", config)
+                    events.record(self.root, "die", config, exitCode=code)
                 if not remove:
                     again = self.started and self.restart is not None and self.restart(code)
                     count: dict[str, Any] = {"RestartCount": self.restarts + 1} if again else {}
