@@ -204,10 +204,13 @@ def test_stats_shows_cpu_memory_pids_and_io(rootdir):
 
 # -- events -----------------------------------------------------------------------------------------
 def test_events_follow_the_life_of_containers_as_json_lines(rootdir):
-    proc = popen(rootdir, "events", "--format", "json", "-f", "container=watched", stdout=subprocess.PIPE)
+    began = time.time()
+    # --since: what was logged while `events` was still starting (seconds under the lab's TCG), then
+    # what comes: a `run` right after the Popen logged its create before `events` followed the log
+    proc = popen(rootdir, "events", "--since", str(began - 1), "--format", "json", "-f", "container=watched",
+                 stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
-        began = time.time()
         strata(rootdir, "run", "-d", "--name", "watched", "bb", "sleep", "300")
         strata(rootdir, "run", "--rm", "bb", "true")  # another container: filtered out
         strata(rootdir, "stop", "-t", "0", "watched")
