@@ -3,29 +3,31 @@ always by a process whose root is the container's, so that every path and symlin
 it, as the container sees it (never on the host).
 
 A running container: a fork joins PID 1's mount namespace (and its user namespace, rootless) and
-its cgroup (its device list applies); its volumes and binds are there. A stopped one (root only):
-its union is mounted read-write at its ``merged`` dir for the copy, under the supervisor's lock
-(no start meanwhile), and a fork chroots into it; volumes are not mounted then.
+its cgroup (its device list applies); its volumes and binds are there. A stopped one: its union is
+mounted read-write at its ``merged`` dir for the copy, under the supervisor's lock (no start
+meanwhile), and a fork chroots into it; volumes are not mounted then. Rootless, that mount is made
+as a start makes it, in a user namespace mapped as the container's (owners the user cannot give
+go in xattrs), and the fork joins that namespace and its mount namespace before the chroot.
 
 Tars: what is read is PAX, owners and modes as the container has them, no user or group names
 looked up; what is unpacked is checked as tarfile's ``tar`` filter checks (no absolute names, no
 ``..``, no links out of the directory), owners 0:0 unless the archive's are kept (``cp -a``).
 
-*Caveats*: a stopped container's volumes are not copied from or into; rootless, only running
-containers (a stopped one's union would need the container's user namespace).
+*Caveats*: a stopped container's volumes are not copied from or into.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import tarfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from . import cgroups
+from . import cgroups, userns
 from . import syscalls as sc
 from .containers import Container
 from .errors import ContainerConflict, RunnerError
@@ -156,10 +158,10 @@ def run_inside(root: str, container: Container, body: Callable[[], None],
     if state.get("Running"):
         _forked(lambda: _enter_running(container, state["Pid"]), body, meanwhile)
         return
-    if os.geteuid() != 0:
-        raise RunnerError(f"container {container.name} is not running: a rootless cp needs it running (start it)")
-    with _mounted(root, container) as merged:
+    with _mounted(root, container) as (merged, holder):
         def enter() -> None:
+            if holder:
+                userns.joiner(holder)()
             os.chroot(merged)
             os.chdir("/")
 
@@ -213,27 +215,76 @@ def _forked(enter: Callable[[], object], body: Callable[[], None], meanwhile: Ca
 
 
 @contextmanager
-def _mounted(root: str, container: Container) -> Iterator[str]:
-    """A stopped container's union, read-write at its ``merged`` dir, for the block."""
+def _mounted(root: str, container: Container) -> Iterator[tuple[str, int]]:
+    """A stopped container's union, read-write at its ``merged`` dir, for the block: (that dir,
+    0 as root; rootless, the pid of the process whose user and mount namespaces it is mounted in)."""
     from unionfs.mount import fork_serve
 
     if (m := ImageMounts(root).of_container(container.id)) is not None:
         raise ContainerConflict(f"container {container.name} is mounted at {m.mountpoint}: strata umount it first")
-    with container.claimed():
+    rootless = os.geteuid() != 0
+    with container.claimed(), (_namespaces() if rootless else nullcontext(0)) as holder:
         merged = container.path("merged")
         lowers = [d for d in (container.path("init"), container.path(LAYER)) if os.path.isdir(d)]
+        # rootless, as for a start: mounted as root of a namespace mapped as the container's, owners in xattrs
+        options = ["allow_other", "xattr_permissions=2"] if rootless else []
         pid, ready = fork_serve(merged, [*lowers, *container.config["LowerDirs"]], container.path("upper"),
-                                container.path("work"))
+                                container.path("work"), options, parent_death=signal.SIGTERM,
+                                enter=userns.joiner(holder) if holder else None)
         with os.fdopen(ready, "rb") as pipe:
             message = pipe.read().decode(errors="replace")
         if message != "ok":
             os.waitpid(pid, 0)
             raise RunnerError(f"cannot mount container {container.name}: {message or 'the union daemon died'}")
         try:
-            yield merged
+            yield merged, holder
         finally:
-            sc.umount2(merged, sc.MNT_DETACH)
+            if holder:
+                os.kill(pid, signal.SIGTERM)  # (the mount is the namespace's: the daemon unmounts it)
+            else:
+                sc.umount2(merged, sc.MNT_DETACH)
             os.waitpid(pid, 0)
+
+
+@contextmanager
+def _namespaces() -> Iterator[int]:
+    """A process in a user namespace mapped as a rootless container's and in a mount namespace
+    of its own, for the block (its pid); it exits after."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            for fd in {int(n) for n in os.listdir("/proc/self/fd")} - {0, 1, 2, ready_w, done_r}:
+                try:  # (the copy's pipes among them: their readers wait for EOF)
+                    os.close(fd)
+                except OSError:
+                    pass
+            uids, gids = userns.mappings(os.getuid(), os.getgid())
+            userns.enter({"linux": {"uidMappings": uids, "gidMappings": gids}})
+            sc.unshare(sc.CLONE_NEWNS)
+            os.write(ready_w, b"ok")
+            os.read(done_r, 1)  # (EOF: the block is over)
+            code = 0
+        except BaseException as e:  # (a fork: nothing of the parent's may run here)
+            try:
+                os.write(ready_w, (getattr(e, "strerror", None) or str(e)).encode()[:4000])
+            except OSError:
+                pass
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        message = os.read(ready_r, 4000).decode(errors="replace")  # (one write: "ok", or why not)
+        os.close(ready_r)
+        if message != "ok":
+            raise RunnerError(f"cannot enter the container's user namespace: {message or 'the process died'}")
+        yield pid
+    finally:
+        os.close(done_w)
+        os.waitpid(pid, 0)
 
 
 def lookup(root: str, container: Container, path: str) -> dict[str, object]:
