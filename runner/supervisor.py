@@ -27,7 +27,6 @@ import socket
 import termios
 import tty
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -48,27 +47,8 @@ from .net import attach as network
 from .oci import privileges
 from .oci import spec as oci_spec
 from .process import start_time
+from .stdio import Attach, Stdio, make_stdio, terminal_size
 from .volumes import Volumes
-
-
-@dataclass
-class Attach:
-    """The terminal or pipes of a foreground ``strata run``."""
-
-    stdin: int | None  # fd to read the container's input from (-i), or None
-    stdout: int
-    stderr: int
-
-
-@dataclass
-class _Stdio:
-    child: tuple[int, int, int]  # the container's fds 0, 1, 2
-    pumps: list[tuple[int, str, int | None]]  # (fd to read, log stream, attached fd to copy to)
-    feed: int | None  # the attached stdin to copy into the container, for -i
-    stdin: int  # where that goes: the pty master or the stdin pipe (-1: nowhere)
-    close_stdin: bool  # a pipe is closed at EOF; a pty master is not
-    console: int | None = None  # -t: our end of the console socket PID 1 sends the pty master on
-    console_child: int | None = None  # and PID 1's end
 
 
 class Supervisor:
@@ -92,7 +72,7 @@ class Supervisor:
         self.error = ""
         self.union: tuple[int, int] | None = None  # (pid, ready fd) of a union daemon forked early
         self.init: Child | None = None  # runner.init, forked early, waiting for the go-ahead
-        self.stdio: _Stdio | None = None
+        self.stdio: Stdio | None = None
         self.status_fd: int | None = None  # init's reports: "pid N", then "error CODE MESSAGE" or EOF
         self.go_fd: int | None = None
         self.opened: list[int] = []  # fds this supervisor must close when it is done
@@ -161,7 +141,7 @@ class Supervisor:
         if len(os.listdir("/proc/self/task")) != 1:
             raise RuntimeError("the container's init must be forked from a single-threaded process")
         opened = self.opened
-        self.stdio = self._stdio(opened)
+        self.stdio = make_stdio(self.config, self.attach, opened)
         status_r, status_w = os.pipe()
         go_r, go_w = os.pipe()
         opened += [status_r, status_w, go_r, go_w]
@@ -226,7 +206,7 @@ class Supervisor:
                 "seccomp": seccomp.prepare(profile) if profile else None, "cgroup_procs": self.cgroup.procs_files()}
         if self.stdio is not None and self.stdio.console is not None:
             spec["console_fd"] = self.stdio.console_child
-            size = self._terminal_size() or self.console_size
+            size = terminal_size(self.config, self.attach) or self.console_size
             if size:
                 self.bundle["process"]["consoleSize"] = {"height": size[0], "width": size[1]}
         return spec
@@ -336,11 +316,8 @@ class Supervisor:
 
     def _resize_to(self, rows: int, columns: int) -> None:
         """An attached client's terminal size: the container's terminal takes it on."""
-        if self.stdio is not None and self.stdio.console is not None and self.stdio.stdin >= 0:
-            try:
-                termios.tcsetwinsize(self.stdio.stdin, (rows, columns))
-            except (OSError, termios.error):
-                pass
+        if self.stdio is not None:
+            self.stdio.set_size((rows, columns))
 
     async def _run(self, ready_fd: int | None = None) -> int:
         c = self.c
@@ -418,31 +395,6 @@ class Supervisor:
                     await mount.unmount()  # the daemon's exit (a few ms) overlapped all of the above
         return code
 
-    def _stdio(self, opened: list[int]) -> _Stdio:
-        """The container's stdin/stdout/stderr: a pty for -t, else pipes (stdin: a pipe for -i, else
-        /dev/null). Every fd made is appended to ``opened`` (closed by the caller)."""
-        cfg, attach = self.config["Config"], self.attach
-        out = attach.stdout if attach else None
-        err = attach.stderr if attach else None
-        feed = attach.stdin if attach is not None and cfg["OpenStdin"] else None
-        if cfg["Tty"]:
-            # as runc's console socket: PID 1 makes the pty in the container's own devpts (so the
-            # command's terminal is /dev/pts/N) and sends the master back once its root is set up
-            ours, theirs = (s.detach() for s in socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
-            null = os.open(os.devnull, os.O_RDWR)
-            opened += [ours, theirs, null]
-            return _Stdio((null, null, null), [], feed, -1, False, console=ours, console_child=theirs)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        opened += [out_r, out_w, err_r, err_w]
-        if cfg["OpenStdin"]:
-            in_r, in_w = os.pipe()
-            opened += [in_r, in_w]
-        else:
-            in_r, in_w = os.open(os.devnull, os.O_RDONLY), -1
-            opened.append(in_r)
-        return _Stdio((in_r, out_w, err_w), [(out_r, "stdout", out), (err_r, "stderr", err)], feed, in_w, True)
-
     async def _start_and_wait(self, mount: Mount) -> tuple[int, str]:
         assert self.init is not None and self.stdio is not None and self.status_fd is not None
         stdio, helper, opened = self.stdio, self.init, self.opened
@@ -473,7 +425,8 @@ class Supervisor:
                     _, failed_code, message = first.split(" ", 2)
                     return int(failed_code), message
                 if stdio.console is not None:
-                    await self._receive_console(stdio)
+                    await stdio.receive_console(opened, self.attach.stdout if self.attach else None)
+                    self._resize()
                 remaining[0] = len(stdio.pumps)
                 if not stdio.pumps:
                     drained.set()
@@ -515,37 +468,11 @@ class Supervisor:
     async def _forward_signals(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await forwarding.forward(self.pid, self._resize, task_status)
 
-    def _terminal_size(self) -> tuple[int, int] | None:
-        """The attached terminal's (rows, columns), which a -t container's pty follows."""
-        if self.attach is not None and self.config["Config"]["Tty"]:
-            try:
-                return termios.tcgetwinsize(self.attach.stdout)
-            except (OSError, termios.error):  # output to a pipe or file: no size to follow
-                pass
-        return None
-
     def _resize(self) -> None:
-        size = self._terminal_size()
-        if size and self.stdio is not None and self.stdio.stdin >= 0:
-            try:
-                termios.tcsetwinsize(self.stdio.stdin, size)
-            except (OSError, termios.error):
-                pass
+        size = terminal_size(self.config, self.attach)
+        if size and self.stdio is not None:
+            self.stdio.set_size(size)
 
-    async def _receive_console(self, stdio: _Stdio) -> None:
-        """The pty master PID 1 sends once its root is set up: from then on it is the container's
-        output and (with -i) input. Nothing arrives if PID 1 failed first: its status says why."""
-        assert stdio.console is not None
-        await trio.lowlevel.wait_readable(stdio.console)
-        with socket.socket(fileno=os.dup(stdio.console)) as sock:
-            _, fds, _, _ = socket.recv_fds(sock, 4096, 1)
-        if not fds:
-            return
-        master = fds[0]
-        self.opened.append(master)
-        out = self.attach.stdout if self.attach else None
-        stdio.pumps, stdio.stdin = [(master, "stdout", out)], master
-        self._resize()
 
 
 def container_filter(config: dict[str, Any]) -> seccomp.Filter | None:

@@ -83,7 +83,8 @@ def run(store: Store, image_id: str, cmd: list[str], env: list[str], workdir: st
 
 def _supervise(root: str, container: Container, output: Callable[[bytes], None]) -> tuple[int, str]:
     """Fork a supervisor attached to a pipe; relay the pipe until the fork ends. (exit code, error)."""
-    from ..supervisor import Attach, run_attached  # trio and the union fs: only a RUN needs them
+    from ..stdio import Attach
+    from ..supervisor import run_attached  # trio and the union fs: only a RUN needs them
 
     out_r, out_w = os.pipe()
     status_r, status_w = os.pipe()

@@ -144,7 +144,8 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
 
 
 def cmd_run(store: Store, args: argparse.Namespace) -> int:
-    from ..supervisor import Attach, run_attached
+    from ..stdio import Attach
+    from ..supervisor import run_attached
 
     if args.tty and args.interactive and not os.isatty(0):  # keys to a pty that will never see EOF: refused
         print(NOT_A_TTY, file=sys.stderr)
