@@ -12,7 +12,8 @@ Vocabulary (shared with ``unionfs`` and ``runner``):
 """
 
 from .errors import BadInput, Conflict, DigestMismatch, InvalidReference, NotFound, StoreError, UnsafeTar
-from .store import HistoryRow, Store, TreeNode
+from .store import Store
+from .views import HistoryRow, TreeNode
 
 __all__ = [
     "BadInput", "Conflict", "DigestMismatch", "HistoryRow", "InvalidReference", "NotFound", "Store",

@@ -1,5 +1,5 @@
-"""The store's one entry point: images in and out (import, load, save), tags, removal, and the views
-the CLI prints (history rows, the layer tree, inspect documents, a consistency check).
+"""The store's one entry point: images in and out (import, load, save, pull, push), tags, removal,
+and the views the CLI prints (made by ``store.views``).
 
 Every change runs in one writer transaction (``Root.writer``): staged, checked, then published in the
 order blobs -> layers -> configs -> image records -> tags, so a failure before the end changes nothing
@@ -16,22 +16,22 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from . import views
 from .blobs import Blobs, StagedBlob
 from .changes import apply_changes
-from .compression import decompressing
-from .digest import HashingReader, chain_id, chain_ids, hex_of, sha256_bytes
+from .digest import chain_id, hex_of, sha256_bytes
 from .errors import BadInput, Conflict, RegistryError, StoreError
-from .images import Images, now, parse_ref, validate_config
+from .images import Images, now, parse_ref
 from .layers import Layers, StagedLayer
 from .load import ImagePlan, plan
 from .root import Root, Transaction, default_root
 from .save import SaveItem, write_archive
 from .sources import Source, open_source
 from .tarwrite import write_tree
+from .views import HistoryRow, TreeNode, diff_id_of
 
 if TYPE_CHECKING:
     from .registry import RemoteOptions
@@ -39,26 +39,6 @@ if TYPE_CHECKING:
 # (item, bytes done, bytes total; 0 when unknown). An item is one layer (its blob's or diff_id's first 12
 # hex digits) or one whole transfer ("import", "save"); a layer that is already here is not reported.
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass
-class HistoryRow:
-    id: str | None  # image id for rows that are the top of a local image, else None (<missing>)
-    created: str
-    created_by: str
-    size: int
-    comment: str
-    empty_layer: bool
-
-
-@dataclass
-class TreeNode:
-    chain_id: str
-    size: int
-    virtual_size: int
-    tags: list[str]
-    images: list[str]  # ids of images whose top layer this is
-    children: list[TreeNode] = field(default_factory=list)
 
 
 class _Counter:
@@ -195,7 +175,7 @@ class Store:
                     where = f"{source.where}: {ref.member}"
                     diff_id = ref.diff_id or learnt.get(ref.member)
                     if diff_id is None:
-                        diff_id = learnt[ref.member] = self._diff_id_of(source.open(ref.member), where)
+                        diff_id = learnt[ref.member] = diff_id_of(source.open(ref.member), where)
                     chain = chain_id(parent, diff_id)
                     if chain in pending:
                         pass
@@ -253,14 +233,6 @@ class Store:
                 if not self.layers.exists(parent) and ref.member not in out:
                     out.append(ref.member)
         return out
-
-    @staticmethod
-    def _diff_id_of(raw: BinaryIO, where: str) -> str:
-        with raw:
-            _kind, plain = decompressing(raw, where)
-            hashed = HashingReader(plain)
-            hashed.drain()
-            return hashed.digest
 
     def import_rootfs(
         self, src: str, ref: str | None, changes: list[str] = [], stdin: BinaryIO | None = None,
@@ -446,75 +418,16 @@ class Store:
             out.extend(f"Deleted: {c}" for c in layers)
             return out
 
-    # -- views ------------------------------------------------------------------------------------
+    # -- views (store/views.py) ------------------------------------------------------------------
     def history(self, ref: str) -> list[HistoryRow]:
         """Newest first, like ``docker history``."""
-        image_id = self.images.resolve(ref)
-        config = self.images.config(image_id)
-        chain = chain_ids(config["rootfs"]["diff_ids"])
-        entries = config.get("history") or [{} for _ in chain]
-        tops: dict[int, str] = {}  # history index -> image id of the ancestor whose top it is
-        ancestor: str | None = image_id
-        while ancestor is not None and self.images.exists(ancestor):
-            tops.setdefault(len(self.images.config(ancestor).get("history") or []) - 1, ancestor)
-            ancestor = self.images.record(ancestor).parent
-        tops[len(entries) - 1] = image_id
-        rows = []
-        layer = 0
-        for i, h in enumerate(entries):
-            size = 0
-            if not h.get("empty_layer"):
-                size = self.layers.info(chain[layer]).size if self.layers.exists(chain[layer]) else 0
-                layer += 1
-            rows.append(HistoryRow(tops.get(i), h.get("created", ""), h.get("created_by", ""), size,
-                                   h.get("comment", ""), bool(h.get("empty_layer"))))
-        return rows[::-1]
+        return views.history(self, ref)
 
     def tree(self) -> list[TreeNode]:
-        nodes: dict[str, TreeNode] = {}
-        roots: list[TreeNode] = []
-        tags = self.images.tags_by_image()
-        for image_id in self.images.ids():
-            chain = self.images.chain(image_id)
-            virtual = 0
-            for c in chain:
-                info = self.layers.info(c)
-                virtual += info.size
-                if c not in nodes:
-                    nodes[c] = TreeNode(c, info.size, virtual, [], [])
-                    (nodes[info.parent].children if info.parent else roots).append(nodes[c])
-            if chain:
-                nodes[chain[-1]].tags.extend(tags.get(image_id, []))
-                nodes[chain[-1]].images.append(image_id)
-        return sorted(roots, key=lambda n: n.chain_id)
+        return views.tree(self)
 
     def inspect_image(self, ref: str) -> dict[str, Any]:
-        image_id = self.images.resolve(ref)
-        config = self.images.config(image_id)
-        record = self.images.record(image_id)
-        chain = self.images.chain(image_id)
-        dirs = [self.layers.diff_dir(c) for c in reversed(chain)]
-        history = config.get("history") or []
-        return {
-            "Id": image_id,
-            "RepoTags": self.images.tags_of(image_id),
-            "RepoDigests": [],
-            "Parent": record.parent or "",
-            "Comment": (history[-1].get("comment", "") if history else ""),
-            "Created": config.get("created", ""),
-            "Author": config.get("author", ""),
-            "Config": config.get("config") or {},
-            "Architecture": config.get("architecture", ""),
-            "Os": config.get("os", ""),
-            "Size": self.images.size(image_id),
-            "GraphDriver": {
-                "Name": "strata",
-                "Data": {"UpperDir": dirs[0] if dirs else "", "LowerDir": ":".join(dirs[1:])},
-            },
-            "RootFS": {"Type": "layers", "Layers": config["rootfs"]["diff_ids"]},
-            "History": history,
-            "Metadata": {"LastTagTime": record.added},
-        }
+        return views.inspect_image(self, ref)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -527,36 +440,7 @@ class Store:
 
     def check(self) -> list[str]:
         """Verify every blob, layer chain, image and tag. Returns the problems found."""
-        problems: list[str] = []
-        for digest in self.blobs.all():
-            if not self.blobs.verify(digest):
-                problems.append(f"blob {digest}: content does not match its digest")
-        for chain in self.layers.all():
-            found = self.layers.check_chain(chain)
-            problems.extend(found)
-            if not found:
-                info = self.layers.info(chain)
-                try:
-                    if self._diff_id_of(self.blobs.open(info.blob), f"layer {chain}") != info.diff_id:
-                        problems.append(f"layer {chain}: blob {info.blob} does not unpack to diff_id {info.diff_id}")
-                except StoreError as e:
-                    problems.append(f"layer {chain}: {e}")
-        for image_id in self.images.ids():
-            try:
-                config = validate_config(self.blobs.read(image_id), f"image {image_id}")
-            except StoreError as e:
-                problems.append(f"image {image_id}: {e}")
-                continue
-            for c in chain_ids(config["rootfs"]["diff_ids"]):
-                if not self.layers.exists(c):
-                    problems.append(f"image {image_id}: layer {c} is missing")
-            parent = self.images.record(image_id).parent
-            if parent and not self.images.exists(parent):
-                problems.append(f"image {image_id}: parent image {parent} is missing")
-        for ref, image_id in self.images.tags().items():
-            if not self.images.exists(image_id):
-                problems.append(f"tag {ref}: image {image_id} is missing")
-        return problems
+        return views.check(self)
 
     def leftovers(self) -> list[str]:
         """What writers that died left staged in ``tmp/``, and what stopped pulls left in
