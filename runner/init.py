@@ -292,10 +292,18 @@ def _exec(spec: dict[str, Any], status_fd: int) -> None:
 
 
 def _join_cgroup(fds: list[int], pid: int = 0) -> None:
-    """Move ``pid`` (0: this process) into the container's cgroup."""
+    """Move ``pid`` (0: this process) into the container's cgroup, keeping its CPU affinity (the
+    client's) where the cgroup's cpus allow it: before Linux 6.2, a move into a cgroup v2 cpuset
+    resets it to the cpuset's."""
+    affinity = os.sched_getaffinity(pid) if fds else set()
     for fd in fds:
         os.write(fd, str(pid).encode())
         os.close(fd)
+    if fds and os.sched_getaffinity(pid) != affinity:
+        try:
+            os.sched_setaffinity(pid, affinity)
+        except OSError:  # none of them in the container's cpuset (--cpuset-cpus): the cpuset's
+            pass
 
 
 def _child(status_fd: int, setup_failure: int, steps: Callable[[], None]) -> NoReturn:

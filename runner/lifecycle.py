@@ -196,10 +196,20 @@ def remove(root: str, container: Container, force: bool) -> None:
                                     "before attempting removal or force remove")
         with open(container.path(STOPPED), "w"):  # not to be started again by its restart policy
             pass
-        if state.get("Running"):
-            send_signal(container, signal.SIGKILL, root)
-            wait_exited(container, KILL_WAIT)
-        _end_restarts(container)
+        # a restart already under way when that was written still happens: end what each look finds
+        for _ in range(4):
+            if state.get("Running"):
+                send_signal(container, signal.SIGKILL, root)
+                wait_exited(container, KILL_WAIT)
+            elif state.get("Status") == State.RESTARTING:
+                _end_restarts(container)
+            elif state.get("Status") == State.STARTING:  # killed once it runs (or has failed)
+                deadline = time.monotonic() + KILL_WAIT
+                while container.state().get("Status") == State.STARTING and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            else:
+                break
+            state = container.state()
     mounts = ImageMounts(root)
     mounted = mounts.of_container(container.id)
     if mounted is not None:
