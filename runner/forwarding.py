@@ -26,31 +26,46 @@ FORWARDED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQ
 
 @contextmanager
 def held() -> Iterator[None]:
-    """Hold the forwarded signals from now until ``forward`` listens (it lets them through for good);
-    if it never does (the start failed), what is pending at the end of the block takes its course."""
+    """Hold the forwarded signals from now until ``forward`` listens (it lets them through until the
+    container ends); if it never does (the start failed), what is pending at the end of the block
+    takes its course. Once it has, what came after the container's end was meant for the container
+    and is dropped: it does not cut the clean-up short, nor kill the client after it."""
+    global _forwarded
+    _forwarded = False
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     try:
         yield
     finally:
+        if _forwarded:
+            while signal.sigtimedwait(FORWARDED, 0) is not None:
+                pass
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+_forwarded = False  # ``forward`` listened in the current ``held`` block
 
 
 async def forward(pid: int, resize: Callable[[], None],
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Forward the signals to ``pid`` (a second SIGINT or SIGTERM: SIGKILL, as PID 1 ignores a signal it
-    has no handler for) and call ``resize`` on SIGWINCH, until cancelled. Those held until now come
-    first: the receiver exists before they are let through."""
+    has no handler for) and call ``resize`` on SIGWINCH, until cancelled; then they are held again.
+    Those held until now come first: the receiver exists before they are let through."""
+    global _forwarded
     with trio.open_signal_receiver(*FORWARDED) as signals:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+        _forwarded = True
         task_status.started()
         interrupts = 0
-        async for sig in signals:
-            if sig == signal.SIGWINCH:
-                resize()
-                continue
-            if sig in (signal.SIGINT, signal.SIGTERM):
-                interrupts += 1
-            try:
-                os.kill(pid, signal.SIGKILL if interrupts > 1 else sig)
-            except (ProcessLookupError, PermissionError):
-                pass
+        try:
+            async for sig in signals:
+                if sig == signal.SIGWINCH:
+                    resize()
+                    continue
+                if sig in (signal.SIGINT, signal.SIGTERM):
+                    interrupts += 1
+                try:
+                    os.kill(pid, signal.SIGKILL if interrupts > 1 else sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        finally:  # (before the receiver puts the default actions back)
+            signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
