@@ -199,7 +199,8 @@ class V1(Cgroup):
         cpuset = [self.cpuset_dir] if self.with_cpuset or os.path.isdir(self.cpuset_dir) else []
         return [self.cpu, self.memory, self.devices] + ([self.freezer] if self.freezer else []) + pids + cpuset
 
-    def pin(self, cpus: str | None, mems: str | None) -> None:
+    def make_cpuset(self) -> str:
+        """The container's group in the v1 cpuset hierarchy, made with its parents as needed; its dir."""
         if not os.path.isdir(self.cpuset_root):
             raise RunnerError("this host has no cpuset cgroup: cannot pin the container to cpus")
         level = self.cpuset_root
@@ -210,6 +211,10 @@ class V1(Cgroup):
                 for name in ("cpuset.cpus", "cpuset.mems"):  # empty in a new v1 group: no task could join
                     _write(os.path.join(child, name), _read(os.path.join(level, name)).strip())
             level = child
+        return level
+
+    def pin(self, cpus: str | None, mems: str | None) -> None:
+        level = self.make_cpuset()
         self.with_cpuset = True
         if mems:
             _write(os.path.join(level, "cpuset.mems"), mems)

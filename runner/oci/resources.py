@@ -124,17 +124,7 @@ def _cpuset(cgroup: cgroups.Cgroup, cpus: str | None, mems: str | None) -> None:
                 _write(control, "+cpuset")
         target = cgroup.dir
     elif isinstance(cgroup, cgroups.V1):
-        level = os.path.join(os.path.dirname(cgroup.devices_root), "cpuset")
-        if not os.path.isdir(level):
-            raise RunnerError("this host has no cpuset cgroup: cannot pin the container to cpus")
-        for part in cgroup.path.split("/"):
-            child = os.path.join(level, part)
-            if not os.path.isdir(child):
-                os.mkdir(child)
-                for name in ("cpuset.cpus", "cpuset.mems"):  # empty in a new v1 group: no task could join
-                    _write(os.path.join(child, name), _read(os.path.join(level, name)).strip())
-            level = child
-        target = level
+        target = cgroup.make_cpuset()
     else:
         raise RunnerError("this rootless host delegates no cgroup to you: cannot pin the container to cpus")
     if mems:
