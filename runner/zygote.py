@@ -9,8 +9,8 @@ session, with the client's stdio as fds 0-2 and its cwd, umask, environment, arg
 niceness and resource limits. The worker runs ``runner.cli.main`` and exits with its code. The client
 hears ``pid N``, then ``exit CODE`` from the worker as it ends, or ``signal N`` from the zygote if it
 was killed (a quick worker's ``exit CODE`` can come before the zygote's ``pid N``: the client takes
-it as the end, not as a failed zygote). ``stale`` (strata's code changed, or the client has higher limits than this process
-could take on) tells the client to run the command itself and start a new zygote. If the client goes away first, the worker gets SIGHUP, as from a closed terminal.
+it as the end, not as a failed zygote). ``stale`` (strata's code changed, the client has higher limits than this process
+could take on, or is in other cgroups) tells the client to run the command itself and start a new zygote. If the client goes away first, the worker gets SIGHUP, as from a closed terminal.
 The worker takes the signals a client sends as a fresh ``strata`` process would, whatever this one
 inherited (a zygote started under nohup ignores SIGHUP).
 
@@ -138,6 +138,17 @@ def _fits(request: Request) -> bool:
     return True
 
 
+def _same_cgroup(pid: int) -> bool:
+    """Is the client ``pid`` in this process's cgroups? A worker's containers are made and limited
+    from where it runs: a zygote started elsewhere (another login session's scope, outside the
+    subtree systemd delegates to the user) would give them another parent, or no limits at all."""
+    try:
+        with open(f"/proc/{pid}/cgroup", "rb") as theirs, open("/proc/self/cgroup", "rb") as ours:
+            return theirs.read() == ours.read()
+    except OSError:  # gone already: it hears nothing either way
+        return False
+
+
 def _fresh_signals(mask: set[int | signal.Signals]) -> None:
     """In the worker: the signals a client sends take their course as in a fresh ``strata`` process,
     not as in this one (SIGTERM ends the zygote; one started under nohup ignores SIGHUP, and its
@@ -256,14 +267,15 @@ class Zygote:
         except OSError:
             return
         try:
-            _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            peer, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
             if uid != os.geteuid():
                 raise ValueError("another user")
             request = _receive(conn)
         except (OSError, ValueError):
             conn.close()
             return
-        if request.executable != sys.executable or _changed(self.sources) or not _fits(request):
+        if request.executable != sys.executable or _changed(self.sources) or not _fits(request) or \
+                not _same_cgroup(peer):
             for fd in request.fds:
                 os.close(fd)
             self._answer(conn, "stale")

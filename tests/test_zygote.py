@@ -297,3 +297,35 @@ def test_a_command_that_ends_before_its_pid_is_told_does_not_run_again(tmp_path,
         server.join(timeout=10)
         listener.close()
     assert not server.is_alive()
+
+
+def _leaf_cgroup() -> str:
+    """A fresh cgroup of the test's own: in cgroup v2's tree, else in v1's pids hierarchy."""
+    base = "/sys/fs/cgroup" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "/sys/fs/cgroup/pids"
+    path = os.path.join(base, f"strata-test-zygote-{os.getpid()}")
+    os.mkdir(path)
+    return path
+
+
+def test_a_client_in_other_cgroups_is_not_served_by_a_zygote_started_elsewhere(rootdir, zygote_dir):
+    """A worker makes and limits its containers from where it runs: a zygote started in another login
+    session's scope, or outside the subtree systemd delegates, would put them elsewhere or leave them
+    unlimited. A client from other cgroups runs the command itself and starts a zygote where it is."""
+    first = _warm(rootdir, zygote_dir)
+    group = _leaf_cgroup()
+    try:
+        res = subprocess.run([*STRATA, "--root", rootdir, "images", "-q"], capture_output=True, cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": REPO}, check=True,
+                             preexec_fn=lambda: open(os.path.join(group, "cgroup.procs"), "w").write("0"))
+        assert res.stdout.decode().strip() != ""  # (the command ran, in the client)
+        wait_for(lambda: zygote_pid(zygote_dir) not in (None, first), what="a zygote started from the other cgroup")
+        second = zygote_pid(zygote_dir)
+        assert second is not None
+        with open(os.path.join(group, "cgroup.procs")) as f:
+            assert str(second) in f.read().split()
+        wait_for(lambda: not os.path.exists(f"/proc/{first}"), what="the first zygote to end")  # it stopped listening
+    finally:
+        with open(os.path.join(group, "cgroup.procs")) as f:
+            for pid in f.read().split():
+                stop_process(int(pid))
+        os.rmdir(group)
