@@ -233,6 +233,22 @@ def _park(fifo: int, status_fd: int, on_start: Callable[[], None] | None = None)
         signal.signal(sig, signal.SIG_DFL)
 
 
+def _default_signals() -> None:
+    """Every signal to its default action before exec, which keeps an ignored one ignored: Python
+    ignores SIGPIPE and SIGXFSZ, and a client under ``nohup`` SIGHUP; a container's command starts
+    with none ignored, as under runc."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            if signal.getsignal(sig) == signal.SIG_IGN:
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):  # the C library's own real-time signals
+            pass
+
+
 def _find(cmd: str, env: list[str]) -> str:
     if "/" in cmd:
         if not os.path.exists(cmd):
@@ -277,8 +293,7 @@ def _exec(spec: dict[str, Any], status_fd: int) -> None:
     binary = _find(args[0], env)
     if park is not None:
         _park(park, status_fd, spec.get("on_start"))
-    for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_DFL)
+    _default_signals()
     if seccomp is not None:  # last, as runc: after no_new_privs, right before exec
         seccomp.load()
     if spec.get("init"):  # --init: this process stays, as PID 1's reaper; its child execs
