@@ -239,14 +239,8 @@ def _default_signals() -> None:
     with none ignored, as under runc."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
-    for sig in signal.valid_signals():
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        try:
-            if signal.getsignal(sig) == signal.SIG_IGN:
-                signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):  # the C library's own real-time signals
-            pass
+    for number in sc.ignored_signals():  # by the kernel's count: 32 and 33 are the C library's own
+        sc.set_signal_action(number, ignore=False)
 
 
 def _find(cmd: str, env: list[str]) -> str:

@@ -1,5 +1,5 @@
 """The one seam for Linux syscalls Python's ``os`` lacks: mount, umount2, pivot_root, unshare/setns
-(``os.unshare`` only exists from 3.12), renameat2, keyctl, prctl and capset. Each raises ``OSError`` with the errno.
+(``os.unshare`` only exists from 3.12), renameat2, keyctl, prctl, capset and rt_sigaction. Each raises ``OSError`` with the errno.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ _SYS_PIVOT_ROOT = 155  # x86_64
 _SYS_SETNS = 308
 _SYS_KEYCTL = 250
 _KEYCTL_JOIN_SESSION_KEYRING = 1
+_SYS_RT_SIGACTION = {"x86_64": 13, "aarch64": 134}.get(os.uname().machine)
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
@@ -100,6 +101,27 @@ def parent_death_signal() -> int:
     sig = ctypes.c_int(0)
     _check(_libc.prctl(PR_GET_PDEATHSIG, ctypes.byref(sig), 0, 0, 0), "prctl")
     return sig.value
+
+
+class _KernelSigaction(ctypes.Structure):  # the kernel's struct sigaction, not the C library's
+    _fields_ = [("handler", ctypes.c_ulong), ("flags", ctypes.c_ulong), ("restorer", ctypes.c_ulong),
+                ("mask", ctypes.c_uint64)]
+
+
+def ignored_signals() -> list[int]:
+    """The signals this process ignores, as the kernel sees them (``SigIgn``)."""
+    with open("/proc/self/status") as f:
+        mask = int(next(line for line in f if line.startswith("SigIgn:")).split()[1], 16)
+    return [sig for sig in range(1, 65) if mask >> (sig - 1) & 1]
+
+
+def set_signal_action(sig: int, ignore: bool) -> None:
+    """SIG_IGN or SIG_DFL for ``sig`` straight through rt_sigaction: the C library refuses its own
+    real-time signals (32 and 33), which a process can still inherit ignored and pass on through exec."""
+    if _SYS_RT_SIGACTION is None:
+        raise OSError(errno.ENOSYS, "rt_sigaction: unknown architecture")
+    action = _KernelSigaction(int(ignore), 0, 0, 0)
+    _check(_libc.syscall(_SYS_RT_SIGACTION, sig, ctypes.byref(action), None, 8), "rt_sigaction")
 
 
 class _CapHeader(ctypes.Structure):
