@@ -234,13 +234,14 @@ def _park(fifo: int, status_fd: int, on_start: Callable[[], None] | None = None)
 
 
 def _default_signals() -> None:
-    """Every signal to its default action before exec, which keeps an ignored one ignored: Python
-    ignores SIGPIPE and SIGXFSZ, and a client under ``nohup`` SIGHUP; a container's command starts
-    with none ignored, as under runc."""
+    """Every signal to its default action and none blocked before exec, which keeps an ignored one
+    ignored and the mask as it is: Python ignores SIGPIPE and SIGXFSZ, a client under ``nohup``
+    SIGHUP, a client may block what it likes; a container's command starts clean, as under runc."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
     for number in sc.ignored_signals():  # by the kernel's count: 32 and 33 are the C library's own
         sc.set_signal_action(number, ignore=False)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])  # a signal pending meanwhile acts now, by default
 
 
 def _find(cmd: str, env: list[str]) -> str:

@@ -31,20 +31,21 @@ def test_run_foreground_output_and_exit_code(rootdir):
     assert len(lines) == 2 and "Exited (3)" in lines[1] and '"/bin/sh -c echo out…"' in lines[1]
 
 
-def test_pid_1_starts_with_no_signal_ignored(rootdir):
+def test_pid_1_starts_with_no_signal_ignored_or_blocked(rootdir):
     """Python ignores SIGPIPE and SIGXFSZ, a client under nohup SIGHUP, a CI runner even the C library's
     own signal 32; exec keeps what is ignored, so the init resets every signal: the command starts as
     under runc (``yes | head`` ends by SIGPIPE)."""
     def ignore_some() -> None:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         syscalls.set_signal_action(32, ignore=True)  # glibc's SIGCANCEL: signal.signal refuses it
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGINT})  # a mask passes through exec too
     for extra in ({}, {"STRATA_NO_ZYGOTE": "1"}):  # through the zygote, and in the client's own process
         res = subprocess.run([*STRATA, "--root", rootdir, "run", "--rm", "bb", "sh", "-c",
-                              "grep SigIgn /proc/self/status; yes | head -c 1 >/dev/null; echo done"],
+                              "grep -E 'SigBlk|SigIgn' /proc/self/status; yes | head -c 1 >/dev/null; echo done"],
                              capture_output=True, text=True, cwd=REPO, timeout=120,
                              env={**os.environ, "PYTHONPATH": REPO, **extra},
                              preexec_fn=ignore_some)
-        assert (res.returncode, res.stdout.split()) == (0, ["SigIgn:", "0000000000000000", "done"]), res.stderr
+        assert (res.returncode, res.stdout.split()) == (0, ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16, "done"]), res.stderr
 
 
 def test_container_sees_its_own_world(rootdir):
