@@ -12,6 +12,8 @@
 #   4. the CPU weights hold: two busy containers (--cpu-shares 512 and 2048) on all CPUs get CPU time
 #      in about the ratio of their weights
 #   5. from the ssh login session itself (a scope of root's, outside the subtree): no limits, said once
+#   6. a zygote started in one of the two places serves only callers there: a container's group
+#      follows its caller (each way round)
 set -euo pipefail
 export PATH=/opt/strata/.venv/bin:$PATH
 cd /opt/strata
@@ -29,10 +31,8 @@ weight() { python -c "from runner.cgroups import shares_to_weight; print(shares_
 cleanup() {
     for name in limited hog busy-512 busy-2048 unlimited; do strata rm -f "$name" >/dev/null 2>&1 || true; done
 }
-# a command handed to the zygote runs in a fork of it: in the zygote's cgroup, wherever the caller is
-# (section 6). So the zygote is started first, from inside the subtree, as a user's first strata
-# command from a systemd --user session starts it; the first command of this ssh session would
-# otherwise start it in the session's scope, and every container after it would be unlimited
+# a command handed to the zygote runs in a fork of it, in the zygote's cgroup: so the zygote takes a
+# command only from a client in its own cgroup, and tells one from elsewhere to run it itself
 zygote_pid() { cat "${XDG_RUNTIME_DIR:?}/strata/zygote.pid" 2>/dev/null || true; }
 stop_zygote() {
     local z
@@ -49,7 +49,7 @@ start_zygote() {
     [ -n "$(zygote_pid)" ] || fail "no zygote started"
 }
 stop_zygote
-start_zygote in_service
+start_zygote  # this ssh session's first command starts it, in the session's scope (section 6)
 echo "zygote $(zygote_pid) started in $(cut -d: -f3 "/proc/$(zygote_pid)/cgroup")"
 trap cleanup EXIT
 cleanup
@@ -123,7 +123,7 @@ echo "recorded: $(strata inspect -f '{{.HostConfig.Memory}} {{.HostConfig.CpuSha
 [ "$session" = None ] || fail "delegated_v2 found $session from the login session"
 [ "$(printf '%s\n' "$out" | grep -c 'not enforced')" = 1 ] || fail "run did not say once that the limits are not enforced"
 ok "no subtree of the user's there: no limits, said once"
-echo "== 6. the zygote's group, not the caller's (reported, not checked: see vagrant/README.md)"
+echo "== 6. the caller's group, wherever the zygote is"
 where() {  # the cgroup a container started by `$@ strata run -d` gets, with -m 64m
     "$@" strata run -d --name where -m 64m busybox sleep 60 >/dev/null 2>&1 || true
     local p
@@ -131,14 +131,19 @@ where() {  # the cgroup a container started by `$@ strata run -d` gets, with -m 
     if [ -n "$p" ] && [ "$p" != 0 ]; then cut -d: -f3 "/proc/$p/cgroup"; else echo "(no container)"; fi
     strata rm -f where >/dev/null 2>&1 || true
 }
+session_group=$(cut -d: -f3 /proc/self/cgroup)
 stop_zygote
-start_zygote in_service  # the zygote starts inside the subtree
-echo "zygote started in a scope of user@$uid.service ($(cut -d: -f3 "/proc/$(zygote_pid)/cgroup")):"
-echo "  run -m 64m from the login session:        $(where env)"
+start_zygote
+echo "zygote started in the login session ($(cut -d: -f3 "/proc/$(zygote_pid)/cgroup"))"
+got=$(where in_service)
+echo "  run -m 64m from a scope of user@$uid.service: $got"
+[[ "$got" == "/$service/strata/"* ]] || fail "a container run from inside the subtree went to $got"
 stop_zygote
-start_zygote  # the zygote starts in the login session's scope
-echo "zygote started in the login session ($(cut -d: -f3 "/proc/$(zygote_pid)/cgroup")):"
-echo "  run -m 64m from a scope of user@$uid.service: $(where in_service)"
-echo "  (STRATA_NO_ZYGOTE=1:                      $(where in_service env STRATA_NO_ZYGOTE=1))"
+start_zygote in_service
+echo "zygote started in a scope of user@$uid.service ($(cut -d: -f3 "/proc/$(zygote_pid)/cgroup"))"
+got=$(where env)
+echo "  run -m 64m from the login session ($session_group): $got"
+[ "$got" = "$session_group" ] || fail "a container run from the login session went to $got"
 stop_zygote
+ok "a container's group follows its caller, not the zygote's"
 echo "rootless: all checks passed"
