@@ -14,9 +14,11 @@ BENCH_PACKAGES := debootstrap fuse-overlayfs crun bubblewrap strace podman runc
 TEST_PACKAGES := vagrant vagrant-libvirt
 APT_FLAGS ?=
 PYTEST_ARGS ?=
-# pyfuse3 is built from its source release with unionfs/pyfuse3.patch (its header says what it
-# changes and why); the local version label says so in `pip list`
+# pyfuse3 is built from its source release with the series unionfs/patches/NNNN-*.patch, applied in
+# order (each one's header says what it changes, why, and what it needs); the local version label
+# says so in `pip list`
 PYFUSE3 := 3.5.0
+PYFUSE3_PATCHES := $(sort $(wildcard unionfs/patches/*.patch))
 PYFUSE3_SRC := build/pyfuse3/pyfuse3-$(PYFUSE3)
 PIP := $(BIN)/pip -q --disable-pip-version-check
 
@@ -43,13 +45,13 @@ apt-install:
 $(BIN)/python: | .stamp-deb
 	@$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.pyfuse3-patched: unionfs/pyfuse3.patch | $(BIN)/python
+$(VENV)/.pyfuse3-patched: $(PYFUSE3_PATCHES) | $(BIN)/python
 	@rm -rf build/pyfuse3 && mkdir -p build/pyfuse3
 	@$(PIP) download --no-deps --no-binary pyfuse3 -d build/pyfuse3 pyfuse3==$(PYFUSE3)
 	@tar xzf build/pyfuse3/pyfuse3-$(PYFUSE3).tar.gz -C build/pyfuse3
-	@patch -s -d $(PYFUSE3_SRC) -p1 < unionfs/pyfuse3.patch
+	@for p in $(PYFUSE3_PATCHES); do patch -s -d $(PYFUSE3_SRC) -p1 < $$p || exit 1; done
 	@rm -f $(PYFUSE3_SRC)/src/pyfuse3/__init__.c  # Cython writes it again from the patched source
-	@SETUPTOOLS_SCM_PRETEND_VERSION=$(PYFUSE3)+strata.8 $(PIP) install --no-deps --force-reinstall $(PYFUSE3_SRC)
+	@SETUPTOOLS_SCM_PRETEND_VERSION=$(PYFUSE3)+strata.9 $(PIP) install --no-deps --force-reinstall $(PYFUSE3_SRC)
 	@touch $@
 
 $(BIN)/strata: .stamp-deb pyproject.toml $(VENV)/.pyfuse3-patched

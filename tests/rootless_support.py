@@ -4,10 +4,10 @@ The suite runs as root, from a checkout that may sit where no other user can go 
 ``python3`` and a ``.venv`` that other users cannot run (pyenv under /root). So, for one session:
 
 - **venv**: made with Debian's ``/usr/bin/python3`` in ``/var/tmp/strata-rootless-venv-<key>`` (0755,
-  root's), holding pyfuse3 built from its source release with ``unionfs/pyfuse3.patch`` (as the
-  Makefile builds it) and strata's other dependencies. Built once per machine, under a lock, bounded in
-  time; ``<key>`` hashes pyproject.toml, the patch and the Makefile's pyfuse3 version and label, so a
-  change to any of them builds a new one.
+  root's), holding pyfuse3 built from its source release with the series ``unionfs/patches/*.patch``
+  (as the Makefile builds it) and strata's other dependencies. Built once per machine, under a lock,
+  bounded in time; ``<key>`` hashes pyproject.toml, the patches and the Makefile's pyfuse3 version and
+  label, so a change to any of them builds a new one.
 - **code**: a fresh copy of ``store``, ``unionfs`` and ``runner`` (compiled) in a world-readable temp dir.
 - **user**: ``strata-t<hex>`` with a 0700 home, a 0700 runtime dir (``XDG_RUNTIME_DIR``) and a 65536-id
   subuid/subgid range at an offset no other range uses.
@@ -66,7 +66,7 @@ class SetupError(RuntimeError):
 
 
 def _pyfuse3_version(repo: str) -> tuple[str, str]:
-    """The Makefile's pyfuse3 version and the local label it installs it under (``3.5.0``, ``+strata.8``)."""
+    """The Makefile's pyfuse3 version and the local label it installs it under (``3.5.0``, ``+strata.9``)."""
     with open(os.path.join(repo, "Makefile")) as f:
         text = f.read()
     version = re.search(r"^PYFUSE3\s*:=\s*(\S+)", text, re.M)
@@ -76,9 +76,15 @@ def _pyfuse3_version(repo: str) -> tuple[str, str]:
     return version.group(1), label.group(1) if label else "+strata"
 
 
+def pyfuse3_patches(repo: str) -> list[str]:
+    """The series the Makefile applies to pyfuse3's source, in its order (relative paths)."""
+    folder = os.path.join("unionfs", "patches")
+    return sorted(os.path.join(folder, n) for n in os.listdir(os.path.join(repo, folder)) if n.endswith(".patch"))
+
+
 def cache_key(repo: str) -> str:
     digest = hashlib.sha256(f"recipe {RECIPE}\n".encode())
-    for name in ("pyproject.toml", "unionfs/pyfuse3.patch"):
+    for name in ("pyproject.toml", *pyfuse3_patches(repo)):
         with open(os.path.join(repo, name), "rb") as f:
             digest.update(name.encode() + b"\0" + f.read() + b"\0")
     digest.update("".join(_pyfuse3_version(repo)).encode())
@@ -164,7 +170,7 @@ def ensure_venv(repo: str, log: Log) -> str:
 def _build(repo: str, path: str, log: Log) -> None:
     started = time.monotonic()
     version, label = _pyfuse3_version(repo)
-    log(f"rootless: building {path} with {SYSTEM_PYTHON}: pyfuse3 {version} + unionfs/pyfuse3.patch, "
+    log(f"rootless: building {path} with {SYSTEM_PYTHON}: pyfuse3 {version} + unionfs/patches, "
         f"{', '.join(_dependencies(repo))} (once per machine; at most {BUILD_TIMEOUT:.0f} s)")
     b = _Builder(log, started + BUILD_TIMEOUT)
     os.mkdir(path, 0o755)
@@ -182,7 +188,8 @@ def _build(repo: str, path: str, log: Log) -> None:
             sdist = os.path.join(work, f"pyfuse3-{version}.tar.gz")
         b.run(["tar", "xzf", sdist, "-C", work, "--no-same-owner"])
         src = os.path.join(work, f"pyfuse3-{version}")
-        b.run(["patch", "-s", "-d", src, "-p1", "-i", os.path.join(repo, "unionfs", "pyfuse3.patch")])
+        for patch in pyfuse3_patches(repo):
+            b.run(["patch", "-s", "-d", src, "-p1", "-i", os.path.join(repo, patch)])
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(src, "src", "pyfuse3", "__init__.c"))  # Cython writes it from the patched source
         b.run([*pip, "install", "--no-deps", src], env={"SETUPTOOLS_SCM_PRETEND_VERSION": version + label},

@@ -1,5 +1,5 @@
 """What only a real mount can show: open-after-unlink, mmap, paths past PATH_MAX, readdir offsets,
-concurrency, the kernel's caches and our pyfuse3 patch, other users, and a randomized comparison against an in-memory model."""
+concurrency, the kernel's caches and our pyfuse3 patches, other users, and a randomized comparison against an in-memory model."""
 
 from __future__ import annotations
 
@@ -187,7 +187,7 @@ def test_the_kernel_keeps_listings_and_link_targets_until_the_mount_changes_them
     by changing the upper dir behind the mount's back (never done in use), keeping its mtime (which the
     kernel checks): the change stays unseen until a change made through the mount drops the listing."""
     from unionfs.fs import DIR_CACHE
-    assert DIR_CACHE, "pyfuse3 without unionfs/pyfuse3.patch: make installs the patched one"
+    assert DIR_CACHE, "pyfuse3 without unionfs/patches: make installs the patched one"
     lower = make_layer(str(tmp_path / "lower"), {"d/": None, "d/low": "1", "d/gone": "2", "d/sub/": None})
     upper, work, point = (tmp_path / n for n in ("upper", "work", "mnt"))
     for d in (upper, work, point):

@@ -203,7 +203,7 @@ FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 async def test_fallocate_copies_up_then_allocates_keeps_size_or_punches_holes(union):
     fs = union({"f": b"L" * 8192, "g": b"G" * 8192})
     assert fs.kind != "mount" or hasattr(pyfuse3.Operations, "fallocate"), \
-        "this pyfuse3 has no fallocate: build it with unionfs/pyfuse3.patch (make deps)"
+        "this pyfuse3 has no fallocate: build it with unionfs/patches (make deps)"
     await fs.fallocate("f", 0, 0, 1 << 20)  # mode 0: the size grows, the data stays
     assert (await fs.stat("f")).st_size == 1 << 20
     assert await fs.read("f", 8192) == b"L" * 8192 and await fs.read("f", 10, 8192) == b"\0" * 10

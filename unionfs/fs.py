@@ -52,11 +52,11 @@ def _name(raw: bytes) -> str:
     return os.fsdecode(raw)
 
 
-# A pyfuse3 that lets opendir answer with a FileInfo (our patch, unionfs/pyfuse3.patch) can ask the
+# A pyfuse3 that lets opendir answer with a FileInfo (our unionfs/patches/0001-*) can ask the
 # kernel to keep listings in its page cache: a directory changes only through this mount, and the
 # kernel drops a listing itself when it sends a change to that directory.
 DIR_CACHE = hasattr(pyfuse3.FileInfo(), "cache_readdir")
-# And one that lets open answer ENOSYS (our patch again) spares the kernel's OPEN and RELEASE.
+# And one that lets open answer ENOSYS (our 0003) spares the kernel's OPEN and RELEASE.
 NO_OPEN = hasattr(pyfuse3.Operations, "enable_no_open")
 
 

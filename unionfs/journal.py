@@ -100,7 +100,7 @@ class Journal:
     def flush_every(self, delay: float) -> None:
         """Sync and drop the notes every ``delay`` seconds until closed, in a thread of its own
         started by the first note (a trio timer would keep pyfuse3's reader off its quiet path, see
-        unionfs/pyfuse3.patch; and a mount that copies nothing up needs no thread)."""
+        unionfs/patches/0002-*; and a mount that copies nothing up needs no thread)."""
         self._delay = delay
         if self.notes:
             self._start_flusher()
