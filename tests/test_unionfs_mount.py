@@ -265,11 +265,25 @@ async def test_the_patched_loop_finds_trios_wakeup_socket():
     assert pyfuse3._poll_loop_usable()  # type: ignore[attr-defined]  # our patch's, not in the stubs
 
 
-def test_the_kernel_takes_killpriv_v2_and_a_chown_costs_no_getattr(tmp_path):
+def test_the_hooks_are_installed_only_on_the_libfuse_they_were_written_for():
+    """0004 rewrites libfuse 3.14's INIT reply through its custom I/O hooks: on another libfuse
+    (fuse_pkgversion() at run time; the headers at build time) it installs none."""
+    fits = pyfuse3._killpriv_v2_libfuse  # type: ignore[attr-defined]  # our patch's, not in the stubs
+    headers = subprocess.run(["pkg-config", "--modversion", "fuse3"], capture_output=True, text=True).stdout
+    # built against 3.14's headers (Debian 12), the hooks are in for a 3.14.x at run time; else left out
+    assert fits("3.14.0") == fits("3.14.1") == headers.startswith("3.14."), headers
+    for other in ("3.13.0", "3.15.0", "3.16.2", "3.17.2", "4.14.0", "3.1", "3", "", "unknown"):
+        assert not fits(other), other
+
+
+@pytest.mark.parametrize("libfuse", ["3.14", "other"])
+def test_the_kernel_takes_killpriv_v2_and_a_chown_costs_no_getattr(tmp_path, libfuse):
     """Our pyfuse3 adds FUSE_HANDLE_KILLPRIV_V2 to the INIT reply (libfuse 3.14 cannot): the
     kernel then leaves dropping setuid bits to us (the setuid test above checks we do) and stops
     asking for the attributes before each chown. A union served in a child process reports what
-    its INIT reply carried, and how many GETATTRs a chown of a file it made cost."""
+    its INIT reply carried, and how many GETATTRs a chown of a file it made cost. On a libfuse
+    the hooks were not written for ("other": the check made to say so) the union goes on without
+    the flag, and the kernel asks as it does of a stock pyfuse3."""
     layer = make_layer(str(tmp_path / "l"), {"f": "x"})
     upper, work, point = (tmp_path / n for n in ("u", "w", "mnt"))
     for d in (upper, work, point):
@@ -284,6 +298,7 @@ def test_the_kernel_takes_killpriv_v2_and_a_chown_costs_no_getattr(tmp_path):
               "    calls.append(inode)\n"
               "    return await getattr_(inode, ctx)\n"
               "fs.getattr = counted\n"
+              + ("pyfuse3._killpriv_v2_libfuse = lambda version: False\n" if libfuse == "other" else "") +
               "pyfuse3.init(fs, point, ['fsname=strata-test'])\n"
               "async def main():\n"
               "    async with trio.open_nursery() as n:\n"
@@ -307,7 +322,7 @@ def test_the_kernel_takes_killpriv_v2_and_a_chown_costs_no_getattr(tmp_path):
                           capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
                           timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["True", "0"]
+    assert done.stdout.split() == (["True", "0"] if libfuse == "3.14" else ["False", "1"])
     assert not is_mounted(str(point))
 
 
