@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 from types import SimpleNamespace
 
 import pyfuse3
@@ -230,7 +231,8 @@ async def test_remount_same_upper_gives_same_view(union, tmp_path):
     mnt.mkdir()
     work2 = tmp_path / "work2"
     work2.mkdir()
-    with mounted(str(mnt), fs.lowers, fs.upper, str(work2)):
+    python = fs.daemon.python if fs.kind == "mount" else (sys.executable,)  # the same pyfuse3 again
+    with mounted(str(mnt), fs.lowers, fs.upper, str(work2), python=python):
         again = MountClient(str(mnt))
         assert {p: sorted(await again.listdir(p)) for p in ("", "d", "n")} == view
         assert await again.read("a") == b"changed"

@@ -11,11 +11,14 @@ import sys
 
 import pytest
 import trio
+import unionfs_support
 from unionfs_support import REPO, WHITEOUT, is_mounted, make_layer, mounted
 
 from unionfs import mountinfo
 from unionfs.errors import UnionError
 from unionfs.mount import Mount
+
+daemon = unionfs_support.daemon  # the fixture: a test that takes it runs on our pyfuse3 and on a stock one
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -44,20 +47,20 @@ def test_daemon_mode_and_fusermount(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="sysfs readahead and umount2 need root")
-def test_ready_means_the_kernel_has_our_init_reply(tmp_path):
+def test_ready_means_the_kernel_has_our_init_reply(tmp_path, daemon):
     """``ok`` is told once the kernel has our INIT reply: by then the readahead is tuned, and nothing of
     the daemon's own holds the mount, so an unmount at once succeeds (it could fail with EBUSY while
     the daemon's own stat of the mount waited for INIT)."""
     lower = make_layer(str(tmp_path / "l"), {"f": "x"})
     point = tmp_path / "mount point"  # a space: mountinfo spells it in octal
     point.mkdir()
-    with mounted(str(point), [lower]) as daemon:
+    with mounted(str(point), [lower], python=daemon.python) as proc:
         assert is_mounted(str(point))
         device = mountinfo.mounts_at(str(point))[-1][0]
         assert _read(f"/sys/class/bdi/{device}/read_ahead_kb") == "1024"  # no waiting: ready means tuned
         libc = ctypes.CDLL(None, use_errno=True)
         assert libc.umount2(os.fsencode(point), 0) == 0, os.strerror(ctypes.get_errno())
-        assert daemon.wait(timeout=20) == 0
+        assert proc.wait(timeout=20) == 0
 
 
 def test_bad_options_give_one_line_and_mount_nothing(tmp_path):
@@ -69,12 +72,12 @@ def test_bad_options_give_one_line_and_mount_nothing(tmp_path):
         assert not is_mounted(str(point))
 
 
-def test_unmount_during_io(tmp_path):
+def test_unmount_during_io(tmp_path, daemon):
     lower = make_layer(str(tmp_path / "l"), {"f": b"x" * 1_000_000})
     upper, work, point = (tmp_path / n for n in ("u", "w", "mnt"))
     for d in (upper, work, point):
         d.mkdir()
-    with mounted(str(point), [lower], str(upper), str(work)) as daemon:
+    with mounted(str(point), [lower], str(upper), str(work), python=daemon.python) as proc:
         reader = subprocess.Popen([sys.executable, "-c",
                                    "import sys\nwhile True:\n    open(sys.argv[1],'rb').read()\n    "
                                    "open(sys.argv[2],'ab').write(b'y'*4096)\n",
@@ -82,8 +85,8 @@ def test_unmount_during_io(tmp_path):
         try:
             while not (upper / "g").exists():  # wait until I/O is under way
                 assert reader.poll() is None
-            daemon.send_signal(signal.SIGTERM)
-            assert daemon.wait(timeout=30) == 0
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
             assert reader.wait(timeout=30) != 0  # the reader saw the mount go, and stopped
         finally:
             if reader.poll() is None:
@@ -154,14 +157,14 @@ def test_a_volatile_mount_marks_its_workdir_until_it_ends(tmp_path):
     assert res.stderr.count("\n") == 1 and "did not end cleanly" in res.stderr, res.stderr
 
 
-def test_hundreds_of_layers(tmp_path):
+def test_hundreds_of_layers(tmp_path, daemon):
     """No page-sized option limit (kernel overlayfs's ~128 layers): 300 lowers mount and resolve."""
     lowers = [make_layer(str(tmp_path / f"layer{i:03}"), {f"only{i}": str(i), "shared": f"from {i}"})
               for i in range(300)]
     make_layer(lowers[150], {"only299": WHITEOUT})  # a whiteout half-way down hides the bottom file
     point = tmp_path / "mnt"
     point.mkdir()
-    with mounted(str(point), lowers):
+    with mounted(str(point), lowers, python=daemon.python):
         assert (point / "shared").read_text() == "from 0"
         assert (point / "only298").read_text() == "298"
         assert not (point / "only299").exists()
@@ -211,14 +214,14 @@ def test_unmount_of_something_not_mounted_says_so_in_one_line(tmp_path):
     assert res.returncode == 1 and res.stderr.startswith("unionfs: cannot unmount") and res.stderr.count("\n") == 1
 
 
-def test_raw_shows_one_layer_as_it_is_stored(tmp_path):
+def test_raw_shows_one_layer_as_it_is_stored(tmp_path, daemon):
     """``-o raw`` (``strata mount --layer``): whiteouts and opaque markers are the files they are,
     read-only; it takes one lowerdir and no upper."""
     layer = make_layer(str(tmp_path / "layer"), {"kept": "k", "gone": WHITEOUT, "d/x": "x"})
     open(tmp_path / "layer" / "d" / ".wh..wh..opq", "w").close()
     point = tmp_path / "mnt"
     point.mkdir()
-    with mounted(str(point), [layer], extra=",raw"):
+    with mounted(str(point), [layer], extra=",raw", python=daemon.python):
         assert sorted(os.listdir(point)) == [".wh.gone", "d", "kept"]
         assert sorted(os.listdir(point / "d")) == [".wh..wh..opq", "x"]
         assert os.path.isfile(point / ".wh.gone") and (point / "kept").read_text() == "k"

@@ -20,14 +20,16 @@ import time
 
 import pyfuse3
 import pytest
+import unionfs_support
 from unionfs_support import REPO, is_mounted, make_layer, mounted
 
 from unionfs import mountinfo
-from unionfs.fs import NO_OPEN
+
+daemon = unionfs_support.daemon  # the fixture: a test that takes it runs on our pyfuse3 and on a stock one
 
 
 @pytest.fixture
-def mnt(tmp_path):
+def mnt(tmp_path, daemon):
     lower = make_layer(str(tmp_path / "lower"), {
         "lowerfile": "lower content\n", "dir/": None, **{f"dir/e{i:03}": str(i) for i in range(200)},
         "big": b"L" * (3 * 1024 * 1024 + 17),
@@ -35,7 +37,7 @@ def mnt(tmp_path):
     upper, work, point = (tmp_path / n for n in ("upper", "work", "mnt"))
     for d in (upper, work, point):
         d.mkdir()
-    with mounted(str(point), [lower], str(upper), str(work)):
+    with mounted(str(point), [lower], str(upper), str(work), python=daemon.python):
         yield str(point)
 
 
@@ -57,13 +59,14 @@ def test_file_open_after_unlink_stays_usable(mnt):
             os.close(fd)
 
 
-def test_an_open_for_writing_copies_up_at_the_first_write(mnt, tmp_path):
+def test_an_open_for_writing_copies_up_at_the_first_write(mnt, tmp_path, daemon):
     """With our pyfuse3 the kernel sends no OPEN (enable_no_open): a lower file opened for writing is
-    copied up when the first write (or truncation, or chmod...) comes, not at the open."""
+    copied up when the first write (or truncation, or chmod...) comes, not at the open. On a stock
+    one, the open copies it up."""
     path, copy = os.path.join(mnt, "lowerfile"), tmp_path / "upper" / "lowerfile"
     fd = os.open(path, os.O_RDWR)
     try:
-        assert copy.exists() == (not NO_OPEN)
+        assert copy.exists() == (not daemon.pyfuse3.no_open)
         assert os.pread(fd, 5, 0) == b"lower"
         os.pwrite(fd, b"LOWER", 0)
         assert copy.read_bytes() == b"LOWER content\n"
@@ -74,7 +77,7 @@ def test_an_open_for_writing_copies_up_at_the_first_write(mnt, tmp_path):
     assert open(path).read() == "short\n" and copy.read_bytes() == b"short\n"
 
 
-def test_the_daemon_keeps_a_bounded_number_of_backing_fds(tmp_path):
+def test_the_daemon_keeps_a_bounded_number_of_backing_fds(tmp_path, daemon):
     """With no RELEASE from the kernel, the daemon closes backing fds itself: reading more files
     than its cache holds leaves it with no more than that many open, and every file still reads."""
     from unionfs.fs import FD_CACHE
@@ -84,12 +87,12 @@ def test_the_daemon_keeps_a_bounded_number_of_backing_fds(tmp_path):
     upper, work, point = (tmp_path / n for n in ("upper", "work", "mnt"))
     for d in (upper, work, point):
         d.mkdir()
-    with mounted(str(point), [lower], str(upper), str(work)) as daemon:
+    with mounted(str(point), [lower], str(upper), str(work), python=daemon.python) as proc:
         for _ in range(2):
             for i in range(count):
                 with open(point / "d" / f"f{i:05}", "rb") as f:
                     assert f.read() == f"{i}\n".encode()
-        held = len(os.listdir(f"/proc/{daemon.pid}/fd"))
+        held = len(os.listdir(f"/proc/{proc.pid}/fd"))
         assert held <= FD_CACHE + 32, held  # the cache, the layers' dirs, /dev/fuse, epoll, logs
 
 
@@ -326,7 +329,7 @@ def test_the_kernel_takes_killpriv_v2_and_a_chown_costs_no_getattr(tmp_path, lib
     assert not is_mounted(str(point))
 
 
-def test_a_handler_that_waits_does_not_hold_up_the_others(tmp_path):
+def test_a_handler_that_waits_does_not_hold_up_the_others(tmp_path, daemon):
     """A copy-up whose lower sits on a stopped FUSE daemon waits in a thread; meanwhile the union still
     answers requests (pyfuse3's loop hands the FUSE fd to another task only when a handler waits)."""
     inner_src = make_layer(str(tmp_path / "inner-src"), {"held": "lower data\n"})
@@ -335,8 +338,8 @@ def test_a_handler_that_waits_does_not_hold_up_the_others(tmp_path):
     inner, upper, work, point = (tmp_path / n for n in ("inner", "upper", "work", "mnt"))
     for d in (inner, upper, work, point):
         d.mkdir()
-    with mounted(str(inner), [inner_src]) as inner_daemon, \
-            mounted(str(point), [top, str(inner)], str(upper), str(work)) as daemon:
+    with mounted(str(inner), [inner_src], python=daemon.python) as inner_daemon, \
+            mounted(str(point), [top, str(inner)], str(upper), str(work), python=daemon.python) as union:
         assert os.stat(point / "held").st_size == len("lower data\n")
         assert os.stat(point / "other").st_size == 1
         os.kill(inner_daemon.pid, signal.SIGSTOP)
@@ -346,7 +349,7 @@ def test_a_handler_that_waits_does_not_hold_up_the_others(tmp_path):
             writer = subprocess.Popen([sys.executable, "-c", "import os, sys; os.chmod(sys.argv[1], 0o640)",
                                        str(point / "held")])
             deadline = time.monotonic() + 30
-            while not _daemon_threads_in_syscalls(daemon.pid):  # the copy-up, stuck on the inner mount
+            while not _daemon_threads_in_syscalls(union.pid):  # the copy-up, stuck on the inner mount
                 assert time.monotonic() < deadline, "the copy-up never started"
                 assert writer.poll() is None
                 time.sleep(0.01)
@@ -531,7 +534,7 @@ def test_setting_one_time_keeps_the_other(mnt):
     assert again.st_atime_ns == 2_000_000_000_000_000_000 and again.st_mtime_ns == after.st_mtime_ns
 
 
-def test_a_file_created_read_only_can_be_written_by_its_creator():
+def test_a_file_created_read_only_can_be_written_by_its_creator(daemon):
     """With our pyfuse3 create answers ENOSYS and the kernel makes files with MKNOD, then opens
     them without an OPEN (one request less per file). That open must still skip the permission
     check, as open(2) does for the file it created: an ordinary user creates a file 0444 and
@@ -549,7 +552,7 @@ def test_a_file_created_read_only_can_be_written_by_its_creator():
                   "    fd = os.open(os.path.join(sys.argv[1], name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)\n"
                   "    os.write(fd, b'written')\n"
                   "    os.close(fd)\n")
-        with mounted(point, [lower], upper, work, extra=",allow_other"):
+        with mounted(point, [lower], upper, work, extra=",allow_other", python=daemon.python):
             done = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
                                    "/usr/bin/python3", "-c", script, os.path.join(point, "pub")],
                                   capture_output=True, text=True, cwd="/")
@@ -563,11 +566,14 @@ def test_a_file_created_read_only_can_be_written_by_its_creator():
         shutil.rmtree(base)
 
 
-def test_writes_truncations_and_chowns_drop_setuid_bits_as_the_kernel_does():
+@pytest.mark.parametrize("daemon", ["patched", "stock", "no-killpriv-v2"], indirect=True)
+def test_writes_truncations_and_chowns_drop_setuid_bits_as_the_kernel_does(daemon):
     """A write or a truncation by a caller without CAP_FSETID (an ordinary user) drops a file's
     setuid bit, and its setgid bit where group-execute is set; root's keep them; a chown drops
     them whoever makes it. The same operations run on a plain directory of the upper's filesystem
-    and through the mount (on copies of lower files), and must leave the same modes."""
+    and through the mount (on copies of lower files), and must leave the same modes: with
+    FUSE_HANDLE_KILLPRIV_V2 the daemon drops them where the kernel says so; without it (a stock
+    pyfuse3, or ours on a libfuse its hooks were not written for) the kernel sends the new mode."""
     base = tempfile.mkdtemp(prefix="strata-suid-", dir="/tmp")  # pytest's tmp_path is root's alone
     names = ("user-write", "user-truncate", "root-write", "root-truncate", "chown")
     try:
@@ -600,7 +606,7 @@ def test_writes_truncations_and_chowns_drop_setuid_bits_as_the_kernel_does():
         expected = act(plain)
         assert expected["user-write"] == expected["user-truncate"] == expected["chown"] == 0o777
         assert expected["root-write"] == expected["root-truncate"] == 0o6777
-        with mounted(point, [lower], upper, work, extra=",allow_other"):
+        with mounted(point, [lower], upper, work, extra=",allow_other", python=daemon.python):
             assert act(os.path.join(point, "pub")) == expected
         assert {n: stat.S_IMODE(os.stat(os.path.join(upper, "pub", n)).st_mode) for n in names} == expected
     finally:

@@ -8,6 +8,7 @@ import os
 import stat
 
 import pytest
+import unionfs_support
 from unionfs_support import make_layer, mounted
 
 from unionfs import owners
@@ -16,6 +17,7 @@ from unionfs.mount import parse_options
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="a mount other users reach (allow_other) needs root")
 KEY = owners.XATTR
+daemon = unionfs_support.daemon  # the fixture: a test that takes it runs on our pyfuse3 and on a stock one
 
 
 def test_parse_and_encode():
@@ -68,7 +70,7 @@ def _as(uid: int, body) -> int:
 
 
 @needs_root
-def test_a_mount_reports_and_records_owners_in_the_xattr(tmp_path):
+def test_a_mount_reports_and_records_owners_in_the_xattr(tmp_path, daemon):
     lower = make_layer(str(tmp_path / "lower"), {"etc/shadow": "s", "var/mail/": None, "dev/null": "", "plain": "p",
                                                   "gone": "g", "pub/": None})
     top = make_layer(str(tmp_path / "top"), {"gone": ""})
@@ -81,7 +83,8 @@ def test_a_mount_reports_and_records_owners_in_the_xattr(tmp_path):
     for d in (upper, work, point):
         d.mkdir()
     m = str(point)
-    with mounted(m, [top, lower], str(upper), str(work), extra=",xattr_permissions=2,allow_other"):
+    with mounted(m, [top, lower], str(upper), str(work), extra=",xattr_permissions=2,allow_other",
+                 python=daemon.python):
         shadow = os.lstat(f"{m}/etc/shadow")
         assert (shadow.st_uid, shadow.st_gid, stat.S_IMODE(shadow.st_mode)) == (0, 42, 0o640)
         mail = os.lstat(f"{m}/var/mail")
@@ -118,7 +121,8 @@ def test_a_mount_reports_and_records_owners_in_the_xattr(tmp_path):
         real = os.lstat(upper / rel)  # the daemon gave nothing away; the xattr says who owns it
         assert ((real.st_uid, real.st_gid), stat.S_IMODE(real.st_mode), os.getxattr(upper / rel, KEY)) == \
             (owner, mode, value), rel
-    with mounted(m, [top, lower], str(upper), str(work), extra=",xattr_permissions=2"):  # kept across mounts
+    with mounted(m, [top, lower], str(upper), str(work), extra=",xattr_permissions=2",
+                 python=daemon.python):  # kept across mounts
         assert (os.lstat(f"{m}/plain").st_uid, os.lstat(f"{m}/var/mail/eight").st_gid) == (5, 8)
         assert open(f"{m}/etc/shadow").read() == "s+"
 
@@ -146,7 +150,7 @@ def test_the_map_options_are_checked(tmp_path):
 
 
 @needs_root
-def test_a_mount_with_id_maps_shows_container_ids_and_writes_host_ids(tmp_path):
+def test_a_mount_with_id_maps_shows_container_ids_and_writes_host_ids(tmp_path, daemon):
     """As podman passes them for a container with --uidmap: the layers' owners are host ids, the
     mount shows them as container ids, and what it writes gets host ids."""
     lower = make_layer(str(tmp_path / "lower"), {"www": "w", "roots": "r", "d/": None})
@@ -156,7 +160,8 @@ def test_a_mount_with_id_maps_shows_container_ids_and_writes_host_ids(tmp_path):
     for d in (upper, work, point):
         d.mkdir()
     m = str(point)
-    with mounted(m, [lower], str(upper), str(work), extra=",uidmapping=0:100000:65536,gidmapping=0:100000:65536"):
+    with mounted(m, [lower], str(upper), str(work), extra=",uidmapping=0:100000:65536,gidmapping=0:100000:65536",
+                 python=daemon.python):
         assert (os.lstat(f"{m}/www").st_uid, os.lstat(f"{m}/www").st_gid) == (33, 34)
         assert os.lstat(f"{m}/roots").st_uid == owners.IdMap.OVERFLOW  # host root: not in the map
         os.chown(f"{m}/www", 5, 6)

@@ -2,7 +2,8 @@
 
   ``OpsClient``   calls the ``UnionFS`` handlers directly (no mount, no kernel);
   ``MountClient`` uses ordinary syscalls on a real mount served by ``python -m unionfs`` in a child
-                  process (cleaned up by PID and exact mountpoint).
+                  process (cleaned up by PID and exact mountpoint), on our patched pyfuse3 and on a
+                  stock one (``daemon``, ``stock_pyfuse3``).
 
 Both expose the same async, path-based methods and raise ``OSError`` with the errno the caller would
 see. Also: ``make_layer`` builds a layer dir from a dict, ``mounted`` runs a real mount.
@@ -19,11 +20,13 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any
 
 import pyfuse3
 import pytest
+import stock_pyfuse3
 from helpers import snapshot
 
 from unionfs import mountinfo
@@ -96,11 +99,44 @@ def mounted(mountpoint: str, lowers: list[str], upper: str | None = None, work: 
         assert not is_mounted(mountpoint)
 
 
+@dataclass(frozen=True)
+class Daemon:
+    """The interpreter a mount's daemon runs on, and what its pyfuse3 gives unionfs."""
+
+    name: str  # "patched" (this suite's venv: pyfuse3 with unionfs/patches), "stock", "no-killpriv-v2"
+    python: tuple[str, ...]
+    pyfuse3: stock_pyfuse3.Features
+
+
+# ``python -m unionfs`` on our pyfuse3 as on a libfuse other than the 3.14 that 0004's hooks were
+# written for: init() installs none (``mounted`` appends ``-m unionfs ARGS``, which this drops)
+_WITHOUT_KILLPRIV_V2 = ("import runpy, sys, pyfuse3; pyfuse3._killpriv_v2_libfuse = lambda version: False; "
+                        "del sys.argv[1:3]; runpy.run_module('unionfs', run_name='__main__', alter_sys=True)")
+
+
+def daemon_on(name: str) -> Daemon:
+    if name == "stock":
+        python = stock_pyfuse3.python()
+        return Daemon(name, (python,), stock_pyfuse3.features(python))
+    found = stock_pyfuse3.features(sys.executable)
+    if name == "no-killpriv-v2":
+        return Daemon(name, (sys.executable, "-c", _WITHOUT_KILLPRIV_V2), replace(found, killpriv_v2=False))
+    assert name == "patched", name
+    return Daemon(name, (sys.executable,), found)
+
+
+@pytest.fixture(params=["patched", "stock"])
+def daemon(request: Any) -> Daemon:
+    """Each test that takes it runs twice: its mounts served on our pyfuse3, then on a stock one."""
+    return daemon_on(request.param)
+
+
 class MountClient:
     kind = "mount"
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, daemon: Daemon | None = None) -> None:
         self.root = root
+        self.daemon = daemon or daemon_on("patched")
 
     def p(self, path: str) -> str:
         return os.path.join(self.root, path)
@@ -405,10 +441,11 @@ class OpsClient:
             return False
 
 
-@pytest.fixture(params=["ops", "ops-no-open", "mount"])
+@pytest.fixture(params=["ops", "ops-no-open", "mount", "mount-stock"])
 def union(request: Any, tmp_path: Any) -> Iterator[Any]:
     """``union(*lower_specs, upper_spec=, prepare=)``: a client on a union of fresh layer dirs, driven
-    three ways (handlers with and without open, a real mount); the lowers must come out unchanged."""
+    four ways (handlers with and without open, a real mount on our pyfuse3 and on a stock one); the
+    lowers must come out unchanged."""
     stack = ExitStack()
 
     def build(*lower_specs: dict[str, Any], upper_spec: dict[str, Any] | None = None,
@@ -428,10 +465,11 @@ def union(request: Any, tmp_path: Any) -> Iterator[Any]:
             stack.callback(fs.close)
             client = OpsClient(fs)
         else:
+            on = daemon_on("stock" if request.param == "mount-stock" else "patched")
             mnt = str(tmp_path / "mnt")
             os.makedirs(mnt)
-            stack.enter_context(mounted(mnt, lowers, upper, work))
-            client = MountClient(mnt)
+            stack.enter_context(mounted(mnt, lowers, upper, work, python=on.python))
+            client = MountClient(mnt, on)
         client.upper, client.lowers, client.work = upper, lowers, work
         return client
 
