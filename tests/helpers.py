@@ -78,6 +78,34 @@ def stop_process(pid: int, timeout: float = 30.0) -> None:
         os.close(pidfd)
 
 
+class BuildSteps:
+    """The commands of a build the tests cache (a venv, a wheel), under one deadline: ``error`` with
+    the tail of a command's output where one fails or the time runs out."""
+
+    def __init__(self, what: str, budget: float, error: type[Exception], log: Any = None,
+                 deadline: float | None = None) -> None:
+        self.what, self.budget, self.error, self.log = what, budget, error, log
+        self.deadline = time.monotonic() + budget if deadline is None else deadline
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")}
+
+    def run(self, cmd: list[str], env: dict[str, str] | None = None, hint: str = "") -> None:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise self.error(f"{self.what}: out of time ({self.budget:.0f} s) before {' '.join(cmd)}")
+        if self.log is not None:
+            self.log(f"{self.what}:   $ " + " ".join(cmd))
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=remaining,
+                                  env={**self.env, **(env or {})}, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise self.error(f"{self.what}: {' '.join(cmd)} took longer than the build's "
+                             f"{self.budget:.0f} s") from None
+        if proc.returncode != 0:
+            raise self.error(f"{self.what}: {' '.join(cmd)} failed ({proc.returncode}){hint}:\n"
+                             f"{(proc.stdout + proc.stderr)[-3000:]}")
+
+
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 

@@ -42,7 +42,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from helpers import Result
+from helpers import BuildSteps, Result
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 CACHE_PARENT = "/var/tmp"
@@ -113,29 +113,6 @@ def make_readable(path: str) -> None:
                 os.chmod(p, (stat.S_IMODE(st.st_mode) | extra) & ~0o022)
 
 
-class _Builder:
-    def __init__(self, log: Log, deadline: float) -> None:
-        self.log = log
-        self.deadline = deadline
-        self.env = {k: v for k, v in os.environ.items()
-                    if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")}
-
-    def run(self, cmd: list[str], env: dict[str, str] | None = None, hint: str = "") -> None:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise SetupError(f"rootless venv build: out of time ({BUILD_TIMEOUT:.0f} s) before {' '.join(cmd)}")
-        self.log("rootless:   $ " + " ".join(cmd))
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=remaining,
-                                  env={**self.env, **(env or {})}, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise SetupError(f"rootless venv build: {' '.join(cmd)} took longer than the build's "
-                             f"{BUILD_TIMEOUT:.0f} s") from None
-        if proc.returncode != 0:
-            raise SetupError(f"rootless venv build: {' '.join(cmd)} failed ({proc.returncode}){hint}:\n"
-                             f"{(proc.stdout + proc.stderr)[-3000:]}")
-
-
 def ensure_venv(repo: str, log: Log) -> str:
     """The cached venv for this checkout's dependencies and patch, built first if there is none."""
     if not os.access(SYSTEM_PYTHON, os.X_OK):
@@ -172,7 +149,7 @@ def _build(repo: str, path: str, log: Log) -> None:
     version, label = _pyfuse3_version(repo)
     log(f"rootless: building {path} with {SYSTEM_PYTHON}: pyfuse3 {version} + unionfs/patches, "
         f"{', '.join(_dependencies(repo))} (once per machine; at most {BUILD_TIMEOUT:.0f} s)")
-    b = _Builder(log, started + BUILD_TIMEOUT)
+    b = BuildSteps("rootless venv build", BUILD_TIMEOUT, SetupError, log, deadline=started + BUILD_TIMEOUT)
     os.mkdir(path, 0o755)
     os.chmod(path, 0o755)
     b.run([SYSTEM_PYTHON, "-m", "venv", path],

@@ -27,8 +27,9 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
+
+from helpers import BuildSteps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOME = os.path.join(REPO, "build", "stock-pyfuse3")
@@ -78,28 +79,16 @@ def python() -> str:
 
 
 def _build(venv: str) -> None:
-    deadline = time.monotonic() + BUILD_TIMEOUT
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-
-    def run(*cmd: str) -> None:
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
-                                  timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            raise StockBuildError(f"stock pyfuse3: {' '.join(cmd)} did not finish within the build's "
-                                  f"{BUILD_TIMEOUT:.0f} s") from None
-        if done.returncode != 0:
-            raise StockBuildError(f"stock pyfuse3: {' '.join(cmd)} failed ({done.returncode}):\n"
-                                  f"{(done.stdout + done.stderr)[-3000:]}")
+    steps = BuildSteps("stock pyfuse3", BUILD_TIMEOUT, StockBuildError)
 
     version = pyfuse3_version()
     # the interpreter .venv was made from: `python -m venv` from within a venv would do the same
-    run(sys._base_executable, "-m", "venv", venv)  # type: ignore[attr-defined]
+    steps.run([sys._base_executable, "-m", "venv", venv])  # type: ignore[attr-defined]
     py = os.path.join(venv, "bin", "python")
     sdist = os.path.join(REPO, "build", "pyfuse3", f"pyfuse3-{version}.tar.gz")  # the Makefile's, unpatched
     source = sdist if os.path.isfile(sdist) else f"pyfuse3=={version}"
-    run(py, "-m", "pip", "-q", "--disable-pip-version-check", "--no-input", "install", "--no-binary", "pyfuse3",
-        source, f"trio=={importlib.metadata.version('trio')}")
+    steps.run([py, "-m", "pip", "-q", "--disable-pip-version-check", "--no-input", "install", "--no-binary",
+               "pyfuse3", source, f"trio=={importlib.metadata.version('trio')}"])
     found = features(py)
     if found.version != version or found.patched:
         raise StockBuildError(f"stock pyfuse3: {venv} holds pyfuse3 {found.version} "
