@@ -375,10 +375,15 @@ def _import_everything() -> None:
 
 
 def _warm() -> None:
-    """Work every container start would repeat, done once here for the forks: the default seccomp
-    program (libseccomp takes ~10 ms to generate it; the forks find it in ``seccomp``'s cache)."""
+    """Work commands would repeat, done once here for the forks: the default seccomp program
+    (libseccomp takes ~10 ms to generate it; the forks find it in ``seccomp``'s cache) and the
+    system's TLS roots (~20 ms to parse for every push, pull and login)."""
+    from store.registry import system_roots  # (urllib3 and ssl are imported in the zygote anyway)
+
     from .errors import RunnerError
     from .supervisor import container_filter
+
+    system_roots()
 
     try:
         container_filter({})

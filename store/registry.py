@@ -32,6 +32,7 @@ from .images import parse_ref
 from .load import INDEX_TYPES, MANIFEST_TYPES
 from .sources import Source
 from .transport import Response, Transport, TransportOptions
+from .transport import system_roots as system_roots  # the zygote makes it for its forks
 
 _MANIFEST_LIMIT = 4 << 20
 _ACCEPT = ", ".join(MANIFEST_TYPES + INDEX_TYPES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 
 import pytest
 
@@ -12,7 +13,7 @@ from store.auth import parse_challenges
 from store.authfile import AuthFile, normalise_key
 from store.errors import BadInput, InvalidReference
 from store.registry import DOCKER_HUB_HOST, Platform, _matches, parse_platform, parse_remote
-from store.transport import _exempt, is_loopback
+from store.transport import TransportOptions, _exempt, is_loopback, system_roots, tls_context
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -100,3 +101,19 @@ def test_platforms_match_by_os_architecture_and_variant():
     assert not _matches(arm_v6, Platform("linux", "arm", "v7"))
     assert _matches(arm_v6, Platform("linux", "arm"))
     assert not _matches({"platform": {"os": "windows", "architecture": "amd64"}}, Platform("linux", "amd64"))
+
+
+def test_the_system_roots_are_loaded_once_and_never_changed(tmp_path, monkeypatch):
+    """Every verified transport without a certs dir shares one context of the system's roots (parsing
+    them costs ~20 ms a command: the zygote loads them for its forks); insecure or extended ones are
+    their own, and leave the shared one verifying."""
+    monkeypatch.setenv("STRATA_CERTS_D", str(tmp_path / "certs.d"))
+    shared = tls_context("registry.example:5000", TransportOptions())
+    assert shared is system_roots() and tls_context("other.example", TransportOptions()) is shared
+    insecure = tls_context("registry.example:5000", TransportOptions(tls_verify=False))
+    assert insecure is not shared and insecure.verify_mode == ssl.CERT_NONE
+    (tmp_path / "certs.d" / "registry.example:5000").mkdir(parents=True)
+    extended = tls_context("registry.example:5000", TransportOptions())
+    assert extended is not shared
+    assert (shared.verify_mode, shared.check_hostname) == (ssl.CERT_REQUIRED, True)
+    assert shared.cert_store_stats()["x509_ca"] > 0  # the system's roots are in it
