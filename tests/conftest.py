@@ -1,3 +1,4 @@
+import contextlib
 import os
 import shutil
 import subprocess
@@ -20,6 +21,28 @@ def zygote_dir(tmp_path_factory):
     yield directory
     if (pid := zygote_pid(directory)) is not None:
         stop_process(pid)
+
+
+def _host_network() -> tuple[bool, bool]:
+    """Is there a bridge ``strata0``, and nftables' ``table ip strata``? (root's default network)"""
+    table = os.geteuid() == 0 and shutil.which("nft") is not None and subprocess.run(
+        ["nft", "list", "table", "ip", "strata"], capture_output=True).returncode == 0
+    return os.path.exists("/sys/class/net/strata0"), table
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_network():
+    """The default network's bridge and strata's nftables table outlive containers, as docker0 and
+    Docker's chains do: the suite removes those it made (by their exact names) when it ends."""
+    bridge_before, table_before = _host_network()
+    yield
+    bridge_after, table_after = _host_network()
+    if bridge_after and not bridge_before:
+        subprocess.run(["ip", "link", "delete", "strata0", "type", "bridge"], check=True)
+        with contextlib.suppress(OSError):  # its lease dir, empty once every container has gone
+            os.rmdir("/run/strata/net/leases/strata0")
+    if table_after and not table_before:
+        subprocess.run(["nft", "delete", "table", "ip", "strata"], check=True)
 
 
 @pytest.fixture
