@@ -108,20 +108,29 @@ class _KernelSigaction(ctypes.Structure):  # the kernel's struct sigaction, not 
                 ("mask", ctypes.c_uint64)]
 
 
+def _rt_sigaction(sig: int, new: _KernelSigaction | None, old: _KernelSigaction | None) -> None:
+    if _SYS_RT_SIGACTION is None:
+        raise OSError(errno.ENOSYS, "rt_sigaction: unknown architecture")
+    _check(_libc.syscall(_SYS_RT_SIGACTION, sig, ctypes.byref(new) if new is not None else None,
+                         ctypes.byref(old) if old is not None else None, 8), "rt_sigaction")
+
+
 def ignored_signals() -> list[int]:
-    """The signals this process ignores, as the kernel sees them (``SigIgn``)."""
-    with open("/proc/self/status") as f:
-        mask = int(next(line for line in f if line.startswith("SigIgn:")).split()[1], 16)
-    return [sig for sig in range(1, 65) if mask >> (sig - 1) & 1]
+    """The signals this process ignores, as the kernel sees them (no /proc needed: a container's
+    init asks after its pivot, where a config may have mounted none)."""
+    found = []
+    for sig in range(1, 65):
+        old = _KernelSigaction()
+        _rt_sigaction(sig, None, old)
+        if old.handler == 1:  # SIG_IGN
+            found.append(sig)
+    return found
 
 
 def set_signal_action(sig: int, ignore: bool) -> None:
     """SIG_IGN or SIG_DFL for ``sig`` straight through rt_sigaction: the C library refuses its own
     real-time signals (32 and 33), which a process can still inherit ignored and pass on through exec."""
-    if _SYS_RT_SIGACTION is None:
-        raise OSError(errno.ENOSYS, "rt_sigaction: unknown architecture")
-    action = _KernelSigaction(int(ignore), 0, 0, 0)
-    _check(_libc.syscall(_SYS_RT_SIGACTION, sig, ctypes.byref(action), None, 8), "rt_sigaction")
+    _rt_sigaction(sig, _KernelSigaction(int(ignore), 0, 0, 0), None)
 
 
 class _CapHeader(ctypes.Structure):

@@ -48,6 +48,31 @@ def test_pid_1_starts_with_no_signal_ignored_or_blocked(rootdir):
         assert (res.returncode, res.stdout.split()) == (0, ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16, "done"]), res.stderr
 
 
+def test_ignored_signals_are_read_from_the_kernel_as_status_shows_them():
+    """The init asks rt_sigaction, not /proc (a container may have none mounted), and sees what the
+    C library hides: its own signal 32 too."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            syscalls.set_signal_action(32, ignore=True)
+            syscalls.set_signal_action(40, ignore=True)
+            with open("/proc/self/status") as f:
+                mask = int(next(line for line in f if line.startswith("SigIgn:")).split()[1], 16)
+            status = [sig for sig in range(1, 65) if mask >> (sig - 1) & 1]
+            os.write(w, json.dumps([syscalls.ignored_signals(), status]).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        got, status = json.loads(f.read())
+    assert os.waitpid(pid, 0)[1] == 0
+    assert got == status and {signal.SIGHUP, 32, 40} <= set(got)
+
+
 def test_container_sees_its_own_world(rootdir):
     out = strata(rootdir, "run", "--rm", "--network", "none", "--hostname", "box", "-e", "FOO=bar", "-w", "/work",
                  "bb", "sh", "-c",
