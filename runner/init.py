@@ -30,7 +30,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import resource
 import signal
 import socket
 import struct
@@ -38,33 +37,17 @@ import termios
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from . import reaper, userns
+from . import credentials, reaper, userns
 from . import syscalls as sc
+from .credentials import SetupFailed as SetupFailed  # what spawn raises
 from .oci import rootfs
-from .oci.spec import DEFAULT_CAPS as DOCKER_CAPS
 from .oci.spec import INIT_ANNOTATION, USER_ANNOTATION
 
-# linux/capability.h, by number
-CAPS = {name: bit for bit, name in enumerate((
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
-    "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN",
-    "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE"))}
-DEFAULT_CAPS = {name: CAPS[name] for name in DOCKER_CAPS}
 _TIOCGPTN = 0x80045430  # <asm-generic/ioctls.h>: _IOR('T', 0x30, unsigned int)
 _NAMESPACE_FLAGS = {"uts": sc.CLONE_NEWUTS, "ipc": sc.CLONE_NEWIPC, "pid": sc.CLONE_NEWPID, "network": sc.CLONE_NEWNET}
 
 
-class _Fail(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-SetupFailed = _Fail  # what ``spawn`` raises: str() says why, ``code`` is 125, 126 or 127
+_Fail = SetupFailed  # what ``spawn`` raises: str() says why, ``code`` is 125, 126 or 127
 
 
 def _report(fd: int, line: str) -> None:
@@ -88,117 +71,12 @@ def _loopback_up() -> None:
         fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sh14x", b"lo", flags | IFF_UP))
 
 
-def _lookup_user(user: str) -> tuple[int, int, list[int], str]:
-    """(uid, gid, supplementary gids, home) of ``uid[:gid[:gid,...]]`` or names, from the
-    container's /etc/passwd and /etc/group (the third part: the config's additionalGids). The home
-    is "/" for a user the passwd file does not list, as runc gives."""
-    name, _, group = user.partition(":")
-    group, _, additional = group.partition(":")
-
-    def table(path: str) -> list[list[str]]:
-        try:
-            with open(path) as f:
-                return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
-        except OSError:
-            return []
-
-    passwd = table("/etc/passwd")
-    if name.isdigit():
-        uid = int(name)
-        row = next((r for r in passwd if len(r) > 3 and r[2] == name), None)
-        gid = int(row[3]) if row else uid if not group else 0
-    else:
-        row = next((r for r in passwd if r and r[0] == name), None)
-        if row is None or len(row) < 4:
-            raise _Fail(126, f"unable to find user {name}: no matching entries in passwd file")
-        uid, gid = int(row[2]), int(row[3])
-    groups = table("/etc/group")
-    if group:
-        if group.isdigit():
-            gid = int(group)
-        else:
-            g = next((r for r in groups if r and r[0] == group), None)
-            if g is None:
-                raise _Fail(126, f"unable to find group {group}: no matching entries in group file")
-            gid = int(g[2])
-    uname = row[0] if row else None
-    extra = [int(r[2]) for r in groups if len(r) > 3 and uname and uname in r[3].split(",")]
-    home = row[5] if row and len(row) > 5 and row[5] else "/"
-    return uid, gid, extra + [int(g) for g in additional.split(",") if g.isdigit()], home
-
-
-def _cap_mask(names: list[str]) -> int:
-    mask = 0
-    for name in names:
-        if name not in CAPS:
-            raise _Fail(125, f"unknown capability {name!r}")
-        mask |= 1 << CAPS[name]
-    return mask
-
-
-def _drop_privileges(spec: dict[str, Any], user: tuple[int, int, list[int], str]) -> None:
-    """Bounding set, ``user`` (``_lookup_user``'s), then the capability sets (root keeps them
-    through exec; anyone else's are recomputed empty by execve, as in Docker), no_new_privs."""
-    caps = spec.get("capabilities") or {}
-    keep = _cap_mask(caps.get("bounding", list(DEFAULT_CAPS)))
-    for cap in range(sc.last_cap() + 1):
-        if not keep & (1 << cap):
-            try:
-                sc.prctl(sc.PR_CAPBSET_DROP, cap)
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-    uid, gid, groups, _ = user
-    death = sc.parent_death_signal()
-    if not _setgroups_denied():  # (a user namespace with one id: there are no groups to set)
-        os.setgroups(groups)
-    os.setgid(gid)
-    os.setuid(uid)
-    if death:  # a change of uid clears it (prctl(2)): PID 1 must still die with runner.init
-        sc.prctl(sc.PR_SET_PDEATHSIG, death)
-    if uid == 0:
-        sc.capset(_cap_mask(caps.get("effective", list(DEFAULT_CAPS))) & keep)
-    if spec.get("no_new_privs", True):
-        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
-
-
-def _setgroups_denied() -> bool:
-    try:
-        with open("/proc/self/setgroups") as f:
-            return f.read().strip() == "deny"
-    except OSError:
-        return False
-
-
 def _close_fds(first: int, keep: set[int]) -> None:
     """Close every fd from ``first`` on but those in ``keep``."""
     for fd in sorted(k for k in keep if k >= first):
         os.closerange(first, fd)
         first = fd + 1
     os.closerange(first, 65536)
-
-
-# <asm-generic/resource.h>, by number (Python's resource module lacks some, RLIMIT_LOCKS among them)
-_RLIMITS = {f"RLIMIT_{name}": number for number, name in enumerate((
-    "CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS", "NPROC", "NOFILE", "MEMLOCK", "AS", "LOCKS", "SIGPENDING",
-    "MSGQUEUE", "NICE", "RTPRIO", "RTTIME"))}
-
-
-def _set_limits(spec: dict[str, Any]) -> None:
-    """The config's ``process.rlimits`` and ``oomScoreAdj``, while this process is still root."""
-    for limit in spec.get("rlimits") or []:
-        if limit.get("type") not in _RLIMITS:
-            raise _Fail(125, f"unknown rlimit {limit.get('type')!r}")
-        soft, hard = (resource.RLIM_INFINITY if int(v) >= 2**63 else int(v) for v in (limit["soft"], limit["hard"]))
-        try:
-            resource.setrlimit(_RLIMITS[limit["type"]], (soft, hard))  # (uint64 2**64-1: unlimited)
-        except (OSError, ValueError) as e:
-            raise _Fail(125, f"cannot set {limit['type']} to {limit['soft']}:{limit['hard']}: {e}") from None
-    if spec.get("umask") is not None:
-        os.umask(int(spec["umask"]))
-    if spec.get("oom_score_adj") is not None:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write(str(int(spec["oom_score_adj"])))
 
 
 _parked = False  # past the exec fifo: the runtime that waited for us is gone; errors go to stderr
@@ -269,17 +147,17 @@ def _exec(spec: dict[str, Any], status_fd: int) -> None:
     cwd = spec.get("cwd") or "/"
     _mkdirs(cwd)
     sc.join_session_keyring()  # never the host's (the filter denies keyctl; unconfined, this one)
-    _set_limits(spec)
+    credentials.set_limits(spec)
     seccomp = spec.get("seccomp")
     if seccomp is not None and not spec.get("no_new_privs", True):
         # without no_new_privs the kernel takes a filter only from CAP_SYS_ADMIN: load it while we
         # still have it (runc does the same); what is left of the set-up runs under it
         seccomp.load()
         seccomp = None
-    user = _lookup_user(spec.get("user") or "0")
+    user = credentials.lookup_user(spec.get("user") or "0")
     if not any(e.startswith("HOME=") for e in env):  # from the image's passwd, as Docker (runc) sets it
         env = [*env, f"HOME={user[3]}"]
-    _drop_privileges(spec, user)
+    credentials.drop_privileges(spec, user)
     park = spec.get("park")
     _close_fds(3 + int(spec.get("preserve_fds") or 0), {status_fd, *([park] if park is not None else [])})
     os.chdir(cwd)

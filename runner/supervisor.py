@@ -36,7 +36,7 @@ from store.root import write_json
 from unionfs.errors import UnionError
 from unionfs.mount import Mount, fork_serve
 
-from . import cgroups, etcfiles, events, forwarding, hub, init, seccomp, userns, volumemounts
+from . import cgroups, credentials, etcfiles, events, forwarding, hub, init, seccomp, userns, volumemounts
 from . import syscalls as sc
 from .children import Child
 from .containers import Container, Containers
@@ -483,7 +483,7 @@ def container_filter(config: dict[str, Any]) -> seccomp.Filter | None:
         return None
     try:
         return seccomp.for_container(config.get("Seccomp", "default"),
-                                     set(privileges.of_container(config, list(init.DEFAULT_CAPS))))
+                                     set(privileges.of_container(config, list(credentials.DEFAULT_CAPS))))
     except OSError as e:
         raise RunnerError(f"cannot build the container's seccomp filter: {e}") from None
 

@@ -13,8 +13,8 @@ import pytest
 
 from runner import seccomp
 from runner import syscalls as sc
+from runner.credentials import DEFAULT_CAPS
 from runner.errors import RunnerError
-from runner.init import DEFAULT_CAPS
 
 x86_64 = pytest.mark.skipif(os.uname().machine != "x86_64", reason="syscall numbers are x86_64's")
 
