@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import copy
 import posixpath
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from store.images import familiar, parse_ref
-
-from . import history, words
+from . import arguments, history, words
 from .errors import BuildError
 from .history import go_strings_q, go_strings_v, healthcheck_q
 from .instructions import Dockerfile, Instruction, Stage, instruction
-from .parser import Heredoc, parse
+from .parser import parse
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy", "NO_PROXY",
@@ -36,7 +33,6 @@ PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PRO
 PLATFORM_ARGS = {"TARGETPLATFORM": "linux/amd64", "TARGETOS": "linux", "TARGETARCH": "amd64", "TARGETVARIANT": "",
                  "BUILDPLATFORM": "linux/amd64", "BUILDOS": "linux", "BUILDARCH": "amd64", "BUILDVARIANT": ""}
 _SHOWN = ("RUN", "COPY", "ADD", "WORKDIR")  # the steps BuildKit's progress names (and counts)
-MIN_DURATION = 1_000_000  # 1ms: moby's container.MinimumDuration
 
 ImageLookup = Callable[[str], tuple[str, dict[str, Any]] | None]  # ref -> (image id, image config)
 
@@ -242,14 +238,14 @@ class Planner:
             base_id, image = found
             config = copy.deepcopy(image.get("config") or {})
             triggers = list(config.pop("OnBuild", None) or [])
-            ref = base if base.startswith("sha256:") else _full_name(base)
+            ref = base if base.startswith("sha256:") else arguments.full_name(base)
         config.pop("Image", None)  # each step's config names its own parent (the executor's)
         env = config.get("Env") or []
         if not any(e.split("=", 1)[0] == "PATH" for e in env):
             config["Env"] = [*env, DEFAULT_PATH]
         instructions = [self._trigger(text, stage.line) for text in triggers] + list(stage.instructions)
         if is_target and self.options.labels:
-            pairs = " ".join(f"{k}={words_quote(v)}" for k, v in sorted(self.options.labels.items()))
+            pairs = " ".join(f"{k}={arguments.words_quote(v)}" for k, v in sorted(self.options.labels.items()))
             instructions.append(instruction(parse(f"LABEL {pairs}", self.df.name).nodes[0], "\\", self.df.name))
             instructions[-1].line = instructions[-1].end_line = stage.line
         total = (1 if base_id else 0) + sum(1 for i in instructions if i.keyword in _SHOWN)
@@ -279,7 +275,7 @@ class Planner:
         shell = config.get("Shell")
         vertex = None
         if kw in _SHOWN:
-            shown = words_or(ins.original, self._env(state), self.df.escape)
+            shown = arguments.words_or(ins.original, self._env(state), self.df.escape)
             shown = kw + shown[len(kw):] if shown.upper().startswith(kw) else shown
             vertex = counter.name(("ONBUILD " if onbuild else "") + shown)
         if kw == "RUN":
@@ -292,8 +288,8 @@ class Planner:
             parts = []
             values = self._env(state)
             for key, raw in ins.pairs:
-                key = words_or_fail(key, values, self.df.escape, self.where(ins.line))
-                value = words_or_fail(raw or "", values, self.df.escape, self.where(ins.line))
+                key = arguments.words_or_fail(key, values, self.df.escape, self.where(ins.line))
+                value = arguments.words_or_fail(raw or "", values, self.df.escape, self.where(ins.line))
                 parts.append(f"{key}={value}")
                 if any(e.split("=", 1)[0] == key for e in env):  # replaced where it was, as Docker does
                     env = [f"{key}={value}" if e.split("=", 1)[0] == key else e for e in env]
@@ -306,8 +302,8 @@ class Planner:
             parts = []
             values = self._env(state)
             for key, raw in ins.pairs:
-                key = words_or_fail(key, values, self.df.escape, self.where(ins.line))
-                value = words_or_fail(raw or "", values, self.df.escape, self.where(ins.line))
+                key = arguments.words_or_fail(key, values, self.df.escape, self.where(ins.line))
+                value = arguments.words_or_fail(raw or "", values, self.df.escape, self.where(ins.line))
                 labels[key] = value
                 parts.append(f"{key}={value}")
             config["Labels"] = labels
@@ -353,7 +349,7 @@ class Planner:
                     raise BuildError(f"{self.where(ins.line)}: {e}") from None
             exposed = dict(config.get("ExposedPorts") or {})
             for port in ports:
-                for name in _port_specs(port, self.where(ins.line)):
+                for name in arguments.port_specs(port, self.where(ins.line)):
                     exposed[name] = {}
             config["ExposedPorts"] = exposed
             comment = "EXPOSE " + " ".join(ports)
@@ -371,11 +367,11 @@ class Planner:
             comment = "SHELL " + go_strings_v(config["Shell"])
         elif kw == "STOPSIGNAL":
             value = self._expand(ins.text, state, ins.line)
-            _check_signal(value, self.where(ins.line))
+            arguments.check_signal(value, self.where(ins.line))
             config["StopSignal"] = value
             comment = f"STOPSIGNAL {value}"
         elif kw == "HEALTHCHECK":
-            config["Healthcheck"] = self._health(ins)
+            config["Healthcheck"] = arguments.healthcheck(ins, self.where(ins.line))
             comment = "HEALTHCHECK " + healthcheck_q(config["Healthcheck"])
         elif kw == "ONBUILD":
             config["OnBuild"] = [*(config.get("OnBuild") or []), ins.text]
@@ -385,32 +381,6 @@ class Planner:
             comment = "MAINTAINER " + ins.text
         return Step(ins, "meta", vertex, copy.deepcopy(config), history.nop(shell, comment), author=state.author)
 
-    def _health(self, ins: Instruction) -> dict[str, Any]:
-        if ins.words == ["NONE"]:
-            return {"Test": ["NONE"]}
-        test = ["CMD", *ins.exec] if ins.exec is not None else ["CMD-SHELL", ins.text]
-        health: dict[str, Any] = {"Test": test}
-        for flag, key in (("interval", "Interval"), ("timeout", "Timeout"), ("start-period", "StartPeriod"),
-                          ("start-interval", "StartInterval")):
-            if flag in ins.flags:
-                try:
-                    value = history.parse_duration(ins.flags[flag])
-                except ValueError as e:
-                    raise BuildError(f"{self.where(ins.line)}: {e}") from None
-                if 0 < value < MIN_DURATION or value < 0:
-                    raise BuildError(f'{self.where(ins.line)}: Interval "{flag}" cannot be less than 1ms')
-                if value:
-                    health[key] = value
-        if "retries" in ins.flags:
-            try:
-                retries = int(ins.flags["retries"])
-            except ValueError:
-                raise BuildError(f"{self.where(ins.line)}: --retries: not a number: {ins.flags['retries']!r}") from None
-            if retries < 1:
-                raise BuildError(f"{self.where(ins.line)}: --retries must be at least 1 (not {retries})")
-            health["Retries"] = retries
-        return health
-
     def _run(self, ins: Instruction, state: _State, vertex: str | None) -> Step:
         config = state.config
         shell = list(config.get("Shell") or history.DEFAULT_SHELL)
@@ -419,7 +389,7 @@ class Planner:
             cmd = list(ins.exec)
         elif ins.heredocs:
             doc = ins.heredocs[0]
-            body = _chomp(doc)
+            body = arguments.chomp(doc)
             if len(ins.heredocs) == 1 and ins.text.strip().startswith("<<") and len(words.raw_words(ins.text)) == 1:
                 if body.startswith("#!"):
                     script = (doc.name, body)
@@ -444,7 +414,7 @@ class Planner:
         values = self._env(state)
 
         def expand(text: str) -> str:
-            return words_or_fail(text, values, self.df.escape, where)
+            return arguments.words_or_fail(text, values, self.df.escape, where)
 
         from_stage = from_image = None
         if "from" in ins.flags:
@@ -473,7 +443,7 @@ class Planner:
         for word in ins.words[:-1]:
             doc = docs.get(word[2:].lstrip("-").strip("'\"")) if word.startswith("<<") else None
             if doc is not None:
-                content = _chomp(doc)
+                content = arguments.chomp(doc)
                 heredocs[doc.name] = (expand(content) if doc.expand else content).encode()
                 sources.append("<<" + doc.name)
                 continue
@@ -509,67 +479,3 @@ class _Counter:
         self.index += 1
         width = len(str(self.total))
         return f"[{self.stage + ' ' if self.stage else ''}{self.index:>{width}}/{self.total}] {text}"
-
-
-def _full_name(ref: str) -> str:
-    """docker.io/library/busybox:latest, as BuildKit names a FROM."""
-    try:
-        name, tag = parse_ref(ref)
-    except Exception:
-        return ref
-    name = familiar(name)
-    first = name.split("/", 1)[0]
-    if "/" not in name:
-        name = f"docker.io/library/{name}"
-    elif "." not in first and ":" not in first and first != "localhost":
-        name = f"docker.io/{name}"
-    return f"{name}:{tag}"
-
-
-def _chomp(doc: Heredoc) -> str:
-    return "".join(line.lstrip("\t") for line in doc.content.splitlines(keepends=True)) if doc.chomp else doc.content
-
-
-def words_or(text: str, env: dict[str, str], escape: str) -> str:
-    """BuildKit's processCmdEnv: the text expanded, or as it is if it does not expand."""
-    try:
-        return words.expand(text, env, escape)
-    except ValueError:
-        return text
-
-
-def words_or_fail(text: str, env: dict[str, str], escape: str, where: str) -> str:
-    try:
-        return words.expand(text, env, escape)
-    except ValueError as e:
-        raise BuildError(f"{where}: {e}") from None
-
-
-def words_quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
-
-
-def _port_specs(spec: str, where: str) -> list[str]:
-    """EXPOSE's ``80``, ``53/udp``, ``8000-8002``: one ``PORT/PROTO`` each."""
-    port, _, proto = spec.rpartition(":")[2].partition("/")
-    proto = (proto or "tcp").lower()
-    if proto not in ("tcp", "udp", "sctp"):
-        raise BuildError(f"{where}: invalid proto: {proto}")
-    start, _, end = port.partition("-")
-    try:
-        first, last = int(start), int(end or start)
-    except ValueError:
-        raise BuildError(f"{where}: invalid containerPort: {port}") from None
-    if not (0 < first <= last <= 65535):
-        raise BuildError(f"{where}: invalid containerPort: {port}")
-    return [f"{p}/{proto}" for p in range(first, last + 1)]
-
-
-def _check_signal(value: str, where: str) -> None:
-    """Docker's ParseSignal: a number, or a name with or without SIG."""
-    name = value.upper().removeprefix("SIG")
-    if value.isdigit() and 0 < int(value) <= signal.SIGRTMAX:
-        return
-    if "SIG" + name in signal.Signals.__members__ or name.startswith(("RTMIN", "RTMAX")):
-        return
-    raise BuildError(f"{where}: Invalid signal: {value}")
