@@ -354,6 +354,8 @@ def spawn(spec: dict[str, Any], go_fd: int, keep_stdio: bool = False) -> int:
     for kind in namespaces:
         flags |= _NAMESPACE_FLAGS.get(kind, 0)
     sc.unshare(flags)
+    if spec.get("announce_namespaces"):  # the supervisor may use them now (the network, a rootless
+        _report(status_fd, "ns")  # union mount) while PID 1 is forked and moved into its cgroup
     joined_r, joined_w = os.pipe()
     pid = os.fork()
     if pid == 0:

@@ -34,7 +34,7 @@ import trio
 from store.images import now
 from store.root import write_json
 from unionfs.errors import UnionError
-from unionfs.mount import Mount, fork_serve
+from unionfs.mount import Mount, fork_serve, read_ready
 
 from . import cgroups, credentials, etcfiles, events, forwarding, hub, init, seccomp, userns, volumemounts
 from . import syscalls as sc
@@ -86,7 +86,8 @@ class Supervisor:
         self.stdin_send: trio.MemorySendChannel[bytes] | None = None  # attached clients' input
         self.stdin_ready: trio.Event | None = None  # set once the container has its stdin
         self.bundle: dict[str, Any] | None = None  # the config.json this start runs
-        self.early: str | None = None  # the init's first report when read before trio (rootless)
+        self.early: str | None = None  # the init's error when read before trio (``_early_report``)
+        self.union_ready: bytes | None = None  # the union daemon's word when read before trio
         self.net: network.Endpoint | None = None  # the container's network, planned before its files
         self.failed = ""  # what went wrong in prepare()
 
@@ -125,19 +126,26 @@ class Supervisor:
             resources = self.bundle["linux"]["resources"]
             self.cgroup.create(resources.get("devices"))
             self.cgroup.apply({k: v for k, v in resources.items() if k != "devices"})  # (create took those)
-            self._fork_init()
-            if (rootless or self.net.needs_pid) and self._early_report().startswith("pid "):
+            self._fork_init(announce=rootless or self.net.needs_pid)
+            if (rootless or self.net.needs_pid) and self._early_report() == "ns":
                 assert self.init is not None  # its namespaces exist (the init's: PID 1 is not dumpable yet)
                 if rootless:  # mount in them
                     self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options,
                                             parent_death=signal.SIGTERM, enter=userns.joiner(self.init.pid))
-                self.net.connect(self.init.pid)  # (PID 1 waits for the go-ahead meanwhile)
+                self.net.connect(self.init.pid)  # (meanwhile PID 1 is moved into its cgroup, an RCU wait)
+            if self.union is not None and not self.error:
+                # PID 1 sets up its root while trio starts here and the state is written: the go-ahead
+                # needs only the mount (ready long since: its daemon was forked first) and the network
+                self.union_ready = read_ready(self.union[1])
+                if self.union_ready == b"ok":
+                    self._go()
         except (UnionError, OSError, RuntimeError, RunnerError) as e:
             self.error = self.failed = str(e)  # run() reports it, and unmounts a union already forked
 
-    def _fork_init(self) -> None:
+    def _fork_init(self, announce: bool) -> None:
         """Fork ``runner.init`` with the container's stdio; it waits on a pipe until the mount and the
-        cgroup exist. It must be a single-threaded process, so fork it here, before trio runs."""
+        cgroup exist. It must be a single-threaded process, so fork it here, before trio runs.
+        ``announce``: it says ``ns`` once its namespaces exist (``_early_report``)."""
         if len(os.listdir("/proc/self/task")) != 1:
             raise RuntimeError("the container's init must be forked from a single-threaded process")
         opened = self.opened
@@ -146,6 +154,7 @@ class Supervisor:
         go_r, go_w = os.pipe()
         opened += [status_r, status_w, go_r, go_w]
         spec = self._spec(status_w)
+        spec["announce_namespaces"] = announce
         pid = os.fork()
         if pid == 0:
             init.forked(spec, self.stdio.child, go_r)
@@ -157,8 +166,9 @@ class Supervisor:
         self.status_fd, self.go_fd = status_r, go_w
 
     def _early_report(self) -> str:
-        """Rootless: the init's first report, read now (before trio), as it says whether the
-        container's user and mount namespaces exist, where the union is to be mounted."""
+        """The init's first report, read now (before trio): ``ns`` once the container's namespaces
+        exist, where the network is connected and a rootless union mounted; else its error, which
+        ``_start_and_wait`` reports."""
         assert self.status_fd is not None
         line = b""
         while not line.endswith(b"\n"):
@@ -166,15 +176,19 @@ class Supervisor:
             if not chunk:
                 break
             line += chunk
-        self.early = line.decode(errors="replace").rstrip("\n")
-        if self.early.startswith("error "):
-            self.error = self.early.split(" ", 2)[2]
-        return self.early
+        report = line.decode(errors="replace").rstrip("\n")
+        if report.startswith("error "):
+            self.early = report
+            self.error = report.split(" ", 2)[2]
+        return report
 
     def _go(self) -> None:
         """Let the forked init go on. (Closing the pipe without this makes it exit without running.)"""
         if self.go_fd is not None:
-            os.write(self.go_fd, b"go")
+            try:
+                os.write(self.go_fd, b"go")
+            except BrokenPipeError:  # it failed already: its report on the status pipe says why
+                pass
             self._close_go()
 
     def _close_go(self) -> None:
@@ -338,7 +352,8 @@ class Supervisor:
                         FinishedAt="0001-01-01T00:00:00Z", UnionPid=union_pid,
                         UnionStart=start_time(union_pid) if union_pid else None, Network=None)
             if self.union is not None:  # adopted even if a later step failed: the finally unmounts it
-                mount = await Mount.adopt(c.path("merged"), *self.union)
+                mount = await Mount.adopt(c.path("merged"), self.union[0],
+                                          self.union_ready if self.union_ready is not None else self.union[1])
             if mount is None or self.init is None or self.failed:  # (a step after the union's fork failed)
                 raise UnionError(self.failed or self.error or "no union filesystem")
             code, error = await self._start_and_wait(mount)

@@ -374,10 +374,11 @@ class Mount:
         self._asked = False  # SIGTERM sent (a second one would kill the daemon before it unmounts)
 
     @classmethod
-    async def adopt(cls, mountpoint: str, pid: int, ready_fd: int) -> Mount:
-        """Wait for a child made by ``fork_serve`` to be ready (UnionError if it could not mount)."""
+    async def adopt(cls, mountpoint: str, pid: int, ready: int | bytes) -> Mount:
+        """Wait for a child made by ``fork_serve`` to be ready (UnionError if it could not mount).
+        ``ready``: its ready fd, or what ``read_ready`` read of it before trio started."""
         child = ForkedChild(pid)
-        message = await _read_all(ready_fd)
+        message = ready if isinstance(ready, bytes) else await _read_all(ready)
         if message != b"ok":
             await child.wait()
             raise UnionError(message.decode(errors="replace") or "the unionfs daemon died before mounting")
@@ -420,6 +421,18 @@ class Mount:
                     self.process.kill()
                     await self.process.wait()
                     subprocess.run(["fusermount3", "-u", "-z", self.mountpoint], capture_output=True)
+
+
+def read_ready(ready_fd: int) -> bytes:
+    """Block until a daemon made by ``fork_serve`` has mounted (``b"ok"``) or failed (its error), for
+    a caller that has not started trio yet; closes the fd. Give the message to ``Mount.adopt``."""
+    message = b""
+    try:
+        while chunk := os.read(ready_fd, 4096):
+            message += chunk
+    finally:
+        os.close(ready_fd)
+    return message
 
 
 async def _read_all(fd: int) -> bytes:
