@@ -93,10 +93,11 @@ class Supervisor:
 
     def prepare(self) -> None:
         """Before trio starts (forking inside a trio run is not safe): write the init layer, fork the
-        union daemon (first: its start-up, until it answers, is the longest wait of a start), make
-        the cgroup and fork the container's init (which waits for ``_go``; it moves PID 1 into the
-        cgroup at once, meanwhile). Forks of this process cost a millisecond where fresh interpreters
-        cost a few hundred (imports)."""
+        union daemon (as early as its layers are complete: its start-up, until it answers, is the
+        longest wait of a start), write the bundle, make the cgroup, fork the container's init
+        (which waits for ``_go``; it moves PID 1 into the cgroup meanwhile), connect the network,
+        and let PID 1 go once the union is mounted. Forks of this process cost a millisecond where
+        fresh interpreters cost a few hundred (imports)."""
         c = self.c
         rootless = os.geteuid() != 0
         # rootless, the daemon mounts in the container's user namespace, where it may let the
@@ -117,12 +118,12 @@ class Supervisor:
             self.listener = hub.listen(c.dir)
             self.net = network.plan(self.root, c)  # its address, its ports: /etc/hosts names them
             self._write_etc()
-            etcfiles.apply(self.config, c.path("hosts"), c.path("resolv.conf"))  # --add-host, --dns
             volumemounts.prepare(c)  # bind sources, and the mountpoints layer below the init layer
-            self.bundle = self._write_bundle()
-            if not rootless:
+            if not rootless:  # (the layers are complete; the files bound over /etc are written after)
                 self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options,
                                         parent_death=signal.SIGTERM)
+            etcfiles.apply(self.config, c.path("hosts"), c.path("resolv.conf"))  # --add-host, --dns
+            self.bundle = self._write_bundle()
             resources = self.bundle["linux"]["resources"]
             self.cgroup.create(resources.get("devices"))
             self.cgroup.apply({k: v for k, v in resources.items() if k != "devices"})  # (create took those)
