@@ -82,6 +82,7 @@ bench: deps
 	@$(BIN)/python bench/daemon_cpu.py
 	@$(BIN)/python bench/fuse_floor.py
 	@$(BIN)/python bench/runner_bench.py
+	@$(BIN)/python bench/start_phases.py  # where a start's milliseconds go, phase by phase (traced)
 	@$(BIN)/python bench/build_bench.py  # strata build against buildah bud, fresh and fully cached
 	@$(BIN)/python bench/podman_bench.py  # podman run --rm: strata-oci + strata-unionfs against runc + fuse-overlayfs / overlayfs
 	@$(BIN)/python bench/rootless_bench.py
