@@ -32,11 +32,10 @@ from typing import Any
 import trio
 
 from store.images import now
-from store.root import write_json
 from unionfs.errors import UnionError
 from unionfs.mount import Mount, fork_serve, read_ready
 
-from . import cgroups, credentials, etcfiles, events, forwarding, hub, init, seccomp, userns, volumemounts
+from . import bundle, cgroups, credentials, etcfiles, events, forwarding, hub, init, seccomp, userns, volumemounts
 from . import syscalls as sc
 from .children import Child
 from .containers import Container, Containers
@@ -45,7 +44,6 @@ from .jsonlog import JsonLog, feed_input, pump_output
 from .mounts import check_fuse_device
 from .net import attach as network
 from .oci import privileges
-from .oci import spec as oci_spec
 from .process import start_time
 from .stdio import Attach, Stdio, make_stdio, terminal_size
 from .volumes import Volumes
@@ -117,13 +115,13 @@ class Supervisor:
             check_fuse_device()
             self.listener = hub.listen(c.dir)
             self.net = network.plan(self.root, c)  # its address, its ports: /etc/hosts names them
-            self._write_etc()
+            bundle.write_etc(c, self.net)
             volumemounts.prepare(c)  # bind sources, and the mountpoints layer below the init layer
             if not rootless:  # (the layers are complete; the files bound over /etc are written after)
-                self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options,
+                self.union = fork_serve(c.path("merged"), bundle.lowers(c), c.path("upper"), c.path("work"), options,
                                         parent_death=signal.SIGTERM)
             etcfiles.apply(self.config, c.path("hosts"), c.path("resolv.conf"))  # --add-host, --dns
-            self.bundle = self._write_bundle()
+            self.bundle = bundle.write_bundle(c, self.net)
             resources = self.bundle["linux"]["resources"]
             self.cgroup.create(resources.get("devices"))
             self.cgroup.apply({k: v for k, v in resources.items() if k != "devices"})  # (create took those)
@@ -131,7 +129,7 @@ class Supervisor:
             if (rootless or self.net.needs_pid) and self._early_report() == "ns":
                 assert self.init is not None  # its namespaces exist (the init's: PID 1 is not dumpable yet)
                 if rootless:  # mount in them
-                    self.union = fork_serve(c.path("merged"), self.lowers(), c.path("upper"), c.path("work"), options,
+                    self.union = fork_serve(c.path("merged"), bundle.lowers(c), c.path("upper"), c.path("work"), options,
                                             parent_death=signal.SIGTERM, enter=userns.joiner(self.init.pid))
                 self.net.connect(self.init.pid)  # (meanwhile PID 1 is moved into its cgroup, an RCU wait)
             if self.union is not None and not self.error:
@@ -198,21 +196,6 @@ class Supervisor:
             self.opened.remove(self.go_fd)
             self.go_fd = None
 
-    def lowers(self) -> list[str]:
-        return [self.c.path("init"), self.c.path(volumemounts.LAYER), *self.config["LowerDirs"]]
-
-    def _write_bundle(self) -> dict[str, Any]:
-        """The container's OCI bundle, ``bundle/config.json``: what ``runner.init`` runs (written at
-        each start, as Docker's daemon writes its spec for containerd)."""
-        config = oci_spec.for_container(self.config, self.c.path("merged"),
-                                        {n: self.c.path(n) for n in ("hostname", "hosts", "resolv.conf")},
-                                        rootless=(os.getuid(), os.getgid()) if os.geteuid() else None,
-                                        netns=self.net.netns if self.net else None)
-        oci_spec.check(config)
-        os.makedirs(self.c.path("bundle"), exist_ok=True)
-        write_json(self.c.path("bundle", "config.json"), config, durable=False)
-        return config
-
     def _spec(self, status_fd: int) -> dict[str, Any]:
         """The bundle's config and what the init needs of this runtime besides."""
         assert self.bundle is not None
@@ -225,21 +208,6 @@ class Supervisor:
             if size:
                 self.bundle["process"]["consoleSize"] = {"height": size[0], "width": size[1]}
         return spec
-
-    def _write_etc(self) -> None:
-        """The files bind-mounted into /etc, and the init layer: a lower between the image and the
-        upper that holds their mountpoints (and /proc, /sys, /dev), so that mounting them never writes
-        into the container's own layer, and diff and commit show only what the command did."""
-        init = self.c.path("init")
-        for d in ("etc", "proc", "sys", "dev"):
-            os.makedirs(os.path.join(init, d), mode=0o755, exist_ok=True)
-        for name in ("hostname", "hosts", "resolv.conf"):
-            open(os.path.join(init, "etc", name), "a").close()
-        hostname = self.config["Config"]["Hostname"]
-        with open(self.c.path("hostname"), "w") as f:
-            f.write(hostname + "\n")
-        assert self.net is not None
-        self.net.write_etc(hostname, self.c.path("hosts"), self.c.path("resolv.conf"))
 
     def _ready(self, message: str) -> None:
         """Tell a waiting ``strata run -d`` / ``start`` how the start went (once)."""
