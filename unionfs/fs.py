@@ -85,7 +85,6 @@ class UnionFS(pyfuse3.Operations):
                  gids: owners.IdMap | None = None, fsync: bool = True, passthrough: bool = False) -> None:
         super().__init__()
         self.enable_passthrough = int(passthrough)  # max_stack_depth 1; needs OPEN: no no_open then
-        self.passthrough = Passthrough(pyfuse3.passthrough_fd) if passthrough else None
         self.enable_no_open = no_open and not passthrough  # open answers ENOSYS; writes copy up then
         if raw and (upper is not None or len(lowers) != 1):
             raise ValueError("raw shows one layer, read-only: one lowerdir and no upperdir")
@@ -96,6 +95,7 @@ class UnionFS(pyfuse3.Operations):
         self.volatile = volatile or not fsync  # fsync and fsyncdir do nothing (overlayfs's volatile, fsync=0)
         self.fds = FdCache(self.layers, fd_cache)
         self.inodes = InodeTable(self.layers, self.fds.relinked)
+        self.passthrough = Passthrough(pyfuse3.passthrough_fd, self.inodes.stat) if passthrough else None
         self.root = self.inodes.root
         self.nodes = self.inodes.nodes
         self.listings = Listings(self.layers, self.inodes)

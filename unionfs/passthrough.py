@@ -13,6 +13,9 @@ the initial user namespace (EPERM otherwise: passthrough goes off for the mount)
 a stacked filesystem (ELOOP, for a lower on overlayfs: that node is opened without one).
 
 Caveats:
+  - A setuid file (setgid and group-executable: what a write by a caller without CAP_FSETID drops)
+    is opened through the page cache; made so while open through a backing file (a chmod), it keeps
+    the bits through that open's writes.
   - A lower file open through its backing file cannot change backing while it stays open: an open
     for writing (which copies it up) fails with ETXTBSY until those opens are closed, and a read-only
     open after a copy-up made by a chmod, truncate or the like reads the lower data as they do.
@@ -32,6 +35,7 @@ import pyfuse3
 
 from .errors import oserror
 from .inodes import Node
+from .upper import without_suidgid
 
 # linux/fuse.h: _IOW(229, 1, struct fuse_backing_map {int32 fd; uint32 flags; uint64 padding}) and
 # _IOW(229, 2, uint32_t)
@@ -74,8 +78,9 @@ class Passthrough:
     """The backing files of a mount that asked for FUSE_PASSTHROUGH; ``dev_fd()`` is the session's
     /dev/fuse fd, or -1 where the kernel did not take the flag (``pyfuse3.passthrough_fd``)."""
 
-    def __init__(self, dev_fd: Callable[[], int]) -> None:
+    def __init__(self, dev_fd: Callable[[], int], stat: Callable[[Node], os.stat_result]) -> None:
         self._dev_fd = dev_fd
+        self._stat = stat  # a node's attributes as the mount shows them (from its fd)
         self.dev_fd: int | None = None  # asked at the first open: the kernel has answered INIT then
         self.on = True  # until the kernel refuses us (-1: it did not take the flag; EPERM)
         self.opens: dict[int, _Opens] = {}
@@ -101,8 +106,11 @@ class Passthrough:
         if self.dev_fd is None:
             self.dev_fd = self._dev_fd()
             self.on = self.dev_fd >= 0
-        backing = self._register(fd) if self.on else 0
-        self.opens[node.ino] = _Opens(1, backing, _identity(fd))
+        st = self._stat(node)  # (from fd, which the node has now)
+        # a write by a caller without CAP_FSETID must drop setuid/setgid, which only a WRITE
+        # reaching the daemon says (FUSE_HANDLE_KILLPRIV_V2): such files go through the page cache
+        backing = self._register(fd) if self.on and without_suidgid(st.st_mode) is None else 0
+        self.opens[node.ino] = _Opens(1, backing, (st.st_dev, st.st_ino))
         if backing:
             self.paged.add(node.ino)
         return self._info(node.ino, backing)
