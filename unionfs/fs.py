@@ -4,15 +4,15 @@ little glue between them (entries, names, the read-only check). What they stand 
 ``listing`` (readdir's listings), ``upper`` (markers, owners, setuid bits), ``copyup`` (copies and
 their scheduling), ``rename`` (names moving and going: renameat2's flags), ``layers`` (resolution).
 
-Files: a file handle is the file's inode number (see ``fdcache``). On our pyfuse3 (``NO_OPEN``) open
-answers ENOSYS, after which the kernel sends no OPEN and no RELEASE for files, and a lower file is
-copied up by its first write, truncation or other change rather than by an open for writing.
+Files: a file handle is the file's inode number (see ``fdcache``). As root on our pyfuse3 an open
+file is read and written by the kernel through a backing file (``passthrough``); else (``NO_OPEN``)
+open answers ENOSYS, no OPEN or RELEASE comes, and a lower file is copied up by its first change.
 
 Caveats:
   - Renaming or exchanging a directory that exists in a lower layer gives EXDEV (see ``rename``).
   - Copying up one name of a hard-linked lower file breaks that link on disk (kernel overlayfs without
     ``index`` does the same); this mount keeps showing one inode until it is unmounted.
-  - Reads and writes run on the trio loop (page-cache speed); copy-ups over 1 MiB, or whose data is
+  - Reads and writes (without passthrough) run on the trio loop; copy-ups over 1 MiB, or whose data is
     not all in the page cache (or must be fsynced: see ``journal``), and fsync run in worker threads
     (the journal's syncfs in a thread of its own). A read that must wait for the disk holds up other
     requests meanwhile.

@@ -140,11 +140,9 @@ class Passthrough:
     def _register(self, fd: int) -> int:
         try:
             return int(fcntl.ioctl(self.dev_fd or -1, BACKING_OPEN, bytearray(struct.pack("=iIQ", fd, 0, 0))))
-        except OSError as e:
+        except OSError as e:  # ELOOP (a stacked filesystem), EMFILE...: this open goes through the page cache
             if e.errno == errno.EPERM:
                 self.on = False  # not ours to have: every open goes through the page cache from now
-            elif e.errno not in (errno.ELOOP, errno.EINVAL, errno.EBADF, errno.EOPNOTSUPP):
-                raise oserror(e.errno or errno.EIO) from None
             return 0
 
     def _close(self, backing: int) -> None:
