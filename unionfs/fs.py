@@ -401,7 +401,7 @@ class UnionFS(pyfuse3.Operations):
                 os.ftruncate(self._fd(node, write=True), 0)
         if self.passthrough is None:
             return pyfuse3.FileInfo(fh=inode, keep_cache=True)
-        return self.passthrough.file_info(node, self._fd(node, write=write), write)  # see ``passthrough``
+        return self.passthrough.file_info(node, self._fd(node, write=write))  # see ``passthrough``
 
     @fuse_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -578,7 +578,7 @@ class UnionFS(pyfuse3.Operations):
         node, st = await self._new_file(parent_inode, name, mode, ctx)
         if self.passthrough is None:
             return pyfuse3.FileInfo(fh=node.ino, keep_cache=True), self._attr(st, node.ino)
-        return self.passthrough.file_info(node, node.fd, True), self._attr(st, node.ino)
+        return self.passthrough.file_info(node, node.fd), self._attr(st, node.ino)
 
     async def _new_file(self, parent_inode: int, name: bytes, mode: int,
                         ctx: pyfuse3.RequestContext) -> tuple[Node, os.stat_result]:

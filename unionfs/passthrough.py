@@ -84,7 +84,9 @@ class Passthrough:
         self.dev_fd: int | None = None  # asked at the first open: the kernel has answered INIT then
         self.on = True  # until the kernel refuses us (-1: it did not take the flag; EPERM)
         self.opens: dict[int, _Opens] = {}
-        self.paged: set[int] = set()  # nodes written through a backing file: their cached pages are stale
+        # once a file has been read or written around the FUSE page cache, what that cache holds
+        # of it may be stale: a later page-cache open (a refused backing file) must not keep it
+        self.registered = False
 
     def check_write(self, node: Node, upper: int | None, upper_fd: Callable[[], int]) -> None:
         """Before an open of ``node`` for writing copies it up or truncates it: ETXTBSY if its open
@@ -95,7 +97,7 @@ class Passthrough:
             if node.layer != upper or _identity(upper_fd()) != opens.identity:
                 raise oserror(errno.ETXTBSY, node.name)
 
-    def file_info(self, node: Node, fd: int, write: bool) -> pyfuse3.FileInfo:
+    def file_info(self, node: Node, fd: int) -> pyfuse3.FileInfo:
         """The answer to an open of ``node`` (``fd``: the file it shows now, which an open for
         writing writes, checked by ``check_write``): with a backing id, or through the page cache.
         Each open answered must be ``released``."""
@@ -111,21 +113,13 @@ class Passthrough:
         # reaching the daemon says (FUSE_HANDLE_KILLPRIV_V2): such files go through the page cache
         backing = self._register(fd) if self.on and without_suidgid(st.st_mode) is None else 0
         self.opens[node.ino] = _Opens(1, backing, (st.st_dev, st.st_ino))
-        if backing:
-            self.paged.add(node.ino)
         return self._info(node.ino, backing)
 
     def _info(self, ino: int, backing: int) -> pyfuse3.FileInfo:
         if backing:
+            self.registered = True
             return pyfuse3.FileInfo(fh=ino, keep_cache=False, backing_id=backing)
-        return pyfuse3.FileInfo(fh=ino, keep_cache=self.keep_cache(ino))
-
-    def keep_cache(self, ino: int) -> bool:
-        """May a page-cache open of ``ino`` keep the pages the kernel has (none were bypassed)?"""
-        if ino in self.paged:
-            self.paged.discard(ino)
-            return False
-        return True
+        return pyfuse3.FileInfo(fh=ino, keep_cache=not self.registered)
 
     def released(self, ino: int) -> None:
         opens = self.opens.get(ino)
