@@ -17,6 +17,8 @@ import pytest
 from unionfs_support import REPO, is_mounted, make_layer, mounted
 
 from unionfs import passthrough
+from unionfs.errors import UnionError
+from unionfs.options import parse_options
 
 BIG = 3 * 1024 * 1024 + 17
 
@@ -187,3 +189,30 @@ def test_opens_of_an_upper_file_share_one_backing_file(union):
         os.close(writer)
     with open(path, "rb") as f:
         assert f.read() == b"onetwo"
+
+
+def test_passthrough_0_keeps_the_no_open_path(tmp_path):
+    """``-o passthrough=0`` mounts as rootless strata does, even as root: the kernel sends no OPEN,
+    so an open for writing copies nothing up until the first write. Without it (passthrough) the
+    open copies up."""
+    lower = make_layer(str(tmp_path / "lower"), {"f": "lower content\n", "g": "g"})
+    upper, work, point = (tmp_path / n for n in ("upper", "work", "mnt"))
+    for d in (upper, work, point):
+        d.mkdir()
+    for extra, name in ((",passthrough=0", "f"), ("", "g")):
+        with mounted(str(point), [lower], str(upper), str(work), extra=extra):
+            fd = os.open(point / name, os.O_RDWR)
+            try:
+                assert (upper / name).exists() == (extra == "")
+                os.pwrite(fd, b"W", 0)
+            finally:
+                os.close(fd)
+    assert (upper / "f").read_bytes() == b"Wower content\n" and (upper / "g").read_bytes() == b"W"
+
+
+def test_the_passthrough_option_takes_0_or_1():
+    assert parse_options(["lowerdir=/,passthrough=0"]).passthrough is False
+    assert parse_options(["lowerdir=/,passthrough=1"]).passthrough is True
+    assert parse_options(["lowerdir=/"]).passthrough is True
+    with pytest.raises(UnionError, match="passthrough=2: 0"):
+        parse_options(["lowerdir=/,passthrough=2"])
