@@ -120,7 +120,7 @@ class Union:
         elif kind == "fuse-overlayfs":
             self.cmd = ["fuse-overlayfs", "-o", opts, self.merged]
         else:
-            extra = ",volatile" if kind == "strata volatile" else ""
+            extra = {"strata volatile": ",volatile", "strata no-passthrough": ",passthrough=0"}.get(kind, "")
             self.cmd = [sys.executable, "-m", "unionfs", "-o", opts + extra, self.merged]
 
     def mount(self) -> None:
@@ -248,11 +248,14 @@ WORKLOADS: dict[str, tuple[Callable[[str], None], str, int]] = {
     "create+delete 5000": (create_delete, "", 1),
     "rm -rf lower /usr/share": (rm_rf, "usr/share", 1),
 }
-KINDS = ["kernel", "fuse-overlayfs", "strata", "strata volatile"]
+KINDS = ["kernel", "fuse-overlayfs", "strata", "strata no-passthrough", "strata volatile"]
 # Kernel overlayfs fsyncs a copy-up before renaming it into place; strata notes it in its journal
 # (a power cut cannot lose it) and syncs the upper later; fuse-overlayfs (1.10, as packaged) does
 # neither. ``-o volatile`` is strata with neither: the writing workloads run once more that way, to
 # compare like with like.
+# As root strata reads and writes open files through FUSE passthrough, which needs the kernel's OPEN;
+# ``-o passthrough=0`` is the path it takes otherwise (rootless): no OPEN at all, the daemon reads and
+# writes. Both run, to weigh one against the other.
 WRITING = {"append 64 MiB lower (copy-up)", "chmod+touch 1000 lower", "untar 10k small files", "create+delete 5000",
            "rm -rf lower /usr/share"}
 
@@ -350,21 +353,23 @@ def main() -> None:
                 shutil.rmtree(base, ignore_errors=True)
             floors.append(interpreter_floor())
     labels = list(dict.fromkeys(label for label, _ in results))
-    print(f"{'workload':<36}{'kernel s':>10}{'fuse-ovl x':>12}{'strata x':>10}{'volatile x':>12}"
+    print(f"{'workload':<36}{'kernel s':>10}{'fuse-ovl x':>12}{'strata x':>10}{'no-pt x':>10}{'volatile x':>12}"
           f"   strata/fuse-ovl, each run")
     for label in labels:
         k = statistics.median(results[(label, "kernel")])
         f = statistics.median(results[(label, "fuse-overlayfs")]) / k
         s = statistics.median(results[(label, "strata")]) / k
+        n = statistics.median(results[(label, "strata no-passthrough")]) / k
         v = results.get((label, "strata volatile"))
         volatile = f"{statistics.median(v) / k:>11.2f}x" if v else f"{'-':>12}"
-        print(f"{label:<36}{k:>10.3f}{f:>11.2f}x{s:>9.2f}x{volatile}   "
+        print(f"{label:<36}{k:>10.3f}{f:>11.2f}x{s:>9.2f}x{n:>9.2f}x{volatile}   "
               f"{pairwise(results[(label, 'strata')], results[(label, 'fuse-overlayfs')])}")
     for what, times in (("mount latency", mount_times), ("mount, until it answers", answer_times),
                         ("unmount latency", umount_times)):
         k = statistics.median(times["kernel"])
         print(f"{what:<36}{k:>10.3f}{statistics.median(times['fuse-overlayfs']) / k:>11.2f}x"
-              f"{statistics.median(times['strata']) / k:>9.2f}x{'':>12}   "
+              f"{statistics.median(times['strata']) / k:>9.2f}x"
+              f"{statistics.median(times['strata no-passthrough']) / k:>9.2f}x{'':>12}   "
               f"{pairwise(times['strata'], times['fuse-overlayfs'])}")
     # strata's column above is ``python -m unionfs`` (an interpreter and its imports); the runner forks
     # a daemon from a process that has them already. The last two rows are what any Python command
@@ -374,7 +379,7 @@ def main() -> None:
                         ("mount, forked: until it answers", [f[1] for f in forked]),
                         ("floor: python -c pass", [f[0] for f in floors]),
                         ("floor: python, import trio+pyfuse3", [f[1] for f in floors])):
-        print(f"{what:<36}{kernel:>10.3f}{'-':>12}{statistics.median(times) / kernel:>9.2f}x")
+        print(f"{what:<36}{kernel:>10.3f}{'-':>12}{statistics.median(times) / kernel:>9.2f}x{'-':>10}")
 
 
 if __name__ == "__main__":

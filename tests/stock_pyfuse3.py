@@ -105,10 +105,17 @@ class Features:
     no_open: bool  # 0003: no OPEN and no RELEASE for files (unionfs.fs.NO_OPEN)
     killpriv_v2: bool  # 0004: FUSE_HANDLE_KILLPRIV_V2 can be asked for
     fallocate: bool  # 0005: FALLOCATE reaches the filesystem
+    passthrough: bool  # 0006: FUSE_PASSTHROUGH can be asked for (unionfs.fs.PASSTHROUGH)
+
+    @property
+    def opens(self) -> bool:
+        """Does the kernel send OPEN to a daemon run as root on it: on a stock pyfuse3, and where
+        unionfs asks for passthrough, which needs it (else no_open spares it)."""
+        return not self.no_open or self.passthrough
 
     @property
     def patched(self) -> bool:
-        return any((self.dir_cache, self.poll_loop, self.no_open, self.killpriv_v2, self.fallocate))
+        return any((self.dir_cache, self.poll_loop, self.no_open, self.killpriv_v2, self.fallocate, self.passthrough))
 
 
 _REPORT = """\
@@ -117,7 +124,7 @@ from unionfs import fs
 print(json.dumps({"version": importlib.metadata.version("pyfuse3"), "dir_cache": fs.DIR_CACHE,
                   "poll_loop": hasattr(pyfuse3, "_poll_loop_usable"), "no_open": fs.NO_OPEN,
                   "killpriv_v2": hasattr(pyfuse3, "handles_killpriv_v2"),
-                  "fallocate": hasattr(pyfuse3.Operations, "fallocate")}))
+                  "fallocate": hasattr(pyfuse3.Operations, "fallocate"), "passthrough": fs.PASSTHROUGH}))
 """
 
 

@@ -4,15 +4,15 @@ little glue between them (entries, names, the read-only check). What they stand 
 ``listing`` (readdir's listings), ``upper`` (markers, owners, setuid bits), ``copyup`` (copies and
 their scheduling), ``rename`` (names moving and going: renameat2's flags), ``layers`` (resolution).
 
-Files: a file handle is the file's inode number (see ``fdcache``). On our pyfuse3 (``NO_OPEN``) open
-answers ENOSYS, after which the kernel sends no OPEN and no RELEASE for files, and a lower file is
-copied up by its first write, truncation or other change rather than by an open for writing.
+Files: a file handle is the file's inode number (see ``fdcache``). As root on our pyfuse3 an open
+file is read and written by the kernel through a backing file (``passthrough``); else (``NO_OPEN``)
+open answers ENOSYS, no OPEN or RELEASE comes, and a lower file is copied up by its first change.
 
 Caveats:
   - Renaming or exchanging a directory that exists in a lower layer gives EXDEV (see ``rename``).
   - Copying up one name of a hard-linked lower file breaks that link on disk (kernel overlayfs without
     ``index`` does the same); this mount keeps showing one inode until it is unmounted.
-  - Reads and writes run on the trio loop (page-cache speed); copy-ups over 1 MiB, or whose data is
+  - Reads and writes (without passthrough) run on the trio loop; copy-ups over 1 MiB, or whose data is
     not all in the page cache (or must be fsynced: see ``journal``), and fsync run in worker threads
     (the journal's syncfs in a thread of its own). A read that must wait for the disk holds up other
     requests meanwhile.
@@ -38,6 +38,7 @@ from .inodes import InodeTable, Node
 from .journal import flush_delay
 from .layers import LayerSet, Resolved, join
 from .listing import DOTS, Listings
+from .passthrough import Passthrough
 from .rename import Renames
 from .upper import Upper, without_suidgid
 
@@ -45,7 +46,7 @@ _WRITE = os.O_WRONLY | os.O_RDWR
 _HOLES = 0x02 | 0x10  # FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE: data below may go
 _INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.")
 
-__all__ = ["DIR_CACHE", "FD_CACHE", "NO_OPEN", "UnionFS"]
+__all__ = ["DIR_CACHE", "FD_CACHE", "NO_OPEN", "PASSTHROUGH", "UnionFS"]
 
 
 def _name(raw: bytes) -> str:
@@ -58,6 +59,8 @@ def _name(raw: bytes) -> str:
 DIR_CACHE = hasattr(pyfuse3.FileInfo(), "cache_readdir")
 # And one that lets open answer ENOSYS (our 0003) spares the kernel's OPEN and RELEASE.
 NO_OPEN = hasattr(pyfuse3.Operations, "enable_no_open")
+# And one that can ask for FUSE_PASSTHROUGH (our 0006): opens read and written by the kernel itself.
+PASSTHROUGH = hasattr(pyfuse3, "passthrough_fd")
 
 
 def _read_only(node: Node) -> None:
@@ -79,9 +82,10 @@ class UnionFS(pyfuse3.Operations):
     def __init__(self, lowers: Sequence[str], upper: str | None = None, work: str | None = None,
                  volatile: bool = False, no_open: bool = False, fd_cache: int = FD_CACHE,
                  owners_xattr: bool = False, raw: bool = False, uids: owners.IdMap | None = None,
-                 gids: owners.IdMap | None = None, fsync: bool = True) -> None:
+                 gids: owners.IdMap | None = None, fsync: bool = True, passthrough: bool = False) -> None:
         super().__init__()
-        self.enable_no_open = no_open  # open answers ENOSYS; writes copy up when they come
+        self.enable_passthrough = int(passthrough)  # max_stack_depth 1; needs OPEN: no no_open then
+        self.enable_no_open = no_open and not passthrough  # open answers ENOSYS; writes copy up then
         if raw and (upper is not None or len(lowers) != 1):
             raise ValueError("raw shows one layer, read-only: one lowerdir and no upperdir")
         self.layers = LayerSet(upper, list(lowers), owners_xattr, raw, uids, gids)  # see ``owners``, ``LayerSet``
@@ -91,6 +95,7 @@ class UnionFS(pyfuse3.Operations):
         self.volatile = volatile or not fsync  # fsync and fsyncdir do nothing (overlayfs's volatile, fsync=0)
         self.fds = FdCache(self.layers, fd_cache)
         self.inodes = InodeTable(self.layers, self.fds.relinked)
+        self.passthrough = Passthrough(pyfuse3.passthrough_fd, self.inodes.stat) if passthrough else None
         self.root = self.inodes.root
         self.nodes = self.inodes.nodes
         self.listings = Listings(self.layers, self.inodes)
@@ -387,11 +392,16 @@ class UnionFS(pyfuse3.Operations):
             # computes O_APPEND offsets; a lower file is copied up at its first write.
             raise oserror(errno.ENOSYS)
         node = self._node(inode)
-        if flags & _WRITE or flags & os.O_TRUNC:
+        write = bool(flags & _WRITE or flags & os.O_TRUNC)
+        if write:
+            if self.passthrough is not None:  # it must not clash with a lower file's open backing
+                self.passthrough.check_write(node, self.upper, lambda: self._fd(node, write=True))
             await self._copy_up(node, data=not flags & os.O_TRUNC)
             if flags & os.O_TRUNC:
                 os.ftruncate(self._fd(node, write=True), 0)
-        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+        if self.passthrough is None:
+            return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+        return self.passthrough.file_info(node, self._fd(node, write=write))  # see ``passthrough``
 
     @fuse_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -438,7 +448,8 @@ class UnionFS(pyfuse3.Operations):
 
     @fuse_boundary
     async def release(self, fh: int) -> None:
-        pass  # the fd stays with the node (see _fd)
+        if self.passthrough is not None:  # (the fd stays with the node: see _fd)
+            self.passthrough.released(fh)
 
     @fuse_boundary
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -565,7 +576,9 @@ class UnionFS(pyfuse3.Operations):
             # It still knows the opener created the file (FMODE_CREATED): no permission check.
             raise oserror(errno.ENOSYS)
         node, st = await self._new_file(parent_inode, name, mode, ctx)
-        return pyfuse3.FileInfo(fh=node.ino, keep_cache=True), self._attr(st, node.ino)
+        if self.passthrough is None:
+            return pyfuse3.FileInfo(fh=node.ino, keep_cache=True), self._attr(st, node.ino)
+        return self.passthrough.file_info(node, node.fd), self._attr(st, node.ino)
 
     async def _new_file(self, parent_inode: int, name: bytes, mode: int,
                         ctx: pyfuse3.RequestContext) -> tuple[Node, os.stat_result]:

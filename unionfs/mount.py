@@ -33,9 +33,9 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-from . import mountinfo
+from . import mountinfo, passthrough
 from .errors import UnionError
-from .fs import FD_CACHE, NO_OPEN, UnionFS
+from .fs import FD_CACHE, NO_OPEN, PASSTHROUGH, UnionFS
 from .options import FUSE_OPTIONS, VOLATILE_MARK, Options, parse_options
 
 log = logging.getLogger("unionfs")
@@ -101,7 +101,8 @@ def mount_union(opts: Options, mountpoint: str, ready_fd: int | None,
             enter()
         target = os.path.realpath(mountpoint)
         fs = UnionFS(opts.lowers, opts.upper, opts.work, opts.volatile, no_open=NO_OPEN, fd_cache=_fd_budget(),
-                     owners_xattr=opts.owners_xattr, raw=opts.raw, uids=opts.uids, gids=opts.gids, fsync=opts.fsync)
+                     owners_xattr=opts.owners_xattr, raw=opts.raw, uids=opts.uids, gids=opts.gids, fsync=opts.fsync,
+                     passthrough=opts.passthrough and PASSTHROUGH and passthrough.usable())
         if mark:
             os.makedirs(mark)
         pyfuse3.init(fs, mountpoint, _mount_options(opts))
@@ -238,7 +239,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m unionfs") -> 
     parser.add_argument("-u", dest="unmount", action="store_true",
                         help="unmount MOUNTPOINT and wait for its daemon to exit")
     parser.add_argument("-o", dest="options", action="append", default=[],
-                        help="lowerdir=L1:L2,upperdir=U,workdir=W[,volatile,fsync=0,xattr_permissions=2,raw,"
+                        help="lowerdir=L1:L2,upperdir=U,workdir=W[,volatile,fsync=0,passthrough=0,xattr_permissions=2,raw,"
                         "uidmapping=C:H:N[:...],gidmapping=...,log=FILE]; of FUSE's: " + ",".join(FUSE_OPTIONS))
     parser.add_argument("-f", dest="foreground", action="store_true", help="stay in the foreground")
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)

@@ -1,0 +1,218 @@
+"""FUSE passthrough (``unionfs/passthrough.py``, pyfuse3 0006): as root on our pyfuse3 an open file is
+read and written by the kernel through a backing file, and no READ or WRITE reaches the daemon; where
+the kernel or the privileges refuse, the same opens go through the daemon and read and write the same.
+
+Each union here is served in a child process that counts the daemon's read and write handler calls
+(as test_unionfs_mount's killpriv test counts getattrs) while it works through the mount."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from unionfs_support import REPO, is_mounted, make_layer, mounted
+
+from unionfs import passthrough
+from unionfs.errors import UnionError
+from unionfs.options import parse_options
+
+BIG = 3 * 1024 * 1024 + 17
+
+# The child: mounts a union of LOWER (+ UPPER, WORK) at POINT as ``python -m unionfs`` would as root
+# (passthrough asked for where ``passthrough.usable()``), then reads a big lower file, writes a new
+# file, appends to a lower file and reads both back, and prints what the daemon's handlers saw.
+_CHILD = """\
+import json, os, sys, trio, pyfuse3
+from unionfs import passthrough
+from unionfs.fs import UnionFS
+lower, upper, work, point, how = sys.argv[1:]
+if how == "other-libfuse":  # as on a libfuse 0004's hooks were not written for: none installed
+    pyfuse3._killpriv_v2_libfuse = lambda version: False
+fs = UnionFS([lower], upper, work, no_open=True, passthrough=passthrough.usable())
+calls = {"read": 0, "write": 0}
+def counted(name):
+    handler = getattr(fs, name)
+    async def count(*args):
+        calls[name] += 1
+        return await handler(*args)
+    return count
+fs.read, fs.write = counted("read"), counted("write")
+pyfuse3.init(fs, point, ["fsname=strata-test"])
+def work_through():
+    with open(os.path.join(point, "big"), "rb") as f:
+        big = f.read()
+    with open(os.path.join(point, "new"), "wb") as f:
+        f.write(b"N" * 300000)
+    with open(os.path.join(point, "small"), "ab") as f:
+        f.write(b"+appended")
+    with open(os.path.join(point, "new"), "rb") as f:
+        new = f.read()
+    with open(os.path.join(point, "small"), "rb") as f:
+        small = f.read()
+    return {"big": big == b"L" * BIG_SIZE, "new": new == b"N" * 300000, "small": small.decode(),
+            "stat": os.stat(os.path.join(point, "new")).st_size}
+async def main():
+    async with trio.open_nursery() as n:
+        n.start_soon(pyfuse3.main)
+        await fs.initialised.wait()
+        seen = await trio.to_thread.run_sync(work_through)
+        seen.update(calls, kernel=pyfuse3.passthrough_fd() >= 0, asked=fs.passthrough is not None,
+                    on=fs.passthrough is not None and fs.passthrough.on)
+        print(json.dumps(seen))
+        pyfuse3.terminate()
+try:
+    trio.run(main)
+finally:
+    pyfuse3.close(unmount=True)
+""".replace("BIG_SIZE", str(BIG))
+
+
+def _serve(tmp_path, how: str, lower: str | None = None, prefix: tuple[str, ...] = (),
+           child: str = _CHILD) -> dict[str, object]:
+    lower = lower or make_layer(str(tmp_path / "l"), {"big": b"L" * BIG, "small": "lower"})
+    upper, work, point = (tmp_path / n for n in ("u", "w", "mnt"))
+    for d in (upper, work, point):
+        d.mkdir()
+    done = subprocess.run([*prefix, sys.executable, "-c", child, lower, str(upper), str(work), str(point), how],
+                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not is_mounted(str(point))
+    assert (upper / "new").read_bytes() == b"N" * 300000 and (upper / "small").read_text() == "lower+appended"
+    seen: dict[str, object] = json.loads(done.stdout)
+    assert seen["big"] and seen["new"] and seen["small"] == "lower+appended" and seen["stat"] == 300000
+    return seen
+
+
+def test_as_root_reads_and_writes_of_open_files_never_reach_the_daemon(tmp_path):
+    """The kernel took FUSE_PASSTHROUGH, and a 3 MiB read, a 300 KB write, an append to a copied-up
+    lower file and the reads back cost the daemon no READ and no WRITE."""
+    assert passthrough.usable()  # root in the initial user namespace, on Linux >= 6.9
+    seen = _serve(tmp_path, "root")
+    assert seen["kernel"] and seen["on"]
+    assert (seen["read"], seen["write"]) == (0, 0)
+
+
+def test_on_a_libfuse_the_hooks_were_not_written_for_the_daemon_reads_and_writes(tmp_path):
+    """0006 rides 0004's hooks: where they are not installed the kernel is never asked, and every open
+    goes through the page cache and the daemon, correctly."""
+    seen = _serve(tmp_path, "other-libfuse")
+    assert seen["asked"] and not seen["kernel"] and not seen["on"]
+    assert seen["read"] > 0 and seen["write"] > 0
+
+
+@pytest.mark.parametrize("forced", [False, True])
+def test_without_cap_sys_admin_in_the_initial_namespace_the_daemon_reads_and_writes(tmp_path, forced):
+    """Root in a user namespace of its own (a rootless mount's position): passthrough is not asked
+    for, and the kernel's OPEN is spared as before (no_open). Asked for anyway (``forced``), the
+    kernel takes the INIT flag but refuses each backing file (EPERM): passthrough goes off for the
+    mount, and the opens go through the page cache."""
+    child = _CHILD.replace("from unionfs.fs import", "passthrough.usable = lambda: True\nfrom unionfs.fs import", 1) \
+        if forced else _CHILD
+    seen = _serve(tmp_path, "userns", prefix=("unshare", "-Urm", "--propagation", "private"), child=child)
+    assert not seen["on"]
+    assert seen["asked"] == seen["kernel"] == forced
+    assert seen["read"] > 0 and seen["write"] > 0
+
+
+def test_a_lower_on_a_stacked_filesystem_is_read_through_the_daemon(tmp_path):
+    """A backing file on overlayfs is refused (ELOOP: the mount offers max_stack_depth 1): that file
+    is opened through the page cache and read by the daemon, while the upper's files still pass
+    through."""
+    a, b = make_layer(str(tmp_path / "a"), {"big": b"L" * BIG, "small": "lower"}), make_layer(str(tmp_path / "b"), {})
+    stacked = tmp_path / "stacked"
+    stacked.mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={a}:{b}", str(stacked)], check=True)
+    try:
+        seen = _serve(tmp_path, "root", lower=str(stacked))
+    finally:
+        subprocess.run(["umount", str(stacked)], check=True)
+    assert seen["kernel"] and seen["on"]
+    assert seen["read"] > 0  # the lower file, through the daemon
+    assert seen["write"] == 0  # the new file and the copy-up, passed through
+
+
+@pytest.fixture
+def union(tmp_path):
+    lower = make_layer(str(tmp_path / "lower"), {"f": "lower content\n"})
+    upper, work, point = (tmp_path / n for n in ("upper", "work", "mnt"))
+    for d in (upper, work, point):
+        d.mkdir()
+    with mounted(str(point), [lower], str(upper), str(work)):
+        yield str(point)
+
+
+def test_a_lower_file_held_open_for_reading_cannot_be_opened_for_writing(union):
+    """The kernel reads it through the lower file while it is open, and takes no other backing file
+    for it until it is closed: an open for writing (a copy-up) fails with ETXTBSY meanwhile, and
+    succeeds once the readers are gone (the Caveats of unionfs/passthrough.py)."""
+    path = os.path.join(union, "f")
+    reader = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as refused:
+            os.open(path, os.O_WRONLY | os.O_TRUNC)
+        assert refused.value.errno == errno.ETXTBSY
+        assert os.pread(reader, 100, 0) == b"lower content\n"  # and nothing was truncated
+        second = os.open(path, os.O_RDONLY)  # another reader shares its backing file
+        assert os.pread(second, 5, 0) == b"lower"
+        os.close(second)
+    finally:
+        os.close(reader)
+    with open(path, "w") as f:
+        f.write("upper\n")
+    with open(path) as f:
+        assert f.read() == "upper\n"
+
+
+def test_opens_of_an_upper_file_share_one_backing_file(union):
+    """A writer and readers of one upper file at once, all through the one backing file: each sees
+    the others' writes, and sizes and times follow."""
+    path = os.path.join(union, "shared")
+    writer = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        reader = os.open(path, os.O_RDONLY)
+        try:
+            os.write(writer, b"one")
+            assert os.pread(reader, 10, 0) == b"one"
+            before = os.stat(path).st_mtime_ns
+            os.pwrite(writer, b"two", 3)
+            assert os.pread(reader, 10, 0) == b"onetwo"
+            after = os.stat(path)
+            assert after.st_size == 6 and after.st_mtime_ns >= before
+        finally:
+            os.close(reader)
+    finally:
+        os.close(writer)
+    with open(path, "rb") as f:
+        assert f.read() == b"onetwo"
+
+
+def test_passthrough_0_keeps_the_no_open_path(tmp_path):
+    """``-o passthrough=0`` mounts as rootless strata does, even as root: the kernel sends no OPEN,
+    so an open for writing copies nothing up until the first write. Without it (passthrough) the
+    open copies up."""
+    lower = make_layer(str(tmp_path / "lower"), {"f": "lower content\n", "g": "g"})
+    upper, work, point = (tmp_path / n for n in ("upper", "work", "mnt"))
+    for d in (upper, work, point):
+        d.mkdir()
+    for extra, name in ((",passthrough=0", "f"), ("", "g")):
+        with mounted(str(point), [lower], str(upper), str(work), extra=extra):
+            fd = os.open(point / name, os.O_RDWR)
+            try:
+                assert (upper / name).exists() == (extra == "")
+                os.pwrite(fd, b"W", 0)
+            finally:
+                os.close(fd)
+    assert (upper / "f").read_bytes() == b"Wower content\n" and (upper / "g").read_bytes() == b"W"
+
+
+def test_the_passthrough_option_takes_0_or_1():
+    assert parse_options(["lowerdir=/,passthrough=0"]).passthrough is False
+    assert parse_options(["lowerdir=/,passthrough=1"]).passthrough is True
+    assert parse_options(["lowerdir=/"]).passthrough is True
+    with pytest.raises(UnionError, match="passthrough=2: 0"):
+        parse_options(["lowerdir=/,passthrough=2"])

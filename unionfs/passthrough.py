@@ -1,0 +1,146 @@
+"""FUSE passthrough (Linux 6.9): the kernel reads, writes and maps an open file through a backing
+file of ours, and no READ or WRITE of it reaches the daemon. This module owns the backing ids
+registered on the session's /dev/fuse fd (ioctl FUSE_DEV_IOC_BACKING_OPEN and _CLOSE) and the
+kernel's rules for which open may have one (an open's answer); not the fds themselves (``fdcache``).
+
+The kernel's rules (fs/fuse/iomode.c, backing.c): an inode open through a backing file takes every
+other open of it through that same backing file, and an inode open without one (through the FUSE
+page cache) takes no backing file until its last close; otherwise the open fails with EIO. So the
+opens of a node go one way until the last RELEASE: the first open registers the node's file (the
+one its fd reads or writes now) and later ones share that id; the id is closed at the last RELEASE
+(the kernel keeps its own reference while the file is open). A backing file needs CAP_SYS_ADMIN in
+the initial user namespace (EPERM otherwise: passthrough goes off for the mount) and must not be on
+a stacked filesystem (ELOOP, for a lower on overlayfs: that node is opened without one).
+
+Caveats:
+  - A setuid file (setgid and group-executable: what a write by a caller without CAP_FSETID drops)
+    is opened through the page cache; made so while open through a backing file (a chmod), it keeps
+    the bits through that open's writes.
+  - A lower file open through its backing file cannot change backing while it stays open: an open
+    for writing (which copies it up) fails with ETXTBSY until those opens are closed, and a read-only
+    open after a copy-up made by a chmod, truncate or the like reads the lower data as they do.
+    Kernel overlayfs lets both through.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyfuse3
+
+from .errors import oserror
+from .inodes import Node
+from .upper import without_suidgid
+
+# linux/fuse.h: _IOW(229, 1, struct fuse_backing_map {int32 fd; uint32 flags; uint64 padding}) and
+# _IOW(229, 2, uint32_t)
+BACKING_OPEN = 0x4010E501
+BACKING_CLOSE = 0x4004E502
+_CAP_SYS_ADMIN = 21
+_FIRST = (6, 9)  # the first Linux with FUSE_PASSTHROUGH
+
+
+def usable() -> bool:
+    """May this process register backing files at all (it is asked before mounting, as the mount
+    then keeps the kernel's OPEN, which passthrough needs): CAP_SYS_ADMIN in the initial user
+    namespace, on a Linux that has FUSE_PASSTHROUGH. The kernel may still refuse (an LSM, a
+    kernel built without it): then the opens go through the page cache."""
+    try:
+        release = tuple(int(part) for part in os.uname().release.split(".")[:2])
+        with open("/proc/self/status") as f:
+            caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+        with open("/proc/self/uid_map") as f:
+            initial = f.read().split() == ["0", "0", "4294967295"]
+    except (OSError, ValueError, StopIteration):
+        return False
+    return release >= _FIRST and bool(caps & 1 << _CAP_SYS_ADMIN) and initial
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+@dataclass
+class _Opens:
+    """The opens of one node the kernel has not released yet, and the backing file they share."""
+    count: int
+    backing: int  # its id; 0: they go through the page cache
+    identity: tuple[int, int]  # (st_dev, st_ino) of the backing file
+
+
+class Passthrough:
+    """The backing files of a mount that asked for FUSE_PASSTHROUGH; ``dev_fd()`` is the session's
+    /dev/fuse fd, or -1 where the kernel did not take the flag (``pyfuse3.passthrough_fd``)."""
+
+    def __init__(self, dev_fd: Callable[[], int], stat: Callable[[Node], os.stat_result]) -> None:
+        self._dev_fd = dev_fd
+        self._stat = stat  # a node's attributes as the mount shows them (from its fd)
+        self.dev_fd: int | None = None  # asked at the first open: the kernel has answered INIT then
+        self.on = True  # until the kernel refuses us (-1: it did not take the flag; EPERM)
+        self.opens: dict[int, _Opens] = {}
+        # once a file has been read or written around the FUSE page cache, what that cache holds
+        # of it may be stale: a later page-cache open (a refused backing file) must not keep it
+        self.registered = False
+
+    def check_write(self, node: Node, upper: int | None, upper_fd: Callable[[], int]) -> None:
+        """Before an open of ``node`` for writing copies it up or truncates it: ETXTBSY if its open
+        backing file would not be the one written (a lower file's: see Caveats); ``upper_fd``
+        gives the upper file's fd."""
+        opens = self.opens.get(node.ino)
+        if opens is not None and opens.backing:
+            if node.layer != upper or _identity(upper_fd()) != opens.identity:
+                raise oserror(errno.ETXTBSY, node.name)
+
+    def file_info(self, node: Node, fd: int) -> pyfuse3.FileInfo:
+        """The answer to an open of ``node`` (``fd``: the file it shows now, which an open for
+        writing writes, checked by ``check_write``): with a backing id, or through the page cache.
+        Each open answered must be ``released``."""
+        opens = self.opens.get(node.ino)
+        if opens is not None:  # the kernel takes every open of it the same way (see above)
+            opens.count += 1
+            return self._info(node.ino, opens.backing)
+        if self.dev_fd is None:
+            self.dev_fd = self._dev_fd()
+            self.on = self.dev_fd >= 0
+        st = self._stat(node)  # (from fd, which the node has now)
+        # a write by a caller without CAP_FSETID must drop setuid/setgid, which only a WRITE
+        # reaching the daemon says (FUSE_HANDLE_KILLPRIV_V2): such files go through the page cache
+        backing = self._register(fd) if self.on and without_suidgid(st.st_mode) is None else 0
+        self.opens[node.ino] = _Opens(1, backing, (st.st_dev, st.st_ino))
+        return self._info(node.ino, backing)
+
+    def _info(self, ino: int, backing: int) -> pyfuse3.FileInfo:
+        if backing:
+            self.registered = True
+            return pyfuse3.FileInfo(fh=ino, keep_cache=False, backing_id=backing)
+        return pyfuse3.FileInfo(fh=ino, keep_cache=not self.registered)
+
+    def released(self, ino: int) -> None:
+        opens = self.opens.get(ino)
+        if opens is None:
+            return
+        opens.count -= 1
+        if opens.count <= 0:
+            del self.opens[ino]
+            if opens.backing:
+                self._close(opens.backing)
+
+    def _register(self, fd: int) -> int:
+        try:
+            return int(fcntl.ioctl(self.dev_fd or -1, BACKING_OPEN, bytearray(struct.pack("=iIQ", fd, 0, 0))))
+        except OSError as e:  # ELOOP (a stacked filesystem), EMFILE...: this open goes through the page cache
+            if e.errno == errno.EPERM:
+                self.on = False  # not ours to have: every open goes through the page cache from now
+            return 0
+
+    def _close(self, backing: int) -> None:
+        try:
+            fcntl.ioctl(self.dev_fd or -1, BACKING_CLOSE, bytearray(struct.pack("=I", backing)))
+        except OSError:
+            pass  # the connection is going (the kernel drops every id with it)
