@@ -7,6 +7,7 @@ and say what the full command line says. Real containers, as in test_oci_runtime
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import signal
 import subprocess
@@ -140,3 +141,59 @@ def test_signals_are_spelled_as_the_signal_module_spells_them():
 ])
 def test_the_state_document_is_spelled_as_json_dumps_spells_it(doc):
     assert statedir.to_json(doc) == json.dumps(doc, indent=2)
+
+
+def test_a_seccomp_program_is_generated_once_and_then_read_from_the_cache(tmp_path, root, bundle):
+    """Containers with one profile (mkdir: EPERM): the first create writes the program under
+    <root>/@seccomp and the next read it (a program planted there for this profile is what the
+    container gets: it is read, not generated); a file that does not match (garbage, another
+    profile's) is never used but written again."""
+    from runner import seccomp
+    from runner.oci import filters
+
+    profile = {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+               "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}
+    cache = os.path.join(root, filters.DIRECTORY)
+    for n, spoil in enumerate((None, "planted", None, b"garbage", "other")):
+        cid = f"s{n}"
+        b = bundle(["sh", "-c", "mkdir /tmp/x 2>&1; echo rc=$?"], cid=cid)
+        config = json.loads(open(os.path.join(b, "config.json")).read())
+        config["linux"]["seccomp"] = profile
+        with open(os.path.join(b, "config.json"), "w") as f:
+            json.dump(config, f)
+        files = os.listdir(cache) if os.path.isdir(cache) else []
+        if spoil == "planted":  # the program of a profile that allows everything, under this one's key
+            allow = seccomp.prepare({"defaultAction": "SCMP_ACT_ALLOW"}).program
+            with open(os.path.join(cache, files[0]), "wb") as f:
+                f.write(marshal.dumps((json.dumps(profile, sort_keys=True), allow, 0, filters._generator(),
+                                       filters._library())))
+        elif spoil == b"garbage":
+            open(os.path.join(cache, files[0]), "wb").write(spoil)
+        elif spoil == "other":  # a valid entry, but for another profile, under this profile's name
+            other = {**profile, "defaultAction": "SCMP_ACT_KILL"}
+            filters.prepare(str(tmp_path / "elsewhere"), other)
+            elsewhere = os.path.join(str(tmp_path / "elsewhere"), filters.DIRECTORY)
+            os.replace(os.path.join(elsewhere, os.listdir(elsewhere)[0]), os.path.join(cache, files[0]))
+        conmon, pid, out = _conmon(tmp_path, root, b, cid)
+        try:
+            oci(root, "start", cid, check=True)
+            assert _reaped(conmon) == 0
+            if spoil == "planted":
+                assert open(out).read() == "rc=0\n"
+            else:
+                assert open(out).read().endswith("rc=1\n") and "Operation not permitted" in open(out).read()
+            oci(root, "delete", cid, check=True)
+        finally:
+            if conmon.poll() is None:
+                os.kill(pid, signal.SIGKILL)
+                conmon.wait(timeout=30)
+        files = os.listdir(cache)
+        assert len(files) == 1 and oct(os.stat(cache).st_mode & 0o777) == "0o700"
+        with open(os.path.join(cache, files[0]), "rb") as f:
+            key, program, flags, _generator, _library = marshal.load(f)
+        assert json.loads(key) == profile
+        if spoil == "planted":
+            assert program == allow
+            os.unlink(os.path.join(cache, files[0]))  # (the next create generates it again)
+        else:
+            assert program == seccomp.prepare(profile).program
