@@ -123,6 +123,15 @@ def test_what_the_shortcut_does_not_take_the_full_cli_answers(root, args, messag
     assert res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
 
 
+def test_systemd_cgroup_is_refused_by_create_alone(root):
+    """An engine set to systemd passes --systemd-cgroup to every call: create refuses it (above, in
+    test_oci_runtime), the rest go on (podman's clean-up after the refused create, say)."""
+    res, _ = launched(root, "--systemd-cgroup", "delete", "--force", "nope")
+    assert res.returncode == 0 and res.stderr == ""
+    res, _ = launched(root, "--systemd-cgroup", "state", "nope")
+    assert res.returncode == 1 and res.stderr == "strata-oci: container does not exist\n"
+
+
 def test_signals_are_spelled_as_the_signal_module_spells_them():
     for sig in signal.Signals:
         for text in (sig.name, sig.name.removeprefix("SIG"), sig.name.lower(), str(sig.value)):

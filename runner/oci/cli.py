@@ -271,6 +271,9 @@ def run(argv: list[str], log: _Log) -> int:
     if g.verb not in VERBS:
         raise UsageError(f"strata-oci: unknown command {g.verb!r}")
     args = _verb_parser(g.verb).parse_args(g.rest)
+    if g.systemd_cgroup and g.verb in ("create", "run"):  # the other verbs act on cgroups made at create
+        raise UsageError("strata-oci: --systemd-cgroup: no systemd cgroup driver (strata-oci makes the container's "
+                         "cgroup itself): set the engine's cgroup manager to cgroupfs")
     r = rt.Runtime(g.root, warn=log.warning)
     verb = g.verb
     if verb == "create":
