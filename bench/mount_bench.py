@@ -9,6 +9,8 @@ a fresh upper and work dir.
   strata-unionfs     the launcher (``bin/strata-unionfs`` as pip installs it, pointed at this
                      checkout), through its warm mount server: what containers-storage execs as its
                      mount_program
+  pip's console script  the same through the wrapper pip writes for a ``[project.scripts]`` entry
+                     (which imports ``re``): what the launcher saves
   python -m unionfs  a cold mount: an interpreter that imports trio and pyfuse3 first
   forked             ``fork_serve`` from a process with all of it imported (the runner's way)
 
@@ -44,7 +46,17 @@ from unionfs_bench import EXTRA, OUT, ROOTFS, ensure_inputs, is_mounted  # noqa:
 from unionfs.mount import daemon_pid, fork_serve  # noqa: E402
 
 ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")}
-KINDS = ["kernel", "fuse-overlayfs", "strata-unionfs", "python -m unionfs", "forked"]
+KINDS = ["kernel", "fuse-overlayfs", "strata-unionfs", "pip's console script", "python -m unionfs", "forked"]
+# what ``[project.scripts]`` would install instead of bin/strata-unionfs: pip's wrapper imports re
+CONSOLE_SCRIPT = """#!{python}
+import re
+import sys
+sys.path.insert(0, {repo!r})
+from unionfs.client import main
+if __name__ == '__main__':
+    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
+    sys.exit(main())
+"""
 
 
 def wait_gone(pid: int | None) -> None:
@@ -72,6 +84,7 @@ def one_mount(kind: str, base: str, script: str) -> tuple[float, float]:
     command = {"kernel": ["mount", "-t", "overlay", "overlay", "-o", opts, merged],
                "fuse-overlayfs": ["fuse-overlayfs", "-o", opts, merged],
                "strata-unionfs": [script, "-o", opts, merged],
+               "pip's console script": [script + "-console", "-o", opts, merged],
                "python -m unionfs": [sys.executable, "-m", "unionfs", "-o", opts, merged]}.get(kind)
     start = time.perf_counter()
     pid = None
@@ -137,6 +150,9 @@ def main() -> None:
     os.mkdir(servers, 0o700)
     ENV["STRATA_UNIONFS_DIR"] = servers
     script = launcher("strata-unionfs", work)
+    with open(script + "-console", "w") as f:
+        f.write(CONSOLE_SCRIPT.format(python=sys.executable, repo=REPO))
+    os.chmod(script + "-console", 0o755)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in KINDS}
     floor: list[tuple[float, float]] = []
     try:
