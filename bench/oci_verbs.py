@@ -1,15 +1,15 @@
 """What each call an engine makes of its OCI runtime costs, strata-oci side by side with runc in one
-run, on one prepared bundle (busybox-static's ``true``): the calls podman 4.3 and conmon make for
+run, on one prepared bundle (busybox-static's ``true``, Docker's default seccomp profile): the calls podman 4.3 and conmon make for
 ``podman run --rm IMAGE true`` (``create``, ``start``, ``delete --force``), and the others engines
 make (``state``, ``kill``, ``features``).
 
 This process is the subreaper conmon is: ``create`` leaves PID 1 to it, it waits for PID 1's end
 itself. Each round: create, state (created), start, wait for PID 1, state (stopped), delete; then
 create, kill KILL, delete; then features. The runtimes alternate, round by round, after a warm-up
-round each. strata-oci is the console script of this venv (what pip installs), unless ``--oci``
-names another program.
+round each. strata-oci is the launcher of this venv (what pip installs); ``--oci NAME=PATH`` (again
+for more) names others to put beside it, an older build say.
 
-Usage: ``python bench/oci_verbs.py [--runs 20] [--oci PATH]`` as root.
+Usage: ``python bench/oci_verbs.py [--runs 20] [--oci NAME=PATH ...]`` as root.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
+from runner import seccomp  # noqa: E402
 from runner.oci import spec  # noqa: E402
 
 VERBS = ["create", "state created", "start", "state stopped", "delete", "kill", "delete created", "features"]
@@ -56,6 +57,8 @@ def _bundle(work: str, name: str, rootfs: str) -> str:
     config["root"]["path"] = rootfs  # (runc takes no symlink there)
     config["process"].update(args=["/bin/true"], terminal=False)
     config["linux"]["cgroupsPath"] = f"/{CGROUP_PARENT}/{name}"
+    # Docker's default profile, as podman's bundles and strata run's have one (runc spec's has none)
+    config["linux"]["seccomp"] = seccomp.resolve(seccomp.load_profile(None), set(spec.DEFAULT_CAPS))
     with open(os.path.join(bundle, "config.json"), "w") as f:
         json.dump(config, f)
     return bundle
@@ -111,7 +114,7 @@ def one_round(program: str, root: str, bundle: str, n: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--oci", default=os.path.join(os.path.dirname(sys.executable), "strata-oci"))
+    parser.add_argument("--oci", action="append", default=[], metavar="NAME=PATH")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: run as root")
@@ -121,12 +124,13 @@ def main() -> None:
     compileall.compile_dir(os.path.join(REPO, "runner"), quiet=1)  # as an installed package has it
     ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: PID 1s come to us, as to conmon
     work = tempfile.mkdtemp(prefix="oci-verbs-", dir="/tmp")
-    runtimes = {"strata-oci": args.oci, "runc": runc}
+    runtimes = {"strata-oci": os.path.join(os.path.dirname(sys.executable), "strata-oci"),
+                **dict(o.split("=", 1) for o in args.oci), "runc": runc}
     times: dict[str, dict[str, list[float]]] = {r: {v: [] for v in VERBS} for r in runtimes}
     roots = {name: os.path.join(work, f"state-{name}") for name in runtimes}
     try:
         rootfs = _rootfs(work)
-        bundles = {name: _bundle(work, name, rootfs) for name in ("strata", "runc")}
+        bundles = {name: _bundle(work, f"b{i}", rootfs) for i, name in enumerate(runtimes)}
         for n in range(args.runs + 1):
             for (name, program), bundle in zip(runtimes.items(), bundles.values(), strict=True):
                 t = one_round(program, roots[name], bundle, n)
@@ -146,18 +150,19 @@ def main() -> None:
                     if os.path.isdir(os.path.join(path, child)):
                         os.rmdir(os.path.join(path, child))
                 os.rmdir(path)
-    print(f"OCI runtime calls, {args.runs} rounds, interleaved; medians in ms (strata-oci: {args.oci})")
-    print(f"{'':<16}{'strata-oci':>12}{'runc':>8}{'x runc':>8}")
+    names = list(runtimes)
+    print(f"OCI runtime calls, {args.runs} rounds, interleaved; medians in ms, and x runc")
+    print(f"{'':<16}" + "".join(f"{name:>22}" for name in names))
     total = {name: 0.0 for name in runtimes}
-    for verb in VERBS:
-        s = statistics.median(times["strata-oci"][verb])
-        r = statistics.median(times["runc"][verb])
-        if verb in ("create", "start", "delete"):
-            total["strata-oci"] += s
-            total["runc"] += r
-        print(f"{verb:<16}{s * 1000:>12.1f}{r * 1000:>8.1f}{s / r:>8.2f}")
-    s, r = total["strata-oci"], total["runc"]
-    print(f"{'podman run:3':<16}{s * 1000:>12.1f}{r * 1000:>8.1f}{s / r:>8.2f}   (create + start + delete)")
+    for verb in VERBS + ["podman run:3"]:
+        if verb in VERBS:
+            m = {name: statistics.median(times[name][verb]) for name in names}
+            if verb in ("create", "start", "delete"):
+                for name in names:
+                    total[name] += m[name]
+        else:
+            m = total  # (create + start + delete: the calls of podman run --rm)
+        print(f"{verb:<16}" + "".join(f"{m[n] * 1000:>14.1f} {m[n] / m['runc']:>6.2f}x" for n in names))
 
 
 if __name__ == "__main__":
