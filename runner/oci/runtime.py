@@ -19,7 +19,10 @@ the state dir is ``statedir.py``'s; start, kill and delete are ``control.py``'s 
 which ``entry.py`` runs without this module's imports when there are no hooks). Repeating
 ``delete`` is harmless; ``create`` of an id that exists fails and changes nothing.
 
-Caveats: a cgroupsPath in systemd's ``slice:prefix:name`` form is refused (no systemd driver);
+The root also holds ``@seccomp/``, the seccomp programs ``filters.py`` keeps for later creates.
+
+Caveats: a cgroupsPath in systemd's ``slice:prefix:name`` form, and ``--systemd-cgroup`` (the CLI's
+create and run), are refused (no systemd driver);
 relative cgroup paths start at the hierarchy's root, not at the caller's group; ``--no-pivot`` and
 ``--no-new-keyring`` are taken and ignored (pivot_root and a fresh keyring are always stricter).
 """
