@@ -85,6 +85,7 @@ bench: deps
 	@$(BIN)/python bench/start_phases.py  # where a start's milliseconds go, phase by phase (traced)
 	@$(BIN)/python bench/build_bench.py  # strata build against buildah bud, fresh and fully cached
 	@$(BIN)/python bench/podman_bench.py  # podman run --rm: strata-oci + strata-unionfs against runc + fuse-overlayfs / overlayfs
+	@$(BIN)/python bench/oci_verbs.py  # each call podman makes of its runtime: strata-oci against runc
 	@$(BIN)/python bench/rootless_bench.py
 
 # the test lab (root; vagrant/README.md): two VMs under libvirt, the tests and the two-host walkthrough

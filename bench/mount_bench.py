@@ -6,15 +6,18 @@ a fresh upper and work dir.
 
   kernel             mount -t overlay overlay -o lowerdir=...,upperdir=...,workdir=... M
   fuse-overlayfs     fuse-overlayfs -o ... M
-  strata-unionfs     the console script (pip's, pointed at this checkout), through its warm mount
-                     server: what containers-storage execs as its mount_program
+  strata-unionfs     the launcher (``bin/strata-unionfs`` as pip installs it, pointed at this
+                     checkout), through its warm mount server: what containers-storage execs as its
+                     mount_program
+  pip's console script  the same through the wrapper pip writes for a ``[project.scripts]`` entry
+                     (which imports ``re``): what the launcher saves
   python -m unionfs  a cold mount: an interpreter that imports trio and pyfuse3 first
   forked             ``fork_serve`` from a process with all of it imported (the runner's way)
 
 Two times each: until the command returns, and until a first stat inside has come back. The kinds
 are interleaved, run by run; the last column is strata-unionfs over kernel overlayfs run by run
 (median and range). The floor rows are what any Python command pays: the interpreter alone, and the
-console script's own imports (``re``, which pip's script imports, and ``unionfs.client``).
+launcher's own imports (``unionfs.client``).
 
 Usage: ``python bench/mount_bench.py [--runs 30]`` as root.
 """
@@ -37,13 +40,15 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, REPO)
 
+from podman_bench import launcher  # noqa: E402
 from unionfs_bench import EXTRA, OUT, ROOTFS, ensure_inputs, is_mounted  # noqa: E402
 
 from unionfs.mount import daemon_pid, fork_serve  # noqa: E402
 
 ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")}
-SCRIPT = """#!{python}
-# -*- coding: utf-8 -*-
+KINDS = ["kernel", "fuse-overlayfs", "strata-unionfs", "pip's console script", "python -m unionfs", "forked"]
+# what ``[project.scripts]`` would install instead of bin/strata-unionfs: pip's wrapper imports re
+CONSOLE_SCRIPT = """#!{python}
 import re
 import sys
 sys.path.insert(0, {repo!r})
@@ -52,7 +57,6 @@ if __name__ == '__main__':
     sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
     sys.exit(main())
 """
-KINDS = ["kernel", "fuse-overlayfs", "strata-unionfs", "python -m unionfs", "forked"]
 
 
 def wait_gone(pid: int | None) -> None:
@@ -80,6 +84,7 @@ def one_mount(kind: str, base: str, script: str) -> tuple[float, float]:
     command = {"kernel": ["mount", "-t", "overlay", "overlay", "-o", opts, merged],
                "fuse-overlayfs": ["fuse-overlayfs", "-o", opts, merged],
                "strata-unionfs": [script, "-o", opts, merged],
+               "pip's console script": [script + "-console", "-o", opts, merged],
                "python -m unionfs": [sys.executable, "-m", "unionfs", "-o", opts, merged]}.get(kind)
     start = time.perf_counter()
     pid = None
@@ -107,7 +112,7 @@ def one_mount(kind: str, base: str, script: str) -> tuple[float, float]:
 def floors(script_dir: str) -> tuple[float, float]:
     imports = os.path.join(script_dir, "imports-only")
     with open(imports, "w") as f:
-        f.write(f"#!{sys.executable}\nimport re\nimport sys\nsys.path.insert(0, {REPO!r})\nfrom unionfs.client import main\n")
+        f.write(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {REPO!r})\nfrom unionfs.client import main\n")
     os.chmod(imports, 0o755)
     found = []
     for command in ([sys.executable, "-c", "pass"], [imports]):
@@ -144,10 +149,10 @@ def main() -> None:
     servers = os.path.join(work, "servers")
     os.mkdir(servers, 0o700)
     ENV["STRATA_UNIONFS_DIR"] = servers
-    script = os.path.join(work, "strata-unionfs")
-    with open(script, "w") as f:
-        f.write(SCRIPT.format(python=sys.executable, repo=REPO))
-    os.chmod(script, 0o755)
+    script = launcher("strata-unionfs", work)
+    with open(script + "-console", "w") as f:
+        f.write(CONSOLE_SCRIPT.format(python=sys.executable, repo=REPO))
+    os.chmod(script + "-console", 0o755)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in KINDS}
     floor: list[tuple[float, float]] = []
     try:
@@ -177,7 +182,7 @@ def main() -> None:
     ratios = sorted(s[0] / k[0] for s, k in zip(times["strata-unionfs"], times["kernel"], strict=True))
     print(f"strata-unionfs / kernel, run by run: {statistics.median(ratios):.1f} ({ratios[0]:.1f}-{ratios[-1]:.1f})")
     for what, values in (("floor: python -c pass", [f[0] for f in floor]),
-                         ("floor: script's imports", [f[1] for f in floor])):
+                         ("floor: launcher's imports", [f[1] for f in floor])):
         v = statistics.median(values)
         print(f"{what:<22}{v * 1000:>12.1f}{v / kernel:>8.1f}")
 

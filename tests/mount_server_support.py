@@ -1,5 +1,5 @@
-"""The mount program as engines exec it: ``strata-unionfs`` as pip installs it (pointed at this
-checkout), and the processes of its mount server, found and stopped by pid."""
+"""The mount program as engines exec it: ``strata-unionfs`` as pip installs it (``bin/``'s launcher,
+pointed at this checkout), and the processes of its mount server, found and stopped by pid."""
 
 from __future__ import annotations
 
@@ -9,24 +9,15 @@ import sys
 
 from unionfs_support import REPO
 
-SCRIPT = """#!{python}
-# -*- coding: utf-8 -*-
-import re
-import sys
-sys.path.insert(0, {repo!r})
-from unionfs.client import main
-if __name__ == '__main__':
-    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
-    sys.exit(main())
-"""
-
 
 def console_script(directory: str) -> str:
-    """The ``strata-unionfs`` pip writes for ``[project.scripts]`` (the same imports), with this
-    checkout first on its path; its path."""
+    """``bin/strata-unionfs`` as pip installs it from ``script-files`` (``#!python`` made this
+    interpreter), with this checkout first on its path; its path."""
+    with open(os.path.join(REPO, "bin", "strata-unionfs")) as f:
+        text = f.read().replace("#!python\n", f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {REPO!r})\n", 1)
     path = os.path.join(directory, "strata-unionfs")
     with open(path, "w") as f:
-        f.write(SCRIPT.format(python=sys.executable, repo=REPO))
+        f.write(text)
     os.chmod(path, 0o755)
     return path
 

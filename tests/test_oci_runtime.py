@@ -305,6 +305,8 @@ def test_a_console_socket_gets_the_pty_master_before_create_returns(tmp_path, ro
     (["create", "--bundle", "/nonexistent-bundle", "x"], "bundle /nonexistent-bundle: no config.json there"),
     (["create", "--bundle", "{bundle}", "bad/id"], "invalid id format: bad/id"),
     (["state", "nope"], "container does not exist"),
+    (["--systemd-cgroup", "create", "--bundle", "{bundle}", "x"], "--systemd-cgroup: no systemd cgroup driver"),
+    (["--systemd-cgroup", "run", "--bundle", "{bundle}", "x"], "set the engine's cgroup manager to cgroupfs"),
 ])
 def test_bad_input_is_one_line_and_exit_1(root, bundle, args, message):
     b = bundle(["true"])

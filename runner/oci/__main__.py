@@ -1,7 +1,7 @@
-"""``python -m runner.oci``: strata-oci without the console script."""
+"""``python -m runner.oci``: strata-oci without its launcher (the same entry: ``entry.main``)."""
 
 import sys
 
-from .cli import main
+from .entry import main
 
 sys.exit(main())

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from ..errors import RunnerError
@@ -43,7 +42,7 @@ class _Log:
         self.path, self.fmt, self.debug_on = path, fmt, debug
 
     def _line(self, level: str, msg: str) -> str:
-        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        now = rt.now()
         if self.fmt == "json":
             return json.dumps({"level": level, "msg": msg, "time": now})
         return f'time="{now}" level={level} msg={json.dumps(msg)}'
@@ -70,7 +69,11 @@ class _Log:
             self._write("debug", msg)
 
 
-def _parser() -> tuple[_Parser, dict[str, _Parser]]:
+VERBS = ("create", "run", "start", "pause", "resume", "state", "kill", "delete", "exec", "ps", "list", "update",
+         "features", "spec")
+
+
+def _top_parser() -> _Parser:
     top = _Parser(prog="strata-oci")
     top.add_argument("--root")
     top.add_argument("--log")
@@ -81,14 +84,14 @@ def _parser() -> tuple[_Parser, dict[str, _Parser]]:
     top.add_argument("--help", "-h", action="store_true")
     top.add_argument("verb", nargs="?")
     top.add_argument("rest", nargs=argparse.REMAINDER)
-    verbs: dict[str, _Parser] = {}
+    return top
 
-    def verb(name: str) -> _Parser:
-        verbs[name] = _Parser(prog=f"strata-oci {name}")
-        return verbs[name]
 
-    for name in ("create", "run"):
-        p = verb(name)
+def _verb_parser(name: str) -> _Parser:
+    """The parser of one verb (only the one asked for is built: each costs argparse's gettext
+    look-ups, and create runs once per container)."""
+    p = _Parser(prog=f"strata-oci {name}")
+    if name in ("create", "run"):
         p.add_argument("--bundle", "-b", default=".")
         p.add_argument("--pid-file")
         p.add_argument("--console-socket")
@@ -99,49 +102,46 @@ def _parser() -> tuple[_Parser, dict[str, _Parser]]:
             p.add_argument("--detach", "-d", action="store_true")
             p.add_argument("--keep", action="store_true")
         p.add_argument("id")
-    for name in ("start", "pause", "resume"):
-        verb(name).add_argument("id")
-    p = verb("state")
-    p.add_argument("id")
-    p = verb("kill")
-    p.add_argument("--all", "-a", action="store_true")
-    p.add_argument("id")
-    p.add_argument("signal", nargs="?", default="SIGTERM")
-    p = verb("delete")
-    p.add_argument("--force", "-f", action="store_true")
-    p.add_argument("id")
-    p = verb("exec")
-    p.add_argument("--process", "-p")
-    p.add_argument("--tty", "-t", action="store_true")
-    p.add_argument("--detach", "-d", action="store_true")
-    p.add_argument("--pid-file")
-    p.add_argument("--console-socket")
-    p.add_argument("--preserve-fds", type=int, default=0)
-    p.add_argument("--cwd")
-    p.add_argument("--env", "-e", action="append", default=[])
-    p.add_argument("--user", "-u")
-    p.add_argument("--additional-gids", "-g", action="append", default=[])
-    p.add_argument("--no-new-privs", action="store_true")
-    p.add_argument("id")
-    p.add_argument("command", nargs=argparse.REMAINDER)
-    p = verb("ps")
-    p.add_argument("--format", "-f", choices=("table", "json"), default="table")
-    p.add_argument("id")
-    p = verb("list")
-    p.add_argument("--format", "-f", choices=("table", "json"), default="table")
-    p.add_argument("--quiet", "-q", action="store_true")
-    p = verb("update")
-    p.add_argument("--resources", "-r")
-    for flag in ("--memory", "--memory-swap", "--cpu-quota", "--cpu-period", "--cpuset-cpus", "--cpuset-mems",
-                 "--pids-limit"):
-        p.add_argument(flag)
-    p.add_argument("--cpu-share", "--cpu-shares", dest="cpu_share")
-    p.add_argument("id")
-    verb("features")
-    p = verb("spec")
-    p.add_argument("--bundle", "-b", default=".")
-    p.add_argument("--rootless", action="store_true")
-    return top, verbs
+    elif name in ("start", "pause", "resume", "state"):
+        p.add_argument("id")
+    elif name == "kill":
+        p.add_argument("--all", "-a", action="store_true")
+        p.add_argument("id")
+        p.add_argument("signal", nargs="?", default="SIGTERM")
+    elif name == "delete":
+        p.add_argument("--force", "-f", action="store_true")
+        p.add_argument("id")
+    elif name == "exec":
+        p.add_argument("--process", "-p")
+        p.add_argument("--tty", "-t", action="store_true")
+        p.add_argument("--detach", "-d", action="store_true")
+        p.add_argument("--pid-file")
+        p.add_argument("--console-socket")
+        p.add_argument("--preserve-fds", type=int, default=0)
+        p.add_argument("--cwd")
+        p.add_argument("--env", "-e", action="append", default=[])
+        p.add_argument("--user", "-u")
+        p.add_argument("--additional-gids", "-g", action="append", default=[])
+        p.add_argument("--no-new-privs", action="store_true")
+        p.add_argument("id")
+        p.add_argument("command", nargs=argparse.REMAINDER)
+    elif name in ("ps", "list"):
+        p.add_argument("--format", "-f", choices=("table", "json"), default="table")
+        if name == "ps":
+            p.add_argument("id")
+        else:
+            p.add_argument("--quiet", "-q", action="store_true")
+    elif name == "update":
+        p.add_argument("--resources", "-r")
+        for flag in ("--memory", "--memory-swap", "--cpu-quota", "--cpu-period", "--cpuset-cpus", "--cpuset-mems",
+                     "--pids-limit"):
+            p.add_argument(flag)
+        p.add_argument("--cpu-share", "--cpu-shares", dest="cpu_share")
+        p.add_argument("id")
+    elif name == "spec":
+        p.add_argument("--bundle", "-b", default=".")
+        p.add_argument("--rootless", action="store_true")
+    return p
 
 
 def _exec_process(r: rt.Runtime, args: argparse.Namespace) -> dict[str, Any]:
@@ -259,8 +259,7 @@ verbs: create start state kill delete run exec ps list pause resume update featu
 
 
 def run(argv: list[str], log: _Log) -> int:
-    top, verbs = _parser()
-    g = top.parse_args(argv)
+    g = _top_parser().parse_args(argv)
     log.path, log.fmt, log.debug_on = g.log, g.log_format, g.debug
     log.debug(f"strata-oci {' '.join(argv)}")
     if g.version:
@@ -269,9 +268,12 @@ def run(argv: list[str], log: _Log) -> int:
     if g.help or not g.verb:
         print(USAGE)
         return 0 if g.help else 1
-    if g.verb not in verbs:
+    if g.verb not in VERBS:
         raise UsageError(f"strata-oci: unknown command {g.verb!r}")
-    args = verbs[g.verb].parse_args(g.rest)
+    args = _verb_parser(g.verb).parse_args(g.rest)
+    if g.systemd_cgroup and g.verb in ("create", "run"):  # the other verbs act on cgroups made at create
+        raise UsageError("strata-oci: --systemd-cgroup: no systemd cgroup driver (strata-oci makes the container's "
+                         "cgroup itself): set the engine's cgroup manager to cgroupfs")
     r = rt.Runtime(g.root, warn=log.warning)
     verb = g.verb
     if verb == "create":

@@ -15,10 +15,14 @@
     update   new limits written to its cgroup and recorded in its state (``resources.py``)
 
 The config's hooks run at the points ``hooks.py`` lists (create, start and delete each take theirs);
-the state dir is read by ``statedir.py``. Repeating ``delete`` is harmless; ``create`` of an id that
-exists fails and changes nothing.
+the state dir is ``statedir.py``'s; start, kill and delete are ``control.py``'s (the cheap verbs,
+which ``entry.py`` runs without this module's imports when there are no hooks). Repeating
+``delete`` is harmless; ``create`` of an id that exists fails and changes nothing.
 
-Caveats: a cgroupsPath in systemd's ``slice:prefix:name`` form is refused (no systemd driver);
+The root also holds ``@seccomp/``, the seccomp programs ``filters.py`` keeps for later creates.
+
+Caveats: a cgroupsPath in systemd's ``slice:prefix:name`` form, and ``--systemd-cgroup`` (the CLI's
+create and run), are refused (no systemd driver);
 relative cgroup paths start at the hierarchy's root, not at the caller's group; ``--no-pivot`` and
 ``--no-new-keyring`` are taken and ignored (pivot_root and a fresh keyring are always stricter).
 """
@@ -28,65 +32,29 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import select
 import shutil
 import signal
 import socket
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from .. import cgroups, devices
-from ..errors import NoSuchContainer, RunnerError
-from ..process import process_alive, start_time
-from . import hooks, resources, rootfs, spec
+from ..errors import RunnerError
+from ..process import start_time
+from . import control, hooks, resources, rootfs, spec, statedir
+from .control import check_id, default_root, parse_signal
 from .statedir import Container
 
-_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
+__all__ = ["Runtime", "ExecFailed", "check_id", "parse_signal", "default_root", "device_rules"]
 STATUSES = ("created", "running", "paused", "stopped")
 
 
-def default_root() -> str:
-    """runc's choice for strata-oci: /run/strata-oci as root, else $XDG_RUNTIME_DIR/strata-oci."""
-    if os.geteuid() == 0:
-        return "/run/strata-oci"
-    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
-    return os.path.join(runtime_dir, "strata-oci") if runtime_dir else f"/tmp/strata-oci-{os.getuid()}"
-
-
-def check_id(cid: str) -> None:
-    if not cid or cid in (".", "..") or set(cid) - _ID_CHARS:
-        raise RunnerError(f"invalid id format: {cid}")
-
-
-def parse_signal(text: str) -> int:
-    """``15``, ``TERM`` or ``SIGTERM`` (runc's spellings)."""
-    if text.isdigit():
-        number = int(text)
-        if number not in {s.value for s in signal.Signals} and not signal.SIGRTMIN <= number <= signal.SIGRTMAX:
-            raise RunnerError(f"unknown signal {text!r}")
-        return number
-    name = text.upper()
-    name = name if name.startswith("SIG") else "SIG" + name
-    try:
-        return int(signal.Signals[name])
-    except KeyError:
-        raise RunnerError(f"unknown signal {text!r}") from None
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+def now() -> str:
+    """The time as runc writes it (RFC 3339, UTC, microseconds); ``datetime``'s import is ~2 ms of a
+    create."""
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1_000_000):06d}Z"
 
 
 def _cgroup_path(config: dict[str, Any], cid: str) -> str:
@@ -108,19 +76,6 @@ def device_rules(config: dict[str, Any]) -> list[devices.DeviceRule]:
     return rules
 
 
-def _wait_gone(pid: int, start: str | None, timeout: float = 10.0) -> None:
-    """Wait (bounded) until ``pid`` has exited: a pidfd polls readable then (we need not be its parent)."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        if process_alive(pid, start):
-            select.select([pidfd], [], [], timeout)
-    finally:
-        os.close(pidfd)
-
-
 class Runtime:
     """strata-oci's verbs over the state root ``root``. Errors: ``RunnerError`` (one line)."""
 
@@ -130,8 +85,7 @@ class Runtime:
         self._lasting: hooks.CreateHooks | None = None  # ``run``'s hook helper, from its create to its delete
 
     def get(self, cid: str) -> Container:
-        check_id(cid)
-        return Container(self.root, cid)
+        return control.get(self.root, cid)
 
     # ---- create / start / run ----------------------------------------------------------------
 
@@ -159,7 +113,8 @@ class Runtime:
                preserve_fds: int = 0, lasting: bool = False) -> int:
         """Make the container and leave PID 1 waiting on ``exec.fifo``; returns its pid (our child).
         ``lasting`` (``run``): the hook helper stays for this process's start and delete."""
-        from .. import init, seccomp  # (lazily: the cheap verbs never load them)
+        from .. import init  # (lazily: the cheap verbs never load it)
+        from . import filters
         check_id(cid)
         config, config_hooks = self.load_bundle(bundle)
         bundle = os.path.abspath(bundle)
@@ -173,7 +128,7 @@ class Runtime:
         rules = device_rules(config)
         profile = (config.get("linux") or {}).get("seccomp")
         try:
-            sec = seccomp.prepare(profile) if profile else None
+            sec = filters.prepare(self.root, profile) if profile else None
         except OSError as e:
             raise RunnerError(f"cannot build the seccomp filter: {e}") from None
         os.makedirs(self.root, mode=0o700, exist_ok=True)
@@ -235,12 +190,13 @@ class Runtime:
                 message = line.split(" ", 2)[2] if line.startswith("error ") else "the container's init died"
                 raise RunnerError(message)
             state = {"id": cid, "pid": pid, "pid_start": start_time(pid), "bundle": bundle,
-                     "rootfs": config["root"]["path"], "created": _now(), "annotations": annotations,
-                     "owner": _owner(), "cgroup": {"version": cgroup.version, "path": cgroup.path}, "config": config,
-                     "hooks": config_hooks}
-            _write_atomic(os.path.join(directory, "state.json"), json.dumps(state).encode())
+                     "rootfs": config["root"]["path"], "created": now(), "annotations": annotations,
+                     "owner": _owner(), "config": config, "hooks": config_hooks, "oci_version": spec.OCI_VERSION,
+                     "cgroup": {"version": cgroup.version, "path": cgroup.path, "dirs": statedir.all_dirs(cgroup),
+                                "freezer": statedir.freezer_file(cgroup)}}
+            statedir.write(directory, state)
             if pid_file:
-                _write_atomic(os.path.abspath(pid_file), str(pid).encode())
+                statedir._write_atomic(os.path.abspath(pid_file), str(pid).encode())
             created = True
         except BaseException:
             if pid:
@@ -261,44 +217,9 @@ class Runtime:
         return pid
 
     def start(self, cid: str) -> None:
-        """Let a created container's PID 1 exec its command (runc's ``handleFifo``)."""
+        """Let a created container's PID 1 exec its command (``control.start``), then its poststart hooks."""
         c = self.get(cid)
-        status = c.status()
-        if status == "stopped":
-            raise RunnerError("cannot start a container that has stopped")
-        if status != "created":
-            raise RunnerError("cannot start an already running container")
-        pidfd = c.pidfd()
-        try:
-            fd = os.open(c.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            os.close(pidfd)
-            raise RunnerError("cannot start an already running container") from None
-        try:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            poller.register(pidfd, select.POLLIN)
-            while True:
-                ready = dict(poller.poll())
-                if fd in ready:
-                    try:
-                        data = os.read(fd, 4096)
-                    except BlockingIOError:
-                        data = b""
-                    if data[:1] == b"1":  # a startContainer hook failed; PID 1 ends
-                        raise RunnerError(data[1:].decode(errors="replace"))
-                    if data[:1] == b"0":
-                        _wait_exec(poller, fd, pidfd)
-                        break
-                    if not ready.get(pidfd):
-                        poller.unregister(fd)  # a writer came and went without a byte: PID 1 ends
-                        continue
-                if pidfd in ready:
-                    raise RunnerError("cannot start a container that has stopped")
-        finally:
-            os.close(fd)
-            os.close(pidfd)
-        os.unlink(c.fifo)
+        control.start(c)
         self._after("poststart", c, "running")
 
     def run(self, cid: str, bundle: str, pid_file: str | None = None, console_socket: str | None = None,
@@ -338,52 +259,12 @@ class Runtime:
     # ---- signals, deletion --------------------------------------------------------------------
 
     def kill(self, cid: str, sig: int = signal.SIGTERM, all_processes: bool = False) -> None:
-        c = self.get(cid)
-        status = c.status()
-        if status == "stopped":
-            raise RunnerError("container not running")
-        pidfd = c.pidfd()
-        try:
-            if all_processes:
-                for pid in c.cgroup().pids():
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        pass
-            signal.pidfd_send_signal(pidfd, sig)
-        except ProcessLookupError:
-            raise RunnerError("container not running") from None
-        finally:
-            os.close(pidfd)
-        if status == "paused" and sig == signal.SIGKILL:  # a frozen process takes no signal until thawed
-            c.cgroup().thaw()
+        control.kill(self.get(cid), sig, all_processes)
 
     def delete(self, cid: str, force: bool = False) -> None:
-        check_id(cid)
-        try:
-            c = self.get(cid)
-        except NoSuchContainer:
-            if not force:
-                raise
-            shutil.rmtree(os.path.join(self.root, cid), ignore_errors=True)
-            return
-        status = c.status()
-        if status in ("running", "paused") and not force:
-            raise RunnerError(f"cannot delete container {cid} that is not stopped: {status}")
-        cgroup = c.cgroup()
-        if status != "stopped":
-            cgroup.thaw()
-            try:
-                os.kill(c.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            _wait_gone(c.pid, c.state.get("pid_start"))
-        cgroup.destroy()
-        resources.remove(cgroup)
-        if cgroup.pids():
-            raise RunnerError(f"container {cid}: processes of its cgroup will not die: not deleted")
-        shutil.rmtree(c.dir, ignore_errors=True)
-        self._after("poststop", c, "stopped")
+        c = control.delete(self.root, cid, force)
+        if c is not None:
+            self._after("poststop", c, "stopped")
 
     def _after(self, kind: str, c: Container, status: str) -> None:
         """poststart or poststop: here, or by ``run``'s helper (this process is in the container's
@@ -400,7 +281,8 @@ class Runtime:
              console_socket: str | None = None, detach: bool = False, preserve_fds: int = 0) -> int:
         """Run ``process`` (the runtime-spec's ``process`` object) in the container. Returns the
         command's exit code, or 0 once it has started with ``detach``."""
-        from .. import init, seccomp  # (lazily: the cheap verbs never load them)
+        from .. import init  # (lazily: the cheap verbs never load it)
+        from . import filters
         c = self.get(cid)
         status = c.status()
         if status == "paused":
@@ -432,7 +314,7 @@ class Runtime:
                          "cwd": process.get("cwd") or "/", "user": ids, "tty": terminal,
                          "capabilities": process.get("capabilities"),
                          "no_new_privs": bool(process.get("noNewPrivileges")),
-                         "seccomp": seccomp.prepare(profile) if profile else None,
+                         "seccomp": filters.prepare(self.root, profile) if profile else None,
                          "cgroup_procs": resources.procs_files(c.cgroup()), "status_fd": status_w,
                          "rlimits": process.get("rlimits"), "oom_score_adj": process.get("oomScoreAdj"),
                          "umask": user.get("umask"), "preserve_fds": preserve_fds, "detach": detach}
@@ -459,7 +341,7 @@ class Runtime:
                 if first.startswith("pid "):
                     pid = int(first.split()[1])
                     if pid_file:
-                        _write_atomic(os.path.abspath(pid_file), str(pid).encode())
+                        statedir._write_atomic(os.path.abspath(pid_file), str(pid).encode())
                     if master is not None and console_socket:
                         _send_console(console_socket, master)
                     failure = reports.readline().strip()  # EOF once it has exec'd
@@ -517,7 +399,7 @@ class Runtime:
             raise RunnerError("container not running")
         current = c.state.get("resources") or (c.config.get("linux") or {}).get("resources") or {}
         c.state["resources"] = resources.update(c.cgroup(), current, changes)
-        _write_atomic(os.path.join(c.dir, "state.json"), json.dumps(c.state).encode())
+        statedir.write(c.dir, c.state)
 
 
 class ExecFailed(RunnerError):
@@ -553,18 +435,6 @@ def _send_console(path: str, master: int) -> None:
         init.send_console(sock.fileno(), master)
     finally:
         sock.close()
-
-
-def _wait_exec(poller: select.poll, fifo: int, pidfd: int, timeout: float = 10.0) -> None:
-    """PID 1 has written its byte; its end of the fifo closes on exec (or exit): wait for that, bounded."""
-    poller.unregister(pidfd)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready = dict(poller.poll((deadline - time.monotonic()) * 1000))
-        if ready.get(fifo, 0) & (select.POLLHUP | select.POLLERR):
-            return
-        if ready.get(fifo, 0) & select.POLLIN and not os.read(fifo, 4096):
-            return
 
 
 def _wait_forwarding(helper: int, pid: int) -> int:

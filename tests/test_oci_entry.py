@@ -1,0 +1,208 @@
+# ruff: noqa: F401, F811 (test_oci_runtime's fixtures, imported: pytest passes them by these names)
+"""strata-oci's cheap verbs (state, start, kill, delete), which engines call once per container, each
+a fresh process: run through ``bin/strata-oci`` as pip installs it, they import none of the runtime,
+argparse, json, re or typing; they read state dirs an older strata-oci wrote (no ``state.marshal``),
+and say what the full command line says. Real containers, as in test_oci_runtime."""
+
+from __future__ import annotations
+
+import json
+import marshal
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO
+from test_oci_runtime import CGROUP_PARENT, _cgroup_dirs, _conmon, _reaped, bundle, oci, root, state
+
+from runner.errors import RunnerError
+from runner.oci import control, statedir
+
+LAUNCHER = os.path.join(REPO, "bin", "strata-oci")
+# what the cheap verbs must not load: the runtime and its parser, and the stdlib modules that make
+# a Python command slow to start (json's decoder imports re, re and signal import enum)
+HEAVY = {"argparse", "json", "re", "enum", "typing", "signal", "datetime", "shutil", "subprocess", "ctypes",
+         "runner.cgroups", "runner.devices", "runner.seccomp", "runner.init", "runner.oci.cli",
+         "runner.oci.runtime", "runner.oci.spec", "runner.oci.hooks"}
+
+
+def launched(root: str, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """``bin/strata-oci`` (what pip installs, run by this interpreter), and the modules it imported."""
+    res = subprocess.run([sys.executable, "-X", "importtime", LAUNCHER, "--root", root, *args], capture_output=True,
+                         text=True, cwd="/", timeout=60, env={**os.environ, "PYTHONPATH": REPO})
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("import time:")]
+    modules = {ln.rsplit("|", 1)[1].strip() for ln in lines[1:]}
+    res.stderr = "".join(ln + "\n" for ln in res.stderr.splitlines() if not ln.startswith("import time:"))
+    return res, modules
+
+
+def test_the_cheap_verbs_import_nothing_heavy_from_the_launcher(tmp_path, root, bundle):
+    conmon, pid, out = _conmon(tmp_path, root, bundle(["sh", "-c", "echo started; exec sleep 100"]), "c1")
+    try:
+        res, modules = launched(root, "state", "c1")
+        assert res.returncode == 0 and json.loads(res.stdout)["status"] == "created"
+        assert "runner.oci.control" in modules and not modules & HEAVY, modules & HEAVY
+        for args in (["start", "c1"], ["kill", "c1", "KILL"], ["delete", "--force", "c1"]):
+            if args[0] == "delete":
+                assert _reaped(conmon) == -signal.SIGKILL
+            res, modules = launched(root, *args)
+            assert res.returncode == 0 and res.stdout == "" and res.stderr == "", (args, res.stderr)
+            assert not modules & HEAVY, (args, modules & HEAVY)
+        assert open(out).read() == "started\n"
+        assert not os.path.exists(os.path.join(root, "c1")) and _cgroup_dirs(f"{CGROUP_PARENT}/c1") == []
+    finally:
+        if conmon.poll() is None:
+            os.kill(pid, signal.SIGKILL)
+            conmon.wait(timeout=30)
+
+
+def test_a_state_dir_of_an_older_strata_oci_is_read_and_deleted(tmp_path, root, bundle):
+    """No state.marshal, no recorded cgroup dirs or freezer file: state.json alone, as before."""
+    conmon, pid, _ = _conmon(tmp_path, root, bundle(["sleep", "100"]), "c1")
+    try:
+        recorded = json.loads(open(os.path.join(root, "c1", "state.json")).read())
+        for key in ("dirs", "freezer"):
+            del recorded["cgroup"][key]
+        del recorded["oci_version"]
+        with open(os.path.join(root, "c1", "state.json"), "w") as f:
+            json.dump(recorded, f)
+        os.unlink(os.path.join(root, "c1", statedir.FAST_STATE))
+        assert state(root, "c1")["status"] == "created"
+        oci(root, "start", "c1", check=True)
+        assert state(root, "c1")["status"] == "running"
+        oci(root, "kill", "c1", "KILL", check=True)
+        assert _reaped(conmon) == -signal.SIGKILL
+        st = state(root, "c1")
+        assert st["status"] == "stopped" and st["pid"] == 0
+        oci(root, "delete", "c1", check=True)
+        assert not os.path.exists(os.path.join(root, "c1")) and _cgroup_dirs(f"{CGROUP_PARENT}/c1") == []
+    finally:
+        if conmon.poll() is None:
+            os.kill(pid, signal.SIGKILL)
+            conmon.wait(timeout=30)
+
+
+def test_an_unreadable_fast_state_falls_back_to_state_json(tmp_path, root, bundle):
+    conmon, pid, _ = _conmon(tmp_path, root, bundle(["sleep", "100"]), "c1")
+    try:
+        with open(os.path.join(root, "c1", statedir.FAST_STATE), "wb") as f:
+            f.write(b"\xffnot marshal")
+        st = state(root, "c1")
+        assert st["status"] == "created" and st["pid"] == pid
+        oci(root, "delete", "c1", check=True)
+        assert _reaped(conmon) == -signal.SIGKILL
+        assert not os.path.exists(os.path.join(root, "c1"))
+    finally:
+        if conmon.poll() is None:
+            os.kill(pid, signal.SIGKILL)
+            conmon.wait(timeout=30)
+
+
+@pytest.mark.parametrize("spelling", [["--log", "{log}", "--log-format", "json"], ["--log={log}", "--log-format=json"]])
+def test_a_cheap_verbs_error_is_one_line_and_logged_as_the_full_cli_logs_it(tmp_path, root, spelling):
+    log = str(tmp_path / "log.json")
+    res, _ = launched(root, *[a.replace("{log}", log) for a in spelling], "kill", "nope", "TERM")
+    assert res.returncode == 1 and res.stderr == "strata-oci: container does not exist\n"
+    entry = json.loads(open(log).read().splitlines()[-1])
+    assert entry["level"] == "error" and entry["msg"] == "container does not exist" and entry["time"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["kill", "--bogus", "x"], "unrecognized arguments: --bogus"),
+    (["delete", "x", "y"], "unrecognized arguments: y"),
+    (["state"], "the following arguments are required: id"),
+    (["--root"], "expected one argument"),
+    (["kill", "x", "NOPE"], "unknown signal 'NOPE'"),
+    (["start", "bad/id"], "invalid id format: bad/id"),
+])
+def test_what_the_shortcut_does_not_take_the_full_cli_answers(root, args, message):
+    res, _ = launched(root, *args)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
+
+
+def test_systemd_cgroup_is_refused_by_create_alone(root):
+    """An engine set to systemd passes --systemd-cgroup to every call: create refuses it (above, in
+    test_oci_runtime), the rest go on (podman's clean-up after the refused create, say)."""
+    res, _ = launched(root, "--systemd-cgroup", "delete", "--force", "nope")
+    assert res.returncode == 0 and res.stderr == ""
+    res, _ = launched(root, "--systemd-cgroup", "state", "nope")
+    assert res.returncode == 1 and res.stderr == "strata-oci: container does not exist\n"
+
+
+def test_signals_are_spelled_as_the_signal_module_spells_them():
+    for sig in signal.Signals:
+        for text in (sig.name, sig.name.removeprefix("SIG"), sig.name.lower(), str(sig.value)):
+            assert control.parse_signal(text) == sig.value
+    for number in range(signal.SIGRTMIN, signal.SIGRTMAX + 1):
+        assert control.parse_signal(str(number)) == number
+    for text in ("0", "32", "65", "SIG_DFL", "SIG_IGN", "NSIG", "SIGNOPE", "-9", ""):
+        with pytest.raises(RunnerError, match="unknown signal"):
+            control.parse_signal(text)
+
+
+@pytest.mark.parametrize("doc", [
+    {"ociVersion": "1.2.0", "id": "c1", "pid": 42, "status": "running", "bundle": "/b", "annotations": {}},
+    {"id": 'q"uote\\back\nnew\ttab\x01\x7f', "pid": 0, "flag": True, "none": None, "list": [1, "two", []],
+     "annotations": {"ü": "日本", "emoji": "\U0001f600", "lone": "\udcff", "": ""}},
+])
+def test_the_state_document_is_spelled_as_json_dumps_spells_it(doc):
+    assert statedir.to_json(doc) == json.dumps(doc, indent=2)
+
+
+def test_a_seccomp_program_is_generated_once_and_then_read_from_the_cache(tmp_path, root, bundle):
+    """Containers with one profile (mkdir: EPERM): the first create writes the program under
+    <root>/@seccomp and the next read it (a program planted there for this profile is what the
+    container gets: it is read, not generated); a file that does not match (garbage, another
+    profile's) is never used but written again."""
+    from runner import seccomp
+    from runner.oci import filters
+
+    profile = {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+               "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}
+    cache = os.path.join(root, filters.DIRECTORY)
+    for n, spoil in enumerate((None, "planted", None, b"garbage", "other")):
+        cid = f"s{n}"
+        b = bundle(["sh", "-c", "mkdir /tmp/x 2>&1; echo rc=$?"], cid=cid)
+        config = json.loads(open(os.path.join(b, "config.json")).read())
+        config["linux"]["seccomp"] = profile
+        with open(os.path.join(b, "config.json"), "w") as f:
+            json.dump(config, f)
+        files = os.listdir(cache) if os.path.isdir(cache) else []
+        if spoil == "planted":  # the program of a profile that allows everything, under this one's key
+            allow = seccomp.prepare({"defaultAction": "SCMP_ACT_ALLOW"}).program
+            with open(os.path.join(cache, files[0]), "wb") as f:
+                f.write(marshal.dumps((json.dumps(profile, sort_keys=True), allow, 0, filters._generator(),
+                                       filters._library())))
+        elif spoil == b"garbage":
+            open(os.path.join(cache, files[0]), "wb").write(spoil)
+        elif spoil == "other":  # a valid entry, but for another profile, under this profile's name
+            other = {**profile, "defaultAction": "SCMP_ACT_KILL"}
+            filters.prepare(str(tmp_path / "elsewhere"), other)
+            elsewhere = os.path.join(str(tmp_path / "elsewhere"), filters.DIRECTORY)
+            os.replace(os.path.join(elsewhere, os.listdir(elsewhere)[0]), os.path.join(cache, files[0]))
+        conmon, pid, out = _conmon(tmp_path, root, b, cid)
+        try:
+            oci(root, "start", cid, check=True)
+            assert _reaped(conmon) == 0
+            if spoil == "planted":
+                assert open(out).read() == "rc=0\n"
+            else:
+                assert open(out).read().endswith("rc=1\n") and "Operation not permitted" in open(out).read()
+            oci(root, "delete", cid, check=True)
+        finally:
+            if conmon.poll() is None:
+                os.kill(pid, signal.SIGKILL)
+                conmon.wait(timeout=30)
+        files = os.listdir(cache)
+        assert len(files) == 1 and oct(os.stat(cache).st_mode & 0o777) == "0o700"
+        with open(os.path.join(cache, files[0]), "rb") as f:
+            key, program, flags, _generator, _library = marshal.load(f)
+        assert json.loads(key) == profile
+        if spoil == "planted":
+            assert program == allow
+            os.unlink(os.path.join(cache, files[0]))  # (the next create generates it again)
+        else:
+            assert program == seccomp.prepare(profile).program
