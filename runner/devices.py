@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import stat
 import struct
 from collections.abc import Iterable
@@ -305,7 +304,7 @@ class _ProgAttachAttr(ctypes.Structure):
 
 def _bpf(cmd: int, attr: ctypes.Structure) -> tuple[int, int]:
     """(result, errno) of bpf(cmd, &attr, sizeof attr)."""
-    number = _SYS_BPF.get(platform.machine())
+    number = _SYS_BPF.get(os.uname().machine)
     if number is None:
         return -1, 38  # ENOSYS: no syscall number known for this architecture
     result = _libc.syscall(ctypes.c_long(number), ctypes.c_long(cmd), ctypes.byref(attr),

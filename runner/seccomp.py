@@ -20,14 +20,13 @@ import errno
 import json
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 from .errors import RunnerError
 
 Profile = dict[str, Any]
 
-DEFAULT_PROFILE = Path(__file__).with_name("seccomp_default.json")
+DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seccomp_default.json")
 
 # libseccomp's seccomp.h (2.5): action values; ERRNO and TRACE carry a 16-bit datum
 ACTIONS = {
@@ -76,7 +75,7 @@ def load_profile(option: str | None) -> Profile | None:
     """
     if option == "unconfined":
         return None
-    path = str(DEFAULT_PROFILE) if option in (None, "default") else str(option)
+    path = DEFAULT_PROFILE if option in (None, "default") else str(option)
     try:
         with open(path, "rb") as f:
             data = f.read()

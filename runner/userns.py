@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import signal
-import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +45,8 @@ def subid_range(path: str, uid: int) -> tuple[int, int] | None:
 
 def helpers() -> tuple[str, str] | None:
     """The paths of newuidmap and newgidmap, or None if either is missing."""
+    import shutil  # (here: strata-oci create imports this module, and rootless is the rare case)
+
     found = [shutil.which(tool, path="/usr/bin:/bin:/usr/sbin:/sbin:" + os.environ.get("PATH", ""))
              for tool in ("newuidmap", "newgidmap")]
     return (found[0], found[1]) if found[0] and found[1] else None
@@ -137,6 +137,8 @@ def enter(config: dict[str, Any]) -> None:
 
 
 def _write_maps(pid: int, tools: tuple[str, str], uids: list[Mapping], gids: list[Mapping], err_fd: int) -> int:
+    import subprocess  # (here: see ``shutil`` above)
+
     for tool, maps in zip(tools, (uids, gids), strict=True):
         argv = [tool, str(pid)]
         for m in maps:
