@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from . import metacopy
 from .journal import Journal, can_note, recover_only
 from .layers import LayerSet
 
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 _FICLONE = 0x40049409
 _counter = itertools.count()
-_INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.")
+_INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.", *metacopy.PRIVATE_XATTRS)
 _INLINE_COPY = 1 << 20  # copy-ups of files up to this size may run on the event loop
 
 
@@ -169,6 +170,7 @@ class Copier:
                 remove_entry(self.work_fd, name)
         # where each layer is, for the journal's notes (the dirs open, whatever the cwd was)
         self._roots = [os.readlink(f"/proc/self/fd/{fd}") for fd in layers.fds]
+        self._marked = layers.upper is not None and metacopy.marked(layers.fds[layers.upper])
         self.journal: Journal | None = None
         if layers.upper is not None and sync:
             self.journal = Journal(self.work_fd, layers.fds[layers.upper], self._copy_again)
@@ -194,15 +196,16 @@ class Copier:
         if self.as_root:
             os.chown(target, st.st_uid, st.st_gid, dir_fd=self.work_fd, follow_symlinks=False)
 
-    def copy(self, layer: int, rel: str, upper_parent_rel: str, name: str,
-             data: bool = True, nowait: bool = False) -> tuple[tuple[int, int], int]:
+    def copy(self, layer: int, rel: str, upper_parent_rel: str, name: str, data: bool = True,
+             nowait: bool = False, meta: tuple[int, str] | None = None) -> tuple[tuple[int, int], int]:
         """Copy (layer, rel) to ``upper_parent_rel/name`` in the upper. Returns the new object's
         identity (st_dev, st_ino: what its rename keeps) and, for a file, a read-write fd on it (the
-        caller's to keep or close; -1 else)."""
+        caller's to keep or close; -1 else). ``meta``: a file with data is copied without it, its
+        data recorded as being at (layer, path) (see ``metacopy``)."""
         tmp = self._tmp_name()
         fd = -1
         try:
-            fd, new = self._build(layer, rel, tmp, data, self.sync, nowait)
+            fd, new = self._build(layer, rel, tmp, data, self.sync, nowait, meta)
             if new is None:  # not stat'ed while it was built
                 new = os.fstat(fd) if fd >= 0 else os.stat(tmp, dir_fd=self.work_fd, follow_symlinks=False)
             self.publish(tmp, upper_parent_rel, name)
@@ -229,7 +232,7 @@ class Copier:
         return f"#copyup-{self._pid}-{next(_counter)}"  # what __init__ clears of a crashed daemon
 
     def _build(self, layer: int, rel: str, tmp: str, data: bool, durable: bool,
-               nowait: bool = False) -> tuple[int, os.stat_result | None]:
+               nowait: bool = False, meta: tuple[int, str] | None = None) -> tuple[int, os.stat_result | None]:
         """Make ``tmp`` in the workdir a copy of (layer, rel): data, owner, mode, xattrs, times;
         ``durable``: its data noted or fsynced; ``nowait``: see the module's doc. Returns a
         read-write fd on it for a file (made with it: the mode cannot refuse), -1 else; and its
@@ -246,6 +249,8 @@ class Copier:
                 owned = not self.as_root or (st.st_uid, st.st_gid) == self._created_owner
                 final = owned and not stat.S_IMODE(mode) & (~0o777 | self._umask)
                 src, cached = -1, None
+                if meta is not None and st.st_size:
+                    return self._build_meta(st, src_path, tmp, owned, final, meta), None
                 if data and st.st_size:
                     if nowait and not self._nowait.get(st.st_dev):
                         raise WouldBlock(rel)
@@ -304,6 +309,66 @@ class Copier:
                 os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self.work_fd)
         return -1, None
 
+    def _build_meta(self, st: os.stat_result, src_path: str, tmp: str, owned: bool, final: bool,
+                    data: tuple[int, str]) -> int:
+        """``tmp``: a metacopy of the lower file ``st`` (at ``src_path``), its data recorded as at
+        ``data``; a read-write fd on it. Metadata alone: nothing to note or fsync."""
+        if not self._marked:
+            metacopy.mark(self.layers.fds[self.layers.upper or 0])  # it holds records now
+            self._marked = True
+        dst = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                      stat.S_IMODE(st.st_mode) if final else 0o600, dir_fd=self.work_fd)
+        try:
+            os.ftruncate(dst, st.st_size)
+            metacopy.record(dst, self._roots[data[0]], data[1])
+            if not owned:
+                os.fchown(dst, st.st_uid, st.st_gid)
+            if not final:
+                os.fchmod(dst, stat.S_IMODE(st.st_mode))
+            _copy_xattrs(src_path, dst)
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+        except BaseException:
+            os.close(dst)
+            raise
+        return dst
+
+    def fill(self, dst: int, layer: int, rel: str, size: int, nowait: bool = False) -> None:
+        """Copy the data of the metacopy open at ``dst`` in from (layer, rel), where its record says
+        it is, then drop the record: noted (or fsynced) first, so that a crash cannot leave the
+        file without its record and without its data. ``nowait``: as ``copy``'s."""
+        st = self.layers.lstat(layer, rel)
+        if nowait and (st is None or not self._nowait.get(st.st_dev)):
+            raise WouldBlock(rel)
+        with self.layers.at(layer, rel) as (sfd, sname):
+            src = _open_lower(sname, sfd)
+        try:
+            if st is None:
+                st = os.fstat(src)
+            if nowait:
+                if (cached := _read_cached(src, size)) is None:
+                    raise WouldBlock(rel)
+                _write_all(dst, cached)
+                cloned = False
+            else:
+                if st.st_dev not in self._nowait:
+                    self._nowait[st.st_dev] = _can_tell(src)
+                way = self._ways[st.st_dev] = _copy_data(src, dst, size, self._ways.get(st.st_dev, _Way.CLONE))
+                cloned = way == _Way.CLONE
+        finally:
+            os.close(src)
+        if self.sync and not cloned:
+            self._make_durable(dst, layer, rel, size)
+        self.unrecord(dst)
+
+    @staticmethod
+    def unrecord(dst: int) -> None:
+        """The metacopy at ``dst`` has its data (or needs none): its record goes."""
+        try:
+            os.removexattr(dst, metacopy.XATTR)
+        except OSError as e:
+            if e.errno != errno.ENODATA:
+                raise
+
     def _make_durable(self, dst: int, layer: int, rel: str, size: int) -> os.stat_result | None:
         """Make sure no crash loses the data just copied into ``dst``: note it (returning the stat
         that names it), or fsync it."""
@@ -344,9 +409,10 @@ class CopyUps:
     upper object becomes an alias of the lower one (same inode number) and a file's new fd goes to
     its node."""
 
-    def __init__(self, copier: Copier, inodes: InodeTable, fds: FdCache) -> None:
+    def __init__(self, copier: Copier, inodes: InodeTable, fds: FdCache, metacopy: bool = False) -> None:
         assert copier.layers.upper is not None
         self.copier = copier
+        self.metacopy = metacopy  # see ``copy_meta``
         self.upper: int = copier.layers.upper
         self.inodes = inodes
         self.fds = fds
@@ -371,13 +437,26 @@ class CopyUps:
         node.no_whiteouts = True  # a new, empty directory
 
     async def copy_up(self, node: Node, data: bool = True) -> None:
-        """Copy ``node`` into the upper unless it is there (its parents first); ``data=False``:
-        a file's copy is left empty (it is about to be truncated to zero)."""
+        """Copy ``node`` into the upper with its data unless it is there (its parents first); a
+        metacopy gets its data now; ``data=False``: a file's copy is left empty (it is about to be
+        truncated to zero)."""
+        if node.layer == self.upper and node.data is None:
+            return
+        await self._copy(node, data, False)
+
+    async def copy_meta(self, node: Node) -> None:
+        """Copy ``node`` into the upper for a change that needs none of its data (chmod, chown,
+        utimes, xattrs, a link, a rename): with ``metacopy`` on, a file's data stays below."""
+        if node.layer != self.upper:
+            await self._copy(node, True, self.metacopy)
+
+    async def _copy(self, node: Node, data: bool, meta: bool) -> None:
         upper = self.upper
         if node.is_dir:
             self.upper_dir(node)
             return
         if node.layer == upper:
+            await self._fill(node, data)
             return
         assert node.parent is not None
         if not node.unlinked:
@@ -387,14 +466,16 @@ class CopyUps:
             async with lock:
                 pass
             if node.layer == upper:
+                await self._fill(node, data)
                 return
         # Long copies, the rare ones with data to fsync and those whose data must be read from
         # the disk go to a worker thread: they must not stall the other requests. The others cost
         # less than a thread hop and run here, with no await, so no other request can start
         # copying the same file meanwhile.
         old = self.inodes.stat(node)
-        if not data or (old.st_size <= _INLINE_COPY and not self.copier.must_fsync(node.layer, node.rel)):
-            copy, done = self._job(node, data, old, nowait=True)
+        meta = meta and not node.unlinked
+        if meta or not data or (old.st_size <= _INLINE_COPY and not self.copier.must_fsync(node.layer, node.rel)):
+            copy, done = self._job(node, data, old, meta, nowait=True)
             try:
                 result = copy()
             except WouldBlock:
@@ -404,13 +485,42 @@ class CopyUps:
                 return
         async with self._lock(node):
             if node.layer != upper:
-                copy, done = self._job(node, data, self.inodes.stat(node))
+                copy, done = self._job(node, data, self.inodes.stat(node), meta)
                 done(await trio.to_thread.run_sync(copy))
 
-    def _job(self, node: Node, data: bool, old: os.stat_result,
+    async def _fill(self, node: Node, data: bool) -> None:
+        """The upper file ``node`` may be a metacopy: its data comes in now (none, if ``data`` is
+        false: it is about to be truncated to zero), and its record goes."""
+        found = self.fds.places.data_location(node)
+        if found is None:
+            return
+        if not data:
+            self.copier.unrecord(self.fds.fd(node, write=True))
+            self.fds.data_copied(node)
+            return
+        layer, rel = found
+        size = self.inodes.stat(node).st_size
+        if size <= _INLINE_COPY and not self.copier.must_fsync(layer, rel):
+            try:
+                self.copier.fill(self.fds.fd(node, write=True), layer, rel, size, nowait=True)
+            except WouldBlock:
+                pass
+            else:
+                self.fds.data_copied(node)
+                return
+        async with self._lock(node):
+            if node.data is not None:
+                fd = os.dup(self.fds.fd(node, write=True))  # the cache may close its own meanwhile
+                try:
+                    await trio.to_thread.run_sync(self.copier.fill, fd, layer, rel, size)
+                finally:
+                    os.close(fd)
+                self.fds.data_copied(node)
+
+    def _job(self, node: Node, data: bool, old: os.stat_result, meta: bool,
              nowait: bool = False) -> tuple[Callable[[], Any], Callable[[Any], None]]:
-        """The copy-up of a lower file whose stat is ``old``: the copy (it blocks) and what to
-        note, on the loop, of its result."""
+        """The copy-up of a lower file whose stat is ``old`` (``meta``: a metacopy if it has data):
+        the copy (it blocks) and what to note, on the loop, of its result."""
         assert node.parent is not None
         copier, layer, rel, prel, name = self.copier, node.layer, node.rel, node.parent.rel, node.name
         if node.unlinked:  # written after its name went (no OPEN was sent): a copy only its fd names
@@ -419,13 +529,18 @@ class CopyUps:
                 node.layer = self.upper
             return lambda: copier.copy_orphan(layer, rel, nowait), kept
 
+        # a metacopy records where the data is: the lower file's own place, or where its record says
+        place = (self.fds.places.data_location(node) or (layer, rel)) if meta and old.st_size else None
+
         def copied(new_and_fd: tuple[tuple[int, int], int]) -> None:
             new, fd = new_and_fd
             self.inodes.alias(new, old)
             node.layer = self.upper
+            if place is not None:
+                node.data = place
             if fd >= 0:  # a file's copy (the lower file's fd is closed): no open to come
                 self.fds.keep(node, fd, True)
-        return lambda: copier.copy(layer, rel, prel, name, data, nowait), copied
+        return lambda: copier.copy(layer, rel, prel, name, data, nowait, place), copied
 
     async def before_shrinking(self, fd: int, size: int) -> None:
         """A copy-up still noted in the journal is about to be truncated to ``size``: below its

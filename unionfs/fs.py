@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import pyfuse3
 import trio
 
-from . import owners, whiteout
+from . import metacopy, owners, whiteout
 from .attrs import attr, negative, new_times
 from .copyup import Copier, CopyUps
 from .errors import fuse_boundary, oserror
@@ -43,7 +43,7 @@ from .upper import Upper, without_suidgid
 
 _WRITE = os.O_WRONLY | os.O_RDWR
 _HOLES = 0x02 | 0x10  # FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE: data below may go
-_INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.")
+_INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.", *metacopy.PRIVATE_XATTRS)
 
 __all__ = ["DIR_CACHE", "FD_CACHE", "NO_OPEN", "UnionFS"]
 
@@ -79,7 +79,7 @@ class UnionFS(pyfuse3.Operations):
     def __init__(self, lowers: Sequence[str], upper: str | None = None, work: str | None = None,
                  volatile: bool = False, no_open: bool = False, fd_cache: int = FD_CACHE,
                  owners_xattr: bool = False, raw: bool = False, uids: owners.IdMap | None = None,
-                 gids: owners.IdMap | None = None, fsync: bool = True) -> None:
+                 gids: owners.IdMap | None = None, fsync: bool = True, metacopy: bool = False) -> None:
         super().__init__()
         self.enable_no_open = no_open  # open answers ENOSYS; writes copy up when they come
         if raw and (upper is not None or len(lowers) != 1):
@@ -98,17 +98,19 @@ class UnionFS(pyfuse3.Operations):
         self.copier = Copier(self.layers, work, sync=not volatile) if upper is not None and work is not None else None
         self._journal = self.copier.journal if self.copier is not None else None
         self.up = Upper(self.layers) if self.copier is not None else None
-        self.copyups = CopyUps(self.copier, self.inodes, self.fds) if self.copier is not None else None
+        self.copyups = CopyUps(self.copier, self.inodes, self.fds, metacopy) if self.copier is not None else None
         # the hot paths call these directly (bound once here, not looked up through two objects)
         self._node = self.inodes.node
         self._ino = self.inodes.ino
         self._remember = self.inodes.remember
         self._stat = self.inodes.stat
         self._fd = self.fds.fd
+        self._data_fd = self.fds.data_fd  # a metacopy's is the lower file's (``metacopy``)
         self._attr = attr
         self._upper_dir: Callable[[Node], None] = self.copyups.upper_dir if self.copyups else _read_only
         self._copy_up: Callable[..., Awaitable[None]] = self.copyups.copy_up if self.copyups else _read_only_copy
-        self.renames = Renames(self.layers, self.inodes, self.fds, self.up, self._journal, self._copy_up,
+        self._copy_meta: Callable[[Node], Awaitable[None]] = self.copyups.copy_meta if self.copyups else _read_only_copy
+        self.renames = Renames(self.layers, self.inodes, self.fds, self.up, self._journal, self._copy_meta,
                                self._upper_dir)
         self._losing = self.renames.losing
         self._lost = self.renames.lost
@@ -216,13 +218,14 @@ class UnionFS(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
-        truncating_to_zero = fields.update_size and attr.st_size == 0
-        await self._copy_up(node, data=not truncating_to_zero)
         if fields.update_size:
+            await self._copy_up(node, data=attr.st_size != 0)
             fd = self._fd(node, write=True)
             if self._journal is not None and self._journal.notes and self.copyups is not None:
                 await self.copyups.before_shrinking(fd, attr.st_size)
             os.ftruncate(fd, attr.st_size)
+        else:
+            await self._copy_meta(node)
         uid, gid = self.layers.host_ids(attr.st_uid if fields.update_uid else -1,
                                         attr.st_gid if fields.update_gid else -1)
         chown, chmod = fields.update_uid or fields.update_gid, fields.update_mode
@@ -369,7 +372,7 @@ class UnionFS(pyfuse3.Operations):
         node = self._node(inode)
         if node.is_dir:
             raise oserror(errno.EPERM)
-        await self._copy_up(node)  # a hard link is a change to the file: copy it up first
+        await self._copy_meta(node)  # a hard link is a change to the file: copy it up first
         parent, sname, up, rel = await self._prepare_new(new_parent_inode, new_name)
         with self.layers.at(up.layer, node.rel) as (sfd, s):
             up.make(rel, lambda fd, n: os.link(s, n, src_dir_fd=sfd, dst_dir_fd=fd, follow_symlinks=False))
@@ -400,12 +403,12 @@ class UnionFS(pyfuse3.Operations):
         # a thread for misses was tried twice: 3x slower on sequential reads with 128 KiB requests,
         # and 2x with 1 MiB ones even when no read missed (the daemon's system time went from 0.16 s
         # to 0.41 s on a 512 MiB file).
-        return os.pread(self._fd(self._node(fh)), size, off)
+        return os.pread(self._data_fd(self._node(fh)), size, off)
 
     @fuse_boundary
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         node = self._node(fh)
-        if node.layer != self.upper:  # no OPEN was sent: the first write copies up
+        if node.layer != self.upper or node.data is not None:  # no OPEN was sent: the first write copies up
             await self._copy_up(node)
         return os.pwrite(self._fd(node, write=True), buf, off)
 
@@ -523,7 +526,7 @@ class UnionFS(pyfuse3.Operations):
         if key.startswith(self._internal):
             raise oserror(errno.EPERM, key)
         node = self._node(inode)
-        await self._copy_up(node)
+        await self._copy_meta(node)
         with self.layers.at(node.layer, node.rel) as (fd, n):
             change(f"/proc/self/fd/{fd}/{n}", key)
 

@@ -24,7 +24,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from . import owners, whiteout
+from . import metacopy, owners, whiteout
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ROOT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # a layer given through a symlink is that directory
@@ -90,6 +90,9 @@ class LayerSet:
         except BaseException:
             self.close()
             raise
+        # the layers whose files may be metacopies: the upper, and lowers that were uppers (``metacopy``)
+        self.metacopy_layers = frozenset(i for i, fd in enumerate(self.fds)
+                                         if i == self.upper or (not raw and metacopy.marked(fd)))
 
     def close(self) -> None:
         for fd in self.fds:
