@@ -7,7 +7,9 @@ renamed into the upper, so a crash never leaves a half-copied file visible. Nor 
 leave an empty file that hides the lower one: a copy with data is noted in the workdir's journal
 before the rename (see ``journal``), or fsynced when it cannot be noted. ``sync=False``, the
 ``volatile`` mount option, does neither. The upper parent's times are put back afterwards: a copy-up
-is not a change the merged view should show. Overlay-internal xattrs are not copied.
+is not a change the merged view should show. Overlay-internal xattrs are not copied. With
+``metacopy``, a copy that needs no data is of the inode alone, and the data comes in by ``fill`` at
+the first write or truncation (see ``metacopy``).
 
 ``Copier``'s functions block (data copies can be long). ``CopyUps`` schedules them for the
 filesystem's nodes: parents first; a small copy is tried with ``nowait``, on the event loop, where
