@@ -130,7 +130,7 @@ class UnionFS(pyfuse3.Operations):
 
     # -- entries and names ------------------------------------------------------------------------
     def _resolve(self, parent: Node, name: str) -> Resolved | None:
-        return self.layers.resolve(parent.dir_layers, parent.rel, name)
+        return self.layers.resolve(parent.dir_layers, parent.rel, name, parent.no_whiteouts)
 
     def _node_attr(self, node: Node) -> pyfuse3.EntryAttributes:
         return self._attr(self._stat(node), node.ino, node.unlinked, len(node.dir_layers) > 1)

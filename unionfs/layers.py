@@ -233,8 +233,10 @@ class LayerSet:
                 break
         return dirs
 
-    def resolve(self, dir_layers: list[int], parent_rel: str, name: str) -> Resolved | None:
-        """Look ``name`` up in the merged directory ``parent_rel`` made of ``dir_layers``."""
+    def resolve(self, dir_layers: list[int], parent_rel: str, name: str,
+                no_upper_whiteouts: bool = False) -> Resolved | None:
+        """Look ``name`` up in the merged directory ``parent_rel`` made of ``dir_layers``;
+        ``no_upper_whiteouts``: its upper part is known to hold none (not asked for one)."""
         if len(os.fsencode(name)) > 255:
             raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), name)
         if whiteout.is_special(name) and not self.raw:
@@ -256,7 +258,8 @@ class LayerSet:
                 found.dir_layers.append(layer)
                 if self.is_opaque(layer, rel):
                     break
-            if i < last and self.has(layer, join(parent_rel, whiteout.whiteout_name(name))):
+            if i < last and not (no_upper_whiteouts and layer == self.upper) \
+                    and self.has(layer, join(parent_rel, whiteout.whiteout_name(name))):
                 break  # hides the name in every layer below this one (the bottom one has none)
         return found
 
