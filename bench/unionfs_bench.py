@@ -130,7 +130,10 @@ class Union:
         else:
             # as the runner mounts a container's union: metacopy=on (the kernel's and fuse-overlayfs's
             # are off: fuse-overlayfs has none, and containers-storage's mount program needs none)
-            extra = ",metacopy=on" + (",volatile" if kind == "strata volatile" else "")
+            # (a revision from before metacopy, for ``unionfs_ab``, would refuse the option)
+            with open(os.path.join(root, "unionfs", "options.py")) as f:
+                extra = ",metacopy=on" if '"metacopy"' in f.read() else ""
+            extra += ",volatile" if kind == "strata volatile" else ""
             self.cmd = [sys.executable, "-m", "unionfs", "-o", opts + extra, self.merged]
 
     def mount(self) -> None:
