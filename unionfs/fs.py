@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 import pyfuse3
@@ -43,13 +44,14 @@ from .upper import Upper, without_suidgid
 
 _WRITE = os.O_WRONLY | os.O_RDWR
 _HOLES = 0x02 | 0x10  # FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE: data below may go
+_FS_ENCODING = sys.getfilesystemencoding()
 _INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.", *metacopy.PRIVATE_XATTRS)
 
 __all__ = ["DIR_CACHE", "FD_CACHE", "NO_OPEN", "UnionFS"]
 
 
 def _name(raw: bytes) -> str:
-    return os.fsdecode(raw)
+    return raw.decode(_FS_ENCODING, "surrogateescape")  # os.fsdecode's answer, a call less on every lookup
 
 
 # A pyfuse3 that lets opendir answer with a FileInfo (our unionfs/patches/0001-*) can ask the
@@ -64,7 +66,7 @@ def _read_only(node: Node) -> None:
     raise oserror(errno.EROFS)
 
 
-async def _read_only_copy(node: Node, data: bool = True) -> None:
+async def _read_only_copy(node: Node, *_: object) -> bool:
     raise oserror(errno.EROFS)
 
 
@@ -108,8 +110,8 @@ class UnionFS(pyfuse3.Operations):
         self._data_fd = self.fds.data_fd  # a metacopy's is the lower file's (``metacopy``)
         self._attr = attr
         self._upper_dir: Callable[[Node], None] = self.copyups.upper_dir if self.copyups else _read_only
-        self._copy_up: Callable[..., Awaitable[None]] = self.copyups.copy_up if self.copyups else _read_only_copy
-        self._copy_meta: Callable[[Node], Awaitable[None]] = self.copyups.copy_meta if self.copyups else _read_only_copy
+        self._copy_up: Callable[..., Awaitable[object]] = self.copyups.copy_up if self.copyups else _read_only_copy
+        self._copy_meta: Callable[..., Awaitable[bool]] = self.copyups.copy_meta if self.copyups else _read_only_copy
         self.renames = Renames(self.layers, self.inodes, self.fds, self.up, self._journal, self._copy_meta,
                                self._upper_dir)
         self._losing = self.renames.losing
@@ -224,8 +226,10 @@ class UnionFS(pyfuse3.Operations):
             if self._journal is not None and self._journal.notes and self.copyups is not None:
                 await self.copyups.before_shrinking(fd, attr.st_size)
             os.ftruncate(fd, attr.st_size)
-        else:
-            await self._copy_meta(node)
+        set_times = fields.update_atime or fields.update_mtime
+        both = (attr.st_atime_ns, attr.st_mtime_ns) if fields.update_atime and fields.update_mtime else None
+        if not fields.update_size and await self._copy_meta(node, both):
+            set_times = False  # the copy-up was given them
         uid, gid = self.layers.host_ids(attr.st_uid if fields.update_uid else -1,
                                         attr.st_gid if fields.update_gid else -1)
         chown, chmod = fields.update_uid or fields.update_gid, fields.update_mode
@@ -238,7 +242,7 @@ class UnionFS(pyfuse3.Operations):
                 os.fchown(fd, uid, gid)
             if chmod:
                 os.fchmod(fd, stat.S_IMODE(attr.st_mode))
-            if fields.update_atime or fields.update_mtime:
+            if set_times:
                 os.utime(fd, ns=new_times(attr, fields, lambda: os.fstat(fd)))
         else:
             with self.layers.at(node.layer, node.rel) as (dfd, name):
@@ -248,7 +252,7 @@ class UnionFS(pyfuse3.Operations):
                     kind = node.last.st_mode if node.last is not None else self._stat(node).st_mode  # a name keeps its type
                     if not stat.S_ISLNK(kind):
                         os.chmod(name, stat.S_IMODE(attr.st_mode), dir_fd=dfd)
-                if fields.update_atime or fields.update_mtime:
+                if set_times:
                     times = new_times(attr, fields, lambda: os.stat(name, dir_fd=dfd, follow_symlinks=False))
                     os.utime(name, ns=times, dir_fd=dfd, follow_symlinks=False)
         if getattr(fields, "kill_suidgid", False):

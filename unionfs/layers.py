@@ -237,7 +237,7 @@ class LayerSet:
                 no_upper_whiteouts: bool = False) -> Resolved | None:
         """Look ``name`` up in the merged directory ``parent_rel`` made of ``dir_layers``;
         ``no_upper_whiteouts``: its upper part is known to hold none (not asked for one)."""
-        if len(os.fsencode(name)) > 255:
+        if len(name) > 63 and len(os.fsencode(name)) > 255:  # (a code point is at most 4 bytes)
             raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), name)
         if whiteout.is_special(name) and not self.raw:
             return None
