@@ -305,8 +305,8 @@ async def test_o_trunc_copies_no_data(tmp_path, monkeypatch, no_open):
     lower = make_layer(str(tmp_path / "l"), {"f": "x" * 10_000})
     fs = UnionFS([lower], make_layer(str(tmp_path / "u"), {}), make_layer(str(tmp_path / "w"), {}), no_open=no_open)
     copied = []
-    real = copyup._copy_data
-    monkeypatch.setattr(copyup, "_copy_data", lambda *a: (copied.append(a), real(*a)))
+    real = copyup.copy_data
+    monkeypatch.setattr(copyup, "copy_data", lambda *a: (copied.append(a), real(*a)))
     try:
         await OpsClient(fs).write("f", b"new", flags=os.O_WRONLY | os.O_TRUNC)
         assert copied == []

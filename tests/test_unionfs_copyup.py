@@ -235,7 +235,7 @@ async def test_a_filesystem_that_cannot_clone_is_not_asked_twice(tmp_path, monke
     stop paying for the failing ioctl."""
     import fcntl
 
-    from unionfs import copyup
+    from unionfs import copydata
 
     lower = make_layer(str(tmp_path / "l"), {"f": "x" * 100, "g": "y" * 100})
     fs = UnionFS([lower], make_layer(str(tmp_path / "u"), {}), make_layer(str(tmp_path / "w"), {}))
@@ -250,7 +250,7 @@ async def test_a_filesystem_that_cannot_clone_is_not_asked_twice(tmp_path, monke
         client = OpsClient(fs)
         await client.chmod("f", 0o600)
         await client.chmod("g", 0o600)
-        assert asked == [copyup._FICLONE]
+        assert asked == [copydata._FICLONE]
         assert await client.read("f") == b"x" * 100 and await client.read("g") == b"y" * 100
     finally:
         fs.close()

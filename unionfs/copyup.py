@@ -1,8 +1,7 @@
 """Copy an object from a lower layer into the upper, as kernel overlayfs does.
 
-The copy is built in the workdir — data (FICLONE, else copy_file_range, else sendfile where the
-kernel does not copy between the two filesystems; a lower filesystem that refuses FICLONE is not
-asked again), owner, mode (setuid bits too: chmod comes after chown), xattrs, times — and only then
+The copy is built in the workdir — data (the best way ``copydata`` has that has not failed from that
+lower filesystem before), owner, mode (setuid bits too: chmod comes after chown), xattrs, times — and only then
 renamed into the upper, so a crash never leaves a half-copied file visible. Nor can a power cut
 leave an empty file that hides the lower one: a copy with data is noted in the workdir's journal
 before the rename (see ``journal``), or fsynced when it cannot be noted. ``sync=False``, the
@@ -14,16 +13,12 @@ the first write or truncation (see ``metacopy``).
 ``Copier``'s functions block (data copies can be long). ``CopyUps`` schedules them for the
 filesystem's nodes: parents first; a small copy is tried with ``nowait``, on the event loop, where
 it reads the lower's data only if it is all in the page cache (RWF_NOWAIT) and raises ``WouldBlock``
-otherwise; that, a long copy and one that must be fsynced go to a worker thread. Lower files are opened
-with O_NOATIME where allowed (as overlayfs does): a copy-up does not change the lower, and an atime
-update would make a RWF_NOWAIT read refuse.
+otherwise; that, a long copy and one that must be fsynced go to a worker thread.
 """
 
 from __future__ import annotations
 
-import enum
 import errno
-import fcntl
 import itertools
 import os
 import shutil
@@ -34,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from . import metacopy
+from .copydata import Way, WouldBlock, can_tell, copy_data, copy_xattrs, open_lower, read_cached, write_all
 from .journal import Journal, can_note, recover_only
 from .layers import LayerSet
 
@@ -41,113 +37,9 @@ if TYPE_CHECKING:
     from .fdcache import FdCache
     from .inodes import InodeTable, Node
 
-_FICLONE = 0x40049409
 _counter = itertools.count()
-_INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.", *metacopy.PRIVATE_XATTRS)
 _INLINE_COPY = 1 << 20  # copy-ups of files up to this size may run on the event loop
 _ABSOLUTE = 3000  # a lower object's absolute path is used below this length (PATH_MAX is 4096)
-
-
-class WouldBlock(Exception):
-    """A ``nowait`` copy whose lower data is not all in the page cache."""
-
-
-def _read_cached(src: int, size: int) -> bytearray | None:
-    """The ``size`` bytes of ``src`` if all are in the page cache; None if reading would wait."""
-    buf = bytearray(size)
-    try:
-        n = os.preadv(src, [buf], 0, os.RWF_NOWAIT)
-    except BlockingIOError:
-        return None
-    return buf if n == size else None
-
-
-def _can_tell(src: int) -> bool:
-    """Does the filesystem of ``src`` answer RWF_NOWAIT reads?"""
-    try:
-        os.preadv(src, [bytearray(1)], 0, os.RWF_NOWAIT)
-    except BlockingIOError:
-        pass
-    except OSError as e:
-        if e.errno == errno.EOPNOTSUPP:
-            return False
-        raise
-    return True
-
-
-def _write_all(fd: int, data: bytearray) -> None:
-    view, done = memoryview(data), 0
-    while done < len(data):
-        done += os.pwrite(fd, view[done:], done)
-
-
-def _open_lower(name: str, dir_fd: int) -> int:
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        return os.open(name, flags | os.O_NOATIME, dir_fd=dir_fd)
-    except PermissionError:  # O_NOATIME: only the owner or CAP_FOWNER
-        return os.open(name, flags, dir_fd=dir_fd)
-
-
-def _copy_xattrs(src: str | int, dst: str | int) -> None:
-    """Copy the xattrs of ``src`` to ``dst``, each a path (not followed) or an open fd."""
-    try:
-        names = os.listxattr(src, follow_symlinks=False) if isinstance(src, str) else os.listxattr(src)
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EPERM):
-            return
-        raise
-    for name in names:
-        if name.startswith(_INTERNAL_XATTRS):
-            continue
-        try:
-            value = os.getxattr(src, name, follow_symlinks=False) if isinstance(src, str) else os.getxattr(src, name)
-            if isinstance(dst, int):
-                os.setxattr(dst, name, value)
-            else:
-                os.setxattr(dst, name, value, follow_symlinks=False)
-        except OSError as e:
-            # trusted.*/security.* need privileges: without them, keep what can be kept.
-            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
-                raise
-
-
-class _Way(enum.IntEnum):
-    """How data is copied from one lower filesystem to the upper: the best that has not failed."""
-
-    CLONE = 0  # FICLONE: a reflink, no data copied (btrfs, xfs)
-    COPY_FILE_RANGE = 1  # in the kernel, no data through user space
-    SENDFILE = 2  # the kernel copies the data between the two kinds of filesystem (a lower on FUSE, say)
-
-
-def _copy_data(src_fd: int, dst_fd: int, size: int, way: _Way) -> _Way:
-    """Copy ``size`` bytes the best ``way`` the two filesystems allow; returns the way that worked."""
-    if way == _Way.CLONE:
-        try:
-            fcntl.ioctl(dst_fd, _FICLONE, src_fd)
-            return way
-        except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
-                raise
-            way = _Way.COPY_FILE_RANGE
-    offset = 0
-    if way == _Way.COPY_FILE_RANGE:
-        while offset < size:
-            try:
-                n = os.copy_file_range(src_fd, dst_fd, min(size - offset, 1 << 30), offset, offset)
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                    raise
-                way = _Way.SENDFILE
-                break
-            if n == 0:
-                return way
-            offset += n
-    if way == _Way.SENDFILE:
-        os.lseek(dst_fd, offset, os.SEEK_SET)
-        while offset < size and (n := os.sendfile(dst_fd, src_fd, offset, min(size - offset, 1 << 30))):
-            offset += n
-    return way
 
 
 class Copier:
@@ -163,7 +55,7 @@ class Copier:
         self._umask = os.umask(0)  # the daemon runs with 0; a caller of the operations may not
         os.umask(self._umask)
         self._pid = os.getpid()  # names this daemon's copies in the workdir
-        self._ways: dict[int, _Way] = {}  # lower device -> how data copies from it to the upper
+        self._ways: dict[int, Way] = {}  # lower device -> how data copies from it to the upper
         # lower device -> can RWF_NOWAIT ask its page cache (not on FUSE or tmpfs)? Found by the
         # first copy from it, in a thread: until then (and if not) no copy from it is tried inline,
         # where even the open could wait (on a FUSE lower's daemon).
@@ -193,7 +85,7 @@ class Copier:
         return self.journal is not None and not can_note(self.lower_path(layer, rel))
 
     def _copy_again(self, src: int, dst: int, size: int) -> None:
-        _copy_data(src, dst, size, _Way.CLONE)
+        copy_data(src, dst, size, Way.CLONE)
 
     def _owner(self, target: str, st: os.stat_result) -> None:
         if self.as_root:
@@ -264,12 +156,12 @@ class Copier:
                 if data and st.st_size:
                     if nowait and not self._nowait.get(st.st_dev):
                         raise WouldBlock(rel)
-                    src = _open_lower(sname, sfd)
-                    if nowait and (cached := _read_cached(src, st.st_size)) is None:
+                    src = open_lower(sname, sfd)
+                    if nowait and (cached := read_cached(src, st.st_size)) is None:
                         os.close(src)
                         raise WouldBlock(rel)
                     if st.st_dev not in self._nowait:
-                        self._nowait[st.st_dev] = _can_tell(src)
+                        self._nowait[st.st_dev] = can_tell(src)
                 try:
                     dst = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                                   stat.S_IMODE(mode) if final else 0o600, dir_fd=self.work_fd)
@@ -281,18 +173,18 @@ class Copier:
                 try:
                     cloned = False  # a clone shares the lower's extents: metadata, as safe as the rename
                     if cached is not None:
-                        _write_all(dst, cached)
+                        write_all(dst, cached)
                     elif src >= 0:
-                        way = self._ways[st.st_dev] = _copy_data(src, dst, st.st_size,
-                                                                 self._ways.get(st.st_dev, _Way.CLONE))
-                        cloned = way == _Way.CLONE
+                        way = self._ways[st.st_dev] = copy_data(src, dst, st.st_size,
+                                                                 self._ways.get(st.st_dev, Way.CLONE))
+                        cloned = way == Way.CLONE
                     if src >= 0 and durable and not cloned:
                         made = self._make_durable(dst, layer, rel, st.st_size)
                     if not owned:
                         os.fchown(dst, st.st_uid, st.st_gid)
                     if not final:
                         os.fchmod(dst, stat.S_IMODE(mode))
-                    _copy_xattrs(src if src >= 0 else src_path, dst)
+                    copy_xattrs(src if src >= 0 else src_path, dst)
                     os.utime(dst, ns=times or (st.st_atime_ns, st.st_mtime_ns))
                 except BaseException:
                     os.close(dst)
@@ -309,13 +201,13 @@ class Copier:
                 os.mkdir(tmp, 0o700, dir_fd=self.work_fd)
                 self._owner(tmp, st)
                 os.chmod(tmp, stat.S_IMODE(mode), dir_fd=self.work_fd)
-                _copy_xattrs(src_path, f"/proc/self/fd/{self.work_fd}/{tmp}")
+                copy_xattrs(src_path, f"/proc/self/fd/{self.work_fd}/{tmp}")
                 os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self.work_fd)
             else:  # fifo, socket, device
                 os.mknod(tmp, mode, st.st_rdev, dir_fd=self.work_fd)
                 self._owner(tmp, st)
                 os.chmod(tmp, stat.S_IMODE(mode), dir_fd=self.work_fd)
-                _copy_xattrs(src_path, f"/proc/self/fd/{self.work_fd}/{tmp}")
+                copy_xattrs(src_path, f"/proc/self/fd/{self.work_fd}/{tmp}")
                 os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self.work_fd)
         return -1, None
 
@@ -335,7 +227,7 @@ class Copier:
                 os.fchown(dst, st.st_uid, st.st_gid)
             if not final:
                 os.fchmod(dst, stat.S_IMODE(st.st_mode))
-            _copy_xattrs(src_path, dst)
+            copy_xattrs(src_path, dst)
             os.utime(dst, ns=times or (st.st_atime_ns, st.st_mtime_ns))
         except BaseException:
             os.close(dst)
@@ -350,20 +242,20 @@ class Copier:
         if nowait and (st is None or not self._nowait.get(st.st_dev)):
             raise WouldBlock(rel)
         with self.layers.at(layer, rel) as (sfd, sname):
-            src = _open_lower(sname, sfd)
+            src = open_lower(sname, sfd)
         try:
             if st is None:
                 st = os.fstat(src)
             if nowait:
-                if (cached := _read_cached(src, size)) is None:
+                if (cached := read_cached(src, size)) is None:
                     raise WouldBlock(rel)
-                _write_all(dst, cached)
+                write_all(dst, cached)
                 cloned = False
             else:
                 if st.st_dev not in self._nowait:
-                    self._nowait[st.st_dev] = _can_tell(src)
-                way = self._ways[st.st_dev] = _copy_data(src, dst, size, self._ways.get(st.st_dev, _Way.CLONE))
-                cloned = way == _Way.CLONE
+                    self._nowait[st.st_dev] = can_tell(src)
+                way = self._ways[st.st_dev] = copy_data(src, dst, size, self._ways.get(st.st_dev, Way.CLONE))
+                cloned = way == Way.CLONE
         finally:
             os.close(src)
         if self.sync and not cloned:
