@@ -8,6 +8,7 @@ import errno
 import mmap
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -247,3 +248,23 @@ async def test_a_touch_copies_up_with_the_new_times_a_symlink_too(meta):
         assert (st.st_atime_ns, st.st_mtime_ns) == (5_000_000_000, 6_000_000_000), name
         assert int((await fs.stat(name)).st_mtime) == 6
     assert stat.S_ISLNK(os.lstat(f"{fs.upper}/ln").st_mode) and await fs.read("t") == b"data"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a ramfs is root's")
+async def test_an_upper_that_cannot_hold_records_gets_copies_with_data(tmp_path):
+    """ramfs has no user xattrs: metacopy=on copies data there, as with the option off."""
+    lower = make_layer(str(tmp_path / "lower"), {"f": "data"})
+    ram = tmp_path / "ram"
+    ram.mkdir()
+    subprocess.run(["mount", "-t", "ramfs", "strata-test-ramfs", str(ram)], check=True)
+    try:
+        upper, work = make_layer(str(ram / "upper"), {}), make_layer(str(ram / "work"), {})
+        fs = UnionFS([lower], upper, work, no_open=True, metacopy=True)
+        try:
+            await OpsClient(fs).chmod("f", 0o600)
+            assert open(f"{upper}/f", "rb").read() == b"data"
+            assert stat.S_IMODE(os.lstat(f"{upper}/f").st_mode) == 0o600
+        finally:
+            fs.close()
+    finally:
+        subprocess.run(["umount", str(ram)], check=True)

@@ -311,11 +311,12 @@ class CopyUps:
     upper object becomes an alias of the lower one (same inode number) and a file's new fd goes to
     its node."""
 
-    def __init__(self, copier: Copier, inodes: InodeTable, fds: FdCache, metacopy: bool = False) -> None:
+    def __init__(self, copier: Copier, inodes: InodeTable, fds: FdCache, metacopy_on: bool = False) -> None:
         assert copier.layers.upper is not None
         self.copier = copier
-        self.metacopy = metacopy  # see ``copy_meta``
         self.upper: int = copier.layers.upper
+        # see ``copy_meta``; an upper that cannot hold the records gets copies with data
+        self.metacopy = metacopy_on and metacopy.supported(copier.layers.fds[self.upper])
         self.inodes = inodes
         self.fds = fds
         self._locks: dict[int, trio.Lock] = {}

@@ -70,6 +70,15 @@ def marked(root_fd: int) -> bool:
         return False
 
 
+def supported(root_fd: int) -> bool:
+    """Can the upper at ``root_fd`` hold records (``user.`` xattrs)? Where not, copy-ups copy data."""
+    try:
+        os.getxattr(root_fd, XATTR)
+    except OSError as e:
+        return e.errno == errno.ENODATA
+    return True
+
+
 def mark(root_fd: int) -> None:
     os.setxattr(root_fd, XATTR, b"")
 
