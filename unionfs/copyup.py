@@ -24,7 +24,7 @@ import os
 import shutil
 import stat
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
 
@@ -40,6 +40,14 @@ if TYPE_CHECKING:
 _counter = itertools.count()
 _INLINE_COPY = 1 << 20  # copy-ups of files up to this size may run on the event loop
 _ABSOLUTE = 3000  # a lower object's absolute path is used below this length (PATH_MAX is 4096)
+
+
+class Change(NamedTuple):
+    """What the change a copy-up is made for sets, given to the copy itself (a syscall less each):
+    a file's (atime, mtime) in ns, its permission bits."""
+
+    times: tuple[int, int] | None = None
+    perm: int | None = None
 
 
 class Copier:
@@ -93,16 +101,16 @@ class Copier:
 
     def copy(self, layer: int, rel: str, upper_parent_rel: str, name: str, data: bool = True,
              nowait: bool = False, meta: tuple[int, str] | None = None,
-             times: tuple[int, int] | None = None) -> tuple[tuple[int, int], int]:
+             change: Change | None = None) -> tuple[tuple[int, int], int]:
         """Copy (layer, rel) to ``upper_parent_rel/name`` in the upper. Returns the new object's
         identity (st_dev, st_ino: what its rename keeps) and, for a file, a read-write fd on it (the
         caller's to keep or close; -1 else). ``meta``: a file with data is copied without it, its
-        data recorded as being at (layer, path) (see ``metacopy``). ``times``: a file's (atime, mtime)
-        in ns, when the change the copy is for sets them (the lower's otherwise)."""
+        data recorded as being at (layer, path) (see ``metacopy``). ``change``: what the change the
+        copy is for sets on a file, which it gets in place of the lower's."""
         tmp = self._tmp_name()
         fd = -1
         try:
-            fd, new = self._build(layer, rel, tmp, data, self.sync, nowait, meta, times)
+            fd, new = self._build(layer, rel, tmp, data, self.sync, nowait, meta, change)
             if new is None:  # not stat'ed while it was built
                 new = os.fstat(fd) if fd >= 0 else os.stat(tmp, dir_fd=self.work_fd, follow_symlinks=False)
             self.publish(tmp, upper_parent_rel, name)
@@ -130,7 +138,7 @@ class Copier:
 
     def _build(self, layer: int, rel: str, tmp: str, data: bool, durable: bool, nowait: bool = False,
                meta: tuple[int, str] | None = None,
-               times: tuple[int, int] | None = None) -> tuple[int, os.stat_result | None]:
+               change: Change | None = None) -> tuple[int, os.stat_result | None]:
         """Make ``tmp`` in the workdir a copy of (layer, rel): data, owner, mode, xattrs, times;
         ``durable``: its data noted or fsynced; ``nowait``: see the module's doc. Returns a
         read-write fd on it for a file (made with it: the mode cannot refuse), -1 else; and its
@@ -146,13 +154,16 @@ class Copier:
                 src_path = f"/proc/self/fd/{sfd}/{sname}"
             mode = st.st_mode
             if stat.S_ISREG(mode):
+                times = (change.times if change else None) or (st.st_atime_ns, st.st_mtime_ns)
+                if change is not None and change.perm is not None:
+                    mode = stat.S_IFMT(mode) | change.perm
                 # Created with its final mode unless a chown must come first (it would drop
                 # setuid bits), or the umask or open(2) would leave bits out.
                 owned = not self.as_root or (st.st_uid, st.st_gid) == self._created_owner
                 final = owned and not stat.S_IMODE(mode) & (~0o777 | self._umask)
                 src, cached = -1, None
                 if meta is not None and st.st_size:
-                    return self._build_meta(st, src_path, tmp, owned, final, meta, times), None
+                    return self._build_meta(st, mode, times, src_path, tmp, owned, final, meta), None
                 if data and st.st_size:
                     if nowait and not self._nowait.get(st.st_dev):
                         raise WouldBlock(rel)
@@ -185,7 +196,7 @@ class Copier:
                     if not final:
                         os.fchmod(dst, stat.S_IMODE(mode))
                     copy_xattrs(src if src >= 0 else src_path, dst)
-                    os.utime(dst, ns=times or (st.st_atime_ns, st.st_mtime_ns))
+                    os.utime(dst, ns=times)
                 except BaseException:
                     os.close(dst)
                     raise
@@ -211,24 +222,25 @@ class Copier:
                 os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self.work_fd)
         return -1, None
 
-    def _build_meta(self, st: os.stat_result, src_path: str, tmp: str, owned: bool, final: bool,
-                    data: tuple[int, str], times: tuple[int, int] | None) -> int:
-        """``tmp``: a metacopy of the lower file ``st`` (at ``src_path``), its data recorded as at
-        ``data``; a read-write fd on it. Metadata alone: nothing to note or fsync."""
+    def _build_meta(self, st: os.stat_result, mode: int, times: tuple[int, int], src_path: str, tmp: str,
+                    owned: bool, final: bool, data: tuple[int, str]) -> int:
+        """``tmp``: a metacopy of the lower file ``st`` (at ``src_path``) with ``mode`` and
+        ``times``, its data recorded as at ``data``; a read-write fd on it. Metadata alone: nothing
+        to note or fsync."""
         if not self._marked:
             metacopy.mark(self.layers.fds[self.layers.upper or 0])  # it holds records now
             self._marked = True
         dst = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                      stat.S_IMODE(st.st_mode) if final else 0o600, dir_fd=self.work_fd)
+                      stat.S_IMODE(mode) if final else 0o600, dir_fd=self.work_fd)
         try:
             os.ftruncate(dst, st.st_size)
             metacopy.record(dst, self._roots[data[0]], data[1])
             if not owned:
                 os.fchown(dst, st.st_uid, st.st_gid)
             if not final:
-                os.fchmod(dst, stat.S_IMODE(st.st_mode))
+                os.fchmod(dst, stat.S_IMODE(mode))
             copy_xattrs(src_path, dst)
-            os.utime(dst, ns=times or (st.st_atime_ns, st.st_mtime_ns))
+            os.utime(dst, ns=times)
         except BaseException:
             os.close(dst)
             raise
@@ -347,19 +359,19 @@ class CopyUps:
             return
         await self._copy(node, data, False)
 
-    async def copy_meta(self, node: Node, times: tuple[int, int] | None = None) -> bool:
+    async def copy_meta(self, node: Node, change: Change | None = None) -> bool:
         """Copy ``node`` into the upper for a change that needs none of its data (chmod, chown,
         utimes, xattrs, a link, a rename): with ``metacopy`` on, a file's data stays below.
-        ``times``: the (atime, mtime) the change sets; True if a file's copy was given them (the
-        caller need not set them again)."""
+        ``change``: what the change sets; True if a file's copy was given it (the caller need not
+        set it again)."""
         if node.layer == self.upper:
             return False
-        given = times is not None and not node.is_dir and not node.unlinked \
+        given = change is not None and not node.is_dir and not node.unlinked \
             and stat.S_ISREG((node.last or self.inodes.stat(node)).st_mode)  # (other kinds keep the lower's)
-        await self._copy(node, True, self.metacopy, times if given else None)
+        await self._copy(node, True, self.metacopy, change if given else None)
         return given
 
-    async def _copy(self, node: Node, data: bool, meta: bool, times: tuple[int, int] | None = None) -> None:
+    async def _copy(self, node: Node, data: bool, meta: bool, change: Change | None = None) -> None:
         upper = self.upper
         if node.is_dir:
             self.upper_dir(node)
@@ -384,7 +396,7 @@ class CopyUps:
         old = self.inodes.stat(node)
         meta = meta and not node.unlinked
         if meta or not data or (old.st_size <= _INLINE_COPY and not self.copier.must_fsync(node.layer, node.rel)):
-            copy, done = self._job(node, data, old, meta, times, nowait=True)
+            copy, done = self._job(node, data, old, meta, change, nowait=True)
             try:
                 result = copy()
             except WouldBlock:
@@ -394,7 +406,7 @@ class CopyUps:
                 return
         async with self._lock(node):
             if node.layer != upper:
-                copy, done = self._job(node, data, self.inodes.stat(node), meta, times)
+                copy, done = self._job(node, data, self.inodes.stat(node), meta, change)
                 done(await trio.to_thread.run_sync(copy))
 
     async def _fill(self, node: Node, data: bool) -> None:
@@ -426,7 +438,7 @@ class CopyUps:
                     os.close(fd)
                 self.fds.data_copied(node)
 
-    def _job(self, node: Node, data: bool, old: os.stat_result, meta: bool, times: tuple[int, int] | None,
+    def _job(self, node: Node, data: bool, old: os.stat_result, meta: bool, change: Change | None,
              nowait: bool = False) -> tuple[Callable[[], Any], Callable[[Any], None]]:
         """The copy-up of a lower file whose stat is ``old`` (``meta``: a metacopy if it has data):
         the copy (it blocks) and what to note, on the loop, of its result."""
@@ -449,7 +461,7 @@ class CopyUps:
                 node.data = place
             if fd >= 0:  # a file's copy (the lower file's fd is closed): no open to come
                 self.fds.keep(node, fd, True)
-        return lambda: copier.copy(layer, rel, prel, name, data, nowait, place, times), copied
+        return lambda: copier.copy(layer, rel, prel, name, data, nowait, place, change), copied
 
     async def before_shrinking(self, fd: int, size: int) -> None:
         """A copy-up still noted in the journal is about to be truncated to ``size``: below its

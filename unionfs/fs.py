@@ -31,7 +31,7 @@ import trio
 
 from . import metacopy, owners, whiteout
 from .attrs import attr, negative, new_times
-from .copyup import Copier, CopyUps
+from .copyup import Change, Copier, CopyUps
 from .errors import fuse_boundary, oserror
 from .fdcache import CAP as FD_CACHE
 from .fdcache import FdCache
@@ -227,12 +227,14 @@ class UnionFS(pyfuse3.Operations):
                 await self.copyups.before_shrinking(fd, attr.st_size)
             os.ftruncate(fd, attr.st_size)
         set_times = fields.update_atime or fields.update_mtime
-        both = (attr.st_atime_ns, attr.st_mtime_ns) if fields.update_atime and fields.update_mtime else None
-        if not fields.update_size and await self._copy_meta(node, both):
-            set_times = False  # the copy-up was given them
+        chown, chmod = fields.update_uid or fields.update_gid, fields.update_mode
+        # what a copy-up made for this change can be given itself: the times, the mode (not before a chown)
+        change = Change((attr.st_atime_ns, attr.st_mtime_ns) if fields.update_atime and fields.update_mtime else None,
+                        stat.S_IMODE(attr.st_mode) if chmod and not chown and not self.owners_xattr else None)
+        if not fields.update_size and await self._copy_meta(node, change):
+            set_times, chmod = set_times and change.times is None, chmod and change.perm is None
         uid, gid = self.layers.host_ids(attr.st_uid if fields.update_uid else -1,
                                         attr.st_gid if fields.update_gid else -1)
-        chown, chmod = fields.update_uid or fields.update_gid, fields.update_mode
         if self.owners_xattr and (chown or chmod):
             self._set_owner_xattr(node, attr, fields)
             chown = chmod = False
