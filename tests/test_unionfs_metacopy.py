@@ -14,7 +14,7 @@ from contextlib import ExitStack
 from typing import Any
 
 import pytest
-from unionfs_support import MountClient, OpsClient, errno_of, make_layer, mounted
+from unionfs_support import MountClient, OpsClient, daemon_on, errno_of, make_layer, mounted
 
 from unionfs import journal, metacopy
 from unionfs.fs import UnionFS
@@ -41,26 +41,28 @@ def _sparse(path: str) -> bool:
         return _seek_data(f.fileno()) == os.fstat(f.fileno()).st_size
 
 
-@pytest.fixture(params=["ops", "mount"])
+@pytest.fixture(params=["ops", "ops-open", "mount", "mount-stock"])
 def meta(request: Any, tmp_path: Any) -> Iterator[Any]:
-    """``meta(lower_spec, extra_lowers=())``: a client on a union with metacopy on (handlers called
-    directly, or a real mount); ``.remount()`` serves the same dirs again (a mount's state on disk is
-    all there is); the lowers must come out unchanged."""
+    """``meta(lower_spec)``: a client on a union with metacopy on (handlers called directly, with
+    open answering ENOSYS or not, or a real mount on our pyfuse3 or a stock one); ``.remount()``
+    serves the same dirs again (a mount's state on disk is all there is); the lowers must come out
+    unchanged."""
     stack = ExitStack()
     state: dict[str, Any] = {}
 
     def serve(client_lowers: list[str], upper: str, work: str) -> Any:
-        if request.param == "ops":
-            fs = UnionFS(client_lowers, upper, work, no_open=True, metacopy=True)
+        if request.param.startswith("ops"):
+            fs = UnionFS(client_lowers, upper, work, no_open=request.param == "ops", metacopy=True)
             state["close"] = fs.close
             client: Any = OpsClient(fs)
         else:
+            on = daemon_on("stock" if request.param == "mount-stock" else "patched")
             mnt = str(tmp_path / "mnt")
             os.makedirs(mnt, exist_ok=True)
             inner = ExitStack()
-            inner.enter_context(mounted(mnt, client_lowers, upper, work, extra=",metacopy=on"))
+            inner.enter_context(mounted(mnt, client_lowers, upper, work, extra=",metacopy=on", python=on.python))
             state["close"] = inner.close
-            client = MountClient(mnt)
+            client = MountClient(mnt, on)
         client.upper, client.lowers, client.work = upper, client_lowers, work
         client.remount = lambda: remount(client)
         return client
