@@ -22,6 +22,7 @@ import argparse
 import functools
 import os
 import random
+import select
 import shutil
 import statistics
 import subprocess
@@ -145,10 +146,29 @@ class Union:
         assert is_mounted(self.merged)
 
     def unmount(self) -> None:
+        sources = mountinfo.sources_at(self.merged)
         start = time.perf_counter()
         subprocess.run(["umount", self.merged] if self.kind == "kernel" else ["fusermount3", "-u", self.merged],
                        check=True)
         self.unmount_time = time.perf_counter() - start
+        # A strata daemon syncs and closes the upper after the unmount returns: wait for its exit
+        # (its pid is in the mount's source), or the scratch filesystem may still be busy.
+        for source in sources:
+            if source.startswith("strata-unionfs:"):
+                wait_exit(int(source.split(":")[1]))
+
+
+def wait_exit(pid: int, timeout: float = 60) -> None:
+    """Wait until process ``pid`` has exited (at most ``timeout`` seconds)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if not select.select([fd], [], [], timeout)[0]:
+            raise RuntimeError(f"the daemon {pid} did not exit within {timeout} s of its unmount")
+    finally:
+        os.close(fd)
 
 
 def forked_mount_latency(base: str) -> tuple[float, float]:
