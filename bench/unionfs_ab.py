@@ -35,6 +35,7 @@ from unionfs_bench import (  # noqa: E402
     ensure_inputs,
     fresh_union,
     pass_label,
+    scratch_for,
     scratch_fs,
     selected,
 )
@@ -123,7 +124,7 @@ def main() -> None:
                     fn, rel, passes = WORKLOADS[name]
                     order = ["old", "new"] if (r + i) % 2 == 0 else ["new", "old"]
                     for side in order:
-                        with fresh_union(kind, f"ab-{side}-", sides[side]) as u:
+                        with fresh_union(kind, f"ab-{side}-", sides[side], scratch_for(name)) as u:
                             target = os.path.join(u.merged, rel)
                             for p in range(passes):
                                 start = time.perf_counter()

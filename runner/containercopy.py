@@ -228,6 +228,7 @@ def _mounted(root: str, container: Container) -> Iterator[tuple[str, int]]:
         lowers = [d for d in (container.path("init"), container.path(LAYER)) if os.path.isdir(d)]
         # rootless, as for a start: mounted as root of a namespace mapped as the container's, owners in xattrs
         options = ["allow_other", "xattr_permissions=2"] if rootless else []
+        options.append("metacopy=on")  # as its supervisor mounts it (commit and export read the records)
         pid, ready = fork_serve(merged, [*lowers, *container.config["LowerDirs"]], container.path("upper"),
                                 container.path("work"), options, parent_death=signal.SIGTERM,
                                 enter=userns.joiner(holder) if holder else None)

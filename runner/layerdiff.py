@@ -7,6 +7,11 @@ as ``docker diff`` does.
 
 ``flatten`` lists the merged tree (upper over lowers, whiteouts applied) with the real file behind
 each name, for ``strata export``.
+
+A container's union copies metadata alone up where it can (``unionfs.metacopy``): an upper file may
+keep its data in a lower layer. ``UpperData`` says where, for whatever writes an upper's files out
+without mounting it (``commit``, ``export``, a build step's layer); ``union_lowers`` are the lower
+layer dirs a container's union is mounted with (where that data may be).
 """
 
 from __future__ import annotations
@@ -14,9 +19,32 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from unionfs import whiteout
+from unionfs import metacopy, whiteout
 from unionfs.layers import LayerSet, join
+
+if TYPE_CHECKING:
+    from .containers import Container
+
+MOUNTPOINTS = "mountpoints"  # volumemounts.LAYER: the layer of a container's mount destinations
+
+
+def union_lowers(c: Container) -> list[str]:
+    """The lower layer dirs of container ``c``'s union, top-most first (as its supervisor mounts it)."""
+    return [c.path("init"), c.path(MOUNTPOINTS), *c.config["LowerDirs"]]
+
+
+class UpperData:
+    """Where the files of an upper over ``lowers`` keep their data: ``data_of(path)`` and the
+    ``private`` xattrs not to write out, as ``store.tarwrite`` takes them."""
+
+    def __init__(self, lowers: list[str]) -> None:
+        self.lowers = lowers
+        self.private = metacopy.PRIVATE_XATTRS
+
+    def data_of(self, path: str) -> str:
+        return metacopy.data_path(path, self.lowers)
 
 
 def changes(upper: str, lowers: list[str]) -> list[tuple[str, str]]:

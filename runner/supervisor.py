@@ -100,7 +100,7 @@ class Supervisor:
         rootless = os.geteuid() != 0
         # rootless, the daemon mounts in the container's user namespace, where it may let the
         # container's other users in, but can give files no owner: they go in an xattr
-        options = ["allow_other", *(["xattr_permissions=2"] if rootless else [])]
+        options = ["allow_other", "metacopy=on", *(["xattr_permissions=2"] if rootless else [])]
         if self.config["HostConfig"]["AutoRemove"]:  # --rm: its writable layer cannot outlive it
             options.append("volatile")  # (as podman does for --rm; CRI-O for every container)
         try:

@@ -26,12 +26,13 @@ from typing import Any
 from unionfs import owners
 from unionfs.layers import LayerSet, Resolved, join
 
+from . import layerdiff
 from .containers import Container, Containers
 from .errors import RunnerError
 from .oci.spec import oci_mounts
 from .volumes import Volume, Volumes
 
-LAYER = "mountpoints"
+LAYER = layerdiff.MOUNTPOINTS  # (the one place that names it, for those that read a union's lowers)
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 

@@ -13,7 +13,7 @@ import os
 import platform
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
@@ -30,7 +30,7 @@ from .load import ImagePlan, plan
 from .root import Root, Transaction, default_root
 from .save import SaveItem, write_archive
 from .sources import Source, open_source
-from .tarwrite import write_tree
+from .tarwrite import DataOf, write_tree
 from .views import HistoryRow, TreeNode, diff_id_of
 
 if TYPE_CHECKING:
@@ -265,11 +265,13 @@ class Store:
             return self._add_image(txn, layer, config, None, tag)
 
     def _stage_tree(self, txn: Transaction, tree: str, parent: str | None,
-                    progress: Progress | None = None) -> StagedLayer:
-        """A directory tree as a layer: written as a reproducible tar, then staged like any tar."""
+                    progress: Progress | None = None, data_of: DataOf | None = None,
+                    private: Collection[str] = ()) -> StagedLayer:
+        """A directory tree as a layer: written as a reproducible tar, then staged like any tar
+        (``data_of``, ``private``: see ``tarwrite``)."""
         tar_path = txn.new_path("layer.tar")
         with open(tar_path, "wb") as f:
-            write_tree(tree, f)
+            write_tree(tree, f, data_of, private)
         with open(tar_path, "rb") as raw:
             return self.layers.stage(txn, raw, parent=parent, where=tree,
                                      progress=_Counter(progress, os.path.getsize(tar_path), "import"))
@@ -292,17 +294,18 @@ class Store:
 
     def commit(
         self, parent: str, tree: str, ref: str | None, created_by: str, comment: str = "", author: str = "",
-        changes: list[str] = [],
+        changes: list[str] = [], data_of: DataOf | None = None, private: Collection[str] = (),
     ) -> str:
         """A new image: ``parent`` plus one layer made from ``tree`` (a container's upper dir, whose
-        whiteouts are already in OCI spelling). The layer tar is reproducible, so the same tree gives
-        the same digest; the history entry records ``created_by`` and the layer's content size."""
+        whiteouts are already in OCI spelling; ``data_of`` and ``private`` say where its files keep
+        their data, see ``tarwrite``). The layer tar is reproducible, so the same tree gives the same
+        digest; the history entry records ``created_by`` and the layer's content size."""
         tag = "{}:{}".format(*parse_ref(ref)) if ref else None
         base = self.images.config(parent)
         settings = apply_changes(base.get("config") or {}, changes)
         with self.root.writer() as txn, _naming(tree):
             chain = self.images.chain(parent)
-            layer = self._stage_tree(txn, tree, chain[-1] if chain else None)
+            layer = self._stage_tree(txn, tree, chain[-1] if chain else None, data_of=data_of, private=private)
             created = now()
             history = list(base.get("history") or [{"created": base.get("created", "")} for _ in chain])
             entry = {"created": created, "created_by": created_by}
@@ -319,7 +322,8 @@ class Store:
                 config["author"] = author
             return self._add_image(txn, layer, config, parent, tag)
 
-    def add_step(self, parent: str | None, config: dict[str, Any], tree: str | None) -> str:
+    def add_step(self, parent: str | None, config: dict[str, Any], tree: str | None,
+                 data_of: DataOf | None = None, private: Collection[str] = ()) -> str:
         """One build step's image, untagged: ``config`` is the whole image config but its rootfs
         (its history ends with the step's entry), on ``parent`` (None: on nothing, as FROM scratch),
         plus a layer made from ``tree`` (an upper dir, OCI whiteouts) unless there is none or it
@@ -332,7 +336,7 @@ class Store:
             diff_ids = list(self.images.config(parent)["rootfs"]["diff_ids"]) if parent else []
             layers = []
             if tree is not None and os.listdir(tree):
-                layer = self._stage_tree(txn, tree, chain[-1] if chain else None)
+                layer = self._stage_tree(txn, tree, chain[-1] if chain else None, data_of=data_of, private=private)
                 diff_ids.append(layer.info.diff_id)
                 if not self.layers.exists(layer.info.chain_id):
                     layers.append(layer)

@@ -9,6 +9,10 @@ Rootless, a tree is all the user's: an object that keeps its owner in the overri
 owner, any other is root's (the user is root in its containers), so what a rootless container made as
 root, or a build copied in as root's, is root's in the tar.
 
+A tree may keep some files' data elsewhere (a union's upper whose metadata-only copy-ups left the
+data in a lower layer): ``data_of(path)`` then names the file whose bytes to write, and ``private``
+xattrs (the union's record of it) are left out. The caller knows such trees; the store does not.
+
 Caveats: paths are handed to ``os.lstat``/``open`` whole, so trees deeper than PATH_MAX fail.
 """
 
@@ -17,7 +21,7 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import BinaryIO
 
 from . import owners
@@ -42,8 +46,10 @@ def walk(root: str, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
             yield from walk(root, path)
 
 
-def tarinfo_for(full: str, rel: str, st: os.stat_result, links: dict[tuple[int, int], str]) -> tarfile.TarInfo:
-    """The tar header for ``rel``, whose object is at ``full`` (lstat ``st``)."""
+def tarinfo_for(full: str, rel: str, st: os.stat_result, links: dict[tuple[int, int], str],
+                private: Collection[str] = ()) -> tarfile.TarInfo:
+    """The tar header for ``rel``, whose object is at ``full`` (lstat ``st``); xattrs named in
+    ``private`` are left out."""
     info = tarfile.TarInfo(rel + ("/" if stat.S_ISDIR(st.st_mode) else ""))
     info.mode = stat.S_IMODE(st.st_mode)
     info.uid, info.gid = st.st_uid, st.st_gid
@@ -75,6 +81,8 @@ def tarinfo_for(full: str, rel: str, st: os.stat_result, links: dict[tuple[int, 
     xattrs = {}
     try:
         for xname in sorted(os.listxattr(full, follow_symlinks=False)):
+            if xname in private:
+                continue
             value = os.getxattr(full, xname, follow_symlinks=False)
             if xname == owners.XATTR and (override := owners.decode(value)) is not None:
                 _apply(info, override)  # what a rootless store keeps for the owner it could not give
@@ -94,23 +102,28 @@ def _apply(info: tarfile.TarInfo, override: owners.Override) -> None:
         info.devmajor, info.devminor = os.major(override.rdev), os.minor(override.rdev)
 
 
-def write_tree(root: str, out: BinaryIO) -> None:
-    """Write the tree at ``root`` to ``out`` as a PAX tar, end marker included."""
-    write_entries(((rel, st, os.path.join(root, rel)) for rel, st in walk(root)), out)
+DataOf = Callable[[str], str]  # a regular file's path -> the path of the file holding its bytes
 
 
-def write_entries(entries: Iterable[tuple[str, os.stat_result, str]], out: BinaryIO) -> None:
+def write_tree(root: str, out: BinaryIO, data_of: DataOf | None = None, private: Collection[str] = ()) -> None:
+    """Write the tree at ``root`` to ``out`` as a PAX tar, end marker included (``data_of``,
+    ``private``: see the module's doc)."""
+    write_entries(((rel, st, os.path.join(root, rel)) for rel, st in walk(root)), out, data_of, private)
+
+
+def write_entries(entries: Iterable[tuple[str, os.stat_result, str]], out: BinaryIO,
+                  data_of: DataOf | None = None, private: Collection[str] = ()) -> None:
     """Write (name in the tar, lstat, real path) entries, in the order given, as a PAX tar."""
     links: dict[tuple[int, int], str] = {}
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         tar.copybufsize = _COPY  # type: ignore[attr-defined]  # real attribute, missing from typeshed
         for rel, st, full in entries:
             try:
-                info = tarinfo_for(full, rel, st, links)
+                info = tarinfo_for(full, rel, st, links, private)
             except ValueError:
                 continue
             if info.type == tarfile.REGTYPE and info.size:  # (an empty one is not opened: a whiteout
-                with open(full, "rb") as f:                # marker may be mode 0, which only root reads)
+                with open(data_of(full) if data_of else full, "rb") as f:  # marker may be mode 0)
                     tar.addfile(info, f)
             else:
                 tar.addfile(info)

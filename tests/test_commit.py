@@ -10,6 +10,8 @@ import tarfile
 import pytest
 from helpers import strata
 
+from unionfs import metacopy
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
 
 
@@ -67,6 +69,42 @@ def test_export_and_import_round_trip(rootdir, tmp_path):
     assert len(json.loads(strata(rootdir, "inspect", "flat").out)[0]["RootFS"]["Layers"]) == 1
     res = subprocess.run(["tar", "-tf", str(out)], capture_output=True, text=True, check=True)
     assert "tmp/x" in res.stdout
+
+
+def test_commit_export_and_mount_carry_the_data_a_metacopy_left_below(rootdir, tmp_path):
+    """A container's union copies a chmod'ed or touched file's inode alone (``unionfs.metacopy``):
+    commit, export and ``strata mount`` take its data from the image's layer, and ship no record."""
+    strata(rootdir, "run", "--name", "meta", "bb", "sh", "-c", "chmod 600 /etc/passwd; touch -d @1000 /etc/group")
+    passwd = strata(rootdir, "run", "--rm", "bb", "cat", "/etc/passwd").out
+    group = strata(rootdir, "run", "--rm", "bb", "cat", "/etc/group").out
+    assert passwd and group
+    upper = json.loads(strata(rootdir, "inspect", "meta").out)[0]["GraphDriver"]["Data"]["UpperDir"]
+    for name in ("passwd", "group"):  # the union left their data below: the test is about that
+        assert metacopy.recorded(f"{upper}/etc/{name}") is not None, name
+    image = strata(rootdir, "commit", "meta").out.strip()
+    assert strata(rootdir, "run", "--rm", image, "cat", "/etc/passwd", "/etc/group").out == passwd + group
+    assert strata(rootdir, "run", "--rm", image, "stat", "-c", "%a %Y", "/etc/passwd", "/etc/group").out \
+        == f"600 {os.lstat(f'{upper}/etc/passwd').st_mtime_ns // 10**9}\n644 1000\n"
+    out = tmp_path / "meta.tar"
+    strata(rootdir, "export", "meta", "-o", str(out))
+    with tarfile.open(out) as tar:
+        member = tar.getmember("etc/passwd")
+        assert member.mode == 0o600 and tar.extractfile(member).read().decode() == passwd
+        assert not any(k.endswith(metacopy.XATTR) for m in tar.getmembers() for k in m.pax_headers)
+    where = strata(rootdir, "mount", "meta").out.strip()
+    try:
+        with open(os.path.join(where, "etc", "passwd")) as f:
+            assert f.read() == passwd
+    finally:
+        strata(rootdir, "umount", "meta")
+
+
+def test_a_build_step_that_only_chmods_ships_the_files_data(rootdir, tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM bb\nRUN chmod 600 /etc/passwd\n")
+    strata(rootdir, "build", "-t", "chmodded", str(tmp_path))
+    assert strata(rootdir, "run", "--rm", "chmodded", "cat", "/etc/passwd").out \
+        == strata(rootdir, "run", "--rm", "bb", "cat", "/etc/passwd").out
+    assert strata(rootdir, "run", "--rm", "chmodded", "stat", "-c", "%a", "/etc/passwd").out == "600\n"
 
 
 def test_diff_reads_only_the_directories_on_changed_paths(tmp_path, monkeypatch):

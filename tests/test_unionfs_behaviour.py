@@ -250,12 +250,14 @@ async def test_read_only_union_without_upper(tmp_path):
 
 
 async def test_a_name_made_again_after_its_whiteout_shows(union):
-    """A directory this daemon copies up starts with no whiteouts, and creating in it skips the
-    search for one, until a whiteout is made in it."""
-    fs = union({"d/": None, "d/g": "lower"})
+    """A directory this daemon copies up starts with no whiteouts, and creating in it or looking a
+    name up in it skips the search for one, until a whiteout is made in it."""
+    fs = union({"d/": None, "d/g": "lower", "d/h": "lower h"})
     await fs.write("d/new", b"n")  # copies d up: a new, empty upper directory
+    assert await fs.read("d/h") == b"lower h"  # looked up past the upper, which has no whiteout
     await fs.unlink("d/g")
     assert os.path.isfile(f"{fs.upper}/d/.wh.g")
+    assert not await fs.exists("d/g")  # the whiteout is asked for again
     await fs.write("d/g", b"made again")
     assert await fs.read("d/g") == b"made again" and not os.path.exists(f"{fs.upper}/d/.wh.g")
     await fs.mkdir("e")
@@ -303,8 +305,8 @@ async def test_o_trunc_copies_no_data(tmp_path, monkeypatch, no_open):
     lower = make_layer(str(tmp_path / "l"), {"f": "x" * 10_000})
     fs = UnionFS([lower], make_layer(str(tmp_path / "u"), {}), make_layer(str(tmp_path / "w"), {}), no_open=no_open)
     copied = []
-    real = copyup._copy_data
-    monkeypatch.setattr(copyup, "_copy_data", lambda *a: (copied.append(a), real(*a)))
+    real = copyup.copy_data
+    monkeypatch.setattr(copyup, "copy_data", lambda *a: (copied.append(a), real(*a)))
     try:
         await OpsClient(fs).write("f", b"new", flags=os.O_WRONLY | os.O_TRUNC)
         assert copied == []

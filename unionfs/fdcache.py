@@ -5,7 +5,8 @@ OPEN at all (``enable_no_open``; then no RELEASE comes either), so the real fds 
 The ``cap`` most recently used stay open (least recent closed first); an upper file about to lose a
 name is *pinned*: it gets an fd, outside the cap, that it keeps until the kernel forgets the inode,
 which it does only after the last close (the name may have been the one the node knew it by).
-No FUSE types here.
+A metacopy's reads come from the lower file holding its data (``data_fd``), whose fd the node
+keeps beside its own until the data is copied up. No FUSE types here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections import OrderedDict
 from .errors import oserror
 from .inodes import Node
 from .layers import LayerSet
+from .metacopy import DataPlaces
 
 CAP = 1024  # backing fds kept open (the most recently used), besides those of pinned files
 
@@ -26,6 +28,7 @@ class FdCache:
         self.layers = layers
         self.cap = cap
         self.lru: OrderedDict[int, Node] = OrderedDict()  # nodes with a cached fd, least recent first
+        self.places = DataPlaces(layers)
 
     def fd(self, node: Node, write: bool = False) -> int:
         """An fd on the file ``node`` shows; read-write with ``write`` (it is in the upper then)."""
@@ -40,6 +43,24 @@ class FdCache:
             fd = os.open(name, (os.O_RDWR if write else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
         self.keep(node, fd, write)
         return fd
+
+    def data_fd(self, node: Node) -> int:
+        """An fd to read the data of the file ``node`` from: its own, or for a metacopy the lower
+        file holding its data (``DataPlaces.data_location``)."""
+        if node.data is None or (found := self.places.data_location(node)) is None:
+            return self.fd(node)
+        if node.data_fd < 0:
+            with self.layers.at(*found) as (dfd, name):
+                node.data_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            self.fd(node)  # in the cache, which closes both
+        return node.data_fd
+
+    def data_copied(self, node: Node) -> None:
+        """The metacopy ``node`` has its data now (or wants none: truncated to zero)."""
+        node.data = None
+        if node.data_fd >= 0:
+            os.close(node.data_fd)
+            node.data_fd = -1
 
     def keep(self, node: Node, fd: int, writable: bool, cached: bool | None = None) -> None:
         """Give ``node`` the fd (closing its old one), in the cache unless ``cached`` is false
@@ -58,6 +79,9 @@ class FdCache:
             _, old = self.lru.popitem(last=False)
             os.close(old.fd)
             old.fd = -1
+            if old.data_fd >= 0:
+                os.close(old.data_fd)
+                old.data_fd = -1
 
     def relinked(self, node: Node) -> None:
         """A pinned node found again under a name: its fd is an ordinary cached one again."""
@@ -67,6 +91,9 @@ class FdCache:
         if node.fd >= 0:
             os.close(node.fd)
             node.fd = -1
+        if node.data_fd >= 0:
+            os.close(node.data_fd)
+            node.data_fd = -1
         self.lru.pop(node.ino, None)
 
     def pin(self, node: Node) -> None:

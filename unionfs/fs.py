@@ -23,14 +23,15 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 import pyfuse3
 import trio
 
-from . import owners, whiteout
+from . import metacopy, owners, whiteout
 from .attrs import attr, negative, new_times
-from .copyup import Copier, CopyUps
+from .copyup import Change, Copier, CopyUps
 from .errors import fuse_boundary, oserror
 from .fdcache import CAP as FD_CACHE
 from .fdcache import FdCache
@@ -44,13 +45,14 @@ from .upper import Upper, without_suidgid
 
 _WRITE = os.O_WRONLY | os.O_RDWR
 _HOLES = 0x02 | 0x10  # FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE: data below may go
-_INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.")
+_FS_ENCODING = sys.getfilesystemencoding()
+_INTERNAL_XATTRS = ("trusted.overlay.", "user.overlay.", *metacopy.PRIVATE_XATTRS)
 
 __all__ = ["DIR_CACHE", "FD_CACHE", "NO_OPEN", "PASSTHROUGH", "UnionFS"]
 
 
 def _name(raw: bytes) -> str:
-    return os.fsdecode(raw)
+    return raw.decode(_FS_ENCODING, "surrogateescape")  # os.fsdecode's answer, a call less on every lookup
 
 
 # A pyfuse3 that lets opendir answer with a FileInfo (our unionfs/patches/0001-*) can ask the
@@ -67,7 +69,7 @@ def _read_only(node: Node) -> None:
     raise oserror(errno.EROFS)
 
 
-async def _read_only_copy(node: Node, data: bool = True) -> None:
+async def _read_only_copy(node: Node, *_: object) -> bool:
     raise oserror(errno.EROFS)
 
 
@@ -82,7 +84,8 @@ class UnionFS(pyfuse3.Operations):
     def __init__(self, lowers: Sequence[str], upper: str | None = None, work: str | None = None,
                  volatile: bool = False, no_open: bool = False, fd_cache: int = FD_CACHE,
                  owners_xattr: bool = False, raw: bool = False, uids: owners.IdMap | None = None,
-                 gids: owners.IdMap | None = None, fsync: bool = True, passthrough: bool = False) -> None:
+                 gids: owners.IdMap | None = None, fsync: bool = True, passthrough: bool = False,
+                 metacopy: bool = False) -> None:
         super().__init__()
         self.enable_passthrough = int(passthrough)  # max_stack_depth 1; needs OPEN: no no_open then
         self.enable_no_open = no_open and not passthrough  # open answers ENOSYS; writes copy up then
@@ -103,17 +106,19 @@ class UnionFS(pyfuse3.Operations):
         self.copier = Copier(self.layers, work, sync=not volatile) if upper is not None and work is not None else None
         self._journal = self.copier.journal if self.copier is not None else None
         self.up = Upper(self.layers) if self.copier is not None else None
-        self.copyups = CopyUps(self.copier, self.inodes, self.fds) if self.copier is not None else None
+        self.copyups = CopyUps(self.copier, self.inodes, self.fds, metacopy) if self.copier is not None else None
         # the hot paths call these directly (bound once here, not looked up through two objects)
         self._node = self.inodes.node
         self._ino = self.inodes.ino
         self._remember = self.inodes.remember
         self._stat = self.inodes.stat
         self._fd = self.fds.fd
+        self._data_fd = self.fds.data_fd  # a metacopy's is the lower file's (``metacopy``)
         self._attr = attr
         self._upper_dir: Callable[[Node], None] = self.copyups.upper_dir if self.copyups else _read_only
-        self._copy_up: Callable[..., Awaitable[None]] = self.copyups.copy_up if self.copyups else _read_only_copy
-        self.renames = Renames(self.layers, self.inodes, self.fds, self.up, self._journal, self._copy_up,
+        self._copy_up: Callable[..., Awaitable[object]] = self.copyups.copy_up if self.copyups else _read_only_copy
+        self._copy_meta: Callable[..., Awaitable[bool]] = self.copyups.copy_meta if self.copyups else _read_only_copy
+        self.renames = Renames(self.layers, self.inodes, self.fds, self.up, self._journal, self._copy_meta,
                                self._upper_dir)
         self._losing = self.renames.losing
         self._lost = self.renames.lost
@@ -133,7 +138,7 @@ class UnionFS(pyfuse3.Operations):
 
     # -- entries and names ------------------------------------------------------------------------
     def _resolve(self, parent: Node, name: str) -> Resolved | None:
-        return self.layers.resolve(parent.dir_layers, parent.rel, name)
+        return self.layers.resolve(parent.dir_layers, parent.rel, name, parent.no_whiteouts)
 
     def _node_attr(self, node: Node) -> pyfuse3.EntryAttributes:
         return self._attr(self._stat(node), node.ino, node.unlinked, len(node.dir_layers) > 1)
@@ -221,16 +226,21 @@ class UnionFS(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
-        truncating_to_zero = fields.update_size and attr.st_size == 0
-        await self._copy_up(node, data=not truncating_to_zero)
         if fields.update_size:
+            await self._copy_up(node, data=attr.st_size != 0)
             fd = self._fd(node, write=True)
             if self._journal is not None and self._journal.notes and self.copyups is not None:
                 await self.copyups.before_shrinking(fd, attr.st_size)
             os.ftruncate(fd, attr.st_size)
+        set_times = fields.update_atime or fields.update_mtime
+        chown, chmod = fields.update_uid or fields.update_gid, fields.update_mode
+        # what a copy-up made for this change can be given itself: the times, the mode (not before a chown)
+        change = Change((attr.st_atime_ns, attr.st_mtime_ns) if fields.update_atime and fields.update_mtime else None,
+                        stat.S_IMODE(attr.st_mode) if chmod and not chown and not self.owners_xattr else None)
+        if not fields.update_size and await self._copy_meta(node, change):
+            set_times, chmod = set_times and change.times is None, chmod and change.perm is None
         uid, gid = self.layers.host_ids(attr.st_uid if fields.update_uid else -1,
                                         attr.st_gid if fields.update_gid else -1)
-        chown, chmod = fields.update_uid or fields.update_gid, fields.update_mode
         if self.owners_xattr and (chown or chmod):
             self._set_owner_xattr(node, attr, fields)
             chown = chmod = False
@@ -240,7 +250,7 @@ class UnionFS(pyfuse3.Operations):
                 os.fchown(fd, uid, gid)
             if chmod:
                 os.fchmod(fd, stat.S_IMODE(attr.st_mode))
-            if fields.update_atime or fields.update_mtime:
+            if set_times:
                 os.utime(fd, ns=new_times(attr, fields, lambda: os.fstat(fd)))
         else:
             with self.layers.at(node.layer, node.rel) as (dfd, name):
@@ -250,7 +260,7 @@ class UnionFS(pyfuse3.Operations):
                     kind = node.last.st_mode if node.last is not None else self._stat(node).st_mode  # a name keeps its type
                     if not stat.S_ISLNK(kind):
                         os.chmod(name, stat.S_IMODE(attr.st_mode), dir_fd=dfd)
-                if fields.update_atime or fields.update_mtime:
+                if set_times:
                     times = new_times(attr, fields, lambda: os.stat(name, dir_fd=dfd, follow_symlinks=False))
                     os.utime(name, ns=times, dir_fd=dfd, follow_symlinks=False)
         if getattr(fields, "kill_suidgid", False):
@@ -374,7 +384,7 @@ class UnionFS(pyfuse3.Operations):
         node = self._node(inode)
         if node.is_dir:
             raise oserror(errno.EPERM)
-        await self._copy_up(node)  # a hard link is a change to the file: copy it up first
+        await self._copy_meta(node)  # a hard link is a change to the file: copy it up first
         parent, sname, up, rel = await self._prepare_new(new_parent_inode, new_name)
         with self.layers.at(up.layer, node.rel) as (sfd, s):
             up.make(rel, lambda fd, n: os.link(s, n, src_dir_fd=sfd, dst_dir_fd=fd, follow_symlinks=False))
@@ -401,7 +411,8 @@ class UnionFS(pyfuse3.Operations):
                 os.ftruncate(self._fd(node, write=True), 0)
         if self.passthrough is None:
             return pyfuse3.FileInfo(fh=inode, keep_cache=True)
-        return self.passthrough.file_info(node, self._fd(node, write=write))  # see ``passthrough``
+        # (a metacopy read passes its lower file through: ``passthrough.check_write`` then stops a writer)
+        return self.passthrough.file_info(node, self._fd(node, write=True) if write else self._data_fd(node))
 
     @fuse_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -410,12 +421,12 @@ class UnionFS(pyfuse3.Operations):
         # a thread for misses was tried twice: 3x slower on sequential reads with 128 KiB requests,
         # and 2x with 1 MiB ones even when no read missed (the daemon's system time went from 0.16 s
         # to 0.41 s on a 512 MiB file).
-        return os.pread(self._fd(self._node(fh)), size, off)
+        return os.pread(self._data_fd(self._node(fh)), size, off)
 
     @fuse_boundary
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         node = self._node(fh)
-        if node.layer != self.upper:  # no OPEN was sent: the first write copies up
+        if node.layer != self.upper or node.data is not None:  # no OPEN was sent: the first write copies up
             await self._copy_up(node)
         return os.pwrite(self._fd(node, write=True), buf, off)
 
@@ -534,7 +545,7 @@ class UnionFS(pyfuse3.Operations):
         if key.startswith(self._internal):
             raise oserror(errno.EPERM, key)
         node = self._node(inode)
-        await self._copy_up(node)
+        await self._copy_meta(node)
         with self.layers.at(node.layer, node.rel) as (fd, n):
             change(f"/proc/self/fd/{fd}/{n}", key)
 

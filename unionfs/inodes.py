@@ -16,12 +16,14 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import oserror
 from .layers import LayerSet, Resolved
+from .metacopy import UNCHECKED
 
 Identity = tuple[int, int]
 ROOT = 1  # FUSE's root inode number (pyfuse3.ROOT_INODE)
@@ -44,6 +46,10 @@ class Node:
     # a directory whose upper holds no whiteouts: this daemon made it (mkdir, copy-up) and has put
     # none in it since, so a name created in it has no whiteout to remove
     no_whiteouts: bool = False
+    # a file whose data is elsewhere: (layer, path) of the lower file a metacopy names (see
+    # ``metacopy``), None when it is its own, ``metacopy.UNCHECKED`` while its record is unread
+    data: tuple[int, str] | None = None
+    data_fd: int = -1  # an fd on that lower file, for reads (see fdcache)
 
     @property
     def rel(self) -> str:
@@ -105,6 +111,8 @@ class InodeTable:
         node = self.nodes.get(ino)
         if node is None:
             node = self.nodes[ino] = Node(ino, parent, name, res.layer, res.dir_layers, res.is_dir)
+            if res.layer in self.layers.metacopy_layers and res.st.st_size and stat.S_ISREG(res.st.st_mode):
+                node.data = UNCHECKED  # a metacopy, maybe: its record is read when its data is wanted
         else:
             node.parent, node.name, node.layer = parent, name, res.layer
             node.dir_layers, node.is_dir = res.dir_layers, res.is_dir

@@ -24,7 +24,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from . import owners, whiteout
+from . import metacopy, owners, whiteout
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ROOT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # a layer given through a symlink is that directory
@@ -90,6 +90,9 @@ class LayerSet:
         except BaseException:
             self.close()
             raise
+        # the layers whose files may be metacopies: the upper, and lowers that were uppers (``metacopy``)
+        self.metacopy_layers = frozenset(i for i, fd in enumerate(self.fds)
+                                         if i == self.upper or (not raw and metacopy.marked(fd)))
 
     def close(self) -> None:
         for fd in self.fds:
@@ -230,9 +233,11 @@ class LayerSet:
                 break
         return dirs
 
-    def resolve(self, dir_layers: list[int], parent_rel: str, name: str) -> Resolved | None:
-        """Look ``name`` up in the merged directory ``parent_rel`` made of ``dir_layers``."""
-        if len(os.fsencode(name)) > 255:
+    def resolve(self, dir_layers: list[int], parent_rel: str, name: str,
+                no_upper_whiteouts: bool = False) -> Resolved | None:
+        """Look ``name`` up in the merged directory ``parent_rel`` made of ``dir_layers``;
+        ``no_upper_whiteouts``: its upper part is known to hold none (not asked for one)."""
+        if len(name) > 63 and len(os.fsencode(name)) > 255:  # (a code point is at most 4 bytes)
             raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), name)
         if whiteout.is_special(name) and not self.raw:
             return None
@@ -253,7 +258,8 @@ class LayerSet:
                 found.dir_layers.append(layer)
                 if self.is_opaque(layer, rel):
                     break
-            if i < last and self.has(layer, join(parent_rel, whiteout.whiteout_name(name))):
+            if i < last and not (no_upper_whiteouts and layer == self.upper) \
+                    and self.has(layer, join(parent_rel, whiteout.whiteout_name(name))):
                 break  # hides the name in every layer below this one (the bottom one has none)
         return found
 

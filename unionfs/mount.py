@@ -102,7 +102,7 @@ def mount_union(opts: Options, mountpoint: str, ready_fd: int | None,
         target = os.path.realpath(mountpoint)
         fs = UnionFS(opts.lowers, opts.upper, opts.work, opts.volatile, no_open=NO_OPEN, fd_cache=_fd_budget(),
                      owners_xattr=opts.owners_xattr, raw=opts.raw, uids=opts.uids, gids=opts.gids, fsync=opts.fsync,
-                     passthrough=opts.passthrough and PASSTHROUGH and passthrough.usable())
+                     passthrough=opts.passthrough and PASSTHROUGH and passthrough.usable(), metacopy=opts.metacopy)
         if mark:
             os.makedirs(mark)
         pyfuse3.init(fs, mountpoint, _mount_options(opts))

@@ -23,7 +23,7 @@ from .errors import UnionError
 from .owners import IdMap
 
 OURS = ("lowerdir", "upperdir", "workdir", "log", "volatile", "xattr_permissions", "raw", "uidmapping", "gidmapping",
-         "squash_to_uid", "squash_to_gid", "fsync", "context", "passthrough")
+         "squash_to_uid", "squash_to_gid", "fsync", "context", "passthrough", "metacopy")
 # FUSE's own options that only restrict the mount or open it to other users, passed on as given.
 # Anything else FUSE takes (fsname=, subtype=, max_read=, blksize=, auto_unmount, ...) is refused.
 FUSE_OPTIONS = ("allow_other", "default_permissions", "ro", "nodev", "nosuid", "noexec")
@@ -47,6 +47,9 @@ class Options:
     gids: IdMap | None = None
     fsync: bool = True  # fsync=0 (fuse-overlayfs's): fsync and fsyncdir return at once
     passthrough: bool = True  # passthrough=0: never FUSE passthrough (every read and write by the daemon)
+    # metacopy=on (kernel overlayfs's): copy-ups that need no data leave it below (``metacopy``). Off
+    # by default, as in the kernel: containers-storage reads the upper of its mount program directly.
+    metacopy: bool = False
 
 
 def split_items(value: str) -> list[str]:
@@ -106,6 +109,8 @@ def parse_options(values: Sequence[str]) -> Options:
         raise UnionError(f"fsync={found['fsync']}: 0 (fsync and fsyncdir return at once) or 1 expected")
     if found.get("passthrough", "1") not in ("0", "1"):
         raise UnionError(f"passthrough={found['passthrough']}: 0 (reads and writes through the daemon) or 1 expected")
+    if found.get("metacopy", "off") not in ("on", "off"):
+        raise UnionError(f"metacopy={found['metacopy']}: on (copy-ups that need no data leave it below) or off expected")
     if found.get("context", "").strip('"'):
         raise UnionError(f"context={found['context']}: SELinux labels are not supported (the daemon cannot label "
                          "what it serves); run the container with --security-opt label=disable")
@@ -123,4 +128,5 @@ def parse_options(values: Sequence[str]) -> Options:
             raise UnionError(f"{key}={found[key]}: {str(e).split(': ', 1)[-1]}") from None
     return Options(lowers, upper, work, fuse, found.get("log"), "volatile" in found, permissions == "2", raw,
                    uids=maps[0], gids=maps[1], fsync=found.get("fsync") != "0",
-                   passthrough=found.get("passthrough") != "0")
+                   passthrough=found.get("passthrough") != "0",
+                   metacopy=found.get("metacopy") == "on" and upper is not None)

@@ -34,7 +34,7 @@ class Renames:
     filesystem's copy-up steps (see ``copyup.CopyUps``)."""
 
     def __init__(self, layers: LayerSet, inodes: InodeTable, fds: FdCache, up: Upper | None,
-                 journal: Journal | None, copy_up: Callable[[Node], Awaitable[None]],
+                 journal: Journal | None, copy_up: Callable[[Node], Awaitable[object]],
                  upper_dir: Callable[[Node], None]) -> None:
         self.layers = layers
         self.inodes = inodes

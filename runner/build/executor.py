@@ -29,6 +29,7 @@ from store import Store, StoreError
 from store.images import now, parse_ref
 from unionfs.layers import LayerSet
 
+from .. import layerdiff
 from ..errors import RunnerError
 from . import copystep, history, runstep
 from .cache import Cache, docker_config
@@ -294,7 +295,7 @@ class _Builder:
                 if outcome.code != 0:
                     raise BuildError(f'{where}: process "{" ".join(step.run)}" did not complete successfully: '
                                      f"exit code: {outcome.code}")
-                image = self._commit(step, parent, probe, base, outcome.upper)
+                image = self._commit(step, parent, probe, base, outcome.upper, outcome.lowers)
         except RunnerError as e:
             if isinstance(e, BuildError):
                 raise
@@ -313,7 +314,8 @@ class _Builder:
         return config
 
     def _commit(self, step: Step, parent: str | None, probe: dict[str, Any], base: dict[str, Any],
-                tree: str | None) -> str:
+                tree: str | None, lowers: list[str] | None = None) -> str:
+        """The step's image; ``tree`` its layer's files (an upper over ``lowers``, for a RUN step)."""
         created = now()
         entry: dict[str, Any] = {"created": created, "created_by": " ".join(step.probe)}
         if step.author:
@@ -328,7 +330,8 @@ class _Builder:
         if step.author:
             config["author"] = step.author
         try:
-            image = self.store.add_step(parent, config, tree)
+            data = layerdiff.UpperData(lowers or [])  # a RUN step's metacopies keep their data below
+            image = self.store.add_step(parent, config, tree, data.data_of, data.private)
         except StoreError as e:
             raise BuildError(f"{self.where(step)}: cannot commit the step: {e}") from None
         self.created.append(image)

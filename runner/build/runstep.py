@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from store import Store
 
-from .. import cgroups, lifecycle
+from .. import cgroups, layerdiff, lifecycle
 from ..containers import Container, Containers
 from ..errors import RunnerError
 
@@ -33,6 +33,7 @@ class Outcome:
     code: int
     error: str  # why it did not start, if it did not
     upper: str  # the container's upper dir (while the container exists)
+    lowers: list[str]  # its union's lower layer dirs (where metacopies in the upper keep their data)
 
 
 def container_config(store: Store, image_id: str, cmd: list[str], env: list[str], workdir: str, user: str,
@@ -75,7 +76,7 @@ def run(store: Store, image_id: str, cmd: list[str], env: list[str], workdir: st
                 f.write(content)
             os.chmod(path, 0o755)
         code, error = _supervise(root, container, output)
-        yield Outcome(code, error, container.path("upper"))
+        yield Outcome(code, error, container.path("upper"), layerdiff.union_lowers(container))
     finally:
         if os.path.exists(container.dir):
             lifecycle.remove(root, container, force=True)

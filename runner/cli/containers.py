@@ -132,9 +132,11 @@ def cmd_diff(store: Store, args: argparse.Namespace) -> int:
 def cmd_commit(store: Store, args: argparse.Namespace) -> int:
     c = Containers(store.root.path).get(args.container)
     created_by = " ".join(c.config["Command"])
+    data = layerdiff.UpperData(layerdiff.union_lowers(c))  # metacopies keep their data below
     with lifecycle.frozen(c, args.pause.lower() not in ("false", "0", "no")):  # nothing writes to the upper
         image_id = store.commit(c.config["Image"], c.path("upper"), args.repository, created_by,
-                                comment=args.message or "", author=args.author or "", changes=args.change or [])
+                                comment=args.message or "", author=args.author or "", changes=args.change or [],
+                                data_of=data.data_of, private=data.private)
     print(image_id)
     return 0
 
@@ -145,10 +147,11 @@ def cmd_export(store: Store, args: argparse.Namespace) -> int:
     c = Containers(store.root.path).get(args.container)
     init = [c.path("init")] if os.path.isdir(c.path("init")) else []  # /etc/hosts and friends, as docker export
     entries = layerdiff.flatten(c.path("upper"), init + c.config["LowerDirs"])
+    data = layerdiff.UpperData(layerdiff.union_lowers(c))  # metacopies keep their data below
     if not args.output or args.output == "-":
         if sys.stdout.isatty():
             raise RunnerError("cowardly refusing to write a tar to a terminal: use -o or redirect")
-        write_entries(entries, sys.stdout.buffer)
+        write_entries(entries, sys.stdout.buffer, data.data_of, data.private)
         return 0
     target = os.path.abspath(args.output)
     tmp = f"{target}.tmp-{os.getpid()}"
@@ -158,7 +161,7 @@ def cmd_export(store: Store, args: argparse.Namespace) -> int:
         raise UsageError(f"cannot write {target}: {e.strerror}") from None
     try:
         with out:
-            write_entries(entries, out)
+            write_entries(entries, out, data.data_of, data.private)
         try:
             os.replace(tmp, target)
         except OSError as e:  # a directory there, say
