@@ -2,7 +2,8 @@
 little glue between them (entries, names, the read-only check). What they stand on has a module each:
 ``inodes`` (our inode numbers), ``attrs`` (what the kernel is told), ``fdcache`` (backing fds),
 ``listing`` (readdir's listings), ``upper`` (markers, owners, setuid bits), ``copyup`` (copies and
-their scheduling), ``rename`` (names moving and going: renameat2's flags), ``layers`` (resolution).
+their scheduling), ``rename`` (names moving and going: renameat2's flags), ``setattrs`` (setattr's
+changes), ``layers`` (resolution).
 
 Files: a file handle is the file's inode number (see ``fdcache``). As root on our pyfuse3 an open
 file is read and written by the kernel through a backing file (``passthrough``); else (``NO_OPEN``)
@@ -30,8 +31,8 @@ import pyfuse3
 import trio
 
 from . import metacopy, owners, whiteout
-from .attrs import attr, negative, new_times
-from .copyup import Change, Copier, CopyUps
+from .attrs import attr, negative
+from .copyup import Copier, CopyUps
 from .errors import fuse_boundary, oserror
 from .fdcache import CAP as FD_CACHE
 from .fdcache import FdCache
@@ -41,7 +42,8 @@ from .layers import LayerSet, Resolved, join
 from .listing import DOTS, Listings
 from .passthrough import Passthrough
 from .rename import Renames
-from .upper import Upper, without_suidgid
+from .setattrs import AttrChanges
+from .upper import Upper
 
 _WRITE = os.O_WRONLY | os.O_RDWR
 _HOLES = 0x02 | 0x10  # FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE: data below may go
@@ -120,6 +122,8 @@ class UnionFS(pyfuse3.Operations):
         self._copy_meta: Callable[..., Awaitable[bool]] = self.copyups.copy_meta if self.copyups else _read_only_copy
         self.renames = Renames(self.layers, self.inodes, self.fds, self.up, self._journal, self._copy_meta,
                                self._upper_dir)
+        self.changes = AttrChanges(self.layers, self.inodes, self.fds, self._journal, self.copyups, self._copy_up,
+                                   self._copy_meta, owners_xattr)
         self._losing = self.renames.losing
         self._lost = self.renames.lost
         self.initialised = trio.Event()  # set as the kernel's INIT is answered
@@ -184,17 +188,6 @@ class UnionFS(pyfuse3.Operations):
         self.inodes.fresh(res.st)
         return self._found(parent, name, res)
 
-    def _drop_suidgid(self, node: Node) -> None:
-        """What the kernel asks when a caller without CAP_FSETID writes, truncates or chowns a
-        file (see ``upper.without_suidgid``): this daemon holds CAP_FSETID, so the upper's kernel
-        keeps the bits for it. The file is in the upper already."""
-        st = self._stat(node)
-        mode = without_suidgid(st.st_mode)
-        if mode is not None and self.owners_xattr:
-            owners.write(f"/proc/self/fd/{self._fd(node, write=True)}", st.st_uid, st.st_gid, mode)
-        elif mode is not None:
-            os.fchmod(self._fd(node, write=True), mode)
-
     # -- handlers, in kernel-op order -------------------------------------------------------------
     @fuse_boundary
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -226,66 +219,8 @@ class UnionFS(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
-        if fields.update_size:
-            await self._copy_up(node, data=attr.st_size != 0)
-            fd = self._fd(node, write=True)
-            if self._journal is not None and self._journal.notes and self.copyups is not None:
-                await self.copyups.before_shrinking(fd, attr.st_size)
-            os.ftruncate(fd, attr.st_size)
-        set_times = fields.update_atime or fields.update_mtime
-        chown, chmod = fields.update_uid or fields.update_gid, fields.update_mode
-        # what a copy-up made for this change can be given itself: the times, the mode (not before a chown)
-        change = Change((attr.st_atime_ns, attr.st_mtime_ns) if fields.update_atime and fields.update_mtime else None,
-                        stat.S_IMODE(attr.st_mode) if chmod and not chown and not self.owners_xattr else None)
-        if not fields.update_size and await self._copy_meta(node, change):
-            set_times, chmod = set_times and change.times is None, chmod and change.perm is None
-        uid, gid = self.layers.host_ids(attr.st_uid if fields.update_uid else -1,
-                                        attr.st_gid if fields.update_gid else -1)
-        if self.owners_xattr and (chown or chmod):
-            self._set_owner_xattr(node, attr, fields)
-            chown = chmod = False
-        if node.fd >= 0:  # a file with an fd, as every unlinked one has: no path walk (and no name needed)
-            fd = node.fd
-            if chown:
-                os.fchown(fd, uid, gid)
-            if chmod:
-                os.fchmod(fd, stat.S_IMODE(attr.st_mode))
-            if set_times:
-                os.utime(fd, ns=new_times(attr, fields, lambda: os.fstat(fd)))
-        else:
-            with self.layers.at(node.layer, node.rel) as (dfd, name):
-                if chown:
-                    os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
-                if chmod:
-                    kind = node.last.st_mode if node.last is not None else self._stat(node).st_mode  # a name keeps its type
-                    if not stat.S_ISLNK(kind):
-                        os.chmod(name, stat.S_IMODE(attr.st_mode), dir_fd=dfd)
-                if set_times:
-                    times = new_times(attr, fields, lambda: os.stat(name, dir_fd=dfd, follow_symlinks=False))
-                    os.utime(name, ns=times, dir_fd=dfd, follow_symlinks=False)
-        if getattr(fields, "kill_suidgid", False):
-            self._drop_suidgid(node)
+        await self.changes.setattr(node, attr, fields)  # see ``setattrs``
         return self._node_attr(node)
-
-    def _set_owner_xattr(self, node: Node, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields) -> None:
-        """chown and chmod where owners live in the xattr: the override changes; an object that
-        cannot hold one keeps its real owner (and takes the chmod itself)."""
-        st = self._stat(node)
-        uid = attr.st_uid if fields.update_uid else st.st_uid
-        gid = attr.st_gid if fields.update_gid else st.st_gid
-        mode = stat.S_IFMT(st.st_mode) | stat.S_IMODE(attr.st_mode if fields.update_mode else st.st_mode)
-
-        def write(path: str, real: os.stat_result) -> None:
-            if owners.can_hold(real.st_mode):
-                owners.write(path, uid, gid, mode, st.st_rdev)
-            elif fields.update_mode and not stat.S_ISLNK(real.st_mode):
-                os.chmod(path, stat.S_IMODE(mode))
-
-        if node.fd >= 0:  # (an unlinked file has no name left)
-            write(f"/proc/self/fd/{node.fd}", os.fstat(node.fd))
-        else:
-            with self.layers.at(node.layer, node.rel) as (dfd, name):
-                write(f"/proc/self/fd/{dfd}/{name}", os.stat(name, dir_fd=dfd, follow_symlinks=False))
 
     @fuse_boundary
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -432,10 +367,10 @@ class UnionFS(pyfuse3.Operations):
 
     @fuse_boundary
     async def kill_suidgid(self, fh: int) -> None:
-        """The write that follows comes from a caller without CAP_FSETID (see _drop_suidgid)."""
+        """The write that follows comes from a caller without CAP_FSETID (see ``setattrs``)."""
         node = self._node(fh)
         await self._copy_up(node)
-        self._drop_suidgid(node)
+        self.changes.drop_suidgid(node)
 
     @fuse_boundary
     async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
