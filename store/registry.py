@@ -310,8 +310,9 @@ class RegistrySource(Source):
     check_present = False
 
     def __init__(self, repo: Repository, reference: str, local_ref: str | None, want: Platform,
-                 downloads: Downloads, parallel: int = 3) -> None:
-        self.repo, self.downloads, self.parallel = repo, downloads, parallel
+                 downloads: Downloads, parallel: int = 3, local: Callable[[str], str] | None = None) -> None:
+        """``local(digest)``: where the store keeps that blob, if it does (a config is read there)."""
+        self.repo, self.downloads, self.parallel, self.local = repo, downloads, parallel, local
         self.where = f"{repo.where}{'@' if is_digest(reference) else ':'}{reference}"
         self.top, image = repo.resolve(reference, want)
         self.digest = self.top.digest  # what Docker prints: the digest the reference names
@@ -351,6 +352,11 @@ class RegistrySource(Source):
         digest = self._digest(name)
         if self._fetcher is not None and self._fetcher.has(digest):
             return open(self._fetcher.wait(digest), "rb")
+        if self.local is not None:
+            try:  # a config the store has (checked against its digest as it is read, all the same)
+                return open(self.local(digest), "rb")
+            except FileNotFoundError:
+                pass
         return self.repo.open_blob(digest)  # type: ignore[return-value]  # a config: small, read whole
 
     def size(self, name: str) -> int:

@@ -193,8 +193,36 @@ def test_layers_already_here_are_not_downloaded(tmp_path, reg):
         strata(there, "pull", "-q", f"{proxy.host}/base:1")
         assert len(requests(proxy, "GET", "/blobs/sha256")) == 3  # two layers and the config
         strata(there, "pull", "-q", f"{proxy.host}/base:1")  # again: the image is here
-        assert len(requests(proxy, "GET", "/blobs/sha256")) == 4  # the config only
+        assert len(requests(proxy, "GET", "/blobs/sha256")) == 3  # not even the config: it is read here
     assert os.listdir(tmp_path / "there" / "downloads" / "sha256") == []  # nothing left behind
+
+
+def _inodes(root: str) -> dict[str, tuple[int, int, int]]:
+    """Every entry of a store (its lock files too) with its inode number, mtime and ctime: a file
+    or directory made, replaced, written or chmodded changes here."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for name in [".", *dirs, *files]:
+            st = os.lstat(os.path.join(d, name))
+            out[os.path.relpath(os.path.join(d, name), root)] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+    return out
+
+
+def test_a_pull_of_an_image_that_is_here_writes_nothing_to_the_store(tmp_path, reg):
+    """No staging directory, no config staged again, no sync, no tag file rewritten: the store as it
+    was, to the inode (the fast path of a warm pull, and nothing for a crash to interrupt)."""
+    here, there = str(tmp_path / "here"), str(tmp_path / "there")
+    layered(tmp_path, here, f"{reg.host}/base:1", [3000, 3000])
+    strata(here, "push", f"{reg.host}/base:1")
+    strata(there, "pull", "-q", f"{reg.host}/base:1")
+    before = _inodes(there)
+    assert strata(there, "pull", "-q", f"{reg.host}/base:1").out == f"{reg.host}/base:1\n"
+    assert _inodes(there) == before
+    strata(there, "tag", f"{reg.host}/base:1", "other:1")
+    strata(there, "rmi", f"{reg.host}/base:1")  # the image stays (tagged other:1): the pull only tags it
+    strata(there, "pull", "-q", f"{reg.host}/base:1")
+    assert strata(there, "images", "-q", "--no-trunc", f"{reg.host}/base:1").out == \
+        strata(there, "images", "-q", "--no-trunc", "other:1").out != ""
 
 
 def test_a_push_skips_what_the_registry_has_and_mounts_what_another_repository_has(tmp_path, reg):
