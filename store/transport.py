@@ -54,6 +54,7 @@ from .errors import BadInput, Interrupted, RegistryError
 CERTS_D_ENV = "STRATA_CERTS_D"
 _TIMEOUT = urllib3.Timeout(connect=30, read=120)
 _BLOCK = 1 << 20  # bytes per socket write of a request body (urllib3's 16 KiB costs CPU on big uploads)
+_DRAIN = 64 << 10  # an unread rest of a response up to this is read to keep its connection (``GET /v2/``'s ``{}``)
 _POOL = 8  # connections kept per host: the transfer threads' and a few more
 _REDIRECTS = 5
 # May be sent again: urllib3 retries these on connection resets, 5xx and 429 (with backoff); a request
@@ -221,9 +222,11 @@ class Response:
         return data
 
     def close(self) -> None:
-        """Back to the pool when read to the end, else closed (an unread body would foul the next request)."""
+        """Back to the pool when read to the end or nearly (what is left of a short body is read and
+        dropped: cheaper than a new connection), else closed (an unread body would foul the next request)."""
         try:
-            self.raw.drain_conn() if self.raw.length_remaining == 0 else self.raw.close()
+            left = self.raw.length_remaining
+            self.raw.drain_conn() if left is not None and left <= _DRAIN else self.raw.close()
             self.raw.release_conn()
         except (HTTPError, OSError):
             pass
