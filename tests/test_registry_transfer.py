@@ -238,7 +238,22 @@ def test_a_push_skips_what_the_registry_has_and_mounts_what_another_repository_h
         n = len(proxy.events("request"))
         assert strata(here, "push", f"{proxy.host}/a/img:1").out.split()[-1] == first
         again = proxy.events("request")[n:]
-        assert [e["method"] for e in again] == ["GET", "HEAD", "HEAD", "HEAD", "PUT"]  # ping, blobs, manifest
+        # ping, then the tag and the blobs: all there, the tag names these bytes already: no PUT
+        assert [e["method"] for e in again] == ["GET", "HEAD", "HEAD", "HEAD", "HEAD"]
+        assert len([e for e in again if "/manifests/1" in e["path"]]) == 1
+
+        # the tag moved to another image meanwhile: the blobs are all there, the manifest is sent again
+        layered(tmp_path, here, f"{proxy.host}/a/img:1", [1000], seed="other")
+        strata(here, "push", f"{proxy.host}/a/img:1")
+        strata(here, "tag", "img:1", f"{proxy.host}/a/img:1")
+        n = len(proxy.events("request"))
+        assert strata(here, "push", f"{proxy.host}/a/img:1").out.split()[-1] == first
+        again = proxy.events("request")[n:]
+        assert [e["method"] for e in again] == ["GET", "HEAD", "HEAD", "HEAD", "HEAD", "PUT"]
+        with urllib.request.urlopen(urllib.request.Request(
+                f"http://{reg.host}/v2/a/img/manifests/1", method="HEAD",
+                headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})) as resp:
+            assert resp.headers["Docker-Content-Digest"] == first
 
         n = len(proxy.events("request"))
         strata(here, "tag", "img:1", f"{proxy.host}/b/img:1")
