@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import tarfile
 
 import pytest
 from helpers import tar_bytes
@@ -162,3 +163,25 @@ def test_override_xattr_codec():
         assert owners.decode(bad) is None, bad
     for value in (b"1:2:4755", b"0:5:0620:char-136-0", b"0:0:0755:dir", b"3:3:0644:pipe"):
         assert owners.decode(value).encode() == value
+
+
+def _with_checksum(data: bytes, signed: bool) -> bytes:
+    """``data`` (a one-entry ustar) with its header's checksum made again, summing the bytes as
+    signed chars (as old tars did) or unsigned (POSIX)."""
+    header = bytearray(data[:512])
+    header[148:156] = b" " * 8
+    total = sum(b - 256 if signed and b > 127 else b for b in header)
+    header[148:156] = b"%06o\0 " % total
+    return bytes(header) + data[512:]
+
+
+def test_tar_headers_with_signed_or_unsigned_checksums_are_read_and_a_wrong_one_is_refused(tmp_path):
+    """A name with bytes over 127 sums differently as signed chars: both sums are a valid header."""
+    data = tar_bytes([{"name": "caf\xe9", "data": b"x"}], tarfile.USTAR_FORMAT)  # é: two bytes over 127
+    for signed in (False, True):
+        entries = [e.name for e in TarReader(io.BytesIO(_with_checksum(data, signed)), "t.tar")]
+        assert entries == ["caf\xe9"]
+    bad = bytearray(_with_checksum(data, False))
+    bad[0] ^= 1  # the name changed, the checksum not
+    with pytest.raises(BadInput, match="checksum mismatch"):
+        list(TarReader(io.BytesIO(bytes(bad)), "t.tar"))
