@@ -58,6 +58,26 @@ class TeeHash:
         return "sha256:" + self._hash.hexdigest()
 
 
+class Counted:
+    """Read from ``raw`` (a file already checked to hash to ``digest``), counting the bytes as a
+    ``TeeHash`` would, without copying or hashing them again."""
+
+    def __init__(self, raw: BinaryIO, digest: str, progress: Progress | None = None) -> None:
+        self._raw, self.digest, self._progress = raw, digest, progress
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n if n >= 0 else _CHUNK)
+        self.size += len(data)
+        if data and self._progress:
+            self._progress(len(data))
+        return data
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+
 class Blobs:
     def __init__(self, root: Root) -> None:
         self.root = root

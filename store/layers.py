@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
-from .blobs import Blobs, StagedBlob, TeeHash
+from .blobs import Blobs, Counted, StagedBlob, TeeHash
 from .compression import decompressing
 from .digest import HashingReader, chain_id, hex_of, is_digest
 from .errors import BadInput, DigestMismatch, NotFound
@@ -110,18 +110,26 @@ class Layers:
         diff_id: str | None = None,
         blob_digest: str | None = None,
         progress: Callable[[int], None] | None = None,
+        kept: str | None = None,
     ) -> StagedLayer:
         """Copy ``raw`` (a layer blob) into the transaction and extract it, in one pass.
 
         ``diff_id`` and ``blob_digest``, when known, are verified; a mismatch raises DigestMismatch
-        and the staged work is dropped with the transaction.
+        and the staged work is dropped with the transaction. ``kept``: a file of this store's root
+        holding ``raw``'s bytes, already checked to hash to ``blob_digest`` (a pull's download): it
+        is staged by a hard link, and its bytes only read to be extracted (no copy, no second hash).
         """
         blob_path = txn.new_path("layer-blob")
         layer_dir = txn.new_path("layer")
         os.makedirs(os.path.join(layer_dir, "diff"))
-        fd = os.open(blob_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        if kept is not None:
+            if blob_digest is None:
+                raise ValueError("a kept blob is one checked against its digest")
+            os.link(kept, blob_path)
+        fd = -1 if kept is not None else os.open(blob_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                                0o644)
         try:
-            tee = TeeHash(raw, fd, progress)
+            tee = TeeHash(raw, fd, progress) if kept is None else Counted(raw, blob_digest, progress)  # type: ignore[arg-type]
             compression, plain = decompressing(tee, where)  # type: ignore[arg-type]
             media_type = _MEDIA_BY_COMPRESSION.get(compression)
             if media_type is None:
@@ -134,7 +142,8 @@ class Layers:
                 hashed.drain()
             tee.drain()  # bytes after the compressed stream still belong to the blob
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         if blob_digest is not None and tee.digest != blob_digest:
             raise DigestMismatch(f"{where}: blob hashes to {tee.digest}, expected {blob_digest}")
         actual_diff = hashed.digest if hashed else tee.digest

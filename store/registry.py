@@ -346,6 +346,12 @@ class RegistrySource(Source):
         self._fetcher.start([(d, self.size(f"blobs/sha256/{hex_of(d)}"), hex_of(d)[:12]) for d in digests])
         return set(names)
 
+    def verified(self, name: str) -> str | None:
+        digest = self._digest(name)
+        if self._fetcher is not None and self._fetcher.has(digest):
+            return self._fetcher.wait(digest)  # (hashed as it came: download.Fetcher)
+        return None
+
     def open(self, name: str) -> BinaryIO:
         if name in self._docs:
             return io.BytesIO(self._docs[name])

@@ -87,6 +87,12 @@ class Source:
         now, and returns the names whose progress it reports itself."""
         return set()
 
+    def verified(self, name: str) -> str | None:
+        """A file of the store's root holding exactly the member's bytes, already checked against the
+        digest that names it (a registry's download): staged by a hard link rather than copied and
+        hashed again. None: the member is read with ``open``."""
+        return None
+
     def read(self, name: str, limit: int = 64 << 20) -> bytes:
         if self.size(name) > limit:
             raise BadInput(f"{self.where}: {name} is too large for a JSON document")
