@@ -122,14 +122,17 @@ class Layers:
         blob_path = txn.new_path("layer-blob")
         layer_dir = txn.new_path("layer")
         os.makedirs(os.path.join(layer_dir, "diff"))
+        fd = -1
+        tee: TeeHash | Counted
         if kept is not None:
             if blob_digest is None:
                 raise ValueError("a kept blob is one checked against its digest")
             os.link(kept, blob_path)
-        fd = -1 if kept is not None else os.open(blob_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                                                0o644)
+            tee = Counted(raw, blob_digest, progress)
+        else:
+            fd = os.open(blob_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            tee = TeeHash(raw, fd, progress)
         try:
-            tee = TeeHash(raw, fd, progress) if kept is None else Counted(raw, blob_digest, progress)  # type: ignore[arg-type]
             compression, plain = decompressing(tee, where)  # type: ignore[arg-type]
             media_type = _MEDIA_BY_COMPRESSION.get(compression)
             if media_type is None:

@@ -73,6 +73,31 @@ def test_later_entry_replaces_earlier(tmp_path):
     assert open(f"{layer}/b", "rb").read() == b"new"
 
 
+def test_later_entries_of_any_kind_replace_earlier_ones_and_directories_are_entered_again(tmp_path):
+    """The extractor keeps the directories it went down open: going back up, into a sibling, into a
+    directory replaced meanwhile (by a file, a symlink) or merged with a later entry of its name."""
+    layer = _extract(tmp_path, tar_bytes([
+        {"name": "d/", "type": "dir"}, {"name": "d/e/", "type": "dir"}, {"name": "d/e/f", "data": b"1"},
+        {"name": "d/h/", "type": "dir"}, {"name": "d/h/i", "data": b"2"},
+        {"name": "d/e/j", "data": b"3"},  # back into a sibling
+        {"name": "x", "data": b"file"}, {"name": "x/", "type": "dir", "mode": 0o750},  # a dir replaces a file
+        {"name": "d/e", "type": "symlink", "link": "/etc"},  # a symlink replaces a dir that was entered
+        {"name": "d/k", "data": b"4"},
+        {"name": "s", "type": "symlink", "link": "x"}, {"name": "s", "data": b"file again"},
+        {"name": "d/", "type": "dir", "mode": 0o711, "mtime": 1_234_567_890},  # merges with the dir
+    ]))
+    assert os.readlink(f"{layer}/d/e") == "/etc"
+    assert [open(f"{layer}/{n}", "rb").read() for n in ("d/h/i", "d/k", "s")] == [b"2", b"4", b"file again"]
+    assert stat.S_IMODE(os.stat(f"{layer}/x").st_mode) == 0o750
+    st = os.stat(f"{layer}/d")
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime) == (0o711, 1_234_567_890)
+    (tmp_path / "again").mkdir()
+    with pytest.raises(BadInput, match="symlink"):  # and the symlink is no way out
+        _extract(tmp_path / "again", tar_bytes([
+            {"name": "d/e/", "type": "dir"}, {"name": "d/e", "type": "symlink", "link": "/tmp"},
+            {"name": "d/e/evil", "data": b"x"}]))
+
+
 def test_missing_parents_are_created(tmp_path):
     layer = _extract(tmp_path, tar_bytes([{"name": "deep/er/file", "data": b"x"}]))
     assert open(f"{layer}/deep/er/file", "rb").read() == b"x"
