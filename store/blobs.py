@@ -28,7 +28,7 @@ class StagedBlob:
 
 
 class TeeHash:
-    """Read from ``raw``; write every byte to ``out_fd`` and hash it (one pass for copy + verify)."""
+    """Read from ``raw``; write every byte to ``out_fd`` (none: -1) and hash it (one pass for copy + verify)."""
 
     def __init__(self, raw: BinaryIO, out_fd: int, progress: Progress | None = None) -> None:
         self._raw = raw
@@ -42,7 +42,7 @@ class TeeHash:
         if data:
             self._hash.update(data)
             self.size += len(data)
-            view = memoryview(data)
+            view = memoryview(data) if self._fd >= 0 else memoryview(b"")
             while view:
                 view = view[os.write(self._fd, view):]
             if self._progress:
@@ -56,26 +56,6 @@ class TeeHash:
     @property
     def digest(self) -> str:
         return "sha256:" + self._hash.hexdigest()
-
-
-class Counted:
-    """Read from ``raw`` (a file already checked to hash to ``digest``), counting the bytes as a
-    ``TeeHash`` would, without copying or hashing them again."""
-
-    def __init__(self, raw: BinaryIO, digest: str, progress: Progress | None = None) -> None:
-        self._raw, self.digest, self._progress = raw, digest, progress
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n if n >= 0 else _CHUNK)
-        self.size += len(data)
-        if data and self._progress:
-            self._progress(len(data))
-        return data
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
 
 
 class Blobs:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
-from .blobs import Blobs, Counted, StagedBlob, TeeHash
+from .blobs import Blobs, StagedBlob, TeeHash
 from .compression import decompressing
 from .digest import HashingReader, chain_id, hex_of, is_digest
 from .errors import BadInput, DigestMismatch, NotFound
@@ -110,40 +110,41 @@ class Layers:
         diff_id: str | None = None,
         blob_digest: str | None = None,
         progress: Callable[[int], None] | None = None,
-        kept: str | None = None,
+        kept: Callable[[], str] | None = None,
     ) -> StagedLayer:
         """Copy ``raw`` (a layer blob) into the transaction and extract it, in one pass.
 
         ``diff_id`` and ``blob_digest``, when known, are verified; a mismatch raises DigestMismatch
-        and the staged work is dropped with the transaction. ``kept``: a file of this store's root
-        holding ``raw``'s bytes, already checked to hash to ``blob_digest`` (a pull's download): it
-        is staged by a hard link, and its bytes only read to be extracted (no copy, no second hash).
+        and the staged work is dropped with the transaction. ``kept``: gives a file of this store's
+        root holding the blob, checked against ``blob_digest`` (a pull's download, which ``raw`` reads
+        as it comes): once ``raw`` is read, that file is staged by a hard link rather than a copy.
         """
         blob_path = txn.new_path("layer-blob")
         layer_dir = txn.new_path("layer")
         os.makedirs(os.path.join(layer_dir, "diff"))
-        fd = -1
-        tee: TeeHash | Counted
-        if kept is not None:
-            if blob_digest is None:
-                raise ValueError("a kept blob is one checked against its digest")
-            os.link(kept, blob_path)
-            tee = Counted(raw, blob_digest, progress)
-        else:
-            fd = os.open(blob_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            tee = TeeHash(raw, fd, progress)
+        if kept is not None and blob_digest is None:
+            raise ValueError("a kept blob is one checked against its digest")
+        fd = -1 if kept is not None else os.open(blob_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            compression, plain = decompressing(tee, where)  # type: ignore[arg-type]
-            media_type = _MEDIA_BY_COMPRESSION.get(compression)
-            if media_type is None:
-                raise BadInput(f"{where}: {compression} layers are not supported (gzip, zstd or none)")
-            # An uncompressed blob is its own tar: the tee's hash is the diff_id, no second hash.
-            hashed = HashingReader(plain) if compression != "none" else None
-            reader = TarReader(hashed or plain, where)  # type: ignore[arg-type]
-            size = extract(reader, os.path.join(layer_dir, "diff"), where)
-            if hashed:
-                hashed.drain()
-            tee.drain()  # bytes after the compressed stream still belong to the blob
+            tee = TeeHash(raw, fd, progress)  # (what is extracted is hashed here, whoever checked the file)
+            try:
+                compression, plain = decompressing(tee, where)  # type: ignore[arg-type]
+                media_type = _MEDIA_BY_COMPRESSION.get(compression)
+                if media_type is None:
+                    raise BadInput(f"{where}: {compression} layers are not supported (gzip, zstd or none)")
+                # An uncompressed blob is its own tar: the tee's hash is the diff_id, no second hash.
+                hashed = HashingReader(plain) if compression != "none" else None
+                reader = TarReader(hashed or plain, where)  # type: ignore[arg-type]
+                size = extract(reader, os.path.join(layer_dir, "diff"), where)
+                if hashed:
+                    hashed.drain()
+                tee.drain()  # bytes after the compressed stream still belong to the blob
+            except BadInput:
+                if kept is not None:
+                    kept()  # a download that does not hash to its digest says so, rather than the tar it spoilt
+                raise
+            if kept is not None:
+                os.link(kept(), blob_path)
         finally:
             if fd >= 0:
                 os.close(fd)

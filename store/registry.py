@@ -21,6 +21,7 @@ import platform
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, BinaryIO
 
 from .auth import Authorizer, scope_of
@@ -346,10 +347,10 @@ class RegistrySource(Source):
         self._fetcher.start([(d, self.size(f"blobs/sha256/{hex_of(d)}"), hex_of(d)[:12]) for d in digests])
         return set(names)
 
-    def verified(self, name: str) -> str | None:
+    def kept(self, name: str) -> Callable[[], str] | None:
         digest = self._digest(name)
         if self._fetcher is not None and self._fetcher.has(digest):
-            return self._fetcher.wait(digest)  # (hashed as it came: download.Fetcher)
+            return partial(self._fetcher.wait, digest)  # (hashed as it came: download.Fetcher)
         return None
 
     def open(self, name: str) -> BinaryIO:
@@ -357,7 +358,7 @@ class RegistrySource(Source):
             return io.BytesIO(self._docs[name])
         digest = self._digest(name)
         if self._fetcher is not None and self._fetcher.has(digest):
-            return open(self._fetcher.wait(digest), "rb")
+            return self._fetcher.reader(digest)  # as it downloads
         if self.local is not None:
             try:  # a config the store has (checked against its digest as it is read, all the same)
                 return open(self.local(digest), "rb")

@@ -217,8 +217,8 @@ class Store:
 
     def _stage_member(self, txn: Transaction, source: Source, member: str, parent: str | None, where: str,
                       diff_id: str, blob_digest: str | None, progress: Progress | None) -> StagedLayer:
-        kept = source.verified(member) if blob_digest is not None else None  # a pull's checked download
-        with open(kept, "rb") if kept is not None else source.open(member) as raw:
+        kept = source.kept(member) if blob_digest is not None else None  # a pull's download
+        with source.open(member) as raw:
             counter = None if progress is None else _Counter(progress, source.size(member),
                                                               hex_of(blob_digest or diff_id)[:12])
             return self.layers.stage(txn, raw, parent=parent, where=where, diff_id=diff_id,

@@ -5,6 +5,7 @@ the failures that must say one line and leave the store as it was."""
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
 import os
@@ -14,7 +15,7 @@ import urllib.request
 
 import pytest
 import zstandard
-from helpers import REPO, STRATA, config_for, docker_v12_save, sha256, strata, tar_bytes
+from helpers import REPO, STRATA, config_for, docker_v12_save, sha256, strata, tar_bytes, wait_for
 from registry_support import fake, image_id, registry, registry_blobs, store_files, tree
 from test_cli_progress import screen
 
@@ -284,6 +285,33 @@ def test_layers_download_in_parallel_with_one_progress_line_each(tmp_path, reg):
         assert [e["met"] for e in proxy.events("barrier")] == [True, True, True]
     assert sorted(screen(shown.decode())) == sorted(f"{d.split(':')[1][:12]}: Pull complete {human_size(sizes[d])}"
                                                     for d in digests)
+
+
+def test_a_layer_is_extracted_while_it_downloads(tmp_path, reg):
+    """Through a proxy at 2 MB/s, the layer's file is in the pull's staging directory while its blob
+    is still a ``.partial`` download (a pull that waited for the download would make it only after)."""
+    here, there = str(tmp_path / "here"), str(tmp_path / "there")
+    _small, big = layered(tmp_path, here, f"{reg.host}/slow:1", [1000, 6 << 20])
+    strata(here, "push", f"{reg.host}/slow:1")
+    partial = os.path.join(there, "downloads", "sha256", big.split(":")[1] + ".partial")
+    with fake("proxy", str(tmp_path / "fakes"), "--upstream", f"http://{reg.host}", "--rate", str(2 << 20)) as proxy:
+        proc = subprocess.Popen([*STRATA, "--root", there, "pull", "-q", f"{proxy.host}/slow:1"], cwd=REPO,
+                                stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": REPO})
+        try:
+            staged = os.path.join(there, "tmp", "*", "*-layer", "diff", "layer1")
+
+            def extracting_while_downloading() -> bool:
+                size = os.path.getsize(partial) if os.path.exists(partial) else 0
+                return 0 < size < registry_blobs(reg.data)[big] and bool(glob.glob(staged))
+
+            wait_for(extracting_while_downloading, timeout=60, what="the layer's file while its blob downloads")
+            assert proc.wait(timeout=120) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert image_id(there, f"{proxy.host}/slow:1") == image_id(here, f"{reg.host}/slow:1")
+    assert strata(there, "system", "check").out.splitlines()[-1] == "store is consistent"
 
 
 def _read(fd: int) -> bytes:
