@@ -226,6 +226,13 @@ def test_a_pull_of_an_image_that_is_here_writes_nothing_to_the_store(tmp_path, r
         strata(there, "images", "-q", "--no-trunc", "other:1").out != ""
 
 
+def _settled(proxy, last, after: int = 0) -> int:
+    """Wait until the proxy has logged a request matching ``last`` past the first ``after`` (it logs one
+    once it has answered it: the client may have ended before); the number of requests logged then."""
+    wait_for(lambda: any(last(e) for e in proxy.events("request")[after:]), what="the proxy's log")
+    return len(proxy.events("request"))
+
+
 def test_a_push_skips_what_the_registry_has_and_mounts_what_another_repository_has(tmp_path, reg):
     here = str(tmp_path / "here")
     layered(tmp_path, here, "img:1", [40000, 2 * CHUNK // 3])
@@ -236,8 +243,9 @@ def test_a_push_skips_what_the_registry_has_and_mounts_what_another_repository_h
         assert len(uploads) == 3 and all(u["body_in"] > 0 for u in uploads)  # each blob in one PUT (small)
         assert requests(proxy, "PATCH") == []
 
-        n = len(proxy.events("request"))
+        n = _settled(proxy, lambda e: e["method"] == "PUT" and "/manifests/" in e["path"])
         assert strata(here, "push", f"{proxy.host}/a/img:1").out.split()[-1] == first
+        wait_for(lambda: len(proxy.events("request")) >= n + 5, what="the proxy's log")
         again = proxy.events("request")[n:]
         # ping, then the tag and the blobs: all there, the tag names these bytes already: no PUT
         assert [e["method"] for e in again] == ["GET", "HEAD", "HEAD", "HEAD", "HEAD"]
@@ -247,8 +255,9 @@ def test_a_push_skips_what_the_registry_has_and_mounts_what_another_repository_h
         layered(tmp_path, here, f"{proxy.host}/a/img:1", [1000], seed="other")
         strata(here, "push", f"{proxy.host}/a/img:1")
         strata(here, "tag", "img:1", f"{proxy.host}/a/img:1")
-        n = len(proxy.events("request"))
+        n = _settled(proxy, lambda e: e["method"] == "PUT" and "/manifests/" in e["path"], after=n + 5)
         assert strata(here, "push", f"{proxy.host}/a/img:1").out.split()[-1] == first
+        _settled(proxy, lambda e: e["method"] == "PUT" and "/manifests/" in e["path"], after=n)
         again = proxy.events("request")[n:]
         assert [e["method"] for e in again] == ["GET", "HEAD", "HEAD", "HEAD", "HEAD", "PUT"]
         with urllib.request.urlopen(urllib.request.Request(
@@ -256,7 +265,7 @@ def test_a_push_skips_what_the_registry_has_and_mounts_what_another_repository_h
                 headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})) as resp:
             assert resp.headers["Docker-Content-Digest"] == first
 
-        n = len(proxy.events("request"))
+        n = len(proxy.events("request"))  # (the last PUT above is logged: settled)
         strata(here, "tag", "img:1", f"{proxy.host}/b/img:1")
         strata(here, "push", f"{proxy.host}/b/img:1")
         elsewhere = proxy.events("request")[n:]
