@@ -9,7 +9,7 @@ become a ``RegistryError`` line.
   loopback host or an insecure one (``tls_verify=False``), and only when the server does not speak
   TLS at all (the handshake fails for want of TLS, never for an untrusted certificate), as Docker
   tries an insecure registry. (A loopback host is asked in plain HTTP first: one that answers as a
-  registry does not speak TLS there.)
+  registry does not speak TLS there; ``probe`` sends a first request itself so, for ``Registry``.)
 - TLS roots: the system's, plus ``*.crt`` of the registry's certs dir: ``cert_dir`` if given, else
   the first existing ``ROOT/HOST:PORT/`` of the certs.d roots (``$XDG_CONFIG_HOME/containers/certs.d``,
   ``/etc/containers/certs.d``, ``/etc/docker/certs.d``, as containers/image reads them; the
@@ -292,6 +292,23 @@ class Transport:
         self.scheme = "http"
         with self._mapped(self.base + "/v2/"):
             return self._send("GET", self.base + "/v2/", {}, None, _IDEMPOTENT)
+
+    def probe(self, method: str, url: str, headers: Mapping[str, str]) -> Response | None:
+        """``method url`` in plain HTTP, once (a loopback registry's first request): its answer, unless
+        the server does not speak plain HTTP (no answer, or a 400: what a TLS server answers); then the
+        scheme is left as it was, None."""
+        before, self.scheme = self.scheme, "http"
+        target = urllib.parse.urljoin(self.base + "/", url)
+        try:
+            resp = self._send(method, target, headers, None, _PROBE)
+        except (HTTPError, OSError):
+            self.scheme = before
+            return None
+        if resp.status == 400:
+            resp.close()
+            self.scheme = before
+            return None
+        return resp
 
     def request(self, method: str, url: str, headers: Mapping[str, str] | None = None,
                 body: bytes | BinaryIO | None = None, retry: bool = True) -> Response:

@@ -1,7 +1,7 @@
 """Push: an image's blobs into a repository of a registry, then its manifest under a tag.
 
-Each blob (the layers as the store keeps them, then the config), a few at a time when there are
-layers to overlap, while the tag is asked for (``HEAD …/manifests/TAG``):
+The tag is asked for first (``HEAD …/manifests/TAG``), then each blob (the layers as the store keeps
+them, then the config), a few at a time when there are layers to overlap:
   1. ``HEAD`` it: a blob the repository has is not sent.
   2. An upload this store began and did not finish (``ROOT/uploads/``) is asked where it stands
      (``GET`` its location: ``Range: 0-N``) and goes on from byte N+1.
@@ -121,14 +121,11 @@ class Pusher:
             "layers": [{"mediaType": b.media_type, "digest": b.digest, "size": b.size} for b in layers],
         }, separators=(",", ":"), sort_keys=True).encode()
         digest = sha256_bytes(manifest)
-        self.registry.ping()  # here, once: the threads would queue for it
+        tagged = self._tagged(tag)  # first, in this thread: it pings the registry (the threads would queue for it)
         if len(layers) > 1 and self.parallel > 1:
             with ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="push") as pool:
-                jobs = [pool.submit(self._blob, b) for b in blobs]
-                tagged = self._tagged(tag)
-                there = [job.result() for job in jobs]  # the first failure, in order
+                there = [job.result() for job in [pool.submit(self._blob, b) for b in blobs]]  # the first failure
         else:  # one layer: nothing to overlap, and threads cost (their start, the GIL between them: ~4 ms)
-            tagged = self._tagged(tag)
             there = [self._blob(b) for b in blobs]
         self.places.note(self.registry.host, self.repository, [b.digest for b in blobs])
         if all(there) and tagged == digest:
