@@ -6,7 +6,7 @@ a fresh upper and work dir.
 
   kernel             mount -t overlay overlay -o lowerdir=...,upperdir=...,workdir=... M
   fuse-overlayfs     fuse-overlayfs -o ... M
-  strata-unionfs     the launcher (``bin/strata-unionfs`` as pip installs it, pointed at this
+  strata-unionfs     the launcher (``unionfs/bin/strata-unionfs`` as pip installs it, pointed at this
                      checkout), through its warm mount server: what containers-storage execs as its
                      mount_program
   pip's console script  the same through the wrapper pip writes for a ``[project.scripts]`` entry
@@ -47,7 +47,7 @@ from unionfs.mount import daemon_pid, fork_serve  # noqa: E402
 
 ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")}
 KINDS = ["kernel", "fuse-overlayfs", "strata-unionfs", "pip's console script", "python -m unionfs", "forked"]
-# what ``[project.scripts]`` would install instead of bin/strata-unionfs: pip's wrapper imports re
+# what ``[project.scripts]`` would install instead of unionfs/bin/strata-unionfs: pip's wrapper imports re
 CONSOLE_SCRIPT = """#!{python}
 import re
 import sys

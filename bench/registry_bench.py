@@ -15,7 +15,8 @@ ahead at a time against ``parallel=0`` (one layer at a time, each streamed as it
 loopback (where fetching is nearly free and extraction is all) and through the tests' proxy paced
 to 25 MB/s per connection (a 200 Mbit/s link: what a registry on a network is like).
 
-strata runs as installed: through its zygote (a warm process each command is forked from).
+strata runs as installed (the venv's ``strata`` script): through its zygote (a warm process each
+command is forked from).
 Each figure is the median of ``--runs`` runs (a fresh registry and fresh destinations per run).
 Usage: ``python bench/registry_bench.py [--runs 3]``.
 """
@@ -47,8 +48,10 @@ from store_bench import ENV, OUT, REPO, ROOTFS, ensure_rootfs, registry, sh, tim
 from store import Store  # noqa: E402
 from store.registry import RemoteOptions  # noqa: E402
 
-STRATA = [sys.executable, "-m", "runner"]  # the launcher, as the installed ``strata``
+_SCRIPT = os.path.join(os.path.dirname(sys.executable), "strata")  # what users run, in the venv
+STRATA = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "runner"]
 assert store_bench.ENV is ENV
+ENV.pop("PYTHONDONTWRITEBYTECODE", None)  # users' runs have their bytecode cached (as runner_bench.py)
 
 
 RATE = 25e6  # bytes a second per connection: a 200 Mbit/s link

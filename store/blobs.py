@@ -28,7 +28,7 @@ class StagedBlob:
 
 
 class TeeHash:
-    """Read from ``raw``; write every byte to ``out_fd`` and hash it (one pass for copy + verify)."""
+    """Read from ``raw``; write every byte to ``out_fd`` (none: -1) and hash it (one pass for copy + verify)."""
 
     def __init__(self, raw: BinaryIO, out_fd: int, progress: Progress | None = None) -> None:
         self._raw = raw
@@ -42,7 +42,7 @@ class TeeHash:
         if data:
             self._hash.update(data)
             self.size += len(data)
-            view = memoryview(data)
+            view = memoryview(data) if self._fd >= 0 else memoryview(b"")
             while view:
                 view = view[os.write(self._fd, view):]
             if self._progress:

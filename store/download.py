@@ -1,4 +1,4 @@
-"""A pull's layer blobs, fetched in parallel into ``ROOT/downloads/sha256/`` before they are staged.
+"""A pull's layer blobs, fetched in parallel into ``ROOT/downloads/sha256/``, and read as they come.
 
 ``<hex>.partial`` grows as the bytes come; ``<hex>`` is a blob whose bytes hashed to its digest.
 Neither is part of the visible store (no image, layer or blob names them): a pull publishes through
@@ -8,6 +8,10 @@ with those blobs starts from there: a verified blob is not fetched again, a part
 from its end (``Range: bytes=N-``; a registry that answers with the whole blob is read from the start
 again). A connection that drops mid-blob is resumed in the same way a few times before the pull
 gives up. Bytes that do not hash to their digest are removed at once.
+
+A blob is staged as it comes (``Fetcher.reader``: a read waits for the fetch to write more), so a layer
+is extracted while it downloads; the stage hashes what it read itself, and takes the checked file
+(``Fetcher.wait``) as the layer's blob once it has read it all.
 
 Caveats: a partial blob is re-hashed from disk before it resumes (``hashlib`` states cannot be kept).
 """
@@ -19,6 +23,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import BinaryIO, cast
 
 from .digest import hex_of
 from .errors import BadInput, DigestMismatch, Interrupted
@@ -75,6 +80,9 @@ class Fetcher:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="pull")
         self._jobs: dict[str, Future[str]] = {}
+        # what each fetch has written so far, for its readers: (the file, bytes written)
+        self._written: dict[str, tuple[str, int]] = {}
+        self._moved = threading.Condition()  # a fetch wrote more, renamed its file, ended; or all stop
 
     def start(self, blobs: list[tuple[str, int, str]]) -> None:
         """(digest, size, progress label) each, fetched in this order as threads come free."""
@@ -89,13 +97,25 @@ class Fetcher:
         """The path of the verified blob; raises what its fetch raised."""
         return self._jobs[digest].result()
 
+    def reader(self, digest: str) -> BinaryIO:
+        """The blob's bytes as its fetch writes them (not yet checked: the reader hashes them itself);
+        a read waits for more, and raises what the fetch raised."""
+        return cast(BinaryIO, _Tail(self, digest))
+
     def digests(self) -> list[str]:
         return list(self._jobs)
 
     def close(self) -> None:
         """Stop what is still fetching (it keeps what it has) and wait for the threads."""
         self._stop.set()
+        with self._moved:
+            self._moved.notify_all()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _wrote(self, digest: str, path: str, offset: int) -> None:
+        with self._moved:
+            self._written[digest] = (path, offset)
+            self._moved.notify_all()
 
     def _report(self, label: str, done: int, total: int) -> None:
         if self._progress is not None:
@@ -103,12 +123,21 @@ class Fetcher:
                 self._progress(label, done, total)
 
     def _fetch(self, digest: str, size: int, label: str) -> str:
+        try:
+            return self._fetch_once(digest, size, label)
+        finally:
+            with self._moved:
+                self._moved.notify_all()  # ended: its readers take the result
+
+    def _fetch_once(self, digest: str, size: int, label: str) -> str:
         final, partial = self.downloads.path(digest), self.downloads.partial(digest)
         if os.path.exists(final):
+            self._wrote(digest, final, size)
             self._report(label, size, size)
             return final
         os.makedirs(self.downloads.directory, exist_ok=True)
         with _Part(partial, size) as part:
+            self._wrote(digest, partial, part.offset)
             failures = 0
             while True:
                 try:
@@ -123,9 +152,13 @@ class Fetcher:
                         raise _Stopped() from None
             got = part.digest
         if got != digest:
-            os.unlink(partial)
+            with self._moved:  # (a reader not yet in the file finds the fetch's end, not a missing file)
+                self._written.pop(digest, None)
+                os.unlink(partial)
             raise DigestMismatch(f"{self.where}: blob {digest} hashes to {got}")
-        os.rename(partial, final)
+        with self._moved:  # (a reader opening the file now finds it by its new name)
+            os.rename(partial, final)
+            self._written[digest] = (final, size)
         return final
 
     def _receive(self, part: _Part, digest: str, label: str) -> None:
@@ -135,6 +168,7 @@ class Fetcher:
             if part.offset and (resp.status != 206 or
                                 not resp.header("Content-Range").startswith(f"bytes {part.offset}-")):
                 part.restart()  # the whole blob again
+                self._wrote(digest, part.path, 0)
             self._report(label, part.offset, size)
             while part.offset <= size:
                 if self._stop.is_set():
@@ -143,6 +177,7 @@ class Fetcher:
                 if not data:
                     break
                 part.append(data)
+                self._wrote(digest, part.path, part.offset)
                 self._report(label, part.offset, size)
         if part.offset > size:
             part.restart()
@@ -155,7 +190,7 @@ class _Part:
     """``<hex>.partial``: its length and the hash of its bytes, kept in step with each write."""
 
     def __init__(self, path: str, size: int) -> None:
-        self.size = size
+        self.path, self.size = path, size
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self._hash, self.offset = hashlib.sha256(), 0
         while chunk := os.pread(self.fd, _CHUNK, self.offset):  # what an earlier pull left
@@ -184,3 +219,48 @@ class _Part:
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
+
+
+class _Tail:
+    """A blob read while its fetch writes it: each read returns bytes the fetch has written (by
+    offset in its file, whatever its name is by then), or waits for some; at the end of a fetch that
+    failed, its error. A fetch that starts the blob again only makes this wait longer: the same
+    bytes come again, and the reader's own hash would tell if they did not."""
+
+    def __init__(self, fetcher: Fetcher, digest: str) -> None:
+        self._fetcher, self._digest = fetcher, digest
+        self._fd = -1
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        f = self._fetcher
+        while True:
+            with f._moved:
+                while True:
+                    path, written = f._written.get(self._digest, ("", 0))
+                    if self._fd < 0 and path:
+                        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    if self._pos < written:
+                        break
+                    if f._stop.is_set():
+                        raise _Stopped()
+                    job = f._jobs[self._digest]
+                    if job.done():
+                        job.result()  # its error; else it ended and all of it was read
+                        return b""
+                    f._moved.wait()
+            data = os.pread(self._fd, min(_CHUNK if n < 0 else n, written - self._pos), self._pos)
+            if data:  # (nothing: the fetch started the blob again since, and truncated its file)
+                self._pos += len(data)
+                return data
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> _Tail:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

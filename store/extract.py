@@ -49,7 +49,10 @@ class _Extractor:
         self.where = where
         self.root_fd = os.open(root, _DIR_FLAGS)
         self.as_root = as_root
-        self._cached: tuple[tuple[str, ...], int] | None = None
+        # fds of the directories from the layer dir down to the last one entered (not the root's):
+        # the next entry's directory is opened from the deepest one they share, not from the top
+        self._names: list[str] = []
+        self._fds: list[int] = []
         self.dirs: dict[tuple[str, ...], TarEntry] = {}
         self.size = 0
 
@@ -57,30 +60,34 @@ class _Extractor:
         self._drop_cache()
         os.close(self.root_fd)
 
-    def _drop_cache(self) -> None:
-        if self._cached is not None:
-            os.close(self._cached[1])
-            self._cached = None
+    def _drop_cache(self, depth: int = 0) -> None:
+        """Close the entered directories below the first ``depth``."""
+        while len(self._fds) > depth:
+            os.close(self._fds.pop())
+            self._names.pop()
 
     # -- path resolution --------------------------------------------------------------------------
+    def _enter(self, fd: int, part: str, create: bool, parts: tuple[str, ...]) -> int:
+        """Open the directory ``part`` of ``fd`` (a new fd), never through a symlink; ``parts``: the
+        path it ends, for the error."""
+        try:
+            return os.open(part, _DIR_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(part, 0o755, dir_fd=fd)
+            return os.open(part, _DIR_FLAGS, dir_fd=fd)
+        except OSError as e:
+            if e.errno in (errno.ENOTDIR, errno.ELOOP):
+                raise UnsafeTar(f"{self.where}: {'/'.join(parts)!r} goes through a symlink or non-directory") from None
+            raise
+
     def _open_dir(self, parts: tuple[str, ...], create: bool) -> int:
         """Open the directory ``parts`` (a new fd) without following any symlink on the way."""
         fd = os.dup(self.root_fd)
         try:
             for part in parts:
-                try:
-                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise
-                    os.mkdir(part, 0o755, dir_fd=fd)
-                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                except OSError as e:
-                    if e.errno in (errno.ENOTDIR, errno.ELOOP):
-                        raise UnsafeTar(
-                            f"{self.where}: {'/'.join(parts)!r} goes through a symlink or non-directory"
-                        ) from None
-                    raise
+                nxt = self._enter(fd, part, create, parts)
                 os.close(fd)
                 fd = nxt
         except BaseException:
@@ -88,13 +95,18 @@ class _Extractor:
             raise
         return fd
 
-    def parent_fd(self, parent: tuple[str, ...]) -> int:
-        if self._cached is not None and self._cached[0] == parent:
-            return self._cached[1]
-        self._drop_cache()
-        fd = self._open_dir(parent, create=True)
-        self._cached = (parent, fd)
-        return fd
+    def parent_fd(self, parent: tuple[str, ...], create: bool = True) -> int:
+        """An fd of the directory ``parent`` (made if missing and ``create``), entered one component at
+        a time as ``_open_dir`` does, from the deepest directory it shares with the last one entered;
+        it stays open (the caller does not close it) until another is entered."""
+        shared = 0
+        while shared < min(len(parent), len(self._names)) and parent[shared] == self._names[shared]:
+            shared += 1
+        self._drop_cache(shared)
+        for part in parent[shared:]:
+            self._fds.append(self._enter(self._fds[-1] if self._fds else self.root_fd, part, create, parent))
+            self._names.append(part)
+        return self._fds[-1] if self._fds else self.root_fd
 
     # -- entries ----------------------------------------------------------------------------------
     def add(self, entry: TarEntry, reader: TarReader) -> None:
@@ -112,7 +124,27 @@ class _Extractor:
             if entry.type != REGULAR:
                 raise BadInput(f"{self.where}: whiteout {entry.name!r} is not a regular file")
         pfd = self.parent_fd(parts[:-1])
-        self._clear(pfd, parts, keep_dir=entry.type == DIR)
+        if entry.type == DIR:
+            try:
+                os.mkdir(base, 0o700, dir_fd=pfd)
+            except FileExistsError:  # a dir merges with a dir; anything else goes
+                self._clear(pfd, parts, keep_dir=True)
+                try:
+                    os.mkdir(base, 0o700, dir_fd=pfd)
+                except FileExistsError:
+                    pass
+            # entered (and kept open): the entries that follow are most likely in it
+            self._owner_xattrs(self.parent_fd(parts), None, entry)
+            self.dirs[parts] = entry
+            return
+        try:
+            self._make(pfd, base, entry, reader)
+        except FileExistsError:  # a later entry replaces an earlier one of the same name
+            self._clear(pfd, parts, keep_dir=False)
+            self._make(pfd, base, entry, reader)
+
+    def _make(self, pfd: int, base: str, entry: TarEntry, reader: TarReader) -> None:
+        """Make ``base`` in ``pfd`` as ``entry`` says (not a dir); FileExistsError if the name is taken."""
         kind = entry.type
         if kind == REGULAR:
             fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -124,18 +156,6 @@ class _Extractor:
                 os.utime(fd, ns=(_ns(entry.mtime), _ns(entry.mtime)))
             finally:
                 os.close(fd)
-            return
-        if kind == DIR:
-            try:
-                os.mkdir(base, 0o700, dir_fd=pfd)
-            except FileExistsError:
-                pass
-            fd = os.open(base, _DIR_FLAGS, dir_fd=pfd)
-            try:
-                self._owner_xattrs(fd, None, entry)
-            finally:
-                os.close(fd)
-            self.dirs[parts] = entry
             return
         if kind == HARDLINK:
             self._hardlink(entry, pfd, base)
@@ -160,8 +180,8 @@ class _Extractor:
         if stat.S_ISDIR(st.st_mode):
             if keep_dir:
                 return
-            if self._cached is not None and self._cached[0][: len(parts)] == parts:
-                self._drop_cache()
+            if tuple(self._names[: len(parts)]) == parts:
+                self._drop_cache(len(parts) - 1)  # (the tree goes, and the fds into it)
             shutil.rmtree(parts[-1], dir_fd=pfd)
             self.dirs = {k: v for k, v in self.dirs.items() if k[: len(parts)] != parts}
         else:
@@ -237,15 +257,14 @@ class _Extractor:
 
     def finish_dirs(self) -> None:
         """Directory modes and times last, deepest first: creating children bumps mtimes."""
-        self._drop_cache()
-        for parts in sorted(self.dirs, key=len, reverse=True):
+        # children before their parent; siblings next to each other, so each is entered from the
+        # parent entered for the one before (a path is sorted after its prefix: reversed, before it)
+        for parts in sorted(self.dirs, reverse=True):
             entry = self.dirs[parts]
-            fd = self._open_dir(parts, create=False)
-            try:
-                os.chmod(fd, self._mode(entry))
-                os.utime(fd, ns=(_ns(entry.mtime), _ns(entry.mtime)))
-            finally:
-                os.close(fd)
+            fd = self.parent_fd(parts, create=False)
+            os.chmod(fd, self._mode(entry))
+            os.utime(fd, ns=(_ns(entry.mtime), _ns(entry.mtime)))
+        self._drop_cache()
 
 
 def _ns(mtime: float) -> int:

@@ -203,8 +203,9 @@ class Images:
         repos = self.repositories()
         repo = repos.setdefault(name, {})
         old = repo.get(f"{name}:{tag}")
-        repo[f"{name}:{tag}"] = image_id
-        write_json(self.root.repositories, {"Repositories": repos})
+        if old != image_id:
+            repo[f"{name}:{tag}"] = image_id
+            write_json(self.root.repositories, {"Repositories": repos})
         return old if old != image_id else None
 
     def untag(self, ref: str) -> str:

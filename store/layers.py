@@ -110,31 +110,44 @@ class Layers:
         diff_id: str | None = None,
         blob_digest: str | None = None,
         progress: Callable[[int], None] | None = None,
+        kept: Callable[[], str] | None = None,
     ) -> StagedLayer:
         """Copy ``raw`` (a layer blob) into the transaction and extract it, in one pass.
 
         ``diff_id`` and ``blob_digest``, when known, are verified; a mismatch raises DigestMismatch
-        and the staged work is dropped with the transaction.
+        and the staged work is dropped with the transaction. ``kept``: gives a file of this store's
+        root holding the blob, checked against ``blob_digest`` (a pull's download, which ``raw`` reads
+        as it comes): once ``raw`` is read, that file is staged by a hard link rather than a copy.
         """
         blob_path = txn.new_path("layer-blob")
         layer_dir = txn.new_path("layer")
         os.makedirs(os.path.join(layer_dir, "diff"))
-        fd = os.open(blob_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        if kept is not None and blob_digest is None:
+            raise ValueError("a kept blob is one checked against its digest")
+        fd = -1 if kept is not None else os.open(blob_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            tee = TeeHash(raw, fd, progress)
-            compression, plain = decompressing(tee, where)  # type: ignore[arg-type]
-            media_type = _MEDIA_BY_COMPRESSION.get(compression)
-            if media_type is None:
-                raise BadInput(f"{where}: {compression} layers are not supported (gzip, zstd or none)")
-            # An uncompressed blob is its own tar: the tee's hash is the diff_id, no second hash.
-            hashed = HashingReader(plain) if compression != "none" else None
-            reader = TarReader(hashed or plain, where)  # type: ignore[arg-type]
-            size = extract(reader, os.path.join(layer_dir, "diff"), where)
-            if hashed:
-                hashed.drain()
-            tee.drain()  # bytes after the compressed stream still belong to the blob
+            tee = TeeHash(raw, fd, progress)  # (what is extracted is hashed here, whoever checked the file)
+            try:
+                compression, plain = decompressing(tee, where)  # type: ignore[arg-type]
+                media_type = _MEDIA_BY_COMPRESSION.get(compression)
+                if media_type is None:
+                    raise BadInput(f"{where}: {compression} layers are not supported (gzip, zstd or none)")
+                # An uncompressed blob is its own tar: the tee's hash is the diff_id, no second hash.
+                hashed = HashingReader(plain) if compression != "none" else None
+                reader = TarReader(hashed or plain, where)  # type: ignore[arg-type]
+                size = extract(reader, os.path.join(layer_dir, "diff"), where)
+                if hashed:
+                    hashed.drain()
+                tee.drain()  # bytes after the compressed stream still belong to the blob
+            except BadInput:
+                if kept is not None:
+                    kept()  # a download that does not hash to its digest says so, rather than the tar it spoilt
+                raise
+            if kept is not None:
+                os.link(kept(), blob_path)
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         if blob_digest is not None and tee.digest != blob_digest:
             raise DigestMismatch(f"{where}: blob hashes to {tee.digest}, expected {blob_digest}")
         actual_diff = hashed.digest if hashed else tee.digest

@@ -3,7 +3,9 @@ session with one registry, manifests and indexes, and a pull's view of an image 
 
 A ``Registry`` is one registry for one command: its ``Transport`` (scheme, TLS, proxy, retries) and
 an ``Authorizer`` with the credentials ``auth.json`` holds for it. Each request names the scopes it
-needs; a 401 is answered once (the challenge learnt, or a refused token asked for again).
+needs; a 401 is answered once (the challenge learnt, or a refused token asked for again). The registry
+is pinged (``GET /v2/``: its scheme, its challenge) before the first request, unless it is on loopback:
+there the first request, in plain HTTP, stands for the ping.
 
 Pull shows the registry to the loader as an OCI image layout (``RegistrySource``): ``index.json``
 names the one manifest chosen (an index resolved to the host's platform or ``--platform``; a
@@ -21,6 +23,7 @@ import platform
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, BinaryIO
 
 from .auth import Authorizer, scope_of
@@ -31,7 +34,7 @@ from .errors import BadInput, DigestMismatch, InvalidReference, NotFound, Regist
 from .images import parse_ref
 from .load import INDEX_TYPES, MANIFEST_TYPES
 from .sources import Source
-from .transport import Response, Transport, TransportOptions
+from .transport import Response, Transport, TransportOptions, is_loopback
 from .transport import system_roots as system_roots  # the zygote makes it for its forks
 
 _MANIFEST_LIMIT = 4 << 20
@@ -134,22 +137,43 @@ class Registry:
                     raise RegistryError(f"{self.host}: not a registry (GET /v2/ answered HTTP {resp.status})")
             self._pinged = True
 
+    def _probe(self, method: str, url: str, headers: dict[str, str]) -> Response | None:
+        """The first request to a loopback registry, sent as it is in plain HTTP, stands for the ping
+        (one round trip less for every command against a local registry): an answer but a 400 (what
+        a TLS server says to plain HTTP) means the registry speaks it, and a 401 brings the challenge
+        as ``GET /v2/``'s would. None: ping as for any host, then send the request."""
+        with self._lock:
+            if self._pinged or not is_loopback(self.host):
+                return None
+            resp = self.transport.probe(method, url, headers)
+            if resp is None:
+                return None
+            self._pinged = True
+            if not (200 <= resp.status < 300 or 400 < resp.status < 500 and resp.status != 429):
+                resp.close()  # plain HTTP it is; sent again, to follow a redirect or retry a 5xx or 429
+                return None
+            return resp
+
     def request(self, method: str, url: str, scopes: Iterable[str], *, headers: dict[str, str] | None = None,
                 body: bytes | Callable[[], BinaryIO] | None = None, ok: tuple[int, ...] = (200,),
                 what: str = "", retry: bool = True) -> Response:
         """``url``: a path or a Location. ``body``: bytes, or an opener (a 401 sends it again). A
         status outside ``ok`` raises, once the registry's 401 has been answered."""
-        self.ping()
         scopes = tuple(scopes)
         resp: Response | None = None
+        if body is None and method in ("GET", "HEAD"):
+            resp = self._probe(method, url, {**(headers or {}), **self.auth.header(scopes)})
+        if resp is None:
+            self.ping()
         for attempt in range(2):
             sent = {**(headers or {}), **self.auth.header(scopes)}
-            payload = body() if callable(body) else body
-            try:
-                resp = self.transport.request(method, url, sent, payload, retry)
-            finally:
-                if payload is not None and not isinstance(payload, bytes):
-                    payload.close()
+            if resp is None or attempt:
+                payload = body() if callable(body) else body
+                try:
+                    resp = self.transport.request(method, url, sent, payload, retry)
+                finally:
+                    if payload is not None and not isinstance(payload, bytes):
+                        payload.close()
             if resp.status != 401 or attempt:
                 break
             challenge = resp.header("WWW-Authenticate")
@@ -310,8 +334,9 @@ class RegistrySource(Source):
     check_present = False
 
     def __init__(self, repo: Repository, reference: str, local_ref: str | None, want: Platform,
-                 downloads: Downloads, parallel: int = 3) -> None:
-        self.repo, self.downloads, self.parallel = repo, downloads, parallel
+                 downloads: Downloads, parallel: int = 3, local: Callable[[str], str] | None = None) -> None:
+        """``local(digest)``: where the store keeps that blob, if it does (a config is read there)."""
+        self.repo, self.downloads, self.parallel, self.local = repo, downloads, parallel, local
         self.where = f"{repo.where}{'@' if is_digest(reference) else ':'}{reference}"
         self.top, image = repo.resolve(reference, want)
         self.digest = self.top.digest  # what Docker prints: the digest the reference names
@@ -345,12 +370,23 @@ class RegistrySource(Source):
         self._fetcher.start([(d, self.size(f"blobs/sha256/{hex_of(d)}"), hex_of(d)[:12]) for d in digests])
         return set(names)
 
+    def kept(self, name: str) -> Callable[[], str] | None:
+        digest = self._digest(name)
+        if self._fetcher is not None and self._fetcher.has(digest):
+            return partial(self._fetcher.wait, digest)  # (hashed as it came: download.Fetcher)
+        return None
+
     def open(self, name: str) -> BinaryIO:
         if name in self._docs:
             return io.BytesIO(self._docs[name])
         digest = self._digest(name)
         if self._fetcher is not None and self._fetcher.has(digest):
-            return open(self._fetcher.wait(digest), "rb")
+            return self._fetcher.reader(digest)  # as it downloads
+        if self.local is not None:
+            try:  # a config the store has (checked against its digest as it is read, all the same)
+                return open(self.local(digest), "rb")
+            except FileNotFoundError:
+                pass
         return self.repo.open_blob(digest)  # type: ignore[return-value]  # a config: small, read whole
 
     def size(self, name: str) -> int:

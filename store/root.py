@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -122,7 +123,8 @@ class Root:
             os.chmod(self.path, 0o700)  # whatever the umask
         for d in (self.blobs, self.layers, self.images, self.tmp):
             os.makedirs(d, exist_ok=True)
-        os.chmod(self.tmp, 0o700)
+        if os.stat(self.tmp).st_mode & 0o777 != 0o700:  # (a chmod is a metadata write even when it changes nothing)
+            os.chmod(self.tmp, 0o700)
 
     def check_access(self) -> None:
         """``StoreError`` if the root exists but is not this user's to read (another user's store)."""
@@ -142,11 +144,12 @@ class Root:
             # Anything left in tmp/ belongs to a writer that died: we hold the only lock.
             for name in os.listdir(self.tmp):
                 remove_tree(os.path.join(self.tmp, name))
-            txn = Transaction(self, tempfile.mkdtemp(dir=self.tmp, prefix="txn-"))
+            txn = Transaction(self)
             try:
                 yield txn
             finally:
-                remove_tree(txn.dir)
+                if txn.made:
+                    remove_tree(txn.dir)
         finally:
             os.close(lock)
 
@@ -206,14 +209,23 @@ class Root:
 
 
 class Transaction:
-    """Staging space for one writer. ``new_path()`` names fresh paths inside it."""
+    """Staging space for one writer. ``new_path()`` names fresh paths inside it; its directory
+    (``tmp/txn-PID``: the writer lock makes the name ours) is made at the first, so a writer that
+    stages nothing (a pull of an image that is here) writes nothing to the disk."""
 
-    def __init__(self, root: Root, path: str) -> None:
+    def __init__(self, root: Root) -> None:
         self.root = root
-        self.dir = path
+        self.dir = os.path.join(root.tmp, f"txn-{os.getpid()}")
+        self.made = False
         self._n = itertools.count(1)  # next() is atomic: stages in threads take names
+        self._lock = threading.Lock()
 
     def new_path(self, hint: str) -> str:
+        if not self.made:
+            with self._lock:
+                if not self.made:
+                    os.mkdir(self.dir, 0o700)
+                    self.made = True
         return os.path.join(self.dir, f"{next(self._n)}-{hint}")
 
     def publish(self, staged: str, final: str) -> bool:

@@ -87,6 +87,13 @@ class Source:
         now, and returns the names whose progress it reports itself."""
         return set()
 
+    def kept(self, name: str) -> Callable[[], str] | None:
+        """For a member this source downloads into the store's root (a registry's layer): a function
+        that waits for the download and gives its file, checked against the digest that names it
+        (staged by a hard link rather than copied; ``open`` reads the bytes as they come). None:
+        the member is only read with ``open``."""
+        return None
+
     def read(self, name: str, limit: int = 64 << 20) -> bytes:
         if self.size(name) > limit:
             raise BadInput(f"{self.where}: {name} is too large for a JSON document")

@@ -68,7 +68,8 @@ class Store:
         records: list[tuple[str, str | None]], tags: list[tuple[str, str]],
     ) -> list[str]:
         """Make staged work visible, in dependency order. Returns notes on re-pointed tags."""
-        self.root.syncfs()
+        if layers or configs or any(not self.images.exists(image_id) for image_id, _parent in records):
+            self.root.syncfs()  # what is staged is on the disk before a rename makes it visible
         for staged in layers:
             self.layers.publish(txn, staged)
             _failpoint("layer-published")
@@ -111,7 +112,7 @@ class Store:
         with self.root.writer() as txn, _naming(str(remote)):
             repo = Repository(Registry(remote.host, options, remote.repository), remote.repository)
             downloads = Downloads(self.root.downloads)
-            source = RegistrySource(repo, remote.reference, local, want, downloads, parallel)
+            source = RegistrySource(repo, remote.reference, local, want, downloads, parallel, self.blobs.path)
             try:
                 notes, _loaded = self._add_from(txn, source, progress)
             except (RegistryError, KeyboardInterrupt):
@@ -199,7 +200,8 @@ class Store:
                 if parent_id and not (parent_id in ids or self.images.exists(parent_id)):
                     parent_id = None  # Docker drops a Parent that is not loaded
                 ids.append(image_id)
-                configs.append(self.blobs.stage_bytes(txn, config))
+                if not self.blobs.exists(image_id):  # (a pull of an image that is here stages nothing)
+                    configs.append(self.blobs.stage_bytes(txn, config))
                 records.append((image_id, parent_id))
             staged.update((chain, job.result()) for chain, job in pending.items())  # the first failure, in order
         finally:
@@ -215,11 +217,12 @@ class Store:
 
     def _stage_member(self, txn: Transaction, source: Source, member: str, parent: str | None, where: str,
                       diff_id: str, blob_digest: str | None, progress: Progress | None) -> StagedLayer:
+        kept = source.kept(member) if blob_digest is not None else None  # a pull's download
         with source.open(member) as raw:
             counter = None if progress is None else _Counter(progress, source.size(member),
                                                               hex_of(blob_digest or diff_id)[:12])
             return self.layers.stage(txn, raw, parent=parent, where=where, diff_id=diff_id,
-                                     blob_digest=blob_digest, progress=counter)
+                                     blob_digest=blob_digest, progress=counter, kept=kept)
 
     def _missing(self, plans: list[ImagePlan]) -> list[str]:
         """Members of the layers that will be staged (known diff_ids whose chain is not here), in order."""

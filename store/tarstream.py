@@ -166,8 +166,8 @@ class TarReader:
             return None
         stored = _number(block[148:156], "checksum")
         unsigned = sum(block[:148]) + 256 + sum(block[156:])
-        signed = sum(b - 256 if b > 127 else b for b in block[:148] + block[156:]) + 256
-        if stored not in (unsigned, signed):
+        # (old tars summed signed bytes: only then is the slow sum worth making, each byte a Python int)
+        if stored != unsigned and stored != unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b > 127):
             raise self._fail("corrupt tar header (checksum mismatch)")
         return block
 

@@ -8,7 +8,8 @@ become a ``RegistryError`` line.
 - Scheme: HTTPS, its certificate verified, unless ``tls_verify`` is false. Plain HTTP only for a
   loopback host or an insecure one (``tls_verify=False``), and only when the server does not speak
   TLS at all (the handshake fails for want of TLS, never for an untrusted certificate), as Docker
-  tries an insecure registry.
+  tries an insecure registry. (A loopback host is asked in plain HTTP first: one that answers as a
+  registry does not speak TLS there; ``probe`` sends a first request itself so, for ``Registry``.)
 - TLS roots: the system's, plus ``*.crt`` of the registry's certs dir: ``cert_dir`` if given, else
   the first existing ``ROOT/HOST:PORT/`` of the certs.d roots (``$XDG_CONFIG_HOME/containers/certs.d``,
   ``/etc/containers/certs.d``, ``/etc/docker/certs.d``, as containers/image reads them; the
@@ -54,12 +55,14 @@ from .errors import BadInput, Interrupted, RegistryError
 CERTS_D_ENV = "STRATA_CERTS_D"
 _TIMEOUT = urllib3.Timeout(connect=30, read=120)
 _BLOCK = 1 << 20  # bytes per socket write of a request body (urllib3's 16 KiB costs CPU on big uploads)
+_DRAIN = 64 << 10  # an unread rest of a response up to this is read to keep its connection (``GET /v2/``'s ``{}``)
 _POOL = 8  # connections kept per host: the transfer threads' and a few more
 _REDIRECTS = 5
 # May be sent again: urllib3 retries these on connection resets, 5xx and 429 (with backoff); a request
 # whose body streams from a file (an upload) is retried by its caller, which knows where to resume.
 _IDEMPOTENT = Retry(total=4, connect=2, read=2, status=3, other=0, redirect=False, backoff_factor=0.25,
                     status_forcelist=(429, 500, 502, 503, 504), allowed_methods=None, raise_on_status=False)
+_PROBE = Retry(total=0, redirect=False, raise_on_status=False)  # a loopback registry's plain HTTP, tried once
 _ONCE = Retry(total=2, connect=2, read=0, status=0, other=0, redirect=False, backoff_factor=0.25,
               raise_on_status=False)
 
@@ -136,10 +139,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def proxy_for(url: str) -> str | None:
-    """The proxy the environment names for ``url``, unless ``NO_PROXY`` exempts its host."""
+def proxy_for(url: str, proxies: Mapping[str, str] | None = None) -> str | None:
+    """The proxy the environment (or ``proxies``, as read from it) names for ``url``, unless
+    ``NO_PROXY`` exempts its host."""
     parts = urllib.parse.urlsplit(url)
-    proxies = urllib.request.getproxies_environment()  # both cases, lower case first, as curl
+    if proxies is None:
+        proxies = urllib.request.getproxies_environment()  # both cases, lower case first, as curl
     proxy = proxies.get(parts.scheme)
     if not proxy or _exempt(parts.hostname or "", parts.port, proxies.get("no", "")):
         return None
@@ -221,9 +226,11 @@ class Response:
         return data
 
     def close(self) -> None:
-        """Back to the pool when read to the end, else closed (an unread body would foul the next request)."""
+        """Back to the pool when read to the end or nearly (what is left of a short body is read and
+        dropped: cheaper than a new connection), else closed (an unread body would foul the next request)."""
         try:
-            self.raw.drain_conn() if self.raw.length_remaining == 0 else self.raw.close()
+            left = self.raw.length_remaining
+            self.raw.drain_conn() if left is not None and left <= _DRAIN else self.raw.close()
             self.raw.release_conn()
         except (HTTPError, OSError):
             pass
@@ -244,13 +251,14 @@ class Transport:
         self._tls = tls_context(host, options)
         self._managers: dict[str | None, urllib3.PoolManager] = {}
         self._lock = threading.Lock()
+        self._proxies = urllib.request.getproxies_environment()  # read once (it walks the environment)
 
     @property
     def base(self) -> str:
         return f"{self.scheme}://{self.host}"
 
     def _manager(self, url: str) -> urllib3.PoolManager:
-        proxy = proxy_for(url)
+        proxy = proxy_for(url, self._proxies)
         with self._lock:
             if proxy not in self._managers:
                 kw: dict[str, Any] = {"num_pools": 4, "maxsize": _POOL, "ssl_context": self._tls,
@@ -259,7 +267,20 @@ class Transport:
             return self._managers[proxy]
 
     def ping(self) -> Response:
-        """``GET /v2/``, choosing the scheme: HTTPS, or plain HTTP where allowed and the server has no TLS."""
+        """``GET /v2/``, choosing the scheme: HTTPS, or plain HTTP where allowed and the server has no TLS.
+        A loopback registry is asked in plain HTTP first (where most are run, a failed TLS handshake
+        would cost every command a connection): one that answers it as a registry (200 or 401) does
+        not speak TLS on that port; anything else is asked again in HTTPS, as any host is."""
+        if is_loopback(self.host):
+            self.scheme = "http"
+            try:
+                resp = self._send("GET", self.base + "/v2/", {}, None, _PROBE)
+                if resp.status in (200, 401):
+                    return resp
+                resp.close()
+            except (HTTPError, OSError):
+                pass
+            self.scheme = "https"
         try:
             return self._send("GET", self.base + "/v2/", {}, None, _IDEMPOTENT)
         except MaxRetryError as e:
@@ -271,6 +292,23 @@ class Transport:
         self.scheme = "http"
         with self._mapped(self.base + "/v2/"):
             return self._send("GET", self.base + "/v2/", {}, None, _IDEMPOTENT)
+
+    def probe(self, method: str, url: str, headers: Mapping[str, str]) -> Response | None:
+        """``method url`` in plain HTTP, once (a loopback registry's first request): its answer, unless
+        the server does not speak plain HTTP (no answer, or a 400: what a TLS server answers); then the
+        scheme is left as it was, None."""
+        before, self.scheme = self.scheme, "http"
+        target = urllib.parse.urljoin(self.base + "/", url)
+        try:
+            resp = self._send(method, target, headers, None, _PROBE)
+        except (HTTPError, OSError):
+            self.scheme = before
+            return None
+        if resp.status == 400:
+            resp.close()
+            self.scheme = before
+            return None
+        return resp
 
     def request(self, method: str, url: str, headers: Mapping[str, str] | None = None,
                 body: bytes | BinaryIO | None = None, retry: bool = True) -> Response:
@@ -310,7 +348,7 @@ class Transport:
         host = urllib.parse.urlsplit(url).netloc or self.host
         inner = e.reason if isinstance(e, MaxRetryError) and e.reason is not None else e
         if isinstance(inner, ProxyError):
-            return RegistryError(f"{host}: through the proxy {proxy_for(url)}: {_reason(inner)}")
+            return RegistryError(f"{host}: through the proxy {proxy_for(url, self._proxies)}: {_reason(inner)}")
         if isinstance(inner, NameResolutionError):
             return RegistryError(f"{host}: cannot resolve the host name")
         if isinstance(inner, NewConnectionError):

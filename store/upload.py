@@ -1,6 +1,7 @@
 """Push: an image's blobs into a repository of a registry, then its manifest under a tag.
 
-Each blob (the layers as the store keeps them, then the config), a few at a time:
+The tag is asked for first (``HEAD …/manifests/TAG``), then each blob (the layers as the store keeps
+them, then the config), a few at a time when there are layers to overlap:
   1. ``HEAD`` it: a blob the repository has is not sent.
   2. An upload this store began and did not finish (``ROOT/uploads/``) is asked where it stands
      (``GET`` its location: ``Range: 0-N``) and goes on from byte N+1.
@@ -15,7 +16,9 @@ A connection that drops mid-blob is resumed from what the registry acknowledged 
 a few times; then the push stops with a line that says so, and pushing again resumes.
 
 The manifest is OCI (the layers' media types as stored); the digest returned is its bytes' digest,
-which is what the registry answers and ``skopeo inspect`` reports.
+which is what the registry answers and ``skopeo inspect`` reports. It is not sent when the tag names
+that digest already and every blob was there (a push again: the ``PUT`` would change nothing, and a
+registry takes ~15 ms over it).
 """
 
 from __future__ import annotations
@@ -108,18 +111,25 @@ class Pusher:
         self._progress = progress
 
     def push(self, tag: str, layers: list[Blob], config: bytes) -> str:
-        """Every blob, then the manifest under ``tag``. Returns the manifest's digest."""
+        """Every blob, then the manifest under ``tag`` (unless the tag names these very bytes already
+        and every blob was there: a push again is then one round of ``HEAD``s). Returns the manifest's
+        digest."""
         blobs = [*layers, Blob(sha256_bytes(config), len(config), MEDIA_CONFIG, lambda: io.BytesIO(config), None)]
-        with ThreadPoolExecutor(max_workers=max(1, self.parallel), thread_name_prefix="push") as pool:
-            for done in [pool.submit(self._blob, b) for b in blobs]:
-                done.result()  # the first failure, in order
-        self.places.note(self.registry.host, self.repository, [b.digest for b in blobs])
         manifest = json.dumps({
             "schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
             "config": {"mediaType": MEDIA_CONFIG, "digest": blobs[-1].digest, "size": len(config)},
             "layers": [{"mediaType": b.media_type, "digest": b.digest, "size": b.size} for b in layers],
         }, separators=(",", ":"), sort_keys=True).encode()
         digest = sha256_bytes(manifest)
+        tagged = self._tagged(tag)  # first, in this thread: it pings the registry (the threads would queue for it)
+        if len(layers) > 1 and self.parallel > 1:
+            with ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="push") as pool:
+                there = [job.result() for job in [pool.submit(self._blob, b) for b in blobs]]  # the first failure
+        else:  # one layer: nothing to overlap, and threads cost (their start, the GIL between them: ~4 ms)
+            there = [self._blob(b) for b in blobs]
+        self.places.note(self.registry.host, self.repository, [b.digest for b in blobs])
+        if all(there) and tagged == digest:
+            return digest
         with self.registry.request("PUT", f"/v2/{self.repository}/manifests/{tag}", self.scopes, body=manifest,
                                    headers={"Content-Type": MEDIA_MANIFEST}, ok=(201,),
                                    what=f"{self.where}:{tag}") as resp:
@@ -132,13 +142,25 @@ class Pusher:
         if self._progress is not None and blob.label is not None:
             self._progress(blob.label, done, blob.size)
 
-    def _blob(self, blob: Blob) -> None:
-        """One blob, tried again from where the registry stands when the connection drops."""
+    def _tagged(self, tag: str) -> str | None:
+        """The digest of the manifest ``tag`` names in the registry now, if it names one (None also
+        when the registry will not say: the manifest is then sent, which tells what is wrong)."""
+        try:
+            with self.registry.request("HEAD", f"/v2/{self.repository}/manifests/{tag}", self.scopes,
+                                       headers={"Accept": MEDIA_MANIFEST}, ok=(200, 404),
+                                       what=f"{self.where}:{tag}") as resp:
+                said = resp.header("Docker-Content-Digest")
+        except (RegistryError, NotFound):
+            return None
+        return said if resp.status == 200 and said else None
+
+    def _blob(self, blob: Blob) -> bool:
+        """One blob, tried again from where the registry stands when the connection drops. True if
+        the repository had it already."""
         failures = 0
         while True:
             try:
-                self._blob_once(blob)
-                return
+                return self._blob_once(blob)
             except Interrupted as e:
                 failures += 1
                 if failures > RETRIES:
@@ -148,12 +170,12 @@ class Pusher:
                                       "push again to resume)") from None
                 time.sleep(_BACKOFF * 2 ** (failures - 1))
 
-    def _blob_once(self, blob: Blob) -> None:
+    def _blob_once(self, blob: Blob) -> bool:
         with self.registry.request("HEAD", f"/v2/{self.repository}/blobs/{blob.digest}", self.scopes,
                                    ok=(200, 404), what=f"{self.where}: blob {blob.digest}") as head:
             if head.status == 200:
                 self._report(blob, blob.size)
-                return
+                return True
         # the chunks of an upload begun before (by this push or an earlier one) that the registry has
         if resumed := self._resumed(blob):
             location, offset = resumed
@@ -162,11 +184,12 @@ class Pusher:
             mounted, found = self._mount(blob)  # a refused mount may begin a session
             if mounted:
                 self._report(blob, blob.size)
-                return
+                return False
             location, offset = found or self._begin(), 0
         self._send(blob, location, offset)
         self.sessions.drop(self.registry.host, self.repository, blob.digest)
         self._report(blob, blob.size)
+        return False
 
     def _resumed(self, blob: Blob) -> tuple[str, int] | None:
         saved = self.sessions.get(self.registry.host, self.repository, blob.digest)

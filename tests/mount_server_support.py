@@ -11,9 +11,9 @@ from unionfs_support import REPO
 
 
 def console_script(directory: str) -> str:
-    """``bin/strata-unionfs`` as pip installs it from ``script-files`` (``#!python`` made this
+    """``unionfs/bin/strata-unionfs`` as pip installs it from ``script-files`` (``#!python`` made this
     interpreter), with this checkout first on its path; its path."""
-    with open(os.path.join(REPO, "bin", "strata-unionfs")) as f:
+    with open(os.path.join(REPO, "unionfs", "bin", "strata-unionfs")) as f:
         text = f.read().replace("#!python\n", f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {REPO!r})\n", 1)
     path = os.path.join(directory, "strata-unionfs")
     with open(path, "w") as f:

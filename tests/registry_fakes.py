@@ -4,7 +4,8 @@
           RS256 JWTs whose ``x5c`` is the certificate in the registry's ``rootcertbundle``
   proxy   a reverse proxy in front of a registry (optionally as slow as a WAN link) that can drop the connection half-way through a
           blob (a GET's response or a PATCH/PUT's body, which it reads whole before forwarding, as
-          nginx does), refuse everything after that, flip a byte of a blob, redirect blob GETs to
+          nginx does), refuse everything after that, ignore a blob GET's Range (the whole blob
+          again, as a server without ranges answers), flip a byte of a blob, redirect blob GETs to
           ``cdn``, strip the Authorization of one blob GET (a token the registry refuses), and hold
           blob GETs until N are in flight at once (proof of parallel downloads)
   cdn     serves blobs from a registry's storage directory, as a CDN a registry redirects to
@@ -176,6 +177,8 @@ def proxy_handler(args: argparse.Namespace, log: Log) -> type[BaseHTTPRequestHan
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            if blob and args.no_range and headers.pop("Range", None) is not None:
+                log(event="range-dropped", path=path)  # the registry answers with the whole blob
             if blob and auth and args.strip_auth_once and not state.stripped:
                 state.stripped = True
                 del headers["Authorization"]
@@ -337,6 +340,7 @@ def main() -> None:
     parser.add_argument("--corrupt", action="store_true")
     parser.add_argument("--redirect-to")
     parser.add_argument("--strip-auth-once", action="store_true")
+    parser.add_argument("--no-range", action="store_true", help="drop blob GETs' Range: the whole blob comes again")
     parser.add_argument("--rate", type=float, default=0, help="blob bytes a second per connection (0: no limit)")
     parser.add_argument("--barrier", type=int, default=0, help="hold blob answers until this many are in flight")
     parser.add_argument("--barrier-min", type=int, default=10000, help="... of blobs at least this big")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import tarfile
 
 import pytest
 from helpers import tar_bytes
@@ -70,6 +71,31 @@ def test_later_entry_replaces_earlier(tmp_path):
     ]))
     assert open(f"{layer}/a", "rb").read() == b"now a file"
     assert open(f"{layer}/b", "rb").read() == b"new"
+
+
+def test_later_entries_of_any_kind_replace_earlier_ones_and_directories_are_entered_again(tmp_path):
+    """The extractor keeps the directories it went down open: going back up, into a sibling, into a
+    directory replaced meanwhile (by a file, a symlink) or merged with a later entry of its name."""
+    layer = _extract(tmp_path, tar_bytes([
+        {"name": "d/", "type": "dir"}, {"name": "d/e/", "type": "dir"}, {"name": "d/e/f", "data": b"1"},
+        {"name": "d/h/", "type": "dir"}, {"name": "d/h/i", "data": b"2"},
+        {"name": "d/e/j", "data": b"3"},  # back into a sibling
+        {"name": "x", "data": b"file"}, {"name": "x/", "type": "dir", "mode": 0o750},  # a dir replaces a file
+        {"name": "d/e", "type": "symlink", "link": "/etc"},  # a symlink replaces a dir that was entered
+        {"name": "d/k", "data": b"4"},
+        {"name": "s", "type": "symlink", "link": "x"}, {"name": "s", "data": b"file again"},
+        {"name": "d/", "type": "dir", "mode": 0o711, "mtime": 1_234_567_890},  # merges with the dir
+    ]))
+    assert os.readlink(f"{layer}/d/e") == "/etc"
+    assert [open(f"{layer}/{n}", "rb").read() for n in ("d/h/i", "d/k", "s")] == [b"2", b"4", b"file again"]
+    assert stat.S_IMODE(os.stat(f"{layer}/x").st_mode) == 0o750
+    st = os.stat(f"{layer}/d")
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime) == (0o711, 1_234_567_890)
+    (tmp_path / "again").mkdir()
+    with pytest.raises(BadInput, match="symlink"):  # and the symlink is no way out
+        _extract(tmp_path / "again", tar_bytes([
+            {"name": "d/e/", "type": "dir"}, {"name": "d/e", "type": "symlink", "link": "/tmp"},
+            {"name": "d/e/evil", "data": b"x"}]))
 
 
 def test_missing_parents_are_created(tmp_path):
@@ -162,3 +188,25 @@ def test_override_xattr_codec():
         assert owners.decode(bad) is None, bad
     for value in (b"1:2:4755", b"0:5:0620:char-136-0", b"0:0:0755:dir", b"3:3:0644:pipe"):
         assert owners.decode(value).encode() == value
+
+
+def _with_checksum(data: bytes, signed: bool) -> bytes:
+    """``data`` (a one-entry ustar) with its header's checksum made again, summing the bytes as
+    signed chars (as old tars did) or unsigned (POSIX)."""
+    header = bytearray(data[:512])
+    header[148:156] = b" " * 8
+    total = sum(b - 256 if signed and b > 127 else b for b in header)
+    header[148:156] = b"%06o\0 " % total
+    return bytes(header) + data[512:]
+
+
+def test_tar_headers_with_signed_or_unsigned_checksums_are_read_and_a_wrong_one_is_refused(tmp_path):
+    """A name with bytes over 127 sums differently as signed chars: both sums are a valid header."""
+    data = tar_bytes([{"name": "caf\xe9", "data": b"x"}], tarfile.USTAR_FORMAT)  # é: two bytes over 127
+    for signed in (False, True):
+        entries = [e.name for e in TarReader(io.BytesIO(_with_checksum(data, signed)), "t.tar")]
+        assert entries == ["caf\xe9"]
+    bad = bytearray(_with_checksum(data, False))
+    bad[0] ^= 1  # the name changed, the checksum not
+    with pytest.raises(BadInput, match="checksum mismatch"):
+        list(TarReader(io.BytesIO(bytes(bad)), "t.tar"))

@@ -147,3 +147,21 @@ def test_import_from_tar_and_stdin_give_the_same_layer(root, tmp_path):
     b = json.loads(strata(root, "inspect", "b:1").out)[0]
     assert a["RootFS"]["Layers"] == b["RootFS"]["Layers"] == [sha256(layer)]
     assert len(os.listdir(os.path.join(root, "layers"))) == 1
+
+
+def test_gzip_is_checked_as_the_gzip_module_checks_it():
+    """ISA-L inflates gzip layers: members one after another and zero padding read, a truncated
+    stream, a bad deflate block, a wrong CRC or bytes after the members one line each."""
+    import io
+
+    from store.compression import decompressing
+    from store.errors import BadInput
+
+    data = bytes(range(256)) * 400
+    gz = gzip.compress(data, mtime=0)
+    for good, plain in ((gz, data), (gz + gz, data + data), (gz + bytes(10), data)):
+        assert decompressing(io.BytesIO(good), "l")[1].read() == plain
+    crc_off = gz[:-8] + bytes(4) + gz[-4:]
+    for bad in (gz[:-3], gz[:20] + b"\xff" * 8 + gz[28:], crc_off, gz + b"junk"):
+        with pytest.raises(BadInput, match="^l: corrupt compressed data"):
+            decompressing(io.BytesIO(bad), "l")[1].read()

@@ -1,6 +1,6 @@
 # ruff: noqa: F401, F811 (test_oci_runtime's fixtures, imported: pytest passes them by these names)
 """strata-oci's cheap verbs (state, start, kill, delete), which engines call once per container, each
-a fresh process: run through ``bin/strata-oci`` as pip installs it, they import none of the runtime,
+a fresh process: run through ``runner/bin/strata-oci`` as pip installs it, they import none of the runtime,
 argparse, json, re or typing; they read state dirs an older strata-oci wrote (no ``state.marshal``),
 and say what the full command line says. Real containers, as in test_oci_runtime."""
 
@@ -20,7 +20,7 @@ from test_oci_runtime import CGROUP_PARENT, _cgroup_dirs, _conmon, _reaped, bund
 from runner.errors import RunnerError
 from runner.oci import control, statedir
 
-LAUNCHER = os.path.join(REPO, "bin", "strata-oci")
+LAUNCHER = os.path.join(REPO, "runner", "bin", "strata-oci")
 # what the cheap verbs must not load: the runtime and its parser, and the stdlib modules that make
 # a Python command slow to start (json's decoder imports re, re and signal import enum)
 HEAVY = {"argparse", "json", "re", "enum", "typing", "signal", "datetime", "shutil", "subprocess", "ctypes",
@@ -29,7 +29,7 @@ HEAVY = {"argparse", "json", "re", "enum", "typing", "signal", "datetime", "shut
 
 
 def launched(root: str, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
-    """``bin/strata-oci`` (what pip installs, run by this interpreter), and the modules it imported."""
+    """``runner/bin/strata-oci`` (what pip installs, run by this interpreter), and the modules it imported."""
     res = subprocess.run([sys.executable, "-X", "importtime", LAUNCHER, "--root", root, *args], capture_output=True,
                          text=True, cwd="/", timeout=60, env={**os.environ, "PYTHONPATH": REPO})
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("import time:")]

@@ -24,7 +24,7 @@ def test_rootless_podman_mounts_with_strata_unionfs(rootless, rootdir, tmp_path)
     archive = os.path.join(base, "bb.tar")
     strata(rootdir, "save", "bb:latest", "-o", archive)
     user.give(archive)
-    program = os.path.join(base, "strata-unionfs")  # bin/strata-unionfs as pip installs it, on the copied code
+    program = os.path.join(base, "strata-unionfs")  # unionfs/bin/strata-unionfs as pip installs it, on the copied code
     with open(program, "w") as f:
         f.write(f"#!{user.python}\nimport sys\nsys.path.insert(0, {user.src!r})\n"
                 "from unionfs.client import main\nsys.exit(main())\n")

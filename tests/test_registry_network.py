@@ -79,6 +79,23 @@ def test_a_connection_dropped_mid_layer_is_resumed_within_the_pull(tmp_path, reg
     assert image_id(there, f"{proxy.host}/app:1") == image_id(here, f"{reg.host}/app:1")
 
 
+def test_a_registry_that_ignores_the_range_gives_the_whole_layer_again_under_the_extraction(tmp_path, reg):
+    """The connection drops mid-layer and the registry answers the resumption with the whole blob:
+    the download starts again from byte 0 under the extraction that reads it as it comes."""
+    here, there = str(tmp_path / "here"), str(tmp_path / "there")
+    _small, big = layered(tmp_path, here, f"{reg.host}/app:1", [50_000, BIG])
+    strata(here, "push", f"{reg.host}/app:1")
+    size = registry_blobs(reg.data)[big]
+    with fake("proxy", str(tmp_path / "fakes"), "--upstream", f"http://{reg.host}", "--drop-after",
+              str(size // 2), "--no-range") as proxy:
+        strata(there, "pull", "-q", f"{proxy.host}/app:1")
+        again = requests(proxy, "GET", big)
+        assert [(e["status"], e["body_out"]) for e in again] == [(200, size)]  # (the dropped one is not logged)
+        assert len(proxy.events("range-dropped")) == 1
+    assert image_id(there, f"{proxy.host}/app:1") == image_id(here, f"{reg.host}/app:1")
+    assert strata(there, "system", "check").out.splitlines()[-1] == "store is consistent"
+
+
 def test_an_interrupted_chunked_push_resumes_from_what_the_registry_acknowledged(tmp_path, reg):
     here, there = str(tmp_path / "here"), str(tmp_path / "there")
     size_wanted = 2 * CHUNK + CHUNK // 2

@@ -14,6 +14,8 @@ from helpers import strata
 from registry_support import fake, free_port, image_id, make_ca, registry
 from test_registry_transfer import fails, layered
 
+from store.transport import Transport, TransportOptions
+
 
 @pytest.fixture
 def tls(tmp_path, monkeypatch):
@@ -100,3 +102,18 @@ def test_plain_http_only_for_loopback_or_an_insecure_registry(tmp_path, monkeypa
             strata(there, "pull", "-q", "--tls-verify=false", f"{named}/app:1")
             assert {e["method"] for e in proxy.events("forward")} >= {"GET"}
         assert image_id(there, f"{named}/app:1") == image_id(here, f"{reg.host}/app:1")
+
+
+def test_a_loopback_registry_is_asked_in_plain_http_first_and_one_with_tls_then_in_https(tmp_path, tls):
+    """No TLS handshake for the registry most commands talk to (plain, on loopback): its answer in
+    plain HTTP settles the scheme. One with TLS on loopback refuses plain HTTP and is spoken to in
+    HTTPS, its certificate verified."""
+    with registry(str(tmp_path / "plain")) as plain:
+        transport = Transport(plain.host, TransportOptions())
+        with transport.ping() as resp:
+            assert (resp.status, transport.scheme) == (200, "http")
+        assert [key.key_scheme for key in transport._managers[None].pools.keys()] == ["http"]  # none for https
+    reg, cert_dir = tls
+    transport = Transport(reg.host, TransportOptions(cert_dir=cert_dir))
+    with transport.ping() as resp:
+        assert (resp.status, transport.scheme) == (200, "https")

@@ -5,6 +5,7 @@ the failures that must say one line and leave the store as it was."""
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
 import os
@@ -14,7 +15,7 @@ import urllib.request
 
 import pytest
 import zstandard
-from helpers import REPO, STRATA, config_for, docker_v12_save, sha256, strata, tar_bytes
+from helpers import REPO, STRATA, config_for, docker_v12_save, sha256, strata, tar_bytes, wait_for
 from registry_support import fake, image_id, registry, registry_blobs, store_files, tree
 from test_cli_progress import screen
 
@@ -191,10 +192,50 @@ def test_layers_already_here_are_not_downloaded(tmp_path, reg):
     strata(here, "push", f"{reg.host}/base:1")
     with fake("proxy", str(tmp_path / "fakes"), "--upstream", f"http://{reg.host}") as proxy:
         strata(there, "pull", "-q", f"{proxy.host}/base:1")
+        wait_for(lambda: len(requests(proxy, "GET", "/blobs/sha256")) >= 3, what="the proxy's log")
         assert len(requests(proxy, "GET", "/blobs/sha256")) == 3  # two layers and the config
+        n = len(proxy.events("request"))
         strata(there, "pull", "-q", f"{proxy.host}/base:1")  # again: the image is here
-        assert len(requests(proxy, "GET", "/blobs/sha256")) == 4  # the config only
+        wait_for(lambda: len(proxy.events("request")) > n, what="the proxy's log")
+        # the manifest, and nothing else: no blob (not even the config: it is read here), and no
+        # GET /v2/ either (a loopback registry's first request stands for it)
+        assert [(e["method"], e["path"]) for e in proxy.events("request")[n:]] == [("GET", "/v2/base/manifests/1")]
     assert os.listdir(tmp_path / "there" / "downloads" / "sha256") == []  # nothing left behind
+
+
+def _inodes(root: str) -> dict[str, tuple[int, int, int]]:
+    """Every entry of a store (its lock files too) with its inode number, mtime and ctime: a file
+    or directory made, replaced, written or chmodded changes here."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for name in [".", *dirs, *files]:
+            st = os.lstat(os.path.join(d, name))
+            out[os.path.relpath(os.path.join(d, name), root)] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+    return out
+
+
+def test_a_pull_of_an_image_that_is_here_writes_nothing_to_the_store(tmp_path, reg):
+    """No staging directory, no config staged again, no sync, no tag file rewritten: the store as it
+    was, to the inode (the fast path of a warm pull, and nothing for a crash to interrupt)."""
+    here, there = str(tmp_path / "here"), str(tmp_path / "there")
+    layered(tmp_path, here, f"{reg.host}/base:1", [3000, 3000])
+    strata(here, "push", f"{reg.host}/base:1")
+    strata(there, "pull", "-q", f"{reg.host}/base:1")
+    before = _inodes(there)
+    assert strata(there, "pull", "-q", f"{reg.host}/base:1").out == f"{reg.host}/base:1\n"
+    assert _inodes(there) == before
+    strata(there, "tag", f"{reg.host}/base:1", "other:1")
+    strata(there, "rmi", f"{reg.host}/base:1")  # the image stays (tagged other:1): the pull only tags it
+    strata(there, "pull", "-q", f"{reg.host}/base:1")
+    assert strata(there, "images", "-q", "--no-trunc", f"{reg.host}/base:1").out == \
+        strata(there, "images", "-q", "--no-trunc", "other:1").out != ""
+
+
+def _settled(proxy, last, after: int = 0) -> int:
+    """Wait until the proxy has logged a request matching ``last`` past the first ``after`` (it logs one
+    once it has answered it: the client may have ended before); the number of requests logged then."""
+    wait_for(lambda: any(last(e) for e in proxy.events("request")[after:]), what="the proxy's log")
+    return len(proxy.events("request"))
 
 
 def test_a_push_skips_what_the_registry_has_and_mounts_what_another_repository_has(tmp_path, reg):
@@ -207,12 +248,30 @@ def test_a_push_skips_what_the_registry_has_and_mounts_what_another_repository_h
         assert len(uploads) == 3 and all(u["body_in"] > 0 for u in uploads)  # each blob in one PUT (small)
         assert requests(proxy, "PATCH") == []
 
-        n = len(proxy.events("request"))
+        n = _settled(proxy, lambda e: e["method"] == "PUT" and "/manifests/" in e["path"])
         assert strata(here, "push", f"{proxy.host}/a/img:1").out.split()[-1] == first
+        wait_for(lambda: len(proxy.events("request")) >= n + 4, what="the proxy's log")
         again = proxy.events("request")[n:]
-        assert [e["method"] for e in again] == ["GET", "HEAD", "HEAD", "HEAD", "PUT"]  # ping, blobs, manifest
+        # the tag (a loopback registry's first request: no ping), then the blobs: all there, and the
+        # tag names these bytes already: no PUT
+        assert [e["method"] for e in again] == ["HEAD", "HEAD", "HEAD", "HEAD"]
+        assert "/manifests/1" in again[0]["path"]
 
-        n = len(proxy.events("request"))
+        # the tag moved to another image meanwhile: the blobs are all there, the manifest is sent again
+        layered(tmp_path, here, f"{proxy.host}/a/img:1", [1000], seed="other")
+        strata(here, "push", f"{proxy.host}/a/img:1")
+        strata(here, "tag", "img:1", f"{proxy.host}/a/img:1")
+        n = _settled(proxy, lambda e: e["method"] == "PUT" and "/manifests/" in e["path"], after=n + 4)
+        assert strata(here, "push", f"{proxy.host}/a/img:1").out.split()[-1] == first
+        _settled(proxy, lambda e: e["method"] == "PUT" and "/manifests/" in e["path"], after=n)
+        again = proxy.events("request")[n:]
+        assert [e["method"] for e in again] == ["HEAD", "HEAD", "HEAD", "HEAD", "PUT"]
+        with urllib.request.urlopen(urllib.request.Request(
+                f"http://{reg.host}/v2/a/img/manifests/1", method="HEAD",
+                headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})) as resp:
+            assert resp.headers["Docker-Content-Digest"] == first
+
+        n = len(proxy.events("request"))  # (the last PUT above is logged: settled)
         strata(here, "tag", "img:1", f"{proxy.host}/b/img:1")
         strata(here, "push", f"{proxy.host}/b/img:1")
         elsewhere = proxy.events("request")[n:]
@@ -241,6 +300,33 @@ def test_layers_download_in_parallel_with_one_progress_line_each(tmp_path, reg):
         assert [e["met"] for e in proxy.events("barrier")] == [True, True, True]
     assert sorted(screen(shown.decode())) == sorted(f"{d.split(':')[1][:12]}: Pull complete {human_size(sizes[d])}"
                                                     for d in digests)
+
+
+def test_a_layer_is_extracted_while_it_downloads(tmp_path, reg):
+    """Through a proxy at 2 MB/s, the layer's file is in the pull's staging directory while its blob
+    is still a ``.partial`` download (a pull that waited for the download would make it only after)."""
+    here, there = str(tmp_path / "here"), str(tmp_path / "there")
+    _small, big = layered(tmp_path, here, f"{reg.host}/slow:1", [1000, 6 << 20])
+    strata(here, "push", f"{reg.host}/slow:1")
+    partial = os.path.join(there, "downloads", "sha256", big.split(":")[1] + ".partial")
+    with fake("proxy", str(tmp_path / "fakes"), "--upstream", f"http://{reg.host}", "--rate", str(2 << 20)) as proxy:
+        proc = subprocess.Popen([*STRATA, "--root", there, "pull", "-q", f"{proxy.host}/slow:1"], cwd=REPO,
+                                stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": REPO})
+        try:
+            staged = os.path.join(there, "tmp", "*", "*-layer", "diff", "layer1")
+
+            def extracting_while_downloading() -> bool:
+                size = os.path.getsize(partial) if os.path.exists(partial) else 0
+                return 0 < size < registry_blobs(reg.data)[big] and bool(glob.glob(staged))
+
+            wait_for(extracting_while_downloading, timeout=60, what="the layer's file while its blob downloads")
+            assert proc.wait(timeout=120) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert image_id(there, f"{proxy.host}/slow:1") == image_id(here, f"{reg.host}/slow:1")
+    assert strata(there, "system", "check").out.splitlines()[-1] == "store is consistent"
 
 
 def _read(fd: int) -> bytes:

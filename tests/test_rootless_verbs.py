@@ -18,7 +18,7 @@ def test_rootless_run_flags(rootless, store, scratch):  # noqa: F811
     out = rootless.strata(store, "run", "--rm", "--env-file", env, "--init", "--ulimit", "nofile=64:128",
                           "--add-host", "db:10.9.8.7", "--dns", "9.9.9.9", "--cap-drop", "ALL", "--cap-add", "CHOWN",
                           "--entrypoint", "sh", IMAGE, "-c",
-                          "echo $FROM_FILE; cat /proc/1/comm; ulimit -n; grep db /etc/hosts; grep nameserver "
+                          "echo $FROM_FILE; cat /proc/1/comm; ulimit -n; grep -w db /etc/hosts; grep nameserver "
                           "/etc/resolv.conf; grep CapEff /proc/self/status").out.splitlines()
     assert out[:3] == ["yes", "strata-init", "64"]
     assert out[3] == "10.9.8.7\tdb" and out[4] == "nameserver 9.9.9.9"

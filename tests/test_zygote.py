@@ -215,6 +215,22 @@ def test_garbage_on_the_socket_does_not_hurt_the_zygote(root, zygote_dir):
     assert zygote_pid(zygote_dir) == pid
 
 
+def test_python_and_python3_of_one_venv_share_a_zygote(root, zygote_dir):
+    """The installed ``strata`` runs the venv's ``python3``, ``python -m runner`` its ``python``:
+    links to one interpreter, so one zygote serves both (it would step down for each in turn)."""
+    bin_dir = os.path.dirname(sys.executable)
+    names = [n for n in ("python", "python3") if os.path.exists(os.path.join(bin_dir, n))]
+    assert len(names) == 2 and len({os.path.realpath(os.path.join(bin_dir, n)) for n in names}) == 1
+    strata(root, "images")
+    wait_for(lambda: zygote_pid(zygote_dir) is not None, what="the zygote to listen")
+    pid = zygote_pid(zygote_dir)
+    for name in names * 2:
+        res = subprocess.run([os.path.join(bin_dir, name), "-m", "runner", "--root", root, "images", "-q"],
+                             capture_output=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+        assert (res.returncode, res.stderr) == (0, b"")
+        assert zygote_pid(zygote_dir) == pid, name  # not told "stale": the same zygote still listens
+
+
 def test_without_a_private_directory_or_when_told_the_command_runs_in_the_client(root, tmp_path, busybox_rootfs):
     shared = tmp_path / "shared"
     shared.mkdir()

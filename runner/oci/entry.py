@@ -1,4 +1,4 @@
-"""``strata-oci``'s entry (``bin/strata-oci`` calls ``main``). The cheap verbs as engines call them
+"""``strata-oci``'s entry (``runner/bin/strata-oci`` calls ``main``). The cheap verbs as engines call them
 once per container, each a fresh process (``state ID``, ``start ID``, ``kill [--all] ID [SIGNAL]``,
 ``delete [--force] ID`` after ``--root``, ``--log`` and ``--log-format``), run here with no more
 imports than ``control``'s: Python's start-up is then most of what they cost. Every other verb or
