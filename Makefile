@@ -69,6 +69,7 @@ test: deps lint
 
 lint: deps
 	$(BIN)/ruff check store runner unionfs tests bench
+	$(BIN)/ruff format --check store runner unionfs tests bench
 	$(BIN)/mypy
 
 bench: deps

@@ -88,8 +88,15 @@ class Buildah:
         self.args = self._args()
 
     def _args(self) -> list[str]:
-        return ["buildah", "--root", os.path.join(self.base, "root"), "--runroot", os.path.join(self.base, "run"),
-                "--storage-driver", self.driver]
+        return [
+            "buildah",
+            "--root",
+            os.path.join(self.base, "root"),
+            "--runroot",
+            os.path.join(self.base, "run"),
+            "--storage-driver",
+            self.driver,
+        ]
 
     def pull(self, archive: str) -> None:
         if subprocess.run([*self.args, "pull", f"docker-archive:{archive}"], capture_output=True).returncode:
@@ -99,8 +106,21 @@ class Buildah:
             run([*self.args, "pull", f"docker-archive:{archive}"])
 
     def bud(self, ctx: str, *flags: str) -> float:
-        return run([*self.args, "bud", "--pull-never", "--isolation", "chroot", "--format", "docker", *flags,
-                    "-t", "bench", ctx])
+        return run(
+            [
+                *self.args,
+                "bud",
+                "--pull-never",
+                "--isolation",
+                "chroot",
+                "--format",
+                "docker",
+                *flags,
+                "-t",
+                "bench",
+                ctx,
+            ]
+        )
 
     def close(self) -> None:
         subprocess.run([*self.args, "rm", "--all"], capture_output=True)
@@ -139,10 +159,14 @@ def main() -> None:
         med = {k: statistics.median(v) for k, v in times.items()}
         print(f"build bench: FROM busybox + 3 COPY + 5 RUN, median of {args.runs} (buildah {buildah.driver} driver)")
         print(f"  {'':28}{'strata':>10}{'buildah':>10}{'ratio':>8}")
-        print(f"  {'fresh (--no-cache)':28}{med['s-fresh']:>9.2f}s{med['b-fresh']:>9.2f}s"
-              f"{med['s-fresh'] / med['b-fresh']:>8.2f}")
-        print(f"  {'fully cached':28}{med['s-cached']:>9.2f}s{med['b-cached']:>9.2f}s"
-              f"{med['s-cached'] / med['b-cached']:>8.2f}")
+        print(
+            f"  {'fresh (--no-cache)':28}{med['s-fresh']:>9.2f}s{med['b-fresh']:>9.2f}s"
+            f"{med['s-fresh'] / med['b-fresh']:>8.2f}"
+        )
+        print(
+            f"  {'fully cached':28}{med['s-cached']:>9.2f}s{med['b-cached']:>9.2f}s"
+            f"{med['s-cached'] / med['b-cached']:>8.2f}"
+        )
         print(f"  {'buildah without --layers':28}{'':>10}{med['b-default']:>9.2f}s")
         print("  (ratio: strata's time / buildah's; below 1, strata is faster)")
     finally:

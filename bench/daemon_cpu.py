@@ -43,8 +43,7 @@ def main() -> None:
                 user1, sys1 = cpu_times(pid)
                 found.setdefault((label, kind), []).append((wall, user1 - user0, sys1 - sys0))
     labels = list(dict.fromkeys(label for label, _ in found))
-    print(f"{'workload':<36}{'FO wall':>9}{'user':>7}{'sys':>7}{'strata wall':>13}{'user':>7}{'sys':>7}"
-          f"{'cpu/FO':>8}")
+    print(f"{'workload':<36}{'FO wall':>9}{'user':>7}{'sys':>7}{'strata wall':>13}{'user':>7}{'sys':>7}{'cpu/FO':>8}")
     for label in labels:
         row = []
         for kind in KINDS:

@@ -61,8 +61,9 @@ class Mounted:
         if kind == "null":
             self.merged = os.path.join(base, "merged")
             os.makedirs(self.merged)
-            self.null = subprocess.Popen([sys.executable, __file__, "--serve", self.merged],
-                                         stdout=subprocess.PIPE, text=True)
+            self.null = subprocess.Popen(
+                [sys.executable, __file__, "--serve", self.merged], stdout=subprocess.PIPE, text=True
+            )
             assert self.null.stdout is not None and self.null.stdout.readline() == "ready\n"
             self.pid = self.null.pid
         else:

@@ -32,8 +32,9 @@ def daemon_pid(kind: str, merged: str) -> int:
             fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
             continue
-        if os.fsencode(merged) in cmdline and any(os.path.realpath(f"/proc/{pid}/fd/{fd}") == "/dev/fuse"
-                                                   for fd in fds):
+        if os.fsencode(merged) in cmdline and any(
+            os.path.realpath(f"/proc/{pid}/fd/{fd}") == "/dev/fuse" for fd in fds
+        ):
             return int(pid)
     raise RuntimeError(f"no {kind} daemon serving {merged}")
 
@@ -84,8 +85,10 @@ def main() -> None:
         for label, kind, u, run in each_pass(KINDS, args.only, "ureq-"):
             pid = daemon_pid(kind, u.merged)
             trace = os.path.join(u.base, "trace")
-            tracer = subprocess.Popen(["strace", "-f", "-qq", "-s", "0", "-e", "trace=read", "-o", trace,
-                                       "-p", str(pid)], stderr=subprocess.DEVNULL)
+            tracer = subprocess.Popen(
+                ["strace", "-f", "-qq", "-s", "0", "-e", "trace=read", "-o", trace, "-p", str(pid)],
+                stderr=subprocess.DEVNULL,
+            )
             while not traced(pid):  # the workload starts once every thread is traced
                 if tracer.poll() is not None:
                     sys.exit(f"fuse_requests: strace could not attach to {pid}")

@@ -81,16 +81,23 @@ def one_mount(kind: str, base: str, script: str) -> tuple[float, float]:
     for d in (upper, work, merged):
         os.mkdir(d)
     opts = f"lowerdir={links}/A:{links}/B,upperdir={upper},workdir={work}"
-    command = {"kernel": ["mount", "-t", "overlay", "overlay", "-o", opts, merged],
-               "fuse-overlayfs": ["fuse-overlayfs", "-o", opts, merged],
-               "strata-unionfs": [script, "-o", opts, merged],
-               "pip's console script": [script + "-console", "-o", opts, merged],
-               "python -m unionfs": [sys.executable, "-m", "unionfs", "-o", opts, merged]}.get(kind)
+    command = {
+        "kernel": ["mount", "-t", "overlay", "overlay", "-o", opts, merged],
+        "fuse-overlayfs": ["fuse-overlayfs", "-o", opts, merged],
+        "strata-unionfs": [script, "-o", opts, merged],
+        "pip's console script": [script + "-console", "-o", opts, merged],
+        "python -m unionfs": [sys.executable, "-m", "unionfs", "-o", opts, merged],
+    }.get(kind)
     start = time.perf_counter()
     pid = None
     if command is not None:
-        subprocess.run(command, check=True, env={**ENV, "PYTHONPATH": REPO} if kind == "python -m unionfs" else ENV,
-                       cwd=base, stderr=subprocess.DEVNULL if kind == "fuse-overlayfs" else None)
+        subprocess.run(
+            command,
+            check=True,
+            env={**ENV, "PYTHONPATH": REPO} if kind == "python -m unionfs" else ENV,
+            cwd=base,
+            stderr=subprocess.DEVNULL if kind == "fuse-overlayfs" else None,
+        )
     else:
         pid, ready = fork_serve(merged, [f"{links}/A", f"{links}/B"], upper, work)
         with os.fdopen(ready, "rb") as pipe:
@@ -100,8 +107,9 @@ def one_mount(kind: str, base: str, script: str) -> tuple[float, float]:
     answered = time.perf_counter() - start
     assert is_mounted(merged)
     daemon = None if kind == "kernel" else daemon_pid(merged)
-    subprocess.run(["umount", merged] if kind in ("kernel", "fuse-overlayfs") else ["fusermount3", "-u", merged],
-                   check=True)
+    subprocess.run(
+        ["umount", merged] if kind in ("kernel", "fuse-overlayfs") else ["fusermount3", "-u", merged], check=True
+    )
     if pid is not None:
         os.waitpid(pid, 0)
     else:
@@ -181,8 +189,10 @@ def main() -> None:
         print(f"{kind:<22}{r * 1000:>12.1f}{r / kernel:>8.1f}{a * 1000:>12.1f}{a / kernel:>8.1f}")
     ratios = sorted(s[0] / k[0] for s, k in zip(times["strata-unionfs"], times["kernel"], strict=True))
     print(f"strata-unionfs / kernel, run by run: {statistics.median(ratios):.1f} ({ratios[0]:.1f}-{ratios[-1]:.1f})")
-    for what, values in (("floor: python -c pass", [f[0] for f in floor]),
-                         ("floor: launcher's imports", [f[1] for f in floor])):
+    for what, values in (
+        ("floor: python -c pass", [f[0] for f in floor]),
+        ("floor: launcher's imports", [f[1] for f in floor]),
+    ):
         v = statistics.median(values)
         print(f"{what:<22}{v * 1000:>12.1f}{v / kernel:>8.1f}")
 

@@ -68,8 +68,13 @@ def _timed(command: list[str], output: bool = True) -> tuple[float, str]:
     """Run one call; ``output``: read its stdout (not for create: PID 1 keeps create's stdio, as
     conmon's files)."""
     start = time.perf_counter()
-    res = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if output else subprocess.DEVNULL,
-                         stderr=subprocess.PIPE if output else subprocess.DEVNULL, text=True)
+    res = subprocess.run(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if output else subprocess.DEVNULL,
+        stderr=subprocess.PIPE if output else subprocess.DEVNULL,
+        text=True,
+    )
     elapsed = time.perf_counter() - start
     if res.returncode:
         raise SystemExit(f"bench: {' '.join(command)} failed: {res.stderr or ''}".strip())
@@ -124,8 +129,11 @@ def main() -> None:
     compileall.compile_dir(os.path.join(REPO, "runner"), quiet=1)  # as an installed package has it
     ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: PID 1s come to us, as to conmon
     work = tempfile.mkdtemp(prefix="oci-verbs-", dir="/tmp")
-    runtimes = {"strata-oci": os.path.join(os.path.dirname(sys.executable), "strata-oci"),
-                **dict(o.split("=", 1) for o in args.oci), "runc": runc}
+    runtimes = {
+        "strata-oci": os.path.join(os.path.dirname(sys.executable), "strata-oci"),
+        **dict(o.split("=", 1) for o in args.oci),
+        "runc": runc,
+    }
     times: dict[str, dict[str, list[float]]] = {r: {v: [] for v in VERBS} for r in runtimes}
     roots = {name: os.path.join(work, f"state-{name}") for name in runtimes}
     try:

@@ -32,11 +32,13 @@ IMAGE = "docker.io/library/bb:latest"
 ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")}
 RUN = ["run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", IMAGE, "true"]
 # (label, runtime, mount program): None is kernel overlayfs
-SETUPS = [("strata-oci + strata-unionfs", "strata-oci", "strata-unionfs"),
-          ("runc + fuse-overlayfs", "runc", "fuse-overlayfs"),
-          ("runc + kernel overlayfs", "runc", None),
-          ("runc + strata-unionfs", "runc", "strata-unionfs"),
-          ("strata-oci + kernel overlayfs", "strata-oci", None)]
+SETUPS = [
+    ("strata-oci + strata-unionfs", "strata-oci", "strata-unionfs"),
+    ("runc + fuse-overlayfs", "runc", "fuse-overlayfs"),
+    ("runc + kernel overlayfs", "runc", None),
+    ("runc + strata-unionfs", "runc", "strata-unionfs"),
+    ("strata-oci + kernel overlayfs", "strata-oci", None),
+]
 
 
 def launcher(name: str, directory: str) -> str:
@@ -58,26 +60,41 @@ class Podman:
         os.mkdir(self.servers, 0o700)
         program = f'[storage.options.overlay]\nmount_program = "{mount_program}"\n' if mount_program else ""
         with open(os.path.join(self.dir, "storage.conf"), "w") as f:
-            f.write(f'[storage]\ndriver = "overlay"\ngraphroot = "{self.dir}/storage"\nrunroot = "{self.dir}/run"\n'
-                    + program)
+            f.write(
+                f'[storage]\ndriver = "overlay"\ngraphroot = "{self.dir}/storage"\nrunroot = "{self.dir}/run"\n'
+                + program
+            )
         with open(os.path.join(self.dir, "containers.conf"), "w") as f:
-            f.write('[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "none"\nruntime = "bench"\n'
-                    f'runtime_supports_json = ["crun", "runc", "bench"]\n[engine.runtimes]\nbench = ["{runtime}"]\n')
-        self.env = {**ENV, "CONTAINERS_STORAGE_CONF": os.path.join(self.dir, "storage.conf"),
-                    "CONTAINERS_CONF": os.path.join(self.dir, "containers.conf"), "STRATA_UNIONFS_DIR": self.servers}
+            f.write(
+                '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "none"\nruntime = "bench"\n'
+                f'runtime_supports_json = ["crun", "runc", "bench"]\n[engine.runtimes]\nbench = ["{runtime}"]\n'
+            )
+        self.env = {
+            **ENV,
+            "CONTAINERS_STORAGE_CONF": os.path.join(self.dir, "storage.conf"),
+            "CONTAINERS_CONF": os.path.join(self.dir, "containers.conf"),
+            "STRATA_UNIONFS_DIR": self.servers,
+        }
 
     def __call__(self, *args: str) -> float:
         start = time.perf_counter()
-        subprocess.run(["podman", "--tmpdir", os.path.join(self.dir, "tmp"), *args], env=self.env, check=True,
-                       stdout=subprocess.DEVNULL, cwd="/")
+        subprocess.run(
+            ["podman", "--tmpdir", os.path.join(self.dir, "tmp"), *args],
+            env=self.env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            cwd="/",
+        )
         return time.perf_counter() - start
 
     def cleanup(self) -> None:
         try:
-            subprocess.run(["podman", "--tmpdir", os.path.join(self.dir, "tmp"), "rm", "-af"], env=self.env,
-                           capture_output=True)
-            subprocess.run(["podman", "--tmpdir", os.path.join(self.dir, "tmp"), "rmi", "-af"], env=self.env,
-                           capture_output=True)
+            subprocess.run(
+                ["podman", "--tmpdir", os.path.join(self.dir, "tmp"), "rm", "-af"], env=self.env, capture_output=True
+            )
+            subprocess.run(
+                ["podman", "--tmpdir", os.path.join(self.dir, "tmp"), "rmi", "-af"], env=self.env, capture_output=True
+            )
             home = os.path.join(self.dir, "storage", "overlay")
             with open("/proc/self/mountinfo") as f:
                 if any(line.split()[4] == home for line in f):
@@ -176,12 +193,16 @@ def main() -> None:
     for label, _, _ in SETUPS:
         t = times[label]
         m = statistics.median(t)
-        print(f"{label:<32}{m * 1000:>8.0f}{m / kernel:>10.2f}{m / statistics.median(fuse):>12.2f}"
-              f"   {min(t) * 1000:.0f}-{max(t) * 1000:.0f}")
+        print(
+            f"{label:<32}{m * 1000:>8.0f}{m / kernel:>10.2f}{m / statistics.median(fuse):>12.2f}"
+            f"   {min(t) * 1000:.0f}-{max(t) * 1000:.0f}"
+        )
     # the setups of one round ran back to back: their ratio, round by round, shrugs off the host's load
     ratios = sorted(s / f for s, f in zip(times[SETUPS[0][0]], fuse, strict=True))
-    print(f"{SETUPS[0][0]} / runc + fuse-overlayfs, round by round: {statistics.median(ratios):.2f} "
-          f"({ratios[0]:.2f}-{ratios[-1]:.2f})")
+    print(
+        f"{SETUPS[0][0]} / runc + fuse-overlayfs, round by round: {statistics.median(ratios):.2f} "
+        f"({ratios[0]:.2f}-{ratios[-1]:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -60,9 +60,21 @@ RATE = 25e6  # bytes a second per connection: a 200 Mbit/s link
 @contextlib.contextmanager
 def fake_proxy(work: str, upstream: str, rate: float) -> Iterator[str]:
     """The tests' proxy (``tests/registry_fakes.py proxy --rate``) in front of ``upstream``; its host:port."""
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "registry_fakes.py"), "proxy", "--log",
-                             os.path.join(work, "proxy.log"), "--upstream", f"http://{upstream}", "--rate", str(rate)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(REPO, "tests", "registry_fakes.py"),
+            "proxy",
+            "--log",
+            os.path.join(work, "proxy.log"),
+            "--upstream",
+            f"http://{upstream}",
+            "--rate",
+            str(rate),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert proc.stdout is not None
         port = proc.stdout.readline().decode().strip()
@@ -97,16 +109,37 @@ def three_layer_layout(path: str) -> None:
             for rel in names:
                 tar.add(os.path.join(ROOTFS, rel), rel, recursive=False)
         diff_ids.append("sha256:" + hashlib.sha256(raw.getvalue()).hexdigest())
-        layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                       **put(gzip.compress(raw.getvalue(), compresslevel=6))})
-    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **put(config)},
-                           "layers": layers}).encode()
+        layers.append(
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                **put(gzip.compress(raw.getvalue(), compresslevel=6)),
+            }
+        )
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **put(config)},
+            "layers": layers,
+        }
+    ).encode()
     with open(os.path.join(path, "index.json"), "w") as f:
-        json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                   **put(manifest), "annotations": {"org.opencontainers.image.ref.name": "three:1"}}]}, f)
+        json.dump(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        **put(manifest),
+                        "annotations": {"org.opencontainers.image.ref.name": "three:1"},
+                    }
+                ],
+            },
+            f,
+        )
     with open(os.path.join(path, "oci-layout"), "w") as f:
         f.write('{"imageLayoutVersion": "1.0.0"}')
 
@@ -133,12 +166,19 @@ def main() -> None:
         sh("skopeo", "copy", "-q", f"docker-archive:{archive}", f"oci:{layout}:minbase")  # gzip, as pushed
         gz = os.path.join(work, "gz")
         sh(*STRATA, "--root", gz, "load", "-i", layout)
-        image = subprocess.run([*STRATA, "--root", gz, "images", "-a", "-q", "--no-trunc"], check=True,
-                               capture_output=True, text=True, env=ENV).stdout.split()[0]  # skopeo's name has no tag
+        image = subprocess.run(
+            [*STRATA, "--root", gz, "images", "-a", "-q", "--no-trunc"],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=ENV,
+        ).stdout.split()[0]  # skopeo's name has no tag
         sh(*STRATA, "--root", gz, "tag", image, "debian:gz")  # stays while each run's tag comes and goes
         blob = max(os.scandir(os.path.join(layout, "blobs", "sha256")), key=lambda e: e.stat().st_size)
-        print(f"image: one gzip layer of {blob.stat().st_size / 1e6:.0f} MB "
-              f"({os.path.getsize(archive) / 1e6:.0f} MB uncompressed)")
+        print(
+            f"image: one gzip layer of {blob.stat().st_size / 1e6:.0f} MB "
+            f"({os.path.getsize(archive) / 1e6:.0f} MB uncompressed)"
+        )
         names = ("push cold", "push warm", "pull cold", "pull warm")
         ours: dict[str, list[float]] = {n: [] for n in names}
         theirs: dict[str, list[float]] = {n: [] for n in names + ("pull cold+unpack",)}
@@ -190,7 +230,9 @@ def main() -> None:
                     times[parallel].append(time.perf_counter() - start)
                     shutil.rmtree(root)
             a, b = statistics.median(times[3]), statistics.median(times[0])
-            print(f"{'pull 3 layers, loopback':<32} parallel {a:6.2f} s   one at a time {b:6.2f} s   ratio {a / b:5.2f}x")
+            print(
+                f"{'pull 3 layers, loopback':<32} parallel {a:6.2f} s   one at a time {b:6.2f} s   ratio {a / b:5.2f}x"
+            )
             # the same through a proxy as fast as a 200 Mbit/s link per connection (tests/registry_fakes.py)
             slow: dict[int, list[float]] = {3: [], 0: []}
             with fake_proxy(work, host, RATE) as proxy:
@@ -202,8 +244,10 @@ def main() -> None:
                         slow[parallel].append(time.perf_counter() - start)
                         shutil.rmtree(root)
             a, b = statistics.median(slow[3]), statistics.median(slow[0])
-            print(f"{'pull 3 layers, 25 MB/s a link':<32} parallel {a:6.2f} s   one at a time {b:6.2f} s   "
-                  f"ratio {a / b:5.2f}x")
+            print(
+                f"{'pull 3 layers, 25 MB/s a link':<32} parallel {a:6.2f} s   one at a time {b:6.2f} s   "
+                f"ratio {a / b:5.2f}x"
+            )
     finally:
         stop_zygote(zygote)
         shutil.rmtree(work, ignore_errors=True)

@@ -63,8 +63,11 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
     devnull = os.open(os.devnull, os.O_RDWR)
     err = tempfile.TemporaryFile()
     try:
-        actions = [(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, devnull, 1),
-                   (os.POSIX_SPAWN_DUP2, err.fileno(), 2)]
+        actions = [
+            (os.POSIX_SPAWN_DUP2, devnull, 0),
+            (os.POSIX_SPAWN_DUP2, devnull, 1),
+            (os.POSIX_SPAWN_DUP2, err.fileno(), 2),
+        ]
         start = time.perf_counter()
         pid = os.posix_spawnp(cmd[0], cmd, env, file_actions=actions, setsid=True)
         pidfd = os.pidfd_open(pid)
@@ -114,11 +117,17 @@ def podman_setup(user: RootlessUser, archive: str, runtime: str) -> tuple[dict[s
     if shutil.which("runc") is None:
         return None, "runc is not installed (apt-get install runc)"
     conf = user.make_dir(os.path.join(user.home, ".config", "containers"), 0o700)
-    write_user_file(user, os.path.join(conf, "storage.conf"),
-                    f'[storage]\ndriver = "vfs"\ngraphroot = "{user.home}/.local/share/containers/storage"\n'
-                    f'runroot = "{runtime}/containers"\n')
-    write_user_file(user, os.path.join(conf, "containers.conf"),
-                    '[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n')
+    write_user_file(
+        user,
+        os.path.join(conf, "storage.conf"),
+        f'[storage]\ndriver = "vfs"\ngraphroot = "{user.home}/.local/share/containers/storage"\n'
+        f'runroot = "{runtime}/containers"\n',
+    )
+    write_user_file(
+        user,
+        os.path.join(conf, "containers.conf"),
+        '[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n',
+    )
     env = {"XDG_RUNTIME_DIR": runtime}
     loaded = user.run(podman, "load", "-i", archive, env=env, check=False)
     if loaded.code != 0:
@@ -147,11 +156,11 @@ def clean_root_side(store: str, env: dict[str, str], zygotes: list[str], work: s
     """Root's leftovers after a failure: containers, zygotes, mounts; then the work dir."""
     if os.path.isdir(store):
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            left = subprocess.run([*STRATA, "--root", store, "ps", "-aq"], capture_output=True, text=True, env=env,
-                                  timeout=60).stdout.split()
+            left = subprocess.run(
+                [*STRATA, "--root", store, "ps", "-aq"], capture_output=True, text=True, env=env, timeout=60
+            ).stdout.split()
             if left:
-                subprocess.run([*STRATA, "--root", store, "rm", "-f", *left], capture_output=True, env=env,
-                               timeout=120)
+                subprocess.run([*STRATA, "--root", store, "rm", "-f", *left], capture_output=True, env=env, timeout=120)
     for directory in zygotes:
         stop_zygote(directory)
     for point in mounts_below([work]):
@@ -193,8 +202,9 @@ def main() -> None:
             os.mkdir(zygote, 0o700)
             rootfs = os.path.join(work, "rootfs")
             busybox_rootfs(rootfs)
-            subprocess.run([*STRATA, "--root", store, "import", rootfs, IMAGE], check=True, env=env,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [*STRATA, "--root", store, "import", rootfs, IMAGE], check=True, env=env, stdout=subprocess.DEVNULL
+            )
             archive = os.path.join(user.home, "bb.tar")
             subprocess.run([*STRATA, "--root", store, "save", "-o", archive, IMAGE], check=True, env=env)
             user.give(archive)
@@ -205,18 +215,21 @@ def main() -> None:
             run = ["run", "--rm", IMAGE, "/bin/true"]
             sides: dict[str, tuple[list[str], dict[str, str]]] = {
                 "strata, root": (as_root(*STRATA, "--root", store, *run), env),
-                "strata, root, the user's python": (as_root(user.python, "-m", "runner", "--root", store, *run),
-                                                    same_env),
-                "strata, rootless": (as_user(user, user.python, "-m", "runner", "--root", user_store, *run),
-                                     user_env),
+                "strata, root, the user's python": (
+                    as_root(user.python, "-m", "runner", "--root", store, *run),
+                    same_env,
+                ),
+                "strata, rootless": (as_user(user, user.python, "-m", "runner", "--root", user_store, *run), user_env),
             }
             podman_run = tempfile.mkdtemp(prefix="rlb-", dir="/tmp")  # removed below, after the user's processes
             os.chown(podman_run, user.uid, user.gid)
             podman_env, why = podman_setup(user, archive, podman_run)
             if podman_env is not None:
                 image = podman_env.pop("image")
-                sides["podman, rootless"] = (as_user(user, "podman", *PODMAN_RUN, image, "/bin/true"),
-                                             {**user.environment(), **podman_env})
+                sides["podman, rootless"] = (
+                    as_user(user, "podman", *PODMAN_RUN, image, "/bin/true"),
+                    {**user.environment(), **podman_env},
+                )
             else:
                 print(f"podman row skipped: {why}")
             for i in range(3):  # warm-up: the zygotes start, caches fill
@@ -230,9 +243,14 @@ def main() -> None:
             for _ in range(args.runs):  # interleaved, so the machine's noise falls on all sides alike
                 for name, (cmd, side_env) in sides.items():
                     times[name].append(timed(cmd, side_env))
-            report(times, [("strata, rootless", "strata, root", "goal: within 1.3x"),
-                           ("strata, rootless", "strata, root, the user's python", "same interpreter and code"),
-                           ("strata, rootless", "podman, rootless", "goal: below 1.0")])
+            report(
+                times,
+                [
+                    ("strata, rootless", "strata, root", "goal: within 1.3x"),
+                    ("strata, rootless", "strata, root, the user's python", "same interpreter and code"),
+                    ("strata, rootless", "podman, rootless", "goal: below 1.0"),
+                ],
+            )
     finally:
         clean_root_side(store, env, [zygote, same_zygote], work)
         if podman_run:

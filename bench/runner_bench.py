@@ -50,8 +50,11 @@ def hide_hybrid_cgroup2() -> bool:
         if not any(line.split()[1] == unified and line.split()[2] == "cgroup2" for line in f):
             return False
     if os.environ.get("RUNNER_BENCH_PRIVATE") != "1":
-        os.execvpe("unshare", ["unshare", "-m", "--propagation", "private", sys.executable, *sys.argv],
-                   {**os.environ, "RUNNER_BENCH_PRIVATE": "1"})
+        os.execvpe(
+            "unshare",
+            ["unshare", "-m", "--propagation", "private", sys.executable, *sys.argv],
+            {**os.environ, "RUNNER_BENCH_PRIVATE": "1"},
+        )
     subprocess.run(["umount", "-l", unified], check=True)
     return True
 
@@ -125,8 +128,9 @@ def main() -> None:
         rootfs = os.path.join(work, "bundle", "rootfs")
         busybox_rootfs(rootfs)
         store = os.path.join(work, "store")
-        subprocess.run([*STRATA, "--root", store, "import", rootfs, "bb"], check=True, env=ENV, cwd=REPO,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*STRATA, "--root", store, "import", rootfs, "bb"], check=True, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL
+        )
         bundle = os.path.join(work, "bundle")
         subprocess.run(["crun", "spec"], cwd=bundle, check=True)
         with open(os.path.join(bundle, "config.json")) as f:
@@ -140,12 +144,36 @@ def main() -> None:
             "strata run --rm": lambda i: run,
             "strata, no zygote": lambda i: run,
             "crun run": lambda i: ["crun", "run", "-b", bundle, f"bench{i}"],
-            "strata-oci run": lambda i: [os.path.join(os.path.dirname(sys.executable), "strata-oci"), "--root",
-                                         os.path.join(work, "oci-state"), "run", "-b", bundle, f"sbench{i}"],
-            "runc run": lambda i: ["runc", "--root", os.path.join(work, "runc-state"), "run", "-b", bundle,
-                                   f"rbench{i}"],
-            "bwrap": lambda i: ["bwrap", "--bind", rootfs, "/", "--proc", "/proc", "--dev", "/dev", "--unshare-all",
-                                "/bin/true"],
+            "strata-oci run": lambda i: [
+                os.path.join(os.path.dirname(sys.executable), "strata-oci"),
+                "--root",
+                os.path.join(work, "oci-state"),
+                "run",
+                "-b",
+                bundle,
+                f"sbench{i}",
+            ],
+            "runc run": lambda i: [
+                "runc",
+                "--root",
+                os.path.join(work, "runc-state"),
+                "run",
+                "-b",
+                bundle,
+                f"rbench{i}",
+            ],
+            "bwrap": lambda i: [
+                "bwrap",
+                "--bind",
+                rootfs,
+                "/",
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "--unshare-all",
+                "/bin/true",
+            ],
             "python3 -c pass": lambda i: [sys.executable, "-c", "pass"],
         }
         for name in ("crun run", "strata-oci run", "runc run"):
@@ -171,9 +199,26 @@ def main() -> None:
         before = du(store)
         ids = []
         for i in range(20):
-            out = subprocess.run([*STRATA, "--root", store, "run", "-d", "--name", f"c{i}", "bb", "sh", "-c",
-                                  f"echo {i} > /tmp/mine; exec sleep 1000"], check=True, capture_output=True,
-                                 text=True, env=ENV, cwd=REPO)
+            out = subprocess.run(
+                [
+                    *STRATA,
+                    "--root",
+                    store,
+                    "run",
+                    "-d",
+                    "--name",
+                    f"c{i}",
+                    "bb",
+                    "sh",
+                    "-c",
+                    f"echo {i} > /tmp/mine; exec sleep 1000",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                env=ENV,
+                cwd=REPO,
+            )
             ids.append(out.stdout.strip())
         states = []
         for cid in ids:
@@ -184,13 +229,18 @@ def main() -> None:
         uppers = sum(du(os.path.join(store, "containers", cid, "upper")) for cid in ids)
         after = du(store)
         layer_dirs = du(os.path.join(store, "layers"))
-        print(f"20 running containers: store grew {(after - before) / 1024:.0f} KiB "
-              f"(their writable layers: {uppers / 1024:.0f} KiB; records, logs and dirs the rest); "
-              f"the shared image layer is {layer_dirs / 1024:.0f} KiB, stored once")
-        print(f"memory per running container (supervisor + unionfs): RSS {statistics.median(rss) / 1024:.1f} MiB, "
-              f"PSS {statistics.median(pss) / 1024:.1f} MiB (median)")
-        subprocess.run([*STRATA, "--root", store, "rm", "-f", *ids], check=True, env=ENV, cwd=REPO,
-                       stdout=subprocess.DEVNULL)
+        print(
+            f"20 running containers: store grew {(after - before) / 1024:.0f} KiB "
+            f"(their writable layers: {uppers / 1024:.0f} KiB; records, logs and dirs the rest); "
+            f"the shared image layer is {layer_dirs / 1024:.0f} KiB, stored once"
+        )
+        print(
+            f"memory per running container (supervisor + unionfs): RSS {statistics.median(rss) / 1024:.1f} MiB, "
+            f"PSS {statistics.median(pss) / 1024:.1f} MiB (median)"
+        )
+        subprocess.run(
+            [*STRATA, "--root", store, "rm", "-f", *ids], check=True, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL
+        )
     finally:
         stop_zygote(zygote)
         shutil.rmtree(work, ignore_errors=True)

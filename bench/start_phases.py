@@ -119,16 +119,36 @@ def main() -> None:
         rootfs = os.path.join(work, "rootfs")
         busybox_rootfs(rootfs)
         store = os.path.join(work, "store")
-        subprocess.run([*STRATA, "--root", store, "import", rootfs, "bb"], check=True, env=env, cwd=REPO,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*STRATA, "--root", store, "import", rootfs, "bb"], check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL
+        )
         run = [*STRATA, "--root", store, "run", "--rm", "bb", "/bin/true"]
         untraced = [timed(run, env) for _ in range(args.runs + 2)][2:]  # (the first starts a zygote)
         stop_zygote(zygote_dir)
         with open(STRATA[0], "rb") as f:  # the interpreter the client names: the zygote checks it is its own
             python = f.readline()[2:].decode().strip() if STRATA[0] != sys.executable else sys.executable
-        tracer = subprocess.Popen(["strace", "-f", "--seccomp-bpf", "-ttt", "-s", "64", "-o", trace, "-e",
-                                   f"trace={MARKS}", python, "-m", "runner.zygote", zygote_dir],
-                                  env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        tracer = subprocess.Popen(
+            [
+                "strace",
+                "-f",
+                "--seccomp-bpf",
+                "-ttt",
+                "-s",
+                "64",
+                "-o",
+                trace,
+                "-e",
+                f"trace={MARKS}",
+                python,
+                "-m",
+                "runner.zygote",
+                zygote_dir,
+            ],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         socket_path = os.path.join(zygote_dir, "zygote.sock")
         while not os.path.exists(socket_path):  # (the zygote binds its socket once it has imported all)
             if tracer.poll() is not None:
@@ -153,8 +173,10 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     medians = {name: statistics.median(r[name] for r in rows) for name in rows[0]}
     path = sum(value for name, value in medians.items() if "overlaps" not in name)
-    print(f"strata run --rm bb /bin/true: {statistics.median(untraced) * 1000:.1f} ms untraced, "
-          f"{path:.1f} ms traced (the critical path's phases, medians of {args.runs})")
+    print(
+        f"strata run --rm bb /bin/true: {statistics.median(untraced) * 1000:.1f} ms untraced, "
+        f"{path:.1f} ms traced (the critical path's phases, medians of {args.runs})"
+    )
     print(f"{'phase':26} {'median ms':>9} {'share':>6}")
     for name, value in medians.items():
         share = "" if "overlaps" in name else f"{value / path:6.0%}"

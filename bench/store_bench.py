@@ -66,8 +66,10 @@ def registry(work: str) -> Iterator[str]:
     os.makedirs(work, exist_ok=True)
     config = os.path.join(work, "registry.yml")
     with open(config, "w") as f:
-        f.write(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
-                f"    rootdirectory: {os.path.join(work, 'registry')}\nhttp:\n  addr: 127.0.0.1:{port}\n")
+        f.write(
+            f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+            f"    rootdirectory: {os.path.join(work, 'registry')}\nhttp:\n  addr: 127.0.0.1:{port}\n"
+        )
     proc = subprocess.Popen(["docker-registry", "serve", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -111,13 +113,27 @@ def main() -> None:
                 ref = f"{host}/s/debian:minbase"
                 sh(*STRATA, "--root", seed, "tag", "debian:minbase", ref)
                 ours["push"].append(timed(*STRATA, "--root", seed, "push", "-q", ref))
-                theirs["push"].append(timed("skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:minbase",
-                                            f"docker://{host}/k/debian:minbase"))
+                theirs["push"].append(
+                    timed(
+                        "skopeo",
+                        "copy",
+                        "-q",
+                        "--dest-tls-verify=false",
+                        f"oci:{layout}:minbase",
+                        f"docker://{host}/k/debian:minbase",
+                    )
+                )
                 root = os.path.join(work, f"proot{i}")
                 ours["pull"].append(timed(*STRATA, "--root", root, "pull", "-q", ref))
                 pulled, bundle = os.path.join(work, f"playout{i}"), os.path.join(work, f"pbundle{i}")
-                t_copy = timed("skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{host}/k/debian:minbase",
-                               f"oci:{pulled}:minbase")
+                t_copy = timed(
+                    "skopeo",
+                    "copy",
+                    "-q",
+                    "--src-tls-verify=false",
+                    f"docker://{host}/k/debian:minbase",
+                    f"oci:{pulled}:minbase",
+                )
                 theirs["pull"].append(t_copy + timed("umoci", "unpack", "--image", f"{pulled}:minbase", bundle))
                 sh(*STRATA, "--root", seed, "rmi", ref)
             for path in (layout, root, pulled, bundle, os.path.join(work, f"reg{i}")):
@@ -125,21 +141,32 @@ def main() -> None:
         for i in range(args.runs):
             root = os.path.join(work, f"root{i}")
             ours["load"].append(timed(*STRATA, "--root", root, "load", "-i", archive))
-            ours["save"].append(timed(*STRATA, "--root", root, "save", "-o", os.path.join(work, f"out{i}.tar"),
-                                      "debian:minbase"))
+            ours["save"].append(
+                timed(*STRATA, "--root", root, "save", "-o", os.path.join(work, f"out{i}.tar"), "debian:minbase")
+            )
             layout = os.path.join(work, f"layout{i}")
             bundle = os.path.join(work, f"bundle{i}")
             t_copy = timed("skopeo", "copy", "-q", f"docker-archive:{archive}", f"oci:{layout}:minbase")
             t_unpack = timed("umoci", "unpack", "--image", f"{layout}:minbase", bundle)
             theirs["load"].append(t_copy + t_unpack)
-            theirs["save"].append(timed("skopeo", "copy", "-q", f"oci:{layout}:minbase",
-                                        f"docker-archive:{os.path.join(work, f'sk{i}.tar')}:debian:minbase"))
+            theirs["save"].append(
+                timed(
+                    "skopeo",
+                    "copy",
+                    "-q",
+                    f"oci:{layout}:minbase",
+                    f"docker-archive:{os.path.join(work, f'sk{i}.tar')}:debian:minbase",
+                )
+            )
             for path in (root, layout, bundle, os.path.join(work, f"out{i}.tar"), os.path.join(work, f"sk{i}.tar")):
                 shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
         print(f"{'workload':<8} {'strata s':>9} {'anchor s':>9} {'ratio':>7}   anchor")
-        for name, anchor in (("load", "skopeo copy + umoci unpack"), ("save", "skopeo copy oci: -> docker-archive:"),
-                             ("push", "skopeo copy oci: -> docker://"),
-                             ("pull", "skopeo copy docker:// -> oci: + umoci unpack")):
+        for name, anchor in (
+            ("load", "skopeo copy + umoci unpack"),
+            ("save", "skopeo copy oci: -> docker-archive:"),
+            ("push", "skopeo copy oci: -> docker://"),
+            ("pull", "skopeo copy docker:// -> oci: + umoci unpack"),
+        ):
             a, b = statistics.median(ours[name]), statistics.median(theirs[name])
             print(f"{name:<8} {a:9.2f} {b:9.2f} {a / b:7.2f}x   {anchor}")
     finally:

@@ -74,9 +74,14 @@ def worktree(rev: str) -> Iterator[str]:
 def check_package(root: str) -> None:
     """``python -m unionfs`` run as ``Union`` runs it (cwd and PYTHONPATH ``root``) must import the
     package under ``root``, not the one the venv has installed."""
-    found = subprocess.run([sys.executable, "-c", "import unionfs; print(unionfs.__file__)"], cwd=root,
-                           env={**os.environ, "PYTHONPATH": root}, check=True, capture_output=True,
-                           text=True).stdout.strip()
+    found = subprocess.run(
+        [sys.executable, "-c", "import unionfs; print(unionfs.__file__)"],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": root},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     assert found == os.path.join(root, "unionfs", "__init__.py"), (root, found)
 
 
@@ -94,8 +99,10 @@ def row(label: str, old: list[float], new: list[float]) -> str:
     ratios = sorted(n / o for o, n in zip(old, new, strict=True))
     flag = "slower" if ratios[0] > 1.0 else ""
     mo, mn = statistics.median(old), statistics.median(new)
-    return (f"{label:<36}{mo:>10.3f}{mn:>10.3f}{mn / mo:>9.2f}x"
-            f"   {statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f}) {flag}").rstrip()
+    return (
+        f"{label:<36}{mo:>10.3f}{mn:>10.3f}{mn / mo:>9.2f}x"
+        f"   {statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f}) {flag}"
+    ).rstrip()
 
 
 def main() -> None:
@@ -114,8 +121,7 @@ def main() -> None:
             times.setdefault((label, side), []).append(seconds)
 
     with ExitStack() as trees:
-        sides = {"old": trees.enter_context(worktree(base)),
-                 "new": trees.enter_context(worktree(new)) if new else REPO}
+        sides = {"old": trees.enter_context(worktree(base)), "new": trees.enter_context(worktree(new)) if new else REPO}
         for root in sides.values():
             check_package(root)
         with scratch_fs():
@@ -142,8 +148,11 @@ def main() -> None:
     print(f"kind: {kind}; {opts.repeat} runs each, alternating; seconds are medians")
     print(f"{'workload':<36}{'old s':>10}{'new s':>10}{'new/old':>10}   new/old, each run")
     labels = list(dict.fromkeys(label for label, _ in times))
-    for label in [lb for lb in labels if "latency" not in lb and "answers" not in lb] + \
-            ["mount latency", "mount, until it answers", "unmount latency"]:
+    for label in [lb for lb in labels if "latency" not in lb and "answers" not in lb] + [
+        "mount latency",
+        "mount, until it answers",
+        "unmount latency",
+    ]:
         print(row(label, times[(label, "old")], times[(label, "new")]))
 
 

@@ -92,8 +92,9 @@ def scratch_fs() -> Iterator[str]:
     with open(SCRATCH_IMAGE, "wb") as f:
         f.truncate(4 << 30)
     try:
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", SCRATCH_IMAGE],
-                       check=True)
+        subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", SCRATCH_IMAGE], check=True
+        )
         subprocess.run(["mount", "-o", "loop", SCRATCH_IMAGE, SCRATCH], check=True)
         try:
             os.makedirs(SCRATCH_TMPFS)
@@ -148,8 +149,9 @@ class Union:
     def unmount(self) -> None:
         sources = mountinfo.sources_at(self.merged)
         start = time.perf_counter()
-        subprocess.run(["umount", self.merged] if self.kind == "kernel" else ["fusermount3", "-u", self.merged],
-                       check=True)
+        subprocess.run(
+            ["umount", self.merged] if self.kind == "kernel" else ["fusermount3", "-u", self.merged], check=True
+        )
         self.unmount_time = time.perf_counter() - start
         # A strata daemon syncs and closes the upper after the unmount returns: wait for its exit
         # (its pid is in the mount's source), or the scratch filesystem may still be busy.
@@ -303,9 +305,16 @@ KINDS = ["kernel", "fuse-overlayfs", "strata", "strata no-passthrough", "strata 
 # As root strata reads and writes open files through FUSE passthrough, which needs the kernel's OPEN;
 # ``-o passthrough=0`` is the path it takes otherwise (rootless): no OPEN at all, the daemon reads and
 # writes. Both run, to weigh one against the other.
-WRITING = {"append 64 MiB lower (copy-up)", "chmod+touch 1000 lower", "untar 10k small files", "create+delete 5000",
-           "rm -rf lower /usr/share", "touch 1000 lower (tmpfs upper)", "chmod 1000 lower (tmpfs upper)",
-           "touch 1000 lower (ext4 upper)"}
+WRITING = {
+    "append 64 MiB lower (copy-up)",
+    "chmod+touch 1000 lower",
+    "untar 10k small files",
+    "create+delete 5000",
+    "rm -rf lower /usr/share",
+    "touch 1000 lower (tmpfs upper)",
+    "chmod 1000 lower (tmpfs upper)",
+    "touch 1000 lower (ext4 upper)",
+}
 # (chmod+touch runs both ops on the same files: the second copies nothing up. The three rows after it
 # are the issue's: one op per file, each on a fresh mount, so each op is a copy-up.)
 ON_TMPFS = {"touch 1000 lower (tmpfs upper)", "chmod 1000 lower (tmpfs upper)"}
@@ -409,8 +418,10 @@ def main() -> None:
                 shutil.rmtree(base, ignore_errors=True)
             floors.append(interpreter_floor())
     labels = list(dict.fromkeys(label for label, _ in results))
-    print(f"{'workload':<36}{'kernel s':>10}{'fuse-ovl x':>12}{'strata x':>10}{'no-pt x':>10}{'volatile x':>12}"
-          f"   strata/fuse-ovl, each run")
+    print(
+        f"{'workload':<36}{'kernel s':>10}{'fuse-ovl x':>12}{'strata x':>10}{'no-pt x':>10}{'volatile x':>12}"
+        f"   strata/fuse-ovl, each run"
+    )
     for label in labels:
         k = statistics.median(results[(label, "kernel")])
         f = statistics.median(results[(label, "fuse-overlayfs")]) / k
@@ -418,23 +429,32 @@ def main() -> None:
         n = statistics.median(results[(label, "strata no-passthrough")]) / k
         v = results.get((label, "strata volatile"))
         volatile = f"{statistics.median(v) / k:>11.2f}x" if v else f"{'-':>12}"
-        print(f"{label:<36}{k:>10.3f}{f:>11.2f}x{s:>9.2f}x{n:>9.2f}x{volatile}   "
-              f"{pairwise(results[(label, 'strata')], results[(label, 'fuse-overlayfs')])}")
-    for what, times in (("mount latency", mount_times), ("mount, until it answers", answer_times),
-                        ("unmount latency", umount_times)):
+        print(
+            f"{label:<36}{k:>10.3f}{f:>11.2f}x{s:>9.2f}x{n:>9.2f}x{volatile}   "
+            f"{pairwise(results[(label, 'strata')], results[(label, 'fuse-overlayfs')])}"
+        )
+    for what, times in (
+        ("mount latency", mount_times),
+        ("mount, until it answers", answer_times),
+        ("unmount latency", umount_times),
+    ):
         k = statistics.median(times["kernel"])
-        print(f"{what:<36}{k:>10.3f}{statistics.median(times['fuse-overlayfs']) / k:>11.2f}x"
-              f"{statistics.median(times['strata']) / k:>9.2f}x"
-              f"{statistics.median(times['strata no-passthrough']) / k:>9.2f}x{'':>12}   "
-              f"{pairwise(times['strata'], times['fuse-overlayfs'])}")
+        print(
+            f"{what:<36}{k:>10.3f}{statistics.median(times['fuse-overlayfs']) / k:>11.2f}x"
+            f"{statistics.median(times['strata']) / k:>9.2f}x"
+            f"{statistics.median(times['strata no-passthrough']) / k:>9.2f}x{'':>12}   "
+            f"{pairwise(times['strata'], times['fuse-overlayfs'])}"
+        )
     # strata's column above is ``python -m unionfs`` (an interpreter and its imports); the runner forks
     # a daemon from a process that has them already. The last two rows are what any Python command
     # pays before it can mount, in the same units.
     kernel = statistics.median(mount_times["kernel"])
-    for what, times in (("mount, forked (the runner): ready", [f[0] for f in forked]),
-                        ("mount, forked: until it answers", [f[1] for f in forked]),
-                        ("floor: python -c pass", [f[0] for f in floors]),
-                        ("floor: python, import trio+pyfuse3", [f[1] for f in floors])):
+    for what, times in (
+        ("mount, forked (the runner): ready", [f[0] for f in forked]),
+        ("mount, forked: until it answers", [f[1] for f in forked]),
+        ("floor: python -c pass", [f[0] for f in floors]),
+        ("floor: python, import trio+pyfuse3", [f[1] for f in floors]),
+    ):
         print(f"{what:<36}{kernel:>10.3f}{'-':>12}{statistics.median(times) / kernel:>9.2f}x{'-':>10}")
 
 

@@ -37,10 +37,13 @@ def write_etc(c: Container, net: Endpoint) -> None:
 
 def write_bundle(c: Container, net: Endpoint | None) -> dict[str, Any]:
     """The container's OCI bundle, ``bundle/config.json``; returns the config."""
-    config = oci_spec.for_container(c.config, c.path("merged"),
-                                    {n: c.path(n) for n in ("hostname", "hosts", "resolv.conf")},
-                                    rootless=(os.getuid(), os.getgid()) if os.geteuid() else None,
-                                    netns=net.netns if net else None)
+    config = oci_spec.for_container(
+        c.config,
+        c.path("merged"),
+        {n: c.path(n) for n in ("hostname", "hosts", "resolv.conf")},
+        rootless=(os.getuid(), os.getgid()) if os.geteuid() else None,
+        netns=net.netns if net else None,
+    )
     oci_spec.check(config)
     os.makedirs(c.path("bundle"), exist_ok=True)
     write_json(c.path("bundle", "config.json"), config, durable=False)

@@ -88,8 +88,14 @@ class Cgroup:
         memory, cpu = resources.get("memory") or {}, resources.get("cpu") or {}
         limit = memory.get("limit")
         swap = memory.get("swap")
-        for path, value in self._writes(limit, swap, cpu.get("shares"), cpu.get("quota"), cpu.get("period"),
-                                        (resources.get("pids") or {}).get("limit")):
+        for path, value in self._writes(
+            limit,
+            swap,
+            cpu.get("shares"),
+            cpu.get("quota"),
+            cpu.get("period"),
+            (resources.get("pids") or {}).get("limit"),
+        ):
             _write(path, value)
         if cpu.get("cpus") or cpu.get("mems"):
             self.pin(cpu.get("cpus"), cpu.get("mems"))
@@ -98,8 +104,15 @@ class Cgroup:
         """Keep the group's processes to these CPUs (and memory nodes): a fresh group's cpuset."""
         raise NotImplementedError
 
-    def _writes(self, limit: int | None, swap: int | None, shares: int | None, quota: int | None,
-                period: int | None, pids: int | None) -> list[tuple[str, str]]:
+    def _writes(
+        self,
+        limit: int | None,
+        swap: int | None,
+        shares: int | None,
+        quota: int | None,
+        period: int | None,
+        pids: int | None,
+    ) -> list[tuple[str, str]]:
         raise NotImplementedError
 
     def oom_killed(self) -> bool:
@@ -179,8 +192,10 @@ class V1(Cgroup):
 
     def __init__(self, name: str, root: str = "/sys/fs/cgroup", path: str | None = None) -> None:
         super().__init__(name, path)
-        cpu = next((os.path.join(root, c) for c in ("cpu,cpuacct", "cpu") if os.path.isdir(os.path.join(root, c))),
-                   os.path.join(root, "cpu"))
+        cpu = next(
+            (os.path.join(root, c) for c in ("cpu,cpuacct", "cpu") if os.path.isdir(os.path.join(root, c))),
+            os.path.join(root, "cpu"),
+        )
         self.cpu = os.path.join(cpu, self.path)
         self.memory = os.path.join(root, "memory", self.path)
         freezer = os.path.join(root, "freezer")
@@ -221,8 +236,15 @@ class V1(Cgroup):
         if cpus:
             _write(os.path.join(level, "cpuset.cpus"), cpus)
 
-    def _writes(self, limit: int | None, swap: int | None, shares: int | None, quota: int | None,
-                period: int | None, pids: int | None) -> list[tuple[str, str]]:
+    def _writes(
+        self,
+        limit: int | None,
+        swap: int | None,
+        shares: int | None,
+        quota: int | None,
+        period: int | None,
+        pids: int | None,
+    ) -> list[tuple[str, str]]:
         writes = []
         if limit:
             writes.append((os.path.join(self.memory, "memory.limit_in_bytes"), str(limit)))
@@ -282,8 +304,9 @@ class V1(Cgroup):
 class V2(Cgroup):
     version = 2
 
-    def __init__(self, name: str, root: str = "/sys/fs/cgroup", path: str | None = None,
-                 delegated: str | None = None) -> None:
+    def __init__(
+        self, name: str, root: str = "/sys/fs/cgroup", path: str | None = None, delegated: str | None = None
+    ) -> None:
         super().__init__(name, path)
         self.root = root
         self.dir = os.path.join(root, self.path)
@@ -306,15 +329,24 @@ class V2(Cgroup):
             path = os.path.join(d, "cgroup.subtree_control")
             enabled = _read(path).split() if os.path.exists(path) else []
             available = _read(os.path.join(d, "cgroup.controllers")).split() if os.path.exists(path) else []
-            wanted = [f"+{c}" for c in ("cpu", "memory", "pids") if c not in enabled and (c in available or c != "pids")]
+            wanted = [
+                f"+{c}" for c in ("cpu", "memory", "pids") if c not in enabled and (c in available or c != "pids")
+            ]
             if wanted:
                 _write(path, " ".join(wanted))
         os.makedirs(self.dir, exist_ok=True)
         if not self.delegated:  # (a rootless container's user namespace keeps host devices out)
             devices.attach_v2(self.dir, devices.DEFAULT_RULES if device_rules is None else device_rules)
 
-    def _writes(self, limit: int | None, swap: int | None, shares: int | None, quota: int | None,
-                period: int | None, pids: int | None) -> list[tuple[str, str]]:
+    def _writes(
+        self,
+        limit: int | None,
+        swap: int | None,
+        shares: int | None,
+        quota: int | None,
+        period: int | None,
+        pids: int | None,
+    ) -> list[tuple[str, str]]:
         writes = []
         if limit:  # (-1, the runtime-spec's "unlimited", is "max" to a v2 kernel, which refuses -1)
             writes.append((os.path.join(self.dir, "memory.max"), str(limit) if limit > 0 else "max"))
@@ -324,8 +356,9 @@ class V2(Cgroup):
         if shares:
             writes.append((os.path.join(self.dir, "cpu.weight"), str(shares_to_weight(shares))))
         if quota or period:
-            writes.append((os.path.join(self.dir, "cpu.max"),
-                           f"{quota if quota and quota > 0 else 'max'} {period or 100000}"))
+            writes.append(
+                (os.path.join(self.dir, "cpu.max"), f"{quota if quota and quota > 0 else 'max'} {period or 100000}")
+            )
         if pids:
             writes.append((os.path.join(self.dir, "pids.max"), str(pids) if pids > 0 else "max"))
         return writes
@@ -360,8 +393,9 @@ class V2(Cgroup):
         want = "1" if frozen else "0"
         _write(os.path.join(self.dir, "cgroup.freeze"), want)
         events = os.path.join(self.dir, "cgroup.events")
-        _settle(lambda: re.search(rf"^frozen {want}$", _read(events), re.M) is not None,
-                "frozen" if frozen else "thawed")
+        _settle(
+            lambda: re.search(rf"^frozen {want}$", _read(events), re.M) is not None, "frozen" if frozen else "thawed"
+        )
 
     def oom_killed(self) -> bool:
         return self._oom_kills(os.path.join(self.dir, "memory.events"))
@@ -386,11 +420,17 @@ class NoCgroup(Cgroup):
 
     def limit(self, cpu_shares: int | None, memory: int | None) -> None:
         if cpu_shares or memory:
-            raise RunnerError("this rootless host delegates no cgroup to you: --cpu-shares and -m cannot be "
-                              "enforced")
+            raise RunnerError("this rootless host delegates no cgroup to you: --cpu-shares and -m cannot be enforced")
 
-    def _writes(self, limit: int | None, swap: int | None, shares: int | None, quota: int | None,
-                period: int | None, pids: int | None) -> list[tuple[str, str]]:
+    def _writes(
+        self,
+        limit: int | None,
+        swap: int | None,
+        shares: int | None,
+        quota: int | None,
+        period: int | None,
+        pids: int | None,
+    ) -> list[tuple[str, str]]:
         if any((limit, swap, shares, quota, period, pids)):
             raise RunnerError("this rootless host delegates no cgroup to you: linux.resources cannot be enforced")
         return []

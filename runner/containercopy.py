@@ -67,6 +67,7 @@ def write_tar(path: str, arcname: str, out: int) -> None:
     ``path`` itself named ``arcname`` ("." : its contents at the top)."""
     seen: dict[tuple[int, int], str] = {}
     with os.fdopen(os.dup(out), "wb") as f, tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+
         def add(src: str, name: str) -> None:
             info = _entry(src, name)
             if info.isdir():
@@ -90,8 +91,9 @@ def write_tar(path: str, arcname: str, out: int) -> None:
         add(path, arcname)
 
 
-def read_tar(directory: str, source: int, keep_owners: bool, rename: Callable[[str], str] | None = None,
-             host: bool = False) -> None:
+def read_tar(
+    directory: str, source: int, keep_owners: bool, rename: Callable[[str], str] | None = None, host: bool = False
+) -> None:
     """Unpack the tar read from the fd ``source`` into ``directory`` (which must be one); the top
     name of each entry may be changed by ``rename``. Every entry must land inside ``directory``
     (tarfile's ``tar`` filter, checked here whatever the Python: no absolute name, no ``..``, no
@@ -149,8 +151,9 @@ def describe(path: str) -> dict[str, object]:
 
 
 # -- in the container ---------------------------------------------------------------------------------
-def run_inside(root: str, container: Container, body: Callable[[], None],
-               meanwhile: Callable[[], None] | None = None) -> None:
+def run_inside(
+    root: str, container: Container, body: Callable[[], None], meanwhile: Callable[[], None] | None = None
+) -> None:
     """Run ``body`` in a fork whose root is the container's (see the module's doc), and
     ``meanwhile`` here while it runs (the other end of its pipes). ``CopyError`` with the body's
     message if it fails."""
@@ -159,6 +162,7 @@ def run_inside(root: str, container: Container, body: Callable[[], None],
         _forked(lambda: _enter_running(container, state["Pid"]), body, meanwhile)
         return
     with _mounted(root, container) as (merged, holder):
+
         def enter() -> None:
             if holder:
                 userns.joiner(holder)()
@@ -172,7 +176,9 @@ def _enter_running(container: Container, pid: int) -> None:
     procs = cgroups.load(container.config["Cgroup"]["Version"], container.id, pid=pid).procs_files()
     joined = [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in procs]  # (before the host's cgroupfs is out of sight)
     own_user = os.stat(f"/proc/{pid}/ns/user").st_ino == os.stat("/proc/self/ns/user").st_ino
-    fds = [os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in ([] if own_user else ["user"]) + ["mnt"]]
+    fds = [
+        os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in ([] if own_user else ["user"]) + ["mnt"]
+    ]
     for fd in fds:
         sc.setns(fd)
         os.close(fd)
@@ -223,15 +229,21 @@ def _mounted(root: str, container: Container) -> Iterator[tuple[str, int]]:
     if (m := ImageMounts(root).of_container(container.id)) is not None:
         raise ContainerConflict(f"container {container.name} is mounted at {m.mountpoint}: strata umount it first")
     rootless = os.geteuid() != 0
-    with container.claimed(), (_namespaces() if rootless else nullcontext(0)) as holder:
+    with container.claimed(), _namespaces() if rootless else nullcontext(0) as holder:
         merged = container.path("merged")
         lowers = [d for d in (container.path("init"), container.path(LAYER)) if os.path.isdir(d)]
         # rootless, as for a start: mounted as root of a namespace mapped as the container's, owners in xattrs
         options = ["allow_other", "xattr_permissions=2"] if rootless else []
         options.append("metacopy=on")  # as its supervisor mounts it (commit and export read the records)
-        pid, ready = fork_serve(merged, [*lowers, *container.config["LowerDirs"]], container.path("upper"),
-                                container.path("work"), options, parent_death=signal.SIGTERM,
-                                enter=userns.joiner(holder) if holder else None)
+        pid, ready = fork_serve(
+            merged,
+            [*lowers, *container.config["LowerDirs"]],
+            container.path("upper"),
+            container.path("work"),
+            options,
+            parent_death=signal.SIGTERM,
+            enter=userns.joiner(holder) if holder else None,
+        )
         with os.fdopen(ready, "rb") as pipe:
             message = pipe.read().decode(errors="replace")
         if message != "ok":

@@ -96,17 +96,29 @@ class Container:
         whose supervisor is gone is exited."""
         state = self.recorded()
         if state.get("Status") in SUPERVISED and not self.supervised():
-            state.update(Status=State.EXITED, Running=False, Pid=0, ExitCode=255,
-                         Error=state.get("Error") or "the container's supervisor died")
+            state.update(
+                Status=State.EXITED,
+                Running=False,
+                Pid=0,
+                ExitCode=255,
+                Error=state.get("Error") or "the container's supervisor died",
+            )
         elif state.get("Running") and cgroups.load(self.config["Cgroup"]["Version"], self.id).frozen():
             state.update(Status=State.PAUSED, Paused=True)
         return state
 
     def recorded(self) -> dict[str, Any]:
         """``state.json`` as the supervisor last wrote it."""
-        state: dict[str, Any] = {"Status": State.CREATED, "Running": False, "Pid": 0, "ExitCode": 0, "OOMKilled": False,
-                                 "StartedAt": "0001-01-01T00:00:00Z", "FinishedAt": "0001-01-01T00:00:00Z",
-                                 "Error": ""}
+        state: dict[str, Any] = {
+            "Status": State.CREATED,
+            "Running": False,
+            "Pid": 0,
+            "ExitCode": 0,
+            "OOMKilled": False,
+            "StartedAt": "0001-01-01T00:00:00Z",
+            "FinishedAt": "0001-01-01T00:00:00Z",
+            "Error": "",
+        }
         for attempt in range(3):
             try:
                 with open(self.path("state.json"), "rb") as f:
@@ -197,8 +209,10 @@ class Container:
     def claimed(self) -> Iterator[None]:
         """Hold ``supervisor.lock`` as a supervisor would, so that no start begins meanwhile;
         ``ContainerConflict`` if a supervisor holds it (the container runs or is starting)."""
-        fd = self._lock(f"You cannot remove a running container {self.id}. Stop the container before "
-                        "attempting removal or force remove")
+        fd = self._lock(
+            f"You cannot remove a running container {self.id}. Stop the container before "
+            "attempting removal or force remove"
+        )
         try:
             yield
         finally:
@@ -329,9 +343,11 @@ class Containers:
                 raise ContainerConflict("Renaming a container with the same name as its current name")
             for other in self.all():
                 if other.name == name:
-                    raise ContainerConflict(f'Conflict. The container name "/{name}" is already in use by container '
-                                            f'"{other.id}". You have to remove (or rename) that container to be able '
-                                            "to reuse that name.")
+                    raise ContainerConflict(
+                        f'Conflict. The container name "/{name}" is already in use by container '
+                        f'"{other.id}". You have to remove (or rename) that container to be able '
+                        "to reuse that name."
+                    )
             config = {**container.config, "Name": name}
             write_json(container.path("config.json"), config, durable=not config["HostConfig"]["AutoRemove"])
             container.config = config

@@ -19,8 +19,9 @@ from .containers import Container, Containers
 from .supervisor import Supervisor
 
 
-def run(root: str, cid: str, ready_fd: int, client: int | None = None,
-        console_size: tuple[int, int] | None = None) -> int:
+def run(
+    root: str, cid: str, ready_fd: int, client: int | None = None, console_size: tuple[int, int] | None = None
+) -> int:
     """Detached supervision, in a process forked by ``strata run -d`` / ``start`` (its own session):
     ``ok PID`` or ``error CODE MESSAGE`` goes to ``ready_fd`` once the container runs or cannot.
     ``client``, ``console_size``: ``Supervisor``'s, for the first run. Returns the last exit code."""
@@ -31,12 +32,24 @@ def run(root: str, cid: str, ready_fd: int, client: int | None = None,
     ready: int | None = ready_fd
     restarts, delay, code = 0, 0.0, 125
     while True:
-        def again(code: int, count: int = restarts, c: Container = container) -> bool:
-            return (os.path.exists(c.path("config.json")) and not os.path.exists(c.path(restarts_.STOPPED))
-                    and restarts_.wanted(c.config["HostConfig"].get("RestartPolicy"), code, count))
 
-        supervisor = Supervisor(root, container, None, lock_fd=lock_fd, client=first_client, console_size=console_size,
-                                restarts=restarts, restart=again)
+        def again(code: int, count: int = restarts, c: Container = container) -> bool:
+            return (
+                os.path.exists(c.path("config.json"))
+                and not os.path.exists(c.path(restarts_.STOPPED))
+                and restarts_.wanted(c.config["HostConfig"].get("RestartPolicy"), code, count)
+            )
+
+        supervisor = Supervisor(
+            root,
+            container,
+            None,
+            lock_fd=lock_fd,
+            client=first_client,
+            console_size=console_size,
+            restarts=restarts,
+            restart=again,
+        )
         supervisor.prepare()
         began = time.monotonic()
         with forwarding.held():  # a signal now waits for PID 1 rather than killing us (and it)
@@ -66,8 +79,11 @@ def _wait_to_restart(container: Container, delay: float) -> bool:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # (a SIGTERM sent meanwhile waits for us)
     try:
         stopped = container.path(restarts_.STOPPED)  # (made before the SIGTERM is sent)
-        if os.path.exists(stopped) or signal.sigtimedwait({signal.SIGTERM}, delay) is not None or \
-                os.path.exists(stopped):
+        if (
+            os.path.exists(stopped)
+            or signal.sigtimedwait({signal.SIGTERM}, delay) is not None
+            or os.path.exists(stopped)
+        ):
             container.set_state(Status="exited")
             return False
         return True

@@ -38,8 +38,9 @@ class DeviceRule(TypedDict):
     access: NotRequired[str]
 
 
-def _rule(allow: bool, kind: str, major: int | None = None, minor: int | None = None,
-          access: str = "rwm") -> DeviceRule:
+def _rule(
+    allow: bool, kind: str, major: int | None = None, minor: int | None = None, access: str = "rwm"
+) -> DeviceRule:
     return {"allow": allow, "type": kind, "major": major, "minor": minor, "access": access}
 
 
@@ -102,14 +103,23 @@ def host_device(spec: str) -> tuple[dict[str, object], DeviceRule]:
     try:
         st = os.stat(host)
     except OSError as e:
-        raise RunnerError(f'error gathering device information while adding custom device "{host}": '
-                          f"{e.strerror.lower() if e.strerror else e}") from None
+        raise RunnerError(
+            f'error gathering device information while adding custom device "{host}": '
+            f"{e.strerror.lower() if e.strerror else e}"
+        ) from None
     kind = "c" if stat.S_ISCHR(st.st_mode) else "b" if stat.S_ISBLK(st.st_mode) else ""
     if not kind:
         raise RunnerError(f'error gathering device information while adding custom device "{host}": not a device node')
     major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
-    node = {"path": inside, "type": kind, "major": major, "minor": minor,
-            "fileMode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
+    node = {
+        "path": inside,
+        "type": kind,
+        "major": major,
+        "minor": minor,
+        "fileMode": stat.S_IMODE(st.st_mode),
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+    }
     return node, {"allow": True, "type": kind, "major": major, "minor": minor, "access": access}
 
 
@@ -136,9 +146,17 @@ def host_devices(root: str = "/dev") -> list[dict[str, object]]:
                 continue
             kind = "c" if stat.S_ISCHR(st.st_mode) else "b" if stat.S_ISBLK(st.st_mode) else ""
             if kind:
-                out.append({"path": "/dev/" + os.path.relpath(path, root), "type": kind,
-                            "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
-                            "fileMode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid})
+                out.append(
+                    {
+                        "path": "/dev/" + os.path.relpath(path, root),
+                        "type": kind,
+                        "major": os.major(st.st_rdev),
+                        "minor": os.minor(st.st_rdev),
+                        "fileMode": stat.S_IMODE(st.st_mode),
+                        "uid": st.st_uid,
+                        "gid": st.st_gid,
+                    }
+                )
     return out
 
 
@@ -164,6 +182,7 @@ def _parse(rule: DeviceRule) -> tuple[bool, str, int | None, int | None, str]:
 
 
 # ---- cgroup v1 ----------------------------------------------------------------------------------
+
 
 def v1_line(rule: DeviceRule) -> str:
     """The ``devices.allow``/``devices.deny`` spelling: ``c 1:3 rwm``, ``*`` for any (config/device.go)."""
@@ -224,8 +243,10 @@ def program(rules: Iterable[DeviceRule]) -> bytes:
     Whatever no rule decides is denied. Each block's failed test jumps past the block.
     """
     insns = [
-        _insn(_LDX_W, 2, 1, 0), _insn(_AND32_K, 2, imm=0xFFFF),
-        _insn(_LDX_W, 3, 1, 0), _insn(_RSH32_K, 3, imm=16),
+        _insn(_LDX_W, 2, 1, 0),
+        _insn(_AND32_K, 2, imm=0xFFFF),
+        _insn(_LDX_W, 3, 1, 0),
+        _insn(_RSH32_K, 3, imm=16),
         _insn(_LDX_W, 4, 1, 4),
         _insn(_LDX_W, 5, 1, 8),
     ]
@@ -246,8 +267,7 @@ def program(rules: Iterable[DeviceRule]) -> bytes:
         elif allow:  # R3 &= ~bits; if (R3 == 0) return 1
             body = [_insn(_AND32_K, 3, imm=7 & ~bits), _insn(_JNE_K, 3, off=2, imm=0), *_exit_with(1)]
         else:  # if (R3 & bits) return 0
-            body = [_insn(_MOV32_X, 0, 3), _insn(_AND32_K, 0, imm=bits), _insn(_JEQ_K, 0, off=2, imm=0),
-                    *_exit_with(0)]
+            body = [_insn(_MOV32_X, 0, 3), _insn(_AND32_K, 0, imm=bits), _insn(_JEQ_K, 0, off=2, imm=0), *_exit_with(0)]
         skip = len(body) + len(tests)
         for i, (register, value) in enumerate(tests):
             insns.append(_insn(_JNE_K, register, off=skip - i - 1, imm=value))
@@ -307,8 +327,9 @@ def _bpf(cmd: int, attr: ctypes.Structure) -> tuple[int, int]:
     number = _SYS_BPF.get(os.uname().machine)
     if number is None:
         return -1, 38  # ENOSYS: no syscall number known for this architecture
-    result = _libc.syscall(ctypes.c_long(number), ctypes.c_long(cmd), ctypes.byref(attr),
-                           ctypes.c_long(ctypes.sizeof(attr)))
+    result = _libc.syscall(
+        ctypes.c_long(number), ctypes.c_long(cmd), ctypes.byref(attr), ctypes.c_long(ctypes.sizeof(attr))
+    )
     return int(result), ctypes.get_errno() if result < 0 else 0
 
 
@@ -316,9 +337,13 @@ def _load(code: bytes) -> int:
     """A program fd. On failure, load again with a log so the OSError carries the verifier's reasons."""
     insns = ctypes.create_string_buffer(code, len(code))
     license = ctypes.create_string_buffer(_LICENSE)
-    attr = _ProgLoadAttr(prog_type=_BPF_PROG_TYPE_CGROUP_DEVICE, insn_cnt=len(code) // _INSN.size,
-                         insns=ctypes.addressof(insns), license=ctypes.addressof(license),
-                         prog_name=b"strata_devices")
+    attr = _ProgLoadAttr(
+        prog_type=_BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt=len(code) // _INSN.size,
+        insns=ctypes.addressof(insns),
+        license=ctypes.addressof(license),
+        prog_name=b"strata_devices",
+    )
     fd, err = _bpf(_BPF_PROG_LOAD, attr)
     if fd >= 0:
         return fd
@@ -341,8 +366,9 @@ def attach_v2(group_dir: str, rules: Iterable[DeviceRule]) -> None:
     try:
         dir_fd = os.open(group_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            attr = _ProgAttachAttr(target_fd=dir_fd, attach_bpf_fd=prog_fd, attach_type=_BPF_CGROUP_DEVICE,
-                                   attach_flags=_BPF_F_ALLOW_MULTI)
+            attr = _ProgAttachAttr(
+                target_fd=dir_fd, attach_bpf_fd=prog_fd, attach_type=_BPF_CGROUP_DEVICE, attach_flags=_BPF_F_ALLOW_MULTI
+            )
             result, err = _bpf(_BPF_PROG_ATTACH, attr)
             if result < 0:
                 raise OSError(err, f"attaching the device program to {group_dir}: {os.strerror(err)}", group_dir)

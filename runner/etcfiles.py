@@ -43,8 +43,10 @@ def apply(config: dict[str, Any], hosts_path: str, resolv_path: str) -> None:
     """Write a container's ``ExtraHosts`` and ``Dns`` (its record's ``HostConfig``) into the files
     its network wrote (before they are bound into the container)."""
     hc = config.get("HostConfig") or {}
-    for path, entries, change in ((hosts_path, hc.get("ExtraHosts"), extra_hosts),
-                                  (resolv_path, hc.get("Dns"), nameservers)):
+    for path, entries, change in (
+        (hosts_path, hc.get("ExtraHosts"), extra_hosts),
+        (resolv_path, hc.get("Dns"), nameservers),
+    ):
         if entries:
             with open(path) as f:
                 text = f.read()

@@ -39,10 +39,23 @@ def event(action: str, config: dict[str, Any], **attributes: Any) -> dict[str, A
     now = time.time_ns()
     cid = str(config.get("Id", ""))
     image = str(config.get("ImageRef") or config.get("Image") or "")
-    attrs = {**{str(k): str(v) for k, v in ((config.get("Config") or {}).get("Labels") or {}).items()},
-             "image": image, "name": str(config.get("Name", "")), **{k: str(v) for k, v in attributes.items()}}
-    return {"status": action, "id": cid, "from": image, "Type": "container", "Action": action,
-            "Actor": {"ID": cid, "Attributes": attrs}, "scope": "local", "time": now // 10**9, "timeNano": now}
+    attrs = {
+        **{str(k): str(v) for k, v in ((config.get("Config") or {}).get("Labels") or {}).items()},
+        "image": image,
+        "name": str(config.get("Name", "")),
+        **{k: str(v) for k, v in attributes.items()},
+    }
+    return {
+        "status": action,
+        "id": cid,
+        "from": image,
+        "Type": "container",
+        "Action": action,
+        "Actor": {"ID": cid, "Attributes": attrs},
+        "scope": "local",
+        "time": now // 10**9,
+        "timeNano": now,
+    }
 
 
 def record(root: str, action: str, config: dict[str, Any], **attributes: Any) -> None:

@@ -20,8 +20,9 @@ from contextlib import contextmanager
 
 import trio
 
-FORWARDED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-                       signal.SIGUSR2, signal.SIGWINCH})
+FORWARDED = frozenset(
+    {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH}
+)
 
 
 @contextmanager
@@ -45,8 +46,9 @@ def held() -> Iterator[None]:
 _forwarded = False  # ``forward`` listened in the current ``held`` block
 
 
-async def forward(pid: int, resize: Callable[[], None],
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def forward(
+    pid: int, resize: Callable[[], None], task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Forward the signals to ``pid`` (a second SIGINT or SIGTERM: SIGKILL, as PID 1 ignores a signal it
     has no handler for) and call ``resize`` on SIGWINCH, until cancelled; then they are held again.
     Those held until now come first: the receiver exists before they are let through."""

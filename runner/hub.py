@@ -152,8 +152,9 @@ class Hub:
         client.gone = True
         client.send.close()
 
-    async def serve(self, listener: socket.socket, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                    ) -> None:
+    async def serve(
+        self, listener: socket.socket, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Accept clients until cancelled (started with ``nursery.start``: ``adopt`` may be called
         once it returns)."""
         sock = trio.socket.from_stdlib_socket(listener)
@@ -212,10 +213,10 @@ class Hub:
                 return
             buf += data
             while len(buf) >= _HEADER.size:
-                kind, length = _HEADER.unpack(buf[:_HEADER.size])
+                kind, length = _HEADER.unpack(buf[: _HEADER.size])
                 if len(buf) < _HEADER.size + length:
                     break
-                payload, buf = buf[_HEADER.size:_HEADER.size + length], buf[_HEADER.size + length:]
+                payload, buf = buf[_HEADER.size : _HEADER.size + length], buf[_HEADER.size + length :]
                 self._take(client, kind, payload)
 
     def _take(self, client: _Client, kind: bytes, payload: bytes) -> None:

@@ -127,7 +127,9 @@ def _find(cmd: str, env: list[str]) -> str:
         if not os.path.exists(cmd):
             raise _Fail(127, f'exec: "{cmd}": stat {cmd}: no such file or directory')
         return cmd
-    path = next((e[5:] for e in env if e.startswith("PATH=")), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    path = next(
+        (e[5:] for e in env if e.startswith("PATH=")), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    )
     for d in path.split(":"):
         full = os.path.join(d or ".", cmd)
         if os.path.isfile(full) and os.access(full, os.X_OK):
@@ -203,8 +205,12 @@ def _child(status_fd: int, setup_failure: int, steps: Callable[[], None]) -> NoR
         _report(status_fd, f"strata-oci: {e}" if _parked else f"error {e.code} {e}")
         os._exit(e.code)
     except OSError as e:
-        _report(status_fd, f"strata-oci: container set-up failed: {e}" if _parked else
-                f"error {setup_failure} container set-up failed: {e}")
+        _report(
+            status_fd,
+            f"strata-oci: container set-up failed: {e}"
+            if _parked
+            else f"error {setup_failure} container set-up failed: {e}",
+        )
         os._exit(setup_failure)
 
 
@@ -253,13 +259,23 @@ def _process(spec: dict[str, Any]) -> dict[str, Any]:
         user = f"{ids.get('uid', 0)}:{ids.get('gid', 0)}"
         if ids.get("additionalGids"):
             user += ":" + ",".join(str(g) for g in ids["additionalGids"])
-    return {"args": process.get("args") or [], "env": process.get("env") or [], "cwd": process.get("cwd") or "/",
-            "user": user, "tty": bool(process.get("terminal")), "capabilities": process.get("capabilities"),
-            "no_new_privs": bool(process.get("noNewPrivileges")), "seccomp": spec.get("seccomp"),
-            "rlimits": process.get("rlimits"), "oom_score_adj": process.get("oomScoreAdj"),
-            "park": spec.get("fifo_fd"), "on_start": spec.get("on_start"), "preserve_fds": spec.get("preserve_fds", 0),
-            "umask": (process.get("user") or {}).get("umask"),
-            "init": (config.get("annotations") or {}).get(INIT_ANNOTATION) == "true"}
+    return {
+        "args": process.get("args") or [],
+        "env": process.get("env") or [],
+        "cwd": process.get("cwd") or "/",
+        "user": user,
+        "tty": bool(process.get("terminal")),
+        "capabilities": process.get("capabilities"),
+        "no_new_privs": bool(process.get("noNewPrivileges")),
+        "seccomp": spec.get("seccomp"),
+        "rlimits": process.get("rlimits"),
+        "oom_score_adj": process.get("oomScoreAdj"),
+        "park": spec.get("fifo_fd"),
+        "on_start": spec.get("on_start"),
+        "preserve_fds": spec.get("preserve_fds", 0),
+        "umask": (process.get("user") or {}).get("umask"),
+        "init": (config.get("annotations") or {}).get(INIT_ANNOTATION) == "true",
+    }
 
 
 def _pid1(spec: dict[str, Any], status_fd: int, go_fd: int, joined_fd: int) -> None:
@@ -406,6 +422,7 @@ def join(spec: dict[str, Any]) -> int:
     for fd in fds:
         sc.setns(fd)
         os.close(fd)
+
     def steps() -> None:
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         _join_cgroup(cgroup_fds)

@@ -46,8 +46,11 @@ class JsonLog:
     def close(self) -> None:
         for stream, rest in self.partial.items():
             if rest:
-                self._append((json.dumps({"log": rest.decode(errors="replace"), "stream": stream,
-                                          "time": now()}) + "\n").encode())
+                self._append(
+                    (
+                        json.dumps({"log": rest.decode(errors="replace"), "stream": stream, "time": now()}) + "\n"
+                    ).encode()
+                )
         try:
             self.file.close()
         except OSError:

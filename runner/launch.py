@@ -59,8 +59,18 @@ def encode_request(argv: list[str]) -> bytes:
     affinity = ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0)))
     limits = ",".join(f"{soft}:{hard}" for soft, hard in (resource.getrlimit(i) for i in range(RLIMITS)))
     nice = os.getpriority(os.PRIO_PROCESS, 0)
-    fields = [PROTOCOL, sys.executable, os.getcwd(), str(_umask()), affinity, str(nice), limits,
-              str(len(argv)), *argv, *(f"{k}={v}" for k, v in os.environ.items())]
+    fields = [
+        PROTOCOL,
+        sys.executable,
+        os.getcwd(),
+        str(_umask()),
+        affinity,
+        str(nice),
+        limits,
+        str(len(argv)),
+        *argv,
+        *(f"{k}={v}" for k, v in os.environ.items()),
+    ]
     body = b"\0".join(os.fsencode(f) for f in fields)
     return len(body).to_bytes(4, "little") + body
 
@@ -137,8 +147,15 @@ def via_zygote(argv: list[str]) -> int | None:
         except OSError:
             pass
 
-    for signum in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1,
-                   _signal.SIGUSR2, _signal.SIGWINCH):
+    for signum in (
+        _signal.SIGINT,
+        _signal.SIGTERM,
+        _signal.SIGHUP,
+        _signal.SIGQUIT,
+        _signal.SIGUSR1,
+        _signal.SIGUSR2,
+        _signal.SIGWINCH,
+    ):
         _signal.signal(signum, forward)
     saved = _save_terminal()
     try:
@@ -195,9 +212,15 @@ def start_zygote(directory: str) -> None:
     path = os.environ.get("PYTHONPATH")
     env = {**os.environ, "PYTHONPATH": package_parent + (os.pathsep + path if path else "")}
     try:
-        subprocess.Popen([sys.executable, "-m", "runner.zygote", directory], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                         cwd="/", env=env)
+        subprocess.Popen(
+            [sys.executable, "-m", "runner.zygote", directory],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd="/",
+            env=env,
+        )
     except OSError:
         pass
 

@@ -52,12 +52,13 @@ def changes(upper: str, lowers: list[str]) -> list[tuple[str, str]]:
     image = LayerSet(None, lowers)
     out: list[tuple[str, str]] = []
     try:
+
         def walk(rel: str, below: list[int] | None) -> None:
             for name in sorted(os.listdir(os.path.join(upper, rel) if rel else upper)):
                 if name == whiteout.OPAQUE:
                     continue
                 if whiteout.is_special(name):
-                    out.append(("D", "/" + join(rel, name[len(whiteout.PREFIX):])))
+                    out.append(("D", "/" + join(rel, name[len(whiteout.PREFIX) :])))
                     continue
                 child = join(rel, name)
                 found = image.resolve(below, rel, name) if below else None
@@ -77,6 +78,7 @@ def flatten(upper: str, lowers: list[str]) -> Iterator[tuple[str, os.stat_result
     """(name, lstat, real path) for every entry of the merged tree, parents before children."""
     layers = LayerSet(None, [upper, *lowers])
     try:
+
         def walk(rel: str, dirs: list[int]) -> Iterator[tuple[str, os.stat_result, str]]:
             for name in sorted(layers.listdir(dirs, rel)):
                 found = layers.resolve(dirs, rel, name)

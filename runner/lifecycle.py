@@ -30,8 +30,9 @@ STOP_TIMEOUT = 10  # seconds stop waits after the stop signal, when neither the 
 
 
 # -- start ----------------------------------------------------------------------------------------
-def start_detached(root: str, container: Container, client: int | None = None,
-                   console_size: tuple[int, int] | None = None) -> int:
+def start_detached(
+    root: str, container: Container, client: int | None = None, console_size: tuple[int, int] | None = None
+) -> int:
     """Fork a detached supervisor (its own session, stdio on /dev/null) for ``container`` of the
     store at ``root``; return PID 1's pid once it runs, or raise ``StartFailed``. A fork of this
     process, not a fresh interpreter: the imports are done. ``client``: a connected attach socket
@@ -57,16 +58,18 @@ def start_detached(root: str, container: Container, client: int | None = None,
     raise StartFailed("the supervisor died before the container started", 125)
 
 
-def start(root: str, container: Container, client: int | None = None,
-          console_size: tuple[int, int] | None = None) -> None:
+def start(
+    root: str, container: Container, client: int | None = None, console_size: tuple[int, int] | None = None
+) -> None:
     """Start a container that does not run (again, on the same upper) under a detached supervisor;
     one that runs is left alone. ``ContainerConflict`` while it is mounted for inspection.
     ``client``, ``console_size``: ``start_detached``'s."""
     if container.state().get("Running"):
         return
     if (mounted := ImageMounts(root).of_container(container.id)) is not None:
-        raise ContainerConflict(f"container {container.name} is mounted at {mounted.mountpoint} for inspection: "
-                                "strata umount it first")
+        raise ContainerConflict(
+            f"container {container.name} is mounted at {mounted.mountpoint} for inspection: strata umount it first"
+        )
     start_detached(root, container, client, console_size)
 
 
@@ -154,8 +157,7 @@ def _end_restarts(container: Container) -> None:
 
 # -- pause, rename --------------------------------------------------------------------------------------
 def _cgroup(container: Container) -> cgroups.Cgroup:
-    return cgroups.load(container.config["Cgroup"]["Version"], container.id,
-                        pid=container.recorded().get("Pid", 0))
+    return cgroups.load(container.config["Cgroup"]["Version"], container.id, pid=container.recorded().get("Pid", 0))
 
 
 def pause(root: str, container: Container) -> None:
@@ -192,8 +194,10 @@ def remove(root: str, container: Container, force: bool) -> None:
     if state.get("Running") or state.get("Status") == State.RESTARTING:
         if not force:
             what = "running" if state.get("Running") else "restarting"
-            raise ContainerConflict(f"You cannot remove a {what} container {container.id}. Stop the container "
-                                    "before attempting removal or force remove")
+            raise ContainerConflict(
+                f"You cannot remove a {what} container {container.id}. Stop the container "
+                "before attempting removal or force remove"
+            )
         with open(container.path(STOPPED), "w"):  # not to be started again by its restart policy
             pass
         # a restart already under way when that was written still happens: end what each look finds
@@ -214,8 +218,9 @@ def remove(root: str, container: Container, force: bool) -> None:
     mounted = mounts.of_container(container.id)
     if mounted is not None:
         if not force:
-            raise ContainerConflict(f"container {container.name} is mounted at {mounted.mountpoint}: strata umount "
-                                    "it first, or rm -f")
+            raise ContainerConflict(
+                f"container {container.name} is mounted at {mounted.mountpoint}: strata umount it first, or rm -f"
+            )
         mounts.unmount(mounted)
     if os.path.exists(container.dir):
         Containers(root).remove(container)  # under the supervisor's lock: refused if a start began meanwhile
@@ -237,8 +242,16 @@ def frozen(container: Container, freeze: bool = True) -> Iterator[None]:
 
 
 # -- exec: a process that joins a running container -----------------------------------------------
-def join_spec(container: Container, pid: int, args: list[str], env: list[str], workdir: str | None,
-              user: str | None, tty: bool, status_fd: int) -> dict[str, Any]:
+def join_spec(
+    container: Container,
+    pid: int,
+    args: list[str],
+    env: list[str],
+    workdir: str | None,
+    user: str | None,
+    tty: bool,
+    status_fd: int,
+) -> dict[str, Any]:
     """What ``init.join`` needs to run ``args`` in the container whose PID 1 is ``pid``: its
     namespaces, cgroup and seccomp filter; the container's working dir and user unless given.
     ``status_fd`` gets the joined process's report."""
@@ -248,12 +261,19 @@ def join_spec(container: Container, pid: int, args: list[str], env: list[str], w
 
     cfg = container.config["Config"]
     caps = privileges.of_container(container.config, DEFAULT_CAPS)
-    return {"pid": pid, "args": args, "env": env, "cwd": workdir or cfg["WorkingDir"] or "/",
-            "user": user or cfg["User"] or "0", "tty": tty, "status_fd": status_fd,
-            "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
-            "no_new_privs": privileges.no_new_privileges(container.config["HostConfig"].get("SecurityOpt")),
-            "seccomp": container_filter(container.config),
-            "cgroup_procs": cgroups.load(container.config["Cgroup"]["Version"], container.id).procs_files()}
+    return {
+        "pid": pid,
+        "args": args,
+        "env": env,
+        "cwd": workdir or cfg["WorkingDir"] or "/",
+        "user": user or cfg["User"] or "0",
+        "tty": tty,
+        "status_fd": status_fd,
+        "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
+        "no_new_privs": privileges.no_new_privileges(container.config["HostConfig"].get("SecurityOpt")),
+        "seccomp": container_filter(container.config),
+        "cgroup_procs": cgroups.load(container.config["Cgroup"]["Version"], container.id).procs_files(),
+    }
 
 
 def join(spec: dict[str, Any], stdio: tuple[int, int, int] | None, detach: bool, close: list[int]) -> int:

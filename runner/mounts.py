@@ -60,8 +60,10 @@ def check_fuse_device(device: str = "/dev/fuse") -> None:
     """An ordinary user mounts through fusermount3, which needs /dev/fuse open to it (libfuse gives up
     with no reason otherwise): say so, in one line, before anything is made."""
     if os.geteuid() != 0 and not os.access(device, os.R_OK | os.W_OK):
-        raise RunnerError(f"cannot use {device}: permission denied (a union mount as an ordinary user needs it "
-                          "open to you: mode 0666, most distributions' default)")
+        raise RunnerError(
+            f"cannot use {device}: permission denied (a union mount as an ordinary user needs it "
+            "open to you: mode 0666, most distributions' default)"
+        )
 
 
 CONTAINER = "container"  # a record's key for a container: ``container:<id>``
@@ -110,7 +112,7 @@ class ImageMounts:
         except FileNotFoundError:
             pass
         try:
-            os.rmdir(record[:-len(".json")])  # our own mountpoint, if it was one (and is empty)
+            os.rmdir(record[: -len(".json")])  # our own mountpoint, if it was one (and is empty)
         except OSError:
             pass
 
@@ -136,7 +138,7 @@ class ImageMounts:
         self._forget(record)
         if target is None:
             os.makedirs(self.dir, exist_ok=True)
-            mountpoint = record[:-len(".json")]
+            mountpoint = record[: -len(".json")]
             os.makedirs(mountpoint, exist_ok=True)
         else:
             mountpoint = os.path.realpath(target)
@@ -165,8 +167,9 @@ class ImageMounts:
             raise RunnerError(message or "the unionfs daemon died before mounting")
         start = start_time(pid)  # the daemon outlives this command: init adopts it when we exit
         try:  # run-time state: not synced; a temp file of its own, so two mounts cannot mix theirs
-            write_json(record, {"Image": image_id, "Mountpoint": mountpoint, "Pid": pid, "StartTime": start},
-                       durable=False)
+            write_json(
+                record, {"Image": image_id, "Mountpoint": mountpoint, "Pid": pid, "StartTime": start}, durable=False
+            )
         except OSError as e:  # a mount nobody could find again: take it down
             self.unmount(ImageMount(image_id, mountpoint, pid, start))
             raise RunnerError(f"cannot record the mount of {_shown(image_id).split()[-1]}: {e.strerror}") from None

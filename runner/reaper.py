@@ -24,8 +24,19 @@ from typing import NoReturn
 
 # not forwarded: what the kernel sends for a fault of PID 1 itself, what cannot be caught, and the
 # terminal's stops for a background process (tini leaves these alone too)
-_KEPT = {signal.SIGFPE, signal.SIGILL, signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGTRAP, signal.SIGSYS,
-         signal.SIGTTIN, signal.SIGTTOU, signal.SIGKILL, signal.SIGSTOP}
+_KEPT = {
+    signal.SIGFPE,
+    signal.SIGILL,
+    signal.SIGSEGV,
+    signal.SIGBUS,
+    signal.SIGABRT,
+    signal.SIGTRAP,
+    signal.SIGSYS,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGKILL,
+    signal.SIGSTOP,
+}
 _PR_SET_NAME = 15
 
 

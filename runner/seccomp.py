@@ -30,38 +30,84 @@ DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "secc
 
 # libseccomp's seccomp.h (2.5): action values; ERRNO and TRACE carry a 16-bit datum
 ACTIONS = {
-    "SCMP_ACT_KILL": 0x00000000, "SCMP_ACT_KILL_THREAD": 0x00000000, "SCMP_ACT_KILL_PROCESS": 0x80000000,
-    "SCMP_ACT_TRAP": 0x00030000, "SCMP_ACT_ERRNO": 0x00050000, "SCMP_ACT_TRACE": 0x7FF00000,
-    "SCMP_ACT_LOG": 0x7FFC0000, "SCMP_ACT_ALLOW": 0x7FFF0000,
+    "SCMP_ACT_KILL": 0x00000000,
+    "SCMP_ACT_KILL_THREAD": 0x00000000,
+    "SCMP_ACT_KILL_PROCESS": 0x80000000,
+    "SCMP_ACT_TRAP": 0x00030000,
+    "SCMP_ACT_ERRNO": 0x00050000,
+    "SCMP_ACT_TRACE": 0x7FF00000,
+    "SCMP_ACT_LOG": 0x7FFC0000,
+    "SCMP_ACT_ALLOW": 0x7FFF0000,
 }
 # enum scmp_compare
-OPS = {"SCMP_CMP_NE": 1, "SCMP_CMP_LT": 2, "SCMP_CMP_LE": 3, "SCMP_CMP_EQ": 4, "SCMP_CMP_GE": 5,
-       "SCMP_CMP_GT": 6, "SCMP_CMP_MASKED_EQ": 7}
+OPS = {
+    "SCMP_CMP_NE": 1,
+    "SCMP_CMP_LT": 2,
+    "SCMP_CMP_LE": 3,
+    "SCMP_CMP_EQ": 4,
+    "SCMP_CMP_GE": 5,
+    "SCMP_CMP_GT": 6,
+    "SCMP_CMP_MASKED_EQ": 7,
+}
 # enum scmp_filter_attr
 _ATTR_CTL_NNP = 3
 # OCI flag -> (enum scmp_filter_attr, the SECCOMP_FILTER_FLAG_* bit of linux/seccomp.h)
-_FLAG_ATTRS = {"SECCOMP_FILTER_FLAG_TSYNC": (4, 1), "SECCOMP_FILTER_FLAG_LOG": (6, 2),
-               "SECCOMP_FILTER_FLAG_SPEC_ALLOW": (7, 4)}
+_FLAG_ATTRS = {
+    "SECCOMP_FILTER_FLAG_TSYNC": (4, 1),
+    "SECCOMP_FILTER_FLAG_LOG": (6, 2),
+    "SECCOMP_FILTER_FLAG_SPEC_ALLOW": (7, 4),
+}
 _NR_SCMP_ERROR = -1
 _MAX_ARGS = 6
 
 # uname -m -> the arch spelling profiles use in includes/excludes.arches (moby's "native" names)
-_MACHINES = {"x86_64": "amd64", "i386": "x86", "i686": "x86", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm",
-             "ppc64le": "ppc64le", "ppc64": "ppc64", "s390x": "s390x", "riscv64": "riscv64",
-             "loongarch64": "loong64", "mips64": "mips64"}
+_MACHINES = {
+    "x86_64": "amd64",
+    "i386": "x86",
+    "i686": "x86",
+    "aarch64": "arm64",
+    "armv7l": "arm",
+    "armv6l": "arm",
+    "ppc64le": "ppc64le",
+    "ppc64": "ppc64",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+    "loongarch64": "loong64",
+    "mips64": "mips64",
+}
 # native name -> the OCI/libseccomp architecture (moby's nativeToSeccomp)
 _NATIVE_TO_SCMP = {
-    "x86": "SCMP_ARCH_X86", "amd64": "SCMP_ARCH_X86_64", "arm": "SCMP_ARCH_ARM", "arm64": "SCMP_ARCH_AARCH64",
-    "loong64": "SCMP_ARCH_LOONGARCH64", "mips64": "SCMP_ARCH_MIPS64", "mips64n32": "SCMP_ARCH_MIPS64N32",
-    "mipsel64": "SCMP_ARCH_MIPSEL64", "mipsel64n32": "SCMP_ARCH_MIPSEL64N32", "mipsle": "SCMP_ARCH_MIPSEL",
-    "ppc": "SCMP_ARCH_PPC", "ppc64": "SCMP_ARCH_PPC64", "ppc64le": "SCMP_ARCH_PPC64LE",
-    "riscv64": "SCMP_ARCH_RISCV64", "s390": "SCMP_ARCH_S390", "s390x": "SCMP_ARCH_S390X",
+    "x86": "SCMP_ARCH_X86",
+    "amd64": "SCMP_ARCH_X86_64",
+    "arm": "SCMP_ARCH_ARM",
+    "arm64": "SCMP_ARCH_AARCH64",
+    "loong64": "SCMP_ARCH_LOONGARCH64",
+    "mips64": "SCMP_ARCH_MIPS64",
+    "mips64n32": "SCMP_ARCH_MIPS64N32",
+    "mipsel64": "SCMP_ARCH_MIPSEL64",
+    "mipsel64n32": "SCMP_ARCH_MIPSEL64N32",
+    "mipsle": "SCMP_ARCH_MIPSEL",
+    "ppc": "SCMP_ARCH_PPC",
+    "ppc64": "SCMP_ARCH_PPC64",
+    "ppc64le": "SCMP_ARCH_PPC64LE",
+    "riscv64": "SCMP_ARCH_RISCV64",
+    "s390": "SCMP_ARCH_S390",
+    "s390x": "SCMP_ARCH_S390X",
 }
 HOST_ARCH = _MACHINES.get(os.uname().machine, os.uname().machine)
 
 # uname -m -> the numbers of (keyctl, seccomp); elsewhere seccomp is prctl(PR_SET_SECCOMP), with no flags
-_SYSCALLS = {"x86_64": (250, 317), "aarch64": (219, 277), "riscv64": (219, 277), "loongarch64": (219, 277),
-             "ppc64le": (280, 358), "ppc64": (280, 358), "s390x": (280, 348), "i686": (288, 354), "i386": (288, 354)}
+_SYSCALLS = {
+    "x86_64": (250, 317),
+    "aarch64": (219, 277),
+    "riscv64": (219, 277),
+    "loongarch64": (219, 277),
+    "ppc64le": (280, 358),
+    "ppc64": (280, 358),
+    "s390x": (280, 348),
+    "i686": (288, 354),
+    "i386": (288, 354),
+}
 _SECCOMP_SET_MODE_FILTER = 1
 _PR_SET_SECCOMP = 22
 _SECCOMP_MODE_FILTER = 2
@@ -146,11 +192,10 @@ def _validate(profile: Profile) -> None:
             _str_list(cond.get("caps"), f"{where} {key}.caps")
             _str_list(cond.get("arches"), f"{where} {key}.arches")
             if cond.get("minKernel") and not re.fullmatch(r"[0-9]+\.[0-9]+", str(cond["minKernel"])):
-                raise RunnerError(f"{where}: invalid minKernel {cond['minKernel']!r}, expected \"<kernel>.<major>\"")
+                raise RunnerError(f'{where}: invalid minKernel {cond["minKernel"]!r}, expected "<kernel>.<major>"')
 
 
-def resolve(profile: Profile, caps: set[str], arch: str = HOST_ARCH,
-            kernel: tuple[int, int] | None = None) -> Profile:
+def resolve(profile: Profile, caps: set[str], arch: str = HOST_ARCH, kernel: tuple[int, int] | None = None) -> Profile:
     """A Docker-format profile -> an OCI ``linux.seccomp`` object, as moby's ``setupSeccomp``: a rule
     is dropped if an ``excludes`` cap is in ``caps`` (the container's bounding set), its arch is in
     ``excludes.arches`` or the kernel is at least ``excludes.minKernel``; or if an ``includes`` cap is
@@ -175,11 +220,17 @@ def resolve(profile: Profile, caps: set[str], arch: str = HOST_ARCH,
     syscalls = []
     for rule in profile.get("syscalls") or []:
         exc, inc = rule.get("excludes") or {}, rule.get("includes") or {}
-        if (arch in (exc.get("arches") or []) or any(c in caps for c in exc.get("caps") or [])
-                or (exc.get("minKernel") and kernel >= _kernel_version(exc["minKernel"]))):
+        if (
+            arch in (exc.get("arches") or [])
+            or any(c in caps for c in exc.get("caps") or [])
+            or (exc.get("minKernel") and kernel >= _kernel_version(exc["minKernel"]))
+        ):
             continue
-        if ((inc.get("arches") and arch not in inc["arches"]) or any(c not in caps for c in inc.get("caps") or [])
-                or (inc.get("minKernel") and kernel < _kernel_version(inc["minKernel"]))):
+        if (
+            (inc.get("arches") and arch not in inc["arches"])
+            or any(c not in caps for c in inc.get("caps") or [])
+            or (inc.get("minKernel") and kernel < _kernel_version(inc["minKernel"]))
+        ):
             continue
         out: Profile = {"names": _names(rule), "action": rule["action"]}
         if rule.get("errnoRet") is not None:
@@ -193,8 +244,12 @@ def resolve(profile: Profile, caps: set[str], arch: str = HOST_ARCH,
 
 class _ArgCmp(ctypes.Structure):
     # struct scmp_arg_cmp
-    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
-                ("datum_b", ctypes.c_uint64)]
+    _fields_ = [
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    ]
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -215,8 +270,13 @@ def _libseccomp() -> ctypes.CDLL:
         lib.seccomp_arch_resolve_name.argtypes = [ctypes.c_char_p]
         lib.seccomp_arch_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
         lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
-        lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
-                                               ctypes.POINTER(_ArgCmp)]
+        lib.seccomp_rule_add_array.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_uint32,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.POINTER(_ArgCmp),
+        ]
         _lib = lib
     return _lib
 
@@ -247,8 +307,12 @@ class Filter:
         (else EACCES). Raises OSError."""
         nr = _SYSCALLS.get(os.uname().machine, (0, 0))[1]
         if nr:
-            rc = _libc.syscall(ctypes.c_long(nr), ctypes.c_long(_SECCOMP_SET_MODE_FILTER),
-                              ctypes.c_long(self.flags), ctypes.byref(self._fprog))
+            rc = _libc.syscall(
+                ctypes.c_long(nr),
+                ctypes.c_long(_SECCOMP_SET_MODE_FILTER),
+                ctypes.c_long(self.flags),
+                ctypes.byref(self._fprog),
+            )
         elif self.flags == 0:
             rc = _libc.prctl(_PR_SET_SECCOMP, ctypes.c_ulong(_SECCOMP_MODE_FILTER), ctypes.byref(self._fprog), 0, 0)
         else:
@@ -369,7 +433,7 @@ def _check_arch(arch: Any) -> str:
 
 
 def _kernel_version(text: str) -> tuple[int, int]:
-    """"4.8" or a release such as "6.1.0-18-amd64" -> (6, 1): later parts and suffixes ignored (moby)."""
+    """ "4.8" or a release such as "6.1.0-18-amd64" -> (6, 1): later parts and suffixes ignored (moby)."""
     match = re.match(r"([0-9]+)\.([0-9]+)", text)
     return (int(match[1]), int(match[2])) if match else (0, 0)
 

@@ -112,11 +112,16 @@ def sample(container: Container) -> Sample:
         usage = os.path.join(cg.cpu, "cpuacct.usage")  # (where cpu and cpuacct are one hierarchy)
         out.cpu = _number(usage) if os.path.exists(usage) else _proc_cpu(cg.pids())
         stat = _read(os.path.join(cg.memory, "memory.stat"))
-        out.memory = max(0, _number(os.path.join(cg.memory, "memory.usage_in_bytes")) - _key(stat, "total_inactive_file"))
+        out.memory = max(
+            0, _number(os.path.join(cg.memory, "memory.usage_in_bytes")) - _key(stat, "total_inactive_file")
+        )
         out.limit = min(_number(os.path.join(cg.memory, "memory.limit_in_bytes")) or out.limit, out.limit)
         pids = cg.pids()
-        out.pids = (_number(os.path.join(cg.pids_dir, "pids.current")) if cg.pids_dir and os.path.isdir(cg.pids_dir)
-                    else len(_read(os.path.join(cg.cpu, "tasks")).split()))
+        out.pids = (
+            _number(os.path.join(cg.pids_dir, "pids.current"))
+            if cg.pids_dir and os.path.isdir(cg.pids_dir)
+            else len(_read(os.path.join(cg.cpu, "tasks")).split())
+        )
         out.read, out.written = _proc_io(pids)
     elif isinstance(cg, cgroups.V2):
         out.cpu = _key(_read(os.path.join(cg.dir, "cpu.stat")), "usage_usec") * 1000

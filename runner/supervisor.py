@@ -50,9 +50,17 @@ from .volumes import Volumes
 
 
 class Supervisor:
-    def __init__(self, root: str, container: Container, attach: Attach | None, lock_fd: int | None = None,
-                 client: int | None = None, console_size: tuple[int, int] | None = None, restarts: int = 0,
-                 restart: Callable[[int], bool] | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        container: Container,
+        attach: Attach | None,
+        lock_fd: int | None = None,
+        client: int | None = None,
+        console_size: tuple[int, int] | None = None,
+        restarts: int = 0,
+        restart: Callable[[int], bool] | None = None,
+    ) -> None:
         """``lock_fd``: ``supervisor.lock``, held already (a restart); ``client``: a connected attach
         socket (``run -it``'s), served before the container starts; ``console_size``: the terminal
         size a -t container starts with when no terminal is attached here; ``restarts``: how many
@@ -118,8 +126,14 @@ class Supervisor:
             bundle.write_etc(c, self.net)
             volumemounts.prepare(c)  # bind sources, and the mountpoints layer below the init layer
             if not rootless:  # (the layers are complete; the files bound over /etc are written after)
-                self.union = fork_serve(c.path("merged"), bundle.lowers(c), c.path("upper"), c.path("work"), options,
-                                        parent_death=signal.SIGTERM)
+                self.union = fork_serve(
+                    c.path("merged"),
+                    bundle.lowers(c),
+                    c.path("upper"),
+                    c.path("work"),
+                    options,
+                    parent_death=signal.SIGTERM,
+                )
             etcfiles.apply(self.config, c.path("hosts"), c.path("resolv.conf"))  # --add-host, --dns
             self.bundle = bundle.write_bundle(c, self.net)
             resources = self.bundle["linux"]["resources"]
@@ -129,8 +143,15 @@ class Supervisor:
             if (rootless or self.net.needs_pid) and self._early_report() == "ns":
                 assert self.init is not None  # its namespaces exist (the init's: PID 1 is not dumpable yet)
                 if rootless:  # mount in them
-                    self.union = fork_serve(c.path("merged"), bundle.lowers(c), c.path("upper"), c.path("work"), options,
-                                            parent_death=signal.SIGTERM, enter=userns.joiner(self.init.pid))
+                    self.union = fork_serve(
+                        c.path("merged"),
+                        bundle.lowers(c),
+                        c.path("upper"),
+                        c.path("work"),
+                        options,
+                        parent_death=signal.SIGTERM,
+                        enter=userns.joiner(self.init.pid),
+                    )
                 self.net.connect(self.init.pid)  # (meanwhile PID 1 is moved into its cgroup, an RCU wait)
             if self.union is not None and not self.error:
                 # PID 1 sets up its root while trio starts here and the state is written: the go-ahead
@@ -200,8 +221,13 @@ class Supervisor:
         """The bundle's config and what the init needs of this runtime besides."""
         assert self.bundle is not None
         profile = self.bundle["linux"].get("seccomp")
-        spec = {"config": self.bundle, "status_fd": status_fd, "supervisor": os.getpid(),
-                "seccomp": seccomp.prepare(profile) if profile else None, "cgroup_procs": self.cgroup.procs_files()}
+        spec = {
+            "config": self.bundle,
+            "status_fd": status_fd,
+            "supervisor": os.getpid(),
+            "seccomp": seccomp.prepare(profile) if profile else None,
+            "cgroup_procs": self.cgroup.procs_files(),
+        }
         if self.stdio is not None and self.stdio.console is not None:
             spec["console_fd"] = self.stdio.console_child
             size = terminal_size(self.config, self.attach) or self.console_size
@@ -316,13 +342,26 @@ class Supervisor:
         error = ""
         try:
             # the first state also makes state.spare: from here on a state costs no free space
-            c.set_state(state, Status="starting", Running=False, Pid=0, ExitCode=0, OOMKilled=False, Error="",
-                        SupervisorPid=os.getpid(), SupervisorStart=start_time(os.getpid()), StartedAt=now(),
-                        FinishedAt="0001-01-01T00:00:00Z", UnionPid=union_pid,
-                        UnionStart=start_time(union_pid) if union_pid else None, Network=None)
+            c.set_state(
+                state,
+                Status="starting",
+                Running=False,
+                Pid=0,
+                ExitCode=0,
+                OOMKilled=False,
+                Error="",
+                SupervisorPid=os.getpid(),
+                SupervisorStart=start_time(os.getpid()),
+                StartedAt=now(),
+                FinishedAt="0001-01-01T00:00:00Z",
+                UnionPid=union_pid,
+                UnionStart=start_time(union_pid) if union_pid else None,
+                Network=None,
+            )
             if self.union is not None:  # adopted even if a later step failed: the finally unmounts it
-                mount = await Mount.adopt(c.path("merged"), self.union[0],
-                                          self.union_ready if self.union_ready is not None else self.union[1])
+                mount = await Mount.adopt(
+                    c.path("merged"), self.union[0], self.union_ready if self.union_ready is not None else self.union[1]
+                )
             if mount is None or self.init is None or self.failed:  # (a step after the union's fork failed)
                 raise UnionError(self.failed or self.error or "no union filesystem")
             code, error = await self._start_and_wait(mount)
@@ -367,8 +406,16 @@ class Supervisor:
                     again = self.started and self.restart is not None and self.restart(code)
                     count: dict[str, Any] = {"RestartCount": self.restarts + 1} if again else {}
                     try:
-                        c.set_state(Status="restarting" if again else "exited", Running=False, Pid=0, ExitCode=code,
-                                    OOMKilled=oom, Error=error, FinishedAt=now(), **count)
+                        c.set_state(
+                            Status="restarting" if again else "exited",
+                            Running=False,
+                            Pid=0,
+                            ExitCode=code,
+                            OOMKilled=oom,
+                            Error=error,
+                            FinishedAt=now(),
+                            **count,
+                        )
                     except OSError as e:  # not even the reserved block: the state reads as a dead supervisor's
                         self.error = error = error or f"cannot record the container's exit: {e.strerror}"
                 self._ready(f"error {code} {error}")  # never got as far as running
@@ -432,8 +479,13 @@ class Supervisor:
                     return int(failed_code), message
                 if self.pid:
                     self.started = True
-                    self.c.set_state(Status="running", Running=True, Pid=self.pid, StartedAt=now(),
-                                     Network=self.net.record(self.config) if self.net else None)
+                    self.c.set_state(
+                        Status="running",
+                        Running=True,
+                        Pid=self.pid,
+                        StartedAt=now(),
+                        Network=self.net.record(self.config) if self.net else None,
+                    )
                     self._ready(f"ok {self.pid}")
                 code = await helper.wait()
                 # PID 1 is gone and its namespace with it: the output pipes end; drain them, bounded
@@ -458,7 +510,6 @@ class Supervisor:
             self.stdio.set_size(size)
 
 
-
 def container_filter(config: dict[str, Any]) -> seccomp.Filter | None:
     """The seccomp filter a container's processes get (PID 1 and ``exec``'s alike): its ``Seccomp``
     setting resolved for its capabilities (a container created before seccomp existed gets the
@@ -466,8 +517,9 @@ def container_filter(config: dict[str, Any]) -> seccomp.Filter | None:
     if (config.get("HostConfig") or {}).get("Privileged"):
         return None
     try:
-        return seccomp.for_container(config.get("Seccomp", "default"),
-                                     set(privileges.of_container(config, list(credentials.DEFAULT_CAPS))))
+        return seccomp.for_container(
+            config.get("Seccomp", "default"), set(privileges.of_container(config, list(credentials.DEFAULT_CAPS)))
+        )
     except OSError as e:
         raise RunnerError(f"cannot build the container's seccomp filter: {e}") from None
 

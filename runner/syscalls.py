@@ -57,8 +57,16 @@ def _check(result: int, what: str) -> int:
 
 
 def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
-    _check(_libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
-                       ctypes.c_ulong(flags), data.encode() if data else None), f"mount {target}")
+    _check(
+        _libc.mount(
+            source.encode(),
+            target.encode(),
+            fstype.encode() if fstype else None,
+            ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        ),
+        f"mount {target}",
+    )
 
 
 def umount2(target: str, flags: int = 0) -> None:
@@ -92,8 +100,10 @@ def rename_exchange(a: str, b: str) -> None:
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    return _check(_libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(arg4),
-                              ctypes.c_ulong(arg5)), "prctl")
+    return _check(
+        _libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)),
+        "prctl",
+    )
 
 
 def parent_death_signal() -> int:
@@ -104,15 +114,27 @@ def parent_death_signal() -> int:
 
 
 class _KernelSigaction(ctypes.Structure):  # the kernel's struct sigaction, not the C library's
-    _fields_ = [("handler", ctypes.c_ulong), ("flags", ctypes.c_ulong), ("restorer", ctypes.c_ulong),
-                ("mask", ctypes.c_uint64)]
+    _fields_ = [
+        ("handler", ctypes.c_ulong),
+        ("flags", ctypes.c_ulong),
+        ("restorer", ctypes.c_ulong),
+        ("mask", ctypes.c_uint64),
+    ]
 
 
 def _rt_sigaction(sig: int, new: _KernelSigaction | None, old: _KernelSigaction | None) -> None:
     if _SYS_RT_SIGACTION is None:
         raise OSError(errno.ENOSYS, "rt_sigaction: unknown architecture")
-    _check(_libc.syscall(_SYS_RT_SIGACTION, sig, ctypes.byref(new) if new is not None else None,
-                         ctypes.byref(old) if old is not None else None, 8), "rt_sigaction")
+    _check(
+        _libc.syscall(
+            _SYS_RT_SIGACTION,
+            sig,
+            ctypes.byref(new) if new is not None else None,
+            ctypes.byref(old) if old is not None else None,
+            8,
+        ),
+        "rt_sigaction",
+    )
 
 
 def ignored_signals() -> list[int]:

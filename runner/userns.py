@@ -47,8 +47,10 @@ def helpers() -> tuple[str, str] | None:
     """The paths of newuidmap and newgidmap, or None if either is missing."""
     import shutil  # (here: strata-oci create imports this module, and rootless is the rare case)
 
-    found = [shutil.which(tool, path="/usr/bin:/bin:/usr/sbin:/sbin:" + os.environ.get("PATH", ""))
-             for tool in ("newuidmap", "newgidmap")]
+    found = [
+        shutil.which(tool, path="/usr/bin:/bin:/usr/sbin:/sbin:" + os.environ.get("PATH", ""))
+        for tool in ("newuidmap", "newgidmap")
+    ]
     return (found[0], found[1]) if found[0] and found[1] else None
 
 
@@ -96,8 +98,11 @@ def enter(config: dict[str, Any]) -> None:
     uid, gid = os.getuid(), os.getgid()  # (after the unshare, until the maps exist, they read as 65534)
     if _own_only(uids, uid) and _own_only(gids, gid):
         sc.unshare(sc.CLONE_NEWUSER)
-        for name, text in (("setgroups", "deny"), ("uid_map", f"{uids[0].get('containerID', 0)} {uid} 1\n"),
-                           ("gid_map", f"{gids[0].get('containerID', 0)} {gid} 1\n")):
+        for name, text in (
+            ("setgroups", "deny"),
+            ("uid_map", f"{uids[0].get('containerID', 0)} {uid} 1\n"),
+            ("gid_map", f"{gids[0].get('containerID', 0)} {gid} 1\n"),
+        ):
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(text)
         return
@@ -156,6 +161,7 @@ def joiner(pid: int) -> Callable[[], None]:
     the container's init ``pid`` (which made them), so that the mount is made as the container's
     root, where allow_other lets the container's other users in, and PID 1's root is a copy of it.
     (The daemon was started by the user who owns that namespace: it may join it.)"""
+
     def join() -> None:
         fds = [os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in ("user", "mnt")]
         try:
@@ -164,4 +170,5 @@ def joiner(pid: int) -> Callable[[], None]:
         finally:
             for fd in fds:
                 os.close(fd)
+
     return join

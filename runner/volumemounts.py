@@ -119,8 +119,11 @@ def _make_in_layer(layer_dir: str, layers: LayerSet, path: Path, directory: bool
                 os.stat(name, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
                 if last and not directory:
-                    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                     0o644, dir_fd=fd))
+                    os.close(
+                        os.open(
+                            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=fd
+                        )
+                    )
                     os.chmod(name, 0o644, dir_fd=fd)  # whatever the umask
                 else:
                     os.mkdir(name, 0o755, dir_fd=fd)
@@ -155,8 +158,9 @@ def _copy_tree(layers: LayerSet, dirs: list[int], rel: str, dst: int) -> None:
             with layers.at(found.layer, child) as (fd, entry):
                 src = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             try:
-                out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                              dir_fd=dst)
+                out = os.open(
+                    name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dst
+                )
                 try:
                     while os.sendfile(out, src, None, 1 << 30):
                         pass
@@ -243,8 +247,9 @@ def prepare(container: Container) -> None:
                 try:
                     os.makedirs(m["Source"], mode=0o755, exist_ok=True)
                 except OSError as e:
-                    raise RunnerError(f"error while creating mount source path '{m['Source']}': "
-                                      f"mkdir {e.filename}: {e.strerror}") from None
+                    raise RunnerError(
+                        f"error while creating mount source path '{m['Source']}': mkdir {e.filename}: {e.strerror}"
+                    ) from None
     finally:
         os.umask(umask)
     targets = [(m["destination"], m["type"] != "bind" or os.path.isdir(m["source"])) for m in oci_mounts(config)]

@@ -45,11 +45,14 @@ NAME_CHARS = "[a-zA-Z0-9][a-zA-Z0-9_.-]"
 def check_name(name: str) -> None:
     """Docker's local driver's rule for a volume name, in its words (``create NAME: ...``)."""
     if len(name) == 1:
-        raise RunnerError(f"create {name}: volume name is too short, names should be at least two "
-                          "alphanumeric characters")
+        raise RunnerError(
+            f"create {name}: volume name is too short, names should be at least two alphanumeric characters"
+        )
     if not _NAME.fullmatch(name):
-        raise RunnerError(f'create {name}: "{name}" includes invalid characters for a local volume name, only '
-                          f'"{NAME_CHARS}" are allowed. If you intended to pass a host directory, use absolute path')
+        raise RunnerError(
+            f'create {name}: "{name}" includes invalid characters for a local volume name, only '
+            f'"{NAME_CHARS}" are allowed. If you intended to pass a host directory, use absolute path'
+        )
 
 
 def anonymous_name() -> str:
@@ -77,9 +80,15 @@ class Volume:
 
     def inspect(self) -> dict[str, Any]:
         """``docker volume inspect``'s object."""
-        return {"CreatedAt": self.meta.get("CreatedAt", ""), "Driver": DRIVER, "Labels": self.labels,
-                "Mountpoint": self.data, "Name": self.name, "Options": dict(self.meta.get("Options") or {}),
-                "Scope": "local"}
+        return {
+            "CreatedAt": self.meta.get("CreatedAt", ""),
+            "Driver": DRIVER,
+            "Labels": self.labels,
+            "Mountpoint": self.data,
+            "Name": self.name,
+            "Options": dict(self.meta.get("Options") or {}),
+            "Scope": "local",
+        }
 
     def is_empty(self) -> bool:
         try:
@@ -168,8 +177,11 @@ class Volumes:
         """The ids of the containers whose records mount the volume ``name``."""
         from .containers import Containers
 
-        return [c.id for c in Containers(self.root).all()
-                if any(m.get("Type") == "volume" and m.get("Name") == name for m in c.config.get("MountPoints") or [])]
+        return [
+            c.id
+            for c in Containers(self.root).all()
+            if any(m.get("Type") == "volume" and m.get("Name") == name for m in c.config.get("MountPoints") or [])
+        ]
 
     def remove(self, name: str, force: bool = False) -> None:
         """Remove the volume ``name``: refused while a container's record mounts it (Docker's
@@ -215,8 +227,12 @@ class Volumes:
 
         removed, freed = [], 0
         with self.locked():
-            used = {m.get("Name") for c in Containers(self.root).all() for m in c.config.get("MountPoints") or []
-                    if m.get("Type") == "volume"}
+            used = {
+                m.get("Name")
+                for c in Containers(self.root).all()
+                for m in c.config.get("MountPoints") or []
+                if m.get("Type") == "volume"
+            }
             for volume in self.all():
                 if volume.name in used or not (every or volume.anonymous):
                     continue

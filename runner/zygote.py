@@ -41,8 +41,15 @@ IDLE_SECONDS = 600
 _MAX_REQUEST = 1 << 20
 _PACKAGES = ("store", "unionfs", "runner")
 # what a client forwards to its worker (``launch.via_zygote``); the zygote sends SIGHUP itself
-_CLIENT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-                   signal.SIGWINCH)
+_CLIENT_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+)
 
 
 @dataclass
@@ -68,8 +75,7 @@ class _Worker:
 
 def _sources() -> dict[str, int]:
     """strata's loaded source files and their mtimes: a change makes this zygote stale."""
-    roots = tuple(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep + p + os.sep
-                  for p in _PACKAGES)
+    roots = tuple(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep + p + os.sep for p in _PACKAGES)
     found = {}
     for module in list(sys.modules.values()):
         path = getattr(module, "__file__", None)
@@ -98,7 +104,7 @@ def _receive(conn: socket.socket) -> Request:
     data, ancdata, _flags, _addr = conn.recvmsg(65536, socket.CMSG_SPACE(3 * 4))
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds += [int.from_bytes(payload[i:i + 4], sys.byteorder) for i in range(0, len(payload) - 3, 4)]
+            fds += [int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, len(payload) - 3, 4)]
     try:
         if len(data) < 4:
             raise ValueError("short request")
@@ -117,8 +123,8 @@ def _receive(conn: socket.socket) -> Request:
         affinity = {int(cpu) for cpu in fields[4].split(",") if cpu}
         limits = [(int(soft), int(hard)) for soft, hard in (pair.split(":") for pair in fields[6].split(","))]
         argc = int(fields[7])
-        argv = fields[8:8 + argc]
-        env = dict(e.split("=", 1) for e in fields[8 + argc:] if "=" in e)
+        argv = fields[8 : 8 + argc]
+        env = dict(e.split("=", 1) for e in fields[8 + argc :] if "=" in e)
         return Request(fields[1], fields[2], int(fields[3]), affinity, int(fields[5]), limits, argv, env, fds)
     except (ValueError, IndexError, OSError):  # OSError: the rest of it never came (timeout, reset)
         for fd in fds:
@@ -132,8 +138,9 @@ def _same_interpreter(executable: str) -> bool:
     often the other, and a zygote that stepped down for each in turn would serve neither."""
     if executable == sys.executable:
         return True
-    return os.path.dirname(executable) == os.path.dirname(sys.executable) and \
-        os.path.realpath(executable) == os.path.realpath(sys.executable)
+    return os.path.dirname(executable) == os.path.dirname(sys.executable) and os.path.realpath(
+        executable
+    ) == os.path.realpath(sys.executable)
 
 
 def _fits(request: Request) -> bool:
@@ -285,8 +292,12 @@ class Zygote:
         except (OSError, ValueError):
             conn.close()
             return
-        if not _same_interpreter(request.executable) or _changed(self.sources) or not _fits(request) or \
-                not _same_cgroup(peer):
+        if (
+            not _same_interpreter(request.executable)
+            or _changed(self.sources)
+            or not _fits(request)
+            or not _same_cgroup(peer)
+        ):
             for fd in request.fds:
                 os.close(fd)
             self._answer(conn, "stale")

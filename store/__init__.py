@@ -16,6 +16,14 @@ from .store import Store
 from .views import HistoryRow, TreeNode
 
 __all__ = [
-    "BadInput", "Conflict", "DigestMismatch", "HistoryRow", "InvalidReference", "NotFound", "Store",
-    "StoreError", "TreeNode", "UnsafeTar",
+    "BadInput",
+    "Conflict",
+    "DigestMismatch",
+    "HistoryRow",
+    "InvalidReference",
+    "NotFound",
+    "Store",
+    "StoreError",
+    "TreeNode",
+    "UnsafeTar",
 ]

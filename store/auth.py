@@ -80,8 +80,10 @@ class Authorizer:
             if challenge.scheme in ("bearer", "basic"):
                 self.challenge = challenge
                 return challenge
-        raise RegistryError(f"{self.transport.host}: the registry asks for an authentication strata does not "
-                            f"speak ({www_authenticate.split(' ', 1)[0] or 'none named'})")
+        raise RegistryError(
+            f"{self.transport.host}: the registry asks for an authentication strata does not "
+            f"speak ({www_authenticate.split(' ', 1)[0] or 'none named'})"
+        )
 
     def header(self, scopes: Iterable[str]) -> dict[str, str]:
         if self.challenge is None:
@@ -139,10 +141,14 @@ class Authorizer:
         realm_host = urllib.parse.urlsplit(realm).netloc
         if resp.status in (401, 403):
             if self.credentials is not None:
-                raise RegistryError(f"{self.transport.host}: login failed: invalid username or password "
-                                    f"(the token server {realm_host} refused them)")
-            raise RegistryError(f"{self.transport.host}: the token server {realm_host} refused an anonymous token "
-                                f"(strata login {self.transport.host})")
+                raise RegistryError(
+                    f"{self.transport.host}: login failed: invalid username or password "
+                    f"(the token server {realm_host} refused them)"
+                )
+            raise RegistryError(
+                f"{self.transport.host}: the token server {realm_host} refused an anonymous token "
+                f"(strata login {self.transport.host})"
+            )
         if resp.status != 200:
             raise RegistryError(f"{self.transport.host}: the token server {realm_host} answered HTTP {resp.status}")
         try:

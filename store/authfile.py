@@ -37,7 +37,7 @@ def normalise_key(key: str) -> str:
     """``https://host:5000/v1/`` -> ``host:5000``; Docker Hub's many names -> ``docker.io``."""
     for scheme in ("https://", "http://"):
         if key.startswith(scheme):
-            key = key[len(scheme):]
+            key = key[len(scheme) :]
             key = key.split("/", 1)[0]  # Docker's keys carry an API path (/v1/), never a namespace
             break
     key = key.rstrip("/")
@@ -60,7 +60,7 @@ class AuthFile:
         except (OSError, ValueError) as e:
             raise BadInput(f"{self.path}: cannot read credentials ({getattr(e, 'strerror', None) or e})") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("auths", {}), dict):
-            raise BadInput(f"{self.path}: not an auth file (no \"auths\" object)")
+            raise BadInput(f'{self.path}: not an auth file (no "auths" object)')
         return doc
 
     def credentials(self, host: str, repository: str = "") -> tuple[str, str] | None:

@@ -44,7 +44,7 @@ class TeeHash:
             self.size += len(data)
             view = memoryview(data) if self._fd >= 0 else memoryview(b"")
             while view:
-                view = view[os.write(self._fd, view):]
+                view = view[os.write(self._fd, view) :]
             if self._progress:
                 self._progress(len(data))
         return data
@@ -84,8 +84,9 @@ class Blobs:
         except FileNotFoundError:
             return []
 
-    def stage_stream(self, txn: Transaction, raw: BinaryIO, expected: str | None, what: str,
-                     progress: Progress | None = None) -> StagedBlob:
+    def stage_stream(
+        self, txn: Transaction, raw: BinaryIO, expected: str | None, what: str, progress: Progress | None = None
+    ) -> StagedBlob:
         path = txn.new_path("blob")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:

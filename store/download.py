@@ -72,8 +72,9 @@ class Downloads:
 class Fetcher:
     """Fetch blobs ``parallel`` at a time; ``wait(digest)`` gives a blob's verified file."""
 
-    def __init__(self, downloads: Downloads, open_blob: OpenBlob, where: str, parallel: int,
-                 progress: Progress | None) -> None:
+    def __init__(
+        self, downloads: Downloads, open_blob: OpenBlob, where: str, parallel: int, progress: Progress | None
+    ) -> None:
         self.downloads, self.open_blob, self.where = downloads, open_blob, where
         self._progress = progress
         self._progress_lock = threading.Lock()
@@ -146,8 +147,10 @@ class Fetcher:
                 except Interrupted as e:
                     failures += 1
                     if failures > RETRIES:
-                        raise Interrupted(f"{self.where}: blob {digest}: {e} ({failures} tries; {part.offset} of "
-                                          f"{size} bytes kept: pull again to resume)") from None
+                        raise Interrupted(
+                            f"{self.where}: blob {digest}: {e} ({failures} tries; {part.offset} of "
+                            f"{size} bytes kept: pull again to resume)"
+                        ) from None
                     if self._stop.wait(_BACKOFF * 2 ** (failures - 1)):
                         raise _Stopped() from None
             got = part.digest
@@ -165,8 +168,9 @@ class Fetcher:
         """Read the blob from ``part.offset`` to its end; ``Interrupted`` where it stops."""
         size = part.size
         with self.open_blob(digest, part.offset) as resp:
-            if part.offset and (resp.status != 206 or
-                                not resp.header("Content-Range").startswith(f"bytes {part.offset}-")):
+            if part.offset and (
+                resp.status != 206 or not resp.header("Content-Range").startswith(f"bytes {part.offset}-")
+            ):
                 part.restart()  # the whole blob again
                 self._wrote(digest, part.path, 0)
             self._report(label, part.offset, size)
@@ -206,7 +210,7 @@ class _Part:
     def append(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            view = view[os.pwrite(self.fd, view, self.offset + len(data) - len(view)):]
+            view = view[os.pwrite(self.fd, view, self.offset + len(data) - len(view)) :]
         self._hash.update(data)
         self.offset += len(data)
 

@@ -119,7 +119,7 @@ class _Extractor:
             return
         base = parts[-1]
         if base.startswith(WHITEOUT_PREFIX) and base != OPAQUE:
-            if base[len(WHITEOUT_PREFIX):] in ("", ".", ".."):
+            if base[len(WHITEOUT_PREFIX) :] in ("", ".", ".."):
                 raise UnsafeTar(f"{self.where}: invalid whiteout {entry.name!r}")
             if entry.type != REGULAR:
                 raise BadInput(f"{self.where}: whiteout {entry.name!r} is not a regular file")
@@ -147,8 +147,7 @@ class _Extractor:
         """Make ``base`` in ``pfd`` as ``entry`` says (not a dir); FileExistsError if the name is taken."""
         kind = entry.type
         if kind == REGULAR:
-            fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600, dir_fd=pfd)
+            fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
             try:
                 self.size += reader.copy_to(fd)
                 self._owner_xattrs(fd, None, entry)
@@ -233,8 +232,11 @@ class _Extractor:
             else:
                 os.chown(name, entry.uid, entry.gid, dir_fd=fd, follow_symlinks=False)
         target: int | str = fd if name is None else f"/proc/self/fd/{fd}/{name}"
-        if (not self.as_root and entry.type in (REGULAR, DIR)
-                and ((entry.uid, entry.gid) != (0, 0) or self._mode(entry) != entry.mode)):
+        if (
+            not self.as_root
+            and entry.type in (REGULAR, DIR)
+            and ((entry.uid, entry.gid) != (0, 0) or self._mode(entry) != entry.mode)
+        ):
             override = owners.Override(entry.uid, entry.gid, entry.mode).encode()
             if isinstance(target, int):
                 os.setxattr(target, owners.XATTR, override)

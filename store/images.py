@@ -22,7 +22,9 @@ from .layers import Layers
 from .root import Root, Transaction, read_json, write_json
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_DOMAIN = r"(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|[A-Za-z0-9-]+:[0-9]+|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+:[0-9]+)"
+_DOMAIN = (
+    r"(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|[A-Za-z0-9-]+:[0-9]+|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+:[0-9]+)"
+)
 _NAME = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 _HEXPREFIX = re.compile(r"^(?:sha256:)?[0-9a-f]{1,64}$")
@@ -33,10 +35,10 @@ def familiar(ref: str) -> str:
     ``library/busybox`` and ``docker.io/busybox`` are all ``busybox``; ``docker.io/you/app`` is ``you/app``."""
     for prefix in ("docker.io/", "index.docker.io/"):
         if ref.startswith(prefix):
-            ref = ref[len(prefix):]
+            ref = ref[len(prefix) :]
             break
-    if ref.startswith("library/") and "/" not in ref[len("library/"):]:  # only official images are library/
-        ref = ref[len("library/"):]
+    if ref.startswith("library/") and "/" not in ref[len("library/") :]:  # only official images are library/
+        ref = ref[len("library/") :]
     return ref
 
 

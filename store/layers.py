@@ -155,9 +155,14 @@ class Layers:
             raise DigestMismatch(f"{where}: layer content hashes to {actual_diff}, expected diff_id {diff_id}")
         chain = chain_id(parent, actual_diff)
         info = LayerInfo(
-            chain_id=chain, diff_id=actual_diff, parent=parent, size=size,
+            chain_id=chain,
+            diff_id=actual_diff,
+            parent=parent,
+            size=size,
             tar_size=hashed.count if hashed else tee.size,
-            blob=tee.digest, media_type=media_type, blob_size=tee.size,
+            blob=tee.digest,
+            media_type=media_type,
+            blob_size=tee.size,
         )
         return StagedLayer(info, layer_dir, StagedBlob(blob_path, tee.digest, tee.size))
 

@@ -111,9 +111,7 @@ def _plan_docker(source: Source) -> list[ImagePlan]:
         parsed = validate_config(config, f"{source.where}: {entry['Config']}")
         diff_ids = parsed["rootfs"]["diff_ids"]
         if len(diff_ids) != len(layers):
-            raise BadInput(
-                f"{source.where}: {entry['Config']} has {len(diff_ids)} diff_ids but {len(layers)} layers"
-            )
+            raise BadInput(f"{source.where}: {entry['Config']} has {len(diff_ids)} diff_ids but {len(layers)} layers")
         refs = []
         for path, diff_id in zip(layers, diff_ids, strict=True):
             # v25 names layer blobs blobs/sha256/<digest>: that digest is checked too.
@@ -122,10 +120,14 @@ def _plan_docker(source: Source) -> list[ImagePlan]:
                 blob = check_digest("sha256:" + path.rsplit("/", 1)[1], f"{source.where}: {path}")
             refs.append(LayerRef(path, diff_id, blob))
         parent = entry.get("Parent")
-        plans.append(ImagePlan(
-            layers=refs, tags=_tags(entry.get("RepoTags"), source.where), config=config,
-            parent_id=check_digest(parent, f"{source.where}: Parent") if parent else None,
-        ))
+        plans.append(
+            ImagePlan(
+                layers=refs,
+                tags=_tags(entry.get("RepoTags"), source.where),
+                config=config,
+                parent_id=check_digest(parent, f"{source.where}: Parent") if parent else None,
+            )
+        )
     return plans
 
 
@@ -165,8 +167,12 @@ def _manifests(source: Source, index: Any, depth: int = 0) -> list[tuple[dict[st
         if media in INDEX_TYPES or (media is None and isinstance(doc, dict) and "manifests" in doc):
             inner = _manifests(source, doc, depth + 1)
             want = _host_platform()
-            match = [m for d, m in inner if (d.get("platform") or {}).get("os") == want[0]
-                     and (d.get("platform") or {}).get("architecture") == want[1]]
+            match = [
+                m
+                for d, m in inner
+                if (d.get("platform") or {}).get("os") == want[0]
+                and (d.get("platform") or {}).get("architecture") == want[1]
+            ]
             chosen = match[0] if match else inner[0][1] if inner else None
             if chosen is not None:
                 out.append((desc, chosen))
@@ -209,8 +215,9 @@ def _plan_oci(source: Source) -> list[ImagePlan]:
             digest = check_digest(layer.get("digest"), f"{source.where}: layer digest")
             member = f"blobs/sha256/{hex_of(digest)}"
             if layer.get("size") is not None and source.size(member) != layer["size"]:
-                raise BadInput(f"{source.where}: {member} is {source.size(member)} bytes, "
-                               f"its descriptor says {layer['size']}")
+                raise BadInput(
+                    f"{source.where}: {member} is {source.size(member)} bytes, its descriptor says {layer['size']}"
+                )
             refs.append(LayerRef(member, diff_id, digest))
         if image_id in plans:
             plans[image_id].tags.extend(t for t in _oci_tags(desc) if t not in plans[image_id].tags)
@@ -229,8 +236,9 @@ def _legacy_config(v1: dict[str, Any], history: list[dict[str, Any]]) -> Callabl
     """Docker's MakeConfigFromV1Config: the top layer's json minus its v1 fields, plus rootfs."""
 
     def make(diff_ids: list[str]) -> bytes:
-        config = {k: v for k, v in v1.items()
-                  if k not in ("id", "parent", "Size", "parent_id", "layer_id", "throwaway")}
+        config = {
+            k: v for k, v in v1.items() if k not in ("id", "parent", "Size", "parent_id", "layer_id", "throwaway")
+        }
         config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
         config["history"] = history
         return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()

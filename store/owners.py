@@ -21,8 +21,13 @@ from dataclasses import dataclass
 
 XATTR = "user.containers.override_stat"
 
-_TYPES = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "pipe": stat.S_IFIFO,
-          "socket": stat.S_IFSOCK}
+_TYPES = {
+    "file": stat.S_IFREG,
+    "dir": stat.S_IFDIR,
+    "symlink": stat.S_IFLNK,
+    "pipe": stat.S_IFIFO,
+    "socket": stat.S_IFSOCK,
+}
 
 
 @dataclass(frozen=True)

@@ -115,8 +115,9 @@ def _error_text(body: bytes) -> str:
 class Registry:
     """One registry host for one command. Thread-safe."""
 
-    def __init__(self, host: str, options: RemoteOptions, repository: str = "",
-                 credentials: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self, host: str, options: RemoteOptions, repository: str = "", credentials: tuple[str, str] | None = None
+    ) -> None:
         self.host, self.options = host, options
         self.transport = Transport(host, options)
         if credentials is None:
@@ -154,9 +155,18 @@ class Registry:
                 return None
             return resp
 
-    def request(self, method: str, url: str, scopes: Iterable[str], *, headers: dict[str, str] | None = None,
-                body: bytes | Callable[[], BinaryIO] | None = None, ok: tuple[int, ...] = (200,),
-                what: str = "", retry: bool = True) -> Response:
+    def request(
+        self,
+        method: str,
+        url: str,
+        scopes: Iterable[str],
+        *,
+        headers: dict[str, str] | None = None,
+        body: bytes | Callable[[], BinaryIO] | None = None,
+        ok: tuple[int, ...] = (200,),
+        what: str = "",
+        retry: bool = True,
+    ) -> Response:
         """``url``: a path or a Location. ``body``: bytes, or an opener (a 401 sends it again). A
         status outside ``ok`` raises, once the registry's 401 has been answered."""
         scopes = tuple(scopes)
@@ -195,8 +205,9 @@ class Registry:
         if resp.status == 401:
             if self.auth.credentials is None:
                 return RegistryError(f"{where}: authentication required (strata login {self.host})")
-            return RegistryError(f"{where}: access denied for user {self.auth.credentials[0]}"
-                                 f"{': ' + detail if detail else ''}")
+            return RegistryError(
+                f"{where}: access denied for user {self.auth.credentials[0]}{': ' + detail if detail else ''}"
+            )
         if resp.status == 403:
             return RegistryError(f"{where}: access denied{': ' + detail if detail else ''}")
         path = url.split("?", 1)[0]
@@ -251,8 +262,11 @@ def _matches(desc: dict[str, Any], want: Platform) -> bool:
     if want.architecture == "arm64" and variant == "v8":
         variant = None  # arm64's only variant: the same images
     wanted_variant = None if want.architecture == "arm64" and want.variant == "v8" else want.variant
-    return (got.get("os") == want.os and got.get("architecture") == want.architecture
-            and (wanted_variant is None or variant == wanted_variant))
+    return (
+        got.get("os") == want.os
+        and got.get("architecture") == want.architecture
+        and (wanted_variant is None or variant == wanted_variant)
+    )
 
 
 def _platforms(index: dict[str, Any]) -> str:
@@ -281,8 +295,9 @@ class Repository:
     def manifest(self, reference: str) -> Manifest:
         """The manifest (or index) ``reference`` names; a digest is checked against its bytes."""
         where = f"{self.where}:{reference}" if not is_digest(reference) else f"{self.where}@{reference}"
-        resp = self.registry.request("GET", f"/v2/{self.name}/manifests/{reference}", self.scopes,
-                                     headers={"Accept": _ACCEPT}, what=where)
+        resp = self.registry.request(
+            "GET", f"/v2/{self.name}/manifests/{reference}", self.scopes, headers={"Accept": _ACCEPT}, what=where
+        )
         media = resp.header("Content-Type").split(";")[0].strip()
         said = resp.header("Docker-Content-Digest")
         data = resp.read_all(_MANIFEST_LIMIT)
@@ -302,8 +317,10 @@ class Repository:
                 return top, chosen
             match = [d for d in doc.get("manifests") or [] if isinstance(d, dict) and _matches(d, want)]
             if not match:
-                raise NotFound(f"{self.where}:{reference}: no image for {want} in its index "
-                               f"(it has {_platforms(doc)}; choose with --platform)")
+                raise NotFound(
+                    f"{self.where}:{reference}: no image for {want} in its index "
+                    f"(it has {_platforms(doc)}; choose with --platform)"
+                )
             digest = check_digest(match[0].get("digest"), f"{self.where}: index entry")
             chosen = self.manifest(digest)
             if match[0].get("size") not in (None, len(chosen.data)):
@@ -313,8 +330,14 @@ class Repository:
     def open_blob(self, digest: str, offset: int = 0) -> Response:
         """The blob's bytes from ``offset`` (a 206 answers a range; a 200 is the whole blob again)."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        return self.registry.request("GET", f"/v2/{self.name}/blobs/{digest}", self.scopes, headers=headers,
-                                     ok=(200, 206), what=f"{self.where}: blob {digest}")
+        return self.registry.request(
+            "GET",
+            f"/v2/{self.name}/blobs/{digest}",
+            self.scopes,
+            headers=headers,
+            ok=(200, 206),
+            what=f"{self.where}: blob {digest}",
+        )
 
 
 def _json(data: bytes, where: str) -> dict[str, Any]:
@@ -333,8 +356,16 @@ class RegistrySource(Source):
 
     check_present = False
 
-    def __init__(self, repo: Repository, reference: str, local_ref: str | None, want: Platform,
-                 downloads: Downloads, parallel: int = 3, local: Callable[[str], str] | None = None) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        reference: str,
+        local_ref: str | None,
+        want: Platform,
+        downloads: Downloads,
+        parallel: int = 3,
+        local: Callable[[str], str] | None = None,
+    ) -> None:
         """``local(digest)``: where the store keeps that blob, if it does (a config is read there)."""
         self.repo, self.downloads, self.parallel, self.local = repo, downloads, parallel, local
         self.where = f"{repo.where}{'@' if is_digest(reference) else ':'}{reference}"
@@ -394,8 +425,9 @@ class RegistrySource(Source):
             return len(self._docs[name])
         digest = self._digest(name)
         if digest not in self._sizes:
-            with self.repo.registry.request("HEAD", f"/v2/{self.repo.name}/blobs/{digest}", self.repo.scopes,
-                                            what=f"{self.where}: blob {digest}") as resp:
+            with self.repo.registry.request(
+                "HEAD", f"/v2/{self.repo.name}/blobs/{digest}", self.repo.scopes, what=f"{self.where}: blob {digest}"
+            ) as resp:
                 length = resp.header("Content-Length")
             if not length.isdigit():
                 raise RegistryError(f"{self.where}: no size for {digest}")

@@ -84,8 +84,12 @@ class _LayerReader:
 
 
 def write_archive(
-    items: list[SaveItem], root: Root, layers: Layers, config_bytes: Callable[[str], bytes],
-    out: BinaryIO, progress: Callable[[int], None] | None = None,
+    items: list[SaveItem],
+    root: Root,
+    layers: Layers,
+    config_bytes: Callable[[str], bytes],
+    out: BinaryIO,
+    progress: Callable[[int], None] | None = None,
 ) -> None:
     blobs: dict[str, tuple[int, Callable[[], Any]]] = {}  # digest -> (size, opener of a reader)
     index: list[dict[str, Any]] = []
@@ -99,11 +103,14 @@ def write_archive(
             info = layers.info(chain)
             blobs.setdefault(info.diff_id, (info.tar_size, partial(_LayerReader, root, layers, chain)))
             layer_descs.append({"mediaType": MEDIA_TAR, "digest": info.diff_id, "size": info.tar_size})
-        manifest = _dumps({
-            "schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
-            "config": {"mediaType": MEDIA_CONFIG, "digest": item.image_id, "size": len(config)},
-            "layers": layer_descs,
-        })
+        manifest = _dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": MEDIA_MANIFEST,
+                "config": {"mediaType": MEDIA_CONFIG, "digest": item.image_id, "size": len(config)},
+                "layers": layer_descs,
+            }
+        )
         mdigest = sha256_bytes(manifest)
         blobs[mdigest] = (len(manifest), partial(io.BytesIO, manifest))
         desc = {"mediaType": MEDIA_MANIFEST, "digest": mdigest, "size": len(manifest)}
@@ -111,16 +118,20 @@ def write_archive(
             entry = dict(desc)
             if tag:
                 name, t = tag.rsplit(":", 1)
-                entry["annotations"] = {"io.containerd.image.name": f"{qualified(name)}:{t}",
-                                        "org.opencontainers.image.ref.name": t}
+                entry["annotations"] = {
+                    "io.containerd.image.name": f"{qualified(name)}:{t}",
+                    "org.opencontainers.image.ref.name": t,
+                }
                 if item.chain:
                     repositories.setdefault(name, {})[t] = hex_of(layers.info(item.chain[-1]).diff_id)
             index.append(entry)
-        manifest_json.append({
-            "Config": f"blobs/sha256/{hex_of(item.image_id)}",
-            "RepoTags": item.tags or None,
-            "Layers": [f"blobs/sha256/{hex_of(layers.info(c).diff_id)}" for c in item.chain],
-        })
+        manifest_json.append(
+            {
+                "Config": f"blobs/sha256/{hex_of(item.image_id)}",
+                "RepoTags": item.tags or None,
+                "Layers": [f"blobs/sha256/{hex_of(layers.info(c).diff_id)}" for c in item.chain],
+            }
+        )
     small = {
         "index.json": _dumps({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": index}),
         "manifest.json": _dumps(manifest_json),

@@ -64,8 +64,12 @@ class Store:
 
     # -- adding images ----------------------------------------------------------------------------
     def _publish(
-        self, txn: Transaction, layers: list[StagedLayer], configs: list[StagedBlob],
-        records: list[tuple[str, str | None]], tags: list[tuple[str, str]],
+        self,
+        txn: Transaction,
+        layers: list[StagedLayer],
+        configs: list[StagedBlob],
+        records: list[tuple[str, str | None]],
+        tags: list[tuple[str, str]],
     ) -> list[str]:
         """Make staged work visible, in dependency order. Returns notes on re-pointed tags."""
         if layers or configs or any(not self.images.exists(image_id) for image_id, _parent in records):
@@ -92,8 +96,9 @@ class Store:
             notes, loaded = self._add_from(txn, open_source(path, stdin, txn), progress)
         return notes + loaded
 
-    def pull(self, ref: str, progress: Progress | None = None, options: RemoteOptions | None = None,
-             parallel: int = 3) -> tuple[str, str, list[str]]:
+    def pull(
+        self, ref: str, progress: Progress | None = None, options: RemoteOptions | None = None, parallel: int = 3
+    ) -> tuple[str, str, list[str]]:
         """Pull ``[host[:port]/]repo[:tag|@digest]`` from its registry, checked and staged as a load is,
         ``parallel`` layers at a time (0: none ahead, each streamed as it is staged, not resumable). Returns (the local tag, or the reference for a pull by digest
         alone, which tags nothing; the digest the reference names; notes on re-pointed tags).
@@ -124,8 +129,9 @@ class Store:
             Places(self.root.places).note(remote.host, remote.repository, source.blobs())
         return local or str(remote), source.digest, notes
 
-    def push(self, ref: str, progress: Progress | None = None, options: RemoteOptions | None = None,
-             parallel: int = 3) -> tuple[str, str]:
+    def push(
+        self, ref: str, progress: Progress | None = None, options: RemoteOptions | None = None, parallel: int = 3
+    ) -> tuple[str, str]:
         """Push the local image tagged ``[host[:port]/]repo[:tag]`` to that registry; returns (the tag,
         the manifest's digest). Layers go as they are stored (compressed or not), ``parallel`` at a
         time; see ``upload.py`` for what is skipped, mounted and resumed."""
@@ -143,12 +149,25 @@ class Store:
         layers = []
         for chain in self.images.chain(image_id):
             info = self.layers.info(chain)
-            layers.append(Blob(info.blob, info.blob_size, info.media_type,
-                               partial(self.blobs.open, info.blob), hex_of(info.blob)[:12]))
+            layers.append(
+                Blob(
+                    info.blob,
+                    info.blob_size,
+                    info.media_type,
+                    partial(self.blobs.open, info.blob),
+                    hex_of(info.blob)[:12],
+                )
+            )
         with _naming(str(remote)):
             registry = Registry(remote.host, options, remote.repository)
-            pusher = Pusher(registry, remote.repository, Sessions(self.root.uploads), Places(self.root.places),
-                            parallel, _locked(progress))
+            pusher = Pusher(
+                registry,
+                remote.repository,
+                Sessions(self.root.uploads),
+                Places(self.root.places),
+                parallel,
+                _locked(progress),
+            )
             return tag, pusher.push(tag, layers, config)
 
     def _add_from(self, txn: Transaction, source: Source, progress: Progress | None) -> tuple[list[str], list[str]]:
@@ -180,14 +199,27 @@ class Store:
                     chain = chain_id(parent, diff_id)
                     if chain in pending:
                         pass
-                    elif chain not in staged and self.layers.exists(chain) and source.check_present \
-                            and ref.member not in {*learnt, *checked}:
+                    elif (
+                        chain not in staged
+                        and self.layers.exists(chain)
+                        and source.check_present
+                        and ref.member not in {*learnt, *checked}
+                    ):
                         with source.open(ref.member) as raw:  # here already: the archive's copy is checked all the same
                             self.layers.verify(raw, where, diff_id, ref.blob_digest)
                         checked.add(ref.member)
                     elif chain not in staged and not self.layers.exists(chain):
-                        stage = partial(self._stage_member, txn, source, ref.member, parent, where, diff_id,
-                                        ref.blob_digest, None if ref.member in ahead else progress)
+                        stage = partial(
+                            self._stage_member,
+                            txn,
+                            source,
+                            ref.member,
+                            parent,
+                            where,
+                            diff_id,
+                            ref.blob_digest,
+                            None if ref.member in ahead else progress,
+                        )
                         if workers is not None and ref.member in ahead:
                             pending[chain] = workers.submit(stage)
                         else:
@@ -215,14 +247,34 @@ class Store:
         loaded += [f"Loaded image ID: {ids[i]}" for i, p in enumerate(plans) if not p.tags and i not in parents]
         return notes, loaded
 
-    def _stage_member(self, txn: Transaction, source: Source, member: str, parent: str | None, where: str,
-                      diff_id: str, blob_digest: str | None, progress: Progress | None) -> StagedLayer:
+    def _stage_member(
+        self,
+        txn: Transaction,
+        source: Source,
+        member: str,
+        parent: str | None,
+        where: str,
+        diff_id: str,
+        blob_digest: str | None,
+        progress: Progress | None,
+    ) -> StagedLayer:
         kept = source.kept(member) if blob_digest is not None else None  # a pull's download
         with source.open(member) as raw:
-            counter = None if progress is None else _Counter(progress, source.size(member),
-                                                              hex_of(blob_digest or diff_id)[:12])
-            return self.layers.stage(txn, raw, parent=parent, where=where, diff_id=diff_id,
-                                     blob_digest=blob_digest, progress=counter, kept=kept)
+            counter = (
+                None
+                if progress is None
+                else _Counter(progress, source.size(member), hex_of(blob_digest or diff_id)[:12])
+            )
+            return self.layers.stage(
+                txn,
+                raw,
+                parent=parent,
+                where=where,
+                diff_id=diff_id,
+                blob_digest=blob_digest,
+                progress=counter,
+                kept=kept,
+            )
 
     def _missing(self, plans: list[ImagePlan]) -> list[str]:
         """Members of the layers that will be staged (known diff_ids whose chain is not here), in order."""
@@ -238,8 +290,13 @@ class Store:
         return out
 
     def import_rootfs(
-        self, src: str, ref: str | None, changes: list[str] = [], stdin: BinaryIO | None = None,
-        message: str | None = None, progress: Progress | None = None,
+        self,
+        src: str,
+        ref: str | None,
+        changes: list[str] = [],
+        stdin: BinaryIO | None = None,
+        message: str | None = None,
+        progress: Progress | None = None,
     ) -> str:
         """One-layer image from a rootfs tar (maybe compressed), a directory, or ``-`` (stdin)."""
         tag = "{}:{}".format(*parse_ref(ref)) if ref else None
@@ -254,33 +311,45 @@ class Store:
                 assert raw is not None
                 try:
                     total = os.fstat(raw.fileno()).st_size if src != "-" else 0
-                    layer = self.layers.stage(txn, raw, parent=None, where=src,
-                                              progress=_Counter(progress, total, "import"))
+                    layer = self.layers.stage(
+                        txn, raw, parent=None, where=src, progress=_Counter(progress, total, "import")
+                    )
                 finally:
                     if raw is not stdin:
                         raw.close()
             created = now()
             config = {
-                "architecture": _arch(), "os": "linux", "created": created, "config": settings,
+                "architecture": _arch(),
+                "os": "linux",
+                "created": created,
+                "config": settings,
                 "rootfs": {"type": "layers", "diff_ids": [layer.info.diff_id]},
                 "history": [{"created": created, "comment": message or f"Imported from {src}"}],
             }
             return self._add_image(txn, layer, config, None, tag)
 
-    def _stage_tree(self, txn: Transaction, tree: str, parent: str | None,
-                    progress: Progress | None = None, data_of: DataOf | None = None,
-                    private: Collection[str] = ()) -> StagedLayer:
+    def _stage_tree(
+        self,
+        txn: Transaction,
+        tree: str,
+        parent: str | None,
+        progress: Progress | None = None,
+        data_of: DataOf | None = None,
+        private: Collection[str] = (),
+    ) -> StagedLayer:
         """A directory tree as a layer: written as a reproducible tar, then staged like any tar
         (``data_of``, ``private``: see ``tarwrite``)."""
         tar_path = txn.new_path("layer.tar")
         with open(tar_path, "wb") as f:
             write_tree(tree, f, data_of, private)
         with open(tar_path, "rb") as raw:
-            return self.layers.stage(txn, raw, parent=parent, where=tree,
-                                     progress=_Counter(progress, os.path.getsize(tar_path), "import"))
+            return self.layers.stage(
+                txn, raw, parent=parent, where=tree, progress=_Counter(progress, os.path.getsize(tar_path), "import")
+            )
 
-    def _add_image(self, txn: Transaction, layer: StagedLayer, config: dict[str, Any], parent: str | None,
-                   tag: str | None) -> str:
+    def _add_image(
+        self, txn: Transaction, layer: StagedLayer, config: dict[str, Any], parent: str | None, tag: str | None
+    ) -> str:
         """Publish one new image: its layer (unless that chain id exists), config, record and tag."""
         blob = self.blobs.stage_bytes(txn, json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
         fresh = [] if self.layers.exists(layer.info.chain_id) else [layer]
@@ -296,8 +365,16 @@ class Store:
         return f"{name}:{tag}" in self.images.tags()
 
     def commit(
-        self, parent: str, tree: str, ref: str | None, created_by: str, comment: str = "", author: str = "",
-        changes: list[str] = [], data_of: DataOf | None = None, private: Collection[str] = (),
+        self,
+        parent: str,
+        tree: str,
+        ref: str | None,
+        created_by: str,
+        comment: str = "",
+        author: str = "",
+        changes: list[str] = [],
+        data_of: DataOf | None = None,
+        private: Collection[str] = (),
     ) -> str:
         """A new image: ``parent`` plus one layer made from ``tree`` (a container's upper dir, whose
         whiteouts are already in OCI spelling; ``data_of`` and ``private`` say where its files keep
@@ -317,7 +394,9 @@ class Store:
             if author:
                 entry["author"] = author
             config = {
-                **base, "created": created, "config": settings,
+                **base,
+                "created": created,
+                "config": settings,
                 "rootfs": {"type": "layers", "diff_ids": [*base["rootfs"]["diff_ids"], layer.info.diff_id]},
                 "history": [*history, entry],
             }
@@ -325,8 +404,14 @@ class Store:
                 config["author"] = author
             return self._add_image(txn, layer, config, parent, tag)
 
-    def add_step(self, parent: str | None, config: dict[str, Any], tree: str | None,
-                 data_of: DataOf | None = None, private: Collection[str] = ()) -> str:
+    def add_step(
+        self,
+        parent: str | None,
+        config: dict[str, Any],
+        tree: str | None,
+        data_of: DataOf | None = None,
+        private: Collection[str] = (),
+    ) -> str:
         """One build step's image, untagged: ``config`` is the whole image config but its rootfs
         (its history ends with the step's entry), on ``parent`` (None: on nothing, as FROM scratch),
         plus a layer made from ``tree`` (an upper dir, OCI whiteouts) unless there is none or it
@@ -377,8 +462,9 @@ class Store:
         with self.root.writer():
             self.images.set_tag(target, self.images.resolve(source))
 
-    def rmi(self, ref: str, force: bool = False, holders: Callable[[str], list[str]] | None = None,
-            prune: bool = True) -> list[str]:
+    def rmi(
+        self, ref: str, force: bool = False, holders: Callable[[str], list[str]] | None = None, prune: bool = True
+    ) -> list[str]:
         """Docker's rmi for one reference; returns its ``Untagged:``/``Deleted:`` lines.
 
         ``holders(image_id)`` names users of the image outside the store (containers): an image in use
@@ -396,15 +482,18 @@ class Store:
                 return [f"Untagged: {full}"]
             short = hex_of(image_id)[:12]
             if not by_tag and len(tags) > 1 and not force:
-                raise Conflict(f"conflict: unable to delete {short} (must be forced) - "
-                               "image is referenced in multiple repositories")
+                raise Conflict(
+                    f"conflict: unable to delete {short} (must be forced) - "
+                    "image is referenced in multiple repositories"
+                )
             users = holders(image_id) if holders else []
             if users and not force:
                 raise Conflict(f"conflict: unable to remove {ref} (must force) - image is being used by {users[0]}")
             children = self.images.children(image_id)
             if children and not by_tag:
-                raise Conflict(f"conflict: unable to delete {short} (cannot be forced) - "
-                               "image has dependent child images")
+                raise Conflict(
+                    f"conflict: unable to delete {short} (cannot be forced) - image has dependent child images"
+                )
             out = []
             for t in [full] if by_tag else tags:
                 self.images.untag(t)
@@ -415,8 +504,14 @@ class Store:
             self.images.remove_record(image_id)
             out.append(f"Deleted: {image_id}")
             # then its parents that nothing else holds (a build's steps), as Docker prunes them
-            while prune and parent and self.images.exists(parent) and not self.images.tags_of(parent) and \
-                    not self.images.children(parent) and not (holders(parent) if holders else []):
+            while (
+                prune
+                and parent
+                and self.images.exists(parent)
+                and not self.images.tags_of(parent)
+                and not self.images.children(parent)
+                and not (holders(parent) if holders else [])
+            ):
                 above = self.images.record(parent).parent
                 self.images.remove_record(parent)
                 out.append(f"Deleted: {parent}")
@@ -454,10 +549,15 @@ class Store:
         ``downloads/``: not damage (nothing refers to it), space the next writer or pull frees."""
         from .download import Downloads
 
-        out = [f"tmp/{name}: {size} bytes staged by a writer that died (the next writer removes them)"
-               for name, size in self.root.leftovers()]
-        out += [f"downloads/sha256/{name}: {size} bytes fetched by a pull that stopped (the next pull of it "
-                "goes on from there)" for name, size in Downloads(self.root.downloads).kept()]
+        out = [
+            f"tmp/{name}: {size} bytes staged by a writer that died (the next writer removes them)"
+            for name, size in self.root.leftovers()
+        ]
+        out += [
+            f"downloads/sha256/{name}: {size} bytes fetched by a pull that stopped (the next pull of it "
+            "goes on from there)"
+            for name, size in Downloads(self.root.downloads).kept()
+        ]
         return out
 
 

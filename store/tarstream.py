@@ -25,15 +25,33 @@ BLOCK = 512
 _CHUNK = 1 << 20
 
 REGULAR, HARDLINK, SYMLINK, CHAR, BLOCKDEV, DIR, FIFO = (
-    "file", "hardlink", "symlink", "char", "block", "dir", "fifo",
+    "file",
+    "hardlink",
+    "symlink",
+    "char",
+    "block",
+    "dir",
+    "fifo",
 )
 _TYPES = {
-    b"0": REGULAR, b"\0": REGULAR, b"7": REGULAR, b"1": HARDLINK, b"2": SYMLINK,
-    b"3": CHAR, b"4": BLOCKDEV, b"5": DIR, b"6": FIFO,
+    b"0": REGULAR,
+    b"\0": REGULAR,
+    b"7": REGULAR,
+    b"1": HARDLINK,
+    b"2": SYMLINK,
+    b"3": CHAR,
+    b"4": BLOCKDEV,
+    b"5": DIR,
+    b"6": FIFO,
 }
 _FMT_BITS = {
-    REGULAR: stat.S_IFREG, HARDLINK: stat.S_IFREG, SYMLINK: stat.S_IFLNK, CHAR: stat.S_IFCHR,
-    BLOCKDEV: stat.S_IFBLK, DIR: stat.S_IFDIR, FIFO: stat.S_IFIFO,
+    REGULAR: stat.S_IFREG,
+    HARDLINK: stat.S_IFREG,
+    SYMLINK: stat.S_IFLNK,
+    CHAR: stat.S_IFCHR,
+    BLOCKDEV: stat.S_IFBLK,
+    DIR: stat.S_IFDIR,
+    FIFO: stat.S_IFIFO,
 }
 
 
@@ -146,7 +164,7 @@ class TarReader:
             self.pos += len(data)
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             total += len(data)
         return total
 
@@ -246,8 +264,13 @@ class TarReader:
             yield entry
 
     def _entry(
-        self, block: bytes, kind: str, size: int, pax: dict[str, bytes],
-        longname: bytes | None, longlink: bytes | None,
+        self,
+        block: bytes,
+        kind: str,
+        size: int,
+        pax: dict[str, bytes],
+        longname: bytes | None,
+        longlink: bytes | None,
     ) -> TarEntry:
         if any(k.startswith("GNU.sparse") for k in pax):
             raise self._fail("sparse tar entries are not supported")
@@ -282,9 +305,9 @@ class TarReader:
         xattrs: dict[str, bytes] = {}
         for key, value in pax.items():
             if key.startswith("SCHILY.xattr."):
-                xattrs[key[len("SCHILY.xattr."):]] = value
+                xattrs[key[len("SCHILY.xattr.") :]] = value
             elif key.startswith("LIBARCHIVE.xattr."):
-                xname = urllib.parse.unquote(key[len("LIBARCHIVE.xattr."):])
+                xname = urllib.parse.unquote(key[len("LIBARCHIVE.xattr.") :])
                 xattrs.setdefault(xname, base64.b64decode(value + b"=" * (-len(value) % 4)))
         return TarEntry(
             name=_decode(name),

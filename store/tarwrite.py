@@ -46,8 +46,9 @@ def walk(root: str, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
             yield from walk(root, path)
 
 
-def tarinfo_for(full: str, rel: str, st: os.stat_result, links: dict[tuple[int, int], str],
-                private: Collection[str] = ()) -> tarfile.TarInfo:
+def tarinfo_for(
+    full: str, rel: str, st: os.stat_result, links: dict[tuple[int, int], str], private: Collection[str] = ()
+) -> tarfile.TarInfo:
     """The tar header for ``rel``, whose object is at ``full`` (lstat ``st``); xattrs named in
     ``private`` are left out."""
     info = tarfile.TarInfo(rel + ("/" if stat.S_ISDIR(st.st_mode) else ""))
@@ -111,8 +112,12 @@ def write_tree(root: str, out: BinaryIO, data_of: DataOf | None = None, private:
     write_entries(((rel, st, os.path.join(root, rel)) for rel, st in walk(root)), out, data_of, private)
 
 
-def write_entries(entries: Iterable[tuple[str, os.stat_result, str]], out: BinaryIO,
-                  data_of: DataOf | None = None, private: Collection[str] = ()) -> None:
+def write_entries(
+    entries: Iterable[tuple[str, os.stat_result, str]],
+    out: BinaryIO,
+    data_of: DataOf | None = None,
+    private: Collection[str] = (),
+) -> None:
     """Write (name in the tar, lstat, real path) entries, in the order given, as a PAX tar."""
     links: dict[tuple[int, int], str] = {}
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:

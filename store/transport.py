@@ -60,11 +60,20 @@ _POOL = 8  # connections kept per host: the transfer threads' and a few more
 _REDIRECTS = 5
 # May be sent again: urllib3 retries these on connection resets, 5xx and 429 (with backoff); a request
 # whose body streams from a file (an upload) is retried by its caller, which knows where to resume.
-_IDEMPOTENT = Retry(total=4, connect=2, read=2, status=3, other=0, redirect=False, backoff_factor=0.25,
-                    status_forcelist=(429, 500, 502, 503, 504), allowed_methods=None, raise_on_status=False)
+_IDEMPOTENT = Retry(
+    total=4,
+    connect=2,
+    read=2,
+    status=3,
+    other=0,
+    redirect=False,
+    backoff_factor=0.25,
+    status_forcelist=(429, 500, 502, 503, 504),
+    allowed_methods=None,
+    raise_on_status=False,
+)
 _PROBE = Retry(total=0, redirect=False, raise_on_status=False)  # a loopback registry's plain HTTP, tried once
-_ONCE = Retry(total=2, connect=2, read=0, status=0, other=0, redirect=False, backoff_factor=0.25,
-              raise_on_status=False)
+_ONCE = Retry(total=2, connect=2, read=0, status=0, other=0, redirect=False, backoff_factor=0.25, raise_on_status=False)
 
 
 @dataclass(frozen=True)
@@ -261,8 +270,13 @@ class Transport:
         proxy = proxy_for(url, self._proxies)
         with self._lock:
             if proxy not in self._managers:
-                kw: dict[str, Any] = {"num_pools": 4, "maxsize": _POOL, "ssl_context": self._tls,
-                                      "blocksize": _BLOCK, "timeout": _TIMEOUT}
+                kw: dict[str, Any] = {
+                    "num_pools": 4,
+                    "maxsize": _POOL,
+                    "ssl_context": self._tls,
+                    "blocksize": _BLOCK,
+                    "timeout": _TIMEOUT,
+                }
                 self._managers[proxy] = urllib3.ProxyManager(proxy, **kw) if proxy else urllib3.PoolManager(**kw)
             return self._managers[proxy]
 
@@ -310,8 +324,14 @@ class Transport:
             return None
         return resp
 
-    def request(self, method: str, url: str, headers: Mapping[str, str] | None = None,
-                body: bytes | BinaryIO | None = None, retry: bool = True) -> Response:
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | BinaryIO | None = None,
+        retry: bool = True,
+    ) -> Response:
         """``url``: a path on this host or an absolute URL (a Location the registry gave). ``retry``
         False: a body that cannot be sent twice (only connecting is retried). GET and HEAD follow
         redirects."""
@@ -330,11 +350,20 @@ class Transport:
             url = target
         raise RegistryError(f"{self.host}: more than {_REDIRECTS} redirects for {urllib.parse.urlsplit(url).path}")
 
-    def _send(self, method: str, url: str, headers: Mapping[str, str], body: bytes | BinaryIO | None,
-              retries: Retry) -> Response:
-        raw = self._manager(url).urlopen(method, url, body=body, headers=dict(headers), retries=retries,
-                                         redirect=False, preload_content=False, decode_content=False,
-                                         assert_same_host=False)
+    def _send(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | BinaryIO | None, retries: Retry
+    ) -> Response:
+        raw = self._manager(url).urlopen(
+            method,
+            url,
+            body=body,
+            headers=dict(headers),
+            retries=retries,
+            redirect=False,
+            preload_content=False,
+            decode_content=False,
+            assert_same_host=False,
+        )
         return Response(raw, self.host, url)
 
     @contextmanager
@@ -354,8 +383,11 @@ class Transport:
         if isinstance(inner, NewConnectionError):
             return RegistryError(f"{host}: cannot connect: {_reason(inner)}")
         if isinstance(inner, (SSLError, ssl.SSLError)):
-            hint = "" if self.options.tls_verify is False else \
-                " (give its CA with --cert-dir, or in certs.d/HOST:PORT/ca.crt, or use --tls-verify=false)"
+            hint = (
+                ""
+                if self.options.tls_verify is False
+                else " (give its CA with --cert-dir, or in certs.d/HOST:PORT/ca.crt, or use --tls-verify=false)"
+            )
             reason = _reason(inner)
             return RegistryError(f"{host}: TLS handshake failed: {reason}{hint if 'not trusted' in reason else ''}")
         if isinstance(inner, (ProtocolError, ReadTimeoutError)):

@@ -102,8 +102,15 @@ class Sessions:
 
 
 class Pusher:
-    def __init__(self, registry: Registry, repository: str, sessions: Sessions, places: Places,
-                 parallel: int = 3, progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        repository: str,
+        sessions: Sessions,
+        places: Places,
+        parallel: int = 3,
+        progress: Progress | None = None,
+    ) -> None:
         self.registry, self.repository = registry, repository
         self.sessions, self.places, self.parallel = sessions, places, parallel
         self.where = f"{registry.host}/{repository}"
@@ -115,11 +122,16 @@ class Pusher:
         and every blob was there: a push again is then one round of ``HEAD``s). Returns the manifest's
         digest."""
         blobs = [*layers, Blob(sha256_bytes(config), len(config), MEDIA_CONFIG, lambda: io.BytesIO(config), None)]
-        manifest = json.dumps({
-            "schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
-            "config": {"mediaType": MEDIA_CONFIG, "digest": blobs[-1].digest, "size": len(config)},
-            "layers": [{"mediaType": b.media_type, "digest": b.digest, "size": b.size} for b in layers],
-        }, separators=(",", ":"), sort_keys=True).encode()
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": MEDIA_MANIFEST,
+                "config": {"mediaType": MEDIA_CONFIG, "digest": blobs[-1].digest, "size": len(config)},
+                "layers": [{"mediaType": b.media_type, "digest": b.digest, "size": b.size} for b in layers],
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        ).encode()
         digest = sha256_bytes(manifest)
         tagged = self._tagged(tag)  # first, in this thread: it pings the registry (the threads would queue for it)
         if len(layers) > 1 and self.parallel > 1:
@@ -130,9 +142,15 @@ class Pusher:
         self.places.note(self.registry.host, self.repository, [b.digest for b in blobs])
         if all(there) and tagged == digest:
             return digest
-        with self.registry.request("PUT", f"/v2/{self.repository}/manifests/{tag}", self.scopes, body=manifest,
-                                   headers={"Content-Type": MEDIA_MANIFEST}, ok=(201,),
-                                   what=f"{self.where}:{tag}") as resp:
+        with self.registry.request(
+            "PUT",
+            f"/v2/{self.repository}/manifests/{tag}",
+            self.scopes,
+            body=manifest,
+            headers={"Content-Type": MEDIA_MANIFEST},
+            ok=(201,),
+            what=f"{self.where}:{tag}",
+        ) as resp:
             said = resp.header("Docker-Content-Digest")
         if said and said != digest:
             raise DigestMismatch(f"{self.where}:{tag}: the registry took the manifest as {said}, not {digest}")
@@ -146,9 +164,14 @@ class Pusher:
         """The digest of the manifest ``tag`` names in the registry now, if it names one (None also
         when the registry will not say: the manifest is then sent, which tells what is wrong)."""
         try:
-            with self.registry.request("HEAD", f"/v2/{self.repository}/manifests/{tag}", self.scopes,
-                                       headers={"Accept": MEDIA_MANIFEST}, ok=(200, 404),
-                                       what=f"{self.where}:{tag}") as resp:
+            with self.registry.request(
+                "HEAD",
+                f"/v2/{self.repository}/manifests/{tag}",
+                self.scopes,
+                headers={"Accept": MEDIA_MANIFEST},
+                ok=(200, 404),
+                what=f"{self.where}:{tag}",
+            ) as resp:
                 said = resp.header("Docker-Content-Digest")
         except (RegistryError, NotFound):
             return None
@@ -165,14 +188,21 @@ class Pusher:
                 failures += 1
                 if failures > RETRIES:
                     saved = self.sessions.get(self.registry.host, self.repository, blob.digest)
-                    raise Interrupted(f"{self.where}: blob {blob.digest}: {e} ({failures} tries; "
-                                      f"{saved[1] if saved else 0} of {blob.size} bytes are in the registry: "
-                                      "push again to resume)") from None
+                    raise Interrupted(
+                        f"{self.where}: blob {blob.digest}: {e} ({failures} tries; "
+                        f"{saved[1] if saved else 0} of {blob.size} bytes are in the registry: "
+                        "push again to resume)"
+                    ) from None
                 time.sleep(_BACKOFF * 2 ** (failures - 1))
 
     def _blob_once(self, blob: Blob) -> bool:
-        with self.registry.request("HEAD", f"/v2/{self.repository}/blobs/{blob.digest}", self.scopes,
-                                   ok=(200, 404), what=f"{self.where}: blob {blob.digest}") as head:
+        with self.registry.request(
+            "HEAD",
+            f"/v2/{self.repository}/blobs/{blob.digest}",
+            self.scopes,
+            ok=(200, 404),
+            what=f"{self.where}: blob {blob.digest}",
+        ) as head:
             if head.status == 200:
                 self._report(blob, blob.size)
                 return True
@@ -206,9 +236,13 @@ class Pusher:
             if other == self.repository:
                 continue
             query = urllib.parse.urlencode({"mount": blob.digest, "from": other})
-            with self.registry.request("POST", f"/v2/{self.repository}/blobs/uploads/?{query}",
-                                       (*self.scopes, scope_of(other, "pull")), ok=(201, 202, 401, 403, 404),
-                                       what=self.where) as resp:
+            with self.registry.request(
+                "POST",
+                f"/v2/{self.repository}/blobs/uploads/?{query}",
+                (*self.scopes, scope_of(other, "pull")),
+                ok=(201, 202, 401, 403, 404),
+                what=self.where,
+            ) as resp:
                 if resp.status == 201:
                     return True, None
                 if resp.status == 202 and resp.header("Location"):
@@ -216,8 +250,9 @@ class Pusher:
         return False, None
 
     def _begin(self) -> str:
-        with self.registry.request("POST", f"/v2/{self.repository}/blobs/uploads/", self.scopes, ok=(202,),
-                                   what=self.where) as resp:
+        with self.registry.request(
+            "POST", f"/v2/{self.repository}/blobs/uploads/", self.scopes, ok=(202,), what=self.where
+        ) as resp:
             location = resp.header("Location")
         if not location:
             raise RegistryError(f"{self.where}: the registry gave no upload location")
@@ -257,21 +292,34 @@ class Pusher:
             def body(start: int = start, n: int = n) -> BinaryIO:
                 return _Slice(blob.open(), start, n)  # type: ignore[return-value]
 
-            with self.registry.request("PATCH", location, self.scopes, body=body, ok=(202,), retry=False,
-                                       what=f"{self.where}: blob {blob.digest}",
-                                       headers={**octets, "Content-Range": f"{start}-{start + n - 1}",
-                                                "Content-Length": str(n)}) as resp:
+            with self.registry.request(
+                "PATCH",
+                location,
+                self.scopes,
+                body=body,
+                ok=(202,),
+                retry=False,
+                what=f"{self.where}: blob {blob.digest}",
+                headers={**octets, "Content-Range": f"{start}-{start + n - 1}", "Content-Length": str(n)},
+            ) as resp:
                 location = self._absolute(resp.header("Location") or location)
             offset += n
             self.sessions.save(host, self.repository, blob.digest, location, offset)
             self._report(blob, offset)
         self._finish(blob, location, {"Content-Length": "0"}, None)
 
-    def _finish(self, blob: Blob, location: str, headers: dict[str, str],
-                body: Callable[[], BinaryIO] | None) -> None:
+    def _finish(self, blob: Blob, location: str, headers: dict[str, str], body: Callable[[], BinaryIO] | None) -> None:
         parts = urllib.parse.urlsplit(location)
         query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True) + [("digest", blob.digest)]
         url = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
-        with self.registry.request("PUT", url, self.scopes, body=body if body is not None else b"", ok=(201,),
-                                   headers=headers, retry=body is None, what=f"{self.where}: blob {blob.digest}"):
+        with self.registry.request(
+            "PUT",
+            url,
+            self.scopes,
+            body=body if body is not None else b"",
+            ok=(201,),
+            headers=headers,
+            retry=body is None,
+            what=f"{self.where}: blob {blob.digest}",
+        ):
             pass

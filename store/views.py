@@ -63,9 +63,18 @@ def history(store: Store, ref: str) -> list[HistoryRow]:
         if not h.get("empty_layer"):
             size = store.layers.info(chain[layer]).size if store.layers.exists(chain[layer]) else 0
             layer += 1
-        rows.append(HistoryRow(tops.get(i), h.get("created", ""), h.get("created_by", ""), size,
-                               h.get("comment", ""), bool(h.get("empty_layer"))))
+        rows.append(
+            HistoryRow(
+                tops.get(i),
+                h.get("created", ""),
+                h.get("created_by", ""),
+                size,
+                h.get("comment", ""),
+                bool(h.get("empty_layer")),
+            )
+        )
     return rows[::-1]
+
 
 def tree(store: Store) -> list[TreeNode]:
     nodes: dict[str, TreeNode] = {}
@@ -84,6 +93,7 @@ def tree(store: Store) -> list[TreeNode]:
             nodes[chain[-1]].tags.extend(tags.get(image_id, []))
             nodes[chain[-1]].images.append(image_id)
     return sorted(roots, key=lambda n: n.chain_id)
+
 
 def inspect_image(store: Store, ref: str) -> dict[str, Any]:
     image_id = store.images.resolve(ref)

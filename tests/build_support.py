@@ -30,9 +30,16 @@ class Entry:
 
 
 def _kind(m: tarfile.TarInfo) -> str:
-    return {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink",
-            tarfile.LNKTYPE: "hardlink", tarfile.FIFOTYPE: "fifo", tarfile.CHRTYPE: "char",
-            tarfile.BLKTYPE: "block"}[m.type]
+    return {
+        tarfile.REGTYPE: "file",
+        tarfile.AREGTYPE: "file",
+        tarfile.DIRTYPE: "dir",
+        tarfile.SYMTYPE: "symlink",
+        tarfile.LNKTYPE: "hardlink",
+        tarfile.FIFOTYPE: "fifo",
+        tarfile.CHRTYPE: "char",
+        tarfile.BLKTYPE: "block",
+    }[m.type]
 
 
 def layers_of(layout: str) -> tuple[dict, list[str]]:
@@ -41,8 +48,9 @@ def layers_of(layout: str) -> tuple[dict, list[str]]:
     digest = index["manifests"][0]["digest"].split(":")[1]
     manifest = json.load(open(os.path.join(layout, "blobs", "sha256", digest)))
     config = json.load(open(os.path.join(layout, "blobs", "sha256", manifest["config"]["digest"].split(":")[1])))
-    return config, [os.path.join(layout, "blobs", "sha256", layer["digest"].split(":")[1])
-                    for layer in manifest["layers"]]
+    return config, [
+        os.path.join(layout, "blobs", "sha256", layer["digest"].split(":")[1]) for layer in manifest["layers"]
+    ]
 
 
 def _open(path: str) -> tarfile.TarFile:
@@ -60,8 +68,9 @@ def layer_entries(path: str) -> list[tuple[str, Entry]]:
                 f = tar.extractfile(m)
                 digest = hashlib.sha256(f.read() if f else b"").hexdigest()
             name = m.name.rstrip("/").removeprefix("./")
-            out.append((name, Entry(_kind(m), m.mode & 0o7777, m.uid, m.gid, m.size if m.isreg() else 0, digest,
-                                    m.linkname)))
+            out.append(
+                (name, Entry(_kind(m), m.mode & 0o7777, m.uid, m.gid, m.size if m.isreg() else 0, digest, m.linkname))
+            )
     return out
 
 
@@ -79,7 +88,7 @@ def flatten(blobs: list[str]) -> dict[str, Entry]:
                         del tree[path]
                 continue
             if base.startswith(WH):
-                gone = os.path.join(parent, base[len(WH):])
+                gone = os.path.join(parent, base[len(WH) :])
                 for path in [p for p in tree if p == gone or p.startswith(gone + "/")]:
                     del tree[path]
                 continue
@@ -97,7 +106,7 @@ def whiteouts(blobs: list[str]) -> set[str]:
         for name, _ in layer_entries(blob):
             base = os.path.basename(name)
             if base.startswith(WH) and base != OPQ:
-                out.add(os.path.join(os.path.dirname(name), base[len(WH):]))
+                out.add(os.path.join(os.path.dirname(name), base[len(WH) :]))
     return out
 
 
@@ -120,8 +129,15 @@ class Buildah:
 
     def __init__(self, base: str) -> None:
         self.base = base
-        self.args = ["buildah", "--root", os.path.join(base, "root"), "--runroot", os.path.join(base, "run"),
-                     "--storage-driver", "vfs"]
+        self.args = [
+            "buildah",
+            "--root",
+            os.path.join(base, "root"),
+            "--runroot",
+            os.path.join(base, "run"),
+            "--storage-driver",
+            "vfs",
+        ]
 
     def __call__(self, *args: str, cwd: str | None = None) -> str:
         proc = subprocess.run([*self.args, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
@@ -130,8 +146,20 @@ class Buildah:
         return proc.stdout
 
     def bud(self, context: str, tag: str, *extra: str) -> None:
-        self("bud", "--pull-never", "--isolation", "chroot", "--layers", "--format", "docker",
-             "--identity-label=false", "-t", tag, *extra, context)
+        self(
+            "bud",
+            "--pull-never",
+            "--isolation",
+            "chroot",
+            "--layers",
+            "--format",
+            "docker",
+            "--identity-label=false",
+            "-t",
+            tag,
+            *extra,
+            context,
+        )
 
     def layout(self, image: str, into: str) -> str:
         self("push", image, f"oci:{into}")

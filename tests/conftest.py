@@ -25,8 +25,11 @@ def zygote_dir(tmp_path_factory):
 
 def _host_network() -> tuple[bool, bool]:
     """Is there a bridge ``strata0``, and nftables' ``table ip strata``? (root's default network)"""
-    table = os.geteuid() == 0 and shutil.which("nft") is not None and subprocess.run(
-        ["nft", "list", "table", "ip", "strata"], capture_output=True).returncode == 0
+    table = (
+        os.geteuid() == 0
+        and shutil.which("nft") is not None
+        and subprocess.run(["nft", "list", "table", "ip", "strata"], capture_output=True).returncode == 0
+    )
     return os.path.exists("/sys/class/net/strata0"), table
 
 
@@ -70,12 +73,14 @@ def busybox_rootfs(tmp_path):
 
 @pytest.fixture
 def small_layer():
-    return tar_bytes([
-        {"name": "etc/", "type": "dir"},
-        {"name": "etc/motd", "data": b"hello\n"},
-        {"name": "bin/", "type": "dir"},
-        {"name": "bin/tool", "data": b"#!/bin/sh\necho tool\n", "mode": 0o755},
-    ])
+    return tar_bytes(
+        [
+            {"name": "etc/", "type": "dir"},
+            {"name": "etc/motd", "data": b"hello\n"},
+            {"name": "bin/", "type": "dir"},
+            {"name": "bin/tool", "data": b"#!/bin/sh\necho tool\n", "mode": 0o755},
+        ]
+    )
 
 
 @pytest.fixture(scope="session")
@@ -111,8 +116,11 @@ def rootdir(tmp_path, full_busybox):
         assert not [line for line in f if root in line]
     for cg in ("/sys/fs/cgroup/cpu/strata", "/sys/fs/cgroup/memory/strata"):
         if os.path.isdir(cg):
-            leftover = [d for d in os.listdir(cg) if os.path.isdir(os.path.join(cg, d)) and
-                        os.path.isdir(os.path.join(containers, d))]
+            leftover = [
+                d
+                for d in os.listdir(cg)
+                if os.path.isdir(os.path.join(cg, d)) and os.path.isdir(os.path.join(containers, d))
+            ]
             assert leftover == []
 
 

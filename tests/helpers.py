@@ -31,7 +31,11 @@ class Result:
 
 def strata(root: str, *args: str, input: bytes | None = None, check: bool = True) -> Result:
     proc = subprocess.run(
-        [*STRATA, "--root", root, *args], input=input, capture_output=True, cwd=REPO, timeout=300,
+        [*STRATA, "--root", root, *args],
+        input=input,
+        capture_output=True,
+        cwd=REPO,
+        timeout=300,
         env={**os.environ, "PYTHONPATH": REPO},
     )
     res = Result(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
@@ -82,12 +86,14 @@ class BuildSteps:
     """The commands of a build the tests cache (a venv, a wheel), under one deadline: ``error`` with
     the tail of a command's output where one fails or the time runs out."""
 
-    def __init__(self, what: str, budget: float, error: type[Exception], log: Any = None,
-                 deadline: float | None = None) -> None:
+    def __init__(
+        self, what: str, budget: float, error: type[Exception], log: Any = None, deadline: float | None = None
+    ) -> None:
         self.what, self.budget, self.error, self.log = what, budget, error, log
         self.deadline = time.monotonic() + budget if deadline is None else deadline
-        self.env = {k: v for k, v in os.environ.items()
-                    if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")}
+        self.env = {
+            k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")
+        }
 
     def run(self, cmd: list[str], env: dict[str, str] | None = None, hint: str = "") -> None:
         remaining = self.deadline - time.monotonic()
@@ -96,14 +102,20 @@ class BuildSteps:
         if self.log is not None:
             self.log(f"{self.what}:   $ " + " ".join(cmd))
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=remaining,
-                                  env={**self.env, **(env or {})}, stdin=subprocess.DEVNULL)
+            proc = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                timeout=remaining,
+                env={**self.env, **(env or {})},
+                stdin=subprocess.DEVNULL,
+            )
         except subprocess.TimeoutExpired:
-            raise self.error(f"{self.what}: {' '.join(cmd)} took longer than the build's "
-                             f"{self.budget:.0f} s") from None
+            raise self.error(f"{self.what}: {' '.join(cmd)} took longer than the build's {self.budget:.0f} s") from None
         if proc.returncode != 0:
-            raise self.error(f"{self.what}: {' '.join(cmd)} failed ({proc.returncode}){hint}:\n"
-                             f"{(proc.stdout + proc.stderr)[-3000:]}")
+            raise self.error(
+                f"{self.what}: {' '.join(cmd)} failed ({proc.returncode}){hint}:\n{(proc.stdout + proc.stderr)[-3000:]}"
+            )
 
 
 def sha256(data: bytes) -> str:
@@ -118,8 +130,12 @@ def tar_bytes(entries: list[dict[str, Any]], fmt: int = tarfile.PAX_FORMAT) -> b
             info = tarfile.TarInfo(e["name"])
             kind = e.get("type", "file")
             info.type = {
-                "file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
-                "hardlink": tarfile.LNKTYPE, "fifo": tarfile.FIFOTYPE, "char": tarfile.CHRTYPE,
+                "file": tarfile.REGTYPE,
+                "dir": tarfile.DIRTYPE,
+                "symlink": tarfile.SYMTYPE,
+                "hardlink": tarfile.LNKTYPE,
+                "fifo": tarfile.FIFOTYPE,
+                "char": tarfile.CHRTYPE,
                 "block": tarfile.BLKTYPE,
             }[kind]
             info.mode = e.get("mode", 0o755 if kind == "dir" else 0o644)
@@ -140,12 +156,14 @@ def tar_bytes(entries: list[dict[str, Any]], fmt: int = tarfile.PAX_FORMAT) -> b
 
 def config_for(diff_ids: list[str], history: list[dict[str, Any]] | None = None, **extra: Any) -> bytes:
     config = {
-        "architecture": "amd64", "os": "linux", "created": "2024-01-02T03:04:05Z",
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2024-01-02T03:04:05Z",
         "config": {"Cmd": ["/bin/sh"]},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": history if history is not None else [
-            {"created": "2024-01-02T03:04:05Z", "created_by": f"step {i}"} for i in range(len(diff_ids))
-        ],
+        "history": history
+        if history is not None
+        else [{"created": "2024-01-02T03:04:05Z", "created_by": f"step {i}"} for i in range(len(diff_ids))],
         **extra,
     }
     return json.dumps(config).encode()
@@ -190,9 +208,13 @@ def legacy_save(chain: list[tuple[str, bytes, str]], repositories: dict[str, dic
     parent = None
     for layer_id, layer, cmd in chain:
         meta: dict[str, Any] = {
-            "id": layer_id, "created": "2015-06-01T10:00:00.000000001Z", "os": "linux",
-            "architecture": "amd64", "container_config": {"Cmd": ["/bin/sh", "-c", cmd]},
-            "config": {"Cmd": ["/bin/sh"]}, "Size": len(layer),
+            "id": layer_id,
+            "created": "2015-06-01T10:00:00.000000001Z",
+            "os": "linux",
+            "architecture": "amd64",
+            "container_config": {"Cmd": ["/bin/sh", "-c", cmd]},
+            "config": {"Cmd": ["/bin/sh"]},
+            "Size": len(layer),
         }
         if parent:
             meta["parent"] = parent

@@ -61,8 +61,9 @@ def token_handler(args: argparse.Namespace, log: Log) -> type[BaseHTTPRequestHan
         der = base64.b64decode("".join(line for line in f.read().splitlines() if "-----" not in line))
 
     def sign(data: bytes) -> bytes:
-        return subprocess.run(["openssl", "dgst", "-sha256", "-sign", args.key], input=data, check=True,
-                              capture_output=True).stdout
+        return subprocess.run(
+            ["openssl", "dgst", "-sha256", "-sign", args.key], input=data, check=True, capture_output=True
+        ).stdout
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *a: object) -> None:
@@ -90,13 +91,28 @@ def token_handler(args: argparse.Namespace, log: Log) -> type[BaseHTTPRequestHan
                 granted = [a for a in wanted.split(",") if a in actions and (user or anonymous_ok)]
                 access.append({"type": kind, "name": name, "actions": granted})
             now = int(time.time())
-            claims = {"iss": args.issuer, "sub": user, "aud": query.get("service", [""])[0], "exp": now + 600,
-                      "nbf": now - 10, "iat": now, "jti": uuid.uuid4().hex, "access": access}
+            claims = {
+                "iss": args.issuer,
+                "sub": user,
+                "aud": query.get("service", [""])[0],
+                "exp": now + 600,
+                "nbf": now - 10,
+                "iat": now,
+                "jti": uuid.uuid4().hex,
+                "access": access,
+            }
             head = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(der).decode()]}
             signing = f"{b64url(json.dumps(head).encode())}.{b64url(json.dumps(claims).encode())}"
             token = f"{signing}.{b64url(sign(signing.encode()))}"
-            log(event="token", user=user, account=query.get("account", [""])[0], scopes=scopes,
-                service=query.get("service", [""])[0], access=access, token=token[-16:])
+            log(
+                event="token",
+                user=user,
+                account=query.get("account", [""])[0],
+                scopes=scopes,
+                service=query.get("service", [""])[0],
+                access=access,
+                token=token[-16:],
+            )
             body = json.dumps({"token": token, "expires_in": args.expires_in}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -219,9 +235,18 @@ def proxy_handler(args: argparse.Namespace, log: Log) -> type[BaseHTTPRequestHan
                 if blob and args.rate:  # a link of that many bytes a second, per connection
                     time.sleep(max(0.0, began + sent / args.rate - time.monotonic()))
             conn.close()
-            log(event="request", method=self.command, path=path, query=urllib.parse.urlsplit(self.path).query,
-                status=resp.status, auth=auth, body_in=len(body),
-                body_out=sent, range=headers.get("Range"), content_range=self.headers.get("Content-Range"))
+            log(
+                event="request",
+                method=self.command,
+                path=path,
+                query=urllib.parse.urlsplit(self.path).query,
+                status=resp.status,
+                auth=auth,
+                body_in=len(body),
+                body_out=sent,
+                range=headers.get("Range"),
+                content_range=self.headers.get("Content-Range"),
+            )
 
         def _barrier(self, path: str) -> None:
             with state.lock:
@@ -302,8 +327,9 @@ def connect_handler(args: argparse.Namespace, log: Log) -> type[BaseHTTPRequestH
             body = self.rfile.read(length) if length else None
             conn = http.client.HTTPConnection(host, port, timeout=60)
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
-            conn.request(self.command, urllib.parse.urlunsplit(("", "", parts.path, parts.query, "")), body=body,
-                         headers=headers)
+            conn.request(
+                self.command, urllib.parse.urlunsplit(("", "", parts.path, parts.query, "")), body=body, headers=headers
+            )
             resp = conn.getresponse()
             data = resp.read()
             self.send_response(resp.status)
@@ -350,8 +376,9 @@ def main() -> None:
     parser.add_argument("--map", action="append", default=[], help="name:port=127.0.0.1:port")
     args = parser.parse_args()
     log = Log(args.log)
-    handler = {"token": token_handler, "proxy": proxy_handler, "cdn": cdn_handler,
-               "connect": connect_handler}[args.mode](args, log)
+    handler = {"token": token_handler, "proxy": proxy_handler, "cdn": cdn_handler, "connect": connect_handler}[
+        args.mode
+    ](args, log)
     server = ThreadingHTTPServer((args.host, args.port), handler)
     server.daemon_threads = True
     print(server.server_address[1], flush=True)

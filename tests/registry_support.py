@@ -68,16 +68,21 @@ def registry(work: str, auth: str = "", tls: tuple[str, str] | None = None) -> I
     port = free_port()
     data = os.path.join(work, "storage")
     config = os.path.join(work, "registry.yml")
-    text = (f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {data}\n"
-            f"http:\n  addr: 127.0.0.1:{port}\n  secret: strata-test-secret\n")
+    text = (
+        f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {data}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n  secret: strata-test-secret\n"
+    )
     if tls:
         text += f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n"
     if auth:
         text += "auth:\n" + "".join(f"  {line}\n" for line in auth.strip("\n").splitlines())
     with open(config, "w") as f:
         f.write(text)
-    proc = subprocess.Popen(["docker-registry", "serve", config], stdout=subprocess.DEVNULL,
-                            stderr=open(os.path.join(work, "registry.log"), "w"))
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", config],
+        stdout=subprocess.DEVNULL,
+        stderr=open(os.path.join(work, "registry.log"), "w"),
+    )
     context = ssl._create_unverified_context() if tls else None
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/v2/"
     try:
@@ -97,8 +102,9 @@ def fake(mode: str, work: str, *args: str) -> Iterator[Server]:
     """One of ``registry_fakes.py``'s servers; its port is the first line it prints."""
     os.makedirs(work, exist_ok=True)
     log = os.path.join(work, f"{mode}-{len(os.listdir(work))}.log")
-    proc = subprocess.Popen([sys.executable, FAKES, mode, "--log", log, *args], stdout=subprocess.PIPE,
-                            stderr=open(log + ".err", "w"))
+    proc = subprocess.Popen(
+        [sys.executable, FAKES, mode, "--log", log, *args], stdout=subprocess.PIPE, stderr=open(log + ".err", "w")
+    )
     try:
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 30)
@@ -118,17 +124,46 @@ def make_ca(work: str, names: list[str]) -> tuple[str, str, str]:
     """A CA, and a server certificate it signs for ``names`` (IPs or DNS names). Returns (ca.crt,
     server.crt, server.key)."""
     os.makedirs(work, exist_ok=True)
-    ca_key, ca, key, csr, crt = (os.path.join(work, n) for n in ("ca.key", "ca.crt", "server.key", "server.csr",
-                                                                 "server.crt"))
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2",
-            "-subj", "/CN=strata test CA")
+    ca_key, ca, key, csr, crt = (
+        os.path.join(work, n) for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt")
+    )
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        ca_key,
+        "-out",
+        ca,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=strata test CA",
+    )
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=registry")
     sans = ",".join(f"IP:{n}" if n[0].isdigit() else f"DNS:{n}" for n in names)
     ext = os.path.join(work, "ext.cnf")
     with open(ext, "w") as f:
         f.write(f"subjectAltName={sans}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
-    openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", crt, "-days", "2",
-            "-extfile", ext)
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        ca,
+        "-CAkey",
+        ca_key,
+        "-CAcreateserial",
+        "-out",
+        crt,
+        "-days",
+        "2",
+        "-extfile",
+        ext,
+    )
     return ca, crt, key
 
 
@@ -136,8 +171,21 @@ def signing_pair(work: str) -> tuple[str, str]:
     """A self-signed key and certificate for a token server: (cert, key)."""
     os.makedirs(work, exist_ok=True)
     cert, key = os.path.join(work, "token.crt"), os.path.join(work, "token.key")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "2",
-            "-subj", "/CN=strata test token issuer")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        cert,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=strata test token issuer",
+    )
     return cert, key
 
 
@@ -156,8 +204,12 @@ def image_id(root: str, ref: str) -> str:
 def store_files(root: str) -> list[str]:
     """Every file of a store but its lock files: compared before and after a command that must
     change nothing."""
-    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
-                  if f not in ("lock", "gc.lock"))
+    return sorted(
+        os.path.relpath(os.path.join(d, f), root)
+        for d, _, fs in os.walk(root)
+        for f in fs
+        if f not in ("lock", "gc.lock")
+    )
 
 
 def registry_blobs(data: str) -> dict[str, int]:

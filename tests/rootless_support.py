@@ -147,13 +147,17 @@ def ensure_venv(repo: str, log: Log) -> str:
 def _build(repo: str, path: str, log: Log) -> None:
     started = time.monotonic()
     version, label = _pyfuse3_version(repo)
-    log(f"rootless: building {path} with {SYSTEM_PYTHON}: pyfuse3 {version} + unionfs/patches, "
-        f"{', '.join(_dependencies(repo))} (once per machine; at most {BUILD_TIMEOUT:.0f} s)")
+    log(
+        f"rootless: building {path} with {SYSTEM_PYTHON}: pyfuse3 {version} + unionfs/patches, "
+        f"{', '.join(_dependencies(repo))} (once per machine; at most {BUILD_TIMEOUT:.0f} s)"
+    )
     b = BuildSteps("rootless venv build", BUILD_TIMEOUT, SetupError, log, deadline=started + BUILD_TIMEOUT)
     os.mkdir(path, 0o755)
     os.chmod(path, 0o755)
-    b.run([SYSTEM_PYTHON, "-m", "venv", path],
-          hint=" (apt-get install python3-venv python3-dev: the Makefile's DEB_PACKAGES)")
+    b.run(
+        [SYSTEM_PYTHON, "-m", "venv", path],
+        hint=" (apt-get install python3-venv python3-dev: the Makefile's DEB_PACKAGES)",
+    )
     python = os.path.join(path, "bin", "python")
     pip = [python, "-m", "pip", "-q", "--disable-pip-version-check", "--no-input"]
     with tempfile.TemporaryDirectory(prefix="strata-rootless-build-", dir=CACHE_PARENT) as work:
@@ -169,11 +173,20 @@ def _build(repo: str, path: str, log: Log) -> None:
             b.run(["patch", "-s", "-d", src, "-p1", "-i", os.path.join(repo, patch)])
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(src, "src", "pyfuse3", "__init__.c"))  # Cython writes it from the patched source
-        b.run([*pip, "install", "--no-deps", src], env={"SETUPTOOLS_SCM_PRETEND_VERSION": version + label},
-              hint=" (needs gcc, pkg-config, libfuse3-dev, python3-dev: the Makefile's DEB_PACKAGES)")
+        b.run(
+            [*pip, "install", "--no-deps", src],
+            env={"SETUPTOOLS_SCM_PRETEND_VERSION": version + label},
+            hint=" (needs gcc, pkg-config, libfuse3-dev, python3-dev: the Makefile's DEB_PACKAGES)",
+        )
     b.run([*pip, "install", *_dependencies(repo)])
-    b.run([python, "-c", "import pyfuse3, trio, zstandard; "
-                         "assert hasattr(pyfuse3.FileInfo(), 'cache_readdir'), 'pyfuse3 is not the patched one'"])
+    b.run(
+        [
+            python,
+            "-c",
+            "import pyfuse3, trio, zstandard; "
+            "assert hasattr(pyfuse3.FileInfo(), 'cache_readdir'), 'pyfuse3 is not the patched one'",
+        ]
+    )
     make_readable(path)
     log(f"rootless: built {path} in {time.monotonic() - started:.0f} s")
 
@@ -184,11 +197,16 @@ def copy_sources(repo: str, python: str) -> str:
     dest = tempfile.mkdtemp(prefix="strata-rootless-src-", dir=SESSION_PARENT)
     try:
         for package in PACKAGES:
-            shutil.copytree(os.path.join(repo, package), os.path.join(dest, package), symlinks=True,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(
+                os.path.join(repo, package),
+                os.path.join(dest, package),
+                symlinks=True,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            )
         # an optimisation only: a file that does not compile (mid-edit) fails in the tests, with its error
-        subprocess.run([python, "-m", "compileall", "-q", dest], check=False, capture_output=True,
-                       timeout=COMMAND_TIMEOUT)
+        subprocess.run(
+            [python, "-m", "compileall", "-q", dest], check=False, capture_output=True, timeout=COMMAND_TIMEOUT
+        )
         make_readable(dest)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
@@ -279,31 +297,62 @@ class RootlessUser:
 
     def environment(self) -> dict[str, str]:
         return {
-            "HOME": self.home, "USER": self.name, "LOGNAME": self.name, "SHELL": "/bin/sh",
+            "HOME": self.home,
+            "USER": self.name,
+            "LOGNAME": self.name,
+            "SHELL": "/bin/sh",
             "PATH": f"{self.venv}/bin:/usr/local/bin:/usr/bin:/bin",
-            "XDG_RUNTIME_DIR": self.runtime_dir, "LANG": "C.UTF-8",
+            "XDG_RUNTIME_DIR": self.runtime_dir,
+            "LANG": "C.UTF-8",
         }
 
-    def run(self, *argv: str, input: bytes | str | None = None, env: dict[str, str] | None = None,
-            check: bool = True, cwd: str | None = None, timeout: float = COMMAND_TIMEOUT) -> Result:
+    def run(
+        self,
+        *argv: str,
+        input: bytes | str | None = None,
+        env: dict[str, str] | None = None,
+        check: bool = True,
+        cwd: str | None = None,
+        timeout: float = COMMAND_TIMEOUT,
+    ) -> Result:
         """Run ``argv`` as the user (its own session: no controlling terminal of ours), umask 022."""
         data = input.encode() if isinstance(input, str) else input
         proc = subprocess.run(
             ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups", "--", *argv],
-            input=data, stdin=None if data is not None else subprocess.DEVNULL, capture_output=True,
-            env={**self.environment(), **(env or {})}, cwd=cwd or self.home, timeout=timeout,
-            start_new_session=True, umask=0o022,
+            input=data,
+            stdin=None if data is not None else subprocess.DEVNULL,
+            capture_output=True,
+            env={**self.environment(), **(env or {})},
+            cwd=cwd or self.home,
+            timeout=timeout,
+            start_new_session=True,
+            umask=0o022,
         )
         res = Result(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
         if check and res.code != 0:
             raise AssertionError(f"{' '.join(argv)} as {self.name} failed ({res.code}): {res.err}")
         return res
 
-    def strata(self, root: str, *args: str, input: bytes | str | None = None, env: dict[str, str] | None = None,
-               check: bool = True) -> Result:
+    def strata(
+        self,
+        root: str,
+        *args: str,
+        input: bytes | str | None = None,
+        env: dict[str, str] | None = None,
+        check: bool = True,
+    ) -> Result:
         """``python -m runner --root ROOT ARGS`` as the user, on the copied code (through its zygote)."""
-        res = self.run(self.python, "-m", "runner", "--root", root, *args, input=input, check=False,
-                       env={"PYTHONPATH": self.src, "STRATA_ZYGOTE_DIR": self.zygote_dir, **(env or {})})
+        res = self.run(
+            self.python,
+            "-m",
+            "runner",
+            "--root",
+            root,
+            *args,
+            input=input,
+            check=False,
+            env={"PYTHONPATH": self.src, "STRATA_ZYGOTE_DIR": self.zygote_dir, **(env or {})},
+        )
         if check and res.code != 0:
             raise AssertionError(f"strata {' '.join(args)} as {self.name} failed ({res.code}): {res.err}")
         return res
@@ -466,15 +515,38 @@ def rootless_user(repo: str, log: Log = print) -> Iterator[RootlessUser]:
         name = f"strata-t{random.randbytes(3).hex()}"
         home = f"/home/{name}"
         subid = _free_subid_start()
-        created = _run_root(["useradd", "--create-home", "--home-dir", home, "--shell", "/bin/sh", "--user-group",
-                             "--comment", "strata rootless tests", "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0",
-                             name])
+        created = _run_root(
+            [
+                "useradd",
+                "--create-home",
+                "--home-dir",
+                home,
+                "--shell",
+                "/bin/sh",
+                "--user-group",
+                "--comment",
+                "strata rootless tests",
+                "-K",
+                "SUB_UID_COUNT=0",
+                "-K",
+                "SUB_GID_COUNT=0",
+                name,
+            ]
+        )
         if created.returncode != 0:
             raise SetupError(f"useradd {name} failed: {created.stderr.strip()}")
 
         def delete_user() -> None:
-            _run_root(["usermod", "--del-subuids", f"{subid}-{subid + SUBID_COUNT - 1}",
-                       "--del-subgids", f"{subid}-{subid + SUBID_COUNT - 1}", name])
+            _run_root(
+                [
+                    "usermod",
+                    "--del-subuids",
+                    f"{subid}-{subid + SUBID_COUNT - 1}",
+                    "--del-subgids",
+                    f"{subid}-{subid + SUBID_COUNT - 1}",
+                    name,
+                ]
+            )
             gone = _run_root(["userdel", "-r", name])
             if gone.returncode not in (0, 12):  # 12: the home could not be removed (done below)
                 forced = _run_root(["userdel", "-r", "-f", name])
@@ -487,9 +559,19 @@ def rootless_user(repo: str, log: Log = print) -> Iterator[RootlessUser]:
         stack.callback(attempt, f"delete user {name}", delete_user)
         entry = pwd.getpwnam(name)
         runtime = tempfile.mkdtemp(prefix=f"strata-rootless-run-{name}-", dir=SESSION_PARENT)
-        user = RootlessUser(name=name, uid=entry.pw_uid, gid=entry.pw_gid, home=home, runtime_dir=runtime,
-                            zygote_dir=os.path.join(runtime, "strata"), subid_start=subid,
-                            subid_count=SUBID_COUNT, venv=venv, src=src, log=log)
+        user = RootlessUser(
+            name=name,
+            uid=entry.pw_uid,
+            gid=entry.pw_gid,
+            home=home,
+            runtime_dir=runtime,
+            zygote_dir=os.path.join(runtime, "strata"),
+            subid_start=subid,
+            subid_count=SUBID_COUNT,
+            venv=venv,
+            src=src,
+            log=log,
+        )
         # these run first (in reverse): processes, then mounts, then dirs; then the user goes
         stack.callback(attempt, f"remove {runtime}", lambda: shutil.rmtree(runtime))
         stack.callback(attempt, f"unmount below {home}", user.unmount_all)
@@ -497,8 +579,16 @@ def rootless_user(repo: str, log: Log = print) -> Iterator[RootlessUser]:
         os.chown(runtime, user.uid, user.gid)
         os.chmod(runtime, 0o700)
         os.chmod(home, 0o700)
-        added = _run_root(["usermod", "--add-subuids", f"{subid}-{subid + SUBID_COUNT - 1}",
-                           "--add-subgids", f"{subid}-{subid + SUBID_COUNT - 1}", name])
+        added = _run_root(
+            [
+                "usermod",
+                "--add-subuids",
+                f"{subid}-{subid + SUBID_COUNT - 1}",
+                "--add-subgids",
+                f"{subid}-{subid + SUBID_COUNT - 1}",
+                name,
+            ]
+        )
         if added.returncode != 0:
             raise SetupError(f"usermod --add-subuids for {name} failed: {added.stderr.strip()}")
         log(f"rootless: user {name} (uid {user.uid}, subordinate ids {subid}+{SUBID_COUNT}), home {home}")

@@ -50,8 +50,15 @@ def pyfuse3_version() -> str:
 
 
 def _key() -> str:
-    return json.dumps({"python": sys.version, "base": sys._base_executable,  # type: ignore[attr-defined]
-                       "pyfuse3": pyfuse3_version(), "trio": importlib.metadata.version("trio")}, sort_keys=True)
+    return json.dumps(
+        {
+            "python": sys.version,
+            "base": sys._base_executable,  # type: ignore[attr-defined]
+            "pyfuse3": pyfuse3_version(),
+            "trio": importlib.metadata.version("trio"),
+        },
+        sort_keys=True,
+    )
 
 
 @functools.cache
@@ -87,12 +94,27 @@ def _build(venv: str) -> None:
     py = os.path.join(venv, "bin", "python")
     sdist = os.path.join(REPO, "build", "pyfuse3", f"pyfuse3-{version}.tar.gz")  # the Makefile's, unpatched
     source = sdist if os.path.isfile(sdist) else f"pyfuse3=={version}"
-    steps.run([py, "-m", "pip", "-q", "--disable-pip-version-check", "--no-input", "install", "--no-binary",
-               "pyfuse3", source, f"trio=={importlib.metadata.version('trio')}"])
+    steps.run(
+        [
+            py,
+            "-m",
+            "pip",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-input",
+            "install",
+            "--no-binary",
+            "pyfuse3",
+            source,
+            f"trio=={importlib.metadata.version('trio')}",
+        ]
+    )
     found = features(py)
     if found.version != version or found.patched:
-        raise StockBuildError(f"stock pyfuse3: {venv} holds pyfuse3 {found.version} "
-                              f"({'patched' if found.patched else 'stock'}), not a stock {version}")
+        raise StockBuildError(
+            f"stock pyfuse3: {venv} holds pyfuse3 {found.version} "
+            f"({'patched' if found.patched else 'stock'}), not a stock {version}"
+        )
 
 
 @dataclass(frozen=True)
@@ -130,8 +152,14 @@ print(json.dumps({"version": importlib.metadata.version("pyfuse3"), "dir_cache":
 
 @functools.cache
 def features(python: str) -> Features:
-    done = subprocess.run([python, "-c", _REPORT], capture_output=True, text=True, cwd=REPO, timeout=60,
-                          env={**os.environ, "PYTHONPATH": REPO})
+    done = subprocess.run(
+        [python, "-c", _REPORT],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
     if done.returncode != 0:
         raise StockBuildError(f"{python} cannot import pyfuse3 and unionfs:\n{done.stderr[-3000:]}")
     return Features(**json.loads(done.stdout))

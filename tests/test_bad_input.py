@@ -21,18 +21,22 @@ def _crafted(kind: str, outside: str) -> bytes:
     if kind == "absolute":
         return tar_bytes([GOOD, {"name": outside + "/escaped", "data": b"x"}])
     if kind == "symlink-escape":
-        return tar_bytes([{"name": "link", "type": "symlink", "link": outside},
-                          {"name": "link/escaped", "data": b"x"}])
+        return tar_bytes([{"name": "link", "type": "symlink", "link": outside}, {"name": "link/escaped", "data": b"x"}])
     if kind == "symlink-escape-relative":
-        return tar_bytes([{"name": "up", "type": "symlink", "link": "../../../../../../../../.." + outside},
-                          {"name": "up/escaped", "data": b"x"}])
+        return tar_bytes(
+            [
+                {"name": "up", "type": "symlink", "link": "../../../../../../../../.." + outside},
+                {"name": "up/escaped", "data": b"x"},
+            ]
+        )
     if kind == "hardlink-outside":
         return tar_bytes([GOOD, {"name": "h", "type": "hardlink", "link": "../../../../etc/passwd"}])
     if kind == "hardlink-absolute":
         return tar_bytes([GOOD, {"name": "h", "type": "hardlink", "link": "/etc/passwd"}])
     if kind == "hardlink-via-symlink":
-        return tar_bytes([{"name": "s", "type": "symlink", "link": outside},
-                          {"name": "h", "type": "hardlink", "link": "s/target"}])
+        return tar_bytes(
+            [{"name": "s", "type": "symlink", "link": outside}, {"name": "h", "type": "hardlink", "link": "s/target"}]
+        )
     if kind == "whiteout-dot":
         return tar_bytes([GOOD, {"name": "d/.wh..", "data": b""}])
     if kind == "whiteout-dotdot":
@@ -52,9 +56,19 @@ def _crafted(kind: str, outside: str) -> bytes:
 
 
 TAR_CASES = [
-    "dotdot", "dotdot-inner", "absolute", "symlink-escape", "symlink-escape-relative",
-    "hardlink-outside", "hardlink-absolute", "hardlink-via-symlink", "whiteout-dot", "whiteout-dotdot",
-    "corrupt-header", "truncated", "no-end-marker",
+    "dotdot",
+    "dotdot-inner",
+    "absolute",
+    "symlink-escape",
+    "symlink-escape-relative",
+    "hardlink-outside",
+    "hardlink-absolute",
+    "hardlink-via-symlink",
+    "whiteout-dot",
+    "whiteout-dotdot",
+    "corrupt-header",
+    "truncated",
+    "no-end-marker",
 ]
 
 
@@ -116,10 +130,13 @@ ARCHIVE_CASES = {
     "malformed-manifest": lambda f, c: f.__setitem__("manifest.json", b"[{not json"),
     "malformed-config": lambda f, c: (f.pop(c), f.__setitem__(c, b"{oops")),
     "config-digest-mismatch": lambda f, c: f.__setitem__(c, f[c].replace(b"amd64", b"arm64")),
-    "layer-count-lies": lambda f, c: f.__setitem__("manifest.json", json.dumps(
-        [{"Config": c, "RepoTags": ["x:1"], "Layers": ["abc/layer.tar", "abc/layer.tar"]}]).encode()),
-    "bad-tag": lambda f, c: f.__setitem__("manifest.json", json.dumps(
-        [{"Config": c, "RepoTags": ["UPPER:1"], "Layers": ["abc/layer.tar"]}]).encode()),
+    "layer-count-lies": lambda f, c: f.__setitem__(
+        "manifest.json",
+        json.dumps([{"Config": c, "RepoTags": ["x:1"], "Layers": ["abc/layer.tar", "abc/layer.tar"]}]).encode(),
+    ),
+    "bad-tag": lambda f, c: f.__setitem__(
+        "manifest.json", json.dumps([{"Config": c, "RepoTags": ["UPPER:1"], "Layers": ["abc/layer.tar"]}]).encode()
+    ),
     "not-an-archive": lambda f, c: [f.pop(k) for k in list(f)],
 }
 
@@ -159,20 +176,44 @@ def _oci_layout(tmp_path, small_layer: bytes, size_delta: int = 0, blob_damage: 
     blobs.mkdir(parents=True)
     gz = gzip.compress(small_layer, mtime=0)
     config = config_for([sha256(small_layer)])
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(config), "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(gz),
-                    "size": len(gz) + size_delta}],
-    }).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": sha256(config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": sha256(gz),
+                    "size": len(gz) + size_delta,
+                }
+            ],
+        }
+    ).encode()
     for blob in (gz, config, manifest):
         (blobs / sha256(blob).split(":")[1]).write_bytes(blob)
     if blob_damage:
         (blobs / sha256(gz).split(":")[1]).write_bytes(gz[:-8] + b"\0" * 8)
     (lay / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    (lay / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha256(manifest),
-         "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": "oci/test:1"}}]}))
+    (lay / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": sha256(manifest),
+                        "size": len(manifest),
+                        "annotations": {"org.opencontainers.image.ref.name": "oci/test:1"},
+                    }
+                ],
+            }
+        )
+    )
     return str(lay)
 
 

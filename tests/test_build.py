@@ -45,9 +45,16 @@ def run(root: str, image: str, *cmd: str) -> str:
 
 
 def test_history_and_config_read_as_docker_writes_them(rootdir, tmp_path):
-    ctx = write(tmp_path / "ctx", {"f.txt": "f\n", "Dockerfile": (
-        "FROM bb\nARG V=1\nENV A=1 B=\"two words\"\nWORKDIR /app\nCOPY f.txt ./\nRUN echo $V > v\n"
-        "CMD [\"cat\", \"v\"]\n")})
+    ctx = write(
+        tmp_path / "ctx",
+        {
+            "f.txt": "f\n",
+            "Dockerfile": (
+                'FROM bb\nARG V=1\nENV A=1 B="two words"\nWORKDIR /app\nCOPY f.txt ./\nRUN echo $V > v\n'
+                'CMD ["cat", "v"]\n'
+            ),
+        },
+    )
     image = strata(rootdir, "build", "-q", "-t", "hist", ctx).out.strip()
     rows = [json.loads(line) for line in strata(rootdir, "history", "--format", "json", "hist").out.splitlines()]
     created_by = [r["CreatedBy"] for r in rows][:-1][::-1]
@@ -62,8 +69,11 @@ def test_history_and_config_read_as_docker_writes_them(rootdir, tmp_path):
     assert [h.get("empty_layer", False) for h in doc["History"]][1:] == [True, True, False, False, False, True]
     assert len(doc["RootFS"]["Layers"]) == 4  # bb, WORKDIR's /app, COPY, RUN
     assert doc["Config"]["Cmd"] == ["cat", "v"] and doc["Config"]["WorkingDir"] == "/app"
-    assert doc["Config"]["Env"] == ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "A=1",
-                                    "B=two words"]  # bb has no Env: Docker's default PATH joins it at FROM
+    assert doc["Config"]["Env"] == [
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "A=1",
+        "B=two words",
+    ]  # bb has no Env: Docker's default PATH joins it at FROM
     assert run(rootdir, "hist") == "1\n"
 
 
@@ -73,19 +83,24 @@ def test_plain_progress_reads_like_buildkits(rootdir, tmp_path):
     assert "#1 [internal] load build definition from Dockerfile\n#1 transferring dockerfile: 43B done\n" in err
     assert re.search(r"^#3 \[internal\] load metadata for docker.io/library/bb:latest\n#3 DONE 0.0s$", err, re.M)
     assert re.search(r"^#4 \[1/3\] FROM docker.io/library/bb:latest$", err, re.M)
-    assert re.search(r"^#5 \[2/3\] RUN echo hello from run\n#5 \d+\.\d{3} hello from run\n#5 DONE \d+\.\ds$", err,
-                     re.M)
+    assert re.search(r"^#5 \[2/3\] RUN echo hello from run\n#5 \d+\.\d{3} hello from run\n#5 DONE \d+\.\ds$", err, re.M)
     assert re.search(r"^#\d+ naming to docker.io/library/pp:latest done$", err, re.M)
     again = strata(rootdir, "build", "--progress", "plain", "-t", "pp", ctx).err
-    assert steps(again) == {"[2/3] RUN echo hello from run": "CACHED", "[3/3] WORKDIR /w": "CACHED",
-                            "[1/3] FROM docker.io/library/bb:latest": "DONE"}
+    assert steps(again) == {
+        "[2/3] RUN echo hello from run": "CACHED",
+        "[3/3] WORKDIR /w": "CACHED",
+        "[1/3] FROM docker.io/library/bb:latest": "DONE",
+    }
 
 
 def test_flags_docker_has_that_strata_build_cannot_honour_are_refused_in_one_line(rootdir, tmp_path):
     ctx = write(tmp_path / "ctx", {"Dockerfile": "FROM bb\n"})
     res = strata(rootdir, "build", "--pull", "always", ctx, check=False)
-    assert res.code == 1 and res.err.startswith("Error: --pull always: strata build does not pull") and \
-        len(res.err.splitlines()) == 1
+    assert (
+        res.code == 1
+        and res.err.startswith("Error: --pull always: strata build does not pull")
+        and len(res.err.splitlines()) == 1
+    )
     res = strata(rootdir, "build", "-t", "Bad:Name", ctx, check=False)
     assert res.code == 1 and res.err.startswith("Error: invalid tag 'Bad:Name'") and len(res.err.splitlines()) == 1
     res = strata(rootdir, "build", str(tmp_path / "nowhere"), check=False)
@@ -96,8 +111,10 @@ def test_tty_progress_is_one_line_a_step_and_a_summary(rootdir, tmp_path):
     ctx = write(tmp_path / "ctx", {"Dockerfile": "FROM bb\nRUN echo quiet here\nRUN echo failing; exit 2\n"})
     res = strata(rootdir, "build", "--progress", "tty", ctx, check=False)
     lines = res.err.splitlines()
-    assert re.fullmatch(r" => \[2/3\] RUN echo quiet here +\d+\.\ds", lines[lines.index(next(
-        line for line in lines if "RUN echo quiet" in line))])
+    assert re.fullmatch(
+        r" => \[2/3\] RUN echo quiet here +\d+\.\ds",
+        lines[lines.index(next(line for line in lines if "RUN echo quiet" in line))],
+    )
     assert "quiet here" not in res.err.replace("RUN echo quiet here", "")  # a step's output: only if it fails
     assert any(re.fullmatch(r" => ERROR \[3/3\] RUN echo failing; exit 2 +\d+\.\ds", line) for line in lines)
     assert "failing" in lines[lines.index(" > [3/3] RUN echo failing; exit 2:") + 1]
@@ -122,15 +139,23 @@ def test_a_big_context_shows_its_transfer(tmp_path, monkeypatch):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     context = open_context("-", None, io.BytesIO(buf.getvalue()), str(scratch), progress.Progress(out, "plain"))
-    assert context.dockerfile == "FROM bb\n" and os.path.getsize(os.path.join(context.tree.root, "data", "3")) == 1 << 20
+    assert (
+        context.dockerfile == "FROM bb\n" and os.path.getsize(os.path.join(context.tree.root, "data", "3")) == 1 << 20
+    )
     sizes = re.findall(r"^#1 transferring context: ([\d.]+)MB \d+\.\ds$", out.getvalue(), re.M)
     assert len(sizes) > 3 and [float(s) for s in sizes] == sorted(float(s) for s in sizes)
     assert re.search(r"^#1 transferring context: 4\.\d+MB done$", out.getvalue(), re.M)
 
 
 def test_a_rebuild_with_nothing_changed_reuses_every_step_and_starts_no_container(rootdir, tmp_path):
-    ctx = write(tmp_path / "ctx", {"a": "a\n", "b": "b\n", "Dockerfile": (
-        "FROM bb\nCOPY a /a\nRUN cat /a > /copy\nCOPY b /b\nRUN echo done > /done\n")})
+    ctx = write(
+        tmp_path / "ctx",
+        {
+            "a": "a\n",
+            "b": "b\n",
+            "Dockerfile": ("FROM bb\nCOPY a /a\nRUN cat /a > /copy\nCOPY b /b\nRUN echo done > /done\n"),
+        },
+    )
     first = strata(rootdir, "build", "-q", ctx).out.strip()
     containers = os.path.join(rootdir, "containers")
     before = os.stat(containers).st_mtime_ns, sorted(os.listdir(containers))
@@ -145,15 +170,26 @@ def test_a_rebuild_with_nothing_changed_reuses_every_step_and_starts_no_containe
 
 def test_changing_a_copied_file_rebuilds_from_that_step_on(rootdir, tmp_path):
     ctx = tmp_path / "ctx"
-    write(ctx, {"a": "a\n", "b": "b\n", "Dockerfile": (
-        "FROM bb\nCOPY a /a\nRUN cat /a > /copy\nCOPY b /b\nRUN cat /b > /copy-b\n")})
+    write(
+        ctx,
+        {
+            "a": "a\n",
+            "b": "b\n",
+            "Dockerfile": ("FROM bb\nCOPY a /a\nRUN cat /a > /copy\nCOPY b /b\nRUN cat /b > /copy-b\n"),
+        },
+    )
     strata(rootdir, "build", "-q", str(ctx))
     os.utime(ctx / "a", (1, 1))  # a touch alone: Docker's checksums have no times
     assert set(steps(strata(rootdir, "build", "--progress", "plain", str(ctx)).err).values()) == {"CACHED", "DONE"}
     (ctx / "b").write_text("B\n")
     got = steps(strata(rootdir, "build", "--progress", "plain", "-t", "changed", str(ctx)).err)
-    assert got == {"[1/5] FROM docker.io/library/bb:latest": "DONE", "[2/5] COPY a /a": "CACHED",
-                   "[3/5] RUN cat /a > /copy": "CACHED", "[4/5] COPY b /b": "DONE", "[5/5] RUN cat /b > /copy-b": "DONE"}
+    assert got == {
+        "[1/5] FROM docker.io/library/bb:latest": "DONE",
+        "[2/5] COPY a /a": "CACHED",
+        "[3/5] RUN cat /a > /copy": "CACHED",
+        "[4/5] COPY b /b": "DONE",
+        "[5/5] RUN cat /b > /copy-b": "DONE",
+    }
     assert run(rootdir, "changed", "cat", "/copy-b") == "B\n"
     got = steps(strata(rootdir, "build", "--progress", "plain", "--no-cache", str(ctx)).err)
     assert "CACHED" not in got.values()
@@ -182,17 +218,27 @@ def test_a_build_arg_misses_only_from_the_first_run_that_sees_it(rootdir, tmp_pa
 
 BAD = {
     "unknown instruction": ("FROM bb\nRUN echo ok\nFOO bar\n", {}, "Dockerfile:3: unknown instruction: FOO"),
-    "no such base": ("FROM bb\nRUN true\nFROM nosuch:1\nRUN true\n", {},
-                     "Dockerfile:3: FROM nosuch:1: no such image"),
-    "COPY through ..": ("FROM bb\nRUN echo ok\nCOPY ../outside /x\n", {},
-                        "Dockerfile:3: COPY failed: forbidden path outside the build context: ../outside"),
-    "COPY through a symlink": ("FROM bb\nCOPY ok /ok\nCOPY escape /x\n", {"ok": "ok"},
-                               "Dockerfile:3: COPY failed: forbidden path outside the build context: escape"),
-    "a failing RUN": ("FROM bb\nCOPY ok /ok\nRUN echo fine\nRUN echo failing && exit 3\n", {"ok": "ok"},
-                      'Dockerfile:4: process "/bin/sh -c echo failing && exit 3" did not complete successfully: '
-                      "exit code: 3"),
-    "a command not found": ("FROM bb\nRUN nosuchcommand\n", {}, "Dockerfile:2: process \"/bin/sh -c nosuchcommand\" "
-                            "did not complete successfully: exit code: 127"),
+    "no such base": ("FROM bb\nRUN true\nFROM nosuch:1\nRUN true\n", {}, "Dockerfile:3: FROM nosuch:1: no such image"),
+    "COPY through ..": (
+        "FROM bb\nRUN echo ok\nCOPY ../outside /x\n",
+        {},
+        "Dockerfile:3: COPY failed: forbidden path outside the build context: ../outside",
+    ),
+    "COPY through a symlink": (
+        "FROM bb\nCOPY ok /ok\nCOPY escape /x\n",
+        {"ok": "ok"},
+        "Dockerfile:3: COPY failed: forbidden path outside the build context: escape",
+    ),
+    "a failing RUN": (
+        "FROM bb\nCOPY ok /ok\nRUN echo fine\nRUN echo failing && exit 3\n",
+        {"ok": "ok"},
+        'Dockerfile:4: process "/bin/sh -c echo failing && exit 3" did not complete successfully: exit code: 3',
+    ),
+    "a command not found": (
+        "FROM bb\nRUN nosuchcommand\n",
+        {},
+        'Dockerfile:2: process "/bin/sh -c nosuchcommand" did not complete successfully: exit code: 127',
+    ),
 }
 
 
@@ -226,33 +272,58 @@ def test_a_failed_build_keeps_the_images_of_earlier_builds(rootdir, tmp_path):
 
 
 def test_multi_stage_builds_only_the_stages_the_target_needs(rootdir, tmp_path):
-    ctx = write(tmp_path / "ctx", {"Dockerfile": (
-        "FROM bb AS build\nRUN mkdir /out && echo artifact > /out/a && chown 65534:65534 /out/a\n"
-        "FROM bb AS broken\nRUN exit 1\n"
-        "FROM build AS test\nRUN test -f /out/a && echo tested > /tested\n"
-        "FROM bb\nCOPY --from=build /out/a /a\nCOPY --from=bb /etc/passwd /from-image\n")})
+    ctx = write(
+        tmp_path / "ctx",
+        {
+            "Dockerfile": (
+                "FROM bb AS build\nRUN mkdir /out && echo artifact > /out/a && chown 65534:65534 /out/a\n"
+                "FROM bb AS broken\nRUN exit 1\n"
+                "FROM build AS test\nRUN test -f /out/a && echo tested > /tested\n"
+                "FROM bb\nCOPY --from=build /out/a /a\nCOPY --from=bb /etc/passwd /from-image\n"
+            )
+        },
+    )
     strata(rootdir, "build", "-q", "-t", "final", ctx)
-    assert run(rootdir, "final", "sh", "-c", "cat /a; stat -c %u /a; head -1 /from-image") == \
-        "artifact\n65534\nroot:x:0:0:root:/root:/bin/sh\n"
+    assert (
+        run(rootdir, "final", "sh", "-c", "cat /a; stat -c %u /a; head -1 /from-image")
+        == "artifact\n65534\nroot:x:0:0:root:/root:/bin/sh\n"
+    )
     strata(rootdir, "build", "-q", "--target", "test", "-t", "tested", ctx)
     assert run(rootdir, "tested", "cat", "/tested") == "tested\n"
     res = strata(rootdir, "build", "-q", "--target", "broken", ctx, check=False)
-    assert res.code == 1 and "Dockerfile:4: process \"/bin/sh -c exit 1\"" in res.err
+    assert res.code == 1 and 'Dockerfile:4: process "/bin/sh -c exit 1"' in res.err
 
 
 def test_dockerignore_keeps_files_out_with_exceptions_and_double_stars(rootdir, tmp_path):
-    ctx = write(tmp_path / "ctx", {"keep.txt": "k", "drop.log": "d", "deep/er/x.log": "x", "deep/er/y.txt": "y",
-                                   "deep/er/important.log": "i", "secret/s": "s",
-                                   ".dockerignore": "*.log\n**/*.log\n!deep/er/important.log\nsecret\n",
-                                   "Dockerfile": "FROM bb\nCOPY . /ctx/\n"})
+    ctx = write(
+        tmp_path / "ctx",
+        {
+            "keep.txt": "k",
+            "drop.log": "d",
+            "deep/er/x.log": "x",
+            "deep/er/y.txt": "y",
+            "deep/er/important.log": "i",
+            "secret/s": "s",
+            ".dockerignore": "*.log\n**/*.log\n!deep/er/important.log\nsecret\n",
+            "Dockerfile": "FROM bb\nCOPY . /ctx/\n",
+        },
+    )
     strata(rootdir, "build", "-q", "-t", "ign", ctx)
     files = run(rootdir, "ign", "find", "/ctx", "-type", "f").split()
-    assert sorted(files) == ["/ctx/.dockerignore", "/ctx/Dockerfile", "/ctx/deep/er/important.log",
-                             "/ctx/deep/er/y.txt", "/ctx/keep.txt"]
+    assert sorted(files) == [
+        "/ctx/.dockerignore",
+        "/ctx/Dockerfile",
+        "/ctx/deep/er/important.log",
+        "/ctx/deep/er/y.txt",
+        "/ctx/keep.txt",
+    ]
     write(tmp_path / "ctx", {"Dockerfile": "FROM bb\nCOPY drop.log /\n"})
     res = strata(rootdir, "build", "-q", ctx, check=False)
-    assert res.code == 1 and "Dockerfile:2: COPY failed: file not found in build context or excluded by " \
-                             ".dockerignore: drop.log" in res.err
+    assert (
+        res.code == 1
+        and "Dockerfile:2: COPY failed: file not found in build context or excluded by .dockerignore: drop.log"
+        in res.err
+    )
     # BuildKit's rule: DOCKERFILE.dockerignore, next to the Dockerfile, wins over the context's own
     write(tmp_path / "df", {"own.Dockerfile": "FROM bb\nCOPY . /ctx/\n", "own.Dockerfile.dockerignore": "keep.txt\n"})
     strata(rootdir, "build", "-q", "-f", str(tmp_path / "df" / "own.Dockerfile"), "-t", "own", ctx)
@@ -272,12 +343,15 @@ def test_add_unpacks_local_tars_and_refuses_a_url_without_network(rootdir, tmp_p
     (ctx / "notatar.gz").write_bytes(b"\x1f\x8b not really")
     write(ctx, {"Dockerfile": "FROM bb\nADD pkg.tar.xz /opt/\nADD notatar.gz /raw/\nCOPY pkg.tar.xz /copied/\n"})
     strata(rootdir, "build", "-q", "-t", "added", str(ctx))
-    assert run(rootdir, "added", "sh", "-c", "cat /opt/pkg/bin/tool; stat -c %u:%a /opt/pkg/bin/tool; ls /raw; ls /copied") \
+    assert (
+        run(rootdir, "added", "sh", "-c", "cat /opt/pkg/bin/tool; stat -c %u:%a /opt/pkg/bin/tool; ls /raw; ls /copied")
         == "tool\n42:755\nnotatar.gz\npkg.tar.xz\n"
+    )
     write(ctx, {"Dockerfile": "FROM bb\nADD http://127.0.0.1:1/file /f\n"})
     res = strata(rootdir, "build", "-q", "--network", "none", str(ctx), check=False)
-    assert res.code == 1 and res.err.startswith("Error: Dockerfile:2: ADD http://127.0.0.1:1/file: the build has no "
-                                                 "network")
+    assert res.code == 1 and res.err.startswith(
+        "Error: Dockerfile:2: ADD http://127.0.0.1:1/file: the build has no network"
+    )
 
 
 def test_add_downloads_a_url_when_the_build_has_a_network(rootdir, tmp_path):
@@ -306,24 +380,35 @@ def test_add_downloads_a_url_when_the_build_has_a_network(rootdir, tmp_path):
 
 
 def test_heredocs_run_scripts_and_make_files(rootdir, tmp_path):
-    ctx = write(tmp_path / "ctx", {"Dockerfile": (
-        "FROM bb\nENV WHO=world\n"
-        "RUN <<EOF\necho one > /h1\necho two >> /h1\nEOF\n"
-        "RUN cat <<EOT > /h2\nhello $WHO\nEOT\n"
-        "COPY <<EOF /h3\nexpanded ${WHO}\nEOF\n"
-        "COPY <<'EOF' /h4\nkept ${WHO}\nEOF\n"
-        "RUN <<EOF\n#!/bin/sh\necho \"script $0\" > /h5\nEOF\n")})
+    ctx = write(
+        tmp_path / "ctx",
+        {
+            "Dockerfile": (
+                "FROM bb\nENV WHO=world\n"
+                "RUN <<EOF\necho one > /h1\necho two >> /h1\nEOF\n"
+                "RUN cat <<EOT > /h2\nhello $WHO\nEOT\n"
+                "COPY <<EOF /h3\nexpanded ${WHO}\nEOF\n"
+                "COPY <<'EOF' /h4\nkept ${WHO}\nEOF\n"
+                'RUN <<EOF\n#!/bin/sh\necho "script $0" > /h5\nEOF\n'
+            )
+        },
+    )
     strata(rootdir, "build", "-q", "-t", "here", ctx)
-    assert run(rootdir, "here", "sh", "-c", "cat /h1 /h2 /h3 /h4 /h5; ls -a / | grep heredoc | wc -l") == \
-        "one\ntwo\nhello world\nexpanded world\nkept ${WHO}\nscript /.strata-heredoc/EOF\n0\n"
+    assert (
+        run(rootdir, "here", "sh", "-c", "cat /h1 /h2 /h3 /h4 /h5; ls -a / | grep heredoc | wc -l")
+        == "one\ntwo\nhello world\nexpanded world\nkept ${WHO}\nscript /.strata-heredoc/EOF\n0\n"
+    )
 
 
 def test_onbuild_triggers_run_when_the_image_is_a_base(rootdir, tmp_path):
-    ctx = write(tmp_path / "ctx", {"Dockerfile": "FROM bb\nONBUILD RUN echo triggered > /t\nONBUILD COPY x /x\n",
-                                   "x": "x\n"})
+    ctx = write(
+        tmp_path / "ctx", {"Dockerfile": "FROM bb\nONBUILD RUN echo triggered > /t\nONBUILD COPY x /x\n", "x": "x\n"}
+    )
     strata(rootdir, "build", "-q", "-t", "parent", ctx)
     assert json.loads(strata(rootdir, "inspect", "parent").out)[0]["Config"]["OnBuild"] == [
-        "RUN echo triggered > /t", "COPY x /x"]
+        "RUN echo triggered > /t",
+        "COPY x /x",
+    ]
     write(tmp_path / "ctx", {"Dockerfile": "FROM parent\nRUN cat /t /x > /both\n"})
     strata(rootdir, "build", "-q", "-t", "child", ctx)
     assert run(rootdir, "child", "cat", "/both") == "triggered\nx\n"
@@ -333,22 +418,30 @@ def test_onbuild_triggers_run_when_the_image_is_a_base(rootdir, tmp_path):
 def test_scratch_shell_stopsignal_and_healthcheck(rootdir, tmp_path, full_busybox):
     ctx = tmp_path / "ctx"
     ctx.mkdir()
-    os.link(os.path.join(full_busybox, "bin", "busybox"), ctx / "busybox") if os.stat(full_busybox).st_dev == \
-        os.stat(ctx).st_dev else (ctx / "busybox").write_bytes(open(os.path.join(full_busybox, "bin", "busybox"),
-                                                                    "rb").read())
+    os.link(os.path.join(full_busybox, "bin", "busybox"), ctx / "busybox") if os.stat(full_busybox).st_dev == os.stat(
+        ctx
+    ).st_dev else (ctx / "busybox").write_bytes(open(os.path.join(full_busybox, "bin", "busybox"), "rb").read())
     os.chmod(ctx / "busybox", 0o755)
-    write(ctx, {"Dockerfile": (
-        "FROM scratch\nCOPY busybox /bin/busybox\nSHELL [\"/bin/busybox\", \"sh\", \"-c\"]\n"
-        "RUN /bin/busybox mkdir -p /usr/bin && /bin/busybox --install -s /usr/bin\n"
-        "STOPSIGNAL 9\nHEALTHCHECK --interval=1m30s --retries=3 CMD [\"true\"]\nCMD [\"/usr/bin/echo\", \"scratch\"]\n")})
+    write(
+        ctx,
+        {
+            "Dockerfile": (
+                'FROM scratch\nCOPY busybox /bin/busybox\nSHELL ["/bin/busybox", "sh", "-c"]\n'
+                "RUN /bin/busybox mkdir -p /usr/bin && /bin/busybox --install -s /usr/bin\n"
+                'STOPSIGNAL 9\nHEALTHCHECK --interval=1m30s --retries=3 CMD ["true"]\nCMD ["/usr/bin/echo", "scratch"]\n'
+            )
+        },
+    )
     strata(rootdir, "build", "-q", "-t", "fromscratch", str(ctx))
     doc = json.loads(strata(rootdir, "inspect", "fromscratch").out)[0]
     assert doc["Config"]["Env"] == ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
     assert doc["Config"]["StopSignal"] == "9" and doc["Config"]["Shell"] == ["/bin/busybox", "sh", "-c"]
     assert doc["Config"]["Healthcheck"] == {"Test": ["CMD", "true"], "Interval": 90_000_000_000, "Retries": 3}
     assert len(doc["RootFS"]["Layers"]) == 2
-    assert 'HEALTHCHECK &{["CMD" "true"] "1m30s" "0s" "0s" "0s" \'\\x03\'}' in \
-        strata(rootdir, "history", "--no-trunc", "fromscratch").out
+    assert (
+        'HEALTHCHECK &{["CMD" "true"] "1m30s" "0s" "0s" "0s" \'\\x03\'}'
+        in strata(rootdir, "history", "--no-trunc", "fromscratch").out
+    )
     assert run(rootdir, "fromscratch") == "scratch\n"
 
 

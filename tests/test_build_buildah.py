@@ -16,9 +16,10 @@ import pytest
 from build_support import Buildah, flatten, layers_of, strata_layout, whiteouts
 from helpers import strata
 
-pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="containers need root"),
-              pytest.mark.skipif(shutil.which("buildah") is None, reason="buildah is not installed (make test "
-                                                                         "installs it)")]
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="containers need root"),
+    pytest.mark.skipif(shutil.which("buildah") is None, reason="buildah is not installed (make test installs it)"),
+]
 
 DOCKERFILE = r"""# syntax=docker/dockerfile:1
 # every instruction buildah 1.28 knows too (heredocs it does not: tests/test_build.py)
@@ -59,8 +60,20 @@ ONBUILD RUN echo triggered
 ENTRYPOINT ["/bin/sh", "-c"]
 CMD ["echo hi"]
 """
-FIELDS = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "ExposedPorts", "Volumes", "Labels", "Healthcheck",
-          "StopSignal", "Shell", "OnBuild")
+FIELDS = (
+    "Env",
+    "Cmd",
+    "Entrypoint",
+    "WorkingDir",
+    "User",
+    "ExposedPorts",
+    "Volumes",
+    "Labels",
+    "Healthcheck",
+    "StopSignal",
+    "Shell",
+    "OnBuild",
+)
 
 
 def _tar(entries: list[tuple[str, bytes | None, int, int, int]]) -> bytes:
@@ -119,8 +132,16 @@ def base(rootdir, full_busybox, tmp_path):
     for name in ("etc/hostname", "etc/hosts", "etc/resolv.conf"):
         (tree / name).write_text("")
     (tree / "run").mkdir()
-    strata(rootdir, "import", str(tree), "base", "--change",
-           "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "--change", 'CMD ["/bin/sh"]')
+    strata(
+        rootdir,
+        "import",
+        str(tree),
+        "base",
+        "--change",
+        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "--change",
+        'CMD ["/bin/sh"]',
+    )
     return "base"
 
 
@@ -151,7 +172,6 @@ def test_an_image_with_every_instruction_is_what_buildah_builds(rootdir, base, c
     config = json.loads(strata(rootdir, "inspect", "mine").out)[0]["Config"]
     docker = json.loads(buildah("inspect", "--type", "image", "theirs"))["Docker"]["config"]
     assert {f: config.get(f) for f in FIELDS} == {f: docker.get(f) for f in FIELDS}
-    assert config["Env"] == ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "A=1",
-                             "B=two words"]
+    assert config["Env"] == ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "A=1", "B=two words"]
     assert config["ExposedPorts"] == {"80/tcp": {}, "53/udp": {}}
     assert json.loads(strata(rootdir, "inspect", "mine").out)[0]["Author"] == "someone <someone@example.com>"

@@ -42,7 +42,9 @@ def test_escape_directive_changes_the_continuation_character_and_only_counts_at_
     assert nodes[1].args == "dir c:\\   && echo x"
     assert parse("FROM bb\n# escape=`\nRUN a \\\n b\n").escape == "\\"  # after an instruction: a comment
     assert parse("# syntax=docker/dockerfile:1\n# escape=`\nFROM bb\n").directives == {
-        "syntax": "docker/dockerfile:1", "escape": "`"}
+        "syntax": "docker/dockerfile:1",
+        "escape": "`",
+    }
     with pytest.raises(BuildError, match="Dockerfile:1: invalid escape token"):
         parse("# escape=x\nFROM bb\n")
     with pytest.raises(BuildError, match="Dockerfile:2: only one escape parser directive"):
@@ -52,8 +54,12 @@ def test_escape_directive_changes_the_continuation_character_and_only_counts_at_
 def test_heredocs_take_the_following_lines_up_to_their_name():
     nodes = parse("FROM bb\nRUN <<EOF\necho a\n  echo b\nEOF\nCOPY <<-'END' /x\n\tkept $X\n\tEND\nCMD y\n").nodes
     run, copy, cmd = nodes[1:]
-    assert (run.line, run.end_line, run.heredocs[0].content, run.heredocs[0].expand) == (2, 5, "echo a\n  echo b\n",
-                                                                                          True)
+    assert (run.line, run.end_line, run.heredocs[0].content, run.heredocs[0].expand) == (
+        2,
+        5,
+        "echo a\n  echo b\n",
+        True,
+    )
     assert copy.heredocs[0].name == "END" and not copy.heredocs[0].expand and copy.heredocs[0].chomp
     assert copy.heredocs[0].content == "kept $X\n" and cmd.line == 9
     with pytest.raises(BuildError, match="Dockerfile:2: unterminated heredoc EOF"):
@@ -89,9 +95,11 @@ def test_every_mistake_is_refused_with_its_line():
 
 
 def test_forms_are_read_as_docker_reads_them():
-    df = load('ARG V=1\nFROM bb\nRUN ["echo", "a b"]\nRUN echo "a b"\nENV A hello  world\nENV B="x y" C=z\n'
-              'ARG X Y=2\nCOPY --from=0 --chown=1:2 a b /d/\nVOLUME ["/v1", "/v2"]\nEXPOSE 80 53/udp\n'
-              'RUN [not json\n')
+    df = load(
+        'ARG V=1\nFROM bb\nRUN ["echo", "a b"]\nRUN echo "a b"\nENV A hello  world\nENV B="x y" C=z\n'
+        'ARG X Y=2\nCOPY --from=0 --chown=1:2 a b /d/\nVOLUME ["/v1", "/v2"]\nEXPOSE 80 53/udp\n'
+        "RUN [not json\n"
+    )
     ins = df.stages[0].instructions
     assert df.meta_args[0].pairs == [("V", "1")]
     assert ins[0].exec == ["echo", "a b"] and ins[1].exec is None and ins[1].text == 'echo "a b"'
@@ -106,11 +114,24 @@ def test_forms_are_read_as_docker_reads_them():
 def test_expansion_follows_buildkits_shell_lexer():
     env = {"A": "apple", "E": "", "P": "/usr/local/bin/tool.tar.gz"}
     cases = {
-        "$A ${A}": "apple apple", "${B:-dflt}": "dflt", "${E:-dflt}": "dflt", "${E-dflt}": "",
-        "${A:+set}": "set", "${B:+set}": "", "'$A'": "$A", '"$A b"': "apple b", r"\$A": "$A",
-        '"a\\"b"': 'a"b', "${P##*/}": "tool.tar.gz", "${P#*/}": "usr/local/bin/tool.tar.gz",
-        "${P%.*}": "/usr/local/bin/tool.tar", "${P%%.*}": "/usr/local/bin/tool", "${A/p/P}": "aPple",
-        "${A//p/P}": "aPPle", "$": "$", "a$1b": "ab",
+        "$A ${A}": "apple apple",
+        "${B:-dflt}": "dflt",
+        "${E:-dflt}": "dflt",
+        "${E-dflt}": "",
+        "${A:+set}": "set",
+        "${B:+set}": "",
+        "'$A'": "$A",
+        '"$A b"': "apple b",
+        r"\$A": "$A",
+        '"a\\"b"': 'a"b',
+        "${P##*/}": "tool.tar.gz",
+        "${P#*/}": "usr/local/bin/tool.tar.gz",
+        "${P%.*}": "/usr/local/bin/tool.tar",
+        "${P%%.*}": "/usr/local/bin/tool",
+        "${A/p/P}": "aPple",
+        "${A//p/P}": "aPPle",
+        "$": "$",
+        "a$1b": "ab",
     }
     for text, expected in cases.items():
         assert words.expand(text, env) == expected, text
@@ -124,11 +145,18 @@ def test_expansion_follows_buildkits_shell_lexer():
 # -- .dockerignore -------------------------------------------------------------------------------
 def test_dockerignore_patterns_follow_dockers_rules():
     text = "# comment\n*.log\n/build\n**/*.tmp\n!keep.log\ndocs/**\n!docs/README.md\nsub/*/x\n"
-    assert read_patterns(text) == ["*.log", "build", "**/*.tmp", "!keep.log", "docs/**", "!docs/README.md",
-                                   "sub/*/x"]
+    assert read_patterns(text) == ["*.log", "build", "**/*.tmp", "!keep.log", "docs/**", "!docs/README.md", "sub/*/x"]
     m = Matcher(read_patterns(text))
-    excluded = ["a.log", "build", "build/out/bin", "x.tmp", "deep/er/x.tmp", "docs/guide.md", "sub/a/x",
-                "sub/a/x/inside"]
+    excluded = [
+        "a.log",
+        "build",
+        "build/out/bin",
+        "x.tmp",
+        "deep/er/x.tmp",
+        "docs/guide.md",
+        "sub/a/x",
+        "sub/a/x/inside",
+    ]
     kept = ["keep.log", "dir/a.log", "src/main.c", "docs/README.md", "sub/a/b/x", "builder"]
     assert [p for p in excluded if not m.excluded(p)] == []
     assert [p for p in kept if m.excluded(p)] == []
@@ -185,47 +213,74 @@ def test_go_formatting_of_history_comments():
     assert history.go_strings_q(["sh", "-c", "echo hi"]) == '["sh" "-c" "echo hi"]'
     assert history.go_strings_v(["/data", "/x"]) == "[/data /x]"
     assert [history.go_duration(history.parse_duration(d)) for d in ("30s", "1m30s", "1.5s", "500ms", "2h")] == [
-        "30s", "1m30s", "1.5s", "500ms", "2h0m0s"]
+        "30s",
+        "1m30s",
+        "1.5s",
+        "500ms",
+        "2h0m0s",
+    ]
     health = {"Test": ["CMD-SHELL", "curl -f x || exit 1"], "Interval": 5_000_000_000, "Retries": 3}
     assert history.healthcheck_q(health) == '&{["CMD-SHELL" "curl -f x || exit 1"] "5s" "0s" "0s" "0s" \'\\x03\'}'
 
 
 # -- the plan ---------------------------------------------------------------------------------------
 def test_steps_record_dockers_created_by_strings():
-    got = [" ".join(s.probe) for s in steps(
-        "FROM bb\nARG V=1\nENV A=1 B=\"two words\"\nWORKDIR app\nRUN echo $V\nCMD [\"sh\"]\nEXPOSE 80\n"
-        "VOLUME /data\nSHELL [\"/bin/bash\", \"-c\"]\nUSER nobody\nLABEL k=v\n")]
-    assert got == ["/bin/sh -c #(nop)  ARG V=1", "/bin/sh -c #(nop)  ENV A=1 B=two words",
-                   "/bin/sh -c #(nop) WORKDIR /app", "|1 V=1 /bin/sh -c echo $V",
-                   '/bin/sh -c #(nop)  CMD ["sh"]', "/bin/sh -c #(nop)  EXPOSE 80", "/bin/sh -c #(nop)  VOLUME [/data]",
-                   "/bin/sh -c #(nop)  SHELL [/bin/bash -c]", "/bin/bash -c #(nop)  USER nobody",
-                   "/bin/bash -c #(nop)  LABEL k=v"]
+    got = [
+        " ".join(s.probe)
+        for s in steps(
+            'FROM bb\nARG V=1\nENV A=1 B="two words"\nWORKDIR app\nRUN echo $V\nCMD ["sh"]\nEXPOSE 80\n'
+            'VOLUME /data\nSHELL ["/bin/bash", "-c"]\nUSER nobody\nLABEL k=v\n'
+        )
+    ]
+    assert got == [
+        "/bin/sh -c #(nop)  ARG V=1",
+        "/bin/sh -c #(nop)  ENV A=1 B=two words",
+        "/bin/sh -c #(nop) WORKDIR /app",
+        "|1 V=1 /bin/sh -c echo $V",
+        '/bin/sh -c #(nop)  CMD ["sh"]',
+        "/bin/sh -c #(nop)  EXPOSE 80",
+        "/bin/sh -c #(nop)  VOLUME [/data]",
+        "/bin/sh -c #(nop)  SHELL [/bin/bash -c]",
+        "/bin/bash -c #(nop)  USER nobody",
+        "/bin/bash -c #(nop)  LABEL k=v",
+    ]
 
 
 def test_args_env_and_entrypoint_follow_the_classic_builder():
-    text = ("ARG G=global\nARG ONLY\nFROM bb\nARG G\nARG D=default\nARG ONLY\nENV D=env\nRUN x\n"
-            "CMD [\"c\"]\nENTRYPOINT [\"e\"]\n")
+    text = (
+        "ARG G=global\nARG ONLY\nFROM bb\nARG G\nARG D=default\nARG ONLY\nENV D=env\nRUN x\n"
+        'CMD ["c"]\nENTRYPOINT ["e"]\n'
+    )
     run = steps(text, build_args={"ONLY": "given"})[4]
     assert run.probe[:4] == ["|2", "G=global", "ONLY=given", "/bin/sh"]  # D: ENV wins over the ARG
     assert "D=env" in run.env and "G=global" in run.env and "ONLY=given" in run.env
     final = steps(text)[-1].config
     assert final["Entrypoint"] == ["e"] and final["Cmd"] == ["c"]  # a CMD of this stage stays
-    assert steps("FROM bb\nENTRYPOINT [\"e\"]\n")[-1].config["Cmd"] is None  # the image's goes
+    assert steps('FROM bb\nENTRYPOINT ["e"]\n')[-1].config["Cmd"] is None  # the image's goes
     assert steps("FROM bb\nEXPOSE 8000-8001/udp 80\n")[-1].config["ExposedPorts"] == {
-        "8000/udp": {}, "8001/udp": {}, "80/tcp": {}}  # a range is every port in it, as moby's parsePortSpecs
+        "8000/udp": {},
+        "8001/udp": {},
+        "80/tcp": {},
+    }  # a range is every port in it, as moby's parsePortSpecs
     assert steps("FROM bb\nENV PATH=/x:$PATH A=$PATH\n")[-1].config["Env"] == ["PATH=/x:/bin", "A=/bin"]  # all: the old
     assert steps("FROM scratch\nENV A=1\n")[-1].config["Env"] == [
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "A=1"]
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "A=1",
+    ]
 
 
 def test_only_the_stages_the_target_needs_are_planned():
-    text = ("FROM bb AS base\nRUN a\nFROM bb AS unused\nRUN b\nFROM base AS mid\nRUN c\n"
-            "FROM bb\nCOPY --from=mid /x /x\nCOPY --from=0 /y /y\n")
+    text = (
+        "FROM bb AS base\nRUN a\nFROM bb AS unused\nRUN b\nFROM base AS mid\nRUN c\n"
+        "FROM bb\nCOPY --from=mid /x /x\nCOPY --from=0 /y /y\n"
+    )
     p = plan(text)
     assert sorted(p.stages) == [0, 2, 3] and p.target == 3
     assert p.stages[3].base_vertex == "[stage-3 1/3] FROM docker.io/library/bb:latest"
-    assert [s.vertex for s in p.stages[3].steps] == ["[stage-3 2/3] COPY --from=mid /x /x",
-                                                     "[stage-3 3/3] COPY --from=0 /y /y"]
+    assert [s.vertex for s in p.stages[3].steps] == [
+        "[stage-3 2/3] COPY --from=mid /x /x",
+        "[stage-3 3/3] COPY --from=0 /y /y",
+    ]
     assert [s.vertex for s in p.stages[2].steps] == ["[mid 1/1] RUN c"]  # FROM a stage: no step of its own
     assert sorted(plan(text, target="mid").stages) == [0, 2]
     with pytest.raises(BuildError, match="target stage 'nope' could not be found"):

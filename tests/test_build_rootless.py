@@ -44,17 +44,40 @@ def test_a_rootless_build_gives_the_owners_its_containers_see(rootless, scratch,
     with open(os.path.join(ctx, "own.tar"), "wb") as f:
         f.write(buf.getvalue())
     with open(os.path.join(ctx, "Dockerfile"), "w") as f:
-        f.write("FROM bb\nCOPY --chown=1000:1000 f /home/f\nADD own.tar /t/\n"
-                "RUN mkdir /made && chown 65534:65534 /made && echo x > /made/x && chown 7:7 /made/x "
-                "&& echo y > /made/by-root\n"
-                "COPY f /made/copied\n")
+        f.write(
+            "FROM bb\nCOPY --chown=1000:1000 f /home/f\nADD own.tar /t/\n"
+            "RUN mkdir /made && chown 65534:65534 /made && echo x > /made/x && chown 7:7 /made/x "
+            "&& echo y > /made/by-root\n"
+            "COPY f /made/copied\n"
+        )
     rootless.give(ctx)
     # --network none: rootless bridge is pasta's, whose start this host refuses for `run` as well
     image = rootless.strata(store, "build", "-q", "--network", "none", "-t", "rl", ctx).out.strip()
-    out = rootless.strata(store, "run", "--rm", "--network", "none", "rl", "stat", "-c", "%n %u:%g %a",
-                          "/home/f", "/t/owned", "/made", "/made/x", "/made/by-root", "/made/copied").out
-    assert out.splitlines() == ["/home/f 1000:1000 644", "/t/owned 123:456 640", "/made 65534:65534 755",
-                                "/made/x 7:7 644", "/made/by-root 0:0 644", "/made/copied 0:0 644"]
+    out = rootless.strata(
+        store,
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "rl",
+        "stat",
+        "-c",
+        "%n %u:%g %a",
+        "/home/f",
+        "/t/owned",
+        "/made",
+        "/made/x",
+        "/made/by-root",
+        "/made/copied",
+    ).out
+    assert out.splitlines() == [
+        "/home/f 1000:1000 644",
+        "/t/owned 123:456 640",
+        "/made 65534:65534 755",
+        "/made/x 7:7 644",
+        "/made/by-root 0:0 644",
+        "/made/copied 0:0 644",
+    ]
     again = rootless.strata(store, "build", "--progress", "plain", "--network", "none", "-t", "rl", ctx)
     assert again.err.count("CACHED") == 4 and f"writing image {image} done" in again.err
     assert rootless.strata(store, "ps", "-aq").out == ""

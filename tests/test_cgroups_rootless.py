@@ -90,17 +90,21 @@ def test_a_rootless_group_goes_under_the_subtree_and_takes_limits(tree):
         with open(os.path.join(root, SERVICE, "strata", "cgroup.subtree_control")) as f:
             enabled = f.read()
         return memory == str(64 << 20) and "+cpu" in enabled and "+memory" in enabled
+
     assert _as_user(make) == 0
     assert not os.path.exists(os.path.join(root, "strata"))  # nothing outside the subtree
 
 
 def test_rootless_limits_reach_the_config_only_with_a_cgroup():
-    record = {"Id": "c" * 64, "Command": ["true"],
-              "Config": {"Tty": False, "Env": [], "WorkingDir": "", "User": "", "Hostname": "h"},
-              "HostConfig": {"NetworkMode": "none", "Memory": 64 << 20, "CpuShares": 512}, "Cgroup": {"Version": 2}}
+    record = {
+        "Id": "c" * 64,
+        "Command": ["true"],
+        "Config": {"Tty": False, "Env": [], "WorkingDir": "", "User": "", "Hostname": "h"},
+        "HostConfig": {"NetworkMode": "none", "Memory": 64 << 20, "CpuShares": 512},
+        "Cgroup": {"Version": 2},
+    }
     resources = oci_spec.for_container(record, "/r", {}, rootless=(1000, 1000))["linux"]["resources"]
     assert resources["memory"]["limit"] == 64 << 20 and resources["cpu"]["shares"] == 512
     assert "devices" not in resources  # (the user namespace keeps host devices out)
     record["Cgroup"]["Version"] = 0
     assert oci_spec.for_container(record, "/r", {}, rootless=(1000, 1000))["linux"]["resources"] == {}
-

@@ -87,8 +87,14 @@ def test_memory_above_the_largest_limit_is_refused(rootdir, value):
 # -- cpu shares ---------------------------------------------------------------------------------------
 @needs_root
 def test_cpu_shares_stored_as_the_daemon_adjusts_them(rootdir):
-    for name, given, effective in (("neg", "-5", 2), ("one", "1", 2), ("two", "2", 2), ("big", "300000", 262144),
-                                   ("max", "262144", 262144), ("zero", "0", 0)):
+    for name, given, effective in (
+        ("neg", "-5", 2),
+        ("one", "1", 2),
+        ("two", "2", 2),
+        ("big", "300000", 262144),
+        ("max", "262144", 262144),
+        ("zero", "0", 0),
+    ):
         strata(rootdir, "run", "--name", name, f"--cpu-shares={given}", "bb", "true")
         assert _host_config(rootdir, name)["CpuShares"] == effective, name
 
@@ -97,7 +103,8 @@ def test_cpu_shares_must_be_an_integer(rootdir):
     for bad in ("abc", "1.5", "99999999999999999999"):
         res = strata(rootdir, "run", f"--cpu-shares={bad}", "bb", "true", check=False)
         assert res.code == 125 and res.err.splitlines()[0].startswith(
-            f'strata: invalid argument "{bad}" for "--cpu-shares" flag: '), res.err
+            f'strata: invalid argument "{bad}" for "--cpu-shares" flag: '
+        ), res.err
     _no_containers(rootdir)
 
 
@@ -184,8 +191,7 @@ def test_container_name_of_253_is_fine(rootdir):
 # -- usage errors: 125, one line and a hint -----------------------------------------------------------
 def test_bad_flag_value_is_a_usage_error(rootdir):
     res = strata(rootdir, "run", "--cpu-shares", "abc", "bb", check=False)
-    _usage(res, 'strata: invalid argument "abc" for "--cpu-shares" flag: not an integer',
-           "See 'strata run --help'.")
+    _usage(res, 'strata: invalid argument "abc" for "--cpu-shares" flag: not an integer', "See 'strata run --help'.")
     res = strata(rootdir, "stop", "-t", "soon", "x", check=False)
     _usage(res, 'strata: invalid argument "soon" for "-t, --time" flag: not a number', "See 'strata stop --help'.")
     res = strata(rootdir, "ps", "--format", "{{.Nope}", check=False)  # a template, as Docker's --format
@@ -194,34 +200,64 @@ def test_bad_flag_value_is_a_usage_error(rootdir):
 
 
 def test_unknown_flag_is_a_usage_error(rootdir):
-    _usage(strata(rootdir, "images", "--bogus", check=False), "strata: unknown flag: --bogus",
-           "See 'strata images --help'.")
-    _usage(strata(rootdir, "run", "--bogus", "bb", "true", check=False), "strata: unknown flag: --bogus",
-           "See 'strata run --help'.")
-    _usage(strata(rootdir, "system", "check", "--bogus", check=False), "strata: unknown flag: --bogus",
-           "See 'strata system check --help'.")
-    _usage(strata(rootdir, "images", "app", "extra", check=False), "strata: 'strata images' got an unexpected argument: extra",
-           "See 'strata images --help'.")
+    _usage(
+        strata(rootdir, "images", "--bogus", check=False),
+        "strata: unknown flag: --bogus",
+        "See 'strata images --help'.",
+    )
+    _usage(
+        strata(rootdir, "run", "--bogus", "bb", "true", check=False),
+        "strata: unknown flag: --bogus",
+        "See 'strata run --help'.",
+    )
+    _usage(
+        strata(rootdir, "system", "check", "--bogus", check=False),
+        "strata: unknown flag: --bogus",
+        "See 'strata system check --help'.",
+    )
+    _usage(
+        strata(rootdir, "images", "app", "extra", check=False),
+        "strata: 'strata images' got an unexpected argument: extra",
+        "See 'strata images --help'.",
+    )
     _no_containers(rootdir)
 
 
 def test_missing_arguments_are_a_usage_error(rootdir):
-    _usage(strata(rootdir, "save", check=False), "strata: 'strata save' is missing an argument: images",
-           "See 'strata save --help'.")
-    _usage(strata(rootdir, "run", check=False), "strata: 'strata run' is missing an argument: image",
-           "See 'strata run --help'.")
-    _usage(strata(rootdir, "tag", check=False), "strata: 'strata tag' is missing arguments: source, target",
-           "See 'strata tag --help'.")
-    _usage(strata(rootdir, "ps", "--all=3", check=False),
-           'strata: invalid argument "3" for "-a, --all" flag: takes no value', "See 'strata ps --help'.")
-    _usage(strata(rootdir, "kill", "-s", check=False), "strata: flag needs an argument: -s, --signal",
-           "See 'strata kill --help'.")
+    _usage(
+        strata(rootdir, "save", check=False),
+        "strata: 'strata save' is missing an argument: images",
+        "See 'strata save --help'.",
+    )
+    _usage(
+        strata(rootdir, "run", check=False),
+        "strata: 'strata run' is missing an argument: image",
+        "See 'strata run --help'.",
+    )
+    _usage(
+        strata(rootdir, "tag", check=False),
+        "strata: 'strata tag' is missing arguments: source, target",
+        "See 'strata tag --help'.",
+    )
+    _usage(
+        strata(rootdir, "ps", "--all=3", check=False),
+        'strata: invalid argument "3" for "-a, --all" flag: takes no value',
+        "See 'strata ps --help'.",
+    )
+    _usage(
+        strata(rootdir, "kill", "-s", check=False),
+        "strata: flag needs an argument: -s, --signal",
+        "See 'strata kill --help'.",
+    )
 
 
 def test_unknown_verb_is_a_usage_error(rootdir):
     _usage(strata(rootdir, "bogus", check=False), "strata: 'bogus' is not a strata command.", "See 'strata --help'")
-    _usage(strata(rootdir, "system", "bogus", check=False), "strata: 'bogus' is not a strata system command.",
-           "See 'strata system --help'")
+    _usage(
+        strata(rootdir, "system", "bogus", check=False),
+        "strata: 'bogus' is not a strata system command.",
+        "See 'strata system --help'",
+    )
 
 
 def test_unknown_network_is_one_line(rootdir):

@@ -21,8 +21,15 @@ def in_pty(root: str, *args: str, keys: bytes = b"", after: bytes = b"# ", timeo
     and return its exit code and everything it wrote, once it has exited."""
     master, slave = os.openpty()
     termios.tcsetwinsize(slave, (30, 100))  # rows, columns: what the container's pty should take on
-    proc = subprocess.Popen([*STRATA, "--root", root, *args], stdin=slave, stdout=slave, stderr=slave, cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": REPO}, start_new_session=True)
+    proc = subprocess.Popen(
+        [*STRATA, "--root", root, *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        start_new_session=True,
+    )
     os.close(slave)
     out = b""
     deadline = time.monotonic() + timeout
@@ -57,8 +64,22 @@ def running(rootdir):
 
 @needs_root
 def test_exec_sets_env_workdir_and_user(running):
-    out = strata(running, "exec", "-e", "A=1", "--env", "B", "-w", "/tmp", "-u", "nobody", "box",
-                 "sh", "-c", 'echo "$A.${B-unset}"; pwd; id -u').out
+    out = strata(
+        running,
+        "exec",
+        "-e",
+        "A=1",
+        "--env",
+        "B",
+        "-w",
+        "/tmp",
+        "-u",
+        "nobody",
+        "box",
+        "sh",
+        "-c",
+        'echo "$A.${B-unset}"; pwd; id -u',
+    ).out
     assert out.splitlines() == ["1.unset", "/tmp", "65534"]
     assert strata(running, "exec", "--workdir=/etc", "--user=0", "box", "pwd").out == "/etc\n"
 
@@ -66,7 +87,10 @@ def test_exec_sets_env_workdir_and_user(running):
 def test_exec_without_a_command_is_a_usage_error(root):
     res = strata(root, "exec", "box", check=False)
     assert (res.code, res.out) == (125, "")
-    assert res.err.splitlines() == ["strata: 'strata exec' is missing an argument: command", "See 'strata exec --help'."]
+    assert res.err.splitlines() == [
+        "strata: 'strata exec' is missing an argument: command",
+        "See 'strata exec --help'.",
+    ]
 
 
 @needs_root
@@ -149,8 +173,9 @@ def test_run_dt_logs_the_terminal_and_exec_shares_the_devpts(rootdir):
 def test_home_comes_from_the_image_passwd(rootdir):
     """HOME is the user's home in the image's /etc/passwd ("/" for an id it does not list), unless
     the image or the command line sets it, as Docker gives."""
-    strata(rootdir, "run", "--name", "homes", "bb", "sh", "-c",
-           "echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd")
+    strata(
+        rootdir, "run", "--name", "homes", "bb", "sh", "-c", "echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd"
+    )
     strata(rootdir, "commit", "homes", "bb-homes")
 
     def run(*flags: str) -> str:
@@ -172,15 +197,33 @@ def test_home_comes_from_the_image_passwd(rootdir):
 @pytest.mark.parametrize("zygote", [False, True])
 def test_a_closed_stdin_never_hangs_the_client(running, zygote):
     env = {} if zygote else {"STRATA_NO_ZYGOTE": "1"}
-    for args in (("run", "--rm", "-i", "bb", "cat"), ("run", "--rm", "bb", "cat"), ("run", "--rm", "-t", "bb", "true"),
-                 ("exec", "-i", "box", "cat"), ("exec", "box", "cat"), ("exec", "-t", "box", "true")):
+    for args in (
+        ("run", "--rm", "-i", "bb", "cat"),
+        ("run", "--rm", "bb", "cat"),
+        ("run", "--rm", "-t", "bb", "true"),
+        ("exec", "-i", "box", "cat"),
+        ("exec", "box", "cat"),
+        ("exec", "-t", "box", "true"),
+    ):
         for closed in (True, False):
-            res = subprocess.run([*STRATA, "--root", running, *args], capture_output=True, cwd=REPO, timeout=15,
-                                 env={**os.environ, "PYTHONPATH": REPO, **env}, stdin=subprocess.DEVNULL,
-                                 preexec_fn=(lambda: os.close(0)) if closed else None)
+            res = subprocess.run(
+                [*STRATA, "--root", running, *args],
+                capture_output=True,
+                cwd=REPO,
+                timeout=15,
+                env={**os.environ, "PYTHONPATH": REPO, **env},
+                stdin=subprocess.DEVNULL,
+                preexec_fn=(lambda: os.close(0)) if closed else None,
+            )
             assert res.returncode == 0 and res.stdout.strip() == b"", (args, closed, res)
     for args in (("run", "--rm", "-it", "bb", "cat"), ("exec", "-it", "box", "cat")):
-        res = subprocess.run([*STRATA, "--root", running, *args], capture_output=True, cwd=REPO, timeout=15,
-                             env={**os.environ, "PYTHONPATH": REPO, **env}, stdin=subprocess.DEVNULL,
-                             preexec_fn=lambda: os.close(0))
+        res = subprocess.run(
+            [*STRATA, "--root", running, *args],
+            capture_output=True,
+            cwd=REPO,
+            timeout=15,
+            env={**os.environ, "PYTHONPATH": REPO, **env},
+            stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: os.close(0),
+        )
         assert res.returncode == 1 and res.stderr == b"the input device is not a TTY\n"

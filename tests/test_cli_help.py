@@ -48,7 +48,9 @@ def test_run_help_reads_like_dockers(root):
 
 def test_version_says_what_strata_runs_on(root):
     out = strata(root, "version").out
-    assert "Version:" in out and f"Python:  {platform.python_version()}" in out and f"Kernel:  {platform.release()}" in out
+    assert (
+        "Version:" in out and f"Python:  {platform.python_version()}" in out and f"Kernel:  {platform.release()}" in out
+    )
     info = json.loads(strata(root, "version", "--format", "json").out)
     assert info["Root"] == root and info["Libfuse"][0].isdigit() and info["Pyfuse3"][0].isdigit()
     assert info["Cgroups"] in ("v1", "v2", "none (not root)")

@@ -49,11 +49,25 @@ def test_library_name_is_the_familiar_name(root, tmp_path):
 
 
 def test_images_filters(root, tmp_path):
-    old = _load(root, tmp_path, "old", {"o": b"1"}, ["old:1"], created="2020-01-01T00:00:00Z",
-                **{"config": {"Labels": {"tier": "base"}}})
+    old = _load(
+        root,
+        tmp_path,
+        "old",
+        {"o": b"1"},
+        ["old:1"],
+        created="2020-01-01T00:00:00Z",
+        **{"config": {"Labels": {"tier": "base"}}},
+    )
     _load(root, tmp_path, "mid", {"m": b"1"}, ["mid:1"], created="2022-01-01T00:00:00Z")
-    _load(root, tmp_path, "new", {"n": b"1"}, ["new:1"], created="2024-01-01T00:00:00Z",
-          **{"config": {"Labels": {"tier": "app"}}})
+    _load(
+        root,
+        tmp_path,
+        "new",
+        {"n": b"1"},
+        ["new:1"],
+        created="2024-01-01T00:00:00Z",
+        **{"config": {"Labels": {"tier": "app"}}},
+    )
     assert _column(strata(root, "images", "-f", "label=tier").out, 0) == ["new", "old"]
     assert _column(strata(root, "images", "--filter", "label=tier=base").out, 0) == ["old"]
     assert _column(strata(root, "images", "-f", "before=mid:1").out, 0) == ["old"]
@@ -90,21 +104,39 @@ def test_ps_command_quote_is_closed_when_truncated():
 
 
 def test_go_templates_render_as_docker_prints():
-    doc = {"State": {"Status": "running", "Pid": 7}, "Config": {"Labels": {"b": "2", "a": "1"}, "Cmd": ["sh", "-c"],
-           "Entrypoint": None}, "Tty": False}
+    doc = {
+        "State": {"Status": "running", "Pid": 7},
+        "Config": {"Labels": {"b": "2", "a": "1"}, "Cmd": ["sh", "-c"], "Entrypoint": None},
+        "Tty": False,
+    }
     assert render("{{.State.Status}}", doc) == "running"
     assert render("pid={{ .State.Pid }} tty={{.Tty}}", doc) == "pid=7 tty=false"
-    assert render("{{json .Config.Labels}}", doc) == '{"b":"2","a":"1"}'  # compact, as Go's (keys in the document's order)
+    assert (
+        render("{{json .Config.Labels}}", doc) == '{"b":"2","a":"1"}'
+    )  # compact, as Go's (keys in the document's order)
     assert render("{{.Config.Labels | json}}", doc) == '{"b":"2","a":"1"}'
-    assert render("{{.Config.Labels}} {{.Config.Cmd}} {{join .Config.Cmd \",\"}}", doc) == "map[a:1 b:2] [sh -c] sh,-c"
+    assert render('{{.Config.Labels}} {{.Config.Cmd}} {{join .Config.Cmd ","}}', doc) == "map[a:1 b:2] [sh -c] sh,-c"
     assert render('{{index .Config.Labels "a"}} {{upper .State.Status}} {{len .Config.Cmd}}', doc) == "1 RUNNING 2"
     assert render("{{.Config.Entrypoint}}", doc) == "<no value>"
     assert render("{{range $k, $v := .Config.Labels}}{{$k}}={{$v}} {{end}}", doc) == "a=1 b=2 "  # (sorted, as Go's)
     assert render("{{if .Tty}}tty{{else if .State.Pid}}pid{{end}}", doc) == "pid"
-    assert render("{{range .Config.Cmd}}[{{.}}]{{else}}none{{end}} {{with .State}}{{.Status}}{{end}}", doc) == "[sh][-c] running"
-    assert render('{{printf "%s/%d" .State.Status .State.Pid}} {{(index .Config.Cmd 1) | upper}}', doc) == "running/7 -C"
-    for bad in ("{{.Nope}}", "{{.State.Status.X}}", "{{bogus .State}}", "{{.State", "{{range .Config.Cmd}}",
-                "{{end}}", "{{template \"x\"}}", "{{.State.Status \"arg\"}}"):
+    assert (
+        render("{{range .Config.Cmd}}[{{.}}]{{else}}none{{end}} {{with .State}}{{.Status}}{{end}}", doc)
+        == "[sh][-c] running"
+    )
+    assert (
+        render('{{printf "%s/%d" .State.Status .State.Pid}} {{(index .Config.Cmd 1) | upper}}', doc) == "running/7 -C"
+    )
+    for bad in (
+        "{{.Nope}}",
+        "{{.State.Status.X}}",
+        "{{bogus .State}}",
+        "{{.State",
+        "{{range .Config.Cmd}}",
+        "{{end}}",
+        '{{template "x"}}',
+        '{{.State.Status "arg"}}',
+    ):
         with pytest.raises(Exception, match="template parsing error"):
             render(bad, doc)
 
@@ -139,7 +171,15 @@ def test_ps_filters_and_no_trunc(rootdir):
     assert '"sh -c echo a long command line here"' in full and ids["done-two"] in full
     assert '"sh -c echo a long c…"' in strata(rootdir, "ps", "-a", "-f", "name=two").out
     header = strata(rootdir, "ps").out.splitlines()[0]  # Docker's columns, in Docker's order
-    assert re.split(r"  +", header.strip()) == ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], header
+    assert re.split(r"  +", header.strip()) == [
+        "CONTAINER ID",
+        "IMAGE",
+        "COMMAND",
+        "CREATED",
+        "STATUS",
+        "PORTS",
+        "NAMES",
+    ], header
     res = strata(rootdir, "ps", "-f", "status=sleeping", check=False)
     assert (res.code, res.err) == (125, "Error: invalid filter 'status=sleeping'\n")
 
@@ -160,8 +200,17 @@ def test_logs_timestamps_and_since(rootdir):
 def test_inspect_format_type_and_the_keys_scripts_read(rootdir):
     strata(rootdir, "run", "-d", "--name", "web", "-l", "app=web", "bb", "sleep", "300")
     doc = json.loads(strata(rootdir, "inspect", "web").out)[0]
-    for key in ("Mounts", "NetworkSettings", "RestartCount", "ResolvConfPath", "HostnamePath", "HostsPath", "LogPath",
-                "Driver", "Platform"):
+    for key in (
+        "Mounts",
+        "NetworkSettings",
+        "RestartCount",
+        "ResolvConfPath",
+        "HostnamePath",
+        "HostsPath",
+        "LogPath",
+        "Driver",
+        "Platform",
+    ):
         assert key in doc, key
     assert doc["Config"]["Labels"] == {"app": "web"} and doc["Mounts"] == [] and doc["RestartCount"] == 0
     assert doc["Platform"] == "linux" and doc["Driver"] == "strata-unionfs"

@@ -32,7 +32,7 @@ def screen(stream: str) -> list[str]:
                 lines.append("")
         else:
             line = lines[row]
-            lines[row] = line[:col] + text + line[col + len(text):]
+            lines[row] = line[:col] + text + line[col + len(text) :]
             col += len(text)
     return [line for line in lines if line]
 
@@ -40,8 +40,14 @@ def screen(stream: str) -> list[str]:
 def _load_on_a_terminal(root: str, archive: str) -> tuple[int, str, float]:
     master, slave = os.openpty()
     start = time.monotonic()
-    proc = subprocess.Popen([*STRATA, "--root", root, "load", "-i", archive], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=slave, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+    proc = subprocess.Popen(
+        [*STRATA, "--root", root, "load", "-i", archive],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
     os.close(slave)
     out = b""
     try:

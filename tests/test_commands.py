@@ -31,8 +31,11 @@ def test_images_columns_quiet_and_json(root, tmp_path):
 def test_history_shows_empty_layers_and_missing_ids(root, tmp_path):
     layer = tar_bytes([{"name": "f", "data": b"x" * 13}])
     history = [
-        {"created": "2024-01-01T00:00:00Z", "created_by": "/bin/sh -c #(nop) ADD file:0123456789abcdef0123456789abcdef in /"},
-        {"created": "2024-01-01T00:00:01Z", "created_by": "/bin/sh -c #(nop)  CMD [\"sh\"]", "empty_layer": True},
+        {
+            "created": "2024-01-01T00:00:00Z",
+            "created_by": "/bin/sh -c #(nop) ADD file:0123456789abcdef0123456789abcdef in /",
+        },
+        {"created": "2024-01-01T00:00:01Z", "created_by": '/bin/sh -c #(nop)  CMD ["sh"]', "empty_layer": True},
     ]
     _load(root, tmp_path, [layer], ["h:1"], config_for([sha256(layer)], history))
     lines = strata(root, "history", "h:1").out.splitlines()
@@ -83,8 +86,15 @@ def test_info_counts(root, busybox_rootfs):
     strata(root, "import", busybox_rootfs, "bb:1")
     strata(root, "tag", "bb:1", "bb:2")
     info = json.loads(strata(root, "info", "--format", "json").out)
-    assert info == {"Root": os.path.abspath(root), "Images": 1, "Tags": 2, "Layers": 1, "Blobs": 2,
-                    "Containers": 0, "Running": 0}
+    assert info == {
+        "Root": os.path.abspath(root),
+        "Images": 1,
+        "Tags": 2,
+        "Layers": 1,
+        "Blobs": 2,
+        "Containers": 0,
+        "Running": 0,
+    }
 
 
 def test_system_check_finds_damage(root, busybox_rootfs):
@@ -113,8 +123,13 @@ def _run_with_stderr_tty(root: str, *args: str) -> tuple[int, bytes]:
     from helpers import REPO, STRATA
 
     master, slave = pty.openpty()
-    proc = subprocess.Popen([*STRATA, "--root", root, *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=slave, env={**os.environ, "PYTHONPATH": REPO})
+    proc = subprocess.Popen(
+        [*STRATA, "--root", root, *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
     os.close(slave)
     chunks = []
     while True:

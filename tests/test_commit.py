@@ -16,16 +16,33 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root"
 
 
 def test_diff_lists_added_changed_and_deleted(rootdir):
-    strata(rootdir, "run", "--name", "ch", "bb", "sh", "-c",
-           "echo new > /tmp/new; echo more >> /etc/passwd; rm /etc/group; mkdir -p /srv/d; rm -r /root")
+    strata(
+        rootdir,
+        "run",
+        "--name",
+        "ch",
+        "bb",
+        "sh",
+        "-c",
+        "echo new > /tmp/new; echo more >> /etc/passwd; rm /etc/group; mkdir -p /srv/d; rm -r /root",
+    )
     assert strata(rootdir, "diff", "ch").out.splitlines() == [
-        "C /etc", "D /etc/group", "C /etc/passwd", "D /root", "A /srv", "A /srv/d", "C /tmp", "A /tmp/new"]
+        "C /etc",
+        "D /etc/group",
+        "C /etc/passwd",
+        "D /root",
+        "A /srv",
+        "A /srv/d",
+        "C /tmp",
+        "A /tmp/new",
+    ]
 
 
 def test_commit_adds_one_layer_with_history(rootdir):
     strata(rootdir, "run", "--name", "cool", "bb", "/bin/sh", "-c", "echo 'cool content' > /tmp/cool-file")
-    image_id = strata(rootdir, "commit", "-m", "keep it cool", "-a", "me", "-c", 'CMD ["cat", "/tmp/cool-file"]',
-                      "cool", "fridge").out.strip()
+    image_id = strata(
+        rootdir, "commit", "-m", "keep it cool", "-a", "me", "-c", 'CMD ["cat", "/tmp/cool-file"]', "cool", "fridge"
+    ).out.strip()
     doc = json.loads(strata(rootdir, "inspect", "fridge").out)[0]
     base = json.loads(strata(rootdir, "inspect", "bb").out)[0]
     assert doc["Id"] == image_id and doc["Parent"] == base["Id"]
@@ -83,8 +100,10 @@ def test_commit_export_and_mount_carry_the_data_a_metacopy_left_below(rootdir, t
         assert metacopy.recorded(f"{upper}/etc/{name}") is not None, name
     image = strata(rootdir, "commit", "meta").out.strip()
     assert strata(rootdir, "run", "--rm", image, "cat", "/etc/passwd", "/etc/group").out == passwd + group
-    assert strata(rootdir, "run", "--rm", image, "stat", "-c", "%a %Y", "/etc/passwd", "/etc/group").out \
+    assert (
+        strata(rootdir, "run", "--rm", image, "stat", "-c", "%a %Y", "/etc/passwd", "/etc/group").out
         == f"600 {os.lstat(f'{upper}/etc/passwd').st_mtime_ns // 10**9}\n644 1000\n"
+    )
     out = tmp_path / "meta.tar"
     strata(rootdir, "export", "meta", "-o", str(out))
     with tarfile.open(out) as tar:
@@ -102,8 +121,10 @@ def test_commit_export_and_mount_carry_the_data_a_metacopy_left_below(rootdir, t
 def test_a_build_step_that_only_chmods_ships_the_files_data(rootdir, tmp_path):
     (tmp_path / "Dockerfile").write_text("FROM bb\nRUN chmod 600 /etc/passwd\n")
     strata(rootdir, "build", "-t", "chmodded", str(tmp_path))
-    assert strata(rootdir, "run", "--rm", "chmodded", "cat", "/etc/passwd").out \
+    assert (
+        strata(rootdir, "run", "--rm", "chmodded", "cat", "/etc/passwd").out
         == strata(rootdir, "run", "--rm", "bb", "cat", "/etc/passwd").out
+    )
     assert strata(rootdir, "run", "--rm", "chmodded", "stat", "-c", "%a", "/etc/passwd").out == "600\n"
 
 
@@ -124,6 +145,8 @@ def test_diff_reads_only_the_directories_on_changed_paths(tmp_path, monkeypatch)
     (upper / ".wh.d100").write_text("")
     reads = []
     original = LayerSet._lower_dir
-    monkeypatch.setattr(LayerSet, "_lower_dir", lambda self, layer, rel: (reads.append(rel), original(self, layer, rel))[1])
+    monkeypatch.setattr(
+        LayerSet, "_lower_dir", lambda self, layer, rel: (reads.append(rel), original(self, layer, rel))[1]
+    )
     assert layerdiff.changes(str(upper), [str(lower)]) == [("C", "/d007"), ("A", "/d007/new"), ("D", "/d100")]
     assert sorted(set(reads)) == ["", "d007"]  # the root and the one changed directory, nothing else

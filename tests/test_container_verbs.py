@@ -22,8 +22,9 @@ def inspect(root: str, template: str, ref: str) -> str:
 
 
 def popen(root: str, *args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([*STRATA, "--root", root, *args], cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
-                            **kwargs)
+    return subprocess.Popen(
+        [*STRATA, "--root", root, *args], cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, **kwargs
+    )
 
 
 def read_until(stream, token: bytes, timeout: float = 30) -> bytes:
@@ -60,12 +61,12 @@ def test_rename_gives_a_new_name_and_keeps_the_rest(rootdir):
     assert inspect(rootdir, "{{.Id}} {{.Name}} {{.State.Running}}", "new") == f"{cid} /new true"
     assert strata(rootdir, "inspect", "old", check=False).code == 1
     assert strata(rootdir, "exec", "new", "true").code == 0
-    for args, message in ((("new", "new"), "Error: Renaming a container with the same name as its current name"),
-                          (("new", "other"), 'Error: Conflict. The container name "/other" is already in use by '
-                                             'container "'),
-                          (("new", "bad name"), "Error: Invalid container name (bad name), only [a-zA-Z0-9][a-zA-Z0-9_.-] "
-                                                "are allowed"),
-                          (("ghost", "x"), "Error: No such container: ghost")):
+    for args, message in (
+        (("new", "new"), "Error: Renaming a container with the same name as its current name"),
+        (("new", "other"), 'Error: Conflict. The container name "/other" is already in use by container "'),
+        (("new", "bad name"), "Error: Invalid container name (bad name), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"),
+        (("ghost", "x"), "Error: No such container: ghost"),
+    ):
         res = strata(rootdir, "rename", *args, check=False)
         assert res.code == 125 and res.err.startswith(message), res
     assert sorted(strata(rootdir, "ps", "-a", "--format", "{{.Names}}").out.split()) == ["new", "other"]
@@ -74,8 +75,19 @@ def test_rename_gives_a_new_name_and_keeps_the_rest(rootdir):
 # -- attach, -it and the detach keys ------------------------------------------------------------------
 def test_run_it_detaches_on_the_keys_and_attach_takes_it_back(rootdir):
     master, slave = os.openpty()
-    proc = popen(rootdir, "run", "-it", "--name", "shell", "bb", "sh", stdin=slave, stdout=slave, stderr=slave,
-                 start_new_session=True)
+    proc = popen(
+        rootdir,
+        "run",
+        "-it",
+        "--name",
+        "shell",
+        "bb",
+        "sh",
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
     os.close(slave)
     try:
         seen = b""
@@ -108,15 +120,25 @@ def test_run_it_detaches_on_the_keys_and_attach_takes_it_back(rootdir):
 def test_detach_keys_are_checked_and_taken_as_given(rootdir):
     res = strata(rootdir, "run", "--detach-keys", "ctrl-", "bb", "true", check=False)
     assert (res.code, res.err) == (125, "Error: Invalid detach keys (ctrl-) provided\n")
-    code, out = in_pty(rootdir, "run", "-it", "--rm", "--detach-keys", "ctrl-x,y", "bb", "sh",
-                       keys=b"echo one\x18y")  # Ctrl-X then y: detach
+    code, out = in_pty(
+        rootdir, "run", "-it", "--rm", "--detach-keys", "ctrl-x,y", "bb", "sh", keys=b"echo one\x18y"
+    )  # Ctrl-X then y: detach
     assert code == 0 and "read escape sequence" in out
     strata(rootdir, "rm", "-f", *strata(rootdir, "ps", "-aq").out.split())
 
 
 def test_attach_relays_output_input_and_the_exit_code(rootdir):
-    strata(rootdir, "create", "-i", "--name", "echoer", "bb", "sh", "-c",
-           "echo ready; while read line; do echo got-$line; done; exit 6")
+    strata(
+        rootdir,
+        "create",
+        "-i",
+        "--name",
+        "echoer",
+        "bb",
+        "sh",
+        "-c",
+        "echo ready; while read line; do echo got-$line; done; exit 6",
+    )
     strata(rootdir, "start", "echoer")
     proc = popen(rootdir, "attach", "echoer", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -137,8 +159,17 @@ def test_attach_relays_output_input_and_the_exit_code(rootdir):
 
 
 def test_attach_to_a_terminal_container_types_into_it(rootdir):
-    strata(rootdir, "create", "-it", "--name", "tty", "bb", "sh", "-c",
-           "while :; do echo tick; read -t 1 line && echo got-$line && exit 3; done")
+    strata(
+        rootdir,
+        "create",
+        "-it",
+        "--name",
+        "tty",
+        "bb",
+        "sh",
+        "-c",
+        "while :; do echo tick; read -t 1 line && echo got-$line && exit 3; done",
+    )
     strata(rootdir, "start", "tty")
     code, out = in_pty(rootdir, "attach", "tty", keys=b"word\r", after=b"tick")
     assert code == 3 and "got-word" in out, out
@@ -146,7 +177,9 @@ def test_attach_to_a_terminal_container_types_into_it(rootdir):
 
 # -- pause ------------------------------------------------------------------------------------------
 def test_pause_freezes_and_unpause_thaws(rootdir):
-    cid = strata(rootdir, "run", "-d", "--name", "ticker", "bb", "sh", "-c", "while :; do date +%s%N > /t; done").out.strip()
+    cid = strata(
+        rootdir, "run", "-d", "--name", "ticker", "bb", "sh", "-c", "while :; do date +%s%N > /t; done"
+    ).out.strip()
     assert strata(rootdir, "pause", "ticker").out == "ticker\n"
     if os.path.isdir("/sys/fs/cgroup/freezer"):  # v1 (or hybrid)
         with open(f"/sys/fs/cgroup/freezer/strata/{cid}/freezer.state") as f:
@@ -180,16 +213,50 @@ def test_pause_freezes_and_unpause_thaws(rootdir):
 
 # -- stats ------------------------------------------------------------------------------------------
 def test_stats_shows_cpu_memory_pids_and_io(rootdir):
-    strata(rootdir, "run", "-d", "--name", "busy", "-m", "64m", "bb", "sh", "-c",
-           "dd if=/dev/zero of=/big bs=1M count=8 2>/dev/null; sleep 300 & while :; do :; done")
+    strata(
+        rootdir,
+        "run",
+        "-d",
+        "--name",
+        "busy",
+        "-m",
+        "64m",
+        "bb",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/big bs=1M count=8 2>/dev/null; sleep 300 & while :; do :; done",
+    )
     strata(rootdir, "run", "-d", "--name", "idle", "bb", "sleep", "300")
-    wait_for(lambda: strata(rootdir, "exec", "busy", "sh", "-c", "pidof dd || exit 0; exit 1", check=False).code == 0
-             and strata(rootdir, "exec", "busy", "test", "-s", "/big", check=False).code == 0, what="the write")
+    wait_for(
+        lambda: (
+            strata(rootdir, "exec", "busy", "sh", "-c", "pidof dd || exit 0; exit 1", check=False).code == 0
+            and strata(rootdir, "exec", "busy", "test", "-s", "/big", check=False).code == 0
+        ),
+        what="the write",
+    )
     lines = strata(rootdir, "stats", "--no-stream").out.splitlines()
-    assert lines[0].split() == ["CONTAINER", "ID", "NAME", "CPU", "%", "MEM", "USAGE", "/", "LIMIT", "MEM", "%",
-                                "NET", "I/O", "BLOCK", "I/O", "PIDS"]
-    rows = {json.loads(line)["Name"]: json.loads(line) for line in
-            strata(rootdir, "stats", "--no-stream", "--format", "json").out.splitlines()}
+    assert lines[0].split() == [
+        "CONTAINER",
+        "ID",
+        "NAME",
+        "CPU",
+        "%",
+        "MEM",
+        "USAGE",
+        "/",
+        "LIMIT",
+        "MEM",
+        "%",
+        "NET",
+        "I/O",
+        "BLOCK",
+        "I/O",
+        "PIDS",
+    ]
+    rows = {
+        json.loads(line)["Name"]: json.loads(line)
+        for line in strata(rootdir, "stats", "--no-stream", "--format", "json").out.splitlines()
+    }
     assert set(rows) == {"busy", "idle"}
     busy, idle = rows["busy"], rows["idle"]
     assert float(busy["CPUPerc"].rstrip("%")) > 10 and float(idle["CPUPerc"].rstrip("%")) < 5
@@ -207,8 +274,17 @@ def test_events_follow_the_life_of_containers_as_json_lines(rootdir):
     began = time.time()
     # --since: what was logged while `events` was still starting (seconds under the lab's TCG), then
     # what comes: a `run` right after the Popen logged its create before `events` followed the log
-    proc = popen(rootdir, "events", "--since", str(began - 1), "--format", "json", "-f", "container=watched",
-                 stdout=subprocess.PIPE)
+    proc = popen(
+        rootdir,
+        "events",
+        "--since",
+        str(began - 1),
+        "--format",
+        "json",
+        "-f",
+        "container=watched",
+        stdout=subprocess.PIPE,
+    )
     try:
         assert proc.stdout is not None
         strata(rootdir, "run", "-d", "--name", "watched", "bb", "sleep", "300")
@@ -277,7 +353,11 @@ def test_system_df_and_system_prune(rootdir):
     assert out[0].split() == ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
     rows = {line[:15].strip(): line[15:].split() for line in out[1:]}
     assert rows["Images"][:2] == ["1", "1"]
-    assert rows["Containers"][:2] == ["2", "1"] and rows["Containers"][2] == "5kB" and rows["Containers"][3:] == ["5kB", "(100%)"]
+    assert (
+        rows["Containers"][:2] == ["2", "1"]
+        and rows["Containers"][2] == "5kB"
+        and rows["Containers"][3:] == ["5kB", "(100%)"]
+    )
     assert rows["Local Volumes"][:2] == ["1", "1"] and rows["Build Cache"] == ["0", "0", "0B", "0B"]
     doc = [json.loads(line) for line in strata(rootdir, "system", "df", "--format", "json").out.splitlines()]
     assert [d["Type"] for d in doc] == ["Images", "Containers", "Local Volumes", "Build Cache"]
@@ -290,20 +370,31 @@ def test_system_df_and_system_prune(rootdir):
 # -- --format ---------------------------------------------------------------------------------------
 def test_format_takes_go_templates_for_ps_images_and_inspect(rootdir):
     cid = strata(rootdir, "run", "-d", "--name", "web", "-l", "tier=front", "bb", "sleep", "300").out.strip()
-    assert strata(rootdir, "ps", "--format", "{{.ID}} {{.Names}} {{.Label \"tier\"}}").out == f"{cid[:12]} web front\n"
+    assert strata(rootdir, "ps", "--format", '{{.ID}} {{.Names}} {{.Label "tier"}}').out == f"{cid[:12]} web front\n"
     table = strata(rootdir, "ps", "--format", "table {{.ID}}\\t{{.Names}}\\t{{.State}}").out.splitlines()
-    assert table[0].split() == ["CONTAINER", "ID", "NAMES", "STATE"] and table[1].split() == [cid[:12], "web", "running"]
+    assert table[0].split() == ["CONTAINER", "ID", "NAMES", "STATE"] and table[1].split() == [
+        cid[:12],
+        "web",
+        "running",
+    ]
     row = json.loads(strata(rootdir, "ps", "--format", "json").out)
     assert row["Names"] == "web" and row["State"] == "running" and "Label" not in row
     assert strata(rootdir, "images", "--format", "{{.Repository}}:{{.Tag}}").out == "bb:latest\n"
-    assert strata(rootdir, "images", "--format", "table {{.Repository}}\\t{{.Tag}}").out.split() == \
-        ["REPOSITORY", "TAG", "bb", "latest"]
+    assert strata(rootdir, "images", "--format", "table {{.Repository}}\\t{{.Tag}}").out.split() == [
+        "REPOSITORY",
+        "TAG",
+        "bb",
+        "latest",
+    ]
     assert json.loads(inspect(rootdir, "{{json .State}}", "web"))["Status"] == "running"
     assert inspect(rootdir, "{{range $k, $v := .Config.Labels}}{{$k}}={{$v}}{{end}}", "web") == "tier=front"
     assert inspect(rootdir, "{{if .State.Running}}up{{else}}down{{end}} {{.Name | upper}}", "web") == "up /WEB"
     address = inspect(rootdir, "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "web")
     assert address.count(".") == 3
-    for args in (("ps", "--format", "{{.Nope}}"), ("inspect", "-f", "{{range .State}}", "web"),
-                 ("images", "--format", "{{bogus}}")):
+    for args in (
+        ("ps", "--format", "{{.Nope}}"),
+        ("inspect", "-f", "{{range .State}}", "web"),
+        ("images", "--format", "{{bogus}}"),
+    ):
         res = strata(rootdir, *args, check=False)
         assert res.code in (1, 125) and res.err.startswith("Error: template parsing error: ") and res.out == "", res

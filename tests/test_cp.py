@@ -14,8 +14,10 @@ from helpers import REPO, STRATA, strata, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root (rootless: test_rootless_verbs.py)")
 
-SETUP = ("mkdir -p /data/sub && echo hi > /data/a && echo deep > /data/sub/b && ln -sf a /data/link && "
-         "ln -sfn / /escape && chown 7:8 /data/a")
+SETUP = (
+    "mkdir -p /data/sub && echo hi > /data/a && echo deep > /data/sub/b && ln -sf a /data/link && "
+    "ln -sfn / /escape && chown 7:8 /data/a"
+)
 
 
 @pytest.fixture
@@ -72,8 +74,13 @@ def test_copies_into_a_container_as_dockers(box, tmp_path):
 
 
 def test_tar_streams_both_ways(box):
-    raw = subprocess.run([*STRATA, "--root", box, "cp", "box:/data", "-"], capture_output=True, cwd=REPO,
-                         env={**os.environ, "PYTHONPATH": REPO}, check=True).stdout
+    raw = subprocess.run(
+        [*STRATA, "--root", box, "cp", "box:/data", "-"],
+        capture_output=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        check=True,
+    ).stdout
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         names = sorted(m.name for m in tar)
         owner = tar.getmember("data/a").uid
@@ -110,9 +117,11 @@ def test_a_stopped_container_is_copied_from_and_into(box, tmp_path):
 
 
 def test_bad_cp_arguments_are_one_line(box):
-    for args, message in ((("box:/a", "box:/b"), "copying between containers is not supported"),
-                          (("a", "b"), "must specify at least one container source"),
-                          (("box:/nope", "/tmp/x"), "Could not find the file /nope in container box"),
-                          (("ghost:/a", "/tmp/x"), "No such container: ghost")):
+    for args, message in (
+        (("box:/a", "box:/b"), "copying between containers is not supported"),
+        (("a", "b"), "must specify at least one container source"),
+        (("box:/nope", "/tmp/x"), "Could not find the file /nope in container box"),
+        (("ghost:/a", "/tmp/x"), "No such container: ghost"),
+    ):
         res = strata(box, "cp", *args, check=False)
         assert (res.code, res.out, res.err) == (125, "", f"Error: {message}\n"), args

@@ -69,34 +69,40 @@ def _run(code: bytes, kind: str, major: int, minor: int, access: str) -> int:
             raise AssertionError(f"unexpected opcode {op:#x}")
 
 
-@pytest.mark.parametrize("extra, device, verdict", [
-    ([], ("c", 1, 3, "rw"), 1),
-    ([], ("c", 1, 3, "m"), 1),
-    ([], ("c", 136, 4, "rw"), 1),
-    ([], ("b", 7, 0, "r"), 0),
-    ([], ("b", 7, 0, "m"), 1),
-    ([], ("b", 7, 0, "rm"), 0),
-    ([], ("c", 10, 229, "r"), 0),
-    ([], ("c", 4, 1, "w"), 0),
-    ([{"allow": True, "type": "b", "major": 7, "access": "r"}], ("b", 7, 3, "r"), 1),
-    ([{"allow": True, "type": "b", "major": 7, "access": "r"}], ("b", 7, 3, "rm"), 1),
-    ([{"allow": True, "type": "b", "major": 7, "access": "r"}], ("b", 7, 3, "rw"), 0),
-    ([{"allow": False, "type": "c", "major": 1, "minor": 3, "access": "w"}], ("c", 1, 3, "r"), 1),
-    ([{"allow": False, "type": "c", "major": 1, "minor": 3, "access": "w"}], ("c", 1, 3, "rw"), 0),
-    ([{"allow": False, "type": "c", "access": "m"}], ("c", 1, 3, "m"), 0),
-    ([{"allow": True}], ("b", 8, 0, "rw"), 1),
-])
+@pytest.mark.parametrize(
+    "extra, device, verdict",
+    [
+        ([], ("c", 1, 3, "rw"), 1),
+        ([], ("c", 1, 3, "m"), 1),
+        ([], ("c", 136, 4, "rw"), 1),
+        ([], ("b", 7, 0, "r"), 0),
+        ([], ("b", 7, 0, "m"), 1),
+        ([], ("b", 7, 0, "rm"), 0),
+        ([], ("c", 10, 229, "r"), 0),
+        ([], ("c", 4, 1, "w"), 0),
+        ([{"allow": True, "type": "b", "major": 7, "access": "r"}], ("b", 7, 3, "r"), 1),
+        ([{"allow": True, "type": "b", "major": 7, "access": "r"}], ("b", 7, 3, "rm"), 1),
+        ([{"allow": True, "type": "b", "major": 7, "access": "r"}], ("b", 7, 3, "rw"), 0),
+        ([{"allow": False, "type": "c", "major": 1, "minor": 3, "access": "w"}], ("c", 1, 3, "r"), 1),
+        ([{"allow": False, "type": "c", "major": 1, "minor": 3, "access": "w"}], ("c", 1, 3, "rw"), 0),
+        ([{"allow": False, "type": "c", "access": "m"}], ("c", 1, 3, "m"), 0),
+        ([{"allow": True}], ("b", 8, 0, "rw"), 1),
+    ],
+)
 def test_program_later_rules_win_per_access_bit(extra, device, verdict):
     assert _run(devices.program(devices.rules_with(extra)), *device) == verdict
 
 
-@pytest.mark.parametrize("rule", [
-    {"allow": True, "type": "x"},
-    {"allow": True, "type": "c", "access": "rx"},
-    {"allow": True, "type": "c", "major": -1},
-    {"allow": True, "type": "a", "major": 1},
-    {"allow": "yes", "type": "c"},
-])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"allow": True, "type": "x"},
+        {"allow": True, "type": "c", "access": "rx"},
+        {"allow": True, "type": "c", "major": -1},
+        {"allow": True, "type": "a", "major": 1},
+        {"allow": "yes", "type": "c"},
+    ],
+)
 def test_rules_with_rejects_bad_rules(rule):
     with pytest.raises(RunnerError, match="invalid device rule"):
         devices.rules_with([rule])
@@ -111,13 +117,15 @@ def test_attach_v2_reports_the_verifier(monkeypatch):
 
 # ---- for real -----------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def loop_device(tmp_path) -> Iterator[str]:
     """A real block device: a loop device over a small temp file, detached by its name afterwards."""
     backing = tmp_path / "backing.img"
     backing.write_bytes(bytes(1 << 20))
-    name = subprocess.run(["losetup", "-f", "--show", str(backing)], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    name = subprocess.run(
+        ["losetup", "-f", "--show", str(backing)], check=True, capture_output=True, text=True
+    ).stdout.strip()
     try:
         yield name
     finally:
@@ -162,8 +170,9 @@ def _probe_in_group(procs: str, node: str, rdev: int) -> dict[str, str]:
     return json.loads(data)
 
 
-def _check_in_group(group: str, apply: Callable[[str, list[devices.DeviceRule]], None], extra, read: str,
-                    loop_device: str, tmp_path) -> None:
+def _check_in_group(
+    group: str, apply: Callable[[str, list[devices.DeviceRule]], None], extra, read: str, loop_device: str, tmp_path
+) -> None:
     rdev = os.stat(loop_device).st_rdev
     rules = devices.rules_with([dict(rule, major=os.major(rdev), minor=os.minor(rdev)) for rule in extra])
     node = str(tmp_path / "loopnode")
@@ -180,8 +189,10 @@ def _check_in_group(group: str, apply: Callable[[str, list[devices.DeviceRule]],
 READ_ALLOWED = [{"allow": True, "type": "b", "access": "r"}]  # major:minor filled in with the loop device's
 
 
-@pytest.mark.skipif(not os.path.isdir("/sys/fs/cgroup/devices"),
-                    reason="no cgroup v1 devices hierarchy: a host with v2 alone (the v2 program's test runs there)")
+@pytest.mark.skipif(
+    not os.path.isdir("/sys/fs/cgroup/devices"),
+    reason="no cgroup v1 devices hierarchy: a host with v2 alone (the v2 program's test runs there)",
+)
 @pytest.mark.parametrize("extra, read", [([], "EPERM"), (READ_ALLOWED, "ok")], ids=["defaults", "read-allowed"])
 def test_v1_group_allows_mknod_but_not_reading_a_block_device(extra, read, loop_device, tmp_path):
     group = f"/sys/fs/cgroup/devices/strata-test-{os.getpid()}"

@@ -28,21 +28,26 @@ def _extract(tmp_path, data: bytes) -> str:
 
 @as_root
 def test_extract_keeps_metadata(tmp_path):
-    layer = _extract(tmp_path, tar_bytes([
-        {"name": "usr/", "type": "dir", "mode": 0o755, "mtime": 1_500_000_000},
-        {"name": "usr/bin/", "type": "dir", "mode": 0o750, "uid": 7, "gid": 8, "mtime": 1_400_000_000},
-        {"name": "usr/bin/su", "data": b"su", "mode": 0o4755, "uid": 0, "gid": 0},
-        {"name": "usr/bin/sg", "data": b"sg", "mode": 0o2711, "uid": 1234, "gid": 5678},
-        {"name": "usr/bin/link", "type": "hardlink", "link": "usr/bin/su"},
-        {"name": "abs", "type": "symlink", "link": "/usr/bin/su", "uid": 3, "gid": 4},
-        {"name": "fifo", "type": "fifo", "mode": 0o640},
-        {"name": "null", "type": "char", "dev": (1, 3), "mode": 0o666},
-        {"name": "blk", "type": "block", "dev": (7, 0), "mode": 0o660},
-        {"name": "x", "data": b"x", "xattrs": {"user.note": "hello", "trusted.overlay.opaque": "y"}},
-        {"name": ".wh.gone", "data": b""},
-        {"name": "d/", "type": "dir"},
-        {"name": "d/.wh..wh..opq", "data": b""},
-    ]))
+    layer = _extract(
+        tmp_path,
+        tar_bytes(
+            [
+                {"name": "usr/", "type": "dir", "mode": 0o755, "mtime": 1_500_000_000},
+                {"name": "usr/bin/", "type": "dir", "mode": 0o750, "uid": 7, "gid": 8, "mtime": 1_400_000_000},
+                {"name": "usr/bin/su", "data": b"su", "mode": 0o4755, "uid": 0, "gid": 0},
+                {"name": "usr/bin/sg", "data": b"sg", "mode": 0o2711, "uid": 1234, "gid": 5678},
+                {"name": "usr/bin/link", "type": "hardlink", "link": "usr/bin/su"},
+                {"name": "abs", "type": "symlink", "link": "/usr/bin/su", "uid": 3, "gid": 4},
+                {"name": "fifo", "type": "fifo", "mode": 0o640},
+                {"name": "null", "type": "char", "dev": (1, 3), "mode": 0o666},
+                {"name": "blk", "type": "block", "dev": (7, 0), "mode": 0o660},
+                {"name": "x", "data": b"x", "xattrs": {"user.note": "hello", "trusted.overlay.opaque": "y"}},
+                {"name": ".wh.gone", "data": b""},
+                {"name": "d/", "type": "dir"},
+                {"name": "d/.wh..wh..opq", "data": b""},
+            ]
+        ),
+    )
     su = os.lstat(f"{layer}/usr/bin/su")
     assert stat.S_IMODE(su.st_mode) == 0o4755
     assert su.st_nlink == 2 and os.lstat(f"{layer}/usr/bin/link").st_ino == su.st_ino
@@ -64,11 +69,18 @@ def test_extract_keeps_metadata(tmp_path):
 
 
 def test_later_entry_replaces_earlier(tmp_path):
-    layer = _extract(tmp_path, tar_bytes([
-        {"name": "a/", "type": "dir"}, {"name": "a/f", "data": b"1"},
-        {"name": "a", "data": b"now a file"},
-        {"name": "b", "data": b"old"}, {"name": "b", "data": b"new"},
-    ]))
+    layer = _extract(
+        tmp_path,
+        tar_bytes(
+            [
+                {"name": "a/", "type": "dir"},
+                {"name": "a/f", "data": b"1"},
+                {"name": "a", "data": b"now a file"},
+                {"name": "b", "data": b"old"},
+                {"name": "b", "data": b"new"},
+            ]
+        ),
+    )
     assert open(f"{layer}/a", "rb").read() == b"now a file"
     assert open(f"{layer}/b", "rb").read() == b"new"
 
@@ -76,16 +88,26 @@ def test_later_entry_replaces_earlier(tmp_path):
 def test_later_entries_of_any_kind_replace_earlier_ones_and_directories_are_entered_again(tmp_path):
     """The extractor keeps the directories it went down open: going back up, into a sibling, into a
     directory replaced meanwhile (by a file, a symlink) or merged with a later entry of its name."""
-    layer = _extract(tmp_path, tar_bytes([
-        {"name": "d/", "type": "dir"}, {"name": "d/e/", "type": "dir"}, {"name": "d/e/f", "data": b"1"},
-        {"name": "d/h/", "type": "dir"}, {"name": "d/h/i", "data": b"2"},
-        {"name": "d/e/j", "data": b"3"},  # back into a sibling
-        {"name": "x", "data": b"file"}, {"name": "x/", "type": "dir", "mode": 0o750},  # a dir replaces a file
-        {"name": "d/e", "type": "symlink", "link": "/etc"},  # a symlink replaces a dir that was entered
-        {"name": "d/k", "data": b"4"},
-        {"name": "s", "type": "symlink", "link": "x"}, {"name": "s", "data": b"file again"},
-        {"name": "d/", "type": "dir", "mode": 0o711, "mtime": 1_234_567_890},  # merges with the dir
-    ]))
+    layer = _extract(
+        tmp_path,
+        tar_bytes(
+            [
+                {"name": "d/", "type": "dir"},
+                {"name": "d/e/", "type": "dir"},
+                {"name": "d/e/f", "data": b"1"},
+                {"name": "d/h/", "type": "dir"},
+                {"name": "d/h/i", "data": b"2"},
+                {"name": "d/e/j", "data": b"3"},  # back into a sibling
+                {"name": "x", "data": b"file"},
+                {"name": "x/", "type": "dir", "mode": 0o750},  # a dir replaces a file
+                {"name": "d/e", "type": "symlink", "link": "/etc"},  # a symlink replaces a dir that was entered
+                {"name": "d/k", "data": b"4"},
+                {"name": "s", "type": "symlink", "link": "x"},
+                {"name": "s", "data": b"file again"},
+                {"name": "d/", "type": "dir", "mode": 0o711, "mtime": 1_234_567_890},  # merges with the dir
+            ]
+        ),
+    )
     assert os.readlink(f"{layer}/d/e") == "/etc"
     assert [open(f"{layer}/{n}", "rb").read() for n in ("d/h/i", "d/k", "s")] == [b"2", b"4", b"file again"]
     assert stat.S_IMODE(os.stat(f"{layer}/x").st_mode) == 0o750
@@ -93,9 +115,16 @@ def test_later_entries_of_any_kind_replace_earlier_ones_and_directories_are_ente
     assert (stat.S_IMODE(st.st_mode), st.st_mtime) == (0o711, 1_234_567_890)
     (tmp_path / "again").mkdir()
     with pytest.raises(BadInput, match="symlink"):  # and the symlink is no way out
-        _extract(tmp_path / "again", tar_bytes([
-            {"name": "d/e/", "type": "dir"}, {"name": "d/e", "type": "symlink", "link": "/tmp"},
-            {"name": "d/e/evil", "data": b"x"}]))
+        _extract(
+            tmp_path / "again",
+            tar_bytes(
+                [
+                    {"name": "d/e/", "type": "dir"},
+                    {"name": "d/e", "type": "symlink", "link": "/tmp"},
+                    {"name": "d/e/evil", "data": b"x"},
+                ]
+            ),
+        )
 
 
 def test_missing_parents_are_created(tmp_path):

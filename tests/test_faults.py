@@ -81,8 +81,15 @@ def test_a_killed_supervisor_takes_its_container_with_it(rootdir):
 
 def test_concurrent_starts_run_one_instance(rootdir):
     strata(rootdir, "run", "--name", "twice", "bb", "true")
-    procs = [subprocess.Popen([*STRATA, "--root", rootdir, "start", "twice"], cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": REPO}, stderr=subprocess.PIPE) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [*STRATA, "--root", rootdir, "start", "twice"],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": REPO},
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
     for p in procs:
         p.wait(timeout=60)
     # each start ran the command once, one after another, or said it was already running
@@ -102,7 +109,9 @@ def small_store(tmp_path, full_busybox):
         strata(root, "import", full_busybox, "bb:latest", "--change", 'CMD ["/bin/sh"]')
         yield root
     finally:
-        for cid in os.listdir(os.path.join(root, "containers")) if os.path.isdir(os.path.join(root, "containers")) else []:
+        for cid in (
+            os.listdir(os.path.join(root, "containers")) if os.path.isdir(os.path.join(root, "containers")) else []
+        ):
             if len(cid) == 64:
                 strata(root, "rm", "-f", cid, check=False)
         subprocess.run(["umount", str(mnt)], check=True)
@@ -112,8 +121,17 @@ def test_a_full_disk_loses_no_exit_code_and_leaves_nothing_behind(small_store):
     root = small_store
     sleeper = strata(root, "run", "-d", "--name", "sleeper", "bb", "sleep", "1000").out.strip()
     # the container fills the store's filesystem (its upper is there), then exits 3
-    res = strata(root, "run", "--name", "filler", "bb", "sh", "-c",
-                 "dd if=/dev/zero of=/fill bs=64k 2>/dev/null; echo lost output; exit 3", check=False)
+    res = strata(
+        root,
+        "run",
+        "--name",
+        "filler",
+        "bb",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/fill bs=64k 2>/dev/null; echo lost output; exit 3",
+        check=False,
+    )
     assert res.code == 3
     assert os.statvfs(root).f_bavail == 0
     state = _inspect(root, "filler")["State"]
@@ -136,14 +154,13 @@ def test_a_full_disk_loses_no_exit_code_and_leaves_nothing_behind(small_store):
     strata(root, "run", "--rm", "bb", "true")  # room again: the store works as before
 
 
-
 def test_a_state_keeps_to_its_blocks_whatever_its_error(tmp_path):
     """An Error of any length and script (the user names the command it quotes) is capped once
     encoded: a state is always exactly one 4 KiB block, so it and its spare never need another."""
     from runner.containers import STATE_BLOCK, Container
 
     c = Container(str(tmp_path), {"Id": "x" * 64, "Name": "x"})
-    c.set_state(Status="exited", ExitCode=127, Error="exec: \"" + "é\U0001F600" * 3000 + "\": not found")
+    c.set_state(Status="exited", ExitCode=127, Error='exec: "' + "é\U0001f600" * 3000 + '": not found')
     c.set_state(Status="exited", ExitCode=0, Error="")
     for name in ("state.json", "state.spare"):
         assert os.path.getsize(tmp_path / name) == STATE_BLOCK
@@ -187,8 +204,14 @@ def test_a_supervisor_that_fails_after_the_start_leaves_nothing_running(rootdir)
         "from runner.cli import main\n"
         f"sys.exit(main(['--root', {rootdir!r}, 'run', '-d', '--name', 'doomed', 'bb', 'sleep', '1000']))\n"
     )
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
-                         env={**os.environ, "PYTHONPATH": REPO, "STRATA_NO_ZYGOTE": "1"}, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO, "STRATA_NO_ZYGOTE": "1"},
+        timeout=60,
+    )
     assert res.returncode == 125 and "Input/output error (injected)" in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     cid = _inspect(rootdir, "doomed")["Id"]

@@ -80,16 +80,37 @@ def test_layers_are_shared_and_never_extracted_twice(root, tmp_path):
 @pytest.mark.parametrize("compress", ["gzip", "zstd", "none"])
 def test_oci_archive_with_compressed_layers(root, tmp_path, compress):
     layer = _layer("file", b"content" * 100)
-    blob = {"gzip": lambda b: gzip.compress(b, mtime=0), "zstd": lambda b: zstandard.ZstdCompressor().compress(b),
-            "none": lambda b: b}[compress](layer)
+    blob = {
+        "gzip": lambda b: gzip.compress(b, mtime=0),
+        "zstd": lambda b: zstandard.ZstdCompressor().compress(b),
+        "none": lambda b: b,
+    }[compress](layer)
     media = "application/vnd.oci.image.layer.v1.tar" + {"gzip": "+gzip", "zstd": "+zstd", "none": ""}[compress]
     config = config_for([sha256(layer)])
-    manifest = json.dumps({"schemaVersion": 2, "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                           "digest": sha256(config), "size": len(config)},
-                           "layers": [{"mediaType": media, "digest": sha256(blob), "size": len(blob)}]}).encode()
-    index = json.dumps({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha256(manifest), "size": len(manifest),
-        "annotations": {"io.containerd.image.name": "docker.io/library/comp:" + compress}}]}).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": sha256(config),
+                "size": len(config),
+            },
+            "layers": [{"mediaType": media, "digest": sha256(blob), "size": len(blob)}],
+        }
+    ).encode()
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "manifests": [
+                {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": sha256(manifest),
+                    "size": len(manifest),
+                    "annotations": {"io.containerd.image.name": "docker.io/library/comp:" + compress},
+                }
+            ],
+        }
+    ).encode()
     entries = [{"name": "oci-layout", "data": b'{"imageLayoutVersion":"1.0.0"}'}, {"name": "index.json", "data": index}]
     entries += [{"name": "blobs/sha256/" + sha256(b).split(":")[1], "data": b} for b in (blob, config, manifest)]
     path = tmp_path / "oci.tar"
@@ -133,8 +154,13 @@ def test_save_to_stdout(root, busybox_rootfs):
 def strata_bytes(root: str, *args: str) -> bytes:
     from helpers import REPO, STRATA
 
-    return subprocess.run([*STRATA, "--root", root, *args], capture_output=True, check=True, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": REPO}).stdout
+    return subprocess.run(
+        [*STRATA, "--root", root, *args],
+        capture_output=True,
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+    ).stdout
 
 
 def test_import_from_tar_and_stdin_give_the_same_layer(root, tmp_path):

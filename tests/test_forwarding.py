@@ -51,9 +51,27 @@ sys.exit(main(sys.argv[1:]))
 
 def test_a_hang_up_before_the_supervisor_listens_still_reaches_pid_1(rootdir):
     """It used to kill the supervisor by its default action (and the container with it: exit 255)."""
-    proc = subprocess.Popen([sys.executable, "-c", _HANG_UP_BEFORE_LISTENING, "--root", rootdir, "run", "--network",
-                             "none", "--name", "early", "bb", "sh", "-c", "trap 'exit 9' HUP; echo ready; while :; do sleep 1; done"],
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _HANG_UP_BEFORE_LISTENING,
+            "--root",
+            rootdir,
+            "run",
+            "--network",
+            "none",
+            "--name",
+            "early",
+            "bb",
+            "sh",
+            "-c",
+            "trap 'exit 9' HUP; echo ready; while :; do sleep 1; done",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        stdout=subprocess.PIPE,
+    )
     try:
         out, _ = proc.communicate(timeout=120)  # a bound on a lost signal, not a wait for one
     finally:

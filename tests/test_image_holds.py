@@ -20,8 +20,12 @@ def test_run_holds_its_image_against_rmi(rootdir):
     lock = os.open(os.path.join(rootdir, "gc.lock"), os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        proc = subprocess.Popen([*STRATA, "--root", rootdir, "run", "--name", "held", "bb", "true"], cwd=REPO,
-                                env={**os.environ, "PYTHONPATH": REPO}, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [*STRATA, "--root", rootdir, "run", "--name", "held", "bb", "true"],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": REPO},
+            stderr=subprocess.PIPE,
+        )
         # the run cannot get past the lock: no container record appears while it is held
         wait_for(lambda: _waits_on_flock(proc.pid), what="the run to wait for the store's lock")
         assert strata(rootdir, "ps", "-aq").out == ""

@@ -25,8 +25,9 @@ def loop_device(tmp_path):
     """A real loop device over a file that starts with SECRET; detached (by its name) afterwards."""
     image = tmp_path / "disk.img"
     image.write_bytes(SECRET + bytes(1024 * 1024 - len(SECRET)))
-    device = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True,
-                            check=True).stdout.strip()
+    device = subprocess.run(
+        ["losetup", "-f", "--show", str(image)], capture_output=True, text=True, check=True
+    ).stdout.strip()
     try:
         yield device, image
     finally:
@@ -36,15 +37,23 @@ def loop_device(tmp_path):
 def test_a_container_cannot_read_or_write_a_host_block_device(rootdir, loop_device):
     device, image = loop_device
     rdev = os.stat(device).st_rdev
-    out = strata(rootdir, "run", "--rm", "bb", "sh", "-c",
-                 f"mknod /dev/l b {os.major(rdev)} {os.minor(rdev)} && echo made; "
-                 "head -c 22 /dev/l 2>&1; echo; echo pwned | dd of=/dev/l seek=2 2>&1; "
-                 "cat /dev/null && echo null-ok; head -c 4 /dev/zero | wc -c", check=False).out
+    out = strata(
+        rootdir,
+        "run",
+        "--rm",
+        "bb",
+        "sh",
+        "-c",
+        f"mknod /dev/l b {os.major(rdev)} {os.minor(rdev)} && echo made; "
+        "head -c 22 /dev/l 2>&1; echo; echo pwned | dd of=/dev/l seek=2 2>&1; "
+        "cat /dev/null && echo null-ok; head -c 4 /dev/zero | wc -c",
+        check=False,
+    ).out
     assert "made" in out  # mknod is allowed, as in Docker: the node is useless
     assert SECRET.decode() not in out
     assert out.count("Operation not permitted") == 2, out
     assert "null-ok" in out and out.split()[-1] == "4"  # the standard nodes work
-    assert image.read_bytes()[:len(SECRET) + 1024].startswith(SECRET) and b"pwned" not in image.read_bytes()
+    assert image.read_bytes()[: len(SECRET) + 1024].startswith(SECRET) and b"pwned" not in image.read_bytes()
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +61,9 @@ def probe_rootfs(tmp_path_factory, full_busybox):
     """busybox plus ``/bin/probe`` (tests/probe.c, built static here): one attack per argument."""
     root = tmp_path_factory.mktemp("probe") / "rootfs"
     shutil.copytree(full_busybox, root, symlinks=True)
-    subprocess.run(["gcc", "-static", "-O1", "-o", str(root / "bin" / "probe"), os.path.join(HERE, "probe.c")],
-                   check=True)
+    subprocess.run(
+        ["gcc", "-static", "-O1", "-o", str(root / "bin" / "probe"), os.path.join(HERE, "probe.c")], check=True
+    )
     return str(root)
 
 
@@ -69,8 +79,18 @@ def _probe(root: str, *attacks: str, run_args: tuple[str, ...] = ()) -> dict[str
 
 
 # What Docker's default profile refuses that the kernel alone would let container root do
-ATTACKS = ("keyctl", "add_key", "unshare-user", "clone-newuser", "bpf", "perf_event_open", "open_by_handle_at",
-           "kexec_load", "userfaultfd", "vsock")
+ATTACKS = (
+    "keyctl",
+    "add_key",
+    "unshare-user",
+    "clone-newuser",
+    "bpf",
+    "perf_event_open",
+    "open_by_handle_at",
+    "kexec_load",
+    "userfaultfd",
+    "vsock",
+)
 
 
 def test_seccomp_refuses_what_dockers_default_profile_refuses(probe_root):
@@ -82,8 +102,9 @@ def test_seccomp_refuses_what_dockers_default_profile_refuses(probe_root):
 
 
 def test_unconfined_lifts_the_filter_but_not_the_hosts_keyring(probe_root):
-    seen = _probe(probe_root, "keyctl", "session-keyring", "unshare-user",
-                  run_args=("--security-opt", "seccomp=unconfined"))
+    seen = _probe(
+        probe_root, "keyctl", "session-keyring", "unshare-user", run_args=("--security-opt", "seccomp=unconfined")
+    )
     assert seen["keyctl"] == "ok" and seen["unshare-user"] == "ok"  # the kernel alone allows these
     host = ctypes.CDLL(None, use_errno=True).syscall(250, 0, -3, 0)  # KEYCTL_GET_KEYRING_ID, session
     assert int(seen["session-keyring"]) != host  # a fresh session keyring, never the host's
@@ -91,8 +112,14 @@ def test_unconfined_lifts_the_filter_but_not_the_hosts_keyring(probe_root):
 
 def test_a_profile_file_applies_and_a_bad_one_is_refused(probe_root, tmp_path):
     profile = tmp_path / "deny-mkdir.json"
-    profile.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
-        {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}))
+    profile.write_text(
+        json.dumps(
+            {
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}],
+            }
+        )
+    )
     seen = _probe(probe_root, "mkdir", "keyctl", run_args=("--security-opt", f"seccomp={profile}"))
     assert seen == {"mkdir": "EACCES", "keyctl": "ok"}
     bad = tmp_path / "bad.json"
@@ -115,18 +142,41 @@ def test_exec_runs_under_the_same_filter_and_may_ptrace_pid1(probe_root):
 def test_a_device_given_with_device_is_usable_and_only_that_one(rootdir, loop_device):
     """--device makes the node (linux.devices) and opens it (resources.devices); nothing else opens."""
     device, _image = loop_device
-    out = strata(rootdir, "run", "--rm", "--device", f"{device}:/dev/disk0:r", "bb", "sh", "-c",
-                 "head -c 22 /dev/disk0; echo; echo x | dd of=/dev/disk0 2>&1 | head -1").out.splitlines()
+    out = strata(
+        rootdir,
+        "run",
+        "--rm",
+        "--device",
+        f"{device}:/dev/disk0:r",
+        "bb",
+        "sh",
+        "-c",
+        "head -c 22 /dev/disk0; echo; echo x | dd of=/dev/disk0 2>&1 | head -1",
+    ).out.splitlines()
     assert out[0] == SECRET.decode() and "Operation not permitted" in out[1]  # r only: no write
     rdev = os.stat(device).st_rdev
     rule = f"b {os.major(rdev)}:* r"
-    out = strata(rootdir, "run", "--device-cgroup-rule", rule, "--name", "ruled", "bb", "sh", "-c",
-                 f"mknod /dev/l b {os.major(rdev)} {os.minor(rdev)}; head -c 22 /dev/l").out
+    out = strata(
+        rootdir,
+        "run",
+        "--device-cgroup-rule",
+        rule,
+        "--name",
+        "ruled",
+        "bb",
+        "sh",
+        "-c",
+        f"mknod /dev/l b {os.major(rdev)} {os.minor(rdev)}; head -c 22 /dev/l",
+    ).out
     assert out == SECRET.decode()
     inspect = json.loads(strata(rootdir, "inspect", "ruled").out)[0]
     assert inspect["HostConfig"]["DeviceCgroupRules"] == [rule]
-    for bad in (["--device", "/nonexistent"], ["--device", "/etc/passwd"], ["--device-cgroup-rule", "x 1:2 q"],
-                ["--device", f"{device}:/dev/../../../../etc/x"]):
+    for bad in (
+        ["--device", "/nonexistent"],
+        ["--device", "/etc/passwd"],
+        ["--device-cgroup-rule", "x 1:2 q"],
+        ["--device", f"{device}:/dev/../../../../etc/x"],
+    ):
         res = strata(rootdir, "run", *bad, "bb", "true", check=False)
         assert res.code == 125 and len(res.err.strip().splitlines()) == 1, res.err
     assert strata(rootdir, "ps", "-aq").out.split() == [inspect["Id"][:12]]

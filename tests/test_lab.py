@@ -15,8 +15,9 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAB = os.path.join(REPO, "vagrant")
-SCRIPTS = sorted([os.path.join(LAB, "lab.sh"), os.path.join(LAB, "box", "build.sh"),
-                  *glob.glob(os.path.join(LAB, "checks", "*.sh"))])
+SCRIPTS = sorted(
+    [os.path.join(LAB, "lab.sh"), os.path.join(LAB, "box", "build.sh"), *glob.glob(os.path.join(LAB, "checks", "*.sh"))]
+)
 SETTINGS = {
     "workstation": {},
     "make-lab": {"STRATA_LAB_BOX": "strata/bookworm", "STRATA_LAB_TCG": "1", "STRATA_LAB_POOL": "strata-lab"},
@@ -28,9 +29,14 @@ def _vagrant(args: list[str], cwd: str, home: str, env: dict[str, str]) -> subpr
     if vagrant is None:
         pytest.fail("vagrant is not installed (make test installs vagrant and vagrant-libvirt)")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("STRATA_LAB_", "VAGRANT_"))}
-    return subprocess.run([vagrant, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**clean, "VAGRANT_HOME": home, "VAGRANT_CHECKPOINT_DISABLE": "1",
-                               "VAGRANT_NO_COLOR": "1", **env})
+    return subprocess.run(
+        [vagrant, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**clean, "VAGRANT_HOME": home, "VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_NO_COLOR": "1", **env},
+    )
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: os.path.relpath(p, LAB))
@@ -41,7 +47,11 @@ def test_the_labs_shell_scripts_parse(script):
 
 def test_the_lab_has_its_box_recipe_and_checks():
     assert [os.path.relpath(p, LAB) for p in SCRIPTS] == [
-        "box/build.sh", "checks/rootless.sh", "checks/two-hosts.sh", "lab.sh"]
+        "box/build.sh",
+        "checks/rootless.sh",
+        "checks/two-hosts.sh",
+        "lab.sh",
+    ]
 
 
 def test_vagrant_has_the_libvirt_provider(tmp_path):
@@ -60,11 +70,11 @@ def test_validation_catches_a_libvirt_setting_that_does_not_exist(tmp_path):
     """So that the validation above is one: vagrant-libvirt refuses an option it does not have."""
     with open(os.path.join(LAB, "Vagrantfile")) as f:
         text = f.read()
-    anchor = '    v.cpus = 2\n'
+    anchor = "    v.cpus = 2\n"
     assert text.count(anchor) >= 1
     bad = tmp_path / "lab"
     bad.mkdir()
-    (bad / "Vagrantfile").write_text(text.replace(anchor, anchor + '    v.no_such_setting = 1\n', 1))
+    (bad / "Vagrantfile").write_text(text.replace(anchor, anchor + "    v.no_such_setting = 1\n", 1))
     result = _vagrant(["validate"], str(bad), str(tmp_path / "home"), SETTINGS["make-lab"])
     assert result.returncode != 0
     assert "no_such_setting" in result.stdout + result.stderr

@@ -16,10 +16,22 @@ from unionfs_support import is_mounted
 @pytest.fixture
 def image(root, tmp_path):
     """A two-layer image: the top layer replaces ``a``, deletes ``gone`` and adds ``d/y``."""
-    bottom = tar_bytes([{"name": "a", "data": b"1"}, {"name": "gone", "data": b"g"},
-                        {"name": "d", "type": "dir"}, {"name": "d/x", "data": b"x"}])
-    top = tar_bytes([{"name": "a", "data": b"2"}, {"name": ".wh.gone", "data": b""}, {"name": "d", "type": "dir"},
-                     {"name": "d/y", "data": b"y"}])
+    bottom = tar_bytes(
+        [
+            {"name": "a", "data": b"1"},
+            {"name": "gone", "data": b"g"},
+            {"name": "d", "type": "dir"},
+            {"name": "d/x", "data": b"x"},
+        ]
+    )
+    top = tar_bytes(
+        [
+            {"name": "a", "data": b"2"},
+            {"name": ".wh.gone", "data": b""},
+            {"name": "d", "type": "dir"},
+            {"name": "d/y", "data": b"y"},
+        ]
+    )
     path = tmp_path / "img.tar"
     path.write_bytes(docker_v12_save([bottom, top], ["img:1"]))
     strata(root, "load", "-i", str(path))
@@ -108,7 +120,10 @@ def test_mount_at_a_chosen_directory_and_umount_by_it(root, image, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     res = strata(root, "mount", image, str(elsewhere), check=False)
-    assert res.code == 1 and res.err.strip() == f"Error: image {_record(root)['Image'][7:19]} is already mounted at {point}"
+    assert (
+        res.code == 1
+        and res.err.strip() == f"Error: image {_record(root)['Image'][7:19]} is already mounted at {point}"
+    )
     strata(root, "unmount", str(point))
     assert not is_mounted(str(point)) and point.is_dir()  # the user's directory stays
 
@@ -174,7 +189,9 @@ def test_a_stopped_containers_files_mount_for_inspection(rootdir):
     try:
         with open(os.path.join(where, "tmp", "x")) as f:
             assert f.read() == "made\n"
-        assert not os.path.lexists(os.path.join(where, "bin", "ls")) and os.path.exists(os.path.join(where, "bin", "sh"))
+        assert not os.path.lexists(os.path.join(where, "bin", "ls")) and os.path.exists(
+            os.path.join(where, "bin", "sh")
+        )
         with pytest.raises(OSError) as e:
             open(os.path.join(where, "new"), "w")
         assert e.value.errno == errno.EROFS

@@ -26,8 +26,9 @@ from runner.net.leases import all_leases
 from runner.net.netlink import Netlink
 from runner.net.nft import Nft, port_elements
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bridges and nftables need root (rootless: "
-                                                           "tests/test_rootless_network.py)")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="bridges and nftables need root (rootless: tests/test_rootless_network.py)"
+)
 SERVE = "mkdir -p /www && echo hello from {name} > /www/index.html && exec httpd -f -p 80 -h /www"
 
 
@@ -142,8 +143,18 @@ def test_publish_all_publishes_what_the_image_exposes(rootdir, full_busybox):
 
 def test_containers_on_a_user_network_reach_each_other_by_name(rootdir, network):
     web = serve(rootdir, "web", "--network", network)
-    client = strata(rootdir, "run", "--name", "client", "--network", network, "bb", "sh", "-c",
-                    "wget -qO- http://web/ && grep -w web /etc/hosts").out.splitlines()
+    client = strata(
+        rootdir,
+        "run",
+        "--name",
+        "client",
+        "--network",
+        network,
+        "bb",
+        "sh",
+        "-c",
+        "wget -qO- http://web/ && grep -w web /etc/hosts",
+    ).out.splitlines()
     ip = web["NetworkSettings"]["IPAddress"]
     assert client == ["hello from web", f"{ip}\tweb {web['Id'][:12]}"]
     assert web["NetworkSettings"]["Networks"][network]["IPAddress"] == ip
@@ -172,17 +183,24 @@ def test_outbound_traffic_leaves_through_the_host_masqueraded(rootdir):
     server = None
     try:
         subprocess.run(["ip", "netns", "add", ns], check=True)
-        subprocess.run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", far_end, "netns", ns],
-                       check=True)
+        subprocess.run(
+            ["ip", "link", "add", host_end, "type", "veth", "peer", "name", far_end, "netns", ns], check=True
+        )
         subprocess.run(["ip", "addr", "add", "198.51.100.1/30", "dev", host_end], check=True)
         subprocess.run(["ip", "link", "set", host_end, "up"], check=True)
-        for cmd in (["ip", "addr", "add", "198.51.100.2/30", "dev", far_end], ["ip", "link", "set", far_end, "up"],
-                    ["ip", "link", "set", "lo", "up"]):
+        for cmd in (
+            ["ip", "addr", "add", "198.51.100.2/30", "dev", far_end],
+            ["ip", "link", "set", far_end, "up"],
+            ["ip", "link", "set", "lo", "up"],
+        ):
             subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True)
-        code = ("import socket,sys; s=socket.create_server(('198.51.100.2', 8080)); print('ready', flush=True); "
-                "c, a = s.accept(); c.sendall(b'you are ' + a[0].encode() + b'\\n'); c.close(); print(a[0])")
-        server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                  text=True)
+        code = (
+            "import socket,sys; s=socket.create_server(('198.51.100.2', 8080)); print('ready', flush=True); "
+            "c, a = s.accept(); c.sendall(b'you are ' + a[0].encode() + b'\\n'); c.close(); print(a[0])"
+        )
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", code], stdout=subprocess.PIPE, text=True
+        )
         assert server.stdout is not None and server.stdout.readline() == "ready\n"
         out = strata(rootdir, "run", "--rm", "bb", "sh", "-c", "ip -o -4 addr show eth0; nc 198.51.100.2 8080").out
         assert " 10.66." in out.splitlines()[0] and out.splitlines()[1] == "you are 198.51.100.1"
@@ -203,12 +221,23 @@ def test_none_host_and_another_containers_namespace(rootdir):
     assert "Published ports are discarded when using host network mode" in res.err
     web = serve(rootdir, "web")
     ip = web["NetworkSettings"]["IPAddress"]
-    out = strata(rootdir, "run", "--rm", "--network", "container:web", "bb", "sh", "-c",
-                 "ip -o -4 addr show eth0; wget -qO- http://127.0.0.1/").out.splitlines()
+    out = strata(
+        rootdir,
+        "run",
+        "--rm",
+        "--network",
+        "container:web",
+        "bb",
+        "sh",
+        "-c",
+        "ip -o -4 addr show eth0; wget -qO- http://127.0.0.1/",
+    ).out.splitlines()
     assert f" {ip}/16 " in out[0] and out[1] == "hello from web"  # its namespace: its address, its loopback
     res = strata(rootdir, "run", "--network", "container:web", "-p", "80", "bb", "true", check=False)
-    assert (res.code, res.err) == (125, "Error: conflicting options: port publishing and the container type "
-                                        "network mode\n")
+    assert (res.code, res.err) == (
+        125,
+        "Error: conflicting options: port publishing and the container type network mode\n",
+    )
     strata(rootdir, "run", "-d", "--name", "joiner", "--network", "container:web", "bb", "sleep", "300")
     strata(rootdir, "stop", "-t", "0", "web")
     # the namespace lives on in the joiner, without web's endpoint (its address may go to another)
@@ -234,8 +263,17 @@ def test_a_veth_gone_between_lookup_and_detach_is_not_an_error():
 
 
 def test_hosts_and_resolv_conf_are_written_for_the_container(rootdir):
-    out = strata(rootdir, "run", "--rm", "--hostname", "box", "bb", "sh", "-c",
-                 "cat /etc/hosts; echo --; cat /etc/resolv.conf; echo --; ip -o -4 addr show eth0").out
+    out = strata(
+        rootdir,
+        "run",
+        "--rm",
+        "--hostname",
+        "box",
+        "bb",
+        "sh",
+        "-c",
+        "cat /etc/hosts; echo --; cat /etc/resolv.conf; echo --; ip -o -4 addr show eth0",
+    ).out
     hosts, resolv, addr = out.split("--\n")
     ip = addr.split()[3].split("/")[0]
     assert f"{ip}\tbox\n" in hosts and "10.66.0.1\thost.containers.internal\n" in hosts
@@ -250,20 +288,35 @@ def test_resolv_conf_leaves_loopback_resolvers_out():
 
 def test_p_specs_parse_as_dockers_cli_reads_them():
     assert ports.bindings(["8080:80", "127.0.0.1:53:53/udp", "9000-9001:90-91", "7000", "1.2.3.4::22"]) == {
-        "80/tcp": [{"HostIp": "", "HostPort": "8080"}], "53/udp": [{"HostIp": "127.0.0.1", "HostPort": "53"}],
-        "90/tcp": [{"HostIp": "", "HostPort": "9000"}], "91/tcp": [{"HostIp": "", "HostPort": "9001"}],
-        "7000/tcp": [{"HostIp": "", "HostPort": ""}], "22/tcp": [{"HostIp": "1.2.3.4", "HostPort": ""}]}
-    ps = {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}], "81/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8081"}],
-          "53/udp": [{"HostIp": "127.0.0.1", "HostPort": "5353"}], "443/tcp": None}
+        "80/tcp": [{"HostIp": "", "HostPort": "8080"}],
+        "53/udp": [{"HostIp": "127.0.0.1", "HostPort": "53"}],
+        "90/tcp": [{"HostIp": "", "HostPort": "9000"}],
+        "91/tcp": [{"HostIp": "", "HostPort": "9001"}],
+        "7000/tcp": [{"HostIp": "", "HostPort": ""}],
+        "22/tcp": [{"HostIp": "1.2.3.4", "HostPort": ""}],
+    }
+    ps = {
+        "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}],
+        "81/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8081"}],
+        "53/udp": [{"HostIp": "127.0.0.1", "HostPort": "5353"}],
+        "443/tcp": None,
+    }
     assert ports.ps_column(ps) == "127.0.0.1:5353->53/udp, 0.0.0.0:8080-8081->80-81/tcp, 443/tcp"
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("80:abc", "invalid containerPort: abc"), ("x:80", "invalid hostPort: x"), ("70000:80", "invalid hostPort: 70000"),
-    ("80/sctpx", "invalid proto: sctpx"), ("300.1.1.1:80:80", "invalid IP address: 300.1.1.1"),
-    ("8000-8002:80-81", "invalid ranges specified for container and host Ports: 80-81 and 8000-8002"),
-    ("[::1]:80:80", "IPv6 host addresses are not supported"), ("80:", "no port specified: 80:<empty>"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("80:abc", "invalid containerPort: abc"),
+        ("x:80", "invalid hostPort: x"),
+        ("70000:80", "invalid hostPort: 70000"),
+        ("80/sctpx", "invalid proto: sctpx"),
+        ("300.1.1.1:80:80", "invalid IP address: 300.1.1.1"),
+        ("8000-8002:80-81", "invalid ranges specified for container and host Ports: 80-81 and 8000-8002"),
+        ("[::1]:80:80", "IPv6 host addresses are not supported"),
+        ("80:", "no port specified: 80:<empty>"),
+    ],
+)
 def test_a_bad_p_spec_is_one_line_and_creates_nothing(rootdir, spec, message):
     res = strata(rootdir, "run", "-p", spec, "bb", "true", check=False)
     assert res.code == 125 and res.err.count("\n") == 1 and message in res.err
@@ -294,13 +347,17 @@ def test_network_prune_and_system_prune_remove_the_networks_no_running_container
     names = [f"t-{secrets.token_hex(4)}" for _ in range(3)]
     busy, labelled, idle = names
     try:
-        ids = [strata(rootdir, "network", "create", *(["--label", "tier=x"] if n == labelled else []), n).out.strip()
-               for n in names]
+        ids = [
+            strata(rootdir, "network", "create", *(["--label", "tier=x"] if n == labelled else []), n).out.strip()
+            for n in names
+        ]
         strata(rootdir, "run", "-d", "--name", "on-busy", "--network", busy, "bb", "sleep", "300")
         res = strata(rootdir, "network", "prune", input=b"n\n")
         assert res.out.startswith("WARNING! This will remove all custom networks not used by at least one container.")
-        assert strata(rootdir, "network", "prune", "-f", "--filter", "label=tier=x").out == \
-            f"Deleted Networks:\n{labelled}\n\n"
+        assert (
+            strata(rootdir, "network", "prune", "-f", "--filter", "label=tier=x").out
+            == f"Deleted Networks:\n{labelled}\n\n"
+        )
         assert not link_exists(f"br-{ids[1][:12]}") and link_exists(f"br-{ids[2][:12]}")
         out = strata(rootdir, "system", "prune", "-f").out
         assert "  - all networks not used by at least one container\n" not in out  # (-f: no warning)
@@ -315,13 +372,17 @@ def test_network_prune_and_system_prune_remove_the_networks_no_running_container
 
 
 def test_network_create_and_rm_refuse_bad_values(rootdir, network):
-    for args, message in ((["create", network], f"network with name {network} already exists"),
-                          (["create", "--subnet", "10.66.1.0/24", "x1"], "overlaps 10.66.0.0/16"),
-                          (["create", "--subnet", "nonsense", "x2"], "invalid subnet nonsense"),
-                          (["create", "--subnet", "10.200.9.0/24", "--gateway", "10.1.1.1", "x3"],
-                           "no matching subnet for gateway 10.1.1.1"),
-                          (["rm", "bridge"], "bridge is a pre-defined network and cannot be removed"),
-                          (["inspect", "nope"], "network nope not found")):
+    for args, message in (
+        (["create", network], f"network with name {network} already exists"),
+        (["create", "--subnet", "10.66.1.0/24", "x1"], "overlaps 10.66.0.0/16"),
+        (["create", "--subnet", "nonsense", "x2"], "invalid subnet nonsense"),
+        (
+            ["create", "--subnet", "10.200.9.0/24", "--gateway", "10.1.1.1", "x3"],
+            "no matching subnet for gateway 10.1.1.1",
+        ),
+        (["rm", "bridge"], "bridge is a pre-defined network and cannot be removed"),
+        (["inspect", "nope"], "network nope not found"),
+    ):
         res = strata(rootdir, "network", *args, check=False)
         assert res.code == 1 and message in res.err and res.err.count("\n") == 1, args
     names = [line.split()[1] for line in strata(rootdir, "network", "ls").out.splitlines()[1:]]

@@ -14,9 +14,13 @@ from runner.oci import rootfs, spec
 
 
 def _record(**host: object) -> dict:
-    return {"Id": "c" * 64, "Command": ["/bin/sh", "-c", "true"], "Seccomp": "default",
-            "Config": {"Env": ["PATH=/bin"], "WorkingDir": "", "User": "nobody", "Hostname": "box", "Tty": False},
-            "HostConfig": {"NetworkMode": "none", "CpuShares": 0, "Memory": 0, **host}}
+    return {
+        "Id": "c" * 64,
+        "Command": ["/bin/sh", "-c", "true"],
+        "Seccomp": "default",
+        "Config": {"Env": ["PATH=/bin"], "WorkingDir": "", "User": "nobody", "Hostname": "box", "Tty": False},
+        "HostConfig": {"NetworkMode": "none", "CpuShares": 0, "Memory": 0, **host},
+    }
 
 
 def test_a_containers_config_carries_dockers_defaults():
@@ -25,13 +29,25 @@ def test_a_containers_config_carries_dockers_defaults():
     assert config["process"]["args"] == ["/bin/sh", "-c", "true"] and config["root"]["path"] == "/merged"
     # the user looked up in the container's passwd; its root's copy honours setuid bits (Docker's default)
     assert config["annotations"] == {spec.USER_ANNOTATION: "nobody", spec.ROOT_SUID: "true"}
-    assert {m["destination"] for m in config["mounts"]} == {"/proc", "/dev", "/dev/pts", "/sys", "/dev/mqueue",
-                                                            "/dev/shm", "/etc/hostname"}
+    assert {m["destination"] for m in config["mounts"]} == {
+        "/proc",
+        "/dev",
+        "/dev/pts",
+        "/sys",
+        "/dev/mqueue",
+        "/dev/shm",
+        "/etc/hostname",
+    }
     assert {n["type"] for n in config["linux"]["namespaces"]} == {"pid", "ipc", "uts", "mount", "cgroup", "network"}
     assert config["linux"]["resources"]["memory"] == {"limit": 64 << 20, "swap": 128 << 20}
     assert config["linux"]["resources"]["cpu"] == {"shares": 512}
-    assert config["linux"]["resources"]["devices"][0] == {"allow": False, "type": "a", "major": None, "minor": None,
-                                                          "access": "rwm"}
+    assert config["linux"]["resources"]["devices"][0] == {
+        "allow": False,
+        "type": "a",
+        "major": None,
+        "minor": None,
+        "access": "rwm",
+    }
     assert "keyctl" not in json.dumps(config["linux"]["seccomp"])  # the default profile, resolved
     host = spec.for_container(_record(NetworkMode="host"), "/m", {})
     assert "network" not in {n["type"] for n in host["linux"]["namespaces"]}
@@ -40,12 +56,15 @@ def test_a_containers_config_carries_dockers_defaults():
     assert numeric["process"]["user"] == {"uid": 12, "gid": 34} and numeric["annotations"] == {spec.ROOT_SUID: "true"}
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c: c.update(hooks={}), "hooks is not supported"),
-    (lambda c: c["linux"].update(intelRdt={}), "linux.intelRdt is not supported"),
-    (lambda c: c["process"].update(args=[]), "process.args must name a command"),
-    (lambda c: c["linux"]["namespaces"].append({"type": "time2"}), "unknown namespace type"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c.update(hooks={}), "hooks is not supported"),
+        (lambda c: c["linux"].update(intelRdt={}), "linux.intelRdt is not supported"),
+        (lambda c: c["process"].update(args=[]), "process.args must name a command"),
+        (lambda c: c["linux"]["namespaces"].append({"type": "time2"}), "unknown namespace type"),
+    ],
+)
 def test_check_refuses_what_strata_would_not_honour(change, message):
     config = spec.for_container(_record(), "/m", {})
     change(config)
@@ -90,11 +109,16 @@ def test_a_root_is_made_and_pivoted_into_without_touching_the_host(tmp_path):
     os.symlink("../../../../../../.." + str(host), root / "var")
     source = tmp_path / "hostname"
     source.write_text("box\n")
-    config = {"root": {"path": str(root)}, "linux": {"maskedPaths": ["/proc/timer_list"]}, "mounts": [
-        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
-        {"destination": "/etc/hostname", "type": "bind", "source": str(source), "options": ["rbind", "ro"]},
-        {"destination": "/var/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=1m"]},
-        {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}]}
+    config = {
+        "root": {"path": str(root)},
+        "linux": {"maskedPaths": ["/proc/timer_list"]},
+        "mounts": [
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+            {"destination": "/etc/hostname", "type": "bind", "source": str(source), "options": ["rbind", "ro"]},
+            {"destination": "/var/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=1m"]},
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+        ],
+    }
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -107,8 +131,17 @@ def test_a_root_is_made_and_pivoted_into_without_touching_the_host(tmp_path):
                 seen = f.read()
             with open("/proc/timer_list") as f:
                 masked = f.read()
-            os.write(w, json.dumps({"hostname": seen, "masked": masked, "null": os.path.exists("/dev/null"),
-                                    "scratch": os.path.ismount(os.path.realpath("/var/scratch"))}).encode())
+            os.write(
+                w,
+                json.dumps(
+                    {
+                        "hostname": seen,
+                        "masked": masked,
+                        "null": os.path.exists("/dev/null"),
+                        "scratch": os.path.ismount(os.path.realpath("/var/scratch")),
+                    }
+                ).encode(),
+            )
             code = 0
         finally:
             os._exit(code)

@@ -57,17 +57,30 @@ class Containerd:
         self.runc_root = os.path.join(directory, "runc")
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def ctr(self, *args: str, check: bool = True, timeout: float = 120, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run(["ctr", "-a", self.sock, "-n", self.ns, *args], capture_output=True, text=True,
-                             timeout=timeout, **kwargs)  # type: ignore[call-overload]
+    def ctr(
+        self, *args: str, check: bool = True, timeout: float = 120, **kwargs: object
+    ) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            ["ctr", "-a", self.sock, "-n", self.ns, *args], capture_output=True, text=True, timeout=timeout, **kwargs
+        )  # type: ignore[call-overload]
         if check and res.returncode:
             raise AssertionError(f"ctr {' '.join(args)} failed ({res.returncode}): {res.stderr}")
         return res
 
     def run_args(self, *flags: str) -> list[str]:
         """``ctr run``'s flags for strata-oci (and FIFOs under the test's dir)."""
-        return ["run", "--runtime", "io.containerd.runc.v2", "--runc-binary", self.runtime, "--runc-root",
-                self.runc_root, "--fifo-dir", os.path.join(self.dir, "fifo"), *flags]
+        return [
+            "run",
+            "--runtime",
+            "io.containerd.runc.v2",
+            "--runc-binary",
+            self.runtime,
+            "--runc-root",
+            self.runc_root,
+            "--fifo-dir",
+            os.path.join(self.dir, "fifo"),
+            *flags,
+        ]
 
     def verbs(self) -> list[str]:
         """The verbs strata-oci was called with so far (the wrapper's record), global flags dropped."""
@@ -121,9 +134,11 @@ def containerd(tmp_path_factory, full_busybox):
     sockets_before = set(os.listdir("/run/containerd/s")) if os.path.isdir("/run/containerd/s") else set()
     c = Containerd(directory, f"strata-test-{os.getpid()}", runtime, calls)
     log = open(os.path.join(directory, "containerd.log"), "wb")
-    c.proc = subprocess.Popen(["containerd", "--config", os.path.join(directory, "config.toml")],
-                              stdout=log, stderr=subprocess.STDOUT)
+    c.proc = subprocess.Popen(
+        ["containerd", "--config", os.path.join(directory, "config.toml")], stdout=log, stderr=subprocess.STDOUT
+    )
     try:
+
         def up() -> bool:
             assert c.proc is not None and c.proc.poll() is None, open(log.name).read()[-2000:]
             return os.path.exists(c.sock) and c.ctr("version", check=False, timeout=10).returncode == 0
@@ -184,15 +199,20 @@ def _stop(c: Containerd, existed: set[str], sockets_before: set[str]) -> None:
 def _leftovers(c: Containerd, name: str) -> list[str]:
     """What a removed container must not have left: strata-oci's state, its cgroup, its mounts."""
     found = [d for d in (os.path.join(c.runc_root, c.ns, name),) if os.path.exists(d)]
-    found += [os.path.join(CGROUP_ROOT, ctl, c.ns, name) for ctl in os.listdir(CGROUP_ROOT)
-              if os.path.isdir(os.path.join(CGROUP_ROOT, ctl, c.ns, name))]
+    found += [
+        os.path.join(CGROUP_ROOT, ctl, c.ns, name)
+        for ctl in os.listdir(CGROUP_ROOT)
+        if os.path.isdir(os.path.join(CGROUP_ROOT, ctl, c.ns, name))
+    ]
     found += [line.split()[4] for line in open("/proc/self/mountinfo") if f"/{name}/rootfs" in line.split()[4]]
     return found
 
 
 def test_ctr_run_rm_gives_the_commands_output_and_exit_code(containerd):
     c = containerd
-    res = c.ctr(*c.run_args("--rm"), IMAGE, "hello", "sh", "-c", "echo hello from $(cat /proc/1/cmdline | tr '\\0' ' ')")
+    res = c.ctr(
+        *c.run_args("--rm"), IMAGE, "hello", "sh", "-c", "echo hello from $(cat /proc/1/cmdline | tr '\\0' ' ')"
+    )
     assert res.stdout == "hello from sh -c echo hello from $(cat /proc/1/cmdline | tr '\\0' ' ')\n"
     assert c.verbs()[:2] == ["create", "start"] and "delete" in c.verbs()  # strata-oci's, through the shim
     create = open(c.calls).read().splitlines()[0].split(" ")
@@ -220,8 +240,19 @@ def test_ctr_detached_task_takes_exec_ps_pause_kill_and_delete(containerd):
     try:
         pid, status = _tasks(c)["detached"]
         assert status == "RUNNING" and process_alive(pid, None)
-        ran = c.ctr("task", "exec", "--fifo-dir", os.path.join(c.dir, "fifo"), "--exec-id", "e1", "detached", "sh",
-                    "-c", "echo from exec $(cat /proc/1/cmdline | tr '\\0' ' '); exit 4", check=False)
+        ran = c.ctr(
+            "task",
+            "exec",
+            "--fifo-dir",
+            os.path.join(c.dir, "fifo"),
+            "--exec-id",
+            "e1",
+            "detached",
+            "sh",
+            "-c",
+            "echo from exec $(cat /proc/1/cmdline | tr '\\0' ' '); exit 4",
+            check=False,
+        )
         assert (ran.returncode, ran.stdout) == (4, "from exec sleep 1000\n")
         assert c.ctr("task", "ps", "detached").stdout.split()[2] == str(pid)
         c.ctr("task", "pause", "detached")
@@ -248,8 +279,13 @@ def test_ctr_run_t_gives_the_container_a_terminal_through_the_console_socket(con
     c = containerd
     master, slave = pty.openpty()
     try:
-        proc = subprocess.Popen(["ctr", "-a", c.sock, "-n", c.ns, *c.run_args("--rm", "-t"), IMAGE, "tty", "sh",
-                                 "-c", "tty; exit 3"], stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+        proc = subprocess.Popen(
+            ["ctr", "-a", c.sock, "-n", c.ns, *c.run_args("--rm", "-t"), IMAGE, "tty", "sh", "-c", "tty; exit 3"],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+        )
         os.close(slave)
         slave = -1
         output = b""

@@ -23,15 +23,38 @@ from runner.oci import control, statedir
 LAUNCHER = os.path.join(REPO, "runner", "bin", "strata-oci")
 # what the cheap verbs must not load: the runtime and its parser, and the stdlib modules that make
 # a Python command slow to start (json's decoder imports re, re and signal import enum)
-HEAVY = {"argparse", "json", "re", "enum", "typing", "signal", "datetime", "shutil", "subprocess", "ctypes",
-         "runner.cgroups", "runner.devices", "runner.seccomp", "runner.init", "runner.oci.cli",
-         "runner.oci.runtime", "runner.oci.spec", "runner.oci.hooks"}
+HEAVY = {
+    "argparse",
+    "json",
+    "re",
+    "enum",
+    "typing",
+    "signal",
+    "datetime",
+    "shutil",
+    "subprocess",
+    "ctypes",
+    "runner.cgroups",
+    "runner.devices",
+    "runner.seccomp",
+    "runner.init",
+    "runner.oci.cli",
+    "runner.oci.runtime",
+    "runner.oci.spec",
+    "runner.oci.hooks",
+}
 
 
 def launched(root: str, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     """``runner/bin/strata-oci`` (what pip installs, run by this interpreter), and the modules it imported."""
-    res = subprocess.run([sys.executable, "-X", "importtime", LAUNCHER, "--root", root, *args], capture_output=True,
-                         text=True, cwd="/", timeout=60, env={**os.environ, "PYTHONPATH": REPO})
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", LAUNCHER, "--root", root, *args],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("import time:")]
     modules = {ln.rsplit("|", 1)[1].strip() for ln in lines[1:]}
     res.stderr = "".join(ln + "\n" for ln in res.stderr.splitlines() if not ln.startswith("import time:"))
@@ -109,14 +132,17 @@ def test_a_cheap_verbs_error_is_one_line_and_logged_as_the_full_cli_logs_it(tmp_
     assert entry["level"] == "error" and entry["msg"] == "container does not exist" and entry["time"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["kill", "--bogus", "x"], "unrecognized arguments: --bogus"),
-    (["delete", "x", "y"], "unrecognized arguments: y"),
-    (["state"], "the following arguments are required: id"),
-    (["--root"], "expected one argument"),
-    (["kill", "x", "NOPE"], "unknown signal 'NOPE'"),
-    (["start", "bad/id"], "invalid id format: bad/id"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["kill", "--bogus", "x"], "unrecognized arguments: --bogus"),
+        (["delete", "x", "y"], "unrecognized arguments: y"),
+        (["state"], "the following arguments are required: id"),
+        (["--root"], "expected one argument"),
+        (["kill", "x", "NOPE"], "unknown signal 'NOPE'"),
+        (["start", "bad/id"], "invalid id format: bad/id"),
+    ],
+)
 def test_what_the_shortcut_does_not_take_the_full_cli_answers(root, args, message):
     res, _ = launched(root, *args)
     assert res.returncode == 1 and res.stdout == ""
@@ -143,11 +169,20 @@ def test_signals_are_spelled_as_the_signal_module_spells_them():
             control.parse_signal(text)
 
 
-@pytest.mark.parametrize("doc", [
-    {"ociVersion": "1.2.0", "id": "c1", "pid": 42, "status": "running", "bundle": "/b", "annotations": {}},
-    {"id": 'q"uote\\back\nnew\ttab\x01\x7f', "pid": 0, "flag": True, "none": None, "list": [1, "two", []],
-     "annotations": {"ü": "日本", "emoji": "\U0001f600", "lone": "\udcff", "": ""}},
-])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"ociVersion": "1.2.0", "id": "c1", "pid": 42, "status": "running", "bundle": "/b", "annotations": {}},
+        {
+            "id": 'q"uote\\back\nnew\ttab\x01\x7f',
+            "pid": 0,
+            "flag": True,
+            "none": None,
+            "list": [1, "two", []],
+            "annotations": {"ü": "日本", "emoji": "\U0001f600", "lone": "\udcff", "": ""},
+        },
+    ],
+)
 def test_the_state_document_is_spelled_as_json_dumps_spells_it(doc):
     assert statedir.to_json(doc) == json.dumps(doc, indent=2)
 
@@ -160,8 +195,11 @@ def test_a_seccomp_program_is_generated_once_and_then_read_from_the_cache(tmp_pa
     from runner import seccomp
     from runner.oci import filters
 
-    profile = {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
-               "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}
+    profile = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+    }
     cache = os.path.join(root, filters.DIRECTORY)
     for n, spoil in enumerate((None, "planted", None, b"garbage", "other")):
         cid = f"s{n}"
@@ -174,8 +212,11 @@ def test_a_seccomp_program_is_generated_once_and_then_read_from_the_cache(tmp_pa
         if spoil == "planted":  # the program of a profile that allows everything, under this one's key
             allow = seccomp.prepare({"defaultAction": "SCMP_ACT_ALLOW"}).program
             with open(os.path.join(cache, files[0]), "wb") as f:
-                f.write(marshal.dumps((json.dumps(profile, sort_keys=True), allow, 0, filters._generator(),
-                                       filters._library())))
+                f.write(
+                    marshal.dumps(
+                        (json.dumps(profile, sort_keys=True), allow, 0, filters._generator(), filters._library())
+                    )
+                )
         elif spoil == b"garbage":
             open(os.path.join(cache, files[0]), "wb").write(spoil)
         elif spoil == "other":  # a valid entry, but for another profile, under this profile's name

@@ -59,8 +59,9 @@ exit ${HOOK_EXIT:-0}
 """
 
 
-def _setup(tmp_path, root_dir: str, kinds: dict[str, dict[str, str]], cid: str = "h1",
-           timeout: dict[str, int] | None = None) -> tuple[dict, str]:
+def _setup(
+    tmp_path, root_dir: str, kinds: dict[str, dict[str, str]], cid: str = "h1", timeout: dict[str, int] | None = None
+) -> tuple[dict, str]:
     """A config's hooks: each kind in ``kinds`` runs the host script (startContainer: the container's
     script), with the extra environment given; returns (hooks, the host script's log)."""
     script = tmp_path / "hook.py"
@@ -68,8 +69,12 @@ def _setup(tmp_path, root_dir: str, kinds: dict[str, dict[str, str]], cid: str =
     log = str(tmp_path / "hooks.log")
     hooks: dict[str, list] = {}
     for kind, extra in kinds.items():
-        env = [f"HOOK_LOG={log}", f"HOOK_STATE_DIR={os.path.join(root_dir, cid)}", "LC_ALL=C.UTF-8",
-               *(f"{k}={v}" for k, v in extra.items())]
+        env = [
+            f"HOOK_LOG={log}",
+            f"HOOK_STATE_DIR={os.path.join(root_dir, cid)}",
+            "LC_ALL=C.UTF-8",
+            *(f"{k}={v}" for k, v in extra.items()),
+        ]
         if kind == "startContainer":
             hook = {"path": "/hooks/start.sh", "env": env}
         else:
@@ -100,12 +105,15 @@ def _records(log: str) -> list[dict]:
 
 
 def test_each_hook_runs_at_its_point_in_its_namespaces_with_the_state(tmp_path, root, bundle, busybox_rootfs):
-    kinds = {k: {} for k in ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
-                             "poststop")}
+    kinds = {k: {} for k in ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")}
     hooks, log = _setup(tmp_path, root, kinds)
     inside_log = _container_hook(busybox_rootfs)
-    b = bundle(["sh", "-c", "echo ran > /tmp/payload; sleep 100"], cid="h1", hooks=hooks,
-               annotations={"org.example.key": "value"})
+    b = bundle(
+        ["sh", "-c", "echo ran > /tmp/payload; sleep 100"],
+        cid="h1",
+        hooks=hooks,
+        annotations={"org.example.key": "value"},
+    )
     rootfs = os.path.realpath(os.path.join(b, "rootfs"))
     host = {name: os.readlink(f"/proc/self/ns/{name}") for name in ("mnt", "net", "pid")}
     host_root, pivoted = ([os.stat(p).st_dev, os.stat(p).st_ino] for p in ("/", rootfs))
@@ -116,8 +124,14 @@ def test_each_hook_runs_at_its_point_in_its_namespaces_with_the_state(tmp_path, 
         seen = _records(log)
         assert [r["kind"] for r in seen] == ["prestart", "createRuntime", "createContainer"]
         for r in seen:
-            assert r["state"] == {"ociVersion": r["state"]["ociVersion"], "id": "h1", "status": "creating",
-                                  "pid": pid, "bundle": b, "annotations": {"org.example.key": "value"}}
+            assert r["state"] == {
+                "ociVersion": r["state"]["ociVersion"],
+                "id": "h1",
+                "status": "creating",
+                "pid": pid,
+                "bundle": b,
+                "annotations": {"org.example.key": "value"},
+            }
             assert r["argv0"] == "hook-argv0"  # args[0] is argv[0]; the environment is the hook's alone
             assert r["env"]["HOOK_LOG"] == log and "PATH" not in r["env"]
             assert r["pid1_root"] == host_root  # before pivot_root ...
@@ -173,7 +187,7 @@ def test_a_failing_create_time_hook_fails_create_and_poststop_undoes_it(tmp_path
         assert f"{failing} hook #0 ({sys.executable}): exit status 3" in res.stderr
         ran = [r["kind"] for r in _records(log)]
         order = ["prestart", "createRuntime", "createContainer"]
-        assert ran == order[:order.index(failing) + 1] + ["poststop"]  # none after the failing one
+        assert ran == order[: order.index(failing) + 1] + ["poststop"]  # none after the failing one
         pid = _records(log)[0]["state"]["pid"]
         assert not process_alive(pid, None)
         _failed_create_leaves_nothing(root, "f1")
@@ -194,17 +208,18 @@ def test_a_hook_past_its_timeout_is_killed_and_fails_create(tmp_path, root, bund
     missing = {"createRuntime": [{"path": "/nonexistent/hook"}]}
     res = oci(root, "create", "--bundle", bundle(["true"], cid="t2", hooks=missing), "t2")
     assert res.returncode == 1 and res.stderr.count("\n") == 1
-    assert "createRuntime hook #0 (/nonexistent/hook): exit status 127: exec /nonexistent/hook: No such file" \
-        in res.stderr
+    assert (
+        "createRuntime hook #0 (/nonexistent/hook): exit status 127: exec /nonexistent/hook: No such file" in res.stderr
+    )
     _failed_create_leaves_nothing(root, "t2")
 
 
-def test_a_failing_start_container_hook_fails_start_and_the_command_never_runs(tmp_path, root, bundle,
-                                                                               busybox_rootfs):
+def test_a_failing_start_container_hook_fails_start_and_the_command_never_runs(tmp_path, root, bundle, busybox_rootfs):
     hooks, log = _setup(tmp_path, root, {"startContainer": {"HOOK_EXIT": "4"}, "poststart": {}}, cid="s1")
     inside_log = _container_hook(busybox_rootfs)
-    conmon, pid, _ = _conmon(tmp_path, root, bundle(["sh", "-c", "echo ran > /tmp/payload"], cid="s1",
-                                                    hooks=hooks), "s1")
+    conmon, pid, _ = _conmon(
+        tmp_path, root, bundle(["sh", "-c", "echo ran > /tmp/payload"], cid="s1", hooks=hooks), "s1"
+    )
     try:
         res = oci(root, "start", "s1")
         assert res.returncode == 1 and res.stderr.count("\n") == 1
@@ -221,17 +236,28 @@ def test_a_failing_start_container_hook_fails_start_and_the_command_never_runs(t
 
 
 def test_poststart_and_poststop_failures_are_warnings(tmp_path, root, bundle):
-    hooks, log = _setup(tmp_path, root, {"poststart": {"HOOK_EXIT": "5"}, "poststop": {"HOOK_EXIT": "6"}},
-                           cid="w1")
-    hooks["poststop"].append({**hooks["poststop"][0], "env": [e for e in hooks["poststop"][0]["env"]
-                                                              if not e.startswith("HOOK_EXIT")]})
+    hooks, log = _setup(tmp_path, root, {"poststart": {"HOOK_EXIT": "5"}, "poststop": {"HOOK_EXIT": "6"}}, cid="w1")
+    hooks["poststop"].append(
+        {**hooks["poststop"][0], "env": [e for e in hooks["poststop"][0]["env"] if not e.startswith("HOOK_EXIT")]}
+    )
     runtime_log = str(tmp_path / "runtime.log")
-    res = oci(root, "--log", runtime_log, "--log-format", "json", "run", "--bundle",
-              bundle(["sh", "-c", "exit 2"], cid="w1", hooks=hooks), "w1")
+    res = oci(
+        root,
+        "--log",
+        runtime_log,
+        "--log-format",
+        "json",
+        "run",
+        "--bundle",
+        bundle(["sh", "-c", "exit 2"], cid="w1", hooks=hooks),
+        "w1",
+    )
     assert res.returncode == 2  # the container's code: the hooks' failures changed nothing
     warnings = [json.loads(line) for line in open(runtime_log)]
     assert [(w["level"], w["msg"].split(":")[0]) for w in warnings] == [
-        ("warning", f"poststart hook #0 ({sys.executable})"), ("warning", f"poststop hook #0 ({sys.executable})")]
+        ("warning", f"poststart hook #0 ({sys.executable})"),
+        ("warning", f"poststop hook #0 ({sys.executable})"),
+    ]
     assert warnings[0]["msg"].endswith("exit status 5") and warnings[1]["msg"].endswith("exit status 6")
     assert [r["kind"] for r in _records(log)] == ["poststart", "poststop", "poststop"]  # the rest still ran
     assert os.listdir(root) == []
@@ -239,4 +265,10 @@ def test_poststart_and_poststop_failures_are_warnings(tmp_path, root, bundle):
 
 def test_features_lists_the_hooks(root):
     assert json.loads(oci(root, "features", check=True).stdout)["hooks"] == [
-        "prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"]
+        "prestart",
+        "createRuntime",
+        "createContainer",
+        "startContainer",
+        "poststart",
+        "poststop",
+    ]

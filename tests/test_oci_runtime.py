@@ -44,10 +44,18 @@ print(f"exited {os.waitstatus_to_exitcode(status)}", flush=True)
 """
 
 
-def oci(root: str, *args: str, check: bool = False, stdout: object = subprocess.PIPE,
-        stderr: object = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([*OCI, "--root", root, *args], stdout=stdout, stderr=stderr, text=True, cwd=REPO,
-                         timeout=60, env={**os.environ, "PYTHONPATH": REPO})
+def oci(
+    root: str, *args: str, check: bool = False, stdout: object = subprocess.PIPE, stderr: object = subprocess.PIPE
+) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(
+        [*OCI, "--root", root, *args],
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
     if check and res.returncode:
         raise AssertionError(f"strata-oci {' '.join(args)} failed ({res.returncode}): {res.stderr}")
     return res
@@ -60,8 +68,11 @@ def state(root: str, cid: str) -> dict:
 def _cgroup_dirs(path: str) -> list[str]:
     if os.path.isfile(os.path.join(CGROUP_ROOT, "cgroup.controllers")):  # v2 alone: one hierarchy
         return [os.path.join(CGROUP_ROOT, path)] if os.path.isdir(os.path.join(CGROUP_ROOT, path)) else []
-    return [os.path.join(CGROUP_ROOT, c, path) for c in sorted(os.listdir(CGROUP_ROOT))
-            if os.path.isdir(os.path.join(CGROUP_ROOT, c, path))]
+    return [
+        os.path.join(CGROUP_ROOT, c, path)
+        for c in sorted(os.listdir(CGROUP_ROOT))
+        if os.path.isdir(os.path.join(CGROUP_ROOT, c, path))
+    ]
 
 
 @pytest.fixture
@@ -114,9 +125,29 @@ def bundle(tmp_path, busybox_rootfs):
 def _conmon(tmp_path, root: str, bundle_dir: str, cid: str, *extra: str) -> tuple[subprocess.Popen[str], int, str]:
     """Run ``create`` under the miniature conmon; (conmon, PID 1's pid, the container's stdout file)."""
     pid_file, out = str(tmp_path / f"{cid}.pid"), str(tmp_path / f"{cid}.out")
-    conmon = subprocess.Popen([sys.executable, "-c", CONMON, pid_file, out, *OCI, "--root", root, "create",
-                               "--bundle", bundle_dir, "--pid-file", pid_file, *extra, cid],
-                              stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+    conmon = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            CONMON,
+            pid_file,
+            out,
+            *OCI,
+            "--root",
+            root,
+            "create",
+            "--bundle",
+            bundle_dir,
+            "--pid-file",
+            pid_file,
+            *extra,
+            cid,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
     assert conmon.stdout is not None
     line = conmon.stdout.readline().split()
     assert line[0] == "created", f"create failed: {line}"
@@ -200,11 +231,17 @@ def test_run_exits_with_the_containers_code_and_leaves_nothing(root, bundle):
     b = bundle(["sh", "-c", "echo out; echo err >&2; cat /proc/1/cmdline | wc -c; exit 3"])
     res = oci(root, "run", "--bundle", b, "r1")
     assert res.returncode == 3
-    assert res.stdout.split() == ["out", str(len(b"sh\0-c\0") + len(b"echo out; echo err >&2; cat /proc/1/cmdline | wc -c; exit 3\0"))]
+    assert res.stdout.split() == [
+        "out",
+        str(len(b"sh\0-c\0") + len(b"echo out; echo err >&2; cat /proc/1/cmdline | wc -c; exit 3\0")),
+    ]
     assert res.stderr == "err\n"
     assert os.listdir(root) == [] and _cgroup_dirs(f"{CGROUP_PARENT}/r1") == []
-    assert oci(root, "run", "--bundle", bundle(["no-such-command"], cid="r2"), "r2").stderr.strip().endswith(
-        'exec: "no-such-command": executable file not found in $PATH')
+    assert (
+        oci(root, "run", "--bundle", bundle(["no-such-command"], cid="r2"), "r2")
+        .stderr.strip()
+        .endswith('exec: "no-such-command": executable file not found in $PATH')
+    )
     assert os.listdir(root) == []
 
 
@@ -214,18 +251,34 @@ def test_exec_joins_the_running_container(tmp_path, root, bundle):
         oci(root, "start", "c1", check=True)
         res = oci(root, "exec", "c1", "sh", "-c", "cat /proc/1/cmdline; echo; hostname; exit 5")
         assert res.returncode == 5 and res.stdout.split("\n")[:2] == ["sleep\x00100\x00", "strata"]
-        process = {"args": ["sh", "-c", "echo $FOO; sleep 100"], "env": ["FOO=bar", "PATH=/bin"], "cwd": "/tmp",
-                   "user": {"uid": 0, "gid": 0}}
+        process = {
+            "args": ["sh", "-c", "echo $FOO; sleep 100"],
+            "env": ["FOO=bar", "PATH=/bin"],
+            "cwd": "/tmp",
+            "user": {"uid": 0, "gid": 0},
+        }
         (tmp_path / "process.json").write_text(json.dumps(process))
         pid_file = str(tmp_path / "exec.pid")
         with open(tmp_path / "exec.out", "w") as out:
-            oci(root, "exec", "--process", str(tmp_path / "process.json"), "--detach", "--pid-file", pid_file, "c1",
-                check=True, stdout=out, stderr=out)  # (a detached command keeps the runtime's stdio)
+            oci(
+                root,
+                "exec",
+                "--process",
+                str(tmp_path / "process.json"),
+                "--detach",
+                "--pid-file",
+                pid_file,
+                "c1",
+                check=True,
+                stdout=out,
+                stderr=out,
+            )  # (a detached command keeps the runtime's stdio)
         exec_pid = int(open(pid_file).read())
         assert os.stat(f"/proc/{exec_pid}/ns/pid").st_ino == os.stat(f"/proc/{pid}/ns/pid").st_ino
         assert os.readlink(f"/proc/{exec_pid}/cwd") == "/tmp"  # (seen from the host: the container's root)
-        assert sorted(json.loads(oci(root, "ps", "--format", "json", "c1", check=True).stdout)) == \
-            sorted([pid, exec_pid])
+        assert sorted(json.loads(oci(root, "ps", "--format", "json", "c1", check=True).stdout)) == sorted(
+            [pid, exec_pid]
+        )
         assert "exec" in oci(root, "exec", "c1", "no-such").stderr
         assert oci(root, "exec", "c1", "no-such").returncode == 127
         oci(root, "kill", "c1", "KILL", check=True)
@@ -285,8 +338,11 @@ def test_a_console_socket_gets_the_pty_master_before_create_returns(tmp_path, ro
         conmon, pid, _ = _conmon(tmp_path, root, bundle(["sleep", "100"], cid="t2"), "t2")
         try:
             oci(root, "start", "t2", check=True)
-            exec_run = subprocess.Popen([*OCI, "--root", root, "exec", "-t", "--console-socket", path, "t2", "tty"],
-                                        cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+            exec_run = subprocess.Popen(
+                [*OCI, "--root", root, "exec", "-t", "--console-socket", path, "t2", "tty"],
+                cwd=REPO,
+                env={**os.environ, "PYTHONPATH": REPO},
+            )
             master, _ = _receive_master(server)
             try:
                 assert _read_until_closed(master).strip() == b"/dev/pts/0"
@@ -298,16 +354,19 @@ def test_a_console_socket_gets_the_pty_master_before_create_returns(tmp_path, ro
             conmon.wait(timeout=30)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["create", "--bogus", "x"], "unrecognized arguments: --bogus"),
-    (["--bogus", "state", "x"], "unrecognized arguments: --bogus"),
-    (["frobnicate", "x"], "unknown command 'frobnicate'"),
-    (["create", "--bundle", "/nonexistent-bundle", "x"], "bundle /nonexistent-bundle: no config.json there"),
-    (["create", "--bundle", "{bundle}", "bad/id"], "invalid id format: bad/id"),
-    (["state", "nope"], "container does not exist"),
-    (["--systemd-cgroup", "create", "--bundle", "{bundle}", "x"], "--systemd-cgroup: no systemd cgroup driver"),
-    (["--systemd-cgroup", "run", "--bundle", "{bundle}", "x"], "set the engine's cgroup manager to cgroupfs"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["create", "--bogus", "x"], "unrecognized arguments: --bogus"),
+        (["--bogus", "state", "x"], "unrecognized arguments: --bogus"),
+        (["frobnicate", "x"], "unknown command 'frobnicate'"),
+        (["create", "--bundle", "/nonexistent-bundle", "x"], "bundle /nonexistent-bundle: no config.json there"),
+        (["create", "--bundle", "{bundle}", "bad/id"], "invalid id format: bad/id"),
+        (["state", "nope"], "container does not exist"),
+        (["--systemd-cgroup", "create", "--bundle", "{bundle}", "x"], "--systemd-cgroup: no systemd cgroup driver"),
+        (["--systemd-cgroup", "run", "--bundle", "{bundle}", "x"], "set the engine's cgroup manager to cgroupfs"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_1(root, bundle, args, message):
     b = bundle(["true"])
     res = oci(root, *[a.replace("{bundle}", b) for a in args])
@@ -316,17 +375,27 @@ def test_bad_input_is_one_line_and_exit_1(root, bundle, args, message):
     assert not os.path.isdir(root) or os.listdir(root) == []
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"hooks": {"prestart": [{"path": "bin/true"}]}}, "config.json: hooks.prestart[0].path must be an absolute path"),
-    ({"hooks": {"poststart": [{"path": "/bin/true", "timeout": 0}]}}, "hooks.poststart[0].timeout must be"),
-    ({"hooks": {"onCreate": [{"path": "/bin/true"}]}}, "config.json: hooks.onCreate is not a runtime-spec hook"),
-    ({"linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}], "intelRdt": {"closID": "x"}}},
-     "linux.intelRdt is not supported"),
-    ({"linux": {"namespaces": [{"type": "mount"}], "resources": {"blockIO": {"weight": 10}}}},
-     "linux.resources.blockIO is not supported"),
-    ({"linux": {"namespaces": [{"type": "mount"}], "sysctl": {"kernel.panic": "1"}}}, "sysctl kernel.panic"),
-    ({"linux": {"namespaces": [{"type": "mount"}], "cgroupsPath": "machine.slice:libpod:x"}}, "systemd"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"hooks": {"prestart": [{"path": "bin/true"}]}},
+            "config.json: hooks.prestart[0].path must be an absolute path",
+        ),
+        ({"hooks": {"poststart": [{"path": "/bin/true", "timeout": 0}]}}, "hooks.poststart[0].timeout must be"),
+        ({"hooks": {"onCreate": [{"path": "/bin/true"}]}}, "config.json: hooks.onCreate is not a runtime-spec hook"),
+        (
+            {"linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}], "intelRdt": {"closID": "x"}}},
+            "linux.intelRdt is not supported",
+        ),
+        (
+            {"linux": {"namespaces": [{"type": "mount"}], "resources": {"blockIO": {"weight": 10}}}},
+            "linux.resources.blockIO is not supported",
+        ),
+        ({"linux": {"namespaces": [{"type": "mount"}], "sysctl": {"kernel.panic": "1"}}}, "sysctl kernel.panic"),
+        ({"linux": {"namespaces": [{"type": "mount"}], "cgroupsPath": "machine.slice:libpod:x"}}, "systemd"),
+    ],
+)
 def test_unsupported_config_fields_are_refused_in_one_line(root, bundle, change, message):
     res = oci(root, "create", "--bundle", bundle(["true"], **change), "bad")
     assert res.returncode == 1 and res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
@@ -356,10 +425,15 @@ def test_features_spec_list_and_version_parse(tmp_path, root):
 def test_resources_and_devices_reach_the_cgroup_at_its_path_and_pause_freezes(tmp_path, root, bundle):
     b = bundle(["sleep", "100"])
     config = json.loads(open(os.path.join(b, "config.json")).read())
-    config["linux"]["resources"] = {"memory": {"limit": 64 << 20, "swap": 128 << 20}, "cpu": {"shares": 512},
-                                    "pids": {"limit": 50},
-                                    "devices": [{"allow": False, "access": "rwm"},
-                                                {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rw"}]}
+    config["linux"]["resources"] = {
+        "memory": {"limit": 64 << 20, "swap": 128 << 20},
+        "cpu": {"shares": 512},
+        "pids": {"limit": 50},
+        "devices": [
+            {"allow": False, "access": "rwm"},
+            {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rw"},
+        ],
+    }
     open(os.path.join(b, "config.json"), "w").write(json.dumps(config))
     conmon, pid, _ = _conmon(tmp_path, root, b, "c1")
     try:
@@ -386,29 +460,63 @@ def test_resources_and_devices_reach_the_cgroup_at_its_path_and_pause_freezes(tm
             conmon.wait(timeout=30)
 
 
-@pytest.mark.skipif(shutil.which("podman") is None or shutil.which("conmon") is None,
-                    reason="podman and conmon are not installed (apt-get install podman)")
+@pytest.mark.skipif(
+    shutil.which("podman") is None or shutil.which("conmon") is None,
+    reason="podman and conmon are not installed (apt-get install podman)",
+)
 def test_podman_runs_an_image_from_strata_save_through_strata_oci(tmp_path, rootdir):
     """podman (its storage, run dir and runtime state private to the test, vfs, cgroupfs) with
     strata-oci as its runtime: conmon's create, the pid file, start, the exit code, delete."""
     strata(rootdir, "save", "bb:latest", "-o", str(tmp_path / "bb.tar"))
     runtime = tmp_path / "strata-oci"  # the console script, before the venv is rebuilt with it
-    runtime.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m runner.oci \"$@\"\n")
+    runtime.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m runner.oci "$@"\n')
     runtime.chmod(0o755)
     short = tempfile.mkdtemp(prefix="strata-podman-", dir="/tmp")  # podman wants a runroot of <= 50 bytes
-    podman = ["podman", "--root", f"{short}/storage", "--runroot", f"{short}/run", "--storage-driver", "vfs",
-              "--cgroup-manager", "cgroupfs", "--events-backend", "none", "--tmpdir", f"{short}/tmp",
-              "--runtime", str(runtime)]
+    podman = [
+        "podman",
+        "--root",
+        f"{short}/storage",
+        "--runroot",
+        f"{short}/run",
+        "--storage-driver",
+        "vfs",
+        "--cgroup-manager",
+        "cgroupfs",
+        "--events-backend",
+        "none",
+        "--tmpdir",
+        f"{short}/tmp",
+        "--runtime",
+        str(runtime),
+    ]
     limits = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]  # (no CAP_SYS_RESOURCE to raise them)
     podman_groups = [] if _cgroup_dirs("libpod_parent") else ["libpod_parent/conmon", "libpod_parent"]
     try:
         subprocess.run([*podman, "load", "-i", str(tmp_path / "bb.tar")], check=True, capture_output=True, timeout=120)
-        res = subprocess.run([*podman, "run", "--rm", "--network", "none", *limits, "docker.io/library/bb:latest",
-                              "true"], capture_output=True, text=True, timeout=120)
+        res = subprocess.run(
+            [*podman, "run", "--rm", "--network", "none", *limits, "docker.io/library/bb:latest", "true"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert res.returncode == 0, res.stderr
-        res = subprocess.run([*podman, "run", "--rm", "--network", "none", *limits, "docker.io/library/bb:latest",
-                              "sh", "-c", "echo $(cat /proc/1/cmdline | tr '\\0' ' '); exit 9"],
-                             capture_output=True, text=True, timeout=120)
+        res = subprocess.run(
+            [
+                *podman,
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                *limits,
+                "docker.io/library/bb:latest",
+                "sh",
+                "-c",
+                "echo $(cat /proc/1/cmdline | tr '\\0' ' '); exit 9",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert res.returncode == 9 and res.stdout == "sh -c echo $(cat /proc/1/cmdline | tr '\\0' ' '); exit 9\n"
     finally:
         subprocess.run([*podman, "rm", "-af"], capture_output=True, timeout=120)

@@ -25,8 +25,15 @@ MB = 1 << 20
 
 def _oci_input(root: str, stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
     """strata-oci with ``stdin`` on its standard input (``--resources -``, as containerd's shim)."""
-    return subprocess.run([*OCI, "--root", root, *args], input=stdin, capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": REPO}, timeout=60)
+    return subprocess.run(
+        [*OCI, "--root", root, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        timeout=60,
+    )
 
 
 def _read(*parts: str) -> str:
@@ -97,9 +104,16 @@ def test_memory_and_cpu_limits_change_in_place_in_the_order_the_kernel_takes(tmp
     oci(root, "update", "--cpu-shares", "256", "--cpu-quota", "50000", "--cpu-period", "100000", "u1", check=True)
     assert _cpu(group) == [_shares(256), "50000", "100000"]
     # --resources: the runtime-spec's LinuxResources, as containerd's shim sends it (zeros and empties: unchanged)
-    (tmp_path / "r.json").write_text(json.dumps({"memory": {"limit": 100 * MB, "swap": 200 * MB},
-                                                 "cpu": {"shares": 0, "period": 200000}, "hugepageLimits": [],
-                                                 "unified": {}}))
+    (tmp_path / "r.json").write_text(
+        json.dumps(
+            {
+                "memory": {"limit": 100 * MB, "swap": 200 * MB},
+                "cpu": {"shares": 0, "period": 200000},
+                "hugepageLimits": [],
+                "unified": {},
+            }
+        )
+    )
     oci(root, "update", "--resources", str(tmp_path / "r.json"), "u1", check=True)
     assert _memory(group)[0] == str(100 * MB)
     assert _cpu(group) == [_shares(256), "50000", "200000"]
@@ -130,20 +144,24 @@ def test_a_pids_limit_and_a_cpuset_are_felt_by_the_container_and_its_later_execs
     later = oci(root, "exec", "u1", "cat", "/proc/self/status", check=True).stdout
     assert "Cpus_allowed_list:\t0\n" in later  # an exec joins the cpuset too
     assert sorted(json.loads(oci(root, "ps", "--format", "json", "u1", check=True).stdout)) == sorted(
-        int(p) for p in _read(cpuset, "cgroup.procs").split())
+        int(p) for p in _read(cpuset, "cgroup.procs").split()
+    )
 
 
-@pytest.mark.parametrize("args, stdin, message", [
-    (["--memory", "lots"], None, "invalid size: 'lots'"),
-    (["--cpu-quota", "x"], None, "--cpu-quota x: a number expected"),
-    (["--cpuset-cpus", "0;1"], None, "cpu.cpus must be a list such as 0-2,4"),
-    (["--resources", "-"], {"blockIO": {"weight": 10}}, "resources: blockIO is not supported by strata's update"),
-    (["--resources", "-"], {"devices": [{"allow": True, "access": "rwm"}]}, "devices is not supported"),
-    (["--resources", "-"], {"memory": {"reservation": MB}}, "memory.reservation is not supported"),
-    (["--resources", "-", "--memory", "1m"], None, "--resources and the flags exclude each other"),
-    ([], None, "nothing to update"),
-    (["--memory-reservation", "1m"], None, "unrecognized arguments: --memory-reservation"),
-])
+@pytest.mark.parametrize(
+    "args, stdin, message",
+    [
+        (["--memory", "lots"], None, "invalid size: 'lots'"),
+        (["--cpu-quota", "x"], None, "--cpu-quota x: a number expected"),
+        (["--cpuset-cpus", "0;1"], None, "cpu.cpus must be a list such as 0-2,4"),
+        (["--resources", "-"], {"blockIO": {"weight": 10}}, "resources: blockIO is not supported by strata's update"),
+        (["--resources", "-"], {"devices": [{"allow": True, "access": "rwm"}]}, "devices is not supported"),
+        (["--resources", "-"], {"memory": {"reservation": MB}}, "memory.reservation is not supported"),
+        (["--resources", "-", "--memory", "1m"], None, "--resources and the flags exclude each other"),
+        ([], None, "nothing to update"),
+        (["--memory-reservation", "1m"], None, "unrecognized arguments: --memory-reservation"),
+    ],
+)
 def test_bad_updates_are_one_line_and_change_nothing(root, running, args, stdin, message):
     memory = os.path.join(_dir("memory", f"{CGROUP_PARENT}/u1"), "memory.max" if V2 else "memory.limit_in_bytes")
     res = _oci_input(root, json.dumps(stdin) if stdin is not None else "", "update", *args, "u1")
@@ -177,8 +195,11 @@ def test_cgroup_v2_update_on_a_fake_root(tmp_path):
         (d / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
         (d / "cgroup.subtree_control").write_text("cpu memory pids\n")
     cg = cgroups.V2("c1", str(fake), path="/pods/c1")
-    now = resources.update(cg, {"memory": {"limit": 64 * MB, "swap": 128 * MB}, "cpu": {"quota": 50000}},
-                           {"memory": {"limit": 256 * MB, "swap": 512 * MB}, "cpu": {"period": 200000, "shares": 2048}})
+    now = resources.update(
+        cg,
+        {"memory": {"limit": 64 * MB, "swap": 128 * MB}, "cpu": {"quota": 50000}},
+        {"memory": {"limit": 256 * MB, "swap": 512 * MB}, "cpu": {"period": 200000, "shares": 2048}},
+    )
     assert (group / "memory.max").read_text() == str(256 * MB)
     assert (group / "memory.swap.max").read_text() == str(256 * MB)  # v2's swap alone: (memory + swap) - memory
     assert (group / "cpu.max").read_text() == "50000 200000"  # the quota kept: cpu.max is both at once
@@ -190,12 +211,22 @@ def test_cgroup_v2_update_on_a_fake_root(tmp_path):
     assert (group / "pids.max").read_text() == "10"
     now = resources.update(cg, now, {"memory": {"limit": -1}})
     assert (group / "memory.max").read_text() == "max" and (group / "memory.swap.max").read_text() == "max"
-    assert now == {"memory": {"limit": -1, "swap": -1}, "cpu": {"quota": 50000, "period": 200000, "shares": 2048,
-                                                              "cpus": "0-1", "mems": "0"}, "pids": {"limit": 10}}
+    assert now == {
+        "memory": {"limit": -1, "swap": -1},
+        "cpu": {"quota": 50000, "period": 200000, "shares": 2048, "cpus": "0-1", "mems": "0"},
+        "pids": {"limit": 10},
+    }
 
 
 def test_sizes_as_runc_spells_them():
     assert [resources.ram_in_bytes(s) for s in ("1024", "64m", "64M", "1.5g", "512KiB", "2mb", "-1")] == [
-        1024, 64 * MB, 64 * MB, 3 * (1 << 29), 512 * 1024, 2 * MB, -1]
+        1024,
+        64 * MB,
+        64 * MB,
+        3 * (1 << 29),
+        512 * 1024,
+        2 * MB,
+        -1,
+    ]
     with pytest.raises(RunnerError):
         resources.ram_in_bytes("12q")

@@ -61,8 +61,11 @@ def _require() -> None:
 
 
 def _cgroup_dirs(path: str) -> list[str]:
-    return [os.path.join(CGROUP_ROOT, c, path) for c in sorted(os.listdir(CGROUP_ROOT))
-            if os.path.isdir(os.path.join(CGROUP_ROOT, c, path))]
+    return [
+        os.path.join(CGROUP_ROOT, c, path)
+        for c in sorted(os.listdir(CGROUP_ROOT))
+        if os.path.isdir(os.path.join(CGROUP_ROOT, c, path))
+    ]
 
 
 class Podman:
@@ -76,13 +79,23 @@ class Podman:
             f.write(STORAGE_CONF.format(d=self.dir, program=mount_program))
         with open(os.path.join(self.dir, "containers.conf"), "w") as f:
             f.write(CONTAINERS_CONF.format(runtime=runtime))
-        self.env = {**os.environ, "CONTAINERS_STORAGE_CONF": os.path.join(self.dir, "storage.conf"),
-                    "CONTAINERS_CONF": os.path.join(self.dir, "containers.conf"), "STRATA_UNIONFS_DIR": self.servers}
+        self.env = {
+            **os.environ,
+            "CONTAINERS_STORAGE_CONF": os.path.join(self.dir, "storage.conf"),
+            "CONTAINERS_CONF": os.path.join(self.dir, "containers.conf"),
+            "STRATA_UNIONFS_DIR": self.servers,
+        }
         self.env.pop("PYTHONPATH", None)
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run(["podman", "--tmpdir", os.path.join(self.dir, "tmp"), *args], env=self.env,
-                             capture_output=True, text=True, timeout=timeout, cwd="/")
+        res = subprocess.run(
+            ["podman", "--tmpdir", os.path.join(self.dir, "tmp"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd="/",
+        )
         if check and res.returncode != 0:
             raise AssertionError(f"podman {' '.join(args)} failed ({res.returncode}): {res.stderr}")
         return res
@@ -136,7 +149,7 @@ def engines(tmp_path_factory, full_busybox):
     strata(store, "import", str(rootfs), "bb:latest", "--change", 'CMD ["/bin/sh"]')
     strata(store, "save", "bb:latest", "-o", str(base / "bb.tar"))
     runtime = base / "strata-oci"  # the console script, pointed at this checkout
-    runtime.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m runner.oci \"$@\"\n")
+    runtime.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m runner.oci "$@"\n')
     runtime.chmod(0o755)
     podman_groups = [] if _cgroup_dirs("libpod_parent") else ["libpod_parent/conmon", "libpod_parent"]
     ours = Podman(console_script(str(base)), str(runtime))
@@ -162,8 +175,9 @@ def test_podman_mounts_with_strata_unionfs_and_its_server(engines):
     assert (res.returncode, res.stdout) == (9, "hello\nhi\n"), res.stderr
     assert server_pids(podman.servers)  # the first mount started the server (and was made cold)
 
-    cid = podman("run", "-d", *LIMITS, IMAGE, "sh", "-c",
-                 "echo started; trap 'echo bye; exit 3' TERM; while :; do sleep 1; done").stdout.strip()
+    cid = podman(
+        "run", "-d", *LIMITS, IMAGE, "sh", "-c", "echo started; trap 'echo bye; exit 3' TERM; while :; do sleep 1; done"
+    ).stdout.strip()
     merged = podman("inspect", "--format", "{{.GraphDriver.Data.MergedDir}}", cid).stdout.strip()
     daemon = daemon_pid(merged)  # the union under the running container is strata's
     assert daemon is not None
@@ -191,9 +205,11 @@ def test_a_memory_limit_oom_kills_the_container(engines):
 # Changes of every kind a container makes; the second script makes directories opaque (removed
 # and made again): fuse-overlayfs and strata record that differently in the upper (trusted.overlay
 # xattr + char devices, .wh. files), and podman reads both through the mount (its naive diff).
-CHANGES = ("rm /etc/gone; rm -rf /etc/sub/deep; mkdir /etc/sub/new; echo a > /etc/sub/new/a; echo m >> /etc/passwd; "
-           "chmod 600 /etc/group; ln -s /etc/passwd /etc/pw.link; ln /etc/passwd /etc/pw.hard; mkdir -p /opt/x/y; "
-           "echo z > /opt/x/y/z; ln /bin/busybox /bin/bb2; mkfifo /tmp/fifo")
+CHANGES = (
+    "rm /etc/gone; rm -rf /etc/sub/deep; mkdir /etc/sub/new; echo a > /etc/sub/new/a; echo m >> /etc/passwd; "
+    "chmod 600 /etc/group; ln -s /etc/passwd /etc/pw.link; ln /etc/passwd /etc/pw.hard; mkdir -p /opt/x/y; "
+    "echo z > /opt/x/y/z; ln /bin/busybox /bin/bb2; mkfifo /tmp/fifo"
+)
 OPAQUE = "rm -rf /etc/sub; mkdir -p /etc/sub/new; echo a > /etc/sub/new/a; rm -rf /root; mkdir /root"
 
 
@@ -207,9 +223,19 @@ def _top_layer(archive: str) -> list[tuple[object, ...]]:
             entries = []
             for m in layer.getmembers():
                 data = layer.extractfile(m).read() if m.isfile() else b""  # type: ignore[union-attr]
-                entries.append((m.name, m.type, oct(m.mode), m.uid, m.gid, m.size, m.linkname,
-                                hashlib.sha256(data).hexdigest(),
-                                sorted((k, v) for k, v in m.pax_headers.items() if not k.endswith("time"))))
+                entries.append(
+                    (
+                        m.name,
+                        m.type,
+                        oct(m.mode),
+                        m.uid,
+                        m.gid,
+                        m.size,
+                        m.linkname,
+                        hashlib.sha256(data).hexdigest(),
+                        sorted((k, v) for k, v in m.pax_headers.items() if not k.endswith("time")),
+                    )
+                )
             return entries
 
 

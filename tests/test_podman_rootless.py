@@ -13,8 +13,10 @@ import shutil
 import pytest
 from helpers import strata
 
-pytestmark = pytest.mark.skipif(shutil.which("podman") is None or shutil.which("runc") is None,
-                                reason="podman and runc are not installed (apt-get install podman runc)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("podman") is None or shutil.which("runc") is None,
+    reason="podman and runc are not installed (apt-get install podman runc)",
+)
 IMAGE = "docker.io/library/bb:latest"
 
 
@@ -26,19 +28,25 @@ def test_rootless_podman_mounts_with_strata_unionfs(rootless, rootdir, tmp_path)
     user.give(archive)
     program = os.path.join(base, "strata-unionfs")  # unionfs/bin/strata-unionfs as pip installs it, on the copied code
     with open(program, "w") as f:
-        f.write(f"#!{user.python}\nimport sys\nsys.path.insert(0, {user.src!r})\n"
-                "from unionfs.client import main\nsys.exit(main())\n")
+        f.write(
+            f"#!{user.python}\nimport sys\nsys.path.insert(0, {user.src!r})\n"
+            "from unionfs.client import main\nsys.exit(main())\n"
+        )
     os.chmod(program, 0o755)
     user.give(program)
     with open(os.path.join(base, "storage.conf"), "w") as f:
-        f.write(f'[storage]\ndriver = "overlay"\ngraphroot = "{base}/storage"\n'
-                f'runroot = "{user.runtime_dir}/containers"\n'
-                f'[storage.options.overlay]\nmount_program = "{program}"\n')
+        f.write(
+            f'[storage]\ndriver = "overlay"\ngraphroot = "{base}/storage"\n'
+            f'runroot = "{user.runtime_dir}/containers"\n'
+            f'[storage.options.overlay]\nmount_program = "{program}"\n'
+        )
     with open(os.path.join(base, "containers.conf"), "w") as f:
         f.write('[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "none"\nruntime = "runc"\n')
     user.give(base)
-    env = {"CONTAINERS_STORAGE_CONF": os.path.join(base, "storage.conf"),
-           "CONTAINERS_CONF": os.path.join(base, "containers.conf")}
+    env = {
+        "CONTAINERS_STORAGE_CONF": os.path.join(base, "storage.conf"),
+        "CONTAINERS_CONF": os.path.join(base, "containers.conf"),
+    }
     limits = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]  # (no raising the user's hard limits)
 
     def podman(*args: str, check: bool = True):
@@ -46,8 +54,18 @@ def test_rootless_podman_mounts_with_strata_unionfs(rootless, rootdir, tmp_path)
 
     try:
         podman("load", "-q", "-i", archive)
-        res = podman("run", "--rm", "--network", "none", *limits, IMAGE, "sh", "-c",
-                     "echo written > /tmp/f && cat /tmp/f && id -u", check=False)
+        res = podman(
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            *limits,
+            IMAGE,
+            "sh",
+            "-c",
+            "echo written > /tmp/f && cat /tmp/f && id -u",
+            check=False,
+        )
         assert res.code == 0, res.err
         assert res.out == "written\n0\n", res.out
         servers = os.path.join(user.runtime_dir, "strata-unionfs")

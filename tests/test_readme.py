@@ -44,20 +44,24 @@ def test_readme_tour_runs_on_a_fresh_store(tmp_path):
         os.symlink(os.path.join(REPO, name), here / name)
     store = str(tmp_path / "store")
     venv_bin = os.path.dirname(sys.executable)
-    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if os.path.realpath(p) !=
-                           os.path.realpath(venv_bin))  # strata comes from the README's own PATH line
+    path = os.pathsep.join(
+        p for p in os.environ["PATH"].split(os.pathsep) if os.path.realpath(p) != os.path.realpath(venv_bin)
+    )  # strata comes from the README's own PATH line
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "STRATA_NO_ZYGOTE")}
     env.update(PATH=path, STRATA_ROOT=store)
     script = ["set -euo pipefail"]
     for i, command in enumerate(commands):
         script += [f"printf '\\n@@step {i}\\n'", command]
     try:
-        proc = subprocess.run(["bash", "-c", "\n".join(script)], cwd=here, env=env, capture_output=True, text=True,
-                              timeout=300)
+        proc = subprocess.run(
+            ["bash", "-c", "\n".join(script)], cwd=here, env=env, capture_output=True, text=True, timeout=300
+        )
         steps = dict(re.findall(r"^@@step (\d+)\n(.*?)(?=^@@step |\Z)", proc.stdout, re.M | re.S))
         done = len(steps)  # the commands started; the last one started is the one that failed
-        assert proc.returncode == 0, (f"README tour stopped at `{commands[done - 1]}` ({proc.returncode}):\n"
-                                      f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        assert proc.returncode == 0, (
+            f"README tour stopped at `{commands[done - 1]}` ({proc.returncode}):\n"
+            f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
         assert done == len(commands)
         for i, command in enumerate(commands):
             if "# -> " in command:
@@ -65,8 +69,10 @@ def test_readme_tour_runs_on_a_fresh_store(tmp_path):
                 assert expected in steps[str(i)], f"`{command}` printed:\n{steps[str(i)]}"
         assert sorted(os.listdir(here)) == [".venv", "examples"]  # the tour tidies up after itself
     finally:
-        ids = subprocess.run([os.path.join(venv_bin, "strata"), "--root", store, "ps", "-aq"], capture_output=True,
-                             text=True, env=env).stdout.split()
+        ids = subprocess.run(
+            [os.path.join(venv_bin, "strata"), "--root", store, "ps", "-aq"], capture_output=True, text=True, env=env
+        ).stdout.split()
         if ids:
-            subprocess.run([os.path.join(venv_bin, "strata"), "--root", store, "rm", "-f", *ids], capture_output=True,
-                           env=env)
+            subprocess.run(
+                [os.path.join(venv_bin, "strata"), "--root", store, "rm", "-f", *ids], capture_output=True, env=env
+            )

@@ -31,10 +31,13 @@ def registry(tmp_path):
     port = _free_port()
     data = tmp_path / "registry"
     config = tmp_path / "registry.yml"
-    config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {data}\n"
-                      f"http:\n  addr: 127.0.0.1:{port}\n")
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    config.write_text(
+        f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {data}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 30
         while True:  # ready once /v2/ answers
@@ -75,10 +78,20 @@ def test_push_then_pull_gives_the_same_image(tmp_path, busybox_rootfs, registry)
     pulled = strata(there, "pull", ref)
     assert pulled.out.splitlines() == [f"Digest: {digest}", f"Status: Downloaded image for {ref}", ref]
     assert _id(there, ref) == image_id
-    assert strata(there, "run", "--rm", ref, "ls", "/bin").out.split() == ["busybox", "cat", "echo", "ls", "sh", "sleep"]
+    assert strata(there, "run", "--rm", ref, "ls", "/bin").out.split() == [
+        "busybox",
+        "cat",
+        "echo",
+        "ls",
+        "sh",
+        "sleep",
+    ]
 
-    inspected = json.loads(subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"],
-                                          check=True, capture_output=True).stdout)
+    inspected = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"], check=True, capture_output=True
+        ).stdout
+    )
     assert inspected["Digest"] == digest
 
 
@@ -88,8 +101,18 @@ def test_pull_what_skopeo_pushed_compressed(tmp_path, busybox_rootfs, registry):
     image_id = _image(here, busybox_rootfs, "bb:1")
     archive = tmp_path / "bb.tar"
     strata(here, "save", "-o", str(archive), "bb:1")
-    subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--dest-compress",
-                    f"docker-archive:{archive}", f"docker://{host}/sk/bb:gz"], check=True)
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--dest-compress",
+            f"docker-archive:{archive}",
+            f"docker://{host}/sk/bb:gz",
+        ],
+        check=True,
+    )
     strata(there, "pull", "-q", f"{host}/sk/bb:gz")
     assert _id(there, f"{host}/sk/bb:gz") == image_id
     layers = []
@@ -106,24 +129,43 @@ def test_pull_a_multi_platform_tag_takes_this_host_s_image(tmp_path, busybox_roo
     here, there = str(tmp_path / "here"), str(tmp_path / "there")
     image_id = _image(here, busybox_rootfs, f"{host}/multi:amd")
     digest = strata(here, "push", f"{host}/multi:amd").out.split()[-1]
-    strata(here, "import", "--change", "CMD [\"other\"]", busybox_rootfs, f"{host}/multi:other")
+    strata(here, "import", "--change", 'CMD ["other"]', busybox_rootfs, f"{host}/multi:other")
     other_digest = strata(here, "push", f"{host}/multi:other").out.split()[-1]
     sizes = {}
     for tag in ("amd", "other"):
-        get = urllib.request.Request(f"http://{host}/v2/multi/manifests/{tag}",
-                                     headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        get = urllib.request.Request(
+            f"http://{host}/v2/multi/manifests/{tag}", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}
+        )
         with urllib.request.urlopen(get) as resp:
             sizes[tag] = len(resp.read())
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
     other = "s390x" if arch != "s390x" else "ppc64le"
-    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": other_digest, "size": sizes["other"],
-         "platform": {"os": "linux", "architecture": other}},
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": sizes["amd"],
-         "platform": {"os": "linux", "architecture": arch}},
-    ]}).encode()
-    put = urllib.request.Request(f"http://{host}/v2/multi/manifests/all", data=index, method="PUT",
-                                 headers={"Content-Type": "application/vnd.oci.image.index.v1+json"})
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": other_digest,
+                    "size": sizes["other"],
+                    "platform": {"os": "linux", "architecture": other},
+                },
+                {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": digest,
+                    "size": sizes["amd"],
+                    "platform": {"os": "linux", "architecture": arch},
+                },
+            ],
+        }
+    ).encode()
+    put = urllib.request.Request(
+        f"http://{host}/v2/multi/manifests/all",
+        data=index,
+        method="PUT",
+        headers={"Content-Type": "application/vnd.oci.image.index.v1+json"},
+    )
     with urllib.request.urlopen(put) as resp:
         assert resp.status == 201
     strata(there, "pull", "-q", f"{host}/multi:all")
@@ -131,8 +173,7 @@ def test_pull_a_multi_platform_tag_takes_this_host_s_image(tmp_path, busybox_roo
 
 
 def _store_files(root: str) -> list[str]:
-    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
-                  if f != "lock")
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs if f != "lock")
 
 
 def test_bad_pulls_and_pushes_say_one_line_and_change_nothing(tmp_path, busybox_rootfs, registry):
@@ -157,8 +198,9 @@ def test_bad_pulls_and_pushes_say_one_line_and_change_nothing(tmp_path, busybox_
     assert "invalid reference format" in fails("pull", f"{host}/BB:v1")
 
     # a registry that serves a corrupt layer: the digest check refuses it, nothing is added
-    layers = [p for p in glob.glob(str(data / "docker/registry/v2/blobs/sha256/*/*/data"))
-              if os.path.getsize(p) > 100_000]
+    layers = [
+        p for p in glob.glob(str(data / "docker/registry/v2/blobs/sha256/*/*/data")) if os.path.getsize(p) > 100_000
+    ]
     assert len(layers) == 1
     with open(layers[0], "r+b") as f:
         f.seek(50_000)

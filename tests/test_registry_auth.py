@@ -31,8 +31,9 @@ def basic(tmp_path):
 
 
 def login(root: str, host: str, user: str, password: str, *flags: str, check: bool = True):
-    return strata(root, "login", "-u", user, "--password-stdin", *flags, host, input=password.encode() + b"\n",
-                  check=check)
+    return strata(
+        root, "login", "-u", user, "--password-stdin", *flags, host, input=password.encode() + b"\n", check=check
+    )
 
 
 def test_login_keeps_credentials_private_in_containers_format_and_logout_forgets_them(tmp_path, basic, config):
@@ -44,7 +45,8 @@ def test_login_keeps_credentials_private_in_containers_format_and_logout_forgets
     assert "authentication required (strata login " in fails(here, "push", ref)
     wrong = login(here, basic.host, "alice", "nope-nope", check=False)
     assert wrong.code == 1 and wrong.err.strip().splitlines() == [
-        f"Error: {basic.host}: login failed: invalid username or password"]
+        f"Error: {basic.host}: login failed: invalid username or password"
+    ]
     assert "nope-nope" not in wrong.out + wrong.err and not auth_json.exists()
 
     assert login(here, basic.host, "alice", "s3cret").out == "Login Succeeded!\n"
@@ -75,8 +77,14 @@ def test_any_auth_file_in_docker_or_containers_format_can_be_named(tmp_path, bas
     here = str(tmp_path / "here")
     docker = tmp_path / "docker" / "config.json"
     docker.parent.mkdir()
-    docker.write_text(json.dumps({"auths": {f"https://{basic.host}/v1/": {
-        "auth": base64.b64encode(b"alice:s3cret").decode()}}, "psFormat": "table {{.ID}}"}))
+    docker.write_text(
+        json.dumps(
+            {
+                "auths": {f"https://{basic.host}/v1/": {"auth": base64.b64encode(b"alice:s3cret").decode()}},
+                "psFormat": "table {{.ID}}",
+            }
+        )
+    )
     ref = f"{basic.host}/app:1"
     layered(tmp_path, here, ref, [10_000])
     strata(here, "push", "--authfile", str(docker), ref)  # Docker's key spelling is read
@@ -95,10 +103,22 @@ def token_registry(tmp_path):
     """docker-registry whose auth is a token server: alice may pull and push anything, bob only pull,
     anyone may pull public/*."""
     cert, key = signing_pair(str(tmp_path / "signing"))
-    with fake("token", str(tmp_path / "fakes"), "--key", key, "--cert", cert, "--users",
-              "alice:s3cret:pull+push,bob:b0b:pull", "--anonymous-pull", "public/") as tokens:
-        auth = (f"token:\n  realm: http://{tokens.host}/token\n  service: strata-registry\n"
-                f"  issuer: strata-test-issuer\n  rootcertbundle: {cert}\n")
+    with fake(
+        "token",
+        str(tmp_path / "fakes"),
+        "--key",
+        key,
+        "--cert",
+        cert,
+        "--users",
+        "alice:s3cret:pull+push,bob:b0b:pull",
+        "--anonymous-pull",
+        "public/",
+    ) as tokens:
+        auth = (
+            f"token:\n  realm: http://{tokens.host}/token\n  service: strata-registry\n"
+            f"  issuer: strata-test-issuer\n  rootcertbundle: {cert}\n"
+        )
         with registry(str(tmp_path / "registry"), auth=auth) as reg:
             yield reg, tokens
 
@@ -112,13 +132,17 @@ def test_tokens_are_asked_for_the_scopes_each_operation_needs_and_reused(tmp_pat
     layered(tmp_path, here, f"{reg.host}/team/app:1", [30_000, 30_000, 30_000])
     strata(here, "push", f"{reg.host}/team/app:1")  # 4 blobs, in parallel, and a manifest: one token
     strata(there, "pull", "-q", f"{reg.host}/team/app:1")  # a manifest and 4 blobs: one token
-    assert [e["scopes"] for e in tokens.events("token")[1:]] == [["repository:team/app:pull,push"],
-                                                                 ["repository:team/app:pull"]]
+    assert [e["scopes"] for e in tokens.events("token")[1:]] == [
+        ["repository:team/app:pull,push"],
+        ["repository:team/app:pull"],
+    ]
     strata(here, "tag", f"{reg.host}/team/app:1", f"{reg.host}/other/app:1")
     n = len(tokens.events("token"))
     strata(here, "push", f"{reg.host}/other/app:1")  # the layers are mounted from team/app
     assert [e["scopes"] for e in tokens.events("token")[n:]] == [
-        ["repository:other/app:pull,push"], ["repository:other/app:pull,push", "repository:team/app:pull"]]
+        ["repository:other/app:pull,push"],
+        ["repository:other/app:pull,push", "repository:team/app:pull"],
+    ]
     assert image_id(there, f"{reg.host}/team/app:1") == image_id(here, f"{reg.host}/other/app:1")
 
 
@@ -141,8 +165,9 @@ def test_token_refusals_say_who_and_why_in_one_line(tmp_path, token_registry, co
     strata(there, "tag", f"{reg.host}/team/app:1", f"{reg.host}/team/bobs:1")
     assert "access denied for user bob" in fails(there, "push", f"{reg.host}/team/bobs:1")
     # credentials that went bad since the login
-    (config / "strata" / "auth.json").write_text(json.dumps({"auths": {reg.host: {
-        "auth": base64.b64encode(b"bob:changed").decode()}}}))
+    (config / "strata" / "auth.json").write_text(
+        json.dumps({"auths": {reg.host: {"auth": base64.b64encode(b"bob:changed").decode()}}})
+    )
     assert "invalid username or password" in fails(there, "pull", f"{reg.host}/team/app:1")
 
 

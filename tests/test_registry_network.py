@@ -39,8 +39,9 @@ def test_an_interrupted_pull_keeps_what_it_verified_and_the_next_one_resumes(tmp
     before = _visible(there)
     fakes = str(tmp_path / "fakes")
     # half-way through the big layer the connection drops, and the proxy lets nothing through after
-    with fake("proxy", fakes, "--upstream", f"http://{reg.host}", "--drop-after", str(size // 2),
-              "--then", "refuse") as proxy:
+    with fake(
+        "proxy", fakes, "--upstream", f"http://{reg.host}", "--drop-after", str(size // 2), "--then", "refuse"
+    ) as proxy:
         res = strata(there, "pull", "-q", f"{proxy.host}/app:1", check=False)
         assert res.code == 1 and len(res.err.strip().splitlines()) == 1 and "pull again to resume" in res.err, res
         assert proxy.events("drop")[0]["sent"] == size // 2
@@ -70,8 +71,9 @@ def test_a_connection_dropped_mid_layer_is_resumed_within_the_pull(tmp_path, reg
     _small, big = layered(tmp_path, here, f"{reg.host}/app:1", [50_000, BIG])
     strata(here, "push", f"{reg.host}/app:1")
     size = registry_blobs(reg.data)[big]
-    with fake("proxy", str(tmp_path / "fakes"), "--upstream", f"http://{reg.host}", "--drop-after",
-              str(size // 3)) as proxy:
+    with fake(
+        "proxy", str(tmp_path / "fakes"), "--upstream", f"http://{reg.host}", "--drop-after", str(size // 3)
+    ) as proxy:
         strata(there, "pull", "-q", f"{proxy.host}/app:1")
         again = requests(proxy, "GET", big)
         assert [e["range"] for e in again] == [f"bytes={size // 3}-"]
@@ -86,8 +88,15 @@ def test_a_registry_that_ignores_the_range_gives_the_whole_layer_again_under_the
     _small, big = layered(tmp_path, here, f"{reg.host}/app:1", [50_000, BIG])
     strata(here, "push", f"{reg.host}/app:1")
     size = registry_blobs(reg.data)[big]
-    with fake("proxy", str(tmp_path / "fakes"), "--upstream", f"http://{reg.host}", "--drop-after",
-              str(size // 2), "--no-range") as proxy:
+    with fake(
+        "proxy",
+        str(tmp_path / "fakes"),
+        "--upstream",
+        f"http://{reg.host}",
+        "--drop-after",
+        str(size // 2),
+        "--no-range",
+    ) as proxy:
         strata(there, "pull", "-q", f"{proxy.host}/app:1")
         again = requests(proxy, "GET", big)
         assert [(e["status"], e["body_out"]) for e in again] == [(200, size)]  # (the dropped one is not logged)
@@ -102,8 +111,9 @@ def test_an_interrupted_chunked_push_resumes_from_what_the_registry_acknowledged
     _small, big = layered(tmp_path, here, "app:1", [1000, size_wanted])
     size = os.path.getsize(tmp_path / "here" / "blobs" / "sha256" / big.split(":")[1])
     fakes = str(tmp_path / "fakes")
-    with fake("proxy", fakes, "--upstream", f"http://{reg.host}", "--drop-after", str(CHUNK + CHUNK // 2),
-              "--then", "refuse") as proxy:
+    with fake(
+        "proxy", fakes, "--upstream", f"http://{reg.host}", "--drop-after", str(CHUNK + CHUNK // 2), "--then", "refuse"
+    ) as proxy:
         strata(here, "tag", "app:1", f"{proxy.host}/team/app:1")
         res = strata(here, "push", "-q", f"{proxy.host}/team/app:1", check=False)
         assert res.code == 1 and len(res.err.strip().splitlines()) == 1, res
@@ -129,8 +139,9 @@ def test_a_connection_dropped_mid_chunk_is_resumed_within_the_push(tmp_path, reg
     here = str(tmp_path / "here")
     _small, big = layered(tmp_path, here, "app:1", [1000, CHUNK + CHUNK // 2])
     size = os.path.getsize(tmp_path / "here" / "blobs" / "sha256" / big.split(":")[1])
-    with fake("proxy", str(tmp_path / "fakes"), "--upstream", f"http://{reg.host}", "--drop-after",
-              str(CHUNK + CHUNK // 4)) as proxy:
+    with fake(
+        "proxy", str(tmp_path / "fakes"), "--upstream", f"http://{reg.host}", "--drop-after", str(CHUNK + CHUNK // 4)
+    ) as proxy:
         strata(here, "tag", "app:1", f"{proxy.host}/app:1")
         strata(here, "push", "-q", f"{proxy.host}/app:1")
         assert len(proxy.events("drop")) == 1
@@ -154,9 +165,17 @@ def test_a_redirected_blob_is_fetched_without_our_credentials(tmp_path, monkeypa
         layered(tmp_path, here, f"{reg.host}/app:1", [100_000, 200_000])
         strata(here, "push", "-q", f"{reg.host}/app:1")
         fakes = str(tmp_path / "fakes")
-        with fake("cdn", fakes, "--storage", reg.data) as cdn, \
-                fake("proxy", fakes, "--upstream", f"http://{reg.host}", "--redirect-to",
-                     f"http://localhost:{cdn.host.rsplit(':', 1)[1]}") as proxy:
+        with (
+            fake("cdn", fakes, "--storage", reg.data) as cdn,
+            fake(
+                "proxy",
+                fakes,
+                "--upstream",
+                f"http://{reg.host}",
+                "--redirect-to",
+                f"http://localhost:{cdn.host.rsplit(':', 1)[1]}",
+            ) as proxy,
+        ):
             strata(there, "login", "-u", "alice", "--password-stdin", proxy.host, input=b"s3cret\n")
             strata(there, "pull", "-q", f"{proxy.host}/app:1")
             redirects, served = proxy.events("redirect"), cdn.events("cdn")
@@ -181,5 +200,7 @@ def test_failures_say_one_line_and_change_nothing(tmp_path, busybox_rootfs, reg)
     with fake("proxy", str(tmp_path / "fakes"), "--upstream", f"http://{reg.host}", "--corrupt") as proxy:
         err = fails(there, "pull", f"{proxy.host}/app:1")
         assert "hashes to" in err
-    assert not os.path.exists(tmp_path / "there" / "downloads") or \
-        os.listdir(tmp_path / "there" / "downloads" / "sha256") == []
+    assert (
+        not os.path.exists(tmp_path / "there" / "downloads")
+        or os.listdir(tmp_path / "there" / "downloads" / "sha256") == []
+    )

@@ -18,18 +18,20 @@ from store.transport import TransportOptions, _exempt, is_loopback, system_roots
 DIGEST = "sha256:" + "ab" * 32
 
 
-@pytest.mark.parametrize("ref, host, repo, tag, digest, local", [
-    ("busybox", DOCKER_HUB_HOST, "library/busybox", "latest", None, "busybox:latest"),
-    ("docker.io/you/app:2", DOCKER_HUB_HOST, "you/app", "2", None, "you/app:2"),
-    ("127.0.0.1:5000/team/app", "127.0.0.1:5000", "team/app", "latest", None, "127.0.0.1:5000/team/app:latest"),
-    ("localhost/app:v1", "localhost", "app", "v1", None, "localhost/app:v1"),
-    (f"reg.example/app@{DIGEST}", "reg.example", "app", None, DIGEST, None),
-    (f"reg.example/app:v1@{DIGEST}", "reg.example", "app", "v1", DIGEST, "reg.example/app:v1"),
-])
+@pytest.mark.parametrize(
+    "ref, host, repo, tag, digest, local",
+    [
+        ("busybox", DOCKER_HUB_HOST, "library/busybox", "latest", None, "busybox:latest"),
+        ("docker.io/you/app:2", DOCKER_HUB_HOST, "you/app", "2", None, "you/app:2"),
+        ("127.0.0.1:5000/team/app", "127.0.0.1:5000", "team/app", "latest", None, "127.0.0.1:5000/team/app:latest"),
+        ("localhost/app:v1", "localhost", "app", "v1", None, "localhost/app:v1"),
+        (f"reg.example/app@{DIGEST}", "reg.example", "app", None, DIGEST, None),
+        (f"reg.example/app:v1@{DIGEST}", "reg.example", "app", "v1", DIGEST, "reg.example/app:v1"),
+    ],
+)
 def test_references_name_a_registry_a_repository_and_a_tag_or_digest(ref, host, repo, tag, digest, local):
     remote = parse_remote(ref)
-    assert (remote.host, remote.repository, remote.tag, remote.digest, remote.local) == (host, repo, tag, digest,
-                                                                                          local)
+    assert (remote.host, remote.repository, remote.tag, remote.digest, remote.local) == (host, repo, tag, digest, local)
     assert remote.reference == (digest or tag)
 
 
@@ -40,25 +42,33 @@ def test_malformed_references_are_refused(ref):
 
 
 def test_challenges_are_parsed_as_rfc_7235_says():
-    [bearer, basic] = parse_challenges('Bearer realm="https://auth.example/token",service="reg.example",'
-                                       'scope="repository:a/b:pull,push", Basic realm="x \\"y\\""')
+    [bearer, basic] = parse_challenges(
+        'Bearer realm="https://auth.example/token",service="reg.example",'
+        'scope="repository:a/b:pull,push", Basic realm="x \\"y\\""'
+    )
     assert bearer.scheme == "bearer" and bearer.params == {
-        "realm": "https://auth.example/token", "service": "reg.example", "scope": "repository:a/b:pull,push"}
+        "realm": "https://auth.example/token",
+        "service": "reg.example",
+        "scope": "repository:a/b:pull,push",
+    }
     assert basic.scheme == "basic" and basic.params == {"realm": 'x "y"'}
     assert parse_challenges("Basic")[0].scheme == "basic"
 
 
-@pytest.mark.parametrize("host, port, no_proxy, exempt", [
-    ("reg.example", 443, "example", True),
-    ("reg.example", 443, ".example", True),
-    ("reg.example", 443, "g.example", False),  # a suffix, not a domain
-    ("reg.example", 443, "reg.example:5000", False),
-    ("reg.example", 5000, "reg.example:5000", True),
-    ("10.1.2.3", 443, "10.0.0.0/8", True),
-    ("10.1.2.3", 443, "192.168.0.0/16, 10.1.2.3", True),
-    ("anything", 80, "*", True),
-    ("reg.example", 443, "", False),
-])
+@pytest.mark.parametrize(
+    "host, port, no_proxy, exempt",
+    [
+        ("reg.example", 443, "example", True),
+        ("reg.example", 443, ".example", True),
+        ("reg.example", 443, "g.example", False),  # a suffix, not a domain
+        ("reg.example", 443, "reg.example:5000", False),
+        ("reg.example", 5000, "reg.example:5000", True),
+        ("10.1.2.3", 443, "10.0.0.0/8", True),
+        ("10.1.2.3", 443, "192.168.0.0/16, 10.1.2.3", True),
+        ("anything", 80, "*", True),
+        ("reg.example", 443, "", False),
+    ],
+)
 def test_no_proxy_reads_as_curl_reads_it(host, port, no_proxy, exempt):
     assert _exempt(host, port, no_proxy) is exempt
 
@@ -73,9 +83,18 @@ def test_auth_json_lookups_take_the_most_specific_key(tmp_path):
         return {"auth": base64.b64encode(f"{user}:pw".encode()).decode()}
 
     path = tmp_path / "auth.json"
-    path.write_text(json.dumps({"auths": {
-        "reg.example": entry("everyone"), "reg.example/team": entry("team"),
-        "https://index.docker.io/v1/": entry("hub"), "old.example": {"username": "u", "password": "p"}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "auths": {
+                    "reg.example": entry("everyone"),
+                    "reg.example/team": entry("team"),
+                    "https://index.docker.io/v1/": entry("hub"),
+                    "old.example": {"username": "u", "password": "p"},
+                }
+            }
+        )
+    )
     auth = AuthFile(str(path))
     assert auth.credentials("reg.example", "team/app") == ("team", "pw")
     assert auth.credentials("reg.example", "teamwork/app") == ("everyone", "pw")

@@ -65,28 +65,40 @@ def test_what_strata_pushes_skopeo_pulls_and_umoci_unpacks_to_the_same_tree(tmp_
     ref = f"{reg.host}/team/bb:v1"
     bb(here, busybox_rootfs, ref)
     digest = strata(here, "push", ref).out.split()[-1]
-    inspected = json.loads(subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"],
-                                          check=True, capture_output=True).stdout)
+    inspected = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"], check=True, capture_output=True
+        ).stdout
+    )
     assert inspected["Digest"] == digest
     layout, bundle = tmp_path / "layout", tmp_path / "bundle"
-    subprocess.run(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"oci:{layout}:v1"],
-                   check=True)
+    subprocess.run(
+        ["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"oci:{layout}:v1"], check=True
+    )
     subprocess.run(["umoci", "unpack", "--image", f"{layout}:v1", str(bundle)], check=True, capture_output=True)
     assert tree(str(bundle / "rootfs")) == tree(busybox_rootfs)
 
 
-@pytest.mark.parametrize("how", [["--format", "v2s2"], ["--format", "oci", "--dest-compress-format", "zstd"]],
-                         ids=["docker-schema2-gzip", "oci-zstd"])
+@pytest.mark.parametrize(
+    "how",
+    [["--format", "v2s2"], ["--format", "oci", "--dest-compress-format", "zstd"]],
+    ids=["docker-schema2-gzip", "oci-zstd"],
+)
 def test_what_skopeo_pushes_strata_pulls_to_the_same_tree(tmp_path, busybox_rootfs, reg, how):
     here, there = str(tmp_path / "here"), str(tmp_path / "there")
     wanted = bb(here, busybox_rootfs, "bb:1")
     archive = tmp_path / "bb.tar"
     strata(here, "save", "-o", str(archive), "bb:1")
     ref = f"{reg.host}/sk/bb:1"
-    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", *how, f"docker-archive:{archive}",
-                    f"docker://{ref}"], check=True)
-    manifest = json.loads(subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
-                                         check=True, capture_output=True).stdout)
+    subprocess.run(
+        ["skopeo", "copy", "-q", "--dest-tls-verify=false", *how, f"docker-archive:{archive}", f"docker://{ref}"],
+        check=True,
+    )
+    manifest = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"], check=True, capture_output=True
+        ).stdout
+    )
     media = manifest["layers"][0]["mediaType"]
     assert media.endswith("gzip" if "v2s2" in how else "zstd")
     strata(there, "pull", "-q", ref)
@@ -104,8 +116,11 @@ def test_gzip_zstd_and_plain_layers_of_one_image_pull_and_push_as_they_are(tmp_p
     here, there = str(tmp_path / "here"), str(tmp_path / "there")
     tars = [tar_bytes([{"name": f"f{i}", "data": os.urandom(20000)}]) for i in range(3)]
     blobs = [gzip.compress(tars[0]), zstandard.ZstdCompressor().compress(tars[1]), tars[2]]
-    medias = ["application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar+zstd",
-              "application/vnd.oci.image.layer.v1.tar"]
+    medias = [
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+        "application/vnd.oci.image.layer.v1.tar",
+    ]
     layout = tmp_path / "layout"
     (layout / "blobs" / "sha256").mkdir(parents=True)
 
@@ -114,12 +129,28 @@ def test_gzip_zstd_and_plain_layers_of_one_image_pull_and_push_as_they_are(tmp_p
         return {"digest": sha256(data), "size": len(data)}
 
     config = config_for([sha256(t) for t in tars])
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **put(config)},
-                           "layers": [{"mediaType": m, **put(b)} for m, b in zip(medias, blobs, strict=True)]}).encode()
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", **put(manifest),
-         "annotations": {"org.opencontainers.image.ref.name": f"{reg.host}/mixed:1"}}]}))
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **put(config)},
+            "layers": [{"mediaType": m, **put(b)} for m, b in zip(medias, blobs, strict=True)],
+        }
+    ).encode()
+    (layout / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        **put(manifest),
+                        "annotations": {"org.opencontainers.image.ref.name": f"{reg.host}/mixed:1"},
+                    }
+                ],
+            }
+        )
+    )
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     strata(here, "load", "-i", str(layout))
     strata(here, "push", f"{reg.host}/mixed:1")
@@ -139,20 +170,40 @@ def _index(reg, here: str, busybox_rootfs: str) -> tuple[str, str, str]:
     other_digest = strata(here, "push", f"{reg.host}/multi:other").out.split()[-1]
     sizes = {}
     for tag in ("host", "other"):
-        get = urllib.request.Request(f"http://{reg.host}/v2/multi/manifests/{tag}",
-                                     headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        get = urllib.request.Request(
+            f"http://{reg.host}/v2/multi/manifests/{tag}",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        )
         with urllib.request.urlopen(get) as resp:
             sizes[tag] = len(resp.read())
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
     other = "s390x" if arch != "s390x" else "ppc64le"
-    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": other_digest, "size": sizes["other"],
-         "platform": {"os": "linux", "architecture": other}},
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": sizes["host"],
-         "platform": {"os": "linux", "architecture": arch}},
-    ]}).encode()
-    put = urllib.request.Request(f"http://{reg.host}/v2/multi/manifests/all", data=index, method="PUT",
-                                 headers={"Content-Type": "application/vnd.oci.image.index.v1+json"})
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": other_digest,
+                    "size": sizes["other"],
+                    "platform": {"os": "linux", "architecture": other},
+                },
+                {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": digest,
+                    "size": sizes["host"],
+                    "platform": {"os": "linux", "architecture": arch},
+                },
+            ],
+        }
+    ).encode()
+    put = urllib.request.Request(
+        f"http://{reg.host}/v2/multi/manifests/all",
+        data=index,
+        method="PUT",
+        headers={"Content-Type": "application/vnd.oci.image.index.v1+json"},
+    )
     with urllib.request.urlopen(put) as resp:
         assert resp.status == 201
     return wanted, other, sha256(index)
@@ -227,8 +278,11 @@ def test_a_pull_of_an_image_that_is_here_writes_nothing_to_the_store(tmp_path, r
     strata(there, "tag", f"{reg.host}/base:1", "other:1")
     strata(there, "rmi", f"{reg.host}/base:1")  # the image stays (tagged other:1): the pull only tags it
     strata(there, "pull", "-q", f"{reg.host}/base:1")
-    assert strata(there, "images", "-q", "--no-trunc", f"{reg.host}/base:1").out == \
-        strata(there, "images", "-q", "--no-trunc", "other:1").out != ""
+    assert (
+        strata(there, "images", "-q", "--no-trunc", f"{reg.host}/base:1").out
+        == strata(there, "images", "-q", "--no-trunc", "other:1").out
+        != ""
+    )
 
 
 def _settled(proxy, last, after: int = 0) -> int:
@@ -266,9 +320,13 @@ def test_a_push_skips_what_the_registry_has_and_mounts_what_another_repository_h
         _settled(proxy, lambda e: e["method"] == "PUT" and "/manifests/" in e["path"], after=n)
         again = proxy.events("request")[n:]
         assert [e["method"] for e in again] == ["HEAD", "HEAD", "HEAD", "HEAD", "PUT"]
-        with urllib.request.urlopen(urllib.request.Request(
-                f"http://{reg.host}/v2/a/img/manifests/1", method="HEAD",
-                headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})) as resp:
+        with urllib.request.urlopen(
+            urllib.request.Request(
+                f"http://{reg.host}/v2/a/img/manifests/1",
+                method="HEAD",
+                headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+            )
+        ) as resp:
             assert resp.headers["Docker-Content-Digest"] == first
 
         n = len(proxy.events("request"))  # (the last PUT above is logged: settled)
@@ -289,8 +347,14 @@ def test_layers_download_in_parallel_with_one_progress_line_each(tmp_path, reg):
     # the proxy holds each layer's answer until all three are asked for at once (or 30 s went by)
     with fake("proxy", str(tmp_path / "fakes"), "--upstream", f"http://{reg.host}", "--barrier", "3") as proxy:
         master, slave = os.openpty()
-        proc = subprocess.Popen([*STRATA, "--root", there, "pull", f"{proxy.host}/three:1"], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=slave, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+        proc = subprocess.Popen(
+            [*STRATA, "--root", there, "pull", f"{proxy.host}/three:1"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=slave,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": REPO},
+        )
         os.close(slave)
         shown = b""
         while chunk := _read(master):
@@ -298,8 +362,9 @@ def test_layers_download_in_parallel_with_one_progress_line_each(tmp_path, reg):
         os.close(master)
         assert proc.wait(timeout=120) == 0
         assert [e["met"] for e in proxy.events("barrier")] == [True, True, True]
-    assert sorted(screen(shown.decode())) == sorted(f"{d.split(':')[1][:12]}: Pull complete {human_size(sizes[d])}"
-                                                    for d in digests)
+    assert sorted(screen(shown.decode())) == sorted(
+        f"{d.split(':')[1][:12]}: Pull complete {human_size(sizes[d])}" for d in digests
+    )
 
 
 def test_a_layer_is_extracted_while_it_downloads(tmp_path, reg):
@@ -310,8 +375,12 @@ def test_a_layer_is_extracted_while_it_downloads(tmp_path, reg):
     strata(here, "push", f"{reg.host}/slow:1")
     partial = os.path.join(there, "downloads", "sha256", big.split(":")[1] + ".partial")
     with fake("proxy", str(tmp_path / "fakes"), "--upstream", f"http://{reg.host}", "--rate", str(2 << 20)) as proxy:
-        proc = subprocess.Popen([*STRATA, "--root", there, "pull", "-q", f"{proxy.host}/slow:1"], cwd=REPO,
-                                stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": REPO})
+        proc = subprocess.Popen(
+            [*STRATA, "--root", there, "pull", "-q", f"{proxy.host}/slow:1"],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": REPO},
+        )
         try:
             staged = os.path.join(there, "tmp", "*", "*-layer", "diff", "layer1")
 

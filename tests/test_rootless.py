@@ -59,8 +59,12 @@ def store(rootless, scratch, rootfs):
 
 def _own_tree(rootless, path):
     """Every object below ``path`` belongs to the user: nothing strata made there is root's."""
-    foreign = [os.path.join(d, n) for d, dirs, files in os.walk(path) for n in dirs + files
-               if os.lstat(os.path.join(d, n)).st_uid != rootless.uid]
+    foreign = [
+        os.path.join(d, n)
+        for d, dirs, files in os.walk(path)
+        for n in dirs + files
+        if os.lstat(os.path.join(d, n)).st_uid != rootless.uid
+    ]
     assert foreign == []
 
 
@@ -144,16 +148,19 @@ def roots_store(busybox_rootfs):
         shutil.rmtree(parent)
 
 
-@pytest.mark.parametrize("args", [
-    pytest.param(("images",), id="images"),
-    pytest.param(("history", IMAGE), id="history"),
-    pytest.param(("inspect", IMAGE), id="inspect"),
-    pytest.param(("system", "check"), id="system-check"),
-    pytest.param(("save", "-o", "{out}", IMAGE), id="save"),
-    pytest.param(("mount", IMAGE), id="mount"),
-    pytest.param(("import", "{rootfs}", "mine:1"), id="import"),
-    pytest.param(("rmi", IMAGE), id="rmi"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(("images",), id="images"),
+        pytest.param(("history", IMAGE), id="history"),
+        pytest.param(("inspect", IMAGE), id="inspect"),
+        pytest.param(("system", "check"), id="system-check"),
+        pytest.param(("save", "-o", "{out}", IMAGE), id="save"),
+        pytest.param(("mount", IMAGE), id="mount"),
+        pytest.param(("import", "{rootfs}", "mine:1"), id="import"),
+        pytest.param(("rmi", IMAGE), id="rmi"),
+    ],
+)
 def test_rootless_cannot_use_roots_store(rootless, scratch, rootfs, roots_store, args):
     """Root's store, in a directory the user may traverse: refused in one line, nothing changed or made."""
     before = snapshot(roots_store)
@@ -171,10 +178,19 @@ def test_rootless_cannot_use_roots_store(rootless, scratch, rootfs, roots_store,
 def test_rootless_containers_run_exec_stop_and_go(rootless, store):
     """The user is root in a user namespace of its own (0 is the user), with the same fences; exec
     joins that namespace; stop and rm work without any cgroup."""
-    res = rootless.strata(store, "run", "--rm", "--hostname", "box", IMAGE, "sh", "-c",
-                          "id -u; head -1 /proc/self/uid_map; hostname; grep -c . /proc/self/status >/dev/null; "
-                          "touch /sys/x 2>&1 | head -1; grep Seccomp: /proc/self/status; exit 3",
-                          check=False)
+    res = rootless.strata(
+        store,
+        "run",
+        "--rm",
+        "--hostname",
+        "box",
+        IMAGE,
+        "sh",
+        "-c",
+        "id -u; head -1 /proc/self/uid_map; hostname; grep -c . /proc/self/status >/dev/null; "
+        "touch /sys/x 2>&1 | head -1; grep Seccomp: /proc/self/status; exit 3",
+        check=False,
+    )
     assert res.code == 3, res.err
     out = res.out.splitlines()
     assert out[0] == "0" and out[1].split() == ["0", str(rootless.uid), "1"] and out[2] == "box"
@@ -208,8 +224,11 @@ def test_rootless_without_subordinate_ids_maps_one_id_and_says_so(rootless, stor
         with open(path) as f:
             saved[path] = f.read()
         with open(path, "w") as f:  # (the user's own line only, by its exact name)
-            f.write("".join(line for line in saved[path].splitlines(keepends=True)
-                            if not line.startswith(f"{rootless.name}:")))
+            f.write(
+                "".join(
+                    line for line in saved[path].splitlines(keepends=True) if not line.startswith(f"{rootless.name}:")
+                )
+            )
     try:
         res = rootless.strata(store, "run", "--rm", IMAGE, "cat", "/proc/self/uid_map", check=False)
     finally:
@@ -218,8 +237,10 @@ def test_rootless_without_subordinate_ids_maps_one_id_and_says_so(rootless, stor
                 f.write(text)
     assert res.code == 0, res.err
     assert [line.split() for line in res.out.splitlines()] == [["0", str(rootless.uid), "1"]]
-    assert res.err == (f"WARNING: no subordinate ids for {rootless.name} in /etc/subuid and /etc/subgid: the "
-                       "container has one id, root (the image's other owners show as nobody)\n")
+    assert res.err == (
+        f"WARNING: no subordinate ids for {rootless.name} in /etc/subuid and /etc/subgid: the "
+        "container has one id, root (the image's other owners show as nobody)\n"
+    )
 
 
 def test_rootless_without_fuse_says_what_is_missing(rootless, store):
@@ -248,9 +269,17 @@ def test_rootless_containers_keep_the_same_fences(rootless, store):
     namespace forbids even the mknod), no new namespaces (seccomp, loaded whether no_new_privs is set,
     as Docker's default leaves it, or not), the host's keyring out of reach."""
     for flags, nnp in (((), "0"), (("--security-opt", "no-new-privileges"), "1")):
-        res = rootless.strata(store, "run", "--rm", *flags, IMAGE, "sh", "-c",
-                              "mknod /dev/l b 7 0 2>&1; unshare -U true 2>&1; cat /proc/self/status | grep NoNewPrivs",
-                              check=False)
+        res = rootless.strata(
+            store,
+            "run",
+            "--rm",
+            *flags,
+            IMAGE,
+            "sh",
+            "-c",
+            "mknod /dev/l b 7 0 2>&1; unshare -U true 2>&1; cat /proc/self/status | grep NoNewPrivs",
+            check=False,
+        )
         assert res.code == 0, res.err
         out = res.out.splitlines()
         assert "Operation not permitted" in out[0] and "Operation not permitted" in out[1], out
@@ -272,19 +301,24 @@ def test_rootless_readme_tour(rootless, scratch):
     from test_readme import _commands, _section  # (the root suite's parser: one reading of the README)
 
     here = rootless.make_dir(os.path.join(scratch, "checkout"))
-    shutil.copytree(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"),
-                    os.path.join(here, "examples"))
+    shutil.copytree(
+        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"),
+        os.path.join(here, "examples"),
+    )
     bin_dir = os.path.join(here, ".venv", "bin")
     os.makedirs(bin_dir)
     with open(os.path.join(bin_dir, "strata"), "w") as f:
-        f.write(f"#!/bin/sh\nPYTHONPATH={rootless.src} STRATA_ZYGOTE_DIR={rootless.zygote_dir} "
-                f'exec {rootless.python} -m runner "$@"\n')
+        f.write(
+            f"#!/bin/sh\nPYTHONPATH={rootless.src} STRATA_ZYGOTE_DIR={rootless.zygote_dir} "
+            f'exec {rootless.python} -m runner "$@"\n'
+        )
     os.chmod(os.path.join(bin_dir, "strata"), 0o755)
     rootless.give(here)
     commands = _commands(_section("Tour"))
     script = ["set -euo pipefail"] + [line for i, c in enumerate(commands) for line in (f"echo '@@step {i}'", c)]
-    res = rootless.run("bash", "-c", "\n".join(script), cwd=here,
-                       env={"STRATA_ROOT": os.path.join(scratch, "store")}, check=False)
+    res = rootless.run(
+        "bash", "-c", "\n".join(script), cwd=here, env={"STRATA_ROOT": os.path.join(scratch, "store")}, check=False
+    )
     steps = res.out.split("@@step ")[1:]
     assert res.code == 0, f"stopped at `{commands[len(steps) - 1]}` ({res.code}): {res.out[-1500:]}{res.err[-1500:]}"
     assert len(steps) == len(commands)
@@ -299,15 +333,23 @@ def test_rootless_walkthrough(rootless, scratch):
     pull, run) as the ordinary user, with the session's copy of strata as its `strata`."""
     bin_dir = rootless.make_dir(os.path.join(scratch, "bin"))
     with open(os.path.join(bin_dir, "strata"), "w") as f:
-        f.write(f"#!/bin/sh\nPYTHONPATH={rootless.src} STRATA_ZYGOTE_DIR={rootless.zygote_dir} "
-                f'exec {rootless.python} -m runner "$@"\n')
+        f.write(
+            f"#!/bin/sh\nPYTHONPATH={rootless.src} STRATA_ZYGOTE_DIR={rootless.zygote_dir} "
+            f'exec {rootless.python} -m runner "$@"\n'
+        )
     os.chmod(os.path.join(bin_dir, "strata"), 0o755)
     script = os.path.join(scratch, "walkthrough.sh")
-    shutil.copy(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
-                             "walkthrough.sh"), script)
+    shutil.copy(
+        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "walkthrough.sh"), script
+    )
     rootless.give(scratch)
-    res = rootless.run("bash", script, cwd=scratch, check=False,
-                       env={"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "TMPDIR": scratch})
+    res = rootless.run(
+        "bash",
+        script,
+        cwd=scratch,
+        check=False,
+        env={"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "TMPDIR": scratch},
+    )
     assert res.code == 0, res.out[-3000:] + res.err[-3000:]
     assert "walkthrough: all steps passed" in res.out and "cool content" in res.out
 
@@ -319,22 +361,41 @@ def test_make_deps_says_in_one_line_when_dev_fuse_is_closed_to_users():
     try:
         for probe in (0o600, 0o666):
             os.chmod("/dev/fuse", probe)
-            done = subprocess.run(["make", "-s", "--no-print-directory", "deps"], cwd=repo, capture_output=True,
-                                  text=True, timeout=900)
+            done = subprocess.run(
+                ["make", "-s", "--no-print-directory", "deps"], cwd=repo, capture_output=True, text=True, timeout=900
+            )
             assert done.returncode == 0, done.stderr
             said[probe] = [line for line in done.stdout.splitlines() if "/dev/fuse" in line]
     finally:
         os.chmod("/dev/fuse", mode)
     assert said[0o666] == []
-    assert said[0o600] == ["note: /dev/fuse is 600: ordinary users cannot run strata (rootless) until it is open to "
-                           "them: chmod 0666 /dev/fuse (Debian's default)"]
+    assert said[0o600] == [
+        "note: /dev/fuse is 600: ordinary users cannot run strata (rootless) until it is open to "
+        "them: chmod 0666 /dev/fuse (Debian's default)"
+    ]
 
 
 def test_rootless_run_flags_on_a_terminal_and_off(rootless, store):
     """The run flags of the walkthrough as the user: -e, -w, -u, --network none|host, -i from a
     pipe, and -it on a terminal (a pty of the container's own devpts, at the client's size)."""
-    res = rootless.strata(store, "run", "--rm", "-e", "A=1", "-w", "/tmp", "-u", "0:0", "--network", "none", IMAGE,
-                          "sh", "-c", "echo $A $(pwd) $(id -u); cat /proc/net/dev | grep -c :", check=False)
+    res = rootless.strata(
+        store,
+        "run",
+        "--rm",
+        "-e",
+        "A=1",
+        "-w",
+        "/tmp",
+        "-u",
+        "0:0",
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo $A $(pwd) $(id -u); cat /proc/net/dev | grep -c :",
+        check=False,
+    )
     assert res.code == 0, res.err
     assert res.out.split() == ["1", "/tmp", "0", "1"]  # loopback alone
     res = rootless.strata(store, "run", "--rm", "--network", "host", IMAGE, "sh", "-c", "cat /proc/net/dev | grep -c :")
@@ -343,10 +404,33 @@ def test_rootless_run_flags_on_a_terminal_and_off(rootless, store):
     master, slave = os.openpty()
     termios.tcsetwinsize(slave, (30, 100))
     env = {**rootless.environment(), "PYTHONPATH": rootless.src, "STRATA_ZYGOTE_DIR": rootless.zygote_dir}
-    proc = subprocess.Popen(["setpriv", f"--reuid={rootless.uid}", f"--regid={rootless.gid}", "--init-groups", "--",
-                             rootless.python, "-m", "runner", "--root", store, "run", "--rm", "-it", IMAGE, "sh", "-c",
-                             "tty; stty size; exit 3"], stdin=slave, stdout=slave, stderr=slave, env=env,
-                            cwd=rootless.home, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            "setpriv",
+            f"--reuid={rootless.uid}",
+            f"--regid={rootless.gid}",
+            "--init-groups",
+            "--",
+            rootless.python,
+            "-m",
+            "runner",
+            "--root",
+            store,
+            "run",
+            "--rm",
+            "-it",
+            IMAGE,
+            "sh",
+            "-c",
+            "tty; stty size; exit 3",
+        ],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        cwd=rootless.home,
+        start_new_session=True,
+    )
     os.close(slave)
     out = b""
     try:

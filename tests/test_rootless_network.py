@@ -121,9 +121,16 @@ def test_rootless_container_reaches_the_hosts_loopback_services(rootless, store)
     thread.start()
     try:
         port = server.server_address[1]
-        out = rootless.strata(store, "run", "--rm", "bb", "sh", "-c",
-                              f"grep host.containers.internal /etc/hosts; cat /etc/resolv.conf; "
-                              f"wget -qO- http://host.containers.internal:{port}/").out.splitlines()
+        out = rootless.strata(
+            store,
+            "run",
+            "--rm",
+            "bb",
+            "sh",
+            "-c",
+            f"grep host.containers.internal /etc/hosts; cat /etc/resolv.conf; "
+            f"wget -qO- http://host.containers.internal:{port}/",
+        ).out.splitlines()
         assert out[0].endswith("\thost.containers.internal") and out[1] == "nameserver 169.254.1.1"
         assert out[-1] == "hello from the host"
     finally:

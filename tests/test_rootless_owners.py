@@ -27,28 +27,33 @@ def _image_tar() -> bytes:
         pytest.fail("busybox-static is required (make test installs it)")
     with open(busybox, "rb") as f:
         binary = f.read()
-    return tar_bytes([
-        {"name": "bin/", "type": "dir"},
-        {"name": "bin/busybox", "data": binary, "mode": 0o755},
-        {"name": "bin/busybox-suid", "data": binary, "mode": 0o4755},  # setuid root
-        *({"name": f"bin/{a}", "type": "symlink", "link": "busybox"} for a in APPLETS),
-        {"name": "etc/", "type": "dir"},
-        {"name": "etc/passwd", "data": b"root:x:0:0::/root:/bin/sh\nmail:x:8:8::/var/mail:/bin/sh\n"
-                                       b"www-data:x:33:33::/var/www:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n"},
-        {"name": "etc/group", "data": b"root:x:0:\nmail:x:8:\nshadow:x:42:\nwww-data:x:33:\n"},
-        {"name": "tmp/", "type": "dir", "mode": 0o1777},
-        {"name": "data/", "type": "dir"},
-        {"name": "data/root-file", "data": b"r"},
-        {"name": "data/mail/", "type": "dir", "mode": 0o2775, "uid": 8, "gid": 8},
-        {"name": "data/mail/spool", "data": b"m", "mode": 0o660, "uid": 8, "gid": 12},
-        {"name": "data/www", "data": b"w", "mode": 0o750, "uid": 33, "gid": 33},
-        {"name": "data/secret", "data": b"s", "mode": 0o640, "gid": 42},
-        {"name": "data/suid", "data": b"u", "mode": 0o4755},
-        {"name": "data/nobody", "data": b"n", "mode": 0o600, "uid": 65534, "gid": 65534},
-        {"name": "data/private/", "type": "dir", "mode": 0o700, "uid": 100, "gid": 101},
-        {"name": "data/private/inner", "data": b"i", "mode": 0o400, "uid": 100, "gid": 101},
-        {"name": "data/null", "type": "char", "dev": (1, 3), "mode": 0o666},
-    ])
+    return tar_bytes(
+        [
+            {"name": "bin/", "type": "dir"},
+            {"name": "bin/busybox", "data": binary, "mode": 0o755},
+            {"name": "bin/busybox-suid", "data": binary, "mode": 0o4755},  # setuid root
+            *({"name": f"bin/{a}", "type": "symlink", "link": "busybox"} for a in APPLETS),
+            {"name": "etc/", "type": "dir"},
+            {
+                "name": "etc/passwd",
+                "data": b"root:x:0:0::/root:/bin/sh\nmail:x:8:8::/var/mail:/bin/sh\n"
+                b"www-data:x:33:33::/var/www:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n",
+            },
+            {"name": "etc/group", "data": b"root:x:0:\nmail:x:8:\nshadow:x:42:\nwww-data:x:33:\n"},
+            {"name": "tmp/", "type": "dir", "mode": 0o1777},
+            {"name": "data/", "type": "dir"},
+            {"name": "data/root-file", "data": b"r"},
+            {"name": "data/mail/", "type": "dir", "mode": 0o2775, "uid": 8, "gid": 8},
+            {"name": "data/mail/spool", "data": b"m", "mode": 0o660, "uid": 8, "gid": 12},
+            {"name": "data/www", "data": b"w", "mode": 0o750, "uid": 33, "gid": 33},
+            {"name": "data/secret", "data": b"s", "mode": 0o640, "gid": 42},
+            {"name": "data/suid", "data": b"u", "mode": 0o4755},
+            {"name": "data/nobody", "data": b"n", "mode": 0o600, "uid": 65534, "gid": 65534},
+            {"name": "data/private/", "type": "dir", "mode": 0o700, "uid": 100, "gid": 101},
+            {"name": "data/private/inner", "data": b"i", "mode": 0o400, "uid": 100, "gid": 101},
+            {"name": "data/null", "type": "char", "dev": (1, 3), "mode": 0o666},
+        ]
+    )
 
 
 @pytest.fixture
@@ -86,19 +91,43 @@ def test_ls_ln_inside_matches_roots(rootless, stores):
     as_user = rootless.strata(user_store, "run", "--rm", IMAGE, "sh", "-c", LS).out
     assert " 33 " in as_root and "crw-rw-rw-" in as_root and "-rwsr-xr-x" in as_root  # (what it compares)
     assert as_user == as_root
-    foreign = [os.path.join(d, n) for d, dirs, files in os.walk(user_store) for n in dirs + files
-               if os.lstat(os.path.join(d, n)).st_uid != rootless.uid]
+    foreign = [
+        os.path.join(d, n)
+        for d, dirs, files in os.walk(user_store)
+        for n in dirs + files
+        if os.lstat(os.path.join(d, n)).st_uid != rootless.uid
+    ]
     assert foreign == []  # the owners live in xattrs: on disk, all the user's
 
 
 def test_u_takes_the_images_users(rootless, stores):
     _, user_store = stores
-    res = rootless.strata(user_store, "run", "--rm", "-u", "www-data", IMAGE, "sh", "-c",
-                          "id -u; id -G; cat /data/www; echo; cat /data/secret 2>/dev/null || echo denied", check=False)
+    res = rootless.strata(
+        user_store,
+        "run",
+        "--rm",
+        "-u",
+        "www-data",
+        IMAGE,
+        "sh",
+        "-c",
+        "id -u; id -G; cat /data/www; echo; cat /data/secret 2>/dev/null || echo denied",
+        check=False,
+    )
     assert res.code == 0, res.err
     assert res.out.split() == ["33", "33", "w", "denied"]
-    res = rootless.strata(user_store, "run", "--rm", "-u", "8", IMAGE, "sh", "-c",
-                          "touch /data/mail/new && ls -ln /data/mail/new", check=False)
+    res = rootless.strata(
+        user_store,
+        "run",
+        "--rm",
+        "-u",
+        "8",
+        IMAGE,
+        "sh",
+        "-c",
+        "touch /data/mail/new && ls -ln /data/mail/new",
+        check=False,
+    )
     assert res.code == 0, res.err
     assert res.out.split()[2:4] == ["8", "8"]  # the setgid dir's group, the caller's uid
 
@@ -122,8 +151,16 @@ def _layer_member(saved: str, name: str) -> tarfile.TarInfo | None:
 def test_commit_diff_and_export_write_the_owners_the_container_saw(rootless, stores):
     _, user_store = stores
     rootless.strata(user_store, "run", "--name", "writer", "-u", "33", IMAGE, "sh", "-c", "echo hi > /tmp/by-33")
-    rootless.strata(user_store, "run", "--name", "changer", IMAGE, "sh", "-c",
-                    "chown 8:12 /data/www && chmod 4711 /data/www && mkdir -m 0700 /data/made && chown 100 /data/made")
+    rootless.strata(
+        user_store,
+        "run",
+        "--name",
+        "changer",
+        IMAGE,
+        "sh",
+        "-c",
+        "chown 8:12 /data/www && chmod 4711 /data/www && mkdir -m 0700 /data/made && chown 100 /data/made",
+    )
     assert "C /data/www" in rootless.strata(user_store, "diff", "changer").out.splitlines()
     out = os.path.join(os.path.dirname(user_store), "out.tar")
     rootless.strata(user_store, "export", "-o", out, "changer")
@@ -181,8 +218,9 @@ def test_a_setuid_binary_gives_no_host_privilege(rootless, stores):
         with open(f"/proc/{pid}/status") as f:
             ids = [int(i) for line in f if line.startswith(("Uid:", "Gid:")) for i in line.split()[1:]]
         own = {rootless.uid, rootless.gid}
-        assert ids and all(i in own or rootless.subid_start <= i < rootless.subid_start + rootless.subid_count
-                           for i in ids), ids
+        assert ids and all(
+            i in own or rootless.subid_start <= i < rootless.subid_start + rootless.subid_count for i in ids
+        ), ids
         assert 0 not in ids
     finally:
         rootless.strata(user_store, "rm", "-f", cid)

@@ -15,16 +15,36 @@ def test_rootless_run_flags(rootless, store, scratch):  # noqa: F811
     with open(env, "w") as f:
         f.write("# comment\nFROM_FILE=yes\n")
     rootless.give(env)
-    out = rootless.strata(store, "run", "--rm", "--env-file", env, "--init", "--ulimit", "nofile=64:128",
-                          "--add-host", "db:10.9.8.7", "--dns", "9.9.9.9", "--cap-drop", "ALL", "--cap-add", "CHOWN",
-                          "--entrypoint", "sh", IMAGE, "-c",
-                          "echo $FROM_FILE; cat /proc/1/comm; ulimit -n; grep -w db /etc/hosts; grep nameserver "
-                          "/etc/resolv.conf; grep CapEff /proc/self/status").out.splitlines()
+    out = rootless.strata(
+        store,
+        "run",
+        "--rm",
+        "--env-file",
+        env,
+        "--init",
+        "--ulimit",
+        "nofile=64:128",
+        "--add-host",
+        "db:10.9.8.7",
+        "--dns",
+        "9.9.9.9",
+        "--cap-drop",
+        "ALL",
+        "--cap-add",
+        "CHOWN",
+        "--entrypoint",
+        "sh",
+        IMAGE,
+        "-c",
+        "echo $FROM_FILE; cat /proc/1/comm; ulimit -n; grep -w db /etc/hosts; grep nameserver "
+        "/etc/resolv.conf; grep CapEff /proc/self/status",
+    ).out.splitlines()
     assert out[:3] == ["yes", "strata-init", "64"]
     assert out[3] == "10.9.8.7\tdb" and out[4] == "nameserver 9.9.9.9"
     assert out[5].split()[1] == "0000000000000001"  # CHOWN alone
-    out = rootless.strata(store, "run", "--rm", "--privileged", IMAGE, "grep", "-E", "^(CapEff|Seccomp):",
-                          "/proc/self/status").out.split()
+    out = rootless.strata(
+        store, "run", "--rm", "--privileged", IMAGE, "grep", "-E", "^(CapEff|Seccomp):", "/proc/self/status"
+    ).out.split()
     assert out[3] == "0" and int(out[1], 16) & (1 << 21)  # no filter, and CAP_SYS_ADMIN (in its namespace)
     cid = rootless.strata(store, "create", "--pids-limit", "10", "--cpus", "0.5", IMAGE, "true").out
     delegated = rootless.strata(store, "inspect", "-f", "{{.HostConfig.CgroupVersion}}", cid.strip()).out != "0\n"
@@ -39,12 +59,27 @@ def test_rootless_restart_stop_signal_and_events(rootless, store):  # noqa: F811
     rootless.strata(store, "run", "-d", "--name", "flaky", "--restart", "on-failure:1", IMAGE, "sh", "-c", "exit 2")
     assert rootless.strata(store, "wait", "flaky").out == "2\n"
     assert rootless.strata(store, "inspect", "-f", "{{.RestartCount}}", "flaky").out == "1\n"
-    rootless.strata(store, "run", "-d", "--name", "usr1", "--stop-signal", "USR1", IMAGE, "sh", "-c",
-                    "trap 'exit 5' USR1; while true; do sleep 1; done")
+    rootless.strata(
+        store,
+        "run",
+        "-d",
+        "--name",
+        "usr1",
+        "--stop-signal",
+        "USR1",
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'exit 5' USR1; while true; do sleep 1; done",
+    )
     rootless.strata(store, "stop", "usr1")
     assert rootless.strata(store, "inspect", "-f", "{{.State.ExitCode}}", "usr1").out == "5\n"
-    events = [json.loads(line)["Action"] for line in rootless.strata(
-        store, "events", "--since", "5m", "--until", "0s", "--format", "json", "-f", "container=usr1").out.splitlines()]
+    events = [
+        json.loads(line)["Action"]
+        for line in rootless.strata(
+            store, "events", "--since", "5m", "--until", "0s", "--format", "json", "-f", "container=usr1"
+        ).out.splitlines()
+    ]
     assert events[:2] == ["create", "start"] and events[-2:] == ["die", "stop"]
 
 
@@ -54,8 +89,10 @@ def test_rootless_verbs(rootless, store, scratch):  # noqa: F811
     rootless.strata(store, "start", "box")
     res = rootless.strata(store, "pause", "box", check=False)
     if rootless.strata(store, "inspect", "-f", "{{.HostConfig.CgroupVersion}}", "box").out == "0\n":
-        assert (res.code, res.err) == (1, "Error: this rootless host delegates no cgroup to you: cannot pause the "
-                                          "container\n")
+        assert (res.code, res.err) == (
+            1,
+            "Error: this rootless host delegates no cgroup to you: cannot pause the container\n",
+        )
     else:  # a delegated cgroup v2 subtree: its freezer
         assert res.code == 0 and rootless.strata(store, "inspect", "-f", "{{.State.Paused}}", "box").out == "true\n"
         rootless.strata(store, "unpause", "box")
@@ -80,11 +117,14 @@ def test_rootless_verbs(rootless, store, scratch):  # noqa: F811
     with open(os.path.join(scratch, "owned")) as f:
         assert f.read() == "theirs\n"
     rootless.strata(store, "start", "box")
-    assert rootless.strata(store, "exec", "box", "sh", "-c", "cat /tmp/again.txt; stat -c %u:%g /tmp/again.txt "
-                                                            "/tmp/owned").out == "copied in\n0:0\n100:101\n"
+    assert (
+        rootless.strata(
+            store, "exec", "box", "sh", "-c", "cat /tmp/again.txt; stat -c %u:%g /tmp/again.txt /tmp/owned"
+        ).out
+        == "copied in\n0:0\n100:101\n"
+    )
     rootless.strata(store, "stop", "-t", "0", "box")
     out = rootless.strata(store, "container", "prune", "-f").out
     assert out.startswith("Deleted Containers:\n")
     assert rootless.strata(store, "ps", "-aq").out == ""
     assert rootless.strata(store, "system", "df").out.splitlines()[2].split()[:3] == ["Containers", "0", "0"]
-

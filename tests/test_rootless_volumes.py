@@ -54,8 +54,17 @@ def test_rootless_bind_mount_of_the_users_dir(rootless, scratch, store):
     with open(os.path.join(host, "in"), "w") as f:
         f.write("mine\n")
     rootless.give(host)
-    res = rootless.strata(store, "run", "--rm", "-v", f"{host}:/data", IMAGE, "sh", "-c",
-                          "cat /data/in; id -u; echo out > /data/out; stat -c %u /data/in")
+    res = rootless.strata(
+        store,
+        "run",
+        "--rm",
+        "-v",
+        f"{host}:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        "cat /data/in; id -u; echo out > /data/out; stat -c %u /data/in",
+    )
     assert res.out.splitlines() == ["mine", "0", "0"]  # the user's files are root's inside
     assert os.stat(os.path.join(host, "out")).st_uid == rootless.uid  # and what root writes is the user's
     missing = os.path.join(scratch, "made", "here")  # a missing host path: made, the user's
@@ -73,8 +82,18 @@ def test_rootless_read_only_bind_keeps_the_sources_locked_flags(rootless, store)
         with open(os.path.join(host, "f"), "w") as f:
             f.write("locked\n")
         rootless.give(host)
-        res = rootless.strata(store, "run", "--rm", "-v", f"{host}:/ro:ro", IMAGE, "sh", "-c",
-                              "cat /ro/f; touch /ro/x 2>&1; grep ' /ro ' /proc/mounts", check=False)
+        res = rootless.strata(
+            store,
+            "run",
+            "--rm",
+            "-v",
+            f"{host}:/ro:ro",
+            IMAGE,
+            "sh",
+            "-c",
+            "cat /ro/f; touch /ro/x 2>&1; grep ' /ro ' /proc/mounts",
+            check=False,
+        )
         assert res.code == 0, res.err
         out = res.out.splitlines()
         assert out[0] == "locked" and "Read-only file system" in out[1]
@@ -86,9 +105,19 @@ def test_rootless_read_only_bind_keeps_the_sources_locked_flags(rootless, store)
 
 
 def test_rootless_named_volume_lives_in_the_users_store(rootless, store):
-    res = rootless.strata(store, "run", "--name", "writer", "-v", "notes:/notes", IMAGE, "sh", "-c",
-                          "echo kept > /notes/f; mkdir /notes/theirs; echo x > /notes/theirs/x; "
-                          "chown -R 1000:1000 /notes/theirs; chmod 700 /notes/theirs")
+    res = rootless.strata(
+        store,
+        "run",
+        "--name",
+        "writer",
+        "-v",
+        "notes:/notes",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo kept > /notes/f; mkdir /notes/theirs; echo x > /notes/theirs/x; "
+        "chown -R 1000:1000 /notes/theirs; chmod 700 /notes/theirs",
+    )
     assert res.code == 0, res.err
     data = os.path.join(store, "volumes", "notes", "_data")
     assert os.stat(os.path.join(data, "f")).st_uid == rootless.uid
@@ -124,15 +153,28 @@ def test_rootless_bind_source_it_cannot_make_is_one_line_and_nothing_left(rootle
     res = rootless.strata(store, "run", "--rm", "-v", "/root/strata-never:/x", IMAGE, "true", check=False)
     assert res.code == 125 and res.out == ""
     assert len(res.err.splitlines()) == 1 and res.err.endswith(
-        "error while creating mount source path '/root/strata-never': mkdir /root/strata-never: Permission denied\n")
+        "error while creating mount source path '/root/strata-never': mkdir /root/strata-never: Permission denied\n"
+    )
     assert not os.path.exists("/root/strata-never")
     assert rootless.strata(store, "ps", "-aq").out == "" and mounts_below([store]) == []
 
 
 def test_rootless_read_only_root_keeps_volumes_and_tmpfs_writable(rootless, store):
-    res = rootless.strata(store, "run", "--rm", "--read-only", "--tmpfs", "/run", "-v", "rw:/data", IMAGE, "sh", "-c",
-                          "touch /x 2>&1; touch /run/ok && echo tmpfs ok; touch /data/ok && echo volume ok",
-                          check=False)
+    res = rootless.strata(
+        store,
+        "run",
+        "--rm",
+        "--read-only",
+        "--tmpfs",
+        "/run",
+        "-v",
+        "rw:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        "touch /x 2>&1; touch /run/ok && echo tmpfs ok; touch /data/ok && echo volume ok",
+        check=False,
+    )
     assert res.code == 0, res.err
     out = res.out.splitlines()
     assert "Read-only file system" in out[0] and out[1:] == ["tmpfs ok", "volume ok"]
@@ -148,10 +190,19 @@ def test_rootless_host_files_bound_in_are_nobodys_and_read_only_to_the_container
         with open(os.path.join(host, "roots"), "w") as f:
             f.write("root's\n")
         os.chmod(os.path.join(host, "roots"), 0o644)
-        res = rootless.strata(store, "run", "--rm", "-v", f"{host}:/host", IMAGE, "sh", "-c",
-                              "stat -c '%u %g' /host/roots; cat /host/roots; echo x >> /host/roots 2>&1; "
-                              "chown 0 /host/roots 2>&1; chmod 666 /host/roots 2>&1; touch /host/new 2>&1; true",
-                              check=False)
+        res = rootless.strata(
+            store,
+            "run",
+            "--rm",
+            "-v",
+            f"{host}:/host",
+            IMAGE,
+            "sh",
+            "-c",
+            "stat -c '%u %g' /host/roots; cat /host/roots; echo x >> /host/roots 2>&1; "
+            "chown 0 /host/roots 2>&1; chmod 666 /host/roots 2>&1; touch /host/new 2>&1; true",
+            check=False,
+        )
         assert res.code == 0, res.err
         out = res.out.splitlines()
         assert out[0] == "65534 65534" and out[1] == "root's", out

@@ -48,6 +48,7 @@ def cgroup_file(cid: str, controller: str, name: str) -> str:
 def test_entrypoint_replaces_the_images_and_its_cmd(rootdir):
     strata(rootdir, "run", "--name", "base", "bb", "true")
     strata(rootdir, "commit", "-c", 'ENTRYPOINT ["echo", "ep"]', "-c", 'CMD ["default"]', "base", "withep")
+
     def run(*a: str) -> str:
         return strata(rootdir, "run", "--rm", *a).out
 
@@ -63,18 +64,35 @@ def test_entrypoint_replaces_the_images_and_its_cmd(rootdir):
 
 def test_env_file_is_read_as_dockers(rootdir, tmp_path, monkeypatch):
     env = tmp_path / "app.env"
-    env.write_bytes(b"\xef\xbb\xbf# a comment\n\nPLAIN=one\n  SPACED= keeps  spaces \nEMPTY=\nFROM_HERE\nUNSET_HERE\n"
-                    b"OVERRIDDEN=file\n")
+    env.write_bytes(
+        b"\xef\xbb\xbf# a comment\n\nPLAIN=one\n  SPACED= keeps  spaces \nEMPTY=\nFROM_HERE\nUNSET_HERE\n"
+        b"OVERRIDDEN=file\n"
+    )
     monkeypatch.setenv("FROM_HERE", "client")
     monkeypatch.delenv("UNSET_HERE", raising=False)
-    out = strata(rootdir, "run", "--rm", "--env-file", str(env), "-e", "OVERRIDDEN=flag", "bb", "sh", "-c",
-                 'echo "[$PLAIN][$SPACED][$EMPTY][$FROM_HERE][${UNSET_HERE-unset}][$OVERRIDDEN]"').out
+    out = strata(
+        rootdir,
+        "run",
+        "--rm",
+        "--env-file",
+        str(env),
+        "-e",
+        "OVERRIDDEN=flag",
+        "bb",
+        "sh",
+        "-c",
+        'echo "[$PLAIN][$SPACED][$EMPTY][$FROM_HERE][${UNSET_HERE-unset}][$OVERRIDDEN]"',
+    ).out
     assert out == "[one][ keeps  spaces ][][client][unset][flag]\n"
-    assert refused(rootdir, "run", "--env-file", str(tmp_path / "nope"), "bb", "true") == \
-        f"Error: open {tmp_path / 'nope'}: no such file or directory"
+    assert (
+        refused(rootdir, "run", "--env-file", str(tmp_path / "nope"), "bb", "true")
+        == f"Error: open {tmp_path / 'nope'}: no such file or directory"
+    )
     (tmp_path / "bad.env").write_text("BAD NAME=x\n")
-    assert refused(rootdir, "run", "--env-file", str(tmp_path / "bad.env"), "bb", "true") == \
-        "Error: poorly formatted environment: variable 'BAD NAME' contains whitespaces"
+    assert (
+        refused(rootdir, "run", "--env-file", str(tmp_path / "bad.env"), "bb", "true")
+        == "Error: poorly formatted environment: variable 'BAD NAME' contains whitespaces"
+    )
 
 
 def test_labels_are_the_images_and_the_flags(rootdir):
@@ -145,16 +163,25 @@ def test_privileged_has_every_capability_no_filter_no_masks_and_the_hosts_device
     with open("/proc/self/status") as f:
         bounding = next(line.split()[1] for line in f if line.startswith("CapBnd"))
     device = next(name for name in ("loop-control", "kmsg", "mem", "btrfs-control") if os.path.exists(f"/dev/{name}"))
-    script = (f"grep -E '^(CapEff|Seccomp):' /proc/self/status; head -c 5 /proc/timer_list | wc -c; ls /dev/{device}; "
-              "grep ' /sys ' /proc/mounts")
+    script = (
+        f"grep -E '^(CapEff|Seccomp):' /proc/self/status; head -c 5 /proc/timer_list | wc -c; ls /dev/{device}; "
+        "grep ' /sys ' /proc/mounts"
+    )
     out = strata(rootdir, "run", "--rm", "--privileged", "bb", "sh", "-c", script).out.splitlines()
     assert out[0].split()[1] == bounding
     assert out[1].split() == ["Seccomp:", "0"]
     assert out[2] == "5"  # /proc/timer_list as it is, not masked with /dev/null
     assert out[3] == f"/dev/{device}"
     assert " rw," in out[4]
-    out = strata(rootdir, "run", "--rm", "bb", "sh", "-c", f"head -c 5 /proc/timer_list | wc -c; ls /dev/{device} 2>&1; "
-                 "grep ' /sys ' /proc/mounts").out.splitlines()
+    out = strata(
+        rootdir,
+        "run",
+        "--rm",
+        "bb",
+        "sh",
+        "-c",
+        f"head -c 5 /proc/timer_list | wc -c; ls /dev/{device} 2>&1; grep ' /sys ' /proc/mounts",
+    ).out.splitlines()
     assert out[0] == "0" and "No such file" in out[1] and " ro," in out[2]
 
 
@@ -166,7 +193,9 @@ def setuid_image(tmp_path_factory, full_busybox):
     root = tmp_path_factory.mktemp("suid") / "rootfs"
     shutil.copytree(full_busybox, root, symlinks=True)
     source = tmp_path_factory.mktemp("src") / "euid.c"
-    source.write_text('#include <stdio.h>\n#include <unistd.h>\nint main(void){printf("%d\\n",(int)geteuid());return 0;}\n')
+    source.write_text(
+        '#include <stdio.h>\n#include <unistd.h>\nint main(void){printf("%d\\n",(int)geteuid());return 0;}\n'
+    )
     subprocess.run(["gcc", "-static", "-O1", "-o", str(root / "bin" / "euid"), str(source)], check=True)
     os.chmod(root / "bin" / "euid", 0o4755)
     return str(root)
@@ -175,9 +204,20 @@ def setuid_image(tmp_path_factory, full_busybox):
 def test_setuid_programs_gain_privileges_unless_no_new_privileges(rootdir, setuid_image):
     """Docker's default: no_new_privs off (sudo works); --security-opt no-new-privileges turns it on."""
     strata(rootdir, "import", setuid_image, "suid")
+
     def run(*flags: str) -> list[str]:
-        return strata(rootdir, "run", "--rm", "-u", "nobody", *flags, "suid", "sh", "-c",
-                      "grep NoNewPrivs /proc/self/status; /bin/euid").out.split()
+        return strata(
+            rootdir,
+            "run",
+            "--rm",
+            "-u",
+            "nobody",
+            *flags,
+            "suid",
+            "sh",
+            "-c",
+            "grep NoNewPrivs /proc/self/status; /bin/euid",
+        ).out.split()
 
     assert run() == ["NoNewPrivs:", "0", "0"]  # the setuid bit made it root
     assert run("--security-opt", "no-new-privileges") == ["NoNewPrivs:", "1", "65534"]
@@ -186,15 +226,26 @@ def test_setuid_programs_gain_privileges_unless_no_new_privileges(rootdir, setui
     strata(rootdir, "run", "-d", "--name", "nnp", "--security-opt", "no-new-privileges", "suid", "sleep", "300")
     assert strata(rootdir, "exec", "-u", "nobody", "nnp", "/bin/euid").out == "65534\n"  # exec keeps it too
     assert refused(rootdir, "run", "--security-opt", "no-new-privileges=maybe", "bb", "true").startswith(
-        'Error: Invalid --security-opt: "no-new-privileges=maybe"')
+        'Error: Invalid --security-opt: "no-new-privileges=maybe"'
+    )
 
 
 # -- limits -----------------------------------------------------------------------------------------
 def test_pids_limit_caps_the_processes(rootdir):
     cid = strata(rootdir, "run", "-d", "--pids-limit", "6", "bb", "sleep", "300").out.strip()
     assert cgroup_file(cid, "pids", "pids.max") == "6"
-    out = strata(rootdir, "exec", cid, "sh", "-c", "for i in 1 2 3 4 5 6 7 8; do sleep 60 & done 2>&1; echo done",
-                 check=False).out + strata(rootdir, "logs", cid).out
+    out = (
+        strata(
+            rootdir,
+            "exec",
+            cid,
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8; do sleep 60 & done 2>&1; echo done",
+            check=False,
+        ).out
+        + strata(rootdir, "logs", cid).out
+    )
     assert "can't fork" in out or "Resource temporarily unavailable" in out, out
     assert inspect(rootdir, "{{.HostConfig.PidsLimit}}", cid) == "6"
     strata(rootdir, "rm", "-f", cid)
@@ -202,8 +253,9 @@ def test_pids_limit_caps_the_processes(rootdir):
 
 
 def test_cpus_is_a_cfs_quota_and_cpuset_pins(rootdir):
-    cid = strata(rootdir, "run", "-d", "--cpus", "0.25", "--cpuset-cpus", "0", "bb", "sh", "-c",
-                 "while :; do :; done").out.strip()
+    cid = strata(
+        rootdir, "run", "-d", "--cpus", "0.25", "--cpuset-cpus", "0", "bb", "sh", "-c", "while :; do :; done"
+    ).out.strip()
     if V2:
         assert cgroup_file(cid, "cpu", "cpu.max") == "25000 100000"
     else:
@@ -217,12 +269,15 @@ def test_cpus_is_a_cfs_quota_and_cpuset_pins(rootdir):
     strata(rootdir, "rm", "-f", cid)
     assert not os.path.exists(group_dir(cid, "cpuset"))
     ncpu = len(os.sched_getaffinity(0))
-    assert refused(rootdir, "run", "--cpus", str(ncpu + 1), "bb", "true") == \
-        f"Error: Range of CPUs is from 0.01 to {ncpu}.00, as there are only {ncpu} CPUs available"
+    assert (
+        refused(rootdir, "run", "--cpus", str(ncpu + 1), "bb", "true")
+        == f"Error: Range of CPUs is from 0.01 to {ncpu}.00, as there are only {ncpu} CPUs available"
+    )
     err = refused(rootdir, "run", "--cpus", "abc", "bb", "true")
     assert err.startswith('strata: invalid argument "abc" for "--cpus" flag: failed to parse abc as a rational number')
     assert refused(rootdir, "run", "--cpuset-cpus", "99", "bb", "true").startswith(
-        "Error: Requested CPUs are not available - requested 99, available: 0")
+        "Error: Requested CPUs are not available - requested 99, available: 0"
+    )
     assert refused(rootdir, "run", "--cpuset-cpus", "1-a", "bb", "true") == "Error: Invalid value 1-a for cpuset cpus"
 
 
@@ -240,43 +295,87 @@ def test_memory_swap_is_memory_plus_swap(rootdir):
         assert cgroup_file(cid, "memory", "memory.swap.max") == "max"  # unlimited
     else:
         assert int(cgroup_file(cid, "memory", "memory.memsw.limit_in_bytes")) > 1 << 60  # unlimited
-    assert refused(rootdir, "run", "--memory-swap", "128m", "bb", "true") == \
-        "Error: You should always set the Memory limit when using Memoryswap limit, see usage"
-    assert refused(rootdir, "run", "-m", "64m", "--memory-swap", "32m", "bb", "true") == \
-        "Error: Minimum memoryswap limit should be larger than memory limit, see usage"
+    assert (
+        refused(rootdir, "run", "--memory-swap", "128m", "bb", "true")
+        == "Error: You should always set the Memory limit when using Memoryswap limit, see usage"
+    )
+    assert (
+        refused(rootdir, "run", "-m", "64m", "--memory-swap", "32m", "bb", "true")
+        == "Error: Minimum memoryswap limit should be larger than memory limit, see usage"
+    )
 
 
 def test_ulimit_sets_soft_and_hard_limits(rootdir):
-    out = strata(rootdir, "run", "--rm", "--ulimit", "nofile=100:200", "--ulimit", "core=infinity", "bb", "sh", "-c",
-                 "ulimit -n; ulimit -Hn; ulimit -c").out.split()
+    out = strata(
+        rootdir,
+        "run",
+        "--rm",
+        "--ulimit",
+        "nofile=100:200",
+        "--ulimit",
+        "core=infinity",
+        "bb",
+        "sh",
+        "-c",
+        "ulimit -n; ulimit -Hn; ulimit -c",
+    ).out.split()
     assert out == ["100", "200", "unlimited"]
     cid = strata(rootdir, "create", "--ulimit", "nproc=50", "bb", "true").out.strip()
     assert inspect(rootdir, "{{json .HostConfig.Ulimits}}", cid) == '[{"Hard":50,"Name":"nproc","Soft":50}]'
     assert refused(rootdir, "run", "--ulimit", "bogus=1", "bb", "true").startswith(
-        'strata: invalid argument "bogus=1" for "--ulimit" flag: invalid ulimit type: bogus')
+        'strata: invalid argument "bogus=1" for "--ulimit" flag: invalid ulimit type: bogus'
+    )
     assert refused(rootdir, "run", "--ulimit", "nofile=3:2", "bb", "true").startswith(
         'strata: invalid argument "nofile=3:2" for "--ulimit" flag: ulimit soft limit must be less than or equal to '
-        "hard limit: 3 > 2")
+        "hard limit: 3 > 2"
+    )
 
 
 # -- names ------------------------------------------------------------------------------------------
 def test_add_host_and_dns_write_the_containers_files(rootdir):
-    out = strata(rootdir, "run", "--rm", "--add-host", "db:10.1.2.3", "--add-host", "gw=host-gateway",
-                 "--dns", "9.9.9.9", "--dns", "1.1.1.1", "bb", "sh", "-c",
-                 "grep -E 'db|gw|host.containers' /etc/hosts; grep nameserver /etc/resolv.conf").out.splitlines()
+    out = strata(
+        rootdir,
+        "run",
+        "--rm",
+        "--add-host",
+        "db:10.1.2.3",
+        "--add-host",
+        "gw=host-gateway",
+        "--dns",
+        "9.9.9.9",
+        "--dns",
+        "1.1.1.1",
+        "bb",
+        "sh",
+        "-c",
+        "grep -E 'db|gw|host.containers' /etc/hosts; grep nameserver /etc/resolv.conf",
+    ).out.splitlines()
     host = next(line.split()[0] for line in out if "host.containers.internal" in line)
     assert "10.1.2.3\tdb" in out and f"{host}\tgw" in out
     assert out[-2:] == ["nameserver 9.9.9.9", "nameserver 1.1.1.1"]
     assert refused(rootdir, "run", "--add-host", "db:nowhere", "bb", "true").startswith(
-        'strata: invalid argument "db:nowhere" for "--add-host" flag: invalid IP address in add-host: "nowhere"')
+        'strata: invalid argument "db:nowhere" for "--add-host" flag: invalid IP address in add-host: "nowhere"'
+    )
     assert refused(rootdir, "run", "--dns", "1.2.3", "bb", "true").startswith(
-        'strata: invalid argument "1.2.3" for "--dns" flag: IP address is not correctly formatted: 1.2.3')
+        'strata: invalid argument "1.2.3" for "--dns" flag: IP address is not correctly formatted: 1.2.3'
+    )
 
 
 # -- the end ------------------------------------------------------------------------------------------
 def test_stop_signal_and_stop_timeout_are_what_stop_uses(rootdir):
-    strata(rootdir, "run", "-d", "--name", "usr1", "--stop-signal", "SIGUSR1", "bb", "sh", "-c",
-           "trap 'exit 5' USR1; while :; do sleep 1; done")
+    strata(
+        rootdir,
+        "run",
+        "-d",
+        "--name",
+        "usr1",
+        "--stop-signal",
+        "SIGUSR1",
+        "bb",
+        "sh",
+        "-c",
+        "trap 'exit 5' USR1; while :; do sleep 1; done",
+    )
     strata(rootdir, "stop", "usr1")
     assert inspect(rootdir, "{{.State.ExitCode}} {{.Config.StopSignal}}", "usr1") == "5 SIGUSR1"
     strata(rootdir, "run", "-d", "--name", "slow", "--stop-timeout", "1", "bb", "sleep", "300")
@@ -291,11 +390,24 @@ def test_stop_signal_and_stop_timeout_are_what_stop_uses(rootdir):
 
 
 def test_restart_on_failure_restarts_up_to_its_count(rootdir):
-    strata(rootdir, "run", "-d", "--name", "flaky", "--restart", "on-failure:2", "bb", "sh", "-c",
-           "echo run >> /runs; wc -l < /runs; exit 3")
+    strata(
+        rootdir,
+        "run",
+        "-d",
+        "--name",
+        "flaky",
+        "--restart",
+        "on-failure:2",
+        "bb",
+        "sh",
+        "-c",
+        "echo run >> /runs; wc -l < /runs; exit 3",
+    )
     assert strata(rootdir, "wait", "flaky").out == "3\n"  # waits through the restarts
-    assert inspect(rootdir, "{{.RestartCount}} {{.State.Status}} {{json .HostConfig.RestartPolicy}}", "flaky") == \
-        '2 exited {"MaximumRetryCount":2,"Name":"on-failure"}'
+    assert (
+        inspect(rootdir, "{{.RestartCount}} {{.State.Status}} {{json .HostConfig.RestartPolicy}}", "flaky")
+        == '2 exited {"MaximumRetryCount":2,"Name":"on-failure"}'
+    )
     assert strata(rootdir, "logs", "flaky").out.split() == ["1", "2", "3"]  # one writable layer, three runs
     strata(rootdir, "run", "-d", "--name", "fine", "--restart", "on-failure", "bb", "true")
     assert strata(rootdir, "wait", "fine").out == "0\n" and inspect(rootdir, "{{.RestartCount}}", "fine") == "0"
@@ -312,7 +424,9 @@ def test_restart_always_goes_on_until_stopped(rootdir):
     cid = inspect(rootdir, "{{.Id}}", "again")
     with open(os.path.join(rootdir, "containers", cid, "state.json")) as f:
         supervisor = json.load(f)["SupervisorPid"]
-    assert not os.path.exists(f"/proc/{supervisor}") or b"runner" not in open(f"/proc/{supervisor}/cmdline", "rb").read()
+    assert (
+        not os.path.exists(f"/proc/{supervisor}") or b"runner" not in open(f"/proc/{supervisor}/cmdline", "rb").read()
+    )
     strata(rootdir, "start", "again")  # a start by hand: its policy again, until rm -f
     wait_for(lambda: int(inspect(rootdir, "{{.RestartCount}}", "again")) >= 1, what="a restart after start")
     strata(rootdir, "rm", "-f", "again")
@@ -320,19 +434,27 @@ def test_restart_always_goes_on_until_stopped(rootdir):
 
 
 def test_a_foreground_run_with_a_restart_policy_returns_the_first_exit(rootdir):
-    res = strata(rootdir, "run", "--name", "fg", "--restart", "on-failure:1", "bb", "sh", "-c", "echo out; exit 4",
-                 check=False)
+    res = strata(
+        rootdir, "run", "--name", "fg", "--restart", "on-failure:1", "bb", "sh", "-c", "echo out; exit 4", check=False
+    )
     assert (res.code, res.out) == (4, "out\n")
     assert strata(rootdir, "wait", "fg").out == "4\n" and inspect(rootdir, "{{.RestartCount}}", "fg") == "1"
 
 
 def test_bad_restart_policies_are_refused(rootdir):
-    assert refused(rootdir, "run", "--rm", "--restart", "always", "bb", "true") == \
-        "Error: Conflicting options: --restart and --rm"
+    assert (
+        refused(rootdir, "run", "--rm", "--restart", "always", "bb", "true")
+        == "Error: Conflicting options: --restart and --rm"
+    )
     assert refused(rootdir, "run", "--restart", "sometimes", "bb", "true") == (
         "Error: invalid restart policy: unknown policy 'sometimes'; use one of 'no', 'always', 'on-failure', or "
-        "'unless-stopped'")
-    assert refused(rootdir, "run", "--restart", "always:3", "bb", "true") == \
-        "Error: invalid restart policy: maximum retry count can only be used with 'on-failure'"
-    assert refused(rootdir, "run", "--restart", "on-failure:x", "bb", "true") == \
-        "Error: invalid restart policy format: maximum retry count must be an integer"
+        "'unless-stopped'"
+    )
+    assert (
+        refused(rootdir, "run", "--restart", "always:3", "bb", "true")
+        == "Error: invalid restart policy: maximum retry count can only be used with 'on-failure'"
+    )
+    assert (
+        refused(rootdir, "run", "--restart", "on-failure:x", "bb", "true")
+        == "Error: invalid restart policy format: maximum retry count must be an integer"
+    )

@@ -35,17 +35,35 @@ def test_pid_1_starts_with_no_signal_ignored_or_blocked(rootdir):
     """Python ignores SIGPIPE and SIGXFSZ, a client under nohup SIGHUP, a CI runner even the C library's
     own signal 32; exec keeps what is ignored, so the init resets every signal: the command starts as
     under runc (``yes | head`` ends by SIGPIPE)."""
+
     def ignore_some() -> None:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         syscalls.set_signal_action(32, ignore=True)  # glibc's SIGCANCEL: signal.signal refuses it
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGINT})  # a mask passes through exec too
+
     for extra in ({}, {"STRATA_NO_ZYGOTE": "1"}):  # through the zygote, and in the client's own process
-        res = subprocess.run([*STRATA, "--root", rootdir, "run", "--rm", "bb", "sh", "-c",
-                              "grep -E 'SigBlk|SigIgn' /proc/self/status; yes | head -c 1 >/dev/null; echo done"],
-                             capture_output=True, text=True, cwd=REPO, timeout=120,
-                             env={**os.environ, "PYTHONPATH": REPO, **extra},
-                             preexec_fn=ignore_some)
-        assert (res.returncode, res.stdout.split()) == (0, ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16, "done"]), res.stderr
+        res = subprocess.run(
+            [
+                *STRATA,
+                "--root",
+                rootdir,
+                "run",
+                "--rm",
+                "bb",
+                "sh",
+                "-c",
+                "grep -E 'SigBlk|SigIgn' /proc/self/status; yes | head -c 1 >/dev/null; echo done",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": REPO, **extra},
+            preexec_fn=ignore_some,
+        )
+        assert (res.returncode, res.stdout.split()) == (0, ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16, "done"]), (
+            res.stderr
+        )
 
 
 def test_ignored_signals_are_read_from_the_kernel_as_status_shows_them():
@@ -74,11 +92,25 @@ def test_ignored_signals_are_read_from_the_kernel_as_status_shows_them():
 
 
 def test_container_sees_its_own_world(rootdir):
-    out = strata(rootdir, "run", "--rm", "--network", "none", "--hostname", "box", "-e", "FOO=bar", "-w", "/work",
-                 "bb", "sh", "-c",
-                 "hostname; cat /etc/hostname; echo $FOO; pwd; echo $$; echo /proc/[0-9]*; "
-                 "grep CapEff /proc/self/status; cat /proc/self/status | grep NoNewPrivs; "
-                 "ip -o link | cut -d: -f2; touch /sys/x 2>&1 | head -c 40; ls /dev").out.split("\n")
+    out = strata(
+        rootdir,
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--hostname",
+        "box",
+        "-e",
+        "FOO=bar",
+        "-w",
+        "/work",
+        "bb",
+        "sh",
+        "-c",
+        "hostname; cat /etc/hostname; echo $FOO; pwd; echo $$; echo /proc/[0-9]*; "
+        "grep CapEff /proc/self/status; cat /proc/self/status | grep NoNewPrivs; "
+        "ip -o link | cut -d: -f2; touch /sys/x 2>&1 | head -c 40; ls /dev",
+    ).out.split("\n")
     assert out[0:4] == ["box", "box", "bar", "/work"]
     assert out[4] == "1"  # the command is PID 1
     assert out[5] == "/proc/1"  # it sees only its own processes (the shell expands the glob itself)
@@ -91,18 +123,22 @@ def test_container_sees_its_own_world(rootdir):
 
 
 def test_user_and_image_defaults(rootdir):
-    assert strata(rootdir, "run", "--rm", "-u", "nobody", "bb", "id").out.strip() == "uid=65534(nobody) gid=65534(nogroup)"
+    assert (
+        strata(rootdir, "run", "--rm", "-u", "nobody", "bb", "id").out.strip() == "uid=65534(nobody) gid=65534(nogroup)"
+    )
     assert strata(rootdir, "run", "--rm", "-u", "1234:5", "bb", "id", "-u").out.strip() == "1234"
     res = strata(rootdir, "run", "--rm", "bb", input=b"echo from-default-cmd\n", check=False)  # CMD ["/bin/sh"]
     assert res.code == 0
 
 
 def test_bad_input_leaves_nothing_behind(rootdir):
-    cases = [(["run", "nosuch"], 125, "Unable to find image"),
-             (["run", "-m", "3m", "bb", "true"], 125, "Minimum memory limit allowed is 6MB"),
-             (["run", "-m", "lots", "bb", "true"], 125, "invalid memory value"),
-             (["run", "bb", "no-such-command"], 127, "executable file not found"),
-             (["run", "bb", "/etc/passwd"], 126, "permission denied")]
+    cases = [
+        (["run", "nosuch"], 125, "Unable to find image"),
+        (["run", "-m", "3m", "bb", "true"], 125, "Minimum memory limit allowed is 6MB"),
+        (["run", "-m", "lots", "bb", "true"], 125, "invalid memory value"),
+        (["run", "bb", "no-such-command"], 127, "executable file not found"),
+        (["run", "bb", "/etc/passwd"], 126, "permission denied"),
+    ]
     for args, code, message in cases:
         res = strata(rootdir, *args, check=False)
         assert res.code == code, (args, res.err)
@@ -114,8 +150,21 @@ def test_bad_input_leaves_nothing_behind(rootdir):
 
 
 def test_detached_container_life_cycle(rootdir):
-    cid = strata(rootdir, "run", "-d", "--name", "pinger", "--cpu-shares=256", "-m", "64m",
-                 "bb", "ping", "-c", "300", "127.0.0.1").out.strip()
+    cid = strata(
+        rootdir,
+        "run",
+        "-d",
+        "--name",
+        "pinger",
+        "--cpu-shares=256",
+        "-m",
+        "64m",
+        "bb",
+        "ping",
+        "-c",
+        "300",
+        "127.0.0.1",
+    ).out.strip()
     assert len(cid) == 64
     ps = strata(rootdir, "ps").out.splitlines()
     assert len(ps) == 2 and ps[1].startswith(cid[:12]) and "Up " in ps[1] and ps[1].endswith("pinger")
@@ -172,8 +221,21 @@ def test_writable_layers_are_separate(rootdir):
 
 
 def test_memory_limit_oom_kills(rootdir):
-    res = strata(rootdir, "run", "--name", "hog", "-m", "32m", "bb", "dd", "if=/dev/zero", "of=/dev/null",
-                 "bs=100M", "count=1", check=False)
+    res = strata(
+        rootdir,
+        "run",
+        "--name",
+        "hog",
+        "-m",
+        "32m",
+        "bb",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=100M",
+        "count=1",
+        check=False,
+    )
     assert res.code == 137
     state = _state(rootdir, "hog")
     assert state["OOMKilled"] is True and state["ExitCode"] == 137
@@ -191,8 +253,28 @@ def test_cpu_shares_split_one_cpu_near_four_to_one(rootdir):
     env = {**os.environ, "PYTHONPATH": REPO}
     ids = []
     for shares, name in ((1024, "heavy"), (256, "light")):
-        out = subprocess.run([*pin, *STRATA, "--root", rootdir, "run", "-d", "--name", name, "--cpu-shares",
-                              str(shares), "--cpuset-cpus", "0", *spin], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                *pin,
+                *STRATA,
+                "--root",
+                rootdir,
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--cpu-shares",
+                str(shares),
+                "--cpuset-cpus",
+                "0",
+                *spin,
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         ids.append(out.stdout.strip())
     pids = [_state(rootdir, n)["Pid"] for n in ("heavy", "light")]
     base = [_cpu_seconds(p) for p in pids]
@@ -247,9 +329,23 @@ def test_interactive_shell_on_a_pty(rootdir):
 
 
 def test_signals_are_forwarded_in_the_foreground(rootdir):
-    proc = subprocess.Popen([*STRATA, "--root", rootdir, "run", "--name", "fg", "bb", "sh", "-c",
-                             "trap 'exit 7' INT; echo ready; while :; do sleep 1; done"],
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            *STRATA,
+            "--root",
+            rootdir,
+            "run",
+            "--name",
+            "fg",
+            "bb",
+            "sh",
+            "-c",
+            "trap 'exit 7' INT; echo ready; while :; do sleep 1; done",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        stdout=subprocess.PIPE,
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"ready\n"
     proc.send_signal(signal.SIGINT)
@@ -267,8 +363,15 @@ def test_union_process_death_stops_the_container(rootdir):
 
 
 def test_concurrent_runs_with_one_name(rootdir):
-    procs = [subprocess.Popen([*STRATA, "--root", rootdir, "run", "--name", "same", "bb", "true"], cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": REPO}, stderr=subprocess.PIPE) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [*STRATA, "--root", rootdir, "run", "--name", "same", "bb", "true"],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": REPO},
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
     codes = [p.wait(timeout=60) for p in procs]
     assert sorted(codes) == [0, 125, 125, 125]
     assert len(strata(rootdir, "ps", "-aq").out.split()) == 1
@@ -309,10 +412,17 @@ def test_cgroup_v2_code_path_on_a_fake_root(tmp_path, monkeypatch):
 
 
 def test_no_host_fds_or_interpreter_reach_the_container(rootdir):
-    out = strata(rootdir, "run", "--rm", "bb", "sh", "-c",
-                 "readlink /proc/1/exe; echo; "
-                 "for p in /proc/timer_list /proc/keys /proc/sched_debug /proc/kcore; do "
-                 "[ -e $p ] && wc -c < $p; done; (echo x > /proc/sys/kernel/hostname) 2>&1; true").out.splitlines()
+    out = strata(
+        rootdir,
+        "run",
+        "--rm",
+        "bb",
+        "sh",
+        "-c",
+        "readlink /proc/1/exe; echo; "
+        "for p in /proc/timer_list /proc/keys /proc/sched_debug /proc/kcore; do "
+        "[ -e $p ] && wc -c < $p; done; (echo x > /proc/sys/kernel/hostname) 2>&1; true",
+    ).out.splitlines()
     assert out[0] == "/bin/busybox"  # PID 1 is the command, not the host's python
     masked = [int(n) for n in out[2:-1]]  # the masks that exist on this kernel read as empty (/dev/null)
     assert masked and all(n == 0 for n in masked)
@@ -334,8 +444,17 @@ def test_stdin_pipe_and_host_network(rootdir):
 
 
 def test_logs_follow_until_the_container_ends(rootdir):
-    strata(rootdir, "run", "-d", "--name", "talker", "bb", "sh", "-c",
-           "for i in 1 2 3; do echo line $i; sleep 0.2; done; echo oops >&2")
+    strata(
+        rootdir,
+        "run",
+        "-d",
+        "--name",
+        "talker",
+        "bb",
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo line $i; sleep 0.2; done; echo oops >&2",
+    )
     res = strata(rootdir, "logs", "-f", "talker")
     assert res.out == "line 1\nline 2\nline 3\n" and res.err == "oops\n"
     with open(json.loads(strata(rootdir, "inspect", "talker").out)[0]["LogPath"]) as f:
@@ -354,8 +473,14 @@ def test_a_failure_after_the_union_is_forked_leaves_nothing_behind(rootdir):
         "from runner.cli import main\n"
         f"sys.exit(main(['--root', {rootdir!r}, 'run', '--name', 'doomed', 'bb', 'true']))\n"
     )
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
-                         env={**os.environ, "PYTHONPATH": REPO}, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        timeout=60,
+    )
     assert res.returncode == 125 and "No space left on device (injected)" in res.stderr
     assert strata(rootdir, "ps", "-aq").out == ""  # a run that never started leaves no container
     with open("/proc/self/mountinfo") as f:
@@ -365,12 +490,19 @@ def test_a_failure_after_the_union_is_forked_leaves_nothing_behind(rootdir):
 def test_a_second_sigterm_to_the_client_kills_a_container_that_ignores_the_first(rootdir):
     """run -t without -i, a command reading its terminal (it never sees the end of its input), and
     PID 1 ignores SIGTERM: the client is not stuck for ever; a second SIGTERM (timeout -k) kills."""
-    proc = subprocess.Popen([*STRATA, "--root", rootdir, "run", "-t", "--name", "reader", "bb", "cat"], cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": REPO}, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*STRATA, "--root", rootdir, "run", "-t", "--name", "reader", "bb", "cat"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        wait_for(lambda: '"Running": true' in strata(rootdir, "inspect", "reader", check=False).out,
-                 what="the container to run")
+        wait_for(
+            lambda: '"Running": true' in strata(rootdir, "inspect", "reader", check=False).out,
+            what="the container to run",
+        )
         # signals of one kind sent back to back merge into one: send until two have been taken apart
         wait_for(lambda: proc.send_signal(signal.SIGTERM) or proc.poll() is not None, what="the client to end")
         assert proc.wait() == 137

@@ -21,8 +21,11 @@ union = unionfs_support.union  # the fixture: each test runs on the handlers and
 
 
 async def test_lookup_goes_upper_then_lowers_in_order(union):
-    fs = union({"etc/hostname": "l0\n", "only0": "a"}, {"etc/hostname": "l1\n", "etc/passwd": "p", "only1": "b"},
-               upper_spec={"etc/hostname": "up\n"})
+    fs = union(
+        {"etc/hostname": "l0\n", "only0": "a"},
+        {"etc/hostname": "l1\n", "etc/passwd": "p", "only1": "b"},
+        upper_spec={"etc/hostname": "up\n"},
+    )
     assert await fs.read("etc/hostname") == b"up\n"
     assert await fs.read("only1") == b"b"
     assert await fs.listdir("") == ["etc", "only0", "only1"]
@@ -61,8 +64,14 @@ async def test_write_to_lower_file_copies_it_up_with_its_metadata(union):
 async def test_copy_up_keeps_every_owner_and_mode(union):
     """The copy is created with its final mode when nothing would change it afterwards (the owner is
     already the daemon's, no bit the umask takes away): either way it ends as the lower file was."""
-    cases = {"plain": (0o644, None), "open": (0o777, None), "setuid": (0o4755, None), "sticky": (0o1640, None),
-             "other": (0o4750, (1234, 5678)), "group": (0o2755, (0, 5678))}
+    cases = {
+        "plain": (0o644, None),
+        "open": (0o777, None),
+        "setuid": (0o4755, None),
+        "sticky": (0o1640, None),
+        "other": (0o4750, (1234, 5678)),
+        "group": (0o2755, (0, 5678)),
+    }
     if os.geteuid() != 0:
         cases = {k: v for k, v in cases.items() if v[1] is None}
 
@@ -270,8 +279,9 @@ async def test_a_name_made_again_after_its_whiteout_shows(union):
 async def test_a_new_setuid_file_keeps_its_bits_and_goes_to_the_caller(tmp_path, uid):
     """The daemon creates as root, then hands the file to the caller: that chown would drop the
     setuid bits the caller asked for, so they are put back (and no chown is made for root)."""
-    fs = UnionFS([make_layer(str(tmp_path / "l"), {})], make_layer(str(tmp_path / "u"), {}),
-                 make_layer(str(tmp_path / "w"), {}))
+    fs = UnionFS(
+        [make_layer(str(tmp_path / "l"), {})], make_layer(str(tmp_path / "u"), {}), make_layer(str(tmp_path / "w"), {})
+    )
     try:
         ctx = SimpleNamespace(uid=uid, gid=uid, pid=os.getpid(), umask=0)
         _info, attr = await fs.create(pyfuse3.ROOT_INODE, b"tool", stat.S_IFREG | 0o6755, os.O_WRONLY, ctx)
@@ -287,6 +297,7 @@ async def test_unexpected_error_becomes_eio_and_the_filesystem_survives(tmp_path
     fs = UnionFS([lower], make_layer(str(tmp_path / "u"), {}), make_layer(str(tmp_path / "w"), {}))
     client = OpsClient(fs)
     try:
+
         def broken(*args, **kwargs):
             raise RuntimeError("injected")
 

@@ -50,7 +50,9 @@ def _record(monkeypatch, events: list[str], **calls: str) -> None:
     """Each ``os.NAME`` in ``calls`` appends its label to ``events``, then does its work."""
     for name, label in calls.items():
         real = getattr(os, name)
-        monkeypatch.setattr(os, name, lambda *a, _real=real, _label=label, **k: (events.append(_label), _real(*a, **k))[1])
+        monkeypatch.setattr(
+            os, name, lambda *a, _real=real, _label=label, **k: (events.append(_label), _real(*a, **k))[1]
+        )
 
 
 def _notes(work) -> list[tuple[str, str]]:
@@ -74,6 +76,7 @@ async def test_a_note_goes_when_nothing_copied_can_be_lost(tmp_path, monkeypatch
 
         def noted() -> list[str]:
             return sorted(os.path.basename(target) for _, target in _notes(work))
+
         assert noted() == list("abcdef") and synced == []
         await client.link("a", "a2")
         await client.unlink("a")
@@ -163,8 +166,12 @@ async def test_a_small_copy_up_runs_on_the_loop_only_when_its_data_is_in_memory(
         for _ in range(5):
             with open(f"{lower}/{name}", "rb") as f:
                 f.read()
-            out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", f"{lower}/{name}"],
-                                 check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(
+                ["fincore", "--bytes", "--noheadings", "--output", "RES", f"{lower}/{name}"],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             if int(out) >= 100_000:
                 break
         else:
@@ -181,7 +188,9 @@ async def test_a_small_copy_up_runs_on_the_loop_only_when_its_data_is_in_memory(
     fs = UnionFS([lower], make_layer(str(tmp_path / "u"), {}), make_layer(str(tmp_path / "w"), {}))
     threads: list[str] = []
     real = trio.to_thread.run_sync
-    monkeypatch.setattr(trio.to_thread, "run_sync", lambda fn, *a, **k: (threads.append("thread"), real(fn, *a, **k))[1])
+    monkeypatch.setattr(
+        trio.to_thread, "run_sync", lambda fn, *a, **k: (threads.append("thread"), real(fn, *a, **k))[1]
+    )
     try:
         client = OpsClient(fs)
         for name, thread in (("first", True), ("cached", False), ("cold", True)):

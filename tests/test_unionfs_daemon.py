@@ -23,8 +23,14 @@ daemon = unionfs_support.daemon  # the fixture: a test that takes it runs on our
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     """``python -m unionfs ARGS`` from this checkout, its output captured."""
-    return subprocess.run([sys.executable, "-m", "unionfs", *args], cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "unionfs", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _daemon(tmp_path, extra: str = ""):
@@ -78,10 +84,17 @@ def test_unmount_during_io(tmp_path, daemon):
     for d in (upper, work, point):
         d.mkdir()
     with mounted(str(point), [lower], str(upper), str(work), python=daemon.python) as proc:
-        reader = subprocess.Popen([sys.executable, "-c",
-                                   "import sys\nwhile True:\n    open(sys.argv[1],'rb').read()\n    "
-                                   "open(sys.argv[2],'ab').write(b'y'*4096)\n",
-                                   str(point / "f"), str(point / "g")], stderr=subprocess.DEVNULL)
+        reader = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys\nwhile True:\n    open(sys.argv[1],'rb').read()\n    "
+                "open(sys.argv[2],'ab').write(b'y'*4096)\n",
+                str(point / "f"),
+                str(point / "g"),
+            ],
+            stderr=subprocess.DEVNULL,
+        )
         try:
             while not (upper / "g").exists():  # wait until I/O is under way
                 assert reader.poll() is None
@@ -159,8 +172,9 @@ def test_a_volatile_mount_marks_its_workdir_until_it_ends(tmp_path):
 
 def test_hundreds_of_layers(tmp_path, daemon):
     """No page-sized option limit (kernel overlayfs's ~128 layers): 300 lowers mount and resolve."""
-    lowers = [make_layer(str(tmp_path / f"layer{i:03}"), {f"only{i}": str(i), "shared": f"from {i}"})
-              for i in range(300)]
+    lowers = [
+        make_layer(str(tmp_path / f"layer{i:03}"), {f"only{i}": str(i), "shared": f"from {i}"}) for i in range(300)
+    ]
     make_layer(lowers[150], {"only299": WHITEOUT})  # a whiteout half-way down hides the bottom file
     point = tmp_path / "mnt"
     point.mkdir()
@@ -228,6 +242,11 @@ def test_raw_shows_one_layer_as_it_is_stored(tmp_path, daemon):
         with pytest.raises(OSError):
             (point / "new").write_text("n")
     for bad in (f"lowerdir={layer}:{layer},raw", f"lowerdir={layer},upperdir={tmp_path},workdir={tmp_path},raw"):
-        res = subprocess.run([sys.executable, "-m", "unionfs", "-o", bad, str(point)], capture_output=True,
-                             text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+        res = subprocess.run(
+            [sys.executable, "-m", "unionfs", "-o", bad, str(point)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": REPO},
+        )
         assert res.returncode == 1 and "raw shows one layer" in res.stderr and not is_mounted(str(point))

@@ -79,8 +79,9 @@ def meta(request: Any, tmp_path: Any) -> Iterator[Any]:
         with open(f"{lower}/big", "wb") as f:
             f.write(DATA)
         before = {name: open(f"{lower}/{name}", "rb").read() for name in ("big",)}
-        stack.callback(lambda: {n: open(f"{lower}/{n}", "rb").read() for n in before} == before
-                       or pytest.fail("a lower changed"))
+        stack.callback(
+            lambda: {n: open(f"{lower}/{n}", "rb").read() for n in before} == before or pytest.fail("a lower changed")
+        )
         return serve([lower], upper, work)
 
     yield build

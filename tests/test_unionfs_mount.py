@@ -30,10 +30,15 @@ daemon = unionfs_support.daemon  # the fixture: a test that takes it runs on our
 
 @pytest.fixture
 def mnt(tmp_path, daemon):
-    lower = make_layer(str(tmp_path / "lower"), {
-        "lowerfile": "lower content\n", "dir/": None, **{f"dir/e{i:03}": str(i) for i in range(200)},
-        "big": b"L" * (3 * 1024 * 1024 + 17),
-    })
+    lower = make_layer(
+        str(tmp_path / "lower"),
+        {
+            "lowerfile": "lower content\n",
+            "dir/": None,
+            **{f"dir/e{i:03}": str(i) for i in range(200)},
+            "big": b"L" * (3 * 1024 * 1024 + 17),
+        },
+    )
     upper, work, point = (tmp_path / n for n in ("upper", "work", "mnt"))
     for d in (upper, work, point):
         d.mkdir()
@@ -143,8 +148,13 @@ def _libc():
 
 
 class _Dirent(ctypes.Structure):
-    _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64), ("d_reclen", ctypes.c_ushort),
-                ("d_type", ctypes.c_ubyte), ("d_name", ctypes.c_char * 256)]
+    _fields_ = [
+        ("d_ino", ctypes.c_uint64),
+        ("d_off", ctypes.c_int64),
+        ("d_reclen", ctypes.c_ushort),
+        ("d_type", ctypes.c_ubyte),
+        ("d_name", ctypes.c_char * 256),
+    ]
 
 
 def _next(libc, d) -> str | None:
@@ -190,6 +200,7 @@ def test_the_kernel_keeps_listings_and_link_targets_until_the_mount_changes_them
     by changing the upper dir behind the mount's back (never done in use), keeping its mtime (which the
     kernel checks): the change stays unseen until a change made through the mount drops the listing."""
     from unionfs.fs import DIR_CACHE
+
     assert DIR_CACHE, "pyfuse3 without unionfs/patches: make installs the patched one"
     lower = make_layer(str(tmp_path / "lower"), {"d/": None, "d/low": "1", "d/gone": "2", "d/sub/": None})
     upper, work, point = (tmp_path / n for n in ("upper", "work", "mnt"))
@@ -291,39 +302,46 @@ def test_the_kernel_takes_killpriv_v2_and_a_chown_costs_no_getattr(tmp_path, lib
     upper, work, point = (tmp_path / n for n in ("u", "w", "mnt"))
     for d in (upper, work, point):
         d.mkdir()
-    script = ("import os, sys, trio, pyfuse3\n"
-              "from unionfs.fs import UnionFS\n"
-              "lower, upper, work, point = sys.argv[1:]\n"
-              "fs = UnionFS([lower], upper, work, no_open=True)\n"
-              "calls = []\n"
-              "getattr_ = fs.getattr\n"
-              "async def counted(inode, ctx):\n"
-              "    calls.append(inode)\n"
-              "    return await getattr_(inode, ctx)\n"
-              "fs.getattr = counted\n"
-              + ("pyfuse3._killpriv_v2_libfuse = lambda version: False\n" if libfuse == "other" else "") +
-              "pyfuse3.init(fs, point, ['fsname=strata-test'])\n"
-              "async def main():\n"
-              "    async with trio.open_nursery() as n:\n"
-              "        n.start_soon(pyfuse3.main)\n"
-              "        await fs.initialised.wait()\n"
-              "        def chown():\n"
-              "            path = os.path.join(point, 'new')\n"
-              "            with open(path, 'w') as f:\n"
-              "                f.write('data')\n"
-              "            os.stat(path)\n"
-              "            before = len(calls)\n"
-              "            os.chown(path, 1, 1)\n"
-              "            return len(calls) - before\n"
-              "        print(pyfuse3.handles_killpriv_v2(), await trio.to_thread.run_sync(chown))\n"
-              "        pyfuse3.terminate()\n"
-              "try:\n"
-              "    trio.run(main)\n"
-              "finally:\n"
-              "    pyfuse3.close(unmount=True)\n")
-    done = subprocess.run([sys.executable, "-c", script, layer, str(upper), str(work), str(point)],
-                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
-                          timeout=60)
+    script = (
+        "import os, sys, trio, pyfuse3\n"
+        "from unionfs.fs import UnionFS\n"
+        "lower, upper, work, point = sys.argv[1:]\n"
+        "fs = UnionFS([lower], upper, work, no_open=True)\n"
+        "calls = []\n"
+        "getattr_ = fs.getattr\n"
+        "async def counted(inode, ctx):\n"
+        "    calls.append(inode)\n"
+        "    return await getattr_(inode, ctx)\n"
+        "fs.getattr = counted\n"
+        + ("pyfuse3._killpriv_v2_libfuse = lambda version: False\n" if libfuse == "other" else "")
+        + "pyfuse3.init(fs, point, ['fsname=strata-test'])\n"
+        "async def main():\n"
+        "    async with trio.open_nursery() as n:\n"
+        "        n.start_soon(pyfuse3.main)\n"
+        "        await fs.initialised.wait()\n"
+        "        def chown():\n"
+        "            path = os.path.join(point, 'new')\n"
+        "            with open(path, 'w') as f:\n"
+        "                f.write('data')\n"
+        "            os.stat(path)\n"
+        "            before = len(calls)\n"
+        "            os.chown(path, 1, 1)\n"
+        "            return len(calls) - before\n"
+        "        print(pyfuse3.handles_killpriv_v2(), await trio.to_thread.run_sync(chown))\n"
+        "        pyfuse3.terminate()\n"
+        "try:\n"
+        "    trio.run(main)\n"
+        "finally:\n"
+        "    pyfuse3.close(unmount=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, layer, str(upper), str(work), str(point)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == (["True", "0"] if libfuse == "3.14" else ["False", "1"])
     assert not is_mounted(str(point))
@@ -338,24 +356,35 @@ def test_a_handler_that_waits_does_not_hold_up_the_others(tmp_path, daemon):
     inner, upper, work, point = (tmp_path / n for n in ("inner", "upper", "work", "mnt"))
     for d in (inner, upper, work, point):
         d.mkdir()
-    with mounted(str(inner), [inner_src], python=daemon.python) as inner_daemon, \
-            mounted(str(point), [top, str(inner)], str(upper), str(work), python=daemon.python) as union:
+    with (
+        mounted(str(inner), [inner_src], python=daemon.python) as inner_daemon,
+        mounted(str(point), [top, str(inner)], str(upper), str(work), python=daemon.python) as union,
+    ):
         assert os.stat(point / "held").st_size == len("lower data\n")
         assert os.stat(point / "other").st_size == 1
         os.kill(inner_daemon.pid, signal.SIGSTOP)
         try:
             # chmod: a copy-up with data, whose first touch of the lower is the copy itself (a write
             # would first have the kernel ask for the lower file's security.capability, inline)
-            writer = subprocess.Popen([sys.executable, "-c", "import os, sys; os.chmod(sys.argv[1], 0o640)",
-                                       str(point / "held")])
+            writer = subprocess.Popen(
+                [sys.executable, "-c", "import os, sys; os.chmod(sys.argv[1], 0o640)", str(point / "held")]
+            )
             deadline = time.monotonic() + 30
             while not _daemon_threads_in_syscalls(union.pid):  # the copy-up, stuck on the inner mount
                 assert time.monotonic() < deadline, "the copy-up never started"
                 assert writer.poll() is None
                 time.sleep(0.01)
-            answer = subprocess.run([sys.executable, "-c",
-                                     "import os, sys; print(os.getxattr(sys.argv[1], 'user.probe').decode())",
-                                     str(point / "other")], capture_output=True, text=True, timeout=30)
+            answer = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import os, sys; print(os.getxattr(sys.argv[1], 'user.probe').decode())",
+                    str(point / "other"),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             assert answer.stdout == "answered\n"
             assert writer.poll() is None  # still waiting for the inner daemon
         finally:
@@ -376,8 +405,13 @@ def test_an_ordinary_user_mounts_writes_and_unmounts():
     drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
     python = [*drop, "/usr/bin/python3"]  # the venv's interpreter may sit where others cannot run it
     pythonpath = f"{REPO}:{sysconfig.get_paths()['purelib']}"
-    probe = subprocess.run([*python, "-c", "import pyfuse3, trio, unionfs"], cwd="/", capture_output=True,
-                           text=True, env={**os.environ, "PYTHONPATH": pythonpath})
+    probe = subprocess.run(
+        [*python, "-c", "import pyfuse3, trio, unionfs"],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": pythonpath},
+    )
     if probe.returncode != 0:
         pytest.skip(f"uid {NOBODY} cannot import strata from {pythonpath}: {probe.stderr.strip().splitlines()[-1:]}")
     base = tempfile.mkdtemp(prefix="strata-rootless-", dir="/tmp")  # pytest's tmp_path is root's alone
@@ -397,8 +431,18 @@ def test_an_ordinary_user_mounts_writes_and_unmounts():
                 assert os.stat(f"/proc/{daemon.pid}").st_uid == NOBODY
                 assert mountinfo.mounts_at(point)[0][1] == "fuse.unionfs"
                 # (root itself may not look inside: FUSE keeps a mount to its owner without allow_other)
-                user = subprocess.run([*drop, "sh", "-c", 'cd "$1" && echo more >> d/f && rm d/gone && mkdir new '
-                                       '&& cat d/f', "sh", point], capture_output=True, text=True)
+                user = subprocess.run(
+                    [
+                        *drop,
+                        "sh",
+                        "-c",
+                        'cd "$1" && echo more >> d/f && rm d/gone && mkdir new && cat d/f',
+                        "sh",
+                        point,
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
                 assert user.returncode == 0, user.stderr
                 assert user.stdout == "lower\nmore\n"
                 with open(os.path.join(upper, "d", "f")) as f:
@@ -430,7 +474,7 @@ def test_randomized_io_against_a_model(mnt):
                     os.pwrite(fd, data, off)
                     if off > len(model):
                         model.extend(bytes(off - len(model)))
-                    model[off:off + len(data)] = data
+                    model[off : off + len(data)] = data
                 elif op == "append":
                     data = rng.randbytes(rng.randrange(1, 3000))
                     os.pwrite(fd, data, len(model))
@@ -443,12 +487,12 @@ def test_randomized_io_against_a_model(mnt):
                     with mmap.mmap(fd, len(model)) as m:
                         off = rng.randrange(0, len(model))
                         data = rng.randbytes(min(100, len(model) - off))
-                        m[off:off + len(data)] = data
+                        m[off : off + len(data)] = data
                         m.flush()
-                    model[off:off + len(data)] = data
+                    model[off : off + len(data)] = data
                 else:
                     off, size = rng.randrange(0, 80_000), rng.randrange(1, 10_000)
-                    assert os.pread(fd, size, off) == bytes(model[off:off + size])
+                    assert os.pread(fd, size, off) == bytes(model[off : off + size])
                 assert os.fstat(fd).st_size == len(model)
         finally:
             os.close(fd)
@@ -547,15 +591,29 @@ def test_a_file_created_read_only_can_be_written_by_its_creator(daemon):
         upper, work, point = (os.path.join(base, n) for n in ("u", "w", "mnt"))
         for d in (upper, work, point):
             os.mkdir(d)
-        script = ("import os, sys\n"
-                  "for name in ('a', 'b'):\n"
-                  "    fd = os.open(os.path.join(sys.argv[1], name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)\n"
-                  "    os.write(fd, b'written')\n"
-                  "    os.close(fd)\n")
+        script = (
+            "import os, sys\n"
+            "for name in ('a', 'b'):\n"
+            "    fd = os.open(os.path.join(sys.argv[1], name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)\n"
+            "    os.write(fd, b'written')\n"
+            "    os.close(fd)\n"
+        )
         with mounted(point, [lower], upper, work, extra=",allow_other", python=daemon.python):
-            done = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                                   "/usr/bin/python3", "-c", script, os.path.join(point, "pub")],
-                                  capture_output=True, text=True, cwd="/")
+            done = subprocess.run(
+                [
+                    "setpriv",
+                    f"--reuid={NOBODY}",
+                    f"--regid={NOBODY}",
+                    "--clear-groups",
+                    "/usr/bin/python3",
+                    "-c",
+                    script,
+                    os.path.join(point, "pub"),
+                ],
+                capture_output=True,
+                text=True,
+                cwd="/",
+            )
             assert done.returncode == 0, done.stderr
             for name in ("a", "b"):
                 path = os.path.join(point, "pub", name)
@@ -588,14 +646,29 @@ def test_writes_truncations_and_chowns_drop_setuid_bits_as_the_kernel_does(daemo
             os.chmod(d, 0o777)
             for n in names:
                 os.chmod(os.path.join(d, n), 0o6777)  # setuid, setgid and group-execute: both can go
-        user = ("import os, sys\n"
-                "with open(os.path.join(sys.argv[1], 'user-write'), 'ab') as f:\n"
-                "    f.write(b'more')\n"
-                "os.truncate(os.path.join(sys.argv[1], 'user-truncate'), 1)\n")
+        user = (
+            "import os, sys\n"
+            "with open(os.path.join(sys.argv[1], 'user-write'), 'ab') as f:\n"
+            "    f.write(b'more')\n"
+            "os.truncate(os.path.join(sys.argv[1], 'user-truncate'), 1)\n"
+        )
 
         def act(d: str) -> dict[str, int]:
-            done = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                                   "/usr/bin/python3", "-c", user, d], capture_output=True, text=True, cwd="/")
+            done = subprocess.run(
+                [
+                    "setpriv",
+                    f"--reuid={NOBODY}",
+                    f"--regid={NOBODY}",
+                    "--clear-groups",
+                    "/usr/bin/python3",
+                    "-c",
+                    user,
+                    d,
+                ],
+                capture_output=True,
+                text=True,
+                cwd="/",
+            )
             assert done.returncode == 0, done.stderr
             with open(os.path.join(d, "root-write"), "ab") as f:
                 f.write(b"more")

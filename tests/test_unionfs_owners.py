@@ -71,8 +71,10 @@ def _as(uid: int, body) -> int:
 
 @needs_root
 def test_a_mount_reports_and_records_owners_in_the_xattr(tmp_path, daemon):
-    lower = make_layer(str(tmp_path / "lower"), {"etc/shadow": "s", "var/mail/": None, "dev/null": "", "plain": "p",
-                                                  "gone": "g", "pub/": None})
+    lower = make_layer(
+        str(tmp_path / "lower"),
+        {"etc/shadow": "s", "var/mail/": None, "dev/null": "", "plain": "p", "gone": "g", "pub/": None},
+    )
     top = make_layer(str(tmp_path / "top"), {"gone": ""})
     os.setxattr(f"{lower}/etc/shadow", KEY, b"0:42:0640")
     os.setxattr(f"{lower}/var/mail", KEY, b"8:8:2775")
@@ -83,8 +85,9 @@ def test_a_mount_reports_and_records_owners_in_the_xattr(tmp_path, daemon):
     for d in (upper, work, point):
         d.mkdir()
     m = str(point)
-    with mounted(m, [top, lower], str(upper), str(work), extra=",xattr_permissions=2,allow_other",
-                 python=daemon.python):
+    with mounted(
+        m, [top, lower], str(upper), str(work), extra=",xattr_permissions=2,allow_other", python=daemon.python
+    ):
         shadow = os.lstat(f"{m}/etc/shadow")
         assert (shadow.st_uid, shadow.st_gid, stat.S_IMODE(shadow.st_mode)) == (0, 42, 0o640)
         mail = os.lstat(f"{m}/var/mail")
@@ -116,13 +119,20 @@ def test_a_mount_reports_and_records_owners_in_the_xattr(tmp_path, daemon):
         assert (plain.st_uid, plain.st_gid, stat.S_IMODE(plain.st_mode)) == (5, 6, 0)
         with open(f"{m}/etc/shadow", "a") as f:  # a copy-up keeps the override
             f.write("+")
-    for rel, owner, mode, value in (("plain", (0, 0), 0o600, b"5:6:0000"), ("var/mail/eight", (0, 0), 0o644, b"8:8:0644"),
-                                    ("etc/shadow", (0, 0), 0o644, b"0:42:0640")):  # (the lower's real mode)
+    for rel, owner, mode, value in (
+        ("plain", (0, 0), 0o600, b"5:6:0000"),
+        ("var/mail/eight", (0, 0), 0o644, b"8:8:0644"),
+        ("etc/shadow", (0, 0), 0o644, b"0:42:0640"),
+    ):  # (the lower's real mode)
         real = os.lstat(upper / rel)  # the daemon gave nothing away; the xattr says who owns it
-        assert ((real.st_uid, real.st_gid), stat.S_IMODE(real.st_mode), os.getxattr(upper / rel, KEY)) == \
-            (owner, mode, value), rel
-    with mounted(m, [top, lower], str(upper), str(work), extra=",xattr_permissions=2",
-                 python=daemon.python):  # kept across mounts
+        assert ((real.st_uid, real.st_gid), stat.S_IMODE(real.st_mode), os.getxattr(upper / rel, KEY)) == (
+            owner,
+            mode,
+            value,
+        ), rel
+    with mounted(
+        m, [top, lower], str(upper), str(work), extra=",xattr_permissions=2", python=daemon.python
+    ):  # kept across mounts
         assert (os.lstat(f"{m}/plain").st_uid, os.lstat(f"{m}/var/mail/eight").st_gid) == (5, 8)
         assert open(f"{m}/etc/shadow").read() == "s+"
 
@@ -143,8 +153,10 @@ def test_the_map_options_are_checked(tmp_path):
     lower = make_layer(str(tmp_path / "l"), {"a": "a"})
     opts = parse_options([f"lowerdir={lower},uidmapping=0:1000:1,gidmapping=:0:1000:1:1:2000:10"])
     assert opts.uids.to_container(1000) == 0 and opts.gids.to_host(5) == 2004
-    for bad, why in (("uidmapping=0:1", "uidmapping=0:1: container:host:size"),
-                     ("squash_to_uid=5", "squash_to_uid is not supported")):
+    for bad, why in (
+        ("uidmapping=0:1", "uidmapping=0:1: container:host:size"),
+        ("squash_to_uid=5", "squash_to_uid is not supported"),
+    ):
         with pytest.raises(UnionError, match=why):
             parse_options([f"lowerdir={lower},{bad}"])
 
@@ -160,8 +172,14 @@ def test_a_mount_with_id_maps_shows_container_ids_and_writes_host_ids(tmp_path, 
     for d in (upper, work, point):
         d.mkdir()
     m = str(point)
-    with mounted(m, [lower], str(upper), str(work), extra=",uidmapping=0:100000:65536,gidmapping=0:100000:65536",
-                 python=daemon.python):
+    with mounted(
+        m,
+        [lower],
+        str(upper),
+        str(work),
+        extra=",uidmapping=0:100000:65536,gidmapping=0:100000:65536",
+        python=daemon.python,
+    ):
         assert (os.lstat(f"{m}/www").st_uid, os.lstat(f"{m}/www").st_gid) == (33, 34)
         assert os.lstat(f"{m}/roots").st_uid == owners.IdMap.OVERFLOW  # host root: not in the map
         os.chown(f"{m}/www", 5, 6)

@@ -71,15 +71,21 @@ finally:
 """.replace("BIG_SIZE", str(BIG))
 
 
-def _serve(tmp_path, how: str, lower: str | None = None, prefix: tuple[str, ...] = (),
-           child: str = _CHILD) -> dict[str, object]:
+def _serve(
+    tmp_path, how: str, lower: str | None = None, prefix: tuple[str, ...] = (), child: str = _CHILD
+) -> dict[str, object]:
     lower = lower or make_layer(str(tmp_path / "l"), {"big": b"L" * BIG, "small": "lower"})
     upper, work, point = (tmp_path / n for n in ("u", "w", "mnt"))
     for d in (upper, work, point):
         d.mkdir()
-    done = subprocess.run([*prefix, sys.executable, "-c", child, lower, str(upper), str(work), str(point), how],
-                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
-                          timeout=120)
+    done = subprocess.run(
+        [*prefix, sys.executable, "-c", child, lower, str(upper), str(work), str(point), how],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert not is_mounted(str(point))
     assert (upper / "new").read_bytes() == b"N" * 300000 and (upper / "small").read_text() == "lower+appended"
@@ -111,8 +117,11 @@ def test_without_cap_sys_admin_in_the_initial_namespace_the_daemon_reads_and_wri
     for, and the kernel's OPEN is spared as before (no_open). Asked for anyway (``forced``), the
     kernel takes the INIT flag but refuses each backing file (EPERM): passthrough goes off for the
     mount, and the opens go through the page cache."""
-    child = _CHILD.replace("from unionfs.fs import", "passthrough.usable = lambda: True\nfrom unionfs.fs import", 1) \
-        if forced else _CHILD
+    child = (
+        _CHILD.replace("from unionfs.fs import", "passthrough.usable = lambda: True\nfrom unionfs.fs import", 1)
+        if forced
+        else _CHILD
+    )
     seen = _serve(tmp_path, "userns", prefix=("unshare", "-Urm", "--propagation", "private"), child=child)
     assert not seen["on"]
     assert seen["asked"] == seen["kernel"] == forced

@@ -94,8 +94,7 @@ def test_the_next_mount_gives_noted_copies_their_data_back(tmp_path, lower):
     after, point = tmp_path / "after", tmp_path / "mnt"
     with ext4(cut, after):
         upper, work = after / "upper", after / "work"
-        lost = [name for name in os.listdir(upper)
-                if os.lstat(upper / name).st_size < 2 * SIZE]
+        lost = [name for name in os.listdir(upper) if os.lstat(upper / name).st_size < 2 * SIZE]
         assert lost, "the cut lost nothing: this test would not see the notes work"
         notes = set(os.listdir(work / journal.DIRNAME)) - {journal.UPPER}
         assert len(notes) == FILES - 2  # f2 was unlinked, f3 fsynced: their notes went

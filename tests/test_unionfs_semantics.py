@@ -51,8 +51,12 @@ async def test_a_hard_link_of_any_lower_file_keeps_its_type_mode_owner_and_times
         for name in (k, f"{k}2"):
             st = await fs.stat(name)
             want = before[k]
-            assert (st.st_mode, st.st_uid, st.st_gid, st.st_ino) == \
-                (want.st_mode, want.st_uid, want.st_gid, want.st_ino), name
+            assert (st.st_mode, st.st_uid, st.st_gid, st.st_ino) == (
+                want.st_mode,
+                want.st_uid,
+                want.st_gid,
+                want.st_ino,
+            ), name
             assert st.st_nlink == 2, name
             up = os.lstat(os.path.join(fs.upper, name))
             assert up.st_mtime_ns == T2, name  # the link's copy-up kept the lower's mtime
@@ -73,8 +77,10 @@ async def test_readdir_lists_dot_and_dotdot(union):
 
 
 async def test_directory_link_counts_are_two_plus_subdirs_or_one_when_merged(union):
-    fs = union({"low/": None, "low/a/": None, "low/b/": None, "low/f": "f", "both/": None, "both/a/": None},
-               upper_spec={"up/": None, "up/a/": None, "up/f": "f", "both/": None, "both/b/": None})
+    fs = union(
+        {"low/": None, "low/a/": None, "low/b/": None, "low/f": "f", "both/": None, "both/a/": None},
+        upper_spec={"up/": None, "up/a/": None, "up/f": "f", "both/": None, "both/b/": None},
+    )
     assert (await fs.stat("low")).st_nlink == 4
     assert (await fs.stat("up")).st_nlink == 3
     assert (await fs.stat("both")).st_nlink == 1  # merged: "unknown", never a wrong number
@@ -139,8 +145,9 @@ async def test_rename_noreplace_refuses_a_name_of_any_layer(union):
 
 
 async def test_rename_exchange_swaps_files_and_dirs_across_layers(union):
-    fs = union({"a": "A", "b": "B", "ld/": None, "ld/x": "x", "d1/": None},
-               upper_spec={"u": "U", "ud/": None, "ud/y": "y"})
+    fs = union(
+        {"a": "A", "b": "B", "ld/": None, "ld/x": "x", "d1/": None}, upper_spec={"u": "U", "ud/": None, "ud/y": "y"}
+    )
     ino_a, ino_b = (await fs.stat("a")).st_ino, (await fs.stat("b")).st_ino
     await _rename2(fs, "a", "b", RENAME_EXCHANGE)  # two lower files: both copied up
     assert (await fs.read("a"), await fs.read("b")) == (b"B", b"A")
@@ -165,8 +172,10 @@ async def test_an_upper_written_by_another_overlay_is_honoured(union, tmp_path):
         os.setxattr(f"{upper}/d", "trusted.overlay.opaque", b"y")
         os.setxattr(f"{upper}/e", "user.overlay.opaque", b"y")
 
-    fs = union({"gone": "g", "gdir/": None, "gdir/old": "o", "d/": None, "d/old": "o", "e/": None, "e/old": "o",
-                "keep": "k"}, prepare=prepare)
+    fs = union(
+        {"gone": "g", "gdir/": None, "gdir/old": "o", "d/": None, "d/old": "o", "e/": None, "e/old": "o", "keep": "k"},
+        prepare=prepare,
+    )
     assert await fs.listdir("") == ["d", "e", "keep"]
     assert not await fs.exists("gone")
     assert await fs.listdir("d") == ["new"] and await fs.listdir("e") == ["mine"]

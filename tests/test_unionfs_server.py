@@ -34,8 +34,9 @@ class Caller:
 
     def __call__(self, *args: str, cwd: str = "/", preexec: object = None) -> subprocess.CompletedProcess[str]:
         self.points += [os.path.join(cwd, a) for a in args if not a.startswith("-")]
-        return subprocess.run([self.script, *args], cwd=cwd, env=self.env, capture_output=True, text=True,
-                              timeout=60, preexec_fn=preexec)  # type: ignore[arg-type]
+        return subprocess.run(
+            [self.script, *args], cwd=cwd, env=self.env, capture_output=True, text=True, timeout=60, preexec_fn=preexec
+        )  # type: ignore[arg-type]
 
     def wait_for_server(self) -> int:
         wait_for(lambda: bool(server_pids(self.dir)), what="the mount server to listen")
@@ -130,10 +131,14 @@ def test_bad_options_give_one_line_and_mount_nothing(tmp_path, caller, through):
         server = caller.wait_for_server()
         before = children(server)
     base = f"lowerdir={a}:{b},upperdir={upper},workdir={work}"
-    for extra, words in ((",bogus", "unknown option 'bogus'"), (",fsname=x", "unknown option 'fsname=x'"),
-                         (",max_read=4096", "unknown option 'max_read=4096'"),
-                         (',context="system_u:object_r:container_file_t:s0:c1,c2"', "SELinux labels are not supported"),
-                         (",fsync=2", "fsync=2"), (",squash_to_uid=5", "squash_to_uid")):
+    for extra, words in (
+        (",bogus", "unknown option 'bogus'"),
+        (",fsname=x", "unknown option 'fsname=x'"),
+        (",max_read=4096", "unknown option 'max_read=4096'"),
+        (',context="system_u:object_r:container_file_t:s0:c1,c2"', "SELinux labels are not supported"),
+        (",fsync=2", "fsync=2"),
+        (",squash_to_uid=5", "squash_to_uid"),
+    ):
         res = caller("-o", base + extra, merged)
         assert res.returncode == 1 and res.stdout == ""
         assert res.stderr.count("\n") == 1 and res.stderr.startswith("unionfs: ") and words in res.stderr, res.stderr
@@ -151,8 +156,9 @@ def test_what_containers_storage_and_its_mountopt_pass_is_taken(tmp_path, caller
     a, b, upper, work = _layers(tmp_path)
     merged = str(tmp_path / "merged")
     for _ in range(2):
-        res = caller("-o", f"lowerdir={a}:{b},,upperdir={upper},workdir={work},fsync=0,context=\"\",nodev,allow_other,",
-                     merged)
+        res = caller(
+            "-o", f'lowerdir={a}:{b},,upperdir={upper},workdir={work},fsync=0,context="",nodev,allow_other,', merged
+        )
         assert res.returncode == 0, res.stderr
         with open("/proc/self/mountinfo") as f:
             line = next(ln for ln in f if f" {merged} " in ln)
@@ -206,10 +212,22 @@ def test_a_server_only_mounts_in_its_own_namespaces(tmp_path, caller):
     subprocess.run(["fusermount3", "-u", merged], check=True)
     ours = caller.wait_for_server()
     spare = children(ours)
-    inner = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                            f'{caller.script} -o lowerdir={a} {merged} && grep -c " {merged} " /proc/self/mountinfo'
-                            f' && readlink /proc/self/ns/mnt'],
-                           env=caller.env, capture_output=True, text=True, timeout=60)
+    inner = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f'{caller.script} -o lowerdir={a} {merged} && grep -c " {merged} " /proc/self/mountinfo'
+            f" && readlink /proc/self/ns/mnt",
+        ],
+        env=caller.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     namespace = inner.stdout.split()[-1] if inner.stdout.split() else ""
     try:
         assert inner.returncode == 0, inner.stderr
@@ -217,8 +235,10 @@ def test_a_server_only_mounts_in_its_own_namespaces(tmp_path, caller):
         assert count == "1" and not is_mounted(merged)  # made in its namespace only
         assert children(ours) == spare  # not ours to make
         key = f"{os.stat('/proc/self/ns/user').st_ino}-{namespace.strip('mnt:[]')}"
-        wait_for(lambda: os.path.exists(os.path.join(caller.dir, client.socket_name(key)[:-5] + ".pid")),
-                 what="a server for that namespace")  # started once the (cold) mount was made
+        wait_for(
+            lambda: os.path.exists(os.path.join(caller.dir, client.socket_name(key)[:-5] + ".pid")),
+            what="a server for that namespace",
+        )  # started once the (cold) mount was made
         assert len(server_pids(caller.dir)) == 2
     finally:
         # that namespace's daemon and server (and its spare) are stopped by pid: nothing else is in it

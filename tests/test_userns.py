@@ -16,8 +16,10 @@ def test_without_newuidmap_the_warning_names_the_package(monkeypatch):
     package to install (with it, and a range, there is no warning; without a range, that is said)."""
     monkeypatch.setattr(userns, "helpers", lambda: None)
     assert userns.single_reason(os.getuid()) == "newuidmap and newgidmap are not installed (Debian's package uidmap)"
-    assert userns.mappings(USER, USER) == ([{"containerID": 0, "hostID": USER, "size": 1}],
-                                            [{"containerID": 0, "hostID": USER, "size": 1}])
+    assert userns.mappings(USER, USER) == (
+        [{"containerID": 0, "hostID": USER, "size": 1}],
+        [{"containerID": 0, "hostID": USER, "size": 1}],
+    )
     monkeypatch.setattr(userns, "helpers", lambda: ("/usr/bin/newuidmap", "/usr/bin/newgidmap"))
     monkeypatch.setattr(userns, "subid_range", lambda path, uid: (100000, 65536))
     assert userns.single_reason(USER) is None

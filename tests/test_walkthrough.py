@@ -13,8 +13,14 @@ from helpers import REPO
 @pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
 def test_walkthrough_script_passes():
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "PYTHONPATH": REPO}
-    proc = subprocess.run(["bash", os.path.join(REPO, "examples", "walkthrough.sh")], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        ["bash", os.path.join(REPO, "examples", "walkthrough.sh")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "walkthrough: all steps passed" in out

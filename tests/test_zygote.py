@@ -32,9 +32,12 @@ def _ppid(pid: int) -> int:
 
 def test_a_foreground_run_is_a_fork_of_the_zygote(rootdir, zygote_dir):
     zygote = _warm(rootdir, zygote_dir)
-    proc = subprocess.Popen([*STRATA, "--root", rootdir, "run", "--name", "forked", "bb", "sh", "-c",
-                             "echo ready; exec sleep 1000"], cwd=REPO, stdout=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": REPO})
+    proc = subprocess.Popen(
+        [*STRATA, "--root", rootdir, "run", "--name", "forked", "bb", "sh", "-c", "echo ready; exec sleep 1000"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
         doc = json.loads(strata(rootdir, "inspect", "forked").out)[0]
@@ -53,15 +56,37 @@ def test_a_foreground_run_is_a_fork_of_the_zygote(rootdir, zygote_dir):
 def test_stdio_exit_code_cwd_umask_and_environment_are_the_clients(rootdir, zygote_dir, tmp_path):
     _warm(rootdir, zygote_dir)
     env = {**os.environ, "PYTHONPATH": REPO, "GREETING": "hello from the client"}
-    res = subprocess.run([*STRATA, "--root", rootdir, "run", "-i", "--rm", "-e", "GREETING", "bb", "sh", "-c",
-                          'cat; echo "$GREETING"; echo err >&2; exit 3'], input=b"piped in\n",
-                         capture_output=True, cwd=REPO, env=env)
+    res = subprocess.run(
+        [
+            *STRATA,
+            "--root",
+            rootdir,
+            "run",
+            "-i",
+            "--rm",
+            "-e",
+            "GREETING",
+            "bb",
+            "sh",
+            "-c",
+            'cat; echo "$GREETING"; echo err >&2; exit 3',
+        ],
+        input=b"piped in\n",
+        capture_output=True,
+        cwd=REPO,
+        env=env,
+    )
     assert (res.returncode, res.stdout, res.stderr) == (3, b"piped in\nhello from the client\n", b"err\n")
     # a relative path is the client's cwd; the file gets the client's umask
     work = tmp_path / "cwd"
     work.mkdir()
-    subprocess.run([*STRATA, "--root", rootdir, "save", "-o", "out.tar", "bb"], cwd=work, env=env, check=True,
-                   preexec_fn=lambda: os.umask(0o077))
+    subprocess.run(
+        [*STRATA, "--root", rootdir, "save", "-o", "out.tar", "bb"],
+        cwd=work,
+        env=env,
+        check=True,
+        preexec_fn=lambda: os.umask(0o077),
+    )
     assert (work / "out.tar").stat().st_mode & 0o777 == 0o600
     # a usage error: argparse's exit code and message
     res = subprocess.run([*STRATA, "--root", rootdir, "no-such-verb"], capture_output=True, cwd=REPO, env=env)
@@ -77,10 +102,25 @@ def test_limits_affinity_and_niceness_are_the_clients(rootdir, zygote_dir):
         os.sched_setaffinity(0, {cpu})
         os.nice(3)
 
-    res = subprocess.run([*STRATA, "--root", rootdir, "run", "--rm", "bb", "sh", "-c",
-                          "ulimit -n; grep Cpus_allowed_list /proc/self/status; cut -d' ' -f19 /proc/self/stat"],
-                         capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
-                         preexec_fn=limited, check=True)
+    res = subprocess.run(
+        [
+            *STRATA,
+            "--root",
+            rootdir,
+            "run",
+            "--rm",
+            "bb",
+            "sh",
+            "-c",
+            "ulimit -n; grep Cpus_allowed_list /proc/self/status; cut -d' ' -f19 /proc/self/stat",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        preexec_fn=limited,
+        check=True,
+    )
     lines = res.stdout.split("\n")
     assert lines[0] == "100" and lines[1].split()[-1] == str(cpu) and lines[2] == "3"
     assert zygote_pid(zygote_dir) is not None  # lower limits: served by the same zygote
@@ -91,8 +131,12 @@ def test_a_command_killed_by_a_signal_kills_the_client_alike(root, zygote_dir, t
     wait_for(lambda: zygote_pid(zygote_dir) is not None, what="the zygote to listen")
     archive = tmp_path / "one.tar"
     archive.write_bytes(docker_v12_save([tar_bytes([{"name": "f", "data": b"x"}])], ["one:1"]))
-    res = subprocess.run([*STRATA, "--root", root, "load", "-i", str(archive)], capture_output=True, cwd=REPO,
-                         env={**os.environ, "PYTHONPATH": REPO, "STRATA_FAILPOINT": "layer-published"})
+    res = subprocess.run(
+        [*STRATA, "--root", root, "load", "-i", str(archive)],
+        capture_output=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO, "STRATA_FAILPOINT": "layer-published"},
+    )
     assert res.returncode == -signal.SIGKILL
 
 
@@ -100,9 +144,23 @@ def test_a_client_that_goes_away_hangs_up_its_container(rootdir, zygote_dir):
     """SIGHUP, as a closed terminal would send (PID 1 ignores it unless it has a handler, and keeps
     running, as a container does when ``docker run``'s client dies)."""
     _warm(rootdir, zygote_dir)
-    proc = subprocess.Popen([*STRATA, "--root", rootdir, "run", "--name", "orphaned", "bb", "sh", "-c",
-                             "trap 'exit 9' HUP; echo ready; while :; do sleep 1; done"], cwd=REPO,
-                            stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": REPO})
+    proc = subprocess.Popen(
+        [
+            *STRATA,
+            "--root",
+            rootdir,
+            "run",
+            "--name",
+            "orphaned",
+            "bb",
+            "sh",
+            "-c",
+            "trap 'exit 9' HUP; echo ready; while :; do sleep 1; done",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
     assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
     proc.kill()
     proc.wait()
@@ -122,13 +180,25 @@ def test_a_worker_takes_a_hang_up_even_from_a_zygote_that_ignores_it(root, tmp_p
     directory = tmp_path / "zygote"
     directory.mkdir(mode=0o700)
     env = {**os.environ, "PYTHONPATH": REPO, "STRATA_ZYGOTE_DIR": str(directory)}
-    subprocess.run([*STRATA, "--root", root, "images"], env=env, cwd=REPO, check=True, capture_output=True,
-                   preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    subprocess.run(
+        [*STRATA, "--root", root, "images"],
+        env=env,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )
     wait_for(lambda: zygote_pid(str(directory)) is not None, what="the zygote to listen")
     pid = zygote_pid(str(directory))
     assert pid is not None
-    client = subprocess.Popen([*STRATA, "--root", root, "load", "-q"], env=env, cwd=REPO, stdin=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = subprocess.Popen(
+        [*STRATA, "--root", root, "load", "-q"],
+        env=env,
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     assert client.stdin is not None
     try:
         assert _sigign(pid) & 1 << (signal.SIGHUP - 1)  # else this test proves nothing
@@ -174,15 +244,20 @@ def test_a_zygote_steps_down_when_strata_changes(tmp_path, root):
     """A copy of strata, with a zygote of its own: touching one of its files makes the zygote stale."""
     copy = tmp_path / "copy"
     for package in ("store", "unionfs", "runner"):
-        shutil.copytree(os.path.join(REPO, package), copy / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(os.path.join(REPO, package), copy / package, ignore=shutil.ignore_patterns("__pycache__"))
     directory = tmp_path / "zygote"
     directory.mkdir(mode=0o700)
     env = {**os.environ, "PYTHONPATH": str(copy), "STRATA_ZYGOTE_DIR": str(directory)}
 
     def run() -> str:
-        return subprocess.run([sys.executable, "-m", "runner", "--root", root, "images", "-q"], cwd=tmp_path,
-                              env=env, capture_output=True, text=True, check=True).stdout
+        return subprocess.run(
+            [sys.executable, "-m", "runner", "--root", root, "images", "-q"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
 
     first = None
     try:
@@ -225,8 +300,12 @@ def test_python_and_python3_of_one_venv_share_a_zygote(root, zygote_dir):
     wait_for(lambda: zygote_pid(zygote_dir) is not None, what="the zygote to listen")
     pid = zygote_pid(zygote_dir)
     for name in names * 2:
-        res = subprocess.run([os.path.join(bin_dir, name), "-m", "runner", "--root", root, "images", "-q"],
-                             capture_output=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+        res = subprocess.run(
+            [os.path.join(bin_dir, name), "-m", "runner", "--root", root, "images", "-q"],
+            capture_output=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": REPO},
+        )
         assert (res.returncode, res.stderr) == (0, b"")
         assert zygote_pid(zygote_dir) == pid, name  # not told "stale": the same zygote still listens
 
@@ -235,10 +314,16 @@ def test_without_a_private_directory_or_when_told_the_command_runs_in_the_client
     shared = tmp_path / "shared"
     shared.mkdir()
     os.chmod(shared, 0o777)
-    for env in ({"STRATA_ZYGOTE_DIR": str(shared)},
-                {"STRATA_ZYGOTE_DIR": str(tmp_path / "unused"), "STRATA_NO_ZYGOTE": "1"}):
-        res = subprocess.run([*STRATA, "--root", root, "import", busybox_rootfs, "bb"], capture_output=True,
-                             cwd=REPO, env={**os.environ, "PYTHONPATH": REPO, **env})
+    for env in (
+        {"STRATA_ZYGOTE_DIR": str(shared)},
+        {"STRATA_ZYGOTE_DIR": str(tmp_path / "unused"), "STRATA_NO_ZYGOTE": "1"},
+    ):
+        res = subprocess.run(
+            [*STRATA, "--root", root, "import", busybox_rootfs, "bb"],
+            capture_output=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": REPO, **env},
+        )
         assert res.returncode == 0, res.stderr
         assert not os.path.exists(os.path.join(env["STRATA_ZYGOTE_DIR"], "zygote.sock"))
     assert os.listdir(shared) == []
@@ -253,8 +338,12 @@ def test_a_client_in_a_removed_directory_still_works(root, zygote_dir, tmp_path)
         os.chdir(gone)
         os.rmdir(gone)
 
-    res = subprocess.run([*STRATA, "--root", root, "images", "-q"], capture_output=True, preexec_fn=enter_and_remove,
-                         env={**os.environ, "PYTHONPATH": REPO})
+    res = subprocess.run(
+        [*STRATA, "--root", root, "images", "-q"],
+        capture_output=True,
+        preexec_fn=enter_and_remove,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
     assert (res.returncode, res.stderr) == (0, b"")
 
 
@@ -268,8 +357,16 @@ def test_many_clients_at_once_and_a_clean_stop(root, tmp_path):
     pid = zygote_pid(str(directory))
     assert pid is not None
     try:
-        procs = [subprocess.Popen([*STRATA, "--root", root, "images", "-q"], env=env, cwd=REPO,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(20)]
+        procs = [
+            subprocess.Popen(
+                [*STRATA, "--root", root, "images", "-q"],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for _ in range(20)
+        ]
         results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
         assert all(code == 0 and err == b"" for _out, err, code in results)
         assert zygote_pid(str(directory)) == pid  # the same zygote still listens
@@ -330,9 +427,14 @@ def test_a_client_in_other_cgroups_is_not_served_by_a_zygote_started_elsewhere(r
     first = _warm(rootdir, zygote_dir)
     group = _leaf_cgroup()
     try:
-        res = subprocess.run([*STRATA, "--root", rootdir, "images", "-q"], capture_output=True, cwd=REPO,
-                             env={**os.environ, "PYTHONPATH": REPO}, check=True,
-                             preexec_fn=lambda: open(os.path.join(group, "cgroup.procs"), "w").write("0"))
+        res = subprocess.run(
+            [*STRATA, "--root", rootdir, "images", "-q"],
+            capture_output=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": REPO},
+            check=True,
+            preexec_fn=lambda: open(os.path.join(group, "cgroup.procs"), "w").write("0"),
+        )
         assert res.stdout.decode().strip() != ""  # (the command ran, in the client)
         wait_for(lambda: zygote_pid(zygote_dir) not in (None, first), what="a zygote started from the other cgroup")
         second = zygote_pid(zygote_dir)

@@ -71,15 +71,25 @@ def is_mounted(path: str) -> bool:
 
 
 @contextmanager
-def mounted(mountpoint: str, lowers: list[str], upper: str | None = None, work: str | None = None,
-            extra: str = "", python: Sequence[str] = (sys.executable,),
-            pythonpath: str = REPO) -> Iterator[subprocess.Popen[bytes]]:
+def mounted(
+    mountpoint: str,
+    lowers: list[str],
+    upper: str | None = None,
+    work: str | None = None,
+    extra: str = "",
+    python: Sequence[str] = (sys.executable,),
+    pythonpath: str = REPO,
+) -> Iterator[subprocess.Popen[bytes]]:
     """Serve a real mount in a child process; unmount and reap it afterwards, whatever happens.
     ``python`` is the command that runs the interpreter (``setpriv ... python3`` for another user)."""
     opt = "lowerdir=" + ":".join(lowers) + (f",upperdir={upper},workdir={work}" if upper else "") + extra
     r, w = os.pipe()
-    proc = subprocess.Popen([*python, "-m", "unionfs", "-f", "--ready-fd", str(w), "-o", opt, mountpoint],
-                            pass_fds=(w,), cwd=REPO, env={**os.environ, "PYTHONPATH": _path(pythonpath)})
+    proc = subprocess.Popen(
+        [*python, "-m", "unionfs", "-f", "--ready-fd", str(w), "-o", opt, mountpoint],
+        pass_fds=(w,),
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": _path(pythonpath)},
+    )
     os.close(w)
     with os.fdopen(r, "rb") as pipe:
         ready = pipe.read()
@@ -110,8 +120,10 @@ class Daemon:
 
 # ``python -m unionfs`` on our pyfuse3 as on a libfuse other than the 3.14 that 0004's hooks were
 # written for: init() installs none (``mounted`` appends ``-m unionfs ARGS``, which this drops)
-_WITHOUT_KILLPRIV_V2 = ("import runpy, sys, pyfuse3; pyfuse3._killpriv_v2_libfuse = lambda version: False; "
-                        "del sys.argv[1:3]; runpy.run_module('unionfs', run_name='__main__', alter_sys=True)")
+_WITHOUT_KILLPRIV_V2 = (
+    "import runpy, sys, pyfuse3; pyfuse3._killpriv_v2_libfuse = lambda version: False; "
+    "del sys.argv[1:3]; runpy.run_module('unionfs', run_name='__main__', alter_sys=True)"
+)
 
 
 def daemon_on(name: str) -> Daemon:
@@ -141,8 +153,9 @@ class MountClient:
     def p(self, path: str) -> str:
         return os.path.join(self.root, path)
 
-    async def write(self, path: str, data: bytes, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                    offset: int | None = None) -> None:
+    async def write(
+        self, path: str, data: bytes, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC, offset: int | None = None
+    ) -> None:
         fd = os.open(self.p(path), flags, 0o644)
         try:
             if offset is None:
@@ -168,8 +181,9 @@ class MountClient:
 
     async def listdir_all(self, path: str = "") -> list[tuple[str, int]]:
         """Every (name, inode number) readdir lists, "." and ".." too, in its order (``ls -a``)."""
-        out = subprocess.run(["ls", "-a1fi", "--quoting-style=literal", self.p(path)], check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["ls", "-a1fi", "--quoting-style=literal", self.p(path)], check=True, capture_output=True, text=True
+        ).stdout
         return [(name, int(ino)) for ino, name in (line.split(maxsplit=1) for line in out.splitlines())]
 
     async def rmdir(self, path: str) -> None:
@@ -292,8 +306,15 @@ class OpsClient:
 
     async def _setattr(self, ino: int, fh: int | None = None, **values: Any) -> None:
         attr = pyfuse3.EntryAttributes()
-        fields = SimpleNamespace(update_atime=False, update_mtime=False, update_ctime=False, update_mode=False,
-                                 update_uid=False, update_gid=False, update_size=False)
+        fields = SimpleNamespace(
+            update_atime=False,
+            update_mtime=False,
+            update_ctime=False,
+            update_mode=False,
+            update_uid=False,
+            update_gid=False,
+            update_size=False,
+        )
         for key, value in values.items():
             if key == "size":
                 attr.st_size, fields.update_size = value, True
@@ -308,8 +329,9 @@ class OpsClient:
                 fields.update_atime = fields.update_mtime = True
         await self._call(self.fs.setattr, ino, attr, fields, fh, self.ctx)
 
-    async def write(self, path: str, data: bytes, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                    offset: int | None = None) -> None:
+    async def write(
+        self, path: str, data: bytes, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC, offset: int | None = None
+    ) -> None:
         ino, fh = await self._open(path, flags)
         try:
             if offset is None:
@@ -329,9 +351,20 @@ class OpsClient:
 
     async def stat(self, path: str) -> os.stat_result:
         attr = await self._call(self.fs.getattr, await self._ino(path), self.ctx)
-        return os.stat_result((attr.st_mode, attr.st_ino, 0, attr.st_nlink, attr.st_uid, attr.st_gid,
-                               attr.st_size, attr.st_atime_ns // 10**9, attr.st_mtime_ns // 10**9,
-                               attr.st_ctime_ns // 10**9))
+        return os.stat_result(
+            (
+                attr.st_mode,
+                attr.st_ino,
+                0,
+                attr.st_nlink,
+                attr.st_uid,
+                attr.st_gid,
+                attr.st_size,
+                attr.st_atime_ns // 10**9,
+                attr.st_mtime_ns // 10**9,
+                attr.st_ctime_ns // 10**9,
+            )
+        )
 
     async def listdir(self, path: str = "") -> list[str]:
         ino = await self._ino(path)
@@ -448,8 +481,7 @@ def union(request: Any, tmp_path: Any) -> Iterator[Any]:
     lowers must come out unchanged."""
     stack = ExitStack()
 
-    def build(*lower_specs: dict[str, Any], upper_spec: dict[str, Any] | None = None,
-              prepare: Any = None) -> Any:
+    def build(*lower_specs: dict[str, Any], upper_spec: dict[str, Any] | None = None, prepare: Any = None) -> Any:
         lowers = [make_layer(str(tmp_path / f"lower{i}"), spec) for i, spec in enumerate(lower_specs)]
         if prepare:
             prepare(lowers)

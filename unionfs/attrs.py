@@ -47,11 +47,14 @@ def negative() -> pyfuse3.EntryAttributes:
     return e
 
 
-def new_times(attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
-              current: Callable[[], os.stat_result]) -> tuple[int, int]:
+def new_times(
+    attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, current: Callable[[], os.stat_result]
+) -> tuple[int, int]:
     """(atime, mtime) in ns after a setattr: those it sets, the others as they are (``current()``)."""
     if fields.update_atime and fields.update_mtime:
         return attr.st_atime_ns, attr.st_mtime_ns
     st = current()
-    return (attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
-            attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns)
+    return (
+        attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
+        attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns,
+    )

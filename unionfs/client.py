@@ -143,9 +143,15 @@ def start_server(directory: str, key: str) -> None:
     path = os.environ.get("PYTHONPATH")
     env = {**os.environ, "PYTHONPATH": package_parent + (os.pathsep + path if path else "")}
     try:
-        subprocess.Popen([sys.executable, "-m", "unionfs.server", directory, key], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd="/",
-                         env=env)
+        subprocess.Popen(
+            [sys.executable, "-m", "unionfs.server", directory, key],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd="/",
+            env=env,
+        )
     except OSError:
         pass
 

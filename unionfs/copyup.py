@@ -99,9 +99,17 @@ class Copier:
         if self.as_root:
             os.chown(target, st.st_uid, st.st_gid, dir_fd=self.work_fd, follow_symlinks=False)
 
-    def copy(self, layer: int, rel: str, upper_parent_rel: str, name: str, data: bool = True,
-             nowait: bool = False, meta: tuple[int, str] | None = None,
-             change: Change | None = None) -> tuple[tuple[int, int], int]:
+    def copy(
+        self,
+        layer: int,
+        rel: str,
+        upper_parent_rel: str,
+        name: str,
+        data: bool = True,
+        nowait: bool = False,
+        meta: tuple[int, str] | None = None,
+        change: Change | None = None,
+    ) -> tuple[tuple[int, int], int]:
         """Copy (layer, rel) to ``upper_parent_rel/name`` in the upper. Returns the new object's
         identity (st_dev, st_ino: what its rename keeps) and, for a file, a read-write fd on it (the
         caller's to keep or close; -1 else). ``meta``: a file with data is copied without it, its
@@ -136,9 +144,17 @@ class Copier:
     def _tmp_name(self) -> str:
         return f"#copyup-{self._pid}-{next(_counter)}"  # what __init__ clears of a crashed daemon
 
-    def _build(self, layer: int, rel: str, tmp: str, data: bool, durable: bool, nowait: bool = False,
-               meta: tuple[int, str] | None = None,
-               change: Change | None = None) -> tuple[int, os.stat_result | None]:
+    def _build(
+        self,
+        layer: int,
+        rel: str,
+        tmp: str,
+        data: bool,
+        durable: bool,
+        nowait: bool = False,
+        meta: tuple[int, str] | None = None,
+        change: Change | None = None,
+    ) -> tuple[int, os.stat_result | None]:
         """Make ``tmp`` in the workdir a copy of (layer, rel): data, owner, mode, xattrs, times;
         ``durable``: its data noted or fsynced; ``nowait``: see the module's doc. Returns a
         read-write fd on it for a file (made with it: the mode cannot refuse), -1 else; and its
@@ -174,8 +190,12 @@ class Copier:
                     if st.st_dev not in self._nowait:
                         self._nowait[st.st_dev] = can_tell(src)
                 try:
-                    dst = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                                  stat.S_IMODE(mode) if final else 0o600, dir_fd=self.work_fd)
+                    dst = os.open(
+                        tmp,
+                        os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                        stat.S_IMODE(mode) if final else 0o600,
+                        dir_fd=self.work_fd,
+                    )
                 except BaseException:
                     if src >= 0:
                         os.close(src)
@@ -186,8 +206,9 @@ class Copier:
                     if cached is not None:
                         write_all(dst, cached)
                     elif src >= 0:
-                        way = self._ways[st.st_dev] = copy_data(src, dst, st.st_size,
-                                                                 self._ways.get(st.st_dev, Way.CLONE))
+                        way = self._ways[st.st_dev] = copy_data(
+                            src, dst, st.st_size, self._ways.get(st.st_dev, Way.CLONE)
+                        )
                         cloned = way == Way.CLONE
                     if src >= 0 and durable and not cloned:
                         made = self._make_durable(dst, layer, rel, st.st_size)
@@ -222,16 +243,29 @@ class Copier:
                 os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=self.work_fd)
         return -1, None
 
-    def _build_meta(self, st: os.stat_result, mode: int, times: tuple[int, int], src_path: str, tmp: str,
-                    owned: bool, final: bool, data: tuple[int, str]) -> int:
+    def _build_meta(
+        self,
+        st: os.stat_result,
+        mode: int,
+        times: tuple[int, int],
+        src_path: str,
+        tmp: str,
+        owned: bool,
+        final: bool,
+        data: tuple[int, str],
+    ) -> int:
         """``tmp``: a metacopy of the lower file ``st`` (at ``src_path``) with ``mode`` and
         ``times``, its data recorded as at ``data``; a read-write fd on it. Metadata alone: nothing
         to note or fsync."""
         if not self._marked:
             metacopy.mark(self.layers.fds[self.layers.upper or 0])  # it holds records now
             self._marked = True
-        dst = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                      stat.S_IMODE(mode) if final else 0o600, dir_fd=self.work_fd)
+        dst = os.open(
+            tmp,
+            os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+            stat.S_IMODE(mode) if final else 0o600,
+            dir_fd=self.work_fd,
+        )
         try:
             os.ftruncate(dst, st.st_size)
             metacopy.record(dst, self._roots[data[0]], data[1])
@@ -366,8 +400,12 @@ class CopyUps:
         set it again)."""
         if node.layer == self.upper:
             return False
-        given = change is not None and not node.is_dir and not node.unlinked \
-            and stat.S_ISREG((node.last or self.inodes.stat(node)).st_mode)  # (other kinds keep the lower's)
+        given = (
+            change is not None
+            and not node.is_dir
+            and not node.unlinked
+            and stat.S_ISREG((node.last or self.inodes.stat(node)).st_mode)
+        )  # (other kinds keep the lower's)
         await self._copy(node, True, self.metacopy, change if given else None)
         return given
 
@@ -438,16 +476,19 @@ class CopyUps:
                     os.close(fd)
                 self.fds.data_copied(node)
 
-    def _job(self, node: Node, data: bool, old: os.stat_result, meta: bool, change: Change | None,
-             nowait: bool = False) -> tuple[Callable[[], Any], Callable[[Any], None]]:
+    def _job(
+        self, node: Node, data: bool, old: os.stat_result, meta: bool, change: Change | None, nowait: bool = False
+    ) -> tuple[Callable[[], Any], Callable[[Any], None]]:
         """The copy-up of a lower file whose stat is ``old`` (``meta``: a metacopy if it has data):
         the copy (it blocks) and what to note, on the loop, of its result."""
         assert node.parent is not None
         copier, layer, rel, prel, name = self.copier, node.layer, node.rel, node.parent.rel, node.name
         if node.unlinked:  # written after its name went (no OPEN was sent): a copy only its fd names
+
             def kept(fd: int) -> None:
                 self.fds.keep(node, fd, True)
                 node.layer = self.upper
+
             return lambda: copier.copy_orphan(layer, rel, nowait), kept
 
         # a metacopy records where the data is: the lower file's own place, or where its record says
@@ -461,6 +502,7 @@ class CopyUps:
                 node.data = place
             if fd >= 0:  # a file's copy (the lower file's fd is closed): no open to come
                 self.fds.keep(node, fd, True)
+
         return lambda: copier.copy(layer, rel, prel, name, data, nowait, place, change), copied
 
     async def before_shrinking(self, fd: int, size: int) -> None:

@@ -83,11 +83,22 @@ class UnionFS(pyfuse3.Operations):
     # security.capability question before every write to a file found without one.
     enable_killpriv_v2 = True
 
-    def __init__(self, lowers: Sequence[str], upper: str | None = None, work: str | None = None,
-                 volatile: bool = False, no_open: bool = False, fd_cache: int = FD_CACHE,
-                 owners_xattr: bool = False, raw: bool = False, uids: owners.IdMap | None = None,
-                 gids: owners.IdMap | None = None, fsync: bool = True, passthrough: bool = False,
-                 metacopy: bool = False) -> None:
+    def __init__(
+        self,
+        lowers: Sequence[str],
+        upper: str | None = None,
+        work: str | None = None,
+        volatile: bool = False,
+        no_open: bool = False,
+        fd_cache: int = FD_CACHE,
+        owners_xattr: bool = False,
+        raw: bool = False,
+        uids: owners.IdMap | None = None,
+        gids: owners.IdMap | None = None,
+        fsync: bool = True,
+        passthrough: bool = False,
+        metacopy: bool = False,
+    ) -> None:
         super().__init__()
         self.enable_passthrough = int(passthrough)  # max_stack_depth 1; needs OPEN: no no_open then
         self.enable_no_open = no_open and not passthrough  # open answers ENOSYS; writes copy up then
@@ -120,10 +131,19 @@ class UnionFS(pyfuse3.Operations):
         self._upper_dir: Callable[[Node], None] = self.copyups.upper_dir if self.copyups else _read_only
         self._copy_up: Callable[..., Awaitable[object]] = self.copyups.copy_up if self.copyups else _read_only_copy
         self._copy_meta: Callable[..., Awaitable[bool]] = self.copyups.copy_meta if self.copyups else _read_only_copy
-        self.renames = Renames(self.layers, self.inodes, self.fds, self.up, self._journal, self._copy_meta,
-                               self._upper_dir)
-        self.changes = AttrChanges(self.layers, self.inodes, self.fds, self._journal, self.copyups, self._copy_up,
-                                   self._copy_meta, owners_xattr)
+        self.renames = Renames(
+            self.layers, self.inodes, self.fds, self.up, self._journal, self._copy_meta, self._upper_dir
+        )
+        self.changes = AttrChanges(
+            self.layers,
+            self.inodes,
+            self.fds,
+            self._journal,
+            self.copyups,
+            self._copy_up,
+            self._copy_meta,
+            owners_xattr,
+        )
         self._losing = self.renames.losing
         self._lost = self.renames.lost
         self.initialised = trio.Event()  # set as the kernel's INIT is answered
@@ -216,8 +236,14 @@ class UnionFS(pyfuse3.Operations):
         return self._node_attr(self._node(inode))
 
     @fuse_boundary
-    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
-                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         await self.changes.setattr(node, attr, fields)  # see ``setattrs``
         return self._node_attr(node)
@@ -229,8 +255,9 @@ class UnionFS(pyfuse3.Operations):
             return os.fsencode(os.readlink(name, dir_fd=fd))
 
     @fuse_boundary
-    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         if stat.S_ISREG(mode):  # a create (see create), or mknod(2) of a file
             node, st = await self._new_file(parent_inode, name, mode, ctx)
             return self._attr(st, node.ino)
@@ -241,7 +268,9 @@ class UnionFS(pyfuse3.Operations):
         return self._finish_new(parent, sname)
 
     @fuse_boundary
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         parent, sname, up, rel = await self._prepare_new(parent_inode, name)
         _, whited = up.make(rel, lambda fd, n: os.mkdir(n, mode & 0o7777, dir_fd=fd))
         up.own(rel, self._parent_st(parent), ctx.uid, ctx.gid, True)
@@ -297,8 +326,9 @@ class UnionFS(pyfuse3.Operations):
             node.unlinked = True
 
     @fuse_boundary
-    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         parent, sname, up, rel = await self._prepare_new(parent_inode, name)
         up.make(rel, lambda fd, n: os.symlink(os.fsdecode(target), n, dir_fd=fd))
         up.own(rel, self._parent_st(parent), ctx.uid, ctx.gid, False)
@@ -306,16 +336,24 @@ class UnionFS(pyfuse3.Operations):
         return self._finish_new(parent, sname)
 
     @fuse_boundary
-    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
-                     flags: int, ctx: pyfuse3.RequestContext) -> None:
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
         old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
         new = _name(name_new)
         self._check_name(new)
         await self.renames.rename(old_parent, _name(name_old), new_parent, new, flags)  # see ``rename``
 
     @fuse_boundary
-    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
-                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         if node.is_dir:
             raise oserror(errno.EPERM)
@@ -387,8 +425,17 @@ class UnionFS(pyfuse3.Operations):
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         sv = os.statvfs(self.layers.paths[0])
         data = pyfuse3.StatvfsData()
-        for key in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
-                    "f_favail", "f_namemax"):
+        for key in (
+            "f_bsize",
+            "f_frsize",
+            "f_blocks",
+            "f_bfree",
+            "f_bavail",
+            "f_files",
+            "f_ffree",
+            "f_favail",
+            "f_namemax",
+        ):
             setattr(data, key, getattr(sv, key))
         return data
 
@@ -447,8 +494,11 @@ class UnionFS(pyfuse3.Operations):
             else:  # a lower-only directory: the entry was resolved when first listed and cannot change
                 attr = listed
                 found = self.nodes.get(attr.st_ino)
-                node = found if found is not None and found.parent is parent and found.name == name \
+                node = (
+                    found
+                    if found is not None and found.parent is parent and found.name == name
                     else self._remember(parent, name, res)
+                )
             if not pyfuse3.readdir_reply(token, raw, attr, i + 1):
                 break
             node.lookups += 1
@@ -514,8 +564,9 @@ class UnionFS(pyfuse3.Operations):
         await self._xattr_change(inode, name, lambda path, key: os.removexattr(path, key, follow_symlinks=False))
 
     @fuse_boundary
-    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
-                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         if self.enable_no_open:
             # The kernel then makes files with MKNOD, and its open after that sends nothing (no
             # OPEN, so no RELEASE at the last close either): one request less per file created.
@@ -526,13 +577,18 @@ class UnionFS(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=node.ino, keep_cache=True), self._attr(st, node.ino)
         return self.passthrough.file_info(node, node.fd), self._attr(st, node.ino)
 
-    async def _new_file(self, parent_inode: int, name: bytes, mode: int,
-                        ctx: pyfuse3.RequestContext) -> tuple[Node, os.stat_result]:
+    async def _new_file(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[Node, os.stat_result]:
         """A new empty file (create, or mknod of a file), its fd kept for the writes to come; its
         node (looked up once) and stat."""
         parent, sname, up, rel = await self._prepare_new(parent_inode, name)
-        real, _ = up.make(rel, lambda fd, n: os.open(
-            n, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, stat.S_IMODE(mode), dir_fd=fd))
+        real, _ = up.make(
+            rel,
+            lambda fd, n: os.open(
+                n, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, stat.S_IMODE(mode), dir_fd=fd
+            ),
+        )
         try:
             st = self.layers.view_fd(up.own_file(real, mode, self._parent_st(parent), ctx.uid, ctx.gid), real)
             up.drop_whiteout(parent, sname)

@@ -195,8 +195,11 @@ class Journal:
             except (ValueError, OSError):
                 log.warning("unsynced/%s: not a note of ours, left alone", name)
         if left and upper != self._upper_root:
-            log.warning("%d notes of copy-ups in another upper (%s): dropped", len(left),
-                        "inode " + upper if upper else "unknown")
+            log.warning(
+                "%d notes of copy-ups in another upper (%s): dropped",
+                len(left),
+                "inode " + upper if upper else "unknown",
+            )
         elif left:
             self._restore_all(left, copy_data)
         for notes in left.values():

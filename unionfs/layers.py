@@ -74,8 +74,15 @@ class At:
 
 
 class LayerSet:
-    def __init__(self, upper: str | None, lowers: list[str], owners_xattr: bool = False, raw: bool = False,
-                 uids: owners.IdMap | None = None, gids: owners.IdMap | None = None) -> None:
+    def __init__(
+        self,
+        upper: str | None,
+        lowers: list[str],
+        owners_xattr: bool = False,
+        raw: bool = False,
+        uids: owners.IdMap | None = None,
+        gids: owners.IdMap | None = None,
+    ) -> None:
         self.owners_xattr = owners_xattr  # stats as ``owners`` overrides say (xattr_permissions=2)
         self.raw = raw  # one layer as it is stored: its whiteouts and opaque markers are files, shown
         self.uids, self.gids = uids, gids  # uidmapping=/gidmapping=: owners shown as container ids
@@ -91,8 +98,9 @@ class LayerSet:
             self.close()
             raise
         # the layers whose files may be metacopies: the upper, and lowers that were uppers (``metacopy``)
-        self.metacopy_layers = frozenset(i for i, fd in enumerate(self.fds)
-                                         if i == self.upper or (not raw and metacopy.marked(fd)))
+        self.metacopy_layers = frozenset(
+            i for i, fd in enumerate(self.fds) if i == self.upper or (not raw and metacopy.marked(fd))
+        )
 
     def close(self) -> None:
         for fd in self.fds:
@@ -136,8 +144,10 @@ class LayerSet:
         if dfd >= 0:
             try:
                 with os.scandir(dfd) as it:
-                    names = {e.name: e.is_dir(follow_symlinks=False) or e.is_file(follow_symlinks=False)
-                             or e.is_symlink() for e in it}
+                    names = {
+                        e.name: e.is_dir(follow_symlinks=False) or e.is_file(follow_symlinks=False) or e.is_symlink()
+                        for e in it
+                    }
                 opaque = whiteout.OPAQUE in names
                 for key_ in ("trusted.overlay.opaque", "user.overlay.opaque"):
                     if not opaque:
@@ -185,13 +195,17 @@ class LayerSet:
 
     def host_ids(self, uid: int, gid: int) -> tuple[int, int]:
         """The host ids a chown to the container's ``uid``/``gid`` gives (-1: unchanged)."""
-        return (self.uids.to_host(uid) if self.uids is not None and uid != -1 else uid,
-                self.gids.to_host(gid) if self.gids is not None and gid != -1 else gid)
+        return (
+            self.uids.to_host(uid) if self.uids is not None and uid != -1 else uid,
+            self.gids.to_host(gid) if self.gids is not None and gid != -1 else gid,
+        )
 
     def container_ids(self, st: os.stat_result) -> tuple[int, int]:
         """The owner of the real object ``st`` as the container sees it (the id maps applied)."""
-        return (self.uids.to_container(st.st_uid) if self.uids is not None else st.st_uid,
-                self.gids.to_container(st.st_gid) if self.gids is not None else st.st_gid)
+        return (
+            self.uids.to_container(st.st_uid) if self.uids is not None else st.st_uid,
+            self.gids.to_container(st.st_gid) if self.gids is not None else st.st_gid,
+        )
 
     def _lstat(self, layer: int, rel: str, real: bool = False) -> os.stat_result | None:
         with self.at(layer, rel) as (fd, name):
@@ -233,8 +247,9 @@ class LayerSet:
                 break
         return dirs
 
-    def resolve(self, dir_layers: list[int], parent_rel: str, name: str,
-                no_upper_whiteouts: bool = False) -> Resolved | None:
+    def resolve(
+        self, dir_layers: list[int], parent_rel: str, name: str, no_upper_whiteouts: bool = False
+    ) -> Resolved | None:
         """Look ``name`` up in the merged directory ``parent_rel`` made of ``dir_layers``;
         ``no_upper_whiteouts``: its upper part is known to hold none (not asked for one)."""
         if len(name) > 63 and len(os.fsencode(name)) > 255:  # (a code point is at most 4 bytes)
@@ -258,8 +273,11 @@ class LayerSet:
                 found.dir_layers.append(layer)
                 if self.is_opaque(layer, rel):
                     break
-            if i < last and not (no_upper_whiteouts and layer == self.upper) \
-                    and self.has(layer, join(parent_rel, whiteout.whiteout_name(name))):
+            if (
+                i < last
+                and not (no_upper_whiteouts and layer == self.upper)
+                and self.has(layer, join(parent_rel, whiteout.whiteout_name(name)))
+            ):
                 break  # hides the name in every layer below this one (the bottom one has none)
         return found
 
@@ -273,8 +291,13 @@ class LayerSet:
             dfd = os.open(name, _DIR, dir_fd=fd)
         try:
             with os.scandir(dfd) as it:
-                return [(item.name, item.is_dir(follow_symlinks=False) or item.is_file(follow_symlinks=False)
-                         or item.is_symlink()) for item in it]
+                return [
+                    (
+                        item.name,
+                        item.is_dir(follow_symlinks=False) or item.is_file(follow_symlinks=False) or item.is_symlink(),
+                    )
+                    for item in it
+                ]
         finally:
             os.close(dfd)
 
@@ -290,7 +313,7 @@ class LayerSet:
                 if entry == whiteout.OPAQUE:
                     continue
                 if whiteout.is_special(entry):
-                    here_hidden.add(entry[len(whiteout.PREFIX):])
+                    here_hidden.add(entry[len(whiteout.PREFIX) :])
                     continue
                 if entry in seen or entry in hidden:
                     continue

@@ -59,17 +59,21 @@ class Listings:
                 listing = self._dots(parent)
                 for n in self.layers.listdir(parent.dir_layers, parent.rel):
                     if (r := self.layers.resolve(parent.dir_layers, parent.rel, n)) is not None:
-                        listing.append((n, os.fsencode(n), r, attr(r.st, self.inodes.ino(r.st), False,
-                                                                   len(r.dir_layers) > 1)))
+                        listing.append(
+                            (n, os.fsencode(n), r, attr(r.st, self.inodes.ino(r.st), False, len(r.dir_layers) > 1))
+                        )
                 parent.listing = listing
             handle.entries = parent.listing  # never changed in place: replaced if the dir changes
         else:
             handle.entries = self._dots(parent)
-            handle.entries += [(n, os.fsencode(n), None, None)
-                               for n in self.layers.listdir(parent.dir_layers, parent.rel)]
+            handle.entries += [
+                (n, os.fsencode(n), None, None) for n in self.layers.listdir(parent.dir_layers, parent.rel)
+            ]
 
     def _dots(self, node: Node) -> list[Listed]:
-        """"." and "..", as readdir lists them (the kernel uses only their numbers and types)."""
+        """ "." and "..", as readdir lists them (the kernel uses only their numbers and types)."""
         up = node.parent or node
-        return [(".", b".", None, attr(node.last or self.inodes.stat(node), node.ino)),
-                ("..", b"..", None, attr(up.last or self.inodes.stat(up), up.ino))]
+        return [
+            (".", b".", None, attr(node.last or self.inodes.stat(node), node.ino)),
+            ("..", b"..", None, attr(up.last or self.inodes.stat(up), up.ino)),
+        ]

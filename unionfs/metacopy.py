@@ -44,8 +44,9 @@ def recorded(target: int | str) -> tuple[str, str] | None:
     """(lower layer root, path in it) from the record of the upper file ``target`` (an fd, or a
     path not followed), or None: its data is its own."""
     try:
-        value = os.getxattr(target, XATTR, follow_symlinks=False) if isinstance(target, str) \
-            else os.getxattr(target, XATTR)
+        value = (
+            os.getxattr(target, XATTR, follow_symlinks=False) if isinstance(target, str) else os.getxattr(target, XATTR)
+        )
     except OSError as e:
         if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
             return None

@@ -42,9 +42,24 @@ log = logging.getLogger("unionfs")
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
 FSNAME = "strata-unionfs"
-__all__ = ["Options", "parse_options", "VOLATILE_MARK", "FSNAME", "Mount", "fork_serve", "fork_detached", "serve",
-           "unmount", "daemon_pid", "main", "check_request", "fork_daemon", "mount_union",
-           "serve_mounted", "Mounted"]
+__all__ = [
+    "Options",
+    "parse_options",
+    "VOLATILE_MARK",
+    "FSNAME",
+    "Mount",
+    "fork_serve",
+    "fork_detached",
+    "serve",
+    "unmount",
+    "daemon_pid",
+    "main",
+    "check_request",
+    "fork_daemon",
+    "mount_union",
+    "serve_mounted",
+    "Mounted",
+]
 
 
 def _mount_options(opts: Options) -> set[str]:
@@ -60,6 +75,7 @@ async def serve_mounted(mounted: Mounted, ready_fd: int | None, told: Callable[[
     """Serve a mount ``mount_union`` made (in a trio run), until unmounted or signalled; report it
     ready on ``ready_fd`` once the kernel has our INIT reply (then call ``told``)."""
     async with trio.open_nursery() as nursery:
+
         async def on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
@@ -75,6 +91,7 @@ async def serve_mounted(mounted: Mounted, ready_fd: int | None, told: Callable[[
 @dataclass
 class Mounted:
     """A union mounted by this process (its FUSE session open), to be served, then closed."""
+
     fs: UnionFS
     target: str  # the mountpoint's real path
     mark: str | None  # the volatile mark made for it
@@ -88,21 +105,33 @@ class Mounted:
             _remove_mark(self.mark)
 
 
-def mount_union(opts: Options, mountpoint: str, ready_fd: int | None,
-                enter: Callable[[], None] | None = None) -> Mounted | None:
+def mount_union(
+    opts: Options, mountpoint: str, ready_fd: int | None, enter: Callable[[], None] | None = None
+) -> Mounted | None:
     """Mount (served by nothing yet: the caller serves it next), or tell ``ready_fd`` why not and
     return None. ``enter``: called first (to join the namespaces the mount belongs in, say)."""
     os.umask(0)  # modes come from the caller, already masked by the kernel
-    logging.basicConfig(filename=opts.log, level=logging.WARNING,
-                        format="%(asctime)s unionfs[%(process)d] %(message)s")
+    logging.basicConfig(filename=opts.log, level=logging.WARNING, format="%(asctime)s unionfs[%(process)d] %(message)s")
     mark = os.path.join(opts.work, VOLATILE_MARK) if opts.volatile and opts.work else None
     try:
         if enter is not None:
             enter()
         target = os.path.realpath(mountpoint)
-        fs = UnionFS(opts.lowers, opts.upper, opts.work, opts.volatile, no_open=NO_OPEN, fd_cache=_fd_budget(),
-                     owners_xattr=opts.owners_xattr, raw=opts.raw, uids=opts.uids, gids=opts.gids, fsync=opts.fsync,
-                     passthrough=opts.passthrough and PASSTHROUGH and passthrough.usable(), metacopy=opts.metacopy)
+        fs = UnionFS(
+            opts.lowers,
+            opts.upper,
+            opts.work,
+            opts.volatile,
+            no_open=NO_OPEN,
+            fd_cache=_fd_budget(),
+            owners_xattr=opts.owners_xattr,
+            raw=opts.raw,
+            uids=opts.uids,
+            gids=opts.gids,
+            fsync=opts.fsync,
+            passthrough=opts.passthrough and PASSTHROUGH and passthrough.usable(),
+            metacopy=opts.metacopy,
+        )
         if mark:
             os.makedirs(mark)
         pyfuse3.init(fs, mountpoint, _mount_options(opts))
@@ -236,11 +265,17 @@ def check_request(options: Sequence[str], mountpoint: str) -> Options:
 def main(argv: Sequence[str] | None = None, prog: str = "python -m unionfs") -> int:
     parser = argparse.ArgumentParser(prog=prog, description="strata's union filesystem")
     parser.add_argument("mountpoint")
-    parser.add_argument("-u", dest="unmount", action="store_true",
-                        help="unmount MOUNTPOINT and wait for its daemon to exit")
-    parser.add_argument("-o", dest="options", action="append", default=[],
-                        help="lowerdir=L1:L2,upperdir=U,workdir=W[,volatile,fsync=0,passthrough=0,xattr_permissions=2,raw,"
-                        "uidmapping=C:H:N[:...],gidmapping=...,log=FILE]; of FUSE's: " + ",".join(FUSE_OPTIONS))
+    parser.add_argument(
+        "-u", dest="unmount", action="store_true", help="unmount MOUNTPOINT and wait for its daemon to exit"
+    )
+    parser.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        help="lowerdir=L1:L2,upperdir=U,workdir=W[,volatile,fsync=0,passthrough=0,xattr_permissions=2,raw,"
+        "uidmapping=C:H:N[:...],gidmapping=...,log=FILE]; of FUSE's: " + ",".join(FUSE_OPTIONS),
+    )
     parser.add_argument("-f", dest="foreground", action="store_true", help="stay in the foreground")
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=_version())
@@ -286,9 +321,15 @@ def _options(lowers: Sequence[str], upper: str | None, work: str | None, options
     return opt + "".join("," + o for o in options)
 
 
-def fork_serve(mountpoint: str, lowers: Sequence[str], upper: str | None = None, work: str | None = None,
-               options: Sequence[str] = (), parent_death: int = 0,
-               enter: Callable[[], None] | None = None) -> tuple[int, int]:
+def fork_serve(
+    mountpoint: str,
+    lowers: Sequence[str],
+    upper: str | None = None,
+    work: str | None = None,
+    options: Sequence[str] = (),
+    parent_death: int = 0,
+    enter: Callable[[], None] | None = None,
+) -> tuple[int, int]:
     """Fork the serving process now, before the caller starts trio (forking inside a trio run is not
     safe): a fresh interpreter costs a few hundred milliseconds of imports, a fork almost nothing.
     Returns (pid, ready fd) for ``Mount.adopt``. The child is a process of its own, in its own session;
@@ -298,15 +339,17 @@ def fork_serve(mountpoint: str, lowers: Sequence[str], upper: str | None = None,
     return fork_daemon(parse_options([_options(lowers, upper, work, options)]), mountpoint, parent_death, enter)
 
 
-def fork_daemon(opts: Options, mountpoint: str, parent_death: int = 0,
-                 enter: Callable[[], None] | None = None) -> tuple[int, int]:
+def fork_daemon(
+    opts: Options, mountpoint: str, parent_death: int = 0, enter: Callable[[], None] | None = None
+) -> tuple[int, int]:
     """Fork the daemon; it reports ``ok`` or its error on the returned fd once the mount is (or
     cannot be) made."""
     return fork_detached(lambda ready: serve(opts, mountpoint, ready, enter), parent_death=parent_death)
 
 
-def fork_detached(body: Callable[[int], int], failure: int = 1, parent_death: int = 0,
-                  pass_fds: Sequence[int] = ()) -> tuple[int, int]:
+def fork_detached(
+    body: Callable[[int], int], failure: int = 1, parent_death: int = 0, pass_fds: Sequence[int] = ()
+) -> tuple[int, int]:
     """Fork a process of its own: its own session, stdio on /dev/null, no inherited fd but the write
     end of a pipe, which it gets as ``body``'s argument (and ``pass_fds``); it exits with what ``body``
     returns (``failure`` if it raises). Returns (pid, read end of the pipe). The runner's detached
@@ -386,15 +429,22 @@ class Mount:
         return cls(mountpoint, child)
 
     @classmethod
-    async def start(cls, mountpoint: str, lowers: Sequence[str], upper: str | None = None,
-                    work: str | None = None, options: Sequence[str] = ()) -> Mount:
+    async def start(
+        cls,
+        mountpoint: str,
+        lowers: Sequence[str],
+        upper: str | None = None,
+        work: str | None = None,
+        options: Sequence[str] = (),
+    ) -> Mount:
         """Start the daemon and return once the mount is ready (UnionError if it cannot be made)."""
         opt = _options(lowers, upper, work, options)
         r, w = os.pipe()
         try:
             process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "unionfs", "-f", "--ready-fd", str(w), "-o", opt, mountpoint],
-                pass_fds=(w,), stdin=subprocess.DEVNULL,
+                pass_fds=(w,),
+                stdin=subprocess.DEVNULL,
             )
         finally:
             os.close(w)

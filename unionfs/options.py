@@ -22,8 +22,23 @@ from dataclasses import dataclass
 from .errors import UnionError
 from .owners import IdMap
 
-OURS = ("lowerdir", "upperdir", "workdir", "log", "volatile", "xattr_permissions", "raw", "uidmapping", "gidmapping",
-         "squash_to_uid", "squash_to_gid", "fsync", "context", "passthrough", "metacopy")
+OURS = (
+    "lowerdir",
+    "upperdir",
+    "workdir",
+    "log",
+    "volatile",
+    "xattr_permissions",
+    "raw",
+    "uidmapping",
+    "gidmapping",
+    "squash_to_uid",
+    "squash_to_gid",
+    "fsync",
+    "context",
+    "passthrough",
+    "metacopy",
+)
 # FUSE's own options that only restrict the mount or open it to other users, passed on as given.
 # Anything else FUSE takes (fsname=, subtype=, max_read=, blksize=, auto_unmount, ...) is refused.
 FUSE_OPTIONS = ("allow_other", "default_permissions", "ro", "nodev", "nosuid", "noexec")
@@ -95,13 +110,16 @@ def parse_options(values: Sequence[str]) -> Options:
     if upper and work:
         if os.stat(upper).st_dev != os.stat(work).st_dev:
             raise UnionError(f"workdir {work} must be on the same filesystem as upperdir {upper}")
-        if os.path.realpath(work).startswith(os.path.realpath(upper) + "/") or \
-                os.path.realpath(upper).startswith(os.path.realpath(work) + "/"):
+        if os.path.realpath(work).startswith(os.path.realpath(upper) + "/") or os.path.realpath(upper).startswith(
+            os.path.realpath(work) + "/"
+        ):
             raise UnionError("upperdir and workdir must not be inside each other")
         mark = os.path.join(work, VOLATILE_MARK)
         if os.path.isdir(mark):
-            raise UnionError(f"{mark}: a volatile mount of this upper did not end cleanly and may have lost "
-                             "writes; remove that directory to mount it anyway")
+            raise UnionError(
+                f"{mark}: a volatile mount of this upper did not end cleanly and may have lost "
+                "writes; remove that directory to mount it anyway"
+            )
     permissions = found.get("xattr_permissions", "0")
     if permissions not in ("0", "2"):  # (fuse-overlayfs's 1 keeps them under another name)
         raise UnionError(f"xattr_permissions={permissions}: only 0 and 2 (user.containers.override_stat) are supported")
@@ -110,10 +128,14 @@ def parse_options(values: Sequence[str]) -> Options:
     if found.get("passthrough", "1") not in ("0", "1"):
         raise UnionError(f"passthrough={found['passthrough']}: 0 (reads and writes through the daemon) or 1 expected")
     if found.get("metacopy", "off") not in ("on", "off"):
-        raise UnionError(f"metacopy={found['metacopy']}: on (copy-ups that need no data leave it below) or off expected")
+        raise UnionError(
+            f"metacopy={found['metacopy']}: on (copy-ups that need no data leave it below) or off expected"
+        )
     if found.get("context", "").strip('"'):
-        raise UnionError(f"context={found['context']}: SELinux labels are not supported (the daemon cannot label "
-                         "what it serves); run the container with --security-opt label=disable")
+        raise UnionError(
+            f"context={found['context']}: SELinux labels are not supported (the daemon cannot label "
+            "what it serves); run the container with --security-opt label=disable"
+        )
     raw = "raw" in found
     if raw and (upper or len(lowers) != 1):
         raise UnionError("raw shows one layer as it is stored: one lowerdir, no upperdir")
@@ -126,7 +148,18 @@ def parse_options(values: Sequence[str]) -> Options:
             maps.append(IdMap.parse(found[key]) if key in found else None)
         except ValueError as e:
             raise UnionError(f"{key}={found[key]}: {str(e).split(': ', 1)[-1]}") from None
-    return Options(lowers, upper, work, fuse, found.get("log"), "volatile" in found, permissions == "2", raw,
-                   uids=maps[0], gids=maps[1], fsync=found.get("fsync") != "0",
-                   passthrough=found.get("passthrough") != "0",
-                   metacopy=found.get("metacopy") == "on" and upper is not None)
+    return Options(
+        lowers,
+        upper,
+        work,
+        fuse,
+        found.get("log"),
+        "volatile" in found,
+        permissions == "2",
+        raw,
+        uids=maps[0],
+        gids=maps[1],
+        fsync=found.get("fsync") != "0",
+        passthrough=found.get("passthrough") != "0",
+        metacopy=found.get("metacopy") == "on" and upper is not None,
+    )

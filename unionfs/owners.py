@@ -22,8 +22,13 @@ import stat
 from typing import Any
 
 XATTR = "user.containers.override_stat"
-_TYPES = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "pipe": stat.S_IFIFO,
-          "socket": stat.S_IFSOCK}
+_TYPES = {
+    "file": stat.S_IFREG,
+    "dir": stat.S_IFDIR,
+    "symlink": stat.S_IFLNK,
+    "pipe": stat.S_IFIFO,
+    "socket": stat.S_IFSOCK,
+}
 
 
 class Stat:
@@ -123,8 +128,9 @@ class IdMap:
         raise OSError(errno.EINVAL, f"id {inside} is not mapped")
 
 
-def view(real: os.stat_result, where: str, xattr: bool = True, uids: IdMap | None = None,
-         gids: IdMap | None = None) -> os.stat_result:
+def view(
+    real: os.stat_result, where: str, xattr: bool = True, uids: IdMap | None = None, gids: IdMap | None = None
+) -> os.stat_result:
     """``real`` (the lstat of the object at ``where``) as its override says (``xattr``), or else
     with its owner's container ids (``uids``/``gids``): a ``Stat``, which reads as an
     ``os.stat_result``."""

@@ -69,6 +69,7 @@ def _identity(fd: int) -> tuple[int, int]:
 @dataclass
 class _Opens:
     """The opens of one node the kernel has not released yet, and the backing file they share."""
+
     count: int
     backing: int  # its id; 0: they go through the page cache
     identity: tuple[int, int]  # (st_dev, st_ino) of the backing file

@@ -33,9 +33,16 @@ class Renames:
     names are checked, as before any change); ``copy_up(node)`` and ``upper_dir(node)`` are the
     filesystem's copy-up steps (see ``copyup.CopyUps``)."""
 
-    def __init__(self, layers: LayerSet, inodes: InodeTable, fds: FdCache, up: Upper | None,
-                 journal: Journal | None, copy_up: Callable[[Node], Awaitable[object]],
-                 upper_dir: Callable[[Node], None]) -> None:
+    def __init__(
+        self,
+        layers: LayerSet,
+        inodes: InodeTable,
+        fds: FdCache,
+        up: Upper | None,
+        journal: Journal | None,
+        copy_up: Callable[[Node], Awaitable[object]],
+        upper_dir: Callable[[Node], None],
+    ) -> None:
         self.layers = layers
         self.inodes = inodes
         self.fds = fds

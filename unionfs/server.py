@@ -67,7 +67,7 @@ def _receive(conn: socket.socket) -> Request:
     data, ancdata, _flags, _addr = conn.recvmsg(65536, socket.CMSG_SPACE(4))
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds += [int.from_bytes(payload[i:i + 4], sys.byteorder) for i in range(0, len(payload) - 3, 4)]
+            fds += [int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, len(payload) - 3, 4)]
     try:
         if len(data) < 4 or len(fds) != 1:
             raise ValueError("bad request")
@@ -135,13 +135,15 @@ def _same_interpreter(executable: str) -> bool:
     venv's ``python`` and ``python3``: the directory decides the venv)."""
     return executable == sys.executable or (
         os.path.dirname(executable) == os.path.dirname(sys.executable)
-        and os.path.realpath(executable) == os.path.realpath(sys.executable))
+        and os.path.realpath(executable) == os.path.realpath(sys.executable)
+    )
 
 
 def _same_namespaces(pid: int) -> bool:
     try:
-        return all(os.stat(f"/proc/{pid}/ns/{ns}").st_ino == os.stat(f"/proc/self/ns/{ns}").st_ino
-                   for ns in ("user", "mnt"))
+        return all(
+            os.stat(f"/proc/{pid}/ns/{ns}").st_ino == os.stat(f"/proc/self/ns/{ns}").st_ino for ns in ("user", "mnt")
+        )
     except OSError:
         return False
 
@@ -353,8 +355,12 @@ async def _take_order(order: socket.socket, done: int) -> int:
     await trio.lowlevel.wait_readable(order)
     data, ancdata, _flags, _addr = order.recvmsg(_MAX_REQUEST, socket.CMSG_SPACE(8))
     order.close()
-    fds = [fd for level, kind, payload in ancdata if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
-           for fd in struct.unpack(f"{len(payload) // 4}i", payload[:len(payload) // 4 * 4])]
+    fds = [
+        fd
+        for level, kind, payload in ancdata
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+        for fd in struct.unpack(f"{len(payload) // 4}i", payload[: len(payload) // 4 * 4])
+    ]
     if not data or len(fds) != 2:
         for fd in fds:
             os.close(fd)

@@ -26,9 +26,17 @@ class AttrChanges:
     """The changes of one union. ``copyups`` is None on a read-only union; ``copy_up`` and
     ``copy_meta`` are the filesystem's copy-up steps (they answer EROFS there)."""
 
-    def __init__(self, layers: LayerSet, inodes: InodeTable, fds: FdCache, journal: Journal | None,
-                 copyups: CopyUps | None, copy_up: Callable[..., Awaitable[object]],
-                 copy_meta: Callable[..., Awaitable[bool]], owners_xattr: bool) -> None:
+    def __init__(
+        self,
+        layers: LayerSet,
+        inodes: InodeTable,
+        fds: FdCache,
+        journal: Journal | None,
+        copyups: CopyUps | None,
+        copy_up: Callable[..., Awaitable[object]],
+        copy_meta: Callable[..., Awaitable[bool]],
+        owners_xattr: bool,
+    ) -> None:
         self.layers = layers
         self.journal = journal
         self.copyups = copyups
@@ -51,12 +59,15 @@ class AttrChanges:
         set_times = fields.update_atime or fields.update_mtime
         chown, chmod = fields.update_uid or fields.update_gid, fields.update_mode
         # what a copy-up made for this change can be given itself: the times, the mode (not before a chown)
-        change = Change((attr.st_atime_ns, attr.st_mtime_ns) if fields.update_atime and fields.update_mtime else None,
-                        stat.S_IMODE(attr.st_mode) if chmod and not chown and not self.owners_xattr else None)
+        change = Change(
+            (attr.st_atime_ns, attr.st_mtime_ns) if fields.update_atime and fields.update_mtime else None,
+            stat.S_IMODE(attr.st_mode) if chmod and not chown and not self.owners_xattr else None,
+        )
         if not fields.update_size and await self._copy_meta(node, change):
             set_times, chmod = set_times and change.times is None, chmod and change.perm is None
-        uid, gid = self.layers.host_ids(attr.st_uid if fields.update_uid else -1,
-                                        attr.st_gid if fields.update_gid else -1)
+        uid, gid = self.layers.host_ids(
+            attr.st_uid if fields.update_uid else -1, attr.st_gid if fields.update_gid else -1
+        )
         if self.owners_xattr and (chown or chmod):
             self._set_owner_xattr(node, attr, fields)
             chown = chmod = False
@@ -73,7 +84,9 @@ class AttrChanges:
                 if chown:
                     os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
                 if chmod:
-                    kind = node.last.st_mode if node.last is not None else self._stat(node).st_mode  # a name keeps its type
+                    kind = (
+                        node.last.st_mode if node.last is not None else self._stat(node).st_mode
+                    )  # a name keeps its type
                     if not stat.S_ISLNK(kind):
                         os.chmod(name, stat.S_IMODE(attr.st_mode), dir_fd=dfd)
                 if set_times:

@@ -23,8 +23,12 @@ def healthcheck(ins: Instruction, where: str) -> dict[str, Any]:
         return {"Test": ["NONE"]}
     test = ["CMD", *ins.exec] if ins.exec is not None else ["CMD-SHELL", ins.text]
     health: dict[str, Any] = {"Test": test}
-    for flag, key in (("interval", "Interval"), ("timeout", "Timeout"), ("start-period", "StartPeriod"),
-                      ("start-interval", "StartInterval")):
+    for flag, key in (
+        ("interval", "Interval"),
+        ("timeout", "Timeout"),
+        ("start-period", "StartPeriod"),
+        ("start-interval", "StartInterval"),
+    ):
         if flag in ins.flags:
             try:
                 value = history.parse_duration(ins.flags[flag])

@@ -19,9 +19,22 @@ from typing import Any
 from store import Store
 
 _SHAPE: list[tuple[str, Any]] = [
-    ("Hostname", ""), ("Domainname", ""), ("User", ""), ("AttachStdin", False), ("AttachStdout", False),
-    ("AttachStderr", False), ("Tty", False), ("OpenStdin", False), ("StdinOnce", False), ("Env", None),
-    ("Cmd", None), ("Image", ""), ("Volumes", None), ("WorkingDir", ""), ("Entrypoint", None), ("OnBuild", None),
+    ("Hostname", ""),
+    ("Domainname", ""),
+    ("User", ""),
+    ("AttachStdin", False),
+    ("AttachStdout", False),
+    ("AttachStderr", False),
+    ("Tty", False),
+    ("OpenStdin", False),
+    ("StdinOnce", False),
+    ("Env", None),
+    ("Cmd", None),
+    ("Image", ""),
+    ("Volumes", None),
+    ("WorkingDir", ""),
+    ("Entrypoint", None),
+    ("OnBuild", None),
     ("Labels", None),
 ]
 _OPTIONAL = ("ExposedPorts", "Healthcheck", "StopSignal", "Shell", "ArgsEscaped")

@@ -46,8 +46,9 @@ class _Counting:
         return data
 
 
-def open_context(path: str, dockerfile: str | None, stdin: BinaryIO | None, scratch: str,
-                 progress: Progress) -> Context:
+def open_context(
+    path: str, dockerfile: str | None, stdin: BinaryIO | None, scratch: str, progress: Progress
+) -> Context:
     """The context at ``path`` (a directory, or ``-``: stdin) and its Dockerfile."""
     if path == "-":
         if dockerfile == "-":
@@ -60,12 +61,12 @@ def open_context(path: str, dockerfile: str | None, stdin: BinaryIO | None, scra
             return _with_ignore(Context(DirTree(root), text, "Dockerfile"), None, progress)
         return _load(root, dockerfile, progress, inside=True)
     if not os.path.isdir(path):
-        raise BuildError(f"unable to prepare context: path {path!r} not found (a directory, or - for a tar on "
-                         "stdin)")
+        raise BuildError(f"unable to prepare context: path {path!r} not found (a directory, or - for a tar on stdin)")
     if dockerfile == "-":
         assert stdin is not None
-        return _with_ignore(Context(DirTree(path), stdin.read().decode("utf-8", "replace"), "Dockerfile"),
-                            None, progress)
+        return _with_ignore(
+            Context(DirTree(path), stdin.read().decode("utf-8", "replace"), "Dockerfile"), None, progress
+        )
     return _load(path, dockerfile, progress, inside=False)
 
 
@@ -128,8 +129,9 @@ def _from_stdin(stdin: BinaryIO, root: str, progress: Progress) -> str | None:
 
         def read(self, n: int = -1) -> bytes:
             if self.first:
-                data, self.first = (self.first, b"") if n < 0 or n >= len(self.first) else \
-                    (self.first[:n], self.first[n:])
+                data, self.first = (
+                    (self.first, b"") if n < 0 or n >= len(self.first) else (self.first[:n], self.first[n:])
+                )
                 return data
             return plain.read(n)
 

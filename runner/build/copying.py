@@ -102,8 +102,7 @@ class Upper:
             os.unlink(self.path(rel))
 
     # -- entries ----------------------------------------------------------------------------------
-    def put(self, rel: str, tree: Tree, src: str, st: os.stat_result, owner: Owner | None,
-            chmod: int | None) -> None:
+    def put(self, rel: str, tree: Tree, src: str, st: os.stat_result, owner: Owner | None, chmod: int | None) -> None:
         """One entry of ``tree`` (its lstat ``st``) at ``rel`` in the upper, replacing what is there
         (a directory over a directory merges). ``owner`` None keeps the source's."""
         uid, gid = owner if owner is not None else (st.st_uid, st.st_gid)
@@ -177,7 +176,7 @@ class Upper:
         for rel, st in walk(tree, src):
             if rel == src:
                 continue
-            self.put(join(dest, rel[len(src) + 1:] if src else rel), tree, rel, st, owner, chmod)
+            self.put(join(dest, rel[len(src) + 1 :] if src else rel), tree, rel, st, owner, chmod)
 
     def unpack(self, archive: str, dest: str, where: str) -> None:
         """A local tar (maybe compressed) into the directory ``dest``, with its own owners and modes."""
@@ -264,8 +263,7 @@ def lookup_owner(view: ImageTree, spec: str) -> Owner:
         return uid, primary if primary is not None else uid
     if group.isdigit():
         return uid, int(group)
-    found: list[str] | None = next((r for r in _table(view, "etc/group") if r and r[0] == group and len(r) > 2),
-                                   None)
+    found: list[str] | None = next((r for r in _table(view, "etc/group") if r and r[0] == group and len(r) > 2), None)
     if found is None or not found[2].isdigit():
         raise LookupError(f"unable to find group {group}: no matching entries in group file")
     return uid, int(found[2])
@@ -278,4 +276,3 @@ def _table(view: ImageTree, path: str) -> list[list[str]]:
             return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
     except OSError:
         return []
-

@@ -70,18 +70,22 @@ def find_sources(plan: CopyPlan, tree: Tree, sums: Checksums, where: str, what: 
         if has_wildcards(path):
             matches = glob(tree, path)
             if not matches:
-                raise BuildError(f"{where}: {plan.keyword} failed: no source files were specified ({pattern!r} "
-                                 f"matches nothing in {what})")
+                raise BuildError(
+                    f"{where}: {plan.keyword} failed: no source files were specified ({pattern!r} "
+                    f"matches nothing in {what})"
+                )
             for rel in matches:
-                found.append(_source(tree, sums, rel, posixpath.basename(rel), f"{where}: {plan.keyword} failed",
-                                     pattern, what))
+                found.append(
+                    _source(tree, sums, rel, posixpath.basename(rel), f"{where}: {plan.keyword} failed", pattern, what)
+                )
             continue
         cleaned = clean(path)
         if tree.strict and (cleaned == ".." or cleaned.startswith("../")):
             raise BuildError(f"{where}: {plan.keyword} failed: forbidden path outside the build context: {pattern}")
         cleaned = "" if cleaned == "." else cleaned
-        found.append(_source(tree, sums, cleaned, posixpath.basename(cleaned), f"{where}: {plan.keyword} failed",
-                             pattern, what))
+        found.append(
+            _source(tree, sums, cleaned, posixpath.basename(cleaned), f"{where}: {plan.keyword} failed", pattern, what)
+        )
     return found
 
 
@@ -108,8 +112,10 @@ def download(plan: CopyPlan, scratch: str, network: bool, where: str) -> list[So
     found = []
     for n, url in enumerate(s for s in plan.sources if "://" in s and not s.startswith("<<")):
         if not network:
-            raise BuildError(f"{where}: ADD {url}: the build has no network (--network none): build without it, "
-                             "or COPY a file downloaded beforehand")
+            raise BuildError(
+                f"{where}: ADD {url}: the build has no network (--network none): build without it, "
+                "or COPY a file downloaded beforehand"
+            )
         name = posixpath.basename(urllib.parse.urlparse(url).path)
         if not name and plan.target.endswith("/"):
             raise BuildError(f"{where}: ADD {url}: cannot determine a file name for it")
@@ -127,8 +133,9 @@ def download(plan: CopyPlan, scratch: str, network: bool, where: str) -> list[So
         when = email.utils.parsedate_to_datetime(modified).timestamp() if modified else 0
         os.utime(path, (when, when))
         tree = DirTree(directory)
-        found.append(Source(tree, os.path.basename(path), name, Checksums(tree).of(os.path.basename(path)),
-                            remote=True))
+        found.append(
+            Source(tree, os.path.basename(path), name, Checksums(tree).of(os.path.basename(path)), remote=True)
+        )
     return found
 
 

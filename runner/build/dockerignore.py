@@ -166,4 +166,3 @@ class Matcher:
             if hit:
                 matched = not pattern.exclusion
         return matched
-

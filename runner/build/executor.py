@@ -138,8 +138,9 @@ def _export(store: Store, image_id: str, tags: list[str], progress: Progress) ->
 
 
 class _Builder:
-    def __init__(self, store: Store, plan: Plan, context: Context, progress: Progress, request: Request,
-                 scratch: str) -> None:
+    def __init__(
+        self, store: Store, plan: Plan, context: Context, progress: Progress, request: Request, scratch: str
+    ) -> None:
         self.store, self.plan, self.context, self.progress = store, plan, context, progress
         self.request, self.scratch = request, scratch
         self.cache = Cache(store, not request.no_cache)
@@ -154,29 +155,37 @@ class _Builder:
         return f"{self.plan.dockerfile.name}:{step.ins.line}"
 
     def run(self) -> str:
-        for ref in dict.fromkeys(s.base_vertex.split(" FROM ", 1)[1] for s in self.plan.stages.values()
-                                 if s.base_vertex):
+        for ref in dict.fromkeys(
+            s.base_vertex.split(" FROM ", 1)[1] for s in self.plan.stages.values() if s.base_vertex
+        ):
             self.progress.vertex(f"[internal] load metadata for {ref}").done()  # (local images: nothing to do)
         self._read_context()
         for index, stage in self.plan.stages.items():
             self.built[index] = self._stage(stage)
         image = self.built[self.plan.target]
         if image is None:
-            raise BuildError(f"{self.plan.dockerfile.name}: no image was generated: the target stage is FROM scratch "
-                             "with nothing in it")
+            raise BuildError(
+                f"{self.plan.dockerfile.name}: no image was generated: the target stage is FROM scratch "
+                "with nothing in it"
+            )
         return image
 
     def _read_context(self) -> None:
         """Find and checksum every context source of the needed stages: a missing one fails now."""
-        steps = [s for sp in self.plan.stages.values() for s in sp.steps
-                 if s.copy is not None and s.copy.from_stage is None and s.copy.from_image is None]
+        steps = [
+            s
+            for sp in self.plan.stages.values()
+            for s in sp.steps
+            if s.copy is not None and s.copy.from_stage is None and s.copy.from_image is None
+        ]
         local = any("://" not in src and not src.startswith("<<") for s in steps for src in s.copy.sources)  # type: ignore[union-attr]
         vertex = self.progress.vertex("[internal] load build context") if local else None
         for step in steps:
             assert step.copy is not None
             try:
-                found = copystep.find_sources(step.copy, self.context.tree, self.sums, self.where(step),
-                                              "the build context")
+                found = copystep.find_sources(
+                    step.copy, self.context.tree, self.sums, self.where(step), "the build context"
+                )
             except BuildError as e:
                 if vertex is not None:
                     vertex.error(str(e))
@@ -219,8 +228,9 @@ class _Builder:
                 if layers is not None:
                     self._open.append(layers)
                 step.probe = history.nop_string(step.config.get("Shell"), copystep.probe_comment(step.copy, sources))
-            probe = docker_config({**step.config, "Cmd": step.probe,
-                                   **({"Entrypoint": None} if step.kind == "run" else {})})
+            probe = docker_config(
+                {**step.config, "Cmd": step.probe, **({"Entrypoint": None} if step.kind == "run" else {})}
+            )
             base = self._parent_config(parent)
             hit = self.cache.find(parent, probe, len(base.get("history") or []))
             if hit is not None:
@@ -271,30 +281,45 @@ class _Builder:
                 layers.close()
                 raise
         else:
-            found = self.sources[id(step)] + copystep.download(plan, self.scratch, self.request.network != "none",
-                                                               where)
+            found = self.sources[id(step)] + copystep.download(
+                plan, self.scratch, self.request.network != "none", where
+            )
         if len(found) > 1 and not plan.dest.endswith("/"):
             if layers is not None:
                 layers.close()
-            raise BuildError(f"{where}: when using {plan.keyword} with more than one source file, the destination "
-                             "must be a directory and end with a /")
+            raise BuildError(
+                f"{where}: when using {plan.keyword} with more than one source file, the destination "
+                "must be a directory and end with a /"
+            )
         return found, layers
 
-    def _run(self, step: Step, parent: str | None, probe: dict[str, Any], base: dict[str, Any],
-             vertex: Vertex | None) -> str:
+    def _run(
+        self, step: Step, parent: str | None, probe: dict[str, Any], base: dict[str, Any], vertex: Vertex | None
+    ) -> str:
         where = self.where(step)
         if parent is None:
             raise BuildError(f"{where}: RUN on FROM scratch: there is no shell or command to run in an empty image")
         config = step.config
         output = vertex.log if vertex is not None else (lambda data: None)
         try:
-            with runstep.run(self.store, parent, step.run, step.env, config.get("WorkingDir") or "/",
-                             config.get("User") or "", self.request.network, step.script, output) as outcome:
+            with runstep.run(
+                self.store,
+                parent,
+                step.run,
+                step.env,
+                config.get("WorkingDir") or "/",
+                config.get("User") or "",
+                self.request.network,
+                step.script,
+                output,
+            ) as outcome:
                 if outcome.error:
                     raise BuildError(f"{where}: {step.ins.keyword} failed: {outcome.error}")
                 if outcome.code != 0:
-                    raise BuildError(f'{where}: process "{" ".join(step.run)}" did not complete successfully: '
-                                     f"exit code: {outcome.code}")
+                    raise BuildError(
+                        f'{where}: process "{" ".join(step.run)}" did not complete successfully: '
+                        f"exit code: {outcome.code}"
+                    )
                 image = self._commit(step, parent, probe, base, outcome.upper, outcome.lowers)
         except RunnerError as e:
             if isinstance(e, BuildError):
@@ -313,17 +338,27 @@ class _Builder:
             config["history"] = [{"created": config.get("created", "")} for _ in config["rootfs"]["diff_ids"]]
         return config
 
-    def _commit(self, step: Step, parent: str | None, probe: dict[str, Any], base: dict[str, Any],
-                tree: str | None, lowers: list[str] | None = None) -> str:
+    def _commit(
+        self,
+        step: Step,
+        parent: str | None,
+        probe: dict[str, Any],
+        base: dict[str, Any],
+        tree: str | None,
+        lowers: list[str] | None = None,
+    ) -> str:
         """The step's image; ``tree`` its layer's files (an upper over ``lowers``, for a RUN step)."""
         created = now()
         entry: dict[str, Any] = {"created": created, "created_by": " ".join(step.probe)}
         if step.author:
             entry["author"] = step.author
         config: dict[str, Any] = {
-            "architecture": base.get("architecture") or _arch(), "os": base.get("os") or "linux",
-            "config": docker_config({**step.config, "Image": parent or ""}), "container_config": probe,
-            "created": created, "history": [*(base.get("history") or []), entry],
+            "architecture": base.get("architecture") or _arch(),
+            "os": base.get("os") or "linux",
+            "config": docker_config({**step.config, "Image": parent or ""}),
+            "container_config": probe,
+            "created": created,
+            "history": [*(base.get("history") or []), entry],
         }
         if base.get("variant"):
             config["variant"] = base["variant"]

@@ -16,8 +16,16 @@ from typing import Any
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 _NAMED = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
-_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
-          "m": 60_000_000_000, "h": 3_600_000_000_000}
+_UNITS = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "μs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
 _DURATION = re.compile(r"([0-9]*(?:\.[0-9]*)?)([a-zµμ]+)")
 
 
@@ -110,14 +118,15 @@ def go_duration(ns: int) -> str:
 
 
 def _frac(value: int, digits: int) -> str:
-    whole, rest = divmod(value, 10 ** digits)
+    whole, rest = divmod(value, 10**digits)
     return f"{whole}" + (("." + f"{rest:0{digits}d}".rstrip("0")) if rest else "")
 
 
 def healthcheck_q(health: dict[str, Any]) -> str:
     """``%q`` of a ``*HealthConfig`` (Test, Interval, Timeout, StartPeriod, StartInterval, Retries)."""
-    durations = " ".join(go_quote(go_duration(int(health.get(k, 0))))
-                         for k in ("Interval", "Timeout", "StartPeriod", "StartInterval"))
+    durations = " ".join(
+        go_quote(go_duration(int(health.get(k, 0)))) for k in ("Interval", "Timeout", "StartPeriod", "StartInterval")
+    )
     return f"&{{{go_strings_q(health.get('Test'))} {durations} {go_quote_rune(int(health.get('Retries', 0)))}}}"
 
 

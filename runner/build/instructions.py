@@ -17,16 +17,37 @@ from . import words
 from .errors import BuildError
 from .parser import Heredoc, Node, Parsed, json_array, parse
 
-KEYWORDS = ("FROM", "RUN", "CMD", "ENTRYPOINT", "COPY", "ADD", "ENV", "ARG", "LABEL", "WORKDIR", "USER",
-            "EXPOSE", "VOLUME", "SHELL", "STOPSIGNAL", "HEALTHCHECK", "ONBUILD", "MAINTAINER")
+KEYWORDS = (
+    "FROM",
+    "RUN",
+    "CMD",
+    "ENTRYPOINT",
+    "COPY",
+    "ADD",
+    "ENV",
+    "ARG",
+    "LABEL",
+    "WORKDIR",
+    "USER",
+    "EXPOSE",
+    "VOLUME",
+    "SHELL",
+    "STOPSIGNAL",
+    "HEALTHCHECK",
+    "ONBUILD",
+    "MAINTAINER",
+)
 _FLAGS = {
     "FROM": ("platform",),
     "COPY": ("from", "chown", "chmod"),
     "ADD": ("chown", "chmod"),
     "HEALTHCHECK": ("interval", "timeout", "start-period", "start-interval", "retries"),
 }
-_BUILDKIT_ONLY = {"RUN": ("mount", "network", "security", "device"), "COPY": ("link", "parents", "exclude"),
-                  "ADD": ("link", "checksum", "keep-git-dir", "exclude", "unpack")}
+_BUILDKIT_ONLY = {
+    "RUN": ("mount", "network", "security", "device"),
+    "COPY": ("link", "parents", "exclude"),
+    "ADD": ("link", "checksum", "keep-git-dir", "exclude", "unpack"),
+}
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9-_.]*$")
 
 
@@ -81,15 +102,19 @@ def load(text: str, name: str = "Dockerfile") -> Dockerfile:
             base = ins.words[0]
             stage_name = ins.words[2].lower() if len(ins.words) == 3 else ""
             if stage_name and not _STAGE_NAME.match(stage_name):
-                raise BuildError(f"{ins.where(name)}: invalid name for build stage: {stage_name!r}, name can't start "
-                                 "with a number or contain symbols")
+                raise BuildError(
+                    f"{ins.where(name)}: invalid name for build stage: {stage_name!r}, name can't start "
+                    "with a number or contain symbols"
+                )
             if stage_name and any(s.name == stage_name for s in stages):
                 raise BuildError(f"{ins.where(name)}: duplicate stage name {stage_name!r}")
             stages.append(Stage(len(stages), stage_name, base, ins.flags.get("platform", ""), ins.line, ins.original))
         elif not stages:
             if ins.keyword != "ARG":
-                raise BuildError(f"{ins.where(name)}: {ins.keyword} before the first FROM: no build stage in "
-                                 "current context (only ARG may come before FROM)")
+                raise BuildError(
+                    f"{ins.where(name)}: {ins.keyword} before the first FROM: no build stage in "
+                    "current context (only ARG may come before FROM)"
+                )
             meta.append(ins)
         else:
             stages[-1].instructions.append(ins)

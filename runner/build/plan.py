@@ -28,10 +28,28 @@ from .instructions import Dockerfile, Instruction, Stage, instruction
 from .parser import parse
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy", "NO_PROXY",
-              "no_proxy", "ALL_PROXY", "all_proxy")
-PLATFORM_ARGS = {"TARGETPLATFORM": "linux/amd64", "TARGETOS": "linux", "TARGETARCH": "amd64", "TARGETVARIANT": "",
-                 "BUILDPLATFORM": "linux/amd64", "BUILDOS": "linux", "BUILDARCH": "amd64", "BUILDVARIANT": ""}
+PROXY_ARGS = (
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+)
+PLATFORM_ARGS = {
+    "TARGETPLATFORM": "linux/amd64",
+    "TARGETOS": "linux",
+    "TARGETARCH": "amd64",
+    "TARGETVARIANT": "",
+    "BUILDPLATFORM": "linux/amd64",
+    "BUILDOS": "linux",
+    "BUILDARCH": "amd64",
+    "BUILDVARIANT": "",
+}
 _SHOWN = ("RUN", "COPY", "ADD", "WORKDIR")  # the steps BuildKit's progress names (and counts)
 
 ImageLookup = Callable[[str], tuple[str, dict[str, Any]] | None]  # ref -> (image id, image config)
@@ -219,8 +237,10 @@ class Planner:
 
     def _stage(self, stage: Stage, base: str, plans: dict[int, StagePlan], is_target: bool) -> StagePlan:
         if stage.platform:
-            self.warnings.append(f"{self.where(stage.line)}: FROM --platform={stage.platform} is ignored: strata "
-                                 "builds for the host's platform")
+            self.warnings.append(
+                f"{self.where(stage.line)}: FROM --platform={stage.platform} is ignored: strata "
+                "builds for the host's platform"
+            )
         base_stage = self._stage_ref(base, stage.index)
         triggers: list[str] = []
         base_id = None
@@ -233,8 +253,10 @@ class Planner:
         else:
             found = self.images(base)
             if found is None:
-                raise BuildError(f"{self.where(stage.line)}: FROM {base}: no such image (strata build does not pull: "
-                                 f"strata pull or load it first)")
+                raise BuildError(
+                    f"{self.where(stage.line)}: FROM {base}: no such image (strata build does not pull: "
+                    f"strata pull or load it first)"
+                )
             base_id, image = found
             config = copy.deepcopy(image.get("config") or {})
             triggers = list(config.pop("OnBuild", None) or [])
@@ -249,8 +271,12 @@ class Planner:
             instructions.append(instruction(parse(f"LABEL {pairs}", self.df.name).nodes[0], "\\", self.df.name))
             instructions[-1].line = instructions[-1].end_line = stage.line
         total = (1 if base_id else 0) + sum(1 for i in instructions if i.keyword in _SHOWN)
-        counter = _Counter(total, stage.name if len(self.df.stages) > 1 and stage.name else
-                           (f"stage-{stage.index}" if len(self.df.stages) > 1 else ""))
+        counter = _Counter(
+            total,
+            stage.name
+            if len(self.df.stages) > 1 and stage.name
+            else (f"stage-{stage.index}" if len(self.df.stages) > 1 else ""),
+        )
         plan = StagePlan(stage, base_stage, base_id, counter.name(f"FROM {ref}") if base_id else None)
         state = _State(config)
         for n, ins in enumerate(instructions):
@@ -276,7 +302,7 @@ class Planner:
         vertex = None
         if kw in _SHOWN:
             shown = arguments.words_or(ins.original, self._env(state), self.df.escape)
-            shown = kw + shown[len(kw):] if shown.upper().startswith(kw) else shown
+            shown = kw + shown[len(kw) :] if shown.upper().startswith(kw) else shown
             vertex = counter.name(("ONBUILD " if onbuild else "") + shown)
         if kw == "RUN":
             return self._run(ins, state, vertex)
@@ -319,19 +345,31 @@ class Planner:
         elif kw == "WORKDIR":
             requested = self._expand(ins.text, state, ins.line)
             current_dir = config.get("WorkingDir") or ""
-            workdir = (posixpath.normpath(requested) if requested.startswith("/")
-                       else posixpath.normpath(posixpath.join("/", current_dir, requested)))
+            workdir = (
+                posixpath.normpath(requested)
+                if requested.startswith("/")
+                else posixpath.normpath(posixpath.join("/", current_dir, requested))
+            )
             workdir = "/" + workdir.lstrip("/")
             config["WorkingDir"] = workdir
-            step = Step(ins, "workdir", vertex, copy.deepcopy(config),
-                        history.nop_string(shell, f"WORKDIR {workdir}"), workdir=workdir)
+            step = Step(
+                ins,
+                "workdir",
+                vertex,
+                copy.deepcopy(config),
+                history.nop_string(shell, f"WORKDIR {workdir}"),
+                workdir=workdir,
+            )
             return step
         elif kw == "USER":
             config["User"] = self._expand(ins.text, state, ins.line)
             comment = f"USER {config['User']}"
         elif kw in ("CMD", "ENTRYPOINT"):
-            command = list(ins.exec) if ins.exec is not None else (
-                [*(shell or history.DEFAULT_SHELL), ins.text] if ins.text else [])
+            command = (
+                list(ins.exec)
+                if ins.exec is not None
+                else ([*(shell or history.DEFAULT_SHELL), ins.text] if ins.text else [])
+            )
             if kw == "CMD":
                 config["Cmd"] = command
                 state.cmd_set = state.cmd_set or bool(command)
@@ -406,8 +444,17 @@ class Planner:
         build_env = [f"{k}={v}" for k, v in allowed.items() if k not in env_keys]
         shown = [e for e in build_env if e.split("=", 1)[0] not in PROXY_ARGS or e.split("=", 1)[0] in state.args]
         probe = history.with_build_args(shown, cmd)
-        return Step(ins, "run", vertex, copy.deepcopy(config), probe, author=state.author, run=cmd,
-                    env=[*(config.get("Env") or []), *build_env], script=script)
+        return Step(
+            ins,
+            "run",
+            vertex,
+            copy.deepcopy(config),
+            probe,
+            author=state.author,
+            run=cmd,
+            env=[*(config.get("Env") or []), *build_env],
+            script=script,
+        )
 
     def _copy(self, ins: Instruction, state: _State, vertex: str | None, current: int) -> Step:
         where = self.where(ins.line)
@@ -425,8 +472,9 @@ class Planner:
                     raise BuildError(f"{where}: COPY --from={source}: refers to this or a later stage")
                 found = self.images(source)
                 if found is None:
-                    raise BuildError(f"{where}: COPY --from={source}: no such stage or image (strata build does not "
-                                     "pull)")
+                    raise BuildError(
+                        f"{where}: COPY --from={source}: no such stage or image (strata build does not pull)"
+                    )
                 from_image = found[0]
         chmod = None
         if "chmod" in ins.flags:
@@ -462,8 +510,17 @@ class Planner:
         target = dest if dest.startswith("/") else posixpath.join("/", workdir, dest)
         target = posixpath.normpath(target) + ("/" if dest.endswith("/") or dest in (".", "./") else "")
         target = "/" + target.lstrip("/")
-        plan = CopyPlan(ins.keyword, sources, heredocs, dest, target, expand(ins.flags.get("chown", "")), chmod,
-                        from_stage, from_image)
+        plan = CopyPlan(
+            ins.keyword,
+            sources,
+            heredocs,
+            dest,
+            target,
+            expand(ins.flags.get("chown", "")),
+            chmod,
+            from_stage,
+            from_image,
+        )
         return Step(ins, "copy", vertex, copy.deepcopy(state.config), [], author=state.author, copy=plan)
 
 

@@ -118,5 +118,6 @@ class Vertex:
         elif self.p.mode == "tty":
             self.p.write(f" => ERROR {self.name:<54} {self.elapsed():.1f}s\n")
             if self.lines:
-                self.p.write("------\n" + f" > {self.name}:\n" +
-                             "".join(f"{line}\n" for line in self.lines[-10:]) + "------\n")
+                self.p.write(
+                    "------\n" + f" > {self.name}:\n" + "".join(f"{line}\n" for line in self.lines[-10:]) + "------\n"
+                )

@@ -36,37 +36,72 @@ class Outcome:
     lowers: list[str]  # its union's lower layer dirs (where metacopies in the upper keep their data)
 
 
-def container_config(store: Store, image_id: str, cmd: list[str], env: list[str], workdir: str, user: str,
-                     network: str, cid: str) -> dict[str, object]:
+def container_config(
+    store: Store, image_id: str, cmd: list[str], env: list[str], workdir: str, user: str, network: str, cid: str
+) -> dict[str, object]:
     """The container record ``strata run`` would make for this step (no flags of its own)."""
     chain = store.images.chain(image_id)
     cg = cgroups.for_host(cid)
     hostname = cid[:12]
     return {
-        "Image": image_id, "ImageRef": image_id, "Command": cmd, "Path": cmd[0], "Args": cmd[1:],
-        "Config": {"Hostname": hostname, "Env": [*env, f"HOSTNAME={hostname}"], "Cmd": cmd, "Entrypoint": None,
-                   "WorkingDir": workdir, "User": user, "Tty": False, "OpenStdin": False, "Image": image_id,
-                   "Labels": {}},
-        "HostConfig": {"CpuShares": 0, "Memory": 0, "MemorySwap": 0, "NetworkMode": network, "PortBindings": {},
-                       "PublishAllPorts": False, "AutoRemove": False, "SecurityOpt": None, "Devices": [],
-                       "DeviceCgroupRules": None},
+        "Image": image_id,
+        "ImageRef": image_id,
+        "Command": cmd,
+        "Path": cmd[0],
+        "Args": cmd[1:],
+        "Config": {
+            "Hostname": hostname,
+            "Env": [*env, f"HOSTNAME={hostname}"],
+            "Cmd": cmd,
+            "Entrypoint": None,
+            "WorkingDir": workdir,
+            "User": user,
+            "Tty": False,
+            "OpenStdin": False,
+            "Image": image_id,
+            "Labels": {},
+        },
+        "HostConfig": {
+            "CpuShares": 0,
+            "Memory": 0,
+            "MemorySwap": 0,
+            "NetworkMode": network,
+            "PortBindings": {},
+            "PublishAllPorts": False,
+            "AutoRemove": False,
+            "SecurityOpt": None,
+            "Devices": [],
+            "DeviceCgroupRules": None,
+        },
         "NetworkID": "",  # the network the mode names
-        "Seccomp": "default", "LinuxDevices": [], "DeviceRules": [],
+        "Seccomp": "default",
+        "LinuxDevices": [],
+        "DeviceRules": [],
         "Cgroup": {"Version": cg.version, "Dirs": cg.dirs()},
         "LowerDirs": [store.layers.diff_dir(c) for c in reversed(chain)],
     }
 
 
 @contextmanager
-def run(store: Store, image_id: str, cmd: list[str], env: list[str], workdir: str, user: str, network: str,
-        script: tuple[str, str] | None, output: Callable[[bytes], None]) -> Iterator[Outcome]:
+def run(
+    store: Store,
+    image_id: str,
+    cmd: list[str],
+    env: list[str],
+    workdir: str,
+    user: str,
+    network: str,
+    script: tuple[str, str] | None,
+    output: Callable[[bytes], None],
+) -> Iterator[Outcome]:
     """Run the step's container to its end; yield how it went while its upper still exists, then
     remove it (whatever happens, an interrupt included)."""
     cid = secrets.token_hex(32)
     root = store.root.path
     with store.root.pinned():  # rmi cannot take the image's layers between the look-up and the record
-        container = Containers(root).create(container_config(store, image_id, cmd, env, workdir, user, network,
-                                                             cid), None, cid)
+        container = Containers(root).create(
+            container_config(store, image_id, cmd, env, workdir, user, network, cid), None, cid
+        )
     try:
         if script is not None:
             name, content = script

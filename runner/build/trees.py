@@ -68,8 +68,11 @@ class DirTree:
         if self.ignore is None or not self.ignore.exclusions:
             return False
         if rel not in self._exceptions:
-            self._exceptions[rel] = any(not self.ignore.excluded(f"{os.path.relpath(top, self.root)}/{name}")
-                                        for top, dirs, files in os.walk(self.real_path(rel)) for name in dirs + files)
+            self._exceptions[rel] = any(
+                not self.ignore.excluded(f"{os.path.relpath(top, self.root)}/{name}")
+                for top, dirs, files in os.walk(self.real_path(rel))
+                for name in dirs + files
+            )
         return self._exceptions[rel]
 
     def listdir(self, rel: str) -> list[str]:
@@ -216,10 +219,10 @@ def go_match(pattern: str, name: str) -> bool:
             i += 1
             out.append(re.escape(pattern[i]))
         elif ch == "[":
-            end = pattern.find("]", i + 2 if pattern[i + 1: i + 2] == "^" else i + 1)
+            end = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] == "^" else i + 1)
             if end < 0:
                 return False  # ErrBadPattern: matches nothing
-            body = pattern[i + 1: end]
+            body = pattern[i + 1 : end]
             negate = body.startswith("^")
             body = body[1:] if negate else body
             out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\").replace("[", "\\[") + "]")
@@ -280,20 +283,40 @@ class Checksums:
 def _header(tree: Tree, rel: str, st: os.stat_result) -> bytes:
     """The tarsum-v1 header fields of one entry, as moby's FileInfoHeader fills them."""
     mode = st.st_mode
-    kind = ("0" if stat.S_ISREG(mode) else "5" if stat.S_ISDIR(mode) else "2" if stat.S_ISLNK(mode)
-            else "3" if stat.S_ISCHR(mode) else "4" if stat.S_ISBLK(mode) else "6")
+    kind = (
+        "0"
+        if stat.S_ISREG(mode)
+        else "5"
+        if stat.S_ISDIR(mode)
+        else "2"
+        if stat.S_ISLNK(mode)
+        else "3"
+        if stat.S_ISCHR(mode)
+        else "4"
+        if stat.S_ISBLK(mode)
+        else "6"
+    )
     name = (rel or ".") + ("/" if stat.S_ISDIR(mode) else "")
     link = tree.readlink(rel) if stat.S_ISLNK(mode) else ""
     major = minor = 0
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
-    fields = [("name", name), ("mode", str(stat.S_IMODE(mode))), ("uid", str(st.st_uid)), ("gid", str(st.st_gid)),
-              ("size", str(st.st_size if stat.S_ISREG(mode) else 0)), ("typeflag", kind), ("linkname", link),
-              ("uname", ""), ("gname", ""), ("devmajor", str(major)), ("devminor", str(minor))]
+    fields = [
+        ("name", name),
+        ("mode", str(stat.S_IMODE(mode))),
+        ("uid", str(st.st_uid)),
+        ("gid", str(st.st_gid)),
+        ("size", str(st.st_size if stat.S_ISREG(mode) else 0)),
+        ("typeflag", kind),
+        ("linkname", link),
+        ("uname", ""),
+        ("gname", ""),
+        ("devmajor", str(major)),
+        ("devminor", str(minor)),
+    ]
     data = "".join(k + v for k, v in fields).encode("utf-8", "surrogateescape")
     try:
-        data += b"security.capability" + os.getxattr(tree.real_path(rel), "security.capability",
-                                                      follow_symlinks=False)
+        data += b"security.capability" + os.getxattr(tree.real_path(rel), "security.capability", follow_symlinks=False)
     except OSError:
         pass
     return data

@@ -20,8 +20,9 @@ _SPECIAL = set("@*#?-$!0")
 
 
 class _Lexer:
-    def __init__(self, text: str, env: Mapping[str, str], escape: str, raw_quotes: bool = False,
-                 raw_escapes: bool = False) -> None:
+    def __init__(
+        self, text: str, env: Mapping[str, str], escape: str, raw_quotes: bool = False, raw_escapes: bool = False
+    ) -> None:
         self.text, self.pos, self.env, self.escape = text, 0, env, escape
         self.raw_quotes, self.raw_escapes = raw_quotes, raw_escapes
         self.used: set[str] = set()
@@ -165,9 +166,9 @@ class _Lexer:
             value = value or ""
             if ch == "#":
                 m = re.match(pattern, value)
-                return value[m.end():] if m else value
+                return value[m.end() :] if m else value
             best = None  # %: the shortest (or, greedy, the longest) matching suffix
-            for start in (range(len(value) + 1) if greedy else range(len(value), -1, -1)):
+            for start in range(len(value) + 1) if greedy else range(len(value), -1, -1):
                 if re.fullmatch(pattern, value[start:]):
                     best = start
                     break

@@ -29,8 +29,30 @@ from . import network as network_verbs
 from .errors import ParseError, UsageError
 from .parsing import Parser, unrecognized
 
-_CONTAINER_COMMANDS = {"run", "create", "ps", "top", "logs", "stop", "kill", "start", "wait", "rm", "exec", "diff",
-                       "commit", "export", "attach", "cp", "rename", "pause", "unpause", "stats", "events", "container"}
+_CONTAINER_COMMANDS = {
+    "run",
+    "create",
+    "ps",
+    "top",
+    "logs",
+    "stop",
+    "kill",
+    "start",
+    "wait",
+    "rm",
+    "exec",
+    "diff",
+    "commit",
+    "export",
+    "attach",
+    "cp",
+    "rename",
+    "pause",
+    "unpause",
+    "stats",
+    "events",
+    "container",
+}
 
 
 @functools.cache
@@ -38,10 +60,18 @@ def parser() -> argparse.ArgumentParser:
     """Built once per process (about 10 ms: argparse looks up translations for every string); the
     zygote builds it before it forks, so the commands it runs find it ready."""
     parser = Parser(prog="strata", description="Images, union mounts and containers.")
-    parser.add_argument("--root", metavar="DIR", help="store root (default $STRATA_ROOT, /var/lib/strata for "
-                                                      "root, else $XDG_DATA_HOME/strata)")
-    parser.add_argument("-v", "--version", action="version", version=f"strata version {version.strata_version()}",
-                        help="print strata's version and exit (strata version: more)")
+    parser.add_argument(
+        "--root",
+        metavar="DIR",
+        help="store root (default $STRATA_ROOT, /var/lib/strata for root, else $XDG_DATA_HOME/strata)",
+    )
+    parser.add_argument(
+        "-v",
+        "--version",
+        action="version",
+        version=f"strata version {version.strata_version()}",
+        help="print strata's version and exit (strata version: more)",
+    )
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True, parser_class=Parser)
     images.add_parsers(sub)
     build.add_parsers(sub)

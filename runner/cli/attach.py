@@ -61,8 +61,9 @@ def _size(fd: int) -> tuple[int, int] | None:
         return None
 
 
-def session(sock: socket.socket, stdin: int | None, tty: bool, keys: bytes | None, close_stdin: bool,
-            proxy: bool) -> int | None:
+def session(
+    sock: socket.socket, stdin: int | None, tty: bool, keys: bytes | None, close_stdin: bool, proxy: bool
+) -> int | None:
     """Relay until the container ends (its exit code) or the detach keys (None); the connection is
     closed after. ``stdin``: the fd to read the container's input from (None: none); ``tty``: this
     terminal goes raw and its size follows; ``proxy``: this process's signals go to PID 1."""
@@ -140,7 +141,7 @@ def _relay(sock: socket.socket, stdin: int | None, escape: _Escape) -> int | Non
                 kind, length = buf[:1], int.from_bytes(buf[1:5], "big")
                 if len(buf) < 5 + length:
                     break
-                payload, buf = buf[5:5 + length], buf[5 + length:]
+                payload, buf = buf[5 : 5 + length], buf[5 + length :]
                 if kind == b"x":
                     return int.from_bytes(payload, "big", signed=True)
                 if kind in (b"o", b"r"):
@@ -150,7 +151,7 @@ def _relay(sock: socket.socket, stdin: int | None, escape: _Escape) -> int | Non
 def _write_all(fd: int, data: bytes) -> None:
     try:
         while data:
-            data = data[os.write(fd, data):]
+            data = data[os.write(fd, data) :]
     except BlockingIOError:  # a terminal left non-blocking by someone: wait until it takes more
         select.select([], [fd], [])
         _write_all(fd, data)
@@ -158,8 +159,14 @@ def _write_all(fd: int, data: bytes) -> None:
         pass
 
 
-def attach(container: Container, stdin: bool, keys: bytes | None, proxy: bool, close_stdin: bool = False,
-           sock: socket.socket | None = None) -> int:
+def attach(
+    container: Container,
+    stdin: bool,
+    keys: bytes | None,
+    proxy: bool,
+    close_stdin: bool = False,
+    sock: socket.socket | None = None,
+) -> int:
     """Attach this process's stdio to ``container`` (``sock``: connected already); its exit code, or
     0 once detached (the container goes on)."""
     tty = bool(container.config["Config"]["Tty"])
@@ -208,13 +215,25 @@ def cmd_attach(store: Store, args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("attach", help="attach this terminal to a running container's input and output",
-                       description="Attach to a running container: its output here, your input to it (if it "
-                                   "was started with -i); the detach keys leave it running.")
+    p = sub.add_parser(
+        "attach",
+        help="attach this terminal to a running container's input and output",
+        description="Attach to a running container: its output here, your input to it (if it "
+        "was started with -i); the detach keys leave it running.",
+    )
     p.add_argument("--no-stdin", action="store_true", help="do not send this terminal's input to it")
-    p.add_argument("--detach-keys", dest="detach_keys", metavar="KEYS",
-                   help=f"the keys that detach (default {DEFAULT_DETACH_KEYS})")
-    p.add_argument("--sig-proxy", dest="sig_proxy", default="true", metavar="BOOL",
-                   help="pass the signals this command gets to the container (not with -t; default true)")
+    p.add_argument(
+        "--detach-keys",
+        dest="detach_keys",
+        metavar="KEYS",
+        help=f"the keys that detach (default {DEFAULT_DETACH_KEYS})",
+    )
+    p.add_argument(
+        "--sig-proxy",
+        dest="sig_proxy",
+        default="true",
+        metavar="BOOL",
+        help="pass the signals this command gets to the container (not with -t; default true)",
+    )
     p.add_argument("container", help="a running container: a name or an id (prefix)")
     p.set_defaults(func=cmd_attach)

@@ -67,8 +67,7 @@ def _start_attached(root: str, c: Container, args: argparse.Namespace) -> int:
     try:
         try:
             size = os.get_terminal_size(1) if c.config["Config"]["Tty"] and os.isatty(1) else None
-            lifecycle.start(root, c, client=theirs.fileno(),
-                            console_size=(size.lines, size.columns) if size else None)
+            lifecycle.start(root, c, client=theirs.fileno(), console_size=(size.lines, size.columns) if size else None)
         except StartFailed as e:
             raise RunnerError(f"failed to start container {c.name}: {e}") from None
     except BaseException:
@@ -76,8 +75,9 @@ def _start_attached(root: str, c: Container, args: argparse.Namespace) -> int:
         raise
     finally:
         theirs.close()
-    return attach(c, stdin, detach_keys(args.detach_keys or DEFAULT_DETACH_KEYS), proxy=True, close_stdin=stdin,
-                  sock=ours)
+    return attach(
+        c, stdin, detach_keys(args.detach_keys or DEFAULT_DETACH_KEYS), proxy=True, close_stdin=stdin, sock=ours
+    )
 
 
 def cmd_rename(store: Store, args: argparse.Namespace) -> int:
@@ -90,7 +90,8 @@ def cmd_pause(store: Store, args: argparse.Namespace) -> int:
     for ref in args.containers:
         try:
             (lifecycle.pause if args.verb == "pause" else lifecycle.unpause)(
-                store.root.path, Containers(store.root.path).get(ref))
+                store.root.path, Containers(store.root.path).get(ref)
+            )
             print(ref)
         except RunnerError as e:
             print(f"Error: {e}", file=sys.stderr)
@@ -134,9 +135,17 @@ def cmd_commit(store: Store, args: argparse.Namespace) -> int:
     created_by = " ".join(c.config["Command"])
     data = layerdiff.UpperData(layerdiff.union_lowers(c))  # metacopies keep their data below
     with lifecycle.frozen(c, args.pause.lower() not in ("false", "0", "no")):  # nothing writes to the upper
-        image_id = store.commit(c.config["Image"], c.path("upper"), args.repository, created_by,
-                                comment=args.message or "", author=args.author or "", changes=args.change or [],
-                                data_of=data.data_of, private=data.private)
+        image_id = store.commit(
+            c.config["Image"],
+            c.path("upper"),
+            args.repository,
+            created_by,
+            comment=args.message or "",
+            author=args.author or "",
+            changes=args.change or [],
+            data_of=data.data_of,
+            private=data.private,
+        )
     print(image_id)
     return 0
 
@@ -175,17 +184,30 @@ def cmd_export(store: Store, args: argparse.Namespace) -> int:
 # -- argument parsing -----------------------------------------------------------------------------
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("stop", help="the stop signal (SIGTERM), then SIGKILL after -t seconds")
-    p.add_argument("-t", "--time", type=float, metavar="SECONDS",
-                   help="seconds to wait for it to end before SIGKILL (default: its --stop-timeout, else 10; "
-                        "-1: for ever)")
-    p.add_argument("-s", "--signal", metavar="SIGNAL",
-                   help="the signal to send first (default: its --stop-signal or STOPSIGNAL, else SIGTERM)")
+    p.add_argument(
+        "-t",
+        "--time",
+        type=float,
+        metavar="SECONDS",
+        help="seconds to wait for it to end before SIGKILL (default: its --stop-timeout, else 10; -1: for ever)",
+    )
+    p.add_argument(
+        "-s",
+        "--signal",
+        metavar="SIGNAL",
+        help="the signal to send first (default: its --stop-signal or STOPSIGNAL, else SIGTERM)",
+    )
     p.add_argument("containers", nargs="+", help="names or ids (prefixes)")
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("kill", help="send a signal (SIGKILL by default)")
-    p.add_argument("-s", "--signal", default="KILL", metavar="SIGNAL",
-                   help="a signal name (TERM, SIGHUP, RTMIN+1) or number (default KILL)")
+    p.add_argument(
+        "-s",
+        "--signal",
+        default="KILL",
+        metavar="SIGNAL",
+        help="a signal name (TERM, SIGHUP, RTMIN+1) or number (default KILL)",
+    )
     p.add_argument("containers", nargs="+", help="names or ids (prefixes)")
     p.set_defaults(func=cmd_kill)
 
@@ -201,8 +223,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("name", help="its new name")
     p.set_defaults(func=cmd_rename)
 
-    for verb, what in (("pause", "freeze every process of running containers (the cgroup freezer)"),
-                       ("unpause", "let paused containers run again")):
+    for verb, what in (
+        ("pause", "freeze every process of running containers (the cgroup freezer)"),
+        ("unpause", "let paused containers run again"),
+    ):
         p = sub.add_parser(verb, help=what)
         p.add_argument("containers", nargs="+", help="names or ids (prefixes)")
         p.set_defaults(func=cmd_pause)
@@ -213,8 +237,9 @@ def add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("rm", help="remove containers")
     p.add_argument("-f", "--force", action="store_true", help="kill a running container first (default: refused)")
-    p.add_argument("-v", "--volumes", action="store_true",
-                   help="remove the container's anonymous volumes too (named ones stay)")
+    p.add_argument(
+        "-v", "--volumes", action="store_true", help="remove the container's anonymous volumes too (named ones stay)"
+    )
     p.add_argument("containers", nargs="+", help="names or ids (prefixes)")
     p.set_defaults(func=cmd_rm)
 
@@ -225,10 +250,16 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("commit", help="a new image from a container's changes")
     p.add_argument("-m", "--message", help="the commit message (default: none)")
     p.add_argument("-a", "--author", help="the author, as 'Name <email>' (default: none)")
-    p.add_argument("-c", "--change", action="append", metavar="INSTRUCTION",
-                   help="apply a Dockerfile instruction (CMD, ENV, LABEL...) to the new image; repeatable")
-    p.add_argument("-p", "--pause", default="true", metavar="BOOL",
-                   help="freeze a running container while packing (default true)")
+    p.add_argument(
+        "-c",
+        "--change",
+        action="append",
+        metavar="INSTRUCTION",
+        help="apply a Dockerfile instruction (CMD, ENV, LABEL...) to the new image; repeatable",
+    )
+    p.add_argument(
+        "-p", "--pause", default="true", metavar="BOOL", help="freeze a running container while packing (default true)"
+    )
     p.add_argument("container", help="a name or an id (prefix)")
     p.add_argument("repository", nargs="?", help="tag for the image, NAME[:TAG] (default: none, untagged)")
     p.set_defaults(func=cmd_commit)

@@ -41,11 +41,13 @@ def _arcname(path: str) -> str:
 
 def _renamer(old: str, new: str) -> Any:
     """Rename a tar's top entry ``old`` (and what is under it) to ``new``."""
+
     def rename(name: str) -> str:
         name = name.removeprefix("./") if old != "." else name
         if name == old or name.startswith(old + "/"):
-            return new + name[len(old):]
+            return new + name[len(old) :]
         return name
+
     return rename
 
 
@@ -53,8 +55,12 @@ def _size(path: str) -> int:
     if not os.path.isdir(path) or os.path.islink(path):
         st = os.lstat(path)
         return st.st_size if os.path.isfile(path) and not os.path.islink(path) else 0
-    return sum(os.lstat(os.path.join(d, f)).st_size for d, _, files in os.walk(path) for f in files
-               if os.path.isfile(os.path.join(d, f)) and not os.path.islink(os.path.join(d, f)))
+    return sum(
+        os.lstat(os.path.join(d, f)).st_size
+        for d, _, files in os.walk(path)
+        for f in files
+        if os.path.isfile(os.path.join(d, f)) and not os.path.islink(os.path.join(d, f))
+    )
 
 
 def copy_out(root: str, c: Container, src: str, dest: str) -> None:
@@ -119,8 +125,9 @@ def copy_in(root: str, c: Container, src: str, dest: str, keep_owners: bool) -> 
         into, name = posixpath.dirname(dest.rstrip("/")) or "/", posixpath.basename(dest)
     else:
         if not found.get("parent"):
-            raise RunnerError(f"Could not find the file {posixpath.dirname(dest.rstrip('/')) or '/'} in container "
-                              f"{c.name}")
+            raise RunnerError(
+                f"Could not find the file {posixpath.dirname(dest.rstrip('/')) or '/'} in container {c.name}"
+            )
         if dest.endswith("/") and not is_dir:
             raise RunnerError(f"destination directory {c.name}:{dest} does not exist")
         into, name = posixpath.dirname(dest.rstrip("/")) or "/", posixpath.basename(dest.rstrip("/"))
@@ -170,9 +177,12 @@ def cmd_cp(store: Store, args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("cp", help="copy files between a container and here (- : a tar stream)",
-                       description="strata cp CONTAINER:SRC DEST|-  or  strata cp SRC|- CONTAINER:DEST. A directory "
-                                   "is copied whole (SRC/. : its contents); - is a tar on stdout or stdin.")
+    p = sub.add_parser(
+        "cp",
+        help="copy files between a container and here (- : a tar stream)",
+        description="strata cp CONTAINER:SRC DEST|-  or  strata cp SRC|- CONTAINER:DEST. A directory "
+        "is copied whole (SRC/. : its contents); - is a tar on stdout or stdin.",
+    )
     p.add_argument("-a", "--archive", action="store_true", help="keep the owners (default: the container's root)")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary (there is none unless on a terminal)")
     p.add_argument("source", metavar="SRC", help="CONTAINER:PATH, a local path, or -")

@@ -37,7 +37,9 @@ def text(event: dict[str, Any]) -> str:
     """``2024-01-02T03:04:05.000000000Z container die ID (exitCode=0, image=bb, name=x)``."""
     attrs = event.get("Actor", {}).get("Attributes") or {}
     shown = ", ".join(f"{k}={v}" for k, v in sorted(attrs.items()))
-    return f"{when(event)} {event.get('Type')} {event.get('Action')} {event.get('id')}" + (f" ({shown})" if shown else "")
+    return f"{when(event)} {event.get('Type')} {event.get('Action')} {event.get('id')}" + (
+        f" ({shown})" if shown else ""
+    )
 
 
 def _matches(event: dict[str, Any], wanted: dict[str, list[str]], ids: dict[str, str]) -> bool:
@@ -48,7 +50,9 @@ def _matches(event: dict[str, Any], wanted: dict[str, list[str]], ids: dict[str,
         return False
     if "container" in wanted:
         cid = str(event.get("id", ""))
-        if not any(cid == ids.get(ref) or cid.startswith(ref) or attrs.get("name") == ref for ref in wanted["container"]):
+        if not any(
+            cid == ids.get(ref) or cid.startswith(ref) or attrs.get("name") == ref for ref in wanted["container"]
+        ):
             return False
     if "image" in wanted and attrs.get("image") not in wanted["image"] and event.get("from") not in wanted["image"]:
         return False
@@ -96,13 +100,20 @@ def cmd_events(store: Store, args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("events", help="containers' lifecycle events, as they happen",
-                       description="Print containers' events (create, start, die, kill, stop, pause, unpause, "
-                                   "rename, destroy, oom) as they happen, until --until or an interrupt.")
+    p = sub.add_parser(
+        "events",
+        help="containers' lifecycle events, as they happen",
+        description="Print containers' events (create, start, die, kill, stop, pause, unpause, "
+        "rename, destroy, oom) as they happen, until --until or an interrupt.",
+    )
     p.add_argument("--since", metavar="WHEN", help="first the events since then (a time, Unix seconds or 10m)")
     p.add_argument("--until", metavar="WHEN", help="stop at that time")
-    p.add_argument("-f", "--filter", action="append", metavar="KEY=VALUE",
-                   help="container=NAME|ID, event=ACTION, image=IMAGE, label=KEY[=VALUE], type=container; "
-                        "repeatable")
+    p.add_argument(
+        "-f",
+        "--filter",
+        action="append",
+        metavar="KEY=VALUE",
+        help="container=NAME|ID, event=ACTION, image=IMAGE, label=KEY[=VALUE], type=container; repeatable",
+    )
     p.add_argument("--format", metavar="TEMPLATE", help="json (one JSON object a line) or a Go template")
     p.set_defaults(func=cmd_events)

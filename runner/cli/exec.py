@@ -48,8 +48,16 @@ def cmd_exec(store: Store, args: argparse.Namespace) -> int:
     if state.get("Paused"):
         raise ContainerConflict(f"Container {c.id} is paused, unpause the container before exec")
     status_r, status_w = os.pipe()
-    spec = lifecycle.join_spec(c, state["Pid"], args.command, _exec_env(c.config["Config"], args), args.workdir,
-                               args.user, bool(args.tty and not args.detach), status_w)
+    spec = lifecycle.join_spec(
+        c,
+        state["Pid"],
+        args.command,
+        _exec_env(c.config["Config"], args),
+        args.workdir,
+        args.user,
+        bool(args.tty and not args.detach),
+        status_w,
+    )
     opened = [status_r, status_w]
     master = None
     try:
@@ -89,12 +97,22 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("-d", "--detach", action="store_true", help="run the command in the background; print nothing")
     p.add_argument("-i", "--interactive", action="store_true", help="keep STDIN open and attach it to the command")
     p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-TTY (/dev/pts/N in the container)")
-    p.add_argument("-e", "--env", action="append", metavar="NAME[=VALUE]",
-                   help="set an environment variable (NAME alone: its value here); repeatable")
-    p.add_argument("-w", "--workdir", metavar="DIR", help="working directory in the container (default: the "
-                                                         "container's)")
-    p.add_argument("-u", "--user", metavar="USER[:GROUP]", help="user name or uid, maybe with a group (default: "
-                                                               "the container's user)")
+    p.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        metavar="NAME[=VALUE]",
+        help="set an environment variable (NAME alone: its value here); repeatable",
+    )
+    p.add_argument(
+        "-w", "--workdir", metavar="DIR", help="working directory in the container (default: the container's)"
+    )
+    p.add_argument(
+        "-u",
+        "--user",
+        metavar="USER[:GROUP]",
+        help="user name or uid, maybe with a group (default: the container's user)",
+    )
     p.add_argument("container", help="the container: a name or an id (prefix)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
     p.set_defaults(func=cmd_exec)

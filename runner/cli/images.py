@@ -58,14 +58,16 @@ def _image_rows(store: Store, args: argparse.Namespace) -> list[dict[str, Any]]:
     intermediate images only with -a, then REPO[:TAG] and the filters."""
     wanted = filters.parse(args.filter, filters.IMAGE_FILTERS)
     # REPO[:TAG] and reference= both hold; reference= given twice: either
-    pattern_sets = ([[familiar(args.reference)]] if args.reference else []) + \
-        ([[familiar(p) for p in wanted["reference"]]] if "reference" in wanted else [])
+    pattern_sets = ([[familiar(args.reference)]] if args.reference else []) + (
+        [[familiar(p) for p in wanted["reference"]]] if "reference" in wanted else []
+    )
     ids = store.images.ids()
     intermediate = {store.images.record(i).parent for i in ids}
     tagged = store.images.tags_by_image()
     created_of = {i: parse_when(store.images.config(i).get("created")) for i in ids}
-    bounds = {key: [created_of[store.images.resolve(ref)] for ref in wanted.get(key, [])]
-              for key in ("before", "since")}
+    bounds = {
+        key: [created_of[store.images.resolve(ref)] for ref in wanted.get(key, [])] for key in ("before", "since")
+    }
     rows: list[dict[str, Any]] = []
     for image_id in ids:
         config = store.images.config(image_id)
@@ -73,7 +75,9 @@ def _image_rows(store: Store, args: argparse.Namespace) -> list[dict[str, Any]]:
         dangling = image_id not in tagged
         if "dangling" in wanted and dangling != (wanted["dangling"][-1] in ("true", "1")):
             continue
-        if wanted.get("label") and not filters.labels_match(wanted["label"], (config.get("config") or {}).get("Labels")):
+        if wanted.get("label") and not filters.labels_match(
+            wanted["label"], (config.get("config") or {}).get("Labels")
+        ):
             continue
         when = created.timestamp() if created else 0
         if any(b is None or when >= b.timestamp() for b in bounds["before"]):
@@ -86,15 +90,23 @@ def _image_rows(store: Store, args: argparse.Namespace) -> list[dict[str, Any]]:
             repo, t = tag.rsplit(":", 1)
             if args.reference and ":" not in args.reference.rsplit("/", 1)[-1] and repo == "<none>":
                 continue
-            if pattern_sets and (repo == "<none>" or
-                                 not all(filters.reference_matches(ps, repo, t) for ps in pattern_sets)):
+            if pattern_sets and (
+                repo == "<none>" or not all(filters.reference_matches(ps, repo, t) for ps in pattern_sets)
+            ):
                 continue
-            rows.append({
-                "Repository": repo, "Tag": t, "ID": _short(image_id), "FullID": image_id,
-                "CreatedSince": since(created), "CreatedAt": config.get("created", ""),
-                "Size": human_size(store.images.size(image_id)), "created": created,
-            })
-    rows.sort(key=lambda r: (r["created"].timestamp() if r["created"] else 0), reverse=True)
+            rows.append(
+                {
+                    "Repository": repo,
+                    "Tag": t,
+                    "ID": _short(image_id),
+                    "FullID": image_id,
+                    "CreatedSince": since(created),
+                    "CreatedAt": config.get("created", ""),
+                    "Size": human_size(store.images.size(image_id)),
+                    "created": created,
+                }
+            )
+    rows.sort(key=lambda r: r["created"].timestamp() if r["created"] else 0, reverse=True)
     return rows
 
 
@@ -108,16 +120,29 @@ def cmd_images(store: Store, args: argparse.Namespace) -> int:
         for short in dict.fromkeys(r["FullID"] if args.no_trunc else r["ID"] for r in rows):  # each image once
             print(short)
         return 0
-    items = [{**{k: v for k, v in r.items() if k not in ("created", "FullID")},
-              "ID": r["FullID"] if args.no_trunc else r["ID"], "Digest": "<none>",
-              "Containers": "N/A", "Label": _label_of(store.images.config(r["FullID"]))} for r in rows]
+    items = [
+        {
+            **{k: v for k, v in r.items() if k not in ("created", "FullID")},
+            "ID": r["FullID"] if args.no_trunc else r["ID"],
+            "Digest": "<none>",
+            "Containers": "N/A",
+            "Label": _label_of(store.images.config(r["FullID"])),
+        }
+        for r in rows
+    ]
     if (lines := template.rows(args.format, items, IMAGE_COLUMNS)) is not None:
         for line in lines:
             print(line)
         return 0
-    print(table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
-                [[r["Repository"], r["Tag"], r["FullID"] if args.no_trunc else r["ID"], r["CreatedSince"], r["Size"]]
-                 for r in rows]))
+    print(
+        table(
+            ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
+            [
+                [r["Repository"], r["Tag"], r["FullID"] if args.no_trunc else r["ID"], r["CreatedSince"], r["Size"]]
+                for r in rows
+            ],
+        )
+    )
     return 0
 
 
@@ -153,17 +178,32 @@ def cmd_history(store: Store, args: argparse.Namespace) -> int:
         return 0
     if args.format == "json":
         for r in rows:
-            print(json.dumps({
-                "ID": r.id or "<missing>", "CreatedAt": r.created, "CreatedSince": since(parse_when(r.created)),
-                "CreatedBy": r.created_by, "Size": human_size(r.size), "Comment": r.comment,
-            }))
+            print(
+                json.dumps(
+                    {
+                        "ID": r.id or "<missing>",
+                        "CreatedAt": r.created,
+                        "CreatedSince": since(parse_when(r.created)),
+                        "CreatedBy": r.created_by,
+                        "Size": human_size(r.size),
+                        "Comment": r.comment,
+                    }
+                )
+            )
         return 0
     out = []
     for r in rows:
         ident = (r.id if args.no_trunc else _short(r.id)) if r.id else "<missing>"
         created_by = r.created_by.replace("\t", " ")
-        out.append([ident, since(parse_when(r.created)) if r.created else "N/A",
-                    created_by if args.no_trunc else ellipsis(created_by, 45), human_size(r.size), r.comment])
+        out.append(
+            [
+                ident,
+                since(parse_when(r.created)) if r.created else "N/A",
+                created_by if args.no_trunc else ellipsis(created_by, 45),
+                human_size(r.size),
+                r.comment,
+            ]
+        )
     print(table(["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"], out))
     return 0
 
@@ -177,9 +217,14 @@ def cmd_rmi(store: Store, args: argparse.Namespace) -> int:
     status = 0
     for ref in args.images:
         try:
-            for line in store.rmi(ref, force=args.force, holders=lambda image_id: [
+            for line in store.rmi(
+                ref,
+                force=args.force,
+                holders=lambda image_id: [
                     *Containers(store.root.path).using_image(image_id),
-                    *ImageMounts(store.root.path).using_image(image_id, store.images.chain(image_id))]):
+                    *ImageMounts(store.root.path).using_image(image_id, store.images.chain(image_id)),
+                ],
+            ):
                 print(line)
         except StoreError as e:
             print(f"Error: {e}", file=sys.stderr)
@@ -201,12 +246,14 @@ def cmd_mount(store: Store, args: argparse.Namespace) -> int:
     if args.image is None:
         names = {f"{CONTAINER}:{c.id}": c.name for c in Containers(store.root.path).all()}
         with store.root.writer():
-            rows = [[m.image.partition(":")[2][:12], names.get(m.image, "<gone>"), m.mountpoint]
-                    if m.image.startswith(f"{CONTAINER}:") else
-                    [_short(m.image.partition(":")[2]), "<layer>", m.mountpoint]
-                    if m.image.startswith(f"{LAYER}:") else
-                    [_short(m.image), (store.images.tags_of(m.image) or ["<none>"])[0], m.mountpoint]
-                    for m in mounts.all()]
+            rows = [
+                [m.image.partition(":")[2][:12], names.get(m.image, "<gone>"), m.mountpoint]
+                if m.image.startswith(f"{CONTAINER}:")
+                else [_short(m.image.partition(":")[2]), "<layer>", m.mountpoint]
+                if m.image.startswith(f"{LAYER}:")
+                else [_short(m.image), (store.images.tags_of(m.image) or ["<none>"])[0], m.mountpoint]
+                for m in mounts.all()
+            ]
         print(table(["ID", "NAME", "MOUNTPOINT"], rows))
         return 0
     try:
@@ -235,8 +282,9 @@ def _layer(store: Store, ref: str) -> str:
         raise RunnerError(f"invalid layer reference {ref!r}: a chain id or diff id (hex), or a prefix of one")
     found = set()
     for chain in store.layers.all():
-        if chain.removeprefix("sha256:").startswith(want) or \
-                store.layers.info(chain).diff_id.removeprefix("sha256:").startswith(want):
+        if chain.removeprefix("sha256:").startswith(want) or store.layers.info(chain).diff_id.removeprefix(
+            "sha256:"
+        ).startswith(want):
             found.add(chain)
     if not found:
         raise RunnerError(f"no such layer: {ref}")
@@ -267,8 +315,12 @@ def cmd_import(store: Store, args: argparse.Namespace) -> int:
     progress = _progress("Importing", "Imported")
     with _drawing(progress):
         image_id = store.import_rootfs(
-            args.file, args.reference, args.change or [], stdin=_stdin() if args.file == "-" else None,
-            message=args.message, progress=progress,
+            args.file,
+            args.reference,
+            args.change or [],
+            stdin=_stdin() if args.file == "-" else None,
+            message=args.message,
+            progress=progress,
         )
     print(image_id)
     return 0
@@ -277,8 +329,9 @@ def cmd_import(store: Store, args: argparse.Namespace) -> int:
 def cmd_load(store: Store, args: argparse.Namespace) -> int:
     progress = None if args.quiet else _progress("Loading layer", "Loaded")
     with _drawing(progress):
-        lines = store.load(args.input or "-", stdin=_stdin() if not args.input or args.input == "-" else None,
-                           progress=progress)
+        lines = store.load(
+            args.input or "-", stdin=_stdin() if not args.input or args.input == "-" else None, progress=progress
+        )
     for line in lines:
         print(line)
     return 0
@@ -310,8 +363,9 @@ def cmd_push(store: Store, args: argparse.Namespace) -> int:
 def cmd_save(store: Store, args: argparse.Namespace) -> int:
     target = os.path.abspath(args.output) if args.output and args.output != "-" else None
     if target is not None and not os.path.exists(os.path.dirname(target)):  # Docker's check, first
-        raise UsageError(f'failed to save image: invalid output path: directory "{os.path.dirname(target)}" '
-                         "does not exist")
+        raise UsageError(
+            f'failed to save image: invalid output path: directory "{os.path.dirname(target)}" does not exist'
+        )
     items = store.save_items(args.images)  # every reference resolved before a byte is written
     progress = _progress("Saving", "Saved")
     with _drawing(progress):
@@ -342,8 +396,11 @@ def cmd_save(store: Store, args: argparse.Namespace) -> int:
 
 def cmd_info(store: Store, args: argparse.Namespace) -> int:
     containers = Containers(store.root.path).all()
-    info = {**store.info(), "Containers": len(containers),
-            "Running": sum(1 for c in containers if c.state().get("Running"))}
+    info = {
+        **store.info(),
+        "Containers": len(containers),
+        "Running": sum(1 for c in containers if c.state().get("Running")),
+    }
     if args.format == "json":
         print(json.dumps(info))
     else:
@@ -372,28 +429,50 @@ def cmd_system_check(store: Store, args: argparse.Namespace) -> int:
 # -- argument parsing -----------------------------------------------------------------------------
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("images", help="list images", description="List images, newest first (one row per tag).")
-    p.add_argument("reference", nargs="?", metavar="REPOSITORY[:TAG]",
-                   help="only this repository (any tag), or this tag; shell patterns (*) allowed")
+    p.add_argument(
+        "reference",
+        nargs="?",
+        metavar="REPOSITORY[:TAG]",
+        help="only this repository (any tag), or this tag; shell patterns (*) allowed",
+    )
     p.add_argument("-a", "--all", action="store_true", help="show intermediate images too (default: hidden)")
-    p.add_argument("-f", "--filter", action="append", metavar="KEY=VALUE",
-                   help="dangling=true|false, reference=PATTERN, label=KEY[=VALUE], before=IMAGE, since=IMAGE; "
-                        "repeatable (the same key: either value; different keys: all)")
+    p.add_argument(
+        "-f",
+        "--filter",
+        action="append",
+        metavar="KEY=VALUE",
+        help="dangling=true|false, reference=PATTERN, label=KEY[=VALUE], before=IMAGE, since=IMAGE; "
+        "repeatable (the same key: either value; different keys: all)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="only image ids")
     p.add_argument("--no-trunc", action="store_true", help="full image ids (default: 12 digits)")
-    p.add_argument("--tree", action="store_true",
-                   help="draw the layer tree: shared layers once, each image's id and tags where its top layer is")
-    p.add_argument("--format", metavar="FORMAT",
-                   help="table, json (one JSON object per line), 'table TEMPLATE' or a Go template, as "
-                        "'{{.Repository}}:{{.Tag}}' (default table)")
+    p.add_argument(
+        "--tree",
+        action="store_true",
+        help="draw the layer tree: shared layers once, each image's id and tags where its top layer is",
+    )
+    p.add_argument(
+        "--format",
+        metavar="FORMAT",
+        help="table, json (one JSON object per line), 'table TEMPLATE' or a Go template, as "
+        "'{{.Repository}}:{{.Tag}}' (default table)",
+    )
     p.set_defaults(func=cmd_images)
 
-    p = sub.add_parser("history", help="show an image's history", description="The steps that built an image, "
-                       "newest first; <missing> for steps whose result is no local image.")
+    p = sub.add_parser(
+        "history",
+        help="show an image's history",
+        description="The steps that built an image, newest first; <missing> for steps whose result is no local image.",
+    )
     p.add_argument("image", help="the image: a tag or an id (prefix)")
     p.add_argument("--no-trunc", action="store_true", help="full ids and commands (default: shortened)")
     p.add_argument("-q", "--quiet", action="store_true", help="only ids")
-    p.add_argument("--format", choices=["table", "json"], default="table",
-                   help="table, or json: one JSON object per line (default table)")
+    p.add_argument(
+        "--format",
+        choices=["table", "json"],
+        default="table",
+        help="table, or json: one JSON object per line (default table)",
+    )
     p.set_defaults(func=cmd_history)
 
     p = sub.add_parser("tag", help="add a tag to an image", description="Make TARGET name the image SOURCE names.")
@@ -402,21 +481,33 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_tag)
 
     p = sub.add_parser("rmi", help="remove images (untag; free layers no image uses)")
-    p.add_argument("-f", "--force", action="store_true",
-                   help="remove an image by id even if several tags name it (default: refused)")
+    p.add_argument(
+        "-f",
+        "--force",
+        action="store_true",
+        help="remove an image by id even if several tags name it (default: refused)",
+    )
     p.add_argument("images", nargs="+", help="tags or ids (prefixes)")
     p.set_defaults(func=cmd_rmi)
 
-    p = sub.add_parser("mount", help="mount an image or a stopped container read-only, to inspect it "
-                                     "(none: list the mounts)")
-    p.add_argument("image", nargs="?", metavar="IMAGE|CONTAINER",
-                   help="an image (tag or id prefix) or a container (name or id; a running one: its live "
-                        "union's path is printed); none: list the mounts")
+    p = sub.add_parser(
+        "mount", help="mount an image or a stopped container read-only, to inspect it (none: list the mounts)"
+    )
+    p.add_argument(
+        "image",
+        nargs="?",
+        metavar="IMAGE|CONTAINER",
+        help="an image (tag or id prefix) or a container (name or id; a running one: its live "
+        "union's path is printed); none: list the mounts",
+    )
     p.add_argument("dir", nargs="?", help="where (default: a directory under the store, printed)")
-    p.add_argument("--layer", metavar="LAYER",
-                   help="mount one layer as it is stored, its whiteouts shown as .wh. files: a chain id as "
-                        "`images --tree` shows it, or a diff id as `inspect` lists it (RootFS.Layers), or a "
-                        "unique prefix of either; then the one argument is the directory")
+    p.add_argument(
+        "--layer",
+        metavar="LAYER",
+        help="mount one layer as it is stored, its whiteouts shown as .wh. files: a chain id as "
+        "`images --tree` shows it, or a diff id as `inspect` lists it (RootFS.Layers), or a "
+        "unique prefix of either; then the one argument is the directory",
+    )
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", aliases=["unmount"], help="unmount image mounts (by image or directory)")
@@ -426,21 +517,30 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("import", help="create a one-layer image from a rootfs tar, directory or -")
     p.add_argument("file", help="a tar (maybe compressed), a directory, or - for a tar on stdin")
     p.add_argument("reference", nargs="?", help="tag for the image, NAME[:TAG] (default: none, untagged)")
-    p.add_argument("-c", "--change", action="append", metavar="INSTRUCTION",
-                   help="apply a Dockerfile instruction (CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE...), "
-                        "e.g. 'CMD [\"/bin/sh\"]'; repeatable")
+    p.add_argument(
+        "-c",
+        "--change",
+        action="append",
+        metavar="INSTRUCTION",
+        help="apply a Dockerfile instruction (CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE...), "
+        "e.g. 'CMD [\"/bin/sh\"]'; repeatable",
+    )
     p.add_argument("-m", "--message", help="comment for the history entry (default: 'Imported from FILE')")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("load", help="load images from a docker save / OCI archive or layout")
-    p.add_argument("-i", "--input", metavar="FILE|DIR",
-                   help="tar archive (maybe compressed) or OCI layout dir (default: stdin)")
+    p.add_argument(
+        "-i", "--input", metavar="FILE|DIR", help="tar archive (maybe compressed) or OCI layout dir (default: stdin)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress (default: bars on a terminal)")
     p.set_defaults(func=cmd_load)
 
     p = sub.add_parser("pull", help="pull an image from a registry (HOST[:PORT]/NAME[:TAG|@DIGEST])")
-    p.add_argument("name", help="HOST[:PORT]/NAME[:TAG] (default tag: latest), or NAME@sha256:... (checked "
-                                "against the manifest's bytes; tags nothing); no host: Docker Hub")
+    p.add_argument(
+        "name",
+        help="HOST[:PORT]/NAME[:TAG] (default tag: latest), or NAME@sha256:... (checked "
+        "against the manifest's bytes; tags nothing); no host: Docker Hub",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the local name (default: progress too)")
     registry.add_remote_flags(p, platform=True)
     p.set_defaults(func=cmd_pull)

@@ -77,18 +77,24 @@ def cmd_ps(store: Store, args: argparse.Namespace) -> int:
             continue
         if not _ps_matches(c, state, wanted, store):
             continue
-        rows.append({
-            "ID": c.id if args.no_trunc else c.id[:12], "Image": c.config["ImageRef"],
-            "Command": ps_command(c.config["Command"], not args.no_trunc),
-            "CreatedAt": c.config["Created"], "RunningFor": since(parse_when(c.config["Created"])),
-            "Status": status_text(state), "State": state.get("Status"), "Names": c.name,
-            "Ports": net_settings.ps_ports(state),
-            "Labels": ",".join(f"{k}={v}" for k, v in sorted((c.config["Config"].get("Labels") or {}).items())),
-            "Label": _label_of(c.config["Config"].get("Labels") or {}),
-            "Mounts": ",".join(m.get("Name") or m.get("Source", "") for m in c.config.get("MountPoints") or []),
-            "LocalVolumes": str(sum(1 for m in c.config.get("MountPoints") or [] if m.get("Type") == "volume")),
-            "Networks": c.config["HostConfig"].get("NetworkMode", ""),
-        })
+        rows.append(
+            {
+                "ID": c.id if args.no_trunc else c.id[:12],
+                "Image": c.config["ImageRef"],
+                "Command": ps_command(c.config["Command"], not args.no_trunc),
+                "CreatedAt": c.config["Created"],
+                "RunningFor": since(parse_when(c.config["Created"])),
+                "Status": status_text(state),
+                "State": state.get("Status"),
+                "Names": c.name,
+                "Ports": net_settings.ps_ports(state),
+                "Labels": ",".join(f"{k}={v}" for k, v in sorted((c.config["Config"].get("Labels") or {}).items())),
+                "Label": _label_of(c.config["Config"].get("Labels") or {}),
+                "Mounts": ",".join(m.get("Name") or m.get("Source", "") for m in c.config.get("MountPoints") or []),
+                "LocalVolumes": str(sum(1 for m in c.config.get("MountPoints") or [] if m.get("Type") == "volume")),
+                "Networks": c.config["HostConfig"].get("NetworkMode", ""),
+            }
+        )
     if args.quiet:
         for r in rows:
             print(r["ID"])
@@ -96,9 +102,15 @@ def cmd_ps(store: Store, args: argparse.Namespace) -> int:
         for line in lines:
             print(line)
     else:
-        print(table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
-                    [[r["ID"], r["Image"], r["Command"], r["RunningFor"], r["Status"], r["Ports"], r["Names"]]
-                     for r in rows]))
+        print(
+            table(
+                ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
+                [
+                    [r["ID"], r["Image"], r["Command"], r["RunningFor"], r["Status"], r["Ports"], r["Names"]]
+                    for r in rows
+                ],
+            )
+        )
     return 0
 
 
@@ -131,9 +143,16 @@ def _proc_row(pid: int, boot: float, ticks: int, users: dict[int, str]) -> list[
     tty = f"pts/{minor}" if major == 136 else "?" if tty_nr == 0 else f"tty{minor}"
     stime = time.localtime(started)
     cmd = cmdline.replace(b"\0", b" ").decode(errors="replace").strip() or f"[{comm}]"
-    return [users.get(uid, str(uid)), str(pid), str(ppid), str(int(cpu * 100 / elapsed)),
-            time.strftime("%H:%M" if time.time() - started < 86400 else "%b%d", stime), tty,
-            time.strftime("%H:%M:%S", time.gmtime(cpu)), cmd]
+    return [
+        users.get(uid, str(uid)),
+        str(pid),
+        str(ppid),
+        str(int(cpu * 100 / elapsed)),
+        time.strftime("%H:%M" if time.time() - started < 86400 else "%b%d", stime),
+        tty,
+        time.strftime("%H:%M:%S", time.gmtime(cpu)),
+        cmd,
+    ]
 
 
 def cmd_top(store: Store, args: argparse.Namespace) -> int:
@@ -153,48 +172,105 @@ def cmd_top(store: Store, args: argparse.Namespace) -> int:
 
 def mount_point(m: dict[str, Any]) -> dict[str, Any]:
     """A container's mount point as Docker's inspect shows it (Name and Driver: volumes only)."""
-    return {k: m.get(k, "") for k in ("Type", "Name", "Source", "Destination", "Driver", "Mode", "RW", "Propagation")
-            if k not in ("Name", "Driver") or m.get(k)}
+    return {
+        k: m.get(k, "")
+        for k in ("Type", "Name", "Source", "Destination", "Driver", "Mode", "RW", "Propagation")
+        if k not in ("Name", "Driver") or m.get(k)
+    }
 
 
 def inspect_container(c: Container) -> dict[str, Any]:
     state = c.state()
     cfg, hc = c.config["Config"], c.config["HostConfig"]
     return {
-        "Id": c.id, "Created": c.config["Created"], "Path": c.config["Path"], "Args": c.config["Args"],
-        "State": {k: state.get(k, d) for k, d in (
-            ("Status", State.CREATED), ("Running", False), ("Paused", False), ("Restarting", False),
-            ("OOMKilled", False), ("Dead", False), ("Pid", 0), ("ExitCode", 0), ("Error", ""),
-            ("StartedAt", "0001-01-01T00:00:00Z"), ("FinishedAt", "0001-01-01T00:00:00Z"))},
+        "Id": c.id,
+        "Created": c.config["Created"],
+        "Path": c.config["Path"],
+        "Args": c.config["Args"],
+        "State": {
+            k: state.get(k, d)
+            for k, d in (
+                ("Status", State.CREATED),
+                ("Running", False),
+                ("Paused", False),
+                ("Restarting", False),
+                ("OOMKilled", False),
+                ("Dead", False),
+                ("Pid", 0),
+                ("ExitCode", 0),
+                ("Error", ""),
+                ("StartedAt", "0001-01-01T00:00:00Z"),
+                ("FinishedAt", "0001-01-01T00:00:00Z"),
+            )
+        },
         "Image": c.config["Image"],
-        "ResolvConfPath": c.path("resolv.conf"), "HostnamePath": c.path("hostname"), "HostsPath": c.path("hosts"),
-        "LogPath": c.path("container.log"), "Name": "/" + c.name, "RestartCount": state.get("RestartCount", 0),
-        "Driver": "strata-unionfs", "Platform": "linux",
-        "HostConfig": {"CpuShares": hc["CpuShares"], "Memory": hc["Memory"], "MemorySwap": hc["MemorySwap"],
-                       "NetworkMode": hc["NetworkMode"], "PortBindings": hc.get("PortBindings") or {},
-                       "PublishAllPorts": bool(hc.get("PublishAllPorts")), "AutoRemove": hc["AutoRemove"],
-                       "SecurityOpt": hc.get("SecurityOpt"), "Devices": hc.get("Devices", []),
-                       "DeviceCgroupRules": hc.get("DeviceCgroupRules"),
-                       "CgroupVersion": str(c.config["Cgroup"]["Version"]),
-                       "CpuWeight": cgroups.shares_to_weight(hc["CpuShares"]) if hc["CpuShares"] else 0,
-                       "RestartPolicy": hc.get("RestartPolicy") or {"Name": "no", "MaximumRetryCount": 0},
-                       **{k: hc.get(k, d) for k, d in (
-                           ("CapAdd", None), ("CapDrop", None), ("Privileged", False), ("Init", None),
-                           ("PidsLimit", None), ("NanoCpus", 0), ("CpusetCpus", ""), ("Ulimits", None),
-                           ("ExtraHosts", None), ("Dns", []))},
-                       "Binds": hc.get("Binds"), "VolumesFrom": hc.get("VolumesFrom"),
-                       "ReadonlyRootfs": bool(hc.get("ReadonlyRootfs")),
-                       **{k: hc[k] for k in ("Mounts", "Tmpfs") if hc.get(k)}},  # (omitted when empty, as Docker's)
-        "GraphDriver": {"Name": "strata-unionfs", "Data": {
-            "LowerDir": ":".join(c.config["LowerDirs"]), "UpperDir": c.path("upper"),
-            "WorkDir": c.path("work"), "MergedDir": c.path("merged")}},
+        "ResolvConfPath": c.path("resolv.conf"),
+        "HostnamePath": c.path("hostname"),
+        "HostsPath": c.path("hosts"),
+        "LogPath": c.path("container.log"),
+        "Name": "/" + c.name,
+        "RestartCount": state.get("RestartCount", 0),
+        "Driver": "strata-unionfs",
+        "Platform": "linux",
+        "HostConfig": {
+            "CpuShares": hc["CpuShares"],
+            "Memory": hc["Memory"],
+            "MemorySwap": hc["MemorySwap"],
+            "NetworkMode": hc["NetworkMode"],
+            "PortBindings": hc.get("PortBindings") or {},
+            "PublishAllPorts": bool(hc.get("PublishAllPorts")),
+            "AutoRemove": hc["AutoRemove"],
+            "SecurityOpt": hc.get("SecurityOpt"),
+            "Devices": hc.get("Devices", []),
+            "DeviceCgroupRules": hc.get("DeviceCgroupRules"),
+            "CgroupVersion": str(c.config["Cgroup"]["Version"]),
+            "CpuWeight": cgroups.shares_to_weight(hc["CpuShares"]) if hc["CpuShares"] else 0,
+            "RestartPolicy": hc.get("RestartPolicy") or {"Name": "no", "MaximumRetryCount": 0},
+            **{
+                k: hc.get(k, d)
+                for k, d in (
+                    ("CapAdd", None),
+                    ("CapDrop", None),
+                    ("Privileged", False),
+                    ("Init", None),
+                    ("PidsLimit", None),
+                    ("NanoCpus", 0),
+                    ("CpusetCpus", ""),
+                    ("Ulimits", None),
+                    ("ExtraHosts", None),
+                    ("Dns", []),
+                )
+            },
+            "Binds": hc.get("Binds"),
+            "VolumesFrom": hc.get("VolumesFrom"),
+            "ReadonlyRootfs": bool(hc.get("ReadonlyRootfs")),
+            **{k: hc[k] for k in ("Mounts", "Tmpfs") if hc.get(k)},
+        },  # (omitted when empty, as Docker's)
+        "GraphDriver": {
+            "Name": "strata-unionfs",
+            "Data": {
+                "LowerDir": ":".join(c.config["LowerDirs"]),
+                "UpperDir": c.path("upper"),
+                "WorkDir": c.path("work"),
+                "MergedDir": c.path("merged"),
+            },
+        },
         "Mounts": [mount_point(m) for m in c.config.get("MountPoints") or []],
-        "Config": {"Hostname": cfg["Hostname"], "Env": cfg["Env"], "Cmd": cfg["Cmd"],
-                   "Entrypoint": cfg["Entrypoint"], "Image": cfg["Image"], "WorkingDir": cfg["WorkingDir"],
-                   "User": cfg["User"], "Tty": cfg["Tty"], "OpenStdin": cfg["OpenStdin"],
-                   "Labels": cfg.get("Labels") or {}, "Volumes": cfg.get("Volumes"),
-                   **({"ExposedPorts": cfg["ExposedPorts"]} if cfg.get("ExposedPorts") else {}),
-                   **{k: cfg[k] for k in ("StopSignal", "StopTimeout") if cfg.get(k) is not None}},
+        "Config": {
+            "Hostname": cfg["Hostname"],
+            "Env": cfg["Env"],
+            "Cmd": cfg["Cmd"],
+            "Entrypoint": cfg["Entrypoint"],
+            "Image": cfg["Image"],
+            "WorkingDir": cfg["WorkingDir"],
+            "User": cfg["User"],
+            "Tty": cfg["Tty"],
+            "OpenStdin": cfg["OpenStdin"],
+            "Labels": cfg.get("Labels") or {},
+            "Volumes": cfg.get("Volumes"),
+            **({"ExposedPorts": cfg["ExposedPorts"]} if cfg.get("ExposedPorts") else {}),
+            **{k: cfg[k] for k in ("StopSignal", "StopTimeout") if cfg.get(k) is not None},
+        },
         "NetworkSettings": net_settings.network_settings(c.config, state),
     }
 
@@ -220,8 +296,10 @@ def cmd_inspect(store: Store, args: argparse.Namespace) -> int:
                 continue
             except StoreError as e:
                 if "No such image" not in str(e) or args.type == "image":
-                    print(f"Error: {e}" if "No such image" not in str(e) else f"Error: No such image: {ref}",
-                          file=sys.stderr)
+                    print(
+                        f"Error: {e}" if "No such image" not in str(e) else f"Error: No such image: {ref}",
+                        file=sys.stderr,
+                    )
                     status = 1
                     continue
         try:  # then volumes, as Docker's
@@ -257,7 +335,9 @@ def parse_since(value: str, now: float | None = None) -> float:
         return float(value)
     if re.fullmatch(r"([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+", value):
         scale = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
-        return now - sum(float(n) * scale[u] for n, _, u in re.findall(r"([0-9]+(\.[0-9]+)?)(ns|us|µs|ms|s|m|h)", value))
+        return now - sum(
+            float(n) * scale[u] for n, _, u in re.findall(r"([0-9]+(\.[0-9]+)?)(ns|us|µs|ms|s|m|h)", value)
+        )
     text = value if re.search(r"(Z|[+-][0-9]{2}:[0-9]{2})$", value) else value + "Z"
     if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}Z", text):
         text = text[:-1] + "T00:00:00Z"
@@ -309,14 +389,22 @@ def cmd_logs(store: Store, args: argparse.Namespace) -> int:
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("ps", help="list containers", description="List containers (default: running ones).")
     p.add_argument("-a", "--all", action="store_true", help="show every container (default: only running ones)")
-    p.add_argument("-f", "--filter", action="append", metavar="KEY=VALUE",
-                   help="status=created|running|exited|..., name=REGEX, id=PREFIX, label=KEY[=VALUE], ancestor=IMAGE; "
-                        "repeatable (the same key: either value; different keys: all)")
+    p.add_argument(
+        "-f",
+        "--filter",
+        action="append",
+        metavar="KEY=VALUE",
+        help="status=created|running|exited|..., name=REGEX, id=PREFIX, label=KEY[=VALUE], ancestor=IMAGE; "
+        "repeatable (the same key: either value; different keys: all)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="only container ids")
     p.add_argument("--no-trunc", action="store_true", help="full ids and commands (default: shortened)")
-    p.add_argument("--format", metavar="FORMAT",
-                   help="table, json (one JSON object per line), 'table TEMPLATE' or a Go template, as "
-                        "'{{.ID}} {{.Names}}' (default table)")
+    p.add_argument(
+        "--format",
+        metavar="FORMAT",
+        help="table, json (one JSON object per line), 'table TEMPLATE' or a Go template, as "
+        "'{{.ID}} {{.Names}}' (default table)",
+    )
     p.set_defaults(func=cmd_ps)
 
     p = sub.add_parser("top", help="the processes of a container")
@@ -324,10 +412,17 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_top)
 
     p = sub.add_parser("inspect", help="low-level information on containers or images, as JSON")
-    p.add_argument("-f", "--format", metavar="TEMPLATE",
-                   help="a Go template per object instead of JSON, as '{{.State.Status}}' or '{{json .Config}}'")
-    p.add_argument("--type", choices=["container", "image", "volume"],
-                   help="look only at one kind (default: containers, then images, then volumes)")
+    p.add_argument(
+        "-f",
+        "--format",
+        metavar="TEMPLATE",
+        help="a Go template per object instead of JSON, as '{{.State.Status}}' or '{{json .Config}}'",
+    )
+    p.add_argument(
+        "--type",
+        choices=["container", "image", "volume"],
+        help="look only at one kind (default: containers, then images, then volumes)",
+    )
     p.add_argument("names", nargs="+", help="containers (names or ids), images (tags or ids) and volumes")
     p.set_defaults(func=cmd_inspect)
 
@@ -335,7 +430,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing while the container runs")
     p.add_argument("-n", "--tail", metavar="N", help="only the last N lines (default: all)")
     p.add_argument("-t", "--timestamps", action="store_true", help="put each line's time (RFC 3339) before it")
-    p.add_argument("--since", metavar="WHEN",
-                   help="only lines since a time (2024-01-02T03:04:05Z), Unix seconds, or a duration ago (10m)")
+    p.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only lines since a time (2024-01-02T03:04:05Z), Unix seconds, or a duration ago (10m)",
+    )
     p.add_argument("container", help="a name or an id (prefix)")
     p.set_defaults(func=cmd_logs)

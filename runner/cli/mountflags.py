@@ -34,10 +34,40 @@ from .units import ram_in_bytes
 PROPAGATIONS = ("private", "rprivate", "shared", "rshared", "slave", "rslave")
 _MODE_GROUPS = (("rw", "ro"), ("z", "Z"), PROPAGATIONS, ("nocopy",), ("consistent", "cached", "delegated"))
 _TMPFS_DATA = ("", "size", "mode", "uid", "gid", "nr_inodes", "nr_blocks", "mpol")
-_TMPFS_FLAGS = ("ro", "rw", "exec", "noexec", "suid", "nosuid", "dev", "nodev", "sync", "async", "dirsync", "atime",
-                "noatime", "diratime", "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime",
-                "mand", "nomand", "remount", "bind", "rbind", "unbindable", "runbindable", "private", "rprivate",
-                "shared", "rshared", "slave", "rslave")
+_TMPFS_FLAGS = (
+    "ro",
+    "rw",
+    "exec",
+    "noexec",
+    "suid",
+    "nosuid",
+    "dev",
+    "nodev",
+    "sync",
+    "async",
+    "dirsync",
+    "atime",
+    "noatime",
+    "diratime",
+    "nodiratime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nostrictatime",
+    "mand",
+    "nomand",
+    "remount",
+    "bind",
+    "rbind",
+    "unbindable",
+    "runbindable",
+    "private",
+    "rprivate",
+    "shared",
+    "rshared",
+    "slave",
+    "rslave",
+)
 _TRUE, _FALSE = ("1", "t", "T", "TRUE", "true", "True"), ("0", "f", "F", "FALSE", "false", "False")
 
 
@@ -71,24 +101,38 @@ def valid_mode(mode: str) -> bool:
 def _target(spec_error: str, kind: str, target: str) -> str:
     """A mount's destination, cleaned; Docker's errors for a relative one or ``/``."""
     if not target.startswith("/"):
-        raise RunnerError(f"{spec_error}invalid mount config for type \"{kind}\": invalid mount path: '{target}' "
-                          "mount path must be absolute")
+        raise RunnerError(
+            f"{spec_error}invalid mount config for type \"{kind}\": invalid mount path: '{target}' "
+            "mount path must be absolute"
+        )
     cleaned = posixpath.normpath(target)
     cleaned = "/" + cleaned.lstrip("/")
     if cleaned == "/":
-        raise RunnerError(f"{spec_error}invalid mount config for type \"{kind}\": invalid specification: "
-                          "destination can't be '/'")
+        raise RunnerError(
+            f"{spec_error}invalid mount config for type \"{kind}\": invalid specification: destination can't be '/'"
+        )
     return cleaned
 
 
-def _volume_point(root: str, name: str | None, target: str, mode: str, rw: bool, copy: bool,
-                  labels: dict[str, str] | None = None) -> dict[str, Any]:
+def _volume_point(
+    root: str, name: str | None, target: str, mode: str, rw: bool, copy: bool, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
     anonymous = name is None
     name = name or anonymous_name()
     labels = {ANONYMOUS: ""} if anonymous else dict(labels or {})
-    return {"Type": "volume", "Name": name, "Source": os.path.join(Volumes(root).path(name), "_data"),
-            "Destination": target, "Driver": DRIVER, "Mode": mode, "RW": rw, "Propagation": "",
-            "Anonymous": anonymous, "CopyData": copy, "Labels": labels}
+    return {
+        "Type": "volume",
+        "Name": name,
+        "Source": os.path.join(Volumes(root).path(name), "_data"),
+        "Destination": target,
+        "Driver": DRIVER,
+        "Mode": mode,
+        "RW": rw,
+        "Propagation": "",
+        "Anonymous": anonymous,
+        "CopyData": copy,
+        "Labels": labels,
+    }
 
 
 # -- -v/--volume ---------------------------------------------------------------------------------
@@ -125,12 +169,18 @@ def _bind_or_volume(root: str, spec: str) -> tuple[dict[str, Any], str]:
     bind = f"{source}:{spec.split(':', 1)[1]}"
     if kind == "bind":
         if "nocopy" in words:
-            raise RunnerError(f"{where}invalid mount config for type \"bind\": field VolumeOptions must not be "
-                              "specified")
-        return {"Type": "bind", "Source": posixpath.normpath(source), "Destination": target, "Mode": mode, "RW": rw,
-                "Propagation": propagation or "rprivate", "Create": True}, bind
+            raise RunnerError(f'{where}invalid mount config for type "bind": field VolumeOptions must not be specified')
+        return {
+            "Type": "bind",
+            "Source": posixpath.normpath(source),
+            "Destination": target,
+            "Mode": mode,
+            "RW": rw,
+            "Propagation": propagation or "rprivate",
+            "Create": True,
+        }, bind
     if propagation:
-        raise RunnerError(f"{where}invalid mount config for type \"volume\": field BindOptions must not be specified")
+        raise RunnerError(f'{where}invalid mount config for type "volume": field BindOptions must not be specified')
     check_name(source)
     return _volume_point(root, source, target, mode or "z", rw, "nocopy" not in words), bind
 
@@ -183,7 +233,8 @@ def mount_flag(value: str) -> dict[str, Any]:
             options("VolumeOptions")["DriverConfig"] = {"Name": val}
         elif key == "volume-opt":
             options("VolumeOptions").setdefault("DriverConfig", {"Name": DRIVER}).setdefault("Options", {})[
-                val.partition("=")[0]] = val.partition("=")[2]
+                val.partition("=")[0]
+            ] = val.partition("=")[2]
         elif key == "tmpfs-size":
             try:
                 options("TmpfsOptions")["SizeBytes"] = ram_in_bytes(val)
@@ -200,8 +251,11 @@ def mount_flag(value: str) -> dict[str, Any]:
         raise FlagValueError(value, "type is required")
     if not m.get("Target"):
         raise FlagValueError(value, "target is required")
-    for prefix, key, kind in (("volume", "VolumeOptions", "volume"), ("bind", "BindOptions", "bind"),
-                              ("tmpfs", "TmpfsOptions", "tmpfs")):
+    for prefix, key, kind in (
+        ("volume", "VolumeOptions", "volume"),
+        ("bind", "BindOptions", "bind"),
+        ("tmpfs", "TmpfsOptions", "tmpfs"),
+    ):
         if key in m and m["Type"] != kind:
             raise FlagValueError(value, f"cannot mix '{prefix}-*' options with mount type '{m['Type']}'")
     return m
@@ -210,7 +264,7 @@ def mount_flag(value: str) -> dict[str, Any]:
 def _mount_point(root: str, m: dict[str, Any]) -> dict[str, Any]:
     """The mount point of a parsed ``--mount``, checked as Docker's daemon checks it."""
     kind, source = m["Type"], m.get("Source", "")
-    config = f"invalid mount config for type \"{kind}\": "
+    config = f'invalid mount config for type "{kind}": '
     if kind not in ("bind", "volume", "tmpfs"):
         raise RunnerError(f"{config}mount type unknown")
     target = _target("", kind, m["Target"])
@@ -226,16 +280,33 @@ def _mount_point(root: str, m: dict[str, Any]) -> dict[str, Any]:
         propagation = bind.get("Propagation") or "rprivate"
         if propagation not in PROPAGATIONS:
             raise RunnerError(f"{config}invalid propagation mode: {propagation}")
-        return {"Type": "bind", "Source": posixpath.normpath(source), "Destination": target, "Mode": "", "RW": rw,
-                "Propagation": propagation, "NonRecursive": bool(bind.get("NonRecursive"))}
+        return {
+            "Type": "bind",
+            "Source": posixpath.normpath(source),
+            "Destination": target,
+            "Mode": "",
+            "RW": rw,
+            "Propagation": propagation,
+            "NonRecursive": bool(bind.get("NonRecursive")),
+        }
     if kind == "tmpfs":
         if source:
             raise RunnerError(f"{config}field Source must not be specified")
         tmpfs = m.get("TmpfsOptions") or {}
-        options = [*([f"size={tmpfs['SizeBytes'] // 1024}k"] if tmpfs.get("SizeBytes") else []),
-                   *([f"mode={tmpfs['Mode']:o}"] if tmpfs.get("Mode") else []), *([] if rw else ["ro"])]
-        return {"Type": "tmpfs", "Source": "", "Destination": target, "Mode": "", "RW": rw, "Propagation": "",
-                "Options": options}
+        options = [
+            *([f"size={tmpfs['SizeBytes'] // 1024}k"] if tmpfs.get("SizeBytes") else []),
+            *([f"mode={tmpfs['Mode']:o}"] if tmpfs.get("Mode") else []),
+            *([] if rw else ["ro"]),
+        ]
+        return {
+            "Type": "tmpfs",
+            "Source": "",
+            "Destination": target,
+            "Mode": "",
+            "RW": rw,
+            "Propagation": "",
+            "Options": options,
+        }
     volume = m.get("VolumeOptions") or {}
     driver = volume.get("DriverConfig") or {}
     name = driver.get("Name") or DRIVER
@@ -245,8 +316,9 @@ def _mount_point(root: str, m: dict[str, Any]) -> dict[str, Any]:
         raise RunnerError(f"{config}volume options (volume-opt) are not supported by strata's local volumes")
     if source:
         check_name(source)
-    return _volume_point(root, source or None, target, "z" if source else "", rw, not volume.get("NoCopy"),
-                         volume.get("Labels"))
+    return _volume_point(
+        root, source or None, target, "z" if source else "", rw, not volume.get("NoCopy"), volume.get("Labels")
+    )
 
 
 # -- --tmpfs, --volumes-from ----------------------------------------------------------------------
@@ -271,17 +343,20 @@ def _volumes_from(root: str, spec: str) -> list[dict[str, Any]]:
     if mode and not valid_mode(mode):
         raise RunnerError(f"invalid mode: {mode}")
     if any(w in PROPAGATIONS for w in words):
-        raise RunnerError(f'invalid argument: "{mode}". Propagation can\'t be specified while importing volumes from '
-                          "data container")
+        raise RunnerError(
+            f'invalid argument: "{mode}". Propagation can\'t be specified while importing volumes from data container'
+        )
     if "nocopy" in words:
-        raise RunnerError(f'invalid argument: "{mode}". Copy modes can\'t be specified while importing volumes from '
-                          "data container")
+        raise RunnerError(
+            f'invalid argument: "{mode}". Copy modes can\'t be specified while importing volumes from data container'
+        )
     source = Containers(root).get(ref)
     out = []
     for m in source.config.get("MountPoints") or []:
         if m.get("Type") in ("volume", "bind"):
-            out.append({**m, "RW": bool(m.get("RW")) and "ro" not in words, "Mode": "", "CopyData": False,
-                        "Create": False})
+            out.append(
+                {**m, "RW": bool(m.get("RW")) and "ro" not in words, "Mode": "", "CopyData": False, "Create": False}
+            )
     return out
 
 
@@ -319,22 +394,50 @@ def plan(root: str, args: argparse.Namespace, image_volumes: dict[str, Any] | No
         cleaned = _target(f"invalid volume specification: '{target}': ", "volume", target)
         if cleaned not in points and cleaned not in tmpfs:
             points[cleaned] = _volume_point(root, None, cleaned, "", True, True)
-    host_config = {"Binds": binds or None, "Mounts": list(args.mount or []) or None, "Tmpfs": tmpfs or None,
-                   "ReadonlyRootfs": bool(args.read_only), "VolumesFrom": list(args.volumes_from or []) or None}
+    host_config = {
+        "Binds": binds or None,
+        "Mounts": list(args.mount or []) or None,
+        "Tmpfs": tmpfs or None,
+        "ReadonlyRootfs": bool(args.read_only),
+        "VolumesFrom": list(args.volumes_from or []) or None,
+    }
     return Storage(sorted(points.values(), key=lambda m: m["Destination"]), host_config, volumes or {})
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``run``'s storage flags, with Docker's names."""
-    p.add_argument("-v", "--volume", action="append", metavar="[SOURCE:]TARGET[:MODE]",
-                   help="bind a host path (absolute; made if missing), mount a named volume (made on first use), "
-                        "or with TARGET alone an anonymous volume; MODE: ro, rw, nocopy, a propagation; repeatable")
-    p.add_argument("--mount", action="append", type=mount_flag, metavar="type=bind|volume|tmpfs,dst=PATH[,...]",
-                   help="a mount as key=value fields: src=, dst=, readonly, bind-propagation=, volume-nocopy, "
-                        "volume-label=, tmpfs-size=, tmpfs-mode= (a bind source must exist); repeatable")
-    p.add_argument("--tmpfs", action="append", metavar="PATH[:OPTIONS]",
-                   help="mount a tmpfs (default noexec,nosuid,nodev; OPTIONS as size=64m,mode=1777,exec); repeatable")
-    p.add_argument("--volumes-from", action="append", dest="volumes_from", metavar="CONTAINER[:ro|rw]",
-                   help="mount the volumes and binds of another container; repeatable")
-    p.add_argument("--read-only", action="store_true", dest="read_only",
-                   help="mount the container's root read-only (volumes and tmpfs mounts stay writable)")
+    p.add_argument(
+        "-v",
+        "--volume",
+        action="append",
+        metavar="[SOURCE:]TARGET[:MODE]",
+        help="bind a host path (absolute; made if missing), mount a named volume (made on first use), "
+        "or with TARGET alone an anonymous volume; MODE: ro, rw, nocopy, a propagation; repeatable",
+    )
+    p.add_argument(
+        "--mount",
+        action="append",
+        type=mount_flag,
+        metavar="type=bind|volume|tmpfs,dst=PATH[,...]",
+        help="a mount as key=value fields: src=, dst=, readonly, bind-propagation=, volume-nocopy, "
+        "volume-label=, tmpfs-size=, tmpfs-mode= (a bind source must exist); repeatable",
+    )
+    p.add_argument(
+        "--tmpfs",
+        action="append",
+        metavar="PATH[:OPTIONS]",
+        help="mount a tmpfs (default noexec,nosuid,nodev; OPTIONS as size=64m,mode=1777,exec); repeatable",
+    )
+    p.add_argument(
+        "--volumes-from",
+        action="append",
+        dest="volumes_from",
+        metavar="CONTAINER[:ro|rw]",
+        help="mount the volumes and binds of another container; repeatable",
+    )
+    p.add_argument(
+        "--read-only",
+        action="store_true",
+        dest="read_only",
+        help="mount the container's root read-only (volumes and tmpfs mounts stay writable)",
+    )

@@ -18,13 +18,28 @@ MODES = "bridge (default), none, host, container:NAME or a network's name"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--network", "--net", default="bridge", metavar="NETWORK",
-                   help=f"{MODES}; as an ordinary user bridge is pasta's (default bridge)")
-    p.add_argument("-p", "--publish", action="append", metavar="[IP:][HOST:]CTR[/PROTO]",
-                   help="publish a container port on the host: HOST:CTR, IP:HOST:CTR, CTR (any free host port), "
-                        "ranges as 8000-8001:80-81, /udp; repeatable")
-    p.add_argument("-P", "--publish-all", action="store_true", dest="publish_all",
-                   help="publish every port the image exposes (EXPOSE) on free host ports")
+    p.add_argument(
+        "--network",
+        "--net",
+        default="bridge",
+        metavar="NETWORK",
+        help=f"{MODES}; as an ordinary user bridge is pasta's (default bridge)",
+    )
+    p.add_argument(
+        "-p",
+        "--publish",
+        action="append",
+        metavar="[IP:][HOST:]CTR[/PROTO]",
+        help="publish a container port on the host: HOST:CTR, IP:HOST:CTR, CTR (any free host port), "
+        "ranges as 8000-8001:80-81, /udp; repeatable",
+    )
+    p.add_argument(
+        "-P",
+        "--publish-all",
+        action="store_true",
+        dest="publish_all",
+        help="publish every port the image exposes (EXPOSE) on free host ports",
+    )
 
 
 def plan(root: str, args: argparse.Namespace, image_settings: dict[str, Any]) -> dict[str, Any]:
@@ -49,14 +64,19 @@ def plan(root: str, args: argparse.Namespace, image_settings: dict[str, Any]) ->
     elif mode != "pasta":
         network = Networks(root).get(mode)  # NoSuchNetwork: "network X not found", as Docker
         if os.geteuid() != 0 and not network.builtin:
-            raise NetworkError(f"network {network.name}: user networks need root (rootless containers use bridge, "
-                               "through pasta)")
+            raise NetworkError(
+                f"network {network.name}: user networks need root (rootless containers use bridge, through pasta)"
+            )
         mode, network_id = network.name, network.id
     exposed: dict[str, dict[str, Any]] = {
-        f"{port}/{proto}": {} for port, proto in (ports.split_key(k) for k in image_settings.get("ExposedPorts") or {})}
+        f"{port}/{proto}": {} for port, proto in (ports.split_key(k) for k in image_settings.get("ExposedPorts") or {})
+    }
     for key in bindings:
         exposed.setdefault(key, {})
     exposed = dict(sorted(exposed.items(), key=lambda kv: ports.split_key(kv[0])))
     publish_all = bool(args.publish_all) and mode not in ("host", "none")
-    return {"HostConfig": {"NetworkMode": mode, "PortBindings": bindings, "PublishAllPorts": publish_all},
-            "ExposedPorts": exposed or None, "NetworkID": network_id}
+    return {
+        "HostConfig": {"NetworkMode": mode, "PortBindings": bindings, "PublishAllPorts": publish_all},
+        "ExposedPorts": exposed or None,
+        "NetworkID": network_id,
+    }

@@ -34,7 +34,7 @@ def _labels(given: list[str] | None) -> dict[str, str]:
 
 def cmd_create(store: Store, args: argparse.Namespace) -> int:
     if args.driver != "bridge":
-        raise NetworkError(f"plugin \"{args.driver}\" not found (strata has the bridge driver)")
+        raise NetworkError(f'plugin "{args.driver}" not found (strata has the bridge driver)')
     if os.geteuid() != 0:
         raise NetworkError("user networks need root (rootless containers use bridge, through pasta)")
     from ..net import bridge  # (here: libnftables loads with it)
@@ -60,9 +60,17 @@ def _endpoints(root: str, network: Network) -> dict[str, Any]:
         return {}
     prefix = ipaddress.IPv4Network(network.subnet).prefixlen
     containers = os.path.join(root, "containers") + os.sep
-    return {lease.id: {"Name": lease.name, "EndpointID": lease.veth, "MacAddress": leases.mac_for(lease.ip),
-                       "IPv4Address": f"{lease.ip}/{prefix}", "IPv6Address": ""}
-            for lease in leases.all_leases(network.bridge) if lease.container.startswith(containers) and lease.live()}
+    return {
+        lease.id: {
+            "Name": lease.name,
+            "EndpointID": lease.veth,
+            "MacAddress": leases.mac_for(lease.ip),
+            "IPv4Address": f"{lease.ip}/{prefix}",
+            "IPv6Address": "",
+        }
+        for lease in leases.all_leases(network.bridge)
+        if lease.container.startswith(containers) and lease.live()
+    }
 
 
 def cmd_ls(store: Store, args: argparse.Namespace) -> int:
@@ -73,11 +81,24 @@ def cmd_ls(store: Store, args: argparse.Namespace) -> int:
         return 0
     if args.format == "json":
         for n in every:
-            print(json.dumps({"ID": n.id if args.no_trunc else n.id[:12], "Name": n.name, "Driver": n.driver,
-                              "Scope": "local", "CreatedAt": n.created}))
+            print(
+                json.dumps(
+                    {
+                        "ID": n.id if args.no_trunc else n.id[:12],
+                        "Name": n.name,
+                        "Driver": n.driver,
+                        "Scope": "local",
+                        "CreatedAt": n.created,
+                    }
+                )
+            )
         return 0
-    print(table(["NETWORK ID", "NAME", "DRIVER", "SCOPE"],
-                [[n.id if args.no_trunc else n.id[:12], n.name, n.driver, "local"] for n in every]))
+    print(
+        table(
+            ["NETWORK ID", "NAME", "DRIVER", "SCOPE"],
+            [[n.id if args.no_trunc else n.id[:12], n.name, n.driver, "local"] for n in every],
+        )
+    )
     return 0
 
 
@@ -103,8 +124,7 @@ def _remove(root: str, network: Network) -> None:
     if network.builtin:
         raise NetworkError(f"{network.name} is a pre-defined network and cannot be removed")
     if _endpoints(root, network) or any(lease.live() for lease in leases.all_leases(network.bridge)):
-        raise NetworkError(f"error while removing network: network {network.name} id {network.id} has active "
-                           "endpoints")
+        raise NetworkError(f"error while removing network: network {network.name} id {network.id} has active endpoints")
     bridge.remove_bridge(network)
     Networks(root).remove(network)
 
@@ -168,8 +188,11 @@ def cmd_port(store: Store, args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("port", help="list a container's published ports",
-                       description="The host addresses a running container's ports are published on.")
+    p = sub.add_parser(
+        "port",
+        help="list a container's published ports",
+        description="The host addresses a running container's ports are published on.",
+    )
     p.add_argument("container", help="a name or an id (prefix)")
     p.add_argument("port", nargs="?", metavar="PRIVATE_PORT[/PROTO]", help="only this port's (default: all)")
     p.set_defaults(func=cmd_port)
@@ -186,8 +209,12 @@ def add_parsers(sub: Any) -> None:
     c = verbs.add_parser("ls", aliases=["list"], help="list networks")
     c.add_argument("-q", "--quiet", action="store_true", help="only network ids")
     c.add_argument("--no-trunc", action="store_true", help="full ids (default: 12 digits)")
-    c.add_argument("--format", choices=["table", "json"], default="table",
-                   help="table, or json: one JSON object per line (default table)")
+    c.add_argument(
+        "--format",
+        choices=["table", "json"],
+        default="table",
+        help="table, or json: one JSON object per line (default table)",
+    )
     c.set_defaults(func=cmd_ls)
     c = verbs.add_parser("inspect", help="networks as JSON, with their running containers")
     c.add_argument("networks", nargs="+", metavar="NETWORK", help="names or ids (prefixes)")
@@ -197,6 +224,10 @@ def add_parsers(sub: Any) -> None:
     c.set_defaults(func=cmd_rm)
     c = verbs.add_parser("prune", help="remove the user networks no running container is on")
     c.add_argument("-f", "--force", action="store_true", help="do not ask first")
-    c.add_argument("--filter", action="append", metavar="KEY=VALUE",
-                   help="until=WHEN (created before), label=KEY[=VALUE]; repeatable")
+    c.add_argument(
+        "--filter",
+        action="append",
+        metavar="KEY=VALUE",
+        help="until=WHEN (created before), label=KEY[=VALUE]; repeatable",
+    )
     c.set_defaults(func=cmd_prune)

@@ -52,8 +52,9 @@ class Parser(argparse.ArgumentParser):
         self.set_defaults(_prog=self.prog)
 
     def error(self, message: str) -> NoReturn:
-        remainders = {a.metavar if isinstance(a.metavar, str) else a.dest
-                      for a in self._actions if a.nargs == argparse.REMAINDER}
+        remainders = {
+            a.metavar if isinstance(a.metavar, str) else a.dest for a in self._actions if a.nargs == argparse.REMAINDER
+        }
         raise reworded(message, self.prog, remainders)
 
 
@@ -69,17 +70,20 @@ def reworded(message: str, prog: str, remainders: Set[str] = frozenset()) -> Par
         return ParseError(f"{m[1]} is not a {prog} command.", hint[:-1])  # Docker's: no full stop here
     if m := re.fullmatch(rf"argument (.+?): invalid choice: {_REPR} \(choose from (.*)\)", message, re.S):
         choices = ", ".join(str(c) for c in ast.literal_eval(f"[{m[3]}]"))
-        return ParseError(f"invalid argument {quoted(ast.literal_eval(m[2]))} for \"{_flags(m[1])}\" flag: "
-                          f"choose from {choices}", hint)
+        return ParseError(
+            f'invalid argument {quoted(ast.literal_eval(m[2]))} for "{_flags(m[1])}" flag: choose from {choices}', hint
+        )
     if m := re.fullmatch(rf"argument (.+?): invalid (\S+) value: {_REPR}", message, re.S):
         reason = {"int": "not an integer", "float": "not a number"}.get(m[2], f"not a valid {m[2]}")
-        return ParseError(f"invalid argument {quoted(ast.literal_eval(m[3]))} for \"{_flags(m[1])}\" flag: {reason}",
-                          hint)
+        return ParseError(
+            f'invalid argument {quoted(ast.literal_eval(m[3]))} for "{_flags(m[1])}" flag: {reason}', hint
+        )
     if m := re.fullmatch(rf"argument (.+?): {_QUOTED}: (.*)", message, re.S):
-        return ParseError(f"invalid argument {m[2]} for \"{_flags(m[1])}\" flag: {m[3]}", hint)
+        return ParseError(f'invalid argument {m[2]} for "{_flags(m[1])}" flag: {m[3]}', hint)
     if m := re.fullmatch(rf"argument (.+?): ignored explicit argument {_REPR}", message, re.S):
-        return ParseError(f"invalid argument {quoted(ast.literal_eval(m[2]))} for \"{_flags(m[1])}\" flag: "
-                          "takes no value", hint)
+        return ParseError(
+            f'invalid argument {quoted(ast.literal_eval(m[2]))} for "{_flags(m[1])}" flag: takes no value', hint
+        )
     if m := re.fullmatch(r"argument (.+?): expected one argument", message):
         return ParseError(f"flag needs an argument: {_flags(m[1])}", hint)
     if m := re.fullmatch(r"the following arguments are required: (.*)", message):

@@ -23,8 +23,10 @@ from .listing import parse_since
 from .network import prune_networks
 
 CONTAINER_WARNING = "WARNING! This will remove all stopped containers."
-IMAGE_WARNING = {False: "WARNING! This will remove all dangling images.",
-                 True: "WARNING! This will remove all images without at least one container associated to them."}
+IMAGE_WARNING = {
+    False: "WARNING! This will remove all dangling images.",
+    True: "WARNING! This will remove all images without at least one container associated to them.",
+}
 STOPPED = ("created", "exited")
 
 
@@ -111,7 +113,9 @@ def prune_images(store: Store, every: bool, wanted: dict[str, list[str]]) -> tup
             config = store.images.config(image_id)
             if not _created_before(config.get("created"), until):
                 continue
-            if wanted.get("label") and not filters.labels_match(wanted["label"], (config.get("config") or {}).get("Labels")):
+            if wanted.get("label") and not filters.labels_match(
+                wanted["label"], (config.get("config") or {}).get("Labels")
+            ):
                 continue
             candidates.append(image_id)
         if not candidates:
@@ -143,9 +147,12 @@ def cmd_image_prune(store: Store, args: argparse.Namespace) -> int:
 # -- system ---------------------------------------------------------------------------------------
 def cmd_system_prune(store: Store, args: argparse.Namespace) -> int:
     wanted = filters.parse(args.filter, ("until", "label"))
-    items = ["all stopped containers", "all networks not used by at least one container",
-             *(["all anonymous volumes not used by at least one container"] if args.volumes else []),
-             "all dangling images" if not args.all else "all images without at least one container associated to them"]
+    items = [
+        "all stopped containers",
+        "all networks not used by at least one container",
+        *(["all anonymous volumes not used by at least one container"] if args.volumes else []),
+        "all dangling images" if not args.all else "all images without at least one container associated to them",
+    ]
     warning = "WARNING! This will remove:\n" + "".join(f"  - {item}\n" for item in items)
     if not confirmed(warning, args.force):
         return 0
@@ -189,18 +196,34 @@ def disk_usage_rows(store: Store) -> list[dict[str, Any]]:
     container_total = sum(size for _, size, _ in sized)
     container_free = sum(size for _, size, state in sized if not state.get("Running"))
     volumes = Volumes(root).all()
-    mounted = {m.get("Name") for c in containers for m in c.config.get("MountPoints") or [] if m.get("Type") == "volume"}
+    mounted = {
+        m.get("Name") for c in containers for m in c.config.get("MountPoints") or [] if m.get("Type") == "volume"
+    }
     volume_sizes = {v.name: disk_usage(v.data) for v in volumes}
     volume_total = sum(volume_sizes.values())
     volume_free = sum(size for name, size in volume_sizes.items() if name not in mounted)
     return [
-        {"Type": "Images", "TotalCount": len(images), "Active": len([i for i in images if i in used]),
-         "Size": human_size(image_total), "Reclaimable": _share(image_free, image_total)},
-        {"Type": "Containers", "TotalCount": len(containers),
-         "Active": len([1 for _, _, state in sized if state.get("Running")]),
-         "Size": human_size(container_total), "Reclaimable": _share(container_free, container_total)},
-        {"Type": "Local Volumes", "TotalCount": len(volumes), "Active": len([v for v in volumes if v.name in mounted]),
-         "Size": human_size(volume_total), "Reclaimable": _share(volume_free, volume_total)},
+        {
+            "Type": "Images",
+            "TotalCount": len(images),
+            "Active": len([i for i in images if i in used]),
+            "Size": human_size(image_total),
+            "Reclaimable": _share(image_free, image_total),
+        },
+        {
+            "Type": "Containers",
+            "TotalCount": len(containers),
+            "Active": len([1 for _, _, state in sized if state.get("Running")]),
+            "Size": human_size(container_total),
+            "Reclaimable": _share(container_free, container_total),
+        },
+        {
+            "Type": "Local Volumes",
+            "TotalCount": len(volumes),
+            "Active": len([v for v in volumes if v.name in mounted]),
+            "Size": human_size(volume_total),
+            "Reclaimable": _share(volume_free, volume_total),
+        },
         {"Type": "Build Cache", "TotalCount": 0, "Active": 0, "Size": "0B", "Reclaimable": "0B"},
     ]
 
@@ -213,8 +236,12 @@ def cmd_system_df(store: Store, args: argparse.Namespace) -> int:
         for row in rows:
             print(template.render(args.format, row) if args.format != "json" else template.render("{{json .}}", row))
         return 0
-    print(table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"],
-                [[r["Type"], str(r["TotalCount"]), str(r["Active"]), r["Size"], r["Reclaimable"]] for r in rows]))
+    print(
+        table(
+            ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"],
+            [[r["Type"], str(r["TotalCount"]), str(r["Active"]), r["Size"], r["Reclaimable"]] for r in rows],
+        )
+    )
     return 0
 
 
@@ -222,8 +249,12 @@ def add_prune_parser(group: Any, what: str) -> None:
     """``container prune`` or ``image prune`` under their group's subparsers."""
     p = group.add_parser("prune", help=f"remove {'stopped containers' if what == 'container' else 'unused images'}")
     p.add_argument("-f", "--force", action="store_true", help="do not ask first")
-    p.add_argument("--filter", action="append", metavar="KEY=VALUE",
-                   help="until=WHEN (created before), label=KEY[=VALUE]; repeatable")
+    p.add_argument(
+        "--filter",
+        action="append",
+        metavar="KEY=VALUE",
+        help="until=WHEN (created before), label=KEY[=VALUE]; repeatable",
+    )
     if what == "image":
         p.add_argument("-a", "--all", action="store_true", help="every image no container uses, not only dangling ones")
     p.set_defaults(func=cmd_container_prune if what == "container" else cmd_image_prune)
@@ -231,7 +262,9 @@ def add_prune_parser(group: Any, what: str) -> None:
 
 def add_system_parsers(system: Any) -> None:
     """``system prune`` and ``system df`` under ``system``'s subparsers (``images`` makes the group)."""
-    p = system.add_parser("prune", help="remove stopped containers, unused networks and dangling images (and unused volumes)")
+    p = system.add_parser(
+        "prune", help="remove stopped containers, unused networks and dangling images (and unused volumes)"
+    )
     p.add_argument("-a", "--all", action="store_true", help="every image no container uses, not only dangling ones")
     p.add_argument("-f", "--force", action="store_true", help="do not ask first")
     p.add_argument("--volumes", action="store_true", help="anonymous volumes no container uses too")
@@ -248,4 +281,3 @@ def add_parsers(sub: Any) -> None:
         p = sub.add_parser(what, help=f"manage {what}s (prune)")
         group = p.add_subparsers(dest=f"{what}_command", metavar="COMMAND", required=True)
         add_prune_parser(group, what)
-

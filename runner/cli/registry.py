@@ -27,27 +27,46 @@ def _bool(value: str) -> bool:
 
 
 def add_remote_flags(p: argparse.ArgumentParser, platform: bool = False) -> None:
-    p.add_argument("--authfile", metavar="FILE",
-                   help="credentials file, containers' auth.json or Docker's config.json "
-                        "(default: $XDG_CONFIG_HOME/strata/auth.json)")
-    p.add_argument("--tls-verify", type=_bool, nargs="?", const=True, metavar="true|false",
-                   help="verify the registry's TLS certificate (default true); false also allows plain HTTP "
-                        "(always allowed for loopback registries that do not speak TLS)")
-    p.add_argument("--cert-dir", metavar="DIR",
-                   help="the registry's CA certificates (*.crt) and client certificate (*.cert + *.key) "
-                        "(default: the first of ~/.config/containers/certs.d/HOST:PORT, "
-                        "/etc/containers/certs.d/HOST:PORT, /etc/docker/certs.d/HOST:PORT; "
-                        "$STRATA_CERTS_D replaces those roots)")
+    p.add_argument(
+        "--authfile",
+        metavar="FILE",
+        help="credentials file, containers' auth.json or Docker's config.json "
+        "(default: $XDG_CONFIG_HOME/strata/auth.json)",
+    )
+    p.add_argument(
+        "--tls-verify",
+        type=_bool,
+        nargs="?",
+        const=True,
+        metavar="true|false",
+        help="verify the registry's TLS certificate (default true); false also allows plain HTTP "
+        "(always allowed for loopback registries that do not speak TLS)",
+    )
+    p.add_argument(
+        "--cert-dir",
+        metavar="DIR",
+        help="the registry's CA certificates (*.crt) and client certificate (*.cert + *.key) "
+        "(default: the first of ~/.config/containers/certs.d/HOST:PORT, "
+        "/etc/containers/certs.d/HOST:PORT, /etc/docker/certs.d/HOST:PORT; "
+        "$STRATA_CERTS_D replaces those roots)",
+    )
     if platform:
-        p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
-                       help="the image to take from a multi-platform index (default: this host's, e.g. linux/amd64)")
+        p.add_argument(
+            "--platform",
+            metavar="OS/ARCH[/VARIANT]",
+            help="the image to take from a multi-platform index (default: this host's, e.g. linux/amd64)",
+        )
 
 
 def remote_options(args: argparse.Namespace) -> Any:
     from store.registry import RemoteOptions  # urllib3's import cost, for these commands only
 
-    return RemoteOptions(tls_verify=args.tls_verify, cert_dir=args.cert_dir, authfile=args.authfile,
-                         platform=getattr(args, "platform", None))
+    return RemoteOptions(
+        tls_verify=args.tls_verify,
+        cert_dir=args.cert_dir,
+        authfile=args.authfile,
+        platform=getattr(args, "platform", None),
+    )
 
 
 def _prompt(text: str, secret: bool) -> str:
@@ -105,15 +124,24 @@ def cmd_logout(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("login", help="log in to a registry (credentials kept in an auth file, 0600)",
-                       description="Check a user and password against a registry and keep them for pull and "
-                                   "push. The password is read from stdin (--password-stdin) or a prompt, "
-                                   "never from the command line.")
-    p.add_argument("registry", metavar="REGISTRY", help="HOST[:PORT], or HOST[:PORT]/NAMESPACE for credentials "
-                                                        "that hold for that namespace only")
+    p = sub.add_parser(
+        "login",
+        help="log in to a registry (credentials kept in an auth file, 0600)",
+        description="Check a user and password against a registry and keep them for pull and "
+        "push. The password is read from stdin (--password-stdin) or a prompt, "
+        "never from the command line.",
+    )
+    p.add_argument(
+        "registry",
+        metavar="REGISTRY",
+        help="HOST[:PORT], or HOST[:PORT]/NAMESPACE for credentials that hold for that namespace only",
+    )
     p.add_argument("-u", "--username", metavar="USER", help="the user (default: asked on the terminal)")
-    p.add_argument("--password-stdin", action="store_true",
-                   help="read the password from stdin (default: asked on the terminal, not echoed)")
+    p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from stdin (default: asked on the terminal, not echoed)",
+    )
     add_remote_flags(p)
     p.set_defaults(func=lambda _store, args: cmd_login(args))
 

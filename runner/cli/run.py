@@ -68,8 +68,9 @@ def _security_options(options: list[str]) -> str | dict[str, Any] | None:
         elif key == "no-new-privileges" and (not sep or value.lower() in ("true", "false", "1", "0")):
             continue
         else:
-            raise RunnerError(f"Invalid --security-opt: {quoted(option)} (strata knows seccomp=unconfined|FILE "
-                              "and no-new-privileges)")
+            raise RunnerError(
+                f"Invalid --security-opt: {quoted(option)} (strata knows seccomp=unconfined|FILE and no-new-privileges)"
+            )
     return setting
 
 
@@ -115,24 +116,45 @@ def _container_config(store: Store, args: argparse.Namespace, cid: str) -> dict[
         print("WARNING: no cgroup is delegated to you: --memory and --cpu-shares are not enforced", file=sys.stderr)
         memory = cpu_shares = 0
     if os.geteuid() != 0 and (why := userns.single_reason(os.getuid())) is not None:  # as podman
-        print(f"WARNING: {why}: the container has one id, root (the image's other owners show as nobody)",
-              file=sys.stderr)
+        print(
+            f"WARNING: {why}: the container has one id, root (the image's other owners show as nobody)", file=sys.stderr
+        )
     return {
-        "Image": image_id, "ImageRef": args.image, "Command": command,
-        "Path": command[0], "Args": command[1:],
-        "Config": {"Hostname": hostname, "Env": env, "Cmd": list(cmd), "Entrypoint": list(entrypoint) or None,
-                   "WorkingDir": args.workdir or settings.get("WorkingDir") or "", "User": args.user or
-                   settings.get("User") or "", "Tty": bool(args.tty), "OpenStdin": bool(args.interactive),
-                   "Image": args.image, "Labels": {**(settings.get("Labels") or {}), **_labels(args.label)},
-                   "Volumes": storage.volumes or None, "ExposedPorts": net["ExposedPorts"], **flags["Config"]},
-        "HostConfig": {"CpuShares": cpu_shares, "Memory": memory, "MemorySwap": memory_swap(memory),
-                       **net["HostConfig"], "AutoRemove": bool(args.rm),
-                       "SecurityOpt": list(args.security_opt or []) or None,
-                       "Devices": [{"PathOnHost": spec.split(":")[0], "PathInContainer": node["path"],
-                                    "CgroupPermissions": rule["access"]}
-                                   for spec, (node, rule) in zip(args.device or [], host_devices, strict=True)],
-                       "DeviceCgroupRules": list(args.device_cgroup_rule or []) or None, **storage.host_config,
-                       **flags["HostConfig"]},
+        "Image": image_id,
+        "ImageRef": args.image,
+        "Command": command,
+        "Path": command[0],
+        "Args": command[1:],
+        "Config": {
+            "Hostname": hostname,
+            "Env": env,
+            "Cmd": list(cmd),
+            "Entrypoint": list(entrypoint) or None,
+            "WorkingDir": args.workdir or settings.get("WorkingDir") or "",
+            "User": args.user or settings.get("User") or "",
+            "Tty": bool(args.tty),
+            "OpenStdin": bool(args.interactive),
+            "Image": args.image,
+            "Labels": {**(settings.get("Labels") or {}), **_labels(args.label)},
+            "Volumes": storage.volumes or None,
+            "ExposedPorts": net["ExposedPorts"],
+            **flags["Config"],
+        },
+        "HostConfig": {
+            "CpuShares": cpu_shares,
+            "Memory": memory,
+            "MemorySwap": memory_swap(memory),
+            **net["HostConfig"],
+            "AutoRemove": bool(args.rm),
+            "SecurityOpt": list(args.security_opt or []) or None,
+            "Devices": [
+                {"PathOnHost": spec.split(":")[0], "PathInContainer": node["path"], "CgroupPermissions": rule["access"]}
+                for spec, (node, rule) in zip(args.device or [], host_devices, strict=True)
+            ],
+            "DeviceCgroupRules": list(args.device_cgroup_rule or []) or None,
+            **storage.host_config,
+            **flags["HostConfig"],
+        },
         "MountPoints": storage.mounts,
         "NetworkID": net["NetworkID"],  # the network's, as its name may name another one later
         "Seccomp": seccomp_setting,
@@ -165,8 +187,9 @@ def cmd_run(store: Store, args: argparse.Namespace) -> int:
         from .attach import run_through_supervisor  # detachable, and restarted by its policy
 
         return run_through_supervisor(store.root.path, container, args)
-    attach = Attach(stdin=sys.stdin.fileno() if args.interactive else None, stdout=sys.stdout.fileno(),
-                    stderr=sys.stderr.fileno())
+    attach = Attach(
+        stdin=sys.stdin.fileno() if args.interactive else None, stdout=sys.stdout.fileno(), stderr=sys.stderr.fileno()
+    )
     sys.stdout.flush()
     code, error = run_attached(store.root.path, container, attach)
     if error:
@@ -188,35 +211,83 @@ def cmd_create(store: Store, args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("run", help="run a command in a new container",
-                       description="Create a container on IMAGE (its own writable layer) and run COMMAND in it "
-                                   "(default: the image's ENTRYPOINT + CMD); attached unless -d.")
+    p = sub.add_parser(
+        "run",
+        help="run a command in a new container",
+        description="Create a container on IMAGE (its own writable layer) and run COMMAND in it "
+        "(default: the image's ENTRYPOINT + CMD); attached unless -d.",
+    )
     p.add_argument("-d", "--detach", action="store_true", help="run in the background and print the container id")
     p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-TTY for the command")
-    p.add_argument("-i", "--interactive", action="store_true",
-                   help="keep STDIN open and attach it to the command (-it: stdin must be a terminal)")
+    p.add_argument(
+        "-i",
+        "--interactive",
+        action="store_true",
+        help="keep STDIN open and attach it to the command (-it: stdin must be a terminal)",
+    )
     p.add_argument("--rm", action="store_true", help="remove the container when it exits")
     p.add_argument("--name", help="the container's name (default: a generated one, as adjective_name)")
-    p.add_argument("-e", "--env", action="append", metavar="NAME[=VALUE]",
-                   help="set an environment variable (NAME alone: its value here, if set); repeatable")
-    p.add_argument("-l", "--label", action="append", metavar="KEY[=VALUE]",
-                   help="a label on the container (after the image's); repeatable")
-    p.add_argument("-w", "--workdir", metavar="DIR", help="working directory in the container (default: the "
-                                                         "image's WORKDIR, else /)")
-    p.add_argument("-u", "--user", metavar="USER[:GROUP]",
-                   help="user name or uid, maybe with a group (default: the image's USER, else root)")
+    p.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        metavar="NAME[=VALUE]",
+        help="set an environment variable (NAME alone: its value here, if set); repeatable",
+    )
+    p.add_argument(
+        "-l",
+        "--label",
+        action="append",
+        metavar="KEY[=VALUE]",
+        help="a label on the container (after the image's); repeatable",
+    )
+    p.add_argument(
+        "-w",
+        "--workdir",
+        metavar="DIR",
+        help="working directory in the container (default: the image's WORKDIR, else /)",
+    )
+    p.add_argument(
+        "-u",
+        "--user",
+        metavar="USER[:GROUP]",
+        help="user name or uid, maybe with a group (default: the image's USER, else root)",
+    )
     p.add_argument("--hostname", help="the container's hostname (default: the first 12 digits of its id)")
-    p.add_argument("--device", action="append", metavar="HOST[:CONTAINER][:rwm]",
-                   help="a host device, made in the container's /dev and opened to it; repeatable")
-    p.add_argument("--device-cgroup-rule", action="append", dest="device_cgroup_rule", metavar="'TYPE MAJOR:MINOR ACCESS'",
-                   help="more devices the container may use, as 'c 42:* rmw'; repeatable")
-    p.add_argument("--security-opt", action="append", dest="security_opt", metavar="OPTION",
-                   help="seccomp=unconfined, seccomp=PROFILE.json or no-new-privileges (default: Docker's "
-                        "seccomp profile; setuid programs gain privileges, as in Docker)")
-    p.add_argument("--cpu-shares", type=int64, dest="cpu_shares", metavar="N",
-                   help="relative CPU weight, 2..262144 (default 0: the kernel's 1024)")
-    p.add_argument("-m", "--memory", metavar="SIZE",
-                   help="memory limit as 64m, 1g... (at least 6MB; default: none); swap the same again")
+    p.add_argument(
+        "--device",
+        action="append",
+        metavar="HOST[:CONTAINER][:rwm]",
+        help="a host device, made in the container's /dev and opened to it; repeatable",
+    )
+    p.add_argument(
+        "--device-cgroup-rule",
+        action="append",
+        dest="device_cgroup_rule",
+        metavar="'TYPE MAJOR:MINOR ACCESS'",
+        help="more devices the container may use, as 'c 42:* rmw'; repeatable",
+    )
+    p.add_argument(
+        "--security-opt",
+        action="append",
+        dest="security_opt",
+        metavar="OPTION",
+        help="seccomp=unconfined, seccomp=PROFILE.json or no-new-privileges (default: Docker's "
+        "seccomp profile; setuid programs gain privileges, as in Docker)",
+    )
+    p.add_argument(
+        "--cpu-shares",
+        type=int64,
+        dest="cpu_shares",
+        metavar="N",
+        help="relative CPU weight, 2..262144 (default 0: the kernel's 1024)",
+    )
+    p.add_argument(
+        "-m",
+        "--memory",
+        metavar="SIZE",
+        help="memory limit as 64m, 1g... (at least 6MB; default: none); swap the same again",
+    )
     netflags.add_arguments(p)
     mountflags.add_arguments(p)
     runflags.add_arguments(p)
@@ -224,9 +295,13 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments (default: the image's)")
     p.set_defaults(func=cmd_run)
     # create: run's flags but -d (it starts nothing)
-    c = sub.add_parser("create", parents=[p], add_help=False, help="create a new container (start runs it)",
-                       description="Create a container on IMAGE as run would, and print its id; strata start "
-                                   "runs it.")
+    c = sub.add_parser(
+        "create",
+        parents=[p],
+        add_help=False,
+        help="create a new container (start runs it)",
+        description="Create a container on IMAGE as run would, and print its id; strata start runs it.",
+    )
     detach = next(a for a in c._actions if a.dest == "detach")
     c._remove_action(detach)
     for flag in detach.option_strings:

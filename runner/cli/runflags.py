@@ -26,13 +26,35 @@ from .errors import UsageError
 from .parsing import FlagValueError, int64
 from .units import ram_in_bytes
 
-ULIMITS = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc", "rss", "rtprio",
-           "rttime", "sigpending", "stack")  # go-units' names ("as" is left out there too)
+ULIMITS = (
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+)  # go-units' names ("as" is left out there too)
 RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
 DEFAULT_DETACH_KEYS = "ctrl-p,ctrl-q"
 CFS_PERIOD = 100000  # microseconds: Docker's period for --cpus
-_CTRL = {**{chr(c): c - ord("a") + 1 for c in range(ord("a"), ord("z") + 1)},
-         "@": 0, "[": 27, "\\": 28, "]": 29, "^": 30, "_": 31}
+_CTRL = {
+    **{chr(c): c - ord("a") + 1 for c in range(ord("a"), ord("z") + 1)},
+    "@": 0,
+    "[": 27,
+    "\\": 28,
+    "]": 29,
+    "^": 30,
+    "_": 31,
+}
 
 
 # -- flag types (Docker's CLI checks these while parsing) ------------------------------------------
@@ -67,8 +89,9 @@ def ulimit(value: str) -> dict[str, Any]:
         raise FlagValueError(value, f"invalid ulimit type: {name}")
     parts = limits.split(":")
     if len(parts) > 2:
-        raise FlagValueError(value, f"too many limit value arguments - {limits}, can only have up to two, "
-                                    "`soft[:hard]`")
+        raise FlagValueError(
+            value, f"too many limit value arguments - {limits}, can only have up to two, `soft[:hard]`"
+        )
     numbers = []
     for part in parts:
         if part == "infinity":
@@ -76,11 +99,12 @@ def ulimit(value: str) -> dict[str, Any]:
         elif re.fullmatch(r"[+-]?[0-9]{1,19}", part):
             numbers.append(int(part))
         else:
-            raise FlagValueError(value, f'strconv.ParseInt: parsing {part!r}: invalid syntax'.replace("'", '"'))
+            raise FlagValueError(value, f"strconv.ParseInt: parsing {part!r}: invalid syntax".replace("'", '"'))
     soft, hard = numbers[0], numbers[-1]
     if hard != -1 and soft == -1:
-        raise FlagValueError(value, "ulimit soft limit must be less than or equal to hard limit: soft: -1 "
-                                    f"(unlimited), hard: {hard}")
+        raise FlagValueError(
+            value, f"ulimit soft limit must be less than or equal to hard limit: soft: -1 (unlimited), hard: {hard}"
+        )
     if hard != -1 and soft > hard:
         raise FlagValueError(value, f"ulimit soft limit must be less than or equal to hard limit: {soft} > {hard}")
     return {"Name": name, "Hard": hard, "Soft": soft}
@@ -148,11 +172,15 @@ def restart_policy(value: str) -> dict[str, Any]:
             raise RunnerError("invalid restart policy format: maximum retry count must be an integer")
         retries = int(count)
     if name not in RESTART_POLICIES:
-        raise RunnerError(f"invalid restart policy: unknown policy '{name}'; use one of 'no', 'always', "
-                          "'on-failure', or 'unless-stopped'")
+        raise RunnerError(
+            f"invalid restart policy: unknown policy '{name}'; use one of 'no', 'always', "
+            "'on-failure', or 'unless-stopped'"
+        )
     if name != "on-failure" and retries:
-        raise RunnerError("invalid restart policy: maximum retry count can only be used with 'on-failure'"
-                          + (" and cannot be negative" if retries < 0 else ""))
+        raise RunnerError(
+            "invalid restart policy: maximum retry count can only be used with 'on-failure'"
+            + (" and cannot be negative" if retries < 0 else "")
+        )
     if retries < 0:
         raise RunnerError("invalid restart policy: maximum retry count cannot be negative")
     return {"Name": name, "MaximumRetryCount": retries}
@@ -258,8 +286,9 @@ def plan(args: argparse.Namespace, settings: dict[str, Any], memory: int, cgroup
         except ValueError:
             raise RunnerError(f"Invalid value {cpuset} for cpuset cpus") from None
         if not wanted <= _online_cpus():
-            raise RunnerError(f"Requested CPUs are not available - requested {cpuset}, available: "
-                              f"{_spans(_online_cpus())}")
+            raise RunnerError(
+                f"Requested CPUs are not available - requested {cpuset}, available: {_spans(_online_cpus())}"
+            )
     swap = args.memory_swap or 0
     if swap > 0 and not memory:
         raise RunnerError("You should always set the Memory limit when using Memoryswap limit, see usage")
@@ -267,12 +296,18 @@ def plan(args: argparse.Namespace, settings: dict[str, Any], memory: int, cgroup
         raise RunnerError("Minimum memoryswap limit should be larger than memory limit, see usage")
     pids = args.pids_limit or 0
     if cgroup_version == 0 and (nano or cpuset or pids > 0 or swap > 0):  # (-m and --cpu-shares: run's own warning)
-        print("WARNING: no cgroup is delegated to you: --cpus, --cpuset-cpus, --pids-limit and --memory-swap are "
-              "not enforced", file=sys.stderr)
+        print(
+            "WARNING: no cgroup is delegated to you: --cpus, --cpuset-cpus, --pids-limit and --memory-swap are "
+            "not enforced",
+            file=sys.stderr,
+        )
         nano, cpuset, pids, swap = 0, "", 0, 0
     if swap > 0 and cgroup_version == 1 and not os.path.exists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"):
-        print("WARNING: Your kernel does not support swap limit capabilities or the cgroup is not mounted. Memory "
-              "limited without swap.", file=sys.stderr)
+        print(
+            "WARNING: Your kernel does not support swap limit capabilities or the cgroup is not mounted. Memory "
+            "limited without swap.",
+            file=sys.stderr,
+        )
         swap = -1
     config: dict[str, Any] = {}
     if stop_signal:
@@ -280,10 +315,16 @@ def plan(args: argparse.Namespace, settings: dict[str, Any], memory: int, cgroup
     if args.stop_timeout is not None:
         config["StopTimeout"] = args.stop_timeout
     host: dict[str, Any] = {
-        "CapAdd": add or None, "CapDrop": drop or None, "Privileged": bool(args.privileged),
-        "Init": True if args.init else None, "PidsLimit": pids if pids else None, "NanoCpus": nano,
-        "CpusetCpus": cpuset, "Ulimits": list(args.ulimit or []) or None,
-        "ExtraHosts": list(args.add_host or []) or None, "Dns": list(args.dns or []),
+        "CapAdd": add or None,
+        "CapDrop": drop or None,
+        "Privileged": bool(args.privileged),
+        "Init": True if args.init else None,
+        "PidsLimit": pids if pids else None,
+        "NanoCpus": nano,
+        "CpusetCpus": cpuset,
+        "Ulimits": list(args.ulimit or []) or None,
+        "ExtraHosts": list(args.add_host or []) or None,
+        "Dns": list(args.dns or []),
         "RestartPolicy": restart,
     }
     if swap:
@@ -292,37 +333,103 @@ def plan(args: argparse.Namespace, settings: dict[str, Any], memory: int, cgroup
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--entrypoint", metavar="CMD",
-                   help="run CMD instead of the image's ENTRYPOINT (then its CMD is not used either); '' clears it")
-    p.add_argument("--env-file", action="append", dest="env_file", metavar="FILE",
-                   help="read environment variables from FILE (NAME=VALUE lines, # comments), before -e; repeatable")
-    p.add_argument("--init", action="store_true",
-                   help="an init as PID 1 that reaps orphans and forwards signals to the command (strata's own)")
-    p.add_argument("--cap-add", action="append", dest="cap_add", metavar="CAP",
-                   help="add a Linux capability (NET_ADMIN, SYS_PTRACE... or ALL); repeatable")
-    p.add_argument("--cap-drop", action="append", dest="cap_drop", metavar="CAP",
-                   help="drop a Linux capability (CHOWN... or ALL); repeatable")
-    p.add_argument("--privileged", action="store_true",
-                   help="every capability, no seccomp filter, no masked paths, a writable /sys and (root) every "
-                        "host device")
-    p.add_argument("--pids-limit", type=int64, dest="pids_limit", metavar="N",
-                   help="at most N processes and threads (-1 or 0: no limit, the default)")
+    p.add_argument(
+        "--entrypoint",
+        metavar="CMD",
+        help="run CMD instead of the image's ENTRYPOINT (then its CMD is not used either); '' clears it",
+    )
+    p.add_argument(
+        "--env-file",
+        action="append",
+        dest="env_file",
+        metavar="FILE",
+        help="read environment variables from FILE (NAME=VALUE lines, # comments), before -e; repeatable",
+    )
+    p.add_argument(
+        "--init",
+        action="store_true",
+        help="an init as PID 1 that reaps orphans and forwards signals to the command (strata's own)",
+    )
+    p.add_argument(
+        "--cap-add",
+        action="append",
+        dest="cap_add",
+        metavar="CAP",
+        help="add a Linux capability (NET_ADMIN, SYS_PTRACE... or ALL); repeatable",
+    )
+    p.add_argument(
+        "--cap-drop",
+        action="append",
+        dest="cap_drop",
+        metavar="CAP",
+        help="drop a Linux capability (CHOWN... or ALL); repeatable",
+    )
+    p.add_argument(
+        "--privileged",
+        action="store_true",
+        help="every capability, no seccomp filter, no masked paths, a writable /sys and (root) every host device",
+    )
+    p.add_argument(
+        "--pids-limit",
+        type=int64,
+        dest="pids_limit",
+        metavar="N",
+        help="at most N processes and threads (-1 or 0: no limit, the default)",
+    )
     p.add_argument("--cpus", type=cpus, metavar="N", help="at most N CPUs' worth of time (1.5...: a CFS quota)")
     p.add_argument("--cpuset-cpus", dest="cpuset_cpus", metavar="LIST", help="run only on these CPUs (0-3, 0,1)")
-    p.add_argument("--memory-swap", type=memory_swap, dest="memory_swap", metavar="SIZE",
-                   help="memory plus swap (with -m; -1: unlimited swap; default: twice -m)")
-    p.add_argument("--ulimit", action="append", type=ulimit, metavar="NAME=SOFT[:HARD]",
-                   help="a resource limit, as nofile=1024:2048 (infinity: none); repeatable")
-    p.add_argument("--add-host", action="append", type=extra_host, dest="add_host", metavar="NAME:IP",
-                   help="add a line to /etc/hosts (IP host-gateway: the host); repeatable")
-    p.add_argument("--dns", action="append", type=dns, metavar="IP",
-                   help="a nameserver for /etc/resolv.conf, instead of the host's; repeatable")
-    p.add_argument("--stop-signal", dest="stop_signal", metavar="SIGNAL",
-                   help="the signal stop sends first (default: the image's STOPSIGNAL, else SIGTERM)")
-    p.add_argument("--stop-timeout", type=int64, dest="stop_timeout", metavar="SECONDS",
-                   help="seconds stop waits before SIGKILL (default 10; -1: forever)")
-    p.add_argument("--restart", default="no", metavar="POLICY",
-                   help="no, on-failure[:N], always or unless-stopped: started again by its supervisor when it "
-                        "ends (not after a reboot of the host; default no)")
-    p.add_argument("--detach-keys", dest="detach_keys", metavar="KEYS",
-                   help=f"the keys that leave a -it container running (default {DEFAULT_DETACH_KEYS})")
+    p.add_argument(
+        "--memory-swap",
+        type=memory_swap,
+        dest="memory_swap",
+        metavar="SIZE",
+        help="memory plus swap (with -m; -1: unlimited swap; default: twice -m)",
+    )
+    p.add_argument(
+        "--ulimit",
+        action="append",
+        type=ulimit,
+        metavar="NAME=SOFT[:HARD]",
+        help="a resource limit, as nofile=1024:2048 (infinity: none); repeatable",
+    )
+    p.add_argument(
+        "--add-host",
+        action="append",
+        type=extra_host,
+        dest="add_host",
+        metavar="NAME:IP",
+        help="add a line to /etc/hosts (IP host-gateway: the host); repeatable",
+    )
+    p.add_argument(
+        "--dns",
+        action="append",
+        type=dns,
+        metavar="IP",
+        help="a nameserver for /etc/resolv.conf, instead of the host's; repeatable",
+    )
+    p.add_argument(
+        "--stop-signal",
+        dest="stop_signal",
+        metavar="SIGNAL",
+        help="the signal stop sends first (default: the image's STOPSIGNAL, else SIGTERM)",
+    )
+    p.add_argument(
+        "--stop-timeout",
+        type=int64,
+        dest="stop_timeout",
+        metavar="SECONDS",
+        help="seconds stop waits before SIGKILL (default 10; -1: forever)",
+    )
+    p.add_argument(
+        "--restart",
+        default="no",
+        metavar="POLICY",
+        help="no, on-failure[:N], always or unless-stopped: started again by its supervisor when it "
+        "ends (not after a reboot of the host; default no)",
+    )
+    p.add_argument(
+        "--detach-keys",
+        dest="detach_keys",
+        metavar="KEYS",
+        help=f"the keys that leave a -it container running (default {DEFAULT_DETACH_KEYS})",
+    )

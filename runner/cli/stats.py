@@ -18,8 +18,16 @@ from .format import human_size, table
 
 INTERVAL = 1.0  # seconds between two samples, as Docker's collector
 HEADER = ["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "BLOCK I/O", "PIDS"]
-COLUMNS = {"ID": "CONTAINER ID", "CPUPerc": "CPU %", "MemUsage": "MEM USAGE / LIMIT", "MemPerc": "MEM %",
-           "NetIO": "NET I/O", "BlockIO": "BLOCK I/O", "PIDs": "PIDS", "Container": "CONTAINER"}
+COLUMNS = {
+    "ID": "CONTAINER ID",
+    "CPUPerc": "CPU %",
+    "MemUsage": "MEM USAGE / LIMIT",
+    "MemPerc": "MEM %",
+    "NetIO": "NET I/O",
+    "BlockIO": "BLOCK I/O",
+    "PIDs": "PIDS",
+    "Container": "CONTAINER",
+}
 _BINARY = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
 
 
@@ -34,11 +42,17 @@ def bytes_size(size: float) -> str:
 
 def row(c: Container, ref: str, before: stats.Sample, after: stats.Sample) -> dict[str, Any]:
     limit = after.limit or 1
-    return {"Container": ref, "Name": c.name, "ID": c.id[:12], "CPUPerc": f"{stats.cpu_percent(before, after):.2f}%",
-            "MemUsage": f"{bytes_size(after.memory)} / {bytes_size(after.limit)}",
-            "MemPerc": f"{after.memory * 100.0 / limit:.2f}%",
-            "NetIO": f"{human_size(after.rx)} / {human_size(after.tx)}",
-            "BlockIO": f"{human_size(after.read)} / {human_size(after.written)}", "PIDs": str(after.pids)}
+    return {
+        "Container": ref,
+        "Name": c.name,
+        "ID": c.id[:12],
+        "CPUPerc": f"{stats.cpu_percent(before, after):.2f}%",
+        "MemUsage": f"{bytes_size(after.memory)} / {bytes_size(after.limit)}",
+        "MemPerc": f"{after.memory * 100.0 / limit:.2f}%",
+        "NetIO": f"{human_size(after.rx)} / {human_size(after.tx)}",
+        "BlockIO": f"{human_size(after.read)} / {human_size(after.written)}",
+        "PIDs": str(after.pids),
+    }
 
 
 def _containers(store: Store, args: argparse.Namespace) -> list[tuple[str, Container]]:
@@ -51,8 +65,13 @@ def _containers(store: Store, args: argparse.Namespace) -> list[tuple[str, Conta
 def _show(rows: list[dict[str, Any]], fmt: str | None, clear: bool) -> None:
     lines = template.rows(fmt, rows, COLUMNS)
     if lines is None:
-        lines = table(HEADER, [[r["ID"], r["Name"], r["CPUPerc"], r["MemUsage"], r["MemPerc"], r["NetIO"],
-                                r["BlockIO"], r["PIDs"]] for r in rows]).split("\n")
+        lines = table(
+            HEADER,
+            [
+                [r["ID"], r["Name"], r["CPUPerc"], r["MemUsage"], r["MemPerc"], r["NetIO"], r["BlockIO"], r["PIDs"]]
+                for r in rows
+            ],
+        ).split("\n")
     out = ("\033[2J\033[H" if clear else "") + "\n".join(lines) + "\n"
     sys.stdout.write(out)
     sys.stdout.flush()
@@ -77,12 +96,18 @@ def cmd_stats(store: Store, args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("stats", help="live resource use of containers",
-                       description="CPU %, memory, network and block I/O and processes of running containers "
-                                   "(or those named), every second until interrupted.")
+    p = sub.add_parser(
+        "stats",
+        help="live resource use of containers",
+        description="CPU %, memory, network and block I/O and processes of running containers "
+        "(or those named), every second until interrupted.",
+    )
     p.add_argument("-a", "--all", action="store_true", help="every container (default: running ones)")
     p.add_argument("--no-stream", action="store_true", dest="no_stream", help="one sample, then exit")
-    p.add_argument("--format", metavar="FORMAT", help="table, json, 'table TEMPLATE' or a Go template "
-                                                      "({{.Name}} {{.CPUPerc}} {{.MemUsage}}...)")
+    p.add_argument(
+        "--format",
+        metavar="FORMAT",
+        help="table, json, 'table TEMPLATE' or a Go template ({{.Name}} {{.CPUPerc}} {{.MemUsage}}...)",
+    )
     p.add_argument("containers", nargs="*", help="names or ids (prefixes); default: every running container")
     p.set_defaults(func=cmd_stats)

@@ -24,9 +24,11 @@ from typing import Any
 from .errors import UsageError
 
 _ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.S)
-_TOKEN = re.compile(r"""\s*(?:(?P<str>"(?:[^"\\]|\\.)*"|`[^`]*`)|(?P<num>-?[0-9]+(?:\.[0-9]+)?)|(?P<op>:=|[|(),])"""
-                    r"""|(?P<var>\$[A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)"""
-                    r"""|(?P<field>\.(?:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)?)|(?P<ident>[A-Za-z_][A-Za-z0-9_]*))""")
+_TOKEN = re.compile(
+    r"""\s*(?:(?P<str>"(?:[^"\\]|\\.)*"|`[^`]*`)|(?P<num>-?[0-9]+(?:\.[0-9]+)?)|(?P<op>:=|[|(),])"""
+    r"""|(?P<var>\$[A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)"""
+    r"""|(?P<field>\.(?:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)?)|(?P<ident>[A-Za-z_][A-Za-z0-9_]*))"""
+)
 
 
 def go_value(value: Any) -> str:
@@ -117,7 +119,7 @@ def _parse(template: str) -> list[_Node]:
     pieces: list[tuple[str, str]] = []  # (text, action) pairs, whitespace trimmed as asked
     pos, trim_next = 0, False
     for m in _ACTION.finditer(template):
-        text = template[pos:m.start()]
+        text = template[pos : m.start()]
         if trim_next:
             text = text.lstrip()
         if m.group(1):
@@ -156,7 +158,7 @@ def _block(pieces: list[tuple[str, str]], i: int) -> tuple[list[_Node], str | No
         if keyword in ("define", "template", "block", "break", "continue"):
             raise _Error(f"{{{{{keyword}}}}} is not supported by strata")
         if keyword in ("if", "range", "with"):
-            node, i = _control(keyword, words[len(keyword):], pieces, i)
+            node, i = _control(keyword, words[len(keyword) :], pieces, i)
             nodes.append(node)
             continue
         nodes.append(_Node("expr", pipe=_pipeline(_tokens(words))))
@@ -171,7 +173,7 @@ def _control(keyword: str, rest: str, pieces: list[tuple[str, str]], i: int) -> 
         names = [v for k, v in tokens[:split] if k == "var"]
         if not names or not all(n.startswith("$") for n in names) or len(names) > 2:
             raise _Error("bad range variables")
-        tokens = tokens[split + 1:]
+        tokens = tokens[split + 1 :]
     if not tokens:
         raise _Error(f"missing value for {keyword}")
     node = _Node(keyword, pipe=_pipeline(tokens), names=names)
@@ -206,8 +208,14 @@ def _lookup(value: Any, path: str) -> Any:
 
 
 def _type(value: Any) -> str:
-    return {str: "string", int: "int", float: "float64", bool: "bool", list: "[]interface {}",
-            type(None): "interface {}"}.get(type(value), type(value).__name__)
+    return {
+        str: "string",
+        int: "int",
+        float: "float64",
+        bool: "bool",
+        list: "[]interface {}",
+        type(None): "interface {}",
+    }.get(type(value), type(value).__name__)
 
 
 def _printf(fmt: str, *args: Any) -> str:
@@ -242,20 +250,32 @@ def _funcs() -> dict[str, Callable[..., Any]]:
         return text[:n] if len(text) > n else text
 
     return {
-        "json": lambda v: _Raw(json.dumps({k: x for k, x in v.items() if not callable(x)} if isinstance(v, dict) else v,
-                                          separators=(",", ":"))),  # (Go's encoding: compact)
+        "json": lambda v: _Raw(
+            json.dumps(
+                {k: x for k, x in v.items() if not callable(x)} if isinstance(v, dict) else v, separators=(",", ":")
+            )
+        ),  # (Go's encoding: compact)
         "join": lambda v, sep: str(sep).join(go_value(x) for x in (v or [])),
         "split": lambda v, sep: go_value(v).split(sep),
-        "index": index, "len": lambda v: len(v) if v is not None else 0,
-        "lower": lambda v: go_value(v).lower(), "upper": lambda v: go_value(v).upper(),
-        "title": lambda v: go_value(v).title(), "truncate": truncate,
+        "index": index,
+        "len": lambda v: len(v) if v is not None else 0,
+        "lower": lambda v: go_value(v).lower(),
+        "upper": lambda v: go_value(v).upper(),
+        "title": lambda v: go_value(v).title(),
+        "truncate": truncate,
         "pad": lambda v, before, after: " " * int(before) + go_value(v) + " " * int(after),
-        "print": lambda *a: "".join(go_value(x) for x in a), "println": lambda *a: " ".join(go_value(x) for x in a) + "\n",
+        "print": lambda *a: "".join(go_value(x) for x in a),
+        "println": lambda *a: " ".join(go_value(x) for x in a) + "\n",
         "printf": _printf,
-        "eq": lambda a, *b: any(a == x for x in b), "ne": lambda a, b: a != b,
-        "lt": lambda a, b: a < b, "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
+        "eq": lambda a, *b: any(a == x for x in b),
+        "ne": lambda a, b: a != b,
+        "lt": lambda a, b: a < b,
+        "le": lambda a, b: a <= b,
+        "gt": lambda a, b: a > b,
+        "ge": lambda a, b: a >= b,
         "and": lambda *a: next((x for x in a if not _truth(x)), a[-1]),
-        "or": lambda *a: next((x for x in a if _truth(x)), a[-1]), "not": lambda a: not _truth(a),
+        "or": lambda *a: next((x for x in a if _truth(x)), a[-1]),
+        "not": lambda a: not _truth(a),
     }
 
 
@@ -335,8 +355,13 @@ def _run(nodes: list[_Node], scope: _Scope, out: list[str]) -> None:
                 _run(node.other, scope, out)
         elif node.kind == "range":
             value = scope.pipeline(node.pipe)
-            items = (sorted(value.items()) if isinstance(value, dict) else list(enumerate(value))
-                     if isinstance(value, list) else None)
+            items = (
+                sorted(value.items())
+                if isinstance(value, dict)
+                else list(enumerate(value))
+                if isinstance(value, list)
+                else None
+            )
             if items is None and value is not None:
                 raise _Error(f"range can't iterate over {go_value(value)}")
             if not items:
@@ -397,6 +422,7 @@ def _padded(rows: list[list[str]], width: int) -> list[list[str]]:
 def header(template: str, names: dict[str, str]) -> str:
     """A ``table`` format's header row: the template with each field replaced by its column name
     (``names``: Docker's, as ``{"ID": "CONTAINER ID"}``; others upper-cased, as Docker's)."""
+
     def column(m: re.Match[str]) -> str:
         inner = m.group(2).strip()
         fm = re.search(r"\.([A-Za-z_][A-Za-z0-9_]*)", inner)
@@ -404,4 +430,5 @@ def header(template: str, names: dict[str, str]) -> str:
             return ""
         name = fm.group(1)
         return names.get(name, re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).upper())
+
     return _ACTION.sub(column, template)

@@ -55,6 +55,7 @@ def raw(fd: int | None) -> Iterator[None]:
 @contextmanager
 def following_size(src: int, pty: int) -> Iterator[None]:
     """While in the block, a SIGWINCH (the client forwards its own) resizes the pty."""
+
     def resize(_signum: int, _frame: FrameType | None) -> None:
         copy_size(src, pty)
 
@@ -70,7 +71,7 @@ def _write_all(fd: int, data: bytes) -> bool:
     """Write all of ``data`` to a blocking fd; False if it cannot take it (gone)."""
     try:
         while data:
-            data = data[os.write(fd, data):]
+            data = data[os.write(fd, data) :]
     except OSError:
         return False
     return True
@@ -81,7 +82,7 @@ def _feed(master: int, data: bytes, stdout: int) -> bool:
     that echoes what it reads would otherwise wait on us as we wait on it."""
     while data:
         try:
-            data = data[os.write(master, data):]
+            data = data[os.write(master, data) :]
         except BlockingIOError:
             readable, _, _ = select.select([master], [master], [])
             if readable and not _drain(master, stdout):

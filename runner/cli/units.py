@@ -31,8 +31,7 @@ def ram_in_bytes(value: str) -> int:
     the fraction of a byte is dropped. Unbounded: see ``parse_memory`` for what may be in force."""
     m = _RAM.fullmatch(value)
     if m is None or m.group(1).count(".") > 1:  # "1.2.3" matches the grammar; ParseFloat refuses it
-        raise UsageError(f"invalid memory value {quoted(value)}: use a number and an optional unit "
-                         "(b, k, m, g, t, p)")
+        raise UsageError(f"invalid memory value {quoted(value)}: use a number and an optional unit (b, k, m, g, t, p)")
     whole, _, decimals = m.group(1).partition(".")
     whole = whole.lstrip("0") or "0"
     multiplier = _UNIT[(m.group(2) or "").lower()]
@@ -49,8 +48,7 @@ def parse_memory(value: str) -> int:
     does too; above the largest int64 or below 6 MB is refused."""
     size = ram_in_bytes(value)
     if size > MAX_MEMORY:
-        raise UsageError(f"invalid memory value {quoted(value)}: larger than the largest limit "
-                         f"({MAX_MEMORY} bytes)")
+        raise UsageError(f"invalid memory value {quoted(value)}: larger than the largest limit ({MAX_MEMORY} bytes)")
     if size == 0:
         return 0
     if size < MIN_MEMORY:

@@ -48,9 +48,18 @@ def _cgroups() -> str:
 
 
 def facts(store: Store) -> dict[str, Any]:
-    return {"Version": strata_version(), "Python": platform.python_version(), "Pyfuse3": _pyfuse3(),
-            "Libfuse": _libfuse(), "Kernel": platform.release(), "Os": "linux", "Arch": platform.machine(),
-            "Cgroups": _cgroups(), "Root": store.root.path, "Uid": os.geteuid()}
+    return {
+        "Version": strata_version(),
+        "Python": platform.python_version(),
+        "Pyfuse3": _pyfuse3(),
+        "Libfuse": _libfuse(),
+        "Kernel": platform.release(),
+        "Os": "linux",
+        "Arch": platform.machine(),
+        "Cgroups": _cgroups(),
+        "Root": store.root.path,
+        "Uid": os.geteuid(),
+    }
 
 
 def cmd_version(store: Store, args: argparse.Namespace) -> int:

@@ -16,8 +16,10 @@ from . import filters, template
 from .format import human_size, table
 
 VOLUME_FILTERS = ("dangling", "name", "label", "driver")
-PRUNE_WARNING = {False: "WARNING! This will remove anonymous local volumes not used by at least one container.",
-                 True: "WARNING! This will remove all local volumes not used by at least one container."}
+PRUNE_WARNING = {
+    False: "WARNING! This will remove anonymous local volumes not used by at least one container.",
+    True: "WARNING! This will remove all local volumes not used by at least one container.",
+}
 
 
 def _labels(given: list[str] | None) -> dict[str, str]:
@@ -32,13 +34,15 @@ def _labels(given: list[str] | None) -> dict[str, str]:
 
 def cmd_create(store: Store, args: argparse.Namespace) -> int:
     if args.name and args.name_flag:
-        raise RunnerError("conflicting options: cannot specify a volume-name through both --name and as a "
-                          "positional arg")
+        raise RunnerError(
+            "conflicting options: cannot specify a volume-name through both --name and as a positional arg"
+        )
     if args.driver != DRIVER:
         raise RunnerError(f'error looking up volume plugin {args.driver}: plugin "{args.driver}" not found')
     if args.opt:
-        raise RunnerError(f"invalid option key: {args.opt[0].partition('=')[0]!r} (strata's local volumes take "
-                          "no options)")
+        raise RunnerError(
+            f"invalid option key: {args.opt[0].partition('=')[0]!r} (strata's local volumes take no options)"
+        )
     volumes = Volumes(store.root.path)
     with volumes.locked():
         volume, _ = volumes.create(args.name or args.name_flag or None, _labels(args.label))
@@ -48,8 +52,15 @@ def cmd_create(store: Store, args: argparse.Namespace) -> int:
 
 def _row(volume: Volume) -> dict[str, Any]:
     """``volume ls --format``'s fields."""
-    return {"Name": volume.name, "Driver": DRIVER, "Scope": "local", "Mountpoint": volume.data,
-            "Labels": ",".join(f"{k}={v}" for k, v in sorted(volume.labels.items())), "Links": "N/A", "Size": "N/A"}
+    return {
+        "Name": volume.name,
+        "Driver": DRIVER,
+        "Scope": "local",
+        "Mountpoint": volume.data,
+        "Labels": ",".join(f"{k}={v}" for k, v in sorted(volume.labels.items())),
+        "Links": "N/A",
+        "Size": "N/A",
+    }
 
 
 def cmd_ls(store: Store, args: argparse.Namespace) -> int:
@@ -135,8 +146,11 @@ def cmd_prune(store: Store, args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("volume", help="manage volumes", description="Volumes: a container's data kept in the store, "
-                                                                    "outside its layers.")
+    p = sub.add_parser(
+        "volume",
+        help="manage volumes",
+        description="Volumes: a container's data kept in the store, outside its layers.",
+    )
     verbs = p.add_subparsers(dest="volume_command", metavar="COMMAND", required=True)
 
     c = verbs.add_parser("create", help="create a volume (no name: a generated one); an existing name is kept")
@@ -149,10 +163,16 @@ def add_parsers(sub: Any) -> None:
 
     c = verbs.add_parser("ls", aliases=["list"], help="list volumes")
     c.add_argument("-q", "--quiet", action="store_true", help="only volume names")
-    c.add_argument("-f", "--filter", action="append", metavar="KEY=VALUE",
-                   help="dangling=true|false, name=TEXT, label=KEY[=VALUE], driver=local; repeatable")
-    c.add_argument("--format", metavar="FORMAT",
-                   help="table (default), json (one object a line) or a Go template as '{{.Name}}'")
+    c.add_argument(
+        "-f",
+        "--filter",
+        action="append",
+        metavar="KEY=VALUE",
+        help="dangling=true|false, name=TEXT, label=KEY[=VALUE], driver=local; repeatable",
+    )
+    c.add_argument(
+        "--format", metavar="FORMAT", help="table (default), json (one object a line) or a Go template as '{{.Name}}'"
+    )
     c.set_defaults(func=cmd_ls)
 
     c = verbs.add_parser("inspect", help="volumes as JSON")

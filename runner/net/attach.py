@@ -33,8 +33,13 @@ if TYPE_CHECKING:
 
 
 class Endpoint:
-    def __init__(self, mode: str, inner: BridgeEndpoint | PastaEndpoint | None = None, netns: str | None = None,
-                 joined: Container | None = None) -> None:
+    def __init__(
+        self,
+        mode: str,
+        inner: BridgeEndpoint | PastaEndpoint | None = None,
+        netns: str | None = None,
+        joined: Container | None = None,
+    ) -> None:
         self.mode = mode
         self.inner = inner
         self.netns = netns  # container:NAME: the namespace PID 1 joins
@@ -113,24 +118,28 @@ def plan(root: str, container: Container) -> Endpoint:
         return Endpoint("container", netns=f"/proc/{state['Pid']}/ns/net", joined=other)
     if rootless:
         if mode not in ("bridge", "pasta"):
-            raise NetworkError(f"network {mode}: rootless containers have bridge (through pasta), none, host "
-                               "and container:NAME")
+            raise NetworkError(
+                f"network {mode}: rootless containers have bridge (through pasta), none, host and container:NAME"
+            )
         return Endpoint("pasta", PastaEndpoint(ports.reserve(config)))
     networks = Networks(root)
     network = networks.by_id(config.get("NetworkID") or "") or networks.get(mode)
     if network.driver != "bridge":
         raise NetworkError(f"network {network.name} is not a bridge network")
     reservation = ports.reserve(config)
-    endpoint = BridgeEndpoint(network, container.dir, container.id, container.name, config["Config"]["Hostname"],
-                              reservation)
+    endpoint = BridgeEndpoint(
+        network, container.dir, container.id, container.name, config["Config"]["Hostname"], reservation
+    )
     try:
         endpoint.take_lease()
     except BaseException:
         reservation.close()
         raise
     out = Endpoint(mode, endpoint)
-    out.sharers = lambda: any(c.config["HostConfig"]["NetworkMode"] == f"container:{container.id}"
-                              and c.state().get("Running") for c in Containers(root).all())
+    out.sharers = lambda: any(
+        c.config["HostConfig"]["NetworkMode"] == f"container:{container.id}" and c.state().get("Running")
+        for c in Containers(root).all()
+    )
     return out
 
 
@@ -171,8 +180,10 @@ def leftovers(root: str) -> list[str]:
         elif not os.path.realpath(lease.container).startswith(ours):
             continue
         elif not lease.live():
-            lines.append(f"leftover network endpoint of container {lease.name} ({lease.id[:12]}): {lease.ip} on "
-                         f"{lease.bridge}, {lease.veth}: `strata rm` or start it to clean up")
+            lines.append(
+                f"leftover network endpoint of container {lease.name} ({lease.id[:12]}): {lease.ip} on "
+                f"{lease.bridge}, {lease.veth}: `strata rm` or start it to clean up"
+            )
     if orphans:
         with leases.locked(), Netlink.here() as nl, Nft() as nft:
             for lease in orphans:
@@ -181,11 +192,15 @@ def leftovers(root: str) -> list[str]:
         with Nft() as nft:
             for e in port_elements(nft.table()):
                 if (e.host_ip, e.host_port, e.proto) not in known:
-                    lines.append(f"leftover published port {e.host_ip or '0.0.0.0'}:{e.host_port}/{e.proto} -> "
-                                 f"{e.ip}:{e.port} in table ip strata (no container holds it)")
+                    lines.append(
+                        f"leftover published port {e.host_ip or '0.0.0.0'}:{e.host_port}/{e.proto} -> "
+                        f"{e.ip}:{e.port} in table ip strata (no container holds it)"
+                    )
             for chain in foreign_forward_drop(nft):
-                lines.append(f"warning: chain {chain} drops forwarded packets by policy: published ports and "
-                             "outbound traffic of containers may be dropped there")
+                lines.append(
+                    f"warning: chain {chain} drops forwarded packets by policy: published ports and "
+                    "outbound traffic of containers may be dropped there"
+                )
     except NetworkError as e:
         lines.append(f"cannot read strata's nftables table: {e}")
     return lines

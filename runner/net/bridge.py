@@ -51,7 +51,7 @@ def ensure_bridge(nl: Netlink, nft: Nft, network: Network) -> int:
         try:
             nl.add_bridge(network.bridge)
         except FileExistsError:  # made meanwhile by another store's strata (the lock is per host, but
-            pass                 # an older strata may not have taken it)
+            pass  # an older strata may not have taken it)
         index = nl.up(network.bridge)
     nl.add_address(index, network.interface)
     nl.up(network.bridge)
@@ -100,13 +100,20 @@ def refresh_peers(network: Network) -> None:
 
 
 class BridgeEndpoint:
-    def __init__(self, network: Network, container_dir: str, cid: str, name: str, hostname: str,
-                 reservation: Reservation) -> None:
+    def __init__(
+        self, network: Network, container_dir: str, cid: str, name: str, hostname: str, reservation: Reservation
+    ) -> None:
         self.network = network
         self.reservation = reservation
         self.lease: Lease | None = None
-        self.fields: dict[str, Any] = {"container": container_dir, "id": cid, "name": name, "hostname": hostname,
-                                       "network": network.name, "veth": veth_name(cid)}
+        self.fields: dict[str, Any] = {
+            "container": container_dir,
+            "id": cid,
+            "name": name,
+            "hostname": hostname,
+            "network": network.name,
+            "veth": veth_name(cid),
+        }
         self.connected = False
 
     def take_lease(self) -> Lease:
@@ -133,13 +140,16 @@ class BridgeEndpoint:
     def peers(self) -> list[tuple[str, str, str]]:
         if self.network.builtin or self.lease is None:
             return []
-        return [(p.ip, p.name, p.id) for p in leases.all_leases(self.network.bridge)
-                if p.id != self.lease.id and p.live()]
+        return [
+            (p.ip, p.name, p.id) for p in leases.all_leases(self.network.bridge) if p.id != self.lease.id and p.live()
+        ]
 
     def elements(self) -> list[PortElement]:
         assert self.lease is not None
-        return [PortElement(p.proto, "" if p.host_ip == "0.0.0.0" else p.host_ip, p.host_port, self.lease.ip, p.port)
-                for p in self.reservation.published]
+        return [
+            PortElement(p.proto, "" if p.host_ip == "0.0.0.0" else p.host_ip, p.host_port, self.lease.ip, p.port)
+            for p in self.reservation.published
+        ]
 
     def connect(self, pid: int) -> None:
         lease = self.lease
@@ -183,7 +193,13 @@ class BridgeEndpoint:
     def record(self) -> dict[str, Any]:
         """What the state keeps for inspect and ps."""
         assert self.lease is not None
-        return {"Network": self.network.name, "NetworkID": self.network.id, "Bridge": self.network.bridge,
-                "IPAddress": self.lease.ip, "IPPrefixLen": ipaddress.IPv4Network(self.network.subnet).prefixlen,
-                "Gateway": self.network.gateway, "MacAddress": leases.mac_for(self.lease.ip),
-                "EndpointID": self.lease.veth}
+        return {
+            "Network": self.network.name,
+            "NetworkID": self.network.id,
+            "Bridge": self.network.bridge,
+            "IPAddress": self.lease.ip,
+            "IPPrefixLen": ipaddress.IPv4Network(self.network.subnet).prefixlen,
+            "Gateway": self.network.gateway,
+            "MacAddress": leases.mac_for(self.lease.ip),
+            "EndpointID": self.lease.veth,
+        }

@@ -33,8 +33,11 @@ def _loopback(address: str) -> bool:
 def resolv_for_bridge(text: str) -> str:
     """The host's resolv.conf for a container in its own namespace: loopback resolvers (a
     systemd-resolved stub, dnsmasq on 127.0.0.1) cannot be reached from there."""
-    lines = [line for line in text.splitlines()
-             if not (line.split()[:1] == ["nameserver"] and len(line.split()) > 1 and _loopback(line.split()[1]))]
+    lines = [
+        line
+        for line in text.splitlines()
+        if not (line.split()[:1] == ["nameserver"] and len(line.split()) > 1 and _loopback(line.split()[1]))
+    ]
     if not any(line.split()[:1] == ["nameserver"] for line in lines):
         lines += [f"nameserver {ip}" for ip in DEFAULT_DNS]
     return "\n".join(lines) + "\n"

@@ -154,10 +154,15 @@ class Netlink:
     def add_veth(self, name: str, peer: str, peer_netns_fd: int, peer_mac: str, master: int) -> None:
         """A veth pair: ``name`` here, up, enslaved to the link ``master``; ``peer`` made directly in
         the namespace of ``peer_netns_fd`` with the MAC ``peer_mac`` (down: configured there)."""
-        peer_info = _ifinfo() + _name(peer) + _attr(IFLA_NET_NS_FD, struct.pack("I", peer_netns_fd)) + \
-            _attr(IFLA_ADDRESS, mac_bytes(peer_mac))
-        info = _attr(IFLA_LINKINFO, _attr(IFLA_INFO_KIND, b"veth") +
-                     _attr(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer_info)))
+        peer_info = (
+            _ifinfo()
+            + _name(peer)
+            + _attr(IFLA_NET_NS_FD, struct.pack("I", peer_netns_fd))
+            + _attr(IFLA_ADDRESS, mac_bytes(peer_mac))
+        )
+        info = _attr(
+            IFLA_LINKINFO, _attr(IFLA_INFO_KIND, b"veth") + _attr(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer_info))
+        )
         self._request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, _ifinfo() + _name(name) + info)
         index = self.index(name)
         assert index is not None
@@ -212,7 +217,8 @@ class Netlink:
             pass
 
     def add_default_route(self, index: int, gateway: ipaddress.IPv4Address) -> None:
-        body = struct.pack("BBBBBBBBI", socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE,
-                           RTN_UNICAST, 0)
+        body = struct.pack(
+            "BBBBBBBBI", socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0
+        )
         body += _attr(RTA_GATEWAY, gateway.packed) + _attr(RTA_OIF, struct.pack("I", index))
         self._request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body)

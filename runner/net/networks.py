@@ -58,12 +58,23 @@ class Network:
     def inspect(self, endpoints: dict[str, Any]) -> dict[str, Any]:
         """Docker's ``network inspect`` object; ``endpoints``: the containers on it."""
         return {
-            "Name": self.name, "Id": self.id, "Created": self.created, "Scope": "local", "Driver": self.driver,
+            "Name": self.name,
+            "Id": self.id,
+            "Created": self.created,
+            "Scope": "local",
+            "Driver": self.driver,
             "EnableIPv6": False,
-            "IPAM": {"Driver": "default", "Options": {},
-                     "Config": [{"Subnet": self.subnet, "Gateway": self.gateway}] if self.subnet else []},
-            "Internal": False, "Attachable": False, "Ingress": False, "ConfigFrom": {"Network": ""},
-            "ConfigOnly": False, "Containers": endpoints,
+            "IPAM": {
+                "Driver": "default",
+                "Options": {},
+                "Config": [{"Subnet": self.subnet, "Gateway": self.gateway}] if self.subnet else [],
+            },
+            "Internal": False,
+            "Attachable": False,
+            "Ingress": False,
+            "ConfigFrom": {"Network": ""},
+            "ConfigOnly": False,
+            "Containers": endpoints,
             "Options": {"com.docker.network.bridge.name": self.bridge} if self.bridge else {},
             "Labels": self.labels,
         }

@@ -31,8 +31,12 @@ from typing import Any
 from .errors import NetworkError
 
 TABLE = "strata"
-PORT_MAPS = {("tcp", False): "tcp_ports", ("udp", False): "udp_ports",
-             ("tcp", True): "tcp_addr_ports", ("udp", True): "udp_addr_ports"}
+PORT_MAPS = {
+    ("tcp", False): "tcp_ports",
+    ("udp", False): "udp_ports",
+    ("tcp", True): "tcp_addr_ports",
+    ("udp", True): "udp_addr_ports",
+}
 _OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON
 
 _STATIC = """\
@@ -160,11 +164,13 @@ class Nft:
         """The table with its fixed chains (rewritten: idempotent), and ``bridge`` with its subnet
         and isolation chain, in one transaction."""
         chain = isolation_chain(bridge)
-        self.run(_STATIC + f"add chain ip strata {chain}\nflush chain ip strata {chain}\n"
-                 f'add rule ip strata {chain} oifname != "{bridge}" oifname @bridges drop\n'
-                 f'add element ip strata isolation {{ "{bridge}" : jump {chain} }}\n'
-                 f'add element ip strata bridges {{ "{bridge}" }}\n'
-                 f"add element ip strata subnets {{ {subnet} }}\n")
+        self.run(
+            _STATIC + f"add chain ip strata {chain}\nflush chain ip strata {chain}\n"
+            f'add rule ip strata {chain} oifname != "{bridge}" oifname @bridges drop\n'
+            f'add element ip strata isolation {{ "{bridge}" : jump {chain} }}\n'
+            f'add element ip strata bridges {{ "{bridge}" }}\n'
+            f"add element ip strata subnets {{ {subnet} }}\n"
+        )
 
     def forget_bridge(self, bridge: str, subnet: str) -> None:
         """A network goes: its bridge's elements and isolation chain (whichever are there)."""
@@ -242,5 +248,11 @@ def foreign_forward_drop(nft: Nft) -> list[str]:
     """Base chains of other tables on the forward hook whose policy is drop: they drop what strata's
     table lets through (netavark#977, moby#50566). ``family table chain`` each."""
     objects = json.loads(nft.run("list chains", as_json=True) or '{"nftables": []}')["nftables"]
-    return [f"{c['family']} {c['table']} {c['name']}" for o in objects if (c := o.get("chain"))
-            and c.get("hook") == "forward" and c.get("policy") == "drop" and c.get("table") != TABLE]
+    return [
+        f"{c['family']} {c['table']} {c['name']}"
+        for o in objects
+        if (c := o.get("chain"))
+        and c.get("hook") == "forward"
+        and c.get("policy") == "drop"
+        and c.get("table") != TABLE
+    ]

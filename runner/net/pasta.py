@@ -86,11 +86,15 @@ class PastaEndpoint:
 
     def connect(self, target: int) -> None:
         if shutil.which("pasta") is None:
-            raise NetworkError("rootless containers reach the network through pasta, which is not installed "
-                               "(Debian: apt-get install passt), or use --network none")
+            raise NetworkError(
+                "rootless containers reach the network through pasta, which is not installed "
+                "(Debian: apt-get install passt), or use --network none"
+            )
         if not os.access("/dev/net/tun", os.R_OK | os.W_OK):
-            raise NetworkError("pasta cannot open /dev/net/tun (Debian gives it mode 0666: chmod 0666 "
-                               "/dev/net/tun), or use --network none")
+            raise NetworkError(
+                "pasta cannot open /dev/net/tun (Debian gives it mode 0666: chmod 0666 "
+                "/dev/net/tun), or use --network none"
+            )
         published = list(self.reservation.published)
         with tempfile.TemporaryDirectory(prefix="strata-pasta-") as tmp, tempfile.TemporaryFile() as err:
             fifo = os.path.join(tmp, "pid")
@@ -119,9 +123,17 @@ class PastaEndpoint:
             self.pid = 0
 
     def record(self) -> dict[str, Any]:
-        return {"Network": "pasta", "NetworkID": "", "Bridge": "", "IPAddress": self.address,
-                "IPPrefixLen": 0, "Gateway": self.gateway, "MacAddress": "", "EndpointID": "",
-                "PastaPid": self.pid}
+        return {
+            "Network": "pasta",
+            "NetworkID": "",
+            "Bridge": "",
+            "IPAddress": self.address,
+            "IPPrefixLen": 0,
+            "Gateway": self.gateway,
+            "MacAddress": "",
+            "EndpointID": "",
+            "PastaPid": self.pid,
+        }
 
 
 def _spawn(args: list[str], stderr: int) -> int:
@@ -169,10 +181,12 @@ def _wait_ready(pid: int, fifo: int, err: Any) -> None:
                     return
             if pidfd in readable and not data:  # (the zombie is the caller's to reap)
                 err.seek(0)
-                lines = [line for line in err.read().decode(errors="replace").splitlines()
-                         if line.strip() and "to syslog" not in line]
+                lines = [
+                    line
+                    for line in err.read().decode(errors="replace").splitlines()
+                    if line.strip() and "to syslog" not in line
+                ]
                 why = lines[-1].strip() if lines else "it exited"
                 raise NetworkError(f"pasta could not connect the container: {why}")
     finally:
         os.close(pidfd)
-

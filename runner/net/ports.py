@@ -158,7 +158,9 @@ def reserve(config: dict[str, Any]) -> Reservation:
                             shown = f"{low}-{high}" if high > low else str(low)
                             raise PortInUse(f"Bind for {ip}:{shown} failed: port is already allocated") from None
                         if e.errno == errno.EADDRNOTAVAIL:
-                            raise NetworkError(f"cannot publish port {key} on {ip}: not an address of this host") from None
+                            raise NetworkError(
+                                f"cannot publish port {key} on {ip}: not an address of this host"
+                            ) from None
                         raise NetworkError(f"cannot publish port {key} on {ip}:{candidate}: {e.strerror}") from None
                 assert s is not None
                 held.sockets.append(s)
@@ -198,8 +200,12 @@ def ps_column(ports: dict[str, Any]) -> str:
     groups: list[list[Published]] = []
     for p in published:
         last = groups[-1][-1] if groups else None
-        if last and (last.host_ip, last.proto) == (p.host_ip, p.proto) and p.port == last.port + 1 \
-                and p.host_port == last.host_port + 1:
+        if (
+            last
+            and (last.host_ip, last.proto) == (p.host_ip, p.proto)
+            and p.port == last.port + 1
+            and p.host_port == last.host_port + 1
+        ):
             groups[-1].append(p)
         else:
             groups.append([p])
@@ -207,10 +213,20 @@ def ps_column(ports: dict[str, Any]) -> str:
     def span(a: int, b: int) -> str:
         return f"{a}-{b}" if b != a else str(a)
 
-    shown = [(g[0].port, g[0].proto, f"{g[0].host_ip}:{span(g[0].host_port, g[-1].host_port)}->"
-              f"{span(g[0].port, g[-1].port)}/{g[0].proto}") for g in groups]
-    bare = [(port, proto, f"{port}/{proto}") for key, entries in (ports or {}).items() if not entries
-            for port, proto in [split_key(key)]]
+    shown = [
+        (
+            g[0].port,
+            g[0].proto,
+            f"{g[0].host_ip}:{span(g[0].host_port, g[-1].host_port)}->{span(g[0].port, g[-1].port)}/{g[0].proto}",
+        )
+        for g in groups
+    ]
+    bare = [
+        (port, proto, f"{port}/{proto}")
+        for key, entries in (ports or {}).items()
+        if not entries
+        for port, proto in [split_key(key)]
+    ]
     return ", ".join(text for _, _, text in sorted(shown + bare, key=lambda t: (t[0], t[1])))
 
 
@@ -219,5 +235,7 @@ def port_lines(ports: dict[str, Any], only: str | None = None) -> list[str]:
     if only is not None:
         port, proto = split_key(only)
         return [f"{p.host_ip}:{p.host_port}" for p in from_settings(ports) if (p.port, p.proto) == (port, proto)]
-    return [f"{p.port}/{p.proto} -> {p.host_ip}:{p.host_port}"
-            for p in sorted(from_settings(ports), key=lambda p: (p.port, p.proto, p.host_port))]
+    return [
+        f"{p.port}/{p.proto} -> {p.host_ip}:{p.host_port}"
+        for p in sorted(from_settings(ports), key=lambda p: (p.port, p.proto, p.host_port))
+    ]

@@ -22,18 +22,43 @@ def network_settings(config: dict[str, Any], state: dict[str, Any]) -> dict[str,
     def get(key: str, default: Any = "") -> Any:
         return rec.get(key) or default
 
-    endpoint = {"IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": get("MacAddress"),
-                "DriverOpts": None, "NetworkID": config.get("NetworkID") or mode, "EndpointID": get("EndpointID"),
-                "Gateway": get("Gateway"), "IPAddress": get("IPAddress"), "IPPrefixLen": get("IPPrefixLen", 0),
-                "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
-                "DNSNames": [config["Name"], config["Id"][:12]] if rec.get("Bridge") else None}
+    endpoint = {
+        "IPAMConfig": None,
+        "Links": None,
+        "Aliases": None,
+        "MacAddress": get("MacAddress"),
+        "DriverOpts": None,
+        "NetworkID": config.get("NetworkID") or mode,
+        "EndpointID": get("EndpointID"),
+        "Gateway": get("Gateway"),
+        "IPAddress": get("IPAddress"),
+        "IPPrefixLen": get("IPPrefixLen", 0),
+        "IPv6Gateway": "",
+        "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0,
+        "DNSNames": [config["Name"], config["Id"][:12]] if rec.get("Bridge") else None,
+    }
     networks = {} if mode.startswith("container:") else {mode: endpoint}
-    return {"Bridge": get("Bridge"), "SandboxID": "", "SandboxKey": f"/proc/{pid}/ns/net" if pid else "",
-            "Ports": get("Ports", {}), "HairpinMode": False, "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0,
-            "SecondaryIPAddresses": None, "SecondaryIPv6Addresses": None, "EndpointID": get("EndpointID"),
-            "Gateway": get("Gateway"), "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
-            "IPAddress": get("IPAddress"), "IPPrefixLen": get("IPPrefixLen", 0), "IPv6Gateway": "",
-            "MacAddress": get("MacAddress"), "Networks": networks}
+    return {
+        "Bridge": get("Bridge"),
+        "SandboxID": "",
+        "SandboxKey": f"/proc/{pid}/ns/net" if pid else "",
+        "Ports": get("Ports", {}),
+        "HairpinMode": False,
+        "LinkLocalIPv6Address": "",
+        "LinkLocalIPv6PrefixLen": 0,
+        "SecondaryIPAddresses": None,
+        "SecondaryIPv6Addresses": None,
+        "EndpointID": get("EndpointID"),
+        "Gateway": get("Gateway"),
+        "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0,
+        "IPAddress": get("IPAddress"),
+        "IPPrefixLen": get("IPPrefixLen", 0),
+        "IPv6Gateway": "",
+        "MacAddress": get("MacAddress"),
+        "Networks": networks,
+    }
 
 
 def published(state: dict[str, Any]) -> dict[str, Any]:

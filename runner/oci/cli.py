@@ -69,8 +69,22 @@ class _Log:
             self._write("debug", msg)
 
 
-VERBS = ("create", "run", "start", "pause", "resume", "state", "kill", "delete", "exec", "ps", "list", "update",
-         "features", "spec")
+VERBS = (
+    "create",
+    "run",
+    "start",
+    "pause",
+    "resume",
+    "state",
+    "kill",
+    "delete",
+    "exec",
+    "ps",
+    "list",
+    "update",
+    "features",
+    "spec",
+)
 
 
 def _top_parser() -> _Parser:
@@ -133,8 +147,15 @@ def _verb_parser(name: str) -> _Parser:
             p.add_argument("--quiet", "-q", action="store_true")
     elif name == "update":
         p.add_argument("--resources", "-r")
-        for flag in ("--memory", "--memory-swap", "--cpu-quota", "--cpu-period", "--cpuset-cpus", "--cpuset-mems",
-                     "--pids-limit"):
+        for flag in (
+            "--memory",
+            "--memory-swap",
+            "--cpu-quota",
+            "--cpu-period",
+            "--cpuset-cpus",
+            "--cpuset-mems",
+            "--pids-limit",
+        ):
             p.add_argument(flag)
         p.add_argument("--cpu-share", "--cpu-shares", dest="cpu_share")
         p.add_argument("id")
@@ -208,8 +229,19 @@ def _list(states: list[dict[str, Any]], fmt: str, quiet: bool) -> str:
 
 def _update_resources(args: argparse.Namespace) -> Any:
     """``update``'s LinuxResources: ``--resources FILE`` (``-``: stdin) or runc's flags, not both."""
-    flags = {name: getattr(args, name) for name in ("memory", "memory_swap", "cpu_quota", "cpu_period", "cpu_share",
-                                                    "cpuset_cpus", "cpuset_mems", "pids_limit")}
+    flags = {
+        name: getattr(args, name)
+        for name in (
+            "memory",
+            "memory_swap",
+            "cpu_quota",
+            "cpu_period",
+            "cpu_share",
+            "cpuset_cpus",
+            "cpuset_mems",
+            "pids_limit",
+        )
+    }
     given = {k: v for k, v in flags.items() if v is not None}
     if args.resources:
         if given:
@@ -228,7 +260,9 @@ def _update_resources(args: argparse.Namespace) -> Any:
         try:
             return int(given[flag])
         except ValueError:
-            raise UsageError(f"strata-oci update: --{flag.replace('_', '-')} {given[flag]}: a number expected") from None
+            raise UsageError(
+                f"strata-oci update: --{flag.replace('_', '-')} {given[flag]}: a number expected"
+            ) from None
 
     out: dict[str, dict[str, Any]] = {}
     for flag, section, key in (("memory", "memory", "limit"), ("memory_swap", "memory", "swap")):
@@ -272,8 +306,10 @@ def run(argv: list[str], log: _Log) -> int:
         raise UsageError(f"strata-oci: unknown command {g.verb!r}")
     args = _verb_parser(g.verb).parse_args(g.rest)
     if g.systemd_cgroup and g.verb in ("create", "run"):  # the other verbs act on cgroups made at create
-        raise UsageError("strata-oci: --systemd-cgroup: no systemd cgroup driver (strata-oci makes the container's "
-                         "cgroup itself): set the engine's cgroup manager to cgroupfs")
+        raise UsageError(
+            "strata-oci: --systemd-cgroup: no systemd cgroup driver (strata-oci makes the container's "
+            "cgroup itself): set the engine's cgroup manager to cgroupfs"
+        )
     r = rt.Runtime(g.root, warn=log.warning)
     verb = g.verb
     if verb == "create":

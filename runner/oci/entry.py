@@ -33,7 +33,7 @@ def _parse(argv: list[str]) -> tuple[dict[str, str], str, set[str], list[str]] |
     if i >= len(argv) or argv[i] not in ("state", "start", "kill", "delete"):
         return None
     verb, flags, positionals = argv[i], set(), []
-    for arg in argv[i + 1:]:
+    for arg in argv[i + 1 :]:
         if arg in _FLAGS.get(verb, ()):
             flags.add(arg.lstrip("-")[0])
         elif arg.startswith("-") or arg == "":

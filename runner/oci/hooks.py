@@ -148,7 +148,7 @@ def _run_one(hook: dict[str, Any], payload: bytes) -> str | None:
                 break
             if in_w in events:
                 try:
-                    pending = pending[os.write(in_w, pending):]
+                    pending = pending[os.write(in_w, pending) :]
                 except BlockingIOError:
                     pass
                 except BrokenPipeError:  # the hook does not read its stdin: its business
@@ -184,7 +184,7 @@ def _run_one(hook: dict[str, Any], payload: bytes) -> str | None:
 
 def _read_into(fd: int, output: bytearray) -> int:
     chunk = os.read(fd, 65536)
-    output += chunk[:max(_KEEP_OUTPUT - len(output), 0)]
+    output += chunk[: max(_KEEP_OUTPUT - len(output), 0)]
     return len(chunk)
 
 
@@ -213,7 +213,9 @@ class CreateHooks:
         self.reply_r = self.reply_w = self.req_w = self.res_r = -1
         if self.needed():
             self.reply_r, self.reply_w = os.pipe()
-        if not any(hooks.get(k) for k in ("prestart", "createRuntime", "poststop", *(("poststart",) if lasting else ()))):
+        if not any(
+            hooks.get(k) for k in ("prestart", "createRuntime", "poststop", *(("poststart",) if lasting else ()))
+        ):
             return
         req_r, self.req_w = os.pipe()
         self.res_r, res_w = os.pipe()
@@ -261,6 +263,7 @@ class CreateHooks:
 
         def before_pivot() -> None:
             from .. import init  # (lazily: the cheap verbs never load it)
+
             try:
                 for fd in peer:
                     os.close(fd)
@@ -280,6 +283,7 @@ class CreateHooks:
 
         def on_start() -> None:
             from .. import init  # (lazily: the cheap verbs never load it)
+
             try:
                 failure = run("startContainer", start_side, {**st, "status": "created"})
             except OSError as e:

@@ -107,7 +107,7 @@ def _memory(cgroup: cgroups.Cgroup, limit: int | None, swap: int | None) -> None
     memsw = os.path.join(cgroup.memory, "memory.memsw.limit_in_bytes")
     now = int(open(memsw).read()) if os.path.exists(memsw) else None
     grows = swap == -1 or (now is not None and swap >= now)
-    for part in (("swap", "limit") if grows else ("limit", "swap")):
+    for part in ("swap", "limit") if grows else ("limit", "swap"):
         cgroup.apply({"memory": {part: limit if part == "limit" else swap}})
 
 

@@ -36,25 +36,53 @@ _O_PATH = 0o10000000
 
 # runc's mount option table (libcontainer/specconv): name -> (clear, flag)
 _FLAGS = {
-    "ro": (False, sc.MS_RDONLY), "rw": (True, sc.MS_RDONLY), "nosuid": (False, sc.MS_NOSUID),
-    "suid": (True, sc.MS_NOSUID), "nodev": (False, sc.MS_NODEV), "dev": (True, sc.MS_NODEV),
-    "noexec": (False, sc.MS_NOEXEC), "exec": (True, sc.MS_NOEXEC), "sync": (False, 0x10), "async": (True, 0x10),
-    "dirsync": (False, 0x80), "mand": (False, 0x40), "nomand": (True, 0x40), "noatime": (False, 0x400),
-    "atime": (True, 0x400), "nodiratime": (False, 0x800), "diratime": (True, 0x800),
-    "relatime": (False, 0x200000), "norelatime": (True, 0x200000), "strictatime": (False, 0x1000000),
-    "nostrictatime": (True, 0x1000000), "bind": (False, sc.MS_BIND), "rbind": (False, sc.MS_BIND | sc.MS_REC),
+    "ro": (False, sc.MS_RDONLY),
+    "rw": (True, sc.MS_RDONLY),
+    "nosuid": (False, sc.MS_NOSUID),
+    "suid": (True, sc.MS_NOSUID),
+    "nodev": (False, sc.MS_NODEV),
+    "dev": (True, sc.MS_NODEV),
+    "noexec": (False, sc.MS_NOEXEC),
+    "exec": (True, sc.MS_NOEXEC),
+    "sync": (False, 0x10),
+    "async": (True, 0x10),
+    "dirsync": (False, 0x80),
+    "mand": (False, 0x40),
+    "nomand": (True, 0x40),
+    "noatime": (False, 0x400),
+    "atime": (True, 0x400),
+    "nodiratime": (False, 0x800),
+    "diratime": (True, 0x800),
+    "relatime": (False, 0x200000),
+    "norelatime": (True, 0x200000),
+    "strictatime": (False, 0x1000000),
+    "nostrictatime": (True, 0x1000000),
+    "bind": (False, sc.MS_BIND),
+    "rbind": (False, sc.MS_BIND | sc.MS_REC),
 }
-_PROPAGATION = {"private": sc.MS_PRIVATE, "rprivate": sc.MS_PRIVATE | sc.MS_REC, "slave": sc.MS_SLAVE,
-                "rslave": sc.MS_SLAVE | sc.MS_REC, "shared": 0x100000, "rshared": 0x100000 | sc.MS_REC,
-                "unbindable": 0x20000, "runbindable": 0x20000 | sc.MS_REC}
+_PROPAGATION = {
+    "private": sc.MS_PRIVATE,
+    "rprivate": sc.MS_PRIVATE | sc.MS_REC,
+    "slave": sc.MS_SLAVE,
+    "rslave": sc.MS_SLAVE | sc.MS_REC,
+    "shared": 0x100000,
+    "rshared": 0x100000 | sc.MS_REC,
+    "unbindable": 0x20000,
+    "runbindable": 0x20000 | sc.MS_REC,
+}
 _BIND_ATTRS = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | 0x400 | 0x800 | 0x200000 | 0x1000000
 
 # the nodes runc makes in a /dev it mounted (libcontainer/configs/devices AllowedDevices' nodes)
 ROOT_SUID = "io.strata.root-suid"  # annotation: the root's copy in the container honours setuid bits
-DEFAULT_DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9),
-                   "tty": (5, 0)}
-_DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
-              ("stderr", "/proc/self/fd/2"), ("core", "/proc/kcore"), ("ptmx", "pts/ptmx"))
+DEFAULT_DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
+_DEV_LINKS = (
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("core", "/proc/kcore"),
+    ("ptmx", "pts/ptmx"),
+)
 
 
 class _OpenHow(ctypes.Structure):
@@ -64,8 +92,9 @@ class _OpenHow(ctypes.Structure):
 def open_in_root(root_fd: int, path: str, flags: int = _O_PATH) -> int:
     """``path`` opened as if ``root_fd`` were ``/`` (symlinks and ``..`` cannot leave it)."""
     how = _OpenHow(flags | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
-    fd = _libc.syscall(_SYS_OPENAT2, root_fd, os.fsencode(path.lstrip("/") or "."), ctypes.byref(how),
-                       ctypes.sizeof(how))
+    fd = _libc.syscall(
+        _SYS_OPENAT2, root_fd, os.fsencode(path.lstrip("/") or "."), ctypes.byref(how), ctypes.sizeof(how)
+    )
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
@@ -118,8 +147,14 @@ def make_in_root(root_fd: int, path: str, directory: bool) -> tuple[int, str]:
                 fd = os.open(part, flags, dir_fd=parent)
             except FileNotFoundError:
                 if last and not directory:
-                    os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                     0o644, dir_fd=parent))
+                    os.close(
+                        os.open(
+                            part,
+                            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                            0o644,
+                            dir_fd=parent,
+                        )
+                    )
                 else:
                     os.mkdir(part, 0o755, dir_fd=parent)
                 fd = os.open(part, flags, dir_fd=parent)
@@ -190,8 +225,14 @@ def _mount_one(root_fd: int, m: dict[str, Any]) -> None:
 
 # statvfs flags -> the mount flags a remount must repeat when the mount's are locked (its source
 # was mounted in a more privileged user namespace): nosuid, nodev, noexec and the atime flags
-_LOCKED = ((os.ST_NOSUID, sc.MS_NOSUID), (os.ST_NODEV, sc.MS_NODEV), (os.ST_NOEXEC, sc.MS_NOEXEC),
-           (os.ST_NOATIME, 0x400), (os.ST_NODIRATIME, 0x800), (os.ST_RELATIME, 0x200000))
+_LOCKED = (
+    (os.ST_NOSUID, sc.MS_NOSUID),
+    (os.ST_NODEV, sc.MS_NODEV),
+    (os.ST_NOEXEC, sc.MS_NOEXEC),
+    (os.ST_NOATIME, 0x400),
+    (os.ST_NODIRATIME, 0x800),
+    (os.ST_RELATIME, 0x200000),
+)
 
 
 def _remount_bind(path: str, flags: int) -> None:
@@ -225,8 +266,16 @@ def _populate_dev(root_fd: int, config: dict[str, Any]) -> None:
         parent, _ = make_in_root(root_fd, os.path.dirname(path), True)
         try:
             kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}[node["type"]]
-            _node(parent, os.path.basename(path), kind | node.get("fileMode", 0o666), node.get("major", 0),
-                  node.get("minor", 0), node.get("uid", 0), node.get("gid", 0), path)
+            _node(
+                parent,
+                os.path.basename(path),
+                kind | node.get("fileMode", 0o666),
+                node.get("major", 0),
+                node.get("minor", 0),
+                node.get("uid", 0),
+                node.get("gid", 0),
+                path,
+            )
         finally:
             os.close(parent)
     if (config.get("process") or {}).get("terminal"):
@@ -291,8 +340,16 @@ def _console(root_fd: int, config: dict[str, Any]) -> int:
     return master
 
 
-_IPC_SYSCTLS = {"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall", "kernel.shmmax",
-                "kernel.shmmni", "kernel.shm_rmid_forced"}
+_IPC_SYSCTLS = {
+    "kernel.msgmax",
+    "kernel.msgmnb",
+    "kernel.msgmni",
+    "kernel.sem",
+    "kernel.shmall",
+    "kernel.shmmax",
+    "kernel.shmmni",
+    "kernel.shm_rmid_forced",
+}
 
 
 def check_sysctl(config: dict[str, Any], key: str) -> None:

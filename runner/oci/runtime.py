@@ -60,8 +60,10 @@ def now() -> str:
 def _cgroup_path(config: dict[str, Any], cid: str) -> str:
     path = (config.get("linux") or {}).get("cgroupsPath") or f"/strata-oci/{cid}"
     if ":" in path and not path.startswith("/"):
-        raise RunnerError(f"cgroupsPath {path!r} names a systemd unit: strata-oci manages cgroups itself "
-                          "(set the engine's cgroup manager to cgroupfs)")
+        raise RunnerError(
+            f"cgroupsPath {path!r} names a systemd unit: strata-oci manages cgroups itself "
+            "(set the engine's cgroup manager to cgroupfs)"
+        )
     return path
 
 
@@ -109,19 +111,28 @@ class Runtime:
             rootfs.check_sysctl(config, key)
         return config, config_hooks
 
-    def create(self, cid: str, bundle: str, pid_file: str | None = None, console_socket: str | None = None,
-               preserve_fds: int = 0, lasting: bool = False) -> int:
+    def create(
+        self,
+        cid: str,
+        bundle: str,
+        pid_file: str | None = None,
+        console_socket: str | None = None,
+        preserve_fds: int = 0,
+        lasting: bool = False,
+    ) -> int:
         """Make the container and leave PID 1 waiting on ``exec.fifo``; returns its pid (our child).
         ``lasting`` (``run``): the hook helper stays for this process's start and delete."""
         from .. import init  # (lazily: the cheap verbs never load it)
         from . import filters
+
         check_id(cid)
         config, config_hooks = self.load_bundle(bundle)
         bundle = os.path.abspath(bundle)
         terminal = bool((config.get("process") or {}).get("terminal"))
         if terminal and not console_socket:
-            raise RunnerError("process.terminal is set: --console-socket is required (strata-oci relays no "
-                              "terminal itself)")
+            raise RunnerError(
+                "process.terminal is set: --console-socket is required (strata-oci relays no terminal itself)"
+            )
         if console_socket and not terminal:
             raise RunnerError("--console-socket given but process.terminal is not set")
         cgroup_path = _cgroup_path(config, cid)
@@ -161,9 +172,16 @@ class Runtime:
             if console_socket:
                 console_fd = _console(console_socket).detach()
                 opened.append(console_fd)
-            init_spec = {"config": config, "status_fd": status_w, "seccomp": sec,
-                         "cgroup_procs": cgroup.procs_files(), "fifo_fd": fifo_fd, "console_fd": console_fd,
-                         "preserve_fds": preserve_fds, "die_with_parent": False}
+            init_spec = {
+                "config": config,
+                "status_fd": status_w,
+                "seccomp": sec,
+                "cgroup_procs": cgroup.procs_files(),
+                "fifo_fd": fifo_fd,
+                "console_fd": console_fd,
+                "preserve_fds": preserve_fds,
+                "die_with_parent": False,
+            }
             if set(config_hooks) - ({"poststart"} if not lasting else set()):
                 sync = hooks.CreateHooks(config_hooks, lasting)  # (before spawn: its helper keeps our namespaces)
                 if sync.needed():
@@ -189,11 +207,25 @@ class Runtime:
                 pid = 0
                 message = line.split(" ", 2)[2] if line.startswith("error ") else "the container's init died"
                 raise RunnerError(message)
-            state = {"id": cid, "pid": pid, "pid_start": start_time(pid), "bundle": bundle,
-                     "rootfs": config["root"]["path"], "created": now(), "annotations": annotations,
-                     "owner": _owner(), "config": config, "hooks": config_hooks, "oci_version": spec.OCI_VERSION,
-                     "cgroup": {"version": cgroup.version, "path": cgroup.path, "dirs": statedir.all_dirs(cgroup),
-                                "freezer": statedir.freezer_file(cgroup)}}
+            state = {
+                "id": cid,
+                "pid": pid,
+                "pid_start": start_time(pid),
+                "bundle": bundle,
+                "rootfs": config["root"]["path"],
+                "created": now(),
+                "annotations": annotations,
+                "owner": _owner(),
+                "config": config,
+                "hooks": config_hooks,
+                "oci_version": spec.OCI_VERSION,
+                "cgroup": {
+                    "version": cgroup.version,
+                    "path": cgroup.path,
+                    "dirs": statedir.all_dirs(cgroup),
+                    "freezer": statedir.freezer_file(cgroup),
+                },
+            }
             statedir.write(directory, state)
             if pid_file:
                 statedir._write_atomic(os.path.abspath(pid_file), str(pid).encode())
@@ -222,8 +254,15 @@ class Runtime:
         control.start(c)
         self._after("poststart", c, "running")
 
-    def run(self, cid: str, bundle: str, pid_file: str | None = None, console_socket: str | None = None,
-            preserve_fds: int = 0, detach: bool = False) -> int:
+    def run(
+        self,
+        cid: str,
+        bundle: str,
+        pid_file: str | None = None,
+        console_socket: str | None = None,
+        preserve_fds: int = 0,
+        detach: bool = False,
+    ) -> int:
         """create + start, then (unless ``detach``) wait for PID 1, forwarding signals to it, delete
         the container and return its exit code (128 + N for signal N)."""
         pid = self.create(cid, bundle, pid_file, console_socket, preserve_fds, lasting=True)
@@ -248,12 +287,20 @@ class Runtime:
             except ProcessLookupError:
                 pass
 
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-                    signal.SIGWINCH):
+        for sig in (
+            signal.SIGTERM,
+            signal.SIGINT,
+            signal.SIGHUP,
+            signal.SIGQUIT,
+            signal.SIGUSR1,
+            signal.SIGUSR2,
+            signal.SIGWINCH,
+        ):
             signal.signal(sig, forward)
         _, status = os.waitpid(pid, 0)
         self.delete(cid, force=True)
         from .. import init  # (lazily: the cheap verbs never load it)
+
         return init.exit_code(status)
 
     # ---- signals, deletion --------------------------------------------------------------------
@@ -277,12 +324,20 @@ class Runtime:
 
     # ---- exec ---------------------------------------------------------------------------------
 
-    def exec(self, cid: str, process: dict[str, Any], pid_file: str | None = None,
-             console_socket: str | None = None, detach: bool = False, preserve_fds: int = 0) -> int:
+    def exec(
+        self,
+        cid: str,
+        process: dict[str, Any],
+        pid_file: str | None = None,
+        console_socket: str | None = None,
+        detach: bool = False,
+        preserve_fds: int = 0,
+    ) -> int:
         """Run ``process`` (the runtime-spec's ``process`` object) in the container. Returns the
         command's exit code, or 0 once it has started with ``detach``."""
         from .. import init  # (lazily: the cheap verbs never load it)
         from . import filters
+
         c = self.get(cid)
         status = c.status()
         if status == "paused":
@@ -292,8 +347,9 @@ class Runtime:
         spec.check({**c.config, "process": process})
         terminal = bool(process.get("terminal"))
         if terminal and not console_socket:
-            raise RunnerError("process.terminal is set: --console-socket is required (strata-oci relays no "
-                              "terminal itself)")
+            raise RunnerError(
+                "process.terminal is set: --console-socket is required (strata-oci relays no terminal itself)"
+            )
         user = process.get("user") or {}
         ids = f"{user.get('uid', 0)}:{user.get('gid', 0)}"
         if user.get("additionalGids"):
@@ -305,19 +361,32 @@ class Runtime:
         try:
             if terminal:
                 try:
-                    master, slave = rootfs.pty_of(os.open(f"/proc/{c.pid}/root/dev/pts/ptmx",
-                                                          os.O_RDWR | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC))
+                    master, slave = rootfs.pty_of(
+                        os.open(
+                            f"/proc/{c.pid}/root/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC
+                        )
+                    )
                 except OSError:
                     master, slave = os.openpty()
                 opened += [master, slave]
-            join_spec = {"pid": c.pid, "args": process.get("args") or [], "env": process.get("env") or [],
-                         "cwd": process.get("cwd") or "/", "user": ids, "tty": terminal,
-                         "capabilities": process.get("capabilities"),
-                         "no_new_privs": bool(process.get("noNewPrivileges")),
-                         "seccomp": filters.prepare(self.root, profile) if profile else None,
-                         "cgroup_procs": resources.procs_files(c.cgroup()), "status_fd": status_w,
-                         "rlimits": process.get("rlimits"), "oom_score_adj": process.get("oomScoreAdj"),
-                         "umask": user.get("umask"), "preserve_fds": preserve_fds, "detach": detach}
+            join_spec = {
+                "pid": c.pid,
+                "args": process.get("args") or [],
+                "env": process.get("env") or [],
+                "cwd": process.get("cwd") or "/",
+                "user": ids,
+                "tty": terminal,
+                "capabilities": process.get("capabilities"),
+                "no_new_privs": bool(process.get("noNewPrivileges")),
+                "seccomp": filters.prepare(self.root, profile) if profile else None,
+                "cgroup_procs": resources.procs_files(c.cgroup()),
+                "status_fd": status_w,
+                "rlimits": process.get("rlimits"),
+                "oom_score_adj": process.get("oomScoreAdj"),
+                "umask": user.get("umask"),
+                "preserve_fds": preserve_fds,
+                "detach": detach,
+            }
             helper = os.fork()
             if helper == 0:
                 code = 126
@@ -430,6 +499,7 @@ def _console(path: str) -> socket.socket:
 
 def _send_console(path: str, master: int) -> None:
     from .. import init  # (lazily: the cheap verbs never load it)
+
     sock = _console(path)
     try:
         init.send_console(sock.fileno(), master)
@@ -439,6 +509,7 @@ def _send_console(path: str, master: int) -> None:
 
 def _wait_forwarding(helper: int, pid: int) -> int:
     """Wait for the exec helper (its status is the command's), passing signals on to the command."""
+
     def forward(signum: int, _frame: Any) -> None:
         try:
             os.kill(pid, signum)
@@ -449,4 +520,5 @@ def _wait_forwarding(helper: int, pid: int) -> int:
         signal.signal(sig, forward)
     _, status = os.waitpid(helper, 0)
     from .. import init  # (lazily: the cheap verbs never load it)
+
     return init.exit_code(status)

@@ -25,12 +25,35 @@ INIT_ANNOTATION = "io.strata.init"  # --init: PID 1 is strata's reaper, the comm
 TTY_GID = 5  # devpts gives its ptys this group where it exists (``default_mounts``)
 
 # Docker's default capability set (moby oci/caps/defaults.go)
-DEFAULT_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-                "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT",
-                "CAP_KILL", "CAP_AUDIT_WRITE"]
-MASKED_PATHS = ["/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
-                "/sys/devices/virtual/powercap"]
+DEFAULT_CAPS = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+]
+MASKED_PATHS = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+]
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 NAMESPACES = ("pid", "network", "ipc", "uts", "mount", "cgroup", "user")
 
@@ -45,13 +68,20 @@ def default_mounts(host_network: bool = False, tty_group: bool = True, sys_rw: b
     one; ``sys_rw``: writable, as a privileged container's). ``tty_group``: the devpts instance gives
     its ptys group 5 (not where gid 5 is unmapped)."""
     ro = [] if sys_rw else ["ro"]
-    sys_mount = (_mount("/sys", "bind", "/sys", ["rbind", *ro, "nosuid", "nodev", "noexec"]) if host_network
-                 else _mount("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", *ro]))
+    sys_mount = (
+        _mount("/sys", "bind", "/sys", ["rbind", *ro, "nosuid", "nodev", "noexec"])
+        if host_network
+        else _mount("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", *ro])
+    )
     return [
         _mount("/proc", "proc", "proc", ["nosuid", "noexec", "nodev"]),
         _mount("/dev", "tmpfs", "tmpfs", ["nosuid", "strictatime", "mode=755", "size=65536k"]),
-        _mount("/dev/pts", "devpts", "devpts", ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620",
-                                                 *(["gid=5"] if tty_group else [])]),
+        _mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", *(["gid=5"] if tty_group else [])],
+        ),
         sys_mount,
         _mount("/dev/mqueue", "mqueue", "mqueue", ["nosuid", "noexec", "nodev"]),
         _mount("/dev/shm", "tmpfs", "shm", ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
@@ -59,8 +89,18 @@ def default_mounts(host_network: bool = False, tty_group: bool = True, sys_rw: b
 
 
 _TMPFS_DEFAULTS = ["noexec", "nosuid", "nodev", "rprivate"]  # Docker's, under a tmpfs mount's own options
-_PAIRS = {"exec": "noexec", "suid": "nosuid", "dev": "nodev", "rw": "ro", "async": "sync", "atime": "noatime",
-          "diratime": "nodiratime", "relatime": "norelatime", "strictatime": "nostrictatime", "mand": "nomand"}
+_PAIRS = {
+    "exec": "noexec",
+    "suid": "nosuid",
+    "dev": "nodev",
+    "rw": "ro",
+    "async": "sync",
+    "atime": "noatime",
+    "diratime": "nodiratime",
+    "relatime": "norelatime",
+    "strictatime": "nostrictatime",
+    "mand": "nomand",
+}
 _KIND = {**{k: k for k in _PAIRS}, **{v: k for k, v in _PAIRS.items()}}
 
 
@@ -83,12 +123,27 @@ def oci_mounts(config: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for m in config.get("MountPoints") or []:
         if m["Type"] == "tmpfs":
-            out.append(_mount(m["Destination"], "tmpfs", "tmpfs",
-                              merge_tmpfs_options(_TMPFS_DEFAULTS + list(m.get("Options") or []))))
+            out.append(
+                _mount(
+                    m["Destination"],
+                    "tmpfs",
+                    "tmpfs",
+                    merge_tmpfs_options(_TMPFS_DEFAULTS + list(m.get("Options") or [])),
+                )
+            )
         else:
-            out.append(_mount(m["Destination"], "bind", m["Source"],
-                              ["bind" if m.get("NonRecursive") else "rbind", m.get("Propagation") or "rprivate",
-                               *([] if m.get("RW", True) else ["ro"])]))
+            out.append(
+                _mount(
+                    m["Destination"],
+                    "bind",
+                    m["Source"],
+                    [
+                        "bind" if m.get("NonRecursive") else "rbind",
+                        m.get("Propagation") or "rprivate",
+                        *([] if m.get("RW", True) else ["ro"]),
+                    ],
+                )
+            )
     for target, data in ((config.get("HostConfig") or {}).get("Tmpfs") or {}).items():
         options = _TMPFS_DEFAULTS + (data.split(",") if data else [])
         out.append(_mount(target, "tmpfs", "tmpfs", merge_tmpfs_options(options)))
@@ -101,8 +156,13 @@ def by_depth(mounts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(mounts, key=lambda m: m["destination"].rstrip("/").count("/"))
 
 
-def for_container(config: dict[str, Any], rootfs: str, etc_files: dict[str, str],
-                  rootless: tuple[int, int] | None = None, netns: str | None = None) -> dict[str, Any]:
+def for_container(
+    config: dict[str, Any],
+    rootfs: str,
+    etc_files: dict[str, str],
+    rootless: tuple[int, int] | None = None,
+    netns: str | None = None,
+) -> dict[str, Any]:
     """The config.json of a strata container: ``config`` is its record (``runner.containers``),
     ``rootfs`` its union's mountpoint, ``etc_files`` the host files bound over /etc/hostname, hosts
     and resolv.conf. ``rootless``: the (uid, gid) of the ordinary user who runs it, which become root
@@ -116,15 +176,17 @@ def for_container(config: dict[str, Any], rootfs: str, etc_files: dict[str, str]
         namespaces.append({"type": "network", **({"path": netns} if netns else {})})
     privileged = bool(hc.get("Privileged"))
     host_devices = privileged and not rootless  # (rootless: the user namespace keeps host devices out)
-    rules: list[devices.DeviceRule] = ([{"allow": True, "type": "a", "access": "rwm"}] if host_devices
-                                       else config.get("DeviceRules", []))
+    rules: list[devices.DeviceRule] = (
+        [{"allow": True, "type": "a", "access": "rwm"}] if host_devices else config.get("DeviceRules", [])
+    )
     resources: dict[str, Any] = {} if rootless else {"devices": devices.rules_with(rules)}
     # rootless, limits apply in a delegated cgroup v2 subtree (else the CLI has said they cannot)
     limits = not rootless or bool((config.get("Cgroup") or {}).get("Version"))
     if limits:
         resources.update(limit_resources(hc))
     linux: dict[str, Any] = {
-        "namespaces": namespaces, "resources": resources,
+        "namespaces": namespaces,
+        "resources": resources,
         "devices": devices.host_devices() if host_devices else config.get("LinuxDevices", []),
         "maskedPaths": [] if privileged else list(MASKED_PATHS),
         "readonlyPaths": [] if privileged else list(READONLY_PATHS),
@@ -150,7 +212,9 @@ def for_container(config: dict[str, Any], rootfs: str, etc_files: dict[str, str]
     return {
         "ociVersion": OCI_VERSION,
         "process": {
-            "terminal": bool(cfg["Tty"]), "args": list(config["Command"]), "env": list(cfg["Env"]),
+            "terminal": bool(cfg["Tty"]),
+            "args": list(config["Command"]),
+            "env": list(cfg["Env"]),
             "cwd": cfg["WorkingDir"] or "/",
             "user": {"uid": int(uid), "gid": int(gid or 0)},
             "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted")},
@@ -159,12 +223,23 @@ def for_container(config: dict[str, Any], rootfs: str, etc_files: dict[str, str]
         },
         "root": {"path": rootfs, "readonly": read_only},
         "hostname": cfg["Hostname"],
-        "mounts": [m for m in default_mounts(host_network, tty_group=userns.maps_id(linux.get("gidMappings") or [],
-                                                                                   TTY_GID) if rootless else True,
-                                             sys_rw=privileged)
-                   if m["destination"] not in taken] + by_depth([
-            _mount(f"/etc/{name}", "bind", path, ["rbind", "rprivate", *(["ro"] if read_only else [])])
-            for name, path in etc_files.items() if f"/etc/{name}" not in taken] + own),
+        "mounts": [
+            m
+            for m in default_mounts(
+                host_network,
+                tty_group=userns.maps_id(linux.get("gidMappings") or [], TTY_GID) if rootless else True,
+                sys_rw=privileged,
+            )
+            if m["destination"] not in taken
+        ]
+        + by_depth(
+            [
+                _mount(f"/etc/{name}", "bind", path, ["rbind", "rprivate", *(["ro"] if read_only else [])])
+                for name, path in etc_files.items()
+                if f"/etc/{name}" not in taken
+            ]
+            + own
+        ),
         "linux": linux,
         "annotations": annotations,
     }
@@ -199,8 +274,14 @@ RLIM_INFINITY = 2**64 - 1  # the runtime-spec's rlimits are uint64
 
 def rlimits(ulimits: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``--ulimit``s (Docker's ``{"Name", "Soft", "Hard"}``, -1 unlimited) as ``process.rlimits``."""
-    return [{"type": f"RLIMIT_{u['Name'].upper()}", "soft": RLIM_INFINITY if u["Soft"] < 0 else u["Soft"],
-             "hard": RLIM_INFINITY if u["Hard"] < 0 else u["Hard"]} for u in ulimits]
+    return [
+        {
+            "type": f"RLIMIT_{u['Name'].upper()}",
+            "soft": RLIM_INFINITY if u["Soft"] < 0 else u["Soft"],
+            "hard": RLIM_INFINITY if u["Hard"] < 0 else u["Hard"],
+        }
+        for u in ulimits
+    ]
 
 
 def _numeric_user(user: str) -> bool:
@@ -212,10 +293,31 @@ def _numeric_user(user: str) -> bool:
 
 SUPPORTED = {
     "": {"ociVersion", "process", "root", "hostname", "mounts", "linux", "annotations"},
-    "process": {"terminal", "consoleSize", "args", "env", "cwd", "user", "capabilities", "noNewPrivileges",
-                "rlimits", "oomScoreAdj"},
-    "linux": {"namespaces", "resources", "devices", "maskedPaths", "readonlyPaths", "cgroupsPath", "seccomp",
-              "rootfsPropagation", "sysctl", "uidMappings", "gidMappings"},
+    "process": {
+        "terminal",
+        "consoleSize",
+        "args",
+        "env",
+        "cwd",
+        "user",
+        "capabilities",
+        "noNewPrivileges",
+        "rlimits",
+        "oomScoreAdj",
+    },
+    "linux": {
+        "namespaces",
+        "resources",
+        "devices",
+        "maskedPaths",
+        "readonlyPaths",
+        "cgroupsPath",
+        "seccomp",
+        "rootfsPropagation",
+        "sysctl",
+        "uidMappings",
+        "gidMappings",
+    },
 }
 
 
@@ -252,9 +354,24 @@ NESTED = {
     ("linux", "resources", "pids"): {"limit"},
     ("root",): {"path", "readonly"},
 }
-RLIMITS = {"RLIMIT_AS", "RLIMIT_CORE", "RLIMIT_CPU", "RLIMIT_DATA", "RLIMIT_FSIZE", "RLIMIT_LOCKS", "RLIMIT_MEMLOCK",
-           "RLIMIT_MSGQUEUE", "RLIMIT_NICE", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_RSS", "RLIMIT_RTPRIO",
-           "RLIMIT_RTTIME", "RLIMIT_SIGPENDING", "RLIMIT_STACK"}
+RLIMITS = {
+    "RLIMIT_AS",
+    "RLIMIT_CORE",
+    "RLIMIT_CPU",
+    "RLIMIT_DATA",
+    "RLIMIT_FSIZE",
+    "RLIMIT_LOCKS",
+    "RLIMIT_MEMLOCK",
+    "RLIMIT_MSGQUEUE",
+    "RLIMIT_NICE",
+    "RLIMIT_NOFILE",
+    "RLIMIT_NPROC",
+    "RLIMIT_RSS",
+    "RLIMIT_RTPRIO",
+    "RLIMIT_RTTIME",
+    "RLIMIT_SIGPENDING",
+    "RLIMIT_STACK",
+}
 
 
 def _check_nested(config: dict[str, Any]) -> None:
@@ -271,7 +388,9 @@ def _check_nested(config: dict[str, Any]) -> None:
                 raise RunnerError(f"config.json: {'.'.join(path)}.{key} is not supported by strata")
     for limit in (config.get("process") or {}).get("rlimits") or []:
         if not isinstance(limit, dict) or limit.get("type") not in RLIMITS:
-            raise RunnerError(f"config.json: process.rlimits: unknown type {limit.get('type') if isinstance(limit, dict) else limit!r}")
+            raise RunnerError(
+                f"config.json: process.rlimits: unknown type {limit.get('type') if isinstance(limit, dict) else limit!r}"
+            )
 
 
 def default_config(rootless: bool = False) -> dict[str, Any]:
@@ -282,7 +401,9 @@ def default_config(rootless: bool = False) -> dict[str, Any]:
     namespaces = [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup")]
     linux: dict[str, Any] = {
         "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-        "namespaces": namespaces, "maskedPaths": list(MASKED_PATHS), "readonlyPaths": list(READONLY_PATHS),
+        "namespaces": namespaces,
+        "maskedPaths": list(MASKED_PATHS),
+        "readonlyPaths": list(READONLY_PATHS),
     }
     if rootless:
         import os
@@ -294,10 +415,14 @@ def default_config(rootless: bool = False) -> dict[str, Any]:
     return {
         "ociVersion": OCI_VERSION,
         "process": {
-            "terminal": True, "user": {"uid": 0, "gid": 0}, "args": ["sh"],
+            "terminal": True,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["sh"],
             "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
-            "cwd": "/", "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted")},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}], "noNewPrivileges": True,
+            "cwd": "/",
+            "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": True,
         },
         "root": {"path": "rootfs", "readonly": True},
         "hostname": "strata",
@@ -311,14 +436,51 @@ def features() -> dict[str, Any]:
     config may ask of this runtime."""
     from . import rootfs
 
-    caps = sorted(["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
-                   "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
-                   "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER",
-                   "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT",
-                   "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME",
-                   "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL",
-                   "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
-                   "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE"])
+    caps = sorted(
+        [
+            "CAP_CHOWN",
+            "CAP_DAC_OVERRIDE",
+            "CAP_DAC_READ_SEARCH",
+            "CAP_FOWNER",
+            "CAP_FSETID",
+            "CAP_KILL",
+            "CAP_SETGID",
+            "CAP_SETUID",
+            "CAP_SETPCAP",
+            "CAP_LINUX_IMMUTABLE",
+            "CAP_NET_BIND_SERVICE",
+            "CAP_NET_BROADCAST",
+            "CAP_NET_ADMIN",
+            "CAP_NET_RAW",
+            "CAP_IPC_LOCK",
+            "CAP_IPC_OWNER",
+            "CAP_SYS_MODULE",
+            "CAP_SYS_RAWIO",
+            "CAP_SYS_CHROOT",
+            "CAP_SYS_PTRACE",
+            "CAP_SYS_PACCT",
+            "CAP_SYS_ADMIN",
+            "CAP_SYS_BOOT",
+            "CAP_SYS_NICE",
+            "CAP_SYS_RESOURCE",
+            "CAP_SYS_TIME",
+            "CAP_SYS_TTY_CONFIG",
+            "CAP_MKNOD",
+            "CAP_LEASE",
+            "CAP_AUDIT_WRITE",
+            "CAP_AUDIT_CONTROL",
+            "CAP_SETFCAP",
+            "CAP_MAC_OVERRIDE",
+            "CAP_MAC_ADMIN",
+            "CAP_SYSLOG",
+            "CAP_WAKE_ALARM",
+            "CAP_BLOCK_SUSPEND",
+            "CAP_AUDIT_READ",
+            "CAP_PERFMON",
+            "CAP_BPF",
+            "CAP_CHECKPOINT_RESTORE",
+        ]
+    )
     return {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": OCI_VERSION,
@@ -328,9 +490,14 @@ def features() -> dict[str, Any]:
             "namespaces": sorted(NAMESPACES),
             "capabilities": caps,
             "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False, "rdma": False},
-            "seccomp": {"enabled": True, "actions": sorted(seccomp.ACTIONS), "operators": sorted(seccomp.OPS),
-                        "archs": sorted(set(seccomp._NATIVE_TO_SCMP.values())),
-                        "knownFlags": sorted(seccomp._FLAG_ATTRS), "supportedFlags": sorted(seccomp._FLAG_ATTRS)},
+            "seccomp": {
+                "enabled": True,
+                "actions": sorted(seccomp.ACTIONS),
+                "operators": sorted(seccomp.OPS),
+                "archs": sorted(set(seccomp._NATIVE_TO_SCMP.values())),
+                "knownFlags": sorted(seccomp._FLAG_ATTRS),
+                "supportedFlags": sorted(seccomp._FLAG_ATTRS),
+            },
             "apparmor": {"enabled": False},
             "selinux": {"enabled": False},
             "intelRdt": {"enabled": False},

@@ -129,8 +129,13 @@ class Container:
             from .. import cgroups
 
             group = self.cgroup()
-            path = (os.path.join(group.freezer, "freezer.state") if isinstance(group, cgroups.V1) and group.freezer
-                    else os.path.join(group.dir, "cgroup.freeze") if isinstance(group, cgroups.V2) else None)
+            path = (
+                os.path.join(group.freezer, "freezer.state")
+                if isinstance(group, cgroups.V1) and group.freezer
+                else os.path.join(group.dir, "cgroup.freeze")
+                if isinstance(group, cgroups.V2)
+                else None
+            )
         if not path:
             return False
         try:
@@ -142,8 +147,9 @@ class Container:
     def hook_state(self, status: str) -> dict[str, Any]:
         from . import hooks
 
-        return hooks.state(self.id, status, 0 if status == "stopped" else self.pid, self.state["bundle"],
-                           self.state.get("annotations"))
+        return hooks.state(
+            self.id, status, 0 if status == "stopped" else self.pid, self.state["bundle"], self.state.get("annotations")
+        )
 
     def oci_state(self) -> dict[str, Any]:
         """The runtime-spec state (runc's ``containerState`` fields)."""
@@ -153,9 +159,16 @@ class Container:
             from . import spec
 
             version = spec.OCI_VERSION
-        out = {"ociVersion": version, "id": self.id, "pid": 0 if status == "stopped" else self.pid,
-               "status": status, "bundle": self.state["bundle"], "rootfs": self.state["rootfs"],
-               "created": self.state["created"], "owner": self.state.get("owner", "")}
+        out = {
+            "ociVersion": version,
+            "id": self.id,
+            "pid": 0 if status == "stopped" else self.pid,
+            "status": status,
+            "bundle": self.state["bundle"],
+            "rootfs": self.state["rootfs"],
+            "created": self.state["created"],
+            "owner": self.state.get("owner", ""),
+        }
         if self.state.get("annotations"):
             out["annotations"] = self.state["annotations"]
         return out
