@@ -3,7 +3,7 @@ read and written by the kernel through a backing file, and no READ or WRITE reac
 the kernel or the privileges refuse, the same opens go through the daemon and read and write the same.
 
 Each union here is served in a child process that counts the daemon's read and write handler calls
-(as test_unionfs_mount's killpriv test counts getattrs) while it works through the mount."""
+(as test_unionfs_pyfuse3's killpriv test counts getattrs) while it works through the mount."""
 
 from __future__ import annotations
 
