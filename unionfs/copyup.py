@@ -30,6 +30,7 @@ import trio
 
 from . import metacopy
 from .copydata import Way, WouldBlock, can_tell, copy_data, copy_xattrs, open_lower, read_cached, write_all
+from .errors import oserror
 from .journal import Journal, can_note, recover_only
 from .layers import LayerSet
 
@@ -350,6 +351,15 @@ def remove_entry(dir_fd: int, name: str) -> None:
         shutil.rmtree(name, dir_fd=dir_fd)
     else:
         os.unlink(name, dir_fd=dir_fd)
+
+
+def read_only(node: Node) -> None:
+    """The copy-up steps of a union without an upper: every change answers EROFS."""
+    raise oserror(errno.EROFS)
+
+
+async def read_only_copy(node: Node, *_: object) -> bool:
+    raise oserror(errno.EROFS)
 
 
 class CopyUps:

@@ -32,7 +32,7 @@ import trio
 
 from . import metacopy, owners, whiteout
 from .attrs import attr, negative
-from .copyup import Copier, CopyUps
+from .copyup import Copier, CopyUps, read_only, read_only_copy
 from .errors import fuse_boundary, oserror
 from .fdcache import CAP as FD_CACHE
 from .fdcache import FdCache
@@ -65,14 +65,6 @@ DIR_CACHE = hasattr(pyfuse3.FileInfo(), "cache_readdir")
 NO_OPEN = hasattr(pyfuse3.Operations, "enable_no_open")
 # And one that can ask for FUSE_PASSTHROUGH (our 0006): opens read and written by the kernel itself.
 PASSTHROUGH = hasattr(pyfuse3, "passthrough_fd")
-
-
-def _read_only(node: Node) -> None:
-    raise oserror(errno.EROFS)
-
-
-async def _read_only_copy(node: Node, *_: object) -> bool:
-    raise oserror(errno.EROFS)
 
 
 class UnionFS(pyfuse3.Operations):
@@ -128,9 +120,9 @@ class UnionFS(pyfuse3.Operations):
         self._fd = self.fds.fd
         self._data_fd = self.fds.data_fd  # a metacopy's is the lower file's (``metacopy``)
         self._attr = attr
-        self._upper_dir: Callable[[Node], None] = self.copyups.upper_dir if self.copyups else _read_only
-        self._copy_up: Callable[..., Awaitable[object]] = self.copyups.copy_up if self.copyups else _read_only_copy
-        self._copy_meta: Callable[..., Awaitable[bool]] = self.copyups.copy_meta if self.copyups else _read_only_copy
+        self._upper_dir: Callable[[Node], None] = self.copyups.upper_dir if self.copyups else read_only
+        self._copy_up: Callable[..., Awaitable[object]] = self.copyups.copy_up if self.copyups else read_only_copy
+        self._copy_meta: Callable[..., Awaitable[bool]] = self.copyups.copy_meta if self.copyups else read_only_copy
         self.renames = Renames(
             self.layers, self.inodes, self.fds, self.up, self._journal, self._copy_meta, self._upper_dir
         )
