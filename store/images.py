@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -221,6 +222,23 @@ class Images:
             del repos[name]
         write_json(self.root.repositories, {"Repositories": repos})
         return image_id
+
+    def remove_unheld_parents(self, parent: str | None, holders: Callable[[str], list[str]] | None) -> list[str]:
+        """Remove ``parent`` and its own parents in turn while nothing holds them (no tag, no child,
+        no user that ``holders`` names); return the ids removed."""
+        removed = []
+        while (
+            parent
+            and self.exists(parent)
+            and not self.tags_of(parent)
+            and not self.children(parent)
+            and not (holders(parent) if holders else [])
+        ):
+            above = self.record(parent).parent
+            self.remove_record(parent)
+            removed.append(parent)
+            parent = above
+        return removed
 
     def remove_record(self, image_id: str) -> None:
         try:

@@ -503,19 +503,8 @@ class Store:
             parent = self.images.record(image_id).parent
             self.images.remove_record(image_id)
             out.append(f"Deleted: {image_id}")
-            # then its parents that nothing else holds (a build's steps), as Docker prunes them
-            while (
-                prune
-                and parent
-                and self.images.exists(parent)
-                and not self.images.tags_of(parent)
-                and not self.images.children(parent)
-                and not (holders(parent) if holders else [])
-            ):
-                above = self.images.record(parent).parent
-                self.images.remove_record(parent)
-                out.append(f"Deleted: {parent}")
-                parent = above
+            if prune:  # then its parents that nothing else holds (a build's steps), as Docker prunes them
+                out.extend(f"Deleted: {p}" for p in self.images.remove_unheld_parents(parent, holders))
             layers, _blobs = self.images.gc(txn)
             out.extend(f"Deleted: {c}" for c in layers)
             return out
