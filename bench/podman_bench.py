@@ -42,9 +42,10 @@ SETUPS = [
 
 
 def launcher(name: str, directory: str) -> str:
-    """``bin/NAME`` as pip installs it (``#!python`` made this interpreter), with this checkout first
-    on its path; its path."""
-    with open(os.path.join(REPO, "bin", name)) as f:
+    """The launcher NAME (``runner/bin/strata-oci``, ``unionfs/bin/strata-unionfs``) as pip installs
+    it (``#!python`` made this interpreter), with this checkout first on its path; its path."""
+    package = "unionfs" if name == "strata-unionfs" else "runner"
+    with open(os.path.join(REPO, package, "bin", name)) as f:
         text = f.read().replace("#!python\n", f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {REPO!r})\n", 1)
     path = os.path.join(directory, name)
     with open(path, "w") as f:
