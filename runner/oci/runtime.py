@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import signal
 import socket
 import time
@@ -237,6 +236,8 @@ class Runtime:
             for fd in opened:
                 os.close(fd)
             cgroup.destroy()
+            import shutil  # (here: a failed create alone needs it, and it imports bz2 and lzma)
+
             shutil.rmtree(directory, ignore_errors=True)
             if spawned and sync is not None:  # undone as a delete undoes it (runc's destroy)
                 sync.run_warning("poststop", hooks.state(cid, "stopped", 0, bundle, annotations), self.warn)
