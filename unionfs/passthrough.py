@@ -113,7 +113,9 @@ class Passthrough:
         # a write by a caller without CAP_FSETID must drop setuid/setgid, which only a WRITE
         # reaching the daemon says (FUSE_HANDLE_KILLPRIV_V2): such files go through the page cache
         backing = self._register(fd) if self.on and without_suidgid(st.st_mode) is None else 0
-        self.opens[node.ino] = _Opens(1, backing, _identity(fd))  # (a metacopy's: its lower file)
+        # the backing file: the node's own (st says which) or, for a metacopy, its lower file
+        identity = (st.st_dev, st.st_ino) if fd == node.fd else _identity(fd)
+        self.opens[node.ino] = _Opens(1, backing, identity)
         return self._info(node.ino, backing)
 
     def _info(self, ino: int, backing: int) -> pyfuse3.FileInfo:
