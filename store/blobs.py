@@ -42,9 +42,10 @@ class TeeHash:
         if data:
             self._hash.update(data)
             self.size += len(data)
-            view = memoryview(data) if self._fd >= 0 else memoryview(b"")
-            while view:
-                view = view[os.write(self._fd, view) :]
+            if self._fd >= 0:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view) :]
             if self._progress:
                 self._progress(len(data))
         return data
