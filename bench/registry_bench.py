@@ -17,8 +17,9 @@ to 25 MB/s per connection (a 200 Mbit/s link: what a registry on a network is li
 
 strata runs as installed (the venv's ``strata`` script): through its zygote (a warm process each
 command is forked from).
-Each figure is the median of ``--runs`` runs (a fresh registry and fresh destinations per run).
-Usage: ``python bench/registry_bench.py [--runs 3]``.
+Each figure is the median of ``--runs`` runs (a fresh registry and fresh destinations per run); a
+warm row's, of ``--warm`` calls per run, strata's and skopeo's taking turns.
+Usage: ``python bench/registry_bench.py [--runs 3] [--warm 10]``.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ def three_layer_layout(path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--warm", type=int, default=10, help="warm calls per run, strata's and skopeo's taking turns")
     parser.add_argument("--layers-only", action="store_true", help="only the 3-layer pulls")
     args = parser.parse_args()
     for tool in ("skopeo", "umoci", "debootstrap", "docker-registry"):
@@ -186,19 +188,23 @@ def main() -> None:
             with registry(os.path.join(work, f"sreg{i}")) as mine, registry(os.path.join(work, f"kreg{i}")) as other:
                 ref = f"{mine}/s/debian:minbase"
                 sh(*STRATA, "--root", gz, "tag", image, ref)
-                ours["push cold"].append(timed(*STRATA, "--root", gz, "push", "-q", ref))
-                ours["push warm"].append(timed(*STRATA, "--root", gz, "push", "-q", ref))
+                push = (*STRATA, "--root", gz, "push", "-q", ref)
+                ours["push cold"].append(timed(*push))
                 dest = f"docker://{other}/k/debian:minbase"
                 copy = ("skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:minbase", dest)
                 theirs["push cold"].append(timed(*copy))
-                theirs["push warm"].append(timed(*copy))
+                for _ in range(args.warm):  # ~30 ms each: one call is mostly the machine's noise
+                    ours["push warm"].append(timed(*push))
+                    theirs["push warm"].append(timed(*copy))
                 root = os.path.join(work, f"proot{i}")
-                ours["pull cold"].append(timed(*STRATA, "--root", root, "pull", "-q", ref))
-                ours["pull warm"].append(timed(*STRATA, "--root", root, "pull", "-q", ref))
+                pull = (*STRATA, "--root", root, "pull", "-q", ref)
+                ours["pull cold"].append(timed(*pull))
                 pulled, bundle = os.path.join(work, f"playout{i}"), os.path.join(work, f"pbundle{i}")
                 fetch = ("skopeo", "copy", "-q", "--src-tls-verify=false", dest, f"oci:{pulled}:minbase")
                 theirs["pull cold"].append(timed(*fetch))
-                theirs["pull warm"].append(timed(*fetch))
+                for _ in range(args.warm):
+                    ours["pull warm"].append(timed(*pull))
+                    theirs["pull warm"].append(timed(*fetch))
                 unpack = timed("umoci", "unpack", "--image", f"{pulled}:minbase", bundle)
                 theirs["pull cold+unpack"].append(theirs["pull cold"][-1] + unpack)
                 sh(*STRATA, "--root", gz, "rmi", ref)
@@ -208,7 +214,7 @@ def main() -> None:
             print(f"{'workload':<10} {'strata s':>9} {'skopeo s':>9} {'ratio':>7}   skopeo side")
             for name in names:
                 a, b = statistics.median(ours[name]), statistics.median(theirs[name])
-                print(f"{name:<10} {a:9.2f} {b:9.2f} {a / b:7.2f}x   skopeo copy")
+                print(f"{name:<10} {a:9.3f} {b:9.3f} {a / b:7.2f}x   skopeo copy")
             a, b = statistics.median(ours["pull cold"]), statistics.median(theirs["pull cold+unpack"])
             print(f"{'pull cold':<10} {a:9.2f} {b:9.2f} {a / b:7.2f}x   skopeo copy + umoci unpack (like for like)")
 

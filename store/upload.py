@@ -16,9 +16,11 @@ A connection that drops mid-blob is resumed from what the registry acknowledged 
 a few times; then the push stops with a line that says so, and pushing again resumes.
 
 The manifest is OCI (the layers' media types as stored); the digest returned is its bytes' digest,
-which is what the registry answers and ``skopeo inspect`` reports. It is not sent when the tag names
-that digest already and every blob was there (a push again: the ``PUT`` would change nothing, and a
-registry takes ~15 ms over it).
+which is what the registry answers and ``skopeo inspect`` reports. When the tag names that digest
+already (a push again), nothing else is asked or sent: a registry takes a manifest only once every
+blob it names is in the repository (distribution answers ``MANIFEST_BLOB_UNKNOWN`` otherwise), and
+keeps a tagged manifest's blobs, so the one ``HEAD`` says the push is done. When the tag names other
+bytes, the blobs are checked and the manifest is sent even if every blob was there.
 """
 
 from __future__ import annotations
@@ -118,9 +120,8 @@ class Pusher:
         self._progress = progress
 
     def push(self, tag: str, layers: list[Blob], config: bytes) -> str:
-        """Every blob, then the manifest under ``tag`` (unless the tag names these very bytes already
-        and every blob was there: a push again is then one round of ``HEAD``s). Returns the manifest's
-        digest."""
+        """Every blob, then the manifest under ``tag``; nothing when the tag names these very bytes
+        already (a push again: one ``HEAD``). Returns the manifest's digest."""
         blobs = [*layers, Blob(sha256_bytes(config), len(config), MEDIA_CONFIG, lambda: io.BytesIO(config), None)]
         manifest = json.dumps(
             {
@@ -133,15 +134,20 @@ class Pusher:
             sort_keys=True,
         ).encode()
         digest = sha256_bytes(manifest)
-        tagged = self._tagged(tag)  # first, in this thread: it pings the registry (the threads would queue for it)
+        # first, in this thread: it pings the registry (the threads would queue for it)
+        if self._tagged(tag) == digest:  # pushed before: every blob is there (see the module's doc)
+            for blob in blobs:
+                self._report(blob, blob.size)
+            self.places.note(self.registry.host, self.repository, [b.digest for b in blobs])
+            return digest
         if len(layers) > 1 and self.parallel > 1:
             with ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="push") as pool:
-                there = [job.result() for job in [pool.submit(self._blob, b) for b in blobs]]  # the first failure
+                for job in [pool.submit(self._blob, b) for b in blobs]:
+                    job.result()  # the first failure
         else:  # one layer: nothing to overlap, and threads cost (their start, the GIL between them: ~4 ms)
-            there = [self._blob(b) for b in blobs]
+            for blob in blobs:
+                self._blob(blob)
         self.places.note(self.registry.host, self.repository, [b.digest for b in blobs])
-        if all(there) and tagged == digest:
-            return digest
         with self.registry.request(
             "PUT",
             f"/v2/{self.repository}/manifests/{tag}",
@@ -177,13 +183,13 @@ class Pusher:
             return None
         return said if resp.status == 200 and said else None
 
-    def _blob(self, blob: Blob) -> bool:
-        """One blob, tried again from where the registry stands when the connection drops. True if
-        the repository had it already."""
+    def _blob(self, blob: Blob) -> None:
+        """One blob, tried again from where the registry stands when the connection drops."""
         failures = 0
         while True:
             try:
-                return self._blob_once(blob)
+                self._blob_once(blob)
+                return
             except Interrupted as e:
                 failures += 1
                 if failures > RETRIES:
@@ -195,7 +201,7 @@ class Pusher:
                     ) from None
                 time.sleep(_BACKOFF * 2 ** (failures - 1))
 
-    def _blob_once(self, blob: Blob) -> bool:
+    def _blob_once(self, blob: Blob) -> None:
         with self.registry.request(
             "HEAD",
             f"/v2/{self.repository}/blobs/{blob.digest}",
@@ -203,9 +209,9 @@ class Pusher:
             ok=(200, 404),
             what=f"{self.where}: blob {blob.digest}",
         ) as head:
-            if head.status == 200:
+            if head.status == 200:  # the repository has it
                 self._report(blob, blob.size)
-                return True
+                return
         # the chunks of an upload begun before (by this push or an earlier one) that the registry has
         if resumed := self._resumed(blob):
             location, offset = resumed
@@ -214,12 +220,11 @@ class Pusher:
             mounted, found = self._mount(blob)  # a refused mount may begin a session
             if mounted:
                 self._report(blob, blob.size)
-                return False
+                return
             location, offset = found or self._begin(), 0
         self._send(blob, location, offset)
         self.sessions.drop(self.registry.host, self.repository, blob.digest)
         self._report(blob, blob.size)
-        return False
 
     def _resumed(self, blob: Blob) -> tuple[str, int] | None:
         saved = self.sessions.get(self.registry.host, self.repository, blob.digest)
