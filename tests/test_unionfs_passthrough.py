@@ -7,7 +7,6 @@ Each union here is served in a child process that counts the daemon's read and w
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import subprocess
@@ -155,26 +154,53 @@ def union(tmp_path):
         yield str(point)
 
 
-def test_a_lower_file_held_open_for_reading_cannot_be_opened_for_writing(union):
-    """The kernel reads it through the lower file while it is open, and takes no other backing file
-    for it until it is closed: an open for writing (a copy-up) fails with ETXTBSY meanwhile, and
-    succeeds once the readers are gone (the Caveats of unionfs/passthrough.py)."""
-    path = os.path.join(union, "f")
+def _write_under_an_open_reader(path: str) -> None:
+    """A reader of ``path`` (a lower file, read through its backing file), then a writer: the writer
+    gets the copy-up, the reader goes on reading the lower data (kernel overlayfs's semantics), and
+    every open from then on sees the copy."""
+    before = os.stat(path).st_ino
     reader = os.open(path, os.O_RDONLY)
     try:
-        with pytest.raises(OSError) as refused:
-            os.open(path, os.O_WRONLY | os.O_TRUNC)
-        assert refused.value.errno == errno.ETXTBSY
-        assert os.pread(reader, 100, 0) == b"lower content\n"  # and nothing was truncated
-        second = os.open(path, os.O_RDONLY)  # another reader shares its backing file
-        assert os.pread(second, 5, 0) == b"lower"
-        os.close(second)
+        assert os.pread(reader, 5, 0) == b"lower"
+        writer = os.open(path, os.O_WRONLY | os.O_TRUNC)  # the kernel asked twice (ESTALE): once seen
+        try:
+            os.write(writer, b"upper\n")
+            assert os.pread(reader, 100, 0) == b"lower content\n"
+            with open(path, "rb") as f:
+                assert f.read() == b"upper\n"
+            assert os.stat(path).st_size == 6 and os.stat(path).st_ino != before  # a number of its own
+            again = os.open(path, os.O_WRONLY | os.O_APPEND)  # the name's object now: no clash left
+            os.write(again, b"more\n")
+            os.close(again)
+        finally:
+            os.close(writer)
+        assert os.pread(reader, 100, 0) == b"lower content\n"
     finally:
         os.close(reader)
-    with open(path, "w") as f:
-        f.write("upper\n")
-    with open(path) as f:
-        assert f.read() == "upper\n"
+    with open(path, "rb") as f:
+        assert f.read() == b"upper\nmore\n"
+
+
+def test_a_lower_file_open_for_reading_can_be_opened_for_writing(union):
+    """The kernel reads an open lower file through it and takes no other backing file for that
+    inode until its last close; an open for writing copies the file up all the same, under a number
+    of its own (the Caveats of unionfs/passthrough.py)."""
+    _write_under_an_open_reader(os.path.join(union, "f"))
+
+
+def test_a_metacopy_open_for_reading_can_be_opened_for_writing(tmp_path):
+    """A chmod leaves a metacopy whose reads pass the lower file through: a writer then gets the
+    data copied up and a number of its own, while the reader keeps the lower file."""
+    lower = make_layer(str(tmp_path / "lower"), {"f": "lower content\n"})
+    upper, work, point = (tmp_path / n for n in ("upper", "work", "mnt"))
+    for d in (upper, work, point):
+        d.mkdir()
+    with mounted(str(point), [lower], str(upper), str(work), extra=",metacopy=on"):
+        path = str(point / "f")
+        os.chmod(path, 0o600)
+        assert os.getxattr(str(upper / "f"), "user.strata.metacopy")  # no data in the upper yet
+        _write_under_an_open_reader(path)
+        assert os.stat(path).st_mode & 0o777 == 0o600
 
 
 def test_opens_of_an_upper_file_share_one_backing_file(union):

@@ -369,14 +369,18 @@ class UnionFS(pyfuse3.Operations):
         node = self._node(inode)
         write = bool(flags & _WRITE or flags & os.O_TRUNC)
         if write:
-            if self.passthrough is not None:  # it must not clash with a lower file's open backing
-                self.passthrough.check_write(node, self.upper, lambda: self._fd(node, write=True))
+            # open through a lower file's backing file, kept until its last close (see passthrough)
+            clash = self.passthrough is not None and self.passthrough.clashes(
+                node, self.upper, lambda: self._fd(node, write=True)
+            )
             await self._copy_up(node, data=not flags & os.O_TRUNC)
             if flags & os.O_TRUNC:
                 os.ftruncate(self._fd(node, write=True), 0)
+            if clash:  # the copy gets a number of its own; ESTALE: the kernel looks again and opens it
+                self.inodes.fresh(self.inodes.stat(node))  # (node's opens go on reading the lower data)
+                raise oserror(errno.ESTALE, node.name)
         if self.passthrough is None:
             return pyfuse3.FileInfo(fh=inode, keep_cache=True)
-        # (a metacopy read passes its lower file through: ``passthrough.check_write`` then stops a writer)
         return self.passthrough.file_info(node, self._fd(node, write=True) if write else self._data_fd(node))
 
     @fuse_boundary

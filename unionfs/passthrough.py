@@ -16,10 +16,12 @@ Caveats:
   - A setuid file (setgid and group-executable: what a write by a caller without CAP_FSETID drops)
     is opened through the page cache; made so while open through a backing file (a chmod), it keeps
     the bits through that open's writes.
-  - A lower file open through its backing file cannot change backing while it stays open: an open
-    for writing (which copies it up) fails with ETXTBSY until those opens are closed, and a read-only
-    open after a copy-up made by a chmod, truncate or the like reads the lower data as they do.
-    Kernel overlayfs lets both through.
+  - A lower file open through its backing file cannot change backing while it stays open (the
+    kernel refuses another). So an open for writing, which copies it up, gives the copy a number of
+    its own and has the kernel look the name up again (``clashes``, ``UnionFS.open``): the opens made
+    before keep reading the lower data, as kernel overlayfs's do, and the name's inode number
+    changes. A read-only open after a copy-up made by a chmod, truncate or the like still shares
+    their backing file and reads the lower data as they do (kernel overlayfs reads the copy).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from dataclasses import dataclass
 
 import pyfuse3
 
-from .errors import oserror
 from .inodes import Node
 from .upper import without_suidgid
 
@@ -89,18 +90,18 @@ class Passthrough:
         # of it may be stale: a later page-cache open (a refused backing file) must not keep it
         self.registered = False
 
-    def check_write(self, node: Node, upper: int | None, upper_fd: Callable[[], int]) -> None:
-        """Before an open of ``node`` for writing copies it up or truncates it: ETXTBSY if its open
-        backing file would not be the one written (a lower file's: see Caveats); ``upper_fd``
+    def clashes(self, node: Node, upper: int | None, upper_fd: Callable[[], int]) -> bool:
+        """Before an open of ``node`` for writing copies it up or truncates it: is it open through a
+        backing file that is not the one to be written (a lower file's: see Caveats)? ``upper_fd``
         gives the upper file's fd."""
         opens = self.opens.get(node.ino)
-        if opens is not None and opens.backing:
-            if node.layer != upper or _identity(upper_fd()) != opens.identity:
-                raise oserror(errno.ETXTBSY, node.name)
+        if opens is None or not opens.backing:
+            return False
+        return node.layer != upper or _identity(upper_fd()) != opens.identity
 
     def file_info(self, node: Node, fd: int) -> pyfuse3.FileInfo:
         """The answer to an open of ``node`` (``fd``: the file it shows now, which an open for
-        writing writes, checked by ``check_write``): with a backing id, or through the page cache.
+        writing writes, checked by ``clashes``): with a backing id, or through the page cache.
         Each open answered must be ``released``."""
         opens = self.opens.get(node.ino)
         if opens is not None:  # the kernel takes every open of it the same way (see above)
