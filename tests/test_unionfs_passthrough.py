@@ -203,6 +203,20 @@ def test_a_metacopy_open_for_reading_can_be_opened_for_writing(tmp_path):
         assert os.stat(path).st_mode & 0o777 == 0o600
 
 
+def test_a_reader_after_a_truncate_sees_the_copy_not_what_earlier_readers_see(union):
+    """A truncate copies up a lower file held open through its backing file: a reader opened after
+    it reads the truncated copy (its own number), the earlier one the lower data."""
+    path = os.path.join(union, "f")
+    earlier = os.open(path, os.O_RDONLY)
+    try:
+        os.truncate(path, 3)
+        with open(path, "rb") as f:
+            assert f.read() == b"low"
+        assert os.pread(earlier, 100, 0) == b"lower content\n"
+    finally:
+        os.close(earlier)
+
+
 def test_opens_of_an_upper_file_share_one_backing_file(union):
     """A writer and readers of one upper file at once, all through the one backing file: each sees
     the others' writes, and sizes and times follow."""

@@ -369,19 +369,16 @@ class UnionFS(pyfuse3.Operations):
         node = self._node(inode)
         write = bool(flags & _WRITE or flags & os.O_TRUNC)
         if write:
-            # open through a lower file's backing file, kept until its last close (see passthrough)
-            clash = self.passthrough is not None and self.passthrough.clashes(
-                node, self.upper, lambda: self._fd(node, write=True)
-            )
             await self._copy_up(node, data=not flags & os.O_TRUNC)
             if flags & os.O_TRUNC:
                 os.ftruncate(self._fd(node, write=True), 0)
-            if clash:  # the copy gets a number of its own; ESTALE: the kernel looks again and opens it
-                self.inodes.fresh(self.inodes.stat(node))  # (node's opens go on reading the lower data)
-                raise oserror(errno.ESTALE, node.name)
         if self.passthrough is None:
             return pyfuse3.FileInfo(fh=inode, keep_cache=True)
-        return self.passthrough.file_info(node, self._fd(node, write=True) if write else self._data_fd(node))
+        fd = self._fd(node, write=True) if write else self._data_fd(node)
+        if self.passthrough.clashes(node, fd):  # open through the lower file, which it no longer shows
+            self.inodes.fresh(self.inodes.stat(node))  # the copy's own number: the kernel looks again
+            raise oserror(errno.ESTALE, node.name)  # (and the opens of node go on reading the lower data)
+        return self.passthrough.file_info(node, fd)
 
     @fuse_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:

@@ -17,11 +17,10 @@ Caveats:
     is opened through the page cache; made so while open through a backing file (a chmod), it keeps
     the bits through that open's writes.
   - A lower file open through its backing file cannot change backing while it stays open (the
-    kernel refuses another). So an open for writing, which copies it up, gives the copy a number of
-    its own and has the kernel look the name up again (``clashes``, ``UnionFS.open``): the opens made
-    before keep reading the lower data, as kernel overlayfs's do, and the name's inode number
-    changes. A read-only open after a copy-up made by a chmod, truncate or the like still shares
-    their backing file and reads the lower data as they do (kernel overlayfs reads the copy).
+    kernel refuses another). So when an open finds the node copied up since (an open for writing
+    copies it up), the copy gets an inode number of its own and the open answers ESTALE: the kernel
+    looks the name up again and opens the copy (``clashes``, ``UnionFS.open``). The opens made
+    before keep reading the lower data, as kernel overlayfs's do; the name's inode number changes.
 """
 
 from __future__ import annotations
@@ -90,18 +89,15 @@ class Passthrough:
         # of it may be stale: a later page-cache open (a refused backing file) must not keep it
         self.registered = False
 
-    def clashes(self, node: Node, upper: int | None, upper_fd: Callable[[], int]) -> bool:
-        """Before an open of ``node`` for writing copies it up or truncates it: is it open through a
-        backing file that is not the one to be written (a lower file's: see Caveats)? ``upper_fd``
-        gives the upper file's fd."""
+    def clashes(self, node: Node, fd: int) -> bool:
+        """Is ``node`` open through a backing file other than ``fd``, the file an open of it now
+        reads or writes: a lower file's, the node copied up since (see Caveats)?"""
         opens = self.opens.get(node.ino)
-        if opens is None or not opens.backing:
-            return False
-        return node.layer != upper or _identity(upper_fd()) != opens.identity
+        return opens is not None and opens.backing != 0 and _identity(fd) != opens.identity
 
     def file_info(self, node: Node, fd: int) -> pyfuse3.FileInfo:
         """The answer to an open of ``node`` (``fd``: the file it shows now, which an open for
-        writing writes, checked by ``clashes``): with a backing id, or through the page cache.
+        writing writes; ``clashes`` said no): with a backing id, or through the page cache.
         Each open answered must be ``released``."""
         opens = self.opens.get(node.ino)
         if opens is not None:  # the kernel takes every open of it the same way (see above)
