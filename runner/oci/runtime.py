@@ -34,7 +34,6 @@ import os
 import pwd
 import signal
 import socket
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,17 +42,11 @@ from ..errors import RunnerError
 from ..process import start_time
 from . import control, hooks, resources, rootfs, spec, statedir
 from .control import check_id, default_root, parse_signal
+from .log import now
 from .statedir import Container
 
 __all__ = ["Runtime", "ExecFailed", "check_id", "parse_signal", "default_root", "device_rules"]
 STATUSES = ("created", "running", "paused", "stopped")
-
-
-def now() -> str:
-    """The time as runc writes it (RFC 3339, UTC, microseconds); ``datetime``'s import is ~2 ms of a
-    create."""
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1_000_000):06d}Z"
 
 
 def _cgroup_path(config: dict[str, Any], cid: str) -> str:
