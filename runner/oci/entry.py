@@ -13,10 +13,13 @@ by the same ``log.Log`` as there, word for word.
 
 from __future__ import annotations
 
+import os
 import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import NoReturn
+
     from .log import Log
 
 _VALUED = ("--root", "--log", "--log-format")
@@ -146,12 +149,27 @@ def _fail(options: dict[str, str], message: str) -> int:
     return 1
 
 
+def _end(code: int) -> NoReturn:
+    """End a create at once, without the interpreter's finalization. PID 1 was forked from this
+    process and shares its memory copy-on-write: finalization (the garbage collector, every module
+    torn down) writes to most of the heap, and each page written is a page copied, ~15 ms in all
+    after the engine could go on. Nothing is lost by skipping it: no thread runs and no atexit
+    handler is registered, and no file is open for writing but stdout and stderr, flushed here (the
+    state and pid files are written whole and closed, the log is opened and closed for each line)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The exit code; a create (by the shortcut) ends the process itself (``_end``)."""
     args = sys.argv[1:] if argv is None else argv
     quick = _parse(args)
     if quick is not None:
         code = _run(*quick)
         if code is not None:
+            if quick[1] == "create":
+                _end(code)
             sys.stdout.flush()
             return code
     from .cli import main as full
