@@ -20,12 +20,16 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable
-from typing import Any
 
 from . import devices
-from .devices import DeviceRule
 from .errors import RunnerError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (``typing`` is ~10 ms of a strata-oci create's start-up)
+    from collections.abc import Callable
+    from typing import Any
+
+    from .devices import DeviceRule
 
 GROUP = "strata"
 

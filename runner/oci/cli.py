@@ -14,12 +14,15 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, NoReturn
 
 from ..errors import RunnerError
 from . import hooks, resources, spec
 from . import runtime as rt
 from .log import Log
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (the annotations alone use it)
+    from typing import Any, NoReturn
 
 VERSION = "0.1.0"
 
