@@ -19,7 +19,6 @@ import ctypes
 import errno
 import json
 import os
-import re
 
 from .errors import RunnerError
 
@@ -153,6 +152,8 @@ def validate(profile: Profile, source: str = "") -> None:
 
 
 def _validate(profile: Profile) -> None:
+    import re  # (here and in ``_kernel_version``: ``strata run`` reads and resolves profiles; create has a resolved one)
+
     _action_of(profile.get("defaultAction"), profile.get("defaultErrnoRet"), "defaultAction")
     if profile.get("architectures") and profile.get("archMap"):
         raise RunnerError("both 'architectures' and 'archMap' are specified, use either")
@@ -437,6 +438,8 @@ def _check_arch(arch: Any) -> str:
 
 def _kernel_version(text: str) -> tuple[int, int]:
     """ "4.8" or a release such as "6.1.0-18-amd64" -> (6, 1): later parts and suffixes ignored (moby)."""
+    import re  # (see ``_validate``)
+
     match = re.match(r"([0-9]+)\.([0-9]+)", text)
     return (int(match[1]), int(match[2])) if match else (0, 0)
 

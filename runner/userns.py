@@ -12,9 +12,9 @@ process first, unshares, and lets it write the maps.
 
 from __future__ import annotations
 
+import _signal  # (``signal``'s enums import ``enum``: ~5 ms of a strata-oci create)
 import os
 import pwd
-import signal
 
 from . import syscalls as sc
 
@@ -129,7 +129,7 @@ def enter(config: dict[str, Any]) -> None:
     try:
         sc.unshare(sc.CLONE_NEWUSER)
     except OSError:
-        os.kill(mapper, signal.SIGKILL)
+        os.kill(mapper, _signal.SIGKILL)
         os.waitpid(mapper, 0)
         for fd in (go_w, err_r):
             os.close(fd)

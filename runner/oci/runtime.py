@@ -29,11 +29,10 @@ relative cgroup paths start at the hierarchy's root, not at the caller's group; 
 
 from __future__ import annotations
 
+import _signal  # (``signal``'s enums import ``enum``: ~5 ms of a strata-oci create)
 import json
 import os
 import pwd
-import signal
-import socket
 
 from .. import cgroups, devices
 from ..errors import RunnerError
@@ -45,6 +44,7 @@ from .statedir import Container
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # (``typing`` is ~10 ms of a strata-oci create's start-up)
+    import socket
     from collections.abc import Callable
     from typing import Any
 
@@ -285,15 +285,15 @@ class Runtime:
                 pass
 
         for sig in (
-            signal.SIGTERM,
-            signal.SIGINT,
-            signal.SIGHUP,
-            signal.SIGQUIT,
-            signal.SIGUSR1,
-            signal.SIGUSR2,
-            signal.SIGWINCH,
+            _signal.SIGTERM,
+            _signal.SIGINT,
+            _signal.SIGHUP,
+            _signal.SIGQUIT,
+            _signal.SIGUSR1,
+            _signal.SIGUSR2,
+            _signal.SIGWINCH,
         ):
-            signal.signal(sig, forward)
+            _signal.signal(sig, forward)
         _, status = os.waitpid(pid, 0)
         self.delete(cid, force=True)
         from .. import init  # (lazily: the cheap verbs never load it)
@@ -302,7 +302,7 @@ class Runtime:
 
     # ---- signals, deletion --------------------------------------------------------------------
 
-    def kill(self, cid: str, sig: int = signal.SIGTERM, all_processes: bool = False) -> None:
+    def kill(self, cid: str, sig: int = _signal.SIGTERM, all_processes: bool = False) -> None:
         control.kill(self.get(cid), sig, all_processes)
 
     def delete(self, cid: str, force: bool = False) -> None:
@@ -485,6 +485,8 @@ def _owner() -> str:
 
 def _console(path: str) -> socket.socket:
     """A connection to the caller's console socket (runc's ``--console-socket``)."""
+    import socket  # (here: only a container with a terminal has a console socket)
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
@@ -513,8 +515,8 @@ def _wait_forwarding(helper: int, pid: int) -> int:
         except ProcessLookupError:
             pass
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, forward)
+    for sig in (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2):
+        _signal.signal(sig, forward)
     _, status = os.waitpid(helper, 0)
     from .. import init  # (lazily: the cheap verbs never load it)
 
