@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
 
+from . import cjson
 from .errors import RunnerError
 
 TYPE_CHECKING = False
@@ -129,6 +129,8 @@ def load_profile(option: str | None) -> Profile | None:
             data = f.read()
     except OSError as e:
         raise RunnerError(f"opening seccomp profile ({path}) failed: {e.strerror or e}") from None
+    import json  # (here, and ``re`` in ``_validate`` and ``_kernel_version``: create has a resolved object)
+
     try:
         profile = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
@@ -152,7 +154,7 @@ def validate(profile: Profile, source: str = "") -> None:
 
 
 def _validate(profile: Profile) -> None:
-    import re  # (here and in ``_kernel_version``: ``strata run`` reads and resolves profiles; create has a resolved one)
+    import re  # (see ``load_profile``)
 
     _action_of(profile.get("defaultAction"), profile.get("defaultErrnoRet"), "defaultAction")
     if profile.get("architectures") and profile.get("archMap"):
@@ -342,7 +344,7 @@ def prepare(oci: Profile) -> Filter:
         if flag not in _FLAG_ATTRS:
             raise RunnerError(f"seccomp: unsupported flag {flag!r}")
         flags |= _FLAG_ATTRS[flag][1]
-    key = json.dumps(oci, sort_keys=True)
+    key = cjson.dumps(oci, sort_keys=True)
     program = _programs.get(key)
     if program is None:
         program = _generate(oci, default)
@@ -438,7 +440,7 @@ def _check_arch(arch: Any) -> str:
 
 def _kernel_version(text: str) -> tuple[int, int]:
     """ "4.8" or a release such as "6.1.0-18-amd64" -> (6, 1): later parts and suffixes ignored (moby)."""
-    import re  # (see ``_validate``)
+    import re  # (see ``load_profile``)
 
     match = re.match(r"([0-9]+)\.([0-9]+)", text)
     return (int(match[1]), int(match[2])) if match else (0, 0)

@@ -18,8 +18,9 @@ import sys
 
 import pytest
 from helpers import REPO
-from test_oci_runtime import CGROUP_PARENT, _cgroup_dirs, _conmon, _reaped, bundle, oci, root, state
+from test_oci_runtime import CGROUP_PARENT, CONMON, _cgroup_dirs, _conmon, _reaped, bundle, oci, root, state
 
+from runner import cjson
 from runner.errors import RunnerError
 from runner.oci import cli, control, entry, statedir
 
@@ -45,6 +46,23 @@ HEAVY = {
     "runner.oci.runtime",
     "runner.oci.spec",
     "runner.oci.hooks",
+}
+# what create must not load: the parser, and what the runtime's modules import only on rarer paths
+# (a console socket, rootless, an exec, an update, a profile to read, a hook to run)
+HEAVY_FOR_CREATE = {
+    "argparse",
+    "json",
+    "re",
+    "enum",
+    "typing",
+    "collections",
+    "signal",
+    "socket",
+    "datetime",
+    "shutil",
+    "subprocess",
+    "runner.oci.cli",
+    "runner.reaper",
 }
 
 
@@ -82,6 +100,57 @@ def test_the_cheap_verbs_import_nothing_heavy_from_the_launcher(tmp_path, root, 
             assert res.returncode == 0 and res.stdout == "" and res.stderr == "", (args, res.stderr)
             assert not modules & HEAVY, (args, modules & HEAVY)
         assert open(out).read() == "started\n"
+        assert not os.path.exists(os.path.join(root, "c1")) and _cgroup_dirs(f"{CGROUP_PARENT}/c1") == []
+    finally:
+        if conmon.poll() is None:
+            os.kill(pid, signal.SIGKILL)
+            conmon.wait(timeout=30)
+
+
+def _create_launched(tmp_path, root: str, argv: list[str], cid: str) -> tuple[subprocess.Popen[str], int, set[str]]:
+    """``create`` through the launcher (``argv``: what follows ``--root ROOT``), run by test_oci_runtime's
+    miniature conmon with ``-X importtime``: (conmon, PID 1's pid, the modules create imported). Its
+    stderr is a file: PID 1 keeps create's stdio, so a pipe would stay open as long as the container."""
+    err = tmp_path / f"{cid}.err"
+    with open(err, "w") as stderr:
+        conmon = subprocess.Popen(
+            [sys.executable, "-c", CONMON, str(tmp_path / f"{cid}.pid"), str(tmp_path / f"{cid}.out")]
+            + [sys.executable, "-X", "importtime", LAUNCHER, "--root", root, *argv],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd="/",
+            env={**os.environ, "PYTHONPATH": REPO},
+        )
+    assert conmon.stdout is not None
+    line = conmon.stdout.readline().split()
+    assert line[0] == "created", (line, err.read_text())
+    assert int(line[2]) == conmon.pid  # PID 1 went to the caller's subreaper, as with the full command line
+    return conmon, int(line[1]), _imported(err.read_text())
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        ["create", "--bundle", "{bundle}", "--pid-file", "{pid_file}", "c1"],
+        ["create", "--bundle={bundle}", "--pid-file={pid_file}", "--no-pivot", "--no-new-keyring", "c1"],
+        ["create", "c1", "-b", "{bundle}", "--preserve-fds=0", "--pid-file", "{pid_file}"],
+        ["--log-format=json", "create", "-b={bundle}", "--pid-file", "{pid_file}", "--preserve-fds", "0", "c1"],
+    ],
+)
+def test_create_spelled_as_runc_takes_it_imports_nothing_heavy_from_the_launcher(tmp_path, root, bundle, spelling):
+    b = bundle(["sh", "-c", "echo started"])
+    values = {"{bundle}": b, "{pid_file}": str(tmp_path / "c1.pid")}
+    argv = [re.sub("{bundle}|{pid_file}", lambda m: values[m[0]], a) for a in spelling]
+    conmon, pid, modules = _create_launched(tmp_path, root, argv, "c1")
+    try:
+        assert "runner.oci.runtime" in modules and "runner.init" in modules
+        assert not modules & HEAVY_FOR_CREATE, modules & HEAVY_FOR_CREATE
+        st = state(root, "c1")
+        assert st["status"] == "created" and st["pid"] == pid and st["bundle"] == b
+        oci(root, "start", "c1", check=True)
+        assert _reaped(conmon) == 0 and open(tmp_path / "c1.out").read() == "started\n"
+        oci(root, "delete", "c1", check=True)
         assert not os.path.exists(os.path.join(root, "c1")) and _cgroup_dirs(f"{CGROUP_PARENT}/c1") == []
     finally:
         if conmon.poll() is None:
@@ -295,6 +364,47 @@ def test_signals_are_spelled_as_the_signal_module_spells_them():
 )
 def test_the_state_document_is_spelled_as_json_dumps_spells_it(doc):
     assert statedir.to_json(doc) == json.dumps(doc, indent=2)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"ociVersion": "1.2.0", "process": {"args": ["sh", "-c", "echo ü"], "terminal": False}, "n": [1, 2.5, -0.0]},
+        {"z": 1, "a": {"nested": [None, True, False, "", {}, []]}, "big": 1 << 70, "float": 1e300},
+        ["\U0001f600", "\udcff", 'q"uote\\back\nnew\ttab\x01\x7f', float("inf"), float("nan")],
+        "just a string",
+        42,
+    ],
+)
+def test_cjson_writes_and_reads_as_json_does(doc):
+    for sort_keys in (False, True):
+        text = json.dumps(doc, sort_keys=sort_keys)
+        assert cjson.dumps(doc, sort_keys=sort_keys) == text
+        assert repr(cjson.loads(text)) == repr(json.loads(text))
+        assert repr(cjson.loads(f" \n\t{text}\r\n ")) == repr(json.loads(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "  ", "{", '{"a": 1} x', "[1,]", '"\x01"', '"unterminated', "nul", '{"a" 1}', "\ufeff{}", "1 2"],
+)
+def test_cjson_refuses_what_json_refuses_in_its_words(text):
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(text)
+    with pytest.raises(json.JSONDecodeError) as got:
+        cjson.loads(text)
+    assert str(got.value) == str(expected.value)
+
+
+def test_cjson_refuses_to_write_what_json_refuses():
+    circular: list[object] = []
+    circular.append(circular)
+    for value in ({"a": {1, 2}}, {(1,): 2}, circular, object()):
+        with pytest.raises((TypeError, ValueError)) as expected:
+            json.dumps(value)
+        with pytest.raises(type(expected.value)) as got:
+            cjson.dumps(value)
+        assert str(got.value) == str(expected.value)
 
 
 def test_a_seccomp_program_is_generated_once_and_then_read_from_the_cache(tmp_path, root, bundle):

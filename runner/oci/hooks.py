@@ -25,11 +25,11 @@ startContainer the container's user, capabilities and no_new_privs (as runc), be
 from __future__ import annotations
 
 import _signal  # (``signal``'s enums import ``enum``: ~5 ms of a strata-oci create)
-import json
 import os
 import select
 import time
 
+from .. import cjson
 from ..errors import RunnerError
 from . import spec
 
@@ -92,7 +92,7 @@ def state(cid: str, status: str, pid: int, bundle: str, annotations: dict[str, s
 
 def run(kind: str, entries: list[dict[str, Any]], st: dict[str, Any]) -> str | None:
     """Run ``entries`` in order; stop at the first that fails and say why (one line), else None."""
-    payload = json.dumps(st).encode()
+    payload = cjson.dumps(st).encode()
     for i, hook in enumerate(entries):
         failure = _run_one(hook, payload)
         if failure is not None:
@@ -102,7 +102,7 @@ def run(kind: str, entries: list[dict[str, Any]], st: dict[str, Any]) -> str | N
 
 def run_warning(kind: str, entries: list[dict[str, Any]], st: dict[str, Any], warn: Callable[[str], None]) -> None:
     """poststart and poststop: every hook runs; a failure is a warning (runtime.md's lifecycle)."""
-    payload = json.dumps(st).encode()
+    payload = cjson.dumps(st).encode()
     for i, hook in enumerate(entries):
         failure = _run_one(hook, payload)
         if failure is not None:
@@ -232,7 +232,7 @@ class CreateHooks:
                     low = fd + 1
                 os.closerange(low, 1 << 20)
                 while line := _read_line(req_r):  # {"kinds": [...], "state": {...}, "warn": bool}
-                    ask = json.loads(line)
+                    ask = cjson.loads(line)
                     said: list[str] = []
                     for kind in ask["kinds"]:
                         if ask["warn"]:
@@ -240,7 +240,7 @@ class CreateHooks:
                         elif failure := run(kind, hooks.get(kind) or [], ask["state"]):
                             said.append(failure)
                             break
-                    os.write(res_w, (json.dumps(said) + "\n").encode())
+                    os.write(res_w, (cjson.dumps(said) + "\n").encode())
             finally:
                 os._exit(0)
         os.close(req_r)
@@ -251,11 +251,11 @@ class CreateHooks:
         return any(self.hooks.get(k) for k in ("prestart", "createRuntime", "createContainer", "startContainer"))
 
     def _ask(self, kinds: list[str], st: dict[str, Any], warn: bool) -> list[str]:
-        os.write(self.req_w, (json.dumps({"kinds": kinds, "state": st, "warn": warn}) + "\n").encode())
+        os.write(self.req_w, (cjson.dumps({"kinds": kinds, "state": st, "warn": warn}) + "\n").encode())
         line = _read_line(self.res_r)
         if not line:
             raise HookFailed("the hooks' helper died")
-        said: list[str] = json.loads(line)
+        said: list[str] = cjson.loads(line)
         return said
 
     def pid1_spec(self, status_fd: int) -> dict[str, Any]:
@@ -276,7 +276,7 @@ class CreateHooks:
                 os.close(reply_r)
                 if not line:
                     raise init.SetupFailed(125, "the runtime stopped the container's set-up")
-                st.update(json.loads(line))
+                st.update(cjson.loads(line))
                 failure = run("createContainer", container_side, st)
             except (init.SetupFailed, OSError):
                 raise
@@ -303,7 +303,7 @@ class CreateHooks:
         self.reply_r = -1
         if self.helper and (failed := self._ask(["prestart", "createRuntime"], st, warn=False)):
             raise HookFailed(failed[0])
-        os.write(self.reply_w, (json.dumps(st) + "\n").encode())
+        os.write(self.reply_w, (cjson.dumps(st) + "\n").encode())
 
     def run_warning(self, kind: str, st: dict[str, Any], warn: Callable[[str], None]) -> None:
         """poststart or poststop, by the helper (a failure: a warning)."""

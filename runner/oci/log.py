@@ -1,14 +1,15 @@
 """``strata-oci``'s messages as runc writes them: one line on stderr for an error, and with ``--log
 FILE`` a logrus line in that file (``--log-format text``: ``time="…" level=error msg="…"``; ``json``:
 ``{"level": "error", "msg": …, "time": …}``, which containerd and podman read back). Shared by
-``cli.py`` and ``entry.py``'s shortcuts, so that both say a failure alike.
+``cli.py`` and ``entry.py``'s shortcuts, so that both say a failure alike; it imports no ``json``.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
+
+from .. import cjson
 
 
 def now() -> str:
@@ -26,8 +27,8 @@ class Log:
 
     def _line(self, level: str, msg: str) -> str:
         if self.fmt == "json":
-            return json.dumps({"level": level, "msg": msg, "time": now()})
-        return f'time="{now()}" level={level} msg={json.dumps(msg)}'
+            return cjson.dumps({"level": level, "msg": msg, "time": now()})
+        return f'time="{now()}" level={level} msg={cjson.dumps(msg)}'
 
     def _write(self, level: str, msg: str) -> None:
         if self.path:

@@ -30,11 +30,10 @@ relative cgroup paths start at the hierarchy's root, not at the caller's group; 
 from __future__ import annotations
 
 import _signal  # (``signal``'s enums import ``enum``: ~5 ms of a strata-oci create)
-import json
 import os
 import pwd
 
-from .. import cgroups, devices
+from .. import cgroups, cjson, devices
 from ..errors import RunnerError
 from ..process import start_time
 from . import control, hooks, resources, rootfs, spec, statedir
@@ -91,7 +90,7 @@ class Runtime:
         bundle = os.path.abspath(bundle)
         try:
             with open(os.path.join(bundle, "config.json")) as f:
-                config: dict[str, Any] = json.load(f)
+                config: dict[str, Any] = cjson.loads(f.read())
         except FileNotFoundError:
             raise RunnerError(f"bundle {bundle}: no config.json there") from None
         except (OSError, ValueError) as e:
