@@ -27,21 +27,24 @@ so nothing in the container can reach the host's interpreter through /proc/PID/e
 
 from __future__ import annotations
 
+import _signal  # (``signal``'s enums import ``enum``: ~5 ms of a strata-oci create)
+import _socket  # (sethostname, the loopback's ioctl: ``socket`` imports ``enum`` and ``selectors``, ~7 ms)
 import errno
 import fcntl
 import os
-import signal
-import socket
 import struct
 import termios
-from collections.abc import Callable
-from typing import Any, NoReturn
 
-from . import credentials, reaper, userns
+from . import credentials, userns
 from . import syscalls as sc
 from .credentials import SetupFailed as SetupFailed  # what spawn raises
 from .oci import rootfs
 from .oci.spec import INIT_ANNOTATION, USER_ANNOTATION
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (``typing`` is ~10 ms of a strata-oci create's start-up)
+    from collections.abc import Callable
+    from typing import Any, NoReturn
 
 _TIOCGPTN = 0x80045430  # <asm-generic/ioctls.h>: _IOR('T', 0x30, unsigned int)
 _NAMESPACE_FLAGS = {"uts": sc.CLONE_NEWUTS, "ipc": sc.CLONE_NEWIPC, "pid": sc.CLONE_NEWPID, "network": sc.CLONE_NEWNET}
@@ -65,10 +68,13 @@ def _mkdirs(path: str) -> None:
 
 def _loopback_up() -> None:
     SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
         req = struct.pack("16sh14x", b"lo", 0)
         flags = struct.unpack("16sh14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
         fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sh14x", b"lo", flags | IFF_UP))
+    finally:
+        s.close()
 
 
 def _close_fds(first: int, keep: set[int]) -> None:
@@ -89,9 +95,16 @@ def _park(fifo: int, status_fd: int, on_start: Callable[[], None] | None = None)
     ``on_start`` (startContainer hooks) runs once start has opened it; its failure goes to start
     as ``1`` and the message instead of ``0``. The fd stays open to the exec, which closes it."""
     global _parked
-    parked_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+    parked_signals = (
+        _signal.SIGTERM,
+        _signal.SIGINT,
+        _signal.SIGHUP,
+        _signal.SIGQUIT,
+        _signal.SIGUSR1,
+        _signal.SIGUSR2,
+    )
     for sig in parked_signals:
-        signal.signal(sig, lambda signum, _frame: os._exit(128 + signum))
+        _signal.signal(sig, lambda signum, _frame: os._exit(128 + signum))
     _report(status_fd, "parked")
     os.dup2(2, status_fd)  # the creator stops reading: a later failure is the container's stderr's
     _parked = True
@@ -108,18 +121,18 @@ def _park(fifo: int, status_fd: int, on_start: Callable[[], None] | None = None)
     os.write(fd, b"0")
     os.close(fifo)
     for sig in parked_signals:
-        signal.signal(sig, signal.SIG_DFL)
+        _signal.signal(sig, _signal.SIG_DFL)
 
 
 def _default_signals() -> None:
     """Every signal to its default action and none blocked before exec, which keeps an ignored one
     ignored and the mask as it is: Python ignores SIGPIPE and SIGXFSZ, a client under ``nohup``
     SIGHUP, a client may block what it likes; a container's command starts clean, as under runc."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_DFL)
+    for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGQUIT):
+        _signal.signal(sig, _signal.SIG_DFL)
     for number in sc.ignored_signals():  # by the kernel's count: 32 and 33 are the C library's own
         sc.set_signal_action(number, ignore=False)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])  # a signal pending meanwhile acts now, by default
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, [])  # a signal pending meanwhile acts now, by default
 
 
 def _find(cmd: str, env: list[str]) -> str:
@@ -172,6 +185,8 @@ def _exec(spec: dict[str, Any], status_fd: int) -> None:
     if seccomp is not None:  # last, as runc: after no_new_privs, right before exec
         seccomp.load()
     if spec.get("init"):  # --init: this process stays, as PID 1's reaper; its child execs
+        from . import reaper  # (here: only --init's PID 1 stays on as a reaper)
+
         reaper.fork_command(bool(spec.get("tty")), status_fd)
     try:
         os.execve(binary, args, dict(e.split("=", 1) for e in env if "=" in e))
@@ -280,7 +295,7 @@ def _process(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _pid1(spec: dict[str, Any], status_fd: int, go_fd: int, joined_fd: int) -> None:
     if spec.get("die_with_parent", True):  # (strata-oci's PID 1 outlives the ``create`` that made it)
-        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        sc.prctl(sc.PR_SET_PDEATHSIG, _signal.SIGKILL)
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
     if os.read(go_fd, 2) != b"go":  # the supervisor gave up (no mount): exit quietly
         os._exit(125)
@@ -297,7 +312,7 @@ def _pid1(spec: dict[str, Any], status_fd: int, go_fd: int, joined_fd: int) -> N
     if console is not None:
         os.close(console)
     if "uts" in namespaces:
-        socket.sethostname(config.get("hostname") or "localhost")
+        _socket.sethostname(config.get("hostname") or "localhost")
     if "network" in namespaces:
         _loopback_up()
     if os.read(joined_fd, 2) != b"in":  # the helper could not move us into the cgroup
@@ -313,9 +328,9 @@ def _wait_child(pid: int, status_fd: int) -> int:
     (this process's parent-death signal, SIGUSR1) PID 1 gets SIGKILL, and its PID namespace with it:
     the container's own processes could clear their parent-death signals, but cannot reach this one."""
     os.close(status_fd)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, lambda _sig, _frame: _kill(pid))
+    for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP):
+        _signal.signal(sig, _signal.SIG_IGN)
+    _signal.signal(_signal.SIGUSR1, lambda _sig, _frame: _kill(pid))
     if sc.parent_death_signal() and not _parent_alive():
         _kill(pid)  # the supervisor died before the handler was in place
     try:
@@ -327,7 +342,7 @@ def _wait_child(pid: int, status_fd: int) -> int:
 
 def _kill(pid: int) -> None:
     try:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, _signal.SIGKILL)
     except ProcessLookupError:
         pass
 
@@ -443,6 +458,8 @@ def join(spec: dict[str, Any]) -> int:
 def send_console(sock_fd: int, master: int) -> None:
     """runc's console socket protocol: one message whose cmsg carries the pty master (SCM_RIGHTS)
     and whose payload is the pty's name."""
+    import socket  # (here: only a container with a terminal has a console socket)
+
     with socket.socket(fileno=os.dup(sock_fd)) as sock:
         number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))[0]
         name = f"/dev/pts/{number}"
@@ -459,8 +476,8 @@ def forked(spec: dict[str, Any], stdio: tuple[int, int, int], go_fd: int) -> NoR
         # outlives the process that records its state. Checked after: the supervisor may be gone.
         global _supervisor
         _supervisor = spec["supervisor"]
-        signal.signal(signal.SIGUSR1, lambda _sig, _frame: os._exit(125))  # until PID 1 exists
-        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGUSR1)
+        _signal.signal(_signal.SIGUSR1, lambda _sig, _frame: os._exit(125))  # until PID 1 exists
+        sc.prctl(sc.PR_SET_PDEATHSIG, _signal.SIGUSR1)
         if not _parent_alive():
             os._exit(code)
         os.setsid()
@@ -473,7 +490,7 @@ def forked(spec: dict[str, Any], stdio: tuple[int, int, int], go_fd: int) -> NoR
             os.closerange(low, fd)
             low = fd + 1
         os.closerange(low, 65536)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
         code = create(spec, go_fd)
     finally:
         os._exit(code)

@@ -20,7 +20,10 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-from typing import NoReturn
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (``typing`` is ~10 ms of an import: the annotations alone use it)
+    from typing import NoReturn
 
 # not forwarded: what the kernel sends for a fault of PID 1 itself, what cannot be caught, and the
 # terminal's stops for a background process (tini leaves these alone too)

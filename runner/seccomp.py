@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
-import re
-from typing import Any
 
+from . import cjson
 from .errors import RunnerError
 
-Profile = dict[str, Any]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (``typing`` is ~10 ms of a strata-oci create's start-up)
+    from typing import Any
+
+    Profile = dict[str, Any]
 
 DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seccomp_default.json")
 
@@ -127,6 +129,8 @@ def load_profile(option: str | None) -> Profile | None:
             data = f.read()
     except OSError as e:
         raise RunnerError(f"opening seccomp profile ({path}) failed: {e.strerror or e}") from None
+    import json  # (here, and ``re`` in ``_validate`` and ``_kernel_version``: create has a resolved object)
+
     try:
         profile = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
@@ -150,6 +154,8 @@ def validate(profile: Profile, source: str = "") -> None:
 
 
 def _validate(profile: Profile) -> None:
+    import re  # (see ``load_profile``)
+
     _action_of(profile.get("defaultAction"), profile.get("defaultErrnoRet"), "defaultAction")
     if profile.get("architectures") and profile.get("archMap"):
         raise RunnerError("both 'architectures' and 'archMap' are specified, use either")
@@ -338,7 +344,7 @@ def prepare(oci: Profile) -> Filter:
         if flag not in _FLAG_ATTRS:
             raise RunnerError(f"seccomp: unsupported flag {flag!r}")
         flags |= _FLAG_ATTRS[flag][1]
-    key = json.dumps(oci, sort_keys=True)
+    key = cjson.dumps(oci, sort_keys=True)
     program = _programs.get(key)
     if program is None:
         program = _generate(oci, default)
@@ -434,6 +440,8 @@ def _check_arch(arch: Any) -> str:
 
 def _kernel_version(text: str) -> tuple[int, int]:
     """ "4.8" or a release such as "6.1.0-18-amd64" -> (6, 1): later parts and suffixes ignored (moby)."""
+    import re  # (see ``load_profile``)
+
     match = re.match(r"([0-9]+)\.([0-9]+)", text)
     return (int(match[1]), int(match[2])) if match else (0, 0)
 

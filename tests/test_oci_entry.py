@@ -1,24 +1,28 @@
 # ruff: noqa: F401, F811 (test_oci_runtime's fixtures, imported: pytest passes them by these names)
-"""strata-oci's cheap verbs (state, start, kill, delete), which engines call once per container, each
-a fresh process: run through ``runner/bin/strata-oci`` as pip installs it, they import none of the runtime,
-argparse, json, re or typing; they read state dirs an older strata-oci wrote (no ``state.marshal``),
-and say what the full command line says. Real containers, as in test_oci_runtime."""
+"""strata-oci's shortcuts past argparse for what engines call once per container, each a fresh process:
+the cheap verbs (state, start, kill, delete), run through ``runner/bin/strata-oci`` as pip installs it,
+import none of the runtime, argparse, json, re or typing; create imports the runtime but none of those;
+both read their command line as argparse does (what they do not take, the full command line answers),
+read state dirs an older strata-oci wrote (no ``state.marshal``), and say and log a failure as the full
+command line does, word for word. Real containers, as in test_oci_runtime."""
 
 from __future__ import annotations
 
 import json
 import marshal
 import os
+import re
 import signal
 import subprocess
 import sys
 
 import pytest
 from helpers import REPO
-from test_oci_runtime import CGROUP_PARENT, _cgroup_dirs, _conmon, _reaped, bundle, oci, root, state
+from test_oci_runtime import CGROUP_PARENT, CONMON, _cgroup_dirs, _conmon, _reaped, bundle, oci, root, state
 
+from runner import cjson
 from runner.errors import RunnerError
-from runner.oci import control, statedir
+from runner.oci import cli, control, entry, statedir
 
 LAUNCHER = os.path.join(REPO, "runner", "bin", "strata-oci")
 # what the cheap verbs must not load: the runtime and its parser, and the stdlib modules that make
@@ -43,6 +47,23 @@ HEAVY = {
     "runner.oci.spec",
     "runner.oci.hooks",
 }
+# what create must not load: the parser, and what the runtime's modules import only on rarer paths
+# (a console socket, rootless, an exec, an update, a profile to read, a hook to run)
+HEAVY_FOR_CREATE = {
+    "argparse",
+    "json",
+    "re",
+    "enum",
+    "typing",
+    "collections",
+    "signal",
+    "socket",
+    "datetime",
+    "shutil",
+    "subprocess",
+    "runner.oci.cli",
+    "runner.reaper",
+}
 
 
 def launched(root: str, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
@@ -55,10 +76,15 @@ def launched(root: str, *args: str) -> tuple[subprocess.CompletedProcess[str], s
         timeout=60,
         env={**os.environ, "PYTHONPATH": REPO},
     )
-    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("import time:")]
-    modules = {ln.rsplit("|", 1)[1].strip() for ln in lines[1:]}
+    modules = _imported(res.stderr)
     res.stderr = "".join(ln + "\n" for ln in res.stderr.splitlines() if not ln.startswith("import time:"))
     return res, modules
+
+
+def _imported(stderr: str) -> set[str]:
+    """The modules ``-X importtime`` listed (its first line is its header)."""
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("import time:")]
+    return {ln.rsplit("|", 1)[1].strip() for ln in lines[1:]}
 
 
 def test_the_cheap_verbs_import_nothing_heavy_from_the_launcher(tmp_path, root, bundle):
@@ -79,6 +105,137 @@ def test_the_cheap_verbs_import_nothing_heavy_from_the_launcher(tmp_path, root, 
         if conmon.poll() is None:
             os.kill(pid, signal.SIGKILL)
             conmon.wait(timeout=30)
+
+
+def _create_launched(tmp_path, root: str, argv: list[str], cid: str) -> tuple[subprocess.Popen[str], int, set[str]]:
+    """``create`` through the launcher (``argv``: what follows ``--root ROOT``), run by test_oci_runtime's
+    miniature conmon with ``-X importtime``: (conmon, PID 1's pid, the modules create imported). Its
+    stderr is a file: PID 1 keeps create's stdio, so a pipe would stay open as long as the container."""
+    err = tmp_path / f"{cid}.err"
+    with open(err, "w") as stderr:
+        conmon = subprocess.Popen(
+            [sys.executable, "-c", CONMON, str(tmp_path / f"{cid}.pid"), str(tmp_path / f"{cid}.out")]
+            + [sys.executable, "-X", "importtime", LAUNCHER, "--root", root, *argv],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd="/",
+            env={**os.environ, "PYTHONPATH": REPO},
+        )
+    assert conmon.stdout is not None
+    line = conmon.stdout.readline().split()
+    assert line[0] == "created", (line, err.read_text())
+    assert int(line[2]) == conmon.pid  # PID 1 went to the caller's subreaper, as with the full command line
+    return conmon, int(line[1]), _imported(err.read_text())
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        ["create", "--bundle", "{bundle}", "--pid-file", "{pid_file}", "c1"],
+        ["create", "--bundle={bundle}", "--pid-file={pid_file}", "--no-pivot", "--no-new-keyring", "c1"],
+        ["create", "c1", "-b", "{bundle}", "--preserve-fds=0", "--pid-file", "{pid_file}"],
+        ["--log-format=json", "create", "-b={bundle}", "--pid-file", "{pid_file}", "--preserve-fds", "0", "c1"],
+    ],
+)
+def test_create_spelled_as_runc_takes_it_imports_nothing_heavy_from_the_launcher(tmp_path, root, bundle, spelling):
+    b = bundle(["sh", "-c", "echo started"])
+    values = {"{bundle}": b, "{pid_file}": str(tmp_path / "c1.pid")}
+    argv = [re.sub("{bundle}|{pid_file}", lambda m: values[m[0]], a) for a in spelling]
+    conmon, pid, modules = _create_launched(tmp_path, root, argv, "c1")
+    try:
+        assert "runner.oci.runtime" in modules and "runner.init" in modules
+        assert not modules & HEAVY_FOR_CREATE, modules & HEAVY_FOR_CREATE
+        st = state(root, "c1")
+        assert st["status"] == "created" and st["pid"] == pid and st["bundle"] == b
+        oci(root, "start", "c1", check=True)
+        assert _reaped(conmon) == 0 and open(tmp_path / "c1.out").read() == "started\n"
+        oci(root, "delete", "c1", check=True)
+        assert not os.path.exists(os.path.join(root, "c1")) and _cgroup_dirs(f"{CGROUP_PARENT}/c1") == []
+    finally:
+        if conmon.poll() is None:
+            os.kill(pid, signal.SIGKILL)
+            conmon.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["create", "c1"],
+        ["--root", "/r", "--log", "/l", "--log-format", "json", "create", "--bundle", "/b", "c1"],
+        ["--root=/r", "--log=/l", "--log-format=text", "create", "--bundle=/b", "--pid-file=/p", "c1"],
+        ["create", "-b", "/b", "--console-socket", "/s", "--preserve-fds", "3", "--no-pivot", "c1"],
+        ["create", "-b=/b", "--console-socket=/s", "--preserve-fds=3", "--no-new-keyring", "c1"],
+        ["create", "c1", "--bundle", "/b", "--bundle", "/again", "--pid-file", "p=q"],
+        ["create", "--pid-file", "relative/pid", "--bundle", "b u n d l e", "c1"],
+    ],
+)
+def test_the_create_shortcut_reads_a_command_line_as_argparse_reads_it(argv):
+    """One grammar: whatever the shortcut takes, cli.py's parsers take alike."""
+    quick = entry._parse(argv)
+    assert quick is not None
+    options, verb, flags, positionals = quick
+    top = cli._top_parser().parse_args(argv)
+    args = cli._verb_parser(top.verb).parse_args(top.rest)
+    assert verb == top.verb == "create" and positionals == [args.id]
+    assert (options.get("--root"), options.get("--log"), options.get("--log-format", "text")) == (
+        top.root,
+        top.log,
+        top.log_format,
+    )
+    assert (
+        flags.get("bundle", "."),
+        flags.get("pid_file"),
+        flags.get("console_socket"),
+        int(flags.get("preserve_fds", "0")),
+        "no_pivot" in flags,
+        "no_new_keyring" in flags,
+    ) == (args.bundle, args.pid_file, args.console_socket, args.preserve_fds, args.no_pivot, args.no_new_keyring)
+    assert not (top.debug or top.systemd_cgroup or top.version or top.help)
+
+
+def _logged(path: str) -> list[str]:
+    """The log's lines, their times taken out (``"time": "..."`` in json, ``time="..."`` in text)."""
+    with open(path) as f:
+        return [re.sub(r'"time": "[^"]*"|^time="[^"]*"', "TIME", line) for line in f.read().splitlines()]
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_failed_create_says_and_logs_what_the_full_command_line_does(tmp_path, root, bundle, fmt):
+    """Before anything is made (no config.json, a bad id) and after PID 1 was forked (no such
+    command): one line on stderr, the same line in the log, exit 1, nothing left behind; the
+    shortcut's words are cli.py's (run here as the module, past the shortcut)."""
+    full = [sys.executable, "-c", "import sys; from runner.oci.cli import main; sys.exit(main())"]
+    missing_command = bundle(["/no/such/command"])
+    for args in (
+        ["create", "--bundle", str(tmp_path / "nowhere"), "c1"],
+        ["create", "--bundle", missing_command, "bad/id"],
+        ["create", "--bundle", missing_command, "c1"],
+    ):
+        said = []
+        for name, program in (("shortcut", [sys.executable, "-X", "importtime", LAUNCHER]), ("full", full)):
+            log = str(tmp_path / f"{name}.log")
+            res = subprocess.run(
+                [*program, "--root", root, "--log", log, "--log-format", fmt, *args],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                cwd="/",
+                timeout=60,
+                env={**os.environ, "PYTHONPATH": REPO},
+            )
+            if name == "shortcut":
+                assert "argparse" not in _imported(res.stderr)
+            stderr = [ln for ln in res.stderr.splitlines() if not ln.startswith("import time:")]
+            said.append((res.returncode, res.stdout, stderr, _logged(log)))
+            os.unlink(log)
+            assert (not os.path.isdir(root) or os.listdir(root) == []) and _cgroup_dirs(f"{CGROUP_PARENT}/c1") == []
+        assert said[0] == said[1]
+        code, out, stderr, logged = said[0]
+        assert code == 1 and out == "" and len(stderr) == 1 and stderr[0].startswith("strata-oci: ")
+        assert len(logged) == 1 and "error" in logged[0] and "TIME" in logged[0]
+        if fmt == "json":
+            assert json.loads(logged[0].replace("TIME", '"time": ""'))["msg"] == stderr[0].removeprefix("strata-oci: ")
 
 
 def test_a_state_dir_of_an_older_strata_oci_is_read_and_deleted(tmp_path, root, bundle):
@@ -149,6 +306,28 @@ def test_what_the_shortcut_does_not_take_the_full_cli_answers(root, args, messag
     assert res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["create", "--bogus", "c1"], "unrecognized arguments: --bogus"),
+        (["create", "--bundle"], "argument --bundle/-b: expected one argument"),
+        (["create", "--pid-file", "--bundle", "/b", "c1"], "argument --pid-file: expected one argument"),
+        (["create", "--preserve-fds", "many", "c1"], "argument --preserve-fds: invalid int value: 'many'"),
+        (["create", "--no-pivot=yes", "c1"], "ignored explicit argument 'yes'"),
+        (["create", "c1", "c2"], "unrecognized arguments: c2"),
+        (["create"], "the following arguments are required: id"),
+        (["--log-format", "yaml", "create", "c1"], "argument --log-format: invalid choice: 'yaml'"),
+        (["--log-format=yaml", "state", "c1"], "argument --log-format: invalid choice: 'yaml'"),
+    ],
+)
+def test_what_the_create_shortcut_does_not_take_argparse_answers(root, args, message):
+    assert entry._parse(["--root", root, *args]) is None
+    res, modules = launched(root, *args)
+    assert res.returncode == 1 and res.stdout == "" and "argparse" in modules
+    assert res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
+    assert not os.path.isdir(root) or os.listdir(root) == []
+
+
 def test_systemd_cgroup_is_refused_by_create_alone(root):
     """An engine set to systemd passes --systemd-cgroup to every call: create refuses it (above, in
     test_oci_runtime), the rest go on (podman's clean-up after the refused create, say)."""
@@ -185,6 +364,47 @@ def test_signals_are_spelled_as_the_signal_module_spells_them():
 )
 def test_the_state_document_is_spelled_as_json_dumps_spells_it(doc):
     assert statedir.to_json(doc) == json.dumps(doc, indent=2)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"ociVersion": "1.2.0", "process": {"args": ["sh", "-c", "echo ü"], "terminal": False}, "n": [1, 2.5, -0.0]},
+        {"z": 1, "a": {"nested": [None, True, False, "", {}, []]}, "big": 1 << 70, "float": 1e300},
+        ["\U0001f600", "\udcff", 'q"uote\\back\nnew\ttab\x01\x7f', float("inf"), float("nan")],
+        "just a string",
+        42,
+    ],
+)
+def test_cjson_writes_and_reads_as_json_does(doc):
+    for sort_keys in (False, True):
+        text = json.dumps(doc, sort_keys=sort_keys)
+        assert cjson.dumps(doc, sort_keys=sort_keys) == text
+        assert repr(cjson.loads(text)) == repr(json.loads(text))
+        assert repr(cjson.loads(f" \n\t{text}\r\n ")) == repr(json.loads(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "  ", "{", '{"a": 1} x', "[1,]", '"\x01"', '"unterminated', "nul", '{"a" 1}', "\ufeff{}", "1 2"],
+)
+def test_cjson_refuses_what_json_refuses_in_its_words(text):
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(text)
+    with pytest.raises(json.JSONDecodeError) as got:
+        cjson.loads(text)
+    assert str(got.value) == str(expected.value)
+
+
+def test_cjson_refuses_to_write_what_json_refuses():
+    circular: list[object] = []
+    circular.append(circular)
+    for value in ({"a": {1, 2}}, {(1,): 2}, circular, object()):
+        with pytest.raises((TypeError, ValueError)) as expected:
+            json.dumps(value)
+        with pytest.raises(type(expected.value)) as got:
+            cjson.dumps(value)
+        assert str(got.value) == str(expected.value)
 
 
 def test_a_seccomp_program_is_generated_once_and_then_read_from_the_cache(tmp_path, root, bundle):

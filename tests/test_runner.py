@@ -404,8 +404,13 @@ def test_cgroup_v2_code_path_on_a_fake_root(tmp_path, monkeypatch):
     assert (root / "strata" / "abc" / "memory.max").read_text() == str(64 * 1024 * 1024)
     assert (root / "strata" / "abc" / "memory.swap.max").read_text() == str(64 * 1024 * 1024)
     assert "+cpu" in (root / "cgroup.subtree_control").read_text()
+    (root / "strata" / "abc" / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 0\n")
+    assert not cg.oom_killed()
     (root / "strata" / "abc" / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
     assert cg.oom_killed()
+    (root / "strata" / "abc" / "cgroup.events").write_text("populated 1\nfrozen 1\n")  # as the kernel says it
+    cg.freeze(True)
+    assert (root / "strata" / "abc" / "cgroup.freeze").read_text() == "1"
     assert [cgroups.shares_to_weight(s) for s in (2, 512, 1024, 2048, 4096, 262144)] == [1, 59, 100, 174, 303, 10000]
     v1 = cgroups.for_host("abc", str(tmp_path / "nov2"))
     assert isinstance(v1, cgroups.V1)

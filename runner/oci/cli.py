@@ -3,8 +3,8 @@ flags before the verb, the container id last). Parsing, output and exit codes on
 is ``runtime.py``'s.
 
 Errors are one line on stderr (``strata-oci: WHAT``) and, with ``--log``, a line in the log file
-(``--log-format json``: ``{"level": "error", "msg": ..., "time": ...}``, which containerd and podman
-read back), exit 1. Texts callers match are runc's: ``container does not exist``, ``container not
+(``log.py``; ``--log-format json``: ``{"level": "error", "msg": ..., "time": ...}``, which containerd
+and podman read back), exit 1. Texts callers match are runc's: ``container does not exist``, ``container not
 running``. An unknown flag, verb or config field is refused, never ignored.
 """
 
@@ -14,11 +14,15 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, NoReturn
 
 from ..errors import RunnerError
 from . import hooks, resources, spec
 from . import runtime as rt
+from .log import Log
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (the annotations alone use it)
+    from typing import Any, NoReturn
 
 VERSION = "0.1.0"
 
@@ -33,40 +37,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
-
-
-class _Log:
-    """``--log FILE`` / ``--log-format text|json`` / ``--debug``: runc's logrus lines."""
-
-    def __init__(self, path: str | None, fmt: str, debug: bool) -> None:
-        self.path, self.fmt, self.debug_on = path, fmt, debug
-
-    def _line(self, level: str, msg: str) -> str:
-        now = rt.now()
-        if self.fmt == "json":
-            return json.dumps({"level": level, "msg": msg, "time": now})
-        return f'time="{now}" level={level} msg={json.dumps(msg)}'
-
-    def _write(self, level: str, msg: str) -> None:
-        if self.path:
-            try:
-                with open(self.path, "a") as f:
-                    f.write(self._line(level, msg) + "\n")
-            except OSError:
-                pass
-        elif level != "error":
-            print(self._line(level, msg), file=sys.stderr)
-
-    def error(self, msg: str) -> None:
-        print(f"strata-oci: {msg}", file=sys.stderr)
-        self._write("error", msg)
-
-    def warning(self, msg: str) -> None:
-        self._write("warning", msg)
-
-    def debug(self, msg: str) -> None:
-        if self.debug_on:
-            self._write("debug", msg)
 
 
 VERBS = (
@@ -292,7 +262,7 @@ USAGE = """usage: strata-oci [--root DIR] [--log FILE] [--log-format text|json] 
 verbs: create start state kill delete run exec ps list pause resume update features spec (runc's flags)"""
 
 
-def run(argv: list[str], log: _Log) -> int:
+def run(argv: list[str], log: Log) -> int:
     g = _top_parser().parse_args(argv)
     log.path, log.fmt, log.debug_on = g.log, g.log_format, g.debug
     log.debug(f"strata-oci {' '.join(argv)}")
@@ -350,7 +320,7 @@ def run(argv: list[str], log: _Log) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    log = _Log(None, "text", False)
+    log = Log(None, "text", False)
     try:
         code = run(sys.argv[1:] if argv is None else argv, log)
     except (UsageError, RunnerError) as e:

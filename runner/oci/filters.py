@@ -10,21 +10,23 @@ own (0700), so what is read there was written by strata-oci for this user.
 
 from __future__ import annotations
 
-import json
 import marshal
 import os
 import zlib
-from typing import Any
 
-from .. import seccomp
+from .. import cjson, seccomp
 from .statedir import _write_atomic
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (``typing`` is ~10 ms of a strata-oci create's start-up)
+    from typing import Any
 
 DIRECTORY = "@seccomp"
 
 
 def prepare(root: str, profile: dict[str, Any]) -> seccomp.Filter:
     """``seccomp.prepare(profile)``, through the cache under ``root``. Raises what it raises."""
-    key = json.dumps(profile, sort_keys=True)
+    key = cjson.dumps(profile, sort_keys=True)
     path = os.path.join(root, DIRECTORY, f"{zlib.crc32(key.encode()):08x}-{len(key)}")
     found = _load(path, key)
     if found is not None:

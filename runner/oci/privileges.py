@@ -6,9 +6,11 @@ so that setuid programs such as sudo work). Names only: the init turns them into
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..errors import RunnerError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (``typing`` is ~10 ms of a strata-oci create's start-up)
+    from typing import Any
 
 # linux/capability.h, in bit order
 NAMES = [

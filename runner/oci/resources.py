@@ -19,11 +19,13 @@ kernel refuses where an ancestor has processes of its own (no internal processes
 from __future__ import annotations
 
 import os
-import re
-from typing import Any
 
 from .. import cgroups
 from ..errors import RunnerError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (``typing`` is ~10 ms of a strata-oci create's start-up)
+    from typing import Any
 
 HONOURED = {"memory": {"limit", "swap"}, "cpu": {"shares", "quota", "period", "cpus", "mems"}, "pids": {"limit"}}
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
@@ -34,6 +36,8 @@ def ram_in_bytes(text: str) -> int:
     ``512KiB``; ``-1`` is unlimited."""
     if text.strip() == "-1":
         return -1
+    import re  # (here, and in ``check``: ``update`` alone parses sizes and cpu lists; create imports this module)
+
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*", text, re.I)
     if not m:
         raise RunnerError(f"invalid size: {text!r}")
@@ -44,6 +48,8 @@ def check(changes: Any) -> dict[str, dict[str, Any]]:
     """``changes`` (LinuxResources) reduced to what it asks: empty fields dropped, the rest checked."""
     if not isinstance(changes, dict):
         raise RunnerError("resources: not a JSON object")
+    import re  # (see ``ram_in_bytes``)
+
     out: dict[str, dict[str, Any]] = {}
     for section, value in changes.items():
         if value in (None, "", 0, [], {}):

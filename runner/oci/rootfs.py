@@ -22,11 +22,14 @@ import fcntl
 import os
 import stat
 import termios
-from collections.abc import Callable
-from typing import Any
 
 from .. import syscalls as sc
 from ..errors import RunnerError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (``typing`` is ~10 ms of a strata-oci create's start-up)
+    from collections.abc import Callable
+    from typing import Any
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _SYS_OPENAT2 = 437

@@ -12,11 +12,13 @@ up in the container's /etc/passwd, as Docker's daemon does, since config.json wa
 
 from __future__ import annotations
 
-from typing import Any
-
 from .. import devices, seccomp, userns
 from ..errors import RunnerError
 from . import privileges
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (``typing`` is ~10 ms of a strata-oci create's start-up)
+    from typing import Any
 
 OCI_VERSION = "1.2.0"
 USER_ANNOTATION = "io.strata.user"

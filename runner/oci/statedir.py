@@ -9,7 +9,7 @@ written as ``state.marshal`` (the same dict, read by the built-in ``marshal``: n
 decoder imports ``re`` and ``enum``), and the paths those verbs need (the cgroup's directories and
 its freezer file) are recorded at create. ``state.json`` stays the record (runc's name, read by
 people and tests); a ``state.marshal`` this interpreter cannot read (another Python) is ignored for
-it. Heavy modules (``cgroups``, ``hooks``, ``json``) are imported only on the paths that need them.
+it. Heavy modules (``cgroups``, ``hooks``, ``cjson``) are imported only on the paths that need them.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ STATE, FAST_STATE = "state.json", "state.marshal"
 
 def write(directory: str, state: dict[str, Any]) -> None:
     """Write the state (both forms, each atomically: a reader sees the old or the new one)."""
-    import json
+    from .. import cjson
 
-    _write_atomic(os.path.join(directory, STATE), json.dumps(state).encode())
+    _write_atomic(os.path.join(directory, STATE), cjson.dumps(state).encode())
     _write_atomic(os.path.join(directory, FAST_STATE), marshal.dumps(state))
 
 
@@ -55,11 +55,11 @@ def _read(directory: str, cid: str) -> dict[str, Any]:
             return state
     except (OSError, EOFError, ValueError, TypeError):
         pass
-    import json
+    from .. import cjson
 
     try:
         with open(os.path.join(directory, STATE)) as f:
-            found: dict[str, Any] = json.load(f)
+            found: dict[str, Any] = cjson.loads(f.read())
             return found
     except FileNotFoundError:
         raise NoSuchContainer("container does not exist") from None
