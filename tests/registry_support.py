@@ -9,6 +9,7 @@ import contextlib
 import glob
 import json
 import os
+import platform
 import select
 import shutil
 import socket
@@ -195,6 +196,45 @@ def htpasswd(path: str, user: str, password: str) -> None:
         pytest.fail("htpasswd is required (apache2-utils; make test installs it)")
     flags = "-Bi" if os.path.exists(path) else "-cBi"
     subprocess.run(["htpasswd", flags, path, user], input=password.encode(), check=True, capture_output=True)
+
+
+def host_arch() -> str:
+    """This host's architecture as OCI platforms name it."""
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+
+
+def put_index(host: str, repository: str, tag: str, images: dict[str, str]) -> bytes:
+    """Put an OCI index under ``repository:tag`` in the plain-HTTP registry ``host`` naming, for each
+    linux architecture in ``images``, the manifest the tag given for it names there (pushed before);
+    the index's bytes."""
+    manifests = []
+    for arch, image_tag in images.items():
+        get = urllib.request.Request(
+            f"http://{host}/v2/{repository}/manifests/{image_tag}",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        )
+        with urllib.request.urlopen(get) as resp:
+            digest, size = resp.headers["Docker-Content-Digest"], len(resp.read())
+        manifests.append(
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest,
+                "size": size,
+                "platform": {"os": "linux", "architecture": arch},
+            }
+        )
+    index = json.dumps(
+        {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}
+    ).encode()
+    put = urllib.request.Request(
+        f"http://{host}/v2/{repository}/manifests/{tag}",
+        data=index,
+        method="PUT",
+        headers={"Content-Type": "application/vnd.oci.image.index.v1+json"},
+    )
+    with urllib.request.urlopen(put) as resp:
+        assert resp.status == 201
+    return index
 
 
 def image_id(root: str, ref: str) -> str:

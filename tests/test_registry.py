@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -15,6 +14,7 @@ import urllib.request
 
 import pytest
 from helpers import stop_process, strata
+from registry_support import host_arch, put_index
 
 
 def _free_port() -> int:
@@ -128,46 +128,11 @@ def test_pull_a_multi_platform_tag_takes_this_host_s_image(tmp_path, busybox_roo
     host, _ = registry
     here, there = str(tmp_path / "here"), str(tmp_path / "there")
     image_id = _image(here, busybox_rootfs, f"{host}/multi:amd")
-    digest = strata(here, "push", f"{host}/multi:amd").out.split()[-1]
+    strata(here, "push", f"{host}/multi:amd")
     strata(here, "import", "--change", 'CMD ["other"]', busybox_rootfs, f"{host}/multi:other")
-    other_digest = strata(here, "push", f"{host}/multi:other").out.split()[-1]
-    sizes = {}
-    for tag in ("amd", "other"):
-        get = urllib.request.Request(
-            f"http://{host}/v2/multi/manifests/{tag}", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}
-        )
-        with urllib.request.urlopen(get) as resp:
-            sizes[tag] = len(resp.read())
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
-    other = "s390x" if arch != "s390x" else "ppc64le"
-    index = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [
-                {
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "digest": other_digest,
-                    "size": sizes["other"],
-                    "platform": {"os": "linux", "architecture": other},
-                },
-                {
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "digest": digest,
-                    "size": sizes["amd"],
-                    "platform": {"os": "linux", "architecture": arch},
-                },
-            ],
-        }
-    ).encode()
-    put = urllib.request.Request(
-        f"http://{host}/v2/multi/manifests/all",
-        data=index,
-        method="PUT",
-        headers={"Content-Type": "application/vnd.oci.image.index.v1+json"},
-    )
-    with urllib.request.urlopen(put) as resp:
-        assert resp.status == 201
+    strata(here, "push", f"{host}/multi:other")
+    arch = host_arch()
+    put_index(host, "multi", "all", {"s390x" if arch != "s390x" else "ppc64le": "other", arch: "amd"})
     strata(there, "pull", "-q", f"{host}/multi:all")
     assert _id(there, f"{host}/multi:all") == image_id != _id(here, f"{host}/multi:other")
 

@@ -9,14 +9,13 @@ import glob
 import gzip
 import json
 import os
-import platform
 import subprocess
 import urllib.request
 
 import pytest
 import zstandard
 from helpers import REPO, STRATA, config_for, docker_v12_save, sha256, strata, tar_bytes, wait_for
-from registry_support import fake, image_id, registry, registry_blobs, store_files, tree
+from registry_support import fake, host_arch, image_id, put_index, registry, registry_blobs, store_files, tree
 from test_cli_progress import screen
 
 from runner.cli.format import human_size
@@ -165,47 +164,12 @@ def test_gzip_zstd_and_plain_layers_of_one_image_pull_and_push_as_they_are(tmp_p
 def _index(reg, here: str, busybox_rootfs: str) -> tuple[str, str, str]:
     """A tag naming an index of two images: this host's platform and linux/s390x (or ppc64le)."""
     wanted = bb(here, busybox_rootfs, f"{reg.host}/multi:host")
-    digest = strata(here, "push", f"{reg.host}/multi:host").out.split()[-1]
+    strata(here, "push", f"{reg.host}/multi:host")
     strata(here, "import", "--change", 'CMD ["other"]', busybox_rootfs, f"{reg.host}/multi:other")
-    other_digest = strata(here, "push", f"{reg.host}/multi:other").out.split()[-1]
-    sizes = {}
-    for tag in ("host", "other"):
-        get = urllib.request.Request(
-            f"http://{reg.host}/v2/multi/manifests/{tag}",
-            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
-        )
-        with urllib.request.urlopen(get) as resp:
-            sizes[tag] = len(resp.read())
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    strata(here, "push", f"{reg.host}/multi:other")
+    arch = host_arch()
     other = "s390x" if arch != "s390x" else "ppc64le"
-    index = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [
-                {
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "digest": other_digest,
-                    "size": sizes["other"],
-                    "platform": {"os": "linux", "architecture": other},
-                },
-                {
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "digest": digest,
-                    "size": sizes["host"],
-                    "platform": {"os": "linux", "architecture": arch},
-                },
-            ],
-        }
-    ).encode()
-    put = urllib.request.Request(
-        f"http://{reg.host}/v2/multi/manifests/all",
-        data=index,
-        method="PUT",
-        headers={"Content-Type": "application/vnd.oci.image.index.v1+json"},
-    )
-    with urllib.request.urlopen(put) as resp:
-        assert resp.status == 201
+    index = put_index(reg.host, "multi", "all", {other: "other", arch: "host"})
     return wanted, other, sha256(index)
 
 
