@@ -126,14 +126,7 @@ class Supervisor:
             bundle.write_etc(c, self.net)
             volumemounts.prepare(c)  # bind sources, and the mountpoints layer below the init layer
             if not rootless:  # (the layers are complete; the files bound over /etc are written after)
-                self.union = fork_serve(
-                    c.path("merged"),
-                    bundle.lowers(c),
-                    c.path("upper"),
-                    c.path("work"),
-                    options,
-                    parent_death=signal.SIGTERM,
-                )
+                self.union = self._fork_union(options)
             etcfiles.apply(self.config, c.path("hosts"), c.path("resolv.conf"))  # --add-host, --dns
             self.bundle = bundle.write_bundle(c, self.net)
             resources = self.bundle["linux"]["resources"]
@@ -143,15 +136,7 @@ class Supervisor:
             if (rootless or self.net.needs_pid) and self._early_report() == "ns":
                 assert self.init is not None  # its namespaces exist (the init's: PID 1 is not dumpable yet)
                 if rootless:  # mount in them
-                    self.union = fork_serve(
-                        c.path("merged"),
-                        bundle.lowers(c),
-                        c.path("upper"),
-                        c.path("work"),
-                        options,
-                        parent_death=signal.SIGTERM,
-                        enter=userns.joiner(self.init.pid),
-                    )
+                    self.union = self._fork_union(options, userns.joiner(self.init.pid))
                 self.net.connect(self.init.pid)  # (meanwhile PID 1 is moved into its cgroup, an RCU wait)
             if self.union is not None and not self.error:
                 # PID 1 sets up its root while trio starts here and the state is written: the go-ahead
@@ -161,6 +146,14 @@ class Supervisor:
                     self._go()
         except (UnionError, OSError, RuntimeError, RunnerError) as e:
             self.error = self.failed = str(e)  # run() reports it, and unmounts a union already forked
+
+    def _fork_union(self, options: list[str], enter: Callable[[], None] | None = None) -> tuple[int, int]:
+        """Fork the container's union daemon (``enter``: into the namespaces it mounts in), to end
+        with this process."""
+        c = self.c
+        return fork_serve(
+            c.path("merged"), bundle.lowers(c), c.path("upper"), c.path("work"), options, signal.SIGTERM, enter
+        )
 
     def _fork_init(self, announce: bool) -> None:
         """Fork ``runner.init`` with the container's stdio; it waits on a pipe until the mount and the
