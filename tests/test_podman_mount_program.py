@@ -26,7 +26,7 @@ import tarfile
 import tempfile
 
 import pytest
-from helpers import REPO, strata
+from helpers import REPO, strata, wait_for
 from mount_server_support import children, console_script, exited, server_pids, stop
 
 from unionfs import mountinfo
@@ -173,7 +173,8 @@ def test_podman_mounts_with_strata_unionfs_and_its_server(engines):
     assert podman.mount_program().endswith("/strata-unionfs")
     res = podman("run", "--rm", *LIMITS, IMAGE, "sh", "-c", "echo hello; cat /etc/sub/deep/f; exit 9", check=False)
     assert (res.returncode, res.stdout) == (9, "hello\nhi\n"), res.stderr
-    assert server_pids(podman.servers)  # the first mount started the server (and was made cold)
+    # the first mount was made cold and started the server, which listens once it has written its pid file
+    wait_for(lambda: bool(server_pids(podman.servers)), what="the mount server the first mount started")
 
     cid = podman(
         "run", "-d", *LIMITS, IMAGE, "sh", "-c", "echo started; trap 'echo bye; exit 3' TERM; while :; do sleep 1; done"
