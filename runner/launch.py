@@ -38,8 +38,8 @@ def zygote_dir() -> str:
 
 
 def private_dir(path: str) -> bool:
-    """Make ``path`` (0700) if it is missing; true if it is a real directory owned by us and no one
-    else may enter it (a socket in it is then ours)."""
+    """Make ``path`` (0700) if it is missing; true if it is a real directory owned by us that no one
+    else may enter (a socket in it is then ours). One no one else could write to is closed to them."""
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -47,7 +47,14 @@ def private_dir(path: str) -> bool:
     except OSError:
         return False
     st = os.lstat(path)
-    return (st.st_mode & 0o170000) == 0o040000 and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+    if (st.st_mode & 0o170000) != 0o040000 or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        return False
+    if st.st_mode & 0o077:  # ours and no one else could add to it (made by a makedirs, say): close it
+        try:
+            os.chmod(path, 0o700)
+        except OSError:
+            return False
+    return True
 
 
 RLIMITS = 16  # RLIM_NLIMITS on Linux

@@ -423,3 +423,13 @@ def test_a_stores_check_reports_its_own_leftovers_and_reclaims_those_of_a_store_
     shutil.rmtree(os.path.join(rootdir, "containers", doc["Id"]))  # (its union is gone: PID 1 died)
     assert strata(other, "system", "check").out.strip() == "store is consistent"
     assert leases_of(rootdir) == [] and elements_to(ip) == []
+
+
+def test_the_network_lock_makes_run_strata_as_private_as_the_zygote_wants_it(tmp_path, monkeypatch):
+    """/run/strata is root's zygote directory too: made 0755 (makedirs' parents), the zygote would refuse it."""
+    from runner.net import leases
+
+    monkeypatch.setattr(leases, "RUN_DIR", str(tmp_path / "strata" / "net"))
+    with leases.locked():
+        pass
+    assert [os.stat(d).st_mode & 0o777 for d in (tmp_path / "strata", tmp_path / "strata" / "net")] == [0o700, 0o700]

@@ -108,6 +108,16 @@ def test_the_first_mount_starts_a_server_and_the_next_is_forked_by_it(tmp_path, 
     wait_for(lambda: len(children(server)) == 1 and children(server) != spare, what="the next spare")
 
 
+def test_a_server_directory_others_may_only_enter_is_closed_and_used(tmp_path, caller):
+    a, b, upper, work = _layers(tmp_path)
+    merged = str(tmp_path / "merged")
+    os.chmod(caller.dir, 0o755)  # as a makedirs of a path under it would have made it
+    assert caller("-o", f"lowerdir={a}:{b},upperdir={upper},workdir={work}", merged).returncode == 0
+    subprocess.run(["fusermount3", "-u", merged], check=True)
+    caller.wait_for_server()
+    assert os.stat(caller.dir).st_mode & 0o777 == 0o700
+
+
 def test_relative_paths_are_the_callers(tmp_path, caller):
     """containers-storage runs its mount program in the overlay home: relative paths are from there."""
     a, b, upper, work = _layers(tmp_path)

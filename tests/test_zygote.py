@@ -329,6 +329,20 @@ def test_without_a_private_directory_or_when_told_the_command_runs_in_the_client
     assert os.listdir(shared) == []
 
 
+def test_a_directory_of_ours_that_others_may_only_enter_is_closed_and_used(root, tmp_path, busybox_rootfs):
+    """A 0755 directory (``os.makedirs`` makes /run/strata so, for one) is closed to 0700 and the
+    zygote starts there: refusing it would make every later command cold."""
+    opened = tmp_path / "opened"
+    opened.mkdir()
+    os.chmod(opened, 0o755)
+    env = {**os.environ, "PYTHONPATH": REPO, "STRATA_ZYGOTE_DIR": str(opened)}
+    res = subprocess.run([*STRATA, "--root", root, "import", busybox_rootfs, "bb"], capture_output=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert os.stat(opened).st_mode & 0o777 == 0o700
+    wait_for(lambda: zygote_pid(str(opened)) is not None, what="the zygote that command started")
+    stop_process(zygote_pid(str(opened)) or 0)
+
+
 def test_a_client_in_a_removed_directory_still_works(root, zygote_dir, tmp_path):
     strata(root, "images")
     gone = tmp_path / "gone"

@@ -75,7 +75,11 @@ def supervised(container_dir: str) -> bool:
 @contextmanager
 def locked() -> Iterator[None]:
     """The host's network lock: every lease, bridge and nftables change is made holding it."""
-    os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
+    for d in (os.path.dirname(RUN_DIR), RUN_DIR):  # /run/strata is the zygote's too: 0700, not makedirs' 0755
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            pass
     fd = os.open(os.path.join(RUN_DIR, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
