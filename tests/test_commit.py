@@ -8,11 +8,16 @@ import subprocess
 import tarfile
 
 import pytest
-from helpers import strata
+from helpers import strata, wait_for
 
 from unionfs import metacopy
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
+
+
+def _status(pid: int) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        return f.read()
 
 
 def test_diff_lists_added_changed_and_deleted(rootdir):
@@ -64,12 +69,17 @@ def test_same_changes_give_the_same_layer_digest(rootdir):
 
 def test_commit_of_a_running_container_pauses_it(rootdir):
     strata(rootdir, "run", "-d", "--name", "busy", "bb", "sh", "-c", "echo started > /tmp/s; exec sleep 1000")
+    # run returns once PID 1 exec'd sh, maybe before the echo: what commit must find is there first
+    wait_for(
+        lambda: strata(rootdir, "exec", "busy", "cat", "/tmp/s", check=False).out == "started\n",
+        what="the container's first write",
+    )
     image = strata(rootdir, "commit", "busy", "snap").out.strip()
     assert image.startswith("sha256:")
     state = json.loads(strata(rootdir, "inspect", "busy").out)[0]["State"]
-    assert state["Running"]  # thawed again
-    with open(f"/proc/{state['Pid']}/status") as f:
-        assert "State:\tS" in f.read()
+    assert state["Running"] and state["Status"] == "running"  # thawed again (a frozen group reads "paused")
+    # asleep in sleep 1000 again (a v1-frozen task reads D; a thawed one may run a moment first)
+    wait_for(lambda: "State:\tS" in _status(state["Pid"]), what="PID 1 asleep again")
     assert strata(rootdir, "run", "--rm", "snap", "cat", "/tmp/s").out == "started\n"
 
 

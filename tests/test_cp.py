@@ -14,16 +14,17 @@ from helpers import REPO, STRATA, strata, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root (rootless: test_rootless_verbs.py)")
 
+# /ready last: run -d returns once PID 1 exec'd sh, and the tests wait for the whole set-up
 SETUP = (
     "mkdir -p /data/sub && echo hi > /data/a && echo deep > /data/sub/b && ln -sf a /data/link && "
-    "ln -sfn / /escape && chown 7:8 /data/a"
+    "ln -sfn / /escape && chown 7:8 /data/a && touch /ready"
 )
 
 
 @pytest.fixture
 def box(rootdir):
     strata(rootdir, "run", "-d", "--name", "box", "bb", "sh", "-c", SETUP + " && sleep 300")
-    wait_for(lambda: strata(rootdir, "exec", "box", "test", "-L", "/escape", check=False).code == 0, what="the set-up")
+    wait_for(lambda: strata(rootdir, "exec", "box", "test", "-e", "/ready", check=False).code == 0, what="the set-up")
     return rootdir
 
 

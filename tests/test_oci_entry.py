@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO
+from helpers import REPO, wait_for
 from test_oci_runtime import CGROUP_PARENT, CONMON, _cgroup_dirs, _conmon, _reaped, bundle, oci, root, state
 
 from runner import cjson
@@ -94,6 +94,8 @@ def test_the_cheap_verbs_import_nothing_heavy_from_the_launcher(tmp_path, root, 
         assert res.returncode == 0 and json.loads(res.stdout)["status"] == "created"
         assert "runner.oci.control" in modules and not modules & HEAVY, modules & HEAVY
         for args in (["start", "c1"], ["kill", "c1", "KILL"], ["delete", "--force", "c1"]):
+            if args[0] == "kill":  # start returns once PID 1 exec'd sh: its echo may be yet to come
+                wait_for(lambda: open(out).read() == "started\n", what="the container's first output")
             if args[0] == "delete":
                 assert _reaped(conmon) == -signal.SIGKILL
             res, modules = launched(root, *args)

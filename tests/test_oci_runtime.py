@@ -16,7 +16,7 @@ import sys
 import tempfile
 
 import pytest
-from helpers import REPO, strata
+from helpers import REPO, strata, wait_for
 
 from runner.oci import spec
 from runner.process import process_alive, start_time
@@ -182,6 +182,9 @@ def test_create_parks_pid1_until_start_then_kill_stops_it_and_delete_removes_it(
         assert not os.path.exists(os.path.join(root, "c1", "exec.fifo"))
         assert "cannot start an already running container" in oci(root, "start", "c1").stderr
 
+        # start returns once PID 1 exec'd sh, maybe before its trap: a TERM then finds SIG_DFL, which the
+        # kernel drops for a PID namespace's init (_reaped would wait for ever). The echo follows the trap
+        wait_for(lambda: open(out).read() == "started\n", what="the trap set")
         oci(root, "kill", "c1", check=True)  # SIGTERM, as runc's default
         assert _reaped(conmon) == 7
         assert open(out).read() == "started\n"

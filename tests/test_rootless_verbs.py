@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 
+from helpers import wait_for
 from test_rootless import IMAGE, rootfs, scratch, store  # noqa: F401 (fixtures)
 
 
@@ -70,8 +71,11 @@ def test_rootless_restart_stop_signal_and_events(rootless, store):  # noqa: F811
         IMAGE,
         "sh",
         "-c",
-        "trap 'exit 5' USR1; while true; do sleep 1; done",
+        "trap 'exit 5' USR1; echo trapped; while true; do sleep 1; done",
     )
+    # run -d returns once PID 1 exec'd sh, maybe before its trap: a signal that finds SIG_DFL is one the
+    # kernel drops for a PID namespace's init (stop would wait its 10 s and SIGKILL: 137)
+    wait_for(lambda: rootless.strata(store, "logs", "usr1").out == "trapped\n", what="the USR1 trap")
     rootless.strata(store, "stop", "usr1")
     assert rootless.strata(store, "inspect", "-f", "{{.State.ExitCode}}", "usr1").out == "5\n"
     events = [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import time
 
@@ -16,6 +17,25 @@ from helpers import strata, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root (rootless: test_rootless_verbs.py)")
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _ends(pid: int, timeout: float = 30) -> bool:
+    """Does ``pid``, a strata process (``runner`` in its command line), end within ``timeout``? Waited
+    for by its pidfd; a pid that is gone, or now another program's, has."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        try:  # (the pidfd pins the process: this is the command line of the one it waits for)
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"runner" not in f.read():
+                    return True
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        return bool(select.select([pidfd], [], [], timeout)[0])
+    finally:
+        os.close(pidfd)
 
 
 def inspect(root: str, template: str, ref: str) -> str:
@@ -374,8 +394,11 @@ def test_stop_signal_and_stop_timeout_are_what_stop_uses(rootdir):
         "bb",
         "sh",
         "-c",
-        "trap 'exit 5' USR1; while :; do sleep 1; done",
+        "trap 'exit 5' USR1; echo trapped; while :; do sleep 1; done",
     )
+    # run -d returns once PID 1 exec'd sh, maybe before its trap: a signal that finds SIG_DFL is one the
+    # kernel drops for a PID namespace's init (stop would wait its 10 s and SIGKILL: 137)
+    wait_for(lambda: strata(rootdir, "logs", "usr1").out == "trapped\n", what="the USR1 trap")
     strata(rootdir, "stop", "usr1")
     assert inspect(rootdir, "{{.State.ExitCode}} {{.Config.StopSignal}}", "usr1") == "5 SIGUSR1"
     strata(rootdir, "run", "-d", "--name", "slow", "--stop-timeout", "1", "bb", "sleep", "300")
@@ -383,7 +406,18 @@ def test_stop_signal_and_stop_timeout_are_what_stop_uses(rootdir):
     strata(rootdir, "stop", "slow")  # sleep as PID 1 ignores SIGTERM: killed after 1 s, not 10
     assert time.monotonic() - began < 8
     assert inspect(rootdir, "{{.State.ExitCode}} {{.Config.StopTimeout}}", "slow") == "137 1"
-    strata(rootdir, "run", "-d", "--name", "sig", "bb", "sh", "-c", "trap 'exit 9' HUP; while :; do sleep 1; done")
+    strata(
+        rootdir,
+        "run",
+        "-d",
+        "--name",
+        "sig",
+        "bb",
+        "sh",
+        "-c",
+        "trap 'exit 9' HUP; echo trapped; while :; do sleep 1; done",
+    )
+    wait_for(lambda: strata(rootdir, "logs", "sig").out == "trapped\n", what="the HUP trap")
     strata(rootdir, "stop", "-s", "HUP", "sig")
     assert inspect(rootdir, "{{.State.ExitCode}}", "sig") == "9"
     assert refused(rootdir, "run", "--stop-signal", "NOPE", "bb", "true") == "Error: Invalid signal: NOPE"
@@ -424,9 +458,8 @@ def test_restart_always_goes_on_until_stopped(rootdir):
     cid = inspect(rootdir, "{{.Id}}", "again")
     with open(os.path.join(rootdir, "containers", cid, "state.json")) as f:
         supervisor = json.load(f)["SupervisorPid"]
-    assert (
-        not os.path.exists(f"/proc/{supervisor}") or b"runner" not in open(f"/proc/{supervisor}/cmdline", "rb").read()
-    )
+    # stop returns once the container exited: its supervisor may still be unmounting; it ends, bounded
+    assert _ends(supervisor), f"the supervisor {supervisor} still runs"
     strata(rootdir, "start", "again")  # a start by hand: its policy again, until rm -f
     wait_for(lambda: int(inspect(rootdir, "{{.RestartCount}}", "again")) >= 1, what="a restart after start")
     strata(rootdir, "rm", "-f", "again")

@@ -186,6 +186,9 @@ def test_detached_container_life_cycle(rootdir):
     assert state["Status"] == "exited" and state["ExitCode"] == 137 and not state["Running"]
     strata(rootdir, "start", "pinger")  # same container, same writable layer
     assert _state(rootdir, "pinger")["Running"]
+    # start returns once PID 1 exec'd ping, maybe before it took SIGINT (a default action the kernel drops
+    # for a PID namespace's init): its first reply is printed after, so wait for the second run's
+    wait_for(lambda: strata(rootdir, "logs", "pinger").out.count(": seq=0 ") >= 2, what="the second run's ping")
     strata(rootdir, "kill", "-s", "INT", "pinger")  # ping prints its statistics and exits on SIGINT
     assert strata(rootdir, "wait", "pinger").out.strip() == "0"
     assert "packets transmitted" in strata(rootdir, "logs", "pinger").out

@@ -25,6 +25,10 @@ def _warm(root: str, directory: str) -> int:
     return pid
 
 
+def _inspect(root: str, ref: str) -> dict:
+    return json.loads(strata(root, "inspect", ref).out)[0]
+
+
 def _ppid(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[1])
@@ -40,10 +44,11 @@ def test_a_foreground_run_is_a_fork_of_the_zygote(rootdir, zygote_dir):
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
-        doc = json.loads(strata(rootdir, "inspect", "forked").out)[0]
+        # PID 1 may print before its supervisor records it running (once it saw the exec)
+        wait_for(lambda: _inspect(rootdir, "forked")["State"]["Running"], what="the run recorded running")
+        doc = _inspect(rootdir, "forked")
         with open(os.path.join(rootdir, "containers", doc["Id"], "state.json")) as f:
             supervisor = json.load(f)["SupervisorPid"]
-        assert doc["State"]["Running"]
         assert supervisor != proc.pid and _ppid(supervisor) == zygote
         strata(rootdir, "stop", "-t", "1", "forked")
         assert proc.wait(timeout=30) == 137  # SIGKILLed after the grace period: sleep ignores TERM as PID 1
