@@ -185,7 +185,7 @@ def _exec(spec: dict[str, Any], status_fd: int) -> None:
     if seccomp is not None:  # last, as runc: after no_new_privs, right before exec
         seccomp.load()
     if spec.get("init"):  # --init: this process stays, as PID 1's reaper; its child execs
-        from . import reaper  # (here: only --init's PID 1 stays on as a reaper)
+        from . import reaper  # (imported by ``spawn``: only --init's PID 1 stays on as a reaper)
 
         reaper.fork_command(bool(spec.get("tty")), status_fd)
     try:
@@ -219,12 +219,13 @@ def _child(status_fd: int, setup_failure: int, steps: Callable[[], None]) -> NoR
     except _Fail as e:
         _report(status_fd, f"strata-oci: {e}" if _parked else f"error {e.code} {e}")
         os._exit(e.code)
-    except OSError as e:
+    except BaseException as e:  # noqa: BLE001 - an OSError, or a bug: said, never unwound into the parent's code
+        what = e if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
         _report(
             status_fd,
-            f"strata-oci: container set-up failed: {e}"
+            f"strata-oci: container set-up failed: {what}"
             if _parked
-            else f"error {setup_failure} container set-up failed: {e}",
+            else f"error {setup_failure} container set-up failed: {what}",
         )
         os._exit(setup_failure)
 
@@ -387,6 +388,8 @@ def spawn(spec: dict[str, Any], go_fd: int, keep_stdio: bool = False) -> int:
     sc.unshare(flags)
     if spec.get("announce_namespaces"):  # the supervisor may use them now (the network, a rootless
         _report(status_fd, "ns")  # union mount) while PID 1 is forked and moved into its cgroup
+    if (config.get("annotations") or {}).get(INIT_ANNOTATION) == "true":
+        from . import reaper  # noqa: F401 - now: PID 1 needs it past pivot_root, out of the package's reach
     joined_r, joined_w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -457,13 +460,15 @@ def join(spec: dict[str, Any]) -> int:
 
 def send_console(sock_fd: int, master: int) -> None:
     """runc's console socket protocol: one message whose cmsg carries the pty master (SCM_RIGHTS)
-    and whose payload is the pty's name."""
-    import socket  # (here: only a container with a terminal has a console socket)
-
-    with socket.socket(fileno=os.dup(sock_fd)) as sock:
+    and whose payload is the pty's name. (``_socket`` alone: PID 1 sends it past pivot_root, where
+    no module not imported already can be.)"""
+    sock = _socket.socket(fileno=os.dup(sock_fd))
+    try:
         number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))[0]
         name = f"/dev/pts/{number}"
-        socket.send_fds(sock, [name.encode()], [master])
+        sock.sendmsg([name.encode()], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("i", master))])
+    finally:
+        sock.close()
 
 
 def forked(spec: dict[str, Any], stdio: tuple[int, int, int], go_fd: int) -> NoReturn:

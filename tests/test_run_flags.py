@@ -13,7 +13,7 @@ import subprocess
 import time
 
 import pytest
-from helpers import strata, wait_for
+from helpers import REPO, STRATA, strata, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root (rootless: test_rootless_verbs.py)")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -142,6 +142,13 @@ def test_init_reaps_orphans_that_pid_1_would_leave_as_zombies(rootdir):
 
 def test_init_forwards_signals_and_passes_the_exit_code_on(rootdir):
     assert strata(rootdir, "run", "--rm", "--init", "bb", "sh", "-c", "exit 3", check=False).code == 3
+    cold = subprocess.run(  # in the client's own process, which has not imported the reaper before pivot_root
+        [*STRATA, "--root", rootdir, "run", "--rm", "--init", "bb", "sh", "-c", "cat /proc/1/comm; exit 4"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": REPO, "STRATA_NO_ZYGOTE": "1"},
+    )
+    assert (cold.returncode, cold.stdout, cold.stderr) == (4, "strata-init\n", "")
     # sleep as PID 1 ignores SIGTERM (the kernel drops it): stop waits, then kills. As --init's child, it dies
     strata(rootdir, "run", "-d", "--name", "fwd", "--init", "bb", "sleep", "300")
     began = time.monotonic()
