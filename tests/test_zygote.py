@@ -394,6 +394,55 @@ def test_many_clients_at_once_and_a_clean_stop(root, tmp_path):
     assert sorted(os.listdir(directory)) == ["zygote.lock"]  # socket and pid file gone with it
 
 
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _inheritable_fds(pid: int) -> list[int]:
+    """The fds above 2 of ``pid`` an exec would pass on (no close-on-exec flag)."""
+    found = []
+    for fd in map(int, os.listdir(f"/proc/{pid}/fd")):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                flags = int(next(line for line in f if line.startswith("flags:")).split()[1], 8)
+        except FileNotFoundError:  # closed meanwhile
+            continue
+        if fd > 2 and not flags & os.O_CLOEXEC:
+            found.append(fd)
+    return found
+
+
+def test_a_spare_forked_ahead_takes_the_next_command_and_passes_no_fd_on(root, tmp_path):
+    """The zygote forks a worker before its request comes (a spare), and another once it is taken.
+    The next command runs in it, in the client's cwd; the connection and stdio it was handed, like
+    every fd of its own, are not passed on to what it execs (a container's processes)."""
+    directory = tmp_path / "zygote"
+    directory.mkdir(mode=0o700)
+    env = {**os.environ, "PYTHONPATH": REPO, "STRATA_ZYGOTE_DIR": str(directory)}
+    subprocess.run([*STRATA, "--root", root, "images"], env=env, check=True, capture_output=True)
+    wait_for(lambda: zygote_pid(str(directory)) is not None, what="the zygote to listen")
+    zygote = zygote_pid(str(directory))
+    assert zygote is not None
+    try:
+        wait_for(lambda: len(_children(zygote)) == 1, what="the spare")
+        spare = _children(zygote)[0]
+        here = tmp_path / "here"
+        here.mkdir()
+        events = subprocess.Popen([*STRATA, "--root", root, "events"], cwd=here, env=env, stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: os.readlink(f"/proc/{spare}/cwd") == str(here), what="the spare to take the command")
+            assert _inheritable_fds(spare) == []
+            wait_for(lambda: len(_children(zygote)) == 2, what="the next spare")
+            (following,) = set(_children(zygote)) - {spare}
+        finally:
+            events.send_signal(signal.SIGINT)
+            assert events.communicate(timeout=30)[1] == b""
+    finally:
+        stop_process(zygote)
+    assert not os.path.exists(f"/proc/{following}")  # reaped by the zygote before it ended
+
+
 def test_a_command_that_ends_before_its_pid_is_told_does_not_run_again(tmp_path, monkeypatch):
     """The zygote tells the client the worker's pid after forking it, and the worker tells the
     command's end itself, on the same socket: a quick command (``inspect``) can end first. The
