@@ -440,14 +440,18 @@ class Zygote:
         self.spare = None
         self.poller.unregister(spare.order)
         fds = [conn.fileno(), *request.fds]
+        rights = struct.pack(f"{len(fds)}i", *fds)
         try:
-            rights = struct.pack(f"{len(fds)}i", *fds)
             sent = spare.order.sendmsg([request.raw], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
-            spare.order.sendall(request.raw[sent:])
         except OSError:  # it died waiting
             spare.order.close()
             os.waitpid(spare.pid, 0)
             return None
+        try:  # from here on it is the worker: never fork a second one for the same command
+            if sent < len(request.raw):  # (sendall sends even nothing: EPIPE from a spare that has it all)
+                spare.order.sendall(request.raw[sent:])
+        except OSError:
+            pass  # it ends on a truncated order; its end is reported as any worker's
         spare.order.close()
         return spare.pid
 
