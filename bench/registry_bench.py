@@ -6,8 +6,15 @@ that ``strata load`` takes as it is: both sides hold the same compressed blob.
 
   push cold : ``strata push`` to an empty registry   vs ``skopeo copy oci:… docker://…``
   push warm : the same push again (every blob there) vs the same copy again
-  pull cold : ``strata pull`` into a fresh root (fetch, verify, extract)
+  pull cold : ``strata pull`` into a fresh root (fetch, verify, extract, syncfs: nothing is
+              published before it is on the disk)
               vs ``skopeo copy docker://… oci:…`` (fetch, verify) and, like for like, + ``umoci unpack``
+              (neither syncs: what they wrote may still be in the page cache when they end)
+
+Each cold row starts with the page cache's pending writes on the disk (``os.sync()``): a syncfs
+would otherwise write out what the other side and the registries wrote just before, too. And the
+two sides take turns going first, run by run: this VM's disk is rate-limited (a burst, then slower),
+and a fixed order would hand the slow part to one side.
   pull warm : the same pull again (every layer here) vs the same copy again into the same layout
 
 Then a 3-layer image (the rootfs split in three gzip layers): ``Store.pull`` with 3 layers fetched
@@ -56,6 +63,14 @@ ENV.pop("PYTHONDONTWRITEBYTECODE", None)  # users' runs have their bytecode cach
 
 
 RATE = 25e6  # bytes a second per connection: a 200 Mbit/s link
+
+
+def cold(*cmd: str) -> float:
+    """``timed``, after the writes still pending in the page cache are on the disk: a strata pull
+    ends with a syncfs (nothing it staged is published before it is on the disk), which would
+    otherwise also write out what the other side and the registries wrote just before it."""
+    os.sync()
+    return timed(*cmd)
 
 
 @contextlib.contextmanager
@@ -185,28 +200,32 @@ def main() -> None:
         ours: dict[str, list[float]] = {n: [] for n in names}
         theirs: dict[str, list[float]] = {n: [] for n in names + ("pull cold+unpack",)}
         for i in range(0 if args.layers_only else args.runs):
+            first = 1 if i % 2 else 0  # who goes first in a cold row: turn about (this VM's disk is rate-limited)
             with registry(os.path.join(work, f"sreg{i}")) as mine, registry(os.path.join(work, f"kreg{i}")) as other:
                 ref = f"{mine}/s/debian:minbase"
                 sh(*STRATA, "--root", gz, "tag", image, ref)
                 push = (*STRATA, "--root", gz, "push", "-q", ref)
-                ours["push cold"].append(timed(*push))
                 dest = f"docker://{other}/k/debian:minbase"
                 copy = ("skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:minbase", dest)
-                theirs["push cold"].append(timed(*copy))
+                for side in (0, 1)[first:] + (0, 1)[:first]:
+                    (ours if side == 0 else theirs)["push cold"].append(cold(*(push, copy)[side]))
                 for _ in range(args.warm):  # ~30 ms each: one call is mostly the machine's noise
                     ours["push warm"].append(timed(*push))
                     theirs["push warm"].append(timed(*copy))
                 root = os.path.join(work, f"proot{i}")
                 pull = (*STRATA, "--root", root, "pull", "-q", ref)
-                ours["pull cold"].append(timed(*pull))
                 pulled, bundle = os.path.join(work, f"playout{i}"), os.path.join(work, f"pbundle{i}")
                 fetch = ("skopeo", "copy", "-q", "--src-tls-verify=false", dest, f"oci:{pulled}:minbase")
-                theirs["pull cold"].append(timed(*fetch))
+                for side in (0, 1)[first:] + (0, 1)[:first]:
+                    if side == 0:
+                        ours["pull cold"].append(cold(*pull))
+                    else:
+                        theirs["pull cold"].append(cold(*fetch))
+                        unpack = timed("umoci", "unpack", "--image", f"{pulled}:minbase", bundle)  # right after
+                        theirs["pull cold+unpack"].append(theirs["pull cold"][-1] + unpack)
                 for _ in range(args.warm):
                     ours["pull warm"].append(timed(*pull))
                     theirs["pull warm"].append(timed(*fetch))
-                unpack = timed("umoci", "unpack", "--image", f"{pulled}:minbase", bundle)
-                theirs["pull cold+unpack"].append(theirs["pull cold"][-1] + unpack)
                 sh(*STRATA, "--root", gz, "rmi", ref)
             for path in (root, pulled, bundle, os.path.join(work, f"sreg{i}"), os.path.join(work, f"kreg{i}")):
                 shutil.rmtree(path, ignore_errors=True)
@@ -231,6 +250,7 @@ def main() -> None:
             for i in range(args.runs):
                 for parallel in (3, 0):
                     root = os.path.join(work, f"t{parallel}-{i}")
+                    os.sync()  # (as ``cold``)
                     start = time.perf_counter()
                     Store(root).pull(ref, options=RemoteOptions(), parallel=parallel)
                     times[parallel].append(time.perf_counter() - start)
@@ -245,6 +265,7 @@ def main() -> None:
                 for i in range(args.runs):
                     for parallel in (3, 0):
                         root = os.path.join(work, f"s{parallel}-{i}")
+                        os.sync()
                         start = time.perf_counter()
                         Store(root).pull(f"{proxy}/three:1", options=RemoteOptions(), parallel=parallel)
                         slow[parallel].append(time.perf_counter() - start)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import resource
 import shutil
 import signal
@@ -394,9 +395,17 @@ def test_many_clients_at_once_and_a_clean_stop(root, tmp_path):
     assert sorted(os.listdir(directory)) == ["zygote.lock"]  # socket and pid file gone with it
 
 
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
+def _own_zygote(root: str, tmp_path: pathlib.Path) -> tuple[dict[str, str], int]:
+    """A zygote of the test's own, listening (started by a first command): the environment that
+    names its directory, and its pid."""
+    directory = tmp_path / "zygote"
+    directory.mkdir(mode=0o700)
+    env = {**os.environ, "PYTHONPATH": REPO, "STRATA_ZYGOTE_DIR": str(directory)}
+    subprocess.run([*STRATA, "--root", root, "images"], env=env, check=True, capture_output=True)
+    wait_for(lambda: zygote_pid(str(directory)) is not None, what="the zygote to listen")
+    zygote = zygote_pid(str(directory))
+    assert zygote is not None
+    return env, zygote
 
 
 def _inheritable_fds(pid: int) -> list[int]:
@@ -417,13 +426,7 @@ def test_a_spare_forked_ahead_takes_the_next_command_and_passes_no_fd_on(root, t
     """The zygote forks a worker before its request comes (a spare), and another once it is taken.
     The next command runs in it, in the client's cwd; the connection and stdio it was handed, like
     every fd of its own, are not passed on to what it execs (a container's processes)."""
-    directory = tmp_path / "zygote"
-    directory.mkdir(mode=0o700)
-    env = {**os.environ, "PYTHONPATH": REPO, "STRATA_ZYGOTE_DIR": str(directory)}
-    subprocess.run([*STRATA, "--root", root, "images"], env=env, check=True, capture_output=True)
-    wait_for(lambda: zygote_pid(str(directory)) is not None, what="the zygote to listen")
-    zygote = zygote_pid(str(directory))
-    assert zygote is not None
+    env, zygote = _own_zygote(root, tmp_path)
     try:
         wait_for(lambda: len(_children(zygote)) == 1, what="the spare")
         spare = _children(zygote)[0]
@@ -454,13 +457,7 @@ def test_a_quick_command_handed_to_a_spare_runs_once(root, tmp_path):
     """Quick commands, each handed to a ready spare, each run once. (A spare may take its order and
     close its end before the zygote is done sending: no dead spare, whose command is forked again.
     Seen under load, as an error said twice; rarely on a quiet machine.)"""
-    directory = tmp_path / "zygote"
-    directory.mkdir(mode=0o700)
-    env = {**os.environ, "PYTHONPATH": REPO, "STRATA_ZYGOTE_DIR": str(directory)}
-    subprocess.run([*STRATA, "--root", root, "images"], env=env, check=True, capture_output=True)
-    wait_for(lambda: zygote_pid(str(directory)) is not None, what="the zygote to listen")
-    zygote = zygote_pid(str(directory))
-    assert zygote is not None
+    env, zygote = _own_zygote(root, tmp_path)
     try:
         for _ in range(20):
             wait_for(lambda: len(_children(zygote)) == 1 and _in_select(_children(zygote)[0]), what="a ready spare")
