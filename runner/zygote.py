@@ -17,8 +17,9 @@ inherited (a zygote started under nohup ignores SIGHUP).
 A worker is forked ahead of its request, as soon as the last one was taken: a *spare*, which touches the pages
 a command would copy on its first writes (a full collection writes each object's GC header: ~20 ms
 and ~14 MB, off the command's time), then waits for its order on a socket pair: the request as the
-client sent it, with the client's connection and stdio fds. A request that finds no spare ready is
-forked for at once. (A fork is ~1.5 ms and its copied pages ~2 ms of every command, out of ~20.)
+client sent it, with the client's connection and stdio fds. It takes only commands that leave no
+process behind (``_QUICK``: those pages would stay with it); the others, and a request that finds no
+spare ready, are forked for at once. (A fork is ~1.5 ms and its copied pages ~2 ms of a command.)
 
 The zygote itself stays single-threaded and never runs trio: its forks may fork a container's init.
 It answers ``stale`` and stops listening when a source file of strata changed since it started, and
@@ -27,12 +28,9 @@ exits after ``IDLE_SECONDS`` without a request or a worker.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import gc
-import importlib
 import os
-import pkgutil
 import resource
 import select
 import signal
@@ -44,11 +42,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
+from . import warmup
 from .launch import PROTOCOL, SOCKET_NAME, private_dir
 
 IDLE_SECONDS = 600
 _MAX_REQUEST = 1 << 20
-_PACKAGES = ("store", "unionfs", "runner")
 # what a client forwards to its worker (``launch.via_zygote``); the zygote sends SIGHUP itself
 _CLIENT_SIGNALS = (
     signal.SIGINT,
@@ -91,30 +89,29 @@ class _Spare:
 
 
 _READY = b"r"
+# Verbs whose worker leaves no process of its own behind it (no container's supervisor or union
+# daemon, no exec's waiter, no image mount) and ends with the command: only these are handed to a
+# spare. A spare's copied pages are its own, and a process forked from it would keep them as long as
+# it runs (+5.5 MiB PSS per running container, measured); a fork of the zygote shares them with it.
+_QUICK = frozenset(
+    {
+        "build", "commit", "container", "cp", "create", "diff", "export", "history", "image", "images",
+        "import", "info", "inspect", "kill", "load", "login", "logout", "network", "pause", "port", "ps",
+        "pull", "push", "rename", "rm", "rmi", "save", "stop", "system", "tag", "top", "umount", "unmount",
+        "unpause", "version", "volume",
+    }
+)  # fmt: skip
 
 
-def _sources() -> dict[str, int]:
-    """strata's loaded source files and their mtimes: a change makes this zygote stale."""
-    roots = tuple(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep + p + os.sep for p in _PACKAGES)
-    found = {}
-    for module in list(sys.modules.values()):
-        path = getattr(module, "__file__", None)
-        if path and os.path.abspath(path).startswith(roots):
-            try:
-                found[path] = os.stat(path).st_mtime_ns
-            except OSError:
-                found[path] = -1
-    return found
-
-
-def _changed(sources: dict[str, int]) -> bool:
-    for path, mtime in sources.items():
-        try:
-            if os.stat(path).st_mtime_ns != mtime:
-                return True
-        except OSError:
-            return True
-    return False
+def _verb(argv: list[str]) -> str | None:
+    """The command's verb: its first word that is neither an option nor ``--root``'s value."""
+    words = iter(argv)
+    for word in words:
+        if word == "--root":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def _receive(conn: socket.socket, nfds: int = 3) -> Request:
@@ -340,7 +337,7 @@ class Zygote:
             return
         if (
             not _same_interpreter(request.executable)
-            or _changed(self.sources)
+            or warmup.changed(self.sources)
             or not _fits(request)
             or not _same_cgroup(peer)
         ):
@@ -350,7 +347,7 @@ class Zygote:
             conn.close()
             self.stop_listening()  # the client starts a new zygote; this one ends with its workers
             return
-        pid = self._hand_over(request, conn) or self._fork(request, conn)
+        pid = (self._hand_over(request, conn) if _verb(request.argv) in _QUICK else None) or self._fork(request, conn)
         for fd in request.fds:
             os.close(fd)
         worker = _Worker(pid, os.pidfd_open(pid), conn)
@@ -513,54 +510,6 @@ class Zygote:
             pass
 
 
-def _import_everything() -> None:
-    """The point of a zygote: every module of strata (and so trio and pyfuse3) imported once."""
-    for name in _PACKAGES:
-        package = importlib.import_module(name)
-        for info in pkgutil.walk_packages(package.__path__, name + "."):
-            if not info.name.endswith("__main__"):
-                importlib.import_module(info.name)
-
-
-def _warm() -> None:
-    """Work commands would repeat, done once here for the forks: the default seccomp program
-    (libseccomp takes ~10 ms to generate it; the forks find it in ``seccomp``'s cache), the
-    system's TLS roots (~20 ms to parse for every push, pull and login), the ``idna`` codec (the
-    socket module imports it at a registry's first connection: ~2 ms) and argparse's patterns."""
-    from store.registry import system_roots  # (urllib3 and ssl are imported in the zygote anyway)
-
-    from .errors import RunnerError
-    from .supervisor import container_filter
-
-    system_roots()
-    "localhost".encode("idna")
-    _parse_every_verb()
-
-    try:
-        container_filter({})
-    except (OSError, RunnerError):  # no libseccomp: each start says so itself
-        pass
-
-
-def _parse_every_verb() -> None:
-    """Parse each verb's bare command line once (most fail: no arguments), so that the regular
-    expressions argparse compiles from each parser's arguments as it parses (``re``'s cache: 2 ms
-    of a 5 ms ``strata images``) are compiled here, once, rather than in every fork."""
-    from .cli import parser
-
-    top = parser()
-    todo: list[tuple[argparse.ArgumentParser, list[str]]] = [(top, [])]
-    while todo:
-        node, words = todo.pop()
-        try:
-            top.parse_known_args(words)
-        except (Exception, SystemExit):  # noqa: BLE001 - a parse error, as expected
-            pass
-        for action in node._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                todo.extend((sub, [*words, name]) for name, sub in action.choices.items())
-
-
 def main(argv: list[str]) -> int:
     directory = argv[0]
     if not private_dir(directory):
@@ -568,12 +517,9 @@ def main(argv: list[str]) -> int:
     zygote = Zygote(directory)
     if not zygote.claim():
         return 0  # another zygote listens (or is starting)
-    _import_everything()
-    from .cli import parser
-
-    parser()
-    _warm()
-    zygote.sources = _sources()
+    warmup.import_everything()
+    warmup.warm()
+    zygote.sources = warmup.sources()
     signal.signal(signal.SIGTERM, _terminate)
     try:
         zygote.listen()

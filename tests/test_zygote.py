@@ -422,35 +422,50 @@ def _inheritable_fds(pid: int) -> list[int]:
     return found
 
 
+def _in_select(pid: int) -> bool:
+    """Is ``pid`` blocked in select (x86-64's pselect6, as glibc makes it, or select): a spare ready,
+    waiting for its order?"""
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            return f.read().split()[0] in ("270", "23")
+    except FileNotFoundError:  # gone
+        return False
+
+
 def test_a_spare_forked_ahead_takes_the_next_command_and_passes_no_fd_on(root, tmp_path):
     """The zygote forks a worker before its request comes (a spare), and another once it is taken.
-    The next command runs in it, in the client's cwd; the connection and stdio it was handed, like
-    every fd of its own, are not passed on to what it execs (a container's processes)."""
+    The next quick command runs in it, in the client's cwd; the connection and stdio it was handed,
+    like every fd of its own, are not passed on to what it execs (a container's processes)."""
     env, zygote = _own_zygote(root, tmp_path)
     try:
-        wait_for(lambda: len(_children(zygote)) == 1, what="the spare")
+        wait_for(lambda: len(_children(zygote)) == 1 and _in_select(_children(zygote)[0]), what="a ready spare")
         spare = _children(zygote)[0]
         here = tmp_path / "here"
         here.mkdir()
-        events = subprocess.Popen([*STRATA, "--root", root, "events"], cwd=here, env=env, stderr=subprocess.PIPE)
+        load = subprocess.Popen(  # waits for its archive on stdin: long enough to look at it
+            [*STRATA, "--root", root, "load", "-i", "-"],
+            cwd=here,
+            env=env,
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         try:
             wait_for(lambda: os.readlink(f"/proc/{spare}/cwd") == str(here), what="the spare to take the command")
             assert _inheritable_fds(spare) == []
             wait_for(lambda: len(_children(zygote)) == 2, what="the next spare")
             (following,) = set(_children(zygote)) - {spare}
         finally:
-            events.send_signal(signal.SIGINT)
-            assert events.communicate(timeout=30)[1] == b""
+            _out, err = load.communicate(b"", timeout=30)  # an empty archive: one line, and the end
+        assert load.returncode == 1 and err.count(b"\n") == 1, err
+        # a command that may leave processes behind (here: ``wait``) is forked from the zygote itself:
+        # the spare's copied pages would stay with them
+        wait_for(lambda: _in_select(following), what="the next spare to be ready")
+        res = subprocess.run([*STRATA, "--root", root, "wait", "nosuch"], env=env, capture_output=True, timeout=60)
+        assert res.returncode != 0 and res.stderr.count(b"\n") == 1
+        assert _in_select(following) and os.readlink(f"/proc/{following}/cwd") == "/"
     finally:
         stop_process(zygote)
     assert not os.path.exists(f"/proc/{following}")  # reaped by the zygote before it ended
-
-
-def _in_select(pid: int) -> bool:
-    """Is ``pid`` blocked in select (x86-64's pselect6, as glibc makes it, or select): a spare ready,
-    waiting for its order?"""
-    with open(f"/proc/{pid}/syscall") as f:
-        return f.read().split()[0] in ("270", "23")
 
 
 def test_a_quick_command_handed_to_a_spare_runs_once(root, tmp_path):
