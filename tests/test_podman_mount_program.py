@@ -148,8 +148,9 @@ def engines(tmp_path_factory, full_busybox):
     store = str(base / "store")
     strata(store, "import", str(rootfs), "bb:latest", "--change", 'CMD ["/bin/sh"]')
     strata(store, "save", "bb:latest", "-o", str(base / "bb.tar"))
-    runtime = base / "strata-oci"  # the console script, pointed at this checkout
-    runtime.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m runner.oci "$@"\n')
+    runtime = base / "strata-oci"  # the console script, pointed at this checkout, with a state root of ours
+    state = base / "oci-state"  # (podman names none: strata-oci's default, /run/strata-oci, would outlive us)
+    runtime.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m runner.oci --root {state} "$@"\n')
     runtime.chmod(0o755)
     podman_groups = [] if _cgroup_dirs("libpod_parent") else ["libpod_parent/conmon", "libpod_parent"]
     ours = Podman(console_script(str(base)), str(runtime))
