@@ -37,9 +37,10 @@ def zygote_dir() -> str:
     return os.path.join(runtime, "strata") if runtime else f"/tmp/strata-{os.geteuid()}"
 
 
-def private_dir(path: str) -> bool:
+def private_dir(path: str, heal: bool = False) -> bool:
     """Make ``path`` (0700) if it is missing; true if it is a real directory owned by us that no one
-    else may enter (a socket in it is then ours). One no one else could write to is closed to them."""
+    else may enter (a socket in it is then ours). ``heal``: one no one else could write to is closed
+    to them (our default place only: a directory the user named is theirs to set)."""
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -49,7 +50,9 @@ def private_dir(path: str) -> bool:
     st = os.lstat(path)
     if (st.st_mode & 0o170000) != 0o040000 or st.st_uid != os.geteuid() or st.st_mode & 0o022:
         return False
-    if st.st_mode & 0o077:  # ours and no one else could add to it (made by a makedirs, say): close it
+    if st.st_mode & 0o077:  # ours and no one else could add to it (made by a makedirs, say)
+        if not heal:
+            return False
         try:
             os.chmod(path, 0o700)
         except OSError:
@@ -114,7 +117,7 @@ def via_zygote(argv: list[str]) -> int | None:
     import _socket
 
     directory = zygote_dir()
-    if not private_dir(directory):
+    if not private_dir(directory, heal=not os.environ.get("STRATA_ZYGOTE_DIR")):
         return None
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:

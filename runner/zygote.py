@@ -235,13 +235,17 @@ def _await_order(order: socket.socket) -> tuple[Request, socket.socket] | None:
     gc.collect()
     try:
         order.sendall(_READY)
-        select.select([order], [], [])
+        waiting = select.poll()  # (select.select takes no fd above 1023)
+        waiting.register(order, select.POLLIN)
+        waiting.poll()
         request = _receive(order, nfds=4)
     except (OSError, ValueError):
         return None
     finally:
         order.close()
-    return request, socket.socket(fileno=request.fds.pop(0))
+    conn = socket.socket(fileno=request.fds.pop(0))
+    conn.settimeout(10)  # as an inline worker's, which the zygote received on
+    return request, conn
 
 
 class Zygote:
@@ -253,6 +257,7 @@ class Zygote:
         self.sources: dict[str, int] = {}
         self.poller = select.poll()
         self.spare: _Spare | None = None
+        self.spares = True  # off after a spare that could not be forked or died unused, until a request
 
     def claim(self) -> bool:
         """Take the lock; False if another zygote holds it."""
@@ -302,19 +307,19 @@ class Zygote:
     def serve(self) -> None:
         assert self.listener is not None
         self.poller.register(self.listener, select.POLLIN)
-        spares = True  # off after a fork that failed, until the next request
         while self.listener is not None or self.workers:
-            if spares and self.spare is None and self.listener is not None:
-                spares = self._fork_spare()
+            if self.spares and self.spare is None and self.listener is not None:
+                self.spares = self._fork_spare()
             events = self.poller.poll(IDLE_SECONDS * 1000)
             if not events and not self.workers:
                 break  # idle
             for fd, _mask in events:
                 if self.listener is not None and fd == self.listener.fileno():
                     self._accept()
-                    spares = True
+                    self.spares = True
                 elif fd in self.workers:
-                    self._reap(self.workers.pop(fd))
+                    if self._reap(self.workers[fd]):
+                        del self.workers[fd]
                 elif self.spare is not None and fd == self.spare.order.fileno():
                     self._spare_spoke()
                 else:
@@ -408,11 +413,11 @@ class Zygote:
                 self.spare.order.close()
             if self.lock_fd is not None:
                 os.close(self.lock_fd)
+            _fresh_signals(held)  # (a spare a signal ends while it waits is replaced, not its command)
             got = order()
             if got is None:
                 os._exit(0)
             request, conn = got
-            _fresh_signals(held)
             code = _work(request)
         except BaseException:  # noqa: BLE001 - a bug: its traceback goes to the client's stderr
             traceback.print_exc()
@@ -453,7 +458,7 @@ class Zygote:
         return spare.pid
 
     def _spare_spoke(self) -> None:
-        """The spare is ready, or gone (EOF): then reaped (and another forked)."""
+        """The spare is ready, or gone (EOF): then reaped (another is forked after the next request)."""
         assert self.spare is not None
         try:
             said = self.spare.order.recv(1)
@@ -463,6 +468,7 @@ class Zygote:
             self.spare.ready = True
         else:
             self._drop_spare()
+            self.spares = False  # (killed: not at once again, in a loop)
 
     def _drop_spare(self) -> None:
         """Close the spare's socket (it ends at once, or after its collection) and reap it."""
@@ -472,9 +478,13 @@ class Zygote:
             spare.order.close()
             os.waitpid(spare.pid, 0)
 
-    def _reap(self, worker: _Worker) -> None:
+    def _reap(self, worker: _Worker) -> bool:
+        """Reap a worker that has ended; False if it has not (the event was another fd's, closed
+        earlier in the same batch, whose number its pidfd took)."""
+        pid, status = os.waitpid(worker.pid, os.WNOHANG)
+        if pid == 0:
+            return False
         self.poller.unregister(worker.pidfd)
-        _, status = os.waitpid(worker.pid, 0)
         os.close(worker.pidfd)
         code = os.waitstatus_to_exitcode(status)
         if not worker.hung_up:
@@ -482,6 +492,7 @@ class Zygote:
         if code < 0:  # killed by a signal: else the worker sent "exit CODE" itself as it ended
             self._answer(worker.conn, f"signal {-code}")
         worker.conn.close()
+        return True
 
     def _hang_up(self, fd: int) -> None:
         """A client went away before its command ended: SIGHUP the command, as a closed terminal would.

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import subprocess
+import tempfile
 
 import pytest
 from helpers import wait_for
@@ -108,14 +110,42 @@ def test_the_first_mount_starts_a_server_and_the_next_is_forked_by_it(tmp_path, 
     wait_for(lambda: len(children(server)) == 1 and children(server) != spare, what="the next spare")
 
 
-def test_a_server_directory_others_may_only_enter_is_closed_and_used(tmp_path, caller):
+def test_the_default_server_directory_if_others_may_only_enter_it_is_closed_and_used(tmp_path, caller):
     a, b, upper, work = _layers(tmp_path)
     merged = str(tmp_path / "merged")
-    os.chmod(caller.dir, 0o755)  # as a makedirs of a path under it would have made it
+    xdg = tempfile.mkdtemp(prefix="xdg-", dir="/tmp")  # short: the socket's path has 107 bytes at most
+    try:
+        caller.dir = os.path.join(xdg, "strata-unionfs")  # $XDG_RUNTIME_DIR/strata-unionfs: the default place
+        os.mkdir(caller.dir)
+        os.chmod(caller.dir, 0o755)  # as a makedirs of a path under it would have made it
+        del caller.env["STRATA_UNIONFS_DIR"]
+        caller.env["XDG_RUNTIME_DIR"] = xdg
+        assert caller("-o", f"lowerdir={a}:{b},upperdir={upper},workdir={work}", merged).returncode == 0
+        subprocess.run(["fusermount3", "-u", merged], check=True)
+        caller.wait_for_server()
+        assert os.stat(caller.dir).st_mode & 0o777 == 0o700
+    finally:
+        caller.cleanup()  # (its servers, by pid, before their directory goes)
+        shutil.rmtree(xdg)
+
+
+def test_a_named_server_directory_others_may_enter_is_refused_as_it_is(tmp_path, caller):
+    a, b, upper, work = _layers(tmp_path)
+    merged = str(tmp_path / "merged")
+    os.chmod(caller.dir, 0o755)  # named by STRATA_UNIONFS_DIR: the user's to set, not ours to change
     assert caller("-o", f"lowerdir={a}:{b},upperdir={upper},workdir={work}", merged).returncode == 0
     subprocess.run(["fusermount3", "-u", merged], check=True)
-    caller.wait_for_server()
-    assert os.stat(caller.dir).st_mode & 0o777 == 0o700
+    assert os.stat(caller.dir).st_mode & 0o777 == 0o755 and os.listdir(caller.dir) == []
+    started = [p for p in os.listdir("/proc") if p.isdigit() and caller.dir.encode() in _cmdline(int(p))]
+    assert started == []  # (a server would have been started before the mount program exited)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def test_relative_paths_are_the_callers(tmp_path, caller):

@@ -335,18 +335,23 @@ def test_without_a_private_directory_or_when_told_the_command_runs_in_the_client
     assert os.listdir(shared) == []
 
 
-def test_a_directory_of_ours_that_others_may_only_enter_is_closed_and_used(root, tmp_path, busybox_rootfs):
-    """A 0755 directory (``os.makedirs`` makes /run/strata so, for one) is closed to 0700 and the
-    zygote starts there: refusing it would make every later command cold."""
+def test_a_directory_of_ours_others_may_only_enter_is_closed_at_the_default_place_only(root, tmp_path, busybox_rootfs):
+    """A 0755 directory at the default place (``os.makedirs`` made /run/strata so) is closed to
+    0700 and used: refused, every later command would be cold. One the user named is refused as it
+    is (the command runs in the client), never chmod'ed: it is theirs (their home, say)."""
+    from runner import launch
+
     opened = tmp_path / "opened"
     opened.mkdir()
     os.chmod(opened, 0o755)
     env = {**os.environ, "PYTHONPATH": REPO, "STRATA_ZYGOTE_DIR": str(opened)}
     res = subprocess.run([*STRATA, "--root", root, "import", busybox_rootfs, "bb"], capture_output=True, env=env)
     assert res.returncode == 0, res.stderr
+    assert os.stat(opened).st_mode & 0o777 == 0o755 and os.listdir(opened) == []
+    assert launch.private_dir(str(opened), heal=True)  # what the client does with its default place
     assert os.stat(opened).st_mode & 0o777 == 0o700
-    wait_for(lambda: zygote_pid(str(opened)) is not None, what="the zygote that command started")
-    stop_process(zygote_pid(str(opened)) or 0)
+    os.chmod(opened, 0o775)  # a group may write there: never taken
+    assert not launch.private_dir(str(opened), heal=True) and os.stat(opened).st_mode & 0o777 == 0o775
 
 
 def test_a_client_in_a_removed_directory_still_works(root, zygote_dir, tmp_path):
@@ -422,12 +427,11 @@ def _inheritable_fds(pid: int) -> list[int]:
     return found
 
 
-def _in_select(pid: int) -> bool:
-    """Is ``pid`` blocked in select (x86-64's pselect6, as glibc makes it, or select): a spare ready,
-    waiting for its order?"""
+def _ready(pid: int) -> bool:
+    """Is ``pid`` blocked in poll (x86-64's poll or ppoll): a spare ready, waiting for its order?"""
     try:
         with open(f"/proc/{pid}/syscall") as f:
-            return f.read().split()[0] in ("270", "23")
+            return f.read().split()[0] in ("7", "271")
     except FileNotFoundError:  # gone
         return False
 
@@ -438,7 +442,7 @@ def test_a_spare_forked_ahead_takes_the_next_command_and_passes_no_fd_on(root, t
     like every fd of its own, are not passed on to what it execs (a container's processes)."""
     env, zygote = _own_zygote(root, tmp_path)
     try:
-        wait_for(lambda: len(_children(zygote)) == 1 and _in_select(_children(zygote)[0]), what="a ready spare")
+        wait_for(lambda: len(_children(zygote)) == 1 and _ready(_children(zygote)[0]), what="a ready spare")
         spare = _children(zygote)[0]
         here = tmp_path / "here"
         here.mkdir()
@@ -459,10 +463,10 @@ def test_a_spare_forked_ahead_takes_the_next_command_and_passes_no_fd_on(root, t
         assert load.returncode == 1 and err.count(b"\n") == 1, err
         # a command that may leave processes behind (here: ``wait``) is forked from the zygote itself:
         # the spare's copied pages would stay with them
-        wait_for(lambda: _in_select(following), what="the next spare to be ready")
+        wait_for(lambda: _ready(following), what="the next spare to be ready")
         res = subprocess.run([*STRATA, "--root", root, "wait", "nosuch"], env=env, capture_output=True, timeout=60)
         assert res.returncode != 0 and res.stderr.count(b"\n") == 1
-        assert _in_select(following) and os.readlink(f"/proc/{following}/cwd") == "/"
+        assert _ready(following) and os.readlink(f"/proc/{following}/cwd") == "/"
     finally:
         stop_process(zygote)
     assert not os.path.exists(f"/proc/{following}")  # reaped by the zygote before it ended
@@ -475,12 +479,44 @@ def test_a_quick_command_handed_to_a_spare_runs_once(root, tmp_path):
     env, zygote = _own_zygote(root, tmp_path)
     try:
         for _ in range(20):
-            wait_for(lambda: len(_children(zygote)) == 1 and _in_select(_children(zygote)[0]), what="a ready spare")
+            wait_for(lambda: len(_children(zygote)) == 1 and _ready(_children(zygote)[0]), what="a ready spare")
             res = subprocess.run(
                 [*STRATA, "--root", root, "inspect", "nosuch"], env=env, capture_output=True, text=True, timeout=60
             )
             assert (res.returncode, res.stderr.count("\n")) == (1, 1), res.stderr
     finally:
+        stop_process(zygote)
+
+
+def _blocked_in(pid: int) -> str:
+    with open(f"/proc/{pid}/syscall") as f:
+        return f.read().split()[0]
+
+
+def test_a_spare_that_died_unused_stalls_no_one(root, tmp_path):
+    """A ready spare killed while the zygote is busy: the next request finds it dead (EPIPE) and is
+    forked at once, and the worker's pidfd may take the dead spare's fd number while the spare's
+    hang-up is still among the events being handled. That event is no sign the worker ended: the
+    zygote must not wait for it (it would serve no one until that command ends)."""
+    env, zygote = _own_zygote(root, tmp_path)
+    load = None
+    try:
+        wait_for(lambda: len(_children(zygote)) == 1 and _ready(_children(zygote)[0]), what="a ready spare")
+        spare = _children(zygote)[0]
+        os.kill(zygote, signal.SIGSTOP)
+        try:
+            os.kill(spare, signal.SIGKILL)
+            load = subprocess.Popen(  # a quick verb, waiting on its stdin: it lasts while we keep it open
+                [*STRATA, "--root", root, "load", "-i", "-"], env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            wait_for(lambda: _blocked_in(load.pid) == "45", what="the client's request sent")  # recvfrom
+        finally:
+            os.kill(zygote, signal.SIGCONT)
+        res = subprocess.run([*STRATA, "--root", root, "inspect", "nosuch"], env=env, capture_output=True, timeout=60)
+        assert (res.returncode, res.stderr.count(b"\n")) == (1, 1), res.stderr
+    finally:
+        if load is not None:
+            load.communicate(b"", timeout=60)
         stop_process(zygote)
 
 
