@@ -264,6 +264,11 @@ def _join_by_path(joined: list[tuple[str, str]]) -> None:
             os.close(fd)
 
 
+def _init_wanted(config: dict[str, Any]) -> bool:
+    """``--init``: PID 1 stays on as strata's reaper, the command its child."""
+    return (config.get("annotations") or {}).get(INIT_ANNOTATION) == "true"
+
+
 def _process(spec: dict[str, Any]) -> dict[str, Any]:
     """What ``_exec`` runs, from the config's ``process``: a user name (``io.strata.user``) is looked
     up in the container's /etc/passwd, as Docker's daemon does; numbers are taken as they are."""
@@ -290,7 +295,7 @@ def _process(spec: dict[str, Any]) -> dict[str, Any]:
         "on_start": spec.get("on_start"),
         "preserve_fds": spec.get("preserve_fds", 0),
         "umask": (process.get("user") or {}).get("umask"),
-        "init": (config.get("annotations") or {}).get(INIT_ANNOTATION) == "true",
+        "init": _init_wanted(config),
     }
 
 
@@ -388,7 +393,7 @@ def spawn(spec: dict[str, Any], go_fd: int, keep_stdio: bool = False) -> int:
     sc.unshare(flags)
     if spec.get("announce_namespaces"):  # the supervisor may use them now (the network, a rootless
         _report(status_fd, "ns")  # union mount) while PID 1 is forked and moved into its cgroup
-    if (config.get("annotations") or {}).get(INIT_ANNOTATION) == "true":
+    if _init_wanted(config):
         from . import reaper  # noqa: F401 - now: PID 1 needs it past pivot_root, out of the package's reach
     joined_r, joined_w = os.pipe()
     pid = os.fork()

@@ -439,16 +439,15 @@ class Zygote:
         spare = self.spare
         if spare is None or not spare.ready:
             return None
-        self.spare = None
-        self.poller.unregister(spare.order)
         fds = [conn.fileno(), *request.fds]
         rights = struct.pack(f"{len(fds)}i", *fds)
         try:
             sent = spare.order.sendmsg([request.raw], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
         except OSError:  # it died waiting
-            spare.order.close()
-            os.waitpid(spare.pid, 0)
+            self._drop_spare()
             return None
+        self.spare = None
+        self.poller.unregister(spare.order)
         try:  # from here on it is the worker: never fork a second one for the same command
             if sent < len(request.raw):  # (sendall sends even nothing: EPIPE from a spare that has it all)
                 spare.order.sendall(request.raw[sent:])
