@@ -31,6 +31,22 @@ def server_pids(directory: str) -> list[int]:
     return pids
 
 
+def naming(text: str) -> list[int]:
+    """The processes (but this one) whose command line names ``text`` (a directory of a test's)."""
+    found = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:  # gone meanwhile
+            continue
+        if os.fsencode(text) in cmdline:
+            found.append(int(p))
+    return found
+
+
 def children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:

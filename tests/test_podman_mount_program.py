@@ -27,7 +27,7 @@ import tempfile
 
 import pytest
 from helpers import REPO, strata, wait_for
-from mount_server_support import children, console_script, exited, server_pids, stop
+from mount_server_support import children, console_script, exited, naming, server_pids, stop
 
 from unionfs import mountinfo
 from unionfs.mount import daemon_pid
@@ -115,23 +115,11 @@ class Podman:
             spares = [c for s in servers for c in children(s)]
             stop(servers)
             stop(spares)
-            stop([p for p in _pids() if self.dir in _cmdline(p)])  # conmon, or anything else of this podman's
+            stop(naming(self.dir))  # conmon, or anything else of this podman's
             with open("/proc/self/mountinfo") as f:
                 assert self.dir not in f.read()
         finally:
             shutil.rmtree(self.dir)
-
-
-def _pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 @pytest.fixture(scope="module")

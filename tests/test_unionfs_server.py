@@ -16,7 +16,7 @@ import tempfile
 
 import pytest
 from helpers import wait_for
-from mount_server_support import children, console_script, exited, server_pids, stop
+from mount_server_support import children, console_script, exited, naming, server_pids, stop
 from unionfs_support import WHITEOUT, is_mounted, make_layer
 
 from unionfs import client
@@ -136,16 +136,7 @@ def test_a_named_server_directory_others_may_enter_is_refused_as_it_is(tmp_path,
     assert caller("-o", f"lowerdir={a}:{b},upperdir={upper},workdir={work}", merged).returncode == 0
     subprocess.run(["fusermount3", "-u", merged], check=True)
     assert os.stat(caller.dir).st_mode & 0o777 == 0o755 and os.listdir(caller.dir) == []
-    started = [p for p in os.listdir("/proc") if p.isdigit() and caller.dir.encode() in _cmdline(int(p))]
-    assert started == []  # (a server would have been started before the mount program exited)
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
+    assert naming(caller.dir) == []  # (a server would have been started before the mount program exited)
 
 
 def test_relative_paths_are_the_callers(tmp_path, caller):
