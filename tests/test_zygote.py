@@ -427,13 +427,24 @@ def _inheritable_fds(pid: int) -> list[int]:
     return found
 
 
-def _ready(pid: int) -> bool:
-    """Is ``pid`` blocked in poll (x86-64's poll or ppoll): a spare ready, waiting for its order?"""
+def _syscall(pid: int) -> str | None:
+    """The number of the system call ``pid`` is blocked in (``running`` if none); None if it is gone."""
     try:
         with open(f"/proc/{pid}/syscall") as f:
-            return f.read().split()[0] in ("7", "271")
-    except FileNotFoundError:  # gone
-        return False
+            return f.read().split()[0]
+    except FileNotFoundError:
+        return None
+
+
+def _ready(pid: int) -> bool:
+    """Is ``pid`` blocked in poll (x86-64's poll or ppoll): a spare ready, waiting for its order?"""
+    return _syscall(pid) in ("7", "271")
+
+
+def _ready_spare(zygote: int) -> int:
+    """The zygote's one spare, once it is ready."""
+    wait_for(lambda: len(_children(zygote)) == 1 and _ready(_children(zygote)[0]), what="a ready spare")
+    return _children(zygote)[0]
 
 
 def test_a_spare_forked_ahead_takes_the_next_command_and_passes_no_fd_on(root, tmp_path):
@@ -442,8 +453,7 @@ def test_a_spare_forked_ahead_takes_the_next_command_and_passes_no_fd_on(root, t
     like every fd of its own, are not passed on to what it execs (a container's processes)."""
     env, zygote = _own_zygote(root, tmp_path)
     try:
-        wait_for(lambda: len(_children(zygote)) == 1 and _ready(_children(zygote)[0]), what="a ready spare")
-        spare = _children(zygote)[0]
+        spare = _ready_spare(zygote)
         here = tmp_path / "here"
         here.mkdir()
         load = subprocess.Popen(  # waits for its archive on stdin: long enough to look at it
@@ -479,18 +489,13 @@ def test_a_quick_command_handed_to_a_spare_runs_once(root, tmp_path):
     env, zygote = _own_zygote(root, tmp_path)
     try:
         for _ in range(20):
-            wait_for(lambda: len(_children(zygote)) == 1 and _ready(_children(zygote)[0]), what="a ready spare")
+            _ready_spare(zygote)
             res = subprocess.run(
                 [*STRATA, "--root", root, "inspect", "nosuch"], env=env, capture_output=True, text=True, timeout=60
             )
             assert (res.returncode, res.stderr.count("\n")) == (1, 1), res.stderr
     finally:
         stop_process(zygote)
-
-
-def _blocked_in(pid: int) -> str:
-    with open(f"/proc/{pid}/syscall") as f:
-        return f.read().split()[0]
 
 
 def test_a_spare_that_died_unused_stalls_no_one(root, tmp_path):
@@ -501,15 +506,14 @@ def test_a_spare_that_died_unused_stalls_no_one(root, tmp_path):
     env, zygote = _own_zygote(root, tmp_path)
     load = None
     try:
-        wait_for(lambda: len(_children(zygote)) == 1 and _ready(_children(zygote)[0]), what="a ready spare")
-        spare = _children(zygote)[0]
+        spare = _ready_spare(zygote)
         os.kill(zygote, signal.SIGSTOP)
         try:
             os.kill(spare, signal.SIGKILL)
             load = subprocess.Popen(  # a quick verb, waiting on its stdin: it lasts while we keep it open
                 [*STRATA, "--root", root, "load", "-i", "-"], env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE
             )
-            wait_for(lambda: _blocked_in(load.pid) == "45", what="the client's request sent")  # recvfrom
+            wait_for(lambda: _syscall(load.pid) == "45", what="the client's request sent")  # recvfrom
         finally:
             os.kill(zygote, signal.SIGCONT)
         res = subprocess.run([*STRATA, "--root", root, "inspect", "nosuch"], env=env, capture_output=True, timeout=60)
