@@ -265,3 +265,105 @@ def test_the_passthrough_option_takes_0_or_1():
     assert parse_options(["lowerdir=/"]).passthrough is True
     with pytest.raises(UnionError, match="passthrough=2: 0"):
         parse_options(["lowerdir=/,passthrough=2"])
+
+
+# The child for the idle ids: a union with room for two idle ids (fd_cache=2) whose Passthrough
+# counts BACKING_OPENs and BACKING_CLOSEs, each step's counts printed after it (once the daemon has
+# taken every RELEASE: the kernel sends them after close(2) has returned).
+_IDLE_CHILD = """\
+import json, os, sys, time, trio, pyfuse3
+from unionfs import passthrough
+from unionfs.fs import UnionFS
+lower, upper, work, point, how = sys.argv[1:]
+fs = UnionFS([lower], upper, work, metacopy=True, passthrough=True, fd_cache=2)
+pt = fs.passthrough
+counts = {"open": 0, "close": 0}
+def counted(name, key):
+    real = getattr(pt, name)
+    def count(*args):
+        counts[key] += 1
+        return real(*args)
+    setattr(pt, name, count)
+counted("_register", "open")
+counted("_close", "close")
+pyfuse3.init(fs, point, ["fsname=strata-test"])
+def read(name):
+    with open(os.path.join(point, name), "rb") as f:
+        return f.read().decode()
+def released():  # the kernel sends RELEASE after close returns: wait for the daemon to take it
+    deadline = time.monotonic() + 30
+    while pt.opens and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return not pt.opens
+def step(seen, label, action):
+    before = dict(counts)
+    done = action()
+    assert released(), label
+    seen.append([label, done, counts["open"] - before["open"], counts["close"] - before["close"]])
+def work_through():
+    seen = []
+    step(seen, "a", lambda: read("a"))
+    step(seen, "a again", lambda: read("a"))
+    step(seen, "a chmod, metacopy", lambda: os.chmod(os.path.join(point, "a"), 0o600))
+    step(seen, "a, metacopy", lambda: read("a"))
+    def write_a():
+        with open(os.path.join(point, "a"), "ab") as f:
+            f.write(b"+")
+    step(seen, "a written", write_a)
+    step(seen, "a copied up", lambda: read("a"))
+    step(seen, "a copied up again", lambda: read("a"))
+    step(seen, "b", lambda: read("b"))
+    step(seen, "c", lambda: read("c"))
+    step(seen, "d", lambda: read("d"))
+    step(seen, "b, not kept", lambda: read("b"))
+    step(seen, "d again", lambda: read("d"))
+    return seen
+async def main():
+    async with trio.open_nursery() as n:
+        n.start_soon(pyfuse3.main)
+        await fs.initialised.wait()
+        seen = await trio.to_thread.run_sync(work_through)
+        print(json.dumps({"seen": seen, "idle": len(pt.idle)}))
+        pyfuse3.terminate()
+try:
+    trio.run(main)
+finally:
+    pyfuse3.close(unmount=True)
+"""
+
+
+def test_a_lower_files_backing_id_outlives_its_last_close_and_an_upper_files_does_not(tmp_path):
+    """A lower file read again takes the backing id of its last open (no BACKING_OPEN, no
+    BACKING_CLOSE); so does a metacopy, whose data is that lower file. Copied up, the file gets an
+    id of its own, closed at each last close (an idle one would keep a deleted file's blocks); the
+    stale lower id goes. Past the cap (2 here) the least recently released lower id is closed."""
+    lower = make_layer(str(tmp_path / "lower"), {n: n * 3 for n in "abcd"})
+    upper, work, point = (tmp_path / n for n in ("upper", "work", "mnt"))
+    for d in (upper, work, point):
+        d.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", _IDLE_CHILD, lower, str(upper), str(work), str(point), "root"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not is_mounted(str(point))
+    found = json.loads(done.stdout)
+    assert found["seen"] == [
+        ["a", "aaa", 1, 0],
+        ["a again", "aaa", 0, 0],
+        ["a chmod, metacopy", None, 0, 0],
+        ["a, metacopy", "aaa", 0, 0],
+        ["a written", None, 1, 2],  # the copy's id, closed at its close; the stale lower id closed
+        ["a copied up", "aaa+", 1, 1],
+        ["a copied up again", "aaa+", 1, 1],
+        ["b", "bbb", 1, 0],
+        ["c", "ccc", 1, 0],
+        ["d", "ddd", 1, 1],  # a third idle id: b's, the least recent, is closed
+        ["b, not kept", "bbb", 1, 1],  # and c's now
+        ["d again", "ddd", 0, 0],
+    ]
+    assert found["idle"] == 2

@@ -103,7 +103,7 @@ class UnionFS(pyfuse3.Operations):
         self.volatile = volatile or not fsync  # fsync and fsyncdir do nothing (overlayfs's volatile, fsync=0)
         self.fds = FdCache(self.layers, fd_cache)
         self.inodes = InodeTable(self.layers, self.fds.relinked)
-        self.passthrough = Passthrough(pyfuse3.passthrough_fd, self.inodes.stat) if passthrough else None
+        self.passthrough = Passthrough(pyfuse3.passthrough_fd, self.inodes.stat, fd_cache) if passthrough else None
         self.root = self.inodes.root
         self.nodes = self.inodes.nodes
         self.listings = Listings(self.layers, self.inodes)
@@ -378,7 +378,7 @@ class UnionFS(pyfuse3.Operations):
         if self.passthrough.clashes(node, fd):  # open through the lower file, which it no longer shows
             self.inodes.fresh(self.inodes.stat(node))  # the copy's own number: the kernel looks again
             raise oserror(errno.ESTALE, node.name)  # (and the opens of node go on reading the lower data)
-        return self.passthrough.file_info(node, fd)
+        return self.passthrough.file_info(node, fd, lower=not write and (node.layer != self.upper or fd != node.fd))
 
     @fuse_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:

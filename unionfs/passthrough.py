@@ -12,6 +12,13 @@ one its fd reads or writes now) and later ones share that id; the id is closed a
 the initial user namespace (EPERM otherwise: passthrough goes off for the mount) and must not be on
 a stacked filesystem (ELOOP, for a lower on overlayfs: that node is opened without one).
 
+A lower file's id outlives its last RELEASE: it is *idle*, kept for the node's next open, which
+then costs no BACKING_OPEN and no BACKING_CLOSE (a read of every file in /usr, twice over, opens
+each file twice). Lower files never change, so an idle id serves while the node still shows that
+file; the ``idle_cap`` most recently released are kept, the kernel holding a reference to each file.
+An upper file's id is closed at its last RELEASE as before: an idle one would keep a deleted
+file's blocks allocated.
+
 Caveats:
   - A setuid file (setgid and group-executable: what a write by a caller without CAP_FSETID drops)
     is opened through the page cache; made so while open through a backing file (a chmod), it keeps
@@ -29,6 +36,7 @@ import errno
 import fcntl
 import os
 import struct
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -73,15 +81,18 @@ class _Opens:
     count: int
     backing: int  # its id; 0: they go through the page cache
     identity: tuple[int, int]  # (st_dev, st_ino) of the backing file
+    lower: bool  # a lower file's: its id is kept idle after the last RELEASE
 
 
 class Passthrough:
     """The backing files of a mount that asked for FUSE_PASSTHROUGH; ``dev_fd()`` is the session's
     /dev/fuse fd, or -1 where the kernel did not take the flag (``pyfuse3.passthrough_fd``)."""
 
-    def __init__(self, dev_fd: Callable[[], int], stat: Callable[[Node], os.stat_result]) -> None:
+    def __init__(self, dev_fd: Callable[[], int], stat: Callable[[Node], os.stat_result], idle_cap: int) -> None:
         self._dev_fd = dev_fd
         self._stat = stat  # a node's attributes as the mount shows them (from its fd)
+        self.idle: OrderedDict[int, tuple[int, tuple[int, int]]] = OrderedDict()  # ino: (id, identity)
+        self.idle_cap = idle_cap
         self.dev_fd: int | None = None  # asked at the first open: the kernel has answered INIT then
         self.on = True  # until the kernel refuses us (-1: it did not take the flag; EPERM)
         self.opens: dict[int, _Opens] = {}
@@ -95,10 +106,10 @@ class Passthrough:
         opens = self.opens.get(node.ino)
         return opens is not None and opens.backing != 0 and _identity(fd) != opens.identity
 
-    def file_info(self, node: Node, fd: int) -> pyfuse3.FileInfo:
+    def file_info(self, node: Node, fd: int, lower: bool = False) -> pyfuse3.FileInfo:
         """The answer to an open of ``node`` (``fd``: the file it shows now, which an open for
-        writing writes; ``clashes`` said no): with a backing id, or through the page cache.
-        Each open answered must be ``released``."""
+        writing writes; ``clashes`` said no; ``lower``: a lower file, read): with a backing id, or
+        through the page cache. Each open answered must be ``released``."""
         opens = self.opens.get(node.ino)
         if opens is not None:  # the kernel takes every open of it the same way (see above)
             opens.count += 1
@@ -109,11 +120,24 @@ class Passthrough:
         st = self._stat(node)  # (from fd, which the node has now)
         # a write by a caller without CAP_FSETID must drop setuid/setgid, which only a WRITE
         # reaching the daemon says (FUSE_HANDLE_KILLPRIV_V2): such files go through the page cache
-        backing = self._register(fd) if self.on and without_suidgid(st.st_mode) is None else 0
         # the backing file: the node's own (st says which) or, for a metacopy, its lower file
         identity = (st.st_dev, st.st_ino) if fd == node.fd else _identity(fd)
-        self.opens[node.ino] = _Opens(1, backing, identity)
+        backing = 0
+        if self.on and without_suidgid(st.st_mode) is None:
+            backing = self._idle_id(node.ino, identity) or self._register(fd)
+        self.opens[node.ino] = _Opens(1, backing, identity, lower)
         return self._info(node.ino, backing)
+
+    def _idle_id(self, ino: int, identity: tuple[int, int]) -> int:
+        """The idle id kept for ``ino`` if it is still of the file ``identity`` (then no longer
+        idle); else 0 (a stale one is closed)."""
+        kept = self.idle.pop(ino, None)
+        if kept is None:
+            return 0
+        if kept[1] == identity:
+            return kept[0]
+        self._close(kept[0])
+        return 0
 
     def _info(self, ino: int, backing: int) -> pyfuse3.FileInfo:
         if backing:
@@ -128,8 +152,14 @@ class Passthrough:
         opens.count -= 1
         if opens.count <= 0:
             del self.opens[ino]
-            if opens.backing:
+            if not opens.backing:
+                return
+            if not opens.lower:
                 self._close(opens.backing)
+                return
+            self.idle[ino] = (opens.backing, opens.identity)
+            if len(self.idle) > self.idle_cap:
+                self._close(self.idle.popitem(last=False)[1][0])
 
     def _register(self, fd: int) -> int:
         try:
