@@ -118,11 +118,11 @@ class Passthrough:
             self.dev_fd = self._dev_fd()
             self.on = self.dev_fd >= 0
         st = self._stat(node)  # (from fd, which the node has now)
-        # a write by a caller without CAP_FSETID must drop setuid/setgid, which only a WRITE
-        # reaching the daemon says (FUSE_HANDLE_KILLPRIV_V2): such files go through the page cache
         # the backing file: the node's own (st says which) or, for a metacopy, its lower file
         identity = (st.st_dev, st.st_ino) if fd == node.fd else _identity(fd)
         backing = 0
+        # a write by a caller without CAP_FSETID must drop setuid/setgid, which only a WRITE
+        # reaching the daemon says (FUSE_HANDLE_KILLPRIV_V2): such files go through the page cache
         if self.on and without_suidgid(st.st_mode) is None:
             backing = self._idle_id(node.ino, identity) or self._register(fd)
         self.opens[node.ino] = _Opens(1, backing, identity, lower)
