@@ -471,10 +471,13 @@ def test_podman_runs_an_image_from_strata_save_through_strata_oci(tmp_path, root
     """podman (its storage, run dir and runtime state private to the test, vfs, cgroupfs) with
     strata-oci as its runtime: conmon's create, the pid file, start, the exit code, delete."""
     strata(rootdir, "save", "bb:latest", "-o", str(tmp_path / "bb.tar"))
-    runtime = tmp_path / "strata-oci"  # the console script, before the venv is rebuilt with it
-    runtime.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m runner.oci "$@"\n')
-    runtime.chmod(0o755)
     short = tempfile.mkdtemp(prefix="strata-podman-", dir="/tmp")  # podman wants a runroot of <= 50 bytes
+    # the console script, before the venv is rebuilt with it, with a state root of the test's (podman
+    # names none: strata-oci's default, /run/strata-oci, would outlive the test)
+    runtime = tmp_path / "strata-oci"
+    state = f"{short}/oci-state"
+    runtime.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m runner.oci --root {state} "$@"\n')
+    runtime.chmod(0o755)
     podman = [
         "podman",
         "--root",
@@ -521,6 +524,7 @@ def test_podman_runs_an_image_from_strata_save_through_strata_oci(tmp_path, root
             timeout=120,
         )
         assert res.returncode == 9 and res.stdout == "sh -c echo $(cat /proc/1/cmdline | tr '\\0' ' '); exit 9\n"
+        assert os.listdir(state) == ["@seccomp"]  # the runtime kept its state there (deleted containers: none)
     finally:
         subprocess.run([*podman, "rm", "-af"], capture_output=True, timeout=120)
         with open("/proc/self/mountinfo") as f:
