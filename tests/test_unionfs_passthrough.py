@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 from unionfs_support import REPO, is_mounted, make_layer, mounted
@@ -70,10 +72,9 @@ finally:
 """.replace("BIG_SIZE", str(BIG))
 
 
-def _serve(
-    tmp_path, how: str, lower: str | None = None, prefix: tuple[str, ...] = (), child: str = _CHILD
-) -> dict[str, object]:
-    lower = lower or make_layer(str(tmp_path / "l"), {"big": b"L" * BIG, "small": "lower"})
+def _child(tmp_path, child: str, lower: str, how: str, prefix: tuple[str, ...] = ()) -> tuple[Any, Path]:
+    """Run ``child`` on a union of ``lower`` (upper, work and mountpoint made in ``tmp_path``): what it
+    printed (JSON) and the upper. It must have unmounted."""
     upper, work, point = (tmp_path / n for n in ("u", "w", "mnt"))
     for d in (upper, work, point):
         d.mkdir()
@@ -87,10 +88,17 @@ def _serve(
     )
     assert done.returncode == 0, done.stderr
     assert not is_mounted(str(point))
+    return json.loads(done.stdout), upper
+
+
+def _serve(
+    tmp_path, how: str, lower: str | None = None, prefix: tuple[str, ...] = (), child: str = _CHILD
+) -> dict[str, object]:
+    lower = lower or make_layer(str(tmp_path / "l"), {"big": b"L" * BIG, "small": "lower"})
+    seen, upper = _child(tmp_path, child, lower, how, prefix)
     assert (upper / "new").read_bytes() == b"N" * 300000 and (upper / "small").read_text() == "lower+appended"
-    seen: dict[str, object] = json.loads(done.stdout)
     assert seen["big"] and seen["new"] and seen["small"] == "lower+appended" and seen["stat"] == 300000
-    return seen
+    return dict(seen)
 
 
 def test_as_root_reads_and_writes_of_open_files_never_reach_the_daemon(tmp_path):
@@ -338,20 +346,7 @@ def test_a_lower_files_backing_id_outlives_its_last_close_and_an_upper_files_doe
     id of its own, closed at each last close (an idle one would keep a deleted file's blocks); the
     stale lower id goes. Past the cap (2 here) the least recently released lower id is closed."""
     lower = make_layer(str(tmp_path / "lower"), {n: n * 3 for n in "abcd"})
-    upper, work, point = (tmp_path / n for n in ("upper", "work", "mnt"))
-    for d in (upper, work, point):
-        d.mkdir()
-    done = subprocess.run(
-        [sys.executable, "-c", _IDLE_CHILD, lower, str(upper), str(work), str(point), "root"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": REPO},
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert not is_mounted(str(point))
-    found = json.loads(done.stdout)
+    found, _ = _child(tmp_path, _IDLE_CHILD, lower, "root")
     assert found["seen"] == [
         ["a", "aaa", 1, 0],
         ["a again", "aaa", 0, 0],
