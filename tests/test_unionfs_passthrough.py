@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -362,3 +363,30 @@ def test_a_lower_files_backing_id_outlives_its_last_close_and_an_upper_files_doe
         ["d again", "ddd", 0, 0],
     ]
     assert found["idle"] == 2
+
+
+def test_a_node_the_kernel_forgets_takes_its_idle_id_with_it(tmp_path):
+    """The kernel forgets nodes under memory pressure (it drops their fds from the cache too): an
+    idle id goes with its node, rather than keep the lower file pinned. Only idle ids of lower files
+    are kept at all."""
+    registered: list[int] = []
+    closed: list[int] = []
+    pt = passthrough.Passthrough(lambda: 3, lambda node: os.fstat(node.fd), idle_cap=4)
+    pt._register = lambda fd: registered.append(fd) or 100 + len(registered)  # type: ignore[method-assign]
+    pt._close = closed.append  # type: ignore[method-assign]
+    fds = []
+    for name in ("lower", "upper", "other"):
+        (tmp_path / name).write_text(name)
+        fds.append(os.open(tmp_path / name, os.O_RDONLY))
+    try:
+        lower, upper, other = (SimpleNamespace(ino=ino, fd=fd) for ino, fd in zip((5, 6, 7), fds, strict=True))
+        for node, is_lower in ((lower, True), (upper, False), (other, True)):
+            assert pt.file_info(node, node.fd, lower=is_lower).backing_id  # type: ignore[arg-type]
+            pt.released(node.ino)
+        assert sorted(pt.idle) == [5, 7] and closed == [102]  # the upper file's id closed at its release
+        pt.forget(5)
+        pt.forget(6)  # (no idle id: nothing to close)
+        assert sorted(pt.idle) == [7] and closed == [102, 101]
+    finally:
+        for fd in fds:
+            os.close(fd)

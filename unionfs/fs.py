@@ -222,6 +222,8 @@ class UnionFS(pyfuse3.Operations):
                 self.fds.drop(node)
                 if self.copyups is not None:
                     self.copyups.forget(ino)
+                if self.passthrough is not None:
+                    self.passthrough.forget(ino)
 
     @fuse_boundary
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:

@@ -15,7 +15,8 @@ a stacked filesystem (ELOOP, for a lower on overlayfs: that node is opened witho
 A lower file's id outlives its last RELEASE: it is *idle*, kept for the node's next open, which
 then costs no BACKING_OPEN and no BACKING_CLOSE (a read of every file in /usr, twice over, opens
 each file twice). Lower files never change, so an idle id serves while the node still shows that
-file; the ``idle_cap`` most recently released are kept, the kernel holding a reference to each file.
+file; the ``idle_cap`` most recently released are kept, the kernel holding a reference to each file,
+until the kernel forgets the node.
 An upper file's id is closed at its last RELEASE as before: an idle one would keep a deleted
 file's blocks allocated.
 
@@ -160,6 +161,13 @@ class Passthrough:
             self.idle[ino] = (opens.backing, opens.identity)
             if len(self.idle) > self.idle_cap:
                 self._close(self.idle.popitem(last=False)[1][0])
+
+    def forget(self, ino: int) -> None:
+        """The kernel forgot node ``ino`` (memory pressure, say): its idle id goes with its fds,
+        rather than keep the lower file pinned."""
+        kept = self.idle.pop(ino, None)
+        if kept is not None:
+            self._close(kept[0])
 
     def _register(self, fd: int) -> int:
         try:
