@@ -12,14 +12,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from unionfs_support import REPO, is_mounted, make_layer, mounted
+from unionfs_support import REPO, OpsClient, is_mounted, make_layer, mounted
 
 from unionfs import passthrough
 from unionfs.errors import UnionError
+from unionfs.fs import UnionFS
 from unionfs.options import parse_options
 
 BIG = 3 * 1024 * 1024 + 17
@@ -295,15 +295,24 @@ def counted(name, key):
     setattr(pt, name, count)
 counted("_register", "open")
 counted("_close", "close")
+releasing = [0]  # RELEASEs the daemon is in the middle of
+real_released = pt.released
+def released_counted(ino):
+    releasing[0] += 1
+    try:
+        real_released(ino)
+    finally:
+        releasing[0] -= 1
+pt.released = released_counted
 pyfuse3.init(fs, point, ["fsname=strata-test"])
 def read(name):
     with open(os.path.join(point, name), "rb") as f:
         return f.read().decode()
-def released():  # the kernel sends RELEASE after close returns: wait for the daemon to take it
+def released():  # the kernel sends RELEASE after close returns: wait until the daemon has done it
     deadline = time.monotonic() + 30
-    while pt.opens and time.monotonic() < deadline:
+    while (pt.opens or releasing[0]) and time.monotonic() < deadline:
         time.sleep(0.001)
-    return not pt.opens
+    return not (pt.opens or releasing[0])
 def step(seen, label, action):
     before = dict(counts)
     done = action()
@@ -365,28 +374,29 @@ def test_a_lower_files_backing_id_outlives_its_last_close_and_an_upper_files_doe
     assert found["idle"] == 2
 
 
-def test_a_node_the_kernel_forgets_takes_its_idle_id_with_it(tmp_path):
-    """The kernel forgets nodes under memory pressure (it drops their fds from the cache too): an
-    idle id goes with its node, rather than keep the lower file pinned. Only idle ids of lower files
-    are kept at all."""
+async def test_a_node_the_kernel_forgets_takes_its_idle_id_with_it(tmp_path):
+    """The kernel forgets nodes under memory pressure (their fds leave the cache then): an idle id
+    goes with its node, through the FORGET handler, rather than keep the lower file pinned. An
+    upper file's id was closed at its release already."""
+    lower = make_layer(str(tmp_path / "l"), {"lower": "l", "other": "o"})
+    upper, work = make_layer(str(tmp_path / "u"), {"upper": "u"}), make_layer(str(tmp_path / "w"), {})
+    fs = UnionFS([lower], upper, work, passthrough=True, fd_cache=4)
+    pt = fs.passthrough
+    assert pt is not None
     registered: list[int] = []
     closed: list[int] = []
-    pt = passthrough.Passthrough(lambda: 3, lambda node: os.fstat(node.fd), idle_cap=4)
+    pt.dev_fd = 3  # (no session: the ioctls are counted, not made)
     pt._register = lambda fd: registered.append(fd) or 100 + len(registered)  # type: ignore[method-assign]
     pt._close = closed.append  # type: ignore[method-assign]
-    fds = []
-    for name in ("lower", "upper", "other"):
-        (tmp_path / name).write_text(name)
-        fds.append(os.open(tmp_path / name, os.O_RDONLY))
+    client = OpsClient(fs)
     try:
-        lower, upper, other = (SimpleNamespace(ino=ino, fd=fd) for ino, fd in zip((5, 6, 7), fds, strict=True))
-        for node, is_lower in ((lower, True), (upper, False), (other, True)):
-            assert pt.file_info(node, node.fd, lower=is_lower).backing_id  # type: ignore[arg-type]
-            pt.released(node.ino)
-        assert sorted(pt.idle) == [5, 7] and closed == [102]  # the upper file's id closed at its release
-        pt.forget(5)
-        pt.forget(6)  # (no idle id: nothing to close)
-        assert sorted(pt.idle) == [7] and closed == [102, 101]
+        inos = {}
+        for name in ("lower", "upper", "other"):
+            inos[name], fh = await client._open(name, os.O_RDONLY)
+            await fs.release(fh)
+        assert len(registered) == 3 and closed == [102]  # the upper file's, at its release
+        assert sorted(pt.idle) == sorted([inos["lower"], inos["other"]])
+        await fs.forget([(ino, fs.nodes[ino].lookups) for ino in (inos["lower"], inos["upper"])])
+        assert closed == [102, 101] and list(pt.idle) == [inos["other"]]
     finally:
-        for fd in fds:
-            os.close(fd)
+        fs.close()

@@ -10,9 +10,10 @@ keeps beside its own until the data is copied up. No FUSE types here.
 
 The cap is 8192 (at most a quarter of the open-file limit: ``mount._fd_budget``): a read of every
 file in a Debian /usr opens 4671, and an LRU smaller than a repeated scan keeps nothing of it. Each
-cached fd (and the idle backing id of ``passthrough``, which holds the same open file) keeps the
-lower file's dentry and inode in memory, but no longer than the kernel keeps the node: under memory
-pressure it forgets nodes, and their fds and ids go with them (``UnionFS.forget``).
+cached fd, and each idle backing id of ``passthrough`` (a lower file open when it was registered:
+the one the cached fd has, or one the cache has closed since), keeps a lower file's dentry and
+inode in memory, but no longer than the kernel keeps the node: under memory pressure it forgets
+nodes, and their fds and ids go with them (``UnionFS.forget``).
 """
 
 from __future__ import annotations

@@ -7,18 +7,19 @@ The kernel's rules (fs/fuse/iomode.c, backing.c): an inode open through a backin
 other open of it through that same backing file, and an inode open without one (through the FUSE
 page cache) takes no backing file until its last close; otherwise the open fails with EIO. So the
 opens of a node go one way until the last RELEASE: the first open registers the node's file (the
-one its fd reads or writes now) and later ones share that id; the id is closed at the last RELEASE
-(the kernel keeps its own reference while the file is open). A backing file needs CAP_SYS_ADMIN in
+one its fd reads or writes now) and later ones share that id; an upper file's id is closed at the
+last RELEASE (the kernel keeps its own reference while the file is open), a lower file's is kept
+(below). A backing file needs CAP_SYS_ADMIN in
 the initial user namespace (EPERM otherwise: passthrough goes off for the mount) and must not be on
 a stacked filesystem (ELOOP, for a lower on overlayfs: that node is opened without one).
 
 A lower file's id outlives its last RELEASE: it is *idle*, kept for the node's next open, which
 then costs no BACKING_OPEN and no BACKING_CLOSE (a read of every file in /usr, twice over, opens
 each file twice). Lower files never change, so an idle id serves while the node still shows that
-file; the ``idle_cap`` most recently released are kept, the kernel holding a reference to each file,
-until the kernel forgets the node.
-An upper file's id is closed at its last RELEASE as before: an idle one would keep a deleted
-file's blocks allocated.
+file (the next open checks: a node copied up since gets a new id, and the stale one is closed); the
+``idle_cap`` most recently released are kept, the kernel holding a reference to each file, until
+the kernel forgets the node. An upper file's id is not kept: an idle one would keep a deleted file's
+blocks allocated.
 
 Caveats:
   - A setuid file (setgid and group-executable: what a write by a caller without CAP_FSETID drops)
