@@ -9,9 +9,9 @@ page cache) takes no backing file until its last close; otherwise the open fails
 opens of a node go one way until the last RELEASE: the first open registers the node's file (the
 one its fd reads or writes now) and later ones share that id; an upper file's id is closed at the
 last RELEASE (the kernel keeps its own reference while the file is open), a lower file's is kept
-(below). A backing file needs CAP_SYS_ADMIN in
-the initial user namespace (EPERM otherwise: passthrough goes off for the mount) and must not be on
-a stacked filesystem (ELOOP, for a lower on overlayfs: that node is opened without one).
+(below). A backing file needs CAP_SYS_ADMIN in the initial user namespace (EPERM otherwise:
+passthrough goes off for the mount) and must not be on a stacked filesystem (ELOOP, for a lower on
+overlayfs: that node is opened without one).
 
 A lower file's id outlives its last RELEASE: it is *idle*, kept for the node's next open, which
 then costs no BACKING_OPEN and no BACKING_CLOSE (a read of every file in /usr, twice over, opens
