@@ -133,12 +133,11 @@ class Passthrough:
     def _idle_id(self, ino: int, identity: tuple[int, int]) -> int:
         """The idle id kept for ``ino`` if it is still of the file ``identity`` (then no longer
         idle); else 0 (a stale one is closed)."""
-        kept = self.idle.pop(ino, None)
-        if kept is None:
-            return 0
-        if kept[1] == identity:
+        kept = self.idle.get(ino)
+        if kept is not None and kept[1] == identity:
+            del self.idle[ino]
             return kept[0]
-        self._close(kept[0])
+        self.forget(ino)  # (a stale one: the node shows another file now)
         return 0
 
     def _info(self, ino: int, backing: int) -> pyfuse3.FileInfo:
@@ -164,8 +163,8 @@ class Passthrough:
                 self._close(self.idle.popitem(last=False)[1][0])
 
     def forget(self, ino: int) -> None:
-        """The kernel forgot node ``ino`` (memory pressure, say): its idle id goes with its fds,
-        rather than keep the lower file pinned."""
+        """Close the idle id of node ``ino``, if it has one: the kernel forgot the node (memory
+        pressure, say), and its id goes with its fds rather than keep the lower file pinned."""
         kept = self.idle.pop(ino, None)
         if kept is not None:
             self._close(kept[0])
