@@ -25,6 +25,10 @@ PIP := $(BIN)/pip -q --disable-pip-version-check
 .PHONY: deps demo test lint bench clean apt-install lab lab-down
 
 deps: $(BIN)/strata
+	@# bytecode for strata's own modules, as pip writes it for what it installs: an editable install's
+	@# sources are compiled at import, every time where __pycache__ cannot be written (a user's run of a
+	@# root's checkout, PYTHONDONTWRITEBYTECODE), and strata-oci and strata-unionfs start per container
+	@$(BIN)/python -m compileall -q -j 0 store runner unionfs
 	@# rootless strata mounts through /dev/fuse: say so where users cannot open it (root needs nothing)
 	@mode=$$(stat -c %a /dev/fuse 2>/dev/null || echo missing); [ "$$mode" = 666 ] || \
 		echo "note: /dev/fuse is $$mode: ordinary users cannot run strata (rootless) until it is open to them: chmod 0666 /dev/fuse (Debian's default)"
