@@ -100,12 +100,12 @@ def send_signal(container: Container, sig: int, root: str | None = None) -> None
     if not state.get("Running") or not state.get("Pid"):
         container.reclaim()
         raise RunnerError(f"Cannot kill container: {container.name}: container {container.id} is not running")
+    if root is not None:  # before the signal: the ``die`` it may cause is recorded after it
+        events.record(root, "kill", container.config, signal=sig)
     try:
         os.kill(state["Pid"], sig)
     except ProcessLookupError:
         pass
-    if root is not None:
-        events.record(root, "kill", container.config, signal=sig)
     if state.get("Paused"):
         _cgroup(container).thaw()
 
