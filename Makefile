@@ -62,7 +62,7 @@ $(VENV)/.pyfuse3-patched: $(PYFUSE3_PATCHES) | $(BIN)/python
 	@tar xzf build/pyfuse3/pyfuse3-$(PYFUSE3).tar.gz -C build/pyfuse3
 	@for p in $(PYFUSE3_PATCHES); do patch -s -d $(PYFUSE3_SRC) -p1 < $$p || exit 1; done
 	@rm -f $(PYFUSE3_SRC)/src/pyfuse3/__init__.c  # Cython writes it again from the patched source
-	@SETUPTOOLS_SCM_PRETEND_VERSION=$(PYFUSE3)+strata.10 $(PIP) install --no-deps --force-reinstall $(PYFUSE3_SRC)
+	@SETUPTOOLS_SCM_PRETEND_VERSION=$(PYFUSE3)+strata.11 $(PIP) install --no-deps --force-reinstall $(PYFUSE3_SRC)
 	@touch $@
 
 $(BIN)/strata: .stamp-deb pyproject.toml $(VENV)/.pyfuse3-patched
