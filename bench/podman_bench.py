@@ -27,9 +27,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+from runner.oci.control import default_root  # noqa: E402
+
 OUT = os.path.join(HERE, "out")
 IMAGE = "docker.io/library/bb:latest"
-OCI_STATE = "/run/strata-oci"  # strata-oci's default root as root (runner/oci/control.py)
 ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")}
 RUN = ["run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", IMAGE, "true"]
 # (label, runtime, mount program): None is kernel overlayfs
@@ -164,7 +167,8 @@ def main() -> None:
         programs[name] = launcher(name, work)
     made_groups = not os.path.isdir("/sys/fs/cgroup/memory/libpod_parent")
     # podman names no --root: strata-oci keeps its state and seccomp cache in its default root
-    made_state = not os.path.exists(OCI_STATE)
+    oci_state = default_root()
+    made_state = not os.path.exists(oci_state)
     podmans: list[Podman] = []
     times: dict[str, list[float]] = {label: [] for label, _, _ in SETUPS}
     try:
@@ -182,7 +186,7 @@ def main() -> None:
             podman.cleanup()
         shutil.rmtree(work, ignore_errors=True)
         if made_state:
-            shutil.rmtree(OCI_STATE, ignore_errors=True)
+            shutil.rmtree(oci_state, ignore_errors=True)
         if made_groups:
             for group in ("libpod_parent/conmon", "libpod_parent"):
                 for controller in os.listdir("/sys/fs/cgroup"):
