@@ -98,6 +98,7 @@ bench: deps
 	@$(BIN)/python bench/build_bench.py  # strata build against buildah bud, fresh and fully cached
 	@$(BIN)/python bench/podman_bench.py  # podman run --rm: strata-oci + strata-unionfs against runc + fuse-overlayfs / overlayfs
 	@$(BIN)/python bench/oci_verbs.py  # each call podman makes of its runtime: strata-oci against runc
+	@$(BIN)/python bench/podman_requests.py  # the FUSE requests of one podman run: strata-unionfs against fuse-overlayfs
 	@$(BIN)/python bench/rootless_bench.py
 
 # the test lab (root; vagrant/README.md): two VMs under libvirt, the tests and the two-host walkthrough
