@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from types import SimpleNamespace
@@ -32,6 +33,20 @@ def _child(inodes, parent, name):
     res = inodes.layers.resolve(parent.dir_layers, parent.rel, name)
     assert res is not None
     return inodes.remember(parent, name, res)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a private mount needs CAP_SYS_ADMIN over the mount namespace")
+def test_a_lower_layer_is_reached_through_a_read_only_noatime_mount_of_its_own(layers):
+    """As kernel overlayfs clones its layers' mounts: nothing done through the union can write a
+    layer or move an atime in it (layers are shared by every container of their images)."""
+    lower = layers.fds[1]
+    with pytest.raises(OSError) as refused:
+        os.open("d/f", os.O_WRONLY, dir_fd=lower)
+    assert refused.value.errno == errno.EROFS
+    assert os.statvfs(f"/proc/self/fd/{lower}").f_flag & (os.ST_RDONLY | os.ST_NOATIME) == os.ST_RDONLY | os.ST_NOATIME
+    upper = layers.fds[0]
+    assert not os.statvfs(f"/proc/self/fd/{upper}").f_flag & os.ST_RDONLY  # the upper's as it is
+    assert layers.roots[1] == os.path.realpath(layers.paths[1])  # where records and notes say it is
 
 
 def test_inodes_are_ours_stable_and_forgotten_at_zero(layers):

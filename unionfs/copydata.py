@@ -1,5 +1,6 @@
-"""How a lower object's bytes and xattrs get into the upper: FICLONE, else copy_file_range, else
-sendfile (a lower filesystem the kernel will not copy from, e.g. one on FUSE); reads that only take
+"""How a lower object's bytes and xattrs get into the upper: FICLONE, else copy_file_range (which
+clones too on btrfs and xfs, where FICLONE refuses a lower on a mount of its own: ``privatemount``),
+else sendfile (a lower filesystem the kernel will not copy from, e.g. one on FUSE); reads that only take
 what the page cache holds (RWF_NOWAIT); lower files opened O_NOATIME where allowed (a copy does not
 change the lower, and an atime update would make a RWF_NOWAIT read refuse). No FUSE types, no
 scheduling: ``copyup``'s.

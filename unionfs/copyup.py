@@ -72,8 +72,7 @@ class Copier:
         for name in os.listdir(self.work_fd):  # leftovers of a crashed daemon
             if name.startswith("#copyup-"):
                 remove_entry(self.work_fd, name)
-        # where each layer is, for the journal's notes (the dirs open, whatever the cwd was)
-        self._roots = [os.readlink(f"/proc/self/fd/{fd}") for fd in layers.fds]
+        self._roots = layers.roots  # where each layer is, for the journal's notes
         self._marked = layers.upper is not None and metacopy.marked(layers.fds[layers.upper])
         self.journal: Journal | None = None
         if layers.upper is not None and sync:

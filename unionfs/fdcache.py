@@ -8,6 +8,9 @@ which it does only after the last close (the name may have been the one the node
 A metacopy's reads come from the lower file holding its data (``data_fd``), whose fd the node
 keeps beside its own until the data is copied up. No FUSE types here.
 
+A lower file is opened O_NOATIME where this process may (``copydata.open_lower``): a read through
+the union moves no atime in a layer that is not on a private noatime mount (``layers``) either.
+
 The cap is 8192 (at most a quarter of the open-file limit: ``mount._fd_budget``): a read of every
 file in a Debian /usr opens 4671, and an LRU smaller than a repeated scan keeps nothing of it. Each
 cached fd, and each idle backing id of ``passthrough`` (a lower file open when it was registered:
@@ -22,6 +25,7 @@ import errno
 import os
 from collections import OrderedDict
 
+from .copydata import open_lower
 from .errors import oserror
 from .inodes import Node
 from .layers import LayerSet
@@ -47,7 +51,10 @@ class FdCache:
         if node.unlinked and node.layer == self.layers.upper:
             raise oserror(errno.EBADF, node.name)  # kept read-only: the daemon may not write it
         with self.layers.at(node.layer, node.rel) as (dfd, name):
-            fd = os.open(name, (os.O_RDWR if write else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            if write or node.layer == self.layers.upper:
+                fd = os.open(name, (os.O_RDWR if write else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            else:
+                fd = open_lower(name, dfd)
         self.keep(node, fd, write)
         return fd
 
@@ -58,7 +65,7 @@ class FdCache:
             return self.fd(node)
         if node.data_fd < 0:
             with self.layers.at(*found) as (dfd, name):
-                node.data_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                node.data_fd = open_lower(name, dfd)
             self.fd(node)  # in the cache, which closes both
         return node.data_fd
 

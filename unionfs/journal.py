@@ -21,7 +21,9 @@ commits in the order they were made: if the rename survives a crash, so does its
   workdir was given another one since) are dropped unused.
 
 A copy made by FICLONE shares the lower's extents (metadata too) and is not noted; neither is one whose
-lower path is too long for a symlink (PATH_MAX): that one is fsynced as before.
+lower path is too long for a symlink (PATH_MAX): that one is fsynced as before. (A lower on a private
+mount, ``privatemount``, is cloned by copy_file_range instead, which cannot tell a clone from a copy:
+that copy is noted, and its sync finds little to write.)
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@ component at a time with ``O_NOFOLLOW``, so any legal length works. Only compone
 directories in that layer are ever walked (a merged directory lists exactly those), and lowers never
 change, so a symlink in a layer is never followed by resolution.
 
+A lower layer is reached through a read-only, noatime clone of its mount where this process may make
+one (``privatemount``), as kernel overlayfs reaches its layers: nothing done through the union writes
+a layer or moves an atime in it, a passthrough read included. Elsewhere the directory itself, whose
+files are opened O_NOATIME where allowed (``copydata.open_lower``).
+
 Lower layers never change under a mount, so each lower directory is read once (one ``scandir``) and
 kept: names, whiteouts, the opaque flag and, lazily, the stat of each entry. Lookups that miss in a
 lower then cost no syscall at all. The upper is always asked directly: this process changes it.
@@ -24,7 +29,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from . import metacopy, owners, whiteout
+from . import metacopy, owners, privatemount, whiteout
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ROOT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # a layer given through a symlink is that directory
@@ -90,10 +95,16 @@ class LayerSet:
         self.paths = ([upper] if upper else []) + list(lowers)
         self.upper: int | None = 0 if upper else None
         self.fds: list[int] = []
+        self.roots: list[str] = []  # where each layer is, as metacopy records and journal notes say
         self._lower: dict[tuple[int, str], _LowerDir | None] = {}
         try:
-            for path in self.paths:
-                self.fds.append(os.open(path, _ROOT))
+            for i, path in enumerate(self.paths):
+                fd = os.open(path, _ROOT)
+                self.fds.append(fd)
+                self.roots.append(os.readlink(f"/proc/self/fd/{fd}"))  # (the dir open, whatever the cwd)
+                if i != self.upper and (private := privatemount.clone(fd)) is not None:
+                    self.fds[-1] = private
+                    os.close(fd)
         except BaseException:
             self.close()
             raise

@@ -115,8 +115,7 @@ class DataPlaces:
 
     def __init__(self, layers: LayerSet) -> None:
         self.layers = layers
-        # the layers' roots as records name them (the dirs open, whatever the cwd was)
-        self.roots = [os.readlink(f"/proc/self/fd/{fd}") for fd in layers.fds]
+        self.roots = layers.roots  # the layers' roots as records name them
         self._layer_of = {root: i for i, root in enumerate(self.roots) if i != layers.upper}
 
     def data_location(self, node: Node) -> tuple[int, str] | None:

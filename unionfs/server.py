@@ -344,10 +344,10 @@ def _warm() -> None:
     from .fs import NO_OPEN, UnionFS
 
     with tempfile.TemporaryDirectory(prefix="unionfs-warm-") as scratch:
-        upper, work = os.path.join(scratch, "u"), os.path.join(scratch, "w")
-        os.mkdir(upper)
-        os.mkdir(work)
-        opts = mount.check_request([f"lowerdir=/,upperdir={upper},workdir={work}"], scratch)
+        lower, upper, work = (os.path.join(scratch, n) for n in ("l", "u", "w"))
+        for d in (lower, upper, work):
+            os.mkdir(d)
+        opts = mount.check_request([f"lowerdir={lower},upperdir={upper},workdir={work}"], scratch)
         UnionFS(opts.lowers, opts.upper, opts.work, no_open=NO_OPEN).close()
 
 

@@ -1,0 +1,55 @@
+"""A lower layer's directory on a private mount of its own, read-only and noatime, as kernel
+overlayfs clones its layers' mounts (``clone_private_mount``): whatever this process does through
+it (a read, a FUSE passthrough read through a backing file, an exec mapping one) cannot write the
+layer or move an atime in it. Layers are shared by every container of their images.
+
+The mount is a detached clone of the directory's mount tree (open_tree(2) with OPEN_TREE_CLONE, then
+mount_setattr(2): Linux 5.12), reached only through the directory fd returned (and what is opened
+from it); it goes with the last of those.
+Making one needs CAP_SYS_ADMIN over this process's mount namespace (root, or the owner of a user
+namespace with a mount namespace of its own, as podman's rootless mount programs run): elsewhere
+``clone`` returns None, and the caller opens the directory itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+
+_OPEN_TREE = 428  # the syscall numbers, the same on every architecture since Linux 5.2 (asm-generic)
+_MOUNT_SETATTR = 442
+_OPEN_TREE_CLONE = 1
+_AT_EMPTY_PATH = 0x1000
+_AT_RECURSIVE = 0x8000
+_MOUNT_ATTR_RDONLY = 0x1
+_MOUNT_ATTR_NOATIME = 0x10
+_MOUNT_ATTR__ATIME = 0x70  # the atime mode's bits: cleared, then NOATIME set
+_REFUSED = (errno.EPERM, errno.ENOSYS, errno.EINVAL, errno.EACCES)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def clone(fd: int) -> int | None:
+    """An fd on the directory ``fd`` on a read-only, noatime clone of its mount tree; None where
+    this process may not make one (see the module's doc). ``fd`` stays as it is."""
+    tree = _libc.syscall(_OPEN_TREE, fd, b"", _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_EMPTY_PATH | _AT_RECURSIVE)
+    if tree < 0:
+        err = ctypes.get_errno()
+        if err in _REFUSED:
+            return None
+        raise OSError(err, os.strerror(err))
+    # struct mount_attr {__u64 attr_set, attr_clr, propagation, userns_fd}
+    attr = struct.pack("=QQQQ", _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOATIME, _MOUNT_ATTR__ATIME, 0, 0)
+    if _libc.syscall(_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH | _AT_RECURSIVE, attr, len(attr)) < 0:
+        err = ctypes.get_errno()
+        os.close(tree)
+        if err in _REFUSED:
+            return None
+        raise OSError(err, os.strerror(err))
+    try:  # open_tree's fd is an O_PATH one, which f*xattr and getdents refuse
+        return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=tree)
+    finally:
+        os.close(tree)
