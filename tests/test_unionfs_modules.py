@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
-from unionfs_support import WHITEOUT, make_layer
+from unionfs_support import REPO, WHITEOUT, make_layer
 
 from unionfs import attrs
 from unionfs.copyup import Copier, CopyUps
@@ -47,6 +50,39 @@ def test_a_lower_layer_is_reached_through_a_read_only_noatime_mount_of_its_own(l
     upper = layers.fds[0]
     assert not os.statvfs(f"/proc/self/fd/{upper}").f_flag & os.ST_RDONLY  # the upper's as it is
     assert layers.roots[1] == os.path.realpath(layers.paths[1])  # where records and notes say it is
+
+
+# In a user namespace's own mount namespace (podman's rootless mount programs run so) the mounts it
+# was given keep their atime mode: the lower's clone is read-only alone, its files opened O_NOATIME.
+_USERNS_CHILD = """\
+import json, os, sys
+from unionfs.copydata import open_lower
+from unionfs.layers import LayerSet
+ls = LayerSet(None, [sys.argv[1]])
+flags = os.statvfs(f"/proc/self/fd/{ls.fds[0]}").f_flag
+fd = open_lower("f", ls.fds[0])
+data = os.read(fd, 100).decode()
+os.close(fd)
+ls.close()
+print(json.dumps([bool(flags & os.ST_RDONLY), bool(flags & os.ST_NOATIME), data]))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="unshare -U as root maps root: the files are its own")
+def test_in_a_user_namespace_a_lower_is_read_only_and_read_without_moving_its_atime(tmp_path):
+    lower = make_layer(str(tmp_path / "l"), {"f": "lower"})
+    os.utime(os.path.join(lower, "f"), ns=(1_000_000_000, 2_000_000_000))
+    done = subprocess.run(
+        ["unshare", "-Urm", sys.executable, "-c", _USERNS_CHILD, lower],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [True, False, "lower"]  # read-only; the atime mode is locked
+    assert os.stat(os.path.join(lower, "f")).st_atime_ns == 1_000_000_000
 
 
 def test_inodes_are_ours_stable_and_forgotten_at_zero(layers):

@@ -8,7 +8,9 @@ mount_setattr(2): Linux 5.12), reached only through the directory fd returned (a
 from it); it goes with the last of those.
 Making one needs CAP_SYS_ADMIN over this process's mount namespace (root, or the owner of a user
 namespace with a mount namespace of its own, as podman's rootless mount programs run): elsewhere
-``clone`` returns None, and the caller opens the directory itself.
+``clone`` returns None, and the caller opens the directory itself. A mount namespace made with a user
+namespace locks the atime mode of the mounts it was given: there the clone is read-only alone, and
+lower files are opened O_NOATIME (``copydata.open_lower``), which that namespace's root may do.
 """
 
 from __future__ import annotations
@@ -33,23 +35,34 @@ _libc.syscall.restype = ctypes.c_long
 
 
 def clone(fd: int) -> int | None:
-    """An fd on the directory ``fd`` on a read-only, noatime clone of its mount tree; None where
-    this process may not make one (see the module's doc). ``fd`` stays as it is."""
+    """An fd on the directory ``fd`` on a read-only, noatime clone of its mount tree (read-only
+    alone where the atime mode is locked); None where this process may not make one (see the
+    module's doc). ``fd`` stays as it is."""
     tree = _libc.syscall(_OPEN_TREE, fd, b"", _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_EMPTY_PATH | _AT_RECURSIVE)
     if tree < 0:
         err = ctypes.get_errno()
         if err in _REFUSED:
             return None
         raise OSError(err, os.strerror(err))
-    # struct mount_attr {__u64 attr_set, attr_clr, propagation, userns_fd}
-    attr = struct.pack("=QQQQ", _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOATIME, _MOUNT_ATTR__ATIME, 0, 0)
-    if _libc.syscall(_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH | _AT_RECURSIVE, attr, len(attr)) < 0:
-        err = ctypes.get_errno()
-        os.close(tree)
-        if err in _REFUSED:
+    try:
+        if not (
+            _set(tree, _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOATIME, _MOUNT_ATTR__ATIME)
+            or _set(tree, _MOUNT_ATTR_RDONLY, 0)
+        ):
             return None
-        raise OSError(err, os.strerror(err))
-    try:  # open_tree's fd is an O_PATH one, which f*xattr and getdents refuse
+        # open_tree's fd is an O_PATH one, which f*xattr and getdents refuse
         return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=tree)
     finally:
         os.close(tree)
+
+
+def _set(tree: int, attr_set: int, attr_clr: int) -> bool:
+    """mount_setattr(2) on the whole cloned tree; False if refused."""
+    # struct mount_attr {__u64 attr_set, attr_clr, propagation, userns_fd}
+    attr = struct.pack("=QQQQ", attr_set, attr_clr, 0, 0)
+    if _libc.syscall(_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH | _AT_RECURSIVE, attr, len(attr)) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _REFUSED:
+        return False
+    raise OSError(err, os.strerror(err))
