@@ -8,8 +8,9 @@ which it does only after the last close (the name may have been the one the node
 A metacopy's reads come from the lower file holding its data (``data_fd``), whose fd the node
 keeps beside its own until the data is copied up. No FUSE types here.
 
-A lower file is opened O_NOATIME where this process may (``copydata.open_lower``): a read through
-the union moves no atime in a layer that is not on a private noatime mount (``layers``) either.
+A lower file is opened O_NOATIME where this process may (``copydata.open_lower``): where a layer
+is not on a private noatime mount (``layers``), this process's reads move no atime in it either
+(a passthrough read is the kernel's, which does not heed the flag: see ``layers``).
 
 The cap is 8192 (at most a quarter of the open-file limit: ``mount._fd_budget``): a read of every
 file in a Debian /usr opens 4671, and an LRU smaller than a repeated scan keeps nothing of it. Each

@@ -10,7 +10,8 @@ change, so a symlink in a layer is never followed by resolution.
 A lower layer is reached through a read-only, noatime clone of its mount where this process may make
 one (``privatemount``), as kernel overlayfs reaches its layers: nothing done through the union writes
 a layer or moves an atime in it, a passthrough read included. Elsewhere the directory itself, whose
-files are opened O_NOATIME where allowed (``copydata.open_lower``).
+files are opened O_NOATIME where allowed (``copydata.open_lower``; a passthrough read does not heed
+it: the kernel opens the backing file with the caller's flags).
 
 Lower layers never change under a mount, so each lower directory is read once (one ``scandir``) and
 kept: names, whiteouts, the opaque flag and, lazily, the stat of each entry. Lookups that miss in a

@@ -5,7 +5,9 @@ layer or move an atime in it. Layers are shared by every container of their imag
 
 The mount is a detached clone of the directory's mount tree (open_tree(2) with OPEN_TREE_CLONE, then
 mount_setattr(2): Linux 5.12), reached only through the directory fd returned (and what is opened
-from it); it goes with the last of those.
+from it); it goes with the last of those. As with kernel overlayfs, the layer's filesystem can be
+unmounted from the host meanwhile (it stays in use, out of sight, until the union's daemon ends),
+and a mount made under the layer after the clone is not seen through it.
 Making one needs CAP_SYS_ADMIN over this process's mount namespace (root, or the owner of a user
 namespace with a mount namespace of its own, as podman's rootless mount programs run): elsewhere
 ``clone`` returns None, and the caller opens the directory itself. A mount namespace made with a user
@@ -20,7 +22,7 @@ import errno
 import os
 import struct
 
-_OPEN_TREE = 428  # the syscall numbers, the same on every architecture since Linux 5.2 (asm-generic)
+_OPEN_TREE = 428  # asm-generic's numbers, as x86_64's and aarch64's (a wrong one: ENOSYS, no clone)
 _MOUNT_SETATTR = 442
 _OPEN_TREE_CLONE = 1
 _AT_EMPTY_PATH = 0x1000
@@ -38,7 +40,12 @@ def clone(fd: int) -> int | None:
     """An fd on the directory ``fd`` on a read-only, noatime clone of its mount tree (read-only
     alone where the atime mode is locked); None where this process may not make one (see the
     module's doc). ``fd`` stays as it is."""
-    tree = _libc.syscall(_OPEN_TREE, fd, b"", _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_EMPTY_PATH | _AT_RECURSIVE)
+    tree = _libc.syscall(
+        ctypes.c_long(_OPEN_TREE),
+        ctypes.c_int(fd),
+        ctypes.c_char_p(b""),
+        ctypes.c_uint(_OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_EMPTY_PATH | _AT_RECURSIVE),
+    )
     if tree < 0:
         err = ctypes.get_errno()
         if err in _REFUSED:
@@ -60,7 +67,15 @@ def _set(tree: int, attr_set: int, attr_clr: int) -> bool:
     """mount_setattr(2) on the whole cloned tree; False if refused."""
     # struct mount_attr {__u64 attr_set, attr_clr, propagation, userns_fd}
     attr = struct.pack("=QQQQ", attr_set, attr_clr, 0, 0)
-    if _libc.syscall(_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH | _AT_RECURSIVE, attr, len(attr)) == 0:
+    done = _libc.syscall(
+        ctypes.c_long(_MOUNT_SETATTR),
+        ctypes.c_int(tree),
+        ctypes.c_char_p(b""),
+        ctypes.c_uint(_AT_EMPTY_PATH | _AT_RECURSIVE),
+        ctypes.c_char_p(attr),
+        ctypes.c_size_t(len(attr)),
+    )
+    if done == 0:
         return True
     err = ctypes.get_errno()
     if err in _REFUSED:
