@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -36,7 +38,7 @@ IMAGE = "docker.io/library/bb:latest"
 ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")}
 RUN = ["run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", IMAGE, "true"]
 # (label, runtime, mount program): None is kernel overlayfs
-SETUPS = [
+SETUPS: list[tuple[str, str, str | None]] = [
     ("strata-oci + strata-unionfs", "strata-oci", "strata-unionfs"),
     ("runc + fuse-overlayfs", "runc", "fuse-overlayfs"),
     ("runc + kernel overlayfs", "runc", None),
@@ -151,17 +153,18 @@ def _image(work: str) -> str:
     return archive
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=20)
-    args = parser.parse_args()
+@contextmanager
+def engines(prefix: str, setups: list[tuple[str, str, str | None]]) -> Iterator[list[Podman]]:
+    """A podman per setup (label, runtime, mount program or None for kernel overlayfs), each with
+    the busybox image loaded, in a work dir made in OUT under ``prefix``; all of it gone afterwards,
+    with strata-oci's default state root and podman's cgroups where they were made here."""
     if os.geteuid() != 0:
         sys.exit("bench: run as root")
     for tool in ("podman", "runc", "fuse-overlayfs"):
         if shutil.which(tool) is None:
             sys.exit(f"bench: {tool} is not installed (make bench installs it)")
     os.makedirs(OUT, exist_ok=True)
-    work = tempfile.mkdtemp(prefix="podman-bench-", dir=OUT)
+    work = tempfile.mkdtemp(prefix=prefix, dir=OUT)
     programs = {"runc": shutil.which("runc"), "fuse-overlayfs": shutil.which("fuse-overlayfs")}
     for name in ("strata-oci", "strata-unionfs"):
         programs[name] = launcher(name, work)
@@ -170,17 +173,12 @@ def main() -> None:
     oci_state = default_root()
     made_state = not os.path.exists(oci_state)
     podmans: list[Podman] = []
-    times: dict[str, list[float]] = {label: [] for label, _, _ in SETUPS}
     try:
         archive = _image(work)
-        for _label, runtime, program in SETUPS:
+        for _label, runtime, program in setups:
             podmans.append(Podman(work, str(programs[runtime]), programs[program] if program else None))
             podmans[-1]("load", "-q", "-i", archive)
-        for run in range(args.runs + 2):
-            for (label, _, _), podman in zip(SETUPS, podmans, strict=True):
-                elapsed = podman(*RUN)
-                if run >= 2:
-                    times[label].append(elapsed)
+        yield podmans
     finally:
         for podman in podmans:
             podman.cleanup()
@@ -196,6 +194,19 @@ def main() -> None:
                             os.rmdir(path)
                         except OSError:  # in use by another podman meanwhile
                             pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    times: dict[str, list[float]] = {label: [] for label, _, _ in SETUPS}
+    with engines("podman-bench-", SETUPS) as podmans:
+        for run in range(args.runs + 2):
+            for (label, _, _), podman in zip(SETUPS, podmans, strict=True):
+                elapsed = podman(*RUN)
+                if run >= 2:
+                    times[label].append(elapsed)
     kernel = statistics.median(times["runc + kernel overlayfs"])
     fuse = times["runc + fuse-overlayfs"]
     print(f"podman run --rm IMAGE true, {args.runs} runs each, interleaved; medians")

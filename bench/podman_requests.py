@@ -18,19 +18,17 @@ import argparse
 import collections
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from podman_bench import OUT, RUN, Podman, _image, launcher  # noqa: E402
+from podman_bench import RUN, Podman, engines  # noqa: E402
 
 TRACING = "/sys/kernel/tracing"
-SETUPS = [
+SETUPS: list[tuple[str, str, str | None]] = [
     ("runc + fuse-overlayfs", "runc", "fuse-overlayfs"),
     ("runc + strata-unionfs", "runc", "strata-unionfs"),
     ("strata-oci + strata-unionfs", "strata-oci", "strata-unionfs"),
@@ -99,45 +97,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("bench: run as root")
-    for tool in ("podman", "runc", "fuse-overlayfs"):
-        if shutil.which(tool) is None:
-            sys.exit(f"bench: {tool} is not installed (make bench installs it)")
-    os.makedirs(OUT, exist_ok=True)
-    work = tempfile.mkdtemp(prefix="podman-requests-", dir=OUT)
-    programs = {"runc": shutil.which("runc"), "fuse-overlayfs": shutil.which("fuse-overlayfs")}
-    for name in ("strata-oci", "strata-unionfs"):
-        programs[name] = launcher(name, work)
-    made_groups = not os.path.isdir("/sys/fs/cgroup/memory/libpod_parent")
-    podmans: list[Podman] = []
     seen: dict[str, list[tuple[float, collections.Counter[str], float, int]]] = {label: [] for label, _, _ in SETUPS}
-    trace = Trace()
-    try:
-        archive = _image(work)
-        for _label, runtime, program in SETUPS:
-            podmans.append(Podman(work, str(programs[runtime]), str(programs[program])))
-            podmans[-1]("load", "-q", "-i", archive)
-        for _ in range(2):
-            for podman in podmans:
-                podman(*RUN)
-        for _ in range(args.runs):
-            for (label, _, _), podman in zip(SETUPS, podmans, strict=True):
-                seen[label].append(trace.around(podman))
-    finally:
-        trace.close()
-        for podman in podmans:
-            podman.cleanup()
-        shutil.rmtree(work, ignore_errors=True)
-        if made_groups:
-            for group in ("libpod_parent/conmon", "libpod_parent"):
-                for controller in os.listdir("/sys/fs/cgroup"):
-                    path = os.path.join("/sys/fs/cgroup", controller, group)
-                    if os.path.isdir(path):
-                        try:
-                            os.rmdir(path)
-                        except OSError:  # in use by another podman meanwhile
-                            pass
+    with engines("podman-requests-", SETUPS) as podmans:
+        trace = Trace()
+        try:
+            for _ in range(2):
+                for podman in podmans:
+                    podman(*RUN)
+            for _ in range(args.runs):
+                for (label, _, _), podman in zip(SETUPS, podmans, strict=True):
+                    seen[label].append(trace.around(podman))
+        finally:
+            trace.close()
     print(f"podman run --rm IMAGE true, {args.runs} traced runs each, interleaved; medians")
     print(f"{'':<30}{'run ms':>8}{'requests':>10}{'waited ms':>11}{'conns':>7}   by kind")
     for label, runs in seen.items():

@@ -6,12 +6,10 @@ import errno
 import json
 import os
 import stat
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
-from unionfs_support import REPO, WHITEOUT, make_layer
+from unionfs_support import WHITEOUT, make_layer, python_child
 
 from unionfs import attrs
 from unionfs.copyup import Copier, CopyUps
@@ -80,14 +78,7 @@ print(json.dumps([bool(flags & os.ST_RDONLY), bool(flags & os.ST_NOATIME), data]
 def test_in_a_user_namespace_a_lower_is_read_only_and_read_without_moving_its_atime(tmp_path):
     lower = make_layer(str(tmp_path / "l"), {"f": "lower"})
     os.utime(os.path.join(lower, "f"), ns=(1_000_000_000, 2_000_000_000))
-    done = subprocess.run(
-        ["unshare", "-Urm", sys.executable, "-c", _USERNS_CHILD, lower],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": REPO},
-        timeout=60,
-    )
+    done = python_child(_USERNS_CHILD, lower, prefix=("unshare", "-Urm"))
     assert done.returncode == 0, done.stderr
     host_noatime = bool(os.statvfs(lower).f_flag & os.ST_NOATIME)
     assert json.loads(done.stdout) == [True, host_noatime, "lower"]  # read-only; the atime mode is locked

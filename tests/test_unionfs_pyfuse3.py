@@ -15,7 +15,7 @@ import time
 import pyfuse3
 import pytest
 import unionfs_support
-from unionfs_support import REPO, is_mounted, make_layer, mounted
+from unionfs_support import is_mounted, make_layer, mounted, python_child
 
 daemon = unionfs_support.daemon  # the fixture: a test that takes it runs on our pyfuse3 and on a stock one
 
@@ -142,14 +142,7 @@ def test_the_kernel_takes_killpriv_v2_and_a_chown_costs_no_getattr(tmp_path, lib
         "finally:\n"
         "    pyfuse3.close(unmount=True)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script, layer, str(upper), str(work), str(point)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": REPO},
-        timeout=60,
-    )
+    done = python_child(script, layer, str(upper), str(work), str(point))
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == (["True", "0"] if libfuse == "3.14" else ["False", "1"])
     assert not is_mounted(str(point))

@@ -66,6 +66,19 @@ def _path(first: str) -> str:
     return os.pathsep.join(p for p in (first, os.environ.get("PYTHONPATH", "")) if p)
 
 
+def python_child(script: str, *args: str, prefix: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` (``python -c``) with this checkout first on its path, ``prefix`` before the
+    interpreter (``unshare -Urm``, say); its output as text."""
+    return subprocess.run(
+        [*prefix, sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": _path(REPO)},
+        timeout=120,
+    )
+
+
 def is_mounted(path: str) -> bool:
     return bool(mountinfo.mounts_at(os.path.abspath(path)))
 
