@@ -20,6 +20,9 @@ commits in the order they were made: if the rename survives a crash, so does its
   ``volatile`` ones too (they make no notes, and remove the dir). Notes made for another upper (the
   workdir was given another one since) are dropped unused.
 
+The dir is made by the first note (with its ``upper`` link): a mount that notes nothing writes
+nothing in the workdir (a mkdir and a symlink were 0.3-0.6 ms of every mount here, on ext4).
+
 A copy made by FICLONE shares the lower's extents (metadata too) and is not noted; neither is one whose
 lower path is too long for a symlink (PATH_MAX): that one is fsynced as before. (A lower on a private
 mount, ``privatemount``, is cloned by copy_file_range instead, which cannot tell a clone from a copy:
@@ -84,11 +87,7 @@ class Journal:
     def __init__(self, work_fd: int, upper_fd: int, copy_data: Callable[[int, int, int], None]) -> None:
         """``copy_data(src fd, dst fd, size)`` copies a lower file's data over an upper file's, for
         recovery."""
-        try:
-            os.mkdir(DIRNAME, 0o700, dir_fd=work_fd)
-        except FileExistsError:
-            pass
-        self.fd = os.open(DIRNAME, _DIR, dir_fd=work_fd)
+        self.work_fd = work_fd
         self.upper_fd = upper_fd
         self._upper_root = str(os.fstat(upper_fd).st_ino)
         self.notes: dict[int, tuple[str, int]] = {}  # upper inode -> (note's name, lower's size)
@@ -97,7 +96,12 @@ class Journal:
         self._stop = threading.Event()
         self._delay: float | None = None
         self._flusher: threading.Thread | None = None
-        self.recover(copy_data)
+        try:
+            self.fd = os.open(DIRNAME, _DIR, dir_fd=work_fd)
+        except FileNotFoundError:
+            self.fd = -1  # made by the first note: no note was left, and a mount may make none
+        else:
+            self.recover(copy_data)
 
     def flush_every(self, delay: float) -> None:
         """Sync and drop the notes every ``delay`` seconds until closed, in a thread of its own
@@ -128,13 +132,18 @@ class Journal:
             self._flusher.join()
         if self.notes:
             self.sync()
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
 
     # -- noting -----------------------------------------------------------------------------------
     def note(self, ino: int, lower_path: str, size: int) -> None:
         """Note the copy of ``lower_path`` (``size`` bytes) now at upper inode ``ino``, before it is
         renamed into place."""
         name = f"{ino}.{next(self._serial)}"
+        if self.fd < 0:
+            with self._lock:
+                if self.fd < 0:
+                    self._make_dir()
         os.symlink(lower_path, name, dir_fd=self.fd)
         with self._lock:
             old = self.notes.get(ino)
@@ -143,6 +152,20 @@ class Journal:
                 self._start_flusher()
         if old is not None:  # that inode's earlier file is gone (its number is reused)
             self._unlink(old[0])
+
+    def _make_dir(self) -> None:
+        """The notes' dir, with the link that says which upper they are for (before any note)."""
+        try:
+            os.mkdir(DIRNAME, 0o700, dir_fd=self.work_fd)
+        except FileExistsError:  # left by a crash between this mkdir and the open, say
+            pass
+        fd = os.open(DIRNAME, _DIR, dir_fd=self.work_fd)
+        try:
+            os.unlink(UPPER, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        os.symlink(self._upper_root, UPPER, dir_fd=fd)
+        self.fd = fd
 
     def lower_size(self, ino: int) -> int | None:
         """The size of the lower file the upper file ``ino`` was copied from, if its note stands."""
