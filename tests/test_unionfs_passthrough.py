@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from unionfs_support import REPO, OpsClient, is_mounted, make_layer, mounted
+from unionfs_support import OpsClient, is_mounted, make_layer, mounted, python_child
 
 from unionfs import passthrough
 from unionfs.errors import UnionError
@@ -79,14 +78,7 @@ def _child(tmp_path, child: str, lower: str, how: str, prefix: tuple[str, ...] =
     upper, work, point = (tmp_path / n for n in ("u", "w", "mnt"))
     for d in (upper, work, point):
         d.mkdir()
-    done = subprocess.run(
-        [*prefix, sys.executable, "-c", child, lower, str(upper), str(work), str(point), how],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": REPO},
-        timeout=120,
-    )
+    done = python_child(child, lower, str(upper), str(work), str(point), how, prefix=prefix)
     assert done.returncode == 0, done.stderr
     assert not is_mounted(str(point))
     return json.loads(done.stdout), upper

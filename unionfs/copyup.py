@@ -72,7 +72,6 @@ class Copier:
         for name in os.listdir(self.work_fd):  # leftovers of a crashed daemon
             if name.startswith("#copyup-"):
                 remove_entry(self.work_fd, name)
-        self._roots = layers.roots  # where each layer is, for the journal's notes
         self._marked = layers.upper is not None and metacopy.marked(layers.fds[layers.upper])
         self.journal: Journal | None = None
         if layers.upper is not None and sync:
@@ -86,7 +85,7 @@ class Copier:
         os.close(self.work_fd)
 
     def lower_path(self, layer: int, rel: str) -> str:
-        return f"{self._roots[layer]}/{rel}"
+        return f"{self.layers.roots[layer]}/{rel}"
 
     def must_fsync(self, layer: int, rel: str) -> bool:
         """Would a copy of (layer, rel) with data be fsynced (not noted)?"""
@@ -165,7 +164,7 @@ class Copier:
         with self.layers.at(layer, rel) as (sfd, sname):
             # its xattrs are asked for by path: the layer's own path when it is short (a walk
             # through dirs the kernel has cached: 2.4 µs on tmpfs), else through /proc (6 µs)
-            src_path = self._roots[layer] + "/" + rel
+            src_path = self.lower_path(layer, rel)
             if len(src_path) >= _ABSOLUTE:
                 src_path = f"/proc/self/fd/{sfd}/{sname}"
             mode = st.st_mode
@@ -268,7 +267,7 @@ class Copier:
         )
         try:
             os.ftruncate(dst, st.st_size)
-            metacopy.record(dst, self._roots[data[0]], data[1])
+            metacopy.record(dst, self.layers.roots[data[0]], data[1])
             if not owned:
                 os.fchown(dst, st.st_uid, st.st_gid)
             if not final:

@@ -160,12 +160,21 @@ class Journal:
         except FileExistsError:  # left by a crash between this mkdir and the open, say
             pass
         fd = os.open(DIRNAME, _DIR, dir_fd=self.work_fd)
-        try:
-            os.unlink(UPPER, dir_fd=fd)
-        except FileNotFoundError:
-            pass
-        os.symlink(self._upper_root, UPPER, dir_fd=fd)
+        self._claim(fd)
         self.fd = fd
+
+    def _claim(self, fd: int) -> str | None:
+        """Point the ``upper`` link of the notes' dir ``fd`` at this upper; what it said before
+        (None: there was none)."""
+        try:
+            upper = os.readlink(UPPER, dir_fd=fd)
+        except FileNotFoundError:
+            upper = None
+        if upper != self._upper_root:
+            if upper is not None:
+                os.unlink(UPPER, dir_fd=fd)
+            os.symlink(self._upper_root, UPPER, dir_fd=fd)
+        return upper
 
     def lower_size(self, ino: int) -> int | None:
         """The size of the lower file the upper file ``ino`` was copied from, if its note stands."""
@@ -204,14 +213,7 @@ class Journal:
         """Give the files of leftover notes that lost data in a crash their lower's data again."""
         left: dict[int, list[tuple[str, str]]] = {}  # upper inode -> [(note, lower path)]
         names = os.listdir(self.fd)
-        try:
-            upper = os.readlink(UPPER, dir_fd=self.fd)
-        except FileNotFoundError:
-            upper = None
-        if upper != self._upper_root:
-            if upper is not None:
-                os.unlink(UPPER, dir_fd=self.fd)
-            os.symlink(self._upper_root, UPPER, dir_fd=self.fd)
+        upper = self._claim(self.fd)
         for name in names:
             if name == UPPER:
                 continue

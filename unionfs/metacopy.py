@@ -115,8 +115,7 @@ class DataPlaces:
 
     def __init__(self, layers: LayerSet) -> None:
         self.layers = layers
-        self.roots = layers.roots  # the layers' roots as records name them
-        self._layer_of = {root: i for i, root in enumerate(self.roots) if i != layers.upper}
+        self._layer_of = {root: i for i, root in enumerate(layers.roots) if i != layers.upper}  # as records name them
 
     def data_location(self, node: Node) -> tuple[int, str] | None:
         """(layer, path in it) of the lower file whose bytes are the data of file ``node``, when its
